@@ -1,0 +1,252 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/*
+ * engine: GGUF files, ggml tensor types, and (as they land) tokenizers, the forward pass, backends and sampling.
+ *
+ * Thread safety: a Gguf is immutable after gguf_open*() and may be read from any number of threads at once.
+ * A GgufWriter belongs to one thread.
+ */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common.h"
+
+/* ---- ggml tensor types ---- */
+
+/* Type ids as GGUF stores them. Gaps are ids that ggml has retired; they are rejected as unknown. */
+typedef enum GgmlType {
+        GGML_TYPE_F32 = 0,
+        GGML_TYPE_F16 = 1,
+        GGML_TYPE_Q4_0 = 2,
+        GGML_TYPE_Q4_1 = 3,
+        GGML_TYPE_Q5_0 = 6,
+        GGML_TYPE_Q5_1 = 7,
+        GGML_TYPE_Q8_0 = 8,
+        GGML_TYPE_Q8_1 = 9,
+        GGML_TYPE_Q2_K = 10,
+        GGML_TYPE_Q3_K = 11,
+        GGML_TYPE_Q4_K = 12,
+        GGML_TYPE_Q5_K = 13,
+        GGML_TYPE_Q6_K = 14,
+        GGML_TYPE_Q8_K = 15,
+        GGML_TYPE_IQ2_XXS = 16,
+        GGML_TYPE_IQ2_XS = 17,
+        GGML_TYPE_IQ3_XXS = 18,
+        GGML_TYPE_IQ1_S = 19,
+        GGML_TYPE_IQ4_NL = 20,
+        GGML_TYPE_IQ3_S = 21,
+        GGML_TYPE_IQ2_S = 22,
+        GGML_TYPE_IQ4_XS = 23,
+        GGML_TYPE_I8 = 24,
+        GGML_TYPE_I16 = 25,
+        GGML_TYPE_I32 = 26,
+        GGML_TYPE_I64 = 27,
+        GGML_TYPE_F64 = 28,
+        GGML_TYPE_IQ1_M = 29,
+        GGML_TYPE_BF16 = 30,
+        GGML_TYPE_TQ1_0 = 34,
+        GGML_TYPE_TQ2_0 = 35,
+        GGML_TYPE_MXFP4 = 39,
+        _GGML_TYPE_MAX,
+        _GGML_TYPE_INVALID = -EINVAL,
+} GgmlType;
+
+typedef struct GgmlTypeInfo {
+        const char *name;    /* "q4_K", as ggml names it */
+        uint32_t block_size; /* elements per block */
+        uint32_t type_size;  /* bytes per block */
+        bool quantized;
+} GgmlTypeInfo;
+
+/* The block layout of a type id, or NULL for an id that is unknown or retired. */
+const GgmlTypeInfo *ggml_type_info(uint32_t type);
+
+/* The type's name, or "unknown". */
+const char *ggml_type_name(uint32_t type);
+
+/* Looks a type up by name (case-insensitive, "q4_k" finds Q4_K). Returns the type or -EINVAL. */
+int ggml_type_from_name(const char *name);
+
+/*
+ * Bytes that n elements of type take: -EINVAL when the type is unknown or n is not a multiple of its block
+ * size, -EOVERFLOW when the size does not fit in 64 bits.
+ */
+int ggml_row_size(uint32_t type, uint64_t n, uint64_t *ret);
+
+/* ---- GGUF ---- */
+
+#define GGUF_MAGIC 0x46554747u /* "GGUF" read as a little-endian u32 */
+#define GGUF_DEFAULT_ALIGNMENT 32u
+#define GGUF_MAX_DIMS 4u
+
+typedef enum GgufType {
+        GGUF_TYPE_UINT8 = 0,
+        GGUF_TYPE_INT8 = 1,
+        GGUF_TYPE_UINT16 = 2,
+        GGUF_TYPE_INT16 = 3,
+        GGUF_TYPE_UINT32 = 4,
+        GGUF_TYPE_INT32 = 5,
+        GGUF_TYPE_FLOAT32 = 6,
+        GGUF_TYPE_BOOL = 7,
+        GGUF_TYPE_STRING = 8,
+        GGUF_TYPE_ARRAY = 9,
+        GGUF_TYPE_UINT64 = 10,
+        GGUF_TYPE_INT64 = 11,
+        GGUF_TYPE_FLOAT64 = 12,
+        _GGUF_TYPE_MAX,
+        _GGUF_TYPE_INVALID = -EINVAL,
+} GgufType;
+
+/* "uint32", "string", …; "unknown" for anything else. */
+const char *gguf_type_name(GgufType t);
+
+/* A string inside the mapped file: not NUL-terminated. */
+typedef struct GgufString {
+        uint64_t len;
+        const char *data;
+} GgufString;
+
+typedef struct GgufValue GgufValue;
+
+/* An array value. Scalar elements stay in the file (raw little-endian, n × element size bytes at data);
+ * string and array elements are decoded into items. */
+typedef struct GgufArray {
+        GgufType type;    /* element type */
+        uint64_t n;       /* element count */
+        const void *data; /* scalar elements, in the map; NULL for string and array elements */
+        GgufValue *items; /* (n) string or array elements; NULL for scalar elements */
+} GgufArray;
+
+struct GgufValue {
+        GgufType type;
+        union {
+                uint8_t u8;
+                int8_t i8;
+                uint16_t u16;
+                int16_t i16;
+                uint32_t u32;
+                int32_t i32;
+                float f32;
+                bool b;
+                uint64_t u64;
+                int64_t i64;
+                double f64;
+                GgufString str;
+                GgufArray arr;
+        };
+};
+
+typedef struct GgufKV {
+        char *key; /* NUL-terminated copy */
+        GgufValue value;
+        uint64_t offset; /* byte offset of the key in the file, for messages */
+} GgufKV;
+
+typedef struct GgufTensor {
+        char *name;                 /* NUL-terminated copy */
+        uint32_t n_dims;            /* 1..GGUF_MAX_DIMS */
+        uint64_t ne[GGUF_MAX_DIMS]; /* elements per dimension, ne[0] the row length; unused dims are 1 */
+        uint32_t type;              /* GgmlType */
+        uint64_t offset;            /* from the start of the data section */
+        uint64_t n_elements;
+        uint64_t size;     /* bytes */
+        const void *data;  /* in the map */
+} GgufTensor;
+
+typedef struct Gguf {
+        uint32_t version;
+        uint32_t alignment;
+        uint64_t n_kv;
+        GgufKV *kv; /* (n_kv), in file order */
+        uint64_t n_tensors;
+        GgufTensor *tensors; /* (n_tensors), in file order */
+        uint64_t data_offset; /* where the data section starts in the file */
+        const uint8_t *base;  /* the whole file */
+        uint64_t size;
+        bool mapped; /* base came from mmap() and is unmapped by gguf_free() */
+} Gguf;
+
+/*
+ * Maps and validates a GGUF file (v2 or v3, little-endian). On a malformed file returns -EBADMSG and, in err, a
+ * sentence naming the problem and its byte offset. Other errors: -ENOENT, -EACCES, … from open(), -EOPNOTSUPP
+ * for v1 and big-endian files, -ENOMEM.
+ */
+int gguf_open(const char *path, Gguf **ret, QdError *err);
+
+/* As gguf_open() for a descriptor (it is not closed; the map stays valid after it is). */
+int gguf_open_fd(int fd, Gguf **ret, QdError *err);
+
+/* As gguf_open() for a buffer that the caller keeps alive and unchanged until gguf_free(). */
+int gguf_open_memory(const void *data, size_t size, Gguf **ret, QdError *err);
+
+/* Unmaps and frees g. NULL-safe; returns NULL. */
+Gguf *gguf_free(Gguf *g);
+
+/* Lookup by key or name; NULL when absent. */
+const GgufKV *gguf_find_kv(const Gguf *g, const char *key);
+const GgufTensor *gguf_find_tensor(const Gguf *g, const char *name);
+
+/*
+ * Typed getters. Each returns 0 and the value, -ENOENT when the key is absent, -EBADMSG when it has another
+ * type. Integers of any width and signedness convert when the value fits (-ERANGE otherwise).
+ */
+int gguf_get_u64(const Gguf *g, const char *key, uint64_t *ret);
+int gguf_get_u32(const Gguf *g, const char *key, uint32_t *ret);
+int gguf_get_i64(const Gguf *g, const char *key, int64_t *ret);
+int gguf_get_f32(const Gguf *g, const char *key, float *ret); /* float32 or float64 */
+int gguf_get_bool(const Gguf *g, const char *key, bool *ret);
+/* A NUL-terminated copy of a string value, caller frees. */
+int gguf_get_string(const Gguf *g, const char *key, char **ret);
+/* An array value (borrowed from g); -EBADMSG when the value is not an array. */
+int gguf_get_array(const Gguf *g, const char *key, const GgufArray **ret);
+
+/* The size in bytes of one element of a scalar GGUF type; 0 for strings and arrays. */
+size_t gguf_type_size(GgufType t);
+
+/* ---- GGUF writer ---- */
+
+typedef struct GgufWriter GgufWriter;
+
+/*
+ * A streaming GGUF v3 writer to fd. Declare every key/value and tensor first, then gguf_writer_write_header(),
+ * then each tensor's bytes in the order declared with gguf_writer_write_tensor_data(), then gguf_writer_finish().
+ * Memory is the metadata only; tensor data passes through.
+ */
+int gguf_writer_new(GgufWriter **ret, int fd, uint32_t alignment);
+GgufWriter *gguf_writer_free(GgufWriter *w);
+
+int gguf_writer_add_u32(GgufWriter *w, const char *key, uint32_t v);
+int gguf_writer_add_i32(GgufWriter *w, const char *key, int32_t v);
+int gguf_writer_add_u64(GgufWriter *w, const char *key, uint64_t v);
+int gguf_writer_add_f32(GgufWriter *w, const char *key, float v);
+int gguf_writer_add_bool(GgufWriter *w, const char *key, bool v);
+int gguf_writer_add_string(GgufWriter *w, const char *key, const char *v);
+/* An array of scalars: n elements of type, data raw little-endian. */
+int gguf_writer_add_array(GgufWriter *w, const char *key, GgufType type, const void *data, uint64_t n);
+/* An array of n NUL-terminated strings. */
+int gguf_writer_add_string_array(GgufWriter *w, const char *key, const char *const *v, uint64_t n);
+/* Any value, including nested arrays, e.g. copied from a Gguf being rewritten. */
+int gguf_writer_add_value(GgufWriter *w, const char *key, const GgufValue *v);
+
+/* Declares a tensor; ne[0] is the row length. */
+int gguf_writer_add_tensor(GgufWriter *w, const char *name, uint32_t type, uint32_t n_dims, const uint64_t *ne);
+
+/* Writes the header, metadata and tensor infos, and pads to the data section. */
+int gguf_writer_write_header(GgufWriter *w);
+
+/* Writes the next declared tensor's bytes (exactly its size, in one or more calls) and pads after it. */
+int gguf_writer_write_tensor_data(GgufWriter *w, const void *data, size_t size);
+
+/* Checks that every tensor was written. */
+int gguf_writer_finish(GgufWriter *w);
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(Gguf *, gguf_free);
+DEFINE_TRIVIAL_CLEANUP_FUNC(GgufWriter *, gguf_writer_free);
+
+/* ---- backends ---- */
+
+/* Number of CUDA devices the engine can use: 0 when built without CUDA or when none is present. */
+int engine_cuda_devices(void);
