@@ -76,6 +76,98 @@ int ggml_type_from_name(const char *name);
  */
 int ggml_row_size(uint32_t type, uint64_t n, uint64_t *ret);
 
+/* ---- quantized block layouts, exactly as GGUF stores them ---- */
+
+typedef uint16_t GgmlHalf; /* IEEE binary16 bits */
+
+#define QK4_0 32
+#define QK4_1 32
+#define QK5_0 32
+#define QK5_1 32
+#define QK8_0 32
+#define QK8_1 32
+#define QK4_NL 32
+#define QK_K 256
+#define K_SCALE_SIZE 12
+
+typedef struct BlockQ4_0 {
+        GgmlHalf d;             /* scale */
+        uint8_t qs[QK4_0 / 2];  /* nibbles: element j in qs[j] low, element j + 16 in qs[j] high */
+} BlockQ4_0;
+typedef struct BlockQ4_1 {
+        GgmlHalf d, m;          /* scale and minimum */
+        uint8_t qs[QK4_1 / 2];
+} BlockQ4_1;
+typedef struct BlockQ5_0 {
+        GgmlHalf d;
+        uint8_t qh[4];          /* fifth bits, bit j for element j */
+        uint8_t qs[QK5_0 / 2];
+} BlockQ5_0;
+typedef struct BlockQ5_1 {
+        GgmlHalf d, m;
+        uint8_t qh[4];
+        uint8_t qs[QK5_1 / 2];
+} BlockQ5_1;
+typedef struct BlockQ8_0 {
+        GgmlHalf d;
+        int8_t qs[QK8_0];
+} BlockQ8_0;
+typedef struct BlockQ8_1 {
+        GgmlHalf d, s;          /* scale and d * sum(qs) */
+        int8_t qs[QK8_1];
+} BlockQ8_1;
+typedef struct BlockQ2_K {
+        uint8_t scales[QK_K / 16]; /* 4-bit scale (low) and min (high) per 16 elements */
+        uint8_t qs[QK_K / 4];
+        GgmlHalf d, dmin;
+} BlockQ2_K;
+typedef struct BlockQ3_K {
+        uint8_t hmask[QK_K / 8];   /* high bits */
+        uint8_t qs[QK_K / 4];      /* low 2 bits */
+        uint8_t scales[12];        /* 16 scales of 6 bits */
+        GgmlHalf d;
+} BlockQ3_K;
+typedef struct BlockQ4_K {
+        GgmlHalf d, dmin;
+        uint8_t scales[K_SCALE_SIZE]; /* 8 scales and 8 mins of 6 bits */
+        uint8_t qs[QK_K / 2];
+} BlockQ4_K;
+typedef struct BlockQ5_K {
+        GgmlHalf d, dmin;
+        uint8_t scales[K_SCALE_SIZE];
+        uint8_t qh[QK_K / 8];
+        uint8_t qs[QK_K / 2];
+} BlockQ5_K;
+typedef struct BlockQ6_K {
+        uint8_t ql[QK_K / 2];      /* low 4 bits */
+        uint8_t qh[QK_K / 4];      /* high 2 bits */
+        int8_t scales[QK_K / 16];
+        GgmlHalf d;
+} BlockQ6_K;
+typedef struct BlockQ8_K {
+        float d;
+        int8_t qs[QK_K];
+        int16_t bsums[QK_K / 16];  /* sums of groups of 16 */
+} BlockQ8_K;
+typedef struct BlockIQ4_NL {
+        GgmlHalf d;
+        uint8_t qs[QK4_NL / 2];
+} BlockIQ4_NL;
+
+_Static_assert(sizeof(BlockQ4_0) == 18, "wrong q4_0 block size");
+_Static_assert(sizeof(BlockQ4_1) == 20, "wrong q4_1 block size");
+_Static_assert(sizeof(BlockQ5_0) == 22, "wrong q5_0 block size");
+_Static_assert(sizeof(BlockQ5_1) == 24, "wrong q5_1 block size");
+_Static_assert(sizeof(BlockQ8_0) == 34, "wrong q8_0 block size");
+_Static_assert(sizeof(BlockQ8_1) == 36, "wrong q8_1 block size");
+_Static_assert(sizeof(BlockQ2_K) == 84, "wrong q2_K block size");
+_Static_assert(sizeof(BlockQ3_K) == 110, "wrong q3_K block size");
+_Static_assert(sizeof(BlockQ4_K) == 144, "wrong q4_K block size");
+_Static_assert(sizeof(BlockQ5_K) == 176, "wrong q5_K block size");
+_Static_assert(sizeof(BlockQ6_K) == 210, "wrong q6_K block size");
+_Static_assert(sizeof(BlockQ8_K) == 292, "wrong q8_K block size");
+_Static_assert(sizeof(BlockIQ4_NL) == 18, "wrong iq4_nl block size");
+
 /* ---- GGUF ---- */
 
 #define GGUF_MAGIC 0x46554747u /* "GGUF" read as a little-endian u32 */
