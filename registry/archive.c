@@ -3,11 +3,11 @@
  * Archives of one model (libarchive): export to tar, tar.gz or tar.zst, and import.
  *
  * DESIGN: an archive holds the manifest first (manifests/<host>/<ns>/<model>/<tag>), then the blobs
- * (blobs/sha256-<hex>). Having the manifest first lets import check every later entry against it as it streams
- * by: a blob entry must be one the manifest names, of the size it declares (so the bytes written are bounded
- * by the manifest, which is itself bounded by import_max_bytes and the free disk space), and must hash to its
- * name. Blobs land in temporary files that become visible only after the whole archive checked out, and the
- * manifest is written last; any failure removes the temporaries, so the store is unchanged.
+ * (blobs/sha256-<hex>). Having the manifest first lets import check every later entry against it as it
+ * streams by: a blob entry must be one the manifest names, of the size it declares (so the bytes written are
+ * bounded by the manifest, which is itself bounded by import_max_bytes and the free disk space), and must
+ * hash to its name. Blobs land in temporary files that become visible only after the whole archive checked
+ * out, and the manifest is written last; any failure removes the temporaries, so the store is unchanged.
  */
 
 #include <archive.h>
@@ -63,7 +63,8 @@ static int write_entry(struct archive *a, const char *path, uint64_t size, int f
                 return qd_error_set(e, EIO, "Failed to write the archive: %s.", archive_error_string(a));
         if (fd < 0) {
                 if (archive_write_data(a, data, size) != (la_ssize_t)size)
-                        return qd_error_set(e, EIO, "Failed to write the archive: %s.", archive_error_string(a));
+                        return qd_error_set(e, EIO, "Failed to write the archive: %s.",
+                                            archive_error_string(a));
                 return 0;
         }
         buf = malloc(bufsize);
@@ -76,9 +77,11 @@ static int write_entry(struct archive *a, const char *path, uint64_t size, int f
                 if (n < 0 && errno == EINTR)
                         continue;
                 if (n <= 0)
-                        return qd_error_set(e, n < 0 ? errno : EBADMSG, "Failed to read blob for '%s'.", path);
+                        return qd_error_set(e, n < 0 ? errno : EBADMSG, "Failed to read blob for '%s'.",
+                                            path);
                 if (archive_write_data(a, buf, (size_t)n) != n)
-                        return qd_error_set(e, EIO, "Failed to write the archive: %s.", archive_error_string(a));
+                        return qd_error_set(e, EIO, "Failed to write the archive: %s.",
+                                            archive_error_string(a));
                 off += (uint64_t)n;
         }
         return 0;
@@ -173,8 +176,9 @@ static int parse_manifest_path(const char *path, RegistryName *ret, QdError *e) 
                 const char *slash = strchr(p, '/');
                 size_t len = slash ? (size_t)(slash - p) : strlen(p);
                 if (len == 0 || len > REGISTRY_HOST_MAX || (slash && n == 3) || (!slash && n < 3))
-                        return qd_error_set(e, EBADMSG, "The archive's manifest path '%s' is not host/namespace/model/tag.",
-                                            path);
+                        return qd_error_set(
+                                e, EBADMSG,
+                                "The archive's manifest path '%s' is not host/namespace/model/tag.", path);
                 memcpy(parts[n], p, len);
                 parts[n][len] = 0;
                 n++;
@@ -187,20 +191,24 @@ static int parse_manifest_path(const char *path, RegistryName *ret, QdError *e) 
                 return qd_error_set(e, ENOMEM, "Out of memory.");
         QdError ne = {};
         if (registry_name_parse(full, NULL, ret, &ne) < 0)
-                return qd_error_set(e, EBADMSG, "The archive's manifest path '%s' is not a valid model name.",
-                                    path);
+                return qd_error_set(e, EBADMSG,
+                                    "The archive's manifest path '%s' is not a valid model name.", path);
         return 0;
 }
 
 static int check_entry_type(struct archive_entry *ent, const char *path, QdError *e) {
         if (path[0] == '/')
-                return qd_error_set(e, EBADMSG, "The archive holds an absolute path '%s'; refusing it.", path);
+                return qd_error_set(e, EBADMSG, "The archive holds an absolute path '%s'; refusing it.",
+                                    path);
         if (streq(path, "..") || startswith(path, "../") || strstr(path, "/../") || endswith(path, "/.."))
-                return qd_error_set(e, EBADMSG, "The archive holds a path with '..' ('%s'); refusing it.", path);
-        if (archive_entry_hardlink(ent) || archive_entry_symlink(ent) || archive_entry_filetype(ent) == AE_IFLNK)
+                return qd_error_set(e, EBADMSG, "The archive holds a path with '..' ('%s'); refusing it.",
+                                    path);
+        if (archive_entry_hardlink(ent) || archive_entry_symlink(ent) ||
+            archive_entry_filetype(ent) == AE_IFLNK)
                 return qd_error_set(e, EBADMSG, "The archive holds a link '%s'; refusing it.", path);
         if (archive_entry_filetype(ent) != AE_IFREG)
-                return qd_error_set(e, EBADMSG, "The archive holds '%s', which is not a regular file; refusing it.",
+                return qd_error_set(e, EBADMSG,
+                                    "The archive holds '%s', which is not a regular file; refusing it.",
                                     path);
         return 0;
 }
@@ -219,7 +227,8 @@ static int read_blob_entry(RegistryStore *s, struct archive *a, Pending *p, cons
         _cleanup_close_ int fd = open_tmpfile(s->blobs_fd, p->tmp);
         if (fd < 0) {
                 p->tmp[0] = 0;
-                return qd_error_set(e, fd, "Failed to create a file in '%s/blobs': %s.", s->root, strerror(-fd));
+                return qd_error_set(e, fd, "Failed to create a file in '%s/blobs': %s.", s->root,
+                                    strerror(-fd));
         }
         r = sha256_init(&h);
         if (r < 0)
@@ -238,7 +247,8 @@ static int read_blob_entry(RegistryStore *s, struct archive *a, Pending *p, cons
                         break;
                 total += (uint64_t)n;
                 if (total > p->layer->size) {
-                        r = qd_error_set(e, EMSGSIZE, "Blob %s in the archive is larger than its manifest says.",
+                        r = qd_error_set(e, EMSGSIZE,
+                                         "Blob %s in the archive is larger than its manifest says.",
                                          p->layer->digest);
                         break;
                 }
@@ -246,7 +256,8 @@ static int read_blob_entry(RegistryStore *s, struct archive *a, Pending *p, cons
                 if (r >= 0)
                         r = write_full(fd, buf, (size_t)n);
                 if (r < 0) {
-                        r = qd_error_set(e, r, "Failed to write blob %s: %s.", p->layer->digest, strerror(-r));
+                        r = qd_error_set(e, r, "Failed to write blob %s: %s.", p->layer->digest,
+                                         strerror(-r));
                         break;
                 }
         }
@@ -256,14 +267,17 @@ static int read_blob_entry(RegistryStore *s, struct archive *a, Pending *p, cons
         if (r < 0)
                 return r;
         if (total != p->layer->size)
-                return qd_error_set(e, EBADMSG, "Blob %s in the archive has %ju bytes, its manifest says %ju.",
+                return qd_error_set(e, EBADMSG,
+                                    "Blob %s in the archive has %ju bytes, its manifest says %ju.",
                                     p->layer->digest, (uintmax_t)total, (uintmax_t)p->layer->size);
         if (!streq(got, p->layer->digest))
-                return qd_error_set(e, EBADMSG,
-                                    "Blob %s in the archive is corrupt: its contents hash to %s. Nothing was imported.",
-                                    p->layer->digest, got);
+                return qd_error_set(
+                        e, EBADMSG,
+                        "Blob %s in the archive is corrupt: its contents hash to %s. Nothing was imported.",
+                        p->layer->digest, got);
         if (fsync(fd) < 0)
-                return qd_error_set(e, errno, "Failed to sync blob %s: %s.", p->layer->digest, strerror(errno));
+                return qd_error_set(e, errno, "Failed to sync blob %s: %s.", p->layer->digest,
+                                    strerror(errno));
         return 0;
 }
 
@@ -304,14 +318,16 @@ int registry_import(RegistryStore *s, int fd, const RegistryName *rename, const 
         if (r < 0)
                 return r;
         if (archive_entry_size(ent) > (la_int64_t)REGISTRY_MANIFEST_MAX)
-                return qd_error_set(e, EMSGSIZE, "The archive's manifest is over %u bytes.", REGISTRY_MANIFEST_MAX);
+                return qd_error_set(e, EMSGSIZE, "The archive's manifest is over %u bytes.",
+                                    REGISTRY_MANIFEST_MAX);
         raw = malloc(REGISTRY_MANIFEST_MAX + 1);
         if (!raw)
                 return qd_error_set(e, ENOMEM, "Out of memory.");
         for (;;) {
                 la_ssize_t k = archive_read_data(a, raw + raw_size, REGISTRY_MANIFEST_MAX + 1 - raw_size);
                 if (k < 0)
-                        return qd_error_set(e, EBADMSG, "The archive is damaged: %s.", archive_error_string(a));
+                        return qd_error_set(e, EBADMSG, "The archive is damaged: %s.",
+                                            archive_error_string(a));
                 if (k == 0)
                         break;
                 raw_size += (size_t)k;
@@ -326,13 +342,16 @@ int registry_import(RegistryStore *s, int fd, const RegistryName *rename, const 
         if (rename)
                 name = *rename;
         if (registry_store_has_model(s, &name))
-                return qd_error_set(e, EEXIST, "Model '%s/%s/%s:%s' already exists; delete it or import under another name.",
-                                    name.host, name.namespace, name.model, name.tag);
+                return qd_error_set(
+                        e, EEXIST,
+                        "Model '%s/%s/%s:%s' already exists; delete it or import under another name.",
+                        name.host, name.namespace, name.model, name.tag);
 
         /* Bound what the archive may write before reading any of it. */
         uint64_t total = registry_manifest_total_size(m);
         if (total > s->config->import_max_bytes)
-                return qd_error_set(e, EMSGSIZE, "The archive's model has %ju bytes, over the import limit of %ju.",
+                return qd_error_set(e, EMSGSIZE,
+                                    "The archive's model has %ju bytes, over the import limit of %ju.",
                                     (uintmax_t)total, (uintmax_t)s->config->import_max_bytes);
         struct statvfs vfs;
         if (fstatvfs(s->blobs_fd, &vfs) >= 0 && (uint64_t)vfs.f_bavail * vfs.f_frsize < total)
@@ -380,7 +399,8 @@ int registry_import(RegistryStore *s, int fd, const RegistryName *rename, const 
                         if (streq(pending[j].layer->digest, digest))
                                 p = &pending[j];
                 if (!p) {
-                        r = qd_error_set(e, EBADMSG, "The archive holds blob %s, which its manifest does not use.",
+                        r = qd_error_set(e, EBADMSG,
+                                         "The archive holds blob %s, which its manifest does not use.",
                                          digest);
                         goto fail;
                 }
@@ -389,9 +409,10 @@ int registry_import(RegistryStore *s, int fd, const RegistryName *rename, const 
                         goto fail;
                 }
                 if (archive_entry_size_is_set(ent) && (uint64_t)archive_entry_size(ent) != p->layer->size) {
-                        r = qd_error_set(e, archive_entry_size(ent) > (la_int64_t)p->layer->size ? EMSGSIZE : EBADMSG,
-                                         "Blob %s in the archive has %jd bytes, its manifest says %ju.", digest,
-                                         (intmax_t)archive_entry_size(ent), (uintmax_t)p->layer->size);
+                        r = qd_error_set(
+                                e, archive_entry_size(ent) > (la_int64_t)p->layer->size ? EMSGSIZE : EBADMSG,
+                                "Blob %s in the archive has %jd bytes, its manifest says %ju.", digest,
+                                (intmax_t)archive_entry_size(ent), (uintmax_t)p->layer->size);
                         goto fail;
                 }
                 r = read_blob_entry(s, a, p, cancel, e);
@@ -401,7 +422,8 @@ int registry_import(RegistryStore *s, int fd, const RegistryName *rename, const 
 
         /* Every blob must have come with the archive or be in the store already. */
         for (size_t j = 0; j < n_pending; j++)
-                if (!pending[j].tmp[0] && !store_has_blob(s, pending[j].layer->digest, pending[j].layer->size)) {
+                if (!pending[j].tmp[0] &&
+                    !store_has_blob(s, pending[j].layer->digest, pending[j].layer->size)) {
                         r = qd_error_set(e, EBADMSG, "The archive lacks blob %s of its model.",
                                          pending[j].layer->digest);
                         goto fail;

@@ -60,7 +60,8 @@ int http_new(Http **ret, RegistryStore *s, const RegistryName *name, bool push, 
         h->insecure = http_host_is_insecure(h->config, name->host);
         h->base = strdup_printf("%s://%s", h->insecure ? "http" : "https", name->host);
         h->repo = strdup_printf("%s/%s", name->namespace, name->model);
-        h->scope = strdup_printf("repository:%s/%s:%s", name->namespace, name->model, push ? "pull,push" : "pull");
+        h->scope = strdup_printf("repository:%s/%s:%s", name->namespace, name->model,
+                                 push ? "pull,push" : "pull");
         if (!h->base || !h->repo || !h->scope)
                 return qd_error_set(e, ENOMEM, "Out of memory.");
         h->credential = find_credential(h->config, name->host);
@@ -151,7 +152,7 @@ int http_backoff(Http *h, unsigned attempt) {
         while (now_ns() < until) {
                 if (cancelled(h->cancel))
                         return -ECANCELED;
-                struct timespec ts = { 0, 20 * 1000000L };
+                struct timespec ts = {0, 20 * 1000000L};
                 nanosleep(&ts, NULL);
         }
         return 0;
@@ -258,8 +259,8 @@ static size_t header_cb(char *p, size_t size, size_t n, void *userdata) {
                 r->location = r->www_authenticate = r->content_type = r->docker_digest = NULL;
                 return len;
         }
-        char **slots[] = { &r->location, &r->www_authenticate, &r->content_type, &r->docker_digest };
-        const char *names[] = { "Location", "WWW-Authenticate", "Content-Type", "Docker-Content-Digest" };
+        char **slots[] = {&r->location, &r->www_authenticate, &r->content_type, &r->docker_digest};
+        const char *names[] = {"Location", "WWW-Authenticate", "Content-Type", "Docker-Content-Digest"};
         for (size_t i = 0; i < ELEMENTSOF(names); i++)
                 if ((v = header_value(p, len, names[i]))) {
                         free(*slots[i]);
@@ -311,7 +312,7 @@ static int perform_once(Http *h, const char *method, const char *url, const char
                         char errbuf[CURL_ERROR_SIZE]) {
         CURL *c = curl_easy_init();
         struct curl_slist *hl = NULL;
-        UploadSource up = { .body = body, .h = h };
+        UploadSource up = {.body = body, .h = h};
 
         if (!c)
                 return -ENOMEM;
@@ -341,7 +342,7 @@ static int perform_once(Http *h, const char *method, const char *url, const char
                 curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
                 curl_easy_setopt(c, CURLOPT_UPLOAD, 1L);
                 curl_easy_setopt(c, CURLOPT_INFILESIZE_LARGE, (curl_off_t)(body ? body->size : 0));
-                static const HttpBody empty = { .fd = -1 };
+                static const HttpBody empty = {.fd = -1};
                 if (!body)
                         up.body = &empty;
                 curl_easy_setopt(c, CURLOPT_READFUNCTION, read_cb);
@@ -376,7 +377,7 @@ static int perform_once(Http *h, const char *method, const char *url, const char
 /* Fetches a token from the challenge's realm. */
 static int fetch_token(Http *h, const HttpChallenge *ch, QdError *e) {
         _cleanup_free_ char *url = NULL, *esc_service = NULL, *esc_scope = NULL;
-        HttpResponse resp = { .max_body = 1U << 20 };
+        HttpResponse resp = {.max_body = 1U << 20};
         char errbuf[CURL_ERROR_SIZE];
         CURLcode code = CURLE_OK;
         int r;
@@ -392,7 +393,8 @@ static int fetch_token(Http *h, const HttpChallenge *ch, QdError *e) {
                 curl_free(s2);
                 return qd_error_set(e, ENOMEM, "Out of memory.");
         }
-        url = strdup_printf("%s%sservice=%s&scope=%s", ch->realm, strchr(ch->realm, '?') ? "&" : "?", s1, s2);
+        url = strdup_printf("%s%sservice=%s&scope=%s", ch->realm, strchr(ch->realm, '?') ? "&" : "?", s1,
+                            s2);
         curl_free(s1);
         curl_free(s2);
         if (!url)
@@ -404,8 +406,8 @@ static int fetch_token(Http *h, const HttpChallenge *ch, QdError *e) {
         _cleanup_free_ char *basic = NULL;
         const char *hdrs[2] = {};
         if (h->credential) {
-                _cleanup_free_ char *pair = strdup_printf("%s:%s", h->credential->username,
-                                                          h->credential->password);
+                _cleanup_free_ char *pair =
+                        strdup_printf("%s:%s", h->credential->username, h->credential->password);
                 if (!pair)
                         return qd_error_set(e, ENOMEM, "Out of memory.");
                 basic = http_basic_header(pair);
@@ -433,12 +435,13 @@ static int fetch_token(Http *h, const HttpChallenge *ch, QdError *e) {
         }
         if (code != CURLE_OK) {
                 http_response_done(&resp);
-                return qd_error_set(e, EHOSTUNREACH, "Failed to reach the token service '%s': %s.", ch->realm,
-                                    errbuf[0] ? errbuf : curl_easy_strerror(code));
+                return qd_error_set(e, EHOSTUNREACH, "Failed to reach the token service '%s': %s.",
+                                    ch->realm, errbuf[0] ? errbuf : curl_easy_strerror(code));
         }
         if (resp.status == 401 || resp.status == 403) {
                 http_response_done(&resp);
-                return qd_error_set(e, EACCES, "Registry %s refused the %s: check [Credentials] in the config.",
+                return qd_error_set(e, EACCES,
+                                    "Registry %s refused the %s: check [Credentials] in the config.",
                                     h->name.host, h->credential ? "credentials" : "anonymous token request");
         }
         if (resp.status != 200) {
@@ -449,8 +452,9 @@ static int fetch_token(Http *h, const HttpChallenge *ch, QdError *e) {
         json_object *root = json_tokener_parse(resp.body.data ? (const char *)resp.body.data : "");
         json_object *tok = NULL;
         http_response_done(&resp);
-        if (!root || !(json_object_object_get_ex(root, "token", &tok) ||
-                       json_object_object_get_ex(root, "access_token", &tok)) ||
+        if (!root ||
+            !(json_object_object_get_ex(root, "token", &tok) ||
+              json_object_object_get_ex(root, "access_token", &tok)) ||
             !json_object_is_type(tok, json_type_string) || json_object_get_string_len(tok) == 0) {
                 json_object_put(root);
                 return qd_error_set(e, EPROTO, "The token service '%s' sent no token.", ch->realm);
@@ -476,21 +480,24 @@ int http_authenticate(Http *h, const char *www_authenticate, QdError *e) {
         HttpChallenge ch;
 
         if (!www_authenticate || http_parse_challenge(www_authenticate, &ch) < 0)
-                return qd_error_set(e, EACCES, "Registry %s requires authentication but sent no usable challenge.",
+                return qd_error_set(e, EACCES,
+                                    "Registry %s requires authentication but sent no usable challenge.",
                                     h->name.host);
         if (strcasecmp(ch.scheme, "Bearer") == 0) {
                 if (!ch.realm[0])
-                        return qd_error_set(e, EACCES, "Registry %s sent a bearer challenge without a realm.",
+                        return qd_error_set(e, EACCES,
+                                            "Registry %s sent a bearer challenge without a realm.",
                                             h->name.host);
                 return fetch_token(h, &ch, e);
         }
         if (strcasecmp(ch.scheme, "Basic") == 0) {
                 if (!h->credential)
                         return qd_error_set(e, EACCES,
-                                            "Registry %s requires a user name and password; add them under [Credentials] in the config.",
+                                            "Registry %s requires a user name and password; add them under "
+                                            "[Credentials] in the config.",
                                             h->name.host);
-                _cleanup_free_ char *pair = strdup_printf("%s:%s", h->credential->username,
-                                                          h->credential->password);
+                _cleanup_free_ char *pair =
+                        strdup_printf("%s:%s", h->credential->username, h->credential->password);
                 if (!pair)
                         return qd_error_set(e, ENOMEM, "Out of memory.");
                 free(h->auth_header);
@@ -501,15 +508,15 @@ int http_authenticate(Http *h, const char *www_authenticate, QdError *e) {
                             ch.scheme);
 }
 
-int http_request(Http *h, const char *method, const char *url, const char *const *headers, const HttpBody *body,
-                 size_t max_body, HttpResponse *ret, QdError *e) {
+int http_request(Http *h, const char *method, const char *url, const char *const *headers,
+                 const HttpBody *body, size_t max_body, HttpResponse *ret, QdError *e) {
         char errbuf[CURL_ERROR_SIZE];
         bool reauthed = false;
         unsigned attempt = 0;
         int r;
 
         for (;;) {
-                HttpResponse resp = { .max_body = max_body };
+                HttpResponse resp = {.max_body = max_body};
                 CURLcode code;
                 if (cancelled(h->cancel))
                         return qd_error_set(e, ECANCELED, "Cancelled.");
@@ -522,7 +529,8 @@ int http_request(Http *h, const char *method, const char *url, const char *const
                 }
                 if (code == CURLE_WRITE_ERROR && resp.too_large) {
                         http_response_done(&resp);
-                        return qd_error_set(e, EMSGSIZE, "Registry %s sent a reply over %zu bytes for %s %s.",
+                        return qd_error_set(e, EMSGSIZE,
+                                            "Registry %s sent a reply over %zu bytes for %s %s.",
                                             h->name.host, max_body, method, url);
                 }
                 if (code == CURLE_OK && resp.status == 401 && !reauthed) {
@@ -539,7 +547,8 @@ int http_request(Http *h, const char *method, const char *url, const char *const
                                             h->repo);
                 }
                 bool transient = code != CURLE_OK || resp.status == 429 || resp.status >= 500;
-                if (transient && attempt < h->config->max_retries && (!body || body->fd >= 0 || body->data)) {
+                if (transient && attempt < h->config->max_retries &&
+                    (!body || body->fd >= 0 || body->data)) {
                         attempt++;
                         h->retries++;
                         http_response_done(&resp);
@@ -551,10 +560,11 @@ int http_request(Http *h, const char *method, const char *url, const char *const
                 if (code != CURLE_OK) {
                         http_response_done(&resp);
                         int err = code == CURLE_OPERATION_TIMEDOUT ? ETIMEDOUT
-                                : code == CURLE_PEER_FAILED_VERIFICATION || code == CURLE_SSL_CACERT_BADFILE ||
-                                                code == CURLE_SSL_CONNECT_ERROR
-                                        ? EACCES
-                                        : EHOSTUNREACH;
+                                  : code == CURLE_PEER_FAILED_VERIFICATION ||
+                                                  code == CURLE_SSL_CACERT_BADFILE ||
+                                                  code == CURLE_SSL_CONNECT_ERROR
+                                          ? EACCES
+                                          : EHOSTUNREACH;
                         return qd_error_set(e, err, "Failed to reach registry %s: %s.", h->name.host,
                                             errbuf[0] ? errbuf : curl_easy_strerror(code));
                 }

@@ -7,8 +7,8 @@
  * - A blob in progress is two files in blobs/: "sha256-<hex>-partial" (the data, at its final size, parts
  *   written in place) and "sha256-<hex>-partial.state" (the part size and how many bytes of each part are on
  *   disk). The state is rewritten atomically every two seconds and when the pull stops, always after an
- *   fdatasync() of the data, so it never claims bytes that a crash could lose; a restarted pull continues each
- *   part where the state says.
+ *   fdatasync() of the data, so it never claims bytes that a crash could lose; a restarted pull goes on
+ *   with each part where the state says.
  * - Whoever holds an exclusive flock on the data file downloads the blob. A second pull of the same blob, in
  *   this process or another, finds the lock taken and waits until the blob appears (or the lock frees up, in
  *   which case it takes over and resumes): one download for both.
@@ -31,18 +31,18 @@ typedef struct Download Download;
 
 typedef struct Part {
         Download *dl;
-        uint64_t start;        /* first byte of the part in the blob */
-        uint64_t end;          /* one past the last byte */
-        uint64_t done;         /* bytes from start that are written */
-        CURL *easy;            /* the transfer in flight, or NULL */
+        uint64_t start; /* first byte of the part in the blob */
+        uint64_t end;   /* one past the last byte */
+        uint64_t done;  /* bytes from start that are written */
+        CURL *easy;     /* the transfer in flight, or NULL */
         struct curl_slist *headers;
-        long status;           /* HTTP status of the transfer, known from its first body byte */
-        bool checked;          /* status and Content-Range checked */
-        bool overflow;         /* the server sent more than the part */
+        long status;            /* HTTP status of the transfer, known from its first body byte */
+        bool checked;           /* status and Content-Range checked */
+        bool overflow;          /* the server sent more than the part */
         uint64_t content_start; /* from Content-Range, UINT64_MAX when absent */
-        uint64_t received;     /* body bytes of this transfer */
-        unsigned attempts;     /* failures since the last transfer that made progress */
-        uint64_t retry_at;     /* now_ns() before which the part waits */
+        uint64_t received;      /* body bytes of this transfer */
+        unsigned attempts;      /* failures since the last transfer that made progress */
+        uint64_t retry_at;      /* now_ns() before which the part waits */
         char errbuf[CURL_ERROR_SIZE];
 } Part;
 
@@ -59,7 +59,7 @@ struct Download {
         CURLM *multi;
         size_t active;
         bool ranges_unsupported;
-        int fatal;       /* negative errno that ends the download, 0 while fine */
+        int fatal; /* negative errno that ends the download, 0 while fine */
         QdError fatal_error;
         uint64_t transferred;
         uint64_t last_save;
@@ -106,7 +106,8 @@ static int set_parts(Download *dl, uint64_t part_size) {
         dl->n_parts = n;
         dl->part_size = part_size;
         for (size_t i = 0; i < n; i++)
-                dl->parts[i] = (Part){ .dl = dl, .start = i * part_size, .end = MIN((i + 1) * part_size, size) };
+                dl->parts[i] =
+                        (Part){.dl = dl, .start = i * part_size, .end = MIN((i + 1) * part_size, size)};
         return 0;
 }
 
@@ -203,8 +204,8 @@ static size_t part_write_cb(char *p, size_t size, size_t n, void *userdata) {
         }
         int r = pwrite_full(dl->fd, p, len, pt->start + pt->done);
         if (r < 0) {
-                dl->fatal = qd_error_set(&dl->fatal_error, r, "Failed to write blob %s: %s.", dl->layer->digest,
-                                         strerror(-r));
+                dl->fatal = qd_error_set(&dl->fatal_error, r, "Failed to write blob %s: %s.",
+                                         dl->layer->digest, strerror(-r));
                 return 0;
         }
         pt->done += len;
@@ -231,7 +232,8 @@ static int start_part(Download *dl, Part *pt) {
         pt->content_start = UINT64_MAX;
         pt->errbuf[0] = 0;
         http_setup_easy(dl->h, c);
-        snprintf(range, sizeof(range), "Range: bytes=%" PRIu64 "-%" PRIu64, pt->start + pt->done, pt->end - 1);
+        snprintf(range, sizeof(range), "Range: bytes=%" PRIu64 "-%" PRIu64, pt->start + pt->done,
+                 pt->end - 1);
         pt->headers = curl_slist_append(NULL, range);
         if (pt->headers)
                 pt->headers = http_auth_headers(dl->h, pt->headers);
@@ -249,7 +251,8 @@ static int start_part(Download *dl, Part *pt) {
         curl_easy_setopt(c, CURLOPT_PRIVATE, pt);
         curl_easy_setopt(c, CURLOPT_ERRORBUFFER, pt->errbuf);
         if (dl->h->config->max_bandwidth > 0) {
-                uint64_t share = MAX(dl->h->config->max_bandwidth / dl->h->config->parallel_parts, (uint64_t)1);
+                uint64_t share =
+                        MAX(dl->h->config->max_bandwidth / dl->h->config->parallel_parts, (uint64_t)1);
                 curl_easy_setopt(c, CURLOPT_MAX_RECV_SPEED_LARGE, (curl_off_t)share);
         }
         if (curl_multi_add_handle(dl->multi, c) != CURLM_OK) {
@@ -314,8 +317,9 @@ static void finish_part(Download *dl, Part *pt, CURLcode code) {
                                          dl->layer->digest, dl->h->name.host);
                 return;
         } else if (code == CURLE_OK && status >= 400 && status < 500 && status != 408 && status != 429) {
-                dl->fatal = qd_error_set(&dl->fatal_error, EPROTO, "Registry %s answered HTTP %ld for blob %s.",
-                                         dl->h->name.host, status, dl->layer->digest);
+                dl->fatal =
+                        qd_error_set(&dl->fatal_error, EPROTO, "Registry %s answered HTTP %ld for blob %s.",
+                                     dl->h->name.host, status, dl->layer->digest);
                 return;
         }
 
@@ -325,16 +329,19 @@ static void finish_part(Download *dl, Part *pt, CURLcode code) {
         pt->attempts++;
         dl->h->retries++;
         if (pt->attempts > cfg->max_retries) {
-                int err = code == CURLE_OPERATION_TIMEDOUT ? ETIMEDOUT : code != CURLE_OK ? EHOSTUNREACH : EPROTO;
+                int err = code == CURLE_OPERATION_TIMEDOUT ? ETIMEDOUT
+                          : code != CURLE_OK               ? EHOSTUNREACH
+                                                           : EPROTO;
                 if (code != CURLE_OK)
                         dl->fatal = qd_error_set(&dl->fatal_error, err,
                                                  "Failed to download blob %s from %s after %u retries: %s.",
                                                  dl->layer->digest, dl->h->name.host, cfg->max_retries,
                                                  pt->errbuf[0] ? pt->errbuf : curl_easy_strerror(code));
                 else
-                        dl->fatal = qd_error_set(&dl->fatal_error, err,
-                                                 "Failed to download blob %s from %s after %u retries: HTTP %ld.",
-                                                 dl->layer->digest, dl->h->name.host, cfg->max_retries, status);
+                        dl->fatal = qd_error_set(
+                                &dl->fatal_error, err,
+                                "Failed to download blob %s from %s after %u retries: HTTP %ld.",
+                                dl->layer->digest, dl->h->name.host, cfg->max_retries, status);
                 return;
         }
         uint64_t ms = cfg->backoff_ms;
@@ -471,9 +478,11 @@ static void wait_progress(Download *dl) {
                                 p++;
                 }
         }
-        RegistryProgress pr = { .kind = REGISTRY_PROGRESS_WAITING, .digest = dl->layer->digest,
-                                .total = dl->layer->size, .completed = MIN(done, dl->layer->size),
-                                .status = "waiting for another download" };
+        RegistryProgress pr = {.kind = REGISTRY_PROGRESS_WAITING,
+                               .digest = dl->layer->digest,
+                               .total = dl->layer->size,
+                               .completed = MIN(done, dl->layer->size),
+                               .status = "waiting for another download"};
         dl->progress(&pr, dl->userdata);
 }
 
@@ -494,9 +503,10 @@ static int download_blob(Download *dl, QdError *e) {
                         return 0;
                 }
                 if (store_has_blob(dl->store, l->digest, UINT64_MAX))
-                        return qd_error_set(e, EBADMSG,
-                                            "Blob %s in the store has the wrong size; remove it or run prune.",
-                                            l->digest);
+                        return qd_error_set(
+                                e, EBADMSG,
+                                "Blob %s in the store has the wrong size; remove it or run prune.",
+                                l->digest);
                 r = lock_partial(dl);
                 if (r >= 0)
                         break;
@@ -508,13 +518,14 @@ static int download_blob(Download *dl, QdError *e) {
                 for (int i = 0; i < 10; i++) {
                         if (cancelled(dl->h->cancel))
                                 return qd_error_set(e, ECANCELED, "Cancelled.");
-                        struct timespec ts = { 0, 20 * 1000000L };
+                        struct timespec ts = {0, 20 * 1000000L};
                         nanosleep(&ts, NULL);
                 }
         }
         _cleanup_close_ int fd_owner = dl->fd;
 
-        /* With the lock held, the blob may have appeared meanwhile; then the partial file is ours to drop. */
+        /* With the lock held, the blob may have appeared meanwhile; then the partial file is ours to drop.
+         */
         if (store_has_blob(dl->store, l->digest, l->size)) {
                 (void)unlinkat(dl->store->blobs_fd, dl->data_name, 0);
                 (void)unlinkat(dl->store->blobs_fd, dl->state_name, 0);
@@ -530,8 +541,9 @@ static int download_blob(Download *dl, QdError *e) {
                 if (r < 0)
                         return qd_error_set(e, r, "Out of memory.");
                 if (ftruncate(dl->fd, 0) < 0 || ftruncate(dl->fd, (off_t)l->size) < 0)
-                        return qd_error_set(e, errno, "Failed to allocate %" PRIu64 " bytes for blob %s: %s.",
-                                            l->size, l->digest, strerror(errno));
+                        return qd_error_set(e, errno,
+                                            "Failed to allocate %" PRIu64 " bytes for blob %s: %s.", l->size,
+                                            l->digest, strerror(errno));
         }
         report(dl, REGISTRY_PROGRESS_LAYER, "pulling", true);
 
@@ -552,9 +564,10 @@ static int download_blob(Download *dl, QdError *e) {
         if (!streq(got, l->digest)) {
                 (void)unlinkat(dl->store->blobs_fd, dl->data_name, 0);
                 (void)unlinkat(dl->store->blobs_fd, dl->state_name, 0);
-                return qd_error_set(e, EBADMSG,
-                                    "Blob %s from %s is corrupt: its contents hash to %s. It was discarded; pull again.",
-                                    l->digest, dl->h->name.host, got);
+                return qd_error_set(
+                        e, EBADMSG,
+                        "Blob %s from %s is corrupt: its contents hash to %s. It was discarded; pull again.",
+                        l->digest, dl->h->name.host, got);
         }
         r = store_commit_blob(dl->store, dl->fd, dl->data_name, l->digest);
         if (r < 0)
@@ -584,8 +597,8 @@ static int fetch_manifest(Http *h, char **ret_raw, size_t *ret_size, RegistryMan
                 return r;
         if (resp.status == 404) {
                 http_response_done(&resp);
-                return qd_error_set(e, ENOENT, "Model '%s/%s:%s' not found on registry %s.", h->name.namespace,
-                                    h->name.model, h->name.tag, h->name.host);
+                return qd_error_set(e, ENOENT, "Model '%s/%s:%s' not found on registry %s.",
+                                    h->name.namespace, h->name.model, h->name.tag, h->name.host);
         }
         if (resp.status != 200) {
                 http_response_done(&resp);
@@ -595,15 +608,16 @@ static int fetch_manifest(Http *h, char **ret_raw, size_t *ret_size, RegistryMan
         r = registry_manifest_parse(resp.body.data, resp.body.len, ret, &pe);
         if (r < 0) {
                 http_response_done(&resp);
-                return qd_error_set(e, r, "Registry %s sent a bad manifest for %s:%s: %s", h->name.host, h->repo,
-                                    h->name.tag, pe.msg);
+                return qd_error_set(e, r, "Registry %s sent a bad manifest for %s:%s: %s", h->name.host,
+                                    h->repo, h->name.tag, pe.msg);
         }
         r = sha256_data(resp.body.data, resp.body.len, got);
         if (r >= 0 && resp.docker_digest && !streq(resp.docker_digest, got)) {
                 http_response_done(&resp);
                 *ret = registry_manifest_free(*ret);
-                return qd_error_set(e, EBADMSG, "The manifest of %s:%s from %s does not match its digest %s.",
-                                    h->repo, h->name.tag, h->name.host, resp.docker_digest);
+                return qd_error_set(e, EBADMSG,
+                                    "The manifest of %s:%s from %s does not match its digest %s.", h->repo,
+                                    h->name.tag, h->name.host, resp.docker_digest);
         }
         *ret_size = resp.body.len;
         *ret_raw = buf_steal_str(&resp.body);
@@ -628,7 +642,7 @@ int registry_pull(RegistryStore *s, const RegistryName *name, registry_progress_
         if (r < 0)
                 return qd_error_set(e, r, "Failed to lock the model store: %s.", strerror(-r));
         if (progress) {
-                RegistryProgress p = { .kind = REGISTRY_PROGRESS_MANIFEST, .status = "pulling manifest" };
+                RegistryProgress p = {.kind = REGISTRY_PROGRESS_MANIFEST, .status = "pulling manifest"};
                 progress(&p, userdata);
         }
         r = fetch_manifest(h, &raw, &raw_size, &m, e);
@@ -637,8 +651,13 @@ int registry_pull(RegistryStore *s, const RegistryName *name, registry_progress_
 
         for (size_t i = 0; i <= m->n_layers; i++) {
                 const RegistryLayer *l = i < m->n_layers ? &m->layers[i] : &m->config;
-                Download dl = { .store = s, .h = h, .layer = l, .fd = -EBADF, .progress = progress,
-                                .userdata = userdata, .stats = &st };
+                Download dl = {.store = s,
+                               .h = h,
+                               .layer = l,
+                               .fd = -EBADF,
+                               .progress = progress,
+                               .userdata = userdata,
+                               .stats = &st};
                 r = download_blob(&dl, e);
                 st.bytes_downloaded += dl.transferred;
                 free(dl.parts);
@@ -649,7 +668,7 @@ int registry_pull(RegistryStore *s, const RegistryName *name, registry_progress_
         if (r < 0)
                 goto finish;
         if (progress) {
-                RegistryProgress p = { .kind = REGISTRY_PROGRESS_DONE, .status = "success" };
+                RegistryProgress p = {.kind = REGISTRY_PROGRESS_DONE, .status = "success"};
                 progress(&p, userdata);
         }
 finish:

@@ -15,12 +15,16 @@
 
 #include "registry-http.h"
 
-static void report(registry_progress_fn progress, void *userdata, RegistryProgressKind kind, const char *status,
-                   const RegistryLayer *l, uint64_t completed, uint64_t transferred) {
+static void report(registry_progress_fn progress, void *userdata, RegistryProgressKind kind,
+                   const char *status, const RegistryLayer *l, uint64_t completed, uint64_t transferred) {
         if (!progress)
                 return;
-        RegistryProgress p = { .kind = kind, .status = status, .digest = l ? l->digest : NULL,
-                               .total = l ? l->size : 0, .completed = completed, .transferred = transferred };
+        RegistryProgress p = {.kind = kind,
+                              .status = status,
+                              .digest = l ? l->digest : NULL,
+                              .total = l ? l->size : 0,
+                              .completed = completed,
+                              .transferred = transferred};
         progress(&p, userdata);
 }
 
@@ -47,8 +51,8 @@ static int remote_has_blob(Http *h, const RegistryLayer *l, bool *ret, QdError *
                 *ret = false;
                 return 0;
         }
-        return qd_error_set(e, EPROTO, "Registry %s answered HTTP %ld when asked for blob %s.", h->name.host, st,
-                            l->digest);
+        return qd_error_set(e, EPROTO, "Registry %s answered HTTP %ld when asked for blob %s.", h->name.host,
+                            st, l->digest);
 }
 
 /* Starts an upload session (or mounts from from_repo). ret_location is NULL when the mount succeeded. */
@@ -84,7 +88,7 @@ static int start_upload(Http *h, const RegistryLayer *l, const char *from_repo, 
 
 static int upload_blob(Http *h, RegistryStore *s, const RegistryLayer *l, const char *location,
                        registry_progress_fn progress, void *userdata, QdError *e) {
-        static const char *const octet[] = { "Content-Type: application/octet-stream", NULL };
+        static const char *const octet[] = {"Content-Type: application/octet-stream", NULL};
         _cleanup_free_ char *loc = strdup(location), *final_url = NULL, *q = NULL;
         _cleanup_close_ int fd = -EBADF;
         uint64_t chunk = h->config->push_chunk_size, off = 0;
@@ -101,9 +105,10 @@ static int upload_blob(Http *h, RegistryStore *s, const RegistryLayer *l, const 
                 while (off < l->size) {
                         uint64_t n = MIN(chunk, l->size - off);
                         char range[96];
-                        snprintf(range, sizeof(range), "Content-Range: %" PRIu64 "-%" PRIu64, off, off + n - 1);
-                        const char *hdrs[] = { octet[0], range, NULL };
-                        HttpBody body = { .fd = fd, .offset = off, .size = n };
+                        snprintf(range, sizeof(range), "Content-Range: %" PRIu64 "-%" PRIu64, off,
+                                 off + n - 1);
+                        const char *hdrs[] = {octet[0], range, NULL};
+                        HttpBody body = {.fd = fd, .offset = off, .size = n};
                         r = http_request(h, "PATCH", loc, hdrs, &body, 64 * 1024, &resp, e);
                         if (r < 0)
                                 return r;
@@ -111,14 +116,16 @@ static int upload_blob(Http *h, RegistryStore *s, const RegistryLayer *l, const 
                                 long st = resp.status;
                                 http_response_done(&resp);
                                 return qd_error_set(e, EPROTO,
-                                                    "Registry %s refused chunk %" PRIu64 "-%" PRIu64 " of blob %s (HTTP %ld).",
+                                                    "Registry %s refused chunk %" PRIu64 "-%" PRIu64
+                                                    " of blob %s (HTTP %ld).",
                                                     h->name.host, off, off + n - 1, l->digest, st);
                         }
                         free(loc);
                         loc = TAKE_PTR(resp.location);
                         http_response_done(&resp);
                         off += n;
-                        report(progress, userdata, REGISTRY_PROGRESS_LAYER, "pushing", l, off, h->bytes_uploaded);
+                        report(progress, userdata, REGISTRY_PROGRESS_LAYER, "pushing", l, off,
+                               h->bytes_uploaded);
                 }
         }
         q = strdup_printf("digest=%s", l->digest);
@@ -127,7 +134,7 @@ static int upload_blob(Http *h, RegistryStore *s, const RegistryLayer *l, const 
         final_url = append_query(loc, q);
         if (!final_url)
                 return qd_error_set(e, ENOMEM, "Out of memory.");
-        HttpBody body = { .fd = fd, .offset = off, .size = l->size - off };
+        HttpBody body = {.fd = fd, .offset = off, .size = l->size - off};
         r = http_request(h, "PUT", final_url, octet, &body, 64 * 1024, &resp, e);
         if (r < 0)
                 return r;
@@ -137,8 +144,8 @@ static int upload_blob(Http *h, RegistryStore *s, const RegistryLayer *l, const 
                 return qd_error_set(e, EBADMSG, "Registry %s rejected blob %s: digest or size mismatch.",
                                     h->name.host, l->digest);
         if (st != 201)
-                return qd_error_set(e, EPROTO, "Registry %s refused blob %s (HTTP %ld).", h->name.host, l->digest,
-                                    st);
+                return qd_error_set(e, EPROTO, "Registry %s refused blob %s (HTTP %ld).", h->name.host,
+                                    l->digest, st);
         report(progress, userdata, REGISTRY_PROGRESS_LAYER, "pushing", l, l->size, h->bytes_uploaded);
         return 0;
 }
@@ -188,15 +195,16 @@ int registry_push(RegistryStore *s, const RegistryName *name, registry_progress_
                         goto finish;
         }
 
-        report(progress, userdata, REGISTRY_PROGRESS_MANIFEST, "pushing manifest", NULL, 0, h->bytes_uploaded);
+        report(progress, userdata, REGISTRY_PROGRESS_MANIFEST, "pushing manifest", NULL, 0,
+               h->bytes_uploaded);
         url = http_url(h, "/manifests/%s", name->tag);
         ctype = strdup_printf("Content-Type: %s", m->media_type);
         if (!url || !ctype) {
                 r = qd_error_set(e, ENOMEM, "Out of memory.");
                 goto finish;
         }
-        const char *hdrs[] = { ctype, NULL };
-        HttpBody body = { .data = raw, .fd = -1, .size = strlen(raw) };
+        const char *hdrs[] = {ctype, NULL};
+        HttpBody body = {.data = raw, .fd = -1, .size = strlen(raw)};
         r = http_request(h, "PUT", url, hdrs, &body, 64 * 1024, &resp, e);
         if (r < 0)
                 goto finish;

@@ -2,8 +2,8 @@
 #pragma once
 
 /*
- * The registry client's HTTP session (http.c), shared by pull.c and push.c only. A session belongs to the one
- * worker thread that runs the pull or push.
+ * The registry client's HTTP session (http.c), shared by pull.c and push.c only. A session belongs to the
+ * one worker thread that runs the pull or push.
  */
 
 #include <curl/curl.h>
@@ -14,11 +14,11 @@ typedef struct Http {
         const RegistryConfig *config;
         RegistryName name;
         const atomic_bool *cancel;
-        bool insecure;                       /* plain http allowed for this host */
-        char *base;                          /* "https://host" */
-        char *repo;                          /* "namespace/model" */
-        char *scope;                         /* "repository:ns/model:pull[,push]" */
-        char *auth_header;                   /* "Authorization: …" once we have credentials, else NULL */
+        bool insecure;                        /* plain http allowed for this host */
+        char *base;                           /* "https://host" */
+        char *repo;                           /* "namespace/model" */
+        char *scope;                          /* "repository:ns/model:pull[,push]" */
+        char *auth_header;                    /* "Authorization: …" once we have credentials, else NULL */
         const RegistryCredential *credential; /* from the config, or NULL */
         unsigned retries;
         uint64_t bytes_uploaded;
@@ -26,7 +26,7 @@ typedef struct Http {
 
 typedef struct HttpResponse {
         long status;
-        Buf body;         /* at most max_body bytes */
+        Buf body; /* at most max_body bytes */
         size_t max_body;
         bool too_large;
         char *location;
@@ -80,8 +80,9 @@ int http_backoff(Http *h, unsigned attempt);
 
 /*
  * One request with authentication and retries. On success (any HTTP status) ret holds the response; the
- * caller judges the status. Fails on network errors after the retries, on cancellation, on an over-long body.
+ * caller judges the status. Fails on network errors after the retries, on cancellation, on an over-long
+ * body.
  */
-int http_request(Http *h, const char *method, const char *url, const char *const *headers, const HttpBody *body,
-                 size_t max_body, HttpResponse *ret, QdError *e);
+int http_request(Http *h, const char *method, const char *url, const char *const *headers,
+                 const HttpBody *body, size_t max_body, HttpResponse *ret, QdError *e);
 void http_response_done(HttpResponse *r);

@@ -7,13 +7,13 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <sys/mman.h>
-#include <sys/sysmacros.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <setjmp.h>
 
 #include <cmocka.h>
 
@@ -57,8 +57,8 @@ static int setup(void **state) {
                 fail_msg("Test model %s is missing", p);
         free(p);
         RegistryCreateLayer layers[] = {
-                { .media_type = REGISTRY_MEDIA_MODEL, .fd = fd },
-                { .media_type = REGISTRY_MEDIA_SYSTEM, .fd = -1, .data = "Be brief.", .size = 9 },
+                {.media_type = REGISTRY_MEDIA_MODEL, .fd = fd},
+                {.media_type = REGISTRY_MEDIA_SYSTEM, .fd = -1, .data = "Be brief.", .size = 9},
         };
         RegistryName n = name_of("tiny:1");
         assert_int_equal(registry_store_create(f->src, &n, layers, 2, NULL, NULL, &e), 0);
@@ -85,7 +85,7 @@ static int teardown(void **state) {
 /* Every entry of the destination store's blobs/ and manifests/ trees, dot files included. */
 static unsigned count_all(Fixture *f) {
         unsigned n = 0;
-        const char *subs[] = { "blobs", "manifests" };
+        const char *subs[] = {"blobs", "manifests"};
         for (size_t i = 0; i < 2; i++) {
                 char *p = strdup_printf("%s/%s", f->dst_root, subs[i]);
                 DIR *d = opendir(p);
@@ -153,7 +153,8 @@ static void test_roundtrip(void **state) {
         RegistryName missing = name_of("missing");
         fd = memfd_create("archive", MFD_CLOEXEC);
         assert_int_equal(registry_export(f->src, &missing, fd, REGISTRY_ARCHIVE_TAR, NULL, NULL), -ENOENT);
-        assert_int_equal(registry_export(f->src, &n, fd, _REGISTRY_ARCHIVE_FORMAT_INVALID, NULL, NULL), -EINVAL);
+        assert_int_equal(registry_export(f->src, &n, fd, _REGISTRY_ARCHIVE_FORMAT_INVALID, NULL, NULL),
+                         -EINVAL);
         atomic_bool cancel = true;
         assert_int_equal(registry_export(f->src, &n, fd, REGISTRY_ARCHIVE_TAR, &cancel, NULL), -ECANCELED);
         close(fd);
@@ -163,13 +164,13 @@ static void test_roundtrip(void **state) {
 
 typedef struct Entry {
         const char *path;
-        unsigned type;     /* AE_IFREG unless set */
-        const void *data;  /* NULL: data of the blob named by digest */
+        unsigned type;    /* AE_IFREG unless set */
+        const void *data; /* NULL: data of the blob named by digest */
         size_t size;
         const char *digest; /* blob whose bytes to write */
-        const char *link;  /* symlink target or hardlink source */
+        const char *link;   /* symlink target or hardlink source */
         bool hardlink;
-        int64_t declared;  /* header size when not 0 */
+        int64_t declared; /* header size when not 0 */
 } Entry;
 
 static int build(Fixture *f, const Entry *entries, size_t n, bool gzip) {
@@ -241,13 +242,13 @@ static void test_hostile_archives(void **state) {
         snprintf(b0, sizeof(b0), "blobs/sha256-%s", d0 + 7);
         snprintf(b1, sizeof(b1), "blobs/sha256-%s", d1 + 7);
         snprintf(bc, sizeof(bc), "blobs/sha256-%s", dc + 7);
-        Entry man = { .path = mp, .data = f->raw, .size = strlen(f->raw) };
-        Entry blob0 = { .path = b0, .digest = d0 }, blob1 = { .path = b1, .digest = d1 },
-              cfg = { .path = bc, .digest = dc };
+        Entry man = {.path = mp, .data = f->raw, .size = strlen(f->raw)};
+        Entry blob0 = {.path = b0, .digest = d0}, blob1 = {.path = b1, .digest = d1},
+              cfg = {.path = bc, .digest = dc};
 
         /* The good archive imports, so each refusal below is down to its one change. */
         {
-                Entry ok[] = { man, blob0, blob1, cfg };
+                Entry ok[] = {man, blob0, blob1, cfg};
                 int fd = build(f, ok, 4, true);
                 RegistryName n = name_of("good");
                 QdError e = {};
@@ -257,92 +258,95 @@ static void test_hostile_archives(void **state) {
                 assert_int_equal(count_all(f), 0);
         }
         {
-                Entry x[] = { { .path = "/etc/passwd", .data = "x", .size = 1 } };
+                Entry x[] = {{.path = "/etc/passwd", .data = "x", .size = 1}};
                 expect_refused(f, x, 1, EBADMSG, "absolute");
         }
         {
-                Entry x[] = { man, { .path = "blobs/../../../../tmp/x", .data = "x", .size = 1 } };
+                Entry x[] = {man, {.path = "blobs/../../../../tmp/x", .data = "x", .size = 1}};
                 expect_refused(f, x, 2, EBADMSG, "'..'");
         }
         {
-                Entry x[] = { { .path = "manifests/registry.ollama.ai/library/../../etc", .data = "x", .size = 1 } };
+                Entry x[] = {
+                        {.path = "manifests/registry.ollama.ai/library/../../etc", .data = "x", .size = 1}};
                 expect_refused(f, x, 1, EBADMSG, "'..'");
         }
         {
-                Entry x[] = { man, { .path = b0, .type = AE_IFLNK, .link = "/etc/shadow" } };
+                Entry x[] = {man, {.path = b0, .type = AE_IFLNK, .link = "/etc/shadow"}};
                 expect_refused(f, x, 2, EBADMSG, "link");
         }
         {
-                Entry x[] = { man, blob0, { .path = b1, .link = b0, .hardlink = true } };
+                Entry x[] = {man, blob0, {.path = b1, .link = b0, .hardlink = true}};
                 expect_refused(f, x, 3, EBADMSG, "link");
         }
         {
-                Entry x[] = { man, { .path = b0, .type = AE_IFCHR } };
+                Entry x[] = {man, {.path = b0, .type = AE_IFCHR}};
                 expect_refused(f, x, 2, EBADMSG, "not a regular file");
         }
         {
-                Entry x[] = { man, { .path = "blobs", .type = AE_IFDIR } };
+                Entry x[] = {man, {.path = "blobs", .type = AE_IFDIR}};
                 expect_refused(f, x, 2, EBADMSG, "not a regular file");
         }
         {
                 /* Digest mismatch: the right size, the wrong bytes. */
                 char *junk = calloc(1, 9);
                 memcpy(junk, "Be bri3f.", 9);
-                Entry x[] = { man, blob0, { .path = b1, .data = junk, .size = 9 }, cfg };
+                Entry x[] = {man, blob0, {.path = b1, .data = junk, .size = 9}, cfg};
                 expect_refused(f, x, 4, EBADMSG, "corrupt");
                 free(junk);
         }
         {
                 /* A blob bigger than its manifest says. */
-                Entry x[] = { man, blob0, { .path = b1, .data = "Be brief, really brief.", .size = 23 }, cfg };
+                Entry x[] = {man, blob0, {.path = b1, .data = "Be brief, really brief.", .size = 23}, cfg};
                 expect_refused(f, x, 4, EMSGSIZE, "manifest says");
         }
         {
-                /* A manifest declaring more than the import limit (a size bomb) is refused before reading on. */
+                /* A manifest declaring more than the import limit (a size bomb) is refused before reading
+                 * on. */
                 char *big = strdup(f->raw);
                 char needle[64];
                 snprintf(needle, sizeof(needle), "\"size\":%ju", (uintmax_t)f->m->layers[0].size);
                 char *at = strstr(big, needle);
                 assert_non_null(at);
-                char *bomb = strdup_printf("%.*s\"size\":999999999999999%s", (int)(at - big), big, at + strlen(needle));
-                Entry x[] = { { .path = mp, .data = bomb, .size = strlen(bomb) }, blob0 };
+                char *bomb = strdup_printf("%.*s\"size\":999999999999999%s", (int)(at - big), big,
+                                           at + strlen(needle));
+                Entry x[] = {{.path = mp, .data = bomb, .size = strlen(bomb)}, blob0};
                 f->config.import_max_bytes = 1ULL << 30;
                 expect_refused(f, x, 2, EMSGSIZE, "import limit");
                 free(bomb);
                 free(big);
         }
         {
-                Entry x[] = { blob0, man };
+                Entry x[] = {blob0, man};
                 expect_refused(f, x, 2, EBADMSG, "manifest");
         }
         {
-                Entry x[] = { man, blob0, blob1, cfg, { .path = "blobs/evil", .data = "x", .size = 1 } };
+                Entry x[] = {man, blob0, blob1, cfg, {.path = "blobs/evil", .data = "x", .size = 1}};
                 expect_refused(f, x, 5, EBADMSG, "unexpected entry");
         }
         {
-                Entry x[] = { man, blob0, blob1, cfg, blob0 };
+                Entry x[] = {man, blob0, blob1, cfg, blob0};
                 expect_refused(f, x, 5, EBADMSG, "twice");
         }
         {
                 char other[96];
                 snprintf(other, sizeof(other), "blobs/sha256-%064d", 0);
-                Entry x[] = { man, blob0, { .path = other, .data = "x", .size = 1 } };
+                Entry x[] = {man, blob0, {.path = other, .data = "x", .size = 1}};
                 expect_refused(f, x, 3, EBADMSG, "does not use");
         }
         {
-                Entry x[] = { man, blob0, cfg };
+                Entry x[] = {man, blob0, cfg};
                 expect_refused(f, x, 3, EBADMSG, "lacks blob");
         }
         {
-                Entry x[] = { { .path = mp, .data = "{\"schemaVersion\":2}", .size = 19 } };
+                Entry x[] = {{.path = mp, .data = "{\"schemaVersion\":2}", .size = 19}};
                 expect_refused(f, x, 1, EBADMSG, "invalid");
         }
         {
-                Entry x[] = { { .path = "manifests/h/ns/only-three", .data = f->raw, .size = strlen(f->raw) } };
+                Entry x[] = {{.path = "manifests/h/ns/only-three", .data = f->raw, .size = strlen(f->raw)}};
                 expect_refused(f, x, 1, EBADMSG, "host/namespace/model/tag");
         }
         {
-                Entry x[] = { { .path = "manifests/h/n s/m/t", .data = f->raw, .size = strlen(f->raw) } };
+                Entry x[] = {{.path = "manifests/h/n s/m/t", .data = f->raw, .size = strlen(f->raw)}};
                 expect_refused(f, x, 1, EBADMSG, "not a valid model name");
         }
 
@@ -357,7 +361,7 @@ static void test_hostile_archives(void **state) {
         fd = memfd_create("empty", MFD_CLOEXEC);
         assert_int_equal(registry_import(f->dst, fd, NULL, NULL, NULL, NULL), -EBADMSG);
         close(fd);
-        Entry ok[] = { man, blob0, blob1, cfg };
+        Entry ok[] = {man, blob0, blob1, cfg};
         fd = build(f, ok, 4, false);
         struct stat st;
         fstat(fd, &st);

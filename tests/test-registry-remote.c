@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * registry/ against a real registry: Debian's docker-registry (the CNCF distribution registry) on loopback,
- * behind tests/registry/fault-proxy.py, which counts blob bytes and injects network faults. A second registry
- * instance requires basic authentication (tests/registry/htpasswd); the proxy can require bearer tokens.
+ * behind tests/registry/fault-proxy.py, which counts blob bytes and injects network faults. A second
+ * registry instance requires basic authentication (tests/registry/htpasswd); the proxy can require bearer
+ * tokens.
  *
  * Suite `registry`. Needs docker-registry and python3; a missing one fails the test.
  */
@@ -21,10 +22,10 @@
 #include <sys/wait.h>
 #include <time.h>
 
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <setjmp.h>
 
 #include <cmocka.h>
 
@@ -46,7 +47,7 @@ static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *f)
 
 static unsigned free_port(void) {
         int fd = socket(AF_INET, SOCK_STREAM, 0);
-        struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
         socklen_t len = sizeof(a);
 
         assert_true(fd >= 0);
@@ -92,7 +93,7 @@ static void wait_for_http(const char *url) {
         for (int i = 0; i < 200; i++) {
                 if (http_simple("GET", url, NULL) != 0)
                         return;
-                struct timespec ts = { 0, 50 * 1000000L };
+                struct timespec ts = {0, 50 * 1000000L};
                 nanosleep(&ts, NULL);
         }
         fail_msg("%s did not come up", url);
@@ -289,9 +290,9 @@ static void create_stories(Local *l, const char *name) {
         int fd = open_model_file();
         const char *tmpl = "{{ .System }} {{ .Prompt }}";
         RegistryCreateLayer layers[] = {
-                { .media_type = REGISTRY_MEDIA_MODEL, .fd = fd },
-                { .media_type = REGISTRY_MEDIA_TEMPLATE, .fd = -1, .data = tmpl, .size = strlen(tmpl) },
-                { .media_type = REGISTRY_MEDIA_PARAMS, .fd = -1, .data = "{\"temperature\":0}", .size = 17 },
+                {.media_type = REGISTRY_MEDIA_MODEL, .fd = fd},
+                {.media_type = REGISTRY_MEDIA_TEMPLATE, .fd = -1, .data = tmpl, .size = strlen(tmpl)},
+                {.media_type = REGISTRY_MEDIA_PARAMS, .fd = -1, .data = "{\"temperature\":0}", .size = 17},
         };
         RegistryName n = name_of(l, name);
         QdError e = {};
@@ -315,7 +316,7 @@ static void create_big(Local *l, const char *name, uint64_t size) {
                 p[i] = x;
         }
         munmap(p, size);
-        RegistryCreateLayer layer = { .media_type = REGISTRY_MEDIA_MODEL, .fd = fd };
+        RegistryCreateLayer layer = {.media_type = REGISTRY_MEDIA_MODEL, .fd = fd};
         RegistryName n = name_of(l, name);
         QdError e = {};
         if (registry_store_create(l->store, &n, &layer, 1, NULL, NULL, &e) < 0)
@@ -562,7 +563,7 @@ static void test_cancel_and_resume(void **state) {
         push(a, "test/cancel:v1", NULL);
         b->config.part_size = 4 << 20;
         b->config.max_bandwidth = 32ULL << 20;
-        CancelAfter c = { .after = size / 4 };
+        CancelAfter c = {.after = size / 4};
         RegistryName n = name_of(b, "test/cancel:v1");
         assert_int_equal(registry_pull(b->store, &n, cancel_progress, &c, &c.cancel, &st, &e), -ECANCELED);
         assert_false(registry_store_has_model(b->store, &n));
@@ -628,7 +629,7 @@ static void test_resume_after_kill(void **state) {
         /* Kill the puller once its state on disk records a third of the blob. */
         uint64_t saved = 0;
         for (int i = 0; i < 3000 && saved < size / 3; i++) {
-                struct timespec ts = { 0, 10 * 1000000L };
+                struct timespec ts = {0, 10 * 1000000L};
                 nanosleep(&ts, NULL);
                 saved = partial_progress(b);
         }
@@ -678,8 +679,8 @@ static void test_concurrent_pulls_share(void **state) {
         push(a, "test/shared:v1", NULL);
         b->config.max_bandwidth = 48ULL << 20;
         b->config.part_size = 4 << 20;
-        PullThread t[2] = { { .l = b, .name = name_of(b, "test/shared:v1") },
-                            { .l = b, .name = name_of(b, "test/shared:v1") } };
+        PullThread t[2] = {{.l = b, .name = name_of(b, "test/shared:v1")},
+                           {.l = b, .name = name_of(b, "test/shared:v1")}};
         pthread_t th[2];
         proxy("/__reset");
         for (int i = 0; i < 2; i++)
@@ -700,7 +701,7 @@ static void test_concurrent_pulls_share(void **state) {
 
 static void add_credential(Local *l, const char *host, const char *user, const char *pass) {
         l->config.credentials = calloc(1, sizeof(RegistryCredential));
-        l->config.credentials[0] = (RegistryCredential){ strdup(host), strdup(user), strdup(pass) };
+        l->config.credentials[0] = (RegistryCredential){strdup(host), strdup(user), strdup(pass)};
         l->config.n_credentials = 1;
 }
 
