@@ -59,7 +59,8 @@ struct Download {
         CURLM *multi;
         size_t active;
         bool ranges_unsupported;
-        int fatal; /* negative errno that ends the download, 0 while fine */
+        uint64_t start; /* now_ns() when the transfers began, for the bandwidth cap */
+        int fatal;      /* negative errno that ends the download, 0 while fine */
         QdError fatal_error;
         uint64_t transferred;
         uint64_t last_save;
@@ -178,6 +179,26 @@ static size_t part_header_cb(char *p, size_t size, size_t n, void *userdata) {
         return len;
 }
 
+/*
+ * The bandwidth cap, over all parts of the blob: ahead of max_bandwidth bytes per second since the start,
+ * the write callback sleeps until the budget catches up. All parts run on this one thread, so the sleep
+ * holds them all back, and TCP flow control slows the sender. libcurl's per-transfer limit is not used:
+ * parts are short transfers, each of which it would let burst.
+ */
+static void throttle(Download *dl) {
+        uint64_t cap = dl->h->config->max_bandwidth;
+
+        while (cap > 0 && !cancelled(dl->h->cancel)) {
+                double elapsed = (double)(now_ns() - dl->start) / 1e9;
+                double ahead = (double)dl->transferred - (double)cap * elapsed;
+                if (ahead <= 0)
+                        break;
+                double ms = MIN(ahead / (double)cap * 1000.0, 50.0);
+                struct timespec ts = {0, (long)(ms * 1e6) + 1};
+                nanosleep(&ts, NULL);
+        }
+}
+
 static size_t part_write_cb(char *p, size_t size, size_t n, void *userdata) {
         Part *pt = userdata;
         Download *dl = pt->dl;
@@ -211,6 +232,7 @@ static size_t part_write_cb(char *p, size_t size, size_t n, void *userdata) {
         pt->done += len;
         pt->received += len;
         dl->transferred += len;
+        throttle(dl);
         return len;
 }
 
@@ -250,11 +272,6 @@ static int start_part(Download *dl, Part *pt) {
         curl_easy_setopt(c, CURLOPT_HEADERDATA, pt);
         curl_easy_setopt(c, CURLOPT_PRIVATE, pt);
         curl_easy_setopt(c, CURLOPT_ERRORBUFFER, pt->errbuf);
-        if (dl->h->config->max_bandwidth > 0) {
-                uint64_t share =
-                        MAX(dl->h->config->max_bandwidth / dl->h->config->parallel_parts, (uint64_t)1);
-                curl_easy_setopt(c, CURLOPT_MAX_RECV_SPEED_LARGE, (curl_off_t)share);
-        }
         if (curl_multi_add_handle(dl->multi, c) != CURLM_OK) {
                 curl_slist_free_all(pt->headers);
                 pt->headers = NULL;
@@ -359,6 +376,7 @@ static int run_transfers(Download *dl, QdError *e) {
         if (!dl->multi)
                 return qd_error_set(e, ENOMEM, "Out of memory.");
         dl->last_save = now_ns();
+        dl->start = now_ns();
         for (;;) {
                 bool all_done = true;
                 uint64_t now = now_ns();

@@ -29,149 +29,17 @@
 
 #include <cmocka.h>
 
+#include "registry-harness.h"
 #include "registry.h"
 
 typedef struct World {
         char dir[64];
-        pid_t registry_pid, auth_registry_pid, proxy_pid;
-        unsigned registry_port, auth_port, proxy_port;
-        char proxy_host[32], auth_host[32], direct_host[32];
+        RegistryServer registry, auth_registry, tls_registry, proxy;
+        char *ca_file;
         uint64_t big_size;
 } World;
 
 static World W;
-
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *f) {
-        return remove(p);
-}
-
-static unsigned free_port(void) {
-        int fd = socket(AF_INET, SOCK_STREAM, 0);
-        struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-        socklen_t len = sizeof(a);
-
-        assert_true(fd >= 0);
-        assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-        assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-        close(fd);
-        return ntohs(a.sin_port);
-}
-
-static const char *registry_dir(void) {
-        const char *d = getenv("QUANTD_TEST_REGISTRY_DIR");
-        if (!d)
-                fail_msg("QUANTD_TEST_REGISTRY_DIR is not set");
-        return d;
-}
-
-static size_t discard_cb(char *p, size_t s, size_t n, void *u) {
-        Buf *b = u;
-        if (b)
-                buf_append(b, p, s * n);
-        return s * n;
-}
-
-/* One HTTP request to a test server; returns the status, 0 when nothing answered. */
-static long http_simple(const char *method, const char *url, Buf *body) {
-        CURL *c = curl_easy_init();
-        long status = 0;
-
-        curl_easy_setopt(c, CURLOPT_URL, url);
-        curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
-        curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard_cb);
-        curl_easy_setopt(c, CURLOPT_WRITEDATA, body);
-        curl_easy_setopt(c, CURLOPT_TIMEOUT, 10L);
-        if (streq(method, "POST"))
-                curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
-        if (curl_easy_perform(c) == CURLE_OK)
-                curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-        curl_easy_cleanup(c);
-        return status;
-}
-
-static void wait_for_http(const char *url) {
-        for (int i = 0; i < 200; i++) {
-                if (http_simple("GET", url, NULL) != 0)
-                        return;
-                struct timespec ts = {0, 50 * 1000000L};
-                nanosleep(&ts, NULL);
-        }
-        fail_msg("%s did not come up", url);
-}
-
-static pid_t start_registry(const char *name, unsigned port, bool auth) {
-        char *root = strdup_printf("%s/%s", W.dir, name);
-        char *addr = strdup_printf("127.0.0.1:%u", port);
-        char *config = strdup_printf("%s/config.yml", registry_dir());
-        char *htpasswd = strdup_printf("%s/htpasswd", registry_dir());
-        char *log = strdup_printf("%s/%s.log", W.dir, name);
-        assert_int_equal(mkdir(root, 0755), 0);
-
-        pid_t pid = fork();
-        assert_true(pid >= 0);
-        if (pid == 0) {
-                int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-                dup2(fd, 1);
-                dup2(fd, 2);
-                setenv("REGISTRY_HTTP_ADDR", addr, 1);
-                setenv("REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", root, 1);
-                setenv("REGISTRY_HTTP_SECRET", "quantd-test", 1);
-                if (auth) {
-                        setenv("REGISTRY_AUTH_HTPASSWD_PATH", htpasswd, 1);
-                        setenv("REGISTRY_AUTH_HTPASSWD_REALM", "quantd-test", 1);
-                }
-                execlp("docker-registry", "docker-registry", "serve", config, (char *)NULL);
-                fprintf(stderr, "docker-registry: %m\n");
-                _exit(127);
-        }
-        char *url = strdup_printf("http://%s/v2/", addr);
-        wait_for_http(url);
-        free(url);
-        free(root);
-        free(addr);
-        free(config);
-        free(htpasswd);
-        free(log);
-        return pid;
-}
-
-static pid_t start_proxy(unsigned upstream, unsigned *ret_port) {
-        char *script = strdup_printf("%s/fault-proxy.py", registry_dir());
-        char *up = strdup_printf("127.0.0.1:%u", upstream);
-        int pipefd[2];
-
-        assert_int_equal(pipe(pipefd), 0);
-        pid_t pid = fork();
-        assert_true(pid >= 0);
-        if (pid == 0) {
-                dup2(pipefd[1], 1);
-                close(pipefd[0]);
-                execlp("python3", "python3", script, "--upstream", up, (char *)NULL);
-                _exit(127);
-        }
-        close(pipefd[1]);
-        char line[64] = {};
-        size_t n = 0;
-        while (n + 1 < sizeof(line)) {
-                ssize_t k = read(pipefd[0], line + n, 1);
-                if (k <= 0 || line[n] == '\n')
-                        break;
-                n++;
-        }
-        close(pipefd[0]);
-        if (sscanf(line, "PORT %u", ret_port) != 1)
-                fail_msg("fault-proxy.py did not start");
-        free(script);
-        free(up);
-        return pid;
-}
-
-static void stop(pid_t pid) {
-        if (pid > 0) {
-                kill(pid, SIGTERM);
-                waitpid(pid, NULL, 0);
-        }
-}
 
 static int group_setup(void **state) {
         const char *big = getenv("QUANTD_TEST_BIG_MB");
@@ -183,22 +51,26 @@ static int group_setup(void **state) {
         curl_global_init(CURL_GLOBAL_DEFAULT);
         snprintf(W.dir, sizeof(W.dir), "/tmp/test-registry-remote-XXXXXX");
         assert_non_null(mkdtemp(W.dir));
-        W.registry_port = free_port();
-        W.registry_pid = start_registry("registry", W.registry_port, false);
-        W.auth_port = free_port();
-        W.auth_registry_pid = start_registry("auth-registry", W.auth_port, true);
-        W.proxy_pid = start_proxy(W.registry_port, &W.proxy_port);
-        snprintf(W.proxy_host, sizeof(W.proxy_host), "127.0.0.1:%u", W.proxy_port);
-        snprintf(W.auth_host, sizeof(W.auth_host), "127.0.0.1:%u", W.auth_port);
-        snprintf(W.direct_host, sizeof(W.direct_host), "127.0.0.1:%u", W.registry_port);
+        harness_start_registry(&W.registry, W.dir, "registry", NULL);
+        harness_start_registry(&W.auth_registry, W.dir, "auth-registry",
+                               &(RegistryServerOptions){.htpasswd = true});
+        W.ca_file = strdup_printf("%s/cert.pem", W.dir);
+        char *key = strdup_printf("%s/key.pem", W.dir);
+        harness_make_certificate(W.ca_file, key);
+        harness_start_registry(&W.tls_registry, W.dir, "tls-registry",
+                               &(RegistryServerOptions){.tls_cert = W.ca_file, .tls_key = key});
+        free(key);
+        harness_start_proxy(&W.proxy, W.registry.port);
         return 0;
 }
 
 static int group_teardown(void **state) {
-        stop(W.proxy_pid);
-        stop(W.auth_registry_pid);
-        stop(W.registry_pid);
-        nftw(W.dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        harness_stop(&W.proxy);
+        harness_stop(&W.tls_registry);
+        harness_stop(&W.auth_registry);
+        harness_stop(&W.registry);
+        harness_rm_rf(W.dir);
+        free(W.ca_file);
         curl_global_cleanup();
         return 0;
 }
@@ -212,17 +84,17 @@ static void proxy(const char *fmt, ...) {
         va_start(ap, fmt);
         vsnprintf(path, sizeof(path), fmt, ap);
         va_end(ap);
-        char *url = strdup_printf("http://%s%s", W.proxy_host, path);
-        assert_int_equal(http_simple("POST", url, NULL), 200);
+        char *url = strdup_printf("http://%s%s", W.proxy.host, path);
+        assert_int_equal(harness_http("POST", url, NULL), 200);
         free(url);
 }
 
 static uint64_t proxy_stat(const char *key) {
-        char *url = strdup_printf("http://%s/__stats", W.proxy_host);
+        char *url = strdup_printf("http://%s/__stats", W.proxy.host);
         Buf b = {};
         json_object *o, *v;
 
-        assert_int_equal(http_simple("GET", url, &b), 200);
+        assert_int_equal(harness_http("GET", url, &b), 200);
         o = json_tokener_parse((const char *)b.data);
         assert_non_null(o);
         assert_true(json_object_object_get_ex(o, key, &v));
@@ -247,11 +119,11 @@ static Local *local_new(const char *name) {
 
         l->root = strdup_printf("%s/%s", W.dir, name);
         registry_config_init(&l->config);
-        l->config.default_host = strdup(W.proxy_host);
+        l->config.default_host = strdup(W.proxy.host);
         l->config.insecure_hosts = calloc(4, sizeof(char *));
-        l->config.insecure_hosts[0] = strdup(W.proxy_host);
-        l->config.insecure_hosts[1] = strdup(W.auth_host);
-        l->config.insecure_hosts[2] = strdup(W.direct_host);
+        l->config.insecure_hosts[0] = strdup(W.proxy.host);
+        l->config.insecure_hosts[1] = strdup(W.auth_registry.host);
+        l->config.insecure_hosts[2] = strdup(W.registry.host);
         l->config.part_size = 256 * 1024;
         l->config.parallel_parts = 4;
         l->config.backoff_ms = 20;
@@ -264,7 +136,7 @@ static Local *local_new(const char *name) {
 static void local_free(Local *l) {
         registry_store_free(l->store);
         registry_config_done(&l->config);
-        nftw(l->root, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        harness_rm_rf(l->root);
         free(l->root);
         free(l);
 }
@@ -302,20 +174,9 @@ static void create_stories(Local *l, const char *name) {
 }
 
 /* A model whose weights are size pseudo-random bytes (xorshift), for the large-blob tests. */
+/* A model whose weights are size pseudo-random bytes, for the large-blob tests. */
 static void create_big(Local *l, const char *name, uint64_t size) {
-        int fd = memfd_create("big", MFD_CLOEXEC);
-        assert_true(fd >= 0);
-        assert_int_equal(ftruncate(fd, (off_t)size), 0);
-        uint64_t *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-        assert_true(p != MAP_FAILED);
-        uint64_t x = 0x9E3779B97F4A7C15ULL;
-        for (uint64_t i = 0; i < size / 8; i++) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                p[i] = x;
-        }
-        munmap(p, size);
+        int fd = harness_random_fd(size, 0x9E3779B97F4A7C15ULL);
         RegistryCreateLayer layer = {.media_type = REGISTRY_MEDIA_MODEL, .fd = fd};
         RegistryName n = name_of(l, name);
         QdError e = {};
@@ -451,7 +312,7 @@ static void test_not_found_and_bad_host(void **state) {
 
         /* A host not listed as insecure is reached over https, which the plain registry cannot speak. */
         e = (QdError){};
-        char *name = strdup_printf("localhost:%u/test/stories:v1", W.registry_port);
+        char *name = strdup_printf("localhost:%u/test/stories:v1", W.registry.port);
         RegistryName n = name_of(b, name);
         int r = registry_pull(b->store, &n, NULL, NULL, NULL, NULL, &e);
         assert_true(r == -EACCES || r == -EHOSTUNREACH);
@@ -708,11 +569,11 @@ static void add_credential(Local *l, const char *host, const char *user, const c
 static void test_basic_auth(void **state) {
         Local *a = local_new("ba-a"), *b = local_new("ba-b"), *c = local_new("ba-c"), *d = local_new("ba-d");
         QdError e = {};
-        char *name = strdup_printf("%s/test/private:v1", W.auth_host);
+        char *name = strdup_printf("%s/test/private:v1", W.auth_registry.host);
 
-        add_credential(a, W.auth_host, "quantd", "s3cret-pass");
-        add_credential(b, W.auth_host, "quantd", "s3cret-pass");
-        add_credential(d, W.auth_host, "quantd", "wrong");
+        add_credential(a, W.auth_registry.host, "quantd", "s3cret-pass");
+        add_credential(b, W.auth_registry.host, "quantd", "s3cret-pass");
+        add_credential(d, W.auth_registry.host, "quantd", "wrong");
         create_stories(a, name);
         push(a, name, NULL);
         assert_int_equal(pull(b, name, NULL, &e), 0);
@@ -747,6 +608,106 @@ static void test_bearer_auth(void **state) {
         local_free(b);
 }
 
+static void test_tls_verified(void **state) {
+        Local *a = local_new("tls-a"), *b = local_new("tls-b"), *c = local_new("tls-c");
+        QdError e = {};
+        char *name = strdup_printf("%s/test/tls:v1", W.tls_registry.host);
+
+        /* Not listed as insecure: https, verified against the test's CA file. */
+        a->config.ca_file = strdup(W.ca_file);
+        b->config.ca_file = strdup(W.ca_file);
+        create_stories(a, name);
+        push(a, name, NULL);
+        assert_int_equal(pull(b, name, NULL, &e), 0);
+        RegistryName n = name_of(b, name);
+        assert_int_equal(registry_store_verify(b->store, &n, &e), 0);
+
+        /* Without the CA the self-signed certificate is refused. */
+        e = (QdError){};
+        assert_int_equal(pull(c, name, NULL, &e), -EACCES);
+        assert_non_null(strstr(e.msg, W.tls_registry.host));
+        assert_int_equal(count_files(c, "manifests"), 0);
+        free(name);
+        local_free(a);
+        local_free(b);
+        local_free(c);
+}
+
+static void test_bandwidth_cap(void **state) {
+        Local *a = local_new("bw-a"), *b = local_new("bw-b");
+        RegistryTransferStats st = {};
+        QdError e = {};
+        uint64_t size = 8ULL << 20;
+
+        create_big(a, "test/capped:v1", size);
+        push(a, "test/capped:v1", NULL);
+        b->config.part_size = 1 << 20;
+        b->config.max_bandwidth = 4ULL << 20;
+        uint64_t t0 = now_ns();
+        if (pull(b, "test/capped:v1", &st, &e) < 0)
+                fail_msg("capped pull: %s", e.msg);
+        double seconds = (double)(now_ns() - t0) / 1e9;
+        print_message("# %ju bytes at a cap of 4 MiB/s took %.2f s\n", (uintmax_t)size, seconds);
+        /* 2 s at the cap; libcurl's limiter is approximate over short transfers. */
+        assert_true(seconds >= 1.4);
+        local_free(a);
+        local_free(b);
+}
+
+typedef struct Events {
+        RegistryProgressKind kinds[4096];
+        char digests[4096][REGISTRY_DIGEST_MAX];
+        uint64_t completed[4096], total[4096];
+        size_t n;
+} Events;
+
+static void record(const RegistryProgress *p, void *userdata) {
+        Events *ev = userdata;
+        if (ev->n == ELEMENTSOF(ev->kinds))
+                return;
+        ev->kinds[ev->n] = p->kind;
+        snprintf(ev->digests[ev->n], REGISTRY_DIGEST_MAX, "%s", strempty(p->digest));
+        ev->completed[ev->n] = p->completed;
+        ev->total[ev->n] = p->total;
+        ev->n++;
+}
+
+static void test_progress_events(void **state) {
+        Local *a = local_new("pe-a"), *b = local_new("pe-b");
+        Events *ev = calloc(1, sizeof(Events));
+        RegistryManifest *m = NULL;
+        QdError e = {};
+
+        create_stories(a, "test/progress:v1");
+        push(a, "test/progress:v1", NULL);
+        RegistryName n = name_of(b, "test/progress:v1");
+        assert_int_equal(registry_pull(b->store, &n, record, ev, NULL, NULL, &e), 0);
+        assert_true(ev->n >= 6);
+        assert_int_equal(ev->kinds[0], REGISTRY_PROGRESS_MANIFEST);
+        assert_int_equal(ev->kinds[ev->n - 1], REGISTRY_PROGRESS_DONE);
+        assert_int_equal(registry_store_show(b->store, &n, &m, NULL, &e), 0);
+        for (size_t i = 0; i <= m->n_layers; i++) {
+                const RegistryLayer *l = i < m->n_layers ? &m->layers[i] : &m->config;
+                uint64_t last = 0;
+                bool verified = false, seen = false;
+                for (size_t k = 0; k < ev->n; k++) {
+                        if (!streq(ev->digests[k], l->digest))
+                                continue;
+                        seen = true;
+                        assert_true(ev->total[k] == l->size);
+                        assert_true(ev->completed[k] >= last);
+                        last = ev->completed[k];
+                        verified |= ev->kinds[k] == REGISTRY_PROGRESS_VERIFYING;
+                }
+                assert_true(seen && verified);
+                assert_true(last == l->size);
+        }
+        registry_manifest_free(m);
+        free(ev);
+        local_free(a);
+        local_free(b);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup(test_push_pull_roundtrip, reset_proxy),
@@ -761,6 +722,9 @@ int main(void) {
                 cmocka_unit_test_setup(test_concurrent_pulls_share, reset_proxy),
                 cmocka_unit_test_setup(test_basic_auth, reset_proxy),
                 cmocka_unit_test_setup(test_bearer_auth, reset_proxy),
+                cmocka_unit_test_setup(test_tls_verified, reset_proxy),
+                cmocka_unit_test_setup(test_bandwidth_cap, reset_proxy),
+                cmocka_unit_test_setup(test_progress_events, reset_proxy),
         };
         return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
