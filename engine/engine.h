@@ -168,6 +168,30 @@ _Static_assert(sizeof(BlockQ6_K) == 210, "wrong q6_K block size");
 _Static_assert(sizeof(BlockQ8_K) == 292, "wrong q8_K block size");
 _Static_assert(sizeof(BlockIQ4_NL) == 18, "wrong iq4_nl block size");
 
+/* ---- scalar conversions and dequantization (the references every kernel is tested against) ---- */
+
+/* IEEE binary16 to float32, exactly (NaN payloads kept). */
+float engine_fp16_to_f32(GgmlHalf h);
+
+/* float32 to binary16, rounding to nearest with ties to even as numpy and F16C do; overflow gives infinity,
+ * NaN stays a quiet NaN. */
+GgmlHalf engine_f32_to_fp16(float f);
+
+/* bfloat16 (the top 16 bits of a float32) to float32, exactly. */
+float engine_bf16_to_f32(uint16_t h);
+
+/* float32 to bfloat16, rounding to nearest with ties to even (as ggml and the gguf package do); subnormals are
+ * kept, NaN stays a quiet NaN. */
+uint16_t engine_f32_to_bf16(float f);
+
+/*
+ * Dequantizes n elements of type from src (GGUF's block layout) into dst, element for element as ggml does.
+ * Types: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL.
+ * Returns 0, -EINVAL for an unknown type, a NULL buffer or n not a multiple of the block size, or -EOPNOTSUPP
+ * for a known type without a dequantizer. Any thread.
+ */
+int engine_dequantize_row(uint32_t type, const void *src, float *dst, uint64_t n);
+
 /* ---- GGUF ---- */
 
 #define GGUF_MAGIC 0x46554747u /* "GGUF" read as a little-endian u32 */
