@@ -438,3 +438,52 @@ int engine_detok_flush(EngineDetok *d, Buf *out);
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(EngineVocab *, engine_vocab_free);
 DEFINE_TRIVIAL_CLEANUP_FUNC(EngineDetok *, engine_detok_free);
+
+/* ---- sampling ---- */
+
+/* seed value that asks for a random seed (from getrandom()), as Ollama's seed -1 does. */
+#define ENGINE_SAMPLER_SEED_RANDOM UINT64_MAX
+
+/*
+ * How the next token is chosen from the logits, in this order: the penalties over the last repeat_last_n
+ * tokens, then (unless temperature is 0, which takes the highest logit) top_k, typical_p, top_p, min_p, the
+ * temperature, and a draw with the sampler's own PRNG. Each filter keeps at least one token.
+ */
+typedef struct EngineSamplerParams {
+        float temperature;       /* 0 = greedy: the highest logit, the lowest id on ties */
+        int32_t top_k;           /* keep the k most likely tokens; <= 0 = off */
+        float top_p;             /* keep the most likely tokens until their probability reaches p; 1 = off */
+        float min_p;             /* drop tokens less likely than min_p × the most likely one; 0 = off */
+        float typical_p;         /* locally typical sampling; 1 = off */
+        float repeat_penalty;    /* divide positive logits (multiply negative ones) of recent tokens; 1 = off */
+        int32_t repeat_last_n;   /* how many recent tokens the penalties see; 0 = none, -1 = all */
+        float presence_penalty;  /* subtracted once from a recent token's logit */
+        float frequency_penalty; /* subtracted per occurrence */
+        uint64_t seed;           /* ENGINE_SAMPLER_SEED_RANDOM or a fixed seed: the same seed draws the same */
+} EngineSamplerParams;
+
+/* Ollama's defaults: temperature 0.8, top_k 40, top_p 0.9, min_p 0, typical_p 1, repeat_penalty 1.1 over the
+ * last 64 tokens, no presence or frequency penalty, a random seed. */
+EngineSamplerParams engine_sampler_params_default(void);
+
+/* Checks the ranges (finite values; temperature, top_p, min_p, typical_p, repeat_penalty not negative, min_p
+ * and typical_p at most 1, repeat_penalty not 0, repeat_last_n >= -1). -EINVAL with a sentence naming the
+ * option. */
+int engine_sampler_params_check(const EngineSamplerParams *p, QdError *err);
+
+/* A sampler for one sequence over n_vocab logits. Not shared between threads. -EINVAL for bad parameters. */
+typedef struct EngineSampler EngineSampler;
+int engine_sampler_new(const EngineSamplerParams *p, uint32_t n_vocab, EngineSampler **ret);
+EngineSampler *engine_sampler_free(EngineSampler *s);
+
+/* Picks a token from logits (n_vocab floats, left unchanged). Returns the id, or -EINVAL when no logit is a
+ * number above -infinity. Greedy sampling draws no random numbers, so it is repeatable bit for bit. */
+int32_t engine_sampler_sample(EngineSampler *s, const float *logits);
+
+/* Records a token of the sequence (prompt or generated) for the penalties; ids out of range are ignored. */
+void engine_sampler_accept(EngineSampler *s, int32_t token);
+
+/* Forgets the history and restarts the PRNG from the seed. */
+void engine_sampler_reset(EngineSampler *s);
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(EngineSampler *, engine_sampler_free);
