@@ -97,7 +97,8 @@ typedef struct QuantModelShape {
         uint32_t n_head_kv; /* key/value heads; n_head / n_head_kv is the grouped-query factor */
         uint32_t n_expert;  /* 0 or 1 for dense models */
         uint32_t n_layer;
-        bool is_70b; /* llama with 80 layers: attn_v gets Q5_K instead of Q3_K/Q4_K */
+        bool is_70b;    /* llama with 80 layers and grouped-query attention: attn_v gets more bits */
+        bool is_falcon; /* falcon has its own output and ffn_down rules */
 } QuantModelShape;
 
 /* Reads the shape from a GGUF's general.architecture and <arch>.* keys; absent keys read as 0. */
