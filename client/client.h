@@ -140,3 +140,68 @@ int modelfile_quote(const char *s, Buf *out);
 
 Modelfile *modelfile_free(Modelfile *m);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Modelfile *, modelfile_free);
+
+/* ---- output formatting: pure functions, so that tests can check every byte ---- */
+
+/* A duration as Go's time.Duration prints it, which Ollama's --verbose block uses: "0s", "850ns", "1.5µs",
+ * "12.345678ms", "4.709313s", "1m2.5s", "2h0m3s". Returns buf. */
+char *format_go_duration(char *buf, size_t size, int64_t ns);
+
+/* Time left, rounded to seconds: "45s", "1m31s", "2h3m" (hours drop the seconds). Returns buf. */
+char *format_eta(char *buf, size_t size, double seconds);
+
+/* A duration in words as Ollama's list and ps print them: "Less than a second", "About a minute",
+ * "3 hours", "2 weeks". Returns buf. */
+char *format_human_duration(char *buf, size_t size, int64_t ns);
+
+/* "2 weeks ago" for a negative delta, "4 minutes from now" for a positive one. Returns buf. */
+char *format_human_time(char *buf, size_t size, int64_t delta_ns);
+
+/* The display width of UTF-8 text in terminal columns (wide characters count 2, combining ones 0). */
+size_t utf8_width(const char *s, size_t n);
+
+/* What a finished generation reports; a count or duration of 0 was not measured. */
+typedef struct GenerateStats {
+        int64_t total_ns, load_ns, prompt_eval_ns, eval_ns;
+        int64_t prompt_eval_count, eval_count;
+} GenerateStats;
+
+/* Appends Ollama's --verbose statistics block ("total duration:       1.2s" …). */
+int format_stats(const GenerateStats *s, Buf *out);
+
+/* A table of left-aligned columns separated by four spaces, as `ollama list` prints them. */
+typedef struct Table Table;
+
+int table_new(Table **ret, size_t n_columns, const char *const *headers);
+/* Adds a row of n_columns cells (NULL prints as empty). */
+int table_add_row(Table *t, const char *const *cells);
+int table_format(const Table *t, Buf *out);
+Table *table_free(Table *t);
+DEFINE_TRIVIAL_CLEANUP_FUNC(Table *, table_free);
+
+/*
+ * Word wrap for streamed text: words that would cross the width move to the next line, blanks at such a
+ * break are dropped, blanks after a real newline (indentation) are kept, and a word wider than a line is
+ * broken. Text is held back until its word ends; flush at the end of a response. width 0 passes through.
+ */
+typedef struct WordWrap {
+        unsigned width;
+        unsigned col;        /* columns used on the current line */
+        Buf word;            /* the word being collected */
+        size_t word_width;
+        Buf blanks;          /* blanks seen before it */
+} WordWrap;
+
+int word_wrap_feed(WordWrap *w, const char *text, size_t n, Buf *out);
+int word_wrap_flush(WordWrap *w, Buf *out);
+void word_wrap_done(WordWrap *w);
+
+/*
+ * One progress line fitted to width columns: "LABEL:  45% ▕████      ▏ 2.1 GB/4.7 GB  98 MB/s  26s". total 0
+ * means unknown (no bar); rate < 0 or eta < 0 are left out; a finished one shows just the total.
+ */
+int format_progress(Buf *out, unsigned width, const char *label, uint64_t completed, uint64_t total,
+                    double rate, double eta);
+
+/* The spinner's i-th frame (a braille pattern), cycling. */
+const char *spinner_frame(unsigned i);
