@@ -205,3 +205,140 @@ int format_progress(Buf *out, unsigned width, const char *label, uint64_t comple
 
 /* The spinner's i-th frame (a braille pattern), cycling. */
 const char *spinner_frame(unsigned i);
+
+/* ---- qctl's command line: verbs, their options and exit codes (cli.c) ---- */
+
+typedef enum VerbId {
+        VERB_RUN,
+        VERB_PULL,
+        VERB_PUSH,
+        VERB_CREATE,
+        VERB_LIST,
+        VERB_PS,
+        VERB_SHOW,
+        VERB_CP,
+        VERB_RM,
+        VERB_STOP,
+        VERB_VERSION,
+        _VERB_MAX,
+        _VERB_INVALID = -EINVAL,
+} VerbId;
+
+typedef enum ShowWhat {
+        SHOW_INFO, /* the summary block, as `ollama show` prints it */
+        SHOW_MODELFILE,
+        SHOW_PARAMETERS,
+        SHOW_TEMPLATE,
+        SHOW_SYSTEM,
+        SHOW_LICENSE,
+        _SHOW_WHAT_MAX,
+        _SHOW_WHAT_INVALID = -EINVAL,
+} ShowWhat;
+
+/* Exit codes, as qctl(1) documents them. */
+enum {
+        QCTL_EXIT_OK = 0,
+        QCTL_EXIT_FAILURE = 1,     /* anything not listed below */
+        QCTL_EXIT_USAGE = 2,       /* bad option, argument or value */
+        QCTL_EXIT_NO_DAEMON = 3,   /* quantd is not running or cannot be reached */
+        QCTL_EXIT_NOT_FOUND = 4,   /* no such model */
+        QCTL_EXIT_UNSUPPORTED = 5, /* the daemon cannot do this (yet) */
+        QCTL_EXIT_BAD_INPUT = 6,   /* a Modelfile or model file that does not parse */
+        QCTL_EXIT_INTERRUPTED = 130, /* Ctrl+C, as shells count SIGINT */
+};
+
+typedef struct Command {
+        VerbId verb;
+        bool help;   /* --help: print the verb's help, do nothing else */
+        char **args; /* positional arguments, NULL-terminated (never NULL after a successful parse) */
+        size_t n_args;
+
+        bool verbose;      /* run --verbose, show -v */
+        bool json;         /* --json for list, ps, show */
+        bool insecure;     /* pull, push: plain HTTP */
+        bool nowordwrap;   /* run */
+        char *format;      /* run --format: "json" */
+        bool has_keepalive;
+        int64_t keepalive_ns; /* run --keepalive, negative: forever */
+        ParamSet params;   /* run -o NAME=VALUE */
+        char *file;        /* create -f, default "Modelfile" */
+        char *quantize;    /* create -q */
+        ShowWhat show;
+} Command;
+
+const char *verb_to_string(VerbId v);
+/* Knows the aliases ("ls" for list). */
+VerbId verb_from_string(const char *s);
+
+/*
+ * Parses argv after the global options: argv[0] is the verb. On a usage error returns -EINVAL with a sentence
+ * in e that names the problem and the verb's --help; an unknown verb gives -ENOENT.
+ */
+int command_parse(Command *c, int argc, char **argv, QdError *e);
+void command_done(Command *c);
+
+/* Appends the help of one verb (synopsis, description, options), as `qctl VERB --help` prints it. */
+int verb_help(VerbId v, Buf *out);
+
+/* Appends the list of verbs with one line each, for `qctl --help`. */
+int verbs_summary(Buf *out);
+
+/* The exit code for a negative errno from the daemon or the system. */
+int exit_code_from_errno(int r);
+
+/*
+ * The prompt of `qctl run MODEL [PROMPT...]`: the arguments joined by spaces, then piped input (stdin_text,
+ * may be NULL) after a blank line. Trailing newlines of the piped text are dropped. Returns NULL in *ret
+ * when there is neither.
+ */
+int build_prompt(char *const *words, const char *stdin_text, char **ret);
+
+/* ---- interactive chat: commands and multi-line input (chat.c) ---- */
+
+typedef enum ChatCommandType {
+        CHAT_MESSAGE,        /* not a command: text to send */
+        CHAT_SET_PARAMETER,  /* arg, arg2: name, value; arg2 NULL lists the parameters */
+        CHAT_SET_SYSTEM,     /* arg: the system message */
+        CHAT_SET_VERBOSE,
+        CHAT_SET_QUIET,
+        CHAT_SET_FORMAT_JSON,
+        CHAT_SET_NOFORMAT,
+        CHAT_SET_WORDWRAP,
+        CHAT_SET_NOWORDWRAP,
+        CHAT_SHOW,           /* show: what */
+        CHAT_LOAD,           /* arg: model */
+        CHAT_SAVE,           /* arg: model */
+        CHAT_CLEAR,
+        CHAT_BYE,
+        CHAT_HELP,           /* arg: topic ("set", "show", "shortcuts") or NULL */
+        _CHAT_COMMAND_TYPE_MAX,
+        _CHAT_COMMAND_TYPE_INVALID = -EINVAL,
+} ChatCommandType;
+
+typedef struct ChatCommand {
+        ChatCommandType type;
+        ShowWhat show;
+        char *arg, *arg2;
+} ChatCommand;
+
+/*
+ * Parses one complete input of the chat. Text that does not start with '/' is a message. A bad command
+ * gives -EINVAL and a sentence in e that says what /help shows.
+ */
+int chat_command_parse(const char *input, ChatCommand *ret, QdError *e);
+void chat_command_done(ChatCommand *c);
+
+/*
+ * Collects lines into one input: a line starting with """ opens a block that ends at a line ending with """.
+ * chat_input_feed() returns 1 with the text in *ret when the input is complete, 0 when more lines are needed.
+ */
+typedef struct ChatInput {
+        Buf text;
+        size_t n_lines; /* lines in text so far */
+        bool in_block;
+} ChatInput;
+
+int chat_input_feed(ChatInput *in, const char *line, char **ret);
+/* True while inside a """ block (the prompt shows "..." then). */
+bool chat_input_pending(const ChatInput *in);
+void chat_input_done(ChatInput *in);
