@@ -487,3 +487,36 @@ void engine_sampler_accept(EngineSampler *s, int32_t token);
 void engine_sampler_reset(EngineSampler *s);
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(EngineSampler *, engine_sampler_free);
+
+/* ---- stop strings and generation limits ---- */
+
+/*
+ * Stop strings over a stream of text that arrives in pieces: text that could still turn out to begin a stop
+ * string is held back until it cannot, and the stop string itself is never passed on. One per sequence.
+ */
+typedef struct EngineStop EngineStop;
+
+/* Copies the n stop strings. -EINVAL for an empty one, -EMSGSIZE for more than 64 or one over 4096 bytes. */
+int engine_stop_new(const char *const *stops, size_t n, EngineStop **ret);
+EngineStop *engine_stop_free(EngineStop *s);
+
+/*
+ * Feeds text[0..len) and appends to out what is safe to show. Returns 1 once a stop string has appeared: out
+ * then ends just before it, and this and later calls pass nothing more on. Returns 0 otherwise, -ENOMEM.
+ */
+int engine_stop_push(EngineStop *s, const char *text, size_t len, Buf *out);
+
+/* At the end of the stream (no stop string came): appends the text held back. */
+int engine_stop_flush(EngineStop *s, Buf *out);
+
+/* Whether a stop string has been seen. */
+bool engine_stop_hit(const EngineStop *s);
+
+/*
+ * Whether generation has reached its length limit after n_generated tokens, as Ollama's num_predict counts:
+ * -1 = no limit, -2 = until the context is full, otherwise that many tokens; either way generation ends when
+ * pos (the sequence's length) reaches n_ctx, since a token more would not fit.
+ */
+bool engine_predict_done(int32_t num_predict, uint32_t n_generated, uint32_t pos, uint32_t n_ctx);
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(EngineStop *, engine_stop_free);
