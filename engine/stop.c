@@ -93,6 +93,8 @@ int engine_stop_push(EngineStop *s, const char *text, size_t len, Buf *out) {
                 return r;
         p = (const char *)s->pending.data;
         n = s->pending.len;
+        if (n == 0)
+                return 0;
 
         for (size_t i = 0; i < s->n; i++) {
                 const char *at = memmem(p, n, s->stops[i], s->lens[i]);
@@ -112,7 +114,8 @@ int engine_stop_push(EngineStop *s, const char *text, size_t len, Buf *out) {
         r = buf_append(out, p, n - keep);
         if (r < 0)
                 return r;
-        memmove(s->pending.data, p + n - keep, keep);
+        if (keep > 0)
+                memmove(s->pending.data, p + n - keep, keep);
         s->pending.len = keep;
         return 0;
 }
