@@ -168,6 +168,30 @@ _Static_assert(sizeof(BlockQ6_K) == 210, "wrong q6_K block size");
 _Static_assert(sizeof(BlockQ8_K) == 292, "wrong q8_K block size");
 _Static_assert(sizeof(BlockIQ4_NL) == 18, "wrong iq4_nl block size");
 
+/* ---- scalar conversions and dequantization (the references every kernel is tested against) ---- */
+
+/* IEEE binary16 to float32, exactly (NaN payloads kept). */
+float engine_fp16_to_f32(GgmlHalf h);
+
+/* float32 to binary16, rounding to nearest with ties to even as numpy and F16C do; overflow gives infinity,
+ * NaN stays a quiet NaN. */
+GgmlHalf engine_f32_to_fp16(float f);
+
+/* bfloat16 (the top 16 bits of a float32) to float32, exactly. */
+float engine_bf16_to_f32(uint16_t h);
+
+/* float32 to bfloat16, rounding to nearest with ties to even (as ggml and the gguf package do); subnormals are
+ * kept, NaN stays a quiet NaN. */
+uint16_t engine_f32_to_bf16(float f);
+
+/*
+ * Dequantizes n elements of type from src (GGUF's block layout) into dst, element for element as ggml does.
+ * Types: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K, IQ4_NL.
+ * Returns 0, -EINVAL for an unknown type, a NULL buffer or n not a multiple of the block size, or -EOPNOTSUPP
+ * for a known type without a dequantizer. Any thread.
+ */
+int engine_dequantize_row(uint32_t type, const void *src, float *dst, uint64_t n);
+
 /* ---- GGUF ---- */
 
 #define GGUF_MAGIC 0x46554747u /* "GGUF" read as a little-endian u32 */
@@ -343,6 +367,91 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(GgufWriter *, gguf_writer_free);
 /* Number of CUDA devices the engine can use: 0 when built without CUDA or when none is present. */
 int engine_cuda_devices(void);
 
+/* ---- models and the forward pass ---- */
+
+typedef struct EngineModelParams {
+        const char *backend;  /* "cpu", "cuda", NULL = best available */
+        int32_t n_gpu_layers; /* layers on the GPU backend, the first ones; -1 = all that fit */
+        uint32_t n_threads;   /* CPU worker threads; 0 = the CPU count */
+        uint32_t kv_type;     /* GGML_TYPE_F16 (default) or GGML_TYPE_F32 */
+        uint32_t n_batch;     /* most tokens one forward step takes; longer prompts go in chunks; 0 = 512 */
+} EngineModelParams;
+
+/* The defaults: best backend, all layers that fit, CPU count threads, F16 KV cache, batches of 512. */
+EngineModelParams engine_model_params_default(void);
+
+/*
+ * A loaded model: read-only weights used in place in the mapped file, reference-counted. Loading, ref and
+ * unref may happen on any thread; engine_decode() and friends on one thread at a time per model (its
+ * executor), since the backends' scratch buffers belong to the model.
+ */
+typedef struct EngineModel EngineModel;
+
+/*
+ * Maps the GGUF file at path (or fd, which is not closed and may be closed after the call) and prepares it
+ * for the backend p names (NULL p: the defaults). Architectures: llama, qwen2. Errors, each with a sentence in
+ * err: -EOPNOTSUPP for an unknown architecture, a tensor type without kernels or an unknown backend; -EBADMSG
+ * for a malformed file, a missing tensor or a wrong shape; -EINVAL for bad parameters; -ENOMEM; open() errors.
+ */
+int engine_model_load(const char *path, const EngineModelParams *p, EngineModel **ret, QdError *err);
+int engine_model_load_fd(int fd, const EngineModelParams *p, EngineModel **ret, QdError *err);
+
+/* Takes a reference; returns m. */
+EngineModel *engine_model_ref(EngineModel *m);
+/* Drops a reference, freeing the model with the last one. NULL-safe; returns NULL. */
+EngineModel *engine_model_unref(EngineModel *m);
+
+typedef struct EngineModelInfo {
+        const char *arch; /* "llama", "qwen2" */
+        uint32_t n_vocab, n_ctx_train, n_embd, n_layer, n_head, n_head_kv, n_ff;
+        uint64_t n_params;
+        uint64_t file_size;
+        const char *file_type; /* the most common weight type, e.g. "q4_1" */
+} EngineModelInfo;
+
+/* Borrowed, valid as long as m. */
+const EngineModelInfo *engine_model_info(const EngineModel *m);
+const Gguf *engine_model_gguf(const EngineModel *m);
+
+/* Bytes needed to run with n_ctx context for each of n_seq sequences: weights + KV cache + scratch. */
+uint64_t engine_model_estimate(const EngineModelInfo *info, uint32_t kv_type, uint32_t n_ctx, uint32_t n_seq);
+
+/* One sequence: its KV cache of n_ctx positions on every backend of the model, and its position. */
+typedef struct EngineSeq EngineSeq;
+
+/* A new, empty sequence of m (which it references). -EINVAL for n_ctx 0, -ENOMEM/-ENOSPC when the cache does
+ * not fit. */
+int engine_seq_new(EngineModel *m, uint32_t n_ctx, EngineSeq **ret);
+/* NULL-safe; returns NULL. */
+EngineSeq *engine_seq_free(EngineSeq *s);
+/* Tokens in the cache: the position the next token gets. */
+uint32_t engine_seq_pos(const EngineSeq *s);
+uint32_t engine_seq_n_ctx(const EngineSeq *s);
+/* Keeps the first pos positions (prompt-cache reuse). -EINVAL when pos is past the current position. */
+int engine_seq_truncate(EngineSeq *s, uint32_t pos);
+
+/*
+ * One forward step over a batch of sequences of m: sequence i appends n_tokens[i] tokens (a prompt chunk or
+ * one generated token; 0 is allowed and skips it), and its last position's logits go to logits[i] (n_vocab
+ * floats). All sequences' tokens go through the weights together (matrix-matrix). Sequences must be distinct.
+ * Errors: -EINVAL (bad arguments, a token id out of range: err names it), -ENOSPC when a sequence would pass
+ * its n_ctx (nothing is written then), -ECANCELED if *cancel becomes true (checked between layers; the
+ * sequences' positions then stay where they were).
+ */
+int engine_decode(EngineModel *m, EngineSeq **seqs, const int32_t *const *tokens, const uint32_t *n_tokens,
+                  size_t n_seqs, float **logits, const bool *cancel, QdError *err);
+
+/* Appends n_tokens tokens to seq and writes the logits of every one of them, (n_tokens, n_vocab), for
+ * perplexity and the reference tests. Errors as engine_decode(). */
+int engine_decode_all(EngineModel *m, EngineSeq *seq, const int32_t *tokens, uint32_t n_tokens, float *logits,
+                      QdError *err);
+
+/* The mean over tokens of the last hidden state (after the output norm), L2-normalised, into ret (n_embd
+ * floats). Uses a temporary sequence. Errors as engine_decode(); -EINVAL for no tokens. */
+int engine_embed(EngineModel *m, const int32_t *tokens, uint32_t n_tokens, float *ret, QdError *err);
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(EngineModel *, engine_model_unref);
+DEFINE_TRIVIAL_CLEANUP_FUNC(EngineSeq *, engine_seq_free);
 /* ---- vocabulary and tokenizers ---- */
 
 /*
