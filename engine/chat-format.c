@@ -146,11 +146,17 @@ static int render_llama2(const EngineChatMessage *m, size_t n, Buf *out) {
 
         for (size_t i = sys ? 1 : 0; i < n && r >= 0; i++) {
                 if (streq(m[i].role, "user")) {
+                        /* The system block is part of the first user content, which is trimmed as a whole.
+                         */
+                        _cleanup_free_ char *content =
+                                first && sys
+                                        ? strdup_printf("<<SYS>>\n%s\n<</SYS>>\n\n%s", sys, m[i].content)
+                                        : strdup(m[i].content);
+                        if (!content)
+                                return -ENOMEM;
                         r = buf_append_str(out, first ? "[INST] " : "<s>[INST] ");
-                        if (r >= 0 && first && sys)
-                                r = buf_printf(out, "<<SYS>>\n%s\n<</SYS>>\n\n", sys);
                         if (r >= 0)
-                                r = append_trimmed(out, m[i].content);
+                                r = append_trimmed(out, content);
                         if (r >= 0)
                                 r = buf_append_str(out, " [/INST]");
                         first = false;

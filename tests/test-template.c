@@ -298,7 +298,7 @@ static void test_formats(void **state) {
                       "<|start_header_id|>assistant<|end_header_id|>\n\n");
         expect_format(
                 ENGINE_CHAT_LLAMA2, NULL, sp, 4,
-                "[INST] <<SYS>>\n Be brief. \n<</SYS>>\n\nHi [/INST] Hello! </s><s>[INST] Bye [/INST]");
+                "[INST] <<SYS>>\n Be brief. \n<</SYS>>\n\n Hi [/INST] Hello! </s><s>[INST] Bye [/INST]");
         expect_format(ENGINE_CHAT_MISTRAL, NULL, sp, 4,
                       "[INST]  Be brief. \n\n Hi  [/INST]Hello!</s>[INST] Bye [/INST]");
         expect_format(ENGINE_CHAT_GEMMA, NULL, sp, 4,
@@ -353,13 +353,84 @@ static void test_smollm(void **state) {
         buf_free(&out);
 }
 
+static size_t unhex(const char *hex, char **ret) {
+        size_t n = strlen(hex) / 2;
+        char *out = malloc(n + 1);
+        assert_non_null(out);
+        for (size_t i = 0; i < n; i++) {
+                unsigned b;
+                assert_int_equal(sscanf(hex + 2 * i, "%2x", &b), 1);
+                out[i] = (char)b;
+        }
+        out[n] = 0;
+        *ret = out;
+        return n;
+}
+
+/* The formatters against jinja2's renderings of the families' own templates (make-chat-reference.py): each
+ * template is recognised, then the chat rendered natively must match byte for byte. */
+static void test_jinja_reference(void **state) {
+        const char *dir = getenv("QUANTD_TEST_DATA");
+        _cleanup_free_ char *path = strdup_printf("%s/chat-reference.tsv", dir ? dir : "tests/data");
+        _cleanup_fclose_ FILE *f = fopen(path, "re");
+        static char line[65536];
+        unsigned rows = 0, families = 0;
+        char last[32] = "";
+
+        assert_non_null(f);
+        while (fgets(line, sizeof(line), f)) {
+                _cleanup_free_ char *jinja = NULL, *chat_text = NULL, *want = NULL, *sys = NULL;
+                char *field[4] = {line};
+                EngineChatMessage msgs[8];
+                size_t n = 0;
+                EngineChatFormat fmt;
+                QdError err = {};
+                Buf out = {};
+
+                line[strcspn(line, "\n")] = 0;
+                for (size_t i = 1; i < 4; i++) {
+                        field[i] = strchr(field[i - 1], '\t');
+                        assert_non_null(field[i]);
+                        *field[i]++ = 0;
+                }
+                unhex(field[1], &jinja);
+                unhex(field[2], &chat_text);
+                unhex(field[3], &want);
+                for (char *p = chat_text; *p && n < ELEMENTSOF(msgs); n++) {
+                        char *us = strchr(p, '\x1f'), *rs = us ? strchr(us, '\x1e') : NULL;
+                        assert_non_null(rs);
+                        *us = *rs = 0;
+                        msgs[n] = (EngineChatMessage){.role = p, .content = us + 1};
+                        p = rs + 1;
+                }
+
+                assert_int_equal(engine_chat_format_detect(jinja, &fmt, &sys), 0);
+                if (!startswith(field[0], engine_chat_format_name(fmt)) &&
+                    !(streq(field[0], "smollm") && fmt == ENGINE_CHAT_CHATML))
+                        fail_msg("template %s recognised as %s", field[0], engine_chat_format_name(fmt));
+                if (engine_chat_format_render(fmt, sys, msgs, n, &out, &err) < 0)
+                        fail_msg("%s: %s", field[0], err.msg);
+                if (!streq(out.len ? (char *)out.data : "", want))
+                        fail_msg("%s rendered as\n'%s'\nwant\n'%s'", field[0],
+                                 out.len ? (char *)out.data : "", want);
+                buf_free(&out);
+                rows++;
+                if (!streq(last, field[0])) {
+                        families++;
+                        snprintf(last, sizeof(last), "%.31s", field[0]);
+                }
+        }
+        assert_true(rows >= 20);
+        assert_int_equal(families, 6);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_chatml_messages),  cmocka_unit_test(test_legacy),
                 cmocka_unit_test(test_llama31_messages), cmocka_unit_test(test_language),
                 cmocka_unit_test(test_parse_errors),     cmocka_unit_test(test_render_errors),
                 cmocka_unit_test(test_detect),           cmocka_unit_test(test_formats),
-                cmocka_unit_test(test_smollm),
+                cmocka_unit_test(test_smollm),           cmocka_unit_test(test_jinja_reference),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
