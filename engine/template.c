@@ -467,6 +467,8 @@ static int parse_cmd(Parser *ps, Cmd **ret) {
         }
         if (!c->args)
                 return parse_error(ps, "missing value for command");
+        if (c->args->kind == ARG_NIL && !c->args->next)
+                return parse_error(ps, "nil is not a command");
         if (c->args->kind != ARG_FUNC && c->args->next)
                 return parse_error(ps, "can't give argument to non-function");
         *ret = c;
@@ -866,6 +868,7 @@ typedef struct Root {
         const char *system, *prompt, *response;
         const EngineChatMessage *messages;
         size_t n_messages;
+        bool legacy; /* the per-turn form: no keys beyond System, Prompt, Response */
 } Root;
 
 typedef enum ValueKind {
@@ -957,25 +960,29 @@ static bool truth(const Value *v) {
 }
 
 static int field(Render *rd, const Value *v, const char *name, Value *ret) {
+        const Root *root;
+
         switch (v->kind) {
         case VAL_ROOT:
+                /* The data is a map in Ollama, so a key it does not have is nil rather than an error. The
+                 * older per-turn form only ever had System, Prompt and Response. */
+                root = v->root; /* ret may be v */
+                *ret = (Value){.kind = VAL_NIL};
                 if (streq(name, "System"))
-                        *ret = str_value(v->root->system);
+                        *ret = str_value(root->system);
                 else if (streq(name, "Prompt"))
-                        *ret = str_value(v->root->prompt);
+                        *ret = str_value(root->prompt);
                 else if (streq(name, "Response"))
-                        *ret = str_value(v->root->response);
+                        *ret = str_value(root->response);
+                else if (root->legacy)
+                        return 0;
                 else if (streq(name, "Messages"))
                         *ret = (Value){
-                                .kind = VAL_MESSAGES, .msgs = v->root->messages, .len = v->root->n_messages};
+                                .kind = VAL_MESSAGES, .msgs = root->messages, .len = root->n_messages};
                 else if (streq(name, "Suffix") || streq(name, "ThinkLevel"))
                         *ret = str_value("");
-                else if (streq(name, "Tools"))
-                        *ret = (Value){.kind = VAL_NIL};
                 else if (streq(name, "Think") || streq(name, "IsThinkSet"))
                         *ret = (Value){.kind = VAL_BOOL};
-                else
-                        return render_error(rd, "can't evaluate field %s", name);
                 return 0;
         case VAL_MESSAGE:
                 if (streq(name, "Role"))
@@ -1545,14 +1552,14 @@ int engine_template_render(const EngineTemplate *t, const char *system, const En
         }
 
         /* The older form: one rendering per turn of system, prompt and response, as Ollama collates them. */
-        Root root = {.system = "", .prompt = "", .response = ""};
+        Root root = {.system = "", .prompt = "", .response = "", .legacy = true};
         for (size_t i = 0; i < n && r >= 0; i++) {
                 const char *role = msgs[i].role;
                 bool flush = (streq(role, "system") && (*root.prompt || *root.response)) ||
                              (streq(role, "user") && *root.response);
                 if (flush) {
                         r = execute(t, &root, false, out, err);
-                        root = (Root){.system = "", .prompt = "", .response = ""};
+                        root = (Root){.system = "", .prompt = "", .response = "", .legacy = true};
                 }
                 if (streq(role, "system"))
                         root.system = msgs[i].content;

@@ -111,7 +111,7 @@ static void test_language(void **state) {
         /* Trimming on either side, comments. */
         expect("a  {{- .Prompt -}}  \n b {{/* note */}}c{{- /* trimmed */ -}} d", NULL, m + 2, 1, "ayzb cd");
         /* Literals and printing. */
-        expect("{{ \"q\\\"\\n\" }}{{ `raw\\n` }}{{ 42 }}{{ -3 }}{{ true }}{{ nil }}", NULL, NULL, 0,
+        expect("{{ \"q\\\"\\n\" }}{{ `raw\\n` }}{{ 42 }}{{ -3 }}{{ true }}{{ .Nothing }}", NULL, NULL, 0,
                "q\"\nraw\\n42-3true<no value>");
         /* Comparisons and logic. */
         expect("{{ eq 1 1 }} {{ eq \"a\" \"b\" \"a\" }} {{ ne 1 2 }} {{ lt 1 2 }} {{ le 2 2 }} {{ gt \"b\" "
@@ -173,6 +173,7 @@ static void test_parse_errors(void **state) {
         expect_parse_error("{{ 1 | .System }}", "non-function cannot take the value");
         expect_parse_error("{{ $a, $b := .Messages }}", "only {{ range }} can declare two variables");
         expect_parse_error("{{ }}", "missing value for command");
+        expect_parse_error("{{ nil }}", "nil is not a command");
         expect_parse_error("{{ if }}{{ end }}", "missing value for command");
         expect_parse_error("{{ end extra }}", "unexpected \"extra\" after {{ end");
         expect_parse_error("{{ with .X }}{{ else if .Y }}{{ end }}", "{{ else if }} inside {{ with }}");
@@ -197,7 +198,8 @@ static void expect_render_error(const char *text, const char *msg) {
 }
 
 static void test_render_errors(void **state) {
-        expect_render_error("x\n{{ .Foo }}", "Template line 2: can't evaluate field Foo");
+        expect_render_error("x\n{{ (index .Messages 0).Foo }}",
+                            "Template line 2: can't evaluate field Foo of a message");
         expect_render_error("{{ range .Messages }}{{ .Name }}{{ end }}",
                             "can't evaluate field Name of a message");
         expect_render_error("{{ .Prompt.Length }}", "can't evaluate field Length in type string");
@@ -424,6 +426,69 @@ static void test_jinja_reference(void **state) {
         assert_int_equal(families, 6);
 }
 
+/* The template engine against Go's own text/template (make-template-reference.go): 20 templates, from
+ * Ollama-style chat templates to one per language feature, over 6 chats each; where Go fails, we must fail
+ * too. */
+static void test_go_reference(void **state) {
+        const char *dir = getenv("QUANTD_TEST_DATA");
+        _cleanup_free_ char *path = strdup_printf("%s/template-reference.tsv", dir ? dir : "tests/data");
+        _cleanup_fclose_ FILE *f = fopen(path, "re");
+        static char line[65536];
+        unsigned rows = 0, failures = 0;
+
+        assert_non_null(f);
+        while (fgets(line, sizeof(line), f)) {
+                _cleanup_free_ char *text = NULL, *system = NULL, *chat_text = NULL, *want = NULL;
+                _cleanup_(engine_template_freep) EngineTemplate *t = NULL;
+                char *field[5] = {line};
+                EngineChatMessage msgs[8];
+                size_t n = 0;
+                QdError err = {};
+                Buf out = {};
+                int r;
+
+                line[strcspn(line, "\n")] = 0;
+                for (size_t i = 1; i < 5; i++) {
+                        field[i] = strchr(field[i - 1], '\t');
+                        assert_non_null(field[i]);
+                        *field[i]++ = 0;
+                }
+                unhex(field[1], &text);
+                unhex(field[2], &system);
+                unhex(field[3], &chat_text);
+                for (char *p = chat_text; *p && n < ELEMENTSOF(msgs); n++) {
+                        char *us = strchr(p, '\x1f'), *rs = us ? strchr(us, '\x1e') : NULL;
+                        assert_non_null(rs);
+                        *us = *rs = 0;
+                        msgs[n] = (EngineChatMessage){.role = p, .content = us + 1};
+                        p = rs + 1;
+                }
+
+                r = engine_template_parse(text, &t, &err);
+                if (r >= 0)
+                        r = engine_template_render(t, system[0] ? system : NULL, msgs, n, &out, &err);
+                if (streq(field[4], "-")) {
+                        if (r >= 0)
+                                fail_msg("%s (row %u): Go fails, we rendered '%s'", field[0], rows,
+                                         out.len ? (char *)out.data : "");
+                        assert_int_equal(r, -EINVAL);
+                        assert_true(err.msg[0] != 0);
+                        failures++;
+                } else {
+                        unhex(field[4], &want);
+                        if (r < 0)
+                                fail_msg("%s (row %u): %s", field[0], rows, err.msg);
+                        if (!streq(out.len ? (char *)out.data : "", want))
+                                fail_msg("%s (row %u) rendered as\n'%s'\nwant\n'%s'", field[0], rows,
+                                         out.len ? (char *)out.data : "", want);
+                }
+                buf_free(&out);
+                rows++;
+        }
+        assert_true(rows >= 100);
+        assert_true(failures >= 20);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_chatml_messages),  cmocka_unit_test(test_legacy),
@@ -431,6 +496,7 @@ int main(void) {
                 cmocka_unit_test(test_parse_errors),     cmocka_unit_test(test_render_errors),
                 cmocka_unit_test(test_detect),           cmocka_unit_test(test_formats),
                 cmocka_unit_test(test_smollm),           cmocka_unit_test(test_jinja_reference),
+                cmocka_unit_test(test_go_reference),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
