@@ -27,6 +27,7 @@ static void help(void) {
                "  -t --threads N                 worker threads (default: one per CPU)\n"
                "     --pure                      the mixture's type for every tensor, no promotions\n"
                "     --leave-output-tensor       copy output.weight as it is\n"
+               "     --allow-requantize          convert tensors that are already quantized\n"
                "     --tensor-type PATTERN=TYPE  give tensors whose name matches PATTERN (a regular\n"
                "                                 expression) TYPE, e.g. 'attn_v=q8_0'; repeatable\n"
                "  -q --quiet                     no progress lines\n"
@@ -93,7 +94,7 @@ static int run(const char *src_path, const char *dst_path, const QuantParams *pa
 }
 
 int main(int argc, char *argv[]) {
-        enum { ARG_VERSION = 0x100, ARG_PURE, ARG_LEAVE_OUTPUT, ARG_TENSOR_TYPE };
+        enum { ARG_VERSION = 0x100, ARG_PURE, ARG_LEAVE_OUTPUT, ARG_TENSOR_TYPE, ARG_ALLOW_REQUANTIZE };
         static const struct option options[] = {
                 {"help", no_argument, NULL, 'h'},
                 {"version", no_argument, NULL, ARG_VERSION},
@@ -101,6 +102,7 @@ int main(int argc, char *argv[]) {
                 {"quiet", no_argument, NULL, 'q'},
                 {"pure", no_argument, NULL, ARG_PURE},
                 {"leave-output-tensor", no_argument, NULL, ARG_LEAVE_OUTPUT},
+                {"allow-requantize", no_argument, NULL, ARG_ALLOW_REQUANTIZE},
                 {"tensor-type", required_argument, NULL, ARG_TENSOR_TYPE},
                 {},
         };
@@ -134,6 +136,9 @@ int main(int argc, char *argv[]) {
                         break;
                 case ARG_LEAVE_OUTPUT:
                         params.leave_output = true;
+                        break;
+                case ARG_ALLOW_REQUANTIZE:
+                        params.allow_requantize = true;
                         break;
                 case ARG_TENSOR_TYPE: {
                         QuantOverride *o = reallocarray(overrides, n_overrides + 1, sizeof(QuantOverride));

@@ -64,33 +64,16 @@ struct Pool {
         Worker self; /* the calling thread's scratch */
 };
 
-/* Converts one source row to floats: in place for F32, else into scratch. */
+/* Converts one source row to floats: in place for aligned F32, else through the engine's dequantizer into
+ * scratch. Returns the row or NULL. */
 static const float *source_row(const Job *j, uint64_t r, float *scratch) {
         const uint8_t *p = j->src + r * j->src_row_bytes;
 
-        switch (j->src_type) {
-        case GGML_TYPE_F16:
-                for (uint64_t i = 0; i < j->ne0; i++) {
-                        GgmlHalf h;
-                        memcpy(&h, p + 2 * i, 2);
-                        scratch[i] = quant_fp16_to_fp32(h);
-                }
-                return scratch;
-        case GGML_TYPE_BF16:
-                for (uint64_t i = 0; i < j->ne0; i++) {
-                        uint32_t u = 0;
-                        memcpy((uint8_t *)&u + 2, p + 2 * i, 2);
-                        memcpy(&scratch[i], &u, 4);
-                }
-                return scratch;
-        default:
-                /* F32; quant_file() admits no other source type for a conversion */
-                if (((uintptr_t)p % sizeof(float)) != 0) {
-                        memcpy(scratch, p, j->ne0 * sizeof(float));
-                        return scratch;
-                }
+        if (j->src_type == GGML_TYPE_F32 && (uintptr_t)p % sizeof(float) == 0)
                 return (const float *)(const void *)p;
-        }
+        if (engine_dequantize_row(j->src_type, p, scratch, j->ne0) < 0)
+                return NULL;
+        return scratch;
 }
 
 static void run_job(Pool *pool, const Job *j, float *scratch) {
@@ -235,8 +218,28 @@ static int pool_run(Pool *pool, const Job *j) {
 
 /* ---- the file ---- */
 
-static bool convertible_source(uint32_t type) {
-        return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16;
+/* Whether the rows of t can be turned into floats: float types always, quantized ones when the caller allows
+ * requantizing (it compounds the errors of two quantizations) and the engine can dequantize them. */
+static int check_source(const GgufTensor *t, uint32_t type, bool allow_requantize, QdError *err) {
+        float probe[QK_K];
+        int r;
+
+        if (t->type == GGML_TYPE_F32 || t->type == GGML_TYPE_F16 || t->type == GGML_TYPE_BF16)
+                return 0;
+        if (!allow_requantize)
+                return qd_error_set(
+                        err, EOPNOTSUPP,
+                        "Tensor '%s' is already quantized (%s): converting it to %s adds a second "
+                        "quantization's error; allow requantizing to do it anyway.",
+                        t->name, ggml_type_name(t->type), ggml_type_name(type));
+        r = t->n_elements > 0 && ggml_type_info(t->type)->block_size <= ELEMENTSOF(probe)
+                    ? engine_dequantize_row(t->type, t->data, probe, ggml_type_info(t->type)->block_size)
+                    : -EOPNOTSUPP;
+        if (r < 0)
+                return qd_error_set(err, EOPNOTSUPP,
+                                    "Tensor '%s' is stored as %s, which cannot be converted.", t->name,
+                                    ggml_type_name(t->type));
+        return 0;
 }
 
 static int copy_metadata(const Gguf *src, GgufWriter *w, QuantMixture mixture) {
@@ -309,12 +312,9 @@ int quant_file(const Gguf *src, int fd, const QuantParams *params, QdError *err)
                 uint64_t out;
 
                 if (types[i] != t->type) {
-                        if (!convertible_source(t->type))
-                                return qd_error_set(err, EOPNOTSUPP,
-                                                    "Tensor '%s' is stored as %s; only F32, F16 and BF16 "
-                                                    "tensors can be converted (to %s).",
-                                                    t->name, ggml_type_name(t->type),
-                                                    ggml_type_name(types[i]));
+                        r = check_source(t, types[i], params->allow_requantize, err);
+                        if (r < 0)
+                                return r;
                         r = ggml_row_size(types[i], t->n_elements, &out);
                         if (r < 0)
                                 return qd_error_set(err, r, "Tensor '%s' does not fit type %s.", t->name,

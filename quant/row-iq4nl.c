@@ -79,7 +79,7 @@ void quant_row_iq4_nl_ref(const float *x, void *y, size_t n) {
                         }
                 }
 
-                b[i].d = quant_fp32_to_fp16(d);
+                b[i].d = engine_f32_to_fp16(d);
                 const float id = d != 0.0f ? 1.0f / d : 0.0f;
                 for (int j = 0; j < QK4_NL / 2; j++)
                         b[i].qs[j] =

@@ -213,17 +213,17 @@ void quant_row_q2_k_ref(const float *x, void *y, size_t n) {
                         const float is = 15.0f / max_scale;
                         for (int j = 0; j < QK_K / 16; j++)
                                 b[i].scales[j] = (uint8_t)clampi(quant_nearest_int(is * scales[j]), 0, 15);
-                        b[i].d = quant_fp32_to_fp16(max_scale / 15.0f);
+                        b[i].d = engine_f32_to_fp16(max_scale / 15.0f);
                 }
                 if (max_min > 0.0f) {
                         const float im = 15.0f / max_min;
                         for (int j = 0; j < QK_K / 16; j++)
                                 b[i].scales[j] |=
                                         (uint8_t)(clampi(quant_nearest_int(im * mins[j]), 0, 15) << 4);
-                        b[i].dmin = quant_fp32_to_fp16(max_min / 15.0f);
+                        b[i].dmin = engine_f32_to_fp16(max_min / 15.0f);
                 }
 
-                const float d = quant_fp16_to_fp32(b[i].d), dmin = quant_fp16_to_fp32(b[i].dmin);
+                const float d = engine_fp16_to_f32(b[i].d), dmin = engine_fp16_to_f32(b[i].dmin);
                 for (int j = 0; j < QK_K / 16; j++) {
                         const float dl = d * (float)(b[i].scales[j] & 0x0f);
                         if (dl == 0.0f)
@@ -277,10 +277,10 @@ void quant_row_q3_k_ref(const float *x, void *y, size_t n) {
                                         b[i].scales[j - 8] |= (uint8_t)((l & 0x0f) << 4);
                                 b[i].scales[8 + j % 4] |= (uint8_t)((l >> 4) << (2 * (j / 4)));
                         }
-                        b[i].d = quant_fp32_to_fp16(1.0f / is);
+                        b[i].d = engine_f32_to_fp16(1.0f / is);
                 }
 
-                const float d = quant_fp16_to_fp32(b[i].d);
+                const float d = engine_fp16_to_f32(b[i].d);
                 for (int j = 0; j < QK_K / 16; j++) {
                         int sc = j < 8 ? b[i].scales[j] & 0x0f : b[i].scales[j - 8] >> 4;
                         sc = (sc | (((b[i].scales[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32;
@@ -368,10 +368,10 @@ static void quant_block_k4(const float *x, int nmax, float rmin, int nstep, Ggml
         }
         memset(scales_out, 0, K_SCALE_SIZE);
         pack_scale_min_k4(ls, lm, scales_out);
-        *ret_d = quant_fp32_to_fp16(max_scale / 63.0f);
-        *ret_dmin = quant_fp32_to_fp16(max_min / 63.0f);
+        *ret_d = engine_f32_to_fp16(max_scale / 63.0f);
+        *ret_dmin = engine_f32_to_fp16(max_min / 63.0f);
 
-        const float d = quant_fp16_to_fp32(*ret_d), dmin = quant_fp16_to_fp32(*ret_dmin);
+        const float d = engine_fp16_to_f32(*ret_d), dmin = engine_fp16_to_f32(*ret_dmin);
         for (int j = 0; j < 8; j++) {
                 uint8_t sc, m;
 
@@ -439,11 +439,11 @@ void quant_row_q6_k_ref(const float *x, void *y, size_t n) {
                 }
 
                 const float is = -128.0f / max_scale;
-                b[i].d = quant_fp32_to_fp16(1.0f / is);
+                b[i].d = engine_f32_to_fp16(1.0f / is);
                 for (int j = 0; j < QK_K / 16; j++)
                         b[i].scales[j] = (int8_t)MIN(127, quant_nearest_int(is * scales[j]));
 
-                const float d = quant_fp16_to_fp32(b[i].d);
+                const float d = engine_fp16_to_f32(b[i].d);
                 for (int j = 0; j < QK_K / 16; j++) {
                         const float dl = d * (float)b[i].scales[j];
                         if (dl == 0.0f)

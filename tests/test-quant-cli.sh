@@ -12,7 +12,7 @@ ok() { n=$((n + 1)); echo "ok $n - $1"; }
 not_ok() { n=$((n + 1)); fail=1; echo "not ok $n - $1"; }
 check() { desc=$1; shift; if "$@"; then ok "$desc"; else not_ok "$desc"; fi; }
 
-echo "1..10"
+echo "1..12"
 check "--help shows usage" sh -c "'$tool' --help | grep -q '^Usage: qd-quantize'"
 check "Q4_K_M on stories260K succeeds" "$tool" -q -t 2 "$model" "$dir/q4km.gguf" Q4_K_M
 check "the result is a GGUF with q5_0 and f16 tensors" \
@@ -31,4 +31,8 @@ check "a bad pattern fails and leaves nothing behind" \
         sh -c "! '$tool' -q --tensor-type '(=q8_0' '$model' '$dir/y.gguf' Q4_0 2>/dev/null && test -z \"\$(ls '$dir' | grep y.gguf)\""
 check "a directory that cannot be written to fails" \
         sh -c "! '$tool' -q '$model' /proc/no/such/x.gguf Q4_0 2>/dev/null"
+check "a quantized source is refused without --allow-requantize" \
+        sh -c "'$tool' -q '$dir/q8.gguf' '$dir/r.gguf' Q4_0 2>&1 | grep -q 'already quantized'; test ! -e '$dir/r.gguf'"
+check "and converted with it" \
+        sh -c "'$tool' -q --allow-requantize '$dir/q8.gguf' '$dir/r.gguf' Q4_0 && '$dump' '$dir/r.gguf' | grep 'blk.0.attn_q' | grep -q q4_0"
 exit $fail

@@ -17,7 +17,6 @@
 #include <math.h>
 #include <sys/mman.h>
 
-#include "quant-dequant.h"
 #include "quant.h"
 
 typedef struct Fixture {
@@ -102,7 +101,8 @@ static bool same_value(const GgufValue *a, const GgufValue *b) {
         return false;
 }
 
-/* The output of mixture m: types as chosen, metadata copied, each row as quant_row_ref() writes it. */
+/* The output of mixture m: types as chosen, metadata copied, each converted row as quant_row_ref() writes
+ * the engine's dequantization of the source row, each other tensor copied. */
 static void check_mixture(const Gguf *src, QuantMixture m, unsigned n_threads) {
         QuantParams p = quant_params_default();
         QuantModelShape shape;
@@ -112,6 +112,7 @@ static void check_mixture(const Gguf *src, QuantMixture m, unsigned n_threads) {
 
         p.mixture = m;
         p.n_threads = n_threads;
+        p.allow_requantize = true;
         _cleanup_(gguf_freep) Gguf *out = quantize(src, &p, &fd);
         safe_close(fd);
 
@@ -144,12 +145,19 @@ static void check_mixture(const Gguf *src, QuantMixture m, unsigned n_threads) {
                 assert_int_equal(t->offset % out->alignment, 0);
 
                 _cleanup_free_ uint8_t *want = malloc(t->size);
+                _cleanup_free_ float *x = malloc(s->ne[0] * sizeof(float));
+                uint64_t src_row;
                 assert_non_null(want);
-                assert_int_equal(s->type, GGML_TYPE_F32);
-                for (uint64_t r = 0; r < t->n_elements / t->ne[0]; r++)
-                        assert_int_equal(quant_row_ref(t->type, (const float *)s->data + r * s->ne[0],
-                                                       want + r * row, s->ne[0]),
-                                         0);
+                assert_non_null(x);
+                assert_int_equal(ggml_row_size(s->type, s->ne[0], &src_row), 0);
+                if (s->type == t->type)
+                        memcpy(want, s->data, s->size);
+                else
+                        for (uint64_t r = 0; r < t->n_elements / t->ne[0]; r++) {
+                                const uint8_t *sp = (const uint8_t *)s->data + r * src_row;
+                                assert_int_equal(engine_dequantize_row(s->type, sp, x, s->ne[0]), 0);
+                                assert_int_equal(quant_row_ref(t->type, x, want + r * row, s->ne[0]), 0);
+                        }
                 if (memcmp(want, t->data, t->size) != 0)
                         fail_msg("%s: tensor %s (%s) differs from the reference rows", quant_mixture_name(m),
                                  t->name, ggml_type_name(t->type));
@@ -162,6 +170,27 @@ static void test_every_mixture(void **state) {
         for (int m = 0; m < _QUANT_MIXTURE_MAX; m++)
                 if (quant_mixture_name((QuantMixture)m))
                         check_mixture(f->src, (QuantMixture)m, 2);
+}
+
+/* F16 and BF16 sources (made by the F16 and BF16 mixtures), and quantized ones when requantizing is allowed.
+ */
+static void test_other_sources(void **state) {
+        Fixture *f = *state;
+        static const QuantMixture sources[] = {QUANT_MIXTURE_F16, QUANT_MIXTURE_BF16, QUANT_MIXTURE_Q8_0,
+                                               QUANT_MIXTURE_Q4_K_M};
+        static const QuantMixture targets[] = {QUANT_MIXTURE_Q8_0, QUANT_MIXTURE_Q4_0, QUANT_MIXTURE_Q5_K_M,
+                                               QUANT_MIXTURE_F32};
+
+        for (size_t i = 0; i < ELEMENTSOF(sources); i++) {
+                QuantParams p = quant_params_default();
+                int fd;
+
+                p.mixture = sources[i];
+                _cleanup_(gguf_freep) Gguf *src = quantize(f->src, &p, &fd);
+                safe_close(fd);
+                for (size_t k = 0; k < ELEMENTSOF(targets); k++)
+                        check_mixture(src, targets[k], 3);
+        }
 }
 
 /* Q8_0 and Q4_0 of stories260K, spelled out: the 172-wide ffn_down falls back to F16, output gets Q8_0,
@@ -188,7 +217,7 @@ static void test_q8_0_and_q4_0(void **state) {
                         assert_int_equal(t->type, want);
 
                         _cleanup_free_ float *y = malloc(t->n_elements * sizeof(float));
-                        assert_int_equal(test_dequantize_row(t->type, t->data, y, t->n_elements), 0);
+                        assert_int_equal(engine_dequantize_row(t->type, t->data, y, t->n_elements), 0);
                         for (uint64_t e = 0; e < t->n_elements; e++) {
                                 double x = ((const float *)s->data)[e];
                                 err += (y[e] - x) * (y[e] - x);
@@ -334,7 +363,7 @@ static void test_errors(void **state) {
         assert_int_equal(quant_file(f->src, fd, &p, NULL), -EINVAL);
         safe_close(fd);
 
-        /* A quantized source cannot be converted to another quantized type (yet); copying it is fine. */
+        /* A quantized source is converted only when allowed; copying it is always fine. */
         p.mixture = QUANT_MIXTURE_Q8_0;
         _cleanup_(gguf_freep) Gguf *q8 = quantize(f->src, &p, &fd);
         safe_close(fd);
@@ -342,8 +371,13 @@ static void test_errors(void **state) {
         qd_error_clear(&err);
         fd = new_memfd();
         assert_int_equal(quant_file(q8, fd, &p, &err), -EOPNOTSUPP);
-        assert_non_null(strstr(err.msg, "q8_0"));
+        assert_non_null(strstr(err.msg, "already quantized (q8_0)"));
         safe_close(fd);
+        p.allow_requantize = true;
+        _cleanup_(gguf_freep) Gguf *q4 = quantize(q8, &p, &fd);
+        safe_close(fd);
+        assert_int_equal(gguf_find_tensor(q4, "blk.0.attn_q.weight")->type, GGML_TYPE_Q4_0);
+        p.allow_requantize = false;
         p.mixture = QUANT_MIXTURE_Q8_0;
         _cleanup_(gguf_freep) Gguf *again = quantize(q8, &p, &fd);
         safe_close(fd);
@@ -351,14 +385,41 @@ static void test_errors(void **state) {
         assert_memory_equal(again->base, q8->base, q8->size);
 }
 
+/* A 2-D weight of a type nothing can dequantize (I8) cannot be converted, even when requantizing. */
+static void test_unconvertible_source(void **state) {
+        _cleanup_(gguf_writer_freep) GgufWriter *w = NULL;
+        _cleanup_(gguf_freep) Gguf *g = NULL;
+        const uint64_t ne[2] = {32, 2};
+        int8_t data[64] = {1, 2, 3};
+        QuantParams p = quant_params_default();
+        QdError err = {};
+        int fd = new_memfd(), out = new_memfd();
+
+        assert_int_equal(gguf_writer_new(&w, fd, 32), 0);
+        assert_int_equal(gguf_writer_add_string(w, "general.architecture", "llama"), 0);
+        assert_int_equal(gguf_writer_add_tensor(w, "blk.0.attn_q.weight", GGML_TYPE_I8, 2, ne), 0);
+        assert_int_equal(gguf_writer_write_header(w), 0);
+        assert_int_equal(gguf_writer_write_tensor_data(w, data, sizeof(data)), 0);
+        assert_int_equal(gguf_writer_finish(w), 0);
+        assert_int_equal(gguf_open_fd(fd, &g, NULL), 0);
+
+        p.allow_requantize = true;
+        assert_int_equal(quant_file(g, out, &p, &err), -EOPNOTSUPP);
+        assert_non_null(strstr(err.msg, "stored as i8"));
+        safe_close(fd);
+        safe_close(out);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_every_mixture),
+                cmocka_unit_test(test_other_sources),
                 cmocka_unit_test(test_q8_0_and_q4_0),
                 cmocka_unit_test(test_threads_agree),
                 cmocka_unit_test(test_leave_output_and_overrides),
                 cmocka_unit_test(test_progress_and_cancel),
                 cmocka_unit_test(test_errors),
+                cmocka_unit_test(test_unconvertible_source),
         };
 
         return cmocka_run_group_tests(tests, setup, teardown);

@@ -14,7 +14,6 @@
 
 #include <math.h>
 
-#include "quant-dequant.h"
 #include "quant.h"
 
 #define ROW 256
@@ -113,7 +112,7 @@ static void test_dequantize_as_gguf(void **state) {
                 _cleanup_free_ float *got = malloc(vsize);
 
                 assert_int_equal(row_bytes(type, n), bsize);
-                assert_int_equal(test_dequantize_row(type, blocks, got, n), 0);
+                assert_int_equal(engine_dequantize_row(type, blocks, got, n), 0);
                 for (size_t i = 0; i < n; i++)
                         if (memcmp(&got[i], &want[i], sizeof(float)) != 0)
                                 fail_msg("%s: element %zu decodes to %a, gguf to %a", ggml_type_name(type),
@@ -147,7 +146,7 @@ static double relative_rmse(uint32_t type, const float *x, size_t n) {
         double err = 0, ref = 0;
 
         assert_int_equal(quant_row(type, x, q, n), 0);
-        assert_int_equal(test_dequantize_row(type, q, y, n), 0);
+        assert_int_equal(engine_dequantize_row(type, q, y, n), 0);
         for (size_t i = 0; i < n; i++) {
                 assert_true(isfinite(y[i]));
                 err += ((double)y[i] - x[i]) * ((double)y[i] - x[i]);
@@ -211,7 +210,7 @@ static void test_rmse_real_rows(void **state) {
                 assert_true(tensor->n_elements >= n);
                 /* Whole 256-element super-blocks out of the tensor's first rows; the stored row length does
                  * not matter for the statistics. */
-                assert_int_equal(test_dequantize_row(tensor->type, tensor->data, x, n), 0);
+                assert_int_equal(engine_dequantize_row(tensor->type, tensor->data, x, n), 0);
                 for (size_t b = 0; b < ELEMENTSOF(bounds); b++) {
                         double e = relative_rmse(bounds[b].type, x, n);
                         print_message("# %-22s %-7s relative RMSE %.5f (bound %.5f)\n", names[t],
@@ -231,7 +230,7 @@ static void test_awkward_rows(void **state) {
 
                 memset(x, 0, sizeof(x));
                 assert_int_equal(quant_row(type, x, q, ROW), 0);
-                assert_int_equal(test_dequantize_row(type, q, y, ROW), 0);
+                assert_int_equal(engine_dequantize_row(type, q, y, ROW), 0);
                 for (int i = 0; i < ROW; i++)
                         assert_true(y[i] == 0.0f);
 
@@ -243,7 +242,7 @@ static void test_awkward_rows(void **state) {
                         for (int i = 0; i < ROW; i++)
                                 x[i] = levels[k];
                         assert_int_equal(quant_row(type, x, q, ROW), 0);
-                        assert_int_equal(test_dequantize_row(type, q, y, ROW), 0);
+                        assert_int_equal(engine_dequantize_row(type, q, y, ROW), 0);
                         for (int i = 0; i < ROW; i++)
                                 if (!(fabsf(y[i] - x[i]) <= tol))
                                         fail_msg("%s: constant %g decodes to %g at %d", ggml_type_name(type),
