@@ -16,22 +16,19 @@
 static const int8_t iq4nl_values[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
                                         1,    13,   25,  38,  53,  69,  89,  113};
 
-/* Index of the table entry nearest to v (the upper one on a tie). */
+/* Index of the table entry nearest to v (the upper one on a tie). Between the ends, lo is the last entry not
+ * above v, found by counting (the table is sorted), which is what a binary search finds, without branches.
+ */
 static int nearest_level(float v) {
-        int lo = 0, hi = 15;
+        int lo = 0;
 
         if (v <= iq4nl_values[0])
                 return 0;
         if (v >= iq4nl_values[15])
                 return 15;
-        while (hi - lo > 1) {
-                int mid = (lo + hi) / 2;
-                if (v < iq4nl_values[mid])
-                        hi = mid;
-                else
-                        lo = mid;
-        }
-        return v - iq4nl_values[lo] < iq4nl_values[hi] - v ? lo : hi;
+        for (int k = 1; k < 15; k++)
+                lo += (float)iq4nl_values[k] <= v;
+        return v - iq4nl_values[lo] < iq4nl_values[lo + 1] - v ? lo : lo + 1;
 }
 
 /* Weighted least-squares fit of x to the levels chosen at inverse scale id: returns sum w q x and sum w q^2.

@@ -220,6 +220,43 @@ static void test_rmse_real_rows(void **state) {
         }
 }
 
+/* The fast row functions write the reference's bytes, on rows of every kind: scales from tiny to huge,
+ * offsets, sparse rows, flat and zero groups. */
+static void test_fast_equals_ref(void **state) {
+        static const uint32_t types[] = {GGML_TYPE_Q2_K, GGML_TYPE_Q3_K,   GGML_TYPE_Q4_K, GGML_TYPE_Q5_K,
+                                         GGML_TYPE_Q6_K, GGML_TYPE_IQ4_NL, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0};
+        const size_t n = 4 * ROW, n_rows = 400;
+        _cleanup_free_ float *x = malloc(n * sizeof(float));
+        _cleanup_free_ uint8_t *a = malloc(n * 4), *b = malloc(n * 4);
+        uint64_t seed = 99;
+
+        for (size_t r = 0; r < n_rows; r++) {
+                const float scale = (float)pow(10.0, -6.0 + 9.0 * rng_uniform(&seed));
+                const unsigned kind = (unsigned)(r % 6);
+
+                for (size_t i = 0; i < n; i++) {
+                        float v = rng_normal(&seed) * scale;
+                        if (kind == 1)
+                                v = fabsf(v) + scale; /* all positive: the minimum is clamped to 0 */
+                        else if (kind == 2 && rng_uniform(&seed) < 0.9)
+                                v = 0.0f; /* sparse, with all-zero groups */
+                        else if (kind == 3 && (i / 16) % 3 == 0)
+                                v = scale; /* flat groups */
+                        else if (kind == 4)
+                                v = (float)(int)(v / scale * 4.0f); /* few distinct values, ties */
+                        x[i] = v;
+                }
+                for (size_t t = 0; t < ELEMENTSOF(types); t++) {
+                        size_t rb = row_bytes(types[t], n);
+                        assert_int_equal(quant_row(types[t], x, a, n), 0);
+                        assert_int_equal(quant_row_ref(types[t], x, b, n), 0);
+                        if (memcmp(a, b, rb) != 0)
+                                fail_msg("%s: row %zu (kind %u) differs between fast and reference",
+                                         ggml_type_name(types[t]), r, kind);
+                }
+        }
+}
+
 /* Zero rows stay zero; constant and tiny or huge rows decode to finite values close to the input. */
 static void test_awkward_rows(void **state) {
         float x[ROW], y[ROW];
@@ -271,9 +308,13 @@ static void test_errors(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_same_bytes_as_gguf), cmocka_unit_test(test_dequantize_as_gguf),
-                cmocka_unit_test(test_rmse_gaussian),      cmocka_unit_test(test_rmse_real_rows),
-                cmocka_unit_test(test_awkward_rows),       cmocka_unit_test(test_errors),
+                cmocka_unit_test(test_same_bytes_as_gguf),
+                cmocka_unit_test(test_dequantize_as_gguf),
+                cmocka_unit_test(test_rmse_gaussian),
+                cmocka_unit_test(test_rmse_real_rows),
+                cmocka_unit_test(test_awkward_rows),
+                cmocka_unit_test(test_fast_equals_ref),
+                cmocka_unit_test(test_errors),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
