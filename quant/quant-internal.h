@@ -43,9 +43,10 @@ void quant_row_q5_k_ref(const float *x, void *y, size_t n);
 void quant_row_q6_k_ref(const float *x, void *y, size_t n);
 void quant_row_iq4_nl_ref(const float *x, void *y, size_t n);
 
-/* Faster versions with the same output: the k-quant searches run four groups at once (SSE2; the reference
- * code elsewhere). */
+/* Faster versions with the same output: the k-quant and IQ4_NL searches run four groups at once (SSE2; the
+ * reference code elsewhere). */
 void quant_row_q2_k_fast(const float *x, void *y, size_t n);
 void quant_row_q4_k_fast(const float *x, void *y, size_t n);
 void quant_row_q5_k_fast(const float *x, void *y, size_t n);
 void quant_row_q6_k_fast(const float *x, void *y, size_t n);
+void quant_row_iq4_nl_fast(const float *x, void *y, size_t n);

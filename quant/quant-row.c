@@ -26,7 +26,7 @@ static const QuantRowOps row_ops[_GGML_TYPE_MAX] = {
         [GGML_TYPE_Q4_K] = {quant_row_q4_k_ref, quant_row_q4_k_fast},
         [GGML_TYPE_Q5_K] = {quant_row_q5_k_ref, quant_row_q5_k_fast},
         [GGML_TYPE_Q6_K] = {quant_row_q6_k_ref, quant_row_q6_k_fast},
-        [GGML_TYPE_IQ4_NL] = {quant_row_iq4_nl_ref, NULL},
+        [GGML_TYPE_IQ4_NL] = {quant_row_iq4_nl_ref, quant_row_iq4_nl_fast},
 };
 
 bool quant_type_supported(uint32_t type) {
