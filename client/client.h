@@ -409,3 +409,25 @@ int progress_update(Progress *p, const char *status, const char *key, uint64_t c
 int progress_finish(Progress *p);
 Progress *progress_free(Progress *p);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Progress *, progress_free);
+
+/* A count as Ollama prints parameter counts: "135M", "134.52M", "3.2B", "8B", "512K". Returns buf. */
+char *format_count(char *buf, size_t size, uint64_t n);
+
+/* ---- the verbs (verbs.c): what qctl does once its command line is parsed ---- */
+
+typedef struct Qctl {
+        const char *socket;            /* NULL: client_socket_path() */
+        ProtoClient *conn;             /* opened on first use */
+        FILE *out, *err;               /* stdout and stderr, or memory streams in tests */
+        int in_fd;                     /* stdin, for piped prompts and the chat */
+        bool in_tty, out_tty, err_tty;
+        unsigned width;                /* columns of the terminal on out (0: not a terminal) */
+        volatile int *interrupted;     /* counts SIGINTs */
+} Qctl;
+
+/*
+ * Runs a parsed command. Returns 0, or -errno with one sentence in e for the user (exit_code_from_errno()
+ * gives the exit status).
+ */
+int qctl_run_command(Qctl *q, Command *c, QdError *e);
+void qctl_done(Qctl *q);
