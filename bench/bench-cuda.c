@@ -5,6 +5,7 @@
  * reads over the card's measured copy bandwidth).
  *
  *   bench-cuda --synthetic llama2-7b:q4_K_M [--tg 128] [--pp 512] [--reps 5] [--device 0]
+ *   bench-cuda --kernels      (achieved bandwidth of the decode matrix-vector kernel per type)
  *
  * Mixes follow llama-quantize's choices per tensor: q4_0 (output Q6_K), q4_K_M (output Q6_K; attn_v and
  * ffn_down Q6_K in the first and last eighth of the layers and every third between), q8_0, f16, and any
@@ -226,8 +227,72 @@ out:
         return r;
 }
 
+/* Achieved bandwidth of the decode matrix-vector kernel alone, per type, on the shapes of a 7B layer. Enough
+ * copies of each matrix rotate that they do not fit in the L2 cache. */
+static int run_kernels(void) {
+        static const uint32_t types[] = {GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1,
+                                         GGML_TYPE_Q8_0, GGML_TYPE_Q2_K, GGML_TYPE_Q3_K, GGML_TYPE_Q4_K,
+                                         GGML_TYPE_Q5_K, GGML_TYPE_Q6_K, GGML_TYPE_F16,  GGML_TYPE_BF16};
+        static const uint32_t dims[][2] = {{4096, 4096}, {4096, 11008}, {11008, 4096}, {4096, 32000}};
+        float *x = NULL, *y = NULL;
+        CudaQ8 xq = {};
+        int r;
+
+        if ((r = cuda_malloc(11008 * 4, (void **)&x)) < 0 || (r = cuda_malloc(32000 * 4, (void **)&y)) < 0 ||
+            (r = cuda_malloc(11008, (void **)&xq.qs)) < 0 || (r = cuda_malloc(11008 / 32 * 8, (void **)&xq.ds)) < 0)
+                goto out;
+        CudaMatrix xm = {GGML_TYPE_F32, 11008, 1, 11008 * 4, x};
+        if ((r = cuda_fill_random(NULL, &xm, 7, 1.0f)) < 0 ||
+            (r = cuda_quantize_q8(NULL, x, 11008, 1, &xq)) < 0)
+                goto out;
+        printf("%-6s %-12s %10s %10s\n", "type", "cols x rows", "us/call", "GB/s");
+        for (size_t t = 0; t < ELEMENTSOF(types); t++)
+                for (size_t d = 0; d < ELEMENTSOF(dims); d++) {
+                        CudaMatrix w[16];
+                        uint64_t rb;
+                        unsigned n = 0;
+                        size_t stride;
+                        (void)ggml_row_size(types[t], dims[d][0], &rb);
+                        (void)cuda_row_stride(types[t], dims[d][0], &stride);
+                        uint64_t bytes = rb * dims[d][1];
+                        for (; n < 16 && n * bytes < 400000000ull; n++) {
+                                void *p;
+                                if ((r = cuda_malloc(stride * dims[d][1], &p)) < 0)
+                                        goto out;
+                                w[n] = (CudaMatrix){types[t], dims[d][0], dims[d][1], stride, p};
+                                if ((r = cuda_fill_random(NULL, &w[n], n + 1, 0.01f)) < 0)
+                                        goto out;
+                        }
+                        const unsigned calls = 400;
+                        uint64_t t0 = 0;
+                        for (unsigned i = 0; i < calls + 20; i++) {
+                                if (i == 20) {
+                                        if ((r = cuda_sync(NULL)) < 0)
+                                                goto out;
+                                        t0 = now_ns();
+                                }
+                                if ((r = cuda_matvec(NULL, &w[i % n], 1, x, &xq, &y, CUDA_MV_STORE)) < 0)
+                                        goto out;
+                        }
+                        if ((r = cuda_sync(NULL)) < 0)
+                                goto out;
+                        double us = (now_ns() - t0) / 1e3 / calls;
+                        printf("%-6s %5ux%-6u %10.2f %10.0f\n", ggml_type_name(types[t]), dims[d][0], dims[d][1],
+                               us, bytes / us / 1e3);
+                        for (unsigned i = 0; i < n; i++)
+                                cuda_free((void *)w[i].data);
+                }
+        r = 0;
+out:
+        if (r < 0)
+                fprintf(stderr, "Kernel benchmark failed: %s\n", strerror(-r));
+        cuda_free(x), cuda_free(y), cuda_free(xq.qs), cuda_free(xq.ds);
+        return r;
+}
+
 static void help(void) {
-        printf("bench-cuda --synthetic MODEL:MIX [--tg N] [--pp N] [--reps N] [--device N]\n\n"
+        printf("bench-cuda --synthetic MODEL:MIX [--tg N] [--pp N] [--reps N] [--device N]\n"
+               "bench-cuda --kernels\n\n"
                "Decode and prompt speed of the CUDA backend on the tensor shapes of MODEL (llama2-7b, llama3-8b)\n"
                "with random weights of MIX (q4_0, q4_K_M, q8_0, f16 or any single type name).\n");
 }
@@ -237,6 +302,7 @@ int main(int argc, char **argv) {
                 {"synthetic", required_argument, NULL, 's'}, {"tg", required_argument, NULL, 't'},
                 {"pp", required_argument, NULL, 'p'},        {"reps", required_argument, NULL, 'r'},
                 {"device", required_argument, NULL, 'd'},    {"help", no_argument, NULL, 'h'},
+                {"kernels", no_argument, NULL, 'k'},
                 {},
         };
         const char *synthetic = NULL;
@@ -265,6 +331,8 @@ int main(int argc, char **argv) {
                         else
                                 arg_device = (int)v;
                         break;
+                case 'k':
+                        return run_kernels() < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
                 case 'h':
                         help();
                         return EXIT_SUCCESS;

@@ -22,6 +22,7 @@ nvflags="-O2 -g -lineinfo -gencode=arch=compute_90,code=[sm_90,compute_90] -Xcom
 pids=""
 for f in "$src"/common/*.c "$src"/engine/*.c; do
         case "$f" in */gguf-dump.c) continue ;; esac
+        grep -q pcre2 "$f" && continue # the tokenizers need PCRE2, which the kernels do not
         cc $cflags -c "$f" -o "$out/obj/$(basename "$f").o" & pids="$pids $!"
 done
 for f in "$src"/engine/cuda/*.cu; do
@@ -33,7 +34,7 @@ ar rcs "$out/libengine.a" "$out"/obj/*.o
 libs="-L$out -lengine -lcublas -lcudart -lm -lpthread -lstdc++"
 cudalib=$(dirname "$(command -v "$nvcc")")/../lib64
 cc $cflags -c "$src/bench/bench-cuda.c" -o "$out/obj-bench-cuda.o"
-cc -o "$out/bench-cuda" "$out/obj-bench-cuda.o" -L"$cudalib" $libs
+cc -o "$out/bench-cuda" "$out/obj-bench-cuda.o" -L"$cudalib" -Wl,-rpath,"$cudalib" $libs
 if [ -n "$cmocka" ]; then
         cinc="-I$cmocka/usr/include"
         clib="-L$cmocka/usr/lib/x86_64-linux-gnu -Wl,-rpath,$cmocka/usr/lib/x86_64-linux-gnu"
@@ -41,7 +42,7 @@ fi
 for t in "$src"/tests/test-cuda-*.c; do
         n=$(basename "$t" .c)
         cc $cflags ${cinc:-} -c "$t" -o "$out/obj-$n.o" &&
-                cc -o "$out/$n" "$out/obj-$n.o" -L"$cudalib" ${clib:-} -lcmocka $libs ||
+                cc -o "$out/$n" "$out/obj-$n.o" -L"$cudalib" -Wl,-rpath,"$cudalib" ${clib:-} -lcmocka $libs ||
                 echo "build-cuda.sh: $n not built (cmocka missing?)" >&2
 done
 echo "build-cuda.sh: built in $out"
