@@ -367,6 +367,31 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(GgufWriter *, gguf_writer_free);
 /* Number of CUDA devices the engine can use: 0 when built without CUDA or when none is present. */
 int engine_cuda_devices(void);
 
+/* ---- CPU kernels ---- */
+
+/* Instruction sets the CPU kernels come in, chosen at run time. */
+typedef enum EngineCpuIsa {
+        ENGINE_CPU_SCALAR, /* plain C: the reference */
+        ENGINE_CPU_AVX2,   /* AVX2 + FMA + F16C */
+        ENGINE_CPU_AVX512, /* AVX-512 F/BW/VL/DQ + VNNI */
+        _ENGINE_CPU_ISA_MAX,
+        _ENGINE_CPU_ISA_INVALID = -EINVAL,
+} EngineCpuIsa;
+
+/* The best set this CPU runs. */
+EngineCpuIsa engine_cpu_isa_best(void);
+/* "scalar", "avx2", "avx512"; "unknown" otherwise. */
+const char *engine_cpu_isa_name(EngineCpuIsa isa);
+
+/*
+ * y = W x with one kernel set, single-threaded, as the forward pass computes it (activations converted to the
+ * weight type's integer form first): W is n_rows rows of n elements of type (GGUF blocks), x is n_tok rows of
+ * n floats, y is n_tok rows of n_rows floats. For the kernel tests and benchmarks. Returns 0, -EINVAL for bad
+ * arguments or an n the type cannot take, -EOPNOTSUPP when the type has no kernel or the CPU lacks isa.
+ */
+int engine_cpu_matmul(EngineCpuIsa isa, uint32_t type, const void *w, uint64_t n, uint64_t n_rows, const float *x,
+                      uint64_t n_tok, float *y);
+
 /* ---- models and the forward pass ---- */
 
 typedef struct EngineModelParams {
@@ -375,6 +400,8 @@ typedef struct EngineModelParams {
         uint32_t n_threads;   /* CPU worker threads; 0 = the CPU count */
         uint32_t kv_type;     /* GGML_TYPE_F16 (default) or GGML_TYPE_F32 */
         uint32_t n_batch;     /* most tokens one forward step takes; longer prompts go in chunks; 0 = 512 */
+        int32_t cpu_isa;      /* an EngineCpuIsa for the CPU kernels; -1 = the best this CPU runs */
+        bool f32_activations; /* slow reference mode: weights dequantized, activations kept in float */
 } EngineModelParams;
 
 /* The defaults: best backend, all layers that fit, CPU count threads, F16 KV cache, batches of 512. */

@@ -103,7 +103,7 @@ static void check_row(const EngineVocab *v, const char *text, size_t len, bool p
                 fail_msg("%s '%s': %zu tokens, want %zu", what, text, n, k);
 
         assert_int_equal(engine_detokenize(v, ids, n, true, &back), 0);
-        if (back.len != len || memcmp(back.data, text, len) != 0)
+        if (back.len != len || (len > 0 && memcmp(back.data, text, len) != 0))
                 fail_msg("%s '%s': detokenized as '%s'", what, text, back.len ? (char *)back.data : "");
         assert_int_equal(engine_detok_new(&d), 0);
         for (size_t i = 0; i < n; i++)
