@@ -1,0 +1,361 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Sampling: turning a step's logits into the next token.
+ *
+ * DESIGN
+ * The order is llama.cpp's, which Ollama's options were made for: penalties first (they change logits, so
+ * they matter even to greedy decoding), then the filters on the candidates — top_k, typical_p, top_p, min_p
+ * — then the temperature and one draw. Candidates are kept sorted by logit, highest first, ties by lower id,
+ * which makes every step a pure function of the logits, the history and the PRNG state. top_k, the common
+ * case, is a k-element heap over the vocabulary (O(n log k)) instead of a full sort.
+ *
+ * The PRNG is our own (xoshiro256**, seeded through splitmix64) so that a seed draws the same tokens on
+ * every machine and libc. Greedy sampling never touches it.
+ */
+
+#include <math.h>
+#include <sys/random.h>
+
+#include "engine.h"
+
+typedef struct Cand {
+        int32_t id;
+        float logit;
+        float p;   /* probability, where a step has computed it */
+        float key; /* typical_p's sort key */
+} Cand;
+
+struct EngineSampler {
+        EngineSamplerParams params;
+        uint64_t seed; /* the seed in use, drawn at creation when params.seed asked for a random one */
+        uint64_t rng[4];
+        uint32_t n_vocab;
+        Cand *cand;       /* (n_vocab) this step's candidates */
+        uint32_t *counts; /* (n_vocab) occurrences in the penalty window, zero between steps */
+        int32_t *history; /* (n_history) accepted tokens */
+        size_t n_history, cap_history;
+};
+
+EngineSamplerParams engine_sampler_params_default(void) {
+        return (EngineSamplerParams){
+                .temperature = 0.8f,
+                .top_k = 40,
+                .top_p = 0.9f,
+                .min_p = 0.0f,
+                .typical_p = 1.0f,
+                .repeat_penalty = 1.1f,
+                .repeat_last_n = 64,
+                .presence_penalty = 0.0f,
+                .frequency_penalty = 0.0f,
+                .seed = ENGINE_SAMPLER_SEED_RANDOM,
+        };
+}
+
+int engine_sampler_params_check(const EngineSamplerParams *p, QdError *err) {
+        const struct {
+                const char *name;
+                float v, lo, hi;
+        } ranges[] = {
+                {"temperature", p->temperature, 0, INFINITY},
+                {"top_p", p->top_p, 0, INFINITY},
+                {"min_p", p->min_p, 0, 1},
+                {"typical_p", p->typical_p, 0, 1},
+                {"repeat_penalty", p->repeat_penalty, 0, INFINITY},
+                {"presence_penalty", p->presence_penalty, -INFINITY, INFINITY},
+                {"frequency_penalty", p->frequency_penalty, -INFINITY, INFINITY},
+        };
+
+        for (size_t i = 0; i < ELEMENTSOF(ranges); i++)
+                if (!isfinite(ranges[i].v) || ranges[i].v < ranges[i].lo || ranges[i].v > ranges[i].hi)
+                        return qd_error_set(err, EINVAL, "The sampling option %s cannot be %g.",
+                                            ranges[i].name, (double)ranges[i].v);
+        if (p->repeat_penalty == 0)
+                return qd_error_set(err, EINVAL,
+                                    "The sampling option repeat_penalty cannot be 0 (1 turns it off).");
+        if (p->repeat_last_n < -1)
+                return qd_error_set(
+                        err, EINVAL,
+                        "The sampling option repeat_last_n cannot be %d (-1 means the whole context).",
+                        p->repeat_last_n);
+        return 0;
+}
+
+/* ---- PRNG ---- */
+
+static uint64_t splitmix64(uint64_t *x) {
+        uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        return z ^ (z >> 31);
+}
+
+static uint64_t rotl(uint64_t x, int k) {
+        return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t rng_next(uint64_t s[4]) {
+        uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = rotl(s[3], 45);
+        return result;
+}
+
+/* Uniform in [0, 1) with 53 random bits. */
+static double rng_uniform(uint64_t s[4]) {
+        return (double)(rng_next(s) >> 11) * 0x1.0p-53;
+}
+
+static void rng_seed(EngineSampler *s) {
+        uint64_t x = s->seed;
+        for (int i = 0; i < 4; i++)
+                s->rng[i] = splitmix64(&x);
+}
+
+/* ---- lifecycle ---- */
+
+int engine_sampler_new(const EngineSamplerParams *p, uint32_t n_vocab, EngineSampler **ret) {
+        _cleanup_(engine_sampler_freep) EngineSampler *s = NULL;
+
+        if (n_vocab == 0 || n_vocab > INT32_MAX || engine_sampler_params_check(p, NULL) < 0)
+                return -EINVAL;
+        s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        s->params = *p;
+        s->n_vocab = n_vocab;
+        s->cand = calloc(n_vocab, sizeof(Cand));
+        s->counts = calloc(n_vocab, sizeof(uint32_t));
+        if (!s->cand || !s->counts)
+                return -ENOMEM;
+        s->seed = p->seed;
+        if (s->seed == ENGINE_SAMPLER_SEED_RANDOM) {
+                if (getrandom(&s->seed, sizeof(s->seed), 0) != sizeof(s->seed))
+                        s->seed = now_ns() ^ ((uint64_t)getpid() << 32);
+                if (s->seed == ENGINE_SAMPLER_SEED_RANDOM)
+                        s->seed--;
+        }
+        rng_seed(s);
+        *ret = TAKE_PTR(s);
+        return 0;
+}
+
+EngineSampler *engine_sampler_free(EngineSampler *s) {
+        if (!s)
+                return NULL;
+        free(s->history);
+        free(s->counts);
+        free(s->cand);
+        free(s);
+        return NULL;
+}
+
+void engine_sampler_reset(EngineSampler *s) {
+        s->n_history = 0;
+        rng_seed(s);
+}
+
+void engine_sampler_accept(EngineSampler *s, int32_t token) {
+        if (token < 0 || (uint32_t)token >= s->n_vocab)
+                return;
+        if (s->n_history == s->cap_history) {
+                /* Only the window is ever read, so a bounded window keeps memory bounded too. */
+                size_t keep = s->params.repeat_last_n >= 0 ? (size_t)s->params.repeat_last_n : SIZE_MAX;
+                if (keep != SIZE_MAX && s->n_history > keep && s->n_history >= 1024) {
+                        memmove(s->history, s->history + s->n_history - keep, keep * sizeof(int32_t));
+                        s->n_history = keep;
+                } else {
+                        size_t cap = s->cap_history ? s->cap_history * 2 : 256;
+                        int32_t *h = realloc(s->history, cap * sizeof(int32_t));
+                        if (!h)
+                                return; /* the penalties then see a shorter history; nothing else breaks */
+                        s->history = h;
+                        s->cap_history = cap;
+                }
+        }
+        s->history[s->n_history++] = token;
+}
+
+/* ---- the steps ---- */
+
+static int cand_cmp(const void *a, const void *b) {
+        const Cand *x = a, *y = b;
+        if (x->logit != y->logit)
+                return x->logit > y->logit ? -1 : 1;
+        return x->id < y->id ? -1 : x->id > y->id;
+}
+
+static void penalize(EngineSampler *s) {
+        const EngineSamplerParams *p = &s->params;
+        size_t n = s->n_history, from;
+
+        if (p->repeat_last_n == 0 || n == 0)
+                return;
+        if (p->repeat_penalty == 1 && p->presence_penalty == 0 && p->frequency_penalty == 0)
+                return;
+        from = p->repeat_last_n < 0 || (size_t)p->repeat_last_n >= n ? 0 : n - (size_t)p->repeat_last_n;
+        for (size_t i = from; i < n; i++)
+                s->counts[s->history[i]]++;
+        for (size_t i = from; i < n; i++) {
+                int32_t t = s->history[i];
+                uint32_t c = s->counts[t];
+                float *l = &s->cand[t].logit;
+                if (c == 0)
+                        continue; /* already done */
+                *l = *l > 0 ? *l / p->repeat_penalty : *l * p->repeat_penalty;
+                *l -= (float)c * p->frequency_penalty + p->presence_penalty;
+                s->counts[t] = 0;
+        }
+}
+
+/* Moves the k best candidates of cand[0..n) to the front, sorted. */
+static void select_top_k(Cand *cand, size_t n, size_t k) {
+        /* cand[0..k) is a heap whose root is the worst of the best k seen so far. */
+        for (size_t i = 0; i < n; i++) {
+                Cand c = cand[i];
+                size_t j;
+                if (i >= k) {
+                        if (cand_cmp(&c, &cand[0]) >= 0)
+                                continue;
+                        cand[i] = cand[0];
+                        j = 0;
+                        for (;;) {
+                                size_t w = 2 * j + 1;
+                                if (w >= k)
+                                        break;
+                                if (w + 1 < k && cand_cmp(&cand[w + 1], &cand[w]) > 0)
+                                        w++;
+                                if (cand_cmp(&cand[w], &c) <= 0)
+                                        break;
+                                cand[j] = cand[w];
+                                j = w;
+                        }
+                } else {
+                        j = i;
+                        while (j > 0 && cand_cmp(&c, &cand[(j - 1) / 2]) > 0) {
+                                cand[j] = cand[(j - 1) / 2];
+                                j = (j - 1) / 2;
+                        }
+                }
+                cand[j] = c;
+        }
+        qsort(cand, k, sizeof(Cand), cand_cmp);
+}
+
+/* Fills in p over cand[0..n) (sorted, so cand[0] has the highest logit). */
+static void softmax(Cand *cand, size_t n) {
+        double sum = 0;
+        for (size_t i = 0; i < n; i++) {
+                cand[i].p = expf(cand[i].logit - cand[0].logit);
+                sum += cand[i].p;
+        }
+        for (size_t i = 0; i < n; i++)
+                cand[i].p = (float)(cand[i].p / sum);
+}
+
+static size_t top_p(Cand *cand, size_t n, float p) {
+        double cum = 0;
+        softmax(cand, n);
+        for (size_t i = 0; i < n; i++) {
+                cum += cand[i].p;
+                if (cum >= p)
+                        return i + 1;
+        }
+        return n;
+}
+
+static size_t min_p(Cand *cand, size_t n, float p) {
+        float floor = cand[0].logit + logf(p);
+        size_t k = 1;
+        while (k < n && cand[k].logit >= floor)
+                k++;
+        return k;
+}
+
+static int key_cmp(const void *a, const void *b) {
+        const Cand *x = a, *y = b;
+        if (x->key != y->key)
+                return x->key < y->key ? -1 : 1;
+        return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* Locally typical sampling: keep the tokens whose surprise (-log p) is closest to the distribution's
+ * entropy, until their probability adds up to p; the survivors go back into logit order. */
+static size_t typical_p(Cand *cand, size_t n, float p) {
+        double entropy = 0, cum = 0;
+        size_t k = n;
+
+        softmax(cand, n);
+        for (size_t i = 0; i < n; i++)
+                if (cand[i].p > 0)
+                        entropy -= cand[i].p * log(cand[i].p);
+        for (size_t i = 0; i < n; i++)
+                cand[i].key = cand[i].p > 0 ? (float)fabs(-log(cand[i].p) - entropy) : INFINITY;
+        qsort(cand, n, sizeof(Cand), key_cmp);
+        for (size_t i = 0; i < n; i++) {
+                cum += cand[i].p;
+                if (cum >= p) {
+                        k = i + 1;
+                        break;
+                }
+        }
+        qsort(cand, k, sizeof(Cand), cand_cmp);
+        return k;
+}
+
+int32_t engine_sampler_sample(EngineSampler *s, const float *logits) {
+        const EngineSamplerParams *p = &s->params;
+        size_t n = s->n_vocab;
+        Cand *cand = s->cand;
+        float max = -INFINITY;
+        int32_t best = -1;
+        double r, cum = 0;
+
+        for (uint32_t i = 0; i < s->n_vocab; i++)
+                cand[i] = (Cand){.id = (int32_t)i, .logit = logits[i]};
+        penalize(s);
+
+        for (uint32_t i = 0; i < s->n_vocab; i++)
+                if (cand[i].logit > max) {
+                        max = cand[i].logit;
+                        best = (int32_t)i;
+                }
+        if (best < 0 || isnan(max))
+                return -EINVAL;
+        if (p->temperature <= 0)
+                return best;
+
+        /* Tokens at -infinity (masked out) never take part. */
+        size_t live = 0;
+        for (size_t i = 0; i < n; i++)
+                if (cand[i].logit > -INFINITY)
+                        cand[live++] = cand[i];
+        n = live;
+
+        if (p->top_k > 0 && (size_t)p->top_k < n) {
+                select_top_k(cand, n, (size_t)p->top_k);
+                n = (size_t)p->top_k;
+        } else
+                qsort(cand, n, sizeof(Cand), cand_cmp);
+        if (p->typical_p < 1)
+                n = typical_p(cand, n, p->typical_p);
+        if (p->top_p < 1)
+                n = top_p(cand, n, p->top_p);
+        if (p->min_p > 0)
+                n = min_p(cand, n, p->min_p);
+
+        for (size_t i = 0; i < n; i++)
+                cand[i].logit /= p->temperature;
+        softmax(cand, n);
+        r = rng_uniform(s->rng);
+        for (size_t i = 0; i < n; i++) {
+                cum += cand[i].p;
+                if (r < cum)
+                        return cand[i].id;
+        }
+        /* Rounding left the sum a hair under 1 and r above it. */
+        return cand[n - 1].id;
+}
