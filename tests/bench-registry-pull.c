@@ -128,7 +128,7 @@ static void bench_pull(void **state) {
         RegistryCreateLayer layer = {.media_type = REGISTRY_MEDIA_MODEL, .fd = fd};
         RegistryName n;
         assert_int_equal(registry_name_parse(name, &config, &n, &e), 0);
-        assert_int_equal(registry_store_create(src, &n, &layer, 1, NULL, NULL, &e), 0);
+        assert_int_equal(registry_store_create(src, &n, &layer, 1, NULL, NULL, NULL, NULL, &e), 0);
         close(fd);
         if (registry_push(src, &n, NULL, NULL, NULL, NULL, &e) < 0)
                 fail_msg("push: %s", e.msg);

@@ -168,7 +168,7 @@ static void create_stories(Local *l, const char *name) {
         };
         RegistryName n = name_of(l, name);
         QdError e = {};
-        if (registry_store_create(l->store, &n, layers, ELEMENTSOF(layers), NULL, NULL, &e) < 0)
+        if (registry_store_create(l->store, &n, layers, ELEMENTSOF(layers), NULL, NULL, NULL, NULL, &e) < 0)
                 fail_msg("create: %s", e.msg);
         close(fd);
 }
@@ -180,7 +180,7 @@ static void create_big(Local *l, const char *name, uint64_t size) {
         RegistryCreateLayer layer = {.media_type = REGISTRY_MEDIA_MODEL, .fd = fd};
         RegistryName n = name_of(l, name);
         QdError e = {};
-        if (registry_store_create(l->store, &n, &layer, 1, NULL, NULL, &e) < 0)
+        if (registry_store_create(l->store, &n, &layer, 1, NULL, NULL, NULL, NULL, &e) < 0)
                 fail_msg("create: %s", e.msg);
         close(fd);
 }
