@@ -373,6 +373,17 @@ static void throttle(Download *dl) {
                 double ahead = (double)dl->transferred - (double)cap * elapsed;
                 if (ahead <= 0)
                         break;
+                /*
+                 * One curl_multi_perform() may run many callbacks that all sleep here, so the loop's
+                 * periodic work (checkpoints, progress) happens here as well.
+                 */
+                int r = follower_update(dl);
+                if (r < 0 && dl->fatal >= 0) {
+                        dl->fatal = qd_error_set(&dl->fatal_error, r, "Failed to save or hash blob %s: %s.",
+                                                 dl->layer->digest, strerror(-r));
+                        break;
+                }
+                report(dl, REGISTRY_PROGRESS_LAYER, "pulling", false);
                 double ms = MIN(ahead / (double)cap * 1000.0, 50.0);
                 struct timespec ts = {0, (long)(ms * 1e6) + 1};
                 nanosleep(&ts, NULL);

@@ -556,6 +556,28 @@ static void test_concurrent_pulls_share(void **state) {
         assert_true(bytes < size + size / 10);
         assert_true(t[0].waited || t[1].waited);
         assert_int_equal(registry_store_verify(b->store, &t[0].name, NULL), 0);
+
+        /* The same between two processes: a child pulls while this process pulls too. */
+        QdError e = {};
+        assert_int_equal(registry_store_delete(b->store, &t[0].name, &e), 0);
+        assert_int_equal(count_files(b, "blobs"), 0);
+        proxy("/__reset");
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0)
+                _exit(registry_pull(b->store, &t[0].name, NULL, NULL, NULL, NULL, NULL) < 0 ? 1 : 0);
+        PullThread self = {.l = b, .name = t[0].name};
+        pull_thread(&self);
+        int status;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        if (self.r < 0)
+                fail_msg("pull beside the child: %s", self.e.msg);
+        bytes = proxy_stat("blob_bytes");
+        print_message("# two processes pulling %ju bytes transferred %ju\n", (uintmax_t)size,
+                      (uintmax_t)bytes);
+        assert_true(bytes < size + size / 10);
+        assert_int_equal(registry_store_verify(b->store, &t[0].name, NULL), 0);
         local_free(a);
         local_free(b);
 }
@@ -593,19 +615,43 @@ static void test_basic_auth(void **state) {
 }
 
 static void test_bearer_auth(void **state) {
-        Local *a = local_new("be-a"), *b = local_new("be-b");
+        Local *a = local_new("be-a"), *b = local_new("be-b"), *c = local_new("be-c"), *d = local_new("be-d");
         QdError e = {};
 
         create_stories(a, "test/token:v1");
         push(a, "test/token:v1", NULL);
+
+        /* Anonymous tokens. */
         proxy("/__bearer?on=1");
         assert_int_equal(pull(b, "test/token:v1", NULL, &e), 0);
         assert_true(proxy_stat("token_requests") >= 1);
         RegistryName n = name_of(b, "test/token:v1");
         assert_int_equal(registry_store_verify(b->store, &n, &e), 0);
+
+        /* Tokens for credentials only: refused without them, granted with them. */
+        proxy("/__reset");
+        proxy("/__bearer?on=1&user=quantd&password=s3cret-pass");
+        e = (QdError){};
+        assert_int_equal(pull(c, "test/token:v1", NULL, &e), -EACCES);
+        assert_non_null(strstr(e.msg, "refused"));
+        assert_int_equal(count_files(c, "manifests"), 0);
+        add_credential(d, W.proxy.host, "quantd", "s3cret-pass");
+        assert_int_equal(pull(d, "test/token:v1", NULL, &e), 0);
+        registry_store_delete(d->store, &n, NULL);
+
+        /* Tokens that expire after three requests: renewed in the middle of the blob downloads. */
+        proxy("/__reset");
+        proxy("/__bearer?on=1&user=quantd&password=s3cret-pass&uses=3");
+        e = (QdError){};
+        if (pull(d, "test/token:v1", NULL, &e) < 0)
+                fail_msg("pull with expiring tokens: %s", e.msg);
+        assert_true(proxy_stat("token_requests") >= 3);
+        assert_int_equal(registry_store_verify(d->store, &n, &e), 0);
         proxy("/__reset");
         local_free(a);
         local_free(b);
+        local_free(c);
+        local_free(d);
 }
 
 static void test_tls_verified(void **state) {
