@@ -234,7 +234,18 @@ int mkdir_parents_at(int dir_fd, const char *path) {
                 return -ENOMEM;
         for (char *s = strchr(p, '/'); s; s = strchr(s + 1, '/')) {
                 *s = 0;
-                if (mkdirat(dir_fd, p, 0755) < 0 && errno != EEXIST)
+                if (mkdirat(dir_fd, p, 0755) >= 0) {
+                        /* The new directory's entry must be durable before anything inside it is. */
+                        char *slash = strrchr(p, '/');
+                        if (slash)
+                                *slash = 0;
+                        _cleanup_close_ int parent =
+                                slash ? openat(dir_fd, p, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -EBADF;
+                        if (fsync(slash ? parent : dir_fd) < 0)
+                                return -errno;
+                        if (slash)
+                                *slash = '/';
+                } else if (errno != EEXIST)
                         return -errno;
                 *s = '/';
         }
