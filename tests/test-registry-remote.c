@@ -29,6 +29,7 @@
 
 #include <cmocka.h>
 
+#include "engine.h"
 #include "registry-harness.h"
 #include "registry.h"
 
@@ -227,6 +228,58 @@ static void assert_same_blob_bytes(Local *a, Local *b, const char *digest) {
         close(fb);
 }
 
+/* Greedy ids from BOS with the engine, for "pull it back and run it". */
+static void assert_runs_golden(Local *l, const char *name) {
+        char *golden_path = strdup_printf("%s/stories260K.golden", getenv("QUANTD_TEST_MODELS"));
+        FILE *f = fopen(golden_path, "re");
+        int32_t golden[40];
+        int n = 0;
+        char line[4096];
+
+        if (!f)
+                fail_msg("%s is missing", golden_path);
+        while (n == 0 && fgets(line, sizeof(line), f)) {
+                char *p = line, *end;
+                if (line[0] == '#')
+                        continue;
+                for (long v; n < 40 && (v = strtol(p, &end, 10), end != p); p = end)
+                        golden[n++] = (int32_t)v;
+        }
+        fclose(f);
+        free(golden_path);
+        assert_int_equal(n, 40);
+
+        char *path = NULL;
+        QdError e = {};
+        assert_int_equal(registry_store_resolve(l->store, name, NULL, &path, &e), 0);
+        EngineModelParams p = engine_model_params_default();
+        EngineModel *m = NULL;
+        p.backend = "cpu";
+        if (engine_model_load(path, &p, &m, &e) < 0)
+                fail_msg("loading the pulled model: %s", e.msg);
+        EngineSeq *s = NULL;
+        uint32_t n_vocab = engine_model_info(m)->n_vocab;
+        float *logits = malloc(n_vocab * sizeof(float));
+        int32_t tok = 1;
+        assert_int_equal(engine_seq_new(m, 64, &s), 0);
+        for (int i = 0; i < n; i++) {
+                const int32_t *tp = &tok;
+                uint32_t one = 1;
+                if (engine_decode(m, &s, &tp, &one, 1, &logits, NULL, &e) < 0)
+                        fail_msg("decode: %s", e.msg);
+                uint32_t best = 0;
+                for (uint32_t k = 1; k < n_vocab; k++)
+                        if (logits[k] > logits[best])
+                                best = k;
+                tok = (int32_t)best;
+                assert_int_equal(tok, golden[i]);
+        }
+        free(logits);
+        engine_seq_free(s);
+        engine_model_unref(m);
+        free(path);
+}
+
 static int reset_proxy(void **state) {
         proxy("/__reset");
         return 0;
@@ -266,6 +319,8 @@ static void test_push_pull_roundtrip(void **state) {
         for (size_t i = 0; i < ma->n_layers; i++)
                 assert_same_blob_bytes(a, b, ma->layers[i].digest);
         assert_int_equal(count_files(b, "blobs"), 4);
+        /* And it runs: the engine's greedy tokens from the pulled blob are the golden ones. */
+        assert_runs_golden(b, "test/stories:v1");
 
         /* Pulling again transfers nothing. */
         assert_int_equal(pull(b, "test/stories:v1", &st, &e), 0);
