@@ -648,8 +648,8 @@ static int run_transfers(Download *dl, QdError *e) {
 
 /* ---- one blob ---- */
 
-/* Opens and locks the data file; -EBUSY when someone else downloads the blob. */
-static int lock_partial(Download *dl) {
+/* Opens and locks the data file into ret; -EBUSY when someone else downloads the blob. */
+static int lock_partial(Download *dl, int *ret) {
         for (;;) {
                 struct stat a, b;
                 _cleanup_close_ int fd = openat(dl->store->blobs_fd, dl->data_name,
@@ -668,7 +668,7 @@ static int lock_partial(Download *dl) {
                 }
                 if (a.st_ino != b.st_ino || a.st_dev != b.st_dev)
                         continue;
-                dl->fd = TAKE_FD(fd);
+                *ret = TAKE_FD(fd);
                 return 0;
         }
 }
@@ -705,6 +705,7 @@ static void wait_progress(Download *dl) {
 static int download_blob(Download *dl, QdError *e) {
         const RegistryLayer *l = dl->layer;
         const char *hex = l->digest + 7;
+        _cleanup_close_ int fd = -EBADF; /* the locked data file, dl->fd while we hold it */
         char got[REGISTRY_DIGEST_MAX];
         int r;
 
@@ -723,7 +724,7 @@ static int download_blob(Download *dl, QdError *e) {
                                 e, EBADMSG,
                                 "Blob %s in the store has the wrong size; remove it or run prune.",
                                 l->digest);
-                r = lock_partial(dl);
+                r = lock_partial(dl, &fd);
                 if (r >= 0)
                         break;
                 if (r != -EBUSY)
@@ -738,9 +739,9 @@ static int download_blob(Download *dl, QdError *e) {
                         nanosleep(&ts, NULL);
                 }
         }
-        _cleanup_close_ int fd_owner = dl->fd;
+        dl->fd = fd;
 
-        /* With the lock held, the blob may have appeared meanwhile; then the partial file is ours to drop.
+        /* With the lock held, the blob may have appeared meanwhile: then the partial file is ours to drop.
          */
         if (store_has_blob(dl->store, l->digest, l->size)) {
                 (void)unlinkat(dl->store->blobs_fd, dl->data_name, 0);

@@ -542,7 +542,6 @@ static bool is_hex64(const char *s) {
 
 int registry_store_prune(RegistryStore *s, uint64_t grace_s, RegistryPruneStats *stats, QdError *e) {
         _cleanup_close_ int lock = -EBADF;
-        _cleanup_strv_free_ char **entries = NULL;
         RegistryPruneStats st = {};
         DigestSet used = {};
         int r;
