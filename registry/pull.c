@@ -753,40 +753,52 @@ static int download_blob(Download *dl, QdError *e) {
         if (fstat(dl->fd, &st) < 0)
                 return qd_error_set(e, errno, "Failed to inspect '%s': %s.", dl->data_name, strerror(errno));
         r = (uint64_t)st.st_size == l->size ? load_state(dl) : -EBADMSG;
-        if (r < 0) {
-                r = set_parts(dl, dl->h->config->part_size);
-                if (r < 0)
-                        return qd_error_set(e, r, "Out of memory.");
-                if (ftruncate(dl->fd, 0) < 0 || ftruncate(dl->fd, (off_t)l->size) < 0)
-                        return qd_error_set(e, errno,
-                                            "Failed to allocate %" PRIu64 " bytes for blob %s: %s.", l->size,
-                                            l->digest, strerror(errno));
-        }
-        report(dl, REGISTRY_PROGRESS_LAYER, "pulling", true);
+        bool resumed = r >= 0;
+        for (;;) {
+                if (r < 0) {
+                        r = set_parts(dl, dl->h->config->part_size);
+                        if (r < 0)
+                                return qd_error_set(e, r, "Out of memory.");
+                        if (ftruncate(dl->fd, 0) < 0 || ftruncate(dl->fd, (off_t)l->size) < 0)
+                                return qd_error_set(e, errno,
+                                                    "Failed to allocate %" PRIu64 " bytes for blob %s: %s.",
+                                                    l->size, l->digest, strerror(errno));
+                }
+                report(dl, REGISTRY_PROGRESS_LAYER, "pulling", true);
 
-        r = follower_start(dl);
-        if (r < 0)
-                return qd_error_set(e, r, "Failed to start hashing blob %s: %s.", l->digest, strerror(-r));
-        r = run_transfers(dl, e);
-        if (r < 0) {
-                /* Keep what arrived for the next attempt. */
-                (void)follower_stop(dl, false, NULL);
-                (void)save_state(dl);
-                return r;
-        }
-        report(dl, REGISTRY_PROGRESS_VERIFYING, "verifying sha256 digest", true);
-        r = follower_stop(dl, true, got);
-        if (r < 0) {
-                (void)save_state(dl);
-                return qd_error_set(e, r, "Failed to hash blob %s: %s.", l->digest, strerror(-r));
-        }
-        if (!streq(got, l->digest)) {
-                (void)unlinkat(dl->store->blobs_fd, dl->data_name, 0);
+                r = follower_start(dl);
+                if (r < 0)
+                        return qd_error_set(e, r, "Failed to start hashing blob %s: %s.", l->digest,
+                                            strerror(-r));
+                r = run_transfers(dl, e);
+                if (r < 0) {
+                        /* Keep what arrived for the next attempt. */
+                        (void)follower_stop(dl, false, NULL);
+                        (void)save_state(dl);
+                        return r;
+                }
+                report(dl, REGISTRY_PROGRESS_VERIFYING, "verifying sha256 digest", true);
+                r = follower_stop(dl, true, got);
+                if (r < 0) {
+                        (void)save_state(dl);
+                        return qd_error_set(e, r, "Failed to hash blob %s: %s.", l->digest, strerror(-r));
+                }
+                if (streq(got, l->digest))
+                        break;
                 (void)unlinkat(dl->store->blobs_fd, dl->state_name, 0);
-                return qd_error_set(
-                        e, EBADMSG,
-                        "Blob %s from %s is corrupt: its contents hash to %s. It was discarded; pull again.",
-                        l->digest, dl->h->name.host, got);
+                /*
+                 * After a resume the damage may be ours (a checkpoint that outlived its data in a power
+                 * loss): download once more from scratch before blaming the registry.
+                 */
+                if (!resumed) {
+                        (void)unlinkat(dl->store->blobs_fd, dl->data_name, 0);
+                        return qd_error_set(e, EBADMSG,
+                                            "Blob %s from %s is corrupt: its contents hash to %s. It was "
+                                            "discarded; pull again.",
+                                            l->digest, dl->h->name.host, got);
+                }
+                resumed = false;
+                r = -EBADMSG;
         }
         r = store_commit_blob(dl->store, dl->fd, dl->data_name, l->digest);
         if (r < 0)

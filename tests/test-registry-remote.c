@@ -494,6 +494,46 @@ static void test_cancel_and_resume(void **state) {
         assert_true(st.bytes_downloaded < size - first / 2);
         assert_true(proxy_stat("blob_bytes") < size - first / 2);
         assert_int_equal(registry_store_verify(b->store, &n, &e), 0);
+
+        /*
+         * A damaged state file, a data file of the wrong size, or resumed data that does not hash right (a
+         * checkpoint that outlived its data): the download starts over, and succeeds.
+         */
+        for (int damage = 0; damage < 3; damage++) {
+                assert_int_equal(registry_store_delete(b->store, &n, &e), 0);
+                b->config.max_bandwidth = 32ULL << 20;
+                c = (CancelAfter){.after = size / 4};
+                assert_int_equal(registry_pull(b->store, &n, cancel_progress, &c, &c.cancel, &st, &e),
+                                 -ECANCELED);
+                char *blobs = strdup_printf("%s/blobs", b->root);
+                DIR *d = opendir(blobs);
+                struct dirent *de;
+                while ((de = readdir(d))) {
+                        char *path = strdup_printf("%s/%s", blobs, de->d_name);
+                        if (damage == 0 && endswith(de->d_name, "-partial.state")) {
+                                FILE *f = fopen(path, "we");
+                                fputs("quantd-partial 1\nnot a digest\n", f);
+                                fclose(f);
+                        } else if (damage == 1 && endswith(de->d_name, "-partial"))
+                                assert_int_equal(truncate(path, 4096), 0);
+                        else if (damage == 2 && endswith(de->d_name, "-partial")) {
+                                int fd = open(path, O_WRONLY);
+                                char junk[4096];
+                                memset(junk, 0xff, sizeof(junk));
+                                assert_int_equal(pwrite(fd, junk, sizeof(junk), 0), (ssize_t)sizeof(junk));
+                                close(fd);
+                        }
+                        free(path);
+                }
+                closedir(d);
+                free(blobs);
+                b->config.max_bandwidth = 0;
+                proxy("/__reset");
+                if (registry_pull(b->store, &n, NULL, NULL, NULL, &st, &e) < 0)
+                        fail_msg("pull after damage %d: %s", damage, e.msg);
+                assert_true(st.bytes_downloaded >= size);
+                assert_int_equal(registry_store_verify(b->store, &n, &e), 0);
+        }
         local_free(a);
         local_free(b);
 }
