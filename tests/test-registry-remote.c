@@ -411,8 +411,9 @@ static void test_network_faults_retried(void **state) {
         proxy("/__fault?mode=reset&count=2&after=100000");
         proxy("/__fault?mode=error500&count=2");
         proxy("/__fault?mode=stall&count=1&after=20000&seconds=4");
+        proxy("/__fault?mode=manifest500&count=2");
         assert_int_equal(pull(b, "test/faults:v1", &st, &e), 0);
-        assert_true(st.retries >= 7);
+        assert_true(st.retries >= 9);
         RegistryName n = name_of(b, "test/faults:v1");
         assert_int_equal(registry_store_verify(b->store, &n, &e), 0);
         local_free(a);

@@ -13,6 +13,7 @@ show that a resumed pull transferred less. Faults are armed through control requ
         reset     send a TCP reset after B bytes of blob body         (N responses)
         stall     after B bytes, send nothing for S seconds, then close (N responses)
         error500  answer blob GETs with 500                            (N responses)
+        manifest500  answer manifest GETs with 500                     (N responses)
         norange   drop the Range header of blob GETs                   (N requests)
   POST /__bearer?on=1[&user=U&password=P][&uses=N]
                                          require "Authorization: Bearer <token>" on /v2/ and serve tokens at
@@ -38,6 +39,7 @@ import time
 import urllib.parse
 
 BLOB_GET = re.compile(r"^/v2/.+/blobs/sha256:[0-9a-f]{64}$")
+MANIFEST_GET = re.compile(r"^/v2/.+/manifests/[^/]+$")
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade", "trailer"}
 
 
@@ -153,6 +155,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return self.send_json(401, {"errors": [{"code": "UNAUTHORIZED"}]},
                                       {"WWW-Authenticate": challenge})
 
+        if self.command == "GET" and MANIFEST_GET.match(url.path) and STATE.take_fault({"manifest500"}):
+            return self.send_json(500, {"errors": [{"code": "INJECTED"}]})
         is_blob = self.command == "GET" and BLOB_GET.match(url.path) is not None
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
         if STATE.bearer:
