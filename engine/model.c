@@ -69,6 +69,7 @@ static void model_free(EngineModel *m) {
         for (size_t i = m->n_segments; i > 0; i--)
                 m->segments[i - 1].ops->free(m->segments[i - 1].state);
         free(m->w.layers);
+        engine_vocab_free(m->vocab);
         free(m->arch_name);
         gguf_free(m->gguf);
         free(m);
@@ -165,6 +166,24 @@ static int model_load(Gguf *g, const EngineModelParams *p, EngineModel **ret, Qd
                 model_free(m);
                 return -ENOMEM;
         }
+        /* A file without tokenizer metadata (a test model, a bare weight file) still loads, for callers that
+         * bring token ids; one whose tokenizer we cannot read does not, since nothing could be generated. */
+        if (gguf_find_kv(g, "tokenizer.ggml.model")) {
+                r = engine_vocab_new(g, &m->vocab, err);
+                if (r < 0) {
+                        model_free(m);
+                        return r;
+                }
+                /* Fewer tokens than embedding rows is fine (padded matrices); more would make ids the model
+                 * cannot take. */
+                if (engine_vocab_n_tokens(m->vocab) > m->cfg.n_vocab) {
+                        r = qd_error_set(err, EBADMSG, "The tokenizer has %" PRIu32 " tokens but the embedding "
+                                         "only %" PRIu32 " rows.", engine_vocab_n_tokens(m->vocab), m->cfg.n_vocab);
+                        model_free(m);
+                        return r;
+                }
+        }
+
         uint64_t n_params = 0;
         for (uint64_t i = 0; i < g->n_tensors; i++)
                 n_params += g->tensors[i].n_elements;
@@ -232,6 +251,10 @@ EngineModel *engine_model_unref(EngineModel *m) {
 
 const EngineModelInfo *engine_model_info(const EngineModel *m) {
         return &m->info;
+}
+
+const EngineVocab *engine_model_vocab(const EngineModel *m) {
+        return m->vocab;
 }
 
 const Gguf *engine_model_gguf(const EngineModel *m) {
