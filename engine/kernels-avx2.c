@@ -15,6 +15,7 @@
 #include <immintrin.h>
 #include <math.h>
 
+#include "kernels-kquant.h"
 #include "kernels.h"
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
@@ -208,6 +209,56 @@ DEFINE_GEMM_Q32(gemm_q5_0, GGML_TYPE_Q5_0, BlockQ5_0)
 DEFINE_GEMM_Q32(gemm_q5_1, GGML_TYPE_Q5_1, BlockQ5_1)
 DEFINE_GEMM_Q32(gemm_q8_0, GGML_TYPE_Q8_0, BlockQ8_0)
 
+/* ---- K-quant weights (Q2_K … Q6_K) with Q8_K activations ---- */
+
+/* One decoded super-block against one token's Q8_K block, accumulated into acc (see kernels-kquant.h). */
+static inline __attribute__((always_inline)) AVX2 __m256 kdot(const KSuper *k, const BlockQ8_K *a, __m256 acc) {
+        __m256i isum = _mm256_setzero_si256();
+
+        for (int r = 0; r < 8; r++) {
+                __m256i p = _mm256_maddubs_epi16(k->q[r], _mm256_loadu_si256((const __m256i *)(a->qs + 32 * r)));
+                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, k->scv[r]));
+        }
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(a->d * k->d), acc);
+        return _mm256_fnmadd_ps(_mm256_cvtepi32_ps(kq_coef_dot(k, a)), _mm256_set1_ps(a->d * k->dm), acc);
+}
+
+static inline __attribute__((always_inline)) AVX2 void gemm_k(uint32_t type, size_t block_size, uint64_t n,
+                                                              const uint8_t *w, size_t w_stride, uint32_t n_rows,
+                                                              const uint8_t *a, size_t a_stride, uint32_t n_act,
+                                                              float *y, size_t y_stride) {
+        uint64_t nb = n / QK_K;
+
+        for (uint32_t r = 0; r < n_rows; r++) {
+                const uint8_t *wr = w + r * w_stride;
+                for (uint32_t t0 = 0; t0 < n_act; t0 += TILE) {
+                        uint32_t nt = MIN(TILE, n_act - t0);
+                        __m256 acc[TILE] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                                             _mm256_setzero_ps() };
+                        for (uint64_t b = 0; b < nb; b++) {
+                                KSuper k;
+                                kq_decode(type, wr + b * block_size, &k);
+                                for (uint32_t t = 0; t < nt; t++)
+                                        acc[t] = kdot(&k, (const BlockQ8_K *)(a + (t0 + t) * a_stride) + b, acc[t]);
+                        }
+                        for (uint32_t t = 0; t < nt; t++)
+                                y[(t0 + t) * y_stride + r] = hsum256(acc[t]);
+                }
+        }
+}
+
+#define DEFINE_GEMM_K(name, type, block)                                                                        \
+        static AVX2 void name(uint64_t n, const uint8_t *w, size_t w_stride, uint32_t n_rows, const uint8_t *a, \
+                              size_t a_stride, uint32_t n_act, float *y, size_t y_stride) {                     \
+                gemm_k(type, sizeof(block), n, w, w_stride, n_rows, a, a_stride, n_act, y, y_stride);           \
+        }
+
+DEFINE_GEMM_K(gemm_q2_k, GGML_TYPE_Q2_K, BlockQ2_K)
+DEFINE_GEMM_K(gemm_q3_k, GGML_TYPE_Q3_K, BlockQ3_K)
+DEFINE_GEMM_K(gemm_q4_k, GGML_TYPE_Q4_K, BlockQ4_K)
+DEFINE_GEMM_K(gemm_q5_k, GGML_TYPE_Q5_K, BlockQ5_K)
+DEFINE_GEMM_K(gemm_q6_k, GGML_TYPE_Q6_K, BlockQ6_K)
+
 /* ---- activation quantization ---- */
 
 static AVX2 void quantize_act_q8(const float *x, uint8_t *dst, uint64_t n) {
@@ -240,6 +291,41 @@ static AVX2 void quantize_act_q8(const float *x, uint8_t *dst, uint64_t n) {
                 _mm256_storeu_si256((__m256i *)(qs + b * 32), p);
                 d[b] = db;
                 s[b] = db * (float)_mm_cvtsi128_si32(s4);
+        }
+}
+
+/* As quantize_act_q8_k_scalar(), bit for bit: the same scale, and cvtps rounds to nearest even as lrintf()
+ * does in the default rounding mode. */
+static AVX2 void quantize_act_q8_k(const float *x, uint8_t *dst, uint64_t n) {
+        BlockQ8_K *y = (BlockQ8_K *)dst;
+        const __m256 sign = _mm256_set1_ps(-0.0f);
+
+        for (uint64_t b = 0; b < n / QK_K; b++, x += QK_K) {
+                __m256 amax = _mm256_setzero_ps();
+                for (int i = 0; i < QK_K; i += 8)
+                        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + i)));
+                __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+                m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+                m = _mm_max_ss(m, _mm_movehdup_ps(m));
+                float d = _mm_cvtss_f32(m) / 127.0f, id = d != 0 ? 1.0f / d : 0;
+                __m256 vid = _mm256_set1_ps(id);
+                y[b].d = d;
+                for (int i = 0; i < QK_K; i += 32) {
+                        __m256i qi[4];
+                        for (int k = 0; k < 4; k++)
+                                qi[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * k), vid));
+                        /* Group sums of 16: elements i..i+15 are qi[0], qi[1]; i+16..i+31 are qi[2], qi[3]. */
+                        for (int g = 0; g < 2; g++) {
+                                __m256i s8 = _mm256_add_epi32(qi[2 * g], qi[2 * g + 1]);
+                                __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+                                s4 = _mm_hadd_epi32(s4, s4);
+                                s4 = _mm_hadd_epi32(s4, s4);
+                                y[b].bsums[i / 16 + g] = (int16_t)_mm_cvtsi128_si32(s4);
+                        }
+                        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(qi[0], qi[1]), _mm256_packs_epi32(qi[2], qi[3]));
+                        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+                        _mm256_storeu_si256((__m256i *)(y[b].qs + i), p);
+                }
         }
 }
 
@@ -295,9 +381,15 @@ const CpuKernels cpu_kernels_avx2 = {
                 [GGML_TYPE_Q5_0] = gemm_q5_0,
                 [GGML_TYPE_Q5_1] = gemm_q5_1,
                 [GGML_TYPE_Q8_0] = gemm_q8_0,
+                [GGML_TYPE_Q2_K] = gemm_q2_k,
+                [GGML_TYPE_Q3_K] = gemm_q3_k,
+                [GGML_TYPE_Q4_K] = gemm_q4_k,
+                [GGML_TYPE_Q5_K] = gemm_q5_k,
+                [GGML_TYPE_Q6_K] = gemm_q6_k,
         },
         .quantize = {
                 [ACT_Q8] = quantize_act_q8,
+                [ACT_Q8_K] = quantize_act_q8_k,
         },
         .attend = attend_avx2,
 };

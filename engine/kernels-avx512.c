@@ -7,11 +7,15 @@
  * a tile), but two 32-element blocks go through one 512-bit register: the integer dot products are one VNNI
  * dpbusd (unsigned weights × signed activations, four products summed per lane), and the per-block scales
  * are a vector [d0 × 8 lanes, d1 × 8 lanes]. An odd last block takes the 256-bit path.
+ *
+ * K-quants decode as in the AVX2 file (kernels-kquant.h), and the dot product takes two 32-byte registers of
+ * weights at a time: maddubs to 16-bit pairs, then VNNI dpwssd multiplies by the group scales and accumulates.
  */
 
 #include <immintrin.h>
 #include <math.h>
 
+#include "kernels-kquant.h"
 #include "kernels.h"
 
 #define AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
@@ -147,6 +151,70 @@ DEFINE_GEMM_Q32(gemm_q5_0, GGML_TYPE_Q5_0)
 DEFINE_GEMM_Q32(gemm_q5_1, GGML_TYPE_Q5_1)
 DEFINE_GEMM_Q32(gemm_q8_0, GGML_TYPE_Q8_0)
 
+/* ---- K-quant weights with Q8_K activations ---- */
+
+static inline __attribute__((always_inline)) AVX512 __m256 kdot(const KSuper *k, const __m512i *w,
+                                                               const __m512i *scv, const BlockQ8_K *a, __m256 acc) {
+        __m512i isum = _mm512_setzero_si512();
+
+        for (int i = 0; i < 4; i++)
+                isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(w[i], _mm512_loadu_si512(a->qs + 64 * i)),
+                                           scv[i]);
+        __m256i s = _mm256_add_epi32(_mm512_castsi512_si256(isum), _mm512_extracti64x4_epi64(isum, 1));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(a->d * k->d), acc);
+        return _mm256_fnmadd_ps(_mm256_cvtepi32_ps(kq_coef_dot(k, a)), _mm256_set1_ps(a->d * k->dm), acc);
+}
+
+static inline __attribute__((always_inline)) AVX512 __m512i join(__m256i lo, __m256i hi) {
+        return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+}
+
+static inline __attribute__((always_inline)) AVX512 void gemm_k(uint32_t type, size_t block_size, uint64_t n,
+                                                                const uint8_t *w, size_t w_stride, uint32_t n_rows,
+                                                                const uint8_t *a, size_t a_stride, uint32_t n_act,
+                                                                float *y, size_t y_stride) {
+        uint64_t nb = n / QK_K;
+
+        for (uint32_t r = 0; r < n_rows; r++) {
+                const uint8_t *wr = w + r * w_stride;
+                for (uint32_t t0 = 0; t0 < n_act; t0 += TILE) {
+                        uint32_t nt = MIN(TILE, n_act - t0);
+                        __m256 acc[TILE] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                                             _mm256_setzero_ps() };
+                        for (uint64_t b = 0; b < nb; b++) {
+                                KSuper k;
+                                __m512i wv[4], scv[4];
+                                kq_decode(type, wr + b * block_size, &k);
+                                for (int i = 0; i < 4; i++) {
+                                        wv[i] = join(k.q[2 * i], k.q[2 * i + 1]);
+                                        scv[i] = join(k.scv[2 * i], k.scv[2 * i + 1]);
+                                }
+                                for (uint32_t t = 0; t < nt; t++)
+                                        acc[t] = kdot(&k, wv, scv, (const BlockQ8_K *)(a + (t0 + t) * a_stride) + b,
+                                                      acc[t]);
+                        }
+                        for (uint32_t t = 0; t < nt; t++) {
+                                __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
+                                s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                                s = _mm_add_ss(s, _mm_movehdup_ps(s));
+                                y[(t0 + t) * y_stride + r] = _mm_cvtss_f32(s);
+                        }
+                }
+        }
+}
+
+#define DEFINE_GEMM_K(name, type, block)                                                                        \
+        static AVX512 void name(uint64_t n, const uint8_t *w, size_t w_stride, uint32_t n_rows,                \
+                                const uint8_t *a, size_t a_stride, uint32_t n_act, float *y, size_t y_stride) { \
+                gemm_k(type, sizeof(block), n, w, w_stride, n_rows, a, a_stride, n_act, y, y_stride);           \
+        }
+
+DEFINE_GEMM_K(gemm_q2_k, GGML_TYPE_Q2_K, BlockQ2_K)
+DEFINE_GEMM_K(gemm_q3_k, GGML_TYPE_Q3_K, BlockQ3_K)
+DEFINE_GEMM_K(gemm_q4_k, GGML_TYPE_Q4_K, BlockQ4_K)
+DEFINE_GEMM_K(gemm_q5_k, GGML_TYPE_Q5_K, BlockQ5_K)
+DEFINE_GEMM_K(gemm_q6_k, GGML_TYPE_Q6_K, BlockQ6_K)
+
 /* ---- float weights: 16 at a time, the tail masked ---- */
 
 static inline __attribute__((always_inline)) AVX512 __m512 load16(uint32_t type, const uint8_t *w, uint64_t i,
@@ -211,5 +279,10 @@ const CpuKernels cpu_kernels_avx512 = {
                 [GGML_TYPE_Q5_0] = gemm_q5_0,
                 [GGML_TYPE_Q5_1] = gemm_q5_1,
                 [GGML_TYPE_Q8_0] = gemm_q8_0,
+                [GGML_TYPE_Q2_K] = gemm_q2_k,
+                [GGML_TYPE_Q3_K] = gemm_q3_k,
+                [GGML_TYPE_Q4_K] = gemm_q4_k,
+                [GGML_TYPE_Q5_K] = gemm_q5_k,
+                [GGML_TYPE_Q6_K] = gemm_q6_k,
         },
 };
