@@ -166,32 +166,58 @@ static inline __attribute__((always_inline)) AVX2 __m256 idot32(uint32_t type, _
         return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
 }
 
+/* Two blocks per step with their own accumulators, and the minimum term in a vector: with one token there is
+ * nothing else to overlap, so a step must not be one long chain of dependent multiply-adds. */
 static inline __attribute__((always_inline)) AVX2 void gemm_q32(uint32_t type, size_t block_size, uint64_t n,
                                                                 const uint8_t *w, size_t w_stride, uint32_t n_rows,
                                                                 const uint8_t *a, size_t a_stride, uint32_t n_act,
                                                                 float *y, size_t y_stride) {
         uint64_t nb = n / 32;
+        bool has_min = type != GGML_TYPE_Q8_0;
 
         for (uint32_t r = 0; r < n_rows; r++) {
                 const uint8_t *wr = w + r * w_stride;
                 for (uint32_t t0 = 0; t0 < n_act; t0 += TILE) {
                         uint32_t nt = MIN(TILE, n_act - t0);
-                        __m256 acc[TILE] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                                             _mm256_setzero_ps() };
-                        float extra[TILE] = {};
-                        for (uint64_t b = 0; b < nb; b++) {
-                                float dw, mw;
-                                __m256i wv = decode32(type, wr, b, &dw, &mw);
+                        __m256 acc0[TILE], acc1[TILE];
+                        __m128 mx[TILE];
+                        for (uint32_t t = 0; t < TILE; t++) {
+                                acc0[t] = acc1[t] = _mm256_setzero_ps();
+                                mx[t] = _mm_setzero_ps();
+                        }
+                        uint64_t b = 0;
+                        for (; b + 2 <= nb; b += 2) {
+                                float d0, m0, d1, m1;
+                                __m256i w0 = decode32(type, wr, b, &d0, &m0), w1 = decode32(type, wr, b + 1, &d1, &m1);
+                                __m128 mv = _mm_setr_ps(m0, m1, 0, 0);
                                 for (uint32_t t = 0; t < nt; t++) {
                                         const uint8_t *at = a + (t0 + t) * a_stride;
-                                        __m256 dot = idot32(type, wv, (const int8_t *)at + b * 32);
-                                        acc[t] = _mm256_fmadd_ps(dot, _mm256_set1_ps(dw * act_q8_d(at, n)[b]), acc[t]);
-                                        if (type != GGML_TYPE_Q8_0)
-                                                extra[t] += mw * act_q8_s(at, n)[b];
+                                        const float *da = act_q8_d(at, n) + b;
+                                        acc0[t] = _mm256_fmadd_ps(idot32(type, w0, (const int8_t *)at + b * 32),
+                                                                  _mm256_set1_ps(d0 * da[0]), acc0[t]);
+                                        acc1[t] = _mm256_fmadd_ps(idot32(type, w1, (const int8_t *)at + b * 32 + 32),
+                                                                  _mm256_set1_ps(d1 * da[1]), acc1[t]);
+                                        if (has_min)
+                                                mx[t] = _mm_fmadd_ps(mv, _mm_castpd_ps(_mm_load_sd((const double *)(act_q8_s(at, n) + b))), mx[t]);
                                 }
                         }
-                        for (uint32_t t = 0; t < nt; t++)
-                                y[(t0 + t) * y_stride + r] = hsum256(acc[t]) + extra[t];
+                        for (; b < nb; b++) {
+                                float d0, m0;
+                                __m256i w0 = decode32(type, wr, b, &d0, &m0);
+                                for (uint32_t t = 0; t < nt; t++) {
+                                        const uint8_t *at = a + (t0 + t) * a_stride;
+                                        acc0[t] = _mm256_fmadd_ps(idot32(type, w0, (const int8_t *)at + b * 32),
+                                                                  _mm256_set1_ps(d0 * act_q8_d(at, n)[b]), acc0[t]);
+                                        if (has_min)
+                                                mx[t] = _mm_fmadd_ps(_mm_set_ss(m0), _mm_load_ss(act_q8_s(at, n) + b), mx[t]);
+                                }
+                        }
+                        for (uint32_t t = 0; t < nt; t++) {
+                                __m128 s = mx[t];
+                                s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                                s = _mm_add_ss(s, _mm_movehdup_ps(s));
+                                y[(t0 + t) * y_stride + r] = hsum256(_mm256_add_ps(acc0[t], acc1[t])) + _mm_cvtss_f32(s);
+                        }
                 }
         }
         (void)block_size;

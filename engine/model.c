@@ -382,8 +382,15 @@ static int decode_general(EngineModel *m, EngineSeq **seqs, const int32_t *const
                         return r;
         }
 
-        x = malloc((size_t)nb * m->cfg.n_embd * sizeof(float));
-        tmp_out = malloc((size_t)nb * n_out_width * sizeof(float));
+        /* A chunk outputs at most one row per sequence, or per token with all_rows: sized to that, not to
+         * n_batch × n_vocab, which for one generated token would be a needless 100 MB allocation. */
+        uint64_t total = 0;
+        for (size_t i = 0; i < n_seqs; i++)
+                total += n_tokens[i];
+        size_t max_out = (size_t)MIN((uint64_t)nb, all_rows ? total : (uint64_t)n_seqs);
+        size_t max_rows = (size_t)MIN((uint64_t)nb, total);
+        x = malloc(MAX(max_rows, 1u) * m->cfg.n_embd * sizeof(float));
+        tmp_out = malloc(MAX(max_out, 1u) * n_out_width * sizeof(float));
         btok = malloc(nb * sizeof(int32_t));
         spans = calloc(n_seqs ? n_seqs : 1, sizeof(BackendSpan));
         span_seqs = calloc(n_seqs ? n_seqs : 1, sizeof(EngineSeq *));
