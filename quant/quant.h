@@ -130,3 +130,38 @@ int quant_choose_types(const QuantParams *params, const QuantModelShape *shape, 
  * message in err.
  */
 int quant_file(const Gguf *src, int fd, const QuantParams *params, QdError *err);
+
+/* ---- evaluation ---- */
+
+typedef struct QuantEvalParams {
+        uint32_t n_ctx;      /* tokens per chunk, as llama-perplexity's -c; 0: 512 */
+        uint32_t max_chunks; /* 0: every whole chunk the text holds */
+        const atomic_bool *cancel;
+        /* Called after each chunk on the calling thread; may be NULL. */
+        void (*progress)(void *userdata, size_t chunk, size_t n_chunks);
+        void *userdata;
+} QuantEvalParams;
+
+typedef struct QuantEvalResult {
+        uint32_t n_chunks;
+        uint64_t n_scored; /* tokens whose probability was scored */
+        double ppl;        /* perplexity of the model */
+        double ppl_base;   /* of the base model; 0 without one */
+        double kld_mean;   /* mean KL divergence KL(base || model) per scored token, in nats */
+        double kld_p99;    /* its 99th percentile (nearest rank) */
+        double top1;       /* share of scored positions where both models' most likely token agree */
+        uint64_t file_size;
+        double bpw; /* bits per weight: tensor bytes * 8 / elements */
+} QuantEvalResult;
+
+/*
+ * Perplexity of m on text by llama-perplexity's method: the text is tokenized (with BOS when the vocabulary
+ * adds one), cut into chunks of n_ctx tokens whose first token is replaced by BOS, each chunk evaluated from
+ * an empty cache, and only the second half of each chunk scored (every token there has at least n_ctx/2
+ * tokens of context). With a base model (same vocabulary) also the KL divergence from the base's
+ * distribution, its 99th percentile and the top-1 agreement, on the same positions. The models must not be
+ * used by another thread meanwhile. Errors: -EINVAL (a text shorter than one chunk, different vocabularies,
+ * bad n_ctx), -ECANCELED, the engine's errors; with a message in err.
+ */
+int quant_eval(EngineModel *m, EngineModel *base, const char *text, size_t len, const QuantEvalParams *p,
+               QuantEvalResult *ret, QdError *err);
