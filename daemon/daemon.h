@@ -117,12 +117,17 @@ typedef struct BackendOps {
         /* One forward step for n sequences; logits[i] gets n_vocab floats for sequence i. */
         int (*decode)(void *model, void **seqs, const int32_t *const *tokens, const uint32_t *n_tokens, size_t n,
                       float **logits, const bool *cancel, QdError *err);
+        /* Optional: checks the sampling parameters before a generation is queued (EINVAL with a sentence). */
+        int (*check_sampler)(const SamplerParams *p, QdError *err);
         int (*sampler_new)(void *model, const SamplerParams *p, void **ret);
         void (*sampler_free)(void *sampler);
         int32_t (*sample)(void *sampler, const float *logits);
         /* Optional: mean-pooled, normalised embedding of n_embd floats. */
         int (*embed)(void *model, const int32_t *tokens, uint32_t n, float *ret, QdError *err);
 } BackendOps;
+
+/* engine/: real models. */
+extern const BackendOps backend_engine_ops;
 
 /* A deterministic stand-in model for tests: any file is a "model"; its tokens are bytes. */
 extern const BackendOps backend_fake_ops;

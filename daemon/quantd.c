@@ -133,8 +133,7 @@ int main(int argc, char *argv[]) {
         if (!socket_copy || !models_copy)
                 return log_oom(), 1;
 
-        /* The engine's generation API is wired once it lands on main; until then only the fake can generate. */
-        const BackendOps *backend = arg_backend && streq(arg_backend, "fake") ? &backend_fake_ops : NULL;
+        const BackendOps *backend = arg_backend && streq(arg_backend, "fake") ? &backend_fake_ops : &backend_engine_ops;
         ManagerOptions o = {
                 .user = arg_user,
                 .socket = socket_copy,

@@ -1031,6 +1031,11 @@ int scheduler_generate(Scheduler *s, Request *r, GenerateParams *p, QdError *err
         int k = need_backend(s, "Generate", err);
         if (k < 0)
                 return k;
+        if (s->ops->check_sampler) {
+                k = s->ops->check_sampler(&p->sampler, err);
+                if (k < 0)
+                        return k;
+        }
 
         Gen *g = calloc(1, sizeof(*g));
         Waiter *w = calloc(1, sizeof(*w));
