@@ -56,6 +56,7 @@ struct Manager {
         bool user;
         char *socket_path;
         char *models_path;
+        char *config_path;
         bool socket_bound;      /* we bound socket_path (not socket activation) and unlink it at exit */
         bool have_group;
         gid_t group_gid;

@@ -142,11 +142,12 @@ typedef struct StoreModel {
 } StoreModel;
 
 /*
- * What the daemon needs from the model store. The interim store (store-interim.c) keeps one GGUF per model in
- * models/interim/ until the registry lands; then ops backed by registry/ replace it.
+ * What the daemon needs from the model store, an ops table so that the daemon does not depend on the store's
+ * layout. store_registry_ops is registry/'s Ollama-compatible store.
  */
 typedef struct StoreOps {
-        int (*open)(const char *root, void **ret, QdError *err);
+        /* config_path: the INI file whose [Registry] sections apply (may be NULL or missing). */
+        int (*open)(const char *root, const char *config_path, void **ret, QdError *err);
         void (*close)(void *store);
         /* The GGUF file of name, for the engine to map, and the name's canonical form (may be NULL). */
         int (*resolve)(void *store, const char *name, char **ret_path, char **ret_canonical, QdError *err);
@@ -158,7 +159,7 @@ typedef struct StoreOps {
         int (*remove)(void *store, const char *name, QdError *err);
 } StoreOps;
 
-extern const StoreOps store_interim_ops;
+extern const StoreOps store_registry_ops;
 void store_model_free_many(StoreModel *l, size_t n);
 
 /* ---- the manager, requests and the method table ---- */
@@ -252,6 +253,7 @@ typedef struct ManagerOptions {
         bool user;
         const char *socket;      /* where to listen when not socket-activated */
         const char *models;
+        const char *config_path; /* for the store's own sections */
         const BackendOps *backend;
         const StoreOps *store;
 } ManagerOptions;

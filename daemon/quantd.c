@@ -138,8 +138,9 @@ int main(int argc, char *argv[]) {
                 .user = arg_user,
                 .socket = socket_copy,
                 .models = models_copy,
+                .config_path = config_path,
                 .backend = backend,
-                .store = &store_interim_ops,
+                .store = &store_registry_ops,
         };
         /* The daemon never forks: --foreground is accepted for compatibility with service managers. */
         (void)arg_foreground;

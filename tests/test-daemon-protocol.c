@@ -112,7 +112,7 @@ static void test_errors_keep_connection(void **state) {
         assert_string_equal(e.msg, "Parameter 'prompt' is required.");
         qd_error_clear(&e);
         assert_int_equal(proto_client_call(c, "Show", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -ENOENT);
-        assert_non_null(strstr(e.msg, "Model 'm' not found"));
+        assert_non_null(strstr(e.msg, "m:latest' not found"));
         msgpack_sbuffer_destroy(&sb);
 
         qd_error_clear(&e);
