@@ -89,6 +89,11 @@ struct Manager {
         void *store;
 };
 
+/* The group that may use the system socket and change the store: Group=, else "quantd". */
+static inline const char *manager_group(const Manager *m) {
+        return m->config.group ?: "quantd";
+}
+
 /* ---- requests (request.c) ---- */
 
 struct Request {

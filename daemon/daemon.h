@@ -41,7 +41,8 @@ typedef struct DaemonConfig {
         /* [Daemon] */
         char *socket;               /* Socket=, NULL: the path of the mode */
         char *models;               /* Models=, NULL: the path of the mode */
-        char *group;                /* Group=, the group that may use the system socket and change the store */
+        char *group;                /* Group=, the group that may use the system socket and change the store;
+                                     * NULL: "quantd" */
         int log_level;              /* LogLevel=, -1: leave as set */
         unsigned workers;           /* Workers=, threads running jobs (pull, push, create) */
         unsigned max_connections;   /* MaxConnections= */
