@@ -193,5 +193,8 @@ int scheduler_unload(Scheduler *s, const char *model, QdError *err);
 /* Tokenize or Detokenize on the loaded model (loading it first). */
 int scheduler_tokenize(Scheduler *s, Request *r, const char *model, const char *text, const msgpack_object *tokens,
                        QdError *err);
+/* Embeds each of inputs (NULL-terminated, taken also on failure) with model; replies with the vectors. */
+int scheduler_embed(Scheduler *s, Request *r, const char *model, char **inputs, int64_t keep_alive_ns,
+                    bool keep_alive_set, QdError *err);
 /* Packs the loaded models as an array for Ps. */
 int scheduler_pack_ps(Scheduler *s, msgpack_packer *pk);

@@ -522,10 +522,42 @@ static int method_chat(Manager *m, Request *r, ProtoMessage *call, QdError *err)
 }
 
 static int method_embed(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
-        if (!m->backend->embed)
-                return qd_error_set(err, EOPNOTSUPP, "Embed is not available: the %s backend computes no embeddings.",
-                                    m->backend->name);
-        return NOT_LANDED("embedding through the scheduler");
+        struct {
+                const char *model;
+                const msgpack_object *input;
+                int64_t keep_alive;
+        } a = { .keep_alive = INT64_MIN };
+        static const ProtoField fields[] = {
+                { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
+                { "input", PROTO_FIELD_ANY, offsetof(typeof(a), input), true },
+                { "keep_alive", PROTO_FIELD_DURATION, offsetof(typeof(a), keep_alive) },
+                {},
+        };
+        int k = proto_dispatch(call->params, fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+
+        /* One string, or an array of them. */
+        const msgpack_object *items = a.input->type == MSGPACK_OBJECT_ARRAY ? a.input->via.array.ptr : a.input;
+        uint32_t n = a.input->type == MSGPACK_OBJECT_ARRAY ? a.input->via.array.size : 1;
+        if (n == 0 || n > 1024)
+                return qd_error_set(err, EINVAL, "Parameter 'input' must hold 1 to 1024 strings.");
+        char **inputs = calloc(n + 1, sizeof(char *));
+        if (!inputs)
+                return -ENOMEM;
+        for (uint32_t i = 0; i < n; i++) {
+                if (items[i].type != MSGPACK_OBJECT_STR || memchr(items[i].via.str.ptr, 0, items[i].via.str.size)) {
+                        strv_free(inputs);
+                        return qd_error_set(err, EINVAL,
+                                            "Parameter 'input' must be a string or an array of strings.");
+                }
+                inputs[i] = strndup(items[i].via.str.ptr, items[i].via.str.size);
+                if (!inputs[i]) {
+                        strv_free(inputs);
+                        return -ENOMEM;
+                }
+        }
+        return scheduler_embed(m->scheduler, r, a.model, inputs, a.keep_alive, a.keep_alive != INT64_MIN, err);
 }
 
 static int method_tokenize(Manager *m, Request *r, ProtoMessage *call, QdError *err) {

@@ -76,6 +76,7 @@ typedef enum WaiterKind {
         WAITER_LOAD,
         WAITER_GENERATE,
         WAITER_TOKENIZE,
+        WAITER_EMBED,
         _WAITER_KIND_MAX,
         _WAITER_KIND_INVALID = -EINVAL,
 } WaiterKind;
@@ -88,6 +89,7 @@ struct Waiter {
         char *text;                /* WAITER_TOKENIZE: text, or */
         int32_t *tokens;           /* tokens to detokenize */
         size_t n_tokens;
+        char **inputs;             /* WAITER_EMBED: texts to embed */
         struct Waiter *next;
 };
 
@@ -121,15 +123,32 @@ struct Gen {
 typedef enum CommandKind {
         CMD_LOAD,
         CMD_UNLOAD,
+        CMD_EMBED,
         _CMD_KIND_MAX,
         _CMD_KIND_INVALID = -EINVAL,
 } CommandKind;
 
+typedef struct Embedding Embedding;
+
 typedef struct Command {
         CommandKind kind;
         LoadedModel *lm;
+        Embedding *embedding; /* CMD_EMBED */
         struct Command *next;
 } Command;
+
+/* One Embed request: its inputs tokenized on the main thread, embedded on the executor. */
+struct Embedding {
+        LoadedModel *lm;
+        Request *request;
+        int32_t **tokens;   /* (n_inputs) token arrays */
+        size_t *n_tokens;   /* (n_inputs) */
+        size_t n_inputs;
+        uint32_t n_embd;
+        float *vectors;     /* (n_inputs, n_embd), written by the executor */
+        int result;
+        QdError err;
+};
 
 struct Scheduler {
         Manager *manager;
@@ -151,6 +170,7 @@ struct Scheduler {
 };
 
 static void model_maybe_expire(LoadedModel *lm);
+static void model_release(LoadedModel *lm);
 static void scheduler_admit(Scheduler *s);
 
 /* ---- posts from the executor ---- */
@@ -169,12 +189,13 @@ static void executor_post(Scheduler *s, void (*fn)(Manager *m, void *u), void *u
 
 /* ---- the executor thread ---- */
 
-static void executor_send(Scheduler *s, CommandKind kind, LoadedModel *lm) {
+static void executor_send(Scheduler *s, CommandKind kind, LoadedModel *lm, Embedding *embedding) {
         Command *c;
         while (!(c = calloc(1, sizeof(*c))))
                 usleep(1000);
         c->kind = kind;
         c->lm = lm;
+        c->embedding = embedding;
         pthread_mutex_lock(&s->lock);
         if (s->commands_tail)
                 s->commands_tail->next = c;
@@ -189,6 +210,7 @@ static void model_loaded_main(Manager *m, void *userdata);
 static void model_unloaded_main(Manager *m, void *userdata);
 static void gen_chunk_main(Manager *m, void *userdata);
 static void gen_done_main(Manager *m, void *userdata);
+static void embed_done_main(Manager *m, void *userdata);
 
 static void gen_finish(Gen *g, int result, const char *reason) {
         g->finished = true;
@@ -410,6 +432,12 @@ static void *executor_main(void *userdata) {
                                 if (lm->load_error >= 0)
                                         s->ops->info(lm->model, &lm->info);
                                 executor_post(s, model_loaded_main, lm);
+                        } else if (c->kind == CMD_EMBED) {
+                                Embedding *e = c->embedding;
+                                for (size_t i = 0; e->result >= 0 && i < e->n_inputs; i++)
+                                        e->result = s->ops->embed(lm->model, e->tokens[i], (uint32_t)e->n_tokens[i],
+                                                                  e->vectors + i * e->n_embd, &e->err);
+                                executor_post(s, embed_done_main, e);
                         } else {
                                 if (lm->model)
                                         s->ops->unload(lm->model);
@@ -478,7 +506,89 @@ static void waiter_free(Waiter *w) {
         request_unref(w->request);
         free(w->text);
         free(w->tokens);
+        strv_free(w->inputs);
         free(w);
+}
+
+static void embedding_free(Embedding *e) {
+        if (!e)
+                return;
+        for (size_t i = 0; i < e->n_inputs; i++)
+                free(e->tokens ? e->tokens[i] : NULL);
+        free(e->tokens);
+        free(e->n_tokens);
+        free(e->vectors);
+        request_unref(e->request);
+        free(e);
+}
+
+static void embed_done_main(Manager *m, void *userdata) {
+        Embedding *e = userdata;
+        LoadedModel *lm = e->lm;
+        Reply rep;
+
+        if (e->result < 0)
+                request_reply_error(e->request, e->result, "%s", e->err.code ? e->err.msg : "Embedding failed.");
+        else {
+                size_t n_tokens = 0;
+                reply_init(&rep);
+                int k = msgpack_pack_map(&rep.pk, 3) < 0 || proto_pack_kv_str(&rep.pk, "model", lm->name) < 0 ||
+                                        proto_pack_key(&rep.pk, "embeddings") < 0 ||
+                                        msgpack_pack_array(&rep.pk, e->n_inputs) < 0
+                                ? -ENOMEM
+                                : 0;
+                for (size_t i = 0; k >= 0 && i < e->n_inputs; i++) {
+                        n_tokens += e->n_tokens[i];
+                        k = msgpack_pack_array(&rep.pk, e->n_embd) < 0 ? -ENOMEM : 0;
+                        for (uint32_t j = 0; k >= 0 && j < e->n_embd; j++)
+                                k = msgpack_pack_float(&rep.pk, e->vectors[i * e->n_embd + j]) < 0 ? -ENOMEM : 0;
+                }
+                if (k >= 0)
+                        k = proto_pack_kv_u64(&rep.pk, "prompt_eval_count", n_tokens);
+                if (k >= 0)
+                        request_reply(e->request, &rep);
+                else
+                        request_reply_error(e->request, k, NULL);
+                reply_done(&rep);
+        }
+        embedding_free(e);
+        model_release(lm);
+}
+
+/* Tokenizes the inputs and hands them to the executor; the model's user count stays up until it is done. */
+static void embed_start(Scheduler *s, LoadedModel *lm, Waiter *w) {
+        size_t n = 0;
+        while (w->inputs[n])
+                n++;
+        Embedding *e = calloc(1, sizeof(*e));
+        if (e) {
+                e->lm = lm;
+                e->request = request_ref(w->request);
+                e->n_inputs = n;
+                e->n_embd = lm->info.n_embd;
+                e->tokens = calloc(MAX(n, (size_t)1), sizeof(int32_t *));
+                e->n_tokens = calloc(MAX(n, (size_t)1), sizeof(size_t));
+                e->vectors = calloc(MAX(n * e->n_embd, (size_t)1), sizeof(float));
+        }
+        if (!e || !e->tokens || !e->n_tokens || !e->vectors) {
+                request_reply_error(w->request, ENOMEM, NULL);
+                embedding_free(e);
+                model_release(lm);
+                return;
+        }
+        for (size_t i = 0; i < n; i++) {
+                int k = s->ops->tokenize(lm->model, w->inputs[i], strlen(w->inputs[i]), true, &e->tokens[i],
+                                         &e->n_tokens[i]);
+                if (k < 0 || e->n_tokens[i] == 0 || e->n_tokens[i] > lm->n_ctx) {
+                        request_reply_error(w->request, k < 0 ? k : EMSGSIZE,
+                                            k < 0 ? "Failed to tokenize input %zu." :
+                                                    "Input %zu is empty or longer than the context.", i);
+                        embedding_free(e);
+                        model_release(lm);
+                        return;
+                }
+        }
+        executor_send(s, CMD_EMBED, lm, e);
 }
 
 static void gen_free(Gen *g) {
@@ -503,7 +613,7 @@ static void model_unload(LoadedModel *lm) {
         log_info("Unloading model '%s'.", lm->name);
         lm->state = MODEL_UNLOADING;
         lm->timer = sd_event_source_disable_unref(lm->timer);
-        executor_send(s, CMD_UNLOAD, lm);
+        executor_send(s, CMD_UNLOAD, lm, NULL);
 }
 
 static int model_timer(sd_event_source *src, uint64_t usec, void *userdata) {
@@ -658,6 +768,9 @@ static void serve_one(LoadedModel *lm, Waiter *w) {
         } else if (w->kind == WAITER_LOAD) {
                 reply_loaded(w->request, lm);
                 lm->n_users--;
+        } else if (w->kind == WAITER_EMBED) {
+                /* The model's user count stays up until the executor is done. */
+                embed_start(s, lm, w);
         } else {
                 (void)tokenize_reply(s, w->request, lm, w->text, w->tokens, w->n_tokens);
                 lm->n_users--;
@@ -847,7 +960,7 @@ static int model_start_load(Scheduler *s, const char *name, const char *path, ui
         s->n_models++;
         s->used += estimate;
         log_info("Loading model '%s' from %s.", name, path);
-        executor_send(s, CMD_LOAD, lm);
+        executor_send(s, CMD_LOAD, lm, NULL);
         *ret = lm;
         return 0;
 }
@@ -1120,6 +1233,29 @@ int scheduler_tokenize(Scheduler *s, Request *r, const char *model, const char *
                 return -ENOMEM;
         }
         return scheduler_acquire(s, model, w, s->manager->config.keep_alive_ns, s->manager->config.num_ctx, err);
+}
+
+int scheduler_embed(Scheduler *s, Request *r, const char *model, char **inputs, int64_t keep_alive_ns,
+                    bool keep_alive_set, QdError *err) {
+        int k = need_backend(s, "Embed", err);
+        if (k < 0) {
+                strv_free(inputs);
+                return k;
+        }
+        if (!s->ops->embed) {
+                strv_free(inputs);
+                return qd_error_set(err, EOPNOTSUPP, "The %s backend computes no embeddings.", s->ops->name);
+        }
+        Waiter *w = calloc(1, sizeof(*w));
+        if (!w) {
+                strv_free(inputs);
+                return -ENOMEM;
+        }
+        w->kind = WAITER_EMBED;
+        w->request = request_ref(r);
+        w->inputs = inputs;
+        return scheduler_acquire(s, model, w, keep_alive_set ? keep_alive_ns : s->manager->config.keep_alive_ns,
+                                 s->manager->config.num_ctx, err);
 }
 
 int scheduler_pack_ps(Scheduler *s, msgpack_packer *pk) {

@@ -224,12 +224,47 @@ static void test_show_tokenize(void **state) {
         assert_true(proto_str_eq(text, " Once upon a time") || proto_str_eq(text, "Once upon a time"));
 }
 
+static void test_embed(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        ProtoMessage m;
+        QdError e = {};
+
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 2);
+        proto_pack_kv_str(&pk, "model", "stories");
+        proto_pack_key(&pk, "input");
+        msgpack_pack_array(&pk, 2);
+        proto_pack_str(&pk, "Once upon a time");
+        proto_pack_str(&pk, "The cat sat down");
+        assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
+        msgpack_sbuffer_destroy(&sb);
+        const msgpack_object *v = proto_map_get(m.result, "embeddings");
+        assert_int_equal(v->via.array.size, 2);
+        double dot = 0;
+        for (int k = 0; k < 2; k++) {
+                const msgpack_object *x = &v->via.array.ptr[k];
+                assert_int_equal(x->via.array.size, 64); /* stories260K's n_embd */
+                double norm = 0;
+                for (uint32_t i = 0; i < x->via.array.size; i++)
+                        norm += x->via.array.ptr[i].via.f64 * x->via.array.ptr[i].via.f64;
+                assert_true(norm > 0.999 && norm < 1.001);
+        }
+        for (uint32_t i = 0; i < 64; i++)
+                dot += v->via.array.ptr[0].via.array.ptr[i].via.f64 * v->via.array.ptr[1].via.array.ptr[i].via.f64;
+        assert_true(dot < 0.9999);
+}
+
 int main(void) {
         signal(SIGPIPE, SIG_IGN);
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_golden, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_concurrent_equal_solo, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_show_tokenize, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_embed, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

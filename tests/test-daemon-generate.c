@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include <msgpack.h>
+#include <math.h>
 #include <signal.h>
 #include <inttypes.h>
 #include <sys/wait.h>
@@ -35,6 +36,10 @@ static int setup(void **state) {
 static int setup_small_budget(void **state) {
         /* Each fake model below budgets size + 512 * 16 * 64 bytes of "KV cache". */
         return start(state, "[Scheduler]\nNumParallel=16\nMemoryBudget=2000000\nLoadTimeout=1s\nContextLength=512\n");
+}
+
+static int setup_small_output(void **state) {
+        return start(state, "[Daemon]\nMaxQueuedOutput=64K\n");
 }
 
 static int teardown(void **state) {
@@ -445,6 +450,126 @@ static void test_memory_budget(void **state) {
         assert_int_equal(ps_count(d, "big2:latest", NULL), 101);
 }
 
+static double vector_norm(const msgpack_object *v) {
+        double n = 0;
+        for (uint32_t i = 0; i < v->via.array.size; i++)
+                n += v->via.array.ptr[i].via.f64 * v->via.array.ptr[i].via.f64;
+        return sqrt(n);
+}
+
+static void test_embed(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        ProtoMessage m;
+        QdError e = {};
+
+        assert_int_equal(harness_create_model(h, c, "fake", "size=1000\n"), 0);
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 2);
+        proto_pack_kv_str(&pk, "model", "fake");
+        proto_pack_key(&pk, "input");
+        msgpack_pack_array(&pk, 3);
+        proto_pack_str(&pk, "ab");
+        proto_pack_str(&pk, "ab");
+        proto_pack_str(&pk, "xyz");
+        assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
+        const msgpack_object *v = proto_map_get(m.result, "embeddings");
+        assert_int_equal(v->via.array.size, 3);
+        assert_int_equal(v->via.array.ptr[0].via.array.size, 8);
+        assert_true(fabs(vector_norm(&v->via.array.ptr[0]) - 1.0) < 1e-5);
+        assert_true(msgpack_object_equal(v->via.array.ptr[0], v->via.array.ptr[1]));
+        assert_false(msgpack_object_equal(v->via.array.ptr[0], v->via.array.ptr[2]));
+        assert_int_equal(proto_map_get(m.result, "prompt_eval_count")->via.u64, 3 + 3 + 4);
+
+        /* Wrong inputs. */
+        msgpack_sbuffer_clear(&sb);
+        harness_params(&sb, "model", "fake", "input", "5", NULL);
+        assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_string_equal(e.msg, "Parameter 'input' must be a string or an array of strings.");
+        msgpack_sbuffer_clear(&sb);
+        msgpack_pack_map(&pk, 2);
+        proto_pack_kv_str(&pk, "model", "fake");
+        proto_pack_key(&pk, "input");
+        msgpack_pack_array(&pk, 0);
+        assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        msgpack_sbuffer_clear(&sb);
+        harness_params(&sb, "model", "nope", "input", "x", NULL);
+        assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -ENOENT);
+        msgpack_sbuffer_destroy(&sb);
+}
+
+static void test_load_failure(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        QdError e = {};
+
+        assert_int_equal(harness_create_model(h, c, "broken", "fail_load=1\n"), 0);
+        _cleanup_free_ char *x = generate(c, "broken", "x", 4, NULL, NULL, &e);
+        assert_null(x);
+        assert_int_equal(e.code, EBADMSG);
+        assert_non_null(strstr(e.msg, "fails to load"));
+        /* Nothing stays behind, and the next try loads again (and fails again). */
+        assert_int_equal(ps_count(c, "broken:latest", NULL), 0);
+        qd_error_clear(&e);
+        assert_null(generate(c, "broken", "x", 4, NULL, NULL, &e));
+        assert_int_equal(e.code, EBADMSG);
+        /* A bad sampling option is refused before anything loads. */
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        ProtoMessage m;
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 3);
+        proto_pack_kv_str(&pk, "model", "broken");
+        proto_pack_kv_str(&pk, "prompt", "x");
+        proto_pack_key(&pk, "options");
+        msgpack_pack_map(&pk, 1);
+        proto_pack_kv_double(&pk, "temperature", -1);
+        qd_error_clear(&e);
+        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_string_equal(e.msg, "Option 'temperature' must not be negative.");
+        msgpack_sbuffer_destroy(&sb);
+}
+
+static void test_slow_reader_dropped(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        ProtoClient *lazy = harness_connect(h);
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        ProtoMessage m;
+        QdError e = {};
+
+        assert_int_equal(harness_create_model(h, c, "fast", "size=1000\n"), 0);
+        /* A long stream nobody reads: past MaxQueuedOutput= the daemon drops the client. */
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 3);
+        proto_pack_kv_str(&pk, "model", "fast");
+        proto_pack_kv_str(&pk, "prompt", "x");
+        proto_pack_key(&pk, "options");
+        msgpack_pack_map(&pk, 2);
+        proto_pack_kv_i64(&pk, "num_predict", 200000);
+        proto_pack_kv_i64(&pk, "num_ctx", 250000);
+        assert_int_equal(proto_client_send(lazy, "Generate", sb.data, sb.size, NULL, 0, NULL), 0);
+        msgpack_sbuffer_destroy(&sb);
+        for (int i = 0; i < 500 && !harness_log_contains(h, "does not read its replies"); i++)
+                usleep(20000);
+        assert_true(harness_log_contains(h, "does not read its replies"));
+        proto_client_free(lazy);
+        /* Its generation ended: the model becomes idle; others are served meanwhile. */
+        assert_int_equal(proto_client_call(c, "Version", NULL, 0, NULL, 0, NULL, NULL, &m, &e), 0);
+        int64_t expires = -1;
+        for (int i = 0; i < 200 && expires == -1; i++) {
+                ps_count(c, "fast:latest", &expires);
+                usleep(10000);
+        }
+        assert_true(expires > 0);
+}
+
 static void test_sigterm_mid_generation(void **state) {
         Harness *h = *state;
         _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
@@ -472,6 +597,9 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_keep_alive, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_eviction_order, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_memory_budget, setup_small_budget, teardown),
+                cmocka_unit_test_setup_teardown(test_embed, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_load_failure, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_slow_reader_dropped, setup_small_output, teardown),
                 cmocka_unit_test_setup_teardown(test_sigterm_mid_generation, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
