@@ -235,24 +235,29 @@ static int gen_emit(Gen *g, int32_t token, bool final) {
         Scheduler *s = g->scheduler;
         size_t n = g->held.len, keep = 0;
 
-        if (g->p.stop)
+        if (g->p.stop) {
+                /* The earliest stop string ends the text there. */
+                const uint8_t *first = NULL;
                 for (char **stop = g->p.stop; *stop; stop++) {
-                        const char *hit = n > 0 ? memmem(g->held.data, n, *stop, strlen(*stop)) : NULL;
-                        if (hit) {
-                                n = (size_t)((const uint8_t *)hit - g->held.data);
-                                gen_finish(g, 0, "stop");
-                                final = true;
-                                keep = 0;
-                                break;
-                        }
-                        /* The longest suffix of held that starts this stop string must wait. */
-                        size_t sl = strlen(*stop);
-                        for (size_t k = MIN(sl - 1, n); k > keep; k--)
-                                if (memcmp(g->held.data + n - k, *stop, k) == 0) {
-                                        keep = k;
-                                        break;
-                                }
+                        const uint8_t *hit = n > 0 ? memmem(g->held.data, n, *stop, strlen(*stop)) : NULL;
+                        if (hit && (!first || hit < first))
+                                first = hit;
                 }
+                if (first) {
+                        n = (size_t)(first - g->held.data);
+                        gen_finish(g, 0, "stop");
+                        final = true;
+                } else
+                        for (char **stop = g->p.stop; *stop; stop++) {
+                                /* The longest suffix of held that starts this stop string must wait. */
+                                size_t sl = strlen(*stop);
+                                for (size_t k = MIN(sl - 1, n); k > keep; k--)
+                                        if (memcmp(g->held.data + n - k, *stop, k) == 0) {
+                                                keep = k;
+                                                break;
+                                        }
+                        }
+        }
         if (!final) {
                 keep = MAX(keep, utf8_incomplete_tail(g->held.data, n));
                 n -= MIN(keep, n);

@@ -170,6 +170,59 @@ static void test_end_of_generation_and_stop(void **state) {
         assert_int_equal(eval, 17);
 }
 
+static void test_stop_strings(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        ProtoMessage m;
+        QdError e = {};
+        Stream s = {};
+
+        assert_int_equal(harness_create_model(h, c, "fake", "size=1000\n"), 0);
+        _cleanup_free_ char *full = generate(c, "fake", "Once", 64, NULL, NULL, &e);
+        assert_non_null(full);
+        assert_true(strlen(full) > 40);
+        /* Two stop strings: the one that comes first in the text wins, whatever their order; text arrives in
+         * pieces, so a stop string spanning tokens is caught and none of it is sent. */
+        char early[4], late[4];
+        memcpy(early, full + 20, 3);
+        early[3] = 0;
+        memcpy(late, full + 30, 3);
+        late[3] = 0;
+        const char *cut = strstr(full, early);
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 3);
+        proto_pack_kv_str(&pk, "model", "fake");
+        proto_pack_kv_str(&pk, "prompt", "Once");
+        proto_pack_key(&pk, "options");
+        msgpack_pack_map(&pk, 3);
+        proto_pack_kv_i64(&pk, "num_predict", 64);
+        proto_pack_kv_double(&pk, "temperature", 0);
+        proto_pack_key(&pk, "stop");
+        msgpack_pack_array(&pk, 2);
+        proto_pack_str(&pk, late);
+        proto_pack_str(&pk, early);
+        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, collect, &s, &m, &e), 0);
+        assert_true(proto_str_eq(proto_map_get(m.result, "done_reason"), "stop"));
+        assert_int_equal(s.text.len, (size_t)(cut - full));
+        assert_memory_equal(s.text.data, full, s.text.len);
+        buf_free(&s.text);
+
+        /* Malformed stop lists. */
+        msgpack_sbuffer_clear(&sb);
+        msgpack_pack_map(&pk, 3);
+        proto_pack_kv_str(&pk, "model", "fake");
+        proto_pack_kv_str(&pk, "prompt", "Once");
+        proto_pack_key(&pk, "options");
+        msgpack_pack_map(&pk, 1);
+        proto_pack_kv_str(&pk, "stop", "x");
+        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_string_equal(e.msg, "Option 'stop' must be an array of strings, got a string.");
+        msgpack_sbuffer_destroy(&sb);
+}
+
 static void test_tokenize(void **state) {
         Harness *h = *state;
         _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
@@ -591,6 +644,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_generate_stream, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_end_of_generation_and_stop, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_stop_strings, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_tokenize, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_concurrent_streams, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_cancel_and_disconnect, setup, teardown),
