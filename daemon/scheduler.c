@@ -27,6 +27,7 @@
 #include <time.h>
 
 #include "daemon-internal.h"
+#include "engine.h"
 
 #define PROMPT_CHUNK 256U
 
@@ -108,7 +109,8 @@ struct Gen {
         size_t n_prompt, prompt_done;
         int32_t next_token;        /* sampled, to be fed next step */
         uint32_t n_generated;
-        Buf held;                  /* text not yet sent: an incomplete UTF-8 sequence or a possible stop prefix */
+        Buf held;                  /* bytes not yet sent: an incomplete UTF-8 sequence */
+        EngineStop *stop;          /* the request's stop strings (made on the main thread) */
         bool finished;
         bool stepped;              /* took part in the current round */
         const char *done_reason;   /* "stop", "length", "cancel" */
@@ -230,59 +232,45 @@ static size_t utf8_incomplete_tail(const uint8_t *b, size_t n) {
         return 0;
 }
 
-/* Sends the part of g->held that can no longer change: not part of a stop string, not a partial character. */
+/*
+ * Sends what of g->held can no longer change: whole UTF-8 characters (unless final), passed through the stop
+ * strings, which hold back what may begin one and end the generation when one appears.
+ */
 static int gen_emit(Gen *g, int32_t token, bool final) {
         Scheduler *s = g->scheduler;
-        size_t n = g->held.len, keep = 0;
+        _cleanup_(buf_free) Buf out = {};
+        size_t n = g->held.len;
+        int k = 0;
 
-        if (g->p.stop) {
-                /* The earliest stop string ends the text there. */
-                const uint8_t *first = NULL;
-                for (char **stop = g->p.stop; *stop; stop++) {
-                        const uint8_t *hit = n > 0 ? memmem(g->held.data, n, *stop, strlen(*stop)) : NULL;
-                        if (hit && (!first || hit < first))
-                                first = hit;
-                }
-                if (first) {
-                        n = (size_t)(first - g->held.data);
-                        gen_finish(g, 0, "stop");
-                        final = true;
-                } else
-                        for (char **stop = g->p.stop; *stop; stop++) {
-                                /* The longest suffix of held that starts this stop string must wait. */
-                                size_t sl = strlen(*stop);
-                                for (size_t k = MIN(sl - 1, n); k > keep; k--)
-                                        if (memcmp(g->held.data + n - k, *stop, k) == 0) {
-                                                keep = k;
-                                                break;
-                                        }
-                        }
+        if (!final)
+                n -= MIN(utf8_incomplete_tail(g->held.data, n), n);
+        if (n > 0)
+                k = engine_stop_push(g->stop, (const char *)g->held.data, n, &out);
+        if (k < 0)
+                return k;
+        memmove(g->held.data, g->held.data + n, g->held.len - n);
+        g->held.len -= n;
+        if (k > 0)
+                gen_finish(g, 0, "stop");
+        else if (final) {
+                k = engine_stop_flush(g->stop, &out);
+                if (k < 0)
+                        return k;
         }
-        if (!final) {
-                keep = MAX(keep, utf8_incomplete_tail(g->held.data, n));
-                n -= MIN(keep, n);
-        }
-        if (n == 0 && !(g->p.return_tokens && token >= 0))
-                goto shift;
+        if (out.len == 0 && !(g->p.return_tokens && token >= 0))
+                return 0;
 
         Chunk *c = calloc(1, sizeof(*c));
         if (!c)
                 return -ENOMEM;
         c->gen = g;
         c->token = token;
-        c->text = strndup((const char *)g->held.data, n);
+        c->text = out.len > 0 ? buf_steal_str(&out) : strdup("");
         if (!c->text) {
                 free(c);
                 return -ENOMEM;
         }
         executor_post(s, gen_chunk_main, c);
-shift:
-        if (g->finished) {
-                g->held.len = 0;
-                return 0;
-        }
-        memmove(g->held.data, g->held.data + n, g->held.len - n);
-        g->held.len -= n;
         return 0;
 }
 
@@ -393,8 +381,9 @@ static void executor_step(Scheduler *s, LoadedModel *lm, Gen **gens, size_t n) {
                 }
                 if (g->finished)
                         continue;
-                bool full = g->n_prompt + g->n_generated >= lm->n_ctx;
-                if ((g->p.num_predict >= 0 && g->n_generated >= (uint32_t)g->p.num_predict) || full) {
+                /* Ollama's num_predict: -1 no limit, -2 until the context is full; the context ends it anyway. */
+                if (engine_predict_done(g->p.num_predict, g->n_generated, (uint32_t)(g->n_prompt + g->n_generated),
+                                        lm->n_ctx)) {
                         (void)gen_emit(g, -1, true);
                         gen_finish(g, 0, "length");
                 }
@@ -607,6 +596,7 @@ static void gen_free(Gen *g) {
         free(g->prompt);
         buf_free(&g->held);
         buf_free(&g->response);
+        engine_stop_free(g->stop);
         free(g);
 }
 
@@ -1167,6 +1157,18 @@ int scheduler_generate(Scheduler *s, Request *r, GenerateParams *p, QdError *err
         *p = (GenerateParams){};
         g->request = request_ref(r);
         atomic_init(&g->cancel, false);
+        size_t n_stop = 0;
+        while (g->p.stop && g->p.stop[n_stop])
+                n_stop++;
+        k = engine_stop_new((const char *const *)g->p.stop, n_stop, &g->stop);
+        if (k < 0) {
+                free(w);
+                gen_free(g);
+                if (k == -ENOMEM)
+                        return k;
+                return qd_error_set(err, k, k == -EMSGSIZE ? "Option 'stop' takes up to 64 strings of up to 4096 bytes."
+                                                         : "Option 'stop' must not hold an empty string.");
+        }
         request_set_cancel(r, gen_cancel, g);
         w->kind = WAITER_GENERATE;
         w->request = request_ref(r);
