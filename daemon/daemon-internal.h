@@ -179,6 +179,7 @@ typedef struct GenerateParams {
         bool keep_alive_set;
         char **stop;            /* NULL-terminated stop strings */
         bool return_tokens;     /* include token ids in the events */
+        bool chat;              /* reply with a message {role, content} (Chat) */
         SamplerParams sampler;
 } GenerateParams;
 

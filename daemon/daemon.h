@@ -153,14 +153,23 @@ typedef struct StoreOps {
         /* The GGUF file of name, for the engine to map, and the name's canonical form (may be NULL). */
         int (*resolve)(void *store, const char *name, char **ret_path, char **ret_canonical, QdError *err);
         int (*list)(void *store, StoreModel **ret, size_t *ret_n, QdError *err);
-        /* Runs on a worker: copies fd into the store as name, reporting bytes through progress. */
-        int (*create)(void *store, const char *name, int fd, void (*progress)(uint64_t done, uint64_t total, void *u),
-                      void *userdata, const atomic_bool *cancel, QdError *err);
+        /* Runs on a worker: stores the GGUF read from fd as name, with an optional chat template and system
+         * prompt (NULL for none), reporting bytes through progress. */
+        int (*create)(void *store, const char *name, int fd, const char *template, const char *system,
+                      void (*progress)(uint64_t done, uint64_t total, void *u), void *userdata,
+                      const atomic_bool *cancel, QdError *err);
+        /* The contents of the model's layer of media_type (a template, a system prompt), at most 1 MiB;
+         * *ret is NULL when the model has no such layer. */
+        int (*read_layer)(void *store, const char *name, const char *media_type, char **ret, QdError *err);
         int (*copy)(void *store, const char *src, const char *dst, QdError *err);
         int (*remove)(void *store, const char *name, QdError *err);
 } StoreOps;
 
 extern const StoreOps store_registry_ops;
+
+/* Layers a model may carry besides its GGUF, as Ollama names their media types. */
+#define STORE_LAYER_TEMPLATE "application/vnd.ollama.image.template"
+#define STORE_LAYER_SYSTEM "application/vnd.ollama.image.system"
 void store_model_free_many(StoreModel *l, size_t n);
 
 /* ---- the manager, requests and the method table ---- */

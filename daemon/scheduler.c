@@ -863,6 +863,7 @@ static void gen_done_main(Manager *m, void *userdata) {
         } else {
                 reply_init(&rep);
                 int k = msgpack_pack_map(&rep.pk, g->p.stream ? 8 : 9) < 0 ? -ENOMEM : 0;
+                const char *text = g->response.data ? (const char *)g->response.data : "";
                 if (k >= 0)
                         k = proto_pack_kv_str(&rep.pk, "model", lm->name);
                 if (k >= 0)
@@ -879,8 +880,14 @@ static void gen_done_main(Manager *m, void *userdata) {
                         k = proto_pack_kv_u64(&rep.pk, "eval_duration_ns", g->eval_ns);
                 if (k >= 0)
                         k = proto_pack_kv_u64(&rep.pk, "total_duration_ns", now_ns() - g->start_ns);
-                if (k >= 0 && !g->p.stream)
-                        k = proto_pack_kv_str(&rep.pk, "response", g->response.data ? (const char *)g->response.data : "");
+                if (k >= 0 && !g->p.stream && !g->p.chat)
+                        k = proto_pack_kv_str(&rep.pk, "response", text);
+                if (k >= 0 && !g->p.stream && g->p.chat)
+                        k = proto_pack_key(&rep.pk, "message") < 0 || msgpack_pack_map(&rep.pk, 2) < 0 ||
+                                            proto_pack_kv_str(&rep.pk, "role", "assistant") < 0 ||
+                                            proto_pack_kv_str(&rep.pk, "content", text) < 0
+                                    ? -ENOMEM
+                                    : 0;
                 if (k >= 0)
                         request_reply(g->request, &rep);
                 else

@@ -172,8 +172,9 @@ static int drain_to_tmpfile(const char *dir, int in, void (*progress)(uint64_t, 
         return TAKE_FD(out);
 }
 
-static int reg_create(void *store, const char *name, int fd, void (*progress)(uint64_t, uint64_t, void *),
-                      void *userdata, const atomic_bool *cancel, QdError *err) {
+static int reg_create(void *store, const char *name, int fd, const char *template, const char *system,
+                      void (*progress)(uint64_t, uint64_t, void *), void *userdata, const atomic_bool *cancel,
+                      QdError *err) {
         RegStore *s = store;
         _cleanup_close_ int buffered = -EBADF;
         RegistryName n;
@@ -199,12 +200,59 @@ static int reg_create(void *store, const char *name, int fd, void (*progress)(ui
                 return qd_error_set(err, EINVAL, "The model file is empty.");
         if (progress)
                 progress(0, (uint64_t)st.st_size, userdata);
-        const RegistryCreateLayer layer = { .media_type = REGISTRY_MEDIA_MODEL, .fd = fd };
-        k = registry_store_create(s->store, &n, &layer, 1, NULL, cancel, err);
+        RegistryCreateLayer layers[3] = { { .media_type = REGISTRY_MEDIA_MODEL, .fd = fd } };
+        size_t n_layers = 1;
+        if (template)
+                layers[n_layers++] = (RegistryCreateLayer){ .media_type = REGISTRY_MEDIA_TEMPLATE, .fd = -EBADF,
+                                                            .data = template, .size = strlen(template) };
+        if (system)
+                layers[n_layers++] = (RegistryCreateLayer){ .media_type = REGISTRY_MEDIA_SYSTEM, .fd = -EBADF,
+                                                            .data = system, .size = strlen(system) };
+        k = registry_store_create(s->store, &n, layers, n_layers, NULL, cancel, err);
         if (k < 0)
                 return k;
         if (progress)
                 progress((uint64_t)st.st_size, (uint64_t)st.st_size, userdata);
+        return 0;
+}
+
+static int reg_read_layer(void *store, const char *name, const char *media_type, char **ret, QdError *err) {
+        RegStore *s = store;
+        _cleanup_(registry_manifest_freep) RegistryManifest *manifest = NULL;
+        _cleanup_close_ int fd = -EBADF;
+        RegistryName n;
+        int k;
+
+        k = registry_name_parse(name, &s->config, &n, err);
+        if (k >= 0)
+                k = registry_store_show(s->store, &n, &manifest, NULL, err);
+        if (k < 0)
+                return k;
+        const RegistryLayer *layer = registry_manifest_find_layer(manifest, media_type);
+        if (!layer) {
+                *ret = NULL;
+                return 0;
+        }
+        if (layer->size > 1024 * 1024)
+                return qd_error_set(err, EMSGSIZE, "The %s layer of '%s' is larger than 1 MiB.", media_type, name);
+        k = registry_store_open_blob(s->store, layer->digest, &fd, err);
+        if (k < 0)
+                return k;
+        _cleanup_free_ char *buf = malloc(layer->size + 1);
+        if (!buf)
+                return -ENOMEM;
+        size_t got = 0;
+        while (got < layer->size) {
+                ssize_t r = read(fd, buf + got, layer->size - got);
+                if (r < 0 && errno == EINTR)
+                        continue;
+                if (r <= 0)
+                        return qd_error_set(err, r < 0 ? errno : EBADMSG, "Failed to read the %s layer of '%s'.",
+                                            media_type, name);
+                got += (size_t)r;
+        }
+        buf[got] = 0;
+        *ret = TAKE_PTR(buf);
         return 0;
 }
 
@@ -235,6 +283,7 @@ const StoreOps store_registry_ops = {
         .resolve = reg_resolve,
         .list = reg_list,
         .create = reg_create,
+        .read_layer = reg_read_layer,
         .copy = reg_copy,
         .remove = reg_remove,
 };

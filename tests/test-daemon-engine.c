@@ -258,6 +258,66 @@ static void test_embed(void **state) {
         assert_true(dot < 0.9999);
 }
 
+static int chat_call(ProtoClient *c, const char *model, const char *content, ProtoMessage *m, QdError *e) {
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 4);
+        proto_pack_kv_str(&pk, "model", model);
+        proto_pack_kv_bool(&pk, "stream", false);
+        proto_pack_key(&pk, "messages");
+        msgpack_pack_array(&pk, 1);
+        msgpack_pack_map(&pk, 2);
+        proto_pack_kv_str(&pk, "role", "user");
+        proto_pack_kv_str(&pk, "content", content);
+        proto_pack_key(&pk, "options");
+        msgpack_pack_map(&pk, 3);
+        proto_pack_kv_i64(&pk, "num_predict", 24);
+        proto_pack_kv_double(&pk, "temperature", 0);
+        proto_pack_kv_double(&pk, "repeat_penalty", 1.0);
+        qd_error_clear(e);
+        int k = proto_client_call(c, "Chat", sb.data, sb.size, NULL, 0, NULL, NULL, m, e);
+        msgpack_sbuffer_destroy(&sb);
+        return k;
+}
+
+static void test_chat(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        ProtoMessage m;
+        QdError e = {};
+
+        /* stories260K has no chat template of any kind. */
+        assert_int_equal(chat_call(c, "stories", "hi", &m, &e), -EOPNOTSUPP);
+        assert_non_null(strstr(e.msg, "has no chat template"));
+
+        /* SmolLM2's GGUF carries a ChatML jinja template, recognised and rendered natively. */
+        const char *smollm = getenv("QUANTD_TEST_SMOLLM");
+        if (!smollm || access(smollm, R_OK) < 0)
+                fail_msg("QUANTD_TEST_SMOLLM must name SmolLM2-135M-Instruct.Q4_1.gguf (see .ci/lib.sh).");
+        assert_int_equal(harness_create_from_file(h, c, "smollm", smollm), 0);
+        if (chat_call(c, "smollm", "What is the capital of France?", &m, &e) < 0)
+                fail_msg("Chat failed: %s", e.msg);
+        const msgpack_object *content = proto_map_get(proto_map_get(m.result, "message"), "content");
+        assert_non_null(content);
+        assert_true(content->via.str.size > 0);
+        uint64_t prompt_tokens = proto_map_get(m.result, "prompt_eval_count")->via.u64;
+
+        /* The prompt was ChatML with the template's default system prompt, as Hugging Face renders it. */
+        static const char *chatml = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
+                                    "Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?"
+                                    "<|im_end|>\n<|im_start|>assistant\n";
+        msgpack_sbuffer sb;
+        msgpack_sbuffer_init(&sb);
+        harness_params(&sb, "model", "smollm", "text", chatml, NULL);
+        assert_int_equal(proto_client_call(c, "Tokenize", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
+        msgpack_sbuffer_destroy(&sb);
+        const msgpack_object *t = proto_map_get(m.result, "tokens");
+        assert_int_equal(t->via.array.size, prompt_tokens);
+        assert_int_equal(t->via.array.ptr[0].via.u64, 1); /* <|im_start|> is one token */
+}
+
 int main(void) {
         signal(SIGPIPE, SIG_IGN);
         const struct CMUnitTest tests[] = {
@@ -265,6 +325,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_concurrent_equal_solo, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_show_tokenize, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_embed, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_chat, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -14,6 +14,7 @@
 #include <cmocka.h>
 
 #include <msgpack.h>
+#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <inttypes.h>
@@ -220,6 +221,91 @@ static void test_stop_strings(void **state) {
         proto_pack_kv_str(&pk, "stop", "x");
         assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
         assert_string_equal(e.msg, "Option 'stop' must be an array of strings, got a string.");
+        msgpack_sbuffer_destroy(&sb);
+}
+
+/* Create with a template (and a system prompt), from a fake model file. */
+static int create_with_template(Harness *h, ProtoClient *c, const char *name, const char *template,
+                                const char *system, QdError *e) {
+        _cleanup_free_ char *path = strdup_printf("%s/%s.model", h->dir, name);
+        FILE *f = fopen(path, "we");
+        assert_non_null(f);
+        fputs("size=1000\n", f);
+        fclose(f);
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, system ? 4 : 3);
+        proto_pack_kv_str(&pk, "model", name);
+        proto_pack_kv_u64(&pk, "gguf", 0);
+        proto_pack_kv_str(&pk, "template", template);
+        if (system)
+                proto_pack_kv_str(&pk, "system", system);
+        qd_error_clear(e);
+        int k = proto_client_call(c, "Create", sb.data, sb.size, &fd, 1, NULL, NULL, NULL, e);
+        msgpack_sbuffer_destroy(&sb);
+        return k;
+}
+
+static int chat(ProtoClient *c, const char *model, const char *role, const char *content, ProtoMessage *m,
+                QdError *e) {
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 4);
+        proto_pack_kv_str(&pk, "model", model);
+        proto_pack_kv_bool(&pk, "stream", false);
+        proto_pack_key(&pk, "messages");
+        msgpack_pack_array(&pk, 1);
+        msgpack_pack_map(&pk, 2);
+        proto_pack_kv_str(&pk, "role", role);
+        proto_pack_kv_str(&pk, "content", content);
+        proto_pack_key(&pk, "options");
+        msgpack_pack_map(&pk, 2);
+        proto_pack_kv_i64(&pk, "num_predict", 8);
+        proto_pack_kv_double(&pk, "temperature", 0);
+        qd_error_clear(e);
+        int k = proto_client_call(c, "Chat", sb.data, sb.size, NULL, 0, NULL, NULL, m, e);
+        msgpack_sbuffer_destroy(&sb);
+        return k;
+}
+
+static void test_chat(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        ProtoMessage m;
+        QdError e = {};
+
+        static const char *tmpl = "{{ range .Messages }}<{{ .Role }}>{{ .Content }}{{ end }}<assistant>";
+        assert_int_equal(create_with_template(h, c, "chatty", tmpl, NULL, &e), 0);
+        assert_int_equal(chat(c, "chatty", "user", "hi", &m, &e), 0);
+        /* The fake's tokens are bytes: BOS + "<user>hi<assistant>". */
+        assert_int_equal(proto_map_get(m.result, "prompt_eval_count")->via.u64, 1 + 19);
+        const msgpack_object *msg = proto_map_get(m.result, "message");
+        assert_true(proto_str_eq(proto_map_get(msg, "role"), "assistant"));
+        assert_int_equal(proto_map_get(msg, "content")->via.str.size, 8);
+        assert_null(proto_map_get(m.result, "response"));
+
+        /* The Modelfile's SYSTEM comes first when the chat has none. */
+        assert_int_equal(create_with_template(h, c, "briefly", tmpl, "Be brief.", &e), 0);
+        assert_int_equal(chat(c, "briefly", "user", "hi", &m, &e), 0);
+        assert_int_equal(proto_map_get(m.result, "prompt_eval_count")->via.u64, 1 + 19 + 8 + 9);
+
+        /* Errors. */
+        assert_int_equal(chat(c, "chatty", "wizard", "hi", &m, &e), -EINVAL);
+        assert_string_equal(e.msg, "Message 0 has role 'wizard'; roles are system, user, assistant and tool.");
+        assert_int_equal(create_with_template(h, c, "bad", "{{ if .System }}", NULL, &e), -EINVAL);
+        assert_int_equal(harness_create_model(h, c, "plain", "size=1000\n"), 0);
+        assert_true(chat(c, "plain", "user", "hi", &m, &e) < 0);
+        msgpack_sbuffer sb;
+        msgpack_sbuffer_init(&sb);
+        harness_params(&sb, "model", "chatty", "messages", "x", NULL);
+        qd_error_clear(&e);
+        assert_int_equal(proto_client_call(c, "Chat", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_string_equal(e.msg, "Parameter 'messages' must be an array, got a string.");
         msgpack_sbuffer_destroy(&sb);
 }
 
@@ -645,6 +731,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_generate_stream, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_end_of_generation_and_stop, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_stop_strings, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_chat, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_tokenize, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_concurrent_streams, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_cancel_and_disconnect, setup, teardown),
