@@ -133,14 +133,14 @@ int main(int argc, char *argv[]) {
         if (!socket_copy || !models_copy)
                 return log_oom(), 1;
 
-        /* The engine's generation API is wired once it lands on main; until then only the fake can generate. */
-        const BackendOps *backend = arg_backend && streq(arg_backend, "fake") ? &backend_fake_ops : NULL;
+        const BackendOps *backend = arg_backend && streq(arg_backend, "fake") ? &backend_fake_ops : &backend_engine_ops;
         ManagerOptions o = {
                 .user = arg_user,
                 .socket = socket_copy,
                 .models = models_copy,
+                .config_path = config_path,
                 .backend = backend,
-                .store = &store_interim_ops,
+                .store = &store_registry_ops,
         };
         /* The daemon never forks: --foreground is accepted for compatibility with service managers. */
         (void)arg_foreground;
