@@ -215,7 +215,7 @@ static int print_stats(RunState *s, const msgpack_object *res) {
 
 /* Runs one Generate (prompt) or Chat (prompt NULL) and streams its answer. */
 static int generate(RunState *s, const char *prompt, QdError *e) {
-        _cleanup_(packer_close) Packer p;
+        _cleanup_(packer_close) Packer p = {};
         ProtoMessage m;
         int r;
 
@@ -269,7 +269,7 @@ static int generate(RunState *s, const char *prompt, QdError *e) {
 
 /* Loads the model ahead of the first question, with the spinner, so that the chat starts ready. */
 static int preload(RunState *s, QdError *e) {
-        _cleanup_(packer_close) Packer p;
+        _cleanup_(packer_close) Packer p = {};
         int r;
 
         packer_open(&p);

@@ -99,7 +99,7 @@ int pack_options(msgpack_packer *pk, const ParamSet *s) {
 
 /* Calls a method whose params are just {model: name}. */
 static int call_model(Qctl *q, const char *method, const char *model, ProtoMessage *ret, QdError *e) {
-        _cleanup_(packer_close) Packer p;
+        _cleanup_(packer_close) Packer p = {};
         int r;
 
         packer_open(&p);
@@ -578,7 +578,7 @@ static int show_info(Qctl *q, const char *model, const msgpack_object *res, bool
 }
 
 int qctl_show_model(Qctl *q, const char *model, ShowWhat what, bool verbose, bool json, QdError *e) {
-        _cleanup_(packer_close) Packer p;
+        _cleanup_(packer_close) Packer p = {};
         ProtoMessage m;
         int r;
 
@@ -662,7 +662,7 @@ static int on_progress(const ProtoMessage *m, void *userdata) {
 
 int qctl_transfer(Qctl *q, const char *method, const char *model, bool insecure, QdError *e) {
         _cleanup_(progress_freep) Progress *pr = NULL;
-        _cleanup_(packer_close) Packer p;
+        _cleanup_(packer_close) Packer p = {};
         int r;
 
         packer_open(&p);
@@ -764,7 +764,7 @@ int qctl_pack_create(msgpack_packer *pk, const char *name, const Modelfile *mf, 
 int qctl_create(Qctl *q, const char *name, const Modelfile *mf, const char *file, const char *quantize,
                 QdError *e) {
         _cleanup_(progress_freep) Progress *pr = NULL;
-        _cleanup_(packer_close) Packer p;
+        _cleanup_(packer_close) Packer p = {};
         _cleanup_close_ int fd = -EBADF;
         int r;
 
@@ -813,7 +813,7 @@ static int verb_create(Qctl *q, Command *c, QdError *e) {
 }
 
 static int verb_cp(Qctl *q, Command *c, QdError *e) {
-        _cleanup_(packer_close) Packer p;
+        _cleanup_(packer_close) Packer p = {};
         int r;
 
         packer_open(&p);
