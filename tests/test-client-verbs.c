@@ -65,8 +65,9 @@ static void progress_event(int fd, msgpack_sbuffer *sb, uint64_t id, const char 
 static void token_event(int fd, msgpack_sbuffer *sb, uint64_t id, const char *text) {
         msgpack_packer pk;
         proto_packer_init(&pk, sb);
-        proto_pack_notification_begin(&pk, "token", id, 1);
-        proto_pack_kv_str(&pk, "response", text);
+        proto_pack_notification_begin(&pk, "token", id, 2);
+        proto_pack_kv_str(&pk, "text", text);
+        proto_pack_kv_i64(&pk, "token", 42);
         send_buf(fd, sb);
 }
 
@@ -117,12 +118,13 @@ static bool serve(int fd, ProtoReader *rd, ProtoMessage *m, msgpack_sbuffer *sb)
                 proto_pack_kv_u64(&pk, "size_vram", 48000000);
                 proto_pack_kv_u64(&pk, "context_length", 4096);
                 proto_pack_kv_i64(&pk, "expires_at", now + 241);
-                msgpack_pack_map(&pk, 5);
+                msgpack_pack_map(&pk, 6);
                 proto_pack_kv_str(&pk, "name", "forever:latest");
                 proto_pack_kv_str(&pk, "digest", "sha256:fedcba9876543210");
                 proto_pack_kv_u64(&pk, "size", 2000);
                 proto_pack_kv_u64(&pk, "size_vram", 0);
-                proto_pack_kv_i64(&pk, "keep_alive", -1);
+                proto_pack_kv_str(&pk, "processor", "100% CPU");
+                proto_pack_kv_i64(&pk, "expires_at", -1);
         } else if (streq(m->name, "Show")) {
                 if (streq_ptr(model, "nope")) {
                         reply_error(fd, sb, id, ENOENT, "model 'nope' not found");
@@ -167,7 +169,7 @@ static bool serve(int fd, ProtoReader *rd, ProtoMessage *m, msgpack_sbuffer *sb)
         } else if (streq(m->name, "Create")) {
                 /* Checks what qctl sends: the model file as descriptor 0, or a name. */
                 char head[5] = "";
-                uint64_t idx = (uint64_t)result_int(m->params, "file", -1);
+                uint64_t idx = (uint64_t)result_int(m->params, "gguf", -1);
                 _cleanup_free_ char *from = obj_str(m->params, "from");
                 _cleanup_free_ char *system = obj_str(m->params, "system");
                 if (idx == 0) {
@@ -246,14 +248,15 @@ static bool serve(int fd, ProtoReader *rd, ProtoMessage *m, msgpack_sbuffer *sb)
                 token_event(fd, sb, id, echo);
                 proto_packer_init(&pk, sb);
                 proto_pack_response_begin(&pk, id);
-                msgpack_pack_map(&pk, 7);
+                msgpack_pack_map(&pk, 8);
                 proto_pack_kv_bool(&pk, "done", true);
-                proto_pack_kv_i64(&pk, "total_duration", 5047924316);
-                proto_pack_kv_i64(&pk, "load_duration", 12345678);
+                proto_pack_kv_str(&pk, "response", "(the whole answer, which qctl does not print twice)");
+                proto_pack_kv_i64(&pk, "total_duration_ns", 5047924316);
+                proto_pack_kv_i64(&pk, "load_duration_ns", 12345678);
                 proto_pack_kv_i64(&pk, "prompt_eval_count", 26);
-                proto_pack_kv_i64(&pk, "prompt_eval_duration", 130000000);
+                proto_pack_kv_i64(&pk, "prompt_eval_duration_ns", 130000000);
                 proto_pack_kv_i64(&pk, "eval_count", 290);
-                proto_pack_kv_i64(&pk, "eval_duration", 4709313000);
+                proto_pack_kv_i64(&pk, "eval_duration_ns", 4709313000);
         } else if (streq(m->name, "Copy") || streq(m->name, "Delete") || streq(m->name, "Unload")) {
                 _cleanup_free_ char *source = obj_str(m->params, "source");
                 if (streq_ptr(model, "nope") || streq_ptr(source, "nope")) {
@@ -555,7 +558,7 @@ static void test_create_checks(void **state) {
         assert_string_equal(model, "mine");
         assert_string_equal(system, "hi");
         assert_string_equal(quant, "q4_K_M");
-        assert_int_equal(result_int(&o, "file", -1), 0);
+        assert_int_equal(result_int(&o, "gguf", -1), 0);
         assert_null(proto_map_get(&o, "from"));
         assert_int_equal(result_array(result_map(&o, "parameters"), "stop")->via.array.size, 2);
         assert_int_equal(result_array(&o, "messages")->via.array.size, 1);
