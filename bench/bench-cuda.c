@@ -245,6 +245,7 @@ static int run_kernels(void) {
         if ((r = cuda_fill_random(NULL, &xm, 7, 1.0f)) < 0 ||
             (r = cuda_quantize_q8(NULL, x, 11008, 1, &xq)) < 0)
                 goto out;
+        const CudaMvInput in = {x, &xq};
         printf("%-6s %-12s %10s %10s\n", "type", "cols x rows", "us/call", "GB/s");
         for (size_t t = 0; t < ELEMENTSOF(types); t++)
                 for (size_t d = 0; d < ELEMENTSOF(dims); d++) {
@@ -271,7 +272,7 @@ static int run_kernels(void) {
                                                 goto out;
                                         t0 = now_ns();
                                 }
-                                if ((r = cuda_matvec(NULL, &w[i % n], 1, x, &xq, &y, CUDA_MV_STORE)) < 0)
+                                if ((r = cuda_matvec(NULL, &w[i % n], 1, &in, &y, CUDA_MV_STORE)) < 0)
                                         goto out;
                         }
                         if ((r = cuda_sync(NULL)) < 0)

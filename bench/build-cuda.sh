@@ -22,7 +22,8 @@ nvflags="-O2 -g -lineinfo -gencode=arch=compute_90,code=[sm_90,compute_90] -Xcom
 pids=""
 for f in "$src"/common/*.c "$src"/engine/*.c; do
         case "$f" in */gguf-dump.c) continue ;; esac
-        grep -q pcre2 "$f" && continue # the tokenizers need PCRE2, which the kernels do not
+        # Files that need the daemon's libraries (PCRE2, msgpack, ...) are not needed by the kernels.
+        grep -qE '#include <(pcre2|msgpack|systemd/|json-c|curl/|archive|histedit|editline|openssl/)' "$f" && continue
         cc $cflags -c "$f" -o "$out/obj/$(basename "$f").o" & pids="$pids $!"
 done
 for f in "$src"/engine/cuda/*.cu; do

@@ -32,8 +32,8 @@ struct CudaLlama {
 
         /* Decode scratch. */
         float *x;        /* (n_embd) residual stream */
-        float *xn;       /* (max(n_embd, n_ff)) normalized input, float, for float weights */
-        CudaQ8 xq;       /* (max(n_embd, n_ff)) 8-bit input for quantized weights */
+        float *xn;       /* (n_embd) normalized, for float weights */
+        CudaQ8 xq;       /* (max(n_embd, n_ff, nq)) 8-bit input of the next product */
         float *qkv;      /* (nq + 2 nk) */
         float *att;      /* (nq) */
         CudaQ8 attq;     /* (nq) */
@@ -86,7 +86,6 @@ static int alloc(void **p, size_t size) {
 
 extern "C" int cuda_llama_new(int device, const CudaLlamaConfig *c, CudaLlama **ret) {
         const uint32_t nq = c->n_head * c->head_dim, nk = c->n_head_kv * c->head_dim;
-        const uint32_t nmax = c->n_embd > c->n_ff ? c->n_embd : c->n_ff;
         CudaLlama *m;
         int r;
 
@@ -109,12 +108,14 @@ extern "C" int cuda_llama_new(int device, const CudaLlamaConfig *c, CudaLlama **
                 free(m);
                 return -EIO;
         }
-        size_t nq8 = (nmax > nq ? nmax : nq);
+        size_t nmax = c->n_embd > c->n_ff ? c->n_embd : c->n_ff;
+        if (nq > nmax)
+                nmax = nq;
         if ((r = cuda_blas_new(m->stream, &m->blas)) < 0 || (r = alloc((void **)&m->x, c->n_embd * 4)) < 0 ||
-            (r = alloc((void **)&m->xn, nmax * 4)) < 0 || (r = alloc((void **)&m->xq.qs, nq8)) < 0 ||
-            (r = alloc((void **)&m->xq.ds, nq8 / 32 * 8 + 8)) < 0 ||
+            (r = alloc((void **)&m->xn, c->n_embd * 4)) < 0 || (r = alloc((void **)&m->xq.qs, nmax)) < 0 ||
+            (r = alloc((void **)&m->xq.ds, nmax / 32 * 8 + 8)) < 0 || (r = alloc((void **)&m->attq.qs, nq)) < 0 ||
+            (r = alloc((void **)&m->attq.ds, nq / 32 * 8 + 8)) < 0 ||
             (r = alloc((void **)&m->qkv, (nq + 2 * nk) * 4)) < 0 || (r = alloc((void **)&m->att, nq * 4)) < 0 ||
-            (r = alloc((void **)&m->attq.qs, nq)) < 0 || (r = alloc((void **)&m->attq.ds, nq / 32 * 8 + 8)) < 0 ||
             (r = alloc((void **)&m->h, c->n_ff * 4)) < 0 || (r = alloc((void **)&m->logits, c->n_vocab * 4)) < 0 ||
             (r = alloc((void **)&m->tok, 4)) < 0) {
                 cuda_llama_free(m);
@@ -132,9 +133,9 @@ extern "C" CudaLlama *cuda_llama_free(CudaLlama *m) {
                 (void)cudaStreamSynchronize(m->stream);
         for (size_t i = 0; i < 3 + (size_t)m->c.n_layer * 9; i++)
                 cuda_free((void *)m->w[i].data);
-        void *bufs[] = {m->x,     m->xn,     m->xq.qs,  m->xq.ds, m->qkv,   m->att,   m->attq.qs, m->attq.ds,
-                        m->h,     m->logits, m->tok,    m->pf_tok, m->pf_x, m->pf_xn, m->pf_qkv,  m->pf_att,
-                        m->pf_gu, m->pf_w};
+        void *bufs[] = {m->x,      m->xn,     m->xq.qs,   m->xq.ds,   m->qkv,    m->att,  m->attq.qs,
+                        m->attq.ds, m->h,     m->logits,  m->tok,     m->pf_tok, m->pf_x, m->pf_xn,
+                        m->pf_qkv,  m->pf_att, m->pf_gu,  m->pf_w};
         for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
                 cuda_free(bufs[i]);
         cuda_blas_free(m->blas);
@@ -317,6 +318,10 @@ extern "C" uint32_t cuda_kv_pos(const CudaKv *kv) {
         return kv->pos;
 }
 
+static bool is_float_type(uint32_t t) {
+        return t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16;
+}
+
 #define TRY(x)                                                                                                  \
         do {                                                                                                    \
                 int r_ = (x);                                                                                   \
@@ -324,16 +329,13 @@ extern "C" uint32_t cuda_kv_pos(const CudaKv *kv) {
                         return r_;                                                                              \
         } while (0)
 
-static bool is_float_type(uint32_t t) {
-        return t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16;
-}
-
 /* Q, K and V of a layer in as few launches as their types allow (all three share n_cols). */
 static int decode_qkv(CudaLlama *m, uint32_t l) {
         const uint32_t nq = m->c.n_head * m->c.head_dim, nk = m->c.n_head_kv * m->c.head_dim;
         CudaMatrix ws[3] = {*weight(m, CUDA_W_Q, l), *weight(m, CUDA_W_K, l), *weight(m, CUDA_W_V, l)};
         float *ys[3] = {m->qkv, m->qkv + nq, m->qkv + nq + nk};
         bool done[3] = {false, false, false};
+        const CudaMvInput in = {m->xn, &m->xq};
 
         for (int i = 0; i < 3; i++) {
                 if (done[i])
@@ -347,12 +349,15 @@ static int decode_qkv(CudaLlama *m, uint32_t l) {
                                 gy[n++] = ys[j];
                                 done[j] = true;
                         }
-                TRY(cuda_matvec(m->stream, g, n, m->xn, &m->xq, gy, CUDA_MV_STORE));
+                TRY(cuda_matvec(m->stream, g, n, &in, gy, CUDA_MV_STORE));
         }
         return 0;
 }
 
-/* One token through layers [l0, l1) on m->x; the token's position is *kv->d_pos. */
+/* One token through layers [l0, l1) on m->x; the token's position is *kv->d_pos. Eight launches a layer (nine
+ * when V's type differs from Q's): RMSNorm + 8-bit quantization, Q/K/V, attention with RoPE and the KV store
+ * fused (its output quantized by the merging block), the output projection adding into the residual,
+ * RMSNorm + quantization, gate and up with SwiGLU, quantization, the down projection adding in. */
 static int decode_layers(CudaLlama *m, CudaKv *kv, uint32_t l0, uint32_t l1) {
         const CudaLlamaConfig *c = &m->c;
         const CudaAttnShape a = attn_shape(m, kv->n_ctx);
@@ -362,31 +367,28 @@ static int decode_layers(CudaLlama *m, CudaKv *kv, uint32_t l0, uint32_t l1) {
         for (uint32_t l = l0; l < l1; l++) {
                 const CudaMatrix *o = weight(m, CUDA_W_O, l), *down = weight(m, CUDA_W_DOWN, l);
                 CudaMatrix gu[2] = {*weight(m, CUDA_W_GATE, l), *weight(m, CUDA_W_UP, l)};
+                const CudaMvInput in_att = {m->att, &m->attq}, in_x = {m->xn, &m->xq}, in_h = {m->h, &m->xq};
                 float *y;
 
                 TRY(cuda_rmsnorm(m->stream, m->x, (const float *)weight(m, CUDA_W_ATTN_NORM, l)->data, c->n_embd,
                                  1, c->norm_eps, m->xn, NULL, &m->xq));
                 TRY(decode_qkv(m, l));
-                TRY(cuda_rope_store(m->stream, &a, m->qkv, 0, 1, kv->d_pos, kv->k + l * kv_layer,
-                                    kv->v + l * kv_layer));
-                TRY(cuda_attn_decode(m->stream, &a, m->qkv, kv->d_pos, kv->k + l * kv_layer,
-                                     kv->v + l * kv_layer, kv->attn_scratch, m->att, att_q ? &m->attq : NULL));
+                TRY(cuda_attn_decode(m->stream, &a, m->qkv, kv->d_pos, kv->k + l * kv_layer, kv->v + l * kv_layer,
+                                     kv->attn_scratch, m->att, att_q ? &m->attq : NULL));
                 if (!att_q && !is_float_type(o->type))
                         TRY(cuda_quantize_q8(m->stream, m->att, o->n_cols, 1, &m->attq));
                 y = m->x;
-                TRY(cuda_matvec(m->stream, o, 1, m->att, &m->attq, &y, CUDA_MV_ADD));
+                TRY(cuda_matvec(m->stream, o, 1, &in_att, &y, CUDA_MV_ADD));
                 TRY(cuda_rmsnorm(m->stream, m->x, (const float *)weight(m, CUDA_W_FFN_NORM, l)->data, c->n_embd,
                                  1, c->norm_eps, m->xn, NULL, &m->xq));
-                if (gu[0].type == gu[1].type) {
-                        y = m->h;
-                        TRY(cuda_matvec(m->stream, gu, 2, m->xn, &m->xq, &y, CUDA_MV_SWIGLU));
-                } else {
+                if (gu[0].type != gu[1].type)
                         return -EOPNOTSUPP; /* no quantization mix gives gate and up different types */
-                }
+                y = m->h;
+                TRY(cuda_matvec(m->stream, gu, 2, &in_x, &y, CUDA_MV_SWIGLU));
                 if (!is_float_type(down->type))
                         TRY(cuda_quantize_q8(m->stream, m->h, c->n_ff, 1, &m->xq));
                 y = m->x;
-                TRY(cuda_matvec(m->stream, down, 1, m->h, &m->xq, &y, CUDA_MV_ADD));
+                TRY(cuda_matvec(m->stream, down, 1, &in_h, &y, CUDA_MV_ADD));
         }
         return 0;
 }
@@ -394,13 +396,14 @@ static int decode_layers(CudaLlama *m, CudaKv *kv, uint32_t l0, uint32_t l1) {
 /* The whole decode step: embedding of *m->tok, all layers, logits, and the argmax that feeds the next. */
 static int decode_step(CudaLlama *m, CudaKv *kv) {
         const CudaLlamaConfig *c = &m->c;
+        const CudaMvInput in = {m->xn, &m->xq};
         float *y = m->logits;
 
         TRY(cuda_get_rows(m->stream, weight(m, CUDA_W_TOKEN_EMBD, 0), m->tok, 1, m->x));
         TRY(decode_layers(m, kv, 0, c->n_layer));
         TRY(cuda_rmsnorm(m->stream, m->x, (const float *)weight(m, CUDA_W_OUTPUT_NORM, 0)->data, c->n_embd, 1,
                          c->norm_eps, m->xn, NULL, &m->xq));
-        TRY(cuda_matvec(m->stream, weight(m, CUDA_W_OUTPUT, 0), 1, m->xn, &m->xq, &y, CUDA_MV_STORE));
+        TRY(cuda_matvec(m->stream, weight(m, CUDA_W_OUTPUT, 0), 1, &in, &y, CUDA_MV_STORE));
         TRY(cuda_argmax(m->stream, m->logits, c->n_vocab, m->tok, kv->d_pos, kv->hist, kv->n_ctx + 1));
         return 0;
 }
@@ -531,12 +534,12 @@ extern "C" int cuda_llama_forward(CudaLlama *m, CudaKv *kv, const int32_t *token
                         float *y = m->logits;
                         CU_TRY(cudaMemcpyAsync(m->pf_tok, tokens + t0, n * 4, cudaMemcpyHostToDevice, m->stream));
                         TRY(cuda_get_rows(m->stream, weight(m, CUDA_W_TOKEN_EMBD, 0), m->pf_tok, n, m->pf_x));
+                        const CudaMvInput in = {m->xn, &m->xq};
                         TRY(prefill_layers(m, kv, n, 0, c->n_layer));
                         TRY(cuda_rmsnorm(m->stream, m->pf_x + (size_t)(n - 1) * c->n_embd,
                                          (const float *)weight(m, CUDA_W_OUTPUT_NORM, 0)->data, c->n_embd, 1,
                                          c->norm_eps, m->xn, NULL, &m->xq));
-                        TRY(cuda_matvec(m->stream, weight(m, CUDA_W_OUTPUT, 0), 1, m->xn, &m->xq, &y,
-                                        CUDA_MV_STORE));
+                        TRY(cuda_matvec(m->stream, weight(m, CUDA_W_OUTPUT, 0), 1, &in, &y, CUDA_MV_STORE));
                         TRY(set_pos(kv, kv->pos + n));
                 }
         }

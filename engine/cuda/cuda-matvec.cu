@@ -4,13 +4,15 @@
  *
  * DESIGN
  * Decoding one token reads every weight once and does two operations per weight, so the kernels are
- * limited by memory bandwidth and by the instructions spent per weight byte. One warp owns one output row
- * (two for SwiGLU: the gate row and the up row, sharing the activations). It streams the row through its own
- * slice of shared memory with 16-byte cp.async copies, several chunks ahead, which needs neither the block
- * size nor the block alignment to suit wide loads (Q4_0 blocks are 18 bytes, Q6_K 210). A chunk holds 32
- * blocks of 32 elements (one block per lane) or 8 blocks of 256 (four lanes per block), and is a multiple of
- * 16 bytes for every type. The lanes then decode their blocks from shared memory and take integer dot
- * products (dp4a) with the activations, which were quantized to 8 bits per 32 once for all rows.
+ * limited by memory bandwidth and by the instructions spent per weight byte. A persistent grid (a few blocks
+ * per multiprocessor); each warp owns rows gw, gw + all warps, ... (two matrices' rows at once for SwiGLU:
+ * the gate row and the up row, sharing the activations). It streams its rows through its own slice of
+ * shared memory with 16-byte cp.async copies, several chunks ahead and across row boundaries, which needs
+ * neither the block size nor the block alignment to suit wide loads (Q4_0 blocks are 18 bytes, Q6_K 210).
+ * A chunk holds 32 blocks of 32 elements (one block per lane) or 8 blocks of 256 (four lanes per block),
+ * and is a multiple of 16 bytes for every type. The lanes decode their blocks from shared memory and take
+ * integer dot products (dp4a) with the activations, quantized to 8 bits per 32 once for all rows (by the
+ * RMSNorm kernel or cuda_quantize_q8()) and read through L1.
  *
  * The kernels are launched with programmatic dependent launch: the first chunks of weights are requested
  * before griddepcontrol.wait, so that the stream of weights starts while the kernel that produces the
@@ -22,16 +24,18 @@
 
 #include "cuda-quant.cuh"
 
-#define MV_WARPS 4 /* warps per block; each has its own shared-memory stages */
+#define MV_WARPS 8           /* warps per block */
+#define MV_STAGE_BYTES 6144  /* shared memory per warp for streaming weights */
+#define MV_BLOCKS_PER_SM 3   /* persistent grid of this many blocks per multiprocessor */
 
-/* Chunk geometry of a quantized type. */
-template <int T> struct Chunk {
+/* Chunk geometry of a quantized type, for NR rows streamed side by side. */
+template <int T, int NR> struct Chunk {
         enum {
                 LANES_PER_BLOCK = Tr<T>::QK == 256 ? 4 : 1,
                 BLOCKS = 32 / LANES_PER_BLOCK,
                 BYTES = BLOCKS * Tr<T>::BYTES,
                 UNITS = BYTES / 16,
-                STAGES = BYTES <= 800 ? 6 : BYTES <= 1200 ? 4 : 3,
+                STAGES = MV_STAGE_BYTES / NR / BYTES > 3 ? MV_STAGE_BYTES / NR / BYTES : 3,
         };
         static_assert(BYTES % 16 == 0, "chunk must be whole 16-byte units");
 };
@@ -55,17 +59,17 @@ struct MvArgs {
         float *y[3];
         uint32_t rows[3];  /* rows of each matrix; for SwiGLU rows[0] == rows[1] */
         uint32_t n_cols;
-        uint32_t n_rows;   /* rows (warps) in all */
-        const int8_t *aq;
+        uint32_t n_rows;   /* rows in all */
+        const int8_t *aq;  /* 8-bit input, for quantized weights */
         const float2 *ads;
-        const float *x;
+        const float *x;    /* float input, for float weights */
 };
 
 __device__ __forceinline__ float silu(float g) {
         return g / (1.0f + __expf(-g));
 }
 
-/* Finds which matrix warp row r belongs to: its rows (NR of them) and output. Selected with constant
+/* Resolves row r of the concatenated matrices: its NR weight rows and its output. Selected with constant
  * indices, so that the kernel parameters stay in the constant bank rather than being copied to the stack. */
 template <int NR>
 __device__ __forceinline__ void mv_job(const MvArgs &a, uint32_t *r, const uint8_t **row, float **y) {
@@ -87,29 +91,50 @@ __device__ __forceinline__ void mv_job(const MvArgs &a, uint32_t *r, const uint8
                 row[NR - 1] = a.w[1] + (size_t)*r * a.stride[1];
 }
 
-/* NR rows per warp: 1, or 2 for SwiGLU (w[0] gate and w[1] up, same row index). */
-template <int T, int NR, int EPI> __global__ void __launch_bounds__(MV_WARPS * 32) mv_quant(const MvArgs a) {
-        typedef Chunk<T> C;
+__device__ __forceinline__ void mv_store(const MvArgs &a, uint32_t r, int epi, const float *acc, int nr) {
+        const uint8_t *row[2];
+        float *y;
+
+        if (nr == 2)
+                mv_job<2>(a, &r, row, &y);
+        else
+                mv_job<1>(a, &r, row, &y);
+        if (epi == CUDA_MV_STORE)
+                y[r] = acc[0];
+        else if (epi == CUDA_MV_ADD)
+                y[r] += acc[0];
+        else
+                y[r] = silu(acc[0]) * acc[nr - 1];
+}
+
+/*
+ * Quantized weights. A persistent grid: warp gw takes rows gw, gw + total warps, ...; its rows' chunks form
+ * one stream through STAGES shared-memory buffers per warp, so the loads for the next row are in flight
+ * while the current one finishes. The 8-bit input is read from global memory (it stays in L1).
+ */
+template <int T, int NR, int EPI>
+__global__ void __launch_bounds__(MV_WARPS * 32, MV_BLOCKS_PER_SM) mv_quant(const MvArgs a) {
+        typedef Chunk<T, NR> C;
         extern __shared__ __align__(16) uint8_t smem[];
         const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-        uint32_t r = blockIdx.x * MV_WARPS + wid;
+        const uint32_t gw = blockIdx.x * MV_WARPS + wid, tw = gridDim.x * MV_WARPS;
+        const int8_t *xq = a.aq;
+        const float2 *xd = a.ads;
         uint8_t *stage = smem + (size_t)wid * C::STAGES * NR * C::BYTES;
-
-        grid_dep_launch();
-        if (r >= a.n_rows) {
-                grid_dep_wait();
-                return;
-        }
-        const uint8_t *row[NR];
-        float *y;
-        mv_job<NR>(a, &r, row, &y);
         const uint32_t n_blocks = a.n_cols / Tr<T>::QK;
         const uint32_t n_chunks = (n_blocks + C::BLOCKS - 1) / C::BLOCKS;
         const uint32_t row_units = (n_blocks * Tr<T>::BYTES + 15) / 16;
+        const uint32_t my_rows = gw < a.n_rows ? (a.n_rows - gw + tw - 1) / tw : 0;
+        const uint32_t n_items = my_rows * n_chunks;
 
-        auto issue = [&](uint32_t c) {
-                if (c < n_chunks) {
-                        uint8_t *dst = stage + (c % C::STAGES) * NR * C::BYTES;
+        grid_dep_launch();
+        auto issue = [&](uint32_t s) {
+                if (s < n_items) {
+                        uint32_t k = s / n_chunks, c = s - k * n_chunks, r = gw + k * tw;
+                        const uint8_t *row[2];
+                        float *y;
+                        mv_job<NR>(a, &r, row, &y);
+                        uint8_t *dst = stage + (s % C::STAGES) * NR * C::BYTES;
 #pragma unroll
                         for (int i = 0; i < NR; i++)
                                 for (uint32_t u = lane; u < C::UNITS; u += 32)
@@ -120,45 +145,45 @@ template <int T, int NR, int EPI> __global__ void __launch_bounds__(MV_WARPS * 3
                 cp_async_commit();
         };
 
+        /* Weights do not depend on the kernel before: start streaming them before waiting for it. */
 #pragma unroll
-        for (int c = 0; c < C::STAGES - 1; c++)
-                issue(c);
-        grid_dep_wait(); /* the activations are written by the kernel before */
+        for (int s = 0; s < C::STAGES - 1; s++)
+                issue(s);
+        grid_dep_wait();
 
         float acc[NR];
 #pragma unroll
         for (int i = 0; i < NR; i++)
                 acc[i] = 0.0f;
         const int bl = lane / C::LANES_PER_BLOCK, part = lane % C::LANES_PER_BLOCK;
-        for (uint32_t c = 0; c < n_chunks; c++) {
-                issue(c + C::STAGES - 1);
+        for (uint32_t s = 0; s < n_items; s++) {
+                issue(s + C::STAGES - 1);
                 cp_async_wait<C::STAGES - 1>();
                 __syncwarp();
-                uint32_t b = c * C::BLOCKS + bl;
+                uint32_t k = s / n_chunks, c = s - k * n_chunks, b = c * C::BLOCKS + bl;
                 if (b < n_blocks) {
-                        const uint8_t *src = stage + (c % C::STAGES) * NR * C::BYTES + bl * Tr<T>::BYTES;
-                        const int8_t *aq = a.aq + (size_t)b * Tr<T>::QK;
-                        const float2 *ads = a.ads + (size_t)b * (Tr<T>::QK / 32);
+                        const uint8_t *src = stage + (s % C::STAGES) * NR * C::BYTES + bl * Tr<T>::BYTES;
 #pragma unroll
                         for (int i = 0; i < NR; i++)
-                                acc[i] += lane_dot<T>(src + i * C::BYTES, part, aq, ads);
+                                acc[i] += lane_dot<T>(src + i * C::BYTES, part, xq + (size_t)b * Tr<T>::QK,
+                                                      xd + (size_t)b * (Tr<T>::QK / 32));
                 }
                 __syncwarp();
-        }
+                if (c == n_chunks - 1) {
 #pragma unroll
-        for (int i = 0; i < NR; i++)
-                acc[i] = warp_sum(acc[i]);
-        if (lane == 0) {
-                if (EPI == CUDA_MV_STORE)
-                        y[r] = acc[0];
-                else if (EPI == CUDA_MV_ADD)
-                        y[r] += acc[0];
-                else
-                        y[r] = silu(acc[0]) * acc[NR - 1];
+                        for (int i = 0; i < NR; i++)
+                                acc[i] = warp_sum(acc[i]);
+                        if (lane == 0)
+                                mv_store(a, gw + k * tw, EPI, acc, NR);
+#pragma unroll
+                        for (int i = 0; i < NR; i++)
+                                acc[i] = 0.0f;
+                }
         }
 }
 
-/* Float weights: 16 bytes per lane per step, straight from global memory. */
+/* Float weights: 16 bytes per lane per step straight from global memory, MVF_UNROLL steps in flight, with
+ * float inputs. */
 template <int T> struct FloatVec;
 template <> struct FloatVec<GGML_TYPE_F32> {
         enum { N = 4 };
@@ -192,100 +217,125 @@ template <> struct FloatVec<GGML_TYPE_BF16> {
 
 #define MVF_UNROLL 4
 
-template <int T, int NR, int EPI> __global__ void __launch_bounds__(MV_WARPS * 32) mv_float(const MvArgs a) {
+template <int T, int NR, int EPI>
+__global__ void __launch_bounds__(MV_WARPS * 32, MV_BLOCKS_PER_SM) mv_float(const MvArgs a) {
         typedef FloatVec<T> V;
+        const float *xs = a.x;
         const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-        uint32_t r = blockIdx.x * MV_WARPS + wid;
+        const uint32_t gw = blockIdx.x * MV_WARPS + wid, tw = gridDim.x * MV_WARPS;
+        const uint32_t n_vec = a.n_cols / V::N;
+        uint4 wv[MVF_UNROLL][NR];
+        bool first = true;
 
         grid_dep_launch();
-        if (r >= a.n_rows) {
-                grid_dep_wait();
-                return;
-        }
-        const uint8_t *rowb[NR];
-        const uint4 *row[NR];
-        float *y;
-        mv_job<NR>(a, &r, rowb, &y);
+        for (uint32_t r0 = gw; r0 < a.n_rows || first; r0 += tw) {
+                const uint8_t *rowb[2];
+                const uint4 *row[NR];
+                float *y;
+                uint32_t r = r0;
+                bool have = r0 < a.n_rows;
+                if (have) {
+                        mv_job<NR>(a, &r, rowb, &y);
 #pragma unroll
-        for (int i = 0; i < NR; i++)
-                row[i] = (const uint4 *)rowb[i];
-        const uint32_t n_vec = a.n_cols / V::N;
-        float acc[NR];
-        uint4 wv[MVF_UNROLL][NR];
-
+                        for (int i = 0; i < NR; i++)
+                                row[i] = (const uint4 *)rowb[i];
 #pragma unroll
-        for (int i = 0; i < NR; i++)
-                acc[i] = 0.0f;
-        /* The first vectors load before the wait: weights do not depend on the kernel before. */
-#pragma unroll
-        for (int u = 0; u < MVF_UNROLL; u++)
-#pragma unroll
-                for (int i = 0; i < NR; i++)
-                        if (lane + 32 * u < n_vec)
-                                wv[u][i] = row[i][lane + 32 * u];
-        grid_dep_wait();
-        for (uint32_t v0 = 0; v0 < n_vec; v0 += 32 * MVF_UNROLL) {
-#pragma unroll
-                for (int u = 0; u < MVF_UNROLL; u++) {
-                        uint32_t v = v0 + lane + 32 * u;
-                        if (v < n_vec) {
-                                const float4 *xv = (const float4 *)(a.x + (size_t)v * V::N);
-                                float xf[V::N], wf[V::N];
-#pragma unroll
-                                for (int k = 0; k < V::N / 4; k++) {
-                                        float4 t = xv[k];
-                                        xf[4 * k] = t.x, xf[4 * k + 1] = t.y, xf[4 * k + 2] = t.z,
-                                                   xf[4 * k + 3] = t.w;
-                                }
-#pragma unroll
-                                for (int i = 0; i < NR; i++) {
-                                        V::cvt(wv[u][i], wf);
-#pragma unroll
-                                        for (int k = 0; k < V::N; k++)
-                                                acc[i] = fmaf(wf[k], xf[k], acc[i]);
-                                }
-                        }
-                        uint32_t vn = v + 32 * MVF_UNROLL;
-                        if (vn < n_vec)
+                        for (int u = 0; u < MVF_UNROLL; u++)
 #pragma unroll
                                 for (int i = 0; i < NR; i++)
-                                        wv[u][i] = row[i][vn];
+                                        if (lane + 32 * u < n_vec)
+                                                wv[u][i] = row[i][lane + 32 * u];
                 }
-        }
-        /* Columns past the last whole vector (n_cols not a multiple of V::N). */
-        for (uint32_t c = n_vec * V::N + lane; c < a.n_cols; c += 32)
+                if (first) {
+                        /* The first row's weights are on their way; now wait for the input. */
+                        grid_dep_wait();
+                        first = false;
+                }
+                if (!have)
+                        break;
+                float acc[NR];
 #pragma unroll
                 for (int i = 0; i < NR; i++)
-                        acc[i] += dq_elem<T>((const uint8_t *)row[i], c) * a.x[c];
+                        acc[i] = 0.0f;
+                for (uint32_t v0 = 0; v0 < n_vec; v0 += 32 * MVF_UNROLL) {
 #pragma unroll
-        for (int i = 0; i < NR; i++)
-                acc[i] = warp_sum(acc[i]);
-        if (lane == 0) {
-                if (EPI == CUDA_MV_STORE)
-                        y[r] = acc[0];
-                else if (EPI == CUDA_MV_ADD)
-                        y[r] += acc[0];
-                else
-                        y[r] = silu(acc[0]) * acc[NR - 1];
+                        for (int u = 0; u < MVF_UNROLL; u++) {
+                                uint32_t v = v0 + lane + 32 * u;
+                                if (v < n_vec) {
+                                        float xf[V::N], wf[V::N];
+#pragma unroll
+                                        for (int k = 0; k < V::N / 4; k++) {
+                                                float4 t = ((const float4 *)xs)[(size_t)v * (V::N / 4) + k];
+                                                xf[4 * k] = t.x, xf[4 * k + 1] = t.y;
+                                                xf[4 * k + 2] = t.z, xf[4 * k + 3] = t.w;
+                                        }
+#pragma unroll
+                                        for (int i = 0; i < NR; i++) {
+                                                V::cvt(wv[u][i], wf);
+#pragma unroll
+                                                for (int k = 0; k < V::N; k++)
+                                                        acc[i] = fmaf(wf[k], xf[k], acc[i]);
+                                        }
+                                }
+                                uint32_t vn = v + 32 * MVF_UNROLL;
+                                if (vn < n_vec)
+#pragma unroll
+                                        for (int i = 0; i < NR; i++)
+                                                wv[u][i] = row[i][vn];
+                        }
+                }
+                /* Columns past the last whole vector (n_cols not a multiple of V::N). */
+                for (uint32_t c = n_vec * V::N + lane; c < a.n_cols; c += 32)
+#pragma unroll
+                        for (int i = 0; i < NR; i++)
+                                acc[i] += dq_elem<T>((const uint8_t *)row[i], c) * xs[c];
+#pragma unroll
+                for (int i = 0; i < NR; i++)
+                        acc[i] = warp_sum(acc[i]);
+                if (lane == 0)
+                        mv_store(a, r0, EPI, acc, NR);
         }
 }
 
 /* ---- host side ---- */
 
-template <int T, int NR, int EPI> static int mv_launch_quant(CudaStream s, const MvArgs &a) {
-        typedef Chunk<T> C;
-        size_t smem = (size_t)MV_WARPS * C::STAGES * NR * C::BYTES;
-        dim3 grid((a.n_rows + MV_WARPS - 1) / MV_WARPS);
+static int sm_count(void) {
+        static int n[64];
+        int dev = 0;
 
-        CU_TRY(launch_pdl(mv_quant<T, NR, EPI>, grid, dim3(MV_WARPS * 32), smem, s, a));
+        if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64)
+                return 132;
+        if (!n[dev] && cudaDeviceGetAttribute(&n[dev], cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+                n[dev] = 132;
+        return n[dev];
+}
+
+static dim3 mv_grid(uint32_t n_rows) {
+        uint32_t want = (n_rows + MV_WARPS - 1) / MV_WARPS, most = (uint32_t)sm_count() * MV_BLOCKS_PER_SM;
+
+        return dim3(want < most ? want : most);
+}
+
+template <typename K> static int mv_launch(K kernel, CudaStream s, const MvArgs &a, size_t smem) {
+        if (smem > 48 * 1024)
+                CU_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CU_TRY(launch_pdl(kernel, mv_grid(a.n_rows), dim3(MV_WARPS * 32), smem, s, a));
         return 0;
 }
 
-template <int T, int NR, int EPI> static int mv_launch_float(CudaStream s, const MvArgs &a) {
-        dim3 grid((a.n_rows + MV_WARPS - 1) / MV_WARPS);
+template <int T, int NR, int EPI> static int mv_launch_quant(CudaStream s, const MvArgs &a) {
+        typedef Chunk<T, NR> C;
+        size_t smem = (size_t)MV_WARPS * C::STAGES * NR * C::BYTES;
 
-        CU_TRY(launch_pdl(mv_float<T, NR, EPI>, grid, dim3(MV_WARPS * 32), 0, s, a));
-        return 0;
+        if (!a.aq)
+                return -EINVAL;
+        return mv_launch(mv_quant<T, NR, EPI>, s, a, smem);
+}
+
+template <int T, int NR, int EPI> static int mv_launch_float(CudaStream s, const MvArgs &a) {
+        if (!a.x)
+                return -EINVAL;
+        return mv_launch(mv_float<T, NR, EPI>, s, a, 0);
 }
 
 template <int NR, int EPI> static int mv_dispatch(CudaStream s, uint32_t type, const MvArgs &a) {
@@ -355,11 +405,11 @@ extern "C" int cuda_row_stride(uint32_t type, uint32_t n_cols, size_t *ret) {
         return 0;
 }
 
-extern "C" int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, const float *x, const CudaQ8 *xq,
+extern "C" int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInput *in,
                            float *const *y, CudaMvEpilogue epi) {
         MvArgs a = {};
 
-        if (n_w < 1 || n_w > 3 || (epi == CUDA_MV_SWIGLU && n_w != 2))
+        if (n_w < 1 || n_w > 3 || (epi == CUDA_MV_SWIGLU && n_w != 2) || !in)
                 return -EINVAL;
         for (unsigned i = 0; i < n_w; i++) {
                 if (w[i].type != w[0].type || w[i].n_cols != w[0].n_cols ||
@@ -377,15 +427,12 @@ extern "C" int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, cons
                         return -EINVAL;
                 a.n_rows = w[0].n_rows;
         }
-        if (type_is_float(w[0].type)) {
-                if (!x)
-                        return -EINVAL;
-                a.x = x;
-        } else {
-                if (!xq || a.n_cols % 32 != 0)
-                        return -EINVAL;
-                a.aq = xq->qs;
-                a.ads = (const float2 *)xq->ds;
+        if (!type_is_float(w[0].type) && a.n_cols % 32 != 0)
+                return -EINVAL;
+        a.x = in->x;
+        if (in->xq) {
+                a.aq = in->xq->qs;
+                a.ads = (const float2 *)in->xq->ds;
         }
         switch (epi) {
         case CUDA_MV_STORE:

@@ -73,13 +73,19 @@ typedef enum CudaMvEpilogue {
         _CUDA_MV_EPILOGUE_MAX,
 } CudaMvEpilogue;
 
+/* The input vector of a matrix-vector product: quantized weights read it quantized to 8 bits (xq, from
+ * cuda_quantize_q8() or cuda_rmsnorm()), F32/F16/BF16 weights as floats (x). */
+typedef struct CudaMvInput {
+        const float *x;
+        const CudaQ8 *xq;
+} CudaMvInput;
+
 /*
  * Matrix-vector products for one token: n_w (1..3) matrices of one type and one n_cols, each into its own
- * y[i], in one launch. Quantized types read xq (8-bit activations); F32/F16/BF16 read x. For SWIGLU n_w is 2
- * and y[0] gets the result.
+ * y[i], in one launch. For SWIGLU n_w is 2 and y[0] gets the result.
  */
-int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, const float *x, const CudaQ8 *xq,
-                float *const *y, CudaMvEpilogue epi);
+int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInput *in, float *const *y,
+                CudaMvEpilogue epi);
 
 /* Quantizes n_rows rows of n floats (n a multiple of 32, rows contiguous) to 8 bits per 32. */
 int cuda_quantize_q8(CudaStream s, const float *x, uint32_t n, uint32_t n_rows, const CudaQ8 *ret);
@@ -119,15 +125,16 @@ int cuda_rope_store(CudaStream s, const CudaAttnShape *a, float *qkv, uint32_t s
                     const int32_t *pos, uint16_t *k_cache, uint16_t *v_cache);
 
 /*
- * Attention of one token (its q at q, position *pos already in the caches) over positions 0 .. *pos, split
- * along the sequence. out is (n_head * head_dim); outq (may be NULL) gets it in 8 bits when head_dim is a
- * multiple of 32. scratch comes from cuda_attn_scratch_size() and must start zeroed (cudaMemset once): the
- * kernel leaves it that way.
+ * Attention of one token at position *pos over positions 0 .. *pos, split along the sequence, with RoPE and
+ * the KV store fused: qkv holds the token's q, k and v as the projections give them (laid out as for
+ * cuda_rope_store()); the kernel rotates q and k, stores k and v into the caches at *pos and attends.
+ * out is (n_head * head_dim); outq (may be NULL; head_dim a multiple of 32) gets it in 8 bits. scratch
+ * comes from cuda_attn_scratch_size() and must start zeroed (cudaMemset once): the kernel leaves it that way.
+ * head_dim: a multiple of 8, at most 128.
  */
 size_t cuda_attn_scratch_size(const CudaAttnShape *a);
-int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const float *q, const int32_t *pos,
-                     const uint16_t *k_cache, const uint16_t *v_cache, void *scratch, float *out,
-                     const CudaQ8 *outq);
+int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const float *qkv, const int32_t *pos,
+                     uint16_t *k_cache, uint16_t *v_cache, void *scratch, float *out, const CudaQ8 *outq);
 
 /* Causal attention for n_tok tokens at positions *pos .. (their k and v already in the caches); q rows at
  * q + t * q_stride; out is (n_tok, n_head * head_dim). */
