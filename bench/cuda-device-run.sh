@@ -28,6 +28,7 @@ for spec in "$@"; do
                         /tmp/bc/bench-cuda --synthetic "${spec#ncu:}" --tg 2 --pp 0 --reps 1 >"$out/ncu.csv" 2>&1
                 python3 bench/cuda-ncu-summary.py "$out/ncu.csv" 4 | tee -a "$out/bench.log"
         else
-                timeout 300 /tmp/bc/bench-cuda --synthetic "$spec" 2>&1 | tee -a "$out/bench.log"
+                # shellcheck disable=SC2086 # a spec may carry more options, e.g. "llama2-7b:q4_0 --breakdown"
+                timeout 300 /tmp/bc/bench-cuda --synthetic $spec 2>&1 | tee -a "$out/bench.log"
         fi
 done

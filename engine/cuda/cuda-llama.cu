@@ -29,6 +29,7 @@ struct CudaLlama {
         CudaBlas *blas;
         CudaMatrix *w;  /* (3 + n_layer * 9): token_embd, output_norm, output, then per layer */
         uint64_t weight_bytes, step_bytes;
+        unsigned skip; /* CUDA_SKIP_* kernels left out of the decode graph, for timing only */
 
         /* Decode scratch. */
         float *x;        /* (n_embd) residual stream */
@@ -257,6 +258,10 @@ extern "C" int cuda_llama_set_weight(CudaLlama *m, CudaWeight w, uint32_t layer,
         return 0;
 }
 
+extern "C" void cuda_llama_set_skip(CudaLlama *m, unsigned mask) {
+        m->skip = mask;
+}
+
 extern "C" uint64_t cuda_llama_weight_bytes(const CudaLlama *m) {
         return m->weight_bytes;
 }
@@ -370,25 +375,34 @@ static int decode_layers(CudaLlama *m, CudaKv *kv, uint32_t l0, uint32_t l1) {
                 const CudaMvInput in_att = {m->att, &m->attq}, in_x = {m->xn, &m->xq}, in_h = {m->h, &m->xq};
                 float *y;
 
-                TRY(cuda_rmsnorm(m->stream, m->x, (const float *)weight(m, CUDA_W_ATTN_NORM, l)->data, c->n_embd,
-                                 1, c->norm_eps, m->xn, NULL, &m->xq));
-                TRY(decode_qkv(m, l));
-                TRY(cuda_attn_decode(m->stream, &a, m->qkv, kv->d_pos, kv->k + l * kv_layer, kv->v + l * kv_layer,
-                                     kv->attn_scratch, m->att, att_q ? &m->attq : NULL));
-                if (!att_q && !is_float_type(o->type))
+                const bool small = !(m->skip & CUDA_SKIP_SMALL), mv = !(m->skip & CUDA_SKIP_MATVEC);
+
+                if (small)
+                        TRY(cuda_rmsnorm(m->stream, m->x, (const float *)weight(m, CUDA_W_ATTN_NORM, l)->data,
+                                         c->n_embd, 1, c->norm_eps, m->xn, NULL, &m->xq));
+                if (mv)
+                        TRY(decode_qkv(m, l));
+                if (small)
+                        TRY(cuda_attn_decode(m->stream, &a, m->qkv, kv->d_pos, kv->k + l * kv_layer,
+                                             kv->v + l * kv_layer, kv->attn_scratch, m->att, att_q ? &m->attq : NULL));
+                if (small && !att_q && !is_float_type(o->type))
                         TRY(cuda_quantize_q8(m->stream, m->att, o->n_cols, 1, &m->attq));
                 y = m->x;
-                TRY(cuda_matvec(m->stream, o, 1, &in_att, &y, CUDA_MV_ADD));
-                TRY(cuda_rmsnorm(m->stream, m->x, (const float *)weight(m, CUDA_W_FFN_NORM, l)->data, c->n_embd,
-                                 1, c->norm_eps, m->xn, NULL, &m->xq));
+                if (mv)
+                        TRY(cuda_matvec(m->stream, o, 1, &in_att, &y, CUDA_MV_ADD));
+                if (small)
+                        TRY(cuda_rmsnorm(m->stream, m->x, (const float *)weight(m, CUDA_W_FFN_NORM, l)->data,
+                                         c->n_embd, 1, c->norm_eps, m->xn, NULL, &m->xq));
                 if (gu[0].type != gu[1].type)
                         return -EOPNOTSUPP; /* no quantization mix gives gate and up different types */
                 y = m->h;
-                TRY(cuda_matvec(m->stream, gu, 2, &in_x, &y, CUDA_MV_SWIGLU));
-                if (!is_float_type(down->type))
+                if (mv)
+                        TRY(cuda_matvec(m->stream, gu, 2, &in_x, &y, CUDA_MV_SWIGLU));
+                if (small && !is_float_type(down->type))
                         TRY(cuda_quantize_q8(m->stream, m->h, c->n_ff, 1, &m->xq));
                 y = m->x;
-                TRY(cuda_matvec(m->stream, down, 1, &in_h, &y, CUDA_MV_ADD));
+                if (mv)
+                        TRY(cuda_matvec(m->stream, down, 1, &in_h, &y, CUDA_MV_ADD));
         }
         return 0;
 }

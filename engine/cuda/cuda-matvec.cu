@@ -4,10 +4,11 @@
  *
  * DESIGN
  * Decoding one token reads every weight once and does two operations per weight, so the kernels are
- * limited by memory bandwidth and by the instructions spent per weight byte. A persistent grid (a few blocks
- * per multiprocessor); each warp owns rows gw, gw + all warps, ... (two matrices' rows at once for SwiGLU:
- * the gate row and the up row, sharing the activations). It streams its rows through its own slice of
- * shared memory with 16-byte cp.async copies, several chunks ahead and across row boundaries, which needs
+ * limited by memory bandwidth and by the instructions spent per weight byte. Small blocks, one row per warp
+ * up to a cap on the grid (a persistent grid of a few blocks per multiprocessor ran 1.5-2x slower: too few
+ * warps to hide the latency of decoding); warp gw owns rows gw, gw + all warps, ... (two matrices' rows at
+ * once for SwiGLU: the gate row and the up row, sharing the activations). It streams its rows through its
+ * own slice of shared memory with 16-byte cp.async copies, several chunks ahead and across rows, which needs
  * neither the block size nor the block alignment to suit wide loads (Q4_0 blocks are 18 bytes, Q6_K 210).
  * A chunk holds 32 blocks of 32 elements (one block per lane) or 8 blocks of 256 (four lanes per block),
  * and is a multiple of 16 bytes for every type. The lanes decode their blocks from shared memory and take
@@ -24,9 +25,9 @@
 
 #include "cuda-quant.cuh"
 
-#define MV_WARPS 8           /* warps per block */
-#define MV_STAGE_BYTES 6144  /* shared memory per warp for streaming weights */
-#define MV_BLOCKS_PER_SM 3   /* persistent grid of this many blocks per multiprocessor */
+#define MV_WARPS 4           /* warps per block */
+#define MV_STAGE_BYTES 4608  /* shared memory per warp for streaming weights */
+#define MV_GRID_PER_SM 64    /* most blocks a launch has per multiprocessor (a cap for huge matrices) */
 
 /* Chunk geometry of a quantized type, for NR rows streamed side by side. */
 template <int T, int NR> struct Chunk {
@@ -113,7 +114,7 @@ __device__ __forceinline__ void mv_store(const MvArgs &a, uint32_t r, int epi, c
  * while the current one finishes. The 8-bit input is read from global memory (it stays in L1).
  */
 template <int T, int NR, int EPI>
-__global__ void __launch_bounds__(MV_WARPS * 32, MV_BLOCKS_PER_SM) mv_quant(const MvArgs a) {
+__global__ void __launch_bounds__(MV_WARPS * 32) mv_quant(const MvArgs a) {
         typedef Chunk<T, NR> C;
         extern __shared__ __align__(16) uint8_t smem[];
         const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
@@ -218,7 +219,7 @@ template <> struct FloatVec<GGML_TYPE_BF16> {
 #define MVF_UNROLL 4
 
 template <int T, int NR, int EPI>
-__global__ void __launch_bounds__(MV_WARPS * 32, MV_BLOCKS_PER_SM) mv_float(const MvArgs a) {
+__global__ void __launch_bounds__(MV_WARPS * 32) mv_float(const MvArgs a) {
         typedef FloatVec<T> V;
         const float *xs = a.x;
         const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
@@ -311,7 +312,7 @@ static int sm_count(void) {
 }
 
 static dim3 mv_grid(uint32_t n_rows) {
-        uint32_t want = (n_rows + MV_WARPS - 1) / MV_WARPS, most = (uint32_t)sm_count() * MV_BLOCKS_PER_SM;
+        uint32_t want = (n_rows + MV_WARPS - 1) / MV_WARPS, most = (uint32_t)sm_count() * MV_GRID_PER_SM;
 
         return dim3(want < most ? want : most);
 }

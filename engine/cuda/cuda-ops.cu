@@ -379,11 +379,15 @@ extern "C" size_t cuda_attn_scratch_size(const CudaAttnShape *a) {
         return a->n_head * ns * (a->head_dim + 2) * sizeof(float) + a->n_head * sizeof(uint32_t);
 }
 
+/* The angle is p * base^(-2j / n_rot) reduced modulo 2 pi in double precision, so that the fast float
+ * sine and cosine stay accurate at large positions (sincosf's slow path for large arguments cost more). */
 __device__ __forceinline__ void rope_pair(float *x0, float *x1, int32_t p, uint32_t j, const CudaAttnShape &a) {
         if (2 * j >= a.n_rot)
                 return;
-        float theta = (float)p * powf(a.rope_base, -(float)(2 * j) / (float)a.n_rot), sn, cs;
-        sincosf(theta, &sn, &cs);
+        double th = (double)p * (double)powf(a.rope_base, -(float)(2 * j) / (float)a.n_rot);
+        th -= 6.283185307179586 * floor(th * 0.15915494309189535);
+        float sn, cs;
+        __sincosf((float)th, &sn, &cs);
         float y0 = *x0 * cs - *x1 * sn, y1 = *x0 * sn + *x1 * cs;
         *x0 = y0, *x1 = y1;
 }
@@ -441,6 +445,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
                                 sc += qs[d] * ks[d];
                 } else {
                         const uint4 *kr = (const uint4 *)(kc + (size_t)t * kv_dim + kvh * hd);
+#pragma unroll 8
                         for (uint32_t v = 0; v < hd / 8; v++) {
                                 uint4 u = kr[v];
                                 const __half2 *h2 = (const __half2 *)&u;
@@ -461,17 +466,34 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 #pragma unroll
         for (int k = 0; k < ATT_MAXP; k++)
                 o[k] = make_float2(0.0f, 0.0f);
-        for (uint32_t j = 0; j < nw; j++) {
-                float pj = __shfl_sync(0xffffffffu, pe, j);
-                uint32_t tj = tw + j;
-                const __half2 *vr = (const __half2 *)(vc + (size_t)tj * kv_dim + kvh * hd);
+        /* Eight positions at a time, their loads issued before any is used. */
+        for (uint32_t j0 = 0; j0 < nw; j0 += 8) {
+                __half2 vv[8][ATT_MAXP];
 #pragma unroll
-                for (int k = 0; k < ATT_MAXP; k++) {
-                        uint32_t pi = lane + 32 * k;
-                        if (2 * pi < hd) {
-                                float2 v = tj == (uint32_t)p ? make_float2(vs[2 * pi], vs[2 * pi + 1])
-                                                             : __half22float2(vr[pi]);
-                                o[k].x += pj * v.x, o[k].y += pj * v.y;
+                for (int jj = 0; jj < 8; jj++) {
+                        uint32_t tj = tw + j0 + jj;
+                        const __half2 *vr = (const __half2 *)(vc + (size_t)tj * kv_dim + kvh * hd);
+#pragma unroll
+                        for (int k = 0; k < ATT_MAXP; k++) {
+                                uint32_t pi = lane + 32 * k;
+                                bool ok = j0 + jj < nw && 2 * pi < hd && tj != (uint32_t)p;
+                                vv[jj][k] = ok ? vr[pi] : __floats2half2_rn(0.0f, 0.0f);
+                        }
+                }
+#pragma unroll
+                for (int jj = 0; jj < 8; jj++) {
+                        float pj = __shfl_sync(0xffffffffu, pe, (j0 + jj) & 31);
+                        uint32_t tj = tw + j0 + jj;
+                        if (j0 + jj >= nw)
+                                break;
+#pragma unroll
+                        for (int k = 0; k < ATT_MAXP; k++) {
+                                uint32_t pi = lane + 32 * k;
+                                if (2 * pi < hd) {
+                                        float2 v = tj == (uint32_t)p ? make_float2(vs[2 * pi], vs[2 * pi + 1])
+                                                                     : __half22float2(vv[jj][k]);
+                                        o[k].x += pj * v.x, o[k].y += pj * v.y;
+                                }
                         }
                 }
         }

@@ -200,6 +200,14 @@ CudaLlama *cuda_llama_free(CudaLlama *m);
 int cuda_llama_set_weight(CudaLlama *m, CudaWeight w, uint32_t layer, uint32_t type, uint32_t n_cols,
                           uint32_t n_rows, const void *data);
 
+/* For timing studies only (bench-cuda --breakdown): leave kernels out of the decode graphs captured from now
+ * on; the outputs are then meaningless. */
+enum {
+        CUDA_SKIP_SMALL = 1 << 0,  /* norms, quantizations, attention */
+        CUDA_SKIP_MATVEC = 1 << 1, /* the layers' matrix-vector products */
+};
+void cuda_llama_set_skip(CudaLlama *m, unsigned mask);
+
 /* Device bytes that the weights take, and bytes one decode step reads (all weights but the embedding
  * table, of which one row). */
 uint64_t cuda_llama_weight_bytes(const CudaLlama *m);
