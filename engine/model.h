@@ -100,6 +100,9 @@ struct EngineModel {
         size_t n_segments;
 };
 
+/* "llama", "qwen2"; "unknown" for anything else. */
+const char *model_arch_name(ModelArch a);
+
 /* Reads the configuration and binds the weight tensors of g (which must stay alive). Unknown architectures,
  * missing tensors and wrong shapes give -EBADMSG or -EOPNOTSUPP with a sentence naming the culprit. */
 int model_config_load(const Gguf *g, ModelConfig *ret_cfg, ModelWeights *ret_w, QdError *err);
