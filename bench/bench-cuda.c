@@ -146,7 +146,7 @@ static int run_synthetic(const char *spec) {
                 fprintf(stderr, "Failed to measure the copy bandwidth: %s\n", strerror(-r));
                 return r;
         }
-        if ((r = cuda_llama_new(arg_device, c, &m)) < 0) {
+        if ((r = cuda_llama_new(arg_device, c, 0, c->n_layer, &m)) < 0) {
                 fprintf(stderr, "Failed to set up the model: %s\n", strerror(-r));
                 return r;
         }

@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The CUDA backend's whole forward pass on a real model (suite gpu): stories260K's greedy tokens from BOS
- * against the golden ids an independent numpy reference computed, for both the graph-captured decode path
- * and the prompt (cuBLAS) path; and the logits of the two paths against each other.
+ * The CUDA backend's whole forward pass on real models (suite gpu):
+ *  - CudaLlama directly: stories260K's greedy tokens from BOS against the golden ids an independent numpy
+ *    reference computed, through the graph-captured decode path and the prompt (cuBLAS) path;
+ *  - through the engine (backend "cuda", all layers and part of them): logits against the CPU backend's
+ *    within 1e-2 relative and the same 64 greedy tokens, on stories260K and on SmolLM2-135M (Q4_1, the file
+ *    in $QUANTD_TEST_SMOLLM, with the prompts of tests/data/smollm-reference.txt).
  */
 
 #include <stdarg.h>
@@ -60,7 +63,7 @@ static CudaLlama *load_stories(Gguf **ret_g) {
         if (gguf_get_f32(g, "llama.rope.freq_base", &c.rope_base) < 0)
                 c.rope_base = 10000.0f;
         c.n_vocab = (uint32_t)gguf_find_tensor(g, "token_embd.weight")->ne[1];
-        assert_int_equal(cuda_llama_new(0, &c, &m), 0);
+        assert_int_equal(cuda_llama_new(0, &c, 0, c.n_layer, &m), 0);
         set_tensor(m, g, "token_embd.weight", CUDA_W_TOKEN_EMBD, 0);
         set_tensor(m, g, "output_norm.weight", CUDA_W_OUTPUT_NORM, 0);
         set_tensor(m, g, gguf_find_tensor(g, "output.weight") ? "output.weight" : "token_embd.weight",
@@ -163,6 +166,113 @@ static void test_stories_greedy(void **state) {
         gguf_free(g);
 }
 
+static double rel_diff(const float *a, const float *b, uint32_t n) {
+        double num = 0, den = 0;
+
+        for (uint32_t i = 0; i < n; i++) {
+                assert_false(isnan(a[i]));
+                num += (double)(a[i] - b[i]) * (a[i] - b[i]);
+                den += (double)b[i] * b[i];
+        }
+        return sqrt(num / (den > 0 ? den : 1));
+}
+
+/* The same prompt and 64 greedy steps through the cpu backend and the cuda one (n_gpu layers of it). */
+static void compare_backends(const char *path, const int32_t *prompt, uint32_t n_prompt, int32_t n_gpu) {
+        EngineModelParams pc = engine_model_params_default(), pg = pc;
+        _cleanup_(engine_model_unrefp) EngineModel *mc = NULL, *mg = NULL;
+        _cleanup_(engine_seq_freep) EngineSeq *sc = NULL, *sg = NULL;
+        QdError err = {};
+        double worst = 0;
+
+        pc.backend = "cpu";
+        pg.backend = "cuda";
+        pg.n_gpu_layers = n_gpu;
+        assert_int_equal(engine_model_load(path, &pc, &mc, &err), 0);
+        if (engine_model_load(path, &pg, &mg, &err) < 0)
+                fail_msg("%s", err.msg);
+        uint32_t nv = engine_model_info(mc)->n_vocab;
+        _cleanup_free_ float *lc = malloc(nv * sizeof(float)), *lg = malloc(nv * sizeof(float));
+        assert_int_equal(engine_seq_new(mc, n_prompt + 80, &sc), 0);
+        assert_int_equal(engine_seq_new(mg, n_prompt + 80, &sg), 0);
+
+        const int32_t *toks = prompt;
+        uint32_t n = n_prompt;
+        int32_t next = 0;
+        for (int step = 0; step <= 64; step++) {
+                if (engine_decode(mc, &sc, &toks, &n, 1, &lc, NULL, &err) < 0 ||
+                    engine_decode(mg, &sg, &toks, &n, 1, &lg, NULL, &err) < 0)
+                        fail_msg("%s", err.msg);
+                double d = rel_diff(lg, lc, nv);
+                worst = d > worst ? d : worst;
+                assert_true(d < 1e-2);
+                int tc = argmax(lc, nv), tg = argmax(lg, nv);
+                assert_int_equal(tg, tc);
+                next = tc;
+                toks = &next;
+                n = 1;
+        }
+        print_message("# %s, %d gpu layers: 65 steps, same greedy tokens, logits rel diff <= %.2e\n", path, n_gpu,
+                      worst);
+}
+
+static char *stories_path(void) {
+        const char *dir = getenv("QUANTD_TEST_MODELS");
+        return strdup_printf("%s/stories260K.gguf", dir ? dir : "../shared/models");
+}
+
+static void test_stories_vs_cpu(void **state) {
+        _cleanup_free_ char *path = stories_path();
+        const int32_t bos = 1;
+
+        compare_backends(path, &bos, 1, -1);
+        compare_backends(path, &bos, 1, 2); /* partial offload: layers 0-1 on the GPU, 2-4 on the CPU */
+
+        /* Embeddings (the hidden-state output) agree too. */
+        EngineModelParams pc = engine_model_params_default(), pg = pc;
+        _cleanup_(engine_model_unrefp) EngineModel *mc = NULL, *mg = NULL;
+        const int32_t toks[] = {1, 403, 407, 261, 378, 432};
+        float ec[64], eg[64];
+        pc.backend = "cpu";
+        pg.backend = "cuda";
+        assert_int_equal(engine_model_load(path, &pc, &mc, NULL), 0);
+        assert_int_equal(engine_model_load(path, &pg, &mg, NULL), 0);
+        assert_int_equal(engine_embed(mc, toks, 6, ec, NULL), 0);
+        assert_int_equal(engine_embed(mg, toks, 6, eg, NULL), 0);
+        assert_true(rel_diff(eg, ec, 64) < 1e-2);
+}
+
+static void test_smollm_vs_cpu(void **state) {
+        const char *path = getenv("QUANTD_TEST_SMOLLM"), *dir = getenv("QUANTD_TEST_DATA");
+        _cleanup_free_ char *ref = strdup_printf("%s/smollm-reference.txt", dir ? dir : "tests/data");
+        _cleanup_fclose_ FILE *f = NULL;
+        char line[8192];
+        int n_prompts = 0;
+
+        if (!path)
+                fail_msg("QUANTD_TEST_SMOLLM is not set: it names SmolLM2-135M-Instruct.Q4_1.gguf.");
+        f = fopen(ref, "re");
+        assert_non_null(f);
+        while (fgets(line, sizeof(line), f) && n_prompts < 2) {
+                const char *rest = startswith(line, "prompt ");
+                int32_t prompt[256];
+                uint32_t n = 0;
+                char *p, *end;
+                if (!rest)
+                        continue;
+                for (p = (char *)rest; n < 256; p = end) {
+                        long v = strtol(p, &end, 10);
+                        if (end == p)
+                                break;
+                        prompt[n++] = (int32_t)v;
+                }
+                assert_true(n > 0);
+                compare_backends(path, prompt, n, n_prompts == 0 ? -1 : 15);
+                n_prompts++;
+        }
+        assert_int_equal(n_prompts, 2);
+}
+
 static int setup(void **state) {
         return engine_cuda_device_count() > 0 ? 0 : -1;
 }
@@ -170,6 +280,8 @@ static int setup(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_stories_greedy),
+                cmocka_unit_test(test_stories_vs_cpu),
+                cmocka_unit_test(test_smollm_vs_cpu),
         };
 
         return cmocka_run_group_tests(tests, setup, NULL);

@@ -187,8 +187,10 @@ typedef enum CudaWeight {
 typedef struct CudaLlama CudaLlama;
 typedef struct CudaKv CudaKv;
 
-/* A model with no weights yet on device (cudaSetDevice'd by every call). */
-int cuda_llama_new(int device, const CudaLlamaConfig *c, CudaLlama **ret);
+/* A model with no weights yet on device (cudaSetDevice'd by every call) for layers [l0, l1) of c, with the
+ * token embedding when l0 is 0 and the output norm and head when l1 is c->n_layer: the GPU part of a model
+ * split between backends. */
+int cuda_llama_new(int device, const CudaLlamaConfig *c, uint32_t l0, uint32_t l1, CudaLlama **ret);
 CudaLlama *cuda_llama_free(CudaLlama *m);
 
 /*
@@ -219,19 +221,24 @@ CudaKv *cuda_kv_free(CudaKv *kv);
 uint32_t cuda_kv_pos(const CudaKv *kv);
 /* Forgets every position from pos on (pos <= cuda_kv_pos()), e.g. to reuse a cached prompt prefix. */
 int cuda_kv_truncate(CudaKv *kv, uint32_t pos);
-/* Bytes a KV cache of n_ctx positions takes on the device. */
-uint64_t cuda_kv_bytes(const CudaLlamaConfig *c, uint32_t n_ctx);
+/* Bytes a KV cache of n_ctx positions for n_layer layers takes on the device. */
+uint64_t cuda_kv_bytes(const CudaLlamaConfig *c, uint32_t n_layer, uint32_t n_ctx);
 
 /*
- * Runs n_tok tokens through the model at the sequence's next positions and, when logits is not NULL, copies
- * the last token's logits (n_vocab floats) to host memory. One token goes through the decode kernels (a CUDA
- * graph after the first call); more go through cuBLAS. -ENOSPC when the KV cache would overflow.
+ * Runs n_tok tokens of one sequence at positions pos0 .. pos0 + n_tok - 1 (pos0 <= cuda_kv_pos(); later
+ * positions are overwritten) through the model's layers. Input: tokens when the model starts at layer 0,
+ * else x, (n_tok, n_embd) host floats. Output: when the model ends at the last layer, for each of n_out rows
+ * (increasing indices into the n_tok) the logits (n_vocab floats), or with hidden the hidden state after the
+ * output norm (n_embd floats), into consecutive rows of out; otherwise the hidden states back into x. One
+ * token through the whole model goes through the decode kernels (a CUDA graph after the first call), more
+ * through cuBLAS. -ENOSPC when the KV cache would overflow.
  */
-int cuda_llama_forward(CudaLlama *m, CudaKv *kv, const int32_t *tokens, uint32_t n_tok, float *logits);
+int cuda_llama_run(CudaLlama *m, CudaKv *kv, uint32_t pos0, uint32_t n_tok, const int32_t *tokens, float *x,
+                   uint32_t n_out, const uint32_t *out_rows, bool hidden, float *out);
 
-/* As cuda_llama_forward() for the hidden state, for partial offload: runs layers [l0, l1) over x, the
- * (n_tok, n_embd) floats in host memory, in place. */
-int cuda_llama_forward_layers(CudaLlama *m, CudaKv *kv, float *x, uint32_t n_tok, uint32_t l0, uint32_t l1);
+/* cuda_llama_run() at the sequence's next position with the last token's logits into logits (host, may be
+ * NULL), for a model on one device. */
+int cuda_llama_forward(CudaLlama *m, CudaKv *kv, const int32_t *tokens, uint32_t n_tok, float *logits);
 
 /* Greedy decoding entirely on the device: feeds token, then each argmax, n_steps times through the captured
  * graph with no host round trip; writes the n_steps generated tokens to out (host) when not NULL. */
