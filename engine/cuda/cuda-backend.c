@@ -222,6 +222,12 @@ static uint64_t cuda_backend_estimate(const EngineModel *m, const BackendRange *
         return range_bytes(m, range) + cuda_kv_bytes(&cfg, range->l1 - range->l0, n_ctx) * n_seq;
 }
 
+/* Here rather than beside the other device queries: model.c refers to backend_cuda_ops only weakly, which
+ * does not pull this file out of the static library; info.c's engine_cuda_devices() calls this, which does. */
+int engine_cuda_device_count(void) {
+        return cuda_device_count();
+}
+
 const BackendOps backend_cuda_ops = {
         .name = "cuda",
         .init = cuda_backend_init,

@@ -4,9 +4,9 @@
  *
  * DESIGN
  * Decoding one token reads every weight once and does two operations per weight, so the kernels are
- * limited by memory bandwidth and by the instructions spent per weight byte. Small blocks, one row per warp
- * up to a cap on the grid (a persistent grid of a few blocks per multiprocessor ran 1.5-2x slower: too few
- * warps to hide the latency of decoding); warp gw owns rows gw, gw + all warps, ... (two matrices' rows at
+ * limited by memory bandwidth and by the instructions spent per weight byte. A persistent grid of 8 blocks of
+ * 4 warps per multiprocessor (4 blocks ran 1.5x slower: too few warps to hide the latency of decoding; one
+ * row per warp and no cap 4 % slower); warp gw owns rows gw, gw + all warps, ... (two matrices' rows at
  * once for SwiGLU: the gate row and the up row, sharing the activations). It streams its rows through its
  * own slice of shared memory with 16-byte cp.async copies, several chunks ahead and across rows, which needs
  * neither the block size nor the block alignment to suit wide loads (Q4_0 blocks are 18 bytes, Q6_K 210).
@@ -27,7 +27,7 @@
 
 #define MV_WARPS 4           /* warps per block */
 #define MV_STAGE_BYTES 4608  /* shared memory per warp for streaming weights */
-#define MV_GRID_PER_SM 64    /* most blocks a launch has per multiprocessor (a cap for huge matrices) */
+#define MV_GRID_PER_SM 8     /* blocks per multiprocessor at most: a persistent grid of 32 warps */
 
 /* Chunk geometry of a quantized type, for NR rows streamed side by side. */
 template <int T, int NR> struct Chunk {
@@ -70,13 +70,19 @@ __device__ __forceinline__ float silu(float g) {
         return g / (1.0f + __expf(-g));
 }
 
-/* Resolves row r of the concatenated matrices: its NR weight rows and its output. Selected with constant
- * indices, so that the kernel parameters stay in the constant bank rather than being copied to the stack. */
-template <int NR>
+/*
+ * Resolves unit r of the concatenated matrices: its NR weight rows and its output. A unit is one row (NR 1),
+ * a gate row and the up row of the same index (SwiGLU), or two adjacent rows of one matrix (NR 2 with
+ * another epilogue; rows[] then count pairs), which share the activations the lanes load. Selected with
+ * constant indices, so that the kernel parameters stay in the constant bank rather than being copied to the
+ * stack.
+ */
+template <int NR, int EPI>
 __device__ __forceinline__ void mv_job(const MvArgs &a, uint32_t *r, const uint8_t **row, float **y) {
+        const bool glu = EPI == CUDA_MV_SWIGLU;
         int job = 0;
 
-        if (NR == 1 && *r >= a.rows[0]) {
+        if (!glu && *r >= a.rows[0]) {
                 *r -= a.rows[0];
                 job = 1;
                 if (*r >= a.rows[1]) {
@@ -87,25 +93,27 @@ __device__ __forceinline__ void mv_job(const MvArgs &a, uint32_t *r, const uint8
         const uint8_t *w = job == 0 ? a.w[0] : job == 1 ? a.w[1] : a.w[2];
         size_t st = job == 0 ? a.stride[0] : job == 1 ? a.stride[1] : a.stride[2];
         *y = job == 0 ? a.y[0] : job == 1 ? a.y[1] : a.y[2];
-        row[0] = w + (size_t)*r * st;
+        row[0] = w + (size_t)*r * st * (NR == 2 && !glu ? 2 : 1);
         if (NR == 2)
-                row[NR - 1] = a.w[1] + (size_t)*r * a.stride[1];
+                row[NR - 1] = glu ? a.w[1] + (size_t)*r * a.stride[1] : row[0] + st;
 }
 
-__device__ __forceinline__ void mv_store(const MvArgs &a, uint32_t r, int epi, const float *acc, int nr) {
+template <int NR, int EPI> __device__ __forceinline__ void mv_store(const MvArgs &a, uint32_t r, const float *acc) {
         const uint8_t *row[2];
         float *y;
 
-        if (nr == 2)
-                mv_job<2>(a, &r, row, &y);
-        else
-                mv_job<1>(a, &r, row, &y);
-        if (epi == CUDA_MV_STORE)
-                y[r] = acc[0];
-        else if (epi == CUDA_MV_ADD)
-                y[r] += acc[0];
-        else
-                y[r] = silu(acc[0]) * acc[nr - 1];
+        mv_job<NR, EPI>(a, &r, row, &y);
+        if (EPI == CUDA_MV_SWIGLU) {
+                y[r] = silu(acc[0]) * acc[NR - 1];
+        } else {
+#pragma unroll
+                for (int i = 0; i < NR; i++) {
+                        if (EPI == CUDA_MV_STORE)
+                                y[NR * r + i] = acc[i];
+                        else
+                                y[NR * r + i] += acc[i];
+                }
+        }
 }
 
 /*
@@ -127,29 +135,52 @@ __global__ void __launch_bounds__(MV_WARPS * 32) mv_quant(const MvArgs a) {
         const uint32_t row_units = (n_blocks * Tr<T>::BYTES + 15) / 16;
         const uint32_t my_rows = gw < a.n_rows ? (a.n_rows - gw + tw - 1) / tw : 0;
         const uint32_t n_items = my_rows * n_chunks;
+        /* The issuing side runs STAGES - 1 items ahead of the computing side; both walk (row, chunk) with
+         * counters rather than divisions, which cost more than the rest of the loop's bookkeeping. */
+        uint32_t is_s = 0, is_c = 0, is_k = 0, is_st = 0;
+        const uint8_t *is_row[NR];
 
         grid_dep_launch();
-        auto issue = [&](uint32_t s) {
-                if (s < n_items) {
-                        uint32_t k = s / n_chunks, c = s - k * n_chunks, r = gw + k * tw;
-                        const uint8_t *row[2];
-                        float *y;
-                        mv_job<NR>(a, &r, row, &y);
-                        uint8_t *dst = stage + (s % C::STAGES) * NR * C::BYTES;
+        auto set_issue_row = [&]() {
+                uint32_t r = gw + is_k * tw;
+                const uint8_t *rows[2];
+                float *y;
+                mv_job<NR, EPI>(a, &r, rows, &y);
+#pragma unroll
+                for (int i = 0; i < NR; i++)
+                        is_row[i] = rows[i];
+        };
+        auto issue = [&]() {
+                if (is_s < n_items) {
+                        uint8_t *dst = stage + is_st * NR * C::BYTES;
 #pragma unroll
                         for (int i = 0; i < NR; i++)
-                                for (uint32_t u = lane; u < C::UNITS; u += 32)
-                                        if (c * C::UNITS + u < row_units)
+#pragma unroll
+                                for (uint32_t u0 = 0; u0 < C::UNITS; u0 += 32) {
+                                        uint32_t u = u0 + lane;
+                                        if (u < C::UNITS && is_c * C::UNITS + u < row_units)
                                                 cp_async16(dst + i * C::BYTES + 16 * u,
-                                                           row[i] + (size_t)c * C::BYTES + 16 * u);
+                                                           is_row[i] + (size_t)is_c * C::BYTES + 16 * u);
+                                }
+                        is_s++;
+                        if (++is_st == C::STAGES)
+                                is_st = 0;
+                        if (++is_c == n_chunks) {
+                                is_c = 0;
+                                is_k++;
+                                if (is_s < n_items)
+                                        set_issue_row();
+                        }
                 }
                 cp_async_commit();
         };
 
         /* Weights do not depend on the kernel before: start streaming them before waiting for it. */
+        if (n_items)
+                set_issue_row();
 #pragma unroll
         for (int s = 0; s < C::STAGES - 1; s++)
-                issue(s);
+                issue();
         grid_dep_wait();
 
         float acc[NR];
@@ -157,28 +188,33 @@ __global__ void __launch_bounds__(MV_WARPS * 32) mv_quant(const MvArgs a) {
         for (int i = 0; i < NR; i++)
                 acc[i] = 0.0f;
         const int bl = lane / C::LANES_PER_BLOCK, part = lane % C::LANES_PER_BLOCK;
+        uint32_t c = 0, k = 0, st = 0;
         for (uint32_t s = 0; s < n_items; s++) {
-                issue(s + C::STAGES - 1);
+                issue();
                 cp_async_wait<C::STAGES - 1>();
                 __syncwarp();
-                uint32_t k = s / n_chunks, c = s - k * n_chunks, b = c * C::BLOCKS + bl;
+                uint32_t b = c * C::BLOCKS + bl;
                 if (b < n_blocks) {
-                        const uint8_t *src = stage + (s % C::STAGES) * NR * C::BYTES + bl * Tr<T>::BYTES;
+                        const uint8_t *src = stage + st * NR * C::BYTES + bl * Tr<T>::BYTES;
 #pragma unroll
                         for (int i = 0; i < NR; i++)
                                 acc[i] += lane_dot<T>(src + i * C::BYTES, part, xq + (size_t)b * Tr<T>::QK,
                                                       xd + (size_t)b * (Tr<T>::QK / 32));
                 }
                 __syncwarp();
-                if (c == n_chunks - 1) {
+                if (++st == C::STAGES)
+                        st = 0;
+                if (++c == n_chunks) {
 #pragma unroll
                         for (int i = 0; i < NR; i++)
                                 acc[i] = warp_sum(acc[i]);
                         if (lane == 0)
-                                mv_store(a, gw + k * tw, EPI, acc, NR);
+                                mv_store<NR, EPI>(a, gw + k * tw, acc);
 #pragma unroll
                         for (int i = 0; i < NR; i++)
                                 acc[i] = 0.0f;
+                        c = 0;
+                        k++;
                 }
         }
 }
@@ -236,7 +272,7 @@ __global__ void __launch_bounds__(MV_WARPS * 32) mv_float(const MvArgs a) {
                 uint32_t r = r0;
                 bool have = r0 < a.n_rows;
                 if (have) {
-                        mv_job<NR>(a, &r, rowb, &y);
+                        mv_job<NR, EPI>(a, &r, rowb, &y);
 #pragma unroll
                         for (int i = 0; i < NR; i++)
                                 row[i] = (const uint4 *)rowb[i];
@@ -294,7 +330,7 @@ __global__ void __launch_bounds__(MV_WARPS * 32) mv_float(const MvArgs a) {
                 for (int i = 0; i < NR; i++)
                         acc[i] = warp_sum(acc[i]);
                 if (lane == 0)
-                        mv_store(a, r0, EPI, acc, NR);
+                        mv_store<NR, EPI>(a, r0, acc);
         }
 }
 
@@ -311,8 +347,20 @@ static int sm_count(void) {
         return n[dev];
 }
 
+/* Blocks per multiprocessor at most: MV_GRID_PER_SM, or QUANTD_CUDA_MV_GRID for timing studies. */
+static uint32_t mv_grid_per_sm(void) {
+        static uint32_t v;
+
+        if (!v) {
+                const char *e = getenv("QUANTD_CUDA_MV_GRID");
+                long n = e ? strtol(e, NULL, 10) : 0;
+                v = n > 0 && n < 1024 ? (uint32_t)n : MV_GRID_PER_SM;
+        }
+        return v;
+}
+
 static dim3 mv_grid(uint32_t n_rows) {
-        uint32_t want = (n_rows + MV_WARPS - 1) / MV_WARPS, most = (uint32_t)sm_count() * MV_GRID_PER_SM;
+        uint32_t want = (n_rows + MV_WARPS - 1) / MV_WARPS, most = (uint32_t)sm_count() * mv_grid_per_sm();
 
         return dim3(want < most ? want : most);
 }
@@ -435,11 +483,22 @@ extern "C" int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, cons
                 a.aq = in->xq->qs;
                 a.ads = (const float2 *)in->xq->ds;
         }
+        /* Quantized rows go in adjacent pairs when every matrix has an even number of them. */
+        bool pair = !type_is_float(w[0].type) && epi != CUDA_MV_SWIGLU;
+        for (unsigned i = 0; i < n_w; i++)
+                pair = pair && w[i].n_rows % 2 == 0;
+        if (pair) {
+                for (unsigned i = 0; i < n_w; i++)
+                        a.rows[i] /= 2;
+                a.n_rows /= 2;
+        }
         switch (epi) {
         case CUDA_MV_STORE:
-                return mv_dispatch<1, CUDA_MV_STORE>(s, w[0].type, a);
+                return pair ? mv_dispatch<2, CUDA_MV_STORE>(s, w[0].type, a)
+                            : mv_dispatch<1, CUDA_MV_STORE>(s, w[0].type, a);
         case CUDA_MV_ADD:
-                return mv_dispatch<1, CUDA_MV_ADD>(s, w[0].type, a);
+                return pair ? mv_dispatch<2, CUDA_MV_ADD>(s, w[0].type, a)
+                            : mv_dispatch<1, CUDA_MV_ADD>(s, w[0].type, a);
         case CUDA_MV_SWIGLU:
                 return mv_dispatch<2, CUDA_MV_SWIGLU>(s, w[0].type, a);
         case _CUDA_MV_EPILOGUE_MAX:

@@ -24,7 +24,9 @@
 struct CUstream_st;
 typedef struct CUstream_st *CudaStream; /* cudaStream_t; NULL is the legacy default stream */
 
-/* Number of usable CUDA devices; 0 when there is no driver or device. */
+/* Number of usable CUDA devices; 0 when there is no driver or device. engine_cuda_device_count() is the same,
+ * defined in cuda-backend.c so that whatever asks for devices also links the backend's ops table. */
+int cuda_device_count(void);
 int engine_cuda_device_count(void);
 
 /* Free and total device memory in bytes, from cudaMemGetInfo(). */
