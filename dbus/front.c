@@ -480,8 +480,8 @@ static int method_call(sd_bus_message *m, void *userdata, sd_bus_error *error) {
                 k = dbus_polkit_check(f->bus, m, QUANTD_POLKIT_ACTION_MANAGE, on_polkit, c, &c->polkit_slot);
                 if (k < 0) {
                         snprintf(err.msg, sizeof(err.msg),
-                                 "Authorization could not be checked: asking polkit failed (%s); the request is "
-                                 "denied.", strerror(-k));
+                                 "Authorization could not be checked, so the request is denied: asking polkit "
+                                 "failed (%s).", strerror(-k));
                         call_fail(c, EACCES, err.msg);
                         return 1;
                 }

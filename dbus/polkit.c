@@ -36,15 +36,19 @@ static int decide(sd_bus_message *reply, const char *action, char *msg, size_t s
 
         if (e) {
                 snprintf(msg, size,
-                         "Authorization could not be checked: polkit (%s) did not answer: %s; the request is denied. "
-                         "Is polkitd installed and running?", POLKIT_NAME, e->message ?: e->name);
+                         "Authorization could not be checked, so the request is denied: polkit (%s) did not answer "
+                         "(%s). Is polkitd installed and running?", POLKIT_NAME, e->message ?: e->name);
                 return -EACCES;
         }
-        k = sd_bus_message_read(reply, "(bb", &authorized, &challenge);
+        k = sd_bus_message_enter_container(reply, 'r', "bba{ss}");
+        if (k >= 0)
+                k = sd_bus_message_read(reply, "bb", &authorized, &challenge);
+        if (k == 0)
+                k = -EBADMSG;
         if (k < 0) {
                 snprintf(msg, size,
-                         "Authorization could not be checked: polkit's answer could not be read (%s); the request is "
-                         "denied.", strerror(-k));
+                         "Authorization could not be checked, so the request is denied: polkit's answer could not "
+                         "be read (%s).", strerror(-k));
                 return -EACCES;
         }
         if (authorized)
