@@ -413,3 +413,24 @@ const char *spinner_frame(unsigned i) {
 
         return frames[i % ELEMENTSOF(frames)];
 }
+
+char *format_count(char *buf, size_t size, uint64_t n) {
+        static const struct {
+                double scale;
+                const char *suffix;
+                int decimals;
+        } units[] = { { 1e9, "B", 1 }, { 1e6, "M", 2 }, { 1e3, "K", 0 } };
+
+        for (size_t i = 0; i < ELEMENTSOF(units); i++) {
+                if ((double)n < units[i].scale)
+                        continue;
+                double v = (double)n / units[i].scale;
+                if (v == floor(v))
+                        snprintf(buf, size, "%.0f%s", v, units[i].suffix);
+                else
+                        snprintf(buf, size, "%.*f%s", units[i].decimals, v, units[i].suffix);
+                return buf;
+        }
+        snprintf(buf, size, "%" PRIu64, n);
+        return buf;
+}

@@ -143,8 +143,8 @@ typedef struct StoreModel {
 typedef struct StoreOps {
         int (*open)(const char *root, void **ret, QdError *err);
         void (*close)(void *store);
-        /* The GGUF file of name, for the engine to map. */
-        int (*resolve)(void *store, const char *name, char **ret_path, QdError *err);
+        /* The GGUF file of name, for the engine to map, and the name's canonical form (may be NULL). */
+        int (*resolve)(void *store, const char *name, char **ret_path, char **ret_canonical, QdError *err);
         int (*list)(void *store, StoreModel **ret, size_t *ret_n, QdError *err);
         /* Runs on a worker: copies fd into the store as name, reporting bytes through progress. */
         int (*create)(void *store, const char *name, int fd, void (*progress)(uint64_t done, uint64_t total, void *u),

@@ -174,6 +174,11 @@ static void job_finished_main(Manager *m, void *userdata) {
 
         j->state = JOB_DONE;
         j->finished_ns = now_ns();
+        /* What the job held (descriptors, buffers) goes now; the table keeps only its record. */
+        if (j->free_userdata)
+                j->free_userdata(j->userdata);
+        j->free_userdata = NULL;
+        j->userdata = NULL;
         if (j->result < 0)
                 log_info("Job %" PRIu64 " (%s %s) failed: %s", j->id, j->kind, strempty(j->model),
                          j->error.code ? j->error.msg : strerror(-j->result));

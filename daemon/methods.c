@@ -170,7 +170,7 @@ static int method_show(Manager *m, Request *r, ProtoMessage *call, QdError *err)
         k = proto_dispatch(call->params, model_fields, &a, call->zone, err);
         if (k < 0)
                 return k;
-        k = m->store_ops->resolve(m->store, a.model, &path, err);
+        k = m->store_ops->resolve(m->store, a.model, &path, NULL, err);
         if (k < 0)
                 return k;
         k = gguf_open(path, &g, err);

@@ -937,11 +937,19 @@ static void scheduler_admit(Scheduler *s) {
 }
 
 /* Finds or loads name for a waiter. Takes w (also on failure). */
-static int scheduler_acquire(Scheduler *s, const char *name, Waiter *w, int64_t keep_alive_ns, uint32_t n_ctx,
-                             QdError *err) {
+static int scheduler_acquire(Scheduler *s, const char *requested, Waiter *w, int64_t keep_alive_ns,
+                             uint32_t n_ctx, QdError *err) {
         Manager *m = s->manager;
-        LoadedModel *lm = model_find(s, name);
+        _cleanup_free_ char *path = NULL, *name = NULL;
         int k;
+
+        k = m->store_ops->resolve(m->store, requested, &path, &name, err);
+        if (k < 0) {
+                gen_free(TAKE_PTR(w->gen));
+                waiter_free(w);
+                return k;
+        }
+        LoadedModel *lm = model_find(s, name);
 
         if (lm && lm->n_ctx >= n_ctx) {
                 attach_waiter(lm, w, keep_alive_ns);
@@ -955,11 +963,8 @@ static int scheduler_acquire(Scheduler *s, const char *name, Waiter *w, int64_t 
                 return 0;
         }
 
-        _cleanup_free_ char *path = NULL;
-        k = m->store_ops->resolve(m->store, name, &path, err);
         uint64_t estimate = 0;
-        if (k >= 0)
-                k = s->ops->estimate(path, n_ctx, m->config.num_parallel, &estimate, err);
+        k = s->ops->estimate(path, n_ctx, m->config.num_parallel, &estimate, err);
         if (k >= 0 && estimate > m->config.memory_budget)
                 k = qd_error_set(err, ENOSPC,
                                  "Model '%s' needs %" PRIu64 " bytes with a context of %" PRIu32 " for %u sequences; "
@@ -981,7 +986,7 @@ static int scheduler_acquire(Scheduler *s, const char *name, Waiter *w, int64_t 
                 return -ENOMEM;
         }
         rw->w = w;
-        rw->name = strdup(name);
+        rw->name = TAKE_PTR(name);
         rw->path = TAKE_PTR(path);
         rw->estimate = estimate;
         rw->n_ctx = n_ctx;
@@ -1071,6 +1076,12 @@ int scheduler_load(Scheduler *s, Request *r, const char *model, int64_t keep_ali
 }
 
 int scheduler_unload(Scheduler *s, const char *model, QdError *err) {
+        Manager *m = s->manager;
+        _cleanup_free_ char *path = NULL, *canonical = NULL;
+
+        /* Loaded models go by their canonical names; a name the store no longer has may still be loaded. */
+        if (m->store_ops->resolve(m->store, model, &path, &canonical, NULL) >= 0)
+                model = canonical;
         LoadedModel *lm = model_find(s, model);
         if (!lm)
                 return qd_error_set(err, ENOENT, "Model '%s' is not loaded.", model);

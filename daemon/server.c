@@ -7,8 +7,8 @@
  * Sockets are non-blocking and nothing waits on a client. Input is read, split into frames by ProtoReader and
  * dispatched; replies and events are appended to the connection's output buffer and written as the socket
  * accepts them. Limits: connections (an extra client is accepted, told EBUSY and closed), requests in flight
- * per connection (an extra request gets EBUSY), queued output (a client that does not read its replies is
- * dropped, which cancels its generations) and frame size. A malformed frame gets an error reply with msgid 0,
+ * per connection (further frames wait unread, so a pipelining client is slowed, not failed), queued output (a
+ * client that does not read its replies is dropped, which cancels its generations) and frame size. A malformed frame gets an error reply with msgid 0,
  * then the connection is closed: after a framing error the stream cannot be trusted.
  */
 

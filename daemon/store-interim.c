@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <sys/stat.h>
 
 #include "daemon.h"
@@ -86,7 +87,7 @@ static void interim_close(void *store) {
         free(s);
 }
 
-static int interim_resolve(void *store, const char *name, char **ret_path, QdError *err) {
+static int interim_resolve(void *store, const char *name, char **ret_path, char **ret_canonical, QdError *err) {
         InterimStore *s = store;
         char n[NAME_MAX_LEN + 16];
         struct stat st;
@@ -95,8 +96,13 @@ static int interim_resolve(void *store, const char *name, char **ret_path, QdErr
                 return k;
         if (fstatat(s->dir_fd, n, &st, 0) < 0 || !S_ISREG(st.st_mode))
                 return qd_error_set(err, ENOENT, "Model '%s' not found; 'qctl list' shows the local models.", name);
-        *ret_path = strdup_printf("%s/%s", s->dir, n);
-        return *ret_path ? 0 : -ENOMEM;
+        _cleanup_free_ char *path = strdup_printf("%s/%s", s->dir, n), *canonical = strdup(n);
+        if (!path || !canonical)
+                return -ENOMEM;
+        *ret_path = TAKE_PTR(path);
+        if (ret_canonical)
+                *ret_canonical = TAKE_PTR(canonical);
+        return 0;
 }
 
 void store_model_free_many(StoreModel *l, size_t n) {
@@ -159,6 +165,13 @@ static int copy_fd(int in, int out, uint64_t total, void (*progress)(uint64_t, u
         for (;;) {
                 if (cancel && atomic_load(cancel))
                         return qd_error_set(err, ECANCELED, "The copy was cancelled.");
+                /* A pipe may stall forever: wait in slices so that cancellation (and shutdown) gets through. */
+                struct pollfd p = { .fd = in, .events = POLLIN };
+                int r = poll(&p, 1, 100);
+                if (r < 0 && errno != EINTR)
+                        return qd_error_set(err, errno, "Failed to wait for the model data: %s", strerror(errno));
+                if (r <= 0)
+                        continue;
                 ssize_t n = read(in, buf, chunk);
                 if (n < 0 && errno == EINTR)
                         continue;

@@ -623,3 +623,102 @@ void engine_sampler_accept(EngineSampler *s, int32_t token);
 void engine_sampler_reset(EngineSampler *s);
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(EngineSampler *, engine_sampler_free);
+
+/* ---- stop strings and generation limits ---- */
+
+/*
+ * Stop strings over a stream of text that arrives in pieces: text that could still turn out to begin a stop
+ * string is held back until it cannot, and the stop string itself is never passed on. One per sequence.
+ */
+typedef struct EngineStop EngineStop;
+
+/* Copies the n stop strings. -EINVAL for an empty one, -EMSGSIZE for more than 64 or one over 4096 bytes. */
+int engine_stop_new(const char *const *stops, size_t n, EngineStop **ret);
+EngineStop *engine_stop_free(EngineStop *s);
+
+/*
+ * Feeds text[0..len) and appends to out what is safe to show. Returns 1 once a stop string has appeared: out
+ * then ends just before it, and this and later calls pass nothing more on. Returns 0 otherwise, -ENOMEM.
+ */
+int engine_stop_push(EngineStop *s, const char *text, size_t len, Buf *out);
+
+/* At the end of the stream (no stop string came): appends the text held back. */
+int engine_stop_flush(EngineStop *s, Buf *out);
+
+/* Whether a stop string has been seen. */
+bool engine_stop_hit(const EngineStop *s);
+
+/*
+ * Whether generation has reached its length limit after n_generated tokens, as Ollama's num_predict counts:
+ * -1 = no limit, -2 = until the context is full, otherwise that many tokens; either way generation ends when
+ * pos (the sequence's length) reaches n_ctx, since a token more would not fit.
+ */
+bool engine_predict_done(int32_t num_predict, uint32_t n_generated, uint32_t pos, uint32_t n_ctx);
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(EngineStop *, engine_stop_free);
+
+/* ---- chat templates ---- */
+
+/* One chat message; the strings are borrowed. Roles are "system", "user", "assistant" or "tool". */
+typedef struct EngineChatMessage {
+        const char *role;
+        const char *content;
+} EngineChatMessage;
+
+/*
+ * A Modelfile TEMPLATE in the Go text/template dialect Ollama uses: text with {{ actions }}: fields (.System,
+ * .Prompt, .Response, .Messages and each message's .Role and .Content), variables ($, $x := …, range $i, $m
+ * := …), if / else if / else / range / with … end, {{- and -}} trimming, comments, parenthesised pipelines
+ * and the functions and, or, not, eq, ne, lt, le, gt, ge, len, index, slice, print, printf and json.
+ * Immutable once parsed; may be rendered from any number of threads at once.
+ */
+typedef struct EngineTemplate EngineTemplate;
+
+/* Parses text. -EINVAL with a sentence naming the line and the problem (an unclosed action, an {{ end }}
+ * without a block, an unknown function or variable, …), -ENOMEM. */
+int engine_template_parse(const char *text, EngineTemplate **ret, QdError *err);
+EngineTemplate *engine_template_free(EngineTemplate *t);
+
+/*
+ * Renders a chat as Ollama does, ending where the assistant's next reply begins. system (the Modelfile's
+ * SYSTEM, may be NULL) goes first when the messages have no system message. Consecutive messages of the same
+ * role are joined with a blank line. A template that uses .Messages is rendered once with the whole chat and
+ * .System set to the system messages; an older one (only .System, .Prompt, .Response) once per turn, the last
+ * turn cut just after {{ .Response }}. Appends to out. -EINVAL with a sentence for an error while rendering
+ * (an unknown field, a bad argument to a function), -ENOMEM.
+ */
+int engine_template_render(const EngineTemplate *t, const char *system, const EngineChatMessage *messages,
+                           size_t n_messages, Buf *out, QdError *err);
+
+/* Chat formats recognised from a GGUF's tokenizer.chat_template (a Jinja template) and rendered natively. */
+typedef enum EngineChatFormat {
+        ENGINE_CHAT_CHATML,
+        ENGINE_CHAT_LLAMA2,
+        ENGINE_CHAT_LLAMA3,
+        ENGINE_CHAT_MISTRAL,
+        ENGINE_CHAT_GEMMA,
+        ENGINE_CHAT_PHI3,
+        _ENGINE_CHAT_FORMAT_MAX,
+        _ENGINE_CHAT_FORMAT_INVALID = -EINVAL,
+} EngineChatFormat;
+
+/* "chatml", "llama2", …; NULL for a value out of range. */
+const char *engine_chat_format_name(EngineChatFormat f);
+
+/*
+ * Recognises jinja's family by its marker tokens. When the template writes a fixed default system prompt for
+ * chats that bring none (as SmolLM's and Qwen's do), *ret_default_system gets a copy (caller frees), else
+ * NULL; ret_default_system may be NULL. -EOPNOTSUPP when the family is not one we know.
+ */
+int engine_chat_format_detect(const char *jinja, EngineChatFormat *ret, char **ret_default_system);
+
+/*
+ * Renders messages in format f followed by the start of the assistant's reply. default_system (may be NULL)
+ * goes first when the messages have no system message. The BOS token is not written: tokenize the result with
+ * add_special, and with parse_special so that the format's tokens count as tokens. -EINVAL with a sentence for
+ * a role the format cannot express, -ENOMEM.
+ */
+int engine_chat_format_render(EngineChatFormat f, const char *default_system, const EngineChatMessage *messages,
+                              size_t n_messages, Buf *out, QdError *err);
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(EngineTemplate *, engine_template_free);

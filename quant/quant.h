@@ -79,6 +79,7 @@ typedef struct QuantParams {
         QuantMixture mixture;
         bool pure;                      /* every quantizable tensor gets the default type: no promotions */
         bool leave_output;              /* copy output.weight as it is */
+        bool allow_requantize;          /* convert tensors that are already quantized (dequantized first) */
         const QuantOverride *overrides; /* (n_overrides); the last matching one wins */
         size_t n_overrides;
         unsigned n_threads;        /* 0: one per CPU */
@@ -122,9 +123,10 @@ int quant_choose_types(const QuantParams *params, const QuantModelShape *shape, 
 /*
  * Writes src quantized by params to fd (from its current position, streaming through a GgufWriter): metadata
  * copied, general.file_type and general.quantization_version set, each tensor converted by params->n_threads
- * threads while memory holds about one tensor. Source tensors may be F32, F16 or BF16, or of any type when
- * they are only copied. On failure fd holds a partial file: write to a temporary file and rename it on
- * success. Errors: -ECANCELED, -EOPNOTSUPP (a source type it cannot convert), -EINVAL (bad parameters),
- * write errors, -ENOMEM; with a message in err.
+ * threads while memory holds about one tensor. Source tensors may be F32, F16 or BF16; quantized ones too
+ * with allow_requantize (through the engine's dequantizer); any type when they are only copied. On failure
+ * fd holds a partial file: write to a temporary file and rename it on success. Errors: -ECANCELED,
+ * -EOPNOTSUPP (a source type it cannot convert), -EINVAL (bad parameters), write errors, -ENOMEM; with a
+ * message in err.
  */
 int quant_file(const Gguf *src, int fd, const QuantParams *params, QdError *err);

@@ -17,6 +17,10 @@
  * what a reader reconstructs.
  */
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "quant-internal.h"
 
 /*
@@ -188,21 +192,211 @@ static float search_scale_min(int n, int nmax, const float *x, const float *w, u
         return scale;
 }
 
+#if defined(__SSE2__)
+/*
+ * The fast searches run four groups at once, one per SSE lane. Each lane performs exactly the scalar
+ * search's operations on its own group, in the same order (no FMA, the same divisions, rounding by cvtps2dq
+ * in the default round-to-nearest-even mode as lrintf() does), and every data-dependent branch of the scalar
+ * code becomes a per-lane select, so the results are bit for bit the reference's. Rounding after clamping
+ * equals clamping after rounding because the bounds are integers.
+ */
+
+static inline __m128 round_clamped(__m128 v, __m128 lo, __m128 hi) {
+        return _mm_cvtepi32_ps(_mm_cvtps_epi32(_mm_min_ps(_mm_max_ps(v, lo), hi)));
+}
+
+static inline __m128 select_ps(__m128 mask, __m128 a, __m128 b) {
+        return _mm_or_ps(_mm_and_ps(mask, a), _mm_andnot_ps(mask, b));
+}
+
+static inline __m128 abs_ps(__m128 v) {
+        return _mm_andnot_ps(_mm_set1_ps(-0.0f), v);
+}
+
+/* search_scale_min() for groups g0..g0+3 of n elements (x and w hold the groups one after another). */
+static void search_scale_min_x4(int n, int nmax, const float *x, const float *w, uint8_t *L,
+                                float *scale_out, float *min_out, float rmin, float rdelta, int nstep,
+                                bool use_abs) {
+        __m128 xv[32], wv[32], Lv[32], Laux[32];
+        const __m128 zero = _mm_setzero_ps(), top = _mm_set1_ps((float)nmax);
+
+        for (int i = 0; i < n; i++) {
+                xv[i] = _mm_setr_ps(x[i], x[n + i], x[2 * n + i], x[3 * n + i]);
+                wv[i] = _mm_setr_ps(w[i], w[n + i], w[2 * n + i], w[3 * n + i]);
+        }
+        __m128 lo = xv[0], hi = xv[0], sum_w = wv[0], sum_x = _mm_mul_ps(wv[0], xv[0]);
+        for (int i = 1; i < n; i++) {
+                lo = _mm_min_ps(lo, xv[i]);
+                hi = _mm_max_ps(hi, xv[i]);
+                sum_w = _mm_add_ps(sum_w, wv[i]);
+                sum_x = _mm_add_ps(sum_x, _mm_mul_ps(wv[i], xv[i]));
+        }
+        lo = _mm_andnot_ps(_mm_cmpgt_ps(lo, zero), lo);
+        const __m128 flat = _mm_cmpeq_ps(hi, lo); /* lanes that the scalar code returns early for */
+
+        __m128 iscale = _mm_div_ps(top, _mm_sub_ps(hi, lo));
+        __m128 scale = _mm_div_ps(_mm_set1_ps(1.0f), iscale), best_err = zero;
+        for (int i = 0; i < n; i++) {
+                Lv[i] = round_clamped(_mm_mul_ps(iscale, _mm_sub_ps(xv[i], lo)), zero, top);
+                __m128 diff = _mm_sub_ps(_mm_add_ps(_mm_mul_ps(scale, Lv[i]), lo), xv[i]);
+                diff = use_abs ? abs_ps(diff) : _mm_mul_ps(diff, diff);
+                best_err = _mm_add_ps(best_err, _mm_mul_ps(wv[i], diff));
+        }
+
+        for (int k = 0; k <= nstep; k++) {
+                __m128 sum_l = zero, sum_l2 = zero, sum_xl = zero;
+
+                iscale = _mm_div_ps(_mm_set1_ps(rmin + rdelta * (float)k + (float)nmax), _mm_sub_ps(hi, lo));
+                for (int i = 0; i < n; i++) {
+                        Laux[i] = round_clamped(_mm_mul_ps(iscale, _mm_sub_ps(xv[i], lo)), zero, top);
+                        __m128 wl = _mm_mul_ps(wv[i], Laux[i]);
+                        sum_l = _mm_add_ps(sum_l, wl);
+                        sum_l2 = _mm_add_ps(sum_l2, _mm_mul_ps(wl, Laux[i]));
+                        sum_xl = _mm_add_ps(sum_xl, _mm_mul_ps(wl, xv[i]));
+                }
+                const __m128 det = _mm_sub_ps(_mm_mul_ps(sum_w, sum_l2), _mm_mul_ps(sum_l, sum_l));
+                const __m128 valid = _mm_cmpgt_ps(det, zero);
+                if (_mm_movemask_ps(valid) == 0)
+                        continue;
+                __m128 sv = _mm_div_ps(_mm_sub_ps(_mm_mul_ps(sum_w, sum_xl), _mm_mul_ps(sum_x, sum_l)), det);
+                __m128 mv =
+                        _mm_div_ps(_mm_sub_ps(_mm_mul_ps(sum_l2, sum_x), _mm_mul_ps(sum_l, sum_xl)), det);
+                const __m128 mpos = _mm_cmpgt_ps(mv, zero);
+                mv = _mm_andnot_ps(mpos, mv);
+                sv = select_ps(mpos, _mm_div_ps(sum_xl, sum_l2), sv);
+                __m128 err = zero;
+                for (int i = 0; i < n; i++) {
+                        __m128 diff = _mm_sub_ps(_mm_add_ps(_mm_mul_ps(sv, Laux[i]), mv), xv[i]);
+                        diff = use_abs ? abs_ps(diff) : _mm_mul_ps(diff, diff);
+                        err = _mm_add_ps(err, _mm_mul_ps(wv[i], diff));
+                }
+                const __m128 better = _mm_andnot_ps(flat, _mm_and_ps(valid, _mm_cmplt_ps(err, best_err)));
+                if (_mm_movemask_ps(better) == 0)
+                        continue;
+                for (int i = 0; i < n; i++)
+                        Lv[i] = select_ps(better, Laux[i], Lv[i]);
+                best_err = select_ps(better, err, best_err);
+                scale = select_ps(better, sv, scale);
+                lo = select_ps(better, mv, lo);
+        }
+
+        float sc[4], lov[4], l[4];
+        _mm_storeu_ps(sc, _mm_andnot_ps(flat, scale));
+        _mm_storeu_ps(lov, lo);
+        for (int g = 0; g < 4; g++) {
+                scale_out[g] = sc[g];
+                min_out[g] = -lov[g];
+        }
+        for (int i = 0; i < n; i++) {
+                _mm_storeu_ps(l, _mm_andnot_ps(flat, Lv[i]));
+                for (int g = 0; g < 4; g++)
+                        L[g * n + i] = (uint8_t)l[g];
+        }
+}
+
+/* search_symmetric() for four groups of n elements (one after another in x). */
+static void search_symmetric_x4(int n, int nmax, const float *x, uint8_t *L, float *scale_out) {
+        __m128 xv[16], wv[16], Lv[16];
+        const __m128 zero = _mm_setzero_ps(), bot = _mm_set1_ps(-(float)nmax),
+                     top = _mm_set1_ps((float)(nmax - 1));
+        __m128 amax = zero, max = zero;
+
+        for (int i = 0; i < n; i++) {
+                xv[i] = _mm_setr_ps(x[i], x[n + i], x[2 * n + i], x[3 * n + i]);
+                wv[i] = _mm_mul_ps(xv[i], xv[i]);
+                const __m128 bigger = _mm_cmpgt_ps(abs_ps(xv[i]), amax);
+                amax = select_ps(bigger, abs_ps(xv[i]), amax);
+                max = select_ps(bigger, xv[i], max);
+        }
+        const __m128 tiny = _mm_cmplt_ps(amax, _mm_set1_ps(QUANT_GROUP_MAX_EPS));
+
+        __m128 best_scale = zero, best = zero;
+        for (int k = 0; k <= 18; k++) {
+                const int step = k == 0 ? 0 : k <= 9 ? -10 + k : k - 9;
+                const __m128 iscale = _mm_div_ps(_mm_set1_ps(-((float)nmax + 0.1f * (float)step)), max);
+                __m128 sumlx = zero, suml2 = zero, l[16];
+
+                for (int i = 0; i < n; i++) {
+                        l[i] = round_clamped(_mm_mul_ps(iscale, xv[i]), bot, top);
+                        sumlx = _mm_add_ps(sumlx, _mm_mul_ps(_mm_mul_ps(wv[i], xv[i]), l[i]));
+                        suml2 = _mm_add_ps(suml2, _mm_mul_ps(_mm_mul_ps(wv[i], l[i]), l[i]));
+                }
+                const __m128 pos = _mm_cmpgt_ps(suml2, zero);
+                __m128 take;
+                if (k == 0) {
+                        best_scale = _mm_and_ps(pos, _mm_div_ps(sumlx, suml2));
+                        best = _mm_mul_ps(best_scale, sumlx);
+                        take = _mm_cmpeq_ps(zero, zero);
+                } else {
+                        take = _mm_and_ps(pos,
+                                          _mm_cmpgt_ps(_mm_mul_ps(sumlx, sumlx), _mm_mul_ps(best, suml2)));
+                        if (_mm_movemask_ps(take) == 0)
+                                continue;
+                        best_scale = select_ps(take, _mm_div_ps(sumlx, suml2), best_scale);
+                        best = select_ps(take, _mm_mul_ps(best_scale, sumlx), best);
+                }
+                for (int i = 0; i < n; i++)
+                        Lv[i] = select_ps(take, _mm_add_ps(l[i], _mm_set1_ps((float)nmax)), Lv[i]);
+        }
+
+        float sc[4], lv[4];
+        _mm_storeu_ps(sc, _mm_andnot_ps(tiny, best_scale));
+        for (int g = 0; g < 4; g++)
+                scale_out[g] = sc[g];
+        for (int i = 0; i < n; i++) {
+                _mm_storeu_ps(lv, _mm_andnot_ps(tiny, Lv[i]));
+                for (int g = 0; g < 4; g++)
+                        L[g * n + i] = (uint8_t)lv[g];
+        }
+}
+#endif
+
+/* Fits n_groups groups of n elements with search_scale_min(), four at a time when fast. */
+static void fit_scale_min_groups(const float *x, const float *w, int n_groups, int n, int nmax, float rmin,
+                                 int nstep, bool use_abs, float *scales, float *mins, uint8_t *L,
+                                 bool fast) {
+        uint8_t Laux[32];
+        int g = 0;
+
+#if defined(__SSE2__)
+        if (fast)
+                for (; g + 4 <= n_groups; g += 4)
+                        search_scale_min_x4(n, nmax, x + g * n, w + g * n, L + g * n, scales + g, mins + g,
+                                            rmin, 0.1f, nstep, use_abs);
+#endif
+        for (; g < n_groups; g++)
+                scales[g] = search_scale_min(n, nmax, x + g * n, w + g * n, L + g * n, &mins[g], Laux, rmin,
+                                             0.1f, nstep, use_abs);
+}
+
+/* Fits n_groups groups of 16 with search_symmetric(), four at a time when fast. */
+static void fit_symmetric_groups(const float *x, int n_groups, int nmax, float *scales, uint8_t *L,
+                                 bool fast) {
+        int g = 0;
+
+#if defined(__SSE2__)
+        if (fast)
+                for (; g + 4 <= n_groups; g += 4)
+                        search_symmetric_x4(16, nmax, x + g * 16, L + g * 16, scales + g);
+#endif
+        for (; g < n_groups; g++)
+                scales[g] = search_symmetric(16, nmax, x + g * 16, L + g * 16);
+}
+
 /* ---- Q2_K: 16 groups of 16, 2-bit levels, 4-bit scales and minimums ---- */
 
-void quant_row_q2_k_ref(const float *x, void *y, size_t n) {
+static void q2_k_rows(const float *x, void *y, size_t n, bool fast) {
         BlockQ2_K *b = y;
-        uint8_t L[QK_K], Laux[16];
-        float w[16], mins[QK_K / 16], scales[QK_K / 16];
+        uint8_t L[QK_K];
+        float w[QK_K], mins[QK_K / 16], scales[QK_K / 16];
 
         for (size_t i = 0; i < n / QK_K; i++, x += QK_K) {
                 float max_scale = 0.0f, max_min = 0.0f;
 
+                for (int l = 0; l < QK_K; l++)
+                        w[l] = fabsf(x[l]);
+                fit_scale_min_groups(x, w, QK_K / 16, 16, 3, -0.5f, 15, true, scales, mins, L, fast);
                 for (int j = 0; j < QK_K / 16; j++) {
-                        for (int l = 0; l < 16; l++)
-                                w[l] = fabsf(x[16 * j + l]);
-                        scales[j] = search_scale_min(16, 3, x + 16 * j, w, L + 16 * j, &mins[j], Laux, -0.5f,
-                                                     0.1f, 15, true);
                         max_scale = MAX(max_scale, scales[j]);
                         max_min = MAX(max_min, mins[j]);
                 }
@@ -213,17 +407,17 @@ void quant_row_q2_k_ref(const float *x, void *y, size_t n) {
                         const float is = 15.0f / max_scale;
                         for (int j = 0; j < QK_K / 16; j++)
                                 b[i].scales[j] = (uint8_t)clampi(quant_nearest_int(is * scales[j]), 0, 15);
-                        b[i].d = quant_fp32_to_fp16(max_scale / 15.0f);
+                        b[i].d = engine_f32_to_fp16(max_scale / 15.0f);
                 }
                 if (max_min > 0.0f) {
                         const float im = 15.0f / max_min;
                         for (int j = 0; j < QK_K / 16; j++)
                                 b[i].scales[j] |=
                                         (uint8_t)(clampi(quant_nearest_int(im * mins[j]), 0, 15) << 4);
-                        b[i].dmin = quant_fp32_to_fp16(max_min / 15.0f);
+                        b[i].dmin = engine_f32_to_fp16(max_min / 15.0f);
                 }
 
-                const float d = quant_fp16_to_fp32(b[i].d), dmin = quant_fp16_to_fp32(b[i].dmin);
+                const float d = engine_fp16_to_f32(b[i].d), dmin = engine_fp16_to_f32(b[i].dmin);
                 for (int j = 0; j < QK_K / 16; j++) {
                         const float dl = d * (float)(b[i].scales[j] & 0x0f);
                         if (dl == 0.0f)
@@ -243,6 +437,14 @@ void quant_row_q2_k_ref(const float *x, void *y, size_t n) {
                                                       (uint8_t)(q[96] << 6);
                         }
         }
+}
+
+void quant_row_q2_k_ref(const float *x, void *y, size_t n) {
+        q2_k_rows(x, y, n, false);
+}
+
+void quant_row_q2_k_fast(const float *x, void *y, size_t n) {
+        q2_k_rows(x, y, n, true);
 }
 
 /* ---- Q3_K: 16 groups of 16, 3-bit levels (2 low bits + a high-bit mask), 6-bit signed scales ---- */
@@ -277,10 +479,10 @@ void quant_row_q3_k_ref(const float *x, void *y, size_t n) {
                                         b[i].scales[j - 8] |= (uint8_t)((l & 0x0f) << 4);
                                 b[i].scales[8 + j % 4] |= (uint8_t)((l >> 4) << (2 * (j / 4)));
                         }
-                        b[i].d = quant_fp32_to_fp16(1.0f / is);
+                        b[i].d = engine_f32_to_fp16(1.0f / is);
                 }
 
-                const float d = quant_fp16_to_fp32(b[i].d);
+                const float d = engine_fp16_to_f32(b[i].d);
                 for (int j = 0; j < QK_K / 16; j++) {
                         int sc = j < 8 ? b[i].scales[j] & 0x0f : b[i].scales[j - 8] >> 4;
                         sc = (sc | (((b[i].scales[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32;
@@ -342,9 +544,10 @@ static void unpack_scale_min_k4(int j, const uint8_t q[K_SCALE_SIZE], uint8_t *r
  * into L.
  */
 static void quant_block_k4(const float *x, int nmax, float rmin, int nstep, GgmlHalf *ret_d,
-                           GgmlHalf *ret_dmin, uint8_t scales_out[K_SCALE_SIZE], uint8_t L[QK_K]) {
-        uint8_t Laux[32], ls[8], lm[8];
-        float w[32], mins[8], scales[8], max_scale = 0.0f, max_min = 0.0f;
+                           GgmlHalf *ret_dmin, uint8_t scales_out[K_SCALE_SIZE], uint8_t L[QK_K],
+                           bool fast) {
+        uint8_t ls[8], lm[8];
+        float w[QK_K], mins[8], scales[8], max_scale = 0.0f, max_min = 0.0f;
 
         for (int j = 0; j < 8; j++) {
                 float sum_x2 = 0.0f;
@@ -353,9 +556,10 @@ static void quant_block_k4(const float *x, int nmax, float rmin, int nstep, Ggml
                         sum_x2 += x[32 * j + l] * x[32 * j + l];
                 const float av_x = sqrtf(sum_x2 / 32);
                 for (int l = 0; l < 32; l++)
-                        w[l] = av_x + fabsf(x[32 * j + l]);
-                scales[j] = search_scale_min(32, nmax, x + 32 * j, w, L + 32 * j, &mins[j], Laux, rmin, 0.1f,
-                                             nstep, false);
+                        w[32 * j + l] = av_x + fabsf(x[32 * j + l]);
+        }
+        fit_scale_min_groups(x, w, 8, 32, nmax, rmin, nstep, false, scales, mins, L, fast);
+        for (int j = 0; j < 8; j++) {
                 max_scale = MAX(max_scale, scales[j]);
                 max_min = MAX(max_min, mins[j]);
         }
@@ -368,10 +572,10 @@ static void quant_block_k4(const float *x, int nmax, float rmin, int nstep, Ggml
         }
         memset(scales_out, 0, K_SCALE_SIZE);
         pack_scale_min_k4(ls, lm, scales_out);
-        *ret_d = quant_fp32_to_fp16(max_scale / 63.0f);
-        *ret_dmin = quant_fp32_to_fp16(max_min / 63.0f);
+        *ret_d = engine_f32_to_fp16(max_scale / 63.0f);
+        *ret_dmin = engine_f32_to_fp16(max_min / 63.0f);
 
-        const float d = quant_fp16_to_fp32(*ret_d), dmin = quant_fp16_to_fp32(*ret_dmin);
+        const float d = engine_fp16_to_f32(*ret_d), dmin = engine_fp16_to_f32(*ret_dmin);
         for (int j = 0; j < 8; j++) {
                 uint8_t sc, m;
 
@@ -386,12 +590,12 @@ static void quant_block_k4(const float *x, int nmax, float rmin, int nstep, Ggml
         }
 }
 
-void quant_row_q4_k_ref(const float *x, void *y, size_t n) {
+static void q4_k_rows(const float *x, void *y, size_t n, bool fast) {
         BlockQ4_K *b = y;
         uint8_t L[QK_K];
 
         for (size_t i = 0; i < n / QK_K; i++, x += QK_K) {
-                quant_block_k4(x, 15, -1.0f, 20, &b[i].d, &b[i].dmin, b[i].scales, L);
+                quant_block_k4(x, 15, -1.0f, 20, &b[i].d, &b[i].dmin, b[i].scales, L, fast);
                 /* Each 32 bytes hold two groups: the first in the low nibbles, the next in the high ones. */
                 for (int h = 0; h < 4; h++)
                         for (int l = 0; l < 32; l++)
@@ -399,12 +603,20 @@ void quant_row_q4_k_ref(const float *x, void *y, size_t n) {
         }
 }
 
-void quant_row_q5_k_ref(const float *x, void *y, size_t n) {
+void quant_row_q4_k_ref(const float *x, void *y, size_t n) {
+        q4_k_rows(x, y, n, false);
+}
+
+void quant_row_q4_k_fast(const float *x, void *y, size_t n) {
+        q4_k_rows(x, y, n, true);
+}
+
+static void q5_k_rows(const float *x, void *y, size_t n, bool fast) {
         BlockQ5_K *b = y;
         uint8_t L[QK_K];
 
         for (size_t i = 0; i < n / QK_K; i++, x += QK_K) {
-                quant_block_k4(x, 31, -0.5f, 15, &b[i].d, &b[i].dmin, b[i].scales, L);
+                quant_block_k4(x, 31, -0.5f, 15, &b[i].d, &b[i].dmin, b[i].scales, L, fast);
                 /* Low nibbles as Q4_K; the fifth bit of element 32 g + l is bit g of qh[l]. */
                 memset(b[i].qh, 0, sizeof(b[i].qh));
                 for (int h = 0; h < 4; h++)
@@ -416,9 +628,17 @@ void quant_row_q5_k_ref(const float *x, void *y, size_t n) {
         }
 }
 
+void quant_row_q5_k_ref(const float *x, void *y, size_t n) {
+        q5_k_rows(x, y, n, false);
+}
+
+void quant_row_q5_k_fast(const float *x, void *y, size_t n) {
+        q5_k_rows(x, y, n, true);
+}
+
 /* ---- Q6_K: 16 groups of 16, 6-bit levels (4 low bits + 2 high bits), 8-bit signed scales ---- */
 
-void quant_row_q6_k_ref(const float *x, void *y, size_t n) {
+static void q6_k_rows(const float *x, void *y, size_t n, bool fast) {
         BlockQ6_K *b = y;
         uint8_t L[QK_K];
         float scales[QK_K / 16];
@@ -426,8 +646,8 @@ void quant_row_q6_k_ref(const float *x, void *y, size_t n) {
         for (size_t i = 0; i < n / QK_K; i++, x += QK_K) {
                 float amax = 0.0f, max_scale = 0.0f;
 
+                fit_symmetric_groups(x, QK_K / 16, 32, scales, L, fast);
                 for (int j = 0; j < QK_K / 16; j++) {
-                        scales[j] = search_symmetric(16, 32, x + 16 * j, L + 16 * j);
                         if (fabsf(scales[j]) > amax) {
                                 amax = fabsf(scales[j]);
                                 max_scale = scales[j];
@@ -439,11 +659,11 @@ void quant_row_q6_k_ref(const float *x, void *y, size_t n) {
                 }
 
                 const float is = -128.0f / max_scale;
-                b[i].d = quant_fp32_to_fp16(1.0f / is);
+                b[i].d = engine_f32_to_fp16(1.0f / is);
                 for (int j = 0; j < QK_K / 16; j++)
                         b[i].scales[j] = (int8_t)MIN(127, quant_nearest_int(is * scales[j]));
 
-                const float d = quant_fp16_to_fp32(b[i].d);
+                const float d = engine_fp16_to_f32(b[i].d);
                 for (int j = 0; j < QK_K / 16; j++) {
                         const float dl = d * (float)b[i].scales[j];
                         if (dl == 0.0f)
@@ -465,4 +685,12 @@ void quant_row_q6_k_ref(const float *x, void *y, size_t n) {
                                                                 ((q[64] >> 4) << 4) | ((q[96] >> 4) << 6));
                         }
         }
+}
+
+void quant_row_q6_k_ref(const float *x, void *y, size_t n) {
+        q6_k_rows(x, y, n, false);
+}
+
+void quant_row_q6_k_fast(const float *x, void *y, size_t n) {
+        q6_k_rows(x, y, n, true);
 }

@@ -19,14 +19,14 @@ void quant_row_f16_ref(const float *x, void *y, size_t n) {
         GgmlHalf *h = y;
 
         for (size_t i = 0; i < n; i++)
-                h[i] = quant_fp32_to_fp16(x[i]);
+                h[i] = engine_f32_to_fp16(x[i]);
 }
 
 void quant_row_bf16_ref(const float *x, void *y, size_t n) {
         uint16_t *h = y;
 
         for (size_t i = 0; i < n; i++)
-                h[i] = quant_fp32_to_bf16(x[i]);
+                h[i] = engine_f32_to_bf16(x[i]);
 }
 
 void quant_row_q8_0_ref(const float *x, void *y, size_t n) {
@@ -39,7 +39,7 @@ void quant_row_q8_0_ref(const float *x, void *y, size_t n) {
                         amax = MAX(amax, fabsf(x[j]));
                 const float d = amax / 127;
                 const float id = d != 0.0f ? 1.0f / d : 0.0f;
-                b[i].d = quant_fp32_to_fp16(d);
+                b[i].d = engine_f32_to_fp16(d);
                 for (int j = 0; j < QK8_0; j++)
                         b[i].qs[j] = (int8_t)roundf(x[j] * id);
         }
@@ -76,7 +76,7 @@ void quant_row_q4_0_ref(const float *x, void *y, size_t n) {
                 const float d = signed_absmax(x, QK4_0) / -8;
                 const float id = d != 0.0f ? 1.0f / d : 0.0f;
 
-                b[i].d = quant_fp32_to_fp16(d);
+                b[i].d = engine_f32_to_fp16(d);
                 for (int j = 0; j < QK4_0 / 2; j++) {
                         uint8_t lo = (uint8_t)MIN(15, (int8_t)(x[j] * id + 8.5f));
                         uint8_t hi = (uint8_t)MIN(15, (int8_t)(x[j + QK4_0 / 2] * id + 8.5f));
@@ -94,8 +94,8 @@ void quant_row_q4_1_ref(const float *x, void *y, size_t n) {
                 min_max(x, QK4_1, &lo, &hi);
                 const float d = (hi - lo) / 15;
                 const float id = d != 0.0f ? 1.0f / d : 0.0f;
-                b[i].d = quant_fp32_to_fp16(d);
-                b[i].m = quant_fp32_to_fp16(lo);
+                b[i].d = engine_f32_to_fp16(d);
+                b[i].m = engine_f32_to_fp16(lo);
                 for (int j = 0; j < QK4_1 / 2; j++) {
                         uint8_t q0 = (uint8_t)MIN(15, (int8_t)((x[j] - lo) * id + 0.5f));
                         uint8_t q1 = (uint8_t)MIN(15, (int8_t)((x[j + QK4_1 / 2] - lo) * id + 0.5f));
@@ -125,7 +125,7 @@ void quant_row_q5_0_ref(const float *x, void *y, size_t n) {
                 const float id = d != 0.0f ? 1.0f / d : 0.0f;
                 uint8_t q[QK5_0];
 
-                b[i].d = quant_fp32_to_fp16(d);
+                b[i].d = engine_f32_to_fp16(d);
                 for (int j = 0; j < QK5_0; j++)
                         q[j] = (uint8_t)MIN(31, (int8_t)(x[j] * id + 16.5f));
                 pack_q5(q, b[i].qh, b[i].qs);
@@ -142,8 +142,8 @@ void quant_row_q5_1_ref(const float *x, void *y, size_t n) {
                 min_max(x, QK5_1, &lo, &hi);
                 const float d = (hi - lo) / 31;
                 const float id = d != 0.0f ? 1.0f / d : 0.0f;
-                b[i].d = quant_fp32_to_fp16(d);
-                b[i].m = quant_fp32_to_fp16(lo);
+                b[i].d = engine_f32_to_fp16(d);
+                b[i].m = engine_f32_to_fp16(lo);
                 for (int j = 0; j < QK5_1; j++)
                         q[j] = (uint8_t)MIN(31, (int8_t)((x[j] - lo) * id + 0.5f));
                 pack_q5(q, b[i].qh, b[i].qs);

@@ -59,8 +59,8 @@ int registry_store_open(RegistryStore **ret, const char *root, const RegistryCon
         if (s->root_fd < 0)
                 return qd_error_set(e, errno, "Failed to open the model store '%s': %s.", root,
                                     strerror(errno));
-        const char *subdirs[] = { "manifests", "blobs" };
-        int *fds[] = { &s->manifests_fd, &s->blobs_fd };
+        const char *subdirs[] = {"manifests", "blobs"};
+        int *fds[] = {&s->manifests_fd, &s->blobs_fd};
         for (size_t i = 0; i < ELEMENTSOF(subdirs); i++) {
                 if (mkdirat(s->root_fd, subdirs[i], 0755) < 0 && errno != EEXIST)
                         return qd_error_set(e, errno, "Failed to create '%s/%s': %s.", root, subdirs[i],
@@ -95,7 +95,8 @@ const RegistryConfig *registry_store_config(const RegistryStore *s) {
 }
 
 int store_lock(RegistryStore *s, bool exclusive, int *ret) {
-        _cleanup_close_ int fd = openat(s->root_fd, ".lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+        _cleanup_close_ int fd =
+                openat(s->root_fd, ".lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
 
         if (fd < 0)
                 return -errno;
@@ -168,8 +169,8 @@ static int walk_manifests(RegistryStore *s, manifest_visit_fn visit, void *userd
                                 if (list_dir(s->manifests_fd, p2, &tags) < 0)
                                         continue;
                                 for (char **t = tags; *t; t++) {
-                                        _cleanup_free_ char *full = strdup_printf("%s/%s/%s:%s", *h, *ns,
-                                                                                   *mo, *t);
+                                        _cleanup_free_ char *full =
+                                                strdup_printf("%s/%s/%s:%s", *h, *ns, *mo, *t);
                                         _cleanup_free_ char *rel = strdup_printf("%s/%s", p2, *t);
                                         _cleanup_free_ char *raw = NULL;
                                         _cleanup_(registry_manifest_freep) RegistryManifest *m = NULL;
@@ -215,8 +216,8 @@ static int list_visit(const RegistryName *name, const RegistryManifest *m, const
                 return -ENOMEM;
         ls->items = items;
         RegistryModelInfo *i = &items[ls->n];
-        *i = (RegistryModelInfo){ .name = *name, .size = registry_manifest_total_size(m),
-                                  .modified_s = st->st_mtim.tv_sec };
+        *i = (RegistryModelInfo){
+                .name = *name, .size = registry_manifest_total_size(m), .modified_s = st->st_mtim.tv_sec};
         int r = sha256_data(raw, raw_size, i->digest);
         if (r < 0)
                 return r;
@@ -225,7 +226,8 @@ static int list_visit(const RegistryName *name, const RegistryManifest *m, const
 }
 
 static int info_cmp(const void *a, const void *b) {
-        const RegistryName *x = &((const RegistryModelInfo *)a)->name, *y = &((const RegistryModelInfo *)b)->name;
+        const RegistryName *x = &((const RegistryModelInfo *)a)->name,
+                           *y = &((const RegistryModelInfo *)b)->name;
         int c = strcmp(x->host, y->host);
         if (c == 0)
                 c = strcmp(x->namespace, y->namespace);
@@ -282,7 +284,8 @@ static int read_manifest(RegistryStore *s, const RegistryName *name, RegistryMan
         if (r == -ENOENT || r == -ENOTDIR)
                 return qd_error_set(e, ENOENT, "Model '%s' not found.", pretty);
         if (r == -EMSGSIZE)
-                return qd_error_set(e, EBADMSG, "The manifest of model '%s' is corrupt (too large).", pretty);
+                return qd_error_set(e, EBADMSG, "The manifest of model '%s' is corrupt (too large).",
+                                    pretty);
         if (r < 0)
                 return qd_error_set(e, r, "Failed to read the manifest of model '%s': %s.", pretty,
                                     strerror(-r));
@@ -307,11 +310,13 @@ static int check_blobs(RegistryStore *s, const RegistryName *name, const Registr
                 blob_file_name(l->digest, fn);
                 if (fstatat(s->blobs_fd, fn, &st, AT_SYMLINK_NOFOLLOW) < 0)
                         return qd_error_set(e, ENOENT,
-                                            "Model '%s/%s/%s:%s' is incomplete: blob %s is missing; pull or create it again.",
+                                            "Model '%s/%s/%s:%s' is incomplete: blob %s is missing; pull or "
+                                            "create it again.",
                                             name->host, name->namespace, name->model, name->tag, l->digest);
                 if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != l->size)
                         return qd_error_set(e, EBADMSG,
-                                            "Model '%s/%s/%s:%s' is damaged: blob %s has %jd bytes, the manifest says %ju.",
+                                            "Model '%s/%s/%s:%s' is damaged: blob %s has %jd bytes, the "
+                                            "manifest says %ju.",
                                             name->host, name->namespace, name->model, name->tag, l->digest,
                                             (intmax_t)st.st_size, (uintmax_t)l->size);
         }
@@ -409,7 +414,7 @@ static int refs_visit(const RegistryName *name, const RegistryManifest *m, const
 }
 
 int registry_store_blob_refs(RegistryStore *s, const char *digest, unsigned *ret, QdError *e) {
-        RefState rs = { .digest = digest };
+        RefState rs = {.digest = digest};
 
         if (!registry_digest_is_valid(digest))
                 return qd_error_set(e, EINVAL, "'%s' is not a sha256 digest.", strna(digest));
@@ -434,7 +439,7 @@ static int repo_visit(const RegistryName *name, const RegistryManifest *m, const
 }
 
 int store_find_repo_with_blob(RegistryStore *s, const RegistryName *except, const char *digest, char **ret) {
-        RefState rs = { .digest = digest, .except = except };
+        RefState rs = {.digest = digest, .except = except};
         int r = walk_manifests(s, repo_visit, &rs);
 
         if (r < 0)
@@ -673,8 +678,9 @@ int store_commit_blob(RegistryStore *s, int fd, const char *tmp_name, const char
         return 0;
 }
 
-int registry_store_add_blob(RegistryStore *s, int fd, const void *data, size_t size, const atomic_bool *cancel,
-                            char ret_digest[REGISTRY_DIGEST_MAX], uint64_t *ret_size, QdError *e) {
+int registry_store_add_blob(RegistryStore *s, int fd, const void *data, size_t size,
+                            const atomic_bool *cancel, char ret_digest[REGISTRY_DIGEST_MAX],
+                            uint64_t *ret_size, QdError *e) {
         const size_t bufsize = 1U << 20;
         _cleanup_free_ uint8_t *buf = NULL;
         char tmp[32], digest[REGISTRY_DIGEST_MAX];
@@ -801,8 +807,8 @@ int registry_store_create(RegistryStore *s, const RegistryName *name, const Regi
                         return r;
                 ls[i].media_type = (char *)layers[i].media_type;
         }
-        RegistryManifest m = { .media_type = (char *)REGISTRY_MEDIA_DOCKER_MANIFEST, .layers = ls,
-                               .n_layers = n_layers };
+        RegistryManifest m = {
+                .media_type = (char *)REGISTRY_MEDIA_DOCKER_MANIFEST, .layers = ls, .n_layers = n_layers};
         r = make_config_blob(s, ls, n_layers, config_extra, &m.config, e);
         if (r < 0)
                 return r;

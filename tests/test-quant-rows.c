@@ -14,7 +14,6 @@
 
 #include <math.h>
 
-#include "quant-dequant.h"
 #include "quant.h"
 
 #define ROW 256
@@ -113,7 +112,7 @@ static void test_dequantize_as_gguf(void **state) {
                 _cleanup_free_ float *got = malloc(vsize);
 
                 assert_int_equal(row_bytes(type, n), bsize);
-                assert_int_equal(test_dequantize_row(type, blocks, got, n), 0);
+                assert_int_equal(engine_dequantize_row(type, blocks, got, n), 0);
                 for (size_t i = 0; i < n; i++)
                         if (memcmp(&got[i], &want[i], sizeof(float)) != 0)
                                 fail_msg("%s: element %zu decodes to %a, gguf to %a", ggml_type_name(type),
@@ -147,7 +146,7 @@ static double relative_rmse(uint32_t type, const float *x, size_t n) {
         double err = 0, ref = 0;
 
         assert_int_equal(quant_row(type, x, q, n), 0);
-        assert_int_equal(test_dequantize_row(type, q, y, n), 0);
+        assert_int_equal(engine_dequantize_row(type, q, y, n), 0);
         for (size_t i = 0; i < n; i++) {
                 assert_true(isfinite(y[i]));
                 err += ((double)y[i] - x[i]) * ((double)y[i] - x[i]);
@@ -211,12 +210,49 @@ static void test_rmse_real_rows(void **state) {
                 assert_true(tensor->n_elements >= n);
                 /* Whole 256-element super-blocks out of the tensor's first rows; the stored row length does
                  * not matter for the statistics. */
-                assert_int_equal(test_dequantize_row(tensor->type, tensor->data, x, n), 0);
+                assert_int_equal(engine_dequantize_row(tensor->type, tensor->data, x, n), 0);
                 for (size_t b = 0; b < ELEMENTSOF(bounds); b++) {
                         double e = relative_rmse(bounds[b].type, x, n);
                         print_message("# %-22s %-7s relative RMSE %.5f (bound %.5f)\n", names[t],
                                       ggml_type_name(bounds[b].type), e, bounds[b].real);
                         assert_true(e < bounds[b].real);
+                }
+        }
+}
+
+/* The fast row functions write the reference's bytes, on rows of every kind: scales from tiny to huge,
+ * offsets, sparse rows, flat and zero groups. */
+static void test_fast_equals_ref(void **state) {
+        static const uint32_t types[] = {GGML_TYPE_Q2_K, GGML_TYPE_Q3_K,   GGML_TYPE_Q4_K, GGML_TYPE_Q5_K,
+                                         GGML_TYPE_Q6_K, GGML_TYPE_IQ4_NL, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0};
+        const size_t n = 4 * ROW, n_rows = 400;
+        _cleanup_free_ float *x = malloc(n * sizeof(float));
+        _cleanup_free_ uint8_t *a = malloc(n * 4), *b = malloc(n * 4);
+        uint64_t seed = 99;
+
+        for (size_t r = 0; r < n_rows; r++) {
+                const float scale = (float)pow(10.0, -6.0 + 9.0 * rng_uniform(&seed));
+                const unsigned kind = (unsigned)(r % 6);
+
+                for (size_t i = 0; i < n; i++) {
+                        float v = rng_normal(&seed) * scale;
+                        if (kind == 1)
+                                v = fabsf(v) + scale; /* all positive: the minimum is clamped to 0 */
+                        else if (kind == 2 && rng_uniform(&seed) < 0.9)
+                                v = 0.0f; /* sparse, with all-zero groups */
+                        else if (kind == 3 && (i / 16) % 3 == 0)
+                                v = scale; /* flat groups */
+                        else if (kind == 4)
+                                v = (float)(int)(v / scale * 4.0f); /* few distinct values, ties */
+                        x[i] = v;
+                }
+                for (size_t t = 0; t < ELEMENTSOF(types); t++) {
+                        size_t rb = row_bytes(types[t], n);
+                        assert_int_equal(quant_row(types[t], x, a, n), 0);
+                        assert_int_equal(quant_row_ref(types[t], x, b, n), 0);
+                        if (memcmp(a, b, rb) != 0)
+                                fail_msg("%s: row %zu (kind %u) differs between fast and reference",
+                                         ggml_type_name(types[t]), r, kind);
                 }
         }
 }
@@ -231,7 +267,7 @@ static void test_awkward_rows(void **state) {
 
                 memset(x, 0, sizeof(x));
                 assert_int_equal(quant_row(type, x, q, ROW), 0);
-                assert_int_equal(test_dequantize_row(type, q, y, ROW), 0);
+                assert_int_equal(engine_dequantize_row(type, q, y, ROW), 0);
                 for (int i = 0; i < ROW; i++)
                         assert_true(y[i] == 0.0f);
 
@@ -243,7 +279,7 @@ static void test_awkward_rows(void **state) {
                         for (int i = 0; i < ROW; i++)
                                 x[i] = levels[k];
                         assert_int_equal(quant_row(type, x, q, ROW), 0);
-                        assert_int_equal(test_dequantize_row(type, q, y, ROW), 0);
+                        assert_int_equal(engine_dequantize_row(type, q, y, ROW), 0);
                         for (int i = 0; i < ROW; i++)
                                 if (!(fabsf(y[i] - x[i]) <= tol))
                                         fail_msg("%s: constant %g decodes to %g at %d", ggml_type_name(type),
@@ -272,9 +308,13 @@ static void test_errors(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_same_bytes_as_gguf), cmocka_unit_test(test_dequantize_as_gguf),
-                cmocka_unit_test(test_rmse_gaussian),      cmocka_unit_test(test_rmse_real_rows),
-                cmocka_unit_test(test_awkward_rows),       cmocka_unit_test(test_errors),
+                cmocka_unit_test(test_same_bytes_as_gguf),
+                cmocka_unit_test(test_dequantize_as_gguf),
+                cmocka_unit_test(test_rmse_gaussian),
+                cmocka_unit_test(test_rmse_real_rows),
+                cmocka_unit_test(test_awkward_rows),
+                cmocka_unit_test(test_fast_equals_ref),
+                cmocka_unit_test(test_errors),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);

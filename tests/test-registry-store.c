@@ -8,10 +8,10 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <setjmp.h>
 
 #include <cmocka.h>
 
@@ -69,8 +69,11 @@ static RegistryName name_of(const char *s) {
 static void create_model(Fixture *f, const char *name, const char *template) {
         int fd = open_model_file();
         RegistryCreateLayer layers[] = {
-                { .media_type = REGISTRY_MEDIA_MODEL, .fd = fd },
-                { .media_type = REGISTRY_MEDIA_TEMPLATE, .fd = -1, .data = template, .size = strlen(template) },
+                {.media_type = REGISTRY_MEDIA_MODEL, .fd = fd},
+                {.media_type = REGISTRY_MEDIA_TEMPLATE,
+                 .fd = -1,
+                 .data = template,
+                 .size = strlen(template)},
         };
         RegistryName n = name_of(name);
         QdError e = {};
@@ -353,7 +356,8 @@ static void test_add_blob_errors(void **state) {
 
         /* Known digest of "abc" (FIPS 180-2 test vector). */
         assert_int_equal(registry_store_add_blob(f->store, -1, "abc", 3, NULL, digest, &size, &e), 0);
-        assert_string_equal(digest, "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_string_equal(digest,
+                            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_true(size == 3);
         /* Adding it again is harmless. */
         assert_int_equal(registry_store_add_blob(f->store, -1, "abc", 3, NULL, digest, &size, &e), 0);
@@ -361,7 +365,8 @@ static void test_add_blob_errors(void **state) {
         /* Cancelled: nothing stays behind. */
         unsigned before = count_blobs(f);
         int fd = open_model_file();
-        assert_int_equal(registry_store_add_blob(f->store, fd, NULL, 0, &cancel, digest, &size, &e), -ECANCELED);
+        assert_int_equal(registry_store_add_blob(f->store, fd, NULL, 0, &cancel, digest, &size, &e),
+                         -ECANCELED);
         close(fd);
         assert_int_equal(count_blobs(f), before);
         /* A directory fd cannot be read. */
@@ -372,7 +377,7 @@ static void test_add_blob_errors(void **state) {
         assert_int_equal(count_blobs(f), before);
 
         /* create rejects layers without a media type and configs that are not objects. */
-        RegistryCreateLayer bad = { .media_type = "text/plain", .fd = -1, .data = "x", .size = 1 };
+        RegistryCreateLayer bad = {.media_type = "text/plain", .fd = -1, .data = "x", .size = 1};
         RegistryName n = name_of("bad");
         assert_int_equal(registry_store_create(f->store, &n, &bad, 1, NULL, NULL, NULL), -EINVAL);
         bad.media_type = REGISTRY_MEDIA_SYSTEM;

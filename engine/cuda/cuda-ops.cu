@@ -1,0 +1,722 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The CUDA backend's kernels other than the decode matrix-vector products: RMSNorm (fused with the 8-bit
+ * quantization of its output), embedding rows, RoPE fused with the KV-cache store, attention for one token
+ * (split along the sequence, the splits merged by the last block to finish) and for prompt batches (tiles of
+ * queries against tiles of keys with an online softmax), SwiGLU, argmax, dequantization to F16 tiles and the
+ * cuBLAS GEMM that prompt batches go through, plus device memory helpers and random weights for benchmarks.
+ *
+ * Every kernel here may be launched with programmatic dependent launch (see launch_pdl()): each one calls
+ * grid_dep_wait() before it reads anything another kernel wrote, and writes nothing before it.
+ */
+
+#include <cublas_v2.h>
+#include <stdlib.h>
+
+#include "cuda-quant.cuh"
+
+/* ---- memory ---- */
+
+extern "C" int cuda_malloc(size_t size, void **ret) {
+        void *p = NULL;
+
+        CU_TRY(cudaMalloc(&p, size ? size : 1));
+        *ret = p;
+        return 0;
+}
+
+extern "C" void cuda_free(void *p) {
+        if (p)
+                (void)cudaFree(p);
+}
+
+extern "C" int cuda_upload(void *dst, const void *src, size_t size) {
+        CU_TRY(cudaMemcpy(dst, src, size, cudaMemcpyHostToDevice));
+        return 0;
+}
+
+extern "C" int cuda_download(void *dst, const void *src, size_t size) {
+        CU_TRY(cudaMemcpy(dst, src, size, cudaMemcpyDeviceToHost));
+        return 0;
+}
+
+extern "C" int cuda_sync(CudaStream s) {
+        CU_TRY(cudaStreamSynchronize(s));
+        return 0;
+}
+
+/* ---- block-wide reductions (blockDim.x a multiple of 32, at most 1024) ---- */
+
+__device__ float block_sum(float v, float *red) {
+        int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+
+        v = warp_sum(v);
+        __syncthreads();
+        if (lane == 0)
+                red[wid] = v;
+        __syncthreads();
+        v = lane < nw ? red[lane] : 0.0f;
+        return warp_sum(v);
+}
+
+__device__ float block_max(float v, float *red) {
+        int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+
+        v = warp_max(v);
+        __syncthreads();
+        if (lane == 0)
+                red[wid] = v;
+        __syncthreads();
+        v = lane < nw ? red[lane] : -INFINITY;
+        return warp_max(v);
+}
+
+/* One warp's 32 values to 8 bits: each lane holds one. */
+__device__ __forceinline__ void warp_quantize(float v, int8_t *qs, float2 *ds) {
+        int lane = threadIdx.x & 31;
+        float amax = warp_max(fabsf(v));
+        float d = amax / 127.0f;
+        int q = amax > 0.0f ? __float2int_rn(v / d) : 0;
+        float sum = warp_sum((float)q);
+
+        qs[lane] = (int8_t)q;
+        if (lane == 0)
+                *ds = make_float2(d, d * sum);
+}
+
+/* ---- RMSNorm: one block per row ---- */
+
+#define NORM_THREADS 512
+
+__global__ void __launch_bounds__(NORM_THREADS)
+        rmsnorm_kernel(const float *x, const float *w, uint32_t n, float eps, float *y, __half *y16, int8_t *qs,
+                       float2 *ds) {
+        __shared__ float red[32];
+        const float *xr = x + (size_t)blockIdx.x * n;
+        float ss = 0.0f;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        for (uint32_t i = threadIdx.x; i < n; i += blockDim.x)
+                ss += xr[i] * xr[i];
+        ss = block_sum(ss, red);
+        float scale = rsqrtf(ss / (float)n + eps);
+        /* Whole warps walk the row 32 at a time, so each 32 can be quantized by one warp. */
+        int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+        for (uint32_t i0 = 32 * wid; i0 < n; i0 += 32 * nw) {
+                uint32_t i = i0 + lane;
+                float v = i < n ? xr[i] * scale * w[i] : 0.0f;
+                size_t o = (size_t)blockIdx.x * n + i;
+                if (i < n && y)
+                        y[o] = v;
+                if (i < n && y16)
+                        y16[o] = __float2half(v);
+                if (qs)
+                        warp_quantize(v, qs + (o - lane), ds + (o - lane) / 32);
+        }
+}
+
+extern "C" int cuda_rmsnorm(CudaStream s, const float *x, const float *w, uint32_t n, uint32_t n_rows, float eps,
+                            float *y, uint16_t *y16, const CudaQ8 *yq) {
+        if (yq && n % 32 != 0)
+                return -EINVAL;
+        CU_TRY(launch_pdl(rmsnorm_kernel, dim3(n_rows), dim3(NORM_THREADS), 0, s, x, w, n, eps, y, (__half *)y16,
+                          yq ? yq->qs : (int8_t *)NULL, yq ? (float2 *)yq->ds : (float2 *)NULL));
+        return 0;
+}
+
+/* ---- rows of a matrix to floats, and whole matrices to halves ---- */
+
+template <int T>
+__global__ void get_rows_kernel(const uint8_t *w, size_t stride, uint32_t n_cols, const int32_t *rows, float *y) {
+        uint32_t c = blockIdx.y * blockDim.x + threadIdx.x;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        if (c >= n_cols)
+                return;
+        y[(size_t)blockIdx.x * n_cols + c] = dq_elem<T>(w + (size_t)rows[blockIdx.x] * stride, c);
+}
+
+/* Eight consecutive elements per thread (n_cols a multiple of 8), one 16-byte store. */
+template <int T> __global__ void dequant_f16_kernel(const uint8_t *w, size_t stride, uint32_t n_cols, uint32_t n_rows,
+                                                    __half *y) {
+        size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x, per_row = n_cols / 8;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        if (g >= per_row * n_rows)
+                return;
+        size_t r = g / per_row;
+        uint32_t c = (uint32_t)(g % per_row) * 8;
+        const uint8_t *row = w + r * stride;
+        __align__(16) __half h[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+                h[k] = __float2half(dq_elem<T>(row, c + k));
+        *(uint4 *)(y + r * n_cols + c) = *(const uint4 *)h;
+}
+
+/* One element per thread, for rows whose length is not a multiple of 8. */
+template <int T> __global__ void dequant_f16_kernel1(const uint8_t *w, size_t stride, uint32_t n_cols, uint32_t n_rows,
+                                                     __half *y) {
+        size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        if (g >= (size_t)n_cols * n_rows)
+                return;
+        y[g] = __float2half(dq_elem<T>(w + (g / n_cols) * stride, (uint32_t)(g % n_cols)));
+}
+
+template <int T> static int dequant_launch(CudaStream s, const CudaMatrix *w, const int32_t *rows, uint32_t n_rows,
+                                           float *yf, __half *yh) {
+        if (yf) {
+                dim3 grid(n_rows, (w->n_cols + 255) / 256);
+                CU_TRY(launch_pdl(get_rows_kernel<T>, grid, dim3(256), 0, s, (const uint8_t *)w->data,
+                                  w->row_stride, w->n_cols, rows, yf));
+        } else if (w->n_cols % 8 == 0) {
+                size_t n = (size_t)w->n_rows * w->n_cols / 8;
+                CU_TRY(launch_pdl(dequant_f16_kernel<T>, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s,
+                                  (const uint8_t *)w->data, w->row_stride, w->n_cols, w->n_rows, yh));
+        } else {
+                size_t n = (size_t)w->n_rows * w->n_cols;
+                CU_TRY(launch_pdl(dequant_f16_kernel1<T>, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s,
+                                  (const uint8_t *)w->data, w->row_stride, w->n_cols, w->n_rows, yh));
+        }
+        return 0;
+}
+
+static int dequant_dispatch(CudaStream s, const CudaMatrix *w, const int32_t *rows, uint32_t n_rows, float *yf,
+                            __half *yh) {
+        switch (w->type) {
+        case GGML_TYPE_Q4_0:
+                return dequant_launch<GGML_TYPE_Q4_0>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_Q4_1:
+                return dequant_launch<GGML_TYPE_Q4_1>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_Q5_0:
+                return dequant_launch<GGML_TYPE_Q5_0>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_Q5_1:
+                return dequant_launch<GGML_TYPE_Q5_1>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_Q8_0:
+                return dequant_launch<GGML_TYPE_Q8_0>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_Q2_K:
+                return dequant_launch<GGML_TYPE_Q2_K>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_Q3_K:
+                return dequant_launch<GGML_TYPE_Q3_K>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_Q4_K:
+                return dequant_launch<GGML_TYPE_Q4_K>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_Q5_K:
+                return dequant_launch<GGML_TYPE_Q5_K>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_Q6_K:
+                return dequant_launch<GGML_TYPE_Q6_K>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_F32:
+                return dequant_launch<GGML_TYPE_F32>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_F16:
+                return dequant_launch<GGML_TYPE_F16>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_BF16:
+                return dequant_launch<GGML_TYPE_BF16>(s, w, rows, n_rows, yf, yh);
+        default:
+                return -EOPNOTSUPP;
+        }
+}
+
+extern "C" int cuda_get_rows(CudaStream s, const CudaMatrix *w, const int32_t *rows, uint32_t n_rows, float *y) {
+        return dequant_dispatch(s, w, rows, n_rows, y, NULL);
+}
+
+extern "C" int cuda_dequant_f16(CudaStream s, const CudaMatrix *w, uint16_t *y) {
+        return dequant_dispatch(s, w, NULL, 0, NULL, (__half *)y);
+}
+
+__global__ void f32_to_f16_kernel(const float *x, __half *y, size_t n) {
+        size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        if (i < n)
+                y[i] = __float2half(x[i]);
+}
+
+extern "C" int cuda_f32_to_f16(CudaStream s, const float *x, uint16_t *y, size_t n) {
+        CU_TRY(launch_pdl(f32_to_f16_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, x, (__half *)y,
+                          n));
+        return 0;
+}
+
+__global__ void swiglu_f16_kernel(const float *gu, uint32_t n_ff, size_t n, __half *h) {
+        size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        if (i >= n)
+                return;
+        size_t t = i / n_ff, j = i % n_ff;
+        float g = gu[t * 2 * n_ff + j], u = gu[t * 2 * n_ff + n_ff + j];
+        h[i] = __float2half(g / (1.0f + __expf(-g)) * u);
+}
+
+extern "C" int cuda_swiglu_f16(CudaStream s, const float *gu, uint32_t n_ff, uint32_t n_tok, uint16_t *h) {
+        size_t n = (size_t)n_ff * n_tok;
+
+        CU_TRY(launch_pdl(swiglu_f16_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, gu, n_ff, n,
+                          (__half *)h));
+        return 0;
+}
+
+/* ---- RoPE and the KV-cache store ---- */
+
+__global__ void rope_store_kernel(const CudaAttnShape a, float *qkv, uint32_t stride, const int32_t *pos,
+                                  __half *kc, __half *vc) {
+        const uint32_t t = blockIdx.x, hd = a.head_dim, half_hd = hd / 2;
+        const uint32_t nq = a.n_head * hd, nk = a.n_head_kv * hd;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        const int32_t p = *pos + (int32_t)t;
+        float *q = qkv + (size_t)t * stride, *k = q + nq, *v = k + nk;
+        __half *kr = kc + (size_t)p * nk, *vr = vc + (size_t)p * nk;
+
+        for (uint32_t i = threadIdx.x; i < (nq + nk) / 2; i += blockDim.x) {
+                bool is_q = i < nq / 2;
+                uint32_t pi = is_q ? i : i - nq / 2, j = pi % half_hd;
+                float *x = (is_q ? q : k) + 2 * pi;
+                float x0 = x[0], x1 = x[1];
+                if (2 * j < a.n_rot) {
+                        float theta = (float)p * powf(a.rope_base, -(float)(2 * j) / (float)a.n_rot), sn, cs;
+                        sincosf(theta, &sn, &cs);
+                        float y0 = x0 * cs - x1 * sn, y1 = x0 * sn + x1 * cs;
+                        x0 = y0, x1 = y1;
+                }
+                if (is_q) {
+                        x[0] = x0, x[1] = x1;
+                } else {
+                        kr[2 * pi] = __float2half(x0);
+                        kr[2 * pi + 1] = __float2half(x1);
+                }
+        }
+        for (uint32_t i = threadIdx.x; i < nk; i += blockDim.x)
+                vr[i] = __float2half(v[i]);
+}
+
+extern "C" int cuda_rope_store(CudaStream s, const CudaAttnShape *a, float *qkv, uint32_t stride, uint32_t n_tok,
+                               const int32_t *pos, uint16_t *k_cache, uint16_t *v_cache) {
+        if (a->head_dim % 2 != 0 || a->n_rot > a->head_dim || a->n_head % a->n_head_kv != 0)
+                return -EINVAL;
+        CU_TRY(launch_pdl(rope_store_kernel, dim3(n_tok), dim3(256), 0, s, *a, qkv, stride, pos,
+                          (__half *)k_cache, (__half *)v_cache));
+        return 0;
+}
+
+/* ---- attention for one token ----
+ * Block (head, split): up to ATT_SPLIT positions; one thread per position for the scores, then the
+ * threads in head_dim-wide groups over positions for the weighted sum of values. A split's result is
+ * (max, sum of exponentials, unnormalised output); the last split of a head to finish merges them. */
+
+#define ATT_SPLIT 256
+#define ATT_THREADS 256
+
+static uint32_t attn_splits(const CudaAttnShape *a) {
+        return (a->n_ctx + ATT_SPLIT - 1) / ATT_SPLIT;
+}
+
+extern "C" size_t cuda_attn_scratch_size(const CudaAttnShape *a) {
+        size_t ns = attn_splits(a);
+        return a->n_head * ns * (a->head_dim + 2) * sizeof(float) + a->n_head * sizeof(uint32_t);
+}
+
+__global__ void __launch_bounds__(ATT_THREADS)
+        attn_decode_kernel(const CudaAttnShape a, const float *q, const int32_t *pos, const __half *kc,
+                           const __half *vc, float *part, uint32_t *counters, float *out, int8_t *oqs,
+                           float2 *ods) {
+        extern __shared__ float sm[]; /* q (hd), scores (ATT_SPLIT), group sums (ATT_THREADS) */
+        __shared__ float red[32];
+        __shared__ uint32_t ticket;
+        const uint32_t h = blockIdx.x, c = blockIdx.y, hd = a.head_dim, tid = threadIdx.x;
+        const uint32_t kvh = h / (a.n_head / a.n_head_kv), kv_dim = a.n_head_kv * hd;
+        const uint32_t max_splits = gridDim.y;
+        float *qs = sm, *sc = sm + hd, *grp = sc + ATT_SPLIT;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        const uint32_t n_pos = (uint32_t)*pos + 1, n_split = (n_pos + ATT_SPLIT - 1) / ATT_SPLIT;
+        if (c >= n_split)
+                return;
+        const uint32_t t0 = c * ATT_SPLIT, cnt = min(ATT_SPLIT, n_pos - t0);
+        const float scale = rsqrtf((float)hd);
+
+        for (uint32_t d = tid; d < hd; d += blockDim.x)
+                qs[d] = q[h * hd + d] * scale;
+        __syncthreads();
+        float mx = -INFINITY;
+        for (uint32_t t = tid; t < cnt; t += blockDim.x) {
+                const uint4 *kr = (const uint4 *)(kc + (size_t)(t0 + t) * kv_dim + kvh * hd);
+                float s = 0.0f;
+                for (uint32_t v = 0; v < hd / 8; v++) {
+                        uint4 u = kr[v];
+                        const __half2 *h2 = (const __half2 *)&u;
+#pragma unroll
+                        for (int i = 0; i < 4; i++) {
+                                float2 f = __half22float2(h2[i]);
+                                s += f.x * qs[8 * v + 2 * i] + f.y * qs[8 * v + 2 * i + 1];
+                        }
+                }
+                sc[t] = s;
+                mx = fmaxf(mx, s);
+        }
+        mx = block_max(mx, red);
+        float l = 0.0f;
+        for (uint32_t t = tid; t < cnt; t += blockDim.x) {
+                float p = __expf(sc[t] - mx);
+                sc[t] = p;
+                l += p;
+        }
+        l = block_sum(l, red); /* its barriers also publish sc[] */
+
+        const uint32_t groups = blockDim.x / hd, g = tid / hd, d = tid % hd;
+        float o = 0.0f;
+        if (g < groups) {
+                for (uint32_t t = g; t < cnt; t += groups)
+                        o += sc[t] * __half2float(vc[(size_t)(t0 + t) * kv_dim + kvh * hd + d]);
+                grp[tid] = o;
+        }
+        __syncthreads();
+        if (tid < hd) {
+                o = 0.0f;
+                for (uint32_t k = 0; k < groups; k++)
+                        o += grp[k * hd + tid];
+        }
+
+        if (n_split > 1) {
+                float *po = part + ((size_t)h * max_splits + c) * (hd + 2);
+                if (tid < hd)
+                        po[2 + tid] = o;
+                if (tid == 0)
+                        po[0] = mx, po[1] = l;
+                __threadfence();
+                __syncthreads();
+                if (tid == 0)
+                        ticket = atomicAdd(&counters[h], 1);
+                __syncthreads();
+                if (ticket != n_split - 1)
+                        return;
+                /* The last split of this head: merge all of them. */
+                __threadfence();
+                float m_all = -INFINITY;
+                for (uint32_t k = 0; k < n_split; k++)
+                        m_all = fmaxf(m_all, __ldcg(part + ((size_t)h * max_splits + k) * (hd + 2)));
+                l = 0.0f;
+                o = 0.0f;
+                for (uint32_t k = 0; k < n_split; k++) {
+                        const float *pk = part + ((size_t)h * max_splits + k) * (hd + 2);
+                        float f = __expf(__ldcg(pk) - m_all);
+                        l += __ldcg(pk + 1) * f;
+                        if (tid < hd)
+                                o += __ldcg(pk + 2 + tid) * f;
+                }
+                if (tid == 0)
+                        counters[h] = 0;
+        }
+        if (tid < hd) {
+                o /= l;
+                out[h * hd + tid] = o;
+                if (oqs && hd % 32 == 0)
+                        warp_quantize(o, oqs + h * hd + (tid & ~31u), ods + (h * hd + tid) / 32);
+        }
+}
+
+extern "C" int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const float *q, const int32_t *pos,
+                                const uint16_t *k_cache, const uint16_t *v_cache, void *scratch, float *out,
+                                const CudaQ8 *outq) {
+        uint32_t ns = attn_splits(a);
+        float *part = (float *)scratch;
+        uint32_t *counters = (uint32_t *)(part + (size_t)a->n_head * ns * (a->head_dim + 2));
+        size_t smem = (a->head_dim + ATT_SPLIT + ATT_THREADS) * sizeof(float);
+
+        if (a->head_dim % 8 != 0 || a->head_dim > ATT_THREADS || ATT_THREADS % a->head_dim != 0 ||
+            (outq && a->head_dim % 32 != 0))
+                return -EINVAL;
+        CU_TRY(launch_pdl(attn_decode_kernel, dim3(a->n_head, ns), dim3(ATT_THREADS), smem, s, *a, q, pos,
+                          (const __half *)k_cache, (const __half *)v_cache, part, counters, out,
+                          outq ? outq->qs : (int8_t *)NULL, outq ? (float2 *)outq->ds : (float2 *)NULL));
+        return 0;
+}
+
+/* ---- attention for prompt batches ----
+ * Block (head, 32 queries), 8 warps of 4 queries each. Tiles of 32 keys and values go through shared memory
+ * as floats (rows padded by one so that a lane per key reads without bank conflicts); each lane scores one
+ * key, the warp keeps a running max and sum per query (online softmax), and lane d accumulates output
+ * dimensions d, d + 32, ... */
+
+#define PF_Q 32
+#define PF_K 32
+#define PF_MAXD 8 /* head_dim up to 256 */
+
+__global__ void __launch_bounds__(256)
+        attn_prefill_kernel(const CudaAttnShape a, const float *q, uint32_t q_stride, uint32_t n_tok,
+                            const int32_t *pos, const __half *kc, const __half *vc, float *out) {
+        extern __shared__ float sm[];
+        const uint32_t hd = a.head_dim, ld = hd + 1, h = blockIdx.x, q0 = blockIdx.y * PF_Q;
+        const uint32_t kvh = h / (a.n_head / a.n_head_kv), kv_dim = a.n_head_kv * hd;
+        const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+        float *qs = sm, *ks = qs + PF_Q * hd, *vs = ks + PF_K * ld;
+        const float scale = rsqrtf((float)hd);
+
+        grid_dep_launch();
+        grid_dep_wait();
+        const int32_t p0 = *pos;
+        const uint32_t nq = min(PF_Q, n_tok - q0);
+        for (uint32_t i = threadIdx.x; i < PF_Q * hd; i += blockDim.x) {
+                uint32_t qi = i / hd, d = i % hd;
+                qs[i] = qi < nq ? q[(size_t)(q0 + qi) * q_stride + h * hd + d] * scale : 0.0f;
+        }
+        float m[4], l[4], o[4][PF_MAXD];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+                m[i] = -INFINITY, l[i] = 0.0f;
+#pragma unroll
+                for (int k = 0; k < PF_MAXD; k++)
+                        o[i][k] = 0.0f;
+        }
+        const uint32_t n_keys = (uint32_t)p0 + q0 + nq; /* keys the last query of the tile sees */
+        for (uint32_t k0 = 0; k0 < n_keys; k0 += PF_K) {
+                __syncthreads();
+                for (uint32_t i = threadIdx.x; i < PF_K * hd; i += blockDim.x) {
+                        uint32_t j = i / hd, d = i % hd;
+                        bool ok = k0 + j < n_keys;
+                        size_t off = (size_t)(k0 + j) * kv_dim + kvh * hd + d;
+                        ks[j * ld + d] = ok ? __half2float(kc[off]) : 0.0f;
+                        vs[j * ld + d] = ok ? __half2float(vc[off]) : 0.0f;
+                }
+                __syncthreads();
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                        uint32_t qi = 4 * wid + i;
+                        if (qi >= nq)
+                                break;
+                        uint32_t qpos = (uint32_t)p0 + q0 + qi, kpos = k0 + lane;
+                        if (k0 > qpos)
+                                break;
+                        float s = -INFINITY;
+                        if (kpos <= qpos) {
+                                s = 0.0f;
+                                for (uint32_t d = 0; d < hd; d++)
+                                        s += qs[qi * hd + d] * ks[lane * ld + d];
+                        }
+                        float mn = fmaxf(m[i], warp_max(s));
+                        float alpha = __expf(m[i] - mn), p = __expf(s - mn);
+                        l[i] = l[i] * alpha + warp_sum(p);
+                        m[i] = mn;
+#pragma unroll
+                        for (int k = 0; k < PF_MAXD; k++)
+                                o[i][k] *= alpha;
+                        for (int j = 0; j < PF_K; j++) {
+                                float pj = __shfl_sync(0xffffffffu, p, j);
+#pragma unroll
+                                for (int k = 0; k < PF_MAXD; k++)
+                                        if (lane + 32 * k < hd)
+                                                o[i][k] += pj * vs[j * ld + lane + 32 * k];
+                        }
+                }
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+                uint32_t qi = 4 * wid + i;
+                if (qi >= nq)
+                        break;
+#pragma unroll
+                for (int k = 0; k < PF_MAXD; k++)
+                        if (lane + 32 * k < hd)
+                                out[(size_t)(q0 + qi) * a.n_head * hd + h * hd + lane + 32 * k] = o[i][k] / l[i];
+        }
+}
+
+extern "C" int cuda_attn_prefill(CudaStream s, const CudaAttnShape *a, const float *q, uint32_t q_stride,
+                                 uint32_t n_tok, const int32_t *pos, const uint16_t *k_cache,
+                                 const uint16_t *v_cache, float *out) {
+        size_t smem = (PF_Q * a->head_dim + 2 * PF_K * (a->head_dim + 1)) * sizeof(float);
+
+        if (a->head_dim > 32 * PF_MAXD || n_tok == 0)
+                return -EINVAL;
+        CU_TRY(cudaFuncSetAttribute(attn_prefill_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CU_TRY(launch_pdl(attn_prefill_kernel, dim3(a->n_head, (n_tok + PF_Q - 1) / PF_Q), dim3(256), smem, s, *a,
+                          q, q_stride, n_tok, pos, (const __half *)k_cache, (const __half *)v_cache, out));
+        return 0;
+}
+
+/* ---- argmax ---- */
+
+__global__ void __launch_bounds__(1024)
+        argmax_kernel(const float *x, uint32_t n, int32_t *ret, int32_t *pos, int32_t *hist, uint32_t hist_n) {
+        __shared__ float bv[32];
+        __shared__ uint32_t bi[32];
+        float v = -INFINITY;
+        uint32_t idx = 0;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        for (uint32_t i = threadIdx.x; i < n; i += blockDim.x)
+                if (x[i] > v)
+                        v = x[i], idx = i;
+        /* Ties go to the lowest index, as a sequential scan would. */
+        for (int o = 16; o > 0; o >>= 1) {
+                float ov = __shfl_xor_sync(0xffffffffu, v, o);
+                uint32_t oi = __shfl_xor_sync(0xffffffffu, idx, o);
+                if (ov > v || (ov == v && oi < idx))
+                        v = ov, idx = oi;
+        }
+        if ((threadIdx.x & 31) == 0)
+                bv[threadIdx.x >> 5] = v, bi[threadIdx.x >> 5] = idx;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+                for (uint32_t w = 1; w < blockDim.x / 32; w++)
+                        if (bv[w] > v || (bv[w] == v && bi[w] < idx))
+                                v = bv[w], idx = bi[w];
+                *ret = (int32_t)idx;
+                if (pos) {
+                        int32_t p = *pos + 1;
+                        *pos = p;
+                        if (hist && (uint32_t)p < hist_n)
+                                hist[p] = (int32_t)idx;
+                }
+        }
+}
+
+extern "C" int cuda_argmax(CudaStream s, const float *x, uint32_t n, int32_t *ret, int32_t *pos, int32_t *hist,
+                           uint32_t hist_n) {
+        CU_TRY(launch_pdl(argmax_kernel, dim3(1), dim3(1024), 0, s, x, n, ret, pos, hist, hist_n));
+        return 0;
+}
+
+/* ---- cuBLAS ---- */
+
+struct CudaBlas {
+        cublasHandle_t handle;
+};
+
+extern "C" int cuda_blas_new(CudaStream s, CudaBlas **ret) {
+        CudaBlas *b = (CudaBlas *)calloc(1, sizeof(CudaBlas));
+
+        if (!b)
+                return -ENOMEM;
+        if (cublasCreate(&b->handle) != CUBLAS_STATUS_SUCCESS) {
+                free(b);
+                return -EIO;
+        }
+        if (cublasSetStream(b->handle, s) != CUBLAS_STATUS_SUCCESS) {
+                cublasDestroy(b->handle);
+                free(b);
+                return -EIO;
+        }
+        *ret = b;
+        return 0;
+}
+
+extern "C" CudaBlas *cuda_blas_free(CudaBlas *b) {
+        if (!b)
+                return NULL;
+        cublasDestroy(b->handle);
+        free(b);
+        return NULL;
+}
+
+extern "C" int cuda_gemm_f16(CudaBlas *b, const uint16_t *w16, uint32_t n_rows, uint32_t n_cols,
+                             const uint16_t *x16, uint32_t n_tok, float *y, bool accumulate) {
+        /* Column-major view: y^T (n_rows x n_tok) = w16^T^T ... i.e. C = op(A) B with A = w16 stored as an
+         * n_cols x n_rows column-major matrix, transposed. */
+        const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+        cublasStatus_t st = cublasGemmEx(b->handle, CUBLAS_OP_T, CUBLAS_OP_N, (int)n_rows, (int)n_tok, (int)n_cols,
+                                         &alpha, w16, CUDA_R_16F, (int)n_cols, x16, CUDA_R_16F, (int)n_cols,
+                                         &beta, y, CUDA_R_32F, (int)n_rows, CUBLAS_COMPUTE_32F,
+                                         CUBLAS_GEMM_DEFAULT);
+
+        return st == CUBLAS_STATUS_SUCCESS ? 0 : -EIO;
+}
+
+/* ---- random weights ---- */
+
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        return z ^ (z >> 31);
+}
+
+/* The block scale d (and minimum where the type has one) that makes dequantized weights about scale big. */
+__device__ void fill_scales(int type, uint8_t *b, float scale) {
+        auto put = [](uint8_t *p, float v) { *(__half *)p = __float2half(v); };
+
+        switch (type) {
+        case GGML_TYPE_Q4_0:
+                put(b, scale / 4.0f);
+                break;
+        case GGML_TYPE_Q4_1:
+                put(b, scale / 8.0f), put(b + 2, -scale);
+                break;
+        case GGML_TYPE_Q5_0:
+                put(b, scale / 8.0f);
+                break;
+        case GGML_TYPE_Q5_1:
+                put(b, scale / 16.0f), put(b + 2, -scale);
+                break;
+        case GGML_TYPE_Q8_0:
+                put(b, scale / 64.0f);
+                break;
+        case GGML_TYPE_Q2_K:
+                put(b + 80, scale / 12.0f), put(b + 82, scale / 16.0f);
+                break;
+        case GGML_TYPE_Q3_K:
+                put(b + 108, scale / 32.0f);
+                break;
+        case GGML_TYPE_Q4_K:
+                put(b, scale / 256.0f), put(b + 2, scale / 64.0f);
+                break;
+        case GGML_TYPE_Q5_K:
+                put(b, scale / 512.0f), put(b + 2, scale / 64.0f);
+                break;
+        case GGML_TYPE_Q6_K:
+                put(b + 208, scale / 1024.0f);
+                break;
+        default:
+                break;
+        }
+}
+
+__global__ void fill_random_kernel(int type, uint8_t *w, size_t stride, uint32_t n_rows, uint32_t per_row,
+                                   uint32_t bytes, uint64_t seed, float scale) {
+        size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+
+        if (g >= (size_t)per_row * n_rows)
+                return;
+        uint8_t *b = w + (g / per_row) * stride + (g % per_row) * bytes;
+        uint64_t h = mix64(seed ^ (g * 0x9e3779b97f4a7c15ull));
+        if (type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16) {
+                float v = scale * ((float)(h >> 40) / 8388608.0f - 1.0f);
+                if (type == GGML_TYPE_F32)
+                        *(float *)b = v;
+                else if (type == GGML_TYPE_F16)
+                        *(__half *)b = __float2half(v);
+                else
+                        *(__nv_bfloat16 *)b = __float2bfloat16(v);
+                return;
+        }
+        for (uint32_t i = 0; i < bytes; i += 8) {
+                h = mix64(h + i);
+                for (uint32_t k = 0; k < 8 && i + k < bytes; k++)
+                        b[i + k] = (uint8_t)(h >> (8 * k));
+        }
+        fill_scales(type, b, scale);
+}
+
+extern "C" int cuda_fill_random(CudaStream s, const CudaMatrix *w, uint64_t seed, float scale) {
+        const GgmlTypeInfo *ti = ggml_type_info(w->type);
+
+        if (!ti || !cuda_type_supported(w->type) || w->n_cols % ti->block_size != 0)
+                return -EINVAL;
+        uint32_t per_row = w->n_cols / ti->block_size;
+        size_t n = (size_t)per_row * w->n_rows;
+        fill_random_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>((int)w->type, (uint8_t *)w->data,
+                                                                     w->row_stride, w->n_rows, per_row,
+                                                                     ti->type_size, seed, scale);
+        CU_CHECK_LAUNCH();
+        return 0;
+}

@@ -1,0 +1,32 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/*
+ * The integration tests' harness: starts a real quantd (--backend=fake unless told otherwise) on a socket and
+ * models directory in a fresh temporary directory, connects clients, and stops it with SIGTERM. Set
+ * QUANTD_TEST_VALGRIND=1 to run the daemon under valgrind, which then must report no leaks or errors, and
+ * QUANTD_TEST_KEEP=1 to keep the temporary directories (with the daemon's log) for a look afterwards.
+ */
+
+#include "common.h"
+
+typedef struct Harness {
+        char dir[64];
+        char *socket;
+        char *models;
+        char *log;
+        pid_t pid;
+} Harness;
+
+/* Starts quantd with config (INI text, may be NULL) and extra arguments (NULL-terminated, may be NULL). */
+int harness_start(Harness *h, const char *config, const char *const *extra_args);
+/* Sends SIGTERM and waits; returns the exit status (or 128 + signal), and removes the directory. */
+int harness_stop(Harness *h);
+/* A new client connection. */
+ProtoClient *harness_connect(Harness *h);
+/* Writes a fake model file with contents and stores it as name through Create. Returns 0 or -errno. */
+int harness_create_model(Harness *h, ProtoClient *c, const char *name, const char *contents);
+/* Whether the daemon's log contains s. */
+bool harness_log_contains(Harness *h, const char *s);
+/* Packs a params map from alternating key/value strings; values that parse as integers are packed as such. */
+void harness_params(msgpack_sbuffer *sb, ...);

@@ -1,0 +1,38 @@
+#!/bin/sh
+# SPDX-License-Identifier: MIT
+# qd-quantize: writes a readable file atomically, and refuses bad arguments with a message and no output.
+tool=$1
+dump=$2
+model=${QUANTD_TEST_MODELS:-../shared/models}/stories260K.gguf
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+n=0
+fail=0
+ok() { n=$((n + 1)); echo "ok $n - $1"; }
+not_ok() { n=$((n + 1)); fail=1; echo "not ok $n - $1"; }
+check() { desc=$1; shift; if "$@"; then ok "$desc"; else not_ok "$desc"; fi; }
+
+echo "1..12"
+check "--help shows usage" sh -c "'$tool' --help | grep -q '^Usage: qd-quantize'"
+check "Q4_K_M on stories260K succeeds" "$tool" -q -t 2 "$model" "$dir/q4km.gguf" Q4_K_M
+check "the result is a GGUF with q5_0 and f16 tensors" \
+        sh -c "'$dump' '$dir/q4km.gguf' | grep -q q5_0 && '$dump' '$dir/q4km.gguf' | grep -q f16"
+check "progress names each tensor" \
+        sh -c "'$tool' -t 1 '$model' '$dir/q8.gguf' q8_0 2>&1 | grep -q '\[  48/  48\] blk.4.ffn_norm.weight'"
+check "--tensor-type overrides a type" \
+        sh -c "'$tool' -q --tensor-type 'attn_v=q8_0' --pure '$model' '$dir/o.gguf' Q4_0 &&
+               '$dump' '$dir/o.gguf' | grep 'blk.0.attn_v' | grep -q q8_0"
+check "an unknown type exits 2 and names it" \
+        sh -c "'$tool' '$model' '$dir/x.gguf' Q9_K 2>&1 | grep -q \"Unknown quantization type 'Q9_K'\"; test ! -e '$dir/x.gguf'"
+check "a bad --tensor-type exits 2" sh -c "'$tool' --tensor-type nonsense '$model' '$dir/x.gguf' Q4_0 2>/dev/null; test \$? -eq 2"
+check "a missing source fails with its name" \
+        sh -c "'$tool' '$dir/none.gguf' '$dir/x.gguf' Q4_0 2>&1 | grep -q 'none.gguf'; test ! -e '$dir/x.gguf'"
+check "a bad pattern fails and leaves nothing behind" \
+        sh -c "! '$tool' -q --tensor-type '(=q8_0' '$model' '$dir/y.gguf' Q4_0 2>/dev/null && test -z \"\$(ls '$dir' | grep y.gguf)\""
+check "a directory that cannot be written to fails" \
+        sh -c "! '$tool' -q '$model' /proc/no/such/x.gguf Q4_0 2>/dev/null"
+check "a quantized source is refused without --allow-requantize" \
+        sh -c "'$tool' -q '$dir/q8.gguf' '$dir/r.gguf' Q4_0 2>&1 | grep -q 'already quantized'; test ! -e '$dir/r.gguf'"
+check "and converted with it" \
+        sh -c "'$tool' -q --allow-requantize '$dir/q8.gguf' '$dir/r.gguf' Q4_0 && '$dump' '$dir/r.gguf' | grep 'blk.0.attn_q' | grep -q q4_0"
+exit $fail
