@@ -116,7 +116,7 @@ else not_ok "busctl get-property Version Backends" "$out"; fi
 
 out=$(busctl --user get-property $(manager) LoadedModels 2>&1)
 case $out in
-'aa{sv} 1 '*'"name" s "stories"'*'"in_use" x 0'*) ok "busctl get-property LoadedModels: the model Generate loaded" ;;
+'aa{sv} 1 '*'"name" s "stories'*'"in_use" x 0'*) ok "busctl get-property LoadedModels: the model Generate loaded" ;;
 *) not_ok "busctl get-property LoadedModels: the model Generate loaded" "$out" ;;
 esac
 

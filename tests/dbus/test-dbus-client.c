@@ -424,7 +424,9 @@ static int64_t in_use(sd_bus *bus, const char *model) {
                         assert_true(sd_bus_message_exit_container(reply) >= 0);
                 }
                 assert_true(sd_bus_message_exit_container(reply) >= 0);
-                if (name && streq(name, model))
+                /* The scheduler names a model as the store does, with its tag. */
+                const char *tag = name ? startswith(name, model) : NULL;
+                if (tag && (streq(tag, "") || streq(tag, ":latest")))
                         n += users;
         }
         return n;
