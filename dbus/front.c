@@ -823,6 +823,9 @@ int dbus_front_new(DbusFront **ret, Manager *m, const DbusFrontOptions *o) {
                                                  o->user ? "session" : "system");
         }
         k = sd_bus_attach_event(f->bus, e, SD_EVENT_PRIORITY_NORMAL);
+        /* Not closed when the loop exits: dbus_front_free() still answers the calls in flight then. */
+        if (k >= 0)
+                k = sd_bus_set_close_on_exit(f->bus, false);
         if (k < 0)
                 return log_error_errno(k, "Failed to attach the bus to the event loop: %m");
         k = sd_bus_add_object_vtable(f->bus, &f->manager_slot, QUANTD_DBUS_PATH, QUANTD_DBUS_INTERFACE,

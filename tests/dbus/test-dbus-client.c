@@ -112,20 +112,6 @@ static int group_setup(void **state) {
         return 0;
 }
 
-static int group_teardown(void **state) {
-        int status;
-
-        assert_int_equal(kill(daemon_.pid, SIGTERM), 0);
-        assert_int_equal(waitpid(daemon_.pid, &status, 0), daemon_.pid);
-        /* A clean stop, with calls of departed clients and the bus connection freed. */
-        assert_true(WIFEXITED(status));
-        assert_int_equal(WEXITSTATUS(status), 0);
-        char cmd[128];
-        snprintf(cmd, sizeof(cmd), "rm -rf %s", daemon_.dir);
-        assert_int_equal(system(cmd), 0);
-        return 0;
-}
-
 /* ---- a generation followed through its signals ---- */
 
 typedef struct Stream {
@@ -272,6 +258,31 @@ static void run_until(sd_bus *const *buses, size_t n, bool (*done)(void *), void
 static bool stream_replied(void *userdata) {
         Stream *s = userdata;
         return s->replied && (!s->cancel_slot || s->cancel_replied);
+}
+
+static bool got_tokens(void *userdata);
+
+static int group_teardown(void **state) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = bus_open();
+        Stream s = {};
+        int status;
+
+        /* A caller still waiting when the daemon stops gets an answer that says so. */
+        stream_start(&s, bus, "slow", "Still running", 1000);
+        run_until(&bus, 1, got_tokens, &s);
+        assert_int_equal(kill(daemon_.pid, SIGTERM), 0);
+        run_until(&bus, 1, stream_replied, &s);
+        assert_string_equal(s.error, "org.quantd.Quantd1.Error.ShuttingDown");
+        stream_done(&s);
+
+        assert_int_equal(waitpid(daemon_.pid, &status, 0), daemon_.pid);
+        /* A clean stop, with calls of departed clients and the bus connection freed. */
+        assert_true(WIFEXITED(status));
+        assert_int_equal(WEXITSTATUS(status), 0);
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "rm -rf %s", daemon_.dir);
+        assert_int_equal(system(cmd), 0);
+        return 0;
 }
 
 /* ---- the tests ---- */
@@ -590,6 +601,101 @@ static void test_loaded_models_changes(void **state) {
         sd_bus_error_free(&e);
 }
 
+typedef struct Job {
+        uint64_t id;       /* the Create call's serial */
+        size_t n_progress; /* Progress signals of this call */
+        int64_t job;       /* the job id they named */
+        bool progress_after_reply;
+        bool replied;
+        char error[128];
+        int64_t reply_job;
+} Job;
+
+static int64_t read_job_fields(sd_bus_message *m, char *status, size_t size) {
+        const char *key, *v;
+        int64_t job = -1;
+
+        assert_true(sd_bus_message_enter_container(m, 'a', "{sv}") >= 0);
+        while (sd_bus_message_enter_container(m, 'e', "sv") > 0) {
+                assert_true(sd_bus_message_read(m, "s", &key) > 0);
+                if (streq(key, "job"))
+                        assert_true(sd_bus_message_read(m, "v", "x", &job) > 0);
+                else if (streq(key, "status") && status) {
+                        assert_true(sd_bus_message_read(m, "v", "s", &v) > 0);
+                        snprintf(status, size, "%s", v);
+                } else
+                        assert_true(sd_bus_message_skip(m, "v") >= 0);
+                assert_true(sd_bus_message_exit_container(m) >= 0);
+        }
+        assert_true(sd_bus_message_exit_container(m) >= 0);
+        return job;
+}
+
+static int on_progress(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        Job *j = userdata;
+        char status[64] = "";
+        uint64_t id;
+
+        if (!streq(sd_bus_message_get_member(m), "Progress"))
+                return 0;
+        assert_true(sd_bus_message_read(m, "t", &id) > 0);
+        if (id != j->id)
+                return 0;
+        j->progress_after_reply |= j->replied;
+        j->job = read_job_fields(m, status, sizeof(status));
+        assert_string_equal(status, "copying model data");
+        j->n_progress++;
+        return 0;
+}
+
+static int on_create_reply(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        Job *j = userdata;
+        const sd_bus_error *e = sd_bus_message_get_error(m);
+
+        j->replied = true;
+        if (e)
+                snprintf(j->error, sizeof(j->error), "%s", e->name);
+        else
+                j->reply_job = read_job_fields(m, NULL, 0);
+        return 0;
+}
+
+static bool job_replied(void *userdata) {
+        return ((Job *)userdata)->replied;
+}
+
+/* Create is a job: its Progress signals, naming the job, come before the reply that names it too. */
+static void test_create_progress(void **state) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = bus_open();
+        _cleanup_(sd_bus_slot_unrefp) sd_bus_slot *match = NULL, *call = NULL;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        char path[256];
+        Job j = {};
+
+        snprintf(path, sizeof(path), "%s/fast.model", daemon_.dir);
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+        assert_true(fd >= 0);
+        assert_true(sd_bus_add_match(bus, &match,
+                                     "type='signal',interface='" QUANTD_DBUS_REQUEST_INTERFACE "',"
+                                     "path_namespace='" QUANTD_DBUS_REQUEST_PATH_PREFIX "'",
+                                     on_progress, &j) >= 0);
+        assert_int_equal(sd_bus_message_new_method_call(bus, &m, QUANTD_DBUS_NAME, QUANTD_DBUS_PATH,
+                                                        QUANTD_DBUS_INTERFACE, "Create"),
+                         0);
+        assert_true(sd_bus_message_append(m, "sha{sv}", "progress", fd, 0) >= 0);
+        assert_true(sd_bus_call_async(bus, &call, m, on_create_reply, &j, CALL_TIMEOUT_USEC) >= 0);
+        assert_int_equal(sd_bus_message_get_cookie(m, &j.id), 0);
+        run_until(&bus, 1, job_replied, &j);
+
+        assert_string_equal(j.error, "");
+        assert_true(j.n_progress >= 1);
+        assert_false(j.progress_after_reply);
+        assert_true(j.job > 0);
+        assert_int_equal(j.reply_job, j.job);
+        assert_true(sd_bus_call_method(bus, QUANTD_DBUS_NAME, QUANTD_DBUS_PATH, QUANTD_DBUS_INTERFACE, "Delete", NULL,
+                                       NULL, "sa{sv}", "progress", 0) >= 0);
+}
+
 static void test_properties(void **state) {
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = bus_open();
         _cleanup_strv_free_ char **backends = NULL;
@@ -615,6 +721,7 @@ int main(void) {
                 cmocka_unit_test(test_client_leaves),
                 cmocka_unit_test(test_error_names),
                 cmocka_unit_test(test_list_and_copy_delete),
+                cmocka_unit_test(test_create_progress),
                 cmocka_unit_test(test_loaded_models_changes),
         };
         return cmocka_run_group_tests(tests, group_setup, group_teardown);
