@@ -117,11 +117,11 @@ typedef struct Manager Manager;
 typedef struct DbusFront DbusFront;
 
 typedef struct DbusFrontOptions {
-        /* A connected bus to serve on; NULL connects to the session bus when user is set, else the system bus. */
+        /* A connected bus to serve on; NULL: the session bus when user is set, else the system bus. */
         sd_bus *bus;
         /* The session bus of quantd --user, where every caller is the daemon's user. */
         bool user;
-        /* Ask polkit before store-changing methods from callers the socket's rules do not trust (the system bus). */
+        /* Ask polkit before store-changing methods from callers the socket's rules do not trust (system bus). */
         bool polkit;
 } DbusFrontOptions;
 

@@ -156,8 +156,9 @@ static void peer_track(Peer *p) {
                 k = sd_bus_track_add_name(p->track, p->name);
         if (k < 0) {
                 p->track = sd_bus_track_unref(p->track);
-                log_warning_errno(k, "Failed to watch %s on the bus, its calls will run to the end if it leaves, "
-                                     "ignoring: %m", p->name);
+                log_warning_errno(k, "Failed to watch %s on the bus (its calls run to the end if it leaves), "
+                                     "ignoring: %m",
+                                  p->name);
         }
 }
 
@@ -298,8 +299,8 @@ static void front_reply(Request *r, int error, const char *message, const void *
                 k = dbus_append_dict(reply, &o, &err);
         msgpack_zone_destroy(&zone);
         if (k < 0) {
-                log_warning("Failed to send the result of %s as D-Bus values: %s", sd_bus_message_get_member(c->message),
-                            err.code ? err.msg : strerror(-k));
+                log_warning("Failed to send the result of %s as D-Bus values: %s",
+                            sd_bus_message_get_member(c->message), err.code ? err.msg : strerror(-k));
                 call_fail(c, k, err.code ? err.msg : NULL);
                 return;
         }
@@ -341,7 +342,8 @@ static int front_notify(Request *r, const char *event, const void *fields, size_
                 k = unpack(sb.data, sb.size, &zone, &o);
                 snprintf(path, sizeof(path), QUANTD_DBUS_REQUEST_PATH_PREFIX "/%" PRIu64, c->id);
                 if (k >= 0)
-                        k = sd_bus_message_new_signal(c->front->bus, &s, path, QUANTD_DBUS_REQUEST_INTERFACE, member);
+                        k = sd_bus_message_new_signal(c->front->bus, &s, path, QUANTD_DBUS_REQUEST_INTERFACE,
+                                                      member);
                 if (k >= 0 && *c->peer->name)
                         k = sd_bus_message_set_destination(s, c->peer->name);
                 if (k >= 0)
@@ -467,10 +469,11 @@ static int method_call(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         }
 
         /* Every method's names are its typed arguments, then "parameters" (the a{sv}) and "result". */
+        size_t n_typed = count_names(v->x.method.names) - 2;
         proto_packer_init(&pk, &c->packed);
         k = proto_pack_request_begin(&pk, c->id, member);
         if (k >= 0)
-                k = dbus_read_params(m, v->x.method.names, count_names(v->x.method.names) - 2, &pk, &c->fds, &err);
+                k = dbus_read_params(m, v->x.method.names, n_typed, &pk, &c->fds, &err);
         if (k < 0) {
                 call_fail(c, k, err.code ? err.msg : NULL);
                 return 1;
@@ -562,7 +565,8 @@ static const msgpack_object *ps_models(const msgpack_object *o) {
 }
 
 static bool model_equal(const msgpack_object *a, const msgpack_object *b) {
-        if (a->type != MSGPACK_OBJECT_MAP || b->type != MSGPACK_OBJECT_MAP || a->via.map.size != b->via.map.size)
+        if (a->type != MSGPACK_OBJECT_MAP || b->type != MSGPACK_OBJECT_MAP ||
+            a->via.map.size != b->via.map.size)
                 return msgpack_object_equal(*a, *b);
         for (uint32_t i = 0; i < a->via.map.size; i++) {
                 const msgpack_object_kv *x = &a->via.map.ptr[i], *y = &b->via.map.ptr[i];
@@ -656,8 +660,9 @@ static int property_get_strv(sd_bus *bus, const char *path, const char *interfac
         return sd_bus_message_append_strv(reply, *l);
 }
 
-static int property_get_loaded_models(sd_bus *bus, const char *path, const char *interface, const char *property,
-                                      sd_bus_message *reply, void *userdata, sd_bus_error *error) {
+static int property_get_loaded_models(sd_bus *bus, const char *path, const char *interface,
+                                      const char *property, sd_bus_message *reply, void *userdata,
+                                      sd_bus_error *error) {
         DbusFront *f = userdata;
         Internal in = {};
         QdError err = {};
@@ -691,8 +696,8 @@ static int property_get_loaded_models(sd_bus *bus, const char *path, const char 
 /* ---- the vtables ---- */
 
 /* A method: its typed arguments with their names, then the a{sv} of other parameters; it returns an a{sv}. */
-#define METHOD(name, signature, names)                                                                          \
-        SD_BUS_METHOD_WITH_NAMES(name, signature "a{sv}", names SD_BUS_PARAM(parameters), "a{sv}",             \
+#define METHOD(name, signature, names)                                                                      \
+        SD_BUS_METHOD_WITH_NAMES(name, signature "a{sv}", names SD_BUS_PARAM(parameters), "a{sv}",         \
                                  SD_BUS_PARAM(result), method_call, SD_BUS_VTABLE_UNPRIVILEGED)
 
 const sd_bus_vtable dbus_manager_vtable[] = {
@@ -728,7 +733,8 @@ static const sd_bus_vtable request_vtable[] = {
         SD_BUS_VTABLE_START(0),
         SD_BUS_SIGNAL_WITH_NAMES("Token", "ta{sv}", SD_BUS_PARAM(id) SD_BUS_PARAM(event), 0),
         SD_BUS_SIGNAL_WITH_NAMES("Progress", "ta{sv}", SD_BUS_PARAM(id) SD_BUS_PARAM(event), 0),
-        SD_BUS_SIGNAL_WITH_NAMES("Event", "tsa{sv}", SD_BUS_PARAM(id) SD_BUS_PARAM(name) SD_BUS_PARAM(event), 0),
+        SD_BUS_SIGNAL_WITH_NAMES("Event", "tsa{sv}", SD_BUS_PARAM(id) SD_BUS_PARAM(name) SD_BUS_PARAM(event),
+                                 0),
         SD_BUS_VTABLE_END,
 };
 
@@ -775,9 +781,11 @@ static int front_load_version(DbusFront *f) {
         const msgpack_object *b = k >= 0 ? proto_map_get(&o, "backends") : NULL;
         if (v && v->type == MSGPACK_OBJECT_STR)
                 f->version = strndup(v->via.str.ptr, v->via.str.size);
-        f->backends = calloc(b && b->type == MSGPACK_OBJECT_ARRAY ? b->via.array.size + 1 : 1, sizeof(char *));
+        if (b && b->type != MSGPACK_OBJECT_ARRAY)
+                b = NULL;
+        f->backends = calloc(b ? b->via.array.size + 1 : 1, sizeof(char *));
         k = f->version && f->backends ? 0 : -ENOMEM;
-        for (uint32_t i = 0, j = 0; k >= 0 && b && b->type == MSGPACK_OBJECT_ARRAY && i < b->via.array.size; i++) {
+        for (uint32_t i = 0, j = 0; k >= 0 && b && i < b->via.array.size; i++) {
                 const msgpack_object *s = &b->via.array.ptr[i];
                 if (s->type != MSGPACK_OBJECT_STR)
                         continue;
