@@ -412,6 +412,25 @@ static void test_cancel(void **state) {
         stream_done(&s);
 }
 
+/* Request ids are per caller: another client cannot cancel this one's generation by its id. */
+static void test_cancel_is_per_caller(void **state) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = bus_open(), *other = bus_open();
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        Stream s = {};
+
+        stream_start(&s, bus, "slow", "Mine", 12);
+        run_until(&bus, 1, got_tokens, &s);
+        assert_int_equal(sd_bus_call_method(other, QUANTD_DBUS_NAME, QUANTD_DBUS_PATH, QUANTD_DBUS_INTERFACE,
+                                            "Cancel", &e, NULL, "ta{sv}", s.id, 0),
+                         -ENOENT);
+        assert_string_equal(e.name, "org.quantd.Quantd1.Error.NotFound");
+        sd_bus_error_free(&e);
+        run_until(&bus, 1, stream_replied, &s);
+        assert_string_equal(s.error, "");
+        assert_int_equal(s.n_tokens, 12);
+        stream_done(&s);
+}
+
 static int64_t in_use(sd_bus *bus, const char *model) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         sd_bus_error e = SD_BUS_ERROR_NULL;
@@ -718,6 +737,7 @@ int main(void) {
                 cmocka_unit_test(test_same_tokens_as_socket),
                 cmocka_unit_test(test_two_clients_at_once),
                 cmocka_unit_test(test_cancel),
+                cmocka_unit_test(test_cancel_is_per_caller),
                 cmocka_unit_test(test_client_leaves),
                 cmocka_unit_test(test_error_names),
                 cmocka_unit_test(test_list_and_copy_delete),
