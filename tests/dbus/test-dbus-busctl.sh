@@ -120,6 +120,19 @@ case $out in
 *) not_ok "busctl get-property LoadedModels: the model Generate loaded" "$out" ;;
 esac
 
+out=$(busctl --user call $(manager) Tokenize 'ssa{sv}' stories "Hé" 0 2>&1)
+back=$(busctl --user call $(manager) Detokenize 'saia{sv}' stories 3 72 195 169 0 2>&1)
+if [ "$out" = 'a{sv} 1 "tokens" av 3 x 72 x 195 x 169' ] && [ "$back" = 'a{sv} 1 "text" s "H\303\251"' ]; then
+        ok "busctl call Tokenize and Detokenize (ai) round-trip"
+else not_ok "busctl call Tokenize and Detokenize (ai) round-trip" "$out / $back"; fi
+
+out=$(busctl --user call $(manager) Jobs 'a{sv}' 0 2>&1)
+case $out in
+'a{sv} 1 "jobs" av 1 a{sv} 7 "job" x 1 "kind" s "create" "model" s "stories" "state" s "done" "status" s "success"'*)
+        ok "busctl call Jobs: the Create job that made the model" ;;
+*) not_ok "busctl call Jobs: the Create job that made the model" "$out" ;;
+esac
+
 out=$(busctl --user call $(manager) Show 'sa{sv}' nonexistent 0 2>&1)
 if [ "$out" = "Call failed: Model 'nonexistent' not found; 'qctl list' shows the local models." ]; then
         ok "busctl call Show of a missing model: the daemon's sentence"
