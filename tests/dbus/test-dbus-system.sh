@@ -173,6 +173,19 @@ if [ "$(wc -l <"$tmp/questions")" = "$asked" ] && [ "$out" = "a{sv} 0" ]; then
 else not_ok "root deletes without asking polkit" "$out"; fi
 stop_authority
 
+# The policy lets only root and the quantd user own the name: a daemon run as nobody is refused by the bus.
+mkdir -m 0777 "$tmp/nobody"
+setpriv --reuid=65534 --regid=65534 --clear-groups "$quantd" --backend=fake --socket="$tmp/nobody/sock" \
+        --models="$tmp/nobody/models" --config="$tmp/quantd.conf" 2>"$tmp/nobody.log" &
+nobody_pid=$!
+pids+=($nobody_pid)
+for _ in $(seq 100); do grep -q "bus name" "$tmp/nobody.log" && break; sleep 0.05; done
+kill "$nobody_pid" 2>/dev/null
+wait "$nobody_pid" 2>/dev/null
+if grep -q 'Failed to take the bus name org.quantd.Quantd1.*not allowed to own' "$tmp/nobody.log"; then
+        ok "the policy refuses the name to a daemon run as nobody"
+else not_ok "the policy refuses the name to a daemon run as nobody" "$(cat "$tmp/nobody.log")"; fi
+
 # A clean stop: SIGTERM, exit status 0.
 kill "$quantd_pid"
 if wait "$quantd_pid"; then ok "quantd stops cleanly"; else not_ok "quantd stops cleanly" "$(tail "$tmp/quantd.log")"; fi
