@@ -518,6 +518,10 @@ typedef enum EngineTokenType {
 int engine_vocab_new(const Gguf *g, EngineVocab **ret, QdError *err);
 EngineVocab *engine_vocab_free(EngineVocab *v);
 
+/* The vocabulary of a loaded model (read at load time; borrowed, valid as long as m), or NULL when the file has
+ * no tokenizer.ggml.* metadata. A file whose tokenizer metadata is present but unusable fails to load. */
+const EngineVocab *engine_model_vocab(const EngineModel *m);
+
 EngineVocabKind engine_vocab_kind(const EngineVocab *v);
 /* The pre-tokenizer in use, by tokenizer.ggml.pre's name ("default" when the key is absent). */
 const char *engine_vocab_pre(const EngineVocab *v);
