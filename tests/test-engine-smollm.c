@@ -5,7 +5,7 @@
  * greedy tokens and the top-5 logits at 3 positions. The engine's float-activation path must give the same
  * tokens and logits within 1e-3 relative (all positions in one batch, teacher-forced); the default path (int8
  * activations, f16 KV cache, generated tokens one at a time) logits within a few percent. The model's own
- * vocabulary tokenizes the prompts as llama.cpp did.
+ * vocabulary tokenizes the prompts as llama.cpp did, and the perplexity over a short text is near llama.cpp's.
  */
 
 #include <stdarg.h>
@@ -212,11 +212,54 @@ static void test_model_vocab(void **state) {
         }
 }
 
+/* The perplexity over tests/data/perplexity-text.txt near llama.cpp's for the same file (both quantize the
+ * activations to 8 bits, each its own way; the exact float path lands between them). */
+static void test_perplexity(void **state) {
+        _cleanup_(engine_model_unrefp) EngineModel *m = load(false, GGML_TYPE_F16);
+        const char *dir = getenv("QUANTD_TEST_DATA");
+        _cleanup_free_ char *rpath = strdup_printf("%s/perplexity-smollm-reference.txt", dir ? dir : "tests/data");
+        _cleanup_free_ char *tpath = strdup_printf("%s/perplexity-text.txt", dir ? dir : "tests/data");
+        _cleanup_fclose_ FILE *f = fopen(rpath, "re"), *t = fopen(tpath, "re");
+        _cleanup_free_ char *text = malloc(65536);
+        _cleanup_free_ int32_t *tokens = NULL;
+        uint64_t n_tokens = 0, n_ctx = 0, scored = 0;
+        double ppl = 0;
+        char line[256];
+        size_t n, len;
+        EnginePerplexity res;
+        QdError err = {};
+
+        assert_non_null(f);
+        assert_non_null(t);
+        assert_non_null(text);
+        while (fgets(line, sizeof(line), f)) {
+                const char *rest;
+                if ((rest = startswith(line, "n_tokens ")))
+                        n_tokens = strtoull(rest, NULL, 10);
+                else if ((rest = startswith(line, "n_ctx ")))
+                        n_ctx = strtoull(rest, NULL, 10);
+                else if ((rest = startswith(line, "scored ")))
+                        scored = strtoull(rest, NULL, 10);
+                else if ((rest = startswith(line, "ppl ")))
+                        ppl = strtod(rest, NULL);
+        }
+        assert_true(n_tokens > 0 && n_ctx > 0 && ppl > 0);
+        len = fread(text, 1, 65535, t);
+        assert_int_equal(engine_tokenize(engine_model_vocab(m), text, len, true, false, &tokens, &n), 0);
+        assert_int_equal(n, n_tokens);
+        if (engine_perplexity(m, tokens, n, (uint32_t)n_ctx, 0, NULL, NULL, &res, &err) < 0)
+                fail_msg("%s", err.msg);
+        assert_int_equal(res.n_scored, scored);
+        if (fabs(res.ppl - ppl) > 0.02 * ppl)
+                fail_msg("perplexity %f, llama.cpp %f", res.ppl, ppl);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_f32_path),
                 cmocka_unit_test(test_default_path),
                 cmocka_unit_test(test_model_vocab),
+                cmocka_unit_test(test_perplexity),
         };
 
         return cmocka_run_group_tests(tests, setup, NULL);
