@@ -277,7 +277,7 @@ static int read_manifest(RegistryStore *s, const RegistryName *name, RegistryMan
         r = manifest_rel_path(name, &rel);
         if (r < 0)
                 return qd_error_set(e, r, "Out of memory.");
-        r = registry_name_format(name, &pretty);
+        r = registry_name_format_short(name, s->config, &pretty);
         if (r < 0)
                 return qd_error_set(e, r, "Out of memory.");
         r = read_file_at(s->manifests_fd, rel, REGISTRY_MANIFEST_MAX, &raw, &size);
