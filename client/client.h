@@ -154,7 +154,7 @@ char *format_eta(char *buf, size_t size, double seconds);
  * "3 hours", "2 weeks". Returns buf. */
 char *format_human_duration(char *buf, size_t size, int64_t ns);
 
-/* "2 weeks ago" for a negative delta, "4 minutes from now" for a positive one. Returns buf. */
+/* "2 weeks ago" for a delta <= 0, "4 minutes from now" for a positive one. Returns buf. */
 char *format_human_time(char *buf, size_t size, int64_t delta_ns);
 
 /* The display width of UTF-8 text in terminal columns (wide characters count 2, combining ones 0). */

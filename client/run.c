@@ -290,8 +290,11 @@ static int preload(RunState *s, QdError *e) {
                 CallHooks h = { .on_tick = on_tick, .interrupted = s->q->interrupted, .userdata = s };
                 r = conn_call(s->q->conn, "Load", p.sb.data, p.sb.size, NULL, 0, &h, NULL, e);
                 spinner_stop(s);
-                if (r == -ENOENT && attempt == 0 && pull_missing(s, r, e) > 0)
-                        continue;
+                if (r == -ENOENT && attempt == 0) {
+                        r = pull_missing(s, r, e);
+                        if (r > 0)
+                                continue;
+                }
                 return r;
         }
 }
