@@ -385,6 +385,7 @@ typedef struct Pty {
         int master;
         pid_t pid;
         Buf seen;
+        size_t pos; /* where the next pty_expect() starts looking */
 } Pty;
 
 static void pty_start(Pty *p, Harness *h, const char *model) {
@@ -403,12 +404,13 @@ static void pty_start(Pty *p, Harness *h, const char *model) {
         }
 }
 
-/* Reads from the terminal until text has appeared (counting from the start), or fails after 20 s. */
+/* Reads from the terminal until text appears after what earlier calls matched, or fails after 20 s. */
 static void pty_expect(Pty *p, const char *text) {
         uint64_t deadline = now_ns() + 20000000000ULL;
         char chunk[4096];
+        const char *found;
 
-        while (!p->seen.data || !strstr((char *)p->seen.data, text)) {
+        while (!p->seen.data || !(found = strstr((char *)p->seen.data + p->pos, text))) {
                 struct pollfd pf = { .fd = p->master, .events = POLLIN };
                 if (now_ns() > deadline || poll(&pf, 1, 1000) < 0)
                         fail_msg("never saw '%s' in:\n%s", text, p->seen.data ? (char *)p->seen.data : "");
@@ -420,6 +422,7 @@ static void pty_expect(Pty *p, const char *text) {
                                  p->seen.data ? (char *)p->seen.data : "");
                 assert_int_equal(buf_append(&p->seen, chunk, (size_t)n), 0);
         }
+        p->pos = (size_t)(found - (char *)p->seen.data) + strlen(text);
 }
 
 /*
@@ -473,6 +476,7 @@ static void test_chat(void **state) {
         Pty p;
 
         create_fake(h, "chatty", "size=1000\n");
+        create_fake(h, "other", "size=1000\n");
         pty_start(&p, h, "chatty");
         pty_expect(&p, ">>> ");
         pty_send(&p, "/?\n");
@@ -503,6 +507,14 @@ static void test_chat(void **state) {
         pty_expect(&p, "Use Ctrl + d or /bye to exit.");
         pty_send(&p, "/clear\n");
         pty_expect(&p, "Cleared session context");
+        /* A fake model is no GGUF, so /show fails, and the chat goes on. */
+        pty_send(&p, "/show info\n");
+        pty_expect(&p, "Error: ");
+        pty_send(&p, "/load other\n");
+        pty_expect(&p, "Loading model 'other'");
+        pty_expect(&p, ">>> ");
+        pty_send(&p, "/? shortcuts\n");
+        pty_expect(&p, "Ctrl + d            Exit (/bye)");
         pty_send(&p, "/bye\n");
         assert_int_equal(pty_wait(&p), 0);
         buf_free(&p.seen);
