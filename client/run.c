@@ -25,6 +25,7 @@ typedef struct RunState {
         int64_t keepalive_ns;
         bool verbose;
         bool wordwrap;
+        bool no_chat; /* the daemon has no Chat method: each message goes to Generate alone */
 
         ChatMessage *messages; /* (n_messages) the conversation so far */
         size_t n_messages;
@@ -463,7 +464,15 @@ static int chat_execute(RunState *s, ChatCommand *cmd, QdError *e) {
                 r = add_message(s, "user", cmd->arg);
                 if (r < 0)
                         return r;
-                r = generate(s, NULL, e);
+                r = s->no_chat ? -EOPNOTSUPP : generate(s, NULL, e);
+                if (r == -EOPNOTSUPP) {
+                        /* A daemon without Chat still answers prompts: the chat goes on without memory. */
+                        if (!s->no_chat)
+                                fprintf(s->q->err, "Note: %s Each message is answered on its own.\n", e->msg);
+                        s->no_chat = true;
+                        qd_error_clear(e);
+                        r = generate(s, cmd->arg, e);
+                }
                 if (r < 0) {
                         drop_last_message(s);
                         return r;

@@ -477,6 +477,7 @@ static void test_chat(void **state) {
 
         create_fake(h, "chatty", "size=1000\n");
         create_fake(h, "other", "size=1000\n");
+        create_fake(h, "slowchat", "delay_us=20000\n");
         pty_start(&p, h, "chatty");
         pty_expect(&p, ">>> ");
         pty_send(&p, "/?\n");
@@ -493,13 +494,28 @@ static void test_chat(void **state) {
         pty_expect(&p, "Be brief.\r\n");
         pty_send(&p, "/frobnicate\n");
         pty_expect(&p, "Unknown command '/frobnicate': type /? for help.");
-        /* A multi-line message: continuation prompts, then the daemon's answer (Chat has not landed, so an
-         * error that does not end the session). */
+        /* A multi-line message: continuation prompts, then the answer (this daemon has no Chat yet, so qctl
+         * says so once and asks Generate), then the statistics of /set verbose. */
         pty_send(&p, "\"\"\"\n");
         pty_expect(&p, "... ");
         pty_send(&p, "line one\n");
         pty_send(&p, "line two\"\"\"\n");
-        pty_expect(&p, "Error: ");
+        pty_expect(&p, "Each message is answered on its own.");
+        pty_expect(&p, "\r\ntotal duration:       ");
+        pty_expect(&p, "\r\neval count:           8 token(s)\r\n");
+        pty_expect(&p, "\r\n>>> ");
+        /* Ctrl+C during an answer stops it, and the chat goes on. */
+        pty_send(&p, "/load slowchat\n");
+        pty_expect(&p, ">>> ");
+        pty_send(&p, "/set parameter num_predict 100000\n");
+        pty_expect(&p, ">>> ");
+        pty_send(&p, "tell me everything\n");
+        pty_expect(&p, "tell me everything\r\n");
+        usleep(300000);
+        pty_send(&p, "\003");
+        pty_expect(&p, ">>> ");
+        pty_send(&p, "/load chatty\n");
+        pty_expect(&p, ">>> ");
         /* Ctrl+C at the prompt drops the line and keeps the chat. */
         pty_send(&p, "half typed");
         pty_wait_raw(&p);
