@@ -25,7 +25,6 @@ typedef struct RunState {
         int64_t keepalive_ns;
         bool verbose;
         bool wordwrap;
-        bool no_chat; /* the daemon has no Chat method: each message goes to Generate alone */
 
         ChatMessage *messages; /* (n_messages) the conversation so far */
         size_t n_messages;
@@ -151,7 +150,7 @@ static int pack_keepalive(msgpack_packer *pk, const RunState *s) {
 
 /* Packs Generate's params for one prompt, or Chat's for the conversation. */
 static int pack_generation(msgpack_packer *pk, const RunState *s, const char *prompt) {
-        uint32_t n = 2 + !!s->system + s->json + (s->params.n > 0) + s->has_keepalive;
+        uint32_t n = 2 + (prompt && s->system) + s->json + (s->params.n > 0) + s->has_keepalive;
         int r;
 
         if (msgpack_pack_map(pk, n) < 0 || proto_pack_kv_str(pk, "model", s->model) < 0)
@@ -159,9 +158,17 @@ static int pack_generation(msgpack_packer *pk, const RunState *s, const char *pr
         if (prompt)
                 r = proto_pack_kv_str(pk, "prompt", prompt);
         else {
+                /* The chat's system message (/set system) leads the conversation. */
                 r = proto_pack_key(pk, "messages");
-                if (r >= 0 && msgpack_pack_array(pk, s->n_messages) < 0)
+                if (r >= 0 && msgpack_pack_array(pk, s->n_messages + !!s->system) < 0)
                         r = -ENOMEM;
+                if (r >= 0 && s->system) {
+                        if (msgpack_pack_map(pk, 2) < 0)
+                                return -ENOMEM;
+                        r = proto_pack_kv_str(pk, "role", "system");
+                        if (r >= 0)
+                                r = proto_pack_kv_str(pk, "content", s->system);
+                }
                 for (size_t i = 0; r >= 0 && i < s->n_messages; i++) {
                         if (msgpack_pack_map(pk, 2) < 0)
                                 return -ENOMEM;
@@ -170,7 +177,7 @@ static int pack_generation(msgpack_packer *pk, const RunState *s, const char *pr
                                 r = proto_pack_kv_str(pk, "content", s->messages[i].content);
                 }
         }
-        if (r >= 0 && s->system)
+        if (r >= 0 && prompt && s->system)
                 r = proto_pack_kv_str(pk, "system", s->system);
         if (r >= 0 && s->json)
                 r = proto_pack_kv_str(pk, "format", "json");
@@ -464,15 +471,7 @@ static int chat_execute(RunState *s, ChatCommand *cmd, QdError *e) {
                 r = add_message(s, "user", cmd->arg);
                 if (r < 0)
                         return r;
-                r = s->no_chat ? -EOPNOTSUPP : generate(s, NULL, e);
-                if (r == -EOPNOTSUPP) {
-                        /* A daemon without Chat still answers prompts: the chat goes on without memory. */
-                        if (!s->no_chat)
-                                fprintf(s->q->err, "Note: %s Each message is answered on its own.\n", e->msg);
-                        s->no_chat = true;
-                        qd_error_clear(e);
-                        r = generate(s, cmd->arg, e);
-                }
+                r = generate(s, NULL, e);
                 if (r < 0) {
                         drop_last_message(s);
                         return r;
