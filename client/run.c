@@ -371,7 +371,7 @@ static const char chat_help_shortcuts[] = "Available keyboard shortcuts:\n"
                                           "  Ctrl + c            Stop the model from responding\n"
                                           "  Ctrl + d            Exit (/bye)\n";
 
-static volatile int *chat_interrupted;
+static volatile sig_atomic_t *chat_interrupted;
 
 /* libedit's character source: a read() that gives up when Ctrl+C interrupts it, so that readline() returns. */
 static int chat_getc(FILE *f) {

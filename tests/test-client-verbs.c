@@ -318,7 +318,7 @@ typedef struct Fixture {
         char *out_text, *err_text;
         size_t out_size, err_size;
         FILE *out, *err;
-        volatile int interrupted;
+        volatile sig_atomic_t interrupted;
         Qctl q;
 } Fixture;
 
@@ -723,7 +723,7 @@ static void test_run_spinner(void **state) {
         assert_string_equal(f->err_text, "");
 }
 
-static volatile int *to_interrupt;
+static volatile sig_atomic_t *to_interrupt;
 
 static void interrupt_soon(int sig) {
         (*to_interrupt)++;
