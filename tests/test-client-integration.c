@@ -317,6 +317,59 @@ static void test_show_real_gguf(void **state) {
         result_done(&r);
 }
 
+static void test_example_modelfile(void **state) {
+        Harness *h = *state;
+        const char *data = getenv("QUANTD_TEST_DATA");
+
+        /* examples/Modelfile with a fake model in place of SmolLM2: its template must render in the daemon. */
+        assert_non_null(data);
+        _cleanup_free_ char *example = strdup_printf("%s/../../examples/Modelfile", data);
+        _cleanup_free_ char *text = NULL;
+        size_t size = 0;
+        FILE *f = fopen(example, "re");
+        assert_non_null(f);
+        assert_int_equal(getdelim(&text, &size, 0, f) > 0, 1);
+        fclose(f);
+        char *from = strstr(text, "FROM ./SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert_non_null(from);
+        /* Same length, blanks after the name (a bare value's trailing blanks do not count). */
+        size_t n = strlen("FROM ./SmolLM2-135M-Instruct.Q4_1.gguf");
+        char line[64];
+        snprintf(line, sizeof(line), "%-*s", (int)n, "FROM ./smol.fake");
+        memcpy(from, line, n);
+        _cleanup_free_ char *weights = write_file(h, "smol.fake", "size=1000\n");
+        _cleanup_free_ char *mf = write_file(h, "Modelfile.example", text);
+        Result r = run_qctl(h, "create", "smol", "-f", mf);
+        if (r.status != 0)
+                fail_msg("qctl create failed (%d): %s", r.status, r.err);
+        result_done(&r);
+
+        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        QdError e = {};
+        Buf answer = {};
+        assert_non_null(c);
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 3);
+        proto_pack_kv_str(&pk, "model", "smol");
+        proto_pack_key(&pk, "messages");
+        msgpack_pack_array(&pk, 1);
+        msgpack_pack_map(&pk, 2);
+        proto_pack_kv_str(&pk, "role", "user");
+        proto_pack_kv_str(&pk, "content", "Hello!");
+        proto_pack_key(&pk, "options");
+        msgpack_pack_map(&pk, 1);
+        proto_pack_kv_i64(&pk, "num_predict", 4);
+        int k = proto_client_call(c, "Chat", sb.data, sb.size, NULL, 0, collect_text, &answer, NULL, &e);
+        msgpack_sbuffer_destroy(&sb);
+        if (k < 0)
+                fail_msg("Chat with the example's template failed: %s", e.msg);
+        assert_true(answer.len > 0);
+        buf_free(&answer);
+}
+
 static void check_error(Result *r, int status, const char *message) {
         if (r->status != status)
                 fail_msg("expected exit %d, got %d: %s", status, r->status, r->err);
@@ -570,6 +623,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_create_list_run, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_copy_remove, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_show_real_gguf, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_example_modelfile, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_interrupt, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_chat, setup, teardown),
