@@ -40,41 +40,56 @@ typedef struct Download Download;
 
 /* Direct I/O wants offsets, lengths and buffers aligned to the logical block size; 4096 covers them all. */
 #define DIRECT_ALIGN 4096U
-/* Bytes a part collects before a direct write: large enough to amortise the write, small per part. */
+/* Bytes a part collects before handing them to the follower: large enough to amortise a write. */
 #define STAGE_SIZE (4U << 20)
 
+/* Received bytes of one part on their way to the file: blob bytes [a, b) in buf[a - base, b - base). */
+typedef struct Stage {
+        struct Stage *next;
+        uint8_t *buf;  /* (STAGE_SIZE), aligned to DIRECT_ALIGN */
+        uint64_t base; /* blob offset of buf[0], a multiple of DIRECT_ALIGN */
+        uint64_t a, b;
+        size_t part; /* index into Download.parts */
+} Stage;
+
 /*
- * The follower: one thread per blob download that hashes the blob's written prefix as it grows and writes
- * the checkpoints (fdatasync, then the part state), so that neither the hash nor the disk flush holds up the
- * thread that drives the network.
+ * The follower: two threads per blob download behind the network thread. The writer writes the stages the
+ * network thread fills, in order of arrival; the hasher hashes the blob's written prefix as it grows (from
+ * the stage, when the writer hands over the one next in line, else by reading the file back) and writes the
+ * checkpoints (fdatasync, then the part state). Stages travel network -> writer -> hasher -> free list, so
+ * that the disk, the hash and the network all work at once.
  */
 typedef struct Follower {
-        pthread_t thread;
+        pthread_t thread, writer;
         bool running;
         pthread_mutex_t lock;
-        pthread_cond_t cond;
+        pthread_cond_t cond; /* the threads wait for work, the network thread for a free stage */
         /* protected by lock: */
-        uint64_t watermark; /* bytes [0, watermark) of the blob are written and will not change */
-        uint64_t *snapshot; /* (n_parts) part counters to checkpoint, or NULL */
-        bool finish;        /* hash up to the blob's size, then end */
-        int error;          /* negative errno of a failed read or checkpoint */
-        bool done;          /* digest is final */
-        atomic_bool abort;  /* end now */
+        Stage *queue, **queue_tail; /* full stages to write, in order of arrival */
+        Stage *hashq, **hashq_tail; /* written stages for the hasher */
+        Stage *free_stages;
+        size_t n_stages;   /* allocated, at most stages_max */
+        size_t stages_max; /* ParallelParts + 3: one filling per part, one each writing, hashing, waiting */
+        bool checkpoint;   /* write a checkpoint when the queue is empty */
+        bool finish;       /* write and hash everything, then end */
+        bool abort;        /* write what is queued, then end */
+        int error;         /* negative errno of a failed write, read or checkpoint */
+        bool done;         /* digest is final */
+        uint64_t hashed;   /* bytes [0, hashed) are hashed */
         /* owned by the thread while it runs: */
         Sha256 hash;
-        uint64_t hashed;
+        size_t first_open; /* parts before this one are completely written */
         char digest[REGISTRY_DIGEST_MAX];
 } Follower;
 
 typedef struct Part {
         Download *dl;
-        uint64_t start;      /* first byte of the part in the blob */
-        uint64_t end;        /* one past the last byte */
-        uint64_t done;       /* bytes from start that are written to the file */
-        uint8_t *stage;      /* (STAGE_SIZE), aligned: received bytes on their way to the file */
-        uint64_t stage_base; /* file offset of stage[0], a multiple of DIRECT_ALIGN */
-        size_t staged;       /* bytes after start + done that are in stage, not yet written */
-        CURL *easy;          /* the transfer in flight, or NULL */
+        uint64_t start; /* first byte of the part in the blob */
+        uint64_t end;   /* one past the last byte */
+        uint64_t done;  /* bytes from start that are written to the file (the follower's, while it runs) */
+        uint64_t next;  /* bytes from start that were received (the network thread's) */
+        Stage *stage;   /* the stage being filled, or NULL */
+        CURL *easy;     /* the transfer in flight, or NULL */
         struct curl_slist *headers;
         long status;            /* HTTP status of the transfer, known from its first body byte */
         bool checked;           /* status and Content-Range checked */
@@ -93,11 +108,9 @@ struct Download {
         char data_name[REGISTRY_DIGEST_MAX + 16];  /* "sha256-<hex>-partial" */
         char state_name[REGISTRY_DIGEST_MAX + 16]; /* "sha256-<hex>-partial.state" */
         int fd;                                    /* the data file, flocked */
-        int direct_fd;             /* the data file opened with O_DIRECT, or -EBADF for buffered writes */
-        int direct_read_fd;        /* the same for the follower's reads, or -EBADF */
-        uint8_t *spare_stages[64]; /* stages of finished parts, for the next ones (ParallelParts <= 64) */
-        size_t n_spare_stages;
-        Part *parts; /* (n_parts) */
+        int direct_fd;      /* the data file opened with O_DIRECT, or -EBADF for buffered writes */
+        int direct_read_fd; /* the same for the follower's reads, or -EBADF */
+        Part *parts;        /* (n_parts) */
         size_t n_parts;
         uint64_t part_size;
         CURLM *multi;
@@ -105,9 +118,7 @@ struct Download {
         bool ranges_unsupported;
         uint64_t start; /* now_ns() when the transfers began, for the bandwidth cap */
         Follower follower;
-        uint64_t watermark_sent; /* last watermark handed to the follower */
-        size_t first_open;       /* parts before this one are complete */
-        int fatal;               /* negative errno that ends the download, 0 while fine */
+        int fatal; /* negative errno that ends the download, 0 while fine */
         QdError fatal_error;
         uint64_t transferred;
         uint64_t last_save;
@@ -120,7 +131,7 @@ struct Download {
 static uint64_t download_completed(const Download *dl) {
         uint64_t c = 0;
         for (size_t i = 0; i < dl->n_parts; i++)
-                c += dl->parts[i].done + dl->parts[i].staged;
+                c += dl->parts[i].next;
         return c;
 }
 
@@ -141,6 +152,14 @@ static void report(Download *dl, RegistryProgressKind kind, const char *status, 
         dl->progress(&p, dl->userdata);
 }
 
+static Stage *stage_free(Stage *st) {
+        if (st) {
+                free(st->buf);
+                free(st);
+        }
+        return NULL;
+}
+
 /* ---- part state on disk ---- */
 
 static int set_parts(Download *dl, uint64_t part_size) {
@@ -148,7 +167,7 @@ static int set_parts(Download *dl, uint64_t part_size) {
         size_t n = size == 0 ? 0 : (size_t)((size + part_size - 1) / part_size);
 
         for (size_t i = 0; dl->parts && i < dl->n_parts; i++)
-                free(dl->parts[i].stage);
+                stage_free(dl->parts[i].stage);
         free(dl->parts);
         dl->parts = calloc(MAX(n, (size_t)1), sizeof(Part));
         if (!dl->parts)
@@ -228,6 +247,91 @@ static ssize_t follower_read(Download *dl, bool *direct, uint8_t *buf, size_t bu
         }
 }
 
+/*
+ * Writes the bytes of st to the file: the block-aligned middle with O_DIRECT straight from the stage, an
+ * unaligned head or tail (a resumed part, the blob's end) through the page cache. Runs on the follower.
+ */
+static int stage_write(Download *dl, const Stage *st) {
+        uint64_t a = st->a, b = st->b;
+        uint64_t mid_a = MIN(ALIGN_TO(a, (uint64_t)DIRECT_ALIGN), b);
+        uint64_t mid_b = MAX(b / DIRECT_ALIGN * DIRECT_ALIGN, mid_a);
+        int r;
+
+        if (dl->direct_fd >= 0 && mid_b > mid_a) {
+                r = pwrite_full(dl->direct_fd, st->buf + (mid_a - st->base), mid_b - mid_a, mid_a);
+                if (r == -EINVAL) {
+                        /* The file system takes O_DIRECT at open but not at write: buffered from now on. */
+                        dl->direct_fd = -EBADF;
+                        mid_a = mid_b = b;
+                } else if (r < 0)
+                        return r;
+        } else
+                mid_a = mid_b = b;
+        if (mid_a > a) {
+                r = pwrite_full(dl->fd, st->buf + (a - st->base), mid_a - a, a);
+                if (r < 0)
+                        return r;
+        }
+        if (b > mid_b) {
+                r = pwrite_full(dl->fd, st->buf + (mid_b - st->base), b - mid_b, mid_b);
+                if (r < 0)
+                        return r;
+        }
+        if (dl->direct_fd < 0)
+                /* Buffered: start the writeback now, so that checkpoints and the final fsync find little. */
+                (void)sync_file_range(dl->fd, (off_t)a, (off_t)(b - a), SYNC_FILE_RANGE_WRITE);
+        return 0;
+}
+
+/* The end of the written prefix of the blob. Called on the follower, which alone changes done. */
+static uint64_t follower_watermark(Download *dl) {
+        Follower *f = &dl->follower;
+
+        while (f->first_open < dl->n_parts &&
+               dl->parts[f->first_open].done ==
+                       dl->parts[f->first_open].end - dl->parts[f->first_open].start)
+                f->first_open++;
+        if (f->first_open == dl->n_parts)
+                return dl->layer->size;
+        return dl->parts[f->first_open].start + dl->parts[f->first_open].done;
+}
+
+static void *writer_main(void *userdata) {
+        Download *dl = userdata;
+        Follower *f = &dl->follower;
+
+        pthread_mutex_lock(&f->lock);
+        while (!f->error) {
+                Stage *st = f->queue;
+                if (!st) {
+                        if (f->finish || f->abort)
+                                break;
+                        pthread_cond_wait(&f->cond, &f->lock);
+                        continue;
+                }
+                f->queue = st->next;
+                if (!f->queue)
+                        f->queue_tail = &f->queue;
+                pthread_mutex_unlock(&f->lock);
+                int r = stage_write(dl, st);
+                pthread_mutex_lock(&f->lock);
+                if (r < 0) {
+                        f->error = r;
+                        stage_free(st);
+                        f->n_stages--;
+                        break;
+                }
+                dl->parts[st->part].done += st->b - st->a;
+                st->next = NULL;
+                *f->hashq_tail = st;
+                f->hashq_tail = &st->next;
+                pthread_cond_broadcast(&f->cond);
+        }
+        pthread_cond_broadcast(&f->cond);
+        pthread_mutex_unlock(&f->lock);
+        return NULL;
+}
+
 static void *follower_main(void *userdata) {
         Download *dl = userdata;
         Follower *f = &dl->follower;
@@ -235,58 +339,76 @@ static void *follower_main(void *userdata) {
         const size_t bufsize = 8U << 20;
         bool direct = dl->direct_read_fd >= 0;
         uint8_t *buf = NULL;
+        int r = 0;
 
         if (posix_memalign((void **)&buf, DIRECT_ALIGN, bufsize) != 0)
                 buf = NULL;
-
         pthread_mutex_lock(&f->lock);
         if (!buf)
                 f->error = -ENOMEM;
         while (!f->error && !f->done) {
-                while (!atomic_load(&f->abort) && !f->snapshot && f->hashed == f->watermark && !f->finish)
-                        pthread_cond_wait(&f->cond, &f->lock);
-                if (atomic_load(&f->abort))
-                        break;
-                uint64_t *snapshot = TAKE_PTR(f->snapshot);
-                uint64_t target = f->watermark;
-                bool finish = f->finish;
-                pthread_mutex_unlock(&f->lock);
+                Stage *st = f->hashq;
+                uint64_t wm = follower_watermark(dl);
 
-                int r = 0;
-                if (snapshot) {
-                        /* The counters were taken before this fdatasync, so every byte they claim is synced.
-                         */
+                if (f->checkpoint && !f->abort) {
+                        /* Counters first, then the fdatasync: every byte they claim is synced. */
+                        uint64_t *snapshot = calloc(MAX(dl->n_parts, (size_t)1), sizeof(uint64_t));
+                        for (size_t i = 0; snapshot && i < dl->n_parts; i++)
+                                snapshot[i] = dl->parts[i].done;
+                        f->checkpoint = false;
+                        pthread_mutex_unlock(&f->lock);
                         uint64_t t0 = now_ns();
-                        r = fdatasync(dl->fd) < 0 ? -errno : write_state(dl, snapshot);
-                        log_debug("Blob %s: checkpoint in %.3f s, %" PRIu64 " bytes hashed.",
-                                  dl->layer->digest, (double)(now_ns() - t0) / 1e9, f->hashed);
+                        r = !snapshot ? -ENOMEM : fdatasync(dl->fd) < 0 ? -errno : write_state(dl, snapshot);
                         free(snapshot);
-                }
-                while (r >= 0 && f->hashed < target && !atomic_load(&f->abort)) {
-                        size_t skip = 0;
-                        ssize_t n = follower_read(dl, &direct, buf, bufsize, f->hashed, target, &skip);
-                        if (n < 0) {
-                                r = (int)n;
+                        log_debug("Blob %s: checkpoint in %.3f s.", dl->layer->digest,
+                                  (double)(now_ns() - t0) / 1e9);
+                        pthread_mutex_lock(&f->lock);
+                        if (r < 0)
                                 break;
-                        }
-                        r = sha256_update(&f->hash, buf + skip, (size_t)n);
-                        /*
-                         * These bytes are final: start writing them to disk now, so that checkpoints and the
-                         * fsync before the blob becomes visible find little left to do.
-                         */
-                        (void)sync_file_range(dl->fd, (off_t)f->hashed, n, SYNC_FILE_RANGE_WRITE);
-                        f->hashed += (uint64_t)n;
-                }
-                bool done = false;
-                if (r >= 0 && finish && f->hashed == dl->layer->size && !atomic_load(&f->abort)) {
+                } else if (st) {
+                        /* Written stages come next: each is hashed from memory when it is next in line. */
+                        f->hashq = st->next;
+                        if (!f->hashq)
+                                f->hashq_tail = &f->hashq;
+                        bool hash = !f->abort && st->a == f->hashed;
+                        pthread_mutex_unlock(&f->lock);
+                        if (hash)
+                                r = sha256_update(&f->hash, st->buf + (st->a - st->base), st->b - st->a);
+                        pthread_mutex_lock(&f->lock);
+                        if (r >= 0 && hash)
+                                f->hashed = st->b;
+                        /* Out of order: it is on disk, and read back when the bytes before it are. */
+                        st->next = f->free_stages;
+                        f->free_stages = st;
+                        pthread_cond_broadcast(&f->cond);
+                        if (r < 0)
+                                break;
+                } else if (f->abort)
+                        break;
+                else if (f->hashed < wm) {
+                        /* Written out of order, before the bytes ahead of it: read back and hash. */
+                        uint64_t from = f->hashed;
+                        pthread_mutex_unlock(&f->lock);
+                        size_t skip = 0;
+                        ssize_t n = follower_read(dl, &direct, buf, bufsize, from, wm, &skip);
+                        r = n < 0 ? (int)n : sha256_update(&f->hash, buf + skip, (size_t)n);
+                        pthread_mutex_lock(&f->lock);
+                        if (r < 0)
+                                break;
+                        f->hashed = from + (uint64_t)n;
+                } else if (f->finish && f->hashed == dl->layer->size) {
+                        pthread_mutex_unlock(&f->lock);
                         r = sha256_final(&f->hash, f->digest);
-                        done = r >= 0;
-                }
-                pthread_mutex_lock(&f->lock);
-                if (r < 0)
-                        f->error = r;
-                f->done = done;
+                        pthread_mutex_lock(&f->lock);
+                        if (r < 0)
+                                break;
+                        f->done = true;
+                } else
+                        pthread_cond_wait(&f->cond, &f->lock);
         }
+        if (r < 0)
+                f->error = r;
+        pthread_cond_broadcast(&f->cond);
         pthread_mutex_unlock(&f->lock);
         free(buf);
         return NULL;
@@ -297,12 +419,25 @@ static int follower_start(Download *dl) {
         int r;
 
         *f = (Follower){};
+        f->queue_tail = &f->queue;
+        f->hashq_tail = &f->hashq;
+        f->stages_max = dl->h->config->parallel_parts + 3;
         r = sha256_init(&f->hash);
         if (r < 0)
                 return r;
         pthread_mutex_init(&f->lock, NULL);
         pthread_cond_init(&f->cond, NULL);
         r = -pthread_create(&f->thread, NULL, follower_main, dl);
+        if (r >= 0) {
+                r = -pthread_create(&f->writer, NULL, writer_main, dl);
+                if (r < 0) {
+                        pthread_mutex_lock(&f->lock);
+                        f->abort = true;
+                        pthread_cond_broadcast(&f->cond);
+                        pthread_mutex_unlock(&f->lock);
+                        pthread_join(f->thread, NULL);
+                }
+        }
         if (r < 0) {
                 sha256_done(&f->hash);
                 pthread_cond_destroy(&f->cond);
@@ -310,15 +445,15 @@ static int follower_start(Download *dl) {
                 return r;
         }
         (void)pthread_setname_np(f->thread, "registry-hash");
+        (void)pthread_setname_np(f->writer, "registry-write");
         f->running = true;
-        dl->watermark_sent = 0;
-        dl->first_open = 0;
         return 0;
 }
 
 /*
- * Ends the follower: with finish, after it hashed the whole blob (ret_digest receives the digest); without,
- * at once. Returns the follower's error, if it had one.
+ * Ends the follower once it wrote the stages handed to it: with finish, after it hashed the whole blob
+ * (ret_digest receives the digest); without, at once. The parts must have handed in their stages. Returns
+ * the follower's error, if it had one.
  */
 static int follower_stop(Download *dl, bool finish, char ret_digest[REGISTRY_DIGEST_MAX]) {
         Follower *f = &dl->follower;
@@ -327,21 +462,39 @@ static int follower_stop(Download *dl, bool finish, char ret_digest[REGISTRY_DIG
         if (!f->running)
                 return 0;
         pthread_mutex_lock(&f->lock);
-        if (finish) {
-                f->watermark = dl->layer->size;
+        if (finish)
                 f->finish = true;
-        } else
-                atomic_store(&f->abort, true);
-        pthread_cond_signal(&f->cond);
+        else
+                f->abort = true;
+        pthread_cond_broadcast(&f->cond);
         pthread_mutex_unlock(&f->lock);
+        pthread_join(f->writer, NULL);
         pthread_join(f->thread, NULL);
         r = f->error;
         if (r >= 0 && finish && f->done)
                 memcpy(ret_digest, f->digest, REGISTRY_DIGEST_MAX);
         else if (r >= 0 && finish)
                 r = -ECANCELED;
-        free(f->snapshot);
-        f->snapshot = NULL;
+        while (f->queue) {
+                Stage *st = f->queue;
+                f->queue = st->next;
+                stage_free(st);
+        }
+        while (f->hashq) {
+                Stage *st = f->hashq;
+                f->hashq = st->next;
+                stage_free(st);
+        }
+        while (f->free_stages) {
+                Stage *st = f->free_stages;
+                f->free_stages = st->next;
+                stage_free(st);
+        }
+        for (size_t i = 0; i < dl->n_parts; i++)
+                dl->parts[i].stage = stage_free(dl->parts[i].stage);
+        /* Bytes received but not written are not there: the parts go on after the written ones. */
+        for (size_t i = 0; i < dl->n_parts; i++)
+                dl->parts[i].next = dl->parts[i].done;
         sha256_done(&f->hash);
         pthread_cond_destroy(&f->cond);
         pthread_mutex_destroy(&f->lock);
@@ -349,35 +502,79 @@ static int follower_stop(Download *dl, bool finish, char ret_digest[REGISTRY_DIG
         return r;
 }
 
-/* Hands the follower the new end of the written prefix, and a checkpoint every two seconds. */
+/* Asks for a checkpoint every two seconds; returns the follower's error, if it had one. */
 static int follower_update(Download *dl) {
         Follower *f = &dl->follower;
-        uint64_t wm = dl->layer->size;
         bool checkpoint = now_ns() - dl->last_save > 2000000000ULL;
         int r;
 
-        while (dl->first_open < dl->n_parts &&
-               dl->parts[dl->first_open].done ==
-                       dl->parts[dl->first_open].end - dl->parts[dl->first_open].start)
-                dl->first_open++;
-        if (dl->first_open < dl->n_parts)
-                wm = dl->parts[dl->first_open].start + dl->parts[dl->first_open].done;
-        /* Wake the follower for every 4 MiB, not for every packet. */
-        if (wm - dl->watermark_sent < (4U << 20) && wm != dl->layer->size && !checkpoint)
-                return 0;
         pthread_mutex_lock(&f->lock);
         r = f->error;
-        f->watermark = wm;
-        if (checkpoint && !f->snapshot) {
-                f->snapshot = calloc(MAX(dl->n_parts, (size_t)1), sizeof(uint64_t));
-                for (size_t i = 0; f->snapshot && i < dl->n_parts; i++)
-                        f->snapshot[i] = dl->parts[i].done;
+        if (checkpoint) {
+                f->checkpoint = true;
                 dl->last_save = now_ns();
+                pthread_cond_broadcast(&f->cond);
         }
-        pthread_cond_signal(&f->cond);
         pthread_mutex_unlock(&f->lock);
-        dl->watermark_sent = wm;
         return r;
+}
+
+/* A free stage for the network thread, waiting while all of them are full and being written. */
+static int stage_get(Download *dl, Stage **ret) {
+        Follower *f = &dl->follower;
+        Stage *st = NULL;
+        int r = 0;
+
+        pthread_mutex_lock(&f->lock);
+        for (;;) {
+                if (f->error < 0 || f->abort) {
+                        r = f->error < 0 ? f->error : -ECANCELED;
+                        break;
+                }
+                if (f->free_stages) {
+                        st = f->free_stages;
+                        f->free_stages = st->next;
+                        break;
+                }
+                if (f->n_stages < f->stages_max) {
+                        st = calloc(1, sizeof(Stage));
+                        if (st && posix_memalign((void **)&st->buf, DIRECT_ALIGN, STAGE_SIZE) != 0) {
+                                free(st);
+                                st = NULL;
+                        }
+                        if (!st)
+                                r = -ENOMEM;
+                        else
+                                f->n_stages++;
+                        break;
+                }
+                pthread_cond_wait(&f->cond, &f->lock);
+        }
+        pthread_mutex_unlock(&f->lock);
+        if (r < 0)
+                return r;
+        *ret = st;
+        return 0;
+}
+
+/* Hands the stage of pt to the follower for writing. */
+static void stage_submit(Download *dl, Part *pt) {
+        Follower *f = &dl->follower;
+        Stage *st = TAKE_PTR(pt->stage);
+
+        if (!st)
+                return;
+        pthread_mutex_lock(&f->lock);
+        if (st->a == st->b) {
+                st->next = f->free_stages;
+                f->free_stages = st;
+        } else {
+                st->next = NULL;
+                *f->queue_tail = st;
+                f->queue_tail = &st->next;
+        }
+        pthread_cond_broadcast(&f->cond);
+        pthread_mutex_unlock(&f->lock);
 }
 
 /* Reads the state file into dl; -EBADMSG when it does not describe this blob. */
@@ -408,7 +605,7 @@ static int load_state(Download *dl) {
                 unsigned long long v = strtoull(p, &end, 10);
                 if (errno != 0 || *end != '\n' || v > dl->parts[i].end - dl->parts[i].start)
                         return -EBADMSG;
-                dl->parts[i].done = v;
+                dl->parts[i].done = dl->parts[i].next = v;
                 p = end + 1;
         }
         return *p == 0 ? 0 : -EBADMSG;
@@ -460,71 +657,32 @@ static void throttle(Download *dl) {
         }
 }
 
-/*
- * Writes the staged bytes of pt to the file: the block-aligned middle with O_DIRECT straight from the stage,
- * an unaligned head or tail through the page cache. Afterwards they count as done.
- */
-static int part_flush(Part *pt) {
-        Download *dl = pt->dl;
-        uint64_t a = pt->start + pt->done, b = a + pt->staged;
-        int r;
-
-        if (pt->staged == 0)
-                return 0;
-        uint64_t mid_a = MIN(ALIGN_TO(a, (uint64_t)DIRECT_ALIGN), b);
-        uint64_t mid_b = MAX(b / DIRECT_ALIGN * DIRECT_ALIGN, mid_a);
-        if (dl->direct_fd >= 0 && mid_b > mid_a) {
-                r = pwrite_full(dl->direct_fd, pt->stage + (mid_a - pt->stage_base), mid_b - mid_a, mid_a);
-                if (r == -EINVAL) {
-                        /* The file system takes O_DIRECT at open but not at write: buffered from now on. */
-                        dl->direct_fd = -EBADF;
-                        mid_a = mid_b = b;
-                } else if (r < 0)
-                        return r;
-        } else
-                mid_a = mid_b = b;
-        if (mid_a > a) {
-                r = pwrite_full(dl->fd, pt->stage + (a - pt->stage_base), mid_a - a, a);
-                if (r < 0)
-                        return r;
-        }
-        if (b > mid_b) {
-                r = pwrite_full(dl->fd, pt->stage + (mid_b - pt->stage_base), b - mid_b, mid_b);
-                if (r < 0)
-                        return r;
-        }
-        pt->done += pt->staged;
-        pt->staged = 0;
-        return 0;
-}
-
-/* Adds received bytes to pt's stage, writing it out whenever it fills up or the part is complete. */
+/* Adds received bytes to pt's stage, handing it to the follower whenever it is full or the part complete. */
 static int part_stage(Part *pt, const char *p, size_t len) {
+        Download *dl = pt->dl;
         int r;
 
-        if (!pt->stage && pt->dl->n_spare_stages > 0)
-                pt->stage = pt->dl->spare_stages[--pt->dl->n_spare_stages];
-        if (!pt->stage && posix_memalign((void **)&pt->stage, DIRECT_ALIGN, STAGE_SIZE) != 0) {
-                pt->stage = NULL;
-                return -ENOMEM;
-        }
         while (len > 0) {
-                uint64_t at = pt->start + pt->done + pt->staged;
-                if (pt->staged == 0)
+                if (!pt->stage) {
+                        r = stage_get(dl, &pt->stage);
+                        if (r < 0)
+                                return r;
+                        uint64_t at = pt->start + pt->next;
                         /* Same alignment in memory as in the file, so the middle can go out directly. */
-                        pt->stage_base = at / DIRECT_ALIGN * DIRECT_ALIGN;
-                size_t room = (size_t)(pt->stage_base + STAGE_SIZE - at);
-                size_t k = MIN(room, len);
-                memcpy(pt->stage + (at - pt->stage_base), p, k);
-                pt->staged += k;
+                        pt->stage->base = at / DIRECT_ALIGN * DIRECT_ALIGN;
+                        pt->stage->a = pt->stage->b = at;
+                        pt->stage->part = (size_t)(pt - dl->parts);
+                }
+                Stage *st = pt->stage;
+                size_t k = (size_t)MIN(st->base + STAGE_SIZE - st->b, (uint64_t)len);
+                memcpy(st->buf + (st->b - st->base), p, k);
+                st->b += k;
+                pt->next += k;
                 p += k;
                 len -= k;
                 /* A full stage ends on a block boundary, so the next one starts on one. */
-                if (at + k == pt->stage_base + STAGE_SIZE || pt->done + pt->staged == pt->end - pt->start) {
-                        r = part_flush(pt);
-                        if (r < 0)
-                                return r;
-                }
+                if (st->b == st->base + STAGE_SIZE || pt->next == pt->end - pt->start)
+                        stage_submit(dl, pt);
         }
         return 0;
 }
@@ -537,19 +695,19 @@ static size_t part_write_cb(char *p, size_t size, size_t n, void *userdata) {
         if (!pt->checked) {
                 pt->checked = true;
                 curl_easy_getinfo(pt->easy, CURLINFO_RESPONSE_CODE, &pt->status);
-                if (pt->status == 200 && (dl->n_parts > 1 || pt->start + pt->done + pt->staged > 0)) {
+                if (pt->status == 200 && (dl->n_parts > 1 || pt->start + pt->next > 0)) {
                         /* The server ignored Range: its body starts at byte 0. */
                         dl->ranges_unsupported = true;
                         return 0;
                 }
-                if (pt->status == 206 && pt->content_start != pt->start + pt->done + pt->staged) {
+                if (pt->status == 206 && pt->content_start != pt->start + pt->next) {
                         pt->overflow = true;
                         return 0;
                 }
         }
         if (pt->status != 200 && pt->status != 206)
                 return len; /* an error page: dropped, the status decides */
-        if (pt->done + pt->staged + len > pt->end - pt->start) {
+        if (pt->next + len > pt->end - pt->start) {
                 pt->overflow = true;
                 return 0;
         }
@@ -583,7 +741,7 @@ static int start_part(Download *dl, Part *pt) {
         pt->content_start = UINT64_MAX;
         pt->errbuf[0] = 0;
         http_setup_easy(dl->h, c);
-        snprintf(range, sizeof(range), "Range: bytes=%" PRIu64 "-%" PRIu64, pt->start + pt->done,
+        snprintf(range, sizeof(range), "Range: bytes=%" PRIu64 "-%" PRIu64, pt->start + pt->next,
                  pt->end - 1);
         pt->headers = curl_slist_append(NULL, range);
         if (pt->headers)
@@ -623,17 +781,8 @@ static void stop_part(Download *dl, Part *pt) {
         pt->easy = NULL;
         pt->headers = NULL;
         dl->active--;
-        /* Whatever arrived is written, so that the part resumes after it; the stage goes to the next part.
-         */
-        int r = part_flush(pt);
-        if (r < 0 && dl->fatal >= 0)
-                dl->fatal = qd_error_set(&dl->fatal_error, r, "Failed to write blob %s: %s.",
-                                         dl->layer->digest, strerror(-r));
-        pt->staged = 0;
-        if (pt->stage && dl->n_spare_stages < ELEMENTSOF(dl->spare_stages))
-                dl->spare_stages[dl->n_spare_stages++] = TAKE_PTR(pt->stage);
-        free(pt->stage);
-        pt->stage = NULL;
+        /* Whatever arrived gets written, so that the part can go on after it. */
+        stage_submit(dl, pt);
 }
 
 static void finish_part(Download *dl, Part *pt, CURLcode code) {
@@ -652,7 +801,7 @@ static void finish_part(Download *dl, Part *pt, CURLcode code) {
                                          dl->h->name.host, dl->layer->digest);
                 return;
         }
-        if (code == CURLE_OK && (status == 200 || status == 206) && pt->done == len) {
+        if (code == CURLE_OK && (status == 200 || status == 206) && pt->next == len) {
                 pt->attempts = 0;
                 return;
         }
@@ -750,7 +899,7 @@ static int run_transfers(Download *dl, QdError *e) {
                 r = 0;
                 for (size_t i = 0; r >= 0 && i < dl->n_parts; i++) {
                         Part *pt = &dl->parts[i];
-                        if (pt->done == pt->end - pt->start && !pt->easy)
+                        if (pt->next == pt->end - pt->start && !pt->easy)
                                 continue;
                         all_done = false;
                         if (pt->easy || dl->active >= cfg->parallel_parts || pt->retry_at > now)
@@ -942,7 +1091,9 @@ static int download_blob(Download *dl, QdError *e) {
                 uint64_t t_start = now_ns();
                 r = run_transfers(dl, e);
                 t_transfers = now_ns() - t_start;
+                pthread_mutex_lock(&dl->follower.lock);
                 hashed_at_end = dl->follower.hashed;
+                pthread_mutex_unlock(&dl->follower.lock);
                 if (r < 0) {
                         /* Keep what arrived for the next attempt. */
                         (void)follower_stop(dl, false, NULL);
@@ -1073,9 +1224,7 @@ int registry_pull(RegistryStore *s, const RegistryName *name, registry_progress_
                 r = download_blob(&dl, e);
                 st.bytes_downloaded += dl.transferred;
                 for (size_t j = 0; dl.parts && j < dl.n_parts; j++)
-                        free(dl.parts[j].stage);
-                for (size_t j = 0; j < dl.n_spare_stages; j++)
-                        free(dl.spare_stages[j]);
+                        stage_free(dl.parts[j].stage);
                 free(dl.parts);
                 if (r < 0)
                         goto finish;
