@@ -115,6 +115,7 @@ struct Download {
         uint64_t part_size;
         CURLM *multi;
         size_t active;
+        unsigned parallel_parts; /* transfers at once, registry_config_parallel_parts() */
         bool ranges_unsupported;
         uint64_t start; /* now_ns() when the transfers began, for the bandwidth cap */
         Follower follower;
@@ -421,7 +422,7 @@ static int follower_start(Download *dl) {
         *f = (Follower){};
         f->queue_tail = &f->queue;
         f->hashq_tail = &f->hashq;
-        f->stages_max = dl->h->config->parallel_parts + 3;
+        f->stages_max = dl->parallel_parts + 3;
         r = sha256_init(&f->hash);
         if (r < 0)
                 return r;
@@ -860,7 +861,6 @@ static void finish_part(Download *dl, Part *pt, CURLcode code) {
 }
 
 static int run_transfers(Download *dl, QdError *e) {
-        const RegistryConfig *cfg = dl->h->config;
         int r;
 
         dl->multi = curl_multi_init();
@@ -902,7 +902,7 @@ static int run_transfers(Download *dl, QdError *e) {
                         if (pt->next == pt->end - pt->start && !pt->easy)
                                 continue;
                         all_done = false;
-                        if (pt->easy || dl->active >= cfg->parallel_parts || pt->retry_at > now)
+                        if (pt->easy || dl->active >= dl->parallel_parts || pt->retry_at > now)
                                 continue;
                         r = start_part(dl, pt);
                 }
@@ -1218,6 +1218,7 @@ int registry_pull(RegistryStore *s, const RegistryName *name, registry_progress_
                                .fd = -EBADF,
                                .direct_fd = -EBADF,
                                .direct_read_fd = -EBADF,
+                               .parallel_parts = registry_config_parallel_parts(h->config, h->name.host),
                                .progress = progress,
                                .userdata = userdata,
                                .stats = &st};
