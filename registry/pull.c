@@ -17,14 +17,12 @@
  *   written yet.
  * - Per part, errors are retried with backoff; a retry that made progress resets the part's count. A server
  *   that ignores Range (200 for a ranged request) sends us back to one part from the start.
- * - Bytes reach the file through O_DIRECT where the file system allows it: each part collects what arrives
- *   in an aligned 4 MiB stage and writes it with one direct pwrite(), bypassing the page cache. A buffered
- *   write costs about as much CPU as receiving the bytes (page allocation, copy, dirty accounting, and later
- *   the writeback), and a pull has to make every byte durable anyway; the direct write hands the pages to
- *   the disk and leaves only the device flush for the fsync. Unaligned heads and tails (a resumed part, the
- *   blob's last bytes) go through the page cache. The follower reads the bytes back with O_DIRECT to hash
- *   them. Without O_DIRECT (tmpfs, some FUSE file systems) everything is buffered and the follower starts
- *   the writeback of each range as soon as it has hashed it.
+ * - The data path (docs/registry.md, "The data path"): the network thread copies each part's bytes into
+ *   aligned 4 MiB stages; a writer thread writes full stages with O_DIRECT where the file system allows it
+ *   (a buffered write costs about as much CPU as receiving the bytes, and every byte must be made durable
+ *   anyway), unaligned heads and tails through the page cache; the hasher hashes a written stage from memory
+ *   when it is next in line, and reads back with O_DIRECT what arrived out of order. Without O_DIRECT
+ *   (some FUSE file systems) the writes are buffered and their writeback is started at once.
  */
 
 #include <fcntl.h>
