@@ -38,7 +38,7 @@ typedef struct Download Download;
 
 /* Direct I/O wants offsets, lengths and buffers aligned to the logical block size; 4096 covers them all. */
 #define DIRECT_ALIGN 4096U
-/* Bytes a part collects before handing them to the follower: large enough to amortise a write. */
+/* Bytes a part collects before handing them to the writer: large enough to amortise a write. */
 #define STAGE_SIZE (4U << 20)
 
 /* Received bytes of one part on their way to the file: blob bytes [a, b) in buf[a - base, b - base). */
@@ -68,7 +68,7 @@ typedef struct Follower {
         Stage *free_stages;
         size_t n_stages;   /* allocated, at most stages_max */
         size_t stages_max; /* ParallelParts + 3: one filling per part, one each writing, hashing, waiting */
-        bool checkpoint;   /* write a checkpoint when the queue is empty */
+        bool checkpoint;   /* write a checkpoint, before anything else */
         bool finish;       /* write and hash everything, then end */
         bool abort;        /* write what is queued, then end */
         int error;         /* negative errno of a failed write, read or checkpoint */
