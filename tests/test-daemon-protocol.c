@@ -122,7 +122,8 @@ static void test_errors_keep_connection(void **state) {
         assert_int_equal(proto_client_call(c, "Pull", NULL, 0, NULL, 0, NULL, NULL, &m, &e), -EOPNOTSUPP);
         assert_non_null(strstr(e.msg, "has not landed yet"));
         qd_error_clear(&e);
-        assert_int_equal(proto_client_call(c, "Chat", NULL, 0, NULL, 0, NULL, NULL, &m, &e), -EOPNOTSUPP);
+        assert_int_equal(proto_client_call(c, "Chat", NULL, 0, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_string_equal(e.msg, "Parameter 'model' is required.");
         qd_error_clear(&e);
         assert_int_equal(proto_client_call(c, "Cancel", NULL, 0, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
         msgpack_sbuffer_init(&sb);
@@ -230,6 +231,10 @@ static void test_unprivileged(void **state) {
         if (getuid() != 0)
                 skip(); /* only root can become another user to test the refusal */
 
+        /* The socket directory is the test's 0700 temporary directory: let the other user in for this test. */
+        assert_int_equal(chmod(h->dir, 0755), 0);
+        assert_int_equal(chmod(h->socket, 0666), 0);
+
         pid_t pid = fork();
         assert_true(pid >= 0);
         if (pid == 0) {
@@ -252,10 +257,7 @@ static void test_unprivileged(void **state) {
                 proto_client_free(c);
                 _exit(0);
         }
-        /* The socket directory is the test's 0700 temporary directory: let the other user in for this test. */
         int status;
-        assert_int_equal(chmod(h->dir, 0755), 0);
-        assert_int_equal(chmod(h->socket, 0666), 0);
         assert_int_equal(waitpid(pid, &status, 0), pid);
         assert_true(WIFEXITED(status));
         assert_int_equal(WEXITSTATUS(status), 0);
