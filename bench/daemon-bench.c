@@ -18,6 +18,9 @@
 #include "common.h"
 #include "engine.h"
 
+/* Every model tokenizes this to a few tokens, with or without a start token. */
+#define BENCH_PROMPT "Once upon a time"
+
 static const char *arg_model = NULL;
 static const char *arg_quantd = NULL;
 static unsigned arg_threads = 2;
@@ -52,8 +55,10 @@ static int start_daemon(void) {
                 return -errno;
         if (daemon_pid == 0) {
                 int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-                if (fd >= 0)
+                if (fd >= 0) {
+                        dup2(fd, STDOUT_FILENO);
                         dup2(fd, STDERR_FILENO);
+                }
                 execl(arg_quantd, arg_quantd, a_socket, a_models, a_config, (char *)NULL);
                 _exit(127);
         }
@@ -72,6 +77,7 @@ static void stop_daemon(void) {
         if (daemon_pid > 0) {
                 kill(daemon_pid, SIGTERM);
                 waitpid(daemon_pid, NULL, 0);
+                daemon_pid = 0;
         }
         _cleanup_free_ char *cmd = strdup_printf("rm -rf '%s'", tmpdir);
         if (cmd)
@@ -83,7 +89,7 @@ static void pack_generate(msgpack_sbuffer *sb, unsigned n, bool stream) {
         proto_packer_init(&pk, sb);
         msgpack_pack_map(&pk, 4);
         proto_pack_kv_str(&pk, "model", "bench");
-        proto_pack_kv_str(&pk, "prompt", "");
+        proto_pack_kv_str(&pk, "prompt", BENCH_PROMPT);
         proto_pack_kv_bool(&pk, "stream", stream);
         proto_pack_key(&pk, "options");
         msgpack_pack_map(&pk, 3);
@@ -172,12 +178,17 @@ static uint64_t in_process(unsigned n) {
         float *logits = malloc(sizeof(float) * n_vocab);
         if (!logits || engine_seq_new(m, n + 64, &s) < 0 || engine_sampler_new(&sp_p, n_vocab, &sp) < 0)
                 exit(1);
-        int32_t tok = engine_vocab_bos(v);
+        _cleanup_free_ int32_t *prompt = NULL;
+        size_t n_prompt = 0;
+        if (engine_tokenize(v, BENCH_PROMPT, strlen(BENCH_PROMPT), true, true, &prompt, &n_prompt) < 0 || n_prompt == 0)
+                exit(1);
+        int32_t tok = 0;
         uint64_t t0 = 0;
         Buf text = {};
         for (unsigned i = 0; i <= n; i++) {
-                const int32_t *tp = &tok;
-                uint32_t one = 1;
+                /* The prompt in one step, then one token per step, as the daemon runs it. */
+                const int32_t *tp = i == 0 ? prompt : &tok;
+                uint32_t one = i == 0 ? (uint32_t)n_prompt : 1;
                 EngineSeq *seqs[1] = { s };
                 float *lp[1] = { logits };
                 if (engine_decode(m, seqs, &tp, &one, 1, lp, NULL, &e) < 0)
@@ -279,6 +290,8 @@ int main(int argc, char *argv[]) {
                 return 2;
         }
         signal(SIGPIPE, SIG_IGN);
+        /* Every exit, the error paths' exit(1) included, stops the daemon and removes its directory. */
+        atexit(stop_daemon);
         if (!mkdtemp(tmpdir) || start_daemon() < 0) {
                 fprintf(stderr, "Failed to start %s.\n", arg_quantd);
                 stop_daemon();
