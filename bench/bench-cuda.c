@@ -32,6 +32,7 @@ static const Shape shapes[] = {
 };
 
 static uint32_t arg_tg = 128, arg_pp = 512, arg_reps = 5;
+static bool arg_breakdown = false;
 static int arg_device = 0;
 
 /* llama-quantize's use_more_bits(): the layers whose attn_v and ffn_down get more bits in *_M mixes. */
@@ -145,7 +146,7 @@ static int run_synthetic(const char *spec) {
                 fprintf(stderr, "Failed to measure the copy bandwidth: %s\n", strerror(-r));
                 return r;
         }
-        if ((r = cuda_llama_new(arg_device, c, &m)) < 0) {
+        if ((r = cuda_llama_new(arg_device, c, 0, c->n_layer, &m)) < 0) {
                 fprintf(stderr, "Failed to set up the model: %s\n", strerror(-r));
                 return r;
         }
@@ -208,13 +209,33 @@ static int run_synthetic(const char *spec) {
         }
         if (arg_tg) {
                 double med = median(tg, reps);
-                printf("tg%u: %.1f tok/s (%.1f %% of the bound; min %.1f, max %.1f over %u)\n", arg_tg, med,
-                       100.0 * med / bound, tg[0], tg[reps - 1], reps);
+                printf("tg%u: %.1f tok/s, %.1f us/token (%.1f %% of the bound; min %.1f, max %.1f over %u)\n",
+                       arg_tg, med, 1e6 / med, 100.0 * med / bound, tg[0], tg[reps - 1], reps);
         }
         if (arg_pp > 1) {
                 double med = median(pp, reps);
                 printf("pp%u: %.0f tok/s (min %.0f, max %.0f over %u)\n", arg_pp, med, pp[0], pp[reps - 1], reps);
         }
+        /* Where a decode step's time goes: the same graph without the layers' small kernels, then without
+         * their matrix-vector products (outputs meaningless, times indicative). */
+        for (unsigned mask = 1; arg_breakdown && arg_tg && mask <= 2; mask++) {
+                CudaKv *kv2 = NULL;
+                cuda_llama_set_skip(m, mask);
+                if ((r = cuda_kv_new(m, arg_tg + 16, &kv2)) < 0 ||
+                    (r = cuda_llama_generate_greedy(m, kv2, 1, arg_tg, NULL)) < 0 || (r = cuda_kv_truncate(kv2, 0)) < 0) {
+                        cuda_kv_free(kv2);
+                        goto fail;
+                }
+                uint64_t t0 = now_ns();
+                r = cuda_llama_generate_greedy(m, kv2, 1, arg_tg, NULL);
+                uint64_t t1 = now_ns();
+                cuda_kv_free(kv2);
+                if (r < 0)
+                        goto fail;
+                printf("  without %s: %.1f us per token\n", mask == 1 ? "norms/attention/quantization" : "matvecs",
+                       (t1 - t0) / 1e3 / arg_tg);
+        }
+        cuda_llama_set_skip(m, 0);
         free(toks), free(out_toks);
         r = 0;
         goto out;
@@ -245,6 +266,7 @@ static int run_kernels(void) {
         if ((r = cuda_fill_random(NULL, &xm, 7, 1.0f)) < 0 ||
             (r = cuda_quantize_q8(NULL, x, 11008, 1, &xq)) < 0)
                 goto out;
+        const CudaMvInput in = {x, &xq};
         printf("%-6s %-12s %10s %10s\n", "type", "cols x rows", "us/call", "GB/s");
         for (size_t t = 0; t < ELEMENTSOF(types); t++)
                 for (size_t d = 0; d < ELEMENTSOF(dims); d++) {
@@ -271,7 +293,7 @@ static int run_kernels(void) {
                                                 goto out;
                                         t0 = now_ns();
                                 }
-                                if ((r = cuda_matvec(NULL, &w[i % n], 1, x, &xq, &y, CUDA_MV_STORE)) < 0)
+                                if ((r = cuda_matvec(NULL, &w[i % n], 1, &in, &y, CUDA_MV_STORE)) < 0)
                                         goto out;
                         }
                         if ((r = cuda_sync(NULL)) < 0)
@@ -291,7 +313,7 @@ out:
 }
 
 static void help(void) {
-        printf("bench-cuda --synthetic MODEL:MIX [--tg N] [--pp N] [--reps N] [--device N]\n"
+        printf("bench-cuda --synthetic MODEL:MIX [--tg N] [--pp N] [--reps N] [--device N] [--breakdown]\n"
                "bench-cuda --kernels\n\n"
                "Decode and prompt speed of the CUDA backend on the tensor shapes of MODEL (llama2-7b, llama3-8b)\n"
                "with random weights of MIX (q4_0, q4_K_M, q8_0, f16 or any single type name).\n");
@@ -302,7 +324,7 @@ int main(int argc, char **argv) {
                 {"synthetic", required_argument, NULL, 's'}, {"tg", required_argument, NULL, 't'},
                 {"pp", required_argument, NULL, 'p'},        {"reps", required_argument, NULL, 'r'},
                 {"device", required_argument, NULL, 'd'},    {"help", no_argument, NULL, 'h'},
-                {"kernels", no_argument, NULL, 'k'},
+                {"kernels", no_argument, NULL, 'k'},         {"breakdown", no_argument, NULL, 'b'},
                 {},
         };
         const char *synthetic = NULL;
@@ -333,6 +355,9 @@ int main(int argc, char **argv) {
                         break;
                 case 'k':
                         return run_kernels() < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+                case 'b':
+                        arg_breakdown = true;
+                        break;
                 case 'h':
                         help();
                         return EXIT_SUCCESS;

@@ -20,9 +20,10 @@ inc="-I$out -I$src/common -I$src/engine -I$src/engine/cuda"
 cflags="-std=gnu11 -O2 -g -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -fno-strict-aliasing -pthread $inc"
 nvflags="-O2 -g -lineinfo -gencode=arch=compute_90,code=[sm_90,compute_90] -Xcompiler=-Wall,-Wextra $inc"
 pids=""
-for f in "$src"/common/*.c "$src"/engine/*.c; do
+for f in "$src"/common/*.c "$src"/engine/*.c "$src"/engine/cuda/*.c; do
         case "$f" in */gguf-dump.c) continue ;; esac
-        grep -q pcre2 "$f" && continue # the tokenizers need PCRE2, which the kernels do not
+        # Files that need the daemon's libraries (PCRE2, msgpack, ...) are not needed by the kernels.
+        grep -qE '#include <(pcre2|msgpack|systemd/|json-c|curl/|archive|histedit|editline|openssl/)' "$f" && continue
         cc $cflags -c "$f" -o "$out/obj/$(basename "$f").o" & pids="$pids $!"
 done
 for f in "$src"/engine/cuda/*.cu; do

@@ -9,6 +9,9 @@
 #include "config.h"
 #include "daemon.h"
 #include "engine.h"
+#if HAVE_DBUS
+#include "dbus.h"
+#endif
 
 static bool arg_user = false;
 static bool arg_foreground = false;
@@ -151,6 +154,12 @@ int main(int argc, char *argv[]) {
                 log_error_errno(r, "Failed to set up the daemon: %m");
                 return 1;
         }
+#if HAVE_DBUS
+        /* The second front end over the same methods; freed before the manager. Without a bus, the socket
+         * still serves (dbus_front_new() said why). */
+        _cleanup_(dbus_front_freep) DbusFront *bus = NULL;
+        (void)dbus_front_new(&bus, m, &(DbusFrontOptions){ .user = arg_user, .polkit = !arg_user });
+#endif
         r = manager_run(m);
         return r < 0 ? 1 : 0;
 }

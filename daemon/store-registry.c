@@ -208,7 +208,7 @@ static int reg_create(void *store, const char *name, int fd, const char *templat
         if (system)
                 layers[n_layers++] = (RegistryCreateLayer){ .media_type = REGISTRY_MEDIA_SYSTEM, .fd = -EBADF,
                                                             .data = system, .size = strlen(system) };
-        k = registry_store_create(s->store, &n, layers, n_layers, NULL, cancel, err);
+        k = registry_store_create(s->store, &n, layers, n_layers, NULL, NULL, NULL, cancel, err);
         if (k < 0)
                 return k;
         if (progress)

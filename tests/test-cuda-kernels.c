@@ -430,12 +430,14 @@ static void check_matvec(uint32_t type, uint32_t n_cols, uint32_t n_rows) {
         float *dbase = dev_upload(base, n_rows * 4);
         assert_int_equal(cuda_malloc(n_cols, (void **)&xq.qs), 0);
         assert_int_equal(cuda_malloc(n_cols / 32 * 8 + 8, (void **)&xq.ds), 0);
+        const CudaMvInput in_f32 = {dx, &xq};
+        const CudaMvInput *in_pre = &in_f32;
         if (!is_float_type(type))
                 assert_int_equal(cuda_quantize_q8(NULL, dx, n_cols, 1, &xq), 0);
 
         /* Plain product, and two matrices in one launch. */
         float *ys[2] = {dy, dy2};
-        assert_int_equal(cuda_matvec(NULL, &w[0].m, 1, dx, &xq, ys, CUDA_MV_STORE), 0);
+        assert_int_equal(cuda_matvec(NULL, &w[0].m, 1, &in_f32, ys, CUDA_MV_STORE), 0);
         assert_int_equal(cuda_sync(NULL), 0);
         float *y = download_f32(dy, n_rows);
         double e = rel_err(y, ref, n_rows);
@@ -444,7 +446,7 @@ static void check_matvec(uint32_t type, uint32_t n_cols, uint32_t n_rows) {
         free(y);
 
         CudaMatrix two[2] = {w[1].m, w[0].m};
-        assert_int_equal(cuda_matvec(NULL, two, 2, dx, &xq, (float *[]){dy2, dy}, CUDA_MV_STORE), 0);
+        assert_int_equal(cuda_matvec(NULL, two, 2, in_pre, (float *[]){dy2, dy}, CUDA_MV_STORE), 0);
         assert_int_equal(cuda_sync(NULL), 0);
         y = download_f32(dy, n_rows);
         assert_true(rel_err(y, ref, n_rows) < 1e-4);
@@ -452,7 +454,7 @@ static void check_matvec(uint32_t type, uint32_t n_cols, uint32_t n_rows) {
 
         /* Residual add. */
         ys[0] = dbase;
-        assert_int_equal(cuda_matvec(NULL, &w[0].m, 1, dx, &xq, ys, CUDA_MV_ADD), 0);
+        assert_int_equal(cuda_matvec(NULL, &w[0].m, 1, in_pre, ys, CUDA_MV_ADD), 0);
         assert_int_equal(cuda_sync(NULL), 0);
         y = download_f32(dbase, n_rows);
         assert_true(rel_err(y, ref_add, n_rows) < 1e-4);
@@ -461,7 +463,7 @@ static void check_matvec(uint32_t type, uint32_t n_cols, uint32_t n_rows) {
         /* SwiGLU of two. */
         ys[0] = dy;
         CudaMatrix gu[2] = {w[0].m, w[1].m};
-        assert_int_equal(cuda_matvec(NULL, gu, 2, dx, &xq, ys, CUDA_MV_SWIGLU), 0);
+        assert_int_equal(cuda_matvec(NULL, gu, 2, &in_f32, ys, CUDA_MV_SWIGLU), 0);
         assert_int_equal(cuda_sync(NULL), 0);
         y = download_f32(dy, n_rows);
         e = rel_err(y, ref_glu, n_rows);
@@ -483,7 +485,9 @@ static void test_matvec(void **state) {
         for (size_t i = 0; i < ELEMENTSOF(all_types); i++) {
                 uint32_t t = all_types[i];
                 bool k = ggml_type_info(t)->block_size == 256;
-                /* A whole number of chunks, and a row that ends inside a chunk. */
+                /* A whole number of chunks, and a row that ends inside a chunk; even row counts go through
+                 * the kernels in pairs of rows, odd ones one row at a time. */
+                check_matvec(t, 4096, 68);
                 check_matvec(t, 4096, 67);
                 check_matvec(t, k ? 11 * 256 : 33 * 32, 45);
                 if (is_float_type(t))
@@ -496,16 +500,21 @@ static void test_matvec_errors(void **state) {
         float *y = NULL;
 
         mat_new(&w, GGML_TYPE_Q4_0, 64, 4);
-        assert_int_equal(cuda_matvec(NULL, &w.m, 0, NULL, NULL, &y, CUDA_MV_STORE), -EINVAL);
-        assert_int_equal(cuda_matvec(NULL, &w.m, 1, NULL, NULL, &y, CUDA_MV_STORE), -EINVAL); /* no xq */
-        assert_int_equal(cuda_matvec(NULL, &w.m, 1, NULL, NULL, &y, CUDA_MV_SWIGLU), -EINVAL);
+        CudaQ8 q = {(int8_t *)1, (float *)1};
+        const CudaMvInput none = {NULL, NULL}, in = {NULL, &q};
+        assert_int_equal(cuda_matvec(NULL, &w.m, 0, &in, &y, CUDA_MV_STORE), -EINVAL);
+        assert_int_equal(cuda_matvec(NULL, &w.m, 1, &none, &y, CUDA_MV_STORE), -EINVAL);
+        assert_int_equal(cuda_matvec(NULL, &w.m, 1, NULL, &y, CUDA_MV_STORE), -EINVAL);
+        assert_int_equal(cuda_matvec(NULL, &w.m, 1, &in, &y, CUDA_MV_SWIGLU), -EINVAL);
         CudaMatrix bad = w.m;
         bad.type = GGML_TYPE_IQ2_XS;
-        CudaQ8 q = {(int8_t *)1, (float *)1};
-        assert_int_equal(cuda_matvec(NULL, &bad, 1, NULL, &q, &y, CUDA_MV_STORE), -EOPNOTSUPP);
+        assert_int_equal(cuda_matvec(NULL, &bad, 1, &in, &y, CUDA_MV_STORE), -EOPNOTSUPP);
         bad = w.m;
         bad.row_stride = 18 * 2;
-        assert_int_equal(cuda_matvec(NULL, &bad, 1, NULL, &q, &y, CUDA_MV_STORE), -EINVAL);
+        assert_int_equal(cuda_matvec(NULL, &bad, 1, &in, &y, CUDA_MV_STORE), -EINVAL);
+        bad = w.m;
+        bad.type = GGML_TYPE_F16;
+        assert_int_equal(cuda_matvec(NULL, &bad, 1, &in, &y, CUDA_MV_STORE), -EINVAL); /* 8-bit input */
         assert_false(cuda_type_supported(GGML_TYPE_IQ4_XS));
         size_t st;
         assert_int_equal(cuda_row_stride(GGML_TYPE_Q4_K, 100, &st), -EINVAL);
@@ -687,14 +696,44 @@ static void check_attention(uint32_t hd, uint32_t n_head, uint32_t n_kv, uint32_
         int32_t zero = 0, last = (int32_t)npre;
         int32_t *dpos = dev_upload(&zero, 4), *dlast = dev_upload(&last, 4);
 
-        /* All positions but the last as a prompt batch, then the last as one decode token. */
+        void *scratch;
+        size_t ss = cuda_attn_scratch_size(&a);
+        assert_int_equal(cuda_malloc(ss, &scratch), 0);
+        uint8_t *zeros = calloc(1, ss);
+        assert_int_equal(cuda_upload(scratch, zeros, ss), 0);
+        free(zeros);
+        float *dout = dev_poison(nq * 4);
+        CudaQ8 oq;
+        assert_int_equal(cuda_malloc(nq, (void **)&oq.qs), 0);
+        assert_int_equal(cuda_malloc(nq / 32 * 8 + 8, (void **)&oq.ds), 0);
+
+        /* All positions but the last as a prompt batch; the last as one decode token, twice (the split
+         * counters must come back to zero), which rotates and stores its own k and v. */
         assert_int_equal(cuda_rope_store(NULL, &a, dqkv, stride, npre, dpos, kc, vc), 0);
-        assert_int_equal(cuda_rope_store(NULL, &a, dqkv + (size_t)npre * stride, stride, 1, dlast, kc, vc), 0);
+        float *dlast_qkv = dev_upload(qkv + (size_t)npre * stride, stride * 4);
+        float *outs[2];
+        for (int rep = 0; rep < 2; rep++) {
+                assert_int_equal(cuda_attn_decode(NULL, &a, dlast_qkv, dlast, kc, vc, scratch, dout,
+                                                  hd % 32 == 0 ? &oq : NULL),
+                                 0);
+                outs[rep] = download_f32(dout, nq);
+                if (hd % 32 == 0) {
+                        int8_t *qs = malloc(nq);
+                        float *ds = malloc(nq / 32 * 8);
+                        assert_int_equal(cuda_download(qs, oq.qs, nq), 0);
+                        assert_int_equal(cuda_download(ds, oq.ds, nq / 32 * 8), 0);
+                        for (uint32_t i = 0; i < nq; i++)
+                                assert_true(fabsf(qs[i] * ds[2 * (i / 32)] - outs[rep][i]) <=
+                                            0.5001f * ds[2 * (i / 32)] + 1e-7f);
+                        free(qs), free(ds);
+                }
+        }
         uint16_t *kh = malloc((size_t)n_pos * nk * 2), *vh = malloc((size_t)n_pos * nk * 2);
-        float *qr = download_f32(dqkv, (size_t)n_pos * stride);
         assert_int_equal(cuda_download(kh, kc, (size_t)n_pos * nk * 2), 0);
         assert_int_equal(cuda_download(vh, vc, (size_t)n_pos * nk * 2), 0);
-        double x[512];
+
+        /* Rotated q (and k, checked against the cache) in double on the host. */
+        double *qref = malloc((size_t)n_pos * nq * sizeof(double)), x[512];
         for (uint32_t t = 0; t < n_pos; t++) {
                 for (uint32_t h = 0; h < n_head + n_kv; h++) {
                         const float *src = qkv + (size_t)t * stride + h * hd;
@@ -702,8 +741,11 @@ static void check_attention(uint32_t hd, uint32_t n_head, uint32_t n_kv, uint32_
                                 x[d] = src[d];
                         rope_ref(x, hd, hd, 10000.0f, (int)t);
                         for (uint32_t d = 0; d < hd; d++) {
-                                float got = h < n_head ? qr[(size_t)t * stride + h * hd + d]
-                                                       : h2f(kh[(size_t)t * nk + (h - n_head) * hd + d]);
+                                if (h < n_head) {
+                                        qref[(size_t)t * nq + h * hd + d] = x[d];
+                                        continue;
+                                }
+                                float got = h2f(kh[(size_t)t * nk + (h - n_head) * hd + d]);
                                 assert_true(fabs(got - x[d]) <= 2e-3 * fabs(x[d]) + 2e-3);
                         }
                 }
@@ -713,7 +755,7 @@ static void check_attention(uint32_t hd, uint32_t n_head, uint32_t n_kv, uint32_
                 }
         }
 
-        /* Reference attention for every token from the device's rotated q and cached k, v. */
+        /* Reference attention for every token from the cached k and v. */
         double *ref = malloc((size_t)n_pos * nq * sizeof(double)), *sc = malloc(n_pos * sizeof(double));
         for (uint32_t t = 0; t < n_pos; t++)
                 for (uint32_t h = 0; h < n_head; h++) {
@@ -722,8 +764,7 @@ static void check_attention(uint32_t hd, uint32_t n_head, uint32_t n_kv, uint32_
                         for (uint32_t j = 0; j <= t; j++) {
                                 double s = 0;
                                 for (uint32_t d = 0; d < hd; d++)
-                                        s += (double)qr[(size_t)t * stride + h * hd + d] *
-                                             h2f(kh[(size_t)j * nk + kvh * hd + d]);
+                                        s += qref[(size_t)t * nq + h * hd + d] * h2f(kh[(size_t)j * nk + kvh * hd + d]);
                                 sc[j] = s / sqrt((double)hd);
                                 mx = fmax(mx, sc[j]);
                         }
@@ -736,50 +777,31 @@ static void check_attention(uint32_t hd, uint32_t n_head, uint32_t n_kv, uint32_
                                 ref[(size_t)t * nq + h * hd + d] = o / l;
                         }
                 }
-
-        /* Decode attention of the last token, twice: the split counters must come back to zero. */
-        void *scratch;
-        size_t ss = cuda_attn_scratch_size(&a);
-        assert_int_equal(cuda_malloc(ss, &scratch), 0);
-        uint8_t *zeros = calloc(1, ss);
-        assert_int_equal(cuda_upload(scratch, zeros, ss), 0);
-        free(zeros);
-        CudaQ8 oq = {NULL, NULL};
-        bool quant = hd % 32 == 0;
-        if (quant) {
-                assert_int_equal(cuda_malloc(nq, (void **)&oq.qs), 0);
-                assert_int_equal(cuda_malloc(nq / 32 * 8, (void **)&oq.ds), 0);
-        }
-        float *dout = dev_poison(nq * 4);
         for (int rep = 0; rep < 2; rep++) {
-                assert_int_equal(cuda_attn_decode(NULL, &a, dqkv + (size_t)npre * stride, dlast, kc, vc, scratch,
-                                                  dout, quant ? &oq : NULL),
-                                 0);
-                float *o = download_f32(dout, nq);
-                double e = rel_err(o, ref + (size_t)npre * nq, nq);
+                double e = rel_err(outs[rep], ref + (size_t)npre * nq, nq);
                 print_message("# attention decode hd %u, %u positions: rel err %.2e\n", hd, n_pos, e);
-                assert_true(e < 1e-5);
-                free(o);
+                assert_true(e < 1e-4);
+                free(outs[rep]);
         }
 
-        /* Prompt attention of positions 3 .. n_pos - 1 (earlier ones are in the cache). */
+        /* Prompt attention of positions 3 .. npre - 1 (earlier ones are in the cache; q rotated in place). */
         int32_t three = 3;
         int32_t *d3 = dev_upload(&three, 4);
-        float *dpo = dev_poison((size_t)(n_pos - 3) * nq * 4);
-        assert_int_equal(cuda_attn_prefill(NULL, &a, dqkv + 3 * stride, stride, n_pos - 3, d3, kc, vc, dpo), 0);
-        float *po = download_f32(dpo, (size_t)(n_pos - 3) * nq);
-        double e = rel_err(po, ref + 3 * nq, (size_t)(n_pos - 3) * nq);
-        print_message("# attention prefill hd %u, %u positions: rel err %.2e\n", hd, n_pos, e);
-        assert_true(e < 1e-5);
+        float *dpo = dev_poison((size_t)(npre - 3) * nq * 4);
+        assert_int_equal(cuda_attn_prefill(NULL, &a, dqkv + 3 * stride, stride, npre - 3, d3, kc, vc, dpo), 0);
+        float *po = download_f32(dpo, (size_t)(npre - 3) * nq);
+        double e = rel_err(po, ref + 3 * nq, (size_t)(npre - 3) * nq);
+        print_message("# attention prefill hd %u, %u positions: rel err %.2e\n", hd, npre, e);
+        assert_true(e < 1e-4);
 
-        free(qkv), free(kh), free(vh), free(qr), free(ref), free(sc), free(po);
+        free(qkv), free(kh), free(vh), free(qref), free(ref), free(sc), free(po);
         cuda_free(dqkv), cuda_free(kc), cuda_free(vc), cuda_free(dpos), cuda_free(dlast), cuda_free(scratch);
-        cuda_free(dout), cuda_free(d3), cuda_free(dpo), cuda_free(oq.qs), cuda_free(oq.ds);
+        cuda_free(dout), cuda_free(d3), cuda_free(dpo), cuda_free(dlast_qkv), cuda_free(oq.qs), cuda_free(oq.ds);
 }
 
 static void test_attention(void **state) {
         check_attention(128, 4, 2, 100);  /* one split */
-        check_attention(128, 4, 1, 700);  /* three splits, merged */
+        check_attention(128, 4, 1, 700);  /* six splits, merged */
         check_attention(64, 3, 1, 300);
         check_attention(8, 8, 4, 40);     /* stories260K's heads */
 }

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 /* engine.h is C; its _Static_assert lines are C11 spelling of C++'s static_assert. */
 #define _Static_assert static_assert
@@ -125,6 +126,17 @@ __device__ __forceinline__ int k3_scale(const uint8_t *s, int i) {
 /* Rows of a weight matrix start at multiples of this many bytes, so that 16-byte loads can stream them. */
 #define CUDA_ROW_ALIGN 16
 
+/* Whether launches use programmatic dependent launch: yes unless QUANTD_CUDA_PDL=0 (for timing studies). */
+static inline bool cuda_pdl_enabled(void) {
+        static int on = -1;
+
+        if (on < 0) {
+                const char *e = getenv("QUANTD_CUDA_PDL");
+                on = !(e && e[0] == '0');
+        }
+        return on;
+}
+
 /* Launches a kernel with programmatic dependent launch allowed, so that it may start (and stream its
  * weights) while the kernel before it finishes; the kernel waits with griddepcontrol before reading what
  * that one wrote. */
@@ -141,7 +153,7 @@ static inline cudaError_t launch_pdl(void (*k)(KArgs...), dim3 grid, dim3 block,
         attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
         attr[0].val.programmaticStreamSerializationAllowed = 1;
         cfg.attrs = attr;
-        cfg.numAttrs = 1;
+        cfg.numAttrs = cuda_pdl_enabled() ? 1 : 0;
         return cudaLaunchKernelEx(&cfg, k, args...);
 }
 

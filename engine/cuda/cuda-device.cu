@@ -14,7 +14,7 @@ extern "C" {
 #include "engine-cuda.h"
 }
 
-extern "C" int engine_cuda_device_count(void) {
+extern "C" int cuda_device_count(void) {
         int n = 0;
 
         if (cudaGetDeviceCount(&n) != cudaSuccess) {

@@ -25,15 +25,17 @@
 struct CudaLlama {
         int device;
         CudaLlamaConfig c;
+        uint32_t l0, l1; /* layers on this device; the embedding when l0 == 0, the head when l1 == n_layer */
         cudaStream_t stream;
         CudaBlas *blas;
         CudaMatrix *w;  /* (3 + n_layer * 9): token_embd, output_norm, output, then per layer */
         uint64_t weight_bytes, step_bytes;
+        unsigned skip; /* CUDA_SKIP_* kernels left out of the decode graph, for timing only */
 
         /* Decode scratch. */
         float *x;        /* (n_embd) residual stream */
-        float *xn;       /* (max(n_embd, n_ff)) normalized input, float, for float weights */
-        CudaQ8 xq;       /* (max(n_embd, n_ff)) 8-bit input for quantized weights */
+        float *xn;       /* (n_embd) normalized, for float weights */
+        CudaQ8 xq;       /* (max(n_embd, n_ff, nq)) 8-bit input of the next product */
         float *qkv;      /* (nq + 2 nk) */
         float *att;      /* (nq) */
         CudaQ8 attq;     /* (nq) */
@@ -55,7 +57,7 @@ struct CudaKv {
         CudaLlama *m;
         uint32_t n_ctx;
         uint32_t pos;
-        uint16_t *k, *v;     /* (n_layer, n_ctx, n_head_kv * head_dim) each */
+        uint16_t *k, *v;     /* (l1 - l0, n_ctx, n_head_kv * head_dim) each: the model's layers only */
         int32_t *d_pos;      /* (1) */
         int32_t *hist;       /* (n_ctx + 1) tokens chosen by the on-device argmax, by position */
         void *attn_scratch;
@@ -84,14 +86,14 @@ static int alloc(void **p, size_t size) {
         return cuda_malloc(size, p);
 }
 
-extern "C" int cuda_llama_new(int device, const CudaLlamaConfig *c, CudaLlama **ret) {
+extern "C" int cuda_llama_new(int device, const CudaLlamaConfig *c, uint32_t l0, uint32_t l1, CudaLlama **ret) {
         const uint32_t nq = c->n_head * c->head_dim, nk = c->n_head_kv * c->head_dim;
-        const uint32_t nmax = c->n_embd > c->n_ff ? c->n_embd : c->n_ff;
         CudaLlama *m;
         int r;
 
         if (c->n_layer == 0 || c->n_head == 0 || c->n_head_kv == 0 || c->n_head % c->n_head_kv != 0 ||
-            c->head_dim == 0 || c->n_rot > c->head_dim || c->n_vocab == 0 || c->n_embd == 0 || c->n_ff == 0)
+            c->head_dim == 0 || c->n_rot > c->head_dim || c->n_vocab == 0 || c->n_embd == 0 || c->n_ff == 0 ||
+            l0 >= l1 || l1 > c->n_layer)
                 return -EINVAL;
         CU_TRY(cudaSetDevice(device));
         m = (CudaLlama *)calloc(1, sizeof(CudaLlama));
@@ -99,6 +101,8 @@ extern "C" int cuda_llama_new(int device, const CudaLlamaConfig *c, CudaLlama **
                 return -ENOMEM;
         m->device = device;
         m->c = *c;
+        m->l0 = l0;
+        m->l1 = l1;
         m->w = (CudaMatrix *)calloc(3 + (size_t)c->n_layer * 9, sizeof(CudaMatrix));
         if (!m->w) {
                 free(m);
@@ -109,12 +113,14 @@ extern "C" int cuda_llama_new(int device, const CudaLlamaConfig *c, CudaLlama **
                 free(m);
                 return -EIO;
         }
-        size_t nq8 = (nmax > nq ? nmax : nq);
+        size_t nmax = c->n_embd > c->n_ff ? c->n_embd : c->n_ff;
+        if (nq > nmax)
+                nmax = nq;
         if ((r = cuda_blas_new(m->stream, &m->blas)) < 0 || (r = alloc((void **)&m->x, c->n_embd * 4)) < 0 ||
-            (r = alloc((void **)&m->xn, nmax * 4)) < 0 || (r = alloc((void **)&m->xq.qs, nq8)) < 0 ||
-            (r = alloc((void **)&m->xq.ds, nq8 / 32 * 8 + 8)) < 0 ||
+            (r = alloc((void **)&m->xn, c->n_embd * 4)) < 0 || (r = alloc((void **)&m->xq.qs, nmax)) < 0 ||
+            (r = alloc((void **)&m->xq.ds, nmax / 32 * 8 + 8)) < 0 || (r = alloc((void **)&m->attq.qs, nq)) < 0 ||
+            (r = alloc((void **)&m->attq.ds, nq / 32 * 8 + 8)) < 0 ||
             (r = alloc((void **)&m->qkv, (nq + 2 * nk) * 4)) < 0 || (r = alloc((void **)&m->att, nq * 4)) < 0 ||
-            (r = alloc((void **)&m->attq.qs, nq)) < 0 || (r = alloc((void **)&m->attq.ds, nq / 32 * 8 + 8)) < 0 ||
             (r = alloc((void **)&m->h, c->n_ff * 4)) < 0 || (r = alloc((void **)&m->logits, c->n_vocab * 4)) < 0 ||
             (r = alloc((void **)&m->tok, 4)) < 0) {
                 cuda_llama_free(m);
@@ -132,9 +138,9 @@ extern "C" CudaLlama *cuda_llama_free(CudaLlama *m) {
                 (void)cudaStreamSynchronize(m->stream);
         for (size_t i = 0; i < 3 + (size_t)m->c.n_layer * 9; i++)
                 cuda_free((void *)m->w[i].data);
-        void *bufs[] = {m->x,     m->xn,     m->xq.qs,  m->xq.ds, m->qkv,   m->att,   m->attq.qs, m->attq.ds,
-                        m->h,     m->logits, m->tok,    m->pf_tok, m->pf_x, m->pf_xn, m->pf_qkv,  m->pf_att,
-                        m->pf_gu, m->pf_w};
+        void *bufs[] = {m->x,      m->xn,     m->xq.qs,   m->xq.ds,   m->qkv,    m->att,  m->attq.qs,
+                        m->attq.ds, m->h,     m->logits,  m->tok,     m->pf_tok, m->pf_x, m->pf_xn,
+                        m->pf_qkv,  m->pf_att, m->pf_gu,  m->pf_w};
         for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
                 cuda_free(bufs[i]);
         cuda_blas_free(m->blas);
@@ -201,7 +207,9 @@ extern "C" int cuda_llama_set_weight(CudaLlama *m, CudaWeight w, uint32_t layer,
         void *p;
         int r;
 
-        if (w < 0 || w >= _CUDA_W_MAX || (w >= CUDA_W_ATTN_NORM && layer >= m->c.n_layer))
+        if (w < 0 || w >= _CUDA_W_MAX || (w >= CUDA_W_ATTN_NORM && (layer < m->l0 || layer >= m->l1)) ||
+            (w == CUDA_W_TOKEN_EMBD && m->l0 != 0) ||
+            ((w == CUDA_W_OUTPUT || w == CUDA_W_OUTPUT_NORM) && m->l1 != m->c.n_layer))
                 return -EINVAL;
         expected_shape(&m->c, w, &ec, &er);
         if (n_cols != ec || n_rows != er)
@@ -256,6 +264,10 @@ extern "C" int cuda_llama_set_weight(CudaLlama *m, CudaWeight w, uint32_t layer,
         return 0;
 }
 
+extern "C" void cuda_llama_set_skip(CudaLlama *m, unsigned mask) {
+        m->skip = mask;
+}
+
 extern "C" uint64_t cuda_llama_weight_bytes(const CudaLlama *m) {
         return m->weight_bytes;
 }
@@ -264,13 +276,13 @@ extern "C" uint64_t cuda_llama_step_bytes(const CudaLlama *m) {
         return m->step_bytes;
 }
 
-extern "C" uint64_t cuda_kv_bytes(const CudaLlamaConfig *c, uint32_t n_ctx) {
-        return 2ull * c->n_layer * n_ctx * c->n_head_kv * c->head_dim * sizeof(uint16_t);
+extern "C" uint64_t cuda_kv_bytes(const CudaLlamaConfig *c, uint32_t n_layer, uint32_t n_ctx) {
+        return 2ull * n_layer * n_ctx * c->n_head_kv * c->head_dim * sizeof(uint16_t);
 }
 
 extern "C" int cuda_kv_new(CudaLlama *m, uint32_t n_ctx, CudaKv **ret) {
         CudaAttnShape a = attn_shape(m, n_ctx);
-        uint64_t half = cuda_kv_bytes(&m->c, n_ctx) / 2;
+        uint64_t half = cuda_kv_bytes(&m->c, m->l1 - m->l0, n_ctx) / 2;
         size_t ss = cuda_attn_scratch_size(&a);
         CudaKv *kv;
         int r;
@@ -317,6 +329,10 @@ extern "C" uint32_t cuda_kv_pos(const CudaKv *kv) {
         return kv->pos;
 }
 
+static bool is_float_type(uint32_t t) {
+        return t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16;
+}
+
 #define TRY(x)                                                                                                  \
         do {                                                                                                    \
                 int r_ = (x);                                                                                   \
@@ -324,16 +340,13 @@ extern "C" uint32_t cuda_kv_pos(const CudaKv *kv) {
                         return r_;                                                                              \
         } while (0)
 
-static bool is_float_type(uint32_t t) {
-        return t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16;
-}
-
 /* Q, K and V of a layer in as few launches as their types allow (all three share n_cols). */
 static int decode_qkv(CudaLlama *m, uint32_t l) {
         const uint32_t nq = m->c.n_head * m->c.head_dim, nk = m->c.n_head_kv * m->c.head_dim;
         CudaMatrix ws[3] = {*weight(m, CUDA_W_Q, l), *weight(m, CUDA_W_K, l), *weight(m, CUDA_W_V, l)};
         float *ys[3] = {m->qkv, m->qkv + nq, m->qkv + nq + nk};
         bool done[3] = {false, false, false};
+        const CudaMvInput in = {m->xn, &m->xq};
 
         for (int i = 0; i < 3; i++) {
                 if (done[i])
@@ -347,12 +360,15 @@ static int decode_qkv(CudaLlama *m, uint32_t l) {
                                 gy[n++] = ys[j];
                                 done[j] = true;
                         }
-                TRY(cuda_matvec(m->stream, g, n, m->xn, &m->xq, gy, CUDA_MV_STORE));
+                TRY(cuda_matvec(m->stream, g, n, &in, gy, CUDA_MV_STORE));
         }
         return 0;
 }
 
-/* One token through layers [l0, l1) on m->x; the token's position is *kv->d_pos. */
+/* One token through layers [l0, l1) on m->x; the token's position is *kv->d_pos. Eight launches a layer (nine
+ * when V's type differs from Q's): RMSNorm + 8-bit quantization, Q/K/V, attention with RoPE and the KV store
+ * fused (its output quantized by the merging block), the output projection adding into the residual,
+ * RMSNorm + quantization, gate and up with SwiGLU, quantization, the down projection adding in. */
 static int decode_layers(CudaLlama *m, CudaKv *kv, uint32_t l0, uint32_t l1) {
         const CudaLlamaConfig *c = &m->c;
         const CudaAttnShape a = attn_shape(m, kv->n_ctx);
@@ -362,31 +378,37 @@ static int decode_layers(CudaLlama *m, CudaKv *kv, uint32_t l0, uint32_t l1) {
         for (uint32_t l = l0; l < l1; l++) {
                 const CudaMatrix *o = weight(m, CUDA_W_O, l), *down = weight(m, CUDA_W_DOWN, l);
                 CudaMatrix gu[2] = {*weight(m, CUDA_W_GATE, l), *weight(m, CUDA_W_UP, l)};
+                const CudaMvInput in_att = {m->att, &m->attq}, in_x = {m->xn, &m->xq}, in_h = {m->h, &m->xq};
                 float *y;
 
-                TRY(cuda_rmsnorm(m->stream, m->x, (const float *)weight(m, CUDA_W_ATTN_NORM, l)->data, c->n_embd,
-                                 1, c->norm_eps, m->xn, NULL, &m->xq));
-                TRY(decode_qkv(m, l));
-                TRY(cuda_rope_store(m->stream, &a, m->qkv, 0, 1, kv->d_pos, kv->k + l * kv_layer,
-                                    kv->v + l * kv_layer));
-                TRY(cuda_attn_decode(m->stream, &a, m->qkv, kv->d_pos, kv->k + l * kv_layer,
-                                     kv->v + l * kv_layer, kv->attn_scratch, m->att, att_q ? &m->attq : NULL));
-                if (!att_q && !is_float_type(o->type))
+                const bool small = !(m->skip & CUDA_SKIP_SMALL), mv = !(m->skip & CUDA_SKIP_MATVEC);
+
+                if (small)
+                        TRY(cuda_rmsnorm(m->stream, m->x, (const float *)weight(m, CUDA_W_ATTN_NORM, l)->data,
+                                         c->n_embd, 1, c->norm_eps, m->xn, NULL, &m->xq));
+                if (mv)
+                        TRY(decode_qkv(m, l));
+                if (small)
+                        TRY(cuda_attn_decode(m->stream, &a, m->qkv, kv->d_pos, kv->k + (l - m->l0) * kv_layer,
+                                             kv->v + (l - m->l0) * kv_layer, kv->attn_scratch, m->att, att_q ? &m->attq : NULL));
+                if (small && !att_q && !is_float_type(o->type))
                         TRY(cuda_quantize_q8(m->stream, m->att, o->n_cols, 1, &m->attq));
                 y = m->x;
-                TRY(cuda_matvec(m->stream, o, 1, m->att, &m->attq, &y, CUDA_MV_ADD));
-                TRY(cuda_rmsnorm(m->stream, m->x, (const float *)weight(m, CUDA_W_FFN_NORM, l)->data, c->n_embd,
-                                 1, c->norm_eps, m->xn, NULL, &m->xq));
-                if (gu[0].type == gu[1].type) {
-                        y = m->h;
-                        TRY(cuda_matvec(m->stream, gu, 2, m->xn, &m->xq, &y, CUDA_MV_SWIGLU));
-                } else {
+                if (mv)
+                        TRY(cuda_matvec(m->stream, o, 1, &in_att, &y, CUDA_MV_ADD));
+                if (small)
+                        TRY(cuda_rmsnorm(m->stream, m->x, (const float *)weight(m, CUDA_W_FFN_NORM, l)->data,
+                                         c->n_embd, 1, c->norm_eps, m->xn, NULL, &m->xq));
+                if (gu[0].type != gu[1].type)
                         return -EOPNOTSUPP; /* no quantization mix gives gate and up different types */
-                }
-                if (!is_float_type(down->type))
+                y = m->h;
+                if (mv)
+                        TRY(cuda_matvec(m->stream, gu, 2, &in_x, &y, CUDA_MV_SWIGLU));
+                if (small && !is_float_type(down->type))
                         TRY(cuda_quantize_q8(m->stream, m->h, c->n_ff, 1, &m->xq));
                 y = m->x;
-                TRY(cuda_matvec(m->stream, down, 1, m->h, &m->xq, &y, CUDA_MV_ADD));
+                if (mv)
+                        TRY(cuda_matvec(m->stream, down, 1, &in_h, &y, CUDA_MV_ADD));
         }
         return 0;
 }
@@ -394,21 +416,29 @@ static int decode_layers(CudaLlama *m, CudaKv *kv, uint32_t l0, uint32_t l1) {
 /* The whole decode step: embedding of *m->tok, all layers, logits, and the argmax that feeds the next. */
 static int decode_step(CudaLlama *m, CudaKv *kv) {
         const CudaLlamaConfig *c = &m->c;
+        const CudaMvInput in = {m->xn, &m->xq};
         float *y = m->logits;
 
         TRY(cuda_get_rows(m->stream, weight(m, CUDA_W_TOKEN_EMBD, 0), m->tok, 1, m->x));
-        TRY(decode_layers(m, kv, 0, c->n_layer));
+        TRY(decode_layers(m, kv, m->l0, m->l1));
         TRY(cuda_rmsnorm(m->stream, m->x, (const float *)weight(m, CUDA_W_OUTPUT_NORM, 0)->data, c->n_embd, 1,
                          c->norm_eps, m->xn, NULL, &m->xq));
-        TRY(cuda_matvec(m->stream, weight(m, CUDA_W_OUTPUT, 0), 1, m->xn, &m->xq, &y, CUDA_MV_STORE));
+        TRY(cuda_matvec(m->stream, weight(m, CUDA_W_OUTPUT, 0), 1, &in, &y, CUDA_MV_STORE));
         TRY(cuda_argmax(m->stream, m->logits, c->n_vocab, m->tok, kv->d_pos, kv->hist, kv->n_ctx + 1));
         return 0;
 }
 
+/* Whether every weight the model's range needs is in place. */
 static int check_weights(CudaLlama *m) {
-        for (size_t i = 0; i < 3 + (size_t)m->c.n_layer * 9; i++)
-                if (!m->w[i].data)
-                        return -EINVAL;
+        if (m->l0 == 0 && !weight(m, CUDA_W_TOKEN_EMBD, 0)->data)
+                return -EINVAL;
+        if (m->l1 == m->c.n_layer &&
+            (!weight(m, CUDA_W_OUTPUT_NORM, 0)->data || !weight(m, CUDA_W_OUTPUT, 0)->data))
+                return -EINVAL;
+        for (uint32_t l = m->l0; l < m->l1; l++)
+                for (int w = CUDA_W_ATTN_NORM; w < _CUDA_W_MAX; w++)
+                        if (!weight(m, (CudaWeight)w, l)->data)
+                                return -EINVAL;
         return 0;
 }
 
@@ -472,10 +502,10 @@ static int prefill_layers(CudaLlama *m, CudaKv *kv, uint32_t n_tok, uint32_t l0,
                 TRY(cuda_dequant_f16(s, weight(m, CUDA_W_K, l), m->pf_w + (size_t)nq * c->n_embd));
                 TRY(cuda_dequant_f16(s, weight(m, CUDA_W_V, l), m->pf_w + (size_t)(nq + nk) * c->n_embd));
                 TRY(cuda_gemm_f16(m->blas, m->pf_w, nqkv, c->n_embd, m->pf_xn, n_tok, m->pf_qkv, false));
-                TRY(cuda_rope_store(s, &a, m->pf_qkv, nqkv, n_tok, kv->d_pos, kv->k + l * kv_layer,
-                                    kv->v + l * kv_layer));
-                TRY(cuda_attn_prefill(s, &a, m->pf_qkv, nqkv, n_tok, kv->d_pos, kv->k + l * kv_layer,
-                                      kv->v + l * kv_layer, m->pf_att));
+                TRY(cuda_rope_store(s, &a, m->pf_qkv, nqkv, n_tok, kv->d_pos, kv->k + (l - m->l0) * kv_layer,
+                                    kv->v + (l - m->l0) * kv_layer));
+                TRY(cuda_attn_prefill(s, &a, m->pf_qkv, nqkv, n_tok, kv->d_pos, kv->k + (l - m->l0) * kv_layer,
+                                      kv->v + (l - m->l0) * kv_layer, m->pf_att));
                 TRY(cuda_f32_to_f16(s, m->pf_att, m->pf_xn, (size_t)n_tok * nq));
                 TRY(cuda_dequant_f16(s, weight(m, CUDA_W_O, l), m->pf_w));
                 TRY(cuda_gemm_f16(m->blas, m->pf_w, c->n_embd, nq, m->pf_xn, n_tok, m->pf_x, true));
@@ -507,83 +537,100 @@ extern "C" int cuda_kv_truncate(CudaKv *kv, uint32_t pos) {
         return set_pos(kv, pos);
 }
 
-extern "C" int cuda_llama_forward(CudaLlama *m, CudaKv *kv, const int32_t *tokens, uint32_t n_tok,
-                                  float *logits) {
+/* The head for row r of the chunk in xdev: the output norm, then the logits unless hidden; copied to out. */
+static int head_row(CudaLlama *m, const float *xdev, bool hidden, float *out) {
         const CudaLlamaConfig *c = &m->c;
+        const CudaMvInput in = {m->xn, &m->xq};
+        float *y = m->logits;
 
-        if (n_tok == 0 || kv->m != m)
-                return -EINVAL;
-        if ((uint64_t)kv->pos + n_tok > kv->n_ctx)
-                return -ENOSPC;
-        for (uint32_t i = 0; i < n_tok; i++)
-                if (tokens[i] < 0 || (uint32_t)tokens[i] >= c->n_vocab)
-                        return -EINVAL;
-        TRY(check_weights(m));
-        CU_TRY(cudaSetDevice(m->device));
-        if (n_tok == 1) {
-                CU_TRY(cudaMemcpyAsync(m->tok, tokens, 4, cudaMemcpyHostToDevice, m->stream));
-                TRY(decode_graph(m, kv));
-                kv->pos += 1;
-        } else {
-                TRY(prefill_alloc(m));
-                for (uint32_t t0 = 0; t0 < n_tok; t0 += PF_MAX_TOK) {
-                        uint32_t n = n_tok - t0 < PF_MAX_TOK ? n_tok - t0 : PF_MAX_TOK;
-                        float *y = m->logits;
-                        CU_TRY(cudaMemcpyAsync(m->pf_tok, tokens + t0, n * 4, cudaMemcpyHostToDevice, m->stream));
-                        TRY(cuda_get_rows(m->stream, weight(m, CUDA_W_TOKEN_EMBD, 0), m->pf_tok, n, m->pf_x));
-                        TRY(prefill_layers(m, kv, n, 0, c->n_layer));
-                        TRY(cuda_rmsnorm(m->stream, m->pf_x + (size_t)(n - 1) * c->n_embd,
-                                         (const float *)weight(m, CUDA_W_OUTPUT_NORM, 0)->data, c->n_embd, 1,
-                                         c->norm_eps, m->xn, NULL, &m->xq));
-                        TRY(cuda_matvec(m->stream, weight(m, CUDA_W_OUTPUT, 0), 1, m->xn, &m->xq, &y,
-                                        CUDA_MV_STORE));
-                        TRY(set_pos(kv, kv->pos + n));
-                }
+        TRY(cuda_rmsnorm(m->stream, xdev, (const float *)weight(m, CUDA_W_OUTPUT_NORM, 0)->data, c->n_embd, 1,
+                         c->norm_eps, m->xn, NULL, &m->xq));
+        if (hidden) {
+                CU_TRY(cudaMemcpyAsync(out, m->xn, (size_t)c->n_embd * 4, cudaMemcpyDeviceToHost, m->stream));
+                return 0;
         }
-        if (logits)
-                CU_TRY(cudaMemcpyAsync(logits, m->logits, (size_t)c->n_vocab * 4, cudaMemcpyDeviceToHost,
-                                       m->stream));
-        CU_TRY(cudaStreamSynchronize(m->stream));
+        TRY(cuda_matvec(m->stream, weight(m, CUDA_W_OUTPUT, 0), 1, &in, &y, CUDA_MV_STORE));
+        CU_TRY(cudaMemcpyAsync(out, m->logits, (size_t)c->n_vocab * 4, cudaMemcpyDeviceToHost, m->stream));
         return 0;
 }
 
-extern "C" int cuda_llama_forward_layers(CudaLlama *m, CudaKv *kv, float *x, uint32_t n_tok, uint32_t l0,
-                                         uint32_t l1) {
+extern "C" int cuda_llama_run(CudaLlama *m, CudaKv *kv, uint32_t pos0, uint32_t n_tok, const int32_t *tokens,
+                              float *x, uint32_t n_out, const uint32_t *out_rows, bool hidden, float *out) {
         const CudaLlamaConfig *c = &m->c;
+        const bool embed = m->l0 == 0, head = m->l1 == c->n_layer;
+        const size_t out_width = hidden ? c->n_embd : c->n_vocab;
+        uint32_t next_out = 0;
 
-        if (n_tok == 0 || l0 > l1 || l1 > c->n_layer || kv->m != m)
+        if (n_tok == 0 || kv->m != m || (embed && !tokens) || (!embed && !x) || (!head && !x) ||
+            (head && n_out && (!out_rows || !out)))
                 return -EINVAL;
-        if ((uint64_t)kv->pos + n_tok > kv->n_ctx)
+        if ((uint64_t)pos0 + n_tok > kv->n_ctx)
                 return -ENOSPC;
+        for (uint32_t i = 0; embed && i < n_tok; i++)
+                if (tokens[i] < 0 || (uint32_t)tokens[i] >= c->n_vocab)
+                        return -EINVAL;
+        for (uint32_t i = 0; i < n_out; i++)
+                if (out_rows[i] >= n_tok || (i > 0 && out_rows[i] <= out_rows[i - 1]))
+                        return -EINVAL;
+        TRY(check_weights(m));
         CU_TRY(cudaSetDevice(m->device));
-        for (uint32_t l = l0; l < l1; l++)
-                for (int w = CUDA_W_ATTN_NORM; w < _CUDA_W_MAX; w++)
-                        if (!weight(m, (CudaWeight)w, l)->data)
-                                return -EINVAL;
-        if (n_tok == 1) {
-                CU_TRY(cudaMemcpyAsync(m->x, x, c->n_embd * 4, cudaMemcpyHostToDevice, m->stream));
-                TRY(decode_layers(m, kv, l0, l1));
-                CU_TRY(cudaMemcpyAsync(x, m->x, c->n_embd * 4, cudaMemcpyDeviceToHost, m->stream));
+        TRY(set_pos(kv, pos0));
+
+        /* One token through the whole model: the captured graph. */
+        if (n_tok == 1 && embed && head && !hidden) {
+                CU_TRY(cudaMemcpyAsync(m->tok, tokens, 4, cudaMemcpyHostToDevice, m->stream));
+                TRY(decode_graph(m, kv));
+                if (n_out)
+                        CU_TRY(cudaMemcpyAsync(out, m->logits, (size_t)c->n_vocab * 4, cudaMemcpyDeviceToHost,
+                                               m->stream));
                 CU_TRY(cudaStreamSynchronize(m->stream));
-                return set_pos(kv, kv->pos + 1);
+                kv->pos = pos0 + 1;
+                return 0;
         }
-        TRY(prefill_alloc(m));
+        if (n_tok > 1)
+                TRY(prefill_alloc(m));
         for (uint32_t t0 = 0; t0 < n_tok; t0 += PF_MAX_TOK) {
                 uint32_t n = n_tok - t0 < PF_MAX_TOK ? n_tok - t0 : PF_MAX_TOK;
-                float *xs = x + (size_t)t0 * c->n_embd;
-                CU_TRY(cudaMemcpyAsync(m->pf_x, xs, (size_t)n * c->n_embd * 4, cudaMemcpyHostToDevice, m->stream));
-                TRY(prefill_layers(m, kv, n, l0, l1));
-                CU_TRY(cudaMemcpyAsync(xs, m->pf_x, (size_t)n * c->n_embd * 4, cudaMemcpyDeviceToHost, m->stream));
-                TRY(set_pos(kv, kv->pos + n));
+                float *xdev = n == 1 ? m->x : m->pf_x;
+                if (embed) {
+                        int32_t *dtok = n == 1 ? m->tok : m->pf_tok;
+                        CU_TRY(cudaMemcpyAsync(dtok, tokens + t0, n * 4, cudaMemcpyHostToDevice, m->stream));
+                        TRY(cuda_get_rows(m->stream, weight(m, CUDA_W_TOKEN_EMBD, 0), dtok, n, xdev));
+                } else {
+                        CU_TRY(cudaMemcpyAsync(xdev, x + (size_t)t0 * c->n_embd, (size_t)n * c->n_embd * 4,
+                                               cudaMemcpyHostToDevice, m->stream));
+                }
+                if (n == 1)
+                        TRY(decode_layers(m, kv, m->l0, m->l1));
+                else
+                        TRY(prefill_layers(m, kv, n, m->l0, m->l1));
+                if (head) {
+                        for (; next_out < n_out && out_rows[next_out] < t0 + n; next_out++)
+                                TRY(head_row(m, xdev + (size_t)(out_rows[next_out] - t0) * c->n_embd, hidden,
+                                             out + next_out * out_width));
+                } else {
+                        CU_TRY(cudaMemcpyAsync(x + (size_t)t0 * c->n_embd, xdev, (size_t)n * c->n_embd * 4,
+                                               cudaMemcpyDeviceToHost, m->stream));
+                }
+                TRY(set_pos(kv, pos0 + t0 + n)); /* synchronizes: the copies above are done */
         }
         return 0;
+}
+
+extern "C" int cuda_llama_forward(CudaLlama *m, CudaKv *kv, const int32_t *tokens, uint32_t n_tok,
+                                  float *logits) {
+        uint32_t last = n_tok - 1;
+
+        if (n_tok == 0)
+                return -EINVAL;
+        return cuda_llama_run(m, kv, kv->pos, n_tok, tokens, NULL, logits ? 1 : 0, &last, false, logits);
 }
 
 extern "C" int cuda_llama_generate_greedy(CudaLlama *m, CudaKv *kv, int32_t token, uint32_t n_steps,
                                           int32_t *out) {
         uint32_t p0 = kv->pos;
 
-        if (token < 0 || (uint32_t)token >= m->c.n_vocab || kv->m != m)
+        if (token < 0 || (uint32_t)token >= m->c.n_vocab || kv->m != m || m->l0 != 0 || m->l1 != m->c.n_layer)
                 return -EINVAL;
         if ((uint64_t)kv->pos + n_steps > kv->n_ctx)
                 return -ENOSPC;

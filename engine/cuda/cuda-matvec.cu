@@ -4,13 +4,16 @@
  *
  * DESIGN
  * Decoding one token reads every weight once and does two operations per weight, so the kernels are
- * limited by memory bandwidth and by the instructions spent per weight byte. One warp owns one output row
- * (two for SwiGLU: the gate row and the up row, sharing the activations). It streams the row through its own
- * slice of shared memory with 16-byte cp.async copies, several chunks ahead, which needs neither the block
- * size nor the block alignment to suit wide loads (Q4_0 blocks are 18 bytes, Q6_K 210). A chunk holds 32
- * blocks of 32 elements (one block per lane) or 8 blocks of 256 (four lanes per block), and is a multiple of
- * 16 bytes for every type. The lanes then decode their blocks from shared memory and take integer dot
- * products (dp4a) with the activations, which were quantized to 8 bits per 32 once for all rows.
+ * limited by memory bandwidth and by the instructions spent per weight byte. A persistent grid of 8 blocks of
+ * 4 warps per multiprocessor (4 blocks ran 1.5x slower: too few warps to hide the latency of decoding; one
+ * row per warp and no cap 4 % slower); warp gw owns rows gw, gw + all warps, ... (two matrices' rows at
+ * once for SwiGLU: the gate row and the up row, sharing the activations). It streams its rows through its
+ * own slice of shared memory with 16-byte cp.async copies, several chunks ahead and across rows, which needs
+ * neither the block size nor the block alignment to suit wide loads (Q4_0 blocks are 18 bytes, Q6_K 210).
+ * A chunk holds 32 blocks of 32 elements (one block per lane) or 8 blocks of 256 (four lanes per block),
+ * and is a multiple of 16 bytes for every type. The lanes decode their blocks from shared memory and take
+ * integer dot products (dp4a) with the activations, quantized to 8 bits per 32 once for all rows (by the
+ * RMSNorm kernel or cuda_quantize_q8()) and read through L1.
  *
  * The kernels are launched with programmatic dependent launch: the first chunks of weights are requested
  * before griddepcontrol.wait, so that the stream of weights starts while the kernel that produces the
@@ -22,16 +25,18 @@
 
 #include "cuda-quant.cuh"
 
-#define MV_WARPS 4 /* warps per block; each has its own shared-memory stages */
+#define MV_WARPS 4           /* warps per block */
+#define MV_STAGE_BYTES 4608  /* shared memory per warp for streaming weights */
+#define MV_GRID_PER_SM 8     /* blocks per multiprocessor at most: a persistent grid of 32 warps */
 
-/* Chunk geometry of a quantized type. */
-template <int T> struct Chunk {
+/* Chunk geometry of a quantized type, for NR rows streamed side by side. */
+template <int T, int NR> struct Chunk {
         enum {
                 LANES_PER_BLOCK = Tr<T>::QK == 256 ? 4 : 1,
                 BLOCKS = 32 / LANES_PER_BLOCK,
                 BYTES = BLOCKS * Tr<T>::BYTES,
                 UNITS = BYTES / 16,
-                STAGES = BYTES <= 800 ? 6 : BYTES <= 1200 ? 4 : 3,
+                STAGES = MV_STAGE_BYTES / NR / BYTES > 3 ? MV_STAGE_BYTES / NR / BYTES : 3,
         };
         static_assert(BYTES % 16 == 0, "chunk must be whole 16-byte units");
 };
@@ -55,23 +60,29 @@ struct MvArgs {
         float *y[3];
         uint32_t rows[3];  /* rows of each matrix; for SwiGLU rows[0] == rows[1] */
         uint32_t n_cols;
-        uint32_t n_rows;   /* rows (warps) in all */
-        const int8_t *aq;
+        uint32_t n_rows;   /* rows in all */
+        const int8_t *aq;  /* 8-bit input, for quantized weights */
         const float2 *ads;
-        const float *x;
+        const float *x;    /* float input, for float weights */
 };
 
 __device__ __forceinline__ float silu(float g) {
         return g / (1.0f + __expf(-g));
 }
 
-/* Finds which matrix warp row r belongs to: its rows (NR of them) and output. Selected with constant
- * indices, so that the kernel parameters stay in the constant bank rather than being copied to the stack. */
-template <int NR>
+/*
+ * Resolves unit r of the concatenated matrices: its NR weight rows and its output. A unit is one row (NR 1),
+ * a gate row and the up row of the same index (SwiGLU), or two adjacent rows of one matrix (NR 2 with
+ * another epilogue; rows[] then count pairs), which share the activations the lanes load. Selected with
+ * constant indices, so that the kernel parameters stay in the constant bank rather than being copied to the
+ * stack.
+ */
+template <int NR, int EPI>
 __device__ __forceinline__ void mv_job(const MvArgs &a, uint32_t *r, const uint8_t **row, float **y) {
+        const bool glu = EPI == CUDA_MV_SWIGLU;
         int job = 0;
 
-        if (NR == 1 && *r >= a.rows[0]) {
+        if (!glu && *r >= a.rows[0]) {
                 *r -= a.rows[0];
                 job = 1;
                 if (*r >= a.rows[1]) {
@@ -82,83 +93,134 @@ __device__ __forceinline__ void mv_job(const MvArgs &a, uint32_t *r, const uint8
         const uint8_t *w = job == 0 ? a.w[0] : job == 1 ? a.w[1] : a.w[2];
         size_t st = job == 0 ? a.stride[0] : job == 1 ? a.stride[1] : a.stride[2];
         *y = job == 0 ? a.y[0] : job == 1 ? a.y[1] : a.y[2];
-        row[0] = w + (size_t)*r * st;
+        row[0] = w + (size_t)*r * st * (NR == 2 && !glu ? 2 : 1);
         if (NR == 2)
-                row[NR - 1] = a.w[1] + (size_t)*r * a.stride[1];
+                row[NR - 1] = glu ? a.w[1] + (size_t)*r * a.stride[1] : row[0] + st;
 }
 
-/* NR rows per warp: 1, or 2 for SwiGLU (w[0] gate and w[1] up, same row index). */
-template <int T, int NR, int EPI> __global__ void __launch_bounds__(MV_WARPS * 32) mv_quant(const MvArgs a) {
-        typedef Chunk<T> C;
+template <int NR, int EPI> __device__ __forceinline__ void mv_store(const MvArgs &a, uint32_t r, const float *acc) {
+        const uint8_t *row[2];
+        float *y;
+
+        mv_job<NR, EPI>(a, &r, row, &y);
+        if (EPI == CUDA_MV_SWIGLU) {
+                y[r] = silu(acc[0]) * acc[NR - 1];
+        } else {
+#pragma unroll
+                for (int i = 0; i < NR; i++) {
+                        if (EPI == CUDA_MV_STORE)
+                                y[NR * r + i] = acc[i];
+                        else
+                                y[NR * r + i] += acc[i];
+                }
+        }
+}
+
+/*
+ * Quantized weights. A persistent grid: warp gw takes rows gw, gw + total warps, ...; its rows' chunks form
+ * one stream through STAGES shared-memory buffers per warp, so the loads for the next row are in flight
+ * while the current one finishes. The 8-bit input is read from global memory (it stays in L1).
+ */
+template <int T, int NR, int EPI>
+__global__ void __launch_bounds__(MV_WARPS * 32) mv_quant(const MvArgs a) {
+        typedef Chunk<T, NR> C;
         extern __shared__ __align__(16) uint8_t smem[];
         const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-        uint32_t r = blockIdx.x * MV_WARPS + wid;
+        const uint32_t gw = blockIdx.x * MV_WARPS + wid, tw = gridDim.x * MV_WARPS;
+        const int8_t *xq = a.aq;
+        const float2 *xd = a.ads;
         uint8_t *stage = smem + (size_t)wid * C::STAGES * NR * C::BYTES;
-
-        grid_dep_launch();
-        if (r >= a.n_rows) {
-                grid_dep_wait();
-                return;
-        }
-        const uint8_t *row[NR];
-        float *y;
-        mv_job<NR>(a, &r, row, &y);
         const uint32_t n_blocks = a.n_cols / Tr<T>::QK;
         const uint32_t n_chunks = (n_blocks + C::BLOCKS - 1) / C::BLOCKS;
         const uint32_t row_units = (n_blocks * Tr<T>::BYTES + 15) / 16;
+        const uint32_t my_rows = gw < a.n_rows ? (a.n_rows - gw + tw - 1) / tw : 0;
+        const uint32_t n_items = my_rows * n_chunks;
+        /* The issuing side runs STAGES - 1 items ahead of the computing side; both walk (row, chunk) with
+         * counters rather than divisions, which cost more than the rest of the loop's bookkeeping. */
+        uint32_t is_s = 0, is_c = 0, is_k = 0, is_st = 0;
+        const uint8_t *is_row[NR];
 
-        auto issue = [&](uint32_t c) {
-                if (c < n_chunks) {
-                        uint8_t *dst = stage + (c % C::STAGES) * NR * C::BYTES;
+        grid_dep_launch();
+        auto set_issue_row = [&]() {
+                uint32_t r = gw + is_k * tw;
+                const uint8_t *rows[2];
+                float *y;
+                mv_job<NR, EPI>(a, &r, rows, &y);
+#pragma unroll
+                for (int i = 0; i < NR; i++)
+                        is_row[i] = rows[i];
+        };
+        auto issue = [&]() {
+                if (is_s < n_items) {
+                        uint8_t *dst = stage + is_st * NR * C::BYTES;
 #pragma unroll
                         for (int i = 0; i < NR; i++)
-                                for (uint32_t u = lane; u < C::UNITS; u += 32)
-                                        if (c * C::UNITS + u < row_units)
+#pragma unroll
+                                for (uint32_t u0 = 0; u0 < C::UNITS; u0 += 32) {
+                                        uint32_t u = u0 + lane;
+                                        if (u < C::UNITS && is_c * C::UNITS + u < row_units)
                                                 cp_async16(dst + i * C::BYTES + 16 * u,
-                                                           row[i] + (size_t)c * C::BYTES + 16 * u);
+                                                           is_row[i] + (size_t)is_c * C::BYTES + 16 * u);
+                                }
+                        is_s++;
+                        if (++is_st == C::STAGES)
+                                is_st = 0;
+                        if (++is_c == n_chunks) {
+                                is_c = 0;
+                                is_k++;
+                                if (is_s < n_items)
+                                        set_issue_row();
+                        }
                 }
                 cp_async_commit();
         };
 
+        /* Weights do not depend on the kernel before: start streaming them before waiting for it. */
+        if (n_items)
+                set_issue_row();
 #pragma unroll
-        for (int c = 0; c < C::STAGES - 1; c++)
-                issue(c);
-        grid_dep_wait(); /* the activations are written by the kernel before */
+        for (int s = 0; s < C::STAGES - 1; s++)
+                issue();
+        grid_dep_wait();
 
         float acc[NR];
 #pragma unroll
         for (int i = 0; i < NR; i++)
                 acc[i] = 0.0f;
         const int bl = lane / C::LANES_PER_BLOCK, part = lane % C::LANES_PER_BLOCK;
-        for (uint32_t c = 0; c < n_chunks; c++) {
-                issue(c + C::STAGES - 1);
+        uint32_t c = 0, k = 0, st = 0;
+        for (uint32_t s = 0; s < n_items; s++) {
+                issue();
                 cp_async_wait<C::STAGES - 1>();
                 __syncwarp();
                 uint32_t b = c * C::BLOCKS + bl;
                 if (b < n_blocks) {
-                        const uint8_t *src = stage + (c % C::STAGES) * NR * C::BYTES + bl * Tr<T>::BYTES;
-                        const int8_t *aq = a.aq + (size_t)b * Tr<T>::QK;
-                        const float2 *ads = a.ads + (size_t)b * (Tr<T>::QK / 32);
+                        const uint8_t *src = stage + st * NR * C::BYTES + bl * Tr<T>::BYTES;
 #pragma unroll
                         for (int i = 0; i < NR; i++)
-                                acc[i] += lane_dot<T>(src + i * C::BYTES, part, aq, ads);
+                                acc[i] += lane_dot<T>(src + i * C::BYTES, part, xq + (size_t)b * Tr<T>::QK,
+                                                      xd + (size_t)b * (Tr<T>::QK / 32));
                 }
                 __syncwarp();
-        }
+                if (++st == C::STAGES)
+                        st = 0;
+                if (++c == n_chunks) {
 #pragma unroll
-        for (int i = 0; i < NR; i++)
-                acc[i] = warp_sum(acc[i]);
-        if (lane == 0) {
-                if (EPI == CUDA_MV_STORE)
-                        y[r] = acc[0];
-                else if (EPI == CUDA_MV_ADD)
-                        y[r] += acc[0];
-                else
-                        y[r] = silu(acc[0]) * acc[NR - 1];
+                        for (int i = 0; i < NR; i++)
+                                acc[i] = warp_sum(acc[i]);
+                        if (lane == 0)
+                                mv_store<NR, EPI>(a, gw + k * tw, acc);
+#pragma unroll
+                        for (int i = 0; i < NR; i++)
+                                acc[i] = 0.0f;
+                        c = 0;
+                        k++;
+                }
         }
 }
 
-/* Float weights: 16 bytes per lane per step, straight from global memory. */
+/* Float weights: 16 bytes per lane per step straight from global memory, MVF_UNROLL steps in flight, with
+ * float inputs. */
 template <int T> struct FloatVec;
 template <> struct FloatVec<GGML_TYPE_F32> {
         enum { N = 4 };
@@ -192,100 +254,137 @@ template <> struct FloatVec<GGML_TYPE_BF16> {
 
 #define MVF_UNROLL 4
 
-template <int T, int NR, int EPI> __global__ void __launch_bounds__(MV_WARPS * 32) mv_float(const MvArgs a) {
+template <int T, int NR, int EPI>
+__global__ void __launch_bounds__(MV_WARPS * 32) mv_float(const MvArgs a) {
         typedef FloatVec<T> V;
+        const float *xs = a.x;
         const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-        uint32_t r = blockIdx.x * MV_WARPS + wid;
+        const uint32_t gw = blockIdx.x * MV_WARPS + wid, tw = gridDim.x * MV_WARPS;
+        const uint32_t n_vec = a.n_cols / V::N;
+        uint4 wv[MVF_UNROLL][NR];
+        bool first = true;
 
         grid_dep_launch();
-        if (r >= a.n_rows) {
-                grid_dep_wait();
-                return;
-        }
-        const uint8_t *rowb[NR];
-        const uint4 *row[NR];
-        float *y;
-        mv_job<NR>(a, &r, rowb, &y);
+        for (uint32_t r0 = gw; r0 < a.n_rows || first; r0 += tw) {
+                const uint8_t *rowb[2];
+                const uint4 *row[NR];
+                float *y;
+                uint32_t r = r0;
+                bool have = r0 < a.n_rows;
+                if (have) {
+                        mv_job<NR, EPI>(a, &r, rowb, &y);
 #pragma unroll
-        for (int i = 0; i < NR; i++)
-                row[i] = (const uint4 *)rowb[i];
-        const uint32_t n_vec = a.n_cols / V::N;
-        float acc[NR];
-        uint4 wv[MVF_UNROLL][NR];
-
+                        for (int i = 0; i < NR; i++)
+                                row[i] = (const uint4 *)rowb[i];
 #pragma unroll
-        for (int i = 0; i < NR; i++)
-                acc[i] = 0.0f;
-        /* The first vectors load before the wait: weights do not depend on the kernel before. */
-#pragma unroll
-        for (int u = 0; u < MVF_UNROLL; u++)
-#pragma unroll
-                for (int i = 0; i < NR; i++)
-                        if (lane + 32 * u < n_vec)
-                                wv[u][i] = row[i][lane + 32 * u];
-        grid_dep_wait();
-        for (uint32_t v0 = 0; v0 < n_vec; v0 += 32 * MVF_UNROLL) {
-#pragma unroll
-                for (int u = 0; u < MVF_UNROLL; u++) {
-                        uint32_t v = v0 + lane + 32 * u;
-                        if (v < n_vec) {
-                                const float4 *xv = (const float4 *)(a.x + (size_t)v * V::N);
-                                float xf[V::N], wf[V::N];
-#pragma unroll
-                                for (int k = 0; k < V::N / 4; k++) {
-                                        float4 t = xv[k];
-                                        xf[4 * k] = t.x, xf[4 * k + 1] = t.y, xf[4 * k + 2] = t.z,
-                                                   xf[4 * k + 3] = t.w;
-                                }
-#pragma unroll
-                                for (int i = 0; i < NR; i++) {
-                                        V::cvt(wv[u][i], wf);
-#pragma unroll
-                                        for (int k = 0; k < V::N; k++)
-                                                acc[i] = fmaf(wf[k], xf[k], acc[i]);
-                                }
-                        }
-                        uint32_t vn = v + 32 * MVF_UNROLL;
-                        if (vn < n_vec)
+                        for (int u = 0; u < MVF_UNROLL; u++)
 #pragma unroll
                                 for (int i = 0; i < NR; i++)
-                                        wv[u][i] = row[i][vn];
+                                        if (lane + 32 * u < n_vec)
+                                                wv[u][i] = row[i][lane + 32 * u];
                 }
-        }
-        /* Columns past the last whole vector (n_cols not a multiple of V::N). */
-        for (uint32_t c = n_vec * V::N + lane; c < a.n_cols; c += 32)
+                if (first) {
+                        /* The first row's weights are on their way; now wait for the input. */
+                        grid_dep_wait();
+                        first = false;
+                }
+                if (!have)
+                        break;
+                float acc[NR];
 #pragma unroll
                 for (int i = 0; i < NR; i++)
-                        acc[i] += dq_elem<T>((const uint8_t *)row[i], c) * a.x[c];
+                        acc[i] = 0.0f;
+                for (uint32_t v0 = 0; v0 < n_vec; v0 += 32 * MVF_UNROLL) {
 #pragma unroll
-        for (int i = 0; i < NR; i++)
-                acc[i] = warp_sum(acc[i]);
-        if (lane == 0) {
-                if (EPI == CUDA_MV_STORE)
-                        y[r] = acc[0];
-                else if (EPI == CUDA_MV_ADD)
-                        y[r] += acc[0];
-                else
-                        y[r] = silu(acc[0]) * acc[NR - 1];
+                        for (int u = 0; u < MVF_UNROLL; u++) {
+                                uint32_t v = v0 + lane + 32 * u;
+                                if (v < n_vec) {
+                                        float xf[V::N], wf[V::N];
+#pragma unroll
+                                        for (int k = 0; k < V::N / 4; k++) {
+                                                float4 t = ((const float4 *)xs)[(size_t)v * (V::N / 4) + k];
+                                                xf[4 * k] = t.x, xf[4 * k + 1] = t.y;
+                                                xf[4 * k + 2] = t.z, xf[4 * k + 3] = t.w;
+                                        }
+#pragma unroll
+                                        for (int i = 0; i < NR; i++) {
+                                                V::cvt(wv[u][i], wf);
+#pragma unroll
+                                                for (int k = 0; k < V::N; k++)
+                                                        acc[i] = fmaf(wf[k], xf[k], acc[i]);
+                                        }
+                                }
+                                uint32_t vn = v + 32 * MVF_UNROLL;
+                                if (vn < n_vec)
+#pragma unroll
+                                        for (int i = 0; i < NR; i++)
+                                                wv[u][i] = row[i][vn];
+                        }
+                }
+                /* Columns past the last whole vector (n_cols not a multiple of V::N). */
+                for (uint32_t c = n_vec * V::N + lane; c < a.n_cols; c += 32)
+#pragma unroll
+                        for (int i = 0; i < NR; i++)
+                                acc[i] += dq_elem<T>((const uint8_t *)row[i], c) * xs[c];
+#pragma unroll
+                for (int i = 0; i < NR; i++)
+                        acc[i] = warp_sum(acc[i]);
+                if (lane == 0)
+                        mv_store<NR, EPI>(a, r0, acc);
         }
 }
 
 /* ---- host side ---- */
 
-template <int T, int NR, int EPI> static int mv_launch_quant(CudaStream s, const MvArgs &a) {
-        typedef Chunk<T> C;
-        size_t smem = (size_t)MV_WARPS * C::STAGES * NR * C::BYTES;
-        dim3 grid((a.n_rows + MV_WARPS - 1) / MV_WARPS);
+static int sm_count(void) {
+        static int n[64];
+        int dev = 0;
 
-        CU_TRY(launch_pdl(mv_quant<T, NR, EPI>, grid, dim3(MV_WARPS * 32), smem, s, a));
+        if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64)
+                return 132;
+        if (!n[dev] && cudaDeviceGetAttribute(&n[dev], cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+                n[dev] = 132;
+        return n[dev];
+}
+
+/* Blocks per multiprocessor at most: MV_GRID_PER_SM, or QUANTD_CUDA_MV_GRID for timing studies. */
+static uint32_t mv_grid_per_sm(void) {
+        static uint32_t v;
+
+        if (!v) {
+                const char *e = getenv("QUANTD_CUDA_MV_GRID");
+                long n = e ? strtol(e, NULL, 10) : 0;
+                v = n > 0 && n < 1024 ? (uint32_t)n : MV_GRID_PER_SM;
+        }
+        return v;
+}
+
+static dim3 mv_grid(uint32_t n_rows) {
+        uint32_t want = (n_rows + MV_WARPS - 1) / MV_WARPS, most = (uint32_t)sm_count() * mv_grid_per_sm();
+
+        return dim3(want < most ? want : most);
+}
+
+template <typename K> static int mv_launch(K kernel, CudaStream s, const MvArgs &a, size_t smem) {
+        if (smem > 48 * 1024)
+                CU_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CU_TRY(launch_pdl(kernel, mv_grid(a.n_rows), dim3(MV_WARPS * 32), smem, s, a));
         return 0;
 }
 
-template <int T, int NR, int EPI> static int mv_launch_float(CudaStream s, const MvArgs &a) {
-        dim3 grid((a.n_rows + MV_WARPS - 1) / MV_WARPS);
+template <int T, int NR, int EPI> static int mv_launch_quant(CudaStream s, const MvArgs &a) {
+        typedef Chunk<T, NR> C;
+        size_t smem = (size_t)MV_WARPS * C::STAGES * NR * C::BYTES;
 
-        CU_TRY(launch_pdl(mv_float<T, NR, EPI>, grid, dim3(MV_WARPS * 32), 0, s, a));
-        return 0;
+        if (!a.aq)
+                return -EINVAL;
+        return mv_launch(mv_quant<T, NR, EPI>, s, a, smem);
+}
+
+template <int T, int NR, int EPI> static int mv_launch_float(CudaStream s, const MvArgs &a) {
+        if (!a.x)
+                return -EINVAL;
+        return mv_launch(mv_float<T, NR, EPI>, s, a, 0);
 }
 
 template <int NR, int EPI> static int mv_dispatch(CudaStream s, uint32_t type, const MvArgs &a) {
@@ -355,11 +454,11 @@ extern "C" int cuda_row_stride(uint32_t type, uint32_t n_cols, size_t *ret) {
         return 0;
 }
 
-extern "C" int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, const float *x, const CudaQ8 *xq,
+extern "C" int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInput *in,
                            float *const *y, CudaMvEpilogue epi) {
         MvArgs a = {};
 
-        if (n_w < 1 || n_w > 3 || (epi == CUDA_MV_SWIGLU && n_w != 2))
+        if (n_w < 1 || n_w > 3 || (epi == CUDA_MV_SWIGLU && n_w != 2) || !in)
                 return -EINVAL;
         for (unsigned i = 0; i < n_w; i++) {
                 if (w[i].type != w[0].type || w[i].n_cols != w[0].n_cols ||
@@ -377,21 +476,29 @@ extern "C" int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, cons
                         return -EINVAL;
                 a.n_rows = w[0].n_rows;
         }
-        if (type_is_float(w[0].type)) {
-                if (!x)
-                        return -EINVAL;
-                a.x = x;
-        } else {
-                if (!xq || a.n_cols % 32 != 0)
-                        return -EINVAL;
-                a.aq = xq->qs;
-                a.ads = (const float2 *)xq->ds;
+        if (!type_is_float(w[0].type) && a.n_cols % 32 != 0)
+                return -EINVAL;
+        a.x = in->x;
+        if (in->xq) {
+                a.aq = in->xq->qs;
+                a.ads = (const float2 *)in->xq->ds;
+        }
+        /* Quantized rows go in adjacent pairs when every matrix has an even number of them. */
+        bool pair = !type_is_float(w[0].type) && epi != CUDA_MV_SWIGLU;
+        for (unsigned i = 0; i < n_w; i++)
+                pair = pair && w[i].n_rows % 2 == 0;
+        if (pair) {
+                for (unsigned i = 0; i < n_w; i++)
+                        a.rows[i] /= 2;
+                a.n_rows /= 2;
         }
         switch (epi) {
         case CUDA_MV_STORE:
-                return mv_dispatch<1, CUDA_MV_STORE>(s, w[0].type, a);
+                return pair ? mv_dispatch<2, CUDA_MV_STORE>(s, w[0].type, a)
+                            : mv_dispatch<1, CUDA_MV_STORE>(s, w[0].type, a);
         case CUDA_MV_ADD:
-                return mv_dispatch<1, CUDA_MV_ADD>(s, w[0].type, a);
+                return pair ? mv_dispatch<2, CUDA_MV_ADD>(s, w[0].type, a)
+                            : mv_dispatch<1, CUDA_MV_ADD>(s, w[0].type, a);
         case CUDA_MV_SWIGLU:
                 return mv_dispatch<2, CUDA_MV_SWIGLU>(s, w[0].type, a);
         case _CUDA_MV_EPILOGUE_MAX:

@@ -84,44 +84,94 @@ __device__ __forceinline__ void warp_quantize(float v, int8_t *qs, float2 *ds) {
                 *ds = make_float2(d, d * sum);
 }
 
-/* ---- RMSNorm: one block per row ---- */
+/* ---- RMSNorm: one block per row ----
+ * Thread t holds elements [t E, t E + E) in registers, all loaded before any is used (the row sits in L2;
+ * a loop that waited for each load in turn cost several microseconds). A group of 32 / E neighbouring lanes
+ * then quantizes each 32 elements with shuffles. */
 
-#define NORM_THREADS 512
+#define NORM_THREADS 1024
 
+template <int E>
 __global__ void __launch_bounds__(NORM_THREADS)
         rmsnorm_kernel(const float *x, const float *w, uint32_t n, float eps, float *y, __half *y16, int8_t *qs,
                        float2 *ds) {
         __shared__ float red[32];
-        const float *xr = x + (size_t)blockIdx.x * n;
-        float ss = 0.0f;
+        const uint32_t i0 = threadIdx.x * E;
+        const size_t row = (size_t)blockIdx.x * n;
+        float v[E], ss = 0.0f;
 
         grid_dep_launch();
         grid_dep_wait();
-        for (uint32_t i = threadIdx.x; i < n; i += blockDim.x)
-                ss += xr[i] * xr[i];
-        ss = block_sum(ss, red);
-        float scale = rsqrtf(ss / (float)n + eps);
-        /* Whole warps walk the row 32 at a time, so each 32 can be quantized by one warp. */
-        int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-        for (uint32_t i0 = 32 * wid; i0 < n; i0 += 32 * nw) {
-                uint32_t i = i0 + lane;
-                float v = i < n ? xr[i] * scale * w[i] : 0.0f;
-                size_t o = (size_t)blockIdx.x * n + i;
-                if (i < n && y)
-                        y[o] = v;
-                if (i < n && y16)
-                        y16[o] = __float2half(v);
-                if (qs)
-                        warp_quantize(v, qs + (o - lane), ds + (o - lane) / 32);
+#pragma unroll
+        for (int k = 0; k < E; k++)
+                v[k] = i0 + k < n ? x[row + i0 + k] : 0.0f;
+#pragma unroll
+        for (int k = 0; k < E; k++)
+                ss += v[k] * v[k];
+        ss = warp_sum(ss);
+        if ((threadIdx.x & 31) == 0)
+                red[threadIdx.x >> 5] = ss;
+        __syncthreads();
+        ss = (threadIdx.x & 31) < blockDim.x / 32 ? red[threadIdx.x & 31] : 0.0f;
+        ss = warp_sum(ss);
+        const float scale = rsqrtf(ss / (float)n + eps);
+        float amax = 0.0f;
+#pragma unroll
+        for (int k = 0; k < E; k++) {
+                v[k] = i0 + k < n ? v[k] * scale * w[i0 + k] : 0.0f;
+                amax = fmaxf(amax, fabsf(v[k]));
+                if (i0 + k < n && y)
+                        y[row + i0 + k] = v[k];
+                if (i0 + k < n && y16)
+                        y16[row + i0 + k] = __float2half(v[k]);
         }
+        if (!qs)
+                return;
+        /* Lanes of one group of 32 elements: 32 / E of them, aligned within the warp. */
+        for (int o = 32 / E / 2; o > 0; o >>= 1)
+                amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        const float d = amax / 127.0f;
+        int sum = 0;
+#pragma unroll
+        for (int k = 0; k < E; k++) {
+                int q = amax > 0.0f ? __float2int_rn(v[k] / d) : 0;
+                sum += q;
+                if (i0 + k < n)
+                        qs[row + i0 + k] = (int8_t)q;
+        }
+        for (int o = 32 / E / 2; o > 0; o >>= 1)
+                sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        if (i0 % 32 == 0 && i0 < n)
+                ds[(row + i0) / 32] = make_float2(d, d * (float)sum);
 }
 
 extern "C" int cuda_rmsnorm(CudaStream s, const float *x, const float *w, uint32_t n, uint32_t n_rows, float eps,
                             float *y, uint16_t *y16, const CudaQ8 *yq) {
-        if (yq && n % 32 != 0)
+        int8_t *qs = yq ? yq->qs : NULL;
+        float2 *ds = yq ? (float2 *)yq->ds : NULL;
+        uint32_t per = (n + NORM_THREADS - 1) / NORM_THREADS;
+
+        if ((yq && n % 32 != 0) || per > 32 || n == 0)
                 return -EINVAL;
-        CU_TRY(launch_pdl(rmsnorm_kernel, dim3(n_rows), dim3(NORM_THREADS), 0, s, x, w, n, eps, y, (__half *)y16,
-                          yq ? yq->qs : (int8_t *)NULL, yq ? (float2 *)yq->ds : (float2 *)NULL));
+        /* Whole warps only: threads past n hold zeros. */
+        if (per <= 1)
+                CU_TRY(launch_pdl(rmsnorm_kernel<1>, dim3(n_rows), dim3((n + 31) / 32 * 32), 0, s, x, w, n, eps, y,
+                                  (__half *)y16, qs, ds));
+        else if (per <= 2)
+                CU_TRY(launch_pdl(rmsnorm_kernel<2>, dim3(n_rows), dim3(NORM_THREADS), 0, s, x, w, n, eps, y,
+                                  (__half *)y16, qs, ds));
+        else if (per <= 4)
+                CU_TRY(launch_pdl(rmsnorm_kernel<4>, dim3(n_rows), dim3(NORM_THREADS), 0, s, x, w, n, eps, y,
+                                  (__half *)y16, qs, ds));
+        else if (per <= 8)
+                CU_TRY(launch_pdl(rmsnorm_kernel<8>, dim3(n_rows), dim3(NORM_THREADS), 0, s, x, w, n, eps, y,
+                                  (__half *)y16, qs, ds));
+        else if (per <= 16)
+                CU_TRY(launch_pdl(rmsnorm_kernel<16>, dim3(n_rows), dim3(NORM_THREADS), 0, s, x, w, n, eps, y,
+                                  (__half *)y16, qs, ds));
+        else
+                CU_TRY(launch_pdl(rmsnorm_kernel<32>, dim3(n_rows), dim3(NORM_THREADS), 0, s, x, w, n, eps, y,
+                                  (__half *)y16, qs, ds));
         return 0;
 }
 
@@ -308,13 +358,17 @@ extern "C" int cuda_rope_store(CudaStream s, const CudaAttnShape *a, float *qkv,
         return 0;
 }
 
-/* ---- attention for one token ----
- * Block (head, split): up to ATT_SPLIT positions; one thread per position for the scores, then the
- * threads in head_dim-wide groups over positions for the weighted sum of values. A split's result is
- * (max, sum of exponentials, unnormalised output); the last split of a head to finish merges them. */
+/* ---- attention for one token, with RoPE and the KV store fused ----
+ * Block (head, split) covers ATT_SPLIT positions, a warp 32 of them: lane t scores position t (its key row
+ * read with 16-byte loads), then the warp sums values over its 32 positions with each lane holding pairs of
+ * output dimensions. The block's warps merge their (max, sum, output) in shared memory; a head's splits merge
+ * in the last block of the head to finish. The block holding the current position rotates that token's k
+ * itself and uses it from shared memory, so no block waits for another's store; the first head of each KV
+ * group writes k and v to the caches. */
 
-#define ATT_SPLIT 256
-#define ATT_THREADS 256
+#define ATT_SPLIT 128
+#define ATT_WARPS (ATT_SPLIT / 32)
+#define ATT_MAXP 4 /* pairs of dimensions per lane: head_dim up to 256 */
 
 static uint32_t attn_splits(const CudaAttnShape *a) {
         return (a->n_ctx + ATT_SPLIT - 1) / ATT_SPLIT;
@@ -325,74 +379,152 @@ extern "C" size_t cuda_attn_scratch_size(const CudaAttnShape *a) {
         return a->n_head * ns * (a->head_dim + 2) * sizeof(float) + a->n_head * sizeof(uint32_t);
 }
 
-__global__ void __launch_bounds__(ATT_THREADS)
-        attn_decode_kernel(const CudaAttnShape a, const float *q, const int32_t *pos, const __half *kc,
-                           const __half *vc, float *part, uint32_t *counters, float *out, int8_t *oqs,
-                           float2 *ods) {
-        extern __shared__ float sm[]; /* q (hd), scores (ATT_SPLIT), group sums (ATT_THREADS) */
-        __shared__ float red[32];
+/* The angle is p * base^(-2j / n_rot) reduced modulo 2 pi in double precision, so that the fast float
+ * sine and cosine stay accurate at large positions (sincosf's slow path for large arguments cost more). */
+__device__ __forceinline__ void rope_pair(float *x0, float *x1, int32_t p, uint32_t j, const CudaAttnShape &a) {
+        if (2 * j >= a.n_rot)
+                return;
+        double th = (double)p * (double)powf(a.rope_base, -(float)(2 * j) / (float)a.n_rot);
+        th -= 6.283185307179586 * floor(th * 0.15915494309189535);
+        float sn, cs;
+        __sincosf((float)th, &sn, &cs);
+        float y0 = *x0 * cs - *x1 * sn, y1 = *x0 * sn + *x1 * cs;
+        *x0 = y0, *x1 = y1;
+}
+
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+        attn_decode_kernel(const CudaAttnShape a, const float *qkv, const int32_t *pos, __half *kc, __half *vc,
+                           float *part, uint32_t *counters, float *out, int8_t *oqs, float2 *ods) {
+        extern __shared__ float sm[]; /* q, k, v of the token (hd each), then each warp's output (hd) */
+        __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
         __shared__ uint32_t ticket;
         const uint32_t h = blockIdx.x, c = blockIdx.y, hd = a.head_dim, tid = threadIdx.x;
-        const uint32_t kvh = h / (a.n_head / a.n_head_kv), kv_dim = a.n_head_kv * hd;
-        const uint32_t max_splits = gridDim.y;
-        float *qs = sm, *sc = sm + hd, *grp = sc + ATT_SPLIT;
+        const uint32_t group = a.n_head / a.n_head_kv, kvh = h / group, kv_dim = a.n_head_kv * hd;
+        const uint32_t nq = a.n_head * hd, max_splits = gridDim.y;
+        const int lane = tid & 31, wid = tid >> 5;
+        float *qs = sm, *ks = sm + hd, *vs = ks + hd, *wo = vs + hd;
 
         grid_dep_launch();
         grid_dep_wait();
-        const uint32_t n_pos = (uint32_t)*pos + 1, n_split = (n_pos + ATT_SPLIT - 1) / ATT_SPLIT;
+        const int32_t p = *pos;
+        const uint32_t n_pos = (uint32_t)p + 1, n_split = (n_pos + ATT_SPLIT - 1) / ATT_SPLIT;
         if (c >= n_split)
                 return;
         const uint32_t t0 = c * ATT_SPLIT, cnt = min(ATT_SPLIT, n_pos - t0);
+        const bool last = c == n_split - 1;
         const float scale = rsqrtf((float)hd);
 
-        for (uint32_t d = tid; d < hd; d += blockDim.x)
-                qs[d] = q[h * hd + d] * scale;
-        __syncthreads();
-        float mx = -INFINITY;
-        for (uint32_t t = tid; t < cnt; t += blockDim.x) {
-                const uint4 *kr = (const uint4 *)(kc + (size_t)(t0 + t) * kv_dim + kvh * hd);
-                float s = 0.0f;
-                for (uint32_t v = 0; v < hd / 8; v++) {
-                        uint4 u = kr[v];
-                        const __half2 *h2 = (const __half2 *)&u;
-#pragma unroll
-                        for (int i = 0; i < 4; i++) {
-                                float2 f = __half22float2(h2[i]);
-                                s += f.x * qs[8 * v + 2 * i] + f.y * qs[8 * v + 2 * i + 1];
+        for (uint32_t j = tid; j < hd / 2; j += blockDim.x) {
+                float x0 = qkv[h * hd + 2 * j], x1 = qkv[h * hd + 2 * j + 1];
+                rope_pair(&x0, &x1, p, j, a);
+                qs[2 * j] = x0 * scale, qs[2 * j + 1] = x1 * scale;
+                if (last) {
+                        const float *k = qkv + nq + kvh * hd, *v = qkv + nq + kv_dim + kvh * hd;
+                        float k0 = k[2 * j], k1 = k[2 * j + 1];
+                        rope_pair(&k0, &k1, p, j, a);
+                        __half hk0 = __float2half(k0), hk1 = __float2half(k1);
+                        __half hv0 = __float2half(v[2 * j]), hv1 = __float2half(v[2 * j + 1]);
+                        ks[2 * j] = __half2float(hk0), ks[2 * j + 1] = __half2float(hk1);
+                        vs[2 * j] = __half2float(hv0), vs[2 * j + 1] = __half2float(hv1);
+                        if (h % group == 0) {
+                                size_t o = (size_t)p * kv_dim + kvh * hd + 2 * j;
+                                kc[o] = hk0, kc[o + 1] = hk1, vc[o] = hv0, vc[o + 1] = hv1;
                         }
                 }
-                sc[t] = s;
-                mx = fmaxf(mx, s);
-        }
-        mx = block_max(mx, red);
-        float l = 0.0f;
-        for (uint32_t t = tid; t < cnt; t += blockDim.x) {
-                float p = __expf(sc[t] - mx);
-                sc[t] = p;
-                l += p;
-        }
-        l = block_sum(l, red); /* its barriers also publish sc[] */
-
-        const uint32_t groups = blockDim.x / hd, g = tid / hd, d = tid % hd;
-        float o = 0.0f;
-        if (g < groups) {
-                for (uint32_t t = g; t < cnt; t += groups)
-                        o += sc[t] * __half2float(vc[(size_t)(t0 + t) * kv_dim + kvh * hd + d]);
-                grp[tid] = o;
         }
         __syncthreads();
-        if (tid < hd) {
-                o = 0.0f;
-                for (uint32_t k = 0; k < groups; k++)
-                        o += grp[k * hd + tid];
+
+        /* Scores: lane per position. */
+        const uint32_t tw = t0 + 32 * wid, nw = tw < t0 + cnt ? min(32u, t0 + cnt - tw) : 0;
+        const uint32_t t = tw + lane;
+        float sc = -INFINITY;
+        if ((uint32_t)lane < nw) {
+                sc = 0.0f;
+                if (t == (uint32_t)p) {
+                        for (uint32_t d = 0; d < hd; d++)
+                                sc += qs[d] * ks[d];
+                } else {
+                        const uint4 *kr = (const uint4 *)(kc + (size_t)t * kv_dim + kvh * hd);
+#pragma unroll 8
+                        for (uint32_t v = 0; v < hd / 8; v++) {
+                                uint4 u = kr[v];
+                                const __half2 *h2 = (const __half2 *)&u;
+#pragma unroll
+                                for (int i = 0; i < 4; i++) {
+                                        float2 f = __half22float2(h2[i]);
+                                        sc += f.x * qs[8 * v + 2 * i] + f.y * qs[8 * v + 2 * i + 1];
+                                }
+                        }
+                }
+        }
+        float m = warp_max(sc);
+        float pe = sc == -INFINITY ? 0.0f : __expf(sc - m);
+        float l = warp_sum(pe);
+
+        /* Values: lane holds dimension pairs lane, lane + 32, ... */
+        float2 o[ATT_MAXP];
+#pragma unroll
+        for (int k = 0; k < ATT_MAXP; k++)
+                o[k] = make_float2(0.0f, 0.0f);
+        /* Eight positions at a time, their loads issued before any is used. */
+        for (uint32_t j0 = 0; j0 < nw; j0 += 8) {
+                __half2 vv[8][ATT_MAXP];
+#pragma unroll
+                for (int jj = 0; jj < 8; jj++) {
+                        uint32_t tj = tw + j0 + jj;
+                        const __half2 *vr = (const __half2 *)(vc + (size_t)tj * kv_dim + kvh * hd);
+#pragma unroll
+                        for (int k = 0; k < ATT_MAXP; k++) {
+                                uint32_t pi = lane + 32 * k;
+                                bool ok = j0 + jj < nw && 2 * pi < hd && tj != (uint32_t)p;
+                                vv[jj][k] = ok ? vr[pi] : __floats2half2_rn(0.0f, 0.0f);
+                        }
+                }
+#pragma unroll
+                for (int jj = 0; jj < 8; jj++) {
+                        float pj = __shfl_sync(0xffffffffu, pe, (j0 + jj) & 31);
+                        uint32_t tj = tw + j0 + jj;
+                        if (j0 + jj >= nw)
+                                break;
+#pragma unroll
+                        for (int k = 0; k < ATT_MAXP; k++) {
+                                uint32_t pi = lane + 32 * k;
+                                if (2 * pi < hd) {
+                                        float2 v = tj == (uint32_t)p ? make_float2(vs[2 * pi], vs[2 * pi + 1])
+                                                                     : __half22float2(vv[jj][k]);
+                                        o[k].x += pj * v.x, o[k].y += pj * v.y;
+                                }
+                        }
+                }
+        }
+#pragma unroll
+        for (int k = 0; k < ATT_MAXP; k++) {
+                uint32_t pi = lane + 32 * k;
+                if (2 * pi < hd)
+                        wo[wid * hd + 2 * pi] = o[k].x, wo[wid * hd + 2 * pi + 1] = o[k].y;
+        }
+        if (lane == 0)
+                wm[wid] = m, wl[wid] = l;
+        __syncthreads();
+
+        /* The block's result: merge its warps. */
+        float mb = -INFINITY;
+        for (int w = 0; w < ATT_WARPS; w++)
+                mb = fmaxf(mb, wm[w]);
+        float lb = 0.0f, ob = 0.0f;
+        for (int w = 0; w < ATT_WARPS; w++) {
+                float f = wm[w] == -INFINITY ? 0.0f : __expf(wm[w] - mb);
+                lb += wl[w] * f;
+                if (tid < hd)
+                        ob += wo[w * hd + tid] * f;
         }
 
         if (n_split > 1) {
                 float *po = part + ((size_t)h * max_splits + c) * (hd + 2);
                 if (tid < hd)
-                        po[2 + tid] = o;
+                        po[2 + tid] = ob;
                 if (tid == 0)
-                        po[0] = mx, po[1] = l;
+                        po[0] = mb, po[1] = lb;
                 __threadfence();
                 __syncthreads();
                 if (tid == 0)
@@ -400,44 +532,44 @@ __global__ void __launch_bounds__(ATT_THREADS)
                 __syncthreads();
                 if (ticket != n_split - 1)
                         return;
-                /* The last split of this head: merge all of them. */
+                /* The last split of this head to finish: merge all of them. */
                 __threadfence();
                 float m_all = -INFINITY;
                 for (uint32_t k = 0; k < n_split; k++)
                         m_all = fmaxf(m_all, __ldcg(part + ((size_t)h * max_splits + k) * (hd + 2)));
-                l = 0.0f;
-                o = 0.0f;
+                lb = 0.0f;
+                ob = 0.0f;
                 for (uint32_t k = 0; k < n_split; k++) {
                         const float *pk = part + ((size_t)h * max_splits + k) * (hd + 2);
                         float f = __expf(__ldcg(pk) - m_all);
-                        l += __ldcg(pk + 1) * f;
+                        lb += __ldcg(pk + 1) * f;
                         if (tid < hd)
-                                o += __ldcg(pk + 2 + tid) * f;
+                                ob += __ldcg(pk + 2 + tid) * f;
                 }
                 if (tid == 0)
                         counters[h] = 0;
         }
         if (tid < hd) {
-                o /= l;
-                out[h * hd + tid] = o;
-                if (oqs && hd % 32 == 0)
-                        warp_quantize(o, oqs + h * hd + (tid & ~31u), ods + (h * hd + tid) / 32);
+                ob /= lb;
+                out[h * hd + tid] = ob;
+                if (oqs) /* hd % 32 == 0: the threads below hd are whole warps */
+                        warp_quantize(ob, oqs + h * hd + (tid & ~31u), ods + (h * hd + tid) / 32);
         }
 }
 
-extern "C" int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const float *q, const int32_t *pos,
-                                const uint16_t *k_cache, const uint16_t *v_cache, void *scratch, float *out,
+extern "C" int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const float *qkv, const int32_t *pos,
+                                uint16_t *k_cache, uint16_t *v_cache, void *scratch, float *out,
                                 const CudaQ8 *outq) {
         uint32_t ns = attn_splits(a);
         float *part = (float *)scratch;
         uint32_t *counters = (uint32_t *)(part + (size_t)a->n_head * ns * (a->head_dim + 2));
-        size_t smem = (a->head_dim + ATT_SPLIT + ATT_THREADS) * sizeof(float);
+        size_t smem = (3 + ATT_WARPS) * a->head_dim * sizeof(float);
 
-        if (a->head_dim % 8 != 0 || a->head_dim > ATT_THREADS || ATT_THREADS % a->head_dim != 0 ||
-            (outq && a->head_dim % 32 != 0))
+        if (a->head_dim % 8 != 0 || a->head_dim > 64 * ATT_MAXP || a->head_dim > ATT_WARPS * 32 ||
+            a->n_rot > a->head_dim || a->n_head % a->n_head_kv != 0 || (outq && a->head_dim % 32 != 0))
                 return -EINVAL;
-        CU_TRY(launch_pdl(attn_decode_kernel, dim3(a->n_head, ns), dim3(ATT_THREADS), smem, s, *a, q, pos,
-                          (const __half *)k_cache, (const __half *)v_cache, part, counters, out,
+        CU_TRY(launch_pdl(attn_decode_kernel, dim3(a->n_head, ns), dim3(ATT_WARPS * 32), smem, s, *a, qkv, pos,
+                          (__half *)k_cache, (__half *)v_cache, part, counters, out,
                           outq ? outq->qs : (int8_t *)NULL, outq ? (float2 *)outq->ds : (float2 *)NULL));
         return 0;
 }
@@ -496,7 +628,7 @@ __global__ void __launch_bounds__(256)
                                 break;
                         uint32_t qpos = (uint32_t)p0 + q0 + qi, kpos = k0 + lane;
                         if (k0 > qpos)
-                                break;
+                                continue; /* later queries of the warp may still see this tile */
                         float s = -INFINITY;
                         if (kpos <= qpos) {
                                 s = 0.0f;

@@ -263,7 +263,19 @@ template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q3_K>(const uint
 
 /* Q4_K and Q5_K: part p covers the 64 elements 64p .. 64p + 63, sub-blocks 2p (low nibbles) and 2p + 1. */
 
+/* The 6-bit scales and mins of sub-blocks 2p and 2p + 1 of a Q4_K/Q5_K block, from its 12 scale bytes read as
+ * three words: four bytes at a time rather than byte by byte with branches. */
+__device__ __forceinline__ void k4_scales_pair(uint4 hdr, int p, float *sc0, float *m0, float *sc1, float *m1) {
+        uint32_t w0 = hdr.y, w1 = hdr.z, w2 = hdr.w;
+        uint32_t scw = p < 2 ? w0 & 0x3f3f3f3fu : (w2 & 0x0f0f0f0fu) | ((w0 >> 2) & 0x30303030u);
+        uint32_t mw = p < 2 ? w1 & 0x3f3f3f3fu : ((w2 >> 4) & 0x0f0f0f0fu) | ((w1 >> 2) & 0x30303030u);
+        int sh = 16 * (p & 1);
+        *sc0 = (float)((scw >> sh) & 0xff), *sc1 = (float)((scw >> (sh + 8)) & 0xff);
+        *m0 = (float)((mw >> sh) & 0xff), *m1 = (float)((mw >> (sh + 8)) & 0xff);
+}
+
 template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q4_K>(const uint8_t *b, int p, const int8_t *aq, const float2 *ads) {
+        uint4 hdr = *(const uint4 *)b;
         uint4 wv0 = *(const uint4 *)(b + 16 + 32 * p), wv1 = *(const uint4 *)(b + 16 + 32 * p + 16);
         const int8_t *a = aq + 64 * p;
         int4 a0 = ((const int4 *)a)[0], a1 = ((const int4 *)a)[1], a2 = ((const int4 *)a)[2],
@@ -277,12 +289,11 @@ template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q4_K>(const uint
                 slo = __dp4a((int)(w[k] & M4), lo[k], slo);
                 shi = __dp4a((int)((w[k] >> 4) & M4), hi[k], shi);
         }
-        int sc0, m0, sc1, m1;
-        k4_scale_min(b + 4, 2 * p, &sc0, &m0);
-        k4_scale_min(b + 4, 2 * p + 1, &sc1, &m1);
+        float sc0, m0, sc1, m1;
+        k4_scales_pair(hdr, p, &sc0, &m0, &sc1, &m1);
+        float2 dm = __half22float2(*(const __half2 *)&hdr.x);
         float2 d0 = ads[2 * p], d1 = ads[2 * p + 1];
-        return ld_half(b) * ((float)sc0 * d0.x * (float)slo + (float)sc1 * d1.x * (float)shi) -
-               ld_half(b + 2) * ((float)m0 * d0.y + (float)m1 * d1.y);
+        return dm.x * (sc0 * d0.x * (float)slo + sc1 * d1.x * (float)shi) - dm.y * (m0 * d0.y + m1 * d1.y);
 }
 
 template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q5_K>(const uint8_t *b, int p, const int8_t *aq, const float2 *ads) {
@@ -303,12 +314,12 @@ template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q5_K>(const uint
                 slo = __dp4a((int)qlo, lo[k], slo);
                 shi = __dp4a((int)qhi, hi[k], shi);
         }
-        int sc0, m0, sc1, m1;
-        k4_scale_min(b + 4, 2 * p, &sc0, &m0);
-        k4_scale_min(b + 4, 2 * p + 1, &sc1, &m1);
+        float sc0, m0, sc1, m1;
+        uint4 hdr = *(const uint4 *)b;
+        k4_scales_pair(hdr, p, &sc0, &m0, &sc1, &m1);
+        float2 dm = __half22float2(*(const __half2 *)&hdr.x);
         float2 d0 = ads[2 * p], d1 = ads[2 * p + 1];
-        return ld_half(b) * ((float)sc0 * d0.x * (float)slo + (float)sc1 * d1.x * (float)shi) -
-               ld_half(b + 2) * ((float)m0 * d0.y + (float)m1 * d1.y);
+        return dm.x * (sc0 * d0.x * (float)slo + sc1 * d1.x * (float)shi) - dm.y * (m0 * d0.y + m1 * d1.y);
 }
 
 template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q6_K>(const uint8_t *b, int p, const int8_t *aq, const float2 *ads) {

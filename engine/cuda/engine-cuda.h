@@ -24,7 +24,9 @@
 struct CUstream_st;
 typedef struct CUstream_st *CudaStream; /* cudaStream_t; NULL is the legacy default stream */
 
-/* Number of usable CUDA devices; 0 when there is no driver or device. */
+/* Number of usable CUDA devices; 0 when there is no driver or device. engine_cuda_device_count() is the same,
+ * defined in cuda-backend.c so that whatever asks for devices also links the backend's ops table. */
+int cuda_device_count(void);
 int engine_cuda_device_count(void);
 
 /* Free and total device memory in bytes, from cudaMemGetInfo(). */
@@ -73,13 +75,19 @@ typedef enum CudaMvEpilogue {
         _CUDA_MV_EPILOGUE_MAX,
 } CudaMvEpilogue;
 
+/* The input vector of a matrix-vector product: quantized weights read it quantized to 8 bits (xq, from
+ * cuda_quantize_q8() or cuda_rmsnorm()), F32/F16/BF16 weights as floats (x). */
+typedef struct CudaMvInput {
+        const float *x;
+        const CudaQ8 *xq;
+} CudaMvInput;
+
 /*
  * Matrix-vector products for one token: n_w (1..3) matrices of one type and one n_cols, each into its own
- * y[i], in one launch. Quantized types read xq (8-bit activations); F32/F16/BF16 read x. For SWIGLU n_w is 2
- * and y[0] gets the result.
+ * y[i], in one launch. For SWIGLU n_w is 2 and y[0] gets the result.
  */
-int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, const float *x, const CudaQ8 *xq,
-                float *const *y, CudaMvEpilogue epi);
+int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInput *in, float *const *y,
+                CudaMvEpilogue epi);
 
 /* Quantizes n_rows rows of n floats (n a multiple of 32, rows contiguous) to 8 bits per 32. */
 int cuda_quantize_q8(CudaStream s, const float *x, uint32_t n, uint32_t n_rows, const CudaQ8 *ret);
@@ -119,15 +127,16 @@ int cuda_rope_store(CudaStream s, const CudaAttnShape *a, float *qkv, uint32_t s
                     const int32_t *pos, uint16_t *k_cache, uint16_t *v_cache);
 
 /*
- * Attention of one token (its q at q, position *pos already in the caches) over positions 0 .. *pos, split
- * along the sequence. out is (n_head * head_dim); outq (may be NULL) gets it in 8 bits when head_dim is a
- * multiple of 32. scratch comes from cuda_attn_scratch_size() and must start zeroed (cudaMemset once): the
- * kernel leaves it that way.
+ * Attention of one token at position *pos over positions 0 .. *pos, split along the sequence, with RoPE and
+ * the KV store fused: qkv holds the token's q, k and v as the projections give them (laid out as for
+ * cuda_rope_store()); the kernel rotates q and k, stores k and v into the caches at *pos and attends.
+ * out is (n_head * head_dim); outq (may be NULL; head_dim a multiple of 32) gets it in 8 bits. scratch
+ * comes from cuda_attn_scratch_size() and must start zeroed (cudaMemset once): the kernel leaves it that way.
+ * head_dim: a multiple of 8, at most 128.
  */
 size_t cuda_attn_scratch_size(const CudaAttnShape *a);
-int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const float *q, const int32_t *pos,
-                     const uint16_t *k_cache, const uint16_t *v_cache, void *scratch, float *out,
-                     const CudaQ8 *outq);
+int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const float *qkv, const int32_t *pos,
+                     uint16_t *k_cache, uint16_t *v_cache, void *scratch, float *out, const CudaQ8 *outq);
 
 /* Causal attention for n_tok tokens at positions *pos .. (their k and v already in the caches); q rows at
  * q + t * q_stride; out is (n_tok, n_head * head_dim). */
@@ -180,8 +189,10 @@ typedef enum CudaWeight {
 typedef struct CudaLlama CudaLlama;
 typedef struct CudaKv CudaKv;
 
-/* A model with no weights yet on device (cudaSetDevice'd by every call). */
-int cuda_llama_new(int device, const CudaLlamaConfig *c, CudaLlama **ret);
+/* A model with no weights yet on device (cudaSetDevice'd by every call) for layers [l0, l1) of c, with the
+ * token embedding when l0 is 0 and the output norm and head when l1 is c->n_layer: the GPU part of a model
+ * split between backends. */
+int cuda_llama_new(int device, const CudaLlamaConfig *c, uint32_t l0, uint32_t l1, CudaLlama **ret);
 CudaLlama *cuda_llama_free(CudaLlama *m);
 
 /*
@@ -192,6 +203,14 @@ CudaLlama *cuda_llama_free(CudaLlama *m);
  */
 int cuda_llama_set_weight(CudaLlama *m, CudaWeight w, uint32_t layer, uint32_t type, uint32_t n_cols,
                           uint32_t n_rows, const void *data);
+
+/* For timing studies only (bench-cuda --breakdown): leave kernels out of the decode graphs captured from now
+ * on; the outputs are then meaningless. */
+enum {
+        CUDA_SKIP_SMALL = 1 << 0,  /* norms, quantizations, attention */
+        CUDA_SKIP_MATVEC = 1 << 1, /* the layers' matrix-vector products */
+};
+void cuda_llama_set_skip(CudaLlama *m, unsigned mask);
 
 /* Device bytes that the weights take, and bytes one decode step reads (all weights but the embedding
  * table, of which one row). */
@@ -204,19 +223,24 @@ CudaKv *cuda_kv_free(CudaKv *kv);
 uint32_t cuda_kv_pos(const CudaKv *kv);
 /* Forgets every position from pos on (pos <= cuda_kv_pos()), e.g. to reuse a cached prompt prefix. */
 int cuda_kv_truncate(CudaKv *kv, uint32_t pos);
-/* Bytes a KV cache of n_ctx positions takes on the device. */
-uint64_t cuda_kv_bytes(const CudaLlamaConfig *c, uint32_t n_ctx);
+/* Bytes a KV cache of n_ctx positions for n_layer layers takes on the device. */
+uint64_t cuda_kv_bytes(const CudaLlamaConfig *c, uint32_t n_layer, uint32_t n_ctx);
 
 /*
- * Runs n_tok tokens through the model at the sequence's next positions and, when logits is not NULL, copies
- * the last token's logits (n_vocab floats) to host memory. One token goes through the decode kernels (a CUDA
- * graph after the first call); more go through cuBLAS. -ENOSPC when the KV cache would overflow.
+ * Runs n_tok tokens of one sequence at positions pos0 .. pos0 + n_tok - 1 (pos0 <= cuda_kv_pos(); later
+ * positions are overwritten) through the model's layers. Input: tokens when the model starts at layer 0,
+ * else x, (n_tok, n_embd) host floats. Output: when the model ends at the last layer, for each of n_out rows
+ * (increasing indices into the n_tok) the logits (n_vocab floats), or with hidden the hidden state after the
+ * output norm (n_embd floats), into consecutive rows of out; otherwise the hidden states back into x. One
+ * token through the whole model goes through the decode kernels (a CUDA graph after the first call), more
+ * through cuBLAS. -ENOSPC when the KV cache would overflow.
  */
-int cuda_llama_forward(CudaLlama *m, CudaKv *kv, const int32_t *tokens, uint32_t n_tok, float *logits);
+int cuda_llama_run(CudaLlama *m, CudaKv *kv, uint32_t pos0, uint32_t n_tok, const int32_t *tokens, float *x,
+                   uint32_t n_out, const uint32_t *out_rows, bool hidden, float *out);
 
-/* As cuda_llama_forward() for the hidden state, for partial offload: runs layers [l0, l1) over x, the
- * (n_tok, n_embd) floats in host memory, in place. */
-int cuda_llama_forward_layers(CudaLlama *m, CudaKv *kv, float *x, uint32_t n_tok, uint32_t l0, uint32_t l1);
+/* cuda_llama_run() at the sequence's next position with the last token's logits into logits (host, may be
+ * NULL), for a model on one device. */
+int cuda_llama_forward(CudaLlama *m, CudaKv *kv, const int32_t *tokens, uint32_t n_tok, float *logits);
 
 /* Greedy decoding entirely on the device: feeds token, then each argmax, n_steps times through the captured
  * graph with no host round trip; writes the n_steps generated tokens to out (host) when not NULL. */
