@@ -7,6 +7,8 @@
  * Needs only common/. Single-threaded: nothing here may be called from two threads at once.
  */
 
+#include <signal.h>
+
 #include "common.h"
 
 /*
@@ -154,7 +156,7 @@ char *format_eta(char *buf, size_t size, double seconds);
  * "3 hours", "2 weeks". Returns buf. */
 char *format_human_duration(char *buf, size_t size, int64_t ns);
 
-/* "2 weeks ago" for a negative delta, "4 minutes from now" for a positive one. Returns buf. */
+/* "2 weeks ago" for a delta <= 0, "4 minutes from now" for a positive one. Returns buf. */
 char *format_human_time(char *buf, size_t size, int64_t delta_ns);
 
 /* The display width of UTF-8 text in terminal columns (wide characters count 2, combining ones 0). */
@@ -360,7 +362,7 @@ typedef struct CallHooks {
         unsigned tick_ms; /* 0: 100 */
         /* When this becomes non-zero (SIGINT), Cancel {id} is sent once and the call waits for the daemon's
          * answer; when it reaches 2 (a second Ctrl+C) the call returns -ECANCELED at once. */
-        const volatile int *interrupted;
+        const volatile sig_atomic_t *interrupted;
         void *userdata;
 } CallHooks;
 
@@ -422,7 +424,7 @@ typedef struct Qctl {
         int in_fd;                     /* stdin, for piped prompts and the chat */
         bool in_tty, out_tty, err_tty;
         unsigned width;                /* columns of the terminal on out (0: not a terminal) */
-        volatile int *interrupted;     /* counts SIGINTs */
+        volatile sig_atomic_t *interrupted; /* counts SIGINTs */
 } Qctl;
 
 /*

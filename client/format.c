@@ -100,7 +100,7 @@ char *format_human_time(char *buf, size_t size, int64_t delta_ns) {
         char d[64];
 
         format_human_duration(d, sizeof(d), delta_ns);
-        snprintf(buf, size, "%s %s", d, delta_ns < 0 ? "ago" : "from now");
+        snprintf(buf, size, "%s %s", d, delta_ns <= 0 ? "ago" : "from now");
         return buf;
 }
 

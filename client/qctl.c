@@ -12,7 +12,7 @@
 #include "client.h"
 #include "config.h"
 
-static volatile int interrupted;
+static volatile sig_atomic_t interrupted;
 
 static void on_sigint(int sig) {
         interrupted++;

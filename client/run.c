@@ -150,7 +150,7 @@ static int pack_keepalive(msgpack_packer *pk, const RunState *s) {
 
 /* Packs Generate's params for one prompt, or Chat's for the conversation. */
 static int pack_generation(msgpack_packer *pk, const RunState *s, const char *prompt) {
-        uint32_t n = 2 + !!s->system + s->json + (s->params.n > 0) + s->has_keepalive;
+        uint32_t n = 2 + (prompt && s->system) + s->json + (s->params.n > 0) + s->has_keepalive;
         int r;
 
         if (msgpack_pack_map(pk, n) < 0 || proto_pack_kv_str(pk, "model", s->model) < 0)
@@ -158,9 +158,17 @@ static int pack_generation(msgpack_packer *pk, const RunState *s, const char *pr
         if (prompt)
                 r = proto_pack_kv_str(pk, "prompt", prompt);
         else {
+                /* The chat's system message (/set system) leads the conversation. */
                 r = proto_pack_key(pk, "messages");
-                if (r >= 0 && msgpack_pack_array(pk, s->n_messages) < 0)
+                if (r >= 0 && msgpack_pack_array(pk, s->n_messages + !!s->system) < 0)
                         r = -ENOMEM;
+                if (r >= 0 && s->system) {
+                        if (msgpack_pack_map(pk, 2) < 0)
+                                return -ENOMEM;
+                        r = proto_pack_kv_str(pk, "role", "system");
+                        if (r >= 0)
+                                r = proto_pack_kv_str(pk, "content", s->system);
+                }
                 for (size_t i = 0; r >= 0 && i < s->n_messages; i++) {
                         if (msgpack_pack_map(pk, 2) < 0)
                                 return -ENOMEM;
@@ -169,7 +177,7 @@ static int pack_generation(msgpack_packer *pk, const RunState *s, const char *pr
                                 r = proto_pack_kv_str(pk, "content", s->messages[i].content);
                 }
         }
-        if (r >= 0 && s->system)
+        if (r >= 0 && prompt && s->system)
                 r = proto_pack_kv_str(pk, "system", s->system);
         if (r >= 0 && s->json)
                 r = proto_pack_kv_str(pk, "format", "json");
@@ -290,8 +298,11 @@ static int preload(RunState *s, QdError *e) {
                 CallHooks h = { .on_tick = on_tick, .interrupted = s->q->interrupted, .userdata = s };
                 r = conn_call(s->q->conn, "Load", p.sb.data, p.sb.size, NULL, 0, &h, NULL, e);
                 spinner_stop(s);
-                if (r == -ENOENT && attempt == 0 && pull_missing(s, r, e) > 0)
-                        continue;
+                if (r == -ENOENT && attempt == 0) {
+                        r = pull_missing(s, r, e);
+                        if (r > 0)
+                                continue;
+                }
                 return r;
         }
 }
@@ -360,7 +371,7 @@ static const char chat_help_shortcuts[] = "Available keyboard shortcuts:\n"
                                           "  Ctrl + c            Stop the model from responding\n"
                                           "  Ctrl + d            Exit (/bye)\n";
 
-static volatile int *chat_interrupted;
+static volatile sig_atomic_t *chat_interrupted;
 
 /* libedit's character source: a read() that gives up when Ctrl+C interrupts it, so that readline() returns. */
 static int chat_getc(FILE *f) {

@@ -198,8 +198,9 @@ static int verb_list(Qctl *q, Command *c, QdError *e) {
                 int64_t when;
                 short_digest(digest, id);
                 format_bytes(size, sizeof(size), (uint64_t)MAX(result_int(mo, "size", 0), 0));
+                /* A clock step must not make a modification look future. */
                 if (result_time(mo, "modified_at", &when) >= 0)
-                        format_human_time(modified, sizeof(modified), (when - now) * 1000000000LL);
+                        format_human_time(modified, sizeof(modified), MIN(when - now, (int64_t)0) * 1000000000LL);
                 r = table_add_row(t, (const char *const[]){ name, id, size, modified });
                 if (r < 0)
                         return r;

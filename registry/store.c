@@ -282,7 +282,7 @@ static int read_manifest(RegistryStore *s, const RegistryName *name, RegistryMan
                 return qd_error_set(e, r, "Out of memory.");
         r = read_file_at(s->manifests_fd, rel, REGISTRY_MANIFEST_MAX, &raw, &size);
         if (r == -ENOENT || r == -ENOTDIR)
-                return qd_error_set(e, ENOENT, "Model '%s' not found.", pretty);
+                return qd_error_set(e, ENOENT, "Model '%s' not found; 'qctl list' shows the local models.", pretty);
         if (r == -EMSGSIZE)
                 return qd_error_set(e, EBADMSG, "The manifest of model '%s' is corrupt (too large).",
                                     pretty);

@@ -228,6 +228,9 @@ static bool serve(int fd, ProtoReader *rd, ProtoMessage *m, msgpack_sbuffer *sb)
                                 }
                         }
                 }
+                if (streq_ptr(model, "sleepy"))
+                        /* Loading takes a while: the spinner has time to turn. */
+                        usleep(350000);
                 if (streq(m->name, "Load")) {
                         proto_pack_response_begin(&pk, id);
                         msgpack_pack_nil(&pk);
@@ -315,7 +318,7 @@ typedef struct Fixture {
         char *out_text, *err_text;
         size_t out_size, err_size;
         FILE *out, *err;
-        volatile int interrupted;
+        volatile sig_atomic_t interrupted;
         Qctl q;
 } Fixture;
 
@@ -703,7 +706,24 @@ static void test_run_missing_pulls(void **state) {
         assert_string_equal(e.msg, "model 'missing' not found");
 }
 
-static volatile int *to_interrupt;
+static void test_run_spinner(void **state) {
+        Fixture *f = *state;
+        QdError e = {};
+
+        /* On a terminal the spinner turns on stderr until the first token, then is wiped. */
+        f->q.err_tty = true;
+        assert_int_equal(run(f, &e, "run sleepy hi"), 0);
+        assert_non_null(startswith(f->err_text, "\r⠋ \r⠙ "));
+        assert_non_null(endswith(f->err_text, "\r\033[K"));
+        assert_non_null(startswith(f->out_text, "The quick brown fox"));
+
+        /* Not a terminal: no spinner. */
+        f->q.err_tty = false;
+        assert_int_equal(run(f, &e, "run sleepy hi"), 0);
+        assert_string_equal(f->err_text, "");
+}
+
+static volatile sig_atomic_t *to_interrupt;
 
 static void interrupt_soon(int sig) {
         (*to_interrupt)++;
@@ -796,6 +816,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_run_wrap_and_stats, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_run_piped, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_run_missing_pulls, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_run_spinner, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_run_cancel, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_small_verbs, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_no_daemon, setup, teardown),

@@ -94,7 +94,7 @@ static void test_create_list_copy_delete(void **state) {
         assert_int_equal(call(c, "Delete", &m, &e, "model", "tiny", NULL), 0);
         assert_int_equal(list_count(c, "tiny:latest"), 1000);
         assert_int_equal(call(c, "Delete", &m, &e, "model", "tiny", NULL), -ENOENT);
-        assert_non_null(strstr(e.msg, "tiny:latest' not found."));
+        assert_non_null(strstr(e.msg, "tiny:latest' not found;"));
         assert_int_equal(call(c, "Copy", &m, &e, "source", "nope", "destination", "x", NULL), -ENOENT);
         assert_int_equal(call(c, "Delete", &m, &e, "model", "../etc/passwd", NULL), -EINVAL);
         assert_true(strlen(e.msg) > 10);

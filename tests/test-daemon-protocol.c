@@ -231,10 +231,10 @@ static void test_unprivileged(void **state) {
         if (getuid() != 0)
                 skip(); /* only root can become another user to test the refusal */
 
-        /* The socket directory is the test's 0700 temporary directory: let the other user in for this test. */
+        /* The socket directory is the test's 0700 temporary directory: let the other user in for this test,
+         * before the child tries to connect. */
         assert_int_equal(chmod(h->dir, 0755), 0);
         assert_int_equal(chmod(h->socket, 0666), 0);
-
         pid_t pid = fork();
         assert_true(pid >= 0);
         if (pid == 0) {
