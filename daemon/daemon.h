@@ -154,6 +154,16 @@ typedef struct StoreModel {
 typedef void (*StoreProgressFn)(const char *status, const char *digest, uint64_t completed, uint64_t total,
                                 void *userdata);
 
+/* What a new model is made of; every member but fd may be NULL. */
+typedef struct StoreCreateSpec {
+        int fd;                 /* the GGUF, read to its end */
+        const char *template;   /* Modelfile TEMPLATE */
+        const char *system;     /* Modelfile SYSTEM */
+        const char *parameters; /* Modelfile PARAMETERs as Ollama's params JSON object */
+        const char *messages;   /* Modelfile MESSAGEs as a JSON array of {role, content} */
+        char **licenses;        /* NULL-terminated Modelfile LICENSE texts */
+} StoreCreateSpec;
+
 typedef struct StoreOps {
         /* config_path: the INI file whose [Registry] sections apply (may be NULL or missing). */
         int (*open)(const char *root, const char *config_path, void **ret, QdError *err);
@@ -161,10 +171,10 @@ typedef struct StoreOps {
         /* The GGUF file of name, for the engine to map, and the name's canonical form (may be NULL). */
         int (*resolve)(void *store, const char *name, char **ret_path, char **ret_canonical, QdError *err);
         int (*list)(void *store, StoreModel **ret, size_t *ret_n, QdError *err);
-        /* Runs on a worker: stores the GGUF read from fd as name, with an optional chat template and system
-         * prompt (NULL for none), reporting bytes through progress. */
-        int (*create)(void *store, const char *name, int fd, const char *template, const char *system,
-                      StoreProgressFn progress, void *userdata, const atomic_bool *cancel, QdError *err);
+        /* Runs on a worker: stores the GGUF read from spec->fd as name, with the Modelfile's other layers,
+         * reporting bytes through progress. */
+        int (*create)(void *store, const char *name, const StoreCreateSpec *spec, StoreProgressFn progress,
+                      void *userdata, const atomic_bool *cancel, QdError *err);
         /* Run on a worker: download name from its registry, or upload it. */
         int (*pull)(void *store, const char *name, StoreProgressFn progress, void *userdata,
                     const atomic_bool *cancel, QdError *err);
@@ -182,6 +192,7 @@ extern const StoreOps store_registry_ops;
 /* Layers a model may carry besides its GGUF, as Ollama names their media types. */
 #define STORE_LAYER_TEMPLATE "application/vnd.ollama.image.template"
 #define STORE_LAYER_SYSTEM "application/vnd.ollama.image.system"
+#define STORE_LAYER_PARAMS "application/vnd.ollama.image.params"
 void store_model_free_many(StoreModel *l, size_t n);
 
 /* ---- the manager, requests and the method table ---- */

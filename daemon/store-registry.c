@@ -187,10 +187,11 @@ static void relay_progress(const RegistryProgress *p, void *userdata) {
                 r->fn(p->status, p->digest, p->completed, p->total, r->userdata);
 }
 
-static int reg_create(void *store, const char *name, int fd, const char *template, const char *system,
-                      StoreProgressFn progress, void *userdata, const atomic_bool *cancel, QdError *err) {
+static int reg_create(void *store, const char *name, const StoreCreateSpec *spec, StoreProgressFn progress,
+                      void *userdata, const atomic_bool *cancel, QdError *err) {
         RegStore *s = store;
         _cleanup_close_ int buffered = -EBADF;
+        int fd = spec->fd;
         RegistryName n;
         struct stat st;
         int k;
@@ -213,19 +214,32 @@ static int reg_create(void *store, const char *name, int fd, const char *templat
         }
         if (st.st_size == 0)
                 return qd_error_set(err, EINVAL, "The model file is empty.");
+
+        size_t n_licenses = 0;
+        while (spec->licenses && spec->licenses[n_licenses])
+                n_licenses++;
+        _cleanup_free_ RegistryCreateLayer *layers = calloc(5 + n_licenses, sizeof(RegistryCreateLayer));
+        if (!layers)
+                return -ENOMEM;
+        size_t n_layers = 0;
+        layers[n_layers++] = (RegistryCreateLayer){.media_type = REGISTRY_MEDIA_MODEL, .fd = fd};
+        const struct {
+                const char *media_type, *text;
+        } texts[] = {
+                {REGISTRY_MEDIA_TEMPLATE, spec->template},
+                {REGISTRY_MEDIA_SYSTEM, spec->system},
+                {REGISTRY_MEDIA_PARAMS, spec->parameters},
+                {REGISTRY_MEDIA_MESSAGES, spec->messages},
+        };
+        for (size_t i = 0; i < ELEMENTSOF(texts) + n_licenses; i++) {
+                const char *media = i < ELEMENTSOF(texts) ? texts[i].media_type : REGISTRY_MEDIA_LICENSE;
+                const char *text =
+                        i < ELEMENTSOF(texts) ? texts[i].text : spec->licenses[i - ELEMENTSOF(texts)];
+                if (text)
+                        layers[n_layers++] = (RegistryCreateLayer){
+                                .media_type = media, .fd = -EBADF, .data = text, .size = strlen(text)};
+        }
         ProgressRelay relay = {progress, userdata};
-        RegistryCreateLayer layers[3] = {{.media_type = REGISTRY_MEDIA_MODEL, .fd = fd}};
-        size_t n_layers = 1;
-        if (template)
-                layers[n_layers++] = (RegistryCreateLayer){.media_type = REGISTRY_MEDIA_TEMPLATE,
-                                                           .fd = -EBADF,
-                                                           .data = template,
-                                                           .size = strlen(template)};
-        if (system)
-                layers[n_layers++] = (RegistryCreateLayer){.media_type = REGISTRY_MEDIA_SYSTEM,
-                                                           .fd = -EBADF,
-                                                           .data = system,
-                                                           .size = strlen(system)};
         return registry_store_create(s->store, &n, layers, n_layers, NULL, relay_progress, &relay, cancel,
                                      err);
 }

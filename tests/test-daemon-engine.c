@@ -262,6 +262,62 @@ static void test_embed(void **state) {
         assert_true(dot < 0.9999);
 }
 
+static int count_quantizing(const ProtoMessage *ev, void *userdata) {
+        const msgpack_object *status = proto_map_get(ev->params, "status");
+        if (status && status->type == MSGPACK_OBJECT_STR && status->via.str.size > 10 &&
+            memcmp(status->via.str.ptr, "quantizing", 10) == 0)
+                (*(unsigned *)userdata)++;
+        return 0;
+}
+
+static void test_create_quantized(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+        msgpack_sbuffer sb;
+        ProtoMessage m;
+        QdError e = {};
+        unsigned quantizing = 0;
+
+        /* Create FROM the F32 model with quantize Q8_0: a job that reports each tensor. */
+        msgpack_sbuffer_init(&sb);
+        dh_params(&sb, "model", "stories-q8", "from", "stories", "quantize", "Q8_0", NULL);
+        if (proto_client_call(c, "Create", sb.data, sb.size, NULL, 0, count_quantizing, &quantizing, &m,
+                              &e) < 0)
+                fail_msg("Create with quantize failed: %s", e.msg);
+        assert_true(quantizing > 0);
+        msgpack_sbuffer_destroy(&sb);
+
+        /* It is smaller, and it generates. */
+        assert_int_equal(proto_client_call(c, "List", NULL, 0, NULL, 0, NULL, NULL, &m, &e), 0);
+        const msgpack_object *models = proto_map_get(m.result, "models");
+        uint64_t f32 = 0, q8 = 0;
+        for (uint32_t i = 0; i < models->via.array.size; i++) {
+                const msgpack_object *x = &models->via.array.ptr[i];
+                if (proto_str_eq(proto_map_get(x, "name"), "stories:latest"))
+                        f32 = proto_map_get(x, "size")->via.u64;
+                if (proto_str_eq(proto_map_get(x, "name"), "stories-q8:latest"))
+                        q8 = proto_map_get(x, "size")->via.u64;
+        }
+        assert_true(q8 > 0 && q8 < f32);
+        Stream s = {};
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer pk;
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 3);
+        proto_pack_kv_str(&pk, "model", "stories-q8");
+        proto_pack_kv_str(&pk, "prompt", "Once upon a time");
+        proto_pack_key(&pk, "options");
+        msgpack_pack_map(&pk, 2);
+        proto_pack_kv_i64(&pk, "num_predict", 16);
+        proto_pack_kv_double(&pk, "temperature", 0);
+        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, collect, &s, &m, &e),
+                         0);
+        msgpack_sbuffer_destroy(&sb);
+        assert_int_equal(proto_map_get(m.result, "eval_count")->via.u64, 16);
+        assert_true(s.text.len > 0);
+        buf_free(&s.text);
+}
+
 static int chat_call(ProtoClient *c, const char *model, const char *content, ProtoMessage *m, QdError *e) {
         msgpack_sbuffer sb;
         msgpack_packer pk;
@@ -331,6 +387,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_show_tokenize, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_embed, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_chat, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_create_quantized, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -320,6 +320,72 @@ static void test_chat(void **state) {
         msgpack_sbuffer_destroy(&sb);
 }
 
+static void test_create_from_and_parameters(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        ProtoMessage m;
+        QdError e = {};
+        uint64_t eval = 0;
+
+        static const char *tmpl = "{{ range .Messages }}<{{ .Role }}>{{ .Content }}{{ end }}<assistant>";
+        assert_int_equal(create_with_template(h, c, "base", tmpl, NULL, &e), 0);
+        /* FROM a local model, with PARAMETERs, a SYSTEM, a LICENSE and MESSAGEs of its own. */
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 6);
+        proto_pack_kv_str(&pk, "model", "derived");
+        proto_pack_kv_str(&pk, "from", "base");
+        proto_pack_kv_str(&pk, "system", "Be brief.");
+        proto_pack_kv_str(&pk, "license", "MIT");
+        proto_pack_key(&pk, "parameters");
+        msgpack_pack_map(&pk, 2);
+        proto_pack_kv_i64(&pk, "num_predict", 3);
+        proto_pack_kv_double(&pk, "temperature", 0);
+        proto_pack_key(&pk, "messages");
+        msgpack_pack_array(&pk, 1);
+        msgpack_pack_map(&pk, 2);
+        proto_pack_kv_str(&pk, "role", "user");
+        proto_pack_kv_str(&pk, "content", "hello");
+        assert_int_equal(proto_client_call(c, "Create", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
+
+        /* The model's num_predict applies unless the request says otherwise. */
+        msgpack_sbuffer_clear(&sb);
+        dh_params(&sb, "model", "derived", "prompt", "x", "stream", "false", NULL);
+        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
+        assert_int_equal(proto_map_get(m.result, "eval_count")->via.u64, 3);
+        _cleanup_free_ char *t = generate(c, "derived", "x", 5, NULL, &eval, &e);
+        assert_non_null(t);
+        assert_int_equal(eval, 5);
+        /* The template came from the base, the system prompt is the new one. */
+        assert_int_equal(chat(c, "derived", "user", "hi", &m, &e), 0);
+        assert_int_equal(proto_map_get(m.result, "prompt_eval_count")->via.u64, 1 + 19 + 8 + 9);
+
+        /* Errors: both sources, neither, an unknown base, an unknown quantization. */
+        msgpack_sbuffer_clear(&sb);
+        dh_params(&sb, "model", "x", "from", "base", "gguf", "0", NULL);
+        qd_error_clear(&e);
+        assert_int_equal(proto_client_call(c, "Create", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
+        assert_non_null(strstr(e.msg, "either 'gguf'"));
+        msgpack_sbuffer_clear(&sb);
+        dh_params(&sb, "model", "x", NULL);
+        assert_int_equal(proto_client_call(c, "Create", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
+        msgpack_sbuffer_clear(&sb);
+        dh_params(&sb, "model", "x", "from", "nothing", NULL);
+        assert_int_equal(proto_client_call(c, "Create", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -ENOENT);
+        msgpack_sbuffer_clear(&sb);
+        dh_params(&sb, "model", "x", "from", "base", "quantize", "q9_z", NULL);
+        qd_error_clear(&e);
+        assert_int_equal(proto_client_call(c, "Create", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
+        assert_string_equal(e.msg, "Unknown quantization 'q9_z'; Hello lists quant_types.");
+        msgpack_sbuffer_destroy(&sb);
+}
+
 static void test_tokenize(void **state) {
         Harness *h = *state;
         _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
@@ -785,6 +851,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_end_of_generation_and_stop, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_stop_strings, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_chat, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_create_from_and_parameters, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_tokenize, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_concurrent_streams, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_cancel_and_disconnect, setup, teardown),
