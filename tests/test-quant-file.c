@@ -305,6 +305,7 @@ static void test_progress_and_cancel(void **state) {
         _cleanup_(gguf_freep) Gguf *out = quantize(f->src, &p, &fd);
         safe_close(fd);
         assert_int_equal(log.calls, f->src->n_tensors);
+        assert_int_equal(out->n_tensors, f->src->n_tensors);
 
         /* Cancelled after the fourth tensor: no more progress, -ECANCELED. */
         log = (ProgressLog){.cancel_at = 3, .src = f->src};
