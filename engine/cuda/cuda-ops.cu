@@ -271,6 +271,51 @@ static int dequant_dispatch(CudaStream s, const CudaMatrix *w, const int32_t *ro
         }
 }
 
+/* One warp per row, each lane a strided share of the elements. */
+template <int T> __global__ void matvec_f32_kernel(const uint8_t *w, size_t stride, uint32_t n_cols, uint32_t n_rows,
+                                                   const float *x, float *y) {
+        uint32_t r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+        int lane = threadIdx.x & 31;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        if (r >= n_rows)
+                return;
+        const uint8_t *row = w + (size_t)r * stride;
+        float acc = 0.0f;
+        for (uint32_t c = lane; c < n_cols; c += 32)
+                acc += dq_elem<T>(row, c) * x[c];
+        acc = warp_sum(acc);
+        if (lane == 0)
+                y[r] = acc;
+}
+
+#define MATVEC_F32_CASE(T)                                                                                      \
+        case T:                                                                                                 \
+                CU_TRY(launch_pdl(matvec_f32_kernel<T>, dim3((w->n_rows + 7) / 8), dim3(256), 0, s,             \
+                                  (const uint8_t *)w->data, w->row_stride, w->n_cols, w->n_rows, x, y));        \
+                return 0;
+
+extern "C" int cuda_matvec_f32(CudaStream s, const CudaMatrix *w, const float *x, float *y) {
+        switch (w->type) {
+                MATVEC_F32_CASE(GGML_TYPE_Q4_0)
+                MATVEC_F32_CASE(GGML_TYPE_Q4_1)
+                MATVEC_F32_CASE(GGML_TYPE_Q5_0)
+                MATVEC_F32_CASE(GGML_TYPE_Q5_1)
+                MATVEC_F32_CASE(GGML_TYPE_Q8_0)
+                MATVEC_F32_CASE(GGML_TYPE_Q2_K)
+                MATVEC_F32_CASE(GGML_TYPE_Q3_K)
+                MATVEC_F32_CASE(GGML_TYPE_Q4_K)
+                MATVEC_F32_CASE(GGML_TYPE_Q5_K)
+                MATVEC_F32_CASE(GGML_TYPE_Q6_K)
+                MATVEC_F32_CASE(GGML_TYPE_F32)
+                MATVEC_F32_CASE(GGML_TYPE_F16)
+                MATVEC_F32_CASE(GGML_TYPE_BF16)
+        default:
+                return -EOPNOTSUPP;
+        }
+}
+
 extern "C" int cuda_get_rows(CudaStream s, const CudaMatrix *w, const int32_t *rows, uint32_t n_rows, float *y) {
         return dequant_dispatch(s, w, rows, n_rows, y, NULL);
 }
