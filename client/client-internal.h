@@ -22,7 +22,7 @@ void packer_close(Packer *p);
 /* Packs a ParamSet as an options map; a repeatable parameter (stop) becomes an array. */
 int pack_options(msgpack_packer *pk, const ParamSet *s);
 
-/* Packs Create's params: the Modelfile's parts, with "file": 0 (the first descriptor) or "from": NAME. */
+/* Packs Create's params: the Modelfile's parts, with "gguf": 0 (the first descriptor) or "from": NAME. */
 int qctl_pack_create(msgpack_packer *pk, const char *name, const Modelfile *mf, bool from_fd,
                      const char *quantize);
 

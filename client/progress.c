@@ -85,7 +85,7 @@ static int draw_line(Progress *p, const Line *l, Buf *out) {
         _cleanup_free_ char *label = line_label(l);
         if (!label)
                 return -ENOMEM;
-        if (!l->key || l->total == 0)
+        if (l->total == 0)
                 return format_progress(out, p->width, label, l->completed, l->total, -1, -1);
         double eta = l->rate > 0 ? (double)(l->total - MIN(l->completed, l->total)) / l->rate : -1;
         return format_progress(out, p->width, label, l->completed, l->total, l->rate, eta);
@@ -172,7 +172,7 @@ int progress_update(Progress *p, const char *status, const char *key, uint64_t c
         if (!p->tty) {
                 if (fresh)
                         return plain(p, l, false);
-                if (l->key && total > 0 && completed >= total && !l->reported_done) {
+                if (total > 0 && completed >= total && !l->reported_done) {
                         l->reported_done = true;
                         return plain(p, l, true);
                 }

@@ -122,10 +122,13 @@ static int emit(RunState *s, const char *text, size_t n) {
         return r;
 }
 
-/* The text of a token event or a final result: Generate's "response", Chat's "message": {"content"}. */
+/* The text of a token event ("text") or of a final result: Generate's "response", Chat's "message":
+ * {"content"}. */
 static const msgpack_object *token_text(const msgpack_object *o) {
-        const msgpack_object *v = proto_map_get(o, "response");
+        const msgpack_object *v = proto_map_get(o, "text");
 
+        if (!v || v->type != MSGPACK_OBJECT_STR)
+                v = proto_map_get(o, "response");
         if (!v || v->type != MSGPACK_OBJECT_STR)
                 v = proto_map_get(result_map(o, "message"), "content");
         if (!v || v->type != MSGPACK_OBJECT_STR)
@@ -196,13 +199,15 @@ static int pull_missing(RunState *s, int r, QdError *e) {
 }
 
 static int print_stats(RunState *s, const msgpack_object *res) {
+        /* Durations in nanoseconds, named with "_ns" (Ollama's names without it are read too). */
         GenerateStats st = {
-                .total_ns = result_int(res, "total_duration", 0),
-                .load_ns = result_int(res, "load_duration", 0),
+                .total_ns = result_int(res, "total_duration_ns", result_int(res, "total_duration", 0)),
+                .load_ns = result_int(res, "load_duration_ns", result_int(res, "load_duration", 0)),
                 .prompt_eval_count = result_int(res, "prompt_eval_count", 0),
-                .prompt_eval_ns = result_int(res, "prompt_eval_duration", 0),
+                .prompt_eval_ns = result_int(res, "prompt_eval_duration_ns",
+                                             result_int(res, "prompt_eval_duration", 0)),
                 .eval_count = result_int(res, "eval_count", 0),
-                .eval_ns = result_int(res, "eval_duration", 0),
+                .eval_ns = result_int(res, "eval_duration_ns", result_int(res, "eval_duration", 0)),
         };
         Buf b = {};
         int r = format_stats(&st, &b);
@@ -215,7 +220,7 @@ static int print_stats(RunState *s, const msgpack_object *res) {
 
 /* Runs one Generate (prompt) or Chat (prompt NULL) and streams its answer. */
 static int generate(RunState *s, const char *prompt, QdError *e) {
-        _cleanup_(packer_close) Packer p;
+        _cleanup_(packer_close) Packer p = {};
         ProtoMessage m;
         int r;
 
@@ -269,7 +274,7 @@ static int generate(RunState *s, const char *prompt, QdError *e) {
 
 /* Loads the model ahead of the first question, with the spinner, so that the chat starts ready. */
 static int preload(RunState *s, QdError *e) {
-        _cleanup_(packer_close) Packer p;
+        _cleanup_(packer_close) Packer p = {};
         int r;
 
         packer_open(&p);

@@ -99,7 +99,7 @@ int pack_options(msgpack_packer *pk, const ParamSet *s) {
 
 /* Calls a method whose params are just {model: name}. */
 static int call_model(Qctl *q, const char *method, const char *model, ProtoMessage *ret, QdError *e) {
-        _cleanup_(packer_close) Packer p;
+        _cleanup_(packer_close) Packer p = {};
         int r;
 
         packer_open(&p);
@@ -237,7 +237,10 @@ static int verb_ps(Qctl *q, Command *c, QdError *e) {
 
                 short_digest(digest, id);
                 format_bytes(size, sizeof(size), (uint64_t)bytes);
-                if (vram == 0)
+                _cleanup_free_ char *processor = result_strdup(mo, "processor");
+                if (processor)
+                        snprintf(proc, sizeof(proc), "%s", processor);
+                else if (vram == 0)
                         snprintf(proc, sizeof(proc), "100%% CPU");
                 else if (vram == bytes)
                         snprintf(proc, sizeof(proc), "100%% GPU");
@@ -248,7 +251,9 @@ static int verb_ps(Qctl *q, Command *c, QdError *e) {
                 int64_t n_ctx = result_int(mo, "context_length", result_int(mo, "num_ctx", 0));
                 if (n_ctx > 0)
                         snprintf(ctx, sizeof(ctx), "%" PRId64, n_ctx);
-                if (result_int(mo, "keep_alive", 0) >= 0 && result_time(mo, "expires_at", &expires) >= 0) {
+                /* expires_at -1: in use or kept forever. */
+                if (result_int(mo, "keep_alive", 0) >= 0 && result_time(mo, "expires_at", &expires) >= 0 &&
+                    expires >= 0) {
                         if (expires <= now)
                                 snprintf(until, sizeof(until), "Stopping...");
                         else
@@ -578,7 +583,7 @@ static int show_info(Qctl *q, const char *model, const msgpack_object *res, bool
 }
 
 int qctl_show_model(Qctl *q, const char *model, ShowWhat what, bool verbose, bool json, QdError *e) {
-        _cleanup_(packer_close) Packer p;
+        _cleanup_(packer_close) Packer p = {};
         ProtoMessage m;
         int r;
 
@@ -662,7 +667,7 @@ static int on_progress(const ProtoMessage *m, void *userdata) {
 
 int qctl_transfer(Qctl *q, const char *method, const char *model, bool insecure, QdError *e) {
         _cleanup_(progress_freep) Progress *pr = NULL;
-        _cleanup_(packer_close) Packer p;
+        _cleanup_(packer_close) Packer p = {};
         int r;
 
         packer_open(&p);
@@ -721,8 +726,8 @@ int qctl_pack_create(msgpack_packer *pk, const char *name, const Modelfile *mf, 
 
         if (msgpack_pack_map(pk, n) < 0 || proto_pack_kv_str(pk, "model", name) < 0)
                 return -ENOMEM;
-        /* Descriptor 0 of the message is the model file. */
-        r = from_fd ? proto_pack_kv_u64(pk, "file", 0) : proto_pack_kv_str(pk, "from", mf->from);
+        /* Descriptor 0 of the message is the GGUF file. */
+        r = from_fd ? proto_pack_kv_u64(pk, "gguf", 0) : proto_pack_kv_str(pk, "from", mf->from);
         if (r >= 0 && mf->template_)
                 r = proto_pack_kv_str(pk, "template", mf->template_);
         if (r >= 0 && mf->system)
@@ -764,7 +769,7 @@ int qctl_pack_create(msgpack_packer *pk, const char *name, const Modelfile *mf, 
 int qctl_create(Qctl *q, const char *name, const Modelfile *mf, const char *file, const char *quantize,
                 QdError *e) {
         _cleanup_(progress_freep) Progress *pr = NULL;
-        _cleanup_(packer_close) Packer p;
+        _cleanup_(packer_close) Packer p = {};
         _cleanup_close_ int fd = -EBADF;
         int r;
 
@@ -813,7 +818,7 @@ static int verb_create(Qctl *q, Command *c, QdError *e) {
 }
 
 static int verb_cp(Qctl *q, Command *c, QdError *e) {
-        _cleanup_(packer_close) Packer p;
+        _cleanup_(packer_close) Packer p = {};
         int r;
 
         packer_open(&p);

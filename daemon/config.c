@@ -229,7 +229,9 @@ int daemon_config_load(DaemonConfig *c, const char *path, QdError *err) {
                 if (r < 0)
                         return r;
         }
-        if (ferror(f))
-                return qd_error_set(err, EIO, "Failed to read %s.", path);
+        if (ferror(f)) {
+                int r = errno > 0 ? errno : EIO;
+                return qd_error_set(err, r, "Failed to read %s: %s", path, strerror(r));
+        }
         return 0;
 }

@@ -56,6 +56,7 @@ struct Manager {
         bool user;
         char *socket_path;
         char *models_path;
+        char *config_path;
         bool socket_bound;      /* we bound socket_path (not socket activation) and unlink it at exit */
         bool have_group;
         gid_t group_gid;
@@ -87,6 +88,11 @@ struct Manager {
         const StoreOps *store_ops;
         void *store;
 };
+
+/* The group that may use the system socket and change the store: Group=, else "quantd". */
+static inline const char *manager_group(const Manager *m) {
+        return m->config.group ?: "quantd";
+}
 
 /* ---- requests (request.c) ---- */
 
@@ -173,6 +179,7 @@ typedef struct GenerateParams {
         bool keep_alive_set;
         char **stop;            /* NULL-terminated stop strings */
         bool return_tokens;     /* include token ids in the events */
+        bool chat;              /* reply with a message {role, content} (Chat) */
         SamplerParams sampler;
 } GenerateParams;
 
@@ -187,5 +194,8 @@ int scheduler_unload(Scheduler *s, const char *model, QdError *err);
 /* Tokenize or Detokenize on the loaded model (loading it first). */
 int scheduler_tokenize(Scheduler *s, Request *r, const char *model, const char *text, const msgpack_object *tokens,
                        QdError *err);
+/* Embeds each of inputs (NULL-terminated, taken also on failure) with model; replies with the vectors. */
+int scheduler_embed(Scheduler *s, Request *r, const char *model, char **inputs, int64_t keep_alive_ns,
+                    bool keep_alive_set, QdError *err);
 /* Packs the loaded models as an array for Ps. */
 int scheduler_pack_ps(Scheduler *s, msgpack_packer *pk);

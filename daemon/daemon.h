@@ -41,7 +41,8 @@ typedef struct DaemonConfig {
         /* [Daemon] */
         char *socket;               /* Socket=, NULL: the path of the mode */
         char *models;               /* Models=, NULL: the path of the mode */
-        char *group;                /* Group=, the group that may use the system socket and change the store */
+        char *group;                /* Group=, the group that may use the system socket and change the store;
+                                     * NULL: "quantd" */
         int log_level;              /* LogLevel=, -1: leave as set */
         unsigned workers;           /* Workers=, threads running jobs (pull, push, create) */
         unsigned max_connections;   /* MaxConnections= */
@@ -117,12 +118,17 @@ typedef struct BackendOps {
         /* One forward step for n sequences; logits[i] gets n_vocab floats for sequence i. */
         int (*decode)(void *model, void **seqs, const int32_t *const *tokens, const uint32_t *n_tokens, size_t n,
                       float **logits, const bool *cancel, QdError *err);
+        /* Optional: checks the sampling parameters before a generation is queued (EINVAL with a sentence). */
+        int (*check_sampler)(const SamplerParams *p, QdError *err);
         int (*sampler_new)(void *model, const SamplerParams *p, void **ret);
         void (*sampler_free)(void *sampler);
         int32_t (*sample)(void *sampler, const float *logits);
         /* Optional: mean-pooled, normalised embedding of n_embd floats. */
         int (*embed)(void *model, const int32_t *tokens, uint32_t n, float *ret, QdError *err);
 } BackendOps;
+
+/* engine/: real models. */
+extern const BackendOps backend_engine_ops;
 
 /* A deterministic stand-in model for tests: any file is a "model"; its tokens are bytes. */
 extern const BackendOps backend_fake_ops;
@@ -137,23 +143,33 @@ typedef struct StoreModel {
 } StoreModel;
 
 /*
- * What the daemon needs from the model store. The interim store (store-interim.c) keeps one GGUF per model in
- * models/interim/ until the registry lands; then ops backed by registry/ replace it.
+ * What the daemon needs from the model store, an ops table so that the daemon does not depend on the store's
+ * layout. store_registry_ops is registry/'s Ollama-compatible store.
  */
 typedef struct StoreOps {
-        int (*open)(const char *root, void **ret, QdError *err);
+        /* config_path: the INI file whose [Registry] sections apply (may be NULL or missing). */
+        int (*open)(const char *root, const char *config_path, void **ret, QdError *err);
         void (*close)(void *store);
         /* The GGUF file of name, for the engine to map, and the name's canonical form (may be NULL). */
         int (*resolve)(void *store, const char *name, char **ret_path, char **ret_canonical, QdError *err);
         int (*list)(void *store, StoreModel **ret, size_t *ret_n, QdError *err);
-        /* Runs on a worker: copies fd into the store as name, reporting bytes through progress. */
-        int (*create)(void *store, const char *name, int fd, void (*progress)(uint64_t done, uint64_t total, void *u),
-                      void *userdata, const atomic_bool *cancel, QdError *err);
+        /* Runs on a worker: stores the GGUF read from fd as name, with an optional chat template and system
+         * prompt (NULL for none), reporting bytes through progress. */
+        int (*create)(void *store, const char *name, int fd, const char *template, const char *system,
+                      void (*progress)(uint64_t done, uint64_t total, void *u), void *userdata,
+                      const atomic_bool *cancel, QdError *err);
+        /* The contents of the model's layer of media_type (a template, a system prompt), at most 1 MiB;
+         * *ret is NULL when the model has no such layer. */
+        int (*read_layer)(void *store, const char *name, const char *media_type, char **ret, QdError *err);
         int (*copy)(void *store, const char *src, const char *dst, QdError *err);
         int (*remove)(void *store, const char *name, QdError *err);
 } StoreOps;
 
-extern const StoreOps store_interim_ops;
+extern const StoreOps store_registry_ops;
+
+/* Layers a model may carry besides its GGUF, as Ollama names their media types. */
+#define STORE_LAYER_TEMPLATE "application/vnd.ollama.image.template"
+#define STORE_LAYER_SYSTEM "application/vnd.ollama.image.system"
 void store_model_free_many(StoreModel *l, size_t n);
 
 /* ---- the manager, requests and the method table ---- */
@@ -247,6 +263,7 @@ typedef struct ManagerOptions {
         bool user;
         const char *socket;      /* where to listen when not socket-activated */
         const char *models;
+        const char *config_path; /* for the store's own sections */
         const BackendOps *backend;
         const StoreOps *store;
 } ManagerOptions;

@@ -106,7 +106,8 @@ int manager_new(Manager **ret, DaemonConfig *c, const ManagerOptions *o) {
         pthread_mutex_init(&m->post_lock, NULL);
         m->socket_path = strdup(o->socket);
         m->models_path = strdup(o->models);
-        if (!m->socket_path || !m->models_path)
+        m->config_path = o->config_path ? strdup(o->config_path) : NULL;
+        if (!m->socket_path || !m->models_path || (o->config_path && !m->config_path))
                 return -ENOMEM;
         if (m->config.memory_budget == 0)
                 m->config.memory_budget = physical_memory() / 4 * 3;
@@ -144,6 +145,7 @@ Manager *manager_free(Manager *m) {
         pthread_mutex_destroy(&m->post_lock);
         free(m->socket_path);
         free(m->models_path);
+        free(m->config_path);
         daemon_config_done(&m->config);
         free(m);
         return NULL;
@@ -176,7 +178,7 @@ int manager_run(Manager *m) {
         if (k < 0)
                 return log_error_errno(k, "Failed to watch SIGTERM: %m");
 
-        k = m->store_ops->open(m->models_path, &m->store, &err);
+        k = m->store_ops->open(m->models_path, m->config_path, &m->store, &err);
         if (k < 0)
                 return log_error_errno(k, "Failed to open the model store %s: %s", m->models_path, err.msg);
         k = job_pool_new(m, m->config.workers, &m->pool);

@@ -210,6 +210,8 @@ static int method_show(Manager *m, Request *r, ProtoMessage *call, QdError *err)
 typedef struct CreateJob {
         Manager *manager;
         char *model;
+        char *template;
+        char *system;
         int fd;
 } CreateJob;
 
@@ -217,6 +219,8 @@ static void create_job_free(void *userdata) {
         CreateJob *c = userdata;
         safe_close(c->fd);
         free(c->model);
+        free(c->template);
+        free(c->system);
         free(c);
 }
 
@@ -229,17 +233,20 @@ static int create_job_run(Job *j, void *userdata, QdError *err) {
         Manager *m = c->manager;
 
         job_progress(j, "copying model data", 0, 0);
-        return m->store_ops->create(m->store, c->model, c->fd, create_progress, j, job_cancel_flag(j), err);
+        return m->store_ops->create(m->store, c->model, c->fd, c->template, c->system, create_progress, j,
+                                    job_cancel_flag(j), err);
 }
 
 static int method_create(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
         struct {
-                const char *model;
+                const char *model, *template, *system;
                 uint64_t gguf;
         } a = {};
         static const ProtoField fields[] = {
                 { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
                 { "gguf", PROTO_FIELD_FD, offsetof(typeof(a), gguf), true },
+                { "template", PROTO_FIELD_STRING, offsetof(typeof(a), template) },
+                { "system", PROTO_FIELD_STRING, offsetof(typeof(a), system) },
                 {},
         };
         int k;
@@ -247,6 +254,13 @@ static int method_create(Manager *m, Request *r, ProtoMessage *call, QdError *er
         k = proto_dispatch(call->params, fields, &a, call->zone, err);
         if (k < 0)
                 return k;
+        if (a.template) {
+                /* A template that does not parse fails now, not at the first chat. */
+                _cleanup_(engine_template_freep) EngineTemplate *t = NULL;
+                k = engine_template_parse(a.template, &t, err);
+                if (k < 0)
+                        return k;
+        }
         int fd = proto_message_take_fd(call, a.gguf, err);
         if (fd < 0)
                 return fd;
@@ -258,7 +272,9 @@ static int method_create(Manager *m, Request *r, ProtoMessage *call, QdError *er
         c->manager = m;
         c->fd = fd;
         c->model = strdup(a.model);
-        if (!c->model) {
+        c->template = a.template ? strdup(a.template) : NULL;
+        c->system = a.system ? strdup(a.system) : NULL;
+        if (!c->model || (a.template && !c->template) || (a.system && !c->system)) {
                 create_job_free(c);
                 return -ENOMEM;
         }
@@ -453,17 +469,93 @@ static int decode_stop(const msgpack_object *o, char ***ret, QdError *err) {
         return 0;
 }
 
-static int method_generate(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+/*
+ * The prompt of a chat: the model's Modelfile TEMPLATE (Go text/template) when it has one, else the format
+ * recognised from its GGUF's tokenizer.chat_template, with the Modelfile's SYSTEM or the format's default
+ * system prompt.
+ */
+static int render_chat(Manager *m, const char *model, const msgpack_object *messages, msgpack_zone *zone,
+                       char **ret, QdError *err) {
+        _cleanup_free_ EngineChatMessage *msgs = NULL;
+        _cleanup_free_ char *template = NULL, *system = NULL, *path = NULL, *jinja = NULL, *default_system = NULL;
+        _cleanup_(engine_template_freep) EngineTemplate *t = NULL;
+        _cleanup_(buf_free) Buf out = {};
+        uint32_t n = messages->via.array.size;
+        int k;
+
+        if (n == 0)
+                return qd_error_set(err, EINVAL, "Parameter 'messages' must hold at least one message.");
+        msgs = calloc(n, sizeof(EngineChatMessage));
+        if (!msgs)
+                return -ENOMEM;
+        for (uint32_t i = 0; i < n; i++) {
+                static const ProtoField fields[] = {
+                        { "role", PROTO_FIELD_STRING, offsetof(EngineChatMessage, role), true },
+                        { "content", PROTO_FIELD_STRING, offsetof(EngineChatMessage, content), true },
+                        {},
+                };
+                const msgpack_object *o = &messages->via.array.ptr[i];
+                QdError e = {};
+                if (o->type != MSGPACK_OBJECT_MAP)
+                        return qd_error_set(err, EINVAL, "Message %" PRIu32 " must be a map {role, content}, got %s.",
+                                            i, proto_object_type_name(o));
+                k = proto_dispatch(o, fields, &msgs[i], zone, &e);
+                if (k < 0)
+                        return qd_error_set(err, k, "Message %" PRIu32 ": %s", i, e.msg);
+                if (!streq(msgs[i].role, "system") && !streq(msgs[i].role, "user") &&
+                    !streq(msgs[i].role, "assistant") && !streq(msgs[i].role, "tool"))
+                        return qd_error_set(err, EINVAL,
+                                            "Message %" PRIu32 " has role '%s'; roles are system, user, assistant "
+                                            "and tool.", i, msgs[i].role);
+        }
+
+        k = m->store_ops->read_layer(m->store, model, STORE_LAYER_TEMPLATE, &template, err);
+        if (k >= 0)
+                k = m->store_ops->read_layer(m->store, model, STORE_LAYER_SYSTEM, &system, err);
+        if (k < 0)
+                return k;
+        if (template) {
+                k = engine_template_parse(template, &t, err);
+                if (k >= 0)
+                        k = engine_template_render(t, system, msgs, n, &out, err);
+        } else {
+                _cleanup_(gguf_freep) Gguf *g = NULL;
+                EngineChatFormat f;
+                k = m->store_ops->resolve(m->store, model, &path, NULL, err);
+                if (k >= 0)
+                        k = gguf_open(path, &g, err);
+                if (k < 0)
+                        return k;
+                if (gguf_get_string(g, "tokenizer.chat_template", &jinja) < 0)
+                        return qd_error_set(err, EOPNOTSUPP,
+                                            "Model '%s' has no chat template (no TEMPLATE in its Modelfile, no "
+                                            "tokenizer.chat_template in its GGUF); use Generate.", model);
+                k = engine_chat_format_detect(jinja, &f, &default_system);
+                if (k < 0)
+                        return qd_error_set(err, EOPNOTSUPP,
+                                            "The chat template of '%s' is of a family quantd does not know; give the "
+                                            "model a TEMPLATE in its Modelfile.", model);
+                k = engine_chat_format_render(f, system ?: default_system, msgs, n, &out, err);
+        }
+        if (k < 0)
+                return k;
+        *ret = out.len > 0 ? buf_steal_str(&out) : strdup("");
+        return *ret ? 0 : -ENOMEM;
+}
+
+/* Generate and Chat: the same options and the same path through the scheduler. */
+static int start_generation(Manager *m, Request *r, ProtoMessage *call, bool chat, QdError *err) {
         _cleanup_(generate_params_done) GenerateParams p = { .num_predict = -1, .stream = true };
         struct {
                 const char *model, *prompt;
-                const msgpack_object *options;
+                const msgpack_object *options, *messages;
                 int64_t keep_alive;
                 bool raw, stream, return_tokens;
         } a = { .keep_alive = INT64_MIN, .stream = true };
-        static const ProtoField fields[] = {
+        const ProtoField fields[] = {
                 { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
-                { "prompt", PROTO_FIELD_STRING, offsetof(typeof(a), prompt), true },
+                chat ? (ProtoField){ "messages", PROTO_FIELD_ARRAY, offsetof(typeof(a), messages), true }
+                     : (ProtoField){ "prompt", PROTO_FIELD_STRING, offsetof(typeof(a), prompt), true },
                 { "options", PROTO_FIELD_MAP, offsetof(typeof(a), options) },
                 { "keep_alive", PROTO_FIELD_DURATION, offsetof(typeof(a), keep_alive) },
                 { "raw", PROTO_FIELD_BOOL, offsetof(typeof(a), raw) },
@@ -505,11 +597,21 @@ static int method_generate(Manager *m, Request *r, ProtoMessage *call, QdError *
                 if (k < 0)
                         return k;
         }
+        if (chat) {
+                k = render_chat(m, a.model, a.messages, call->zone, &p.prompt, err);
+                if (k < 0)
+                        return k;
+                log_debug("Chat prompt for '%s': %s", a.model, p.prompt);
+        } else
+                p.prompt = strdup(a.prompt);
         p.model = strdup(a.model);
-        p.prompt = strdup(a.prompt);
         if (!p.model || !p.prompt)
                 return -ENOMEM;
+        if (chat && a.raw)
+                return qd_error_set(err, EINVAL, "Chat renders its prompt with the model's template; 'raw' is for "
+                                    "Generate.");
         p.raw = a.raw;
+        p.chat = chat;
         p.stream = a.stream;
         p.return_tokens = a.return_tokens;
         p.keep_alive_set = a.keep_alive != INT64_MIN;
@@ -517,15 +619,51 @@ static int method_generate(Manager *m, Request *r, ProtoMessage *call, QdError *
         return scheduler_generate(m->scheduler, r, &p, err);
 }
 
+static int method_generate(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        return start_generation(m, r, call, false, err);
+}
+
 static int method_chat(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
-        return NOT_LANDED("chat templates (the text helper's engine work)");
+        return start_generation(m, r, call, true, err);
 }
 
 static int method_embed(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
-        if (!m->backend->embed)
-                return qd_error_set(err, EOPNOTSUPP, "Embed is not available: the %s backend computes no embeddings.",
-                                    m->backend->name);
-        return NOT_LANDED("embedding through the scheduler");
+        struct {
+                const char *model;
+                const msgpack_object *input;
+                int64_t keep_alive;
+        } a = { .keep_alive = INT64_MIN };
+        static const ProtoField fields[] = {
+                { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
+                { "input", PROTO_FIELD_ANY, offsetof(typeof(a), input), true },
+                { "keep_alive", PROTO_FIELD_DURATION, offsetof(typeof(a), keep_alive) },
+                {},
+        };
+        int k = proto_dispatch(call->params, fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+
+        /* One string, or an array of them. */
+        const msgpack_object *items = a.input->type == MSGPACK_OBJECT_ARRAY ? a.input->via.array.ptr : a.input;
+        uint32_t n = a.input->type == MSGPACK_OBJECT_ARRAY ? a.input->via.array.size : 1;
+        if (n == 0 || n > 1024)
+                return qd_error_set(err, EINVAL, "Parameter 'input' must hold 1 to 1024 strings.");
+        char **inputs = calloc(n + 1, sizeof(char *));
+        if (!inputs)
+                return -ENOMEM;
+        for (uint32_t i = 0; i < n; i++) {
+                if (items[i].type != MSGPACK_OBJECT_STR || memchr(items[i].via.str.ptr, 0, items[i].via.str.size)) {
+                        strv_free(inputs);
+                        return qd_error_set(err, EINVAL,
+                                            "Parameter 'input' must be a string or an array of strings.");
+                }
+                inputs[i] = strndup(items[i].via.str.ptr, items[i].via.str.size);
+                if (!inputs[i]) {
+                        strv_free(inputs);
+                        return -ENOMEM;
+                }
+        }
+        return scheduler_embed(m->scheduler, r, a.model, inputs, a.keep_alive, a.keep_alive != INT64_MIN, err);
 }
 
 static int method_tokenize(Manager *m, Request *r, ProtoMessage *call, QdError *err) {

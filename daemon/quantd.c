@@ -9,6 +9,9 @@
 #include "config.h"
 #include "daemon.h"
 #include "engine.h"
+#if HAVE_DBUS
+#include "dbus.h"
+#endif
 
 static bool arg_user = false;
 static bool arg_foreground = false;
@@ -133,14 +136,14 @@ int main(int argc, char *argv[]) {
         if (!socket_copy || !models_copy)
                 return log_oom(), 1;
 
-        /* The engine's generation API is wired once it lands on main; until then only the fake can generate. */
-        const BackendOps *backend = arg_backend && streq(arg_backend, "fake") ? &backend_fake_ops : NULL;
+        const BackendOps *backend = arg_backend && streq(arg_backend, "fake") ? &backend_fake_ops : &backend_engine_ops;
         ManagerOptions o = {
                 .user = arg_user,
                 .socket = socket_copy,
                 .models = models_copy,
+                .config_path = config_path,
                 .backend = backend,
-                .store = &store_interim_ops,
+                .store = &store_registry_ops,
         };
         /* The daemon never forks: --foreground is accepted for compatibility with service managers. */
         (void)arg_foreground;
@@ -151,6 +154,12 @@ int main(int argc, char *argv[]) {
                 log_error_errno(r, "Failed to set up the daemon: %m");
                 return 1;
         }
+#if HAVE_DBUS
+        /* The second front end over the same methods; freed before the manager. Without a bus, the socket
+         * still serves (dbus_front_new() said why). */
+        _cleanup_(dbus_front_freep) DbusFront *bus = NULL;
+        (void)dbus_front_new(&bus, m, &(DbusFrontOptions){ .user = arg_user, .polkit = !arg_user });
+#endif
         r = manager_run(m);
         return r < 0 ? 1 : 0;
 }

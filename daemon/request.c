@@ -144,7 +144,7 @@ void manager_dispatch(Manager *m, Request *r, ProtoMessage *call) {
                            (unsigned)r->caller.uid, (int)r->caller.pid);
                 request_reply_error(r, EPERM,
                                     "%s changes the model store, which needs root, the daemon's user or the group "
-                                    "'%s'.", method->name, strempty(m->config.group));
+                                    "'%s'.", method->name, manager_group(m));
                 return;
         }
         if (m->stopping) {

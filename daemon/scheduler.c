@@ -27,6 +27,7 @@
 #include <time.h>
 
 #include "daemon-internal.h"
+#include "engine.h"
 
 #define PROMPT_CHUNK 256U
 
@@ -76,6 +77,7 @@ typedef enum WaiterKind {
         WAITER_LOAD,
         WAITER_GENERATE,
         WAITER_TOKENIZE,
+        WAITER_EMBED,
         _WAITER_KIND_MAX,
         _WAITER_KIND_INVALID = -EINVAL,
 } WaiterKind;
@@ -88,6 +90,7 @@ struct Waiter {
         char *text;                /* WAITER_TOKENIZE: text, or */
         int32_t *tokens;           /* tokens to detokenize */
         size_t n_tokens;
+        char **inputs;             /* WAITER_EMBED: texts to embed */
         struct Waiter *next;
 };
 
@@ -106,7 +109,8 @@ struct Gen {
         size_t n_prompt, prompt_done;
         int32_t next_token;        /* sampled, to be fed next step */
         uint32_t n_generated;
-        Buf held;                  /* text not yet sent: an incomplete UTF-8 sequence or a possible stop prefix */
+        Buf held;                  /* bytes not yet sent: an incomplete UTF-8 sequence */
+        EngineStop *stop;          /* the request's stop strings (made on the main thread) */
         bool finished;
         bool stepped;              /* took part in the current round */
         const char *done_reason;   /* "stop", "length", "cancel" */
@@ -121,15 +125,32 @@ struct Gen {
 typedef enum CommandKind {
         CMD_LOAD,
         CMD_UNLOAD,
+        CMD_EMBED,
         _CMD_KIND_MAX,
         _CMD_KIND_INVALID = -EINVAL,
 } CommandKind;
 
+typedef struct Embedding Embedding;
+
 typedef struct Command {
         CommandKind kind;
         LoadedModel *lm;
+        Embedding *embedding; /* CMD_EMBED */
         struct Command *next;
 } Command;
+
+/* One Embed request: its inputs tokenized on the main thread, embedded on the executor. */
+struct Embedding {
+        LoadedModel *lm;
+        Request *request;
+        int32_t **tokens;   /* (n_inputs) token arrays */
+        size_t *n_tokens;   /* (n_inputs) */
+        size_t n_inputs;
+        uint32_t n_embd;
+        float *vectors;     /* (n_inputs, n_embd), written by the executor */
+        int result;
+        QdError err;
+};
 
 struct Scheduler {
         Manager *manager;
@@ -151,6 +172,7 @@ struct Scheduler {
 };
 
 static void model_maybe_expire(LoadedModel *lm);
+static void model_release(LoadedModel *lm);
 static void scheduler_admit(Scheduler *s);
 
 /* ---- posts from the executor ---- */
@@ -169,12 +191,13 @@ static void executor_post(Scheduler *s, void (*fn)(Manager *m, void *u), void *u
 
 /* ---- the executor thread ---- */
 
-static void executor_send(Scheduler *s, CommandKind kind, LoadedModel *lm) {
+static void executor_send(Scheduler *s, CommandKind kind, LoadedModel *lm, Embedding *embedding) {
         Command *c;
         while (!(c = calloc(1, sizeof(*c))))
                 usleep(1000);
         c->kind = kind;
         c->lm = lm;
+        c->embedding = embedding;
         pthread_mutex_lock(&s->lock);
         if (s->commands_tail)
                 s->commands_tail->next = c;
@@ -189,6 +212,7 @@ static void model_loaded_main(Manager *m, void *userdata);
 static void model_unloaded_main(Manager *m, void *userdata);
 static void gen_chunk_main(Manager *m, void *userdata);
 static void gen_done_main(Manager *m, void *userdata);
+static void embed_done_main(Manager *m, void *userdata);
 
 static void gen_finish(Gen *g, int result, const char *reason) {
         g->finished = true;
@@ -208,54 +232,45 @@ static size_t utf8_incomplete_tail(const uint8_t *b, size_t n) {
         return 0;
 }
 
-/* Sends the part of g->held that can no longer change: not part of a stop string, not a partial character. */
+/*
+ * Sends what of g->held can no longer change: whole UTF-8 characters (unless final), passed through the stop
+ * strings, which hold back what may begin one and end the generation when one appears.
+ */
 static int gen_emit(Gen *g, int32_t token, bool final) {
         Scheduler *s = g->scheduler;
-        size_t n = g->held.len, keep = 0;
+        _cleanup_(buf_free) Buf out = {};
+        size_t n = g->held.len;
+        int k = 0;
 
-        if (g->p.stop)
-                for (char **stop = g->p.stop; *stop; stop++) {
-                        const char *hit = n > 0 ? memmem(g->held.data, n, *stop, strlen(*stop)) : NULL;
-                        if (hit) {
-                                n = (size_t)((const uint8_t *)hit - g->held.data);
-                                gen_finish(g, 0, "stop");
-                                final = true;
-                                keep = 0;
-                                break;
-                        }
-                        /* The longest suffix of held that starts this stop string must wait. */
-                        size_t sl = strlen(*stop);
-                        for (size_t k = MIN(sl - 1, n); k > keep; k--)
-                                if (memcmp(g->held.data + n - k, *stop, k) == 0) {
-                                        keep = k;
-                                        break;
-                                }
-                }
-        if (!final) {
-                keep = MAX(keep, utf8_incomplete_tail(g->held.data, n));
-                n -= MIN(keep, n);
+        if (!final)
+                n -= MIN(utf8_incomplete_tail(g->held.data, n), n);
+        if (n > 0)
+                k = engine_stop_push(g->stop, (const char *)g->held.data, n, &out);
+        if (k < 0)
+                return k;
+        memmove(g->held.data, g->held.data + n, g->held.len - n);
+        g->held.len -= n;
+        if (k > 0)
+                gen_finish(g, 0, "stop");
+        else if (final) {
+                k = engine_stop_flush(g->stop, &out);
+                if (k < 0)
+                        return k;
         }
-        if (n == 0 && !(g->p.return_tokens && token >= 0))
-                goto shift;
+        if (out.len == 0 && !(g->p.return_tokens && token >= 0))
+                return 0;
 
         Chunk *c = calloc(1, sizeof(*c));
         if (!c)
                 return -ENOMEM;
         c->gen = g;
         c->token = token;
-        c->text = strndup((const char *)g->held.data, n);
+        c->text = out.len > 0 ? buf_steal_str(&out) : strdup("");
         if (!c->text) {
                 free(c);
                 return -ENOMEM;
         }
         executor_post(s, gen_chunk_main, c);
-shift:
-        if (g->finished) {
-                g->held.len = 0;
-                return 0;
-        }
-        memmove(g->held.data, g->held.data + n, g->held.len - n);
-        g->held.len -= n;
         return 0;
 }
 
@@ -366,8 +381,9 @@ static void executor_step(Scheduler *s, LoadedModel *lm, Gen **gens, size_t n) {
                 }
                 if (g->finished)
                         continue;
-                bool full = g->n_prompt + g->n_generated >= lm->n_ctx;
-                if ((g->p.num_predict >= 0 && g->n_generated >= (uint32_t)g->p.num_predict) || full) {
+                /* Ollama's num_predict: -1 no limit, -2 until the context is full; the context ends it anyway. */
+                if (engine_predict_done(g->p.num_predict, g->n_generated, (uint32_t)(g->n_prompt + g->n_generated),
+                                        lm->n_ctx)) {
                         (void)gen_emit(g, -1, true);
                         gen_finish(g, 0, "length");
                 }
@@ -410,6 +426,12 @@ static void *executor_main(void *userdata) {
                                 if (lm->load_error >= 0)
                                         s->ops->info(lm->model, &lm->info);
                                 executor_post(s, model_loaded_main, lm);
+                        } else if (c->kind == CMD_EMBED) {
+                                Embedding *e = c->embedding;
+                                for (size_t i = 0; e->result >= 0 && i < e->n_inputs; i++)
+                                        e->result = s->ops->embed(lm->model, e->tokens[i], (uint32_t)e->n_tokens[i],
+                                                                  e->vectors + i * e->n_embd, &e->err);
+                                executor_post(s, embed_done_main, e);
                         } else {
                                 if (lm->model)
                                         s->ops->unload(lm->model);
@@ -478,7 +500,89 @@ static void waiter_free(Waiter *w) {
         request_unref(w->request);
         free(w->text);
         free(w->tokens);
+        strv_free(w->inputs);
         free(w);
+}
+
+static void embedding_free(Embedding *e) {
+        if (!e)
+                return;
+        for (size_t i = 0; i < e->n_inputs; i++)
+                free(e->tokens ? e->tokens[i] : NULL);
+        free(e->tokens);
+        free(e->n_tokens);
+        free(e->vectors);
+        request_unref(e->request);
+        free(e);
+}
+
+static void embed_done_main(Manager *m, void *userdata) {
+        Embedding *e = userdata;
+        LoadedModel *lm = e->lm;
+        Reply rep;
+
+        if (e->result < 0)
+                request_reply_error(e->request, e->result, "%s", e->err.code ? e->err.msg : "Embedding failed.");
+        else {
+                size_t n_tokens = 0;
+                reply_init(&rep);
+                int k = msgpack_pack_map(&rep.pk, 3) < 0 || proto_pack_kv_str(&rep.pk, "model", lm->name) < 0 ||
+                                        proto_pack_key(&rep.pk, "embeddings") < 0 ||
+                                        msgpack_pack_array(&rep.pk, e->n_inputs) < 0
+                                ? -ENOMEM
+                                : 0;
+                for (size_t i = 0; k >= 0 && i < e->n_inputs; i++) {
+                        n_tokens += e->n_tokens[i];
+                        k = msgpack_pack_array(&rep.pk, e->n_embd) < 0 ? -ENOMEM : 0;
+                        for (uint32_t j = 0; k >= 0 && j < e->n_embd; j++)
+                                k = msgpack_pack_float(&rep.pk, e->vectors[i * e->n_embd + j]) < 0 ? -ENOMEM : 0;
+                }
+                if (k >= 0)
+                        k = proto_pack_kv_u64(&rep.pk, "prompt_eval_count", n_tokens);
+                if (k >= 0)
+                        request_reply(e->request, &rep);
+                else
+                        request_reply_error(e->request, k, NULL);
+                reply_done(&rep);
+        }
+        embedding_free(e);
+        model_release(lm);
+}
+
+/* Tokenizes the inputs and hands them to the executor; the model's user count stays up until it is done. */
+static void embed_start(Scheduler *s, LoadedModel *lm, Waiter *w) {
+        size_t n = 0;
+        while (w->inputs[n])
+                n++;
+        Embedding *e = calloc(1, sizeof(*e));
+        if (e) {
+                e->lm = lm;
+                e->request = request_ref(w->request);
+                e->n_inputs = n;
+                e->n_embd = lm->info.n_embd;
+                e->tokens = calloc(MAX(n, (size_t)1), sizeof(int32_t *));
+                e->n_tokens = calloc(MAX(n, (size_t)1), sizeof(size_t));
+                e->vectors = calloc(MAX(n * e->n_embd, (size_t)1), sizeof(float));
+        }
+        if (!e || !e->tokens || !e->n_tokens || !e->vectors) {
+                request_reply_error(w->request, ENOMEM, NULL);
+                embedding_free(e);
+                model_release(lm);
+                return;
+        }
+        for (size_t i = 0; i < n; i++) {
+                int k = s->ops->tokenize(lm->model, w->inputs[i], strlen(w->inputs[i]), true, &e->tokens[i],
+                                         &e->n_tokens[i]);
+                if (k < 0 || e->n_tokens[i] == 0 || e->n_tokens[i] > lm->n_ctx) {
+                        request_reply_error(w->request, k < 0 ? k : EMSGSIZE,
+                                            k < 0 ? "Failed to tokenize input %zu." :
+                                                    "Input %zu is empty or longer than the context.", i);
+                        embedding_free(e);
+                        model_release(lm);
+                        return;
+                }
+        }
+        executor_send(s, CMD_EMBED, lm, e);
 }
 
 static void gen_free(Gen *g) {
@@ -492,6 +596,7 @@ static void gen_free(Gen *g) {
         free(g->prompt);
         buf_free(&g->held);
         buf_free(&g->response);
+        engine_stop_free(g->stop);
         free(g);
 }
 
@@ -503,7 +608,7 @@ static void model_unload(LoadedModel *lm) {
         log_info("Unloading model '%s'.", lm->name);
         lm->state = MODEL_UNLOADING;
         lm->timer = sd_event_source_disable_unref(lm->timer);
-        executor_send(s, CMD_UNLOAD, lm);
+        executor_send(s, CMD_UNLOAD, lm, NULL);
 }
 
 static int model_timer(sd_event_source *src, uint64_t usec, void *userdata) {
@@ -658,6 +763,9 @@ static void serve_one(LoadedModel *lm, Waiter *w) {
         } else if (w->kind == WAITER_LOAD) {
                 reply_loaded(w->request, lm);
                 lm->n_users--;
+        } else if (w->kind == WAITER_EMBED) {
+                /* The model's user count stays up until the executor is done. */
+                embed_start(s, lm, w);
         } else {
                 (void)tokenize_reply(s, w->request, lm, w->text, w->tokens, w->n_tokens);
                 lm->n_users--;
@@ -755,6 +863,7 @@ static void gen_done_main(Manager *m, void *userdata) {
         } else {
                 reply_init(&rep);
                 int k = msgpack_pack_map(&rep.pk, g->p.stream ? 8 : 9) < 0 ? -ENOMEM : 0;
+                const char *text = g->response.data ? (const char *)g->response.data : "";
                 if (k >= 0)
                         k = proto_pack_kv_str(&rep.pk, "model", lm->name);
                 if (k >= 0)
@@ -771,8 +880,14 @@ static void gen_done_main(Manager *m, void *userdata) {
                         k = proto_pack_kv_u64(&rep.pk, "eval_duration_ns", g->eval_ns);
                 if (k >= 0)
                         k = proto_pack_kv_u64(&rep.pk, "total_duration_ns", now_ns() - g->start_ns);
-                if (k >= 0 && !g->p.stream)
-                        k = proto_pack_kv_str(&rep.pk, "response", g->response.data ? (const char *)g->response.data : "");
+                if (k >= 0 && !g->p.stream && !g->p.chat)
+                        k = proto_pack_kv_str(&rep.pk, "response", text);
+                if (k >= 0 && !g->p.stream && g->p.chat)
+                        k = proto_pack_key(&rep.pk, "message") < 0 || msgpack_pack_map(&rep.pk, 2) < 0 ||
+                                            proto_pack_kv_str(&rep.pk, "role", "assistant") < 0 ||
+                                            proto_pack_kv_str(&rep.pk, "content", text) < 0
+                                    ? -ENOMEM
+                                    : 0;
                 if (k >= 0)
                         request_reply(g->request, &rep);
                 else
@@ -847,7 +962,7 @@ static int model_start_load(Scheduler *s, const char *name, const char *path, ui
         s->n_models++;
         s->used += estimate;
         log_info("Loading model '%s' from %s.", name, path);
-        executor_send(s, CMD_LOAD, lm);
+        executor_send(s, CMD_LOAD, lm, NULL);
         *ret = lm;
         return 0;
 }
@@ -1031,6 +1146,11 @@ int scheduler_generate(Scheduler *s, Request *r, GenerateParams *p, QdError *err
         int k = need_backend(s, "Generate", err);
         if (k < 0)
                 return k;
+        if (s->ops->check_sampler) {
+                k = s->ops->check_sampler(&p->sampler, err);
+                if (k < 0)
+                        return k;
+        }
 
         Gen *g = calloc(1, sizeof(*g));
         Waiter *w = calloc(1, sizeof(*w));
@@ -1044,6 +1164,18 @@ int scheduler_generate(Scheduler *s, Request *r, GenerateParams *p, QdError *err
         *p = (GenerateParams){};
         g->request = request_ref(r);
         atomic_init(&g->cancel, false);
+        size_t n_stop = 0;
+        while (g->p.stop && g->p.stop[n_stop])
+                n_stop++;
+        k = engine_stop_new((const char *const *)g->p.stop, n_stop, &g->stop);
+        if (k < 0) {
+                free(w);
+                gen_free(g);
+                if (k == -ENOMEM)
+                        return k;
+                return qd_error_set(err, k, k == -EMSGSIZE ? "Option 'stop' takes up to 64 strings of up to 4096 bytes."
+                                                         : "Option 'stop' must not hold an empty string.");
+        }
         request_set_cancel(r, gen_cancel, g);
         w->kind = WAITER_GENERATE;
         w->request = request_ref(r);
@@ -1115,6 +1247,29 @@ int scheduler_tokenize(Scheduler *s, Request *r, const char *model, const char *
                 return -ENOMEM;
         }
         return scheduler_acquire(s, model, w, s->manager->config.keep_alive_ns, s->manager->config.num_ctx, err);
+}
+
+int scheduler_embed(Scheduler *s, Request *r, const char *model, char **inputs, int64_t keep_alive_ns,
+                    bool keep_alive_set, QdError *err) {
+        int k = need_backend(s, "Embed", err);
+        if (k < 0) {
+                strv_free(inputs);
+                return k;
+        }
+        if (!s->ops->embed) {
+                strv_free(inputs);
+                return qd_error_set(err, EOPNOTSUPP, "The %s backend computes no embeddings.", s->ops->name);
+        }
+        Waiter *w = calloc(1, sizeof(*w));
+        if (!w) {
+                strv_free(inputs);
+                return -ENOMEM;
+        }
+        w->kind = WAITER_EMBED;
+        w->request = request_ref(r);
+        w->inputs = inputs;
+        return scheduler_acquire(s, model, w, keep_alive_set ? keep_alive_ns : s->manager->config.keep_alive_ns,
+                                 s->manager->config.num_ctx, err);
 }
 
 int scheduler_pack_ps(Scheduler *s, msgpack_packer *pk) {

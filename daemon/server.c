@@ -438,7 +438,7 @@ static int bind_socket(Manager *m) {
         m->socket_bound = true;
         if (!m->user && m->have_group && chown(m->socket_path, (uid_t)-1, m->group_gid) < 0)
                 log_warning_errno(errno, "Failed to give %s to group '%s', ignoring: %m", m->socket_path,
-                                  m->config.group);
+                                  manager_group(m));
         if (listen(fd, SOMAXCONN) < 0)
                 return log_error_errno(errno, "Failed to listen on %s: %m", m->socket_path);
         m->listen_fd = TAKE_FD(fd);
@@ -448,15 +448,13 @@ static int bind_socket(Manager *m) {
 int server_listen(Manager *m) {
         int n, k;
 
-        if (m->config.group) {
-                struct group *g = getgrnam(m->config.group);
-                if (g) {
-                        m->have_group = true;
-                        m->group_gid = g->gr_gid;
-                } else if (!m->user)
-                        log_notice("Group '%s' does not exist; only root and uid %u may change the store.",
-                                   m->config.group, (unsigned)getuid());
-        }
+        struct group *g = getgrnam(manager_group(m));
+        if (g) {
+                m->have_group = true;
+                m->group_gid = g->gr_gid;
+        } else if (!m->user)
+                log_notice("Group '%s' does not exist; only root and uid %u may change the store.", manager_group(m),
+                           (unsigned)getuid());
 
         n = sd_listen_fds(true);
         if (n < 0)

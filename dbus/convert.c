@@ -92,10 +92,12 @@ static int check_depth(unsigned depth, QdError *err) {
 
 static int pack_fd(msgpack_packer *pk, int fd, DbusFds *fds, QdError *err) {
         if (fds->n >= PROTO_FDS_MAX)
-                return qd_error_set(err, EMSGSIZE, "A call may pass at most %u file descriptors.", PROTO_FDS_MAX);
+                return qd_error_set(err, EMSGSIZE, "A call may pass at most %u file descriptors.",
+                                    PROTO_FDS_MAX);
         int copy = fcntl(fd, F_DUPFD_CLOEXEC, 3);
         if (copy < 0)
-                return qd_error_set(err, errno, "Failed to take the passed file descriptor: %s.", strerror(errno));
+                return qd_error_set(err, errno, "Failed to take the passed file descriptor: %s.",
+                                    strerror(errno));
         if (msgpack_pack_uint64(pk, fds->n) < 0) {
                 safe_close(copy);
                 return -ENOMEM;
@@ -300,8 +302,8 @@ int dbus_read_params(sd_bus_message *m, const char *names, size_t n_typed, msgpa
                 for (size_t i = 0; i < n_typed; i++, name += strlen(name) + 1)
                         if (streq(name, key)) {
                                 k = qd_error_set(err, EINVAL,
-                                                 "Parameter '%s' is an argument of its own; leave it out of the "
-                                                 "a{sv}.", key);
+                                                 "Parameter '%s' is an argument of its own; leave it out of "
+                                                 "the a{sv}.", key);
                                 break;
                         }
                 for (size_t i = 0; k >= 0 && i < n_seen; i++)
@@ -449,10 +451,12 @@ static int append_map(sd_bus_message *m, const msgpack_object *o, unsigned depth
         for (uint32_t i = 0; i < o->via.map.size; i++) {
                 const msgpack_object_kv *kv = &o->via.map.ptr[i];
 
-                if (kv->key.type != MSGPACK_OBJECT_STR || !dbus_utf8_valid(kv->key.via.str.ptr, kv->key.via.str.size))
+                const msgpack_object *key = &kv->key;
+
+                if (key->type != MSGPACK_OBJECT_STR || !dbus_utf8_valid(key->via.str.ptr, key->via.str.size))
                         return qd_error_set(err, EBADMSG, "A map key is %s, not a text string; a{sv} needs one.",
-                                            kv->key.type == MSGPACK_OBJECT_STR ? "a string that is not UTF-8"
-                                                                               : proto_object_type_name(&kv->key));
+                                            key->type == MSGPACK_OBJECT_STR ? "a string that is not UTF-8"
+                                                                            : proto_object_type_name(key));
                 if (kv->val.type == MSGPACK_OBJECT_NIL)
                         continue;
                 k = sd_bus_message_open_container(m, 'e', "sv");

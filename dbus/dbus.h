@@ -110,3 +110,40 @@ typedef void (*DbusPolkitHandler)(int result, const char *message, void *userdat
  */
 int dbus_polkit_check(sd_bus *bus, sd_bus_message *call, const char *action, DbusPolkitHandler handler,
                       void *userdata, sd_bus_slot **ret_slot);
+
+/* ---- the front end (front.c): main thread only ---- */
+
+typedef struct Manager Manager;
+typedef struct DbusFront DbusFront;
+
+typedef struct DbusFrontOptions {
+        /* A connected bus to serve on; NULL: the session bus when user is set, else the system bus. */
+        sd_bus *bus;
+        /* The session bus of quantd --user, where every caller is the daemon's user. */
+        bool user;
+        /* Ask polkit before store-changing methods from callers the socket's rules do not trust (system bus). */
+        bool polkit;
+} DbusFrontOptions;
+
+/*
+ * The Manager interface's vtable, the one description of the methods, their D-Bus arguments and the
+ * properties; every method of the daemon's table has an entry of the same name.
+ */
+extern const sd_bus_vtable dbus_manager_vtable[];
+
+/*
+ * Connects (or takes o->bus), attaches the bus to the manager's event loop, registers the objects and asks for
+ * the name org.quantd.Quantd1 (a failure to get it is logged when it comes). Calls are served once the manager's
+ * loop runs. Returns 0, or -errno (logged) when the bus cannot be reached: the daemon then serves its socket
+ * only.
+ */
+int dbus_front_new(DbusFront **ret, Manager *m, const DbusFrontOptions *o);
+
+/*
+ * Ends the front end before the manager: calls in flight get a ShuttingDown error, their requests are detached
+ * (generations cancelled, jobs kept), the name is released and the bus flushed and closed. NULL-safe; returns
+ * NULL.
+ */
+DbusFront *dbus_front_free(DbusFront *f);
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(DbusFront *, dbus_front_free);

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The D-Bus error names of quantd: one table that turns the daemon's errno values into
- * org.quantd.Quantd1.Error.* names on the way out, and (registered with sd-bus) names back into errno values in
- * C clients. The errno meanings are the fixed set of the house style; org.quantd.Quantd1(5) documents the table.
+ * org.quantd.Quantd1.Error.* names on the way out, and (registered with sd-bus) names back into errno values
+ * in C clients. The errno meanings are the fixed set of the house style; org.quantd.Quantd1(5) documents the
+ * table.
  *
  * DESIGN: errors are translated once, here, at the edge. The daemon's handlers know only errno values and
  * sentences; the socket server sends the errno's name ("ENOENT"), the D-Bus front end sends this table's name,

@@ -5,7 +5,8 @@
  *
  * DESIGN: the subject is the caller's unique bus name ("system-bus-name"), which polkit resolves to a process
  * and a user itself; we pass no pid or uid of our own that could be stale. An authority that cannot be asked
- * (not installed, not running, crashed, timed out) means "denied", with a sentence that says so, never "allowed".
+ * (not installed, not running, crashed, timed out) means "denied", with a sentence that says so, never
+ * "allowed".
  */
 
 #include "dbus.h"
@@ -36,23 +37,30 @@ static int decide(sd_bus_message *reply, const char *action, char *msg, size_t s
 
         if (e) {
                 snprintf(msg, size,
-                         "Authorization could not be checked: polkit (%s) did not answer: %s; the request is denied. "
-                         "Is polkitd installed and running?", POLKIT_NAME, e->message ?: e->name);
+                         "Authorization could not be checked, so the request is denied: polkit (%s) did not "
+                         "answer (%s). Is polkitd installed and running?",
+                         POLKIT_NAME, e->message ?: e->name);
                 return -EACCES;
         }
-        k = sd_bus_message_read(reply, "(bb", &authorized, &challenge);
+        k = sd_bus_message_enter_container(reply, 'r', "bba{ss}");
+        if (k >= 0)
+                k = sd_bus_message_read(reply, "bb", &authorized, &challenge);
+        if (k == 0)
+                k = -EBADMSG;
         if (k < 0) {
                 snprintf(msg, size,
-                         "Authorization could not be checked: polkit's answer could not be read (%s); the request is "
-                         "denied.", strerror(-k));
+                         "Authorization could not be checked, so the request is denied: polkit's answer could "
+                         "not be read (%s).",
+                         strerror(-k));
                 return -EACCES;
         }
         if (authorized)
                 return 1;
         if (challenge)
                 snprintf(msg, size,
-                         "Not authorized to perform '%s' without authentication: allow interactive authorization in "
-                         "the call and run a polkit agent, or ask an administrator.", action);
+                         "Not authorized to perform '%s' without authentication: allow interactive "
+                         "authorization in the call and run a polkit agent, or ask an administrator.",
+                         action);
         else
                 snprintf(msg, size, "Not authorized: polkit denies '%s' to this caller.", action);
         return -EPERM;
@@ -99,7 +107,8 @@ int dbus_polkit_check(sd_bus *bus, sd_bus_message *call, const char *action, Dbu
                 query_free(q);
                 return -ENOMEM;
         }
-        k = sd_bus_call_async(bus, &slot, m, reply_handler, q, interactive ? POLKIT_INTERACTIVE_TIMEOUT_USEC : 0);
+        k = sd_bus_call_async(bus, &slot, m, reply_handler, q,
+                              interactive ? POLKIT_INTERACTIVE_TIMEOUT_USEC : 0);
         if (k < 0) {
                 query_free(q);
                 return k;

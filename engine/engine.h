@@ -477,6 +477,31 @@ int engine_decode_all(EngineModel *m, EngineSeq *seq, const int32_t *tokens, uin
  * floats). Uses a temporary sequence. Errors as engine_decode(); -EINVAL for no tokens. */
 int engine_embed(EngineModel *m, const int32_t *tokens, uint32_t n_tokens, float *ret, QdError *err);
 
+/* ---- perplexity ---- */
+
+typedef struct EnginePerplexity {
+        double ppl;       /* exp(mean_nll) */
+        double ppl_err;   /* ppl × the standard error of mean_nll */
+        double mean_nll;  /* mean negative log-likelihood per scored token, in nats */
+        uint64_t n_scored; /* tokens scored: n_chunks × (n_ctx - 1 - n_ctx / 2) */
+        uint32_t n_chunks;
+} EnginePerplexity;
+
+/* Called after each chunk with the estimate over the chunks so far. */
+typedef void (*EnginePerplexityFn)(void *userdata, uint32_t chunk, uint32_t n_chunks, double ppl);
+
+/*
+ * Perplexity of m over tokens by llama-perplexity's method: consecutive chunks of n_ctx tokens (at most
+ * max_chunks, 0 = all; a shorter remainder is dropped), each from an empty sequence with its first token
+ * replaced by BOS when the vocabulary adds one, the second half of each chunk scored. The model's n_batch must
+ * be at least n_ctx for the chunks to run as one batch, as llama-perplexity runs them (smaller works, in
+ * pieces). progress may be NULL. Errors: -EINVAL (n_ctx < 4, fewer tokens than one chunk, bad arguments; with
+ * a sentence in err), and those of engine_decode().
+ */
+int engine_perplexity(EngineModel *m, const int32_t *tokens, size_t n_tokens, uint32_t n_ctx,
+                      uint32_t max_chunks, EnginePerplexityFn progress, void *userdata, EnginePerplexity *ret,
+                      QdError *err);
+
 DEFINE_TRIVIAL_CLEANUP_FUNC(EngineModel *, engine_model_unref);
 DEFINE_TRIVIAL_CLEANUP_FUNC(EngineSeq *, engine_seq_free);
 /* ---- vocabulary and tokenizers ---- */
@@ -517,6 +542,10 @@ typedef enum EngineTokenType {
  */
 int engine_vocab_new(const Gguf *g, EngineVocab **ret, QdError *err);
 EngineVocab *engine_vocab_free(EngineVocab *v);
+
+/* The vocabulary of a loaded model (read at load time; borrowed, valid as long as m), or NULL when the file has
+ * no tokenizer.ggml.* metadata. A file whose tokenizer metadata is present but unusable fails to load. */
+const EngineVocab *engine_model_vocab(const EngineModel *m);
 
 EngineVocabKind engine_vocab_kind(const EngineVocab *v);
 /* The pre-tokenizer in use, by tokenizer.ggml.pre's name ("default" when the key is absent). */

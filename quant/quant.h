@@ -6,8 +6,9 @@
  * mixtures do (Q4_K_M, …), and rewrites whole GGUF files.
  *
  * Thread safety: the row functions and the type choice are pure and may be called from any thread at once.
- * quant_file() runs on the calling thread plus the worker threads it starts and joins itself; its progress
- * callback is called on the calling thread.
+ * quant_file() runs on the calling thread plus the worker threads it starts and joins itself (with every
+ * signal blocked); its progress callback is called on the calling thread. quant_eval() runs the models on the
+ * calling thread, which must be the only one using them meanwhile.
  */
 
 #include <stdatomic.h>
@@ -89,7 +90,7 @@ typedef struct QuantParams {
         void *userdata;
 } QuantParams;
 
-/* Q8_0, one thread per CPU, no promotions disabled, nothing overridden. */
+/* Q8_0 with llama-quantize's rules, one thread per CPU, nothing overridden, no requantizing. */
 QuantParams quant_params_default(void);
 
 /* What the type choice needs to know about the model besides its tensor table. */
@@ -110,10 +111,9 @@ int quant_model_shape_from_gguf(const Gguf *g, QuantModelShape *ret);
  * mixture: which tensors are quantized at all (2-D weights other than norms), the promotions of output,
  * embeddings, attn_v, ffn_down, attn_output by layer, the fallbacks for rows that the chosen type's blocks
  * do not divide (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, Q2_K/Q3_K → IQ4_NL, and F16 when those do not divide
- * it either), then
- * --pure, --leave-output-tensor and the overrides. Tensors that stay as they are get their own type.
- * ret_types has n entries. Errors: -EINVAL with a message for a bad pattern or an override type that the
- * tensor's rows cannot hold; -ENOMEM.
+ * it either), then --pure, --leave-output-tensor and the overrides. Tensors that stay as they are get their
+ * own type. ret_types has n entries. Errors: -EINVAL with a message for a bad pattern or an override type
+ * that the tensor's rows cannot hold, -EOPNOTSUPP for an override type we cannot write; -ENOMEM.
  */
 int quant_choose_types(const QuantParams *params, const QuantModelShape *shape, const GgufTensor *tensors,
                        size_t n, uint32_t *ret_types, QdError *err);
@@ -130,3 +130,38 @@ int quant_choose_types(const QuantParams *params, const QuantModelShape *shape, 
  * message in err.
  */
 int quant_file(const Gguf *src, int fd, const QuantParams *params, QdError *err);
+
+/* ---- evaluation ---- */
+
+typedef struct QuantEvalParams {
+        uint32_t n_ctx;      /* tokens per chunk, as llama-perplexity's -c; 0: 512 */
+        uint32_t max_chunks; /* 0: every whole chunk the text holds */
+        const atomic_bool *cancel;
+        /* Called after each chunk on the calling thread; may be NULL. */
+        void (*progress)(void *userdata, size_t chunk, size_t n_chunks);
+        void *userdata;
+} QuantEvalParams;
+
+typedef struct QuantEvalResult {
+        uint32_t n_chunks;
+        uint64_t n_scored; /* tokens whose probability was scored */
+        double ppl;        /* perplexity of the model */
+        double ppl_base;   /* of the base model; 0 without one */
+        double kld_mean;   /* mean KL divergence KL(base || model) per scored token, in nats */
+        double kld_p99;    /* its 99th percentile (nearest rank) */
+        double top1;       /* share of scored positions where both models' most likely token agree */
+        uint64_t file_size;
+        double bpw; /* bits per weight: tensor bytes * 8 / elements */
+} QuantEvalResult;
+
+/*
+ * Perplexity of m on text by llama-perplexity's method: the text is tokenized (with BOS when the vocabulary
+ * adds one), cut into chunks of n_ctx tokens whose first token is replaced by BOS, each chunk evaluated from
+ * an empty cache, and only the second half of each chunk scored (every token there has at least n_ctx/2
+ * tokens of context). With a base model (same vocabulary) also the KL divergence from the base's
+ * distribution, its 99th percentile and the top-1 agreement, on the same positions. The models must not be
+ * used by another thread meanwhile. Errors: -EINVAL (a text shorter than one chunk, different vocabularies,
+ * bad n_ctx), -ECANCELED, the engine's errors; with a message in err.
+ */
+int quant_eval(EngineModel *m, EngineModel *base, const char *text, size_t len, const QuantEvalParams *p,
+               QuantEvalResult *ret, QdError *err);

@@ -46,8 +46,28 @@ static void archive_entryp(struct archive_entry **e) {
                 archive_entry_free(*e);
 }
 
+typedef struct Progress {
+        registry_progress_fn fn;
+        void *userdata;
+        const char *digest;
+        const char *status;
+        uint64_t last;
+} Progress;
+
+static void report(Progress *p, RegistryProgressKind kind, uint64_t completed, uint64_t total, bool force) {
+        if (!p->fn || (!force && now_ns() - p->last < 250000000ULL))
+                return;
+        p->last = now_ns();
+        RegistryProgress ev = {.kind = kind,
+                               .digest = p->digest,
+                               .total = total,
+                               .completed = completed,
+                               .status = p->status};
+        p->fn(&ev, p->userdata);
+}
+
 static int write_entry(struct archive *a, const char *path, uint64_t size, int fd, const void *data,
-                       const atomic_bool *cancel, QdError *e) {
+                       Progress *progress, const atomic_bool *cancel, QdError *e) {
         _cleanup_(archive_entryp) struct archive_entry *ent = archive_entry_new();
         const size_t bufsize = 1U << 20;
         _cleanup_free_ uint8_t *buf = NULL;
@@ -83,12 +103,14 @@ static int write_entry(struct archive *a, const char *path, uint64_t size, int f
                         return qd_error_set(e, EIO, "Failed to write the archive: %s.",
                                             archive_error_string(a));
                 off += (uint64_t)n;
+                report(progress, REGISTRY_PROGRESS_LAYER, off, size, off == size);
         }
         return 0;
 }
 
 int registry_export(RegistryStore *s, const RegistryName *name, int fd, RegistryArchiveFormat format,
-                    const atomic_bool *cancel, QdError *e) {
+                    registry_progress_fn progress, void *userdata, const atomic_bool *cancel, QdError *e) {
+        Progress pr = {.fn = progress, .userdata = userdata, .status = "exporting"};
         _cleanup_(registry_manifest_freep) RegistryManifest *m = NULL;
         _cleanup_(archive_writep) struct archive *a = NULL;
         _cleanup_free_ char *raw = NULL, *rel = NULL, *mpath = NULL;
@@ -127,7 +149,7 @@ int registry_export(RegistryStore *s, const RegistryName *name, int fd, Registry
         mpath = strdup_printf("manifests/%s", rel);
         if (!mpath)
                 return qd_error_set(e, ENOMEM, "Out of memory.");
-        r = write_entry(a, mpath, strlen(raw), -1, raw, cancel, e);
+        r = write_entry(a, mpath, strlen(raw), -1, raw, &pr, cancel, e);
         if (r < 0)
                 return r;
         for (size_t i = 0; i <= m->n_layers; i++) {
@@ -143,12 +165,16 @@ int registry_export(RegistryStore *s, const RegistryName *name, int fd, Registry
                 if (r < 0)
                         return r;
                 snprintf(path, sizeof(path), "blobs/sha256-%s", l->digest + 7);
-                r = write_entry(a, path, l->size, bfd, NULL, cancel, e);
+                pr.digest = l->digest;
+                report(&pr, REGISTRY_PROGRESS_LAYER, 0, l->size, true);
+                r = write_entry(a, path, l->size, bfd, NULL, &pr, cancel, e);
                 if (r < 0)
                         return r;
         }
         if (archive_write_close(a) != ARCHIVE_OK)
                 return qd_error_set(e, EIO, "Failed to finish the archive: %s.", archive_error_string(a));
+        pr.digest = NULL;
+        report(&pr, REGISTRY_PROGRESS_DONE, 0, 0, true);
         return 0;
 }
 
@@ -213,8 +239,8 @@ static int check_entry_type(struct archive_entry *ent, const char *path, QdError
         return 0;
 }
 
-static int read_blob_entry(RegistryStore *s, struct archive *a, Pending *p, const atomic_bool *cancel,
-                           QdError *e) {
+static int read_blob_entry(RegistryStore *s, struct archive *a, Pending *p, Progress *progress,
+                           const atomic_bool *cancel, QdError *e) {
         const size_t bufsize = 1U << 20;
         _cleanup_free_ uint8_t *buf = malloc(bufsize);
         char got[REGISTRY_DIGEST_MAX];
@@ -260,6 +286,7 @@ static int read_blob_entry(RegistryStore *s, struct archive *a, Pending *p, cons
                                          strerror(-r));
                         break;
                 }
+                report(progress, REGISTRY_PROGRESS_LAYER, total, p->layer->size, total == p->layer->size);
         }
         if (r >= 0)
                 r = sha256_final(&h, got);
@@ -281,8 +308,9 @@ static int read_blob_entry(RegistryStore *s, struct archive *a, Pending *p, cons
         return 0;
 }
 
-int registry_import(RegistryStore *s, int fd, const RegistryName *rename, const atomic_bool *cancel,
-                    RegistryName *ret_name, QdError *e) {
+int registry_import(RegistryStore *s, int fd, const RegistryName *rename, registry_progress_fn progress,
+                    void *userdata, const atomic_bool *cancel, RegistryName *ret_name, QdError *e) {
+        Progress pr = {.fn = progress, .userdata = userdata, .status = "importing"};
         _cleanup_(archive_readp) struct archive *a = archive_read_new();
         _cleanup_(registry_manifest_freep) RegistryManifest *m = NULL;
         _cleanup_free_ char *raw = NULL;
@@ -415,7 +443,9 @@ int registry_import(RegistryStore *s, int fd, const RegistryName *rename, const 
                                 (intmax_t)archive_entry_size(ent), (uintmax_t)p->layer->size);
                         goto fail;
                 }
-                r = read_blob_entry(s, a, p, cancel, e);
+                pr.digest = p->layer->digest;
+                report(&pr, REGISTRY_PROGRESS_LAYER, 0, p->layer->size, true);
+                r = read_blob_entry(s, a, p, &pr, cancel, e);
                 if (r < 0)
                         goto fail;
         }
@@ -445,6 +475,8 @@ int registry_import(RegistryStore *s, int fd, const RegistryName *rename, const 
                 goto fail;
         if (ret_name)
                 *ret_name = name;
+        pr.digest = NULL;
+        report(&pr, REGISTRY_PROGRESS_DONE, 0, 0, true);
         return 0;
 fail:
         pending_cleanup(s, pending, n_pending);

@@ -376,7 +376,7 @@ static int perform_once(Http *h, const char *method, const char *url, const char
 
 /* Fetches a token from the challenge's realm. */
 static int fetch_token(Http *h, const HttpChallenge *ch, QdError *e) {
-        _cleanup_free_ char *url = NULL, *esc_service = NULL, *esc_scope = NULL;
+        _cleanup_free_ char *url = NULL;
         HttpResponse resp = {.max_body = 1U << 20};
         char errbuf[CURL_ERROR_SIZE];
         CURLcode code = CURLE_OK;

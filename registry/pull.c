@@ -21,6 +21,7 @@
 
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -28,6 +29,29 @@
 #include "registry-http.h"
 
 typedef struct Download Download;
+
+/*
+ * The follower: one thread per blob download that hashes the blob's written prefix as it grows and writes
+ * the checkpoints (fdatasync, then the part state), so that neither the hash nor the disk flush holds up the
+ * thread that drives the network.
+ */
+typedef struct Follower {
+        pthread_t thread;
+        bool running;
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        /* protected by lock: */
+        uint64_t watermark; /* bytes [0, watermark) of the blob are written and will not change */
+        uint64_t *snapshot; /* (n_parts) part counters to checkpoint, or NULL */
+        bool finish;        /* hash up to the blob's size, then end */
+        int error;          /* negative errno of a failed read or checkpoint */
+        bool done;          /* digest is final */
+        atomic_bool abort;  /* end now */
+        /* owned by the thread while it runs: */
+        Sha256 hash;
+        uint64_t hashed;
+        char digest[REGISTRY_DIGEST_MAX];
+} Follower;
 
 typedef struct Part {
         Download *dl;
@@ -60,7 +84,10 @@ struct Download {
         size_t active;
         bool ranges_unsupported;
         uint64_t start; /* now_ns() when the transfers began, for the bandwidth cap */
-        int fatal;      /* negative errno that ends the download, 0 while fine */
+        Follower follower;
+        uint64_t watermark_sent; /* last watermark handed to the follower */
+        size_t first_open;       /* parts before this one are complete */
+        int fatal;               /* negative errno that ends the download, 0 while fine */
         QdError fatal_error;
         uint64_t transferred;
         uint64_t last_save;
@@ -112,21 +139,174 @@ static int set_parts(Download *dl, uint64_t part_size) {
         return 0;
 }
 
-static int save_state(Download *dl) {
+/* Writes the state file with the part counters done (n_parts); the data they describe must be synced. */
+static int write_state(Download *dl, const uint64_t *done) {
         Buf b = {};
         int r;
 
-        /* Data first: the state may only describe bytes that are durable. */
-        if (fdatasync(dl->fd) < 0)
-                return -errno;
         r = buf_printf(&b, "quantd-partial 1\n%s\n%" PRIu64 " %" PRIu64 "\n", dl->layer->digest,
                        dl->layer->size, dl->part_size);
         for (size_t i = 0; r >= 0 && i < dl->n_parts; i++)
-                r = buf_printf(&b, "%" PRIu64 "\n", dl->parts[i].done);
+                r = buf_printf(&b, "%" PRIu64 "\n", done[i]);
         if (r >= 0)
                 r = write_file_atomic(dl->store->blobs_fd, dl->state_name, b.data, b.len);
         buf_free(&b);
-        dl->last_save = now_ns();
+        return r;
+}
+
+/* A checkpoint from the network thread, when the follower is not running. */
+static int save_state(Download *dl) {
+        _cleanup_free_ uint64_t *done = calloc(MAX(dl->n_parts, (size_t)1), sizeof(uint64_t));
+
+        if (!done)
+                return -ENOMEM;
+        for (size_t i = 0; i < dl->n_parts; i++)
+                done[i] = dl->parts[i].done;
+        /* Data first: the state may only describe bytes that are durable. */
+        if (fdatasync(dl->fd) < 0)
+                return -errno;
+        return write_state(dl, done);
+}
+
+/* ---- the follower ---- */
+
+static void *follower_main(void *userdata) {
+        Download *dl = userdata;
+        Follower *f = &dl->follower;
+        const size_t bufsize = 1U << 20;
+        uint8_t *buf = malloc(bufsize);
+
+        pthread_mutex_lock(&f->lock);
+        if (!buf)
+                f->error = -ENOMEM;
+        while (!f->error && !f->done) {
+                while (!atomic_load(&f->abort) && !f->snapshot && f->hashed == f->watermark && !f->finish)
+                        pthread_cond_wait(&f->cond, &f->lock);
+                if (atomic_load(&f->abort))
+                        break;
+                uint64_t *snapshot = TAKE_PTR(f->snapshot);
+                uint64_t target = f->watermark;
+                bool finish = f->finish;
+                pthread_mutex_unlock(&f->lock);
+
+                int r = 0;
+                if (snapshot) {
+                        /* The counters were taken before this fdatasync, so every byte they claim is synced.
+                         */
+                        r = fdatasync(dl->fd) < 0 ? -errno : write_state(dl, snapshot);
+                        free(snapshot);
+                }
+                while (r >= 0 && f->hashed < target && !atomic_load(&f->abort)) {
+                        ssize_t n = pread(dl->fd, buf, (size_t)MIN((uint64_t)bufsize, target - f->hashed),
+                                          (off_t)f->hashed);
+                        if (n < 0 && errno == EINTR)
+                                continue;
+                        if (n <= 0) {
+                                r = n < 0 ? -errno : -EIO;
+                                break;
+                        }
+                        r = sha256_update(&f->hash, buf, (size_t)n);
+                        f->hashed += (uint64_t)n;
+                }
+                bool done = false;
+                if (r >= 0 && finish && f->hashed == dl->layer->size && !atomic_load(&f->abort)) {
+                        r = sha256_final(&f->hash, f->digest);
+                        done = r >= 0;
+                }
+                pthread_mutex_lock(&f->lock);
+                if (r < 0)
+                        f->error = r;
+                f->done = done;
+        }
+        pthread_mutex_unlock(&f->lock);
+        free(buf);
+        return NULL;
+}
+
+static int follower_start(Download *dl) {
+        Follower *f = &dl->follower;
+        int r;
+
+        *f = (Follower){};
+        r = sha256_init(&f->hash);
+        if (r < 0)
+                return r;
+        pthread_mutex_init(&f->lock, NULL);
+        pthread_cond_init(&f->cond, NULL);
+        r = -pthread_create(&f->thread, NULL, follower_main, dl);
+        if (r < 0) {
+                sha256_done(&f->hash);
+                pthread_cond_destroy(&f->cond);
+                pthread_mutex_destroy(&f->lock);
+                return r;
+        }
+        f->running = true;
+        dl->watermark_sent = 0;
+        dl->first_open = 0;
+        return 0;
+}
+
+/*
+ * Ends the follower: with finish, after it hashed the whole blob (ret_digest receives the digest); without,
+ * at once. Returns the follower's error, if it had one.
+ */
+static int follower_stop(Download *dl, bool finish, char ret_digest[REGISTRY_DIGEST_MAX]) {
+        Follower *f = &dl->follower;
+        int r;
+
+        if (!f->running)
+                return 0;
+        pthread_mutex_lock(&f->lock);
+        if (finish) {
+                f->watermark = dl->layer->size;
+                f->finish = true;
+        } else
+                atomic_store(&f->abort, true);
+        pthread_cond_signal(&f->cond);
+        pthread_mutex_unlock(&f->lock);
+        pthread_join(f->thread, NULL);
+        r = f->error;
+        if (r >= 0 && finish && f->done)
+                memcpy(ret_digest, f->digest, REGISTRY_DIGEST_MAX);
+        else if (r >= 0 && finish)
+                r = -ECANCELED;
+        free(f->snapshot);
+        f->snapshot = NULL;
+        sha256_done(&f->hash);
+        pthread_cond_destroy(&f->cond);
+        pthread_mutex_destroy(&f->lock);
+        f->running = false;
+        return r;
+}
+
+/* Hands the follower the new end of the written prefix, and a checkpoint every two seconds. */
+static int follower_update(Download *dl) {
+        Follower *f = &dl->follower;
+        uint64_t wm = dl->layer->size;
+        bool checkpoint = now_ns() - dl->last_save > 2000000000ULL;
+        int r;
+
+        while (dl->first_open < dl->n_parts &&
+               dl->parts[dl->first_open].done ==
+                       dl->parts[dl->first_open].end - dl->parts[dl->first_open].start)
+                dl->first_open++;
+        if (dl->first_open < dl->n_parts)
+                wm = dl->parts[dl->first_open].start + dl->parts[dl->first_open].done;
+        /* Wake the follower for every 4 MiB, not for every packet. */
+        if (wm - dl->watermark_sent < (4U << 20) && wm != dl->layer->size && !checkpoint)
+                return 0;
+        pthread_mutex_lock(&f->lock);
+        r = f->error;
+        f->watermark = wm;
+        if (checkpoint && !f->snapshot) {
+                f->snapshot = calloc(MAX(dl->n_parts, (size_t)1), sizeof(uint64_t));
+                for (size_t i = 0; f->snapshot && i < dl->n_parts; i++)
+                        f->snapshot[i] = dl->parts[i].done;
+                dl->last_save = now_ns();
+        }
+        pthread_cond_signal(&f->cond);
+        pthread_mutex_unlock(&f->lock);
+        dl->watermark_sent = wm;
         return r;
 }
 
@@ -193,6 +373,17 @@ static void throttle(Download *dl) {
                 double ahead = (double)dl->transferred - (double)cap * elapsed;
                 if (ahead <= 0)
                         break;
+                /*
+                 * One curl_multi_perform() may run many callbacks that all sleep here, so the loop's
+                 * periodic work (checkpoints, progress) happens here as well.
+                 */
+                int r = follower_update(dl);
+                if (r < 0 && dl->fatal >= 0) {
+                        dl->fatal = qd_error_set(&dl->fatal_error, r, "Failed to save or hash blob %s: %s.",
+                                                 dl->layer->digest, strerror(-r));
+                        break;
+                }
+                report(dl, REGISTRY_PROGRESS_LAYER, "pulling", false);
                 double ms = MIN(ahead / (double)cap * 1000.0, 50.0);
                 struct timespec ts = {0, (long)(ms * 1e6) + 1};
                 nanosleep(&ts, NULL);
@@ -272,6 +463,8 @@ static int start_part(Download *dl, Part *pt) {
         curl_easy_setopt(c, CURLOPT_HEADERDATA, pt);
         curl_easy_setopt(c, CURLOPT_PRIVATE, pt);
         curl_easy_setopt(c, CURLOPT_ERRORBUFFER, pt->errbuf);
+        /* Large reads: fewer write callbacks and pwrite() calls per byte. */
+        curl_easy_setopt(c, CURLOPT_BUFFERSIZE, 512L * 1024L);
         if (curl_multi_add_handle(dl->multi, c) != CURLM_OK) {
                 curl_slist_free_all(pt->headers);
                 pt->headers = NULL;
@@ -393,9 +586,16 @@ static int run_transfers(Download *dl, QdError *e) {
                         for (size_t i = 0; i < dl->n_parts; i++)
                                 stop_part(dl, &dl->parts[i]);
                         dl->ranges_unsupported = false;
+                        /* The prefix hashed so far will be written again: hash it again too. */
+                        (void)follower_stop(dl, false, NULL);
                         r = set_parts(dl, MAX(dl->layer->size, (uint64_t)4096));
-                        if (r < 0)
+                        if (r >= 0)
+                                r = follower_start(dl);
+                        if (r < 0) {
+                                r = qd_error_set(e, r, "Failed to restart the download of %s: %s.",
+                                                 dl->layer->digest, strerror(-r));
                                 break;
+                        }
                         continue;
                 }
                 r = 0;
@@ -431,13 +631,11 @@ static int run_transfers(Download *dl, QdError *e) {
                                 finish_part(dl, pt, msg->data.result);
                         }
                 report(dl, REGISTRY_PROGRESS_LAYER, "pulling", false);
-                if (now_ns() - dl->last_save > 2000000000ULL) {
-                        r = save_state(dl);
-                        if (r < 0) {
-                                r = qd_error_set(e, r, "Failed to save the download state of %s: %s.",
-                                                 dl->layer->digest, strerror(-r));
-                                break;
-                        }
+                r = follower_update(dl);
+                if (r < 0) {
+                        r = qd_error_set(e, r, "Failed to save or hash blob %s: %s.", dl->layer->digest,
+                                         strerror(-r));
+                        break;
                 }
                 curl_multi_poll(dl->multi, NULL, 0, 100, NULL);
         }
@@ -450,8 +648,8 @@ static int run_transfers(Download *dl, QdError *e) {
 
 /* ---- one blob ---- */
 
-/* Opens and locks the data file; -EBUSY when someone else downloads the blob. */
-static int lock_partial(Download *dl) {
+/* Opens and locks the data file into ret; -EBUSY when someone else downloads the blob. */
+static int lock_partial(Download *dl, int *ret) {
         for (;;) {
                 struct stat a, b;
                 _cleanup_close_ int fd = openat(dl->store->blobs_fd, dl->data_name,
@@ -470,7 +668,7 @@ static int lock_partial(Download *dl) {
                 }
                 if (a.st_ino != b.st_ino || a.st_dev != b.st_dev)
                         continue;
-                dl->fd = TAKE_FD(fd);
+                *ret = TAKE_FD(fd);
                 return 0;
         }
 }
@@ -507,6 +705,7 @@ static void wait_progress(Download *dl) {
 static int download_blob(Download *dl, QdError *e) {
         const RegistryLayer *l = dl->layer;
         const char *hex = l->digest + 7;
+        _cleanup_close_ int fd = -EBADF; /* the locked data file, dl->fd while we hold it */
         char got[REGISTRY_DIGEST_MAX];
         int r;
 
@@ -525,7 +724,7 @@ static int download_blob(Download *dl, QdError *e) {
                                 e, EBADMSG,
                                 "Blob %s in the store has the wrong size; remove it or run prune.",
                                 l->digest);
-                r = lock_partial(dl);
+                r = lock_partial(dl, &fd);
                 if (r >= 0)
                         break;
                 if (r != -EBUSY)
@@ -540,9 +739,9 @@ static int download_blob(Download *dl, QdError *e) {
                         nanosleep(&ts, NULL);
                 }
         }
-        _cleanup_close_ int fd_owner = dl->fd;
+        dl->fd = fd;
 
-        /* With the lock held, the blob may have appeared meanwhile; then the partial file is ours to drop.
+        /* With the lock held, the blob may have appeared meanwhile: then the partial file is ours to drop.
          */
         if (store_has_blob(dl->store, l->digest, l->size)) {
                 (void)unlinkat(dl->store->blobs_fd, dl->data_name, 0);
@@ -554,38 +753,52 @@ static int download_blob(Download *dl, QdError *e) {
         if (fstat(dl->fd, &st) < 0)
                 return qd_error_set(e, errno, "Failed to inspect '%s': %s.", dl->data_name, strerror(errno));
         r = (uint64_t)st.st_size == l->size ? load_state(dl) : -EBADMSG;
-        if (r < 0) {
-                r = set_parts(dl, dl->h->config->part_size);
-                if (r < 0)
-                        return qd_error_set(e, r, "Out of memory.");
-                if (ftruncate(dl->fd, 0) < 0 || ftruncate(dl->fd, (off_t)l->size) < 0)
-                        return qd_error_set(e, errno,
-                                            "Failed to allocate %" PRIu64 " bytes for blob %s: %s.", l->size,
-                                            l->digest, strerror(errno));
-        }
-        report(dl, REGISTRY_PROGRESS_LAYER, "pulling", true);
+        bool resumed = r >= 0;
+        for (;;) {
+                if (r < 0) {
+                        r = set_parts(dl, dl->h->config->part_size);
+                        if (r < 0)
+                                return qd_error_set(e, r, "Out of memory.");
+                        if (ftruncate(dl->fd, 0) < 0 || ftruncate(dl->fd, (off_t)l->size) < 0)
+                                return qd_error_set(e, errno,
+                                                    "Failed to allocate %" PRIu64 " bytes for blob %s: %s.",
+                                                    l->size, l->digest, strerror(errno));
+                }
+                report(dl, REGISTRY_PROGRESS_LAYER, "pulling", true);
 
-        r = run_transfers(dl, e);
-        if (r < 0) {
-                /* Keep what arrived for the next attempt. */
-                (void)save_state(dl);
-                return r;
-        }
-        report(dl, REGISTRY_PROGRESS_VERIFYING, "verifying sha256 digest", true);
-        r = sha256_fd(dl->fd, dl->h->cancel, got, NULL);
-        if (r == -ECANCELED) {
-                (void)save_state(dl);
-                return qd_error_set(e, r, "Cancelled.");
-        }
-        if (r < 0)
-                return qd_error_set(e, r, "Failed to read back blob %s: %s.", l->digest, strerror(-r));
-        if (!streq(got, l->digest)) {
-                (void)unlinkat(dl->store->blobs_fd, dl->data_name, 0);
+                r = follower_start(dl);
+                if (r < 0)
+                        return qd_error_set(e, r, "Failed to start hashing blob %s: %s.", l->digest,
+                                            strerror(-r));
+                r = run_transfers(dl, e);
+                if (r < 0) {
+                        /* Keep what arrived for the next attempt. */
+                        (void)follower_stop(dl, false, NULL);
+                        (void)save_state(dl);
+                        return r;
+                }
+                report(dl, REGISTRY_PROGRESS_VERIFYING, "verifying sha256 digest", true);
+                r = follower_stop(dl, true, got);
+                if (r < 0) {
+                        (void)save_state(dl);
+                        return qd_error_set(e, r, "Failed to hash blob %s: %s.", l->digest, strerror(-r));
+                }
+                if (streq(got, l->digest))
+                        break;
                 (void)unlinkat(dl->store->blobs_fd, dl->state_name, 0);
-                return qd_error_set(
-                        e, EBADMSG,
-                        "Blob %s from %s is corrupt: its contents hash to %s. It was discarded; pull again.",
-                        l->digest, dl->h->name.host, got);
+                /*
+                 * After a resume the damage may be ours (a checkpoint that outlived its data in a power
+                 * loss): download once more from scratch before blaming the registry.
+                 */
+                if (!resumed) {
+                        (void)unlinkat(dl->store->blobs_fd, dl->data_name, 0);
+                        return qd_error_set(e, EBADMSG,
+                                            "Blob %s from %s is corrupt: its contents hash to %s. It was "
+                                            "discarded; pull again.",
+                                            l->digest, dl->h->name.host, got);
+                }
+                resumed = false;
+                r = -EBADMSG;
         }
         r = store_commit_blob(dl->store, dl->fd, dl->data_name, l->digest);
         if (r < 0)

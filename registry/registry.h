@@ -173,6 +173,31 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(RegistryManifest *, registry_manifest_free);
 /* True when s is "sha256:" followed by exactly 64 lowercase hex digits. */
 bool registry_digest_is_valid(const char *s);
 
+/* ---- progress, for pull, push, create, import and export ---- */
+
+typedef enum RegistryProgressKind {
+        REGISTRY_PROGRESS_MANIFEST,  /* pulling or pushing the manifest */
+        REGISTRY_PROGRESS_LAYER,     /* bytes of one blob; total and completed set */
+        REGISTRY_PROGRESS_WAITING,   /* another pull is downloading this blob */
+        REGISTRY_PROGRESS_VERIFYING, /* hashing a downloaded blob */
+        REGISTRY_PROGRESS_RETRYING,  /* a part failed and is retried after a delay */
+        REGISTRY_PROGRESS_DONE,      /* the manifest is written (pull) or accepted (push) */
+        _REGISTRY_PROGRESS_KIND_MAX,
+        _REGISTRY_PROGRESS_KIND_INVALID = -EINVAL,
+} RegistryProgressKind;
+
+typedef struct RegistryProgress {
+        RegistryProgressKind kind;
+        const char *digest;   /* the blob, for per-layer events */
+        uint64_t total;       /* bytes of the blob */
+        uint64_t completed;   /* bytes on disk or uploaded so far, resumed bytes included */
+        uint64_t transferred; /* bytes that went over the network in this call */
+        const char *status;   /* a short sentence, as Ollama's progress "status" */
+} RegistryProgress;
+
+/* Called on the worker thread that runs the operation, at most a few times per second per layer. */
+typedef void (*registry_progress_fn)(const RegistryProgress *p, void *userdata);
+
 /* ---- the store ---- */
 
 typedef struct RegistryStore RegistryStore;
@@ -272,32 +297,18 @@ typedef struct RegistryCreateLayer {
  * JSON object, such as model_family or file_type), then the manifest. The manifest replaces an existing one.
  */
 int registry_store_create(RegistryStore *s, const RegistryName *name, const RegistryCreateLayer *layers,
-                          size_t n_layers, const char *config_extra, const atomic_bool *cancel, QdError *e);
+                          size_t n_layers, const char *config_extra, registry_progress_fn progress,
+                          void *userdata, const atomic_bool *cancel, QdError *e);
+
+/*
+ * Parses name (with the config's defaults), checks the model as registry_store_show() does, and returns its
+ * canonical name and the path of its model layer (the GGUF), for the engine to map. Either output may be
+ * NULL.
+ */
+int registry_store_resolve(RegistryStore *s, const char *name, RegistryName *ret_name, char **ret_model_path,
+                           QdError *e);
 
 /* ---- the registry client: pull and push ---- */
-
-typedef enum RegistryProgressKind {
-        REGISTRY_PROGRESS_MANIFEST,  /* pulling or pushing the manifest */
-        REGISTRY_PROGRESS_LAYER,     /* bytes of one blob; total and completed set */
-        REGISTRY_PROGRESS_WAITING,   /* another pull is downloading this blob */
-        REGISTRY_PROGRESS_VERIFYING, /* hashing a downloaded blob */
-        REGISTRY_PROGRESS_RETRYING,  /* a part failed and is retried after a delay */
-        REGISTRY_PROGRESS_DONE,      /* the manifest is written (pull) or accepted (push) */
-        _REGISTRY_PROGRESS_KIND_MAX,
-        _REGISTRY_PROGRESS_KIND_INVALID = -EINVAL,
-} RegistryProgressKind;
-
-typedef struct RegistryProgress {
-        RegistryProgressKind kind;
-        const char *digest;   /* the blob, for per-layer events */
-        uint64_t total;       /* bytes of the blob */
-        uint64_t completed;   /* bytes on disk or uploaded so far, resumed bytes included */
-        uint64_t transferred; /* bytes that went over the network in this call */
-        const char *status;   /* a short sentence, as Ollama's progress "status" */
-} RegistryProgress;
-
-/* Called on the worker thread that runs the pull or push, at most a few times per second per layer. */
-typedef void (*registry_progress_fn)(const RegistryProgress *p, void *userdata);
 
 typedef struct RegistryTransferStats {
         uint64_t bytes_downloaded; /* body bytes received for blobs */
@@ -342,7 +353,7 @@ RegistryArchiveFormat registry_archive_format_from_filename(const char *filename
  * its blobs (blobs/sha256-<hex>). Blocks: call from a worker.
  */
 int registry_export(RegistryStore *s, const RegistryName *name, int fd, RegistryArchiveFormat format,
-                    const atomic_bool *cancel, QdError *e);
+                    registry_progress_fn progress, void *userdata, const atomic_bool *cancel, QdError *e);
 
 /*
  * Reads an archive written by registry_export() (compression detected) from fd and adds its model, under
@@ -351,5 +362,5 @@ int registry_export(RegistryStore *s, const RegistryName *name, int fd, Registry
  * paths, "..", links, devices, unknown entries, oversized totals and digest mismatches fail with -EBADMSG or
  * -EMSGSIZE and a sentence, and leave the store unchanged. ret_name (optional) receives the model's name.
  */
-int registry_import(RegistryStore *s, int fd, const RegistryName *rename, const atomic_bool *cancel,
-                    RegistryName *ret_name, QdError *e);
+int registry_import(RegistryStore *s, int fd, const RegistryName *rename, registry_progress_fn progress,
+                    void *userdata, const atomic_bool *cancel, RegistryName *ret_name, QdError *e);

@@ -277,7 +277,7 @@ static int read_manifest(RegistryStore *s, const RegistryName *name, RegistryMan
         r = manifest_rel_path(name, &rel);
         if (r < 0)
                 return qd_error_set(e, r, "Out of memory.");
-        r = registry_name_format(name, &pretty);
+        r = registry_name_format_short(name, s->config, &pretty);
         if (r < 0)
                 return qd_error_set(e, r, "Out of memory.");
         r = read_file_at(s->manifests_fd, rel, REGISTRY_MANIFEST_MAX, &raw, &size);
@@ -542,7 +542,6 @@ static bool is_hex64(const char *s) {
 
 int registry_store_prune(RegistryStore *s, uint64_t grace_s, RegistryPruneStats *stats, QdError *e) {
         _cleanup_close_ int lock = -EBADF;
-        _cleanup_strv_free_ char **entries = NULL;
         RegistryPruneStats st = {};
         DigestSet used = {};
         int r;
@@ -678,10 +677,14 @@ int store_commit_blob(RegistryStore *s, int fd, const char *tmp_name, const char
         return 0;
 }
 
-int registry_store_add_blob(RegistryStore *s, int fd, const void *data, size_t size,
-                            const atomic_bool *cancel, char ret_digest[REGISTRY_DIGEST_MAX],
-                            uint64_t *ret_size, QdError *e) {
+/* registry_store_add_blob() with LAYER progress events (digest NULL: it is known only at the end). */
+static int add_blob(RegistryStore *s, int fd, const void *data, size_t size, const atomic_bool *cancel,
+                    registry_progress_fn progress, void *userdata, char ret_digest[REGISTRY_DIGEST_MAX],
+                    uint64_t *ret_size, QdError *e) {
         const size_t bufsize = 1U << 20;
+        struct stat st;
+        uint64_t expected = fd >= 0 && fstat(fd, &st) >= 0 && S_ISREG(st.st_mode) ? (uint64_t)st.st_size : 0,
+                 last_report = 0;
         _cleanup_free_ uint8_t *buf = NULL;
         char tmp[32], digest[REGISTRY_DIGEST_MAX];
         uint64_t total = 0;
@@ -723,6 +726,14 @@ int registry_store_add_blob(RegistryStore *s, int fd, const void *data, size_t s
                         if (r >= 0)
                                 r = write_full(out, buf, (size_t)n);
                         total += (uint64_t)n;
+                        if (progress && now_ns() - last_report > 250000000ULL) {
+                                RegistryProgress p = {.kind = REGISTRY_PROGRESS_LAYER,
+                                                      .total = MAX(expected, total),
+                                                      .completed = total,
+                                                      .status = "copying model data"};
+                                progress(&p, userdata);
+                                last_report = now_ns();
+                        }
                 }
         }
         if (r >= 0)
@@ -739,7 +750,21 @@ int registry_store_add_blob(RegistryStore *s, int fd, const void *data, size_t s
         memcpy(ret_digest, digest, REGISTRY_DIGEST_MAX);
         if (ret_size)
                 *ret_size = total;
+        if (progress) {
+                RegistryProgress p = {.kind = REGISTRY_PROGRESS_LAYER,
+                                      .digest = digest,
+                                      .total = total,
+                                      .completed = total,
+                                      .status = "copying model data"};
+                progress(&p, userdata);
+        }
         return 0;
+}
+
+int registry_store_add_blob(RegistryStore *s, int fd, const void *data, size_t size,
+                            const atomic_bool *cancel, char ret_digest[REGISTRY_DIGEST_MAX],
+                            uint64_t *ret_size, QdError *e) {
+        return add_blob(s, fd, data, size, cancel, NULL, NULL, ret_digest, ret_size, e);
 }
 
 /* ---- create ---- */
@@ -787,7 +812,8 @@ static int make_config_blob(RegistryStore *s, const RegistryLayer *layers, size_
 }
 
 int registry_store_create(RegistryStore *s, const RegistryName *name, const RegistryCreateLayer *layers,
-                          size_t n_layers, const char *config_extra, const atomic_bool *cancel, QdError *e) {
+                          size_t n_layers, const char *config_extra, registry_progress_fn progress,
+                          void *userdata, const atomic_bool *cancel, QdError *e) {
         _cleanup_free_ RegistryLayer *ls = calloc(MAX(n_layers, (size_t)1), sizeof(RegistryLayer));
         _cleanup_free_ char *raw = NULL;
         _cleanup_close_ int lock = -EBADF;
@@ -801,8 +827,8 @@ int registry_store_create(RegistryStore *s, const RegistryName *name, const Regi
         for (size_t i = 0; i < n_layers; i++) {
                 if (!layers[i].media_type || !startswith(layers[i].media_type, "application/"))
                         return qd_error_set(e, EINVAL, "Layer %zu has no valid media type.", i);
-                r = registry_store_add_blob(s, layers[i].fd, layers[i].data, layers[i].size, cancel,
-                                            ls[i].digest, &ls[i].size, e);
+                r = add_blob(s, layers[i].fd, layers[i].data, layers[i].size, cancel, progress, userdata,
+                             ls[i].digest, &ls[i].size, e);
                 if (r < 0)
                         return r;
                 ls[i].media_type = (char *)layers[i].media_type;
@@ -815,5 +841,37 @@ int registry_store_create(RegistryStore *s, const RegistryName *name, const Regi
         r = registry_manifest_format(&m, &raw);
         if (r < 0)
                 return qd_error_set(e, r, "Out of memory.");
-        return registry_store_write_manifest(s, name, raw, strlen(raw), e);
+        r = registry_store_write_manifest(s, name, raw, strlen(raw), e);
+        if (r < 0)
+                return r;
+        if (progress) {
+                RegistryProgress p = {.kind = REGISTRY_PROGRESS_DONE, .status = "success"};
+                progress(&p, userdata);
+        }
+        return 0;
+}
+
+int registry_store_resolve(RegistryStore *s, const char *name, RegistryName *ret_name, char **ret_model_path,
+                           QdError *e) {
+        _cleanup_(registry_manifest_freep) RegistryManifest *m = NULL;
+        RegistryName n;
+        int r;
+
+        r = registry_name_parse(name, s->config, &n, e);
+        if (r < 0)
+                return r;
+        r = registry_store_show(s, &n, &m, NULL, e);
+        if (r < 0)
+                return r;
+        if (ret_model_path) {
+                const RegistryLayer *l = registry_manifest_find_layer(m, REGISTRY_MEDIA_MODEL);
+                if (!l)
+                        return qd_error_set(e, EBADMSG, "Model '%s' has no model layer.", name);
+                r = registry_store_blob_path(s, l->digest, ret_model_path);
+                if (r < 0)
+                        return qd_error_set(e, r, "Out of memory.");
+        }
+        if (ret_name)
+                *ret_name = n;
+        return 0;
 }

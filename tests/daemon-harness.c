@@ -48,7 +48,11 @@ int harness_start(Harness *h, const char *config, const char *const *extra_args)
         argv[n++] = a_socket;
         argv[n++] = a_models;
         argv[n++] = a_config;
-        argv[n++] = "--backend=fake";
+        bool backend = false;
+        for (size_t i = 0; extra_args && extra_args[i]; i++)
+                backend = backend || startswith(extra_args[i], "--backend=");
+        if (!backend)
+                argv[n++] = "--backend=fake";
         argv[n++] = "--log-level=debug";
         for (size_t i = 0; extra_args && extra_args[i] && n < ELEMENTSOF(argv) - 1; i++)
                 argv[n++] = extra_args[i];
@@ -156,14 +160,19 @@ void harness_params(msgpack_sbuffer *sb, ...) {
 
 int harness_create_model(Harness *h, ProtoClient *c, const char *name, const char *contents) {
         _cleanup_free_ char *path = strdup_printf("%s/%s.model", h->dir, name);
-        msgpack_sbuffer sb;
-        QdError e = {};
 
         FILE *f = fopen(path, "we");
         if (!f)
                 return -errno;
         fputs(contents, f);
         fclose(f);
+        return harness_create_from_file(h, c, name, path);
+}
+
+int harness_create_from_file(Harness *h, ProtoClient *c, const char *name, const char *path) {
+        msgpack_sbuffer sb;
+        QdError e = {};
+
         _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0)
                 return -errno;

@@ -2,10 +2,10 @@
 #pragma once
 
 /*
- * The integration tests' harness: starts a real quantd (--backend=fake unless told otherwise) on a socket and
- * models directory in a fresh temporary directory, connects clients, and stops it with SIGTERM. Set
- * QUANTD_TEST_VALGRIND=1 to run the daemon under valgrind, which then must report no leaks or errors, and
- * QUANTD_TEST_KEEP=1 to keep the temporary directories (with the daemon's log) for a look afterwards.
+ * The integration tests' harness: starts a real quantd (--backend=fake unless the extra arguments name
+ * another) on a socket and models directory in a fresh temporary directory, connects clients, and stops it
+ * with SIGTERM. Set QUANTD_TEST_VALGRIND=1 to run the daemon under valgrind, which then must report no leaks
+ * or errors, and QUANTD_TEST_KEEP=1 to keep the temporary directories (with the daemon's log) afterwards.
  */
 
 #include "common.h"
@@ -26,6 +26,8 @@ int harness_stop(Harness *h);
 ProtoClient *harness_connect(Harness *h);
 /* Writes a fake model file with contents and stores it as name through Create. Returns 0 or -errno. */
 int harness_create_model(Harness *h, ProtoClient *c, const char *name, const char *contents);
+/* Stores the file at path as model name through Create (the file travels as a descriptor). */
+int harness_create_from_file(Harness *h, ProtoClient *c, const char *name, const char *path);
 /* Whether the daemon's log contains s. */
 bool harness_log_contains(Harness *h, const char *s);
 /* Packs a params map from alternating key/value strings; values that parse as integers are packed as such. */

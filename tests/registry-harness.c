@@ -16,10 +16,10 @@
 #include <sys/wait.h>
 #include <time.h>
 
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <setjmp.h>
 
 #include <cmocka.h>
 
@@ -174,7 +174,8 @@ void harness_make_certificate(const char *cert_path, const char *key_path) {
         X509_gmtime_adj(X509_getm_notAfter(x), 86400);
         X509_set_pubkey(x, key);
         X509_NAME *name = X509_get_subject_name(x);
-        X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"quantd-test", -1, -1, 0);
+        X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"quantd-test", -1, -1,
+                                   0);
         X509_set_issuer_name(x, name);
         X509V3_CTX ctx;
         X509V3_set_ctx_nodb(&ctx);

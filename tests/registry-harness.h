@@ -3,9 +3,9 @@
 
 /*
  * Helpers for the programs that run against a real registry (test-registry-remote, bench-registry-pull):
- * starting Debian's docker-registry and tests/registry/fault-proxy.py on loopback ports, plain HTTP requests to
- * them, a self-signed certificate for the TLS tests, and large pseudo-random files. Failures end the program
- * through cmocka's fail_msg(), so the helpers return only on success.
+ * starting Debian's docker-registry and tests/registry/fault-proxy.py on loopback ports, plain HTTP requests
+ * to them, a self-signed certificate for the TLS tests, and large pseudo-random files. Failures end the
+ * program through cmocka's fail_msg(), so the helpers return only on success.
  */
 
 #include <curl/curl.h>

@@ -14,6 +14,8 @@
 #include <cmocka.h>
 
 #include <msgpack.h>
+#include <fcntl.h>
+#include <math.h>
 #include <signal.h>
 #include <inttypes.h>
 #include <sys/wait.h>
@@ -35,6 +37,10 @@ static int setup(void **state) {
 static int setup_small_budget(void **state) {
         /* Each fake model below budgets size + 512 * 16 * 64 bytes of "KV cache". */
         return start(state, "[Scheduler]\nNumParallel=16\nMemoryBudget=2000000\nLoadTimeout=1s\nContextLength=512\n");
+}
+
+static int setup_small_output(void **state) {
+        return start(state, "[Daemon]\nMaxQueuedOutput=64K\n");
 }
 
 static int teardown(void **state) {
@@ -163,6 +169,144 @@ static void test_end_of_generation_and_stop(void **state) {
         _cleanup_free_ char *a = generate(c, "short", "ab", 100, NULL, &eval, &e);
         assert_non_null(a);
         assert_int_equal(eval, 17);
+}
+
+static void test_stop_strings(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        ProtoMessage m;
+        QdError e = {};
+        Stream s = {};
+
+        assert_int_equal(harness_create_model(h, c, "fake", "size=1000\n"), 0);
+        _cleanup_free_ char *full = generate(c, "fake", "Once", 64, NULL, NULL, &e);
+        assert_non_null(full);
+        assert_true(strlen(full) > 40);
+        /* Two stop strings: the one that comes first in the text wins, whatever their order; text arrives in
+         * pieces, so a stop string spanning tokens is caught and none of it is sent. */
+        char early[4], late[4];
+        memcpy(early, full + 20, 3);
+        early[3] = 0;
+        memcpy(late, full + 30, 3);
+        late[3] = 0;
+        const char *cut = strstr(full, early);
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 3);
+        proto_pack_kv_str(&pk, "model", "fake");
+        proto_pack_kv_str(&pk, "prompt", "Once");
+        proto_pack_key(&pk, "options");
+        msgpack_pack_map(&pk, 3);
+        proto_pack_kv_i64(&pk, "num_predict", 64);
+        proto_pack_kv_double(&pk, "temperature", 0);
+        proto_pack_key(&pk, "stop");
+        msgpack_pack_array(&pk, 2);
+        proto_pack_str(&pk, late);
+        proto_pack_str(&pk, early);
+        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, collect, &s, &m, &e), 0);
+        assert_true(proto_str_eq(proto_map_get(m.result, "done_reason"), "stop"));
+        assert_int_equal(s.text.len, (size_t)(cut - full));
+        assert_memory_equal(s.text.data, full, s.text.len);
+        buf_free(&s.text);
+
+        /* Malformed stop lists. */
+        msgpack_sbuffer_clear(&sb);
+        msgpack_pack_map(&pk, 3);
+        proto_pack_kv_str(&pk, "model", "fake");
+        proto_pack_kv_str(&pk, "prompt", "Once");
+        proto_pack_key(&pk, "options");
+        msgpack_pack_map(&pk, 1);
+        proto_pack_kv_str(&pk, "stop", "x");
+        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_string_equal(e.msg, "Option 'stop' must be an array of strings, got a string.");
+        msgpack_sbuffer_destroy(&sb);
+}
+
+/* Create with a template (and a system prompt), from a fake model file. */
+static int create_with_template(Harness *h, ProtoClient *c, const char *name, const char *template,
+                                const char *system, QdError *e) {
+        _cleanup_free_ char *path = strdup_printf("%s/%s.model", h->dir, name);
+        FILE *f = fopen(path, "we");
+        assert_non_null(f);
+        fputs("size=1000\n", f);
+        fclose(f);
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC);
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, system ? 4 : 3);
+        proto_pack_kv_str(&pk, "model", name);
+        proto_pack_kv_u64(&pk, "gguf", 0);
+        proto_pack_kv_str(&pk, "template", template);
+        if (system)
+                proto_pack_kv_str(&pk, "system", system);
+        qd_error_clear(e);
+        int k = proto_client_call(c, "Create", sb.data, sb.size, &fd, 1, NULL, NULL, NULL, e);
+        msgpack_sbuffer_destroy(&sb);
+        return k;
+}
+
+static int chat(ProtoClient *c, const char *model, const char *role, const char *content, ProtoMessage *m,
+                QdError *e) {
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 4);
+        proto_pack_kv_str(&pk, "model", model);
+        proto_pack_kv_bool(&pk, "stream", false);
+        proto_pack_key(&pk, "messages");
+        msgpack_pack_array(&pk, 1);
+        msgpack_pack_map(&pk, 2);
+        proto_pack_kv_str(&pk, "role", role);
+        proto_pack_kv_str(&pk, "content", content);
+        proto_pack_key(&pk, "options");
+        msgpack_pack_map(&pk, 2);
+        proto_pack_kv_i64(&pk, "num_predict", 8);
+        proto_pack_kv_double(&pk, "temperature", 0);
+        qd_error_clear(e);
+        int k = proto_client_call(c, "Chat", sb.data, sb.size, NULL, 0, NULL, NULL, m, e);
+        msgpack_sbuffer_destroy(&sb);
+        return k;
+}
+
+static void test_chat(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        ProtoMessage m;
+        QdError e = {};
+
+        static const char *tmpl = "{{ range .Messages }}<{{ .Role }}>{{ .Content }}{{ end }}<assistant>";
+        assert_int_equal(create_with_template(h, c, "chatty", tmpl, NULL, &e), 0);
+        assert_int_equal(chat(c, "chatty", "user", "hi", &m, &e), 0);
+        /* The fake's tokens are bytes: BOS + "<user>hi<assistant>". */
+        assert_int_equal(proto_map_get(m.result, "prompt_eval_count")->via.u64, 1 + 19);
+        const msgpack_object *msg = proto_map_get(m.result, "message");
+        assert_true(proto_str_eq(proto_map_get(msg, "role"), "assistant"));
+        assert_int_equal(proto_map_get(msg, "content")->via.str.size, 8);
+        assert_null(proto_map_get(m.result, "response"));
+
+        /* The Modelfile's SYSTEM comes first when the chat has none. */
+        assert_int_equal(create_with_template(h, c, "briefly", tmpl, "Be brief.", &e), 0);
+        assert_int_equal(chat(c, "briefly", "user", "hi", &m, &e), 0);
+        assert_int_equal(proto_map_get(m.result, "prompt_eval_count")->via.u64, 1 + 19 + 8 + 9);
+
+        /* Errors. */
+        assert_int_equal(chat(c, "chatty", "wizard", "hi", &m, &e), -EINVAL);
+        assert_string_equal(e.msg, "Message 0 has role 'wizard'; roles are system, user, assistant and tool.");
+        assert_int_equal(create_with_template(h, c, "bad", "{{ if .System }}", NULL, &e), -EINVAL);
+        assert_int_equal(harness_create_model(h, c, "plain", "size=1000\n"), 0);
+        assert_true(chat(c, "plain", "user", "hi", &m, &e) < 0);
+        msgpack_sbuffer sb;
+        msgpack_sbuffer_init(&sb);
+        harness_params(&sb, "model", "chatty", "messages", "x", NULL);
+        qd_error_clear(&e);
+        assert_int_equal(proto_client_call(c, "Chat", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_string_equal(e.msg, "Parameter 'messages' must be an array, got a string.");
+        msgpack_sbuffer_destroy(&sb);
 }
 
 static void test_tokenize(void **state) {
@@ -445,6 +589,126 @@ static void test_memory_budget(void **state) {
         assert_int_equal(ps_count(d, "big2:latest", NULL), 101);
 }
 
+static double vector_norm(const msgpack_object *v) {
+        double n = 0;
+        for (uint32_t i = 0; i < v->via.array.size; i++)
+                n += v->via.array.ptr[i].via.f64 * v->via.array.ptr[i].via.f64;
+        return sqrt(n);
+}
+
+static void test_embed(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        ProtoMessage m;
+        QdError e = {};
+
+        assert_int_equal(harness_create_model(h, c, "fake", "size=1000\n"), 0);
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 2);
+        proto_pack_kv_str(&pk, "model", "fake");
+        proto_pack_key(&pk, "input");
+        msgpack_pack_array(&pk, 3);
+        proto_pack_str(&pk, "ab");
+        proto_pack_str(&pk, "ab");
+        proto_pack_str(&pk, "xyz");
+        assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
+        const msgpack_object *v = proto_map_get(m.result, "embeddings");
+        assert_int_equal(v->via.array.size, 3);
+        assert_int_equal(v->via.array.ptr[0].via.array.size, 8);
+        assert_true(fabs(vector_norm(&v->via.array.ptr[0]) - 1.0) < 1e-5);
+        assert_true(msgpack_object_equal(v->via.array.ptr[0], v->via.array.ptr[1]));
+        assert_false(msgpack_object_equal(v->via.array.ptr[0], v->via.array.ptr[2]));
+        assert_int_equal(proto_map_get(m.result, "prompt_eval_count")->via.u64, 3 + 3 + 4);
+
+        /* Wrong inputs. */
+        msgpack_sbuffer_clear(&sb);
+        harness_params(&sb, "model", "fake", "input", "5", NULL);
+        assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_string_equal(e.msg, "Parameter 'input' must be a string or an array of strings.");
+        msgpack_sbuffer_clear(&sb);
+        msgpack_pack_map(&pk, 2);
+        proto_pack_kv_str(&pk, "model", "fake");
+        proto_pack_key(&pk, "input");
+        msgpack_pack_array(&pk, 0);
+        assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        msgpack_sbuffer_clear(&sb);
+        harness_params(&sb, "model", "nope", "input", "x", NULL);
+        assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -ENOENT);
+        msgpack_sbuffer_destroy(&sb);
+}
+
+static void test_load_failure(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        QdError e = {};
+
+        assert_int_equal(harness_create_model(h, c, "broken", "fail_load=1\n"), 0);
+        _cleanup_free_ char *x = generate(c, "broken", "x", 4, NULL, NULL, &e);
+        assert_null(x);
+        assert_int_equal(e.code, EBADMSG);
+        assert_non_null(strstr(e.msg, "fails to load"));
+        /* Nothing stays behind, and the next try loads again (and fails again). */
+        assert_int_equal(ps_count(c, "broken:latest", NULL), 0);
+        qd_error_clear(&e);
+        assert_null(generate(c, "broken", "x", 4, NULL, NULL, &e));
+        assert_int_equal(e.code, EBADMSG);
+        /* A bad sampling option is refused before anything loads. */
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        ProtoMessage m;
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 3);
+        proto_pack_kv_str(&pk, "model", "broken");
+        proto_pack_kv_str(&pk, "prompt", "x");
+        proto_pack_key(&pk, "options");
+        msgpack_pack_map(&pk, 1);
+        proto_pack_kv_double(&pk, "temperature", -1);
+        qd_error_clear(&e);
+        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_string_equal(e.msg, "Option 'temperature' must not be negative.");
+        msgpack_sbuffer_destroy(&sb);
+}
+
+static void test_slow_reader_dropped(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        ProtoClient *lazy = harness_connect(h);
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        ProtoMessage m;
+        QdError e = {};
+
+        assert_int_equal(harness_create_model(h, c, "fast", "size=1000\n"), 0);
+        /* A long stream nobody reads: past MaxQueuedOutput= the daemon drops the client. */
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 3);
+        proto_pack_kv_str(&pk, "model", "fast");
+        proto_pack_kv_str(&pk, "prompt", "x");
+        proto_pack_key(&pk, "options");
+        msgpack_pack_map(&pk, 2);
+        proto_pack_kv_i64(&pk, "num_predict", 200000);
+        proto_pack_kv_i64(&pk, "num_ctx", 250000);
+        assert_int_equal(proto_client_send(lazy, "Generate", sb.data, sb.size, NULL, 0, NULL), 0);
+        msgpack_sbuffer_destroy(&sb);
+        for (int i = 0; i < 500 && !harness_log_contains(h, "does not read its replies"); i++)
+                usleep(20000);
+        assert_true(harness_log_contains(h, "does not read its replies"));
+        proto_client_free(lazy);
+        /* Its generation ended: the model becomes idle; others are served meanwhile. */
+        assert_int_equal(proto_client_call(c, "Version", NULL, 0, NULL, 0, NULL, NULL, &m, &e), 0);
+        int64_t expires = -1;
+        for (int i = 0; i < 200 && expires == -1; i++) {
+                ps_count(c, "fast:latest", &expires);
+                usleep(10000);
+        }
+        assert_true(expires > 0);
+}
+
 static void test_sigterm_mid_generation(void **state) {
         Harness *h = *state;
         _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
@@ -466,12 +730,17 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_generate_stream, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_end_of_generation_and_stop, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_stop_strings, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_chat, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_tokenize, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_concurrent_streams, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_cancel_and_disconnect, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_keep_alive, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_eviction_order, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_memory_budget, setup_small_budget, teardown),
+                cmocka_unit_test_setup_teardown(test_embed, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_load_failure, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_slow_reader_dropped, setup_small_output, teardown),
                 cmocka_unit_test_setup_teardown(test_sigterm_mid_generation, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -13,7 +13,10 @@
 #include <cmocka.h>
 
 #include <msgpack.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/un.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -112,7 +115,7 @@ static void test_errors_keep_connection(void **state) {
         assert_string_equal(e.msg, "Parameter 'prompt' is required.");
         qd_error_clear(&e);
         assert_int_equal(proto_client_call(c, "Show", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -ENOENT);
-        assert_non_null(strstr(e.msg, "Model 'm' not found"));
+        assert_non_null(strstr(e.msg, "m:latest' not found"));
         msgpack_sbuffer_destroy(&sb);
 
         qd_error_clear(&e);
@@ -308,6 +311,75 @@ static void test_socket_mode(void **state) {
         assert_int_equal(system(cmd), 0);
 }
 
+/* Reads one sd_notify() datagram into buf. */
+static void read_notify(int fd, char *buf, size_t size) {
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        assert_int_equal(poll(&p, 1, 10000), 1);
+        ssize_t n = recv(fd, buf, size - 1, 0);
+        assert_true(n > 0);
+        buf[n] = 0;
+}
+
+static void test_socket_activation_and_notify(void **state) {
+        char dir[] = "/tmp/quantd-act-XXXXXX";
+        assert_non_null(mkdtemp(dir));
+        _cleanup_free_ char *sock = strdup_printf("%s/quantd.sock", dir);
+        _cleanup_free_ char *notify = strdup_printf("%s/notify", dir);
+        _cleanup_free_ char *models = strdup_printf("--models=%s/models", dir);
+        _cleanup_free_ char *quantd = strdup_printf("%s/daemon/quantd", getenv("QUANTD_BUILD_ROOT"));
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        char buf[512];
+
+        /* What systemd does: a listening socket as fd 3, a notification socket. */
+        int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        strcpy(sa.sun_path, sock);
+        assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        assert_int_equal(listen(lfd, 16), 0);
+        int nfd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        strcpy(sa.sun_path, notify);
+        assert_int_equal(bind(nfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                char pidbuf[32];
+                /* dup2() onto itself keeps close-on-exec: clear it explicitly. */
+                if (dup2(lfd, 3) < 0 || fcntl(3, F_SETFD, 0) < 0)
+                        _exit(126);
+                snprintf(pidbuf, sizeof(pidbuf), "%d", (int)getpid());
+                setenv("LISTEN_FDS", "1", 1);
+                setenv("LISTEN_PID", pidbuf, 1);
+                setenv("NOTIFY_SOCKET", notify, 1);
+                execl(quantd, quantd, "--backend=fake", "--config=/dev/null", "--socket=/nonexistent/ignored",
+                      models, (char *)NULL);
+                _exit(127);
+        }
+        close(lfd);
+        read_notify(nfd, buf, sizeof(buf));
+        assert_non_null(strstr(buf, "READY=1"));
+        assert_non_null(strstr(buf, "STATUS=Serving"));
+
+        ProtoClient *c = NULL;
+        ProtoMessage m;
+        assert_int_equal(proto_client_connect(sock, &c), 0);
+        call_ok(c, "Version", &m);
+        proto_client_free(c);
+
+        kill(pid, SIGTERM);
+        read_notify(nfd, buf, sizeof(buf));
+        assert_non_null(strstr(buf, "STOPPING=1"));
+        int status;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status));
+        assert_int_equal(WEXITSTATUS(status), 0);
+        /* The socket belongs to systemd: the daemon leaves it in place. */
+        struct stat st;
+        assert_int_equal(stat(sock, &st), 0);
+        close(nfd);
+        _cleanup_free_ char *rm = strdup_printf("rm -rf '%s'", dir);
+        assert_int_equal(system(rm), 0);
+}
+
 int main(void) {
         signal(SIGPIPE, SIG_IGN);
         const struct CMUnitTest tests[] = {
@@ -319,6 +391,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_unprivileged, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_many_clients, setup_default, teardown),
                 cmocka_unit_test_setup_teardown(test_socket_mode, setup, teardown),
+                cmocka_unit_test(test_socket_activation_and_notify),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

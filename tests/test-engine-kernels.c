@@ -176,8 +176,10 @@ static void test_block32_types(void **state) {
 static void test_k_types(void **state) {
         static const uint32_t types[] = { GGML_TYPE_Q2_K, GGML_TYPE_Q3_K, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K,
                                           GGML_TYPE_Q6_K };
-        for (size_t i = 0; i < ELEMENTSOF(types); i++)
+        for (size_t i = 0; i < ELEMENTSOF(types); i++) {
                 check_type(types[i], 768);
+                check_type(types[i], 256); /* one super-block */
+        }
 }
 
 static void test_matmul_errors(void **state) {

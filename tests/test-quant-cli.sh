@@ -1,8 +1,10 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
-# qd-quantize: writes a readable file atomically, and refuses bad arguments with a message and no output.
+# qd-quantize writes a readable file atomically and refuses bad arguments with a message and no output;
+# qd-eval scores a model against a base.
 tool=$1
 dump=$2
+eval_tool=$3
 model=${QUANTD_TEST_MODELS:-../shared/models}/stories260K.gguf
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
@@ -12,7 +14,7 @@ ok() { n=$((n + 1)); echo "ok $n - $1"; }
 not_ok() { n=$((n + 1)); fail=1; echo "not ok $n - $1"; }
 check() { desc=$1; shift; if "$@"; then ok "$desc"; else not_ok "$desc"; fi; }
 
-echo "1..12"
+echo "1..17"
 check "--help shows usage" sh -c "'$tool' --help | grep -q '^Usage: qd-quantize'"
 check "Q4_K_M on stories260K succeeds" "$tool" -q -t 2 "$model" "$dir/q4km.gguf" Q4_K_M
 check "the result is a GGUF with q5_0 and f16 tensors" \
@@ -35,4 +37,11 @@ check "a quantized source is refused without --allow-requantize" \
         sh -c "'$tool' -q '$dir/q8.gguf' '$dir/r.gguf' Q4_0 2>&1 | grep -q 'already quantized'; test ! -e '$dir/r.gguf'"
 check "and converted with it" \
         sh -c "'$tool' -q --allow-requantize '$dir/q8.gguf' '$dir/r.gguf' Q4_0 && '$dump' '$dir/r.gguf' | grep 'blk.0.attn_q' | grep -q q4_0"
+check "qd-eval --help shows usage" sh -c "'$eval_tool' --help | grep -q '^Usage: qd-eval'"
+check "qd-eval without --file exits 2" sh -c "'$eval_tool' '$model' 2>/dev/null; test \$? -eq 2"
+check "qd-eval rejects a bad context size" sh -c "'$eval_tool' -c zero -f /dev/null '$model' 2>/dev/null; test \$? -eq 2"
+check "qd-eval reports a text too short" \
+        sh -c "'$eval_tool' -t 1 -f /dev/null '$model' 2>&1 | grep -q 'fewer than one chunk'"
+check "qd-eval compares Q8_0 with the original" \
+        sh -c "'$eval_tool' -t 2 -c 64 -f '$QUANTD_TEST_DATA/quant/story.txt' -b '$model' '$dir/q8.gguf' | grep -q '^top-1 agree'"
 exit $fail

@@ -410,6 +410,73 @@ static void test_unconvertible_source(void **state) {
         safe_close(out);
 }
 
+static void *read_data(const char *name, size_t *ret_size) {
+        const char *dir = getenv("QUANTD_TEST_DATA");
+        _cleanup_free_ char *path = strdup_printf("%s/quant/%s", dir ? dir : "tests/data", name);
+        _cleanup_fclose_ FILE *f = fopen(path, "rb");
+        void *p;
+        long size;
+
+        if (!f)
+                fail_msg("Cannot open %s: %m", path);
+        assert_int_equal(fseek(f, 0, SEEK_END), 0);
+        size = ftell(f);
+        rewind(f);
+        p = malloc((size_t)size);
+        assert_non_null(p);
+        assert_int_equal(fread(p, 1, (size_t)size, f), (size_t)size);
+        *ret_size = (size_t)size;
+        return p;
+}
+
+/* The gguf package wrote interop-src.gguf; quantized by us (tests/data/make-quant-interop.py ran qd-quantize
+ * with these parameters) it gives interop.gguf, and the gguf package's reading of that file, values
+ * included, is ours. */
+static void test_gguf_package_interop(void **state) {
+        static const char *const types[] = {"f32",  "f16",  "bf16", "q8_0", "q4_0", "q4_1", "q5_0",
+                                            "q5_1", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_nl"};
+        QuantOverride o[ELEMENTSOF(types)];
+        char patterns[ELEMENTSOF(types)][64];
+        QuantParams p = quant_params_default();
+        size_t src_size, want_size, values_size, at = 0;
+        _cleanup_free_ uint8_t *src_bytes = read_data("interop-src.gguf", &src_size);
+        _cleanup_free_ uint8_t *want = read_data("interop.gguf", &want_size);
+        _cleanup_free_ float *values = read_data("interop-values.bin", &values_size);
+        _cleanup_(gguf_freep) Gguf *src = NULL, *ours = NULL;
+        QdError err = {};
+        int fd;
+
+        if (gguf_open_memory(src_bytes, src_size, &src, &err) < 0)
+                fail_msg("reading the gguf package's file: %s", err.msg);
+        for (size_t i = 0; i < ELEMENTSOF(types); i++) {
+                snprintf(patterns[i], sizeof(patterns[i]), "blk\\.0\\.%s\\.weight", types[i]);
+                o[i] = (QuantOverride){.pattern = patterns[i],
+                                       .type = (uint32_t)ggml_type_from_name(types[i])};
+        }
+        p.pure = true;
+        p.overrides = o;
+        p.n_overrides = ELEMENTSOF(o);
+        p.n_threads = 2;
+        ours = quantize(src, &p, &fd);
+        safe_close(fd);
+        assert_int_equal(ours->size, want_size);
+        assert_memory_equal(ours->base, want, want_size);
+
+        for (uint64_t i = 0; i < ours->n_tensors; i++) {
+                const GgufTensor *t = &ours->tensors[i];
+                _cleanup_free_ float *y = malloc(t->n_elements * sizeof(float));
+
+                if (i < ELEMENTSOF(types))
+                        assert_int_equal(t->type, ggml_type_from_name(types[i]));
+                assert_true((at + t->n_elements) * sizeof(float) <= values_size);
+                assert_int_equal(engine_dequantize_row(t->type, t->data, y, t->n_elements), 0);
+                if (memcmp(y, values + at, t->n_elements * sizeof(float)) != 0)
+                        fail_msg("%s: our values differ from the gguf package's", t->name);
+                at += t->n_elements;
+        }
+        assert_int_equal(at * sizeof(float), values_size);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_every_mixture),
@@ -420,6 +487,7 @@ int main(void) {
                 cmocka_unit_test(test_progress_and_cancel),
                 cmocka_unit_test(test_errors),
                 cmocka_unit_test(test_unconvertible_source),
+                cmocka_unit_test(test_gguf_package_interop),
         };
 
         return cmocka_run_group_tests(tests, setup, teardown);

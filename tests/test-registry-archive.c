@@ -61,7 +61,7 @@ static int setup(void **state) {
                 {.media_type = REGISTRY_MEDIA_SYSTEM, .fd = -1, .data = "Be brief.", .size = 9},
         };
         RegistryName n = name_of("tiny:1");
-        assert_int_equal(registry_store_create(f->src, &n, layers, 2, NULL, NULL, &e), 0);
+        assert_int_equal(registry_store_create(f->src, &n, layers, 2, NULL, NULL, NULL, NULL, &e), 0);
         close(fd);
         assert_int_equal(registry_store_show(f->src, &n, &f->m, &f->raw, &e), 0);
         *state = f;
@@ -108,14 +108,22 @@ static void test_format_from_filename(void **state) {
         assert_int_equal(registry_archive_format_from_filename(NULL), -EINVAL);
 }
 
+static void count_events(const RegistryProgress *p, void *userdata) {
+        (*(unsigned *)userdata)++;
+}
+
 static void roundtrip(Fixture *f, RegistryArchiveFormat fmt, const char *as) {
         QdError e = {};
         int fd = memfd_create("archive", MFD_CLOEXEC);
         RegistryName n = name_of("tiny:1"), got, target = name_of(as);
 
-        assert_int_equal(registry_export(f->src, &n, fd, fmt, NULL, &e), 0);
+        unsigned events[2] = {};
+        assert_int_equal(registry_export(f->src, &n, fd, fmt, count_events, &events[0], NULL, &e), 0);
         assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
-        assert_int_equal(registry_import(f->dst, fd, &target, NULL, &got, &e), 0);
+        assert_int_equal(registry_import(f->dst, fd, &target, count_events, &events[1], NULL, &got, &e), 0);
+        /* Two events per blob at least (start, end) and DONE, on both sides. */
+        assert_true(events[0] >= 2 * (f->m->n_layers + 1) + 1);
+        assert_true(events[1] >= 2 * (f->m->n_layers + 1) + 1);
         assert_string_equal(got.model, target.model);
         assert_int_equal(registry_store_verify(f->dst, &target, &e), 0);
         RegistryManifest *m = NULL;
@@ -138,25 +146,28 @@ static void test_roundtrip(void **state) {
         /* Without a new name the archive's own name is used; importing it twice is refused. */
         int fd = memfd_create("archive", MFD_CLOEXEC);
         RegistryName n = name_of("tiny:1"), got;
-        assert_int_equal(registry_export(f->src, &n, fd, REGISTRY_ARCHIVE_TAR, NULL, &e), 0);
+        assert_int_equal(registry_export(f->src, &n, fd, REGISTRY_ARCHIVE_TAR, NULL, NULL, NULL, &e), 0);
         assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
-        assert_int_equal(registry_import(f->dst, fd, NULL, NULL, &got, &e), 0);
+        assert_int_equal(registry_import(f->dst, fd, NULL, NULL, NULL, NULL, &got, &e), 0);
         assert_string_equal(got.model, "tiny");
         assert_string_equal(got.tag, "1");
         assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
         e = (QdError){};
-        assert_int_equal(registry_import(f->dst, fd, NULL, NULL, NULL, &e), -EEXIST);
+        assert_int_equal(registry_import(f->dst, fd, NULL, NULL, NULL, NULL, NULL, &e), -EEXIST);
         assert_non_null(strstr(e.msg, "already exists"));
         close(fd);
 
         /* Export errors: missing model, bad format. */
         RegistryName missing = name_of("missing");
         fd = memfd_create("archive", MFD_CLOEXEC);
-        assert_int_equal(registry_export(f->src, &missing, fd, REGISTRY_ARCHIVE_TAR, NULL, NULL), -ENOENT);
-        assert_int_equal(registry_export(f->src, &n, fd, _REGISTRY_ARCHIVE_FORMAT_INVALID, NULL, NULL),
-                         -EINVAL);
+        assert_int_equal(registry_export(f->src, &missing, fd, REGISTRY_ARCHIVE_TAR, NULL, NULL, NULL, NULL),
+                         -ENOENT);
+        assert_int_equal(
+                registry_export(f->src, &n, fd, _REGISTRY_ARCHIVE_FORMAT_INVALID, NULL, NULL, NULL, NULL),
+                -EINVAL);
         atomic_bool cancel = true;
-        assert_int_equal(registry_export(f->src, &n, fd, REGISTRY_ARCHIVE_TAR, &cancel, NULL), -ECANCELED);
+        assert_int_equal(registry_export(f->src, &n, fd, REGISTRY_ARCHIVE_TAR, NULL, NULL, &cancel, NULL),
+                         -ECANCELED);
         close(fd);
 }
 
@@ -224,7 +235,7 @@ static void expect_refused(Fixture *f, const Entry *entries, size_t n, int error
         unsigned before = count_all(f);
         QdError e = {};
         int fd = build(f, entries, n, false);
-        int r = registry_import(f->dst, fd, NULL, NULL, NULL, &e);
+        int r = registry_import(f->dst, fd, NULL, NULL, NULL, NULL, NULL, &e);
         close(fd);
         if (r != -error)
                 fail_msg("import returned %d (%s), expected %d", r, e.msg, -error);
@@ -252,7 +263,7 @@ static void test_hostile_archives(void **state) {
                 int fd = build(f, ok, 4, true);
                 RegistryName n = name_of("good");
                 QdError e = {};
-                assert_int_equal(registry_import(f->dst, fd, &n, NULL, NULL, &e), 0);
+                assert_int_equal(registry_import(f->dst, fd, &n, NULL, NULL, NULL, NULL, &e), 0);
                 close(fd);
                 assert_int_equal(registry_store_delete(f->dst, &n, &e), 0);
                 assert_int_equal(count_all(f), 0);
@@ -356,10 +367,10 @@ static void test_hostile_archives(void **state) {
         int fd = memfd_create("junk", MFD_CLOEXEC);
         assert_int_equal(write(fd, "hello, this is not a tar file at all\n", 37), 37);
         lseek(fd, 0, SEEK_SET);
-        assert_int_equal(registry_import(f->dst, fd, NULL, NULL, NULL, &e), -EBADMSG);
+        assert_int_equal(registry_import(f->dst, fd, NULL, NULL, NULL, NULL, NULL, &e), -EBADMSG);
         close(fd);
         fd = memfd_create("empty", MFD_CLOEXEC);
-        assert_int_equal(registry_import(f->dst, fd, NULL, NULL, NULL, NULL), -EBADMSG);
+        assert_int_equal(registry_import(f->dst, fd, NULL, NULL, NULL, NULL, NULL, NULL), -EBADMSG);
         close(fd);
         Entry ok[] = {man, blob0, blob1, cfg};
         fd = build(f, ok, 4, false);
@@ -367,7 +378,7 @@ static void test_hostile_archives(void **state) {
         fstat(fd, &st);
         assert_int_equal(ftruncate(fd, st.st_size / 2), 0);
         e = (QdError){};
-        assert_int_equal(registry_import(f->dst, fd, NULL, NULL, NULL, &e), -EBADMSG);
+        assert_int_equal(registry_import(f->dst, fd, NULL, NULL, NULL, NULL, NULL, &e), -EBADMSG);
         assert_non_null(strstr(e.msg, "damaged"));
         close(fd);
         assert_int_equal(count_all(f), before);
@@ -375,7 +386,7 @@ static void test_hostile_archives(void **state) {
         /* Cancelled midway: nothing stays either. */
         atomic_bool cancel = true;
         fd = build(f, ok, 4, false);
-        assert_int_equal(registry_import(f->dst, fd, NULL, &cancel, NULL, NULL), -ECANCELED);
+        assert_int_equal(registry_import(f->dst, fd, NULL, NULL, NULL, &cancel, NULL, NULL), -ECANCELED);
         close(fd);
         assert_int_equal(count_all(f), before);
 }

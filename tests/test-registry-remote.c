@@ -29,6 +29,7 @@
 
 #include <cmocka.h>
 
+#include "engine.h"
 #include "registry-harness.h"
 #include "registry.h"
 
@@ -168,7 +169,7 @@ static void create_stories(Local *l, const char *name) {
         };
         RegistryName n = name_of(l, name);
         QdError e = {};
-        if (registry_store_create(l->store, &n, layers, ELEMENTSOF(layers), NULL, NULL, &e) < 0)
+        if (registry_store_create(l->store, &n, layers, ELEMENTSOF(layers), NULL, NULL, NULL, NULL, &e) < 0)
                 fail_msg("create: %s", e.msg);
         close(fd);
 }
@@ -180,7 +181,7 @@ static void create_big(Local *l, const char *name, uint64_t size) {
         RegistryCreateLayer layer = {.media_type = REGISTRY_MEDIA_MODEL, .fd = fd};
         RegistryName n = name_of(l, name);
         QdError e = {};
-        if (registry_store_create(l->store, &n, &layer, 1, NULL, NULL, &e) < 0)
+        if (registry_store_create(l->store, &n, &layer, 1, NULL, NULL, NULL, NULL, &e) < 0)
                 fail_msg("create: %s", e.msg);
         close(fd);
 }
@@ -227,6 +228,58 @@ static void assert_same_blob_bytes(Local *a, Local *b, const char *digest) {
         close(fb);
 }
 
+/* Greedy ids from BOS with the engine, for "pull it back and run it". */
+static void assert_runs_golden(Local *l, const char *name) {
+        char *golden_path = strdup_printf("%s/stories260K.golden", getenv("QUANTD_TEST_MODELS"));
+        FILE *f = fopen(golden_path, "re");
+        int32_t golden[40];
+        int n = 0;
+        char line[4096];
+
+        if (!f)
+                fail_msg("%s is missing", golden_path);
+        while (n == 0 && fgets(line, sizeof(line), f)) {
+                char *p = line, *end;
+                if (line[0] == '#')
+                        continue;
+                for (long v; n < 40 && (v = strtol(p, &end, 10), end != p); p = end)
+                        golden[n++] = (int32_t)v;
+        }
+        fclose(f);
+        free(golden_path);
+        assert_int_equal(n, 40);
+
+        char *path = NULL;
+        QdError e = {};
+        assert_int_equal(registry_store_resolve(l->store, name, NULL, &path, &e), 0);
+        EngineModelParams p = engine_model_params_default();
+        EngineModel *m = NULL;
+        p.backend = "cpu";
+        if (engine_model_load(path, &p, &m, &e) < 0)
+                fail_msg("loading the pulled model: %s", e.msg);
+        EngineSeq *s = NULL;
+        uint32_t n_vocab = engine_model_info(m)->n_vocab;
+        float *logits = malloc(n_vocab * sizeof(float));
+        int32_t tok = 1;
+        assert_int_equal(engine_seq_new(m, 64, &s), 0);
+        for (int i = 0; i < n; i++) {
+                const int32_t *tp = &tok;
+                uint32_t one = 1;
+                if (engine_decode(m, &s, &tp, &one, 1, &logits, NULL, &e) < 0)
+                        fail_msg("decode: %s", e.msg);
+                uint32_t best = 0;
+                for (uint32_t k = 1; k < n_vocab; k++)
+                        if (logits[k] > logits[best])
+                                best = k;
+                tok = (int32_t)best;
+                assert_int_equal(tok, golden[i]);
+        }
+        free(logits);
+        engine_seq_free(s);
+        engine_model_unref(m);
+        free(path);
+}
+
 static int reset_proxy(void **state) {
         proxy("/__reset");
         return 0;
@@ -266,6 +319,8 @@ static void test_push_pull_roundtrip(void **state) {
         for (size_t i = 0; i < ma->n_layers; i++)
                 assert_same_blob_bytes(a, b, ma->layers[i].digest);
         assert_int_equal(count_files(b, "blobs"), 4);
+        /* And it runs: the engine's greedy tokens from the pulled blob are the golden ones. */
+        assert_runs_golden(b, "test/stories:v1");
 
         /* Pulling again transfers nothing. */
         assert_int_equal(pull(b, "test/stories:v1", &st, &e), 0);
@@ -356,8 +411,9 @@ static void test_network_faults_retried(void **state) {
         proxy("/__fault?mode=reset&count=2&after=100000");
         proxy("/__fault?mode=error500&count=2");
         proxy("/__fault?mode=stall&count=1&after=20000&seconds=4");
+        proxy("/__fault?mode=manifest500&count=2");
         assert_int_equal(pull(b, "test/faults:v1", &st, &e), 0);
-        assert_true(st.retries >= 7);
+        assert_true(st.retries >= 9);
         RegistryName n = name_of(b, "test/faults:v1");
         assert_int_equal(registry_store_verify(b->store, &n, &e), 0);
         local_free(a);
@@ -439,6 +495,46 @@ static void test_cancel_and_resume(void **state) {
         assert_true(st.bytes_downloaded < size - first / 2);
         assert_true(proxy_stat("blob_bytes") < size - first / 2);
         assert_int_equal(registry_store_verify(b->store, &n, &e), 0);
+
+        /*
+         * A damaged state file, a data file of the wrong size, or resumed data that does not hash right (a
+         * checkpoint that outlived its data): the download starts over, and succeeds.
+         */
+        for (int damage = 0; damage < 3; damage++) {
+                assert_int_equal(registry_store_delete(b->store, &n, &e), 0);
+                b->config.max_bandwidth = 32ULL << 20;
+                c = (CancelAfter){.after = size / 4};
+                assert_int_equal(registry_pull(b->store, &n, cancel_progress, &c, &c.cancel, &st, &e),
+                                 -ECANCELED);
+                char *blobs = strdup_printf("%s/blobs", b->root);
+                DIR *d = opendir(blobs);
+                struct dirent *de;
+                while ((de = readdir(d))) {
+                        char *path = strdup_printf("%s/%s", blobs, de->d_name);
+                        if (damage == 0 && endswith(de->d_name, "-partial.state")) {
+                                FILE *f = fopen(path, "we");
+                                fputs("quantd-partial 1\nnot a digest\n", f);
+                                fclose(f);
+                        } else if (damage == 1 && endswith(de->d_name, "-partial"))
+                                assert_int_equal(truncate(path, 4096), 0);
+                        else if (damage == 2 && endswith(de->d_name, "-partial")) {
+                                int fd = open(path, O_WRONLY);
+                                char junk[4096];
+                                memset(junk, 0xff, sizeof(junk));
+                                assert_int_equal(pwrite(fd, junk, sizeof(junk), 0), (ssize_t)sizeof(junk));
+                                close(fd);
+                        }
+                        free(path);
+                }
+                closedir(d);
+                free(blobs);
+                b->config.max_bandwidth = 0;
+                proxy("/__reset");
+                if (registry_pull(b->store, &n, NULL, NULL, NULL, &st, &e) < 0)
+                        fail_msg("pull after damage %d: %s", damage, e.msg);
+                assert_true(st.bytes_downloaded >= size);
+                assert_int_equal(registry_store_verify(b->store, &n, &e), 0);
+        }
         local_free(a);
         local_free(b);
 }
@@ -556,6 +652,28 @@ static void test_concurrent_pulls_share(void **state) {
         assert_true(bytes < size + size / 10);
         assert_true(t[0].waited || t[1].waited);
         assert_int_equal(registry_store_verify(b->store, &t[0].name, NULL), 0);
+
+        /* The same between two processes: a child pulls while this process pulls too. */
+        QdError e = {};
+        assert_int_equal(registry_store_delete(b->store, &t[0].name, &e), 0);
+        assert_int_equal(count_files(b, "blobs"), 0);
+        proxy("/__reset");
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0)
+                _exit(registry_pull(b->store, &t[0].name, NULL, NULL, NULL, NULL, NULL) < 0 ? 1 : 0);
+        PullThread self = {.l = b, .name = t[0].name};
+        pull_thread(&self);
+        int status;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        if (self.r < 0)
+                fail_msg("pull beside the child: %s", self.e.msg);
+        bytes = proxy_stat("blob_bytes");
+        print_message("# two processes pulling %ju bytes transferred %ju\n", (uintmax_t)size,
+                      (uintmax_t)bytes);
+        assert_true(bytes < size + size / 10);
+        assert_int_equal(registry_store_verify(b->store, &t[0].name, NULL), 0);
         local_free(a);
         local_free(b);
 }
@@ -593,19 +711,43 @@ static void test_basic_auth(void **state) {
 }
 
 static void test_bearer_auth(void **state) {
-        Local *a = local_new("be-a"), *b = local_new("be-b");
+        Local *a = local_new("be-a"), *b = local_new("be-b"), *c = local_new("be-c"), *d = local_new("be-d");
         QdError e = {};
 
         create_stories(a, "test/token:v1");
         push(a, "test/token:v1", NULL);
+
+        /* Anonymous tokens. */
         proxy("/__bearer?on=1");
         assert_int_equal(pull(b, "test/token:v1", NULL, &e), 0);
         assert_true(proxy_stat("token_requests") >= 1);
         RegistryName n = name_of(b, "test/token:v1");
         assert_int_equal(registry_store_verify(b->store, &n, &e), 0);
+
+        /* Tokens for credentials only: refused without them, granted with them. */
+        proxy("/__reset");
+        proxy("/__bearer?on=1&user=quantd&password=s3cret-pass");
+        e = (QdError){};
+        assert_int_equal(pull(c, "test/token:v1", NULL, &e), -EACCES);
+        assert_non_null(strstr(e.msg, "refused"));
+        assert_int_equal(count_files(c, "manifests"), 0);
+        add_credential(d, W.proxy.host, "quantd", "s3cret-pass");
+        assert_int_equal(pull(d, "test/token:v1", NULL, &e), 0);
+        registry_store_delete(d->store, &n, NULL);
+
+        /* Tokens that expire after three requests: renewed in the middle of the blob downloads. */
+        proxy("/__reset");
+        proxy("/__bearer?on=1&user=quantd&password=s3cret-pass&uses=3");
+        e = (QdError){};
+        if (pull(d, "test/token:v1", NULL, &e) < 0)
+                fail_msg("pull with expiring tokens: %s", e.msg);
+        assert_true(proxy_stat("token_requests") >= 3);
+        assert_int_equal(registry_store_verify(d->store, &n, &e), 0);
         proxy("/__reset");
         local_free(a);
         local_free(b);
+        local_free(c);
+        local_free(d);
 }
 
 static void test_tls_verified(void **state) {

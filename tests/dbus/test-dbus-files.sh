@@ -50,6 +50,10 @@ fi
 action=$(xmllint --nonet --xpath 'string(/policyconfig/action/@id)' "$src/org.quantd.Quantd1.policy")
 if [ "$action" = org.quantd.Quantd1.manage ]; then ok "the polkit action is org.quantd.Quantd1.manage"
 else not_ok "the polkit action is org.quantd.Quantd1.manage" "got '$action'"; fi
+owner=$(xmllint --nonet --xpath \
+        "string(/policyconfig/action/annotate[@key='org.freedesktop.policykit.owner'])" "$src/org.quantd.Quantd1.policy")
+if [ "$owner" = unix-user:quantd ]; then ok "the quantd user (the system daemon's) owns the polkit action"
+else not_ok "the quantd user (the system daemon's) owns the polkit action" "got '$owner'"; fi
 
 # Every method of the interface: typed arguments, then "parameters" a{sv} in, one "result" a{sv} out.
 iface="/node/interface[@name='org.quantd.Quantd1.Manager']"
@@ -126,7 +130,8 @@ if grep -qx 'Name=org.quantd.Quantd1' "$sys" && grep -qx 'SystemdService=quantd.
         ok "the system activation file names org.quantd.Quantd1 and quantd.service"
 else not_ok "the system activation file names org.quantd.Quantd1 and quantd.service" "$(cat "$sys")"; fi
 if grep -qx 'Name=org.quantd.Quantd1' "$session_service" &&
-        grep -qx 'Exec=/.*/quantd --user --foreground' "$session_service" && ! grep -q @ "$session_service"; then
+        grep -qx 'Exec=/.*/quantd --user --foreground' "$session_service" &&
+        grep -qx 'SystemdService=quantd.service' "$session_service" && ! grep -q @ "$session_service"; then
         ok "the session activation file starts quantd --user"
 else not_ok "the session activation file starts quantd --user" "$(cat "$session_service")"; fi
 

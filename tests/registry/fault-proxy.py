@@ -13,14 +13,19 @@ show that a resumed pull transferred less. Faults are armed through control requ
         reset     send a TCP reset after B bytes of blob body         (N responses)
         stall     after B bytes, send nothing for S seconds, then close (N responses)
         error500  answer blob GETs with 500                            (N responses)
+        manifest500  answer manifest GETs with 500                     (N responses)
         norange   drop the Range header of blob GETs                   (N requests)
-  POST /__bearer?on=1                    require "Authorization: Bearer <token>" on /v2/ and serve tokens at
-                                         /token (the WWW-Authenticate challenge names realm, service, scope)
+  POST /__bearer?on=1[&user=U&password=P][&uses=N]
+                                         require "Authorization: Bearer <token>" on /v2/ and serve tokens at
+                                         /token (the WWW-Authenticate challenge names realm, service, scope);
+                                         with user, /token wants those basic credentials; with uses, a token
+                                         expires after N requests
 
 The first line on stdout is "PORT <n>" once the proxy listens.
 """
 
 import argparse
+import base64
 import http.client
 import http.server
 import json
@@ -34,6 +39,7 @@ import time
 import urllib.parse
 
 BLOB_GET = re.compile(r"^/v2/.+/blobs/sha256:[0-9a-f]{64}$")
+MANIFEST_GET = re.compile(r"^/v2/.+/manifests/[^/]+$")
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "upgrade", "trailer"}
 
 
@@ -48,7 +54,9 @@ class State:
         self.token_requests = 0
         self.faults = []  # [mode, remaining, after, seconds]
         self.bearer = False
-        self.tokens = set()
+        self.bearer_basic = None
+        self.token_uses = 0
+        self.tokens = {}  # token -> requests left, or None for unlimited
 
     def take_fault(self, modes):
         with self.lock:
@@ -98,6 +106,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if path == "/__bearer":
             with STATE.lock:
                 STATE.bearer = q.get("on", "1") == "1"
+                STATE.bearer_basic = None
+                if "user" in q:
+                    pair = "%s:%s" % (q["user"], q.get("password", ""))
+                    STATE.bearer_basic = "Basic " + base64.b64encode(pair.encode()).decode()
+                STATE.token_uses = int(q.get("uses", "0"))
             return self.send_json(200, {})
         return self.send_json(404, {})
 
@@ -105,10 +118,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         q = urllib.parse.parse_qs(query)
         with STATE.lock:
             STATE.token_requests += 1
+            if STATE.bearer_basic and self.headers.get("Authorization", "") != STATE.bearer_basic:
+                return self.send_json(401, {"error": "bad credentials"},
+                                      {"WWW-Authenticate": 'Basic realm="quantd-test-token"'})
             if q.get("service", [""])[0] != "quantd-test" or not q.get("scope", [""])[0].startswith("repository:"):
                 return self.send_json(400, {"error": "bad service or scope"})
             tok = secrets.token_hex(16)
-            STATE.tokens.add(tok)
+            STATE.tokens[tok] = STATE.token_uses or None
         return self.send_json(200, {"token": tok, "expires_in": 300})
 
     def handle_any(self):
@@ -123,7 +139,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if STATE.bearer and url.path.startswith("/v2/"):
             auth = self.headers.get("Authorization", "")
             with STATE.lock:
-                ok = auth.startswith("Bearer ") and auth[7:] in STATE.tokens
+                tok = auth[7:] if auth.startswith("Bearer ") else None
+                ok = tok in STATE.tokens
+                if ok and STATE.tokens[tok] is not None:
+                    STATE.tokens[tok] -= 1
+                    if STATE.tokens[tok] <= 0:
+                        del STATE.tokens[tok]
             if not ok:
                 host = self.headers.get("Host")
                 m = re.match(r"^/v2/(.+?)/(manifests|blobs)/", url.path)
@@ -134,6 +155,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return self.send_json(401, {"errors": [{"code": "UNAUTHORIZED"}]},
                                       {"WWW-Authenticate": challenge})
 
+        if self.command == "GET" and MANIFEST_GET.match(url.path) and STATE.take_fault({"manifest500"}):
+            return self.send_json(500, {"errors": [{"code": "INJECTED"}]})
         is_blob = self.command == "GET" and BLOB_GET.match(url.path) is not None
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
         if STATE.bearer:
