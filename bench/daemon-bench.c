@@ -11,11 +11,15 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <msgpack.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
 
 #include "common.h"
 #include "engine.h"
+
+/* Every model tokenizes this to a few tokens, with or without a start token. */
+#define BENCH_PROMPT "Once upon a time"
 
 static const char *arg_model = NULL;
 static const char *arg_quantd = NULL;
@@ -51,8 +55,10 @@ static int start_daemon(void) {
                 return -errno;
         if (daemon_pid == 0) {
                 int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-                if (fd >= 0)
+                if (fd >= 0) {
+                        dup2(fd, STDOUT_FILENO);
                         dup2(fd, STDERR_FILENO);
+                }
                 execl(arg_quantd, arg_quantd, a_socket, a_models, a_config, (char *)NULL);
                 _exit(127);
         }
@@ -71,6 +77,7 @@ static void stop_daemon(void) {
         if (daemon_pid > 0) {
                 kill(daemon_pid, SIGTERM);
                 waitpid(daemon_pid, NULL, 0);
+                daemon_pid = 0;
         }
         _cleanup_free_ char *cmd = strdup_printf("rm -rf '%s'", tmpdir);
         if (cmd)
@@ -82,7 +89,7 @@ static void pack_generate(msgpack_sbuffer *sb, unsigned n, bool stream) {
         proto_packer_init(&pk, sb);
         msgpack_pack_map(&pk, 4);
         proto_pack_kv_str(&pk, "model", "bench");
-        proto_pack_kv_str(&pk, "prompt", "");
+        proto_pack_kv_str(&pk, "prompt", BENCH_PROMPT);
         proto_pack_kv_bool(&pk, "stream", stream);
         proto_pack_key(&pk, "options");
         msgpack_pack_map(&pk, 3);
@@ -143,20 +150,27 @@ static uint64_t generate_once(ProtoClient *c, unsigned n, uint64_t *ret_first, u
         return end - t.start;
 }
 
-/* The same greedy generation in this process: the engine alone. Returns ns for n tokens after the first. */
+/*
+ * The same greedy generation in this process: the engine alone, with the model loaded once (as the daemon
+ * keeps it hot). Returns ns for n tokens after the first.
+ */
+static EngineModel *local_model;
+static EngineVocab *local_vocab;
+
 static uint64_t in_process(unsigned n) {
         EngineModelParams p = engine_model_params_default();
-        _cleanup_(engine_model_unrefp) EngineModel *m = NULL;
-        _cleanup_(engine_vocab_freep) EngineVocab *v = NULL;
         _cleanup_(engine_seq_freep) EngineSeq *s = NULL;
         _cleanup_(engine_sampler_freep) EngineSampler *sp = NULL;
         QdError e = {};
 
         p.n_threads = arg_threads;
-        if (engine_model_load(arg_model, &p, &m, &e) < 0 || engine_vocab_new(engine_model_gguf(m), &v, &e) < 0) {
+        if (!local_model && (engine_model_load(arg_model, &p, &local_model, &e) < 0 ||
+                             engine_vocab_new(engine_model_gguf(local_model), &local_vocab, &e) < 0)) {
                 fprintf(stderr, "Failed to load %s: %s\n", arg_model, e.msg);
                 exit(1);
         }
+        EngineModel *m = local_model;
+        EngineVocab *v = local_vocab;
         EngineSamplerParams sp_p = engine_sampler_params_default();
         sp_p.temperature = 0;
         sp_p.repeat_penalty = 1;
@@ -164,12 +178,17 @@ static uint64_t in_process(unsigned n) {
         float *logits = malloc(sizeof(float) * n_vocab);
         if (!logits || engine_seq_new(m, n + 64, &s) < 0 || engine_sampler_new(&sp_p, n_vocab, &sp) < 0)
                 exit(1);
-        int32_t tok = engine_vocab_bos(v);
+        _cleanup_free_ int32_t *prompt = NULL;
+        size_t n_prompt = 0;
+        if (engine_tokenize(v, BENCH_PROMPT, strlen(BENCH_PROMPT), true, true, &prompt, &n_prompt) < 0 || n_prompt == 0)
+                exit(1);
+        int32_t tok = 0;
         uint64_t t0 = 0;
         Buf text = {};
         for (unsigned i = 0; i <= n; i++) {
-                const int32_t *tp = &tok;
-                uint32_t one = 1;
+                /* The prompt in one step, then one token per step, as the daemon runs it. */
+                const int32_t *tp = i == 0 ? prompt : &tok;
+                uint32_t one = i == 0 ? (uint32_t)n_prompt : 1;
                 EngineSeq *seqs[1] = { s };
                 float *lp[1] = { logits };
                 if (engine_decode(m, seqs, &tp, &one, 1, lp, NULL, &e) < 0)
@@ -200,18 +219,24 @@ static void concurrent(unsigned clients, unsigned n) {
                     proto_client_send(cs[i], "Generate", sb.data, sb.size, NULL, 0, NULL) < 0)
                         exit(1);
         msgpack_sbuffer_destroy(&sb);
-        for (unsigned left = clients; left > 0;)
+        for (unsigned left = clients; left > 0;) {
+                /* Sleep until a stream has data: a spinning client would steal the daemon's CPU. */
+                struct pollfd pfd[16];
+                for (unsigned i = 0; i < clients; i++)
+                        pfd[i] = (struct pollfd){ .fd = done[i] ? -1 : proto_client_fd(cs[i]), .events = POLLIN };
+                (void)poll(pfd, clients, 1000);
                 for (unsigned i = 0; i < clients; i++) {
                         ProtoMessage m;
                         if (done[i])
                                 continue;
-                        int k = proto_client_read(cs[i], 0, &m, &e);
+                        /* Everything that has arrived, buffered or not. */
+                        int k;
+                        while ((k = proto_client_read(cs[i], 0, &m, &e)) == 1 && m.type == PROTO_NOTIFICATION)
+                                ;
                         if (k == -ETIMEDOUT)
                                 continue;
                         if (k < 0)
                                 exit(1);
-                        if (m.type == PROTO_NOTIFICATION)
-                                continue;
                         if (m.error) {
                                 fprintf(stderr, "Generate failed: %s\n", m.error_message);
                                 exit(1);
@@ -220,6 +245,7 @@ static void concurrent(unsigned clients, unsigned n) {
                         done[i] = true;
                         left--;
                 }
+        }
         uint64_t wall = now_ns() - t0;
         for (unsigned i = 0; i < clients; i++)
                 proto_client_free(cs[i]);
@@ -264,6 +290,8 @@ int main(int argc, char *argv[]) {
                 return 2;
         }
         signal(SIGPIPE, SIG_IGN);
+        /* Every exit, the error paths' exit(1) included, stops the daemon and removes its directory. */
+        atexit(stop_daemon);
         if (!mkdtemp(tmpdir) || start_daemon() < 0) {
                 fprintf(stderr, "Failed to start %s.\n", arg_quantd);
                 stop_daemon();
@@ -321,5 +349,7 @@ int main(int argc, char *argv[]) {
 
         proto_client_free(cl);
         stop_daemon();
+        engine_vocab_free(local_vocab);
+        engine_model_unref(local_model);
         return 0;
 }

@@ -146,7 +146,7 @@ JobPool *job_pool_free(JobPool *p);
 int job_start(Manager *m, Request *r, const char *kind, const char *model, JobRunFn run, void *userdata,
               void (*free_userdata)(void *userdata), Job **ret);
 /* Worker side: records progress; the main thread sends it to the watchers, coalesced. Any thread. */
-void job_progress(Job *j, const char *status, uint64_t total, uint64_t completed);
+void job_progress(Job *j, const char *status, const char *digest, uint64_t total, uint64_t completed);
 const atomic_bool *job_cancel_flag(Job *j);
 bool job_cancelled(Job *j);
 Job *job_find(Manager *m, uint64_t id);

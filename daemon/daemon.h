@@ -146,6 +146,10 @@ typedef struct StoreModel {
  * What the daemon needs from the model store, an ops table so that the daemon does not depend on the store's
  * layout. store_registry_ops is registry/'s Ollama-compatible store.
  */
+/* Progress of a store operation, on the worker that runs it: status as Ollama words it, the blob (may be NULL). */
+typedef void (*StoreProgressFn)(const char *status, const char *digest, uint64_t completed, uint64_t total,
+                                void *userdata);
+
 typedef struct StoreOps {
         /* config_path: the INI file whose [Registry] sections apply (may be NULL or missing). */
         int (*open)(const char *root, const char *config_path, void **ret, QdError *err);
@@ -156,8 +160,12 @@ typedef struct StoreOps {
         /* Runs on a worker: stores the GGUF read from fd as name, with an optional chat template and system
          * prompt (NULL for none), reporting bytes through progress. */
         int (*create)(void *store, const char *name, int fd, const char *template, const char *system,
-                      void (*progress)(uint64_t done, uint64_t total, void *u), void *userdata,
-                      const atomic_bool *cancel, QdError *err);
+                      StoreProgressFn progress, void *userdata, const atomic_bool *cancel, QdError *err);
+        /* Run on a worker: download name from its registry, or upload it. */
+        int (*pull)(void *store, const char *name, StoreProgressFn progress, void *userdata,
+                    const atomic_bool *cancel, QdError *err);
+        int (*push)(void *store, const char *name, StoreProgressFn progress, void *userdata,
+                    const atomic_bool *cancel, QdError *err);
         /* The contents of the model's layer of media_type (a template, a system prompt), at most 1 MiB;
          * *ret is NULL when the model has no such layer. */
         int (*read_layer)(void *store, const char *name, const char *media_type, char **ret, QdError *err);

@@ -41,6 +41,7 @@ struct Job {
         /* Protected by lock. */
         pthread_mutex_t lock;
         char status[128];
+        char digest[80];
         uint64_t total, completed;
         bool progress_posted;
 
@@ -105,8 +106,9 @@ static const char *job_state_to_string(JobState s) {
 
 static int pack_progress(Job *j, Reply *rep, uint32_t *ret_n) {
         pthread_mutex_lock(&j->lock);
-        char status[sizeof(j->status)];
+        char status[sizeof(j->status)], digest[sizeof(j->digest)];
         memcpy(status, j->status, sizeof(status));
+        memcpy(digest, j->digest, sizeof(digest));
         uint64_t total = j->total, completed = j->completed;
         j->progress_posted = false;
         pthread_mutex_unlock(&j->lock);
@@ -115,10 +117,12 @@ static int pack_progress(Job *j, Reply *rep, uint32_t *ret_n) {
         if (k >= 0)
                 k = proto_pack_kv_str(&rep->pk, "status", status);
         if (k >= 0)
+                k = proto_pack_kv_str(&rep->pk, "digest", digest[0] ? digest : NULL);
+        if (k >= 0)
                 k = proto_pack_kv_u64(&rep->pk, "total", total);
         if (k >= 0)
                 k = proto_pack_kv_u64(&rep->pk, "completed", completed);
-        *ret_n = 4;
+        *ret_n = 5;
         return k;
 }
 
@@ -203,12 +207,13 @@ static void job_started_main(Manager *m, void *userdata) {
 
 /* ---- workers ---- */
 
-void job_progress(Job *j, const char *status, uint64_t total, uint64_t completed) {
+void job_progress(Job *j, const char *status, const char *digest, uint64_t total, uint64_t completed) {
         bool post;
 
         pthread_mutex_lock(&j->lock);
         if (status)
                 snprintf(j->status, sizeof(j->status), "%s", status);
+        snprintf(j->digest, sizeof(j->digest), "%s", strempty(digest));
         j->total = total;
         j->completed = completed;
         post = !j->progress_posted;

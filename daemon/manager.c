@@ -23,6 +23,7 @@ int manager_post(Manager *m, void (*fn)(Manager *m, void *userdata), void *userd
                 return -ENOMEM;
         *p = (Post){ .fn = fn, .userdata = userdata };
         pthread_mutex_lock(&m->post_lock);
+        bool wake = !m->post_head;
         if (m->post_tail)
                 m->post_tail->next = p;
         else
@@ -30,9 +31,12 @@ int manager_post(Manager *m, void (*fn)(Manager *m, void *userdata), void *userd
         m->post_tail = p;
         pthread_mutex_unlock(&m->post_lock);
 
-        uint64_t one = 1;
-        /* The counter only saturates after 2^64-2 posts; a failed write still leaves the post queued. */
-        (void)write(m->post_fd, &one, sizeof(one));
+        /* Only the first post of a batch wakes the loop: the drain takes the whole list, and a post that
+         * finds the list non-empty is taken by a drain that has not happened yet. */
+        if (wake) {
+                uint64_t one = 1;
+                (void)write(m->post_fd, &one, sizeof(one));
+        }
         return 0;
 }
 

@@ -10,9 +10,6 @@
 #include "daemon-internal.h"
 #include "engine.h"
 
-#define NOT_LANDED(what)                                                                                        \
-        qd_error_set(err, EOPNOTSUPP, "%s is not available in this build: %s has not landed yet.", call->name, what)
-
 static int reply_simple(Request *r, Reply *rep, int k) {
         if (k < 0) {
                 reply_done(rep);
@@ -224,16 +221,17 @@ static void create_job_free(void *userdata) {
         free(c);
 }
 
-static void create_progress(uint64_t done, uint64_t total, void *userdata) {
-        job_progress(userdata, "copying model data", total, done);
+static void store_progress(const char *status, const char *digest, uint64_t completed, uint64_t total,
+                           void *userdata) {
+        job_progress(userdata, status, digest, total, completed);
 }
 
 static int create_job_run(Job *j, void *userdata, QdError *err) {
         CreateJob *c = userdata;
         Manager *m = c->manager;
 
-        job_progress(j, "copying model data", 0, 0);
-        return m->store_ops->create(m->store, c->model, c->fd, c->template, c->system, create_progress, j,
+        job_progress(j, "reading model data", NULL, 0, 0);
+        return m->store_ops->create(m->store, c->model, c->fd, c->template, c->system, store_progress, j,
                                     job_cancel_flag(j), err);
 }
 
@@ -314,12 +312,52 @@ static int method_delete(Manager *m, Request *r, ProtoMessage *call, QdError *er
         return 0;
 }
 
+typedef struct TransferJob {
+        Manager *manager;
+        char *model;
+        bool push;
+} TransferJob;
+
+static void transfer_job_free(void *userdata) {
+        TransferJob *t = userdata;
+        free(t->model);
+        free(t);
+}
+
+static int transfer_job_run(Job *j, void *userdata, QdError *err) {
+        TransferJob *t = userdata;
+        Manager *m = t->manager;
+
+        job_progress(j, t->push ? "preparing to push" : "pulling manifest", NULL, 0, 0);
+        if (t->push)
+                return m->store_ops->push(m->store, t->model, store_progress, j, job_cancel_flag(j), err);
+        return m->store_ops->pull(m->store, t->model, store_progress, j, job_cancel_flag(j), err);
+}
+
+static int start_transfer(Manager *m, Request *r, ProtoMessage *call, bool push, QdError *err) {
+        ModelArg a = {};
+        int k = proto_dispatch(call->params, model_fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+        TransferJob *t = calloc(1, sizeof(*t));
+        if (!t)
+                return -ENOMEM;
+        t->manager = m;
+        t->push = push;
+        t->model = strdup(a.model);
+        if (!t->model) {
+                transfer_job_free(t);
+                return -ENOMEM;
+        }
+        return job_start(m, r, push ? "push" : "pull", a.model, transfer_job_run, t, transfer_job_free, NULL);
+}
+
 static int method_pull(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
-        return NOT_LANDED("the registry client (registry/)");
+        return start_transfer(m, r, call, false, err);
 }
 
 static int method_push(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
-        return NOT_LANDED("the registry client (registry/)");
+        return start_transfer(m, r, call, true, err);
 }
 
 /* ---- jobs ---- */

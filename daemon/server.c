@@ -26,6 +26,7 @@ struct Connection {
         int fd;
         sd_event_source *source;
         sd_event_source *close_source; /* a deferred close is pending */
+        sd_event_source *flush_source; /* defer: writes what was queued in this loop iteration, at once */
         ProtoReader *reader;
         Caller caller;
 
@@ -78,7 +79,19 @@ static int connection_flush(Connection *c) {
         return 0;
 }
 
-/* Appends a packed message to the output and writes what can be written. */
+static int connection_flush_handler(sd_event_source *s, void *userdata) {
+        Connection *c = userdata;
+        if (connection_flush(c) < 0)
+                connection_close_later(c, "writing failed");
+        else
+                connection_update_events(c);
+        return 0;
+}
+
+/*
+ * Appends a packed message to the output. The write happens once per loop iteration (a defer source), so
+ * that a batch of tokens posted by the executor leaves in one sendmsg().
+ */
 static int connection_queue(Connection *c, const void *data, size_t size) {
         if (c->close_source)
                 return 0;
@@ -91,12 +104,8 @@ static int connection_queue(Connection *c, const void *data, size_t size) {
                 connection_close_later(c, "out of memory");
                 return k;
         }
-        k = connection_flush(c);
-        if (k < 0) {
-                connection_close_later(c, "writing failed");
-                return k;
-        }
-        connection_update_events(c);
+        if (sd_event_source_set_enabled(c->flush_source, SD_EVENT_ONESHOT) < 0)
+                return connection_flush_handler(c->flush_source, c);
         return 0;
 }
 
@@ -297,6 +306,7 @@ static void connection_free(Connection *c) {
         c->manager->n_connections--;
         sd_event_source_disable_unref(c->source);
         sd_event_source_disable_unref(c->close_source);
+        sd_event_source_disable_unref(c->flush_source);
         safe_close(c->fd);
         proto_reader_free(c->reader);
         buf_free(&c->out);
@@ -346,6 +356,10 @@ static int connection_new(Manager *m, int fd) {
         k = c->requests ? proto_reader_new(&c->reader, m->config.max_frame) : -ENOMEM;
         if (k >= 0)
                 k = sd_event_add_io(m->event, &c->source, c->fd, EPOLLIN, connection_io, c);
+        if (k >= 0)
+                k = sd_event_add_defer(m->event, &c->flush_source, connection_flush_handler, c);
+        if (k >= 0)
+                k = sd_event_source_set_enabled(c->flush_source, SD_EVENT_OFF);
         if (k < 0) {
                 connection_free(c);
                 return log_error_errno(k, "Failed to set up a connection: %m");

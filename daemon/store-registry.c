@@ -127,7 +127,7 @@ static int reg_list(void *store, StoreModel **ret, size_t *ret_n, QdError *err) 
 }
 
 /* Drains a pipe or socket into an unnamed file in dir, polling for cancellation. Returns the new fd. */
-static int drain_to_tmpfile(const char *dir, int in, void (*progress)(uint64_t, uint64_t, void *), void *userdata,
+static int drain_to_tmpfile(const char *dir, int in, StoreProgressFn progress, void *userdata,
                             const atomic_bool *cancel, QdError *err) {
         static const size_t chunk = 1U << 20;
         _cleanup_close_ int out = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
@@ -165,16 +165,26 @@ static int drain_to_tmpfile(const char *dir, int in, void (*progress)(uint64_t, 
                 }
                 done += (uint64_t)n;
                 if (progress)
-                        progress(done, 0, userdata);
+                        progress("receiving model data", NULL, done, 0, userdata);
         }
         if (lseek(out, 0, SEEK_SET) < 0)
                 return -errno;
         return TAKE_FD(out);
 }
 
+typedef struct ProgressRelay {
+        StoreProgressFn fn;
+        void *userdata;
+} ProgressRelay;
+
+static void relay_progress(const RegistryProgress *p, void *userdata) {
+        ProgressRelay *r = userdata;
+        if (r->fn)
+                r->fn(p->status, p->digest, p->completed, p->total, r->userdata);
+}
+
 static int reg_create(void *store, const char *name, int fd, const char *template, const char *system,
-                      void (*progress)(uint64_t, uint64_t, void *), void *userdata, const atomic_bool *cancel,
-                      QdError *err) {
+                      StoreProgressFn progress, void *userdata, const atomic_bool *cancel, QdError *err) {
         RegStore *s = store;
         _cleanup_close_ int buffered = -EBADF;
         RegistryName n;
@@ -198,8 +208,7 @@ static int reg_create(void *store, const char *name, int fd, const char *templat
         }
         if (st.st_size == 0)
                 return qd_error_set(err, EINVAL, "The model file is empty.");
-        if (progress)
-                progress(0, (uint64_t)st.st_size, userdata);
+        ProgressRelay relay = { progress, userdata };
         RegistryCreateLayer layers[3] = { { .media_type = REGISTRY_MEDIA_MODEL, .fd = fd } };
         size_t n_layers = 1;
         if (template)
@@ -208,12 +217,7 @@ static int reg_create(void *store, const char *name, int fd, const char *templat
         if (system)
                 layers[n_layers++] = (RegistryCreateLayer){ .media_type = REGISTRY_MEDIA_SYSTEM, .fd = -EBADF,
                                                             .data = system, .size = strlen(system) };
-        k = registry_store_create(s->store, &n, layers, n_layers, NULL, NULL, NULL, cancel, err);
-        if (k < 0)
-                return k;
-        if (progress)
-                progress((uint64_t)st.st_size, (uint64_t)st.st_size, userdata);
-        return 0;
+        return registry_store_create(s->store, &n, layers, n_layers, NULL, relay_progress, &relay, cancel, err);
 }
 
 static int reg_read_layer(void *store, const char *name, const char *media_type, char **ret, QdError *err) {
@@ -256,6 +260,29 @@ static int reg_read_layer(void *store, const char *name, const char *media_type,
         return 0;
 }
 
+static int reg_pull(void *store, const char *name, StoreProgressFn progress, void *userdata,
+                    const atomic_bool *cancel, QdError *err) {
+        RegStore *s = store;
+        ProgressRelay relay = { progress, userdata };
+        RegistryName n;
+        /* A name the user typed for pull may be a short alias of the catalogue. */
+        int k = registry_name_resolve(name, &s->config, &n, err);
+        if (k < 0)
+                return k;
+        return registry_pull(s->store, &n, relay_progress, &relay, cancel, NULL, err);
+}
+
+static int reg_push(void *store, const char *name, StoreProgressFn progress, void *userdata,
+                    const atomic_bool *cancel, QdError *err) {
+        RegStore *s = store;
+        ProgressRelay relay = { progress, userdata };
+        RegistryName n;
+        int k = registry_name_parse(name, &s->config, &n, err);
+        if (k < 0)
+                return k;
+        return registry_push(s->store, &n, relay_progress, &relay, cancel, NULL, err);
+}
+
 static int reg_copy(void *store, const char *src, const char *dst, QdError *err) {
         RegStore *s = store;
         RegistryName a, b;
@@ -284,6 +311,8 @@ const StoreOps store_registry_ops = {
         .list = reg_list,
         .create = reg_create,
         .read_layer = reg_read_layer,
+        .pull = reg_pull,
+        .push = reg_push,
         .copy = reg_copy,
         .remove = reg_remove,
 };

@@ -22,22 +22,22 @@ static int setup(void **state) {
         static const char *const args[] = { "--backend=engine", NULL };
         Harness *h = calloc(1, sizeof(Harness));
         assert_non_null(h);
-        assert_int_equal(harness_start(h, "[Scheduler]\nNumParallel=16\nContextLength=256\nThreads=2\n", args), 0);
+        assert_int_equal(dh_start(h, "[Scheduler]\nNumParallel=16\nContextLength=256\nThreads=2\n", args), 0);
         *state = h;
 
         const char *dir = getenv("QUANTD_TEST_MODELS");
         assert_non_null(dir);
         _cleanup_free_ char *path = strdup_printf("%s/stories260K.gguf", dir);
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         /* A missing model file fails the test, it does not skip it. */
         assert_int_equal(access(path, R_OK), 0);
-        assert_int_equal(harness_create_from_file(h, c, "stories", path), 0);
+        assert_int_equal(dh_create_from_file(h, c, "stories", path), 0);
         return 0;
 }
 
 static int teardown(void **state) {
         Harness *h = *state;
-        assert_int_equal(harness_stop(h), 0);
+        assert_int_equal(dh_stop(h), 0);
         free(h);
         return 0;
 }
@@ -93,7 +93,7 @@ static void pack_greedy(msgpack_sbuffer *sb, const char *prompt, int num_predict
 
 static void test_golden(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         int32_t golden[128];
         size_t n_golden = read_golden(golden, ELEMENTSOF(golden));
         msgpack_sbuffer sb;
@@ -125,7 +125,7 @@ static void test_golden(void **state) {
 
 static void test_concurrent_equal_solo(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         static const char *const prompts[] = { "Once upon a time", "The cat", "Lily and Tom went" };
         Stream solo[ELEMENTSOF(prompts)] = {};
         msgpack_sbuffer sb;
@@ -145,7 +145,7 @@ static void test_concurrent_equal_solo(void **state) {
         Stream *streams = calloc(N_CLIENTS, sizeof(Stream));
         bool finished[N_CLIENTS] = {};
         for (int i = 0; i < N_CLIENTS; i++) {
-                cs[i] = harness_connect(h);
+                cs[i] = dh_connect(h);
                 assert_non_null(cs[i]);
                 msgpack_sbuffer_init(&sb);
                 pack_greedy(&sb, prompts[i % ELEMENTSOF(prompts)], 64);
@@ -185,21 +185,21 @@ static void test_concurrent_equal_solo(void **state) {
 
 static void test_show_tokenize(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         msgpack_sbuffer sb;
         msgpack_packer pk;
         ProtoMessage m;
         QdError e = {};
 
         msgpack_sbuffer_init(&sb);
-        harness_params(&sb, "model", "stories", NULL);
+        dh_params(&sb, "model", "stories", NULL);
         assert_int_equal(proto_client_call(c, "Show", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
         assert_true(proto_str_eq(proto_map_get(m.result, "architecture"), "llama"));
         assert_int_equal(proto_map_get(m.result, "block_count")->via.u64, 5);
         msgpack_sbuffer_destroy(&sb);
 
         msgpack_sbuffer_init(&sb);
-        harness_params(&sb, "model", "stories", "text", "Once upon a time", NULL);
+        dh_params(&sb, "model", "stories", "text", "Once upon a time", NULL);
         assert_int_equal(proto_client_call(c, "Tokenize", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
         msgpack_sbuffer_destroy(&sb);
         const msgpack_object *t = proto_map_get(m.result, "tokens");
@@ -226,7 +226,7 @@ static void test_show_tokenize(void **state) {
 
 static void test_embed(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         msgpack_sbuffer sb;
         msgpack_packer pk;
         ProtoMessage m;
@@ -284,7 +284,7 @@ static int chat_call(ProtoClient *c, const char *model, const char *content, Pro
 
 static void test_chat(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         ProtoMessage m;
         QdError e = {};
 
@@ -296,7 +296,7 @@ static void test_chat(void **state) {
         const char *smollm = getenv("QUANTD_TEST_SMOLLM");
         if (!smollm || access(smollm, R_OK) < 0)
                 fail_msg("QUANTD_TEST_SMOLLM must name SmolLM2-135M-Instruct.Q4_1.gguf (see .ci/lib.sh).");
-        assert_int_equal(harness_create_from_file(h, c, "smollm", smollm), 0);
+        assert_int_equal(dh_create_from_file(h, c, "smollm", smollm), 0);
         if (chat_call(c, "smollm", "What is the capital of France?", &m, &e) < 0)
                 fail_msg("Chat failed: %s", e.msg);
         const msgpack_object *content = proto_map_get(proto_map_get(m.result, "message"), "content");
@@ -310,7 +310,7 @@ static void test_chat(void **state) {
                                     "<|im_end|>\n<|im_start|>assistant\n";
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
-        harness_params(&sb, "model", "smollm", "text", chatml, NULL);
+        dh_params(&sb, "model", "smollm", "text", chatml, NULL);
         assert_int_equal(proto_client_call(c, "Tokenize", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
         msgpack_sbuffer_destroy(&sb);
         const msgpack_object *t = proto_map_get(m.result, "tokens");

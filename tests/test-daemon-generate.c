@@ -25,7 +25,7 @@
 static int start(void **state, const char *config) {
         Harness *h = calloc(1, sizeof(Harness));
         assert_non_null(h);
-        assert_int_equal(harness_start(h, config, NULL), 0);
+        assert_int_equal(dh_start(h, config, NULL), 0);
         *state = h;
         return 0;
 }
@@ -46,7 +46,7 @@ static int setup_small_output(void **state) {
 static int teardown(void **state) {
         Harness *h = *state;
         if (h->pid > 0)
-                assert_int_equal(harness_stop(h), 0);
+                assert_int_equal(dh_stop(h), 0);
         free(h);
         return 0;
 }
@@ -121,11 +121,11 @@ static size_t ps_count(ProtoClient *c, const char *name, int64_t *ret_expires) {
 
 static void test_generate_stream(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         QdError e = {};
         uint64_t eval = 0;
 
-        assert_int_equal(harness_create_model(h, c, "fake", "size=1000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "fake", "size=1000\n"), 0);
         _cleanup_free_ char *a = generate(c, "fake", "Once upon", 64, NULL, &eval, &e);
         assert_non_null(a);
         assert_int_equal(eval, 64);
@@ -160,12 +160,12 @@ static void test_generate_stream(void **state) {
 
 static void test_end_of_generation_and_stop(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         QdError e = {};
         uint64_t eval = 0;
 
         /* The fake emits its end token at position 20; the prompt "ab" plus BOS takes 3. */
-        assert_int_equal(harness_create_model(h, c, "short", "eos_at=20\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "short", "eos_at=20\n"), 0);
         _cleanup_free_ char *a = generate(c, "short", "ab", 100, NULL, &eval, &e);
         assert_non_null(a);
         assert_int_equal(eval, 17);
@@ -173,14 +173,14 @@ static void test_end_of_generation_and_stop(void **state) {
 
 static void test_stop_strings(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         msgpack_sbuffer sb;
         msgpack_packer pk;
         ProtoMessage m;
         QdError e = {};
         Stream s = {};
 
-        assert_int_equal(harness_create_model(h, c, "fake", "size=1000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "fake", "size=1000\n"), 0);
         _cleanup_free_ char *full = generate(c, "fake", "Once", 64, NULL, NULL, &e);
         assert_non_null(full);
         assert_true(strlen(full) > 40);
@@ -275,7 +275,7 @@ static int chat(ProtoClient *c, const char *model, const char *role, const char 
 
 static void test_chat(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         ProtoMessage m;
         QdError e = {};
 
@@ -319,11 +319,11 @@ static void test_chat(void **state) {
         assert_int_equal(chat(c, "chatty", "wizard", "hi", &m, &e), -EINVAL);
         assert_string_equal(e.msg, "Message 0 has role 'wizard'; roles are system, user, assistant and tool.");
         assert_int_equal(create_with_template(h, c, "bad", "{{ if .System }}", NULL, &e), -EINVAL);
-        assert_int_equal(harness_create_model(h, c, "plain", "size=1000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "plain", "size=1000\n"), 0);
         assert_true(chat(c, "plain", "user", "hi", &m, &e) < 0);
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
-        harness_params(&sb, "model", "chatty", "messages", "x", NULL);
+        dh_params(&sb, "model", "chatty", "messages", "x", NULL);
         qd_error_clear(&e);
         assert_int_equal(proto_client_call(c, "Chat", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
         assert_string_equal(e.msg, "Parameter 'messages' must be an array, got a string.");
@@ -332,15 +332,15 @@ static void test_chat(void **state) {
 
 static void test_tokenize(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         msgpack_sbuffer sb;
         msgpack_packer pk;
         ProtoMessage m;
         QdError e = {};
 
-        assert_int_equal(harness_create_model(h, c, "fake", "size=1000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "fake", "size=1000\n"), 0);
         msgpack_sbuffer_init(&sb);
-        harness_params(&sb, "model", "fake", "text", "hé", NULL);
+        dh_params(&sb, "model", "fake", "text", "hé", NULL);
         assert_int_equal(proto_client_call(c, "Tokenize", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
         msgpack_sbuffer_destroy(&sb);
         const msgpack_object *t = proto_map_get(m.result, "tokens");
@@ -380,11 +380,11 @@ static void test_tokenize(void **state) {
 
 static void test_concurrent_streams(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         QdError e = {};
 
         /* 2 ms per forward step whatever the batch: batching shows in the wall time. */
-        assert_int_equal(harness_create_model(h, c, "slow", "delay_us=2000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "slow", "delay_us=2000\n"), 0);
         _cleanup_free_ char *solo = generate(c, "slow", "Once", 64, NULL, NULL, &e);
         assert_non_null(solo);
 
@@ -395,7 +395,7 @@ static void test_concurrent_streams(void **state) {
         pack_generate(&sb, "slow", "Once", 64, NULL, true);
         uint64_t t0 = now_ns();
         for (int i = 0; i < N_CONCURRENT; i++) {
-                cs[i] = harness_connect(h);
+                cs[i] = dh_connect(h);
                 assert_non_null(cs[i]);
                 assert_int_equal(proto_client_send(cs[i], "Generate", sb.data, sb.size, NULL, 0, NULL), 0);
         }
@@ -434,13 +434,13 @@ static void test_concurrent_streams(void **state) {
 
 static void test_cancel_and_disconnect(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         msgpack_sbuffer sb;
         ProtoMessage m;
         QdError e = {};
         uint64_t id;
 
-        assert_int_equal(harness_create_model(h, c, "slow", "delay_us=5000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "slow", "delay_us=5000\n"), 0);
         msgpack_sbuffer_init(&sb);
         pack_generate(&sb, "slow", "x", 400, NULL, true);
         assert_int_equal(proto_client_send(c, "Generate", sb.data, sb.size, NULL, 0, &id), 0);
@@ -450,7 +450,7 @@ static void test_cancel_and_disconnect(void **state) {
         msgpack_sbuffer cancel;
         msgpack_sbuffer_init(&cancel);
         _cleanup_free_ char *ids = strdup_printf("%" PRIu64, id);
-        harness_params(&cancel, "id", ids, NULL);
+        dh_params(&cancel, "id", ids, NULL);
         uint64_t cid;
         assert_int_equal(proto_client_send(c, "Cancel", cancel.data, cancel.size, NULL, 0, &cid), 0);
         msgpack_sbuffer_destroy(&cancel);
@@ -470,7 +470,7 @@ static void test_cancel_and_disconnect(void **state) {
         }
 
         /* A client that goes away mid-stream: its generation ends, the daemon carries on. */
-        ProtoClient *d = harness_connect(h);
+        ProtoClient *d = dh_connect(h);
         assert_int_equal(proto_client_send(d, "Generate", sb.data, sb.size, NULL, 0, NULL), 0);
         assert_int_equal(proto_client_read(d, 10000, &m, &e), 1);
         proto_client_free(d);
@@ -490,11 +490,11 @@ static void test_cancel_and_disconnect(void **state) {
 
 static void test_keep_alive(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         QdError e = {};
         int64_t expires = 0;
 
-        assert_int_equal(harness_create_model(h, c, "a", "size=1000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "a", "size=1000\n"), 0);
         _cleanup_free_ char *t0 = generate(c, "a", "x", 2, "0", NULL, &e);
         assert_non_null(t0);
         /* keep_alive 0: unloaded right after the request (the executor confirms asynchronously). */
@@ -519,7 +519,7 @@ static void test_keep_alive(void **state) {
         msgpack_sbuffer sb;
         ProtoMessage m;
         msgpack_sbuffer_init(&sb);
-        harness_params(&sb, "model", "a", NULL);
+        dh_params(&sb, "model", "a", NULL);
         assert_int_equal(proto_client_call(c, "Unload", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
         for (int i = 0; i < 100 && ps_count(c, "a:latest", NULL) != 0; i++)
                 usleep(10000);
@@ -533,7 +533,7 @@ static void load(ProtoClient *c, const char *model, const char *keep_alive) {
         ProtoMessage m;
         QdError e = {};
         msgpack_sbuffer_init(&sb);
-        harness_params(&sb, "model", model, "keep_alive", keep_alive, NULL);
+        dh_params(&sb, "model", model, "keep_alive", keep_alive, NULL);
         int k = proto_client_call(c, "Load", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e);
         msgpack_sbuffer_destroy(&sb);
         if (k < 0)
@@ -542,11 +542,11 @@ static void load(ProtoClient *c, const char *model, const char *keep_alive) {
 
 static void test_eviction_order(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
 
-        assert_int_equal(harness_create_model(h, c, "a", "size=1000\n"), 0);
-        assert_int_equal(harness_create_model(h, c, "b", "size=1000\n"), 0);
-        assert_int_equal(harness_create_model(h, c, "c", "size=1000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "a", "size=1000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "b", "size=1000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "c", "size=1000\n"), 0);
         load(c, "a", "10m");
         load(c, "b", "5m");
         assert_int_equal(ps_count(c, "a:latest", NULL), 201);
@@ -560,22 +560,22 @@ static void test_eviction_order(void **state) {
         load(c, "b", "5m");
         assert_int_equal(ps_count(c, "a:latest", NULL), 201);
         assert_int_equal(ps_count(c, "c:latest", NULL), 200);
-        assert_true(harness_log_contains(h, "Evicting idle model 'b:latest'"));
+        assert_true(dh_log_contains(h, "Evicting idle model 'b:latest'"));
 }
 
 static void test_memory_budget(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
-        _cleanup_(proto_client_freep) ProtoClient *d = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *d = dh_connect(h);
         msgpack_sbuffer sb;
         ProtoMessage m;
         QdError e = {};
         uint64_t id;
 
         /* 1000000 + 524288 fits the budget of 2000000 once; two do not. */
-        assert_int_equal(harness_create_model(h, c, "big", "size=1000000\ndelay_us=5000\n"), 0);
-        assert_int_equal(harness_create_model(h, c, "big2", "size=1000000\n"), 0);
-        assert_int_equal(harness_create_model(h, c, "huge", "size=5000000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "big", "size=1000000\ndelay_us=5000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "big2", "size=1000000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "huge", "size=5000000\n"), 0);
 
         /* Too large for the budget at all: a clear ENOSPC at once. */
         _cleanup_free_ char *x = generate(c, "huge", "x", 1, NULL, NULL, &e);
@@ -601,7 +601,7 @@ static void test_memory_budget(void **state) {
         msgpack_sbuffer cancel;
         msgpack_sbuffer_init(&cancel);
         _cleanup_free_ char *ids = strdup_printf("%" PRIu64, id);
-        harness_params(&cancel, "id", ids, NULL);
+        dh_params(&cancel, "id", ids, NULL);
         assert_int_equal(proto_client_send(c, "Cancel", cancel.data, cancel.size, NULL, 0, NULL), 0);
         msgpack_sbuffer_destroy(&cancel);
         qd_error_clear(&e);
@@ -619,13 +619,13 @@ static double vector_norm(const msgpack_object *v) {
 
 static void test_embed(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         msgpack_sbuffer sb;
         msgpack_packer pk;
         ProtoMessage m;
         QdError e = {};
 
-        assert_int_equal(harness_create_model(h, c, "fake", "size=1000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "fake", "size=1000\n"), 0);
         msgpack_sbuffer_init(&sb);
         proto_packer_init(&pk, &sb);
         msgpack_pack_map(&pk, 2);
@@ -646,7 +646,7 @@ static void test_embed(void **state) {
 
         /* Wrong inputs. */
         msgpack_sbuffer_clear(&sb);
-        harness_params(&sb, "model", "fake", "input", "5", NULL);
+        dh_params(&sb, "model", "fake", "input", "5", NULL);
         assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
         assert_string_equal(e.msg, "Parameter 'input' must be a string or an array of strings.");
         msgpack_sbuffer_clear(&sb);
@@ -656,17 +656,17 @@ static void test_embed(void **state) {
         msgpack_pack_array(&pk, 0);
         assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
         msgpack_sbuffer_clear(&sb);
-        harness_params(&sb, "model", "nope", "input", "x", NULL);
+        dh_params(&sb, "model", "nope", "input", "x", NULL);
         assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -ENOENT);
         msgpack_sbuffer_destroy(&sb);
 }
 
 static void test_load_failure(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         QdError e = {};
 
-        assert_int_equal(harness_create_model(h, c, "broken", "fail_load=1\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "broken", "fail_load=1\n"), 0);
         _cleanup_free_ char *x = generate(c, "broken", "x", 4, NULL, NULL, &e);
         assert_null(x);
         assert_int_equal(e.code, EBADMSG);
@@ -696,14 +696,14 @@ static void test_load_failure(void **state) {
 
 static void test_slow_reader_dropped(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
-        ProtoClient *lazy = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+        ProtoClient *lazy = dh_connect(h);
         msgpack_sbuffer sb;
         msgpack_packer pk;
         ProtoMessage m;
         QdError e = {};
 
-        assert_int_equal(harness_create_model(h, c, "fast", "size=1000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "fast", "size=1000\n"), 0);
         /* A long stream nobody reads: past MaxQueuedOutput= the daemon drops the client. */
         msgpack_sbuffer_init(&sb);
         proto_packer_init(&pk, &sb);
@@ -716,9 +716,9 @@ static void test_slow_reader_dropped(void **state) {
         proto_pack_kv_i64(&pk, "num_ctx", 250000);
         assert_int_equal(proto_client_send(lazy, "Generate", sb.data, sb.size, NULL, 0, NULL), 0);
         msgpack_sbuffer_destroy(&sb);
-        for (int i = 0; i < 500 && !harness_log_contains(h, "does not read its replies"); i++)
+        for (int i = 0; i < 500 && !dh_log_contains(h, "does not read its replies"); i++)
                 usleep(20000);
-        assert_true(harness_log_contains(h, "does not read its replies"));
+        assert_true(dh_log_contains(h, "does not read its replies"));
         proto_client_free(lazy);
         /* Its generation ended: the model becomes idle; others are served meanwhile. */
         assert_int_equal(proto_client_call(c, "Version", NULL, 0, NULL, 0, NULL, NULL, &m, &e), 0);
@@ -732,18 +732,18 @@ static void test_slow_reader_dropped(void **state) {
 
 static void test_sigterm_mid_generation(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         msgpack_sbuffer sb;
         ProtoMessage m;
         QdError e = {};
 
-        assert_int_equal(harness_create_model(h, c, "slow", "delay_us=5000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "slow", "delay_us=5000\n"), 0);
         msgpack_sbuffer_init(&sb);
         pack_generate(&sb, "slow", "x", 400, NULL, true);
         assert_int_equal(proto_client_send(c, "Generate", sb.data, sb.size, NULL, 0, NULL), 0);
         msgpack_sbuffer_destroy(&sb);
         assert_int_equal(proto_client_read(c, 10000, &m, &e), 1);
-        assert_int_equal(harness_stop(h), 0);
+        assert_int_equal(dh_stop(h), 0);
 }
 
 int main(void) {

@@ -27,7 +27,7 @@
 static int start(void **state, const char *config) {
         Harness *h = calloc(1, sizeof(Harness));
         assert_non_null(h);
-        assert_int_equal(harness_start(h, config, NULL), 0);
+        assert_int_equal(dh_start(h, config, NULL), 0);
         *state = h;
         return 0;
 }
@@ -43,7 +43,7 @@ static int setup_default(void **state) {
 static int teardown(void **state) {
         Harness *h = *state;
         /* Every test ends with a clean SIGTERM exit (and, under valgrind, no leaks). */
-        assert_int_equal(harness_stop(h), 0);
+        assert_int_equal(dh_stop(h), 0);
         free(h);
         return 0;
 }
@@ -57,7 +57,7 @@ static void call_ok(ProtoClient *c, const char *method, ProtoMessage *ret) {
 
 static void test_hello_version(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         ProtoMessage m;
         QdError e = {};
 
@@ -84,7 +84,7 @@ static void test_hello_version(void **state) {
         /* A newer major version is refused with a sentence. */
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
-        harness_params(&sb, "protocol", "2", NULL);
+        dh_params(&sb, "protocol", "2", NULL);
         assert_int_equal(proto_client_call(c, "Hello", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
                          -EPROTONOSUPPORT);
         assert_non_null(strstr(e.msg, "install matching versions"));
@@ -93,7 +93,7 @@ static void test_hello_version(void **state) {
 
 static void test_errors_keep_connection(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         msgpack_sbuffer sb;
         ProtoMessage m;
         QdError e = {};
@@ -102,14 +102,14 @@ static void test_errors_keep_connection(void **state) {
         assert_string_equal(e.msg, "Unknown method 'Frobnicate'; Hello lists the methods this daemon has.");
 
         msgpack_sbuffer_init(&sb);
-        harness_params(&sb, "model", "5", NULL);
+        dh_params(&sb, "model", "5", NULL);
         qd_error_clear(&e);
         assert_int_equal(proto_client_call(c, "Show", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
         assert_string_equal(e.msg, "Parameter 'model' must be a string, got an integer.");
         msgpack_sbuffer_destroy(&sb);
 
         msgpack_sbuffer_init(&sb);
-        harness_params(&sb, "model", "m", NULL);
+        dh_params(&sb, "model", "m", NULL);
         qd_error_clear(&e);
         assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
         assert_string_equal(e.msg, "Parameter 'prompt' is required.");
@@ -119,15 +119,15 @@ static void test_errors_keep_connection(void **state) {
         msgpack_sbuffer_destroy(&sb);
 
         qd_error_clear(&e);
-        assert_int_equal(proto_client_call(c, "Pull", NULL, 0, NULL, 0, NULL, NULL, &m, &e), -EOPNOTSUPP);
-        assert_non_null(strstr(e.msg, "has not landed yet"));
+        assert_int_equal(proto_client_call(c, "Pull", NULL, 0, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_string_equal(e.msg, "Parameter 'model' is required.");
         qd_error_clear(&e);
         assert_int_equal(proto_client_call(c, "Chat", NULL, 0, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
         assert_string_equal(e.msg, "Parameter 'model' is required.");
         qd_error_clear(&e);
         assert_int_equal(proto_client_call(c, "Cancel", NULL, 0, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
         msgpack_sbuffer_init(&sb);
-        harness_params(&sb, "id", "77", NULL);
+        dh_params(&sb, "id", "77", NULL);
         qd_error_clear(&e);
         assert_int_equal(proto_client_call(c, "Cancel", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -ENOENT);
         msgpack_sbuffer_destroy(&sb);
@@ -138,7 +138,7 @@ static void test_errors_keep_connection(void **state) {
 
 /* Sends raw bytes and expects an error reply with msgid 0, then the close. */
 static void expect_frame_error(Harness *h, const void *data, size_t size, int error) {
-        _cleanup_(proto_client_freep) ProtoClient *bad = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *bad = dh_connect(h);
         ProtoMessage m;
         QdError e = {};
 
@@ -153,7 +153,7 @@ static void expect_frame_error(Harness *h, const void *data, size_t size, int er
 
 static void test_malformed_frames(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *good = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *good = dh_connect(h);
         ProtoMessage m;
 
         call_ok(good, "Version", &m);
@@ -172,13 +172,13 @@ static void test_malformed_frames(void **state) {
 
         /* The daemon still serves the first client, and new ones. */
         call_ok(good, "Version", &m);
-        _cleanup_(proto_client_freep) ProtoClient *later = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *later = dh_connect(h);
         call_ok(later, "Version", &m);
 }
 
 static void test_pipelined(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         ProtoMessage m;
         QdError e = {};
         uint64_t ids[20];
@@ -201,11 +201,11 @@ static void test_connection_limit(void **state) {
         QdError e = {};
 
         for (size_t i = 0; i < ELEMENTSOF(c); i++) {
-                c[i] = harness_connect(h);
+                c[i] = dh_connect(h);
                 assert_non_null(c[i]);
                 call_ok(c[i], "Version", &m);
         }
-        _cleanup_(proto_client_freep) ProtoClient *extra = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *extra = dh_connect(h);
         assert_non_null(extra);
         assert_int_equal(proto_client_read(extra, 5000, &m, &e), 1);
         assert_int_equal(m.error, EBUSY);
@@ -214,7 +214,7 @@ static void test_connection_limit(void **state) {
         c[0] = NULL;
         /* A freed slot is usable again once the daemon has seen the close. */
         for (int tries = 0; tries < 100; tries++) {
-                _cleanup_(proto_client_freep) ProtoClient *again = harness_connect(h);
+                _cleanup_(proto_client_freep) ProtoClient *again = dh_connect(h);
                 if (proto_client_call(again, "Version", NULL, 0, NULL, 0, NULL, NULL, &m, &e) == 0)
                         break;
                 assert_true(tries < 99);
@@ -222,7 +222,7 @@ static void test_connection_limit(void **state) {
         }
         for (size_t i = 0; i < ELEMENTSOF(c); i++)
                 proto_client_free(c[i]);
-        assert_true(harness_log_contains(h, "MaxConnections=8 reached"));
+        assert_true(dh_log_contains(h, "MaxConnections=8 reached"));
 }
 
 static void test_unprivileged(void **state) {
@@ -243,11 +243,11 @@ static void test_unprivileged(void **state) {
                 msgpack_sbuffer sb;
                 if (setgid(65534) < 0 || setuid(65534) < 0)
                         _exit(10);
-                ProtoClient *c = harness_connect(h);
+                ProtoClient *c = dh_connect(h);
                 if (!c)
                         _exit(11);
                 msgpack_sbuffer_init(&sb);
-                harness_params(&sb, "model", "x", NULL);
+                dh_params(&sb, "model", "x", NULL);
                 int k = proto_client_call(c, "Delete", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e);
                 if (k != -EPERM || !strstr(e.msg, "changes the model store"))
                         _exit(12);
@@ -261,7 +261,7 @@ static void test_unprivileged(void **state) {
         assert_int_equal(waitpid(pid, &status, 0), pid);
         assert_true(WIFEXITED(status));
         assert_int_equal(WEXITSTATUS(status), 0);
-        assert_true(harness_log_contains(h, "Refused Delete from uid 65534"));
+        assert_true(dh_log_contains(h, "Refused Delete from uid 65534"));
 }
 
 #define N_CLIENTS 32
@@ -275,7 +275,7 @@ static void test_many_clients(void **state) {
                 pids[i] = fork();
                 assert_true(pids[i] >= 0);
                 if (pids[i] == 0) {
-                        ProtoClient *c = harness_connect(h);
+                        ProtoClient *c = dh_connect(h);
                         ProtoMessage m;
                         QdError e = {};
                         if (!c)
