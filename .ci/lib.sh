@@ -3,7 +3,8 @@
 
 QUANTD_PACKAGES="meson ninja-build pkg-config gcc g++ clang libclang-rt-14-dev libsystemd-dev
  libcurl4-openssl-dev libarchive-dev libmsgpack-dev libcmocka-dev libssl-dev libjson-c-dev libpcre2-dev
- libedit-dev scdoc dbus python3 python3-pip unzip ca-certificates valgrind"
+ libedit-dev scdoc dbus libxml2-utils polkitd python3-gi python3 python3-pip unzip ca-certificates valgrind
+ docker-registry"
 
 install_deps() {
         local missing=()

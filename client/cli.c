@@ -247,7 +247,7 @@ int verbs_summary(Buf *out) {
                 char left[64];
                 snprintf(left, sizeof(left), "%s%s%s%s%s", verbs[i].name, verbs[i].alias ? ", " : "",
                          strempty(verbs[i].alias), *verbs[i].synopsis ? " " : "", verbs[i].synopsis);
-                r = buf_printf(out, "  %-34s %s\n", left, verbs[i].description);
+                r = buf_printf(out, "  %-38s %s\n", left, verbs[i].description);
         }
         return r;
 }

@@ -7,6 +7,8 @@
  * Needs only common/. Single-threaded: nothing here may be called from two threads at once.
  */
 
+#include <signal.h>
+
 #include "common.h"
 
 /*
@@ -154,7 +156,7 @@ char *format_eta(char *buf, size_t size, double seconds);
  * "3 hours", "2 weeks". Returns buf. */
 char *format_human_duration(char *buf, size_t size, int64_t ns);
 
-/* "2 weeks ago" for a negative delta, "4 minutes from now" for a positive one. Returns buf. */
+/* "2 weeks ago" for a delta <= 0, "4 minutes from now" for a positive one. Returns buf. */
 char *format_human_time(char *buf, size_t size, int64_t delta_ns);
 
 /* The display width of UTF-8 text in terminal columns (wide characters count 2, combining ones 0). */
@@ -342,3 +344,92 @@ int chat_input_feed(ChatInput *in, const char *line, char **ret);
 /* True while inside a """ block (the prompt shows "..." then). */
 bool chat_input_pending(const ChatInput *in);
 void chat_input_done(ChatInput *in);
+
+/* ---- talking to the daemon (conn.c) ---- */
+
+/*
+ * Connects to the daemon's socket at path (NULL: client_socket_path()) and says Hello. When nothing listens
+ * there returns -ECONNREFUSED with "quantd is not running (no socket at PATH): start it with …" in e; other
+ * failures to reach it also return -ECONNREFUSED, each with its own sentence.
+ */
+int conn_open(const char *path, ProtoClient **ret, QdError *e);
+
+typedef struct CallHooks {
+        /* Each notification of the request; a negative return aborts the call with that error. */
+        int (*on_event)(const ProtoMessage *m, void *userdata);
+        /* Called every tick_ms while waiting (spinners, progress); a negative return aborts the call. */
+        int (*on_tick)(void *userdata);
+        unsigned tick_ms; /* 0: 100 */
+        /* When this becomes non-zero (SIGINT), Cancel {id} is sent once and the call waits for the daemon's
+         * answer; when it reaches 2 (a second Ctrl+C) the call returns -ECANCELED at once. */
+        const volatile sig_atomic_t *interrupted;
+        void *userdata;
+} CallHooks;
+
+/*
+ * Sends method with params (one packed msgpack map, NULL for {}) and the descriptors, then waits for the
+ * response, passing notifications and ticks to hooks (may be NULL). Returns 0 with the response in *ret (may
+ * be NULL; valid until the next read on c), -ECANCELED when interrupted, or -errno with a sentence in e.
+ */
+int conn_call(ProtoClient *c, const char *method, const void *params, size_t params_size, const int *fds,
+              size_t n_fds, const CallHooks *hooks, ProtoMessage *ret, QdError *e);
+
+/* ---- msgpack results (result.c) ---- */
+
+/* Readers for result maps; include <msgpack.h> to look inside msgpack_object yourself. */
+
+/* The string under key of map o as a NUL-terminated copy, or NULL when absent or not a string. */
+char *result_strdup(const msgpack_object *o, const char *key);
+/* The number under key (integer or float), or def. */
+int64_t result_int(const msgpack_object *o, const char *key, int64_t def);
+double result_double(const msgpack_object *o, const char *key, double def);
+bool result_bool(const msgpack_object *o, const char *key, bool def);
+/* The array or map under key, or NULL. */
+const msgpack_object *result_array(const msgpack_object *o, const char *key);
+const msgpack_object *result_map(const msgpack_object *o, const char *key);
+
+/* o as JSON, indented by two spaces as `--json` prints it; byte strings become strings when valid UTF-8. */
+int result_to_json(const msgpack_object *o, char **ret);
+
+/* ---- progress display (progress.c) ---- */
+
+typedef struct Progress Progress;
+
+/*
+ * On a terminal (tty) the display keeps one line per layer and redraws them in place, at most ten times a
+ * second; otherwise it prints a plain line when a step starts and when a layer finishes. width: the terminal's
+ * columns.
+ */
+int progress_new(Progress **ret, FILE *f, bool tty, unsigned width);
+/*
+ * Reports a step: status says what happens ("pulling manifest", "pulling sha256:8eeb…"), key names a layer
+ * (a digest; NULL for a step without bytes), total 0 when its size is unknown. now is now_ns().
+ */
+int progress_update(Progress *p, const char *status, const char *key, uint64_t completed, uint64_t total,
+                    uint64_t now);
+/* Draws the final state and leaves the cursor on a new line. */
+int progress_finish(Progress *p);
+Progress *progress_free(Progress *p);
+DEFINE_TRIVIAL_CLEANUP_FUNC(Progress *, progress_free);
+
+/* A count as Ollama prints parameter counts: "135M", "134.52M", "3.2B", "8B", "512K". Returns buf. */
+char *format_count(char *buf, size_t size, uint64_t n);
+
+/* ---- the verbs (verbs.c): what qctl does once its command line is parsed ---- */
+
+typedef struct Qctl {
+        const char *socket;            /* NULL: client_socket_path() */
+        ProtoClient *conn;             /* opened on first use */
+        FILE *out, *err;               /* stdout and stderr, or memory streams in tests */
+        int in_fd;                     /* stdin, for piped prompts and the chat */
+        bool in_tty, out_tty, err_tty;
+        unsigned width;                /* columns of the terminal on out (0: not a terminal) */
+        volatile sig_atomic_t *interrupted; /* counts SIGINTs */
+} Qctl;
+
+/*
+ * Runs a parsed command. Returns 0, or -errno with one sentence in e for the user (exit_code_from_errno()
+ * gives the exit status).
+ */
+int qctl_run_command(Qctl *q, Command *c, QdError *e);
+void qctl_done(Qctl *q);

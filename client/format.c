@@ -100,7 +100,7 @@ char *format_human_time(char *buf, size_t size, int64_t delta_ns) {
         char d[64];
 
         format_human_duration(d, sizeof(d), delta_ns);
-        snprintf(buf, size, "%s %s", d, delta_ns < 0 ? "ago" : "from now");
+        snprintf(buf, size, "%s %s", d, delta_ns <= 0 ? "ago" : "from now");
         return buf;
 }
 
@@ -412,4 +412,25 @@ const char *spinner_frame(unsigned i) {
         static const char *const frames[] = { "⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏" };
 
         return frames[i % ELEMENTSOF(frames)];
+}
+
+char *format_count(char *buf, size_t size, uint64_t n) {
+        static const struct {
+                double scale;
+                const char *suffix;
+                int decimals;
+        } units[] = { { 1e9, "B", 1 }, { 1e6, "M", 2 }, { 1e3, "K", 0 } };
+
+        for (size_t i = 0; i < ELEMENTSOF(units); i++) {
+                if ((double)n < units[i].scale)
+                        continue;
+                double v = (double)n / units[i].scale;
+                if (v == floor(v))
+                        snprintf(buf, size, "%.0f%s", v, units[i].suffix);
+                else
+                        snprintf(buf, size, "%.*f%s", units[i].decimals, v, units[i].suffix);
+                return buf;
+        }
+        snprintf(buf, size, "%" PRIu64, n);
+        return buf;
 }

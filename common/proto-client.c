@@ -120,12 +120,12 @@ int proto_client_read(ProtoClient *c, int timeout_ms, ProtoMessage *ret, QdError
                 if (k != 0)
                         return k;
 
+                /* Poll at least once, so that a timeout of 0 still picks up what has arrived. */
                 int wait = -1;
                 if (timeout_ms >= 0) {
                         uint64_t now = now_ns();
-                        if (now >= deadline)
-                                return -ETIMEDOUT;
-                        wait = (int)MIN((deadline - now + 999999) / 1000000, (uint64_t)INT32_MAX);
+                        wait = now >= deadline ? 0
+                                               : (int)MIN((deadline - now + 999999) / 1000000, (uint64_t)INT32_MAX);
                 }
                 struct pollfd p = { .fd = c->fd, .events = POLLIN };
                 k = poll(&p, 1, wait);

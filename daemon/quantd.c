@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * quantd: the model daemon's entry point. Parses the command line, resolves paths and (as the daemon lands)
- * runs the manager's event loop.
+ * quantd: the model daemon's entry point. Parses the command line, resolves paths, reads the configuration
+ * (the command line beats the environment beats the file) and runs the manager's event loop.
  */
 
 #include <getopt.h>
@@ -9,12 +9,16 @@
 #include "config.h"
 #include "daemon.h"
 #include "engine.h"
+#if HAVE_DBUS
+#include "dbus.h"
+#endif
 
 static bool arg_user = false;
 static bool arg_foreground = false;
 static const char *arg_socket = NULL;
 static const char *arg_models = NULL;
 static const char *arg_config = NULL;
+static const char *arg_backend = NULL;
 
 static void help(void) {
         printf("Usage: quantd [OPTIONS]\n\n"
@@ -27,12 +31,13 @@ static void help(void) {
                "     --models=DIR       keep models in DIR\n"
                "     --config=FILE      read the configuration from FILE\n"
                "     --foreground       do not detach (the default under systemd)\n"
-               "     --log-level=LEVEL  err, warning, notice, info or debug\n\n"
+               "     --log-level=LEVEL  err, warning, notice, info or debug\n"
+               "     --backend=NAME     inference backend: engine (the default) or fake (for tests)\n\n"
                "See quantd(8).\n");
 }
 
 int main(int argc, char *argv[]) {
-        enum { ARG_VERSION = 0x100, ARG_USER, ARG_SOCKET, ARG_MODELS, ARG_CONFIG, ARG_FOREGROUND, ARG_LOG_LEVEL };
+        enum { ARG_VERSION = 0x100, ARG_USER, ARG_SOCKET, ARG_MODELS, ARG_CONFIG, ARG_FOREGROUND, ARG_LOG_LEVEL, ARG_BACKEND };
         static const struct option options[] = {
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
@@ -42,9 +47,14 @@ int main(int argc, char *argv[]) {
                 { "config", required_argument, NULL, ARG_CONFIG },
                 { "foreground", no_argument, NULL, ARG_FOREGROUND },
                 { "log-level", required_argument, NULL, ARG_LOG_LEVEL },
+                { "backend", required_argument, NULL, ARG_BACKEND },
                 {},
         };
         _cleanup_(daemon_paths_done) DaemonPaths paths = {};
+        _cleanup_(daemon_config_done) DaemonConfig config = {};
+        _cleanup_(manager_freep) Manager *m = NULL;
+        bool log_level_set = false;
+        QdError err = {};
         int c, r;
 
         while ((c = getopt_long(argc, argv, "h", options, NULL)) >= 0)
@@ -80,6 +90,14 @@ int main(int argc, char *argv[]) {
                                 return 2;
                         }
                         log_set_max_level(r);
+                        log_level_set = true;
+                        break;
+                case ARG_BACKEND:
+                        if (!streq(optarg, "engine") && !streq(optarg, "fake")) {
+                                log_error("Unknown backend '%s': use engine or fake.", optarg);
+                                return 2;
+                        }
+                        arg_backend = optarg;
                         break;
                 default:
                         return 2;
@@ -95,9 +113,53 @@ int main(int argc, char *argv[]) {
                                 arg_user ? " (is XDG_RUNTIME_DIR set?)" : "");
                 return 1;
         }
-        log_info("quantd %s: socket %s, models %s, config %s", PACKAGE_VERSION, arg_socket ?: paths.socket,
-                 arg_models ?: paths.models, arg_config ?: paths.config);
+        daemon_config_init(&config);
+        const char *config_path = arg_config ?: paths.config;
+        r = daemon_config_load(&config, config_path, &err);
+        if (r == -ENOENT && arg_config) {
+                log_error("Configuration file %s does not exist.", arg_config);
+                return 1;
+        }
+        if (r < 0 && r != -ENOENT) {
+                log_error("%s", err.msg);
+                return 1;
+        }
+        if (log_level_set)
+                config.log_level = -1;
+
+        /* The command line beats the environment, which beats the file. */
+        const char *socket = arg_socket ?: getenv("QUANTD_SOCKET") && *getenv("QUANTD_SOCKET") ? paths.socket
+                                                                                            : config.socket ?: paths.socket;
+        const char *models = arg_models ?: getenv("QUANTD_MODELS") && *getenv("QUANTD_MODELS") ? paths.models
+                                                                                            : config.models ?: paths.models;
+        _cleanup_free_ char *socket_copy = strdup(socket), *models_copy = strdup(models);
+        if (!socket_copy || !models_copy)
+                return log_oom(), 1;
+
+        const BackendOps *backend = arg_backend && streq(arg_backend, "fake") ? &backend_fake_ops : &backend_engine_ops;
+        ManagerOptions o = {
+                .user = arg_user,
+                .socket = socket_copy,
+                .models = models_copy,
+                .config_path = config_path,
+                .backend = backend,
+                .store = &store_registry_ops,
+        };
+        /* The daemon never forks: --foreground is accepted for compatibility with service managers. */
         (void)arg_foreground;
-        log_error("The daemon's event loop has not landed yet; nothing to serve.");
-        return 1;
+        log_info("quantd %s: socket %s, models %s, config %s", PACKAGE_VERSION, socket_copy, models_copy,
+                 config_path);
+        r = manager_new(&m, &config, &o);
+        if (r < 0) {
+                log_error_errno(r, "Failed to set up the daemon: %m");
+                return 1;
+        }
+#if HAVE_DBUS
+        /* The second front end over the same methods; freed before the manager. Without a bus, the socket
+         * still serves (dbus_front_new() said why). */
+        _cleanup_(dbus_front_freep) DbusFront *bus = NULL;
+        (void)dbus_front_new(&bus, m, &(DbusFrontOptions){ .user = arg_user, .polkit = !arg_user });
+#endif
+        r = manager_run(m);
+        return r < 0 ? 1 : 0;
 }

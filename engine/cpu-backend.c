@@ -6,11 +6,12 @@
  * DESIGN
  * cpu_forward() is the whole forward pass, one readable function in the manner of llama2.c's forward(): for
  * each layer RMSNorm, Q/K/V projections (+ biases), RoPE, the KV cache write, attention, the output projection
- * and the residual, then RMSNorm, the SwiGLU feed-forward and the residual. Each step that is worth spreading
- * over the cores is a "region" run by every thread of the pool on its share of the rows or heads; the caller
- * is thread 0. Matrix multiplications take all rows of the batch at once (matrix-matrix), hand out chunks of
- * weight rows × token blocks through an atomic counter so that a core slowed down by a neighbour does less,
- * and share one conversion of the input between the matrices that read it (Q, K and V; gate and up).
+ * and the residual, then RMSNorm, the SwiGLU feed-forward and the residual. Each step is a job of the thread
+ * pool cut into chunks that whichever thread is free claims: one row (norms, RoPE, SwiGLU), one (row, head)
+ * (attention), or weight rows × a block of tokens (matrix multiplications, which take all rows of the batch at
+ * once and share one conversion of the input between the matrices that read it: Q, K and V; gate and up). A
+ * core slowed down by a neighbour thus does less, and a step of one row (generation) runs on the calling
+ * thread alone, without any synchronisation.
  *
  * The KV cache of a sequence holds, for each layer of the range, n_ctx rows of K and of V (F16 or F32), each
  * n_head_kv * head_dim wide, K already rotated.
@@ -76,8 +77,6 @@ typedef struct MatJob {
         uint32_t n_tok;
         uint32_t n_row_chunks[MAX_MATS];
         uint32_t n_chunks_per_block; /* row chunks of all matrices */
-        uint32_t n_chunks;
-        atomic_uint next;
 } MatJob;
 
 static const uint8_t *mat_input(const MatJob *j, const Tensor *w, size_t *ret_stride) {
@@ -91,7 +90,8 @@ static const uint8_t *mat_input(const MatJob *j, const Tensor *w, size_t *ret_st
         return j->b->act[f];
 }
 
-static void mat_chunk(MatJob *j, uint32_t ith, uint32_t chunk) {
+static void mat_chunk(void *ctx, uint32_t ith, uint32_t chunk) {
+        MatJob *j = ctx;
         CpuBackend *b = j->b;
         uint32_t block = chunk / j->n_chunks_per_block, rc = chunk % j->n_chunks_per_block;
         size_t mi = 0;
@@ -117,14 +117,6 @@ static void mat_chunk(MatJob *j, uint32_t ith, uint32_t chunk) {
         }
         b->k->gemm[w->type](w->ne0, (const uint8_t *)w->data + r0 * w->row_size, w->row_size, r1 - r0,
                             a + t0 * a_stride, a_stride, t1 - t0, y, j->y_stride[mi]);
-}
-
-static void mat_region(void *ctx, uint32_t ith, uint32_t nth) {
-        MatJob *j = ctx;
-        unsigned c;
-
-        while ((c = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < j->n_chunks)
-                mat_chunk(j, ith, c);
 }
 
 /* Converts rows [t0, t1) of x into every activation format that the matrices of j need. */
@@ -160,9 +152,8 @@ static void mat_job_add(MatJob *j, const Tensor *w, float *y, size_t y_stride) {
 
 /* Runs the matrices of j; their input rows must already be prepared (mat_prepare_rows()). */
 static void mat_job_run(MatJob *j) {
-        j->n_chunks = j->n_chunks_per_block * ((j->n_tok + TOKEN_BLOCK - 1) / TOKEN_BLOCK);
-        atomic_store(&j->next, 0);
-        threadpool_run(j->b->pool, mat_region, j);
+        threadpool_run(j->b->pool, j->n_chunks_per_block * ((j->n_tok + TOKEN_BLOCK - 1) / TOKEN_BLOCK), mat_chunk,
+                       j);
 }
 
 /* ---- row-wise steps ---- */
@@ -177,11 +168,6 @@ static void rmsnorm(float *out, const float *x, const float *w, uint32_t n, floa
                 out[i] = x[i] * scale * w[i];
 }
 
-static void share(uint32_t n, uint32_t ith, uint32_t nth, uint32_t *ret_0, uint32_t *ret_1) {
-        *ret_0 = (uint32_t)((uint64_t)n * ith / nth);
-        *ret_1 = (uint32_t)((uint64_t)n * (ith + 1) / nth);
-}
-
 typedef struct StepCtx {
         CpuBackend *b;
         const BackendBatch *batch;
@@ -194,30 +180,24 @@ typedef struct StepCtx {
         MatJob *mat;            /* the next matrix job, whose inputs this step prepares */
 } StepCtx;
 
-/* x += add (if any); xb = rmsnorm(x); then the conversion of xb for the next matrices. */
-static void step_residual_norm(void *ctx, uint32_t ith, uint32_t nth) {
+/* Row t: x += add (if any); xb = rmsnorm(x); then the conversion of xb for the next matrices. */
+static void step_residual_norm(void *ctx, uint32_t ith, uint32_t t) {
         StepCtx *s = ctx;
         const ModelConfig *c = s->b->c;
-        uint32_t t0, t1;
+        float *x = s->x + (size_t)t * c->n_embd;
 
-        share(s->batch->n_tokens, ith, nth, &t0, &t1);
-        for (uint32_t t = t0; t < t1; t++) {
-                float *x = s->x + (size_t)t * c->n_embd;
-                if (s->add)
-                        for (uint32_t i = 0; i < c->n_embd; i++)
-                                x[i] += s->add[(size_t)t * c->n_embd + i];
-                rmsnorm(s->b->xb + (size_t)t * c->n_embd, x, s->norm, c->n_embd, c->norm_eps);
-        }
-        mat_prepare_rows(s->mat, t0, t1);
+        if (s->add)
+                for (uint32_t i = 0; i < c->n_embd; i++)
+                        x[i] += s->add[(size_t)t * c->n_embd + i];
+        rmsnorm(s->b->xb + (size_t)t * c->n_embd, x, s->norm, c->n_embd, c->norm_eps);
+        mat_prepare_rows(s->mat, t, t + 1);
 }
 
-/* Only the conversion of the next matrices' input. */
-static void step_prepare(void *ctx, uint32_t ith, uint32_t nth) {
+/* Row t: only the conversion of the next matrices' input. */
+static void step_prepare(void *ctx, uint32_t ith, uint32_t t) {
         StepCtx *s = ctx;
-        uint32_t t0, t1;
 
-        share(s->batch->n_tokens, ith, nth, &t0, &t1);
-        mat_prepare_rows(s->mat, t0, t1);
+        mat_prepare_rows(s->mat, t, t + 1);
 }
 
 static void add_bias(float *x, const Tensor *bias, uint64_t n) {
@@ -263,68 +243,52 @@ static void store_kv_row(uint8_t *dst, const float *src, uint32_t n, uint32_t kv
                 memcpy(dst, src, n * sizeof(float));
 }
 
-/* Biases, RoPE of Q and K, and the new K and V rows into each sequence's cache. */
-static void step_rope_store(void *ctx, uint32_t ith, uint32_t nth) {
+/* Row t: biases, RoPE of Q and K, and the new K and V rows into its sequence's cache. */
+static void step_rope_store(void *ctx, uint32_t ith, uint32_t t) {
         StepCtx *s = ctx;
         CpuBackend *b = s->b;
         const ModelConfig *c = b->c;
-        uint32_t nq = c->n_head * c->head_dim, nkv = c->n_head_kv * c->head_dim, t0, t1;
+        uint32_t nq = c->n_head * c->head_dim, nkv = c->n_head_kv * c->head_dim;
+        float *q = b->q + (size_t)t * nq, *k = b->kc + (size_t)t * nkv, *v = b->vc + (size_t)t * nkv;
+        add_bias(q, &s->lw->bq, nq);
+        add_bias(k, &s->lw->bk, nkv);
+        add_bias(v, &s->lw->bv, nkv);
+        rope_row(b, q, c->n_head, t);
+        rope_row(b, k, c->n_head_kv, t);
 
-        share(s->batch->n_tokens, ith, nth, &t0, &t1);
-        for (uint32_t t = t0; t < t1; t++) {
-                float *q = b->q + (size_t)t * nq, *k = b->kc + (size_t)t * nkv, *v = b->vc + (size_t)t * nkv;
-                add_bias(q, &s->lw->bq, nq);
-                add_bias(k, &s->lw->bk, nkv);
-                add_bias(v, &s->lw->bv, nkv);
-                rope_row(b, q, c->n_head, t);
-                rope_row(b, k, c->n_head_kv, t);
-
-                uint32_t pos;
-                CpuKv *kv = span_kv(s->batch, t, &pos);
-                size_t off = ((size_t)(s->il - b->range.l0) * kv->n_ctx + pos) * b->kv_row;
-                store_kv_row(kv->k + off, k, nkv, b->range.kv_type);
-                store_kv_row(kv->v + off, v, nkv, b->range.kv_type);
-        }
+        uint32_t pos;
+        CpuKv *kv = span_kv(s->batch, t, &pos);
+        size_t off = ((size_t)(s->il - b->range.l0) * kv->n_ctx + pos) * b->kv_row;
+        store_kv_row(kv->k + off, k, nkv, b->range.kv_type);
+        store_kv_row(kv->v + off, v, nkv, b->range.kv_type);
 }
 
-/* Attention for every (row, head): work item i is row i / n_head, head i % n_head, dealt round-robin so that
- * the long rows at the end of a prompt spread over all threads. */
-static void step_attention(void *ctx, uint32_t ith, uint32_t nth) {
+/* Attention of one (row, head): chunk i is head i % n_head of row n_tokens - 1 - i / n_head, the last rows
+ * first, since in a prompt they attend to the most positions and the short ones then fill in at the end. */
+static void step_attention(void *ctx, uint32_t ith, uint32_t i) {
         StepCtx *s = ctx;
         CpuBackend *b = s->b;
         const ModelConfig *c = b->c;
         uint32_t nq = c->n_head * c->head_dim, group = c->n_head / c->n_head_kv;
         float scale = 1.0f / sqrtf((float)c->head_dim);
         float *scores = b->scores + (size_t)ith * b->scores_cap;
-
-        for (uint32_t i = ith; i < s->batch->n_tokens * c->n_head; i += nth) {
-                uint32_t t = i / c->n_head, h = i % c->n_head, pos;
-                CpuKv *kv = span_kv(s->batch, t, &pos);
-                size_t layer_off = (size_t)(s->il - b->range.l0) * kv->n_ctx * b->kv_row;
-                size_t head_off = (size_t)(h / group) * c->head_dim * ggml_type_info(b->range.kv_type)->type_size;
-                b->k->attend(b->q + (size_t)t * nq + (size_t)h * c->head_dim, kv->k + layer_off + head_off,
-                             kv->v + layer_off + head_off, b->kv_row, b->range.kv_type, pos + 1, c->head_dim,
-                             scale, scores, b->att + (size_t)t * nq + (size_t)h * c->head_dim);
-        }
+        uint32_t t = s->batch->n_tokens - 1 - i / c->n_head, h = i % c->n_head, pos;
+        CpuKv *kv = span_kv(s->batch, t, &pos);
+        size_t layer_off = (size_t)(s->il - b->range.l0) * kv->n_ctx * b->kv_row;
+        size_t head_off = (size_t)(h / group) * c->head_dim * ggml_type_info(b->range.kv_type)->type_size;
+        b->k->attend(b->q + (size_t)t * nq + (size_t)h * c->head_dim, kv->k + layer_off + head_off,
+                     kv->v + layer_off + head_off, b->kv_row, b->range.kv_type, pos + 1, c->head_dim,
+                     scale, scores, b->att + (size_t)t * nq + (size_t)h * c->head_dim);
 }
 
-static float silu(float x) {
-        return x / (1.0f + expf(-x));
-}
-
-/* hb = silu(gate) * up, then the conversion of hb for the down projection. */
-static void step_swiglu(void *ctx, uint32_t ith, uint32_t nth) {
+/* Row t: hb = silu(gate) * up, then the conversion of hb for the down projection. */
+static void step_swiglu(void *ctx, uint32_t ith, uint32_t t) {
         StepCtx *s = ctx;
         CpuBackend *b = s->b;
-        uint32_t n_ff = b->c->n_ff, t0, t1;
+        uint32_t n_ff = b->c->n_ff;
 
-        share(s->batch->n_tokens, ith, nth, &t0, &t1);
-        for (uint32_t t = t0; t < t1; t++) {
-                float *g = b->hb + (size_t)t * n_ff, *u = b->hb2 + (size_t)t * n_ff;
-                for (uint32_t i = 0; i < n_ff; i++)
-                        g[i] = silu(g[i]) * u[i];
-        }
-        mat_prepare_rows(s->mat, t0, t1);
+        b->k->swiglu(b->hb + (size_t)t * n_ff, b->hb2 + (size_t)t * n_ff, n_ff);
+        mat_prepare_rows(s->mat, t, t + 1);
 }
 
 /* ---- the forward pass ---- */
@@ -387,15 +351,15 @@ static int cpu_forward(void *state, const BackendBatch *batch, float *x, float *
                 mat_job_add(&mat, &l->wv, b->vc, nkv);
                 s.add = il == b->range.l0 ? NULL : b->proj;
                 s.norm = l->attn_norm.data;
-                threadpool_run(b->pool, step_residual_norm, &s);
+                threadpool_run(b->pool, n, step_residual_norm, &s);
                 mat_job_run(&mat);
 
-                threadpool_run(b->pool, step_rope_store, &s);
-                threadpool_run(b->pool, step_attention, &s);
+                threadpool_run(b->pool, n, step_rope_store, &s);
+                threadpool_run(b->pool, n * c->n_head, step_attention, &s);
 
                 mat_job_init(&mat, b, b->att, nq, n);
                 mat_job_add(&mat, &l->wo, b->proj, c->n_embd);
-                threadpool_run(b->pool, step_prepare, &s);
+                threadpool_run(b->pool, n, step_prepare, &s);
                 mat_job_run(&mat);
 
                 /* Feed-forward: x += attention output → norm → SwiGLU → down. */
@@ -404,12 +368,12 @@ static int cpu_forward(void *state, const BackendBatch *batch, float *x, float *
                 mat_job_add(&mat, &l->w_up, b->hb2, c->n_ff);
                 s.add = b->proj;
                 s.norm = l->ffn_norm.data;
-                threadpool_run(b->pool, step_residual_norm, &s);
+                threadpool_run(b->pool, n, step_residual_norm, &s);
                 mat_job_run(&mat);
 
                 mat_job_init(&mat, b, b->hb, c->n_ff, n);
                 mat_job_add(&mat, &l->w_down, b->proj, c->n_embd);
-                threadpool_run(b->pool, step_swiglu, &s);
+                threadpool_run(b->pool, n, step_swiglu, &s);
                 mat_job_run(&mat);
         }
         /* The last FFN output joins the residual stream. */

@@ -170,7 +170,8 @@ static int drain(EngineDetok *d, Buf *out) {
                 r = buf_append(out, p + done, i - done);
         if (r < 0)
                 return r;
-        memmove(d->pending.data, p + i, n - i);
+        if (n > i)
+                memmove(d->pending.data, p + i, n - i);
         d->pending.len = n - i;
         return 0;
 }

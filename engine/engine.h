@@ -392,6 +392,10 @@ const char *engine_cpu_isa_name(EngineCpuIsa isa);
 int engine_cpu_matmul(EngineCpuIsa isa, uint32_t type, const void *w, uint64_t n, uint64_t n_rows, const float *x,
                       uint64_t n_tok, float *y);
 
+/* g[i] = silu(g[i]) × u[i] (SwiGLU's gate) with one kernel set, for the kernel tests. -EINVAL for bad arguments,
+ * -EOPNOTSUPP when the CPU lacks isa. */
+int engine_cpu_swiglu(EngineCpuIsa isa, float *g, const float *u, uint64_t n);
+
 /* ---- models and the forward pass ---- */
 
 typedef struct EngineModelParams {
@@ -477,6 +481,31 @@ int engine_decode_all(EngineModel *m, EngineSeq *seq, const int32_t *tokens, uin
  * floats). Uses a temporary sequence. Errors as engine_decode(); -EINVAL for no tokens. */
 int engine_embed(EngineModel *m, const int32_t *tokens, uint32_t n_tokens, float *ret, QdError *err);
 
+/* ---- perplexity ---- */
+
+typedef struct EnginePerplexity {
+        double ppl;       /* exp(mean_nll) */
+        double ppl_err;   /* ppl × the standard error of mean_nll */
+        double mean_nll;  /* mean negative log-likelihood per scored token, in nats */
+        uint64_t n_scored; /* tokens scored: n_chunks × (n_ctx - 1 - n_ctx / 2) */
+        uint32_t n_chunks;
+} EnginePerplexity;
+
+/* Called after each chunk with the estimate over the chunks so far. */
+typedef void (*EnginePerplexityFn)(void *userdata, uint32_t chunk, uint32_t n_chunks, double ppl);
+
+/*
+ * Perplexity of m over tokens by llama-perplexity's method: consecutive chunks of n_ctx tokens (at most
+ * max_chunks, 0 = all; a shorter remainder is dropped), each from an empty sequence with its first token
+ * replaced by BOS when the vocabulary adds one, the second half of each chunk scored. The model's n_batch must
+ * be at least n_ctx for the chunks to run as one batch, as llama-perplexity runs them (smaller works, in
+ * pieces). progress may be NULL. Errors: -EINVAL (n_ctx < 4, fewer tokens than one chunk, bad arguments; with
+ * a sentence in err), and those of engine_decode().
+ */
+int engine_perplexity(EngineModel *m, const int32_t *tokens, size_t n_tokens, uint32_t n_ctx,
+                      uint32_t max_chunks, EnginePerplexityFn progress, void *userdata, EnginePerplexity *ret,
+                      QdError *err);
+
 DEFINE_TRIVIAL_CLEANUP_FUNC(EngineModel *, engine_model_unref);
 DEFINE_TRIVIAL_CLEANUP_FUNC(EngineSeq *, engine_seq_free);
 /* ---- vocabulary and tokenizers ---- */
@@ -517,6 +546,10 @@ typedef enum EngineTokenType {
  */
 int engine_vocab_new(const Gguf *g, EngineVocab **ret, QdError *err);
 EngineVocab *engine_vocab_free(EngineVocab *v);
+
+/* The vocabulary of a loaded model (read at load time; borrowed, valid as long as m), or NULL when the file has
+ * no tokenizer.ggml.* metadata. A file whose tokenizer metadata is present but unusable fails to load. */
+const EngineVocab *engine_model_vocab(const EngineModel *m);
 
 EngineVocabKind engine_vocab_kind(const EngineVocab *v);
 /* The pre-tokenizer in use, by tokenizer.ggml.pre's name ("default" when the key is absent). */
@@ -623,3 +656,102 @@ void engine_sampler_accept(EngineSampler *s, int32_t token);
 void engine_sampler_reset(EngineSampler *s);
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(EngineSampler *, engine_sampler_free);
+
+/* ---- stop strings and generation limits ---- */
+
+/*
+ * Stop strings over a stream of text that arrives in pieces: text that could still turn out to begin a stop
+ * string is held back until it cannot, and the stop string itself is never passed on. One per sequence.
+ */
+typedef struct EngineStop EngineStop;
+
+/* Copies the n stop strings. -EINVAL for an empty one, -EMSGSIZE for more than 64 or one over 4096 bytes. */
+int engine_stop_new(const char *const *stops, size_t n, EngineStop **ret);
+EngineStop *engine_stop_free(EngineStop *s);
+
+/*
+ * Feeds text[0..len) and appends to out what is safe to show. Returns 1 once a stop string has appeared: out
+ * then ends just before it, and this and later calls pass nothing more on. Returns 0 otherwise, -ENOMEM.
+ */
+int engine_stop_push(EngineStop *s, const char *text, size_t len, Buf *out);
+
+/* At the end of the stream (no stop string came): appends the text held back. */
+int engine_stop_flush(EngineStop *s, Buf *out);
+
+/* Whether a stop string has been seen. */
+bool engine_stop_hit(const EngineStop *s);
+
+/*
+ * Whether generation has reached its length limit after n_generated tokens, as Ollama's num_predict counts:
+ * -1 = no limit, -2 = until the context is full, otherwise that many tokens; either way generation ends when
+ * pos (the sequence's length) reaches n_ctx, since a token more would not fit.
+ */
+bool engine_predict_done(int32_t num_predict, uint32_t n_generated, uint32_t pos, uint32_t n_ctx);
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(EngineStop *, engine_stop_free);
+
+/* ---- chat templates ---- */
+
+/* One chat message; the strings are borrowed. Roles are "system", "user", "assistant" or "tool". */
+typedef struct EngineChatMessage {
+        const char *role;
+        const char *content;
+} EngineChatMessage;
+
+/*
+ * A Modelfile TEMPLATE in the Go text/template dialect Ollama uses: text with {{ actions }}: fields (.System,
+ * .Prompt, .Response, .Messages and each message's .Role and .Content), variables ($, $x := …, range $i, $m
+ * := …), if / else if / else / range / with … end, {{- and -}} trimming, comments, parenthesised pipelines
+ * and the functions and, or, not, eq, ne, lt, le, gt, ge, len, index, slice, print, printf and json.
+ * Immutable once parsed; may be rendered from any number of threads at once.
+ */
+typedef struct EngineTemplate EngineTemplate;
+
+/* Parses text. -EINVAL with a sentence naming the line and the problem (an unclosed action, an {{ end }}
+ * without a block, an unknown function or variable, …), -ENOMEM. */
+int engine_template_parse(const char *text, EngineTemplate **ret, QdError *err);
+EngineTemplate *engine_template_free(EngineTemplate *t);
+
+/*
+ * Renders a chat as Ollama does, ending where the assistant's next reply begins. system (the Modelfile's
+ * SYSTEM, may be NULL) goes first when the messages have no system message. Consecutive messages of the same
+ * role are joined with a blank line. A template that uses .Messages is rendered once with the whole chat and
+ * .System set to the system messages; an older one (only .System, .Prompt, .Response) once per turn, the last
+ * turn cut just after {{ .Response }}. Appends to out. -EINVAL with a sentence for an error while rendering
+ * (an unknown field, a bad argument to a function), -ENOMEM.
+ */
+int engine_template_render(const EngineTemplate *t, const char *system, const EngineChatMessage *messages,
+                           size_t n_messages, Buf *out, QdError *err);
+
+/* Chat formats recognised from a GGUF's tokenizer.chat_template (a Jinja template) and rendered natively. */
+typedef enum EngineChatFormat {
+        ENGINE_CHAT_CHATML,
+        ENGINE_CHAT_LLAMA2,
+        ENGINE_CHAT_LLAMA3,
+        ENGINE_CHAT_MISTRAL,
+        ENGINE_CHAT_GEMMA,
+        ENGINE_CHAT_PHI3,
+        _ENGINE_CHAT_FORMAT_MAX,
+        _ENGINE_CHAT_FORMAT_INVALID = -EINVAL,
+} EngineChatFormat;
+
+/* "chatml", "llama2", …; NULL for a value out of range. */
+const char *engine_chat_format_name(EngineChatFormat f);
+
+/*
+ * Recognises jinja's family by its marker tokens. When the template writes a fixed default system prompt for
+ * chats that bring none (as SmolLM's and Qwen's do), *ret_default_system gets a copy (caller frees), else
+ * NULL; ret_default_system may be NULL. -EOPNOTSUPP when the family is not one we know.
+ */
+int engine_chat_format_detect(const char *jinja, EngineChatFormat *ret, char **ret_default_system);
+
+/*
+ * Renders messages in format f followed by the start of the assistant's reply. default_system (may be NULL)
+ * goes first when the messages have no system message. The BOS token is not written: tokenize the result with
+ * add_special, and with parse_special so that the format's tokens count as tokens. -EINVAL with a sentence for
+ * a role the format cannot express, -ENOMEM.
+ */
+int engine_chat_format_render(EngineChatFormat f, const char *default_system, const EngineChatMessage *messages,
+                              size_t n_messages, Buf *out, QdError *err);
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(EngineTemplate *, engine_template_free);

@@ -4,9 +4,19 @@
  * kernel tests and the benchmark).
  */
 
+#include <cpuid.h>
 #include <pthread.h>
 
 #include "kernels.h"
+
+/* F16C from CPUID leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports() does not know "f16c". */
+static bool cpu_has_f16c(void) {
+        unsigned a, b, c, d;
+
+        if (!__get_cpuid(1, &a, &b, &c, &d))
+                return false;
+        return (c & bit_F16C) != 0;
+}
 
 static CpuKernels merged[_ENGINE_CPU_ISA_MAX];
 static pthread_once_t merged_once = PTHREAD_ONCE_INIT;
@@ -16,8 +26,7 @@ static bool isa_supported(EngineCpuIsa isa) {
         case ENGINE_CPU_SCALAR:
                 return true;
         case ENGINE_CPU_AVX2:
-                return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                       __builtin_cpu_supports("f16c");
+                return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
         case ENGINE_CPU_AVX512:
                 return isa_supported(ENGINE_CPU_AVX2) && __builtin_cpu_supports("avx512f") &&
                        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
@@ -40,6 +49,8 @@ static void merge(CpuKernels *dst, const CpuKernels *src, const CpuKernels *fall
                         dst->quantize[i] = fallback->quantize[i];
         if (!dst->attend)
                 dst->attend = fallback->attend;
+        if (!dst->swiglu)
+                dst->swiglu = fallback->swiglu;
 }
 
 static void merge_all(void) {
@@ -111,5 +122,17 @@ int engine_cpu_matmul(EngineCpuIsa isa, uint32_t type, const void *w, uint64_t n
         for (uint64_t t = 0; t < n_tok; t++)
                 k->quantize[f](x + t * n, a + t * a_stride, n);
         k->gemm[type](n, w, row_size, (uint32_t)n_rows, a, a_stride, (uint32_t)n_tok, y, n_rows);
+        return 0;
+}
+
+int engine_cpu_swiglu(EngineCpuIsa isa, float *g, const float *u, uint64_t n) {
+        const CpuKernels *k;
+
+        if ((int)isa < 0 || isa >= _ENGINE_CPU_ISA_MAX || !g || !u || n > UINT32_MAX)
+                return -EINVAL;
+        k = cpu_kernels(isa);
+        if (!k)
+                return -EOPNOTSUPP;
+        k->swiglu(g, u, (uint32_t)n);
         return 0;
 }

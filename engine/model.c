@@ -69,6 +69,7 @@ static void model_free(EngineModel *m) {
         for (size_t i = m->n_segments; i > 0; i--)
                 m->segments[i - 1].ops->free(m->segments[i - 1].state);
         free(m->w.layers);
+        engine_vocab_free(m->vocab);
         free(m->arch_name);
         gguf_free(m->gguf);
         free(m);
@@ -143,14 +144,16 @@ static int model_load(Gguf *g, const EngineModelParams *p, EngineModel **ret, Qd
         m->params = p ? *p : engine_model_params_default();
         if (m->params.kv_type != GGML_TYPE_F16 && m->params.kv_type != GGML_TYPE_F32 &&
             m->params.kv_type != GGML_TYPE_Q8_0) {
+                r = qd_error_set(err, EINVAL, "The KV cache type must be f16, f32 or q8_0, not %s.",
+                                 ggml_type_name(m->params.kv_type));
                 model_free(m);
-                return qd_error_set(err, EINVAL, "The KV cache type must be f16, f32 or q8_0, not %s.",
-                                    ggml_type_name(m->params.kv_type));
+                return r;
         }
         if (m->params.cpu_isa >= _ENGINE_CPU_ISA_MAX || m->params.cpu_isa < -1 || m->params.n_threads > 1024) {
+                r = qd_error_set(err, EINVAL, "Bad CPU parameters (instruction set %" PRIi32 ", %" PRIu32
+                                 " threads).", m->params.cpu_isa, m->params.n_threads);
                 model_free(m);
-                return qd_error_set(err, EINVAL, "Bad CPU parameters (instruction set %" PRIi32 ", %" PRIu32
-                                    " threads).", m->params.cpu_isa, m->params.n_threads);
+                return r;
         }
         m->n_batch = m->params.n_batch ? m->params.n_batch : DEFAULT_N_BATCH;
         m->params.backend = NULL; /* not kept: the caller's string */
@@ -165,6 +168,24 @@ static int model_load(Gguf *g, const EngineModelParams *p, EngineModel **ret, Qd
                 model_free(m);
                 return -ENOMEM;
         }
+        /* A file without tokenizer metadata (a test model, a bare weight file) still loads, for callers that
+         * bring token ids; one whose tokenizer we cannot read does not, since nothing could be generated. */
+        if (gguf_find_kv(g, "tokenizer.ggml.model")) {
+                r = engine_vocab_new(g, &m->vocab, err);
+                if (r < 0) {
+                        model_free(m);
+                        return r;
+                }
+                /* Fewer tokens than embedding rows is fine (padded matrices); more would make ids the model
+                 * cannot take. */
+                if (engine_vocab_n_tokens(m->vocab) > m->cfg.n_vocab) {
+                        r = qd_error_set(err, EBADMSG, "The tokenizer has %" PRIu32 " tokens but the embedding "
+                                         "only %" PRIu32 " rows.", engine_vocab_n_tokens(m->vocab), m->cfg.n_vocab);
+                        model_free(m);
+                        return r;
+                }
+        }
+
         uint64_t n_params = 0;
         for (uint64_t i = 0; i < g->n_tensors; i++)
                 n_params += g->tensors[i].n_elements;
@@ -232,6 +253,10 @@ EngineModel *engine_model_unref(EngineModel *m) {
 
 const EngineModelInfo *engine_model_info(const EngineModel *m) {
         return &m->info;
+}
+
+const EngineVocab *engine_model_vocab(const EngineModel *m) {
+        return m->vocab;
 }
 
 const Gguf *engine_model_gguf(const EngineModel *m) {
@@ -359,8 +384,15 @@ static int decode_general(EngineModel *m, EngineSeq **seqs, const int32_t *const
                         return r;
         }
 
-        x = malloc((size_t)nb * m->cfg.n_embd * sizeof(float));
-        tmp_out = malloc((size_t)nb * n_out_width * sizeof(float));
+        /* A chunk outputs at most one row per sequence, or per token with all_rows: sized to that, not to
+         * n_batch × n_vocab, which for one generated token would be a needless 100 MB allocation. */
+        uint64_t total = 0;
+        for (size_t i = 0; i < n_seqs; i++)
+                total += n_tokens[i];
+        size_t max_out = (size_t)MIN((uint64_t)nb, all_rows ? total : (uint64_t)n_seqs);
+        size_t max_rows = (size_t)MIN((uint64_t)nb, total);
+        x = malloc(MAX(max_rows, 1u) * m->cfg.n_embd * sizeof(float));
+        tmp_out = malloc(MAX(max_out, 1u) * n_out_width * sizeof(float));
         btok = malloc(nb * sizeof(int32_t));
         spans = calloc(n_seqs ? n_seqs : 1, sizeof(BackendSpan));
         span_seqs = calloc(n_seqs ? n_seqs : 1, sizeof(EngineSeq *));

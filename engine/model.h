@@ -95,6 +95,7 @@ struct EngineModel {
         EngineModelInfo info;
         EngineModelParams params;
         char *arch_name; /* info.arch points here */
+        EngineVocab *vocab; /* from the tokenizer.ggml.* keys; NULL when the file has none */
         uint32_t n_batch; /* most rows one backend call takes */
         ModelSegment segments[MODEL_MAX_SEGMENTS];
         size_t n_segments;

@@ -53,7 +53,7 @@ struct EngineVocab {
         int32_t *specials; /* (n_specials) control and user-defined tokens, longest text first */
         uint32_t n_specials;
 
-        int32_t bos, eos, eot, eom, pad, unk, nl;
+        int32_t bos, eos, eot, eom, pad, unk;
         bool add_bos, add_eos, add_space_prefix;
         int32_t byte_tokens[256]; /* SPM: the id of <0xXX>, or -1 */
         int32_t byte_chars[256];  /* BPE: the id of the token that is a byte's mapped character, or -1 */

@@ -467,7 +467,7 @@ int engine_vocab_new(const Gguf *g, EngineVocab **ret, QdError *err) {
         v = calloc(1, sizeof(*v));
         if (!v)
                 return -ENOMEM;
-        v->bos = v->eos = v->eot = v->eom = v->pad = v->unk = v->nl = -1;
+        v->bos = v->eos = v->eot = v->eom = v->pad = v->unk = -1;
 
         r = gguf_get_string(g, "tokenizer.ggml.model", &model);
         if (r == -ENOENT)
@@ -536,7 +536,6 @@ int engine_vocab_new(const Gguf *g, EngineVocab **ret, QdError *err) {
                 return r;
         setup_eog(v);
         setup_bytes(v);
-        v->nl = v->kind == ENGINE_VOCAB_SPM ? v->byte_tokens['\n'] : v->byte_chars['\n'];
 
         if (v->kind == ENGINE_VOCAB_BPE) {
                 r = load_merges(v, g, err);

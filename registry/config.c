@@ -212,7 +212,7 @@ static int add_alias(RegistryConfig *c, const char *k, const char *v) {
         if (!m)
                 return -ENOMEM;
         c->aliases = m;
-        m[c->n_aliases] = (RegistryAlias){ .short_name = strdup(k), .target = strdup(v) };
+        m[c->n_aliases] = (RegistryAlias){.short_name = strdup(k), .target = strdup(v)};
         c->n_aliases++;
         return m[c->n_aliases - 1].short_name && m[c->n_aliases - 1].target ? 0 : -ENOMEM;
 }
@@ -250,7 +250,8 @@ int registry_config_load(RegistryConfig *c, const char *path, QdError *e) {
                 if (*l == '[') {
                         char *end = strchr(l, ']');
                         if (!end || end[1] != 0)
-                                return qd_error_set(e, EINVAL, "%s:%u: malformed section header.", path, lineno);
+                                return qd_error_set(e, EINVAL, "%s:%u: malformed section header.", path,
+                                                    lineno);
                         free(section);
                         section = strndup(l + 1, (size_t)(end - l - 1));
                         if (!section)
@@ -264,7 +265,8 @@ int registry_config_load(RegistryConfig *c, const char *path, QdError *e) {
                 char *k = strip(l), *v = strip(eq + 1);
                 int r;
                 if (!section)
-                        return qd_error_set(e, EINVAL, "%s:%u: assignment outside of a section.", path, lineno);
+                        return qd_error_set(e, EINVAL, "%s:%u: assignment outside of a section.", path,
+                                            lineno);
                 if (streq(section, "Registry"))
                         r = apply_registry_key(c, k, v);
                 else if (streq(section, "Credentials"))
@@ -279,8 +281,8 @@ int registry_config_load(RegistryConfig *c, const char *path, QdError *e) {
                         return qd_error_set(e, EINVAL, "%s:%u: unknown key '%s' in [%s].", path, lineno, k,
                                             section);
                 if (r < 0)
-                        return qd_error_set(e, EINVAL, "%s:%u: invalid value for '%s' in [%s].", path, lineno,
-                                            k, section);
+                        return qd_error_set(e, EINVAL, "%s:%u: invalid value for '%s' in [%s].", path,
+                                            lineno, k, section);
         }
         return 0;
 }

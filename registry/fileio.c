@@ -159,7 +159,8 @@ int pwrite_full(int fd, const void *p, size_t n, uint64_t offset) {
 }
 
 int write_file_atomic(int dir_fd, const char *name, const void *data, size_t size) {
-        _cleanup_free_ char *dir = NULL, *tmp = NULL;
+        _cleanup_free_ char *dir = NULL;
+        _cleanup_close_ int dfd_owned = -EBADF;
         const char *slash = strrchr(name, '/');
         char tmpname[32];
         int dfd = dir_fd, r;
@@ -169,11 +170,11 @@ int write_file_atomic(int dir_fd, const char *name, const void *data, size_t siz
                 dir = strndup(name, (size_t)(slash - name));
                 if (!dir)
                         return -ENOMEM;
-                dfd = openat(dir_fd, dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-                if (dfd < 0)
+                dfd_owned = openat(dir_fd, dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+                if (dfd_owned < 0)
                         return -errno;
+                dfd = dfd_owned;
         }
-        _cleanup_close_ int dfd_owned = slash ? dfd : -EBADF;
         const char *base = slash ? slash + 1 : name;
 
         _cleanup_close_ int fd = open_tmpfile(dfd, tmpname);
@@ -234,7 +235,18 @@ int mkdir_parents_at(int dir_fd, const char *path) {
                 return -ENOMEM;
         for (char *s = strchr(p, '/'); s; s = strchr(s + 1, '/')) {
                 *s = 0;
-                if (mkdirat(dir_fd, p, 0755) < 0 && errno != EEXIST)
+                if (mkdirat(dir_fd, p, 0755) >= 0) {
+                        /* The new directory's entry must be durable before anything inside it is. */
+                        char *slash = strrchr(p, '/');
+                        if (slash)
+                                *slash = 0;
+                        _cleanup_close_ int parent =
+                                slash ? openat(dir_fd, p, O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -EBADF;
+                        if (fsync(slash ? parent : dir_fd) < 0)
+                                return -errno;
+                        if (slash)
+                                *slash = '/';
+                } else if (errno != EEXIST)
                         return -errno;
                 *s = '/';
         }

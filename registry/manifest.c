@@ -2,10 +2,10 @@
 /*
  * Image manifests (Docker v2 schema 2 and OCI), parsed and written with json-c.
  *
- * DESIGN: we keep a manifest's bytes exactly as the registry sent them (its digest is the model's identity), so
- * the parsed form is only for reading; registry_manifest_format() is used for manifests we create ourselves.
- * Validation is strict where the values reach paths or arithmetic (digests, sizes) and lenient about unknown
- * members and media types, which registries add over time.
+ * DESIGN: we keep a manifest's bytes exactly as the registry sent them (its digest is the model's identity),
+ * so the parsed form is only for reading; registry_manifest_format() is used for manifests we create
+ * ourselves. Validation is strict where the values reach paths or arithmetic (digests, sizes) and lenient
+ * about unknown members and media types, which registries add over time.
  */
 
 #include <json-c/json.h>
@@ -53,8 +53,8 @@ int registry_manifest_parse(const void *data, size_t size, RegistryManifest **re
         int r;
 
         if (size > REGISTRY_MANIFEST_MAX)
-                return qd_error_set(e, EMSGSIZE, "Manifest of %zu bytes is over the limit of %u bytes.", size,
-                                    REGISTRY_MANIFEST_MAX);
+                return qd_error_set(e, EMSGSIZE, "Manifest of %zu bytes is over the limit of %u bytes.",
+                                    size, REGISTRY_MANIFEST_MAX);
         json_tokener *tok = json_tokener_new();
         if (!tok)
                 return qd_error_set(e, ENOMEM, "Out of memory.");
@@ -77,8 +77,8 @@ int registry_manifest_parse(const void *data, size_t size, RegistryManifest **re
                 qd_error_set(e, EBADMSG, "Malformed manifest: not a JSON object.");
                 goto out;
         }
-        if (!json_object_object_get_ex(root, "schemaVersion", &sv) || !json_object_is_type(sv, json_type_int) ||
-            json_object_get_int64(sv) != 2) {
+        if (!json_object_object_get_ex(root, "schemaVersion", &sv) ||
+            !json_object_is_type(sv, json_type_int) || json_object_get_int64(sv) != 2) {
                 qd_error_set(e, EBADMSG, "Unsupported manifest: schemaVersion must be 2.");
                 goto out;
         }
@@ -108,7 +108,8 @@ int registry_manifest_parse(const void *data, size_t size, RegistryManifest **re
         if (r < 0)
                 goto out;
         r = -EBADMSG;
-        if (!json_object_object_get_ex(root, "layers", &layers) || !json_object_is_type(layers, json_type_array)) {
+        if (!json_object_object_get_ex(root, "layers", &layers) ||
+            !json_object_is_type(layers, json_type_array)) {
                 qd_error_set(e, EBADMSG, "Malformed manifest: no layers array.");
                 goto out;
         }

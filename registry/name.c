@@ -68,14 +68,15 @@ int registry_name_parse(const char *s, const RegistryConfig *c, RegistryName *re
         if (strlen(s) > REGISTRY_HOST_MAX + 2 * REGISTRY_COMPONENT_MAX + REGISTRY_TAG_MAX + 3)
                 return qd_error_set(e, EINVAL, "The model name is too long.");
         if (strchr(s, '@'))
-                return qd_error_set(e, EINVAL, "Model '%s': names with a digest (@sha256:…) are not supported.",
-                                    s);
+                return qd_error_set(e, EINVAL,
+                                    "Model '%s': names with a digest (@sha256:…) are not supported.", s);
 
         for (const char *p = s;;) {
                 const char *slash = strchr(p, '/');
                 if (n == 3)
                         return qd_error_set(e, EINVAL,
-                                            "Model name '%s' has too many parts; expected [host/][namespace/]model[:tag].",
+                                            "Model name '%s' has too many parts; expected "
+                                            "[host/][namespace/]model[:tag].",
                                             s);
                 parts[n] = p;
                 lens[n] = slash ? (size_t)(slash - p) : strlen(p);
@@ -97,12 +98,14 @@ int registry_name_parse(const char *s, const RegistryConfig *c, RegistryName *re
                 model_len = (size_t)(colon - model);
                 if (!valid_tag(tag, tag_len))
                         return qd_error_set(e, EINVAL,
-                                            "Model name '%s' has an invalid tag; a tag is up to %d letters, digits, '_', '.' or '-'.",
+                                            "Model name '%s' has an invalid tag; a tag is up to %d letters, "
+                                            "digits, '_', '.' or '-'.",
                                             s, REGISTRY_TAG_MAX);
         }
         if (!valid_component(model, model_len, REGISTRY_COMPONENT_MAX))
                 return qd_error_set(e, EINVAL,
-                                    "Model name '%s' is invalid; a model name is up to %d letters, digits, '_', '.' or '-' and starts with a letter or digit.",
+                                    "Model name '%s' is invalid; a model name is up to %d letters, digits, "
+                                    "'_', '.' or '-' and starts with a letter or digit.",
                                     s, REGISTRY_COMPONENT_MAX);
 
         const char *host = c && c->default_host ? c->default_host : REGISTRY_DEFAULT_HOST;

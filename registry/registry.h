@@ -8,16 +8,17 @@
  *   models/blobs/sha256-<hex>                           content-addressed blobs, visible once verified
  *   models/blobs/sha256-<hex>-partial[.state]           a download in progress (data and part state)
  *
- * Threads: a RegistryStore may be used from several threads at once (the daemon's main thread lists and shows
- * while workers pull, push, create, import and export); the functions that take a store say so when they block
- * on the network or on large files, and those belong on a worker. Pulls of the same blob, from threads of one
- * process or from several processes, share one download through a lock on the blob's part-state file.
+ * Threads: a RegistryStore may be used from several threads at once (the daemon's main thread lists and
+ * shows while workers pull, push, create, import and export); the functions that take a store say so when
+ * they block on the network or on large files, and those belong on a worker. Pulls of the same blob, from
+ * threads of one process or from several processes, share one download through a lock on the blob's
+ * part-state file.
  *
  * Errors follow the project's table: ENOENT no such model or blob, EEXIST name taken, EINVAL bad name or
  * argument, EBADMSG malformed manifest or archive or a digest mismatch, EMSGSIZE over a limit, ECANCELED
  * cancelled, EACCES refused by the registry's authentication, EPROTO an unexpected reply from the registry,
- * ETIMEDOUT the network stalled past the retries, ENOSPC out of disk. Each failure also fills the QdError, when
- * one is passed, with one sentence for the user.
+ * ETIMEDOUT the network stalled past the retries, ENOSPC out of disk. Each failure also fills the QdError,
+ * when one is passed, with one sentence for the user.
  */
 
 #include <stdatomic.h>
@@ -54,7 +55,7 @@
 /* ---- configuration ---- */
 
 typedef struct RegistryCredential {
-        char *host;     /* "registry.example.com" or "127.0.0.1:5000" */
+        char *host; /* "registry.example.com" or "127.0.0.1:5000" */
         char *username;
         char *password;
 } RegistryCredential;
@@ -70,31 +71,31 @@ typedef struct RegistryAlias {
  * registry_config_done().
  */
 typedef struct RegistryConfig {
-        char *default_host;           /* host of names without one (REGISTRY_DEFAULT_HOST) */
-        char *default_namespace;      /* namespace of names without one (REGISTRY_DEFAULT_NAMESPACE) */
-        char **insecure_hosts;        /* NULL-terminated; hosts that may be reached over plain http */
-        char *ca_file;                /* PEM bundle to verify TLS peers with, NULL for the system's */
+        char *default_host;      /* host of names without one (REGISTRY_DEFAULT_HOST) */
+        char *default_namespace; /* namespace of names without one (REGISTRY_DEFAULT_NAMESPACE) */
+        char **insecure_hosts;   /* NULL-terminated; hosts that may be reached over plain http */
+        char *ca_file;           /* PEM bundle to verify TLS peers with, NULL for the system's */
         RegistryCredential *credentials;
         size_t n_credentials;
-        RegistryAlias *aliases;       /* the short-name catalogue */
+        RegistryAlias *aliases; /* the short-name catalogue */
         size_t n_aliases;
-        unsigned parallel_parts;      /* concurrent ranged requests per blob (4) */
-        uint64_t part_size;           /* bytes per ranged part (64 MiB) */
-        uint64_t max_bandwidth;       /* bytes per second over all parts of a blob, 0 for no cap */
-        unsigned stall_timeout_s;     /* a transfer with no bytes for this long is retried (30) */
-        unsigned max_retries;         /* retries per request after a network error or 5xx (6) */
-        unsigned backoff_ms;          /* first retry delay, doubled each time up to 30 s (500) */
-        uint64_t push_chunk_size;     /* blobs larger than this are pushed in PATCH chunks (64 MiB) */
-        uint64_t prune_grace_s;       /* unreferenced blobs and partials younger than this survive (3600) */
-        uint64_t import_max_bytes;    /* largest total an archive may unpack to (1 TiB) */
+        unsigned parallel_parts;   /* concurrent ranged requests per blob (4) */
+        uint64_t part_size;        /* bytes per ranged part (64 MiB) */
+        uint64_t max_bandwidth;    /* bytes per second over all parts of a blob, 0 for no cap */
+        unsigned stall_timeout_s;  /* a transfer with no bytes for this long is retried (30) */
+        unsigned max_retries;      /* retries per request after a network error or 5xx (6) */
+        unsigned backoff_ms;       /* first retry delay, doubled each time up to 30 s (500) */
+        uint64_t push_chunk_size;  /* blobs larger than this are pushed in PATCH chunks (64 MiB) */
+        uint64_t prune_grace_s;    /* unreferenced blobs and partials younger than this survive (3600) */
+        uint64_t import_max_bytes; /* largest total an archive may unpack to (1 TiB) */
 } RegistryConfig;
 
 void registry_config_init(RegistryConfig *c);
 void registry_config_done(RegistryConfig *c);
 
 /*
- * Applies the [Registry], [Credentials] and [Models] sections of an INI-style config file (other sections are
- * ignored, they belong to other components):
+ * Applies the [Registry], [Credentials] and [Models] sections of an INI-style config file (other sections
+ * are ignored, they belong to other components):
  *
  *   [Registry]  DefaultHost=, DefaultNamespace=, Insecure=HOST (repeatable), CAFile=, ParallelParts=,
  *               PartSize=BYTES, MaxBandwidth=BYTES, StallTimeout=DURATION, Retries=, Backoff=DURATION,
@@ -117,10 +118,10 @@ typedef struct RegistryName {
 } RegistryName;
 
 /*
- * Parses "[host/][namespace/]model[:tag]", filling the missing parts from c's defaults (c may be NULL for the
- * built-in defaults). Every part is checked before it can reach a path: host is letters, digits, '.', '-' and
- * an optional ":port"; namespace and model start with a letter or digit and go on with letters, digits, '.',
- * '_' and '-'; the tag is a Docker tag. Returns 0 or -EINVAL with a sentence in e.
+ * Parses "[host/][namespace/]model[:tag]", filling the missing parts from c's defaults (c may be NULL for
+ * the built-in defaults). Every part is checked before it can reach a path: host is letters, digits, '.',
+ * '-' and an optional ":port"; namespace and model start with a letter or digit and go on with letters,
+ * digits, '.', '_' and '-'; the tag is a Docker tag. Returns 0 or -EINVAL with a sentence in e.
  */
 int registry_name_parse(const char *s, const RegistryConfig *c, RegistryName *ret, QdError *e);
 
@@ -145,15 +146,15 @@ typedef struct RegistryLayer {
 } RegistryLayer;
 
 typedef struct RegistryManifest {
-        char *media_type;       /* Docker v2 schema 2 or OCI image manifest */
+        char *media_type; /* Docker v2 schema 2 or OCI image manifest */
         RegistryLayer config;
-        RegistryLayer *layers;  /* (n_layers) */
+        RegistryLayer *layers; /* (n_layers) */
         size_t n_layers;
 } RegistryManifest;
 
 /*
- * Parses and validates manifest JSON: schemaVersion 2, a config and layers whose digests are "sha256:" plus 64
- * lowercase hex digits and whose sizes are non-negative integers. Returns 0, -EBADMSG or -EMSGSIZE.
+ * Parses and validates manifest JSON: schemaVersion 2, a config and layers whose digests are "sha256:" plus
+ * 64 lowercase hex digits and whose sizes are non-negative integers. Returns 0, -EBADMSG or -EMSGSIZE.
  */
 int registry_manifest_parse(const void *data, size_t size, RegistryManifest **ret, QdError *e);
 
@@ -171,6 +172,31 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(RegistryManifest *, registry_manifest_free);
 
 /* True when s is "sha256:" followed by exactly 64 lowercase hex digits. */
 bool registry_digest_is_valid(const char *s);
+
+/* ---- progress, for pull, push, create, import and export ---- */
+
+typedef enum RegistryProgressKind {
+        REGISTRY_PROGRESS_MANIFEST,  /* pulling or pushing the manifest */
+        REGISTRY_PROGRESS_LAYER,     /* bytes of one blob; total and completed set */
+        REGISTRY_PROGRESS_WAITING,   /* another pull is downloading this blob */
+        REGISTRY_PROGRESS_VERIFYING, /* hashing a downloaded blob */
+        REGISTRY_PROGRESS_RETRYING,  /* a part failed and is retried after a delay */
+        REGISTRY_PROGRESS_DONE,      /* the manifest is written (pull) or accepted (push) */
+        _REGISTRY_PROGRESS_KIND_MAX,
+        _REGISTRY_PROGRESS_KIND_INVALID = -EINVAL,
+} RegistryProgressKind;
+
+typedef struct RegistryProgress {
+        RegistryProgressKind kind;
+        const char *digest;   /* the blob, for per-layer events */
+        uint64_t total;       /* bytes of the blob */
+        uint64_t completed;   /* bytes on disk or uploaded so far, resumed bytes included */
+        uint64_t transferred; /* bytes that went over the network in this call */
+        const char *status;   /* a short sentence, as Ollama's progress "status" */
+} RegistryProgress;
+
+/* Called on the worker thread that runs the operation, at most a few times per second per layer. */
+typedef void (*registry_progress_fn)(const RegistryProgress *p, void *userdata);
 
 /* ---- the store ---- */
 
@@ -226,8 +252,8 @@ int registry_store_blob_refs(RegistryStore *s, const char *digest, unsigned *ret
 
 /*
  * Removes blobs that no manifest references and partial downloads and temporary files, when they are older
- * than grace_s (use the config's prune_grace_s for the daemon's timer) and no pull in any process holds them.
- * stats may be NULL.
+ * than grace_s (use the config's prune_grace_s for the daemon's timer) and no pull in any process holds
+ * them. stats may be NULL.
  */
 int registry_store_prune(RegistryStore *s, uint64_t grace_s, RegistryPruneStats *stats, QdError *e);
 
@@ -238,8 +264,8 @@ int registry_store_open_blob(RegistryStore *s, const char *digest, int *ret, QdE
 int registry_store_blob_path(RegistryStore *s, const char *digest, char **ret);
 
 /*
- * Re-hashes every blob of name. Returns 0, -ENOENT for a missing blob or -EBADMSG when one does not match its
- * digest (the damaged blob is named in e).
+ * Re-hashes every blob of name. Returns 0, -ENOENT for a missing blob or -EBADMSG when one does not match
+ * its digest (the damaged blob is named in e).
  */
 int registry_store_verify(RegistryStore *s, const RegistryName *name, QdError *e);
 
@@ -248,14 +274,16 @@ int registry_store_verify(RegistryStore *s, const RegistryName *name, QdError *e
  * only after it was hashed and synced. ret_digest receives "sha256:<hex>", ret_size the byte count.
  * Blocks on large files: call from a worker.
  */
-int registry_store_add_blob(RegistryStore *s, int fd, const void *data, size_t size, const atomic_bool *cancel,
-                            char ret_digest[REGISTRY_DIGEST_MAX], uint64_t *ret_size, QdError *e);
+int registry_store_add_blob(RegistryStore *s, int fd, const void *data, size_t size,
+                            const atomic_bool *cancel, char ret_digest[REGISTRY_DIGEST_MAX],
+                            uint64_t *ret_size, QdError *e);
 
 /* Writes raw manifest bytes for name atomically, after checking that they parse and their blobs exist. */
 int registry_store_write_manifest(RegistryStore *s, const RegistryName *name, const void *raw, size_t size,
                                   QdError *e);
 
-/* One layer of a model being created: either the contents of an fd (a GGUF) or bytes in memory (a template). */
+/* One layer of a model being created: either the contents of an fd (a GGUF) or bytes in memory (a template).
+ */
 typedef struct RegistryCreateLayer {
         const char *media_type;
         int fd;           /* read to EOF when >= 0 */
@@ -265,43 +293,29 @@ typedef struct RegistryCreateLayer {
 
 /*
  * Creates model name from layers (used by `qctl create`: the GGUF arrives as an fd): each layer becomes a
- * blob, then a config blob ({"model_format":"gguf", "rootfs": …} plus config_extra's members when it is a JSON
- * object, such as model_family or file_type), then the manifest. The manifest replaces an existing one.
+ * blob, then a config blob ({"model_format":"gguf", "rootfs": …} plus config_extra's members when it is a
+ * JSON object, such as model_family or file_type), then the manifest. The manifest replaces an existing one.
  */
 int registry_store_create(RegistryStore *s, const RegistryName *name, const RegistryCreateLayer *layers,
-                          size_t n_layers, const char *config_extra, const atomic_bool *cancel, QdError *e);
+                          size_t n_layers, const char *config_extra, registry_progress_fn progress,
+                          void *userdata, const atomic_bool *cancel, QdError *e);
+
+/*
+ * Parses name (with the config's defaults), checks the model as registry_store_show() does, and returns its
+ * canonical name and the path of its model layer (the GGUF), for the engine to map. Either output may be
+ * NULL.
+ */
+int registry_store_resolve(RegistryStore *s, const char *name, RegistryName *ret_name, char **ret_model_path,
+                           QdError *e);
 
 /* ---- the registry client: pull and push ---- */
-
-typedef enum RegistryProgressKind {
-        REGISTRY_PROGRESS_MANIFEST,   /* pulling or pushing the manifest */
-        REGISTRY_PROGRESS_LAYER,      /* bytes of one blob; total and completed set */
-        REGISTRY_PROGRESS_WAITING,    /* another pull is downloading this blob */
-        REGISTRY_PROGRESS_VERIFYING,  /* hashing a downloaded blob */
-        REGISTRY_PROGRESS_RETRYING,   /* a part failed and is retried after a delay */
-        REGISTRY_PROGRESS_DONE,       /* the manifest is written (pull) or accepted (push) */
-        _REGISTRY_PROGRESS_KIND_MAX,
-        _REGISTRY_PROGRESS_KIND_INVALID = -EINVAL,
-} RegistryProgressKind;
-
-typedef struct RegistryProgress {
-        RegistryProgressKind kind;
-        const char *digest;  /* the blob, for per-layer events */
-        uint64_t total;      /* bytes of the blob */
-        uint64_t completed;  /* bytes on disk or uploaded so far, resumed bytes included */
-        uint64_t transferred; /* bytes that went over the network in this call */
-        const char *status;  /* a short sentence, as Ollama's progress "status" */
-} RegistryProgress;
-
-/* Called on the worker thread that runs the pull or push, at most a few times per second per layer. */
-typedef void (*registry_progress_fn)(const RegistryProgress *p, void *userdata);
 
 typedef struct RegistryTransferStats {
         uint64_t bytes_downloaded; /* body bytes received for blobs */
         uint64_t bytes_uploaded;
         unsigned retries;
-        unsigned blobs_skipped;    /* already present locally (pull) or remotely (push) */
-        unsigned blobs_mounted;    /* cross-repository mounts (push) */
+        unsigned blobs_skipped; /* already present locally (pull) or remotely (push) */
+        unsigned blobs_mounted; /* cross-repository mounts (push) */
 } RegistryTransferStats;
 
 /*
@@ -339,7 +353,7 @@ RegistryArchiveFormat registry_archive_format_from_filename(const char *filename
  * its blobs (blobs/sha256-<hex>). Blocks: call from a worker.
  */
 int registry_export(RegistryStore *s, const RegistryName *name, int fd, RegistryArchiveFormat format,
-                    const atomic_bool *cancel, QdError *e);
+                    registry_progress_fn progress, void *userdata, const atomic_bool *cancel, QdError *e);
 
 /*
  * Reads an archive written by registry_export() (compression detected) from fd and adds its model, under
@@ -348,5 +362,5 @@ int registry_export(RegistryStore *s, const RegistryName *name, int fd, Registry
  * paths, "..", links, devices, unknown entries, oversized totals and digest mismatches fail with -EBADMSG or
  * -EMSGSIZE and a sentence, and leave the store unchanged. ret_name (optional) receives the model's name.
  */
-int registry_import(RegistryStore *s, int fd, const RegistryName *rename, const atomic_bool *cancel,
-                    RegistryName *ret_name, QdError *e);
+int registry_import(RegistryStore *s, int fd, const RegistryName *rename, registry_progress_fn progress,
+                    void *userdata, const atomic_bool *cancel, RegistryName *ret_name, QdError *e);

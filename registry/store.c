@@ -59,8 +59,8 @@ int registry_store_open(RegistryStore **ret, const char *root, const RegistryCon
         if (s->root_fd < 0)
                 return qd_error_set(e, errno, "Failed to open the model store '%s': %s.", root,
                                     strerror(errno));
-        const char *subdirs[] = { "manifests", "blobs" };
-        int *fds[] = { &s->manifests_fd, &s->blobs_fd };
+        const char *subdirs[] = {"manifests", "blobs"};
+        int *fds[] = {&s->manifests_fd, &s->blobs_fd};
         for (size_t i = 0; i < ELEMENTSOF(subdirs); i++) {
                 if (mkdirat(s->root_fd, subdirs[i], 0755) < 0 && errno != EEXIST)
                         return qd_error_set(e, errno, "Failed to create '%s/%s': %s.", root, subdirs[i],
@@ -95,7 +95,8 @@ const RegistryConfig *registry_store_config(const RegistryStore *s) {
 }
 
 int store_lock(RegistryStore *s, bool exclusive, int *ret) {
-        _cleanup_close_ int fd = openat(s->root_fd, ".lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+        _cleanup_close_ int fd =
+                openat(s->root_fd, ".lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
 
         if (fd < 0)
                 return -errno;
@@ -168,8 +169,8 @@ static int walk_manifests(RegistryStore *s, manifest_visit_fn visit, void *userd
                                 if (list_dir(s->manifests_fd, p2, &tags) < 0)
                                         continue;
                                 for (char **t = tags; *t; t++) {
-                                        _cleanup_free_ char *full = strdup_printf("%s/%s/%s:%s", *h, *ns,
-                                                                                   *mo, *t);
+                                        _cleanup_free_ char *full =
+                                                strdup_printf("%s/%s/%s:%s", *h, *ns, *mo, *t);
                                         _cleanup_free_ char *rel = strdup_printf("%s/%s", p2, *t);
                                         _cleanup_free_ char *raw = NULL;
                                         _cleanup_(registry_manifest_freep) RegistryManifest *m = NULL;
@@ -215,8 +216,8 @@ static int list_visit(const RegistryName *name, const RegistryManifest *m, const
                 return -ENOMEM;
         ls->items = items;
         RegistryModelInfo *i = &items[ls->n];
-        *i = (RegistryModelInfo){ .name = *name, .size = registry_manifest_total_size(m),
-                                  .modified_s = st->st_mtim.tv_sec };
+        *i = (RegistryModelInfo){
+                .name = *name, .size = registry_manifest_total_size(m), .modified_s = st->st_mtim.tv_sec};
         int r = sha256_data(raw, raw_size, i->digest);
         if (r < 0)
                 return r;
@@ -225,7 +226,8 @@ static int list_visit(const RegistryName *name, const RegistryManifest *m, const
 }
 
 static int info_cmp(const void *a, const void *b) {
-        const RegistryName *x = &((const RegistryModelInfo *)a)->name, *y = &((const RegistryModelInfo *)b)->name;
+        const RegistryName *x = &((const RegistryModelInfo *)a)->name,
+                           *y = &((const RegistryModelInfo *)b)->name;
         int c = strcmp(x->host, y->host);
         if (c == 0)
                 c = strcmp(x->namespace, y->namespace);
@@ -275,14 +277,15 @@ static int read_manifest(RegistryStore *s, const RegistryName *name, RegistryMan
         r = manifest_rel_path(name, &rel);
         if (r < 0)
                 return qd_error_set(e, r, "Out of memory.");
-        r = registry_name_format(name, &pretty);
+        r = registry_name_format_short(name, s->config, &pretty);
         if (r < 0)
                 return qd_error_set(e, r, "Out of memory.");
         r = read_file_at(s->manifests_fd, rel, REGISTRY_MANIFEST_MAX, &raw, &size);
         if (r == -ENOENT || r == -ENOTDIR)
-                return qd_error_set(e, ENOENT, "Model '%s' not found.", pretty);
+                return qd_error_set(e, ENOENT, "Model '%s' not found; 'qctl list' shows the local models.", pretty);
         if (r == -EMSGSIZE)
-                return qd_error_set(e, EBADMSG, "The manifest of model '%s' is corrupt (too large).", pretty);
+                return qd_error_set(e, EBADMSG, "The manifest of model '%s' is corrupt (too large).",
+                                    pretty);
         if (r < 0)
                 return qd_error_set(e, r, "Failed to read the manifest of model '%s': %s.", pretty,
                                     strerror(-r));
@@ -307,11 +310,13 @@ static int check_blobs(RegistryStore *s, const RegistryName *name, const Registr
                 blob_file_name(l->digest, fn);
                 if (fstatat(s->blobs_fd, fn, &st, AT_SYMLINK_NOFOLLOW) < 0)
                         return qd_error_set(e, ENOENT,
-                                            "Model '%s/%s/%s:%s' is incomplete: blob %s is missing; pull or create it again.",
+                                            "Model '%s/%s/%s:%s' is incomplete: blob %s is missing; pull or "
+                                            "create it again.",
                                             name->host, name->namespace, name->model, name->tag, l->digest);
                 if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != l->size)
                         return qd_error_set(e, EBADMSG,
-                                            "Model '%s/%s/%s:%s' is damaged: blob %s has %jd bytes, the manifest says %ju.",
+                                            "Model '%s/%s/%s:%s' is damaged: blob %s has %jd bytes, the "
+                                            "manifest says %ju.",
                                             name->host, name->namespace, name->model, name->tag, l->digest,
                                             (intmax_t)st.st_size, (uintmax_t)l->size);
         }
@@ -409,7 +414,7 @@ static int refs_visit(const RegistryName *name, const RegistryManifest *m, const
 }
 
 int registry_store_blob_refs(RegistryStore *s, const char *digest, unsigned *ret, QdError *e) {
-        RefState rs = { .digest = digest };
+        RefState rs = {.digest = digest};
 
         if (!registry_digest_is_valid(digest))
                 return qd_error_set(e, EINVAL, "'%s' is not a sha256 digest.", strna(digest));
@@ -434,7 +439,7 @@ static int repo_visit(const RegistryName *name, const RegistryManifest *m, const
 }
 
 int store_find_repo_with_blob(RegistryStore *s, const RegistryName *except, const char *digest, char **ret) {
-        RefState rs = { .digest = digest, .except = except };
+        RefState rs = {.digest = digest, .except = except};
         int r = walk_manifests(s, repo_visit, &rs);
 
         if (r < 0)
@@ -537,7 +542,6 @@ static bool is_hex64(const char *s) {
 
 int registry_store_prune(RegistryStore *s, uint64_t grace_s, RegistryPruneStats *stats, QdError *e) {
         _cleanup_close_ int lock = -EBADF;
-        _cleanup_strv_free_ char **entries = NULL;
         RegistryPruneStats st = {};
         DigestSet used = {};
         int r;
@@ -673,9 +677,14 @@ int store_commit_blob(RegistryStore *s, int fd, const char *tmp_name, const char
         return 0;
 }
 
-int registry_store_add_blob(RegistryStore *s, int fd, const void *data, size_t size, const atomic_bool *cancel,
-                            char ret_digest[REGISTRY_DIGEST_MAX], uint64_t *ret_size, QdError *e) {
+/* registry_store_add_blob() with LAYER progress events (digest NULL: it is known only at the end). */
+static int add_blob(RegistryStore *s, int fd, const void *data, size_t size, const atomic_bool *cancel,
+                    registry_progress_fn progress, void *userdata, char ret_digest[REGISTRY_DIGEST_MAX],
+                    uint64_t *ret_size, QdError *e) {
         const size_t bufsize = 1U << 20;
+        struct stat st;
+        uint64_t expected = fd >= 0 && fstat(fd, &st) >= 0 && S_ISREG(st.st_mode) ? (uint64_t)st.st_size : 0,
+                 last_report = 0;
         _cleanup_free_ uint8_t *buf = NULL;
         char tmp[32], digest[REGISTRY_DIGEST_MAX];
         uint64_t total = 0;
@@ -717,6 +726,14 @@ int registry_store_add_blob(RegistryStore *s, int fd, const void *data, size_t s
                         if (r >= 0)
                                 r = write_full(out, buf, (size_t)n);
                         total += (uint64_t)n;
+                        if (progress && now_ns() - last_report > 250000000ULL) {
+                                RegistryProgress p = {.kind = REGISTRY_PROGRESS_LAYER,
+                                                      .total = MAX(expected, total),
+                                                      .completed = total,
+                                                      .status = "copying model data"};
+                                progress(&p, userdata);
+                                last_report = now_ns();
+                        }
                 }
         }
         if (r >= 0)
@@ -733,7 +750,21 @@ int registry_store_add_blob(RegistryStore *s, int fd, const void *data, size_t s
         memcpy(ret_digest, digest, REGISTRY_DIGEST_MAX);
         if (ret_size)
                 *ret_size = total;
+        if (progress) {
+                RegistryProgress p = {.kind = REGISTRY_PROGRESS_LAYER,
+                                      .digest = digest,
+                                      .total = total,
+                                      .completed = total,
+                                      .status = "copying model data"};
+                progress(&p, userdata);
+        }
         return 0;
+}
+
+int registry_store_add_blob(RegistryStore *s, int fd, const void *data, size_t size,
+                            const atomic_bool *cancel, char ret_digest[REGISTRY_DIGEST_MAX],
+                            uint64_t *ret_size, QdError *e) {
+        return add_blob(s, fd, data, size, cancel, NULL, NULL, ret_digest, ret_size, e);
 }
 
 /* ---- create ---- */
@@ -781,7 +812,8 @@ static int make_config_blob(RegistryStore *s, const RegistryLayer *layers, size_
 }
 
 int registry_store_create(RegistryStore *s, const RegistryName *name, const RegistryCreateLayer *layers,
-                          size_t n_layers, const char *config_extra, const atomic_bool *cancel, QdError *e) {
+                          size_t n_layers, const char *config_extra, registry_progress_fn progress,
+                          void *userdata, const atomic_bool *cancel, QdError *e) {
         _cleanup_free_ RegistryLayer *ls = calloc(MAX(n_layers, (size_t)1), sizeof(RegistryLayer));
         _cleanup_free_ char *raw = NULL;
         _cleanup_close_ int lock = -EBADF;
@@ -795,19 +827,51 @@ int registry_store_create(RegistryStore *s, const RegistryName *name, const Regi
         for (size_t i = 0; i < n_layers; i++) {
                 if (!layers[i].media_type || !startswith(layers[i].media_type, "application/"))
                         return qd_error_set(e, EINVAL, "Layer %zu has no valid media type.", i);
-                r = registry_store_add_blob(s, layers[i].fd, layers[i].data, layers[i].size, cancel,
-                                            ls[i].digest, &ls[i].size, e);
+                r = add_blob(s, layers[i].fd, layers[i].data, layers[i].size, cancel, progress, userdata,
+                             ls[i].digest, &ls[i].size, e);
                 if (r < 0)
                         return r;
                 ls[i].media_type = (char *)layers[i].media_type;
         }
-        RegistryManifest m = { .media_type = (char *)REGISTRY_MEDIA_DOCKER_MANIFEST, .layers = ls,
-                               .n_layers = n_layers };
+        RegistryManifest m = {
+                .media_type = (char *)REGISTRY_MEDIA_DOCKER_MANIFEST, .layers = ls, .n_layers = n_layers};
         r = make_config_blob(s, ls, n_layers, config_extra, &m.config, e);
         if (r < 0)
                 return r;
         r = registry_manifest_format(&m, &raw);
         if (r < 0)
                 return qd_error_set(e, r, "Out of memory.");
-        return registry_store_write_manifest(s, name, raw, strlen(raw), e);
+        r = registry_store_write_manifest(s, name, raw, strlen(raw), e);
+        if (r < 0)
+                return r;
+        if (progress) {
+                RegistryProgress p = {.kind = REGISTRY_PROGRESS_DONE, .status = "success"};
+                progress(&p, userdata);
+        }
+        return 0;
+}
+
+int registry_store_resolve(RegistryStore *s, const char *name, RegistryName *ret_name, char **ret_model_path,
+                           QdError *e) {
+        _cleanup_(registry_manifest_freep) RegistryManifest *m = NULL;
+        RegistryName n;
+        int r;
+
+        r = registry_name_parse(name, s->config, &n, e);
+        if (r < 0)
+                return r;
+        r = registry_store_show(s, &n, &m, NULL, e);
+        if (r < 0)
+                return r;
+        if (ret_model_path) {
+                const RegistryLayer *l = registry_manifest_find_layer(m, REGISTRY_MEDIA_MODEL);
+                if (!l)
+                        return qd_error_set(e, EBADMSG, "Model '%s' has no model layer.", name);
+                r = registry_store_blob_path(s, l->digest, ret_model_path);
+                if (r < 0)
+                        return qd_error_set(e, r, "Out of memory.");
+        }
+        if (ret_name)
+                *ret_name = n;
+        return 0;
 }

@@ -89,6 +89,7 @@ static void test_human(void **state) {
         }
         assert_string_equal(format_human_time(buf, sizeof(buf), -14 * 86400 * SEC), "2 weeks ago");
         assert_string_equal(format_human_time(buf, sizeof(buf), 4 * 60 * SEC + SEC), "4 minutes from now");
+        assert_string_equal(format_human_time(buf, sizeof(buf), 0), "Less than a second ago");
 }
 
 static void test_width(void **state) {

@@ -498,6 +498,25 @@ static void test_format_round_trip(void **state) {
         assert_string_equal(out3, "FROM qwen2:0.5b\n");
 }
 
+static void test_example(void **state) {
+        /* The Modelfile that examples/ ships parses, with its paths relative to examples/. */
+        const char *data = getenv("QUANTD_TEST_DATA");
+        assert_non_null(data);
+        _cleanup_free_ char *path = strdup_printf("%s/../../examples/Modelfile", data);
+        _cleanup_(modelfile_freep) Modelfile *m = NULL;
+        QdError e = {};
+
+        if (modelfile_load(path, &m, &e) < 0)
+                fail_msg("%s", e.msg);
+        assert_non_null(endswith(m->from_path, "/examples/./SmolLM2-135M-Instruct.Q4_1.gguf"));
+        assert_non_null(strstr(m->template_, "<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>"));
+        assert_non_null(startswith(m->system, "You are a helpful AI assistant named SmolLM"));
+        assert_int_equal(m->params.n, 4);
+        assert_string_equal(m->params.items[1].s, "<|im_end|>");
+        assert_string_equal(m->licenses[0], "Apache-2.0");
+        assert_null(m->warnings);
+}
+
 static void test_roles(void **state) {
         assert_string_equal(message_role_to_string(MESSAGE_SYSTEM), "system");
         assert_string_equal(message_role_to_string(MESSAGE_USER), "user");
@@ -519,6 +538,7 @@ int main(void) {
                 cmocka_unit_test(test_errors),            cmocka_unit_test(test_default_filename),
                 cmocka_unit_test(test_load),              cmocka_unit_test(test_quote),
                 cmocka_unit_test(test_format_round_trip), cmocka_unit_test(test_roles),
+                cmocka_unit_test(test_example),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

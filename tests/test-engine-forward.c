@@ -298,8 +298,9 @@ static void test_decode_errors(void **state) {
 }
 
 /* Writes a copy of stories260K with general.architecture set to arch and its "llama." keys renamed (arch NULL:
- * unchanged), and without the tensor named drop (NULL: none). Returns an open descriptor of the copy. */
-static int rewrite_model(const char *arch, const char *drop) {
+ * unchanged), without the tensor named drop (NULL: none), and with tokenizer.ggml.model set to tok (NULL:
+ * unchanged, "": every tokenizer key dropped). Returns an open descriptor of the copy. */
+static int rewrite_model_tok(const char *arch, const char *drop, const char *tok) {
         _cleanup_free_ char *path = model_path();
         _cleanup_(gguf_freep) Gguf *g = NULL;
         _cleanup_(gguf_writer_freep) GgufWriter *w = NULL;
@@ -313,7 +314,11 @@ static int rewrite_model(const char *arch, const char *drop) {
         assert_int_equal(gguf_writer_new(&w, fd, GGUF_DEFAULT_ALIGNMENT), 0);
         for (uint64_t i = 0; i < g->n_kv; i++) {
                 const char *rest = startswith(g->kv[i].key, "llama.");
-                if (arch && streq(g->kv[i].key, "general.architecture"))
+                if (tok && !tok[0] && startswith(g->kv[i].key, "tokenizer."))
+                        continue;
+                if (tok && tok[0] && streq(g->kv[i].key, "tokenizer.ggml.model"))
+                        assert_int_equal(gguf_writer_add_string(w, g->kv[i].key, tok), 0);
+                else if (arch && streq(g->kv[i].key, "general.architecture"))
                         assert_int_equal(gguf_writer_add_string(w, g->kv[i].key, arch), 0);
                 else if (arch && rest) {
                         _cleanup_free_ char *key = strdup_printf("%s.%s", arch, rest);
@@ -332,6 +337,50 @@ static int rewrite_model(const char *arch, const char *drop) {
                                          0);
         assert_int_equal(gguf_writer_finish(w), 0);
         return fd;
+}
+
+static int rewrite_model(const char *arch, const char *drop) {
+        return rewrite_model_tok(arch, drop, NULL);
+}
+
+/* The model carries its vocabulary: stories260K's SentencePiece vocabulary of 512, which tokenizes; a file
+ * without tokenizer keys loads without one; a tokenizer we cannot read fails the load. */
+static void test_vocab(void **state) {
+        _cleanup_(engine_model_unrefp) EngineModel *m = load(engine_cpu_isa_best(), GGML_TYPE_F16, 1, 512);
+        const EngineVocab *v = engine_model_vocab(m);
+        _cleanup_free_ int32_t *ids = NULL;
+        size_t n;
+        Buf text = {};
+
+        assert_non_null(v);
+        assert_int_equal(engine_vocab_kind(v), ENGINE_VOCAB_SPM);
+        assert_int_equal(engine_vocab_n_tokens(v), engine_model_info(m)->n_vocab);
+        assert_int_equal(engine_vocab_bos(v), 1);
+        assert_int_equal(engine_tokenize(v, "Once upon a time", 16, true, false, &ids, &n), 0);
+        assert_true(n >= 2);
+        assert_int_equal(ids[0], 1);
+        assert_int_equal(engine_detokenize(v, ids + 1, n - 1, false, &text), 0);
+        assert_int_equal(text.len, 17);
+        assert_memory_equal(text.data, " Once upon a time", 17);
+        buf_free(&text);
+
+        EngineModelParams p = engine_model_params_default();
+        EngineModel *m2 = NULL;
+        QdError err = {};
+        int fd;
+
+        p.backend = "cpu";
+        fd = rewrite_model_tok(NULL, NULL, "");
+        assert_int_equal(engine_model_load_fd(fd, &p, &m2, &err), 0);
+        close(fd);
+        assert_null(engine_model_vocab(m2));
+        m2 = engine_model_unref(m2);
+
+        fd = rewrite_model_tok(NULL, NULL, "wordpiece9");
+        assert_int_equal(engine_model_load_fd(fd, &p, &m2, &err), -EOPNOTSUPP);
+        assert_non_null(strstr(err.msg, "'wordpiece9'"));
+        assert_null(m2);
+        close(fd);
 }
 
 static void test_load_errors(void **state) {
@@ -391,6 +440,7 @@ int main(void) {
                 cmocka_unit_test(test_truncate),
                 cmocka_unit_test(test_embed),
                 cmocka_unit_test(test_decode_errors),
+                cmocka_unit_test(test_vocab),
                 cmocka_unit_test(test_load_errors),
         };
 

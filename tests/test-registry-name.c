@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /* registry/: model names, the short-name catalogue, the config file and manifest parsing. */
 
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <setjmp.h>
 
 #include <cmocka.h>
 
@@ -258,7 +258,8 @@ static void test_manifest_errors(void **state) {
                 "{\"schemaVersion\":2} trailing",
                 "{\"schemaVersion\":1,\"config\":{},\"layers\":[]}",
                 "{\"schemaVersion\":\"2\"}",
-                "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.docker.distribution.manifest.list.v2+json\"}",
+                "{\"schemaVersion\":2,\"mediaType\":\"application/"
+                "vnd.docker.distribution.manifest.list.v2+json\"}",
                 "{\"schemaVersion\":2,\"mediaType\":5}",
                 "{\"schemaVersion\":2,\"layers\":[]}",
                 "{\"schemaVersion\":2,\"config\":[],\"layers\":[]}",
@@ -269,7 +270,8 @@ static void test_manifest_errors(void **state) {
                 "../../../../../../../../../../../../../../../../../../../../../etc/pwd\",\"size\":1},"
                 "\"layers\":[]}",
                 "{\"schemaVersion\":2,\"config\":{\"mediaType\":\"x\",\"digest\":\"sha256:"
-                "AAAA111111111111111111111111111111111111111111111111111111111111\",\"size\":1},\"layers\":[]}",
+                "AAAA111111111111111111111111111111111111111111111111111111111111\",\"size\":1},\"layers\":["
+                "]}",
                 "{\"schemaVersion\":2,\"config\":{\"mediaType\":\"x\",\"digest\":\"md5:" D1 "\",\"size\":1},"
                 "\"layers\":[]}",
                 "{\"schemaVersion\":2,\"config\":{\"mediaType\":\"x\",\"digest\":\"" D1 "\",\"size\":-1},"
@@ -307,12 +309,9 @@ static void test_manifest_errors(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_defaults),
-                cmocka_unit_test(test_bad_names),
-                cmocka_unit_test(test_format),
-                cmocka_unit_test(test_config),
-                cmocka_unit_test(test_config_errors),
-                cmocka_unit_test(test_manifest),
+                cmocka_unit_test(test_defaults),        cmocka_unit_test(test_bad_names),
+                cmocka_unit_test(test_format),          cmocka_unit_test(test_config),
+                cmocka_unit_test(test_config_errors),   cmocka_unit_test(test_manifest),
                 cmocka_unit_test(test_manifest_errors),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -8,10 +8,10 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <setjmp.h>
 
 #include <cmocka.h>
 
@@ -66,18 +66,41 @@ static RegistryName name_of(const char *s) {
         return n;
 }
 
-static void create_model(Fixture *f, const char *name, const char *template) {
+typedef struct Seen {
+        unsigned layer_events, done_events;
+        uint64_t last_completed, last_total;
+} Seen;
+
+static void seen_progress(const RegistryProgress *p, void *userdata) {
+        Seen *s = userdata;
+        if (p->kind == REGISTRY_PROGRESS_LAYER) {
+                s->layer_events++;
+                s->last_completed = p->completed;
+                s->last_total = p->total;
+        } else if (p->kind == REGISTRY_PROGRESS_DONE)
+                s->done_events++;
+}
+
+static void create_model_progress(Fixture *f, const char *name, const char *template, Seen *seen) {
         int fd = open_model_file();
         RegistryCreateLayer layers[] = {
-                { .media_type = REGISTRY_MEDIA_MODEL, .fd = fd },
-                { .media_type = REGISTRY_MEDIA_TEMPLATE, .fd = -1, .data = template, .size = strlen(template) },
+                {.media_type = REGISTRY_MEDIA_MODEL, .fd = fd},
+                {.media_type = REGISTRY_MEDIA_TEMPLATE,
+                 .fd = -1,
+                 .data = template,
+                 .size = strlen(template)},
         };
         RegistryName n = name_of(name);
         QdError e = {};
-        int r = registry_store_create(f->store, &n, layers, 2, "{\"model_family\":\"llama\"}", NULL, &e);
+        int r = registry_store_create(f->store, &n, layers, 2, "{\"model_family\":\"llama\"}",
+                                      seen ? seen_progress : NULL, seen, NULL, &e);
         if (r < 0)
                 fail_msg("create failed: %s", e.msg);
         close(fd);
+}
+
+static void create_model(Fixture *f, const char *name, const char *template) {
+        create_model_progress(f, name, template, NULL);
 }
 
 static char *blob_file(Fixture *f, const char *digest) {
@@ -110,7 +133,11 @@ static void test_create_show_list(void **state) {
         size_t n = 0;
         QdError e = {};
 
-        create_model(f, "tiny:1", "{{ .Prompt }}");
+        Seen seen = {};
+        create_model_progress(f, "tiny:1", "{{ .Prompt }}", &seen);
+        assert_true(seen.layer_events >= 2);
+        assert_int_equal(seen.done_events, 1);
+        assert_true(seen.last_completed == seen.last_total);
         RegistryName name = name_of("tiny:1");
         assert_true(registry_store_has_model(f->store, &name));
         assert_int_equal(registry_store_show(f->store, &name, &m, &raw, &e), 0);
@@ -353,7 +380,8 @@ static void test_add_blob_errors(void **state) {
 
         /* Known digest of "abc" (FIPS 180-2 test vector). */
         assert_int_equal(registry_store_add_blob(f->store, -1, "abc", 3, NULL, digest, &size, &e), 0);
-        assert_string_equal(digest, "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_string_equal(digest,
+                            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_true(size == 3);
         /* Adding it again is harmless. */
         assert_int_equal(registry_store_add_blob(f->store, -1, "abc", 3, NULL, digest, &size, &e), 0);
@@ -361,7 +389,8 @@ static void test_add_blob_errors(void **state) {
         /* Cancelled: nothing stays behind. */
         unsigned before = count_blobs(f);
         int fd = open_model_file();
-        assert_int_equal(registry_store_add_blob(f->store, fd, NULL, 0, &cancel, digest, &size, &e), -ECANCELED);
+        assert_int_equal(registry_store_add_blob(f->store, fd, NULL, 0, &cancel, digest, &size, &e),
+                         -ECANCELED);
         close(fd);
         assert_int_equal(count_blobs(f), before);
         /* A directory fd cannot be read. */
@@ -372,13 +401,43 @@ static void test_add_blob_errors(void **state) {
         assert_int_equal(count_blobs(f), before);
 
         /* create rejects layers without a media type and configs that are not objects. */
-        RegistryCreateLayer bad = { .media_type = "text/plain", .fd = -1, .data = "x", .size = 1 };
+        RegistryCreateLayer bad = {.media_type = "text/plain", .fd = -1, .data = "x", .size = 1};
         RegistryName n = name_of("bad");
-        assert_int_equal(registry_store_create(f->store, &n, &bad, 1, NULL, NULL, NULL), -EINVAL);
+        assert_int_equal(registry_store_create(f->store, &n, &bad, 1, NULL, NULL, NULL, NULL, NULL),
+                         -EINVAL);
         bad.media_type = REGISTRY_MEDIA_SYSTEM;
-        assert_int_equal(registry_store_create(f->store, &n, &bad, 1, "[1]", NULL, NULL), -EINVAL);
+        assert_int_equal(registry_store_create(f->store, &n, &bad, 1, "[1]", NULL, NULL, NULL, NULL),
+                         -EINVAL);
         assert_false(registry_store_has_model(f->store, &n));
-        assert_int_equal(registry_store_create(f->store, &n, &bad, 1, NULL, NULL, NULL), 0);
+        assert_int_equal(registry_store_create(f->store, &n, &bad, 1, NULL, NULL, NULL, NULL, NULL), 0);
+        /* A model without a model layer has nothing for the engine. */
+        e = (QdError){};
+        assert_int_equal(registry_store_resolve(f->store, "bad", NULL, &(char *){NULL}, &e), -EBADMSG);
+        assert_non_null(strstr(e.msg, "no model layer"));
+}
+
+static void test_resolve(void **state) {
+        Fixture *f = *state;
+        RegistryName n;
+        char *path = NULL;
+        QdError e = {};
+
+        create_model(f, "tiny:1", "T");
+        assert_int_equal(registry_store_resolve(f->store, "tiny:1", &n, &path, &e), 0);
+        assert_string_equal(n.host, REGISTRY_DEFAULT_HOST);
+        assert_true(startswith(path, f->root));
+        int a = open(path, O_RDONLY), b = open_model_file();
+        struct stat sa, sb;
+        assert_int_equal(fstat(a, &sa), 0);
+        assert_int_equal(fstat(b, &sb), 0);
+        assert_true(sa.st_size == sb.st_size);
+        close(a);
+        close(b);
+        free(path);
+        e = (QdError){};
+        assert_int_equal(registry_store_resolve(f->store, "tiny:2", &n, NULL, &e), -ENOENT);
+        e = (QdError){};
+        assert_int_equal(registry_store_resolve(f->store, "../x", &n, NULL, &e), -EINVAL);
 }
 
 static void test_open_errors(void **state) {
@@ -397,6 +456,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_corrupt_and_missing, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_prune, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_add_blob_errors, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_resolve, setup, teardown),
                 cmocka_unit_test(test_open_errors),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -103,14 +103,15 @@ static void check_row(const EngineVocab *v, const char *text, size_t len, bool p
                 fail_msg("%s '%s': %zu tokens, want %zu", what, text, n, k);
 
         assert_int_equal(engine_detokenize(v, ids, n, true, &back), 0);
-        if (back.len != len || (len > 0 && memcmp(back.data, text, len) != 0))
+        if (back.len != len || (len && memcmp(back.data, text, len) != 0))
                 fail_msg("%s '%s': detokenized as '%s'", what, text, back.len ? (char *)back.data : "");
         assert_int_equal(engine_detok_new(&d), 0);
         for (size_t i = 0; i < n; i++)
                 assert_int_equal(engine_detok_push(d, v, ids[i], true, &stream), 0);
         assert_int_equal(engine_detok_flush(d, &stream), 0);
         assert_int_equal(stream.len, len);
-        assert_memory_equal(stream.data, text, len);
+        if (len)
+                assert_memory_equal(stream.data, text, len);
         buf_free(&back);
         buf_free(&stream);
 }

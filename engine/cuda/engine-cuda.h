@@ -1,12 +1,254 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
-/* Internal to engine/: the C face of the CUDA code, compiled only when meson's cuda option is on. */
+/*
+ * Internal to engine/ (and its gpu tests and benchmark): the C face of the CUDA backend, compiled only when
+ * meson's cuda option is on.
+ *
+ * Two levels:
+ *  - kernels: each enqueues work on a stream over device pointers and returns at once; the gpu tests check
+ *    each one against a scalar reference on the host, and the forward pass is built from them;
+ *  - CudaLlama: a llama-architecture model with its weights resident on one device, a KV cache per sequence,
+ *    the decode step captured in a CUDA graph, and prompt batches through cuBLAS.
+ *
+ * Weight matrices keep GGUF's block layouts byte for byte; only the start of each row is aligned to
+ * CUDA_ROW_ALIGN bytes (rows of most shapes already are), so that kernels stream rows with 16-byte loads.
+ *
+ * Threads: one thread at a time per CudaCtx / CudaLlama (the device's executor thread).
+ */
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
-/* Number of usable CUDA devices; 0 when there is no driver or device. */
+struct CUstream_st;
+typedef struct CUstream_st *CudaStream; /* cudaStream_t; NULL is the legacy default stream */
+
+/* Number of usable CUDA devices; 0 when there is no driver or device. engine_cuda_device_count() is the same,
+ * defined in cuda-backend.c so that whatever asks for devices also links the backend's ops table. */
+int cuda_device_count(void);
 int engine_cuda_device_count(void);
 
 /* Free and total device memory in bytes, from cudaMemGetInfo(). */
 int engine_cuda_mem_info(int device, uint64_t *ret_free, uint64_t *ret_total);
+
+/* The device's name, its driver version (e.g. 13000) and its copy bandwidth: bytes read plus bytes written
+ * per second by device-to-device copies of size bytes (median of reps), the ceiling a decode step is held to. */
+int cuda_device_describe(int device, char *name, size_t name_size, int *ret_driver);
+int cuda_copy_bandwidth(int device, size_t size, unsigned reps, double *ret_bytes_per_s);
+
+/* ---- memory ---- */
+
+int cuda_malloc(size_t size, void **ret);   /* -ENOSPC when the device is full */
+void cuda_free(void *p);                     /* NULL-safe */
+int cuda_upload(void *dst, const void *src, size_t size);
+int cuda_download(void *dst, const void *src, size_t size);
+int cuda_sync(CudaStream s);                 /* waits for s; -EIO when a kernel failed */
+
+/* Bytes between rows of n_cols elements of type on the device (the row size rounded up to 16). -EINVAL
+ * when the type has no kernels or n_cols is not a whole number of blocks. */
+int cuda_row_stride(uint32_t type, uint32_t n_cols, size_t *ret);
+
+/* Whether the matrix-vector and dequantization kernels exist for type. */
+bool cuda_type_supported(uint32_t type);
+
+/* ---- kernels ---- */
+
+/* A weight matrix on the device: n_rows rows of n_cols elements, row r at data + r * row_stride. */
+typedef struct CudaMatrix {
+        uint32_t type;
+        uint32_t n_cols, n_rows;
+        size_t row_stride;
+        const void *data;
+} CudaMatrix;
+
+/* Activations quantized to 8 bits per 32 elements: qs (n int8), ds (n / 32 pairs: scale, scale * sum). */
+typedef struct CudaQ8 {
+        int8_t *qs;
+        float *ds;
+} CudaQ8;
+
+typedef enum CudaMvEpilogue {
+        CUDA_MV_STORE,  /* y[r] = w[r] . x */
+        CUDA_MV_ADD,    /* y[r] += w[r] . x (a residual) */
+        CUDA_MV_SWIGLU, /* two matrices (gate, up): y[r] = silu(gate[r] . x) * (up[r] . x) */
+        _CUDA_MV_EPILOGUE_MAX,
+} CudaMvEpilogue;
+
+/* The input vector of a matrix-vector product: quantized weights read it quantized to 8 bits (xq, from
+ * cuda_quantize_q8() or cuda_rmsnorm()), F32/F16/BF16 weights as floats (x). */
+typedef struct CudaMvInput {
+        const float *x;
+        const CudaQ8 *xq;
+} CudaMvInput;
+
+/*
+ * Matrix-vector products for one token: n_w (1..3) matrices of one type and one n_cols, each into its own
+ * y[i], in one launch. For SWIGLU n_w is 2 and y[0] gets the result.
+ */
+int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInput *in, float *const *y,
+                CudaMvEpilogue epi);
+
+/* y = W x with x in floats and each weight dequantized on the fly: the reference-mode product, any type. */
+int cuda_matvec_f32(CudaStream s, const CudaMatrix *w, const float *x, float *y);
+
+/* Quantizes n_rows rows of n floats (n a multiple of 32, rows contiguous) to 8 bits per 32. */
+int cuda_quantize_q8(CudaStream s, const float *x, uint32_t n, uint32_t n_rows, const CudaQ8 *ret);
+
+/* y = x / rms(x) * w per row of n, rows contiguous; writes whichever of y (float), y16 (half) and yq
+ * (8-bit, n a multiple of 32) is non-NULL. */
+int cuda_rmsnorm(CudaStream s, const float *x, const float *w, uint32_t n, uint32_t n_rows, float eps, float *y,
+                 uint16_t *y16, const CudaQ8 *yq);
+
+/* Rows rows[0 .. n_rows - 1] (device memory) of matrix w, dequantized to floats (n_rows x n_cols). */
+int cuda_get_rows(CudaStream s, const CudaMatrix *w, const int32_t *rows, uint32_t n_rows, float *y);
+
+/* The whole matrix dequantized to half floats, row-major, n_cols per row. */
+int cuda_dequant_f16(CudaStream s, const CudaMatrix *w, uint16_t *y);
+
+/* Conversions for the prompt path. */
+int cuda_f32_to_f16(CudaStream s, const float *x, uint16_t *y, size_t n);
+
+/* Prompt-batch SwiGLU over rows of gate and up laid side by side: gu is (n_tok, 2 * n_ff), gate in the first
+ * n_ff columns; h (half) is (n_tok, n_ff). */
+int cuda_swiglu_f16(CudaStream s, const float *gu, uint32_t n_ff, uint32_t n_tok, uint16_t *h);
+
+/* Geometry of attention for one model. */
+typedef struct CudaAttnShape {
+        uint32_t n_head, n_head_kv, head_dim, n_rot;
+        float rope_base;
+        uint32_t n_ctx; /* positions in the KV cache */
+} CudaAttnShape;
+
+/*
+ * RoPE (GGUF's adjacent-pair convention) on q and k of n_tok tokens at positions *pos .. *pos + n_tok - 1
+ * (pos in device memory, so a captured graph reads the current one), q rotated in place, k and v stored as
+ * half floats into the caches (n_ctx, n_head_kv * head_dim). Token t's q, k and v are at qkv + t * stride,
+ * + n_head * head_dim, + (n_head + n_head_kv) * head_dim.
+ */
+int cuda_rope_store(CudaStream s, const CudaAttnShape *a, float *qkv, uint32_t stride, uint32_t n_tok,
+                    const int32_t *pos, uint16_t *k_cache, uint16_t *v_cache);
+
+/*
+ * Attention of one token at position *pos over positions 0 .. *pos, split along the sequence, with RoPE and
+ * the KV store fused: qkv holds the token's q, k and v as the projections give them (laid out as for
+ * cuda_rope_store()); the kernel rotates q and k, stores k and v into the caches at *pos and attends.
+ * out is (n_head * head_dim); outq (may be NULL; head_dim a multiple of 32) gets it in 8 bits. scratch
+ * comes from cuda_attn_scratch_size() and must start zeroed (cudaMemset once): the kernel leaves it that way.
+ * head_dim: a multiple of 8, at most 128.
+ */
+size_t cuda_attn_scratch_size(const CudaAttnShape *a);
+int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const float *qkv, const int32_t *pos,
+                     uint16_t *k_cache, uint16_t *v_cache, void *scratch, float *out, const CudaQ8 *outq);
+
+/* Causal attention for n_tok tokens at positions *pos .. (their k and v already in the caches); q rows at
+ * q + t * q_stride; out is (n_tok, n_head * head_dim). */
+int cuda_attn_prefill(CudaStream s, const CudaAttnShape *a, const float *q, uint32_t q_stride, uint32_t n_tok,
+                      const int32_t *pos, const uint16_t *k_cache, const uint16_t *v_cache, float *out);
+
+/* Index of the largest of n floats (the lowest index among equals) into *ret (device memory); when pos is
+ * not NULL, *pos += 1 and, when hist is not NULL and the new *pos < hist_n, hist[*pos] = the index. */
+int cuda_argmax(CudaStream s, const float *x, uint32_t n, int32_t *ret, int32_t *pos, int32_t *hist,
+                uint32_t hist_n);
+
+/* cuBLAS for prompt batches. */
+typedef struct CudaBlas CudaBlas;
+int cuda_blas_new(CudaStream s, CudaBlas **ret);
+CudaBlas *cuda_blas_free(CudaBlas *b);
+/* y (n_tok, n_rows) = x16 (n_tok, n_cols) . w16^T (w16: n_rows x n_cols), plus y when accumulate. */
+int cuda_gemm_f16(CudaBlas *b, const uint16_t *w16, uint32_t n_rows, uint32_t n_cols, const uint16_t *x16,
+                  uint32_t n_tok, float *y, bool accumulate);
+
+/* ---- synthetic weights ---- */
+
+/* Fills n_rows rows of n_cols elements of type at data (row_stride apart) with random but valid values:
+ * block scales of sensible magnitude (about scale for a dequantized weight), every other byte random. */
+int cuda_fill_random(CudaStream s, const CudaMatrix *w, uint64_t seed, float scale);
+
+/* ---- a llama-architecture model ---- */
+
+typedef struct CudaLlamaConfig {
+        uint32_t n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_rot, n_ff;
+        float rope_base, norm_eps;
+} CudaLlamaConfig;
+
+typedef enum CudaWeight {
+        CUDA_W_TOKEN_EMBD,
+        CUDA_W_OUTPUT_NORM,
+        CUDA_W_OUTPUT,
+        CUDA_W_ATTN_NORM, /* per layer from here on */
+        CUDA_W_Q,
+        CUDA_W_K,
+        CUDA_W_V,
+        CUDA_W_O,
+        CUDA_W_FFN_NORM,
+        CUDA_W_GATE,
+        CUDA_W_UP,
+        CUDA_W_DOWN,
+        _CUDA_W_MAX,
+        _CUDA_W_INVALID = -22,
+} CudaWeight;
+
+typedef struct CudaLlama CudaLlama;
+typedef struct CudaKv CudaKv;
+
+/* A model with no weights yet on device (cudaSetDevice'd by every call) for layers [l0, l1) of c, with the
+ * token embedding when l0 is 0 and the output norm and head when l1 is c->n_layer: the GPU part of a model
+ * split between backends. */
+int cuda_llama_new(int device, const CudaLlamaConfig *c, uint32_t l0, uint32_t l1, CudaLlama **ret);
+CudaLlama *cuda_llama_free(CudaLlama *m);
+
+/*
+ * Places weight w (layer ignored for the first three) of type with the shape (n_cols, n_rows) GGUF gives it:
+ * from host memory (data, rows contiguous as in the file), or, with data NULL, random values made on the
+ * device. Norm weights are F32. -EINVAL on a shape that does not match the config, -EOPNOTSUPP on a type
+ * without kernels, -ENOSPC when the device is full.
+ */
+int cuda_llama_set_weight(CudaLlama *m, CudaWeight w, uint32_t layer, uint32_t type, uint32_t n_cols,
+                          uint32_t n_rows, const void *data);
+
+/* Reference mode: every token goes through the prompt path (weights dequantized to F16 tiles, activations in
+ * F16 and float) and the head through cuda_matvec_f32(), never through 8-bit activations. Slow. */
+void cuda_llama_set_precise(CudaLlama *m, bool precise);
+
+/* For timing studies only (bench-cuda --breakdown): leave kernels out of the decode graphs captured from now
+ * on; the outputs are then meaningless. */
+enum {
+        CUDA_SKIP_SMALL = 1 << 0,  /* norms, quantizations, attention */
+        CUDA_SKIP_MATVEC = 1 << 1, /* the layers' matrix-vector products */
+};
+void cuda_llama_set_skip(CudaLlama *m, unsigned mask);
+
+/* Device bytes that the weights take, and bytes one decode step reads (all weights but the embedding
+ * table, of which one row). */
+uint64_t cuda_llama_weight_bytes(const CudaLlama *m);
+uint64_t cuda_llama_step_bytes(const CudaLlama *m);
+
+/* A sequence's KV cache of n_ctx positions (F16) on the model's device. */
+int cuda_kv_new(CudaLlama *m, uint32_t n_ctx, CudaKv **ret);
+CudaKv *cuda_kv_free(CudaKv *kv);
+uint32_t cuda_kv_pos(const CudaKv *kv);
+/* Forgets every position from pos on (pos <= cuda_kv_pos()), e.g. to reuse a cached prompt prefix. */
+int cuda_kv_truncate(CudaKv *kv, uint32_t pos);
+/* Bytes a KV cache of n_ctx positions for n_layer layers takes on the device. */
+uint64_t cuda_kv_bytes(const CudaLlamaConfig *c, uint32_t n_layer, uint32_t n_ctx);
+
+/*
+ * Runs n_tok tokens of one sequence at positions pos0 .. pos0 + n_tok - 1 (pos0 <= cuda_kv_pos(); later
+ * positions are overwritten) through the model's layers. Input: tokens when the model starts at layer 0,
+ * else x, (n_tok, n_embd) host floats. Output: when the model ends at the last layer, for each of n_out rows
+ * (increasing indices into the n_tok) the logits (n_vocab floats), or with hidden the hidden state after the
+ * output norm (n_embd floats), into consecutive rows of out; otherwise the hidden states back into x. One
+ * token through the whole model goes through the decode kernels (a CUDA graph after the first call), more
+ * through cuBLAS. -ENOSPC when the KV cache would overflow.
+ */
+int cuda_llama_run(CudaLlama *m, CudaKv *kv, uint32_t pos0, uint32_t n_tok, const int32_t *tokens, float *x,
+                   uint32_t n_out, const uint32_t *out_rows, bool hidden, float *out);
+
+/* cuda_llama_run() at the sequence's next position with the last token's logits into logits (host, may be
+ * NULL), for a model on one device. */
+int cuda_llama_forward(CudaLlama *m, CudaKv *kv, const int32_t *tokens, uint32_t n_tok, float *logits);
+
+/* Greedy decoding entirely on the device: feeds token, then each argmax, n_steps times through the captured
+ * graph with no host round trip; writes the n_steps generated tokens to out (host) when not NULL. */
+int cuda_llama_generate_greedy(CudaLlama *m, CudaKv *kv, int32_t token, uint32_t n_steps, int32_t *out);

@@ -1,0 +1,803 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The method table: every method of quantd-protocol(7), implemented once for both front ends. Handlers
+ * decode their params with proto_dispatch(), reply at once or hand the request to a job or the scheduler.
+ */
+
+#include <inttypes.h>
+
+#include "config.h"
+#include "daemon-internal.h"
+#include "engine.h"
+
+static int reply_simple(Request *r, Reply *rep, int k) {
+        if (k < 0) {
+                reply_done(rep);
+                return k;
+        }
+        request_reply(r, rep);
+        reply_done(rep);
+        return 0;
+}
+
+/* ---- Hello, Version ---- */
+
+static int pack_backends(msgpack_packer *pk) {
+        int n = HAVE_CUDA ? 2 : 1;
+        if (msgpack_pack_array(pk, (size_t)n) < 0 || proto_pack_str(pk, "cpu") < 0)
+                return -ENOMEM;
+        if (HAVE_CUDA && proto_pack_str(pk, "cuda") < 0)
+                return -ENOMEM;
+        return 0;
+}
+
+static int pack_types(msgpack_packer *pk) {
+        size_t n = 0;
+        for (uint32_t t = 0; t < _GGML_TYPE_MAX; t++)
+                n += ggml_type_info(t) != NULL;
+        if (msgpack_pack_array(pk, n) < 0)
+                return -ENOMEM;
+        for (uint32_t t = 0; t < _GGML_TYPE_MAX; t++)
+                if (ggml_type_info(t) && proto_pack_str(pk, ggml_type_name(t)) < 0)
+                        return -ENOMEM;
+        return 0;
+}
+
+static int method_hello(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        struct {
+                uint32_t protocol, minor;
+        } a = { PROTO_VERSION_MAJOR, 0 };
+        static const ProtoField fields[] = {
+                { "protocol", PROTO_FIELD_U32, offsetof(typeof(a), protocol) },
+                { "minor", PROTO_FIELD_U32, offsetof(typeof(a), minor) },
+                {},
+        };
+        Reply rep;
+        int k;
+
+        k = proto_dispatch(call->params, fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+        if (a.protocol != PROTO_VERSION_MAJOR)
+                return qd_error_set(err, EPROTONOSUPPORT,
+                                    "This daemon speaks protocol version %u, the client version %" PRIu32
+                                    "; install matching versions of quantd and its client.",
+                                    PROTO_VERSION_MAJOR, a.protocol);
+
+        size_t n_methods = 0;
+        for (const Method *x = daemon_methods; x->name; x++)
+                n_methods++;
+        reply_init(&rep);
+        k = msgpack_pack_map(&rep.pk, 5) < 0 ? -ENOMEM : 0;
+        if (k >= 0)
+                k = proto_pack_kv_u64(&rep.pk, "protocol", PROTO_VERSION_MAJOR);
+        if (k >= 0)
+                k = proto_pack_kv_u64(&rep.pk, "minor", PROTO_VERSION_MINOR);
+        if (k >= 0)
+                k = proto_pack_kv_str(&rep.pk, "version", PACKAGE_VERSION);
+        if (k >= 0)
+                k = proto_pack_key(&rep.pk, "methods");
+        if (k >= 0)
+                k = msgpack_pack_array(&rep.pk, n_methods) < 0 ? -ENOMEM : 0;
+        for (const Method *x = daemon_methods; k >= 0 && x->name; x++)
+                k = proto_pack_str(&rep.pk, x->name);
+        if (k >= 0)
+                k = proto_pack_key(&rep.pk, "capabilities");
+        if (k >= 0)
+                k = msgpack_pack_map(&rep.pk, 4) < 0 ? -ENOMEM : 0;
+        if (k >= 0)
+                k = proto_pack_key(&rep.pk, "backends");
+        if (k >= 0)
+                k = pack_backends(&rep.pk);
+        if (k >= 0)
+                k = proto_pack_key(&rep.pk, "types");
+        if (k >= 0)
+                k = pack_types(&rep.pk);
+        /* What the quantizer can produce: nothing until quant/ lands. */
+        if (k >= 0)
+                k = proto_pack_key(&rep.pk, "quant_types");
+        if (k >= 0)
+                k = msgpack_pack_array(&rep.pk, 0) < 0 ? -ENOMEM : 0;
+        if (k >= 0)
+                k = proto_pack_kv_bool(&rep.pk, "may_change_store", request_caller(r)->may_change_store);
+        return reply_simple(r, &rep, k);
+}
+
+static int method_version(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        Reply rep;
+        int k;
+
+        reply_init(&rep);
+        k = msgpack_pack_map(&rep.pk, 4) < 0 ? -ENOMEM : 0;
+        if (k >= 0)
+                k = proto_pack_kv_str(&rep.pk, "version", PACKAGE_VERSION);
+        if (k >= 0)
+                k = proto_pack_kv_u64(&rep.pk, "protocol", PROTO_VERSION_MAJOR);
+        if (k >= 0)
+                k = proto_pack_key(&rep.pk, "backends");
+        if (k >= 0)
+                k = pack_backends(&rep.pk);
+        if (k >= 0)
+                k = proto_pack_kv_u64(&rep.pk, "uptime_ms", (now_ns() - m->started_ns) / 1000000);
+        return reply_simple(r, &rep, k);
+}
+
+/* ---- the store ---- */
+
+static int method_list(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        StoreModel *l = NULL;
+        size_t n = 0;
+        Reply rep;
+        int k;
+
+        k = m->store_ops->list(m->store, &l, &n, err);
+        if (k < 0)
+                return k;
+        reply_init(&rep);
+        k = msgpack_pack_map(&rep.pk, 1) < 0 || proto_pack_key(&rep.pk, "models") < 0 ||
+                            msgpack_pack_array(&rep.pk, n) < 0
+                    ? -ENOMEM
+                    : 0;
+        for (size_t i = 0; k >= 0 && i < n; i++)
+                if (msgpack_pack_map(&rep.pk, 4) < 0 || proto_pack_kv_str(&rep.pk, "name", l[i].name) < 0 ||
+                    proto_pack_kv_u64(&rep.pk, "size", l[i].size) < 0 ||
+                    proto_pack_kv_i64(&rep.pk, "modified_at", l[i].modified_s) < 0 ||
+                    proto_pack_kv_str(&rep.pk, "digest", l[i].digest) < 0)
+                        k = -ENOMEM;
+        store_model_free_many(l, n);
+        return reply_simple(r, &rep, k);
+}
+
+typedef struct ModelArg {
+        const char *model;
+} ModelArg;
+
+static const ProtoField model_fields[] = {
+        { "model", PROTO_FIELD_STRING, offsetof(ModelArg, model), true },
+        {},
+};
+
+static int method_show(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        ModelArg a = {};
+        _cleanup_free_ char *path = NULL;
+        _cleanup_(gguf_freep) Gguf *g = NULL;
+        Reply rep;
+        int k;
+
+        k = proto_dispatch(call->params, model_fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+        k = m->store_ops->resolve(m->store, a.model, &path, NULL, err);
+        if (k < 0)
+                return k;
+        k = gguf_open(path, &g, err);
+        if (k < 0)
+                return k;
+
+        _cleanup_free_ char *arch = NULL, *name = NULL;
+        (void)gguf_get_string(g, "general.architecture", &arch);
+        (void)gguf_get_string(g, "general.name", &name);
+        uint32_t ctx = 0, embd = 0, layers = 0;
+        if (arch) {
+                char key[128];
+                snprintf(key, sizeof(key), "%s.context_length", arch);
+                (void)gguf_get_u32(g, key, &ctx);
+                snprintf(key, sizeof(key), "%s.embedding_length", arch);
+                (void)gguf_get_u32(g, key, &embd);
+                snprintf(key, sizeof(key), "%s.block_count", arch);
+                (void)gguf_get_u32(g, key, &layers);
+        }
+        reply_init(&rep);
+        k = msgpack_pack_map(&rep.pk, 6) < 0 ? -ENOMEM : 0;
+        if (k >= 0)
+                k = proto_pack_kv_str(&rep.pk, "model", a.model);
+        if (k >= 0)
+                k = proto_pack_kv_str(&rep.pk, "architecture", arch);
+        if (k >= 0)
+                k = proto_pack_kv_str(&rep.pk, "general_name", name);
+        if (k >= 0)
+                k = proto_pack_kv_u64(&rep.pk, "context_length", ctx);
+        if (k >= 0)
+                k = proto_pack_kv_u64(&rep.pk, "embedding_length", embd);
+        if (k >= 0)
+                k = proto_pack_kv_u64(&rep.pk, "block_count", layers);
+        return reply_simple(r, &rep, k);
+}
+
+typedef struct CreateJob {
+        Manager *manager;
+        char *model;
+        char *template;
+        char *system;
+        int fd;
+} CreateJob;
+
+static void create_job_free(void *userdata) {
+        CreateJob *c = userdata;
+        safe_close(c->fd);
+        free(c->model);
+        free(c->template);
+        free(c->system);
+        free(c);
+}
+
+static void store_progress(const char *status, const char *digest, uint64_t completed, uint64_t total,
+                           void *userdata) {
+        job_progress(userdata, status, digest, total, completed);
+}
+
+static int create_job_run(Job *j, void *userdata, QdError *err) {
+        CreateJob *c = userdata;
+        Manager *m = c->manager;
+
+        job_progress(j, "reading model data", NULL, 0, 0);
+        return m->store_ops->create(m->store, c->model, c->fd, c->template, c->system, store_progress, j,
+                                    job_cancel_flag(j), err);
+}
+
+static int method_create(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        struct {
+                const char *model, *template, *system;
+                uint64_t gguf;
+        } a = {};
+        static const ProtoField fields[] = {
+                { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
+                { "gguf", PROTO_FIELD_FD, offsetof(typeof(a), gguf), true },
+                { "template", PROTO_FIELD_STRING, offsetof(typeof(a), template) },
+                { "system", PROTO_FIELD_STRING, offsetof(typeof(a), system) },
+                {},
+        };
+        int k;
+
+        k = proto_dispatch(call->params, fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+        if (a.template) {
+                /* A template that does not parse fails now, not at the first chat. */
+                _cleanup_(engine_template_freep) EngineTemplate *t = NULL;
+                k = engine_template_parse(a.template, &t, err);
+                if (k < 0)
+                        return k;
+        }
+        int fd = proto_message_take_fd(call, a.gguf, err);
+        if (fd < 0)
+                return fd;
+        CreateJob *c = calloc(1, sizeof(*c));
+        if (!c) {
+                safe_close(fd);
+                return -ENOMEM;
+        }
+        c->manager = m;
+        c->fd = fd;
+        c->model = strdup(a.model);
+        c->template = a.template ? strdup(a.template) : NULL;
+        c->system = a.system ? strdup(a.system) : NULL;
+        if (!c->model || (a.template && !c->template) || (a.system && !c->system)) {
+                create_job_free(c);
+                return -ENOMEM;
+        }
+        return job_start(m, r, "create", a.model, create_job_run, c, create_job_free, NULL);
+}
+
+static int method_copy(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        struct {
+                const char *source, *destination;
+        } a = {};
+        static const ProtoField fields[] = {
+                { "source", PROTO_FIELD_STRING, offsetof(typeof(a), source), true },
+                { "destination", PROTO_FIELD_STRING, offsetof(typeof(a), destination), true },
+                {},
+        };
+        int k = proto_dispatch(call->params, fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+        k = m->store_ops->copy(m->store, a.source, a.destination, err);
+        if (k < 0)
+                return k;
+        request_reply(r, NULL);
+        return 0;
+}
+
+static int method_delete(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        ModelArg a = {};
+        int k = proto_dispatch(call->params, model_fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+        /* A loaded model keeps its mapping; unloading first frees the memory at once. */
+        (void)scheduler_unload(m->scheduler, a.model, NULL);
+        k = m->store_ops->remove(m->store, a.model, err);
+        if (k < 0)
+                return k;
+        request_reply(r, NULL);
+        return 0;
+}
+
+typedef struct TransferJob {
+        Manager *manager;
+        char *model;
+        bool push;
+} TransferJob;
+
+static void transfer_job_free(void *userdata) {
+        TransferJob *t = userdata;
+        free(t->model);
+        free(t);
+}
+
+static int transfer_job_run(Job *j, void *userdata, QdError *err) {
+        TransferJob *t = userdata;
+        Manager *m = t->manager;
+
+        job_progress(j, t->push ? "preparing to push" : "pulling manifest", NULL, 0, 0);
+        if (t->push)
+                return m->store_ops->push(m->store, t->model, store_progress, j, job_cancel_flag(j), err);
+        return m->store_ops->pull(m->store, t->model, store_progress, j, job_cancel_flag(j), err);
+}
+
+static int start_transfer(Manager *m, Request *r, ProtoMessage *call, bool push, QdError *err) {
+        ModelArg a = {};
+        int k = proto_dispatch(call->params, model_fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+        TransferJob *t = calloc(1, sizeof(*t));
+        if (!t)
+                return -ENOMEM;
+        t->manager = m;
+        t->push = push;
+        t->model = strdup(a.model);
+        if (!t->model) {
+                transfer_job_free(t);
+                return -ENOMEM;
+        }
+        return job_start(m, r, push ? "push" : "pull", a.model, transfer_job_run, t, transfer_job_free, NULL);
+}
+
+static int method_pull(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        return start_transfer(m, r, call, false, err);
+}
+
+static int method_push(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        return start_transfer(m, r, call, true, err);
+}
+
+/* ---- jobs ---- */
+
+static int method_jobs(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        struct {
+                uint64_t job;
+                bool watch;
+        } a = {};
+        static const ProtoField fields[] = {
+                { "job", PROTO_FIELD_U64, offsetof(typeof(a), job) },
+                { "watch", PROTO_FIELD_BOOL, offsetof(typeof(a), watch) },
+                {},
+        };
+        Reply rep;
+        int k;
+
+        k = proto_dispatch(call->params, fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+        if (a.watch) {
+                Job *j = job_find(m, a.job);
+                if (!j)
+                        return qd_error_set(err, ENOENT, "No job %" PRIu64 ".", a.job);
+                /* The reply comes when the job ends, with its progress events before it. */
+                return job_watch(j, r);
+        }
+        reply_init(&rep);
+        k = msgpack_pack_map(&rep.pk, 1) < 0 || proto_pack_key(&rep.pk, "jobs") < 0 ? -ENOMEM : 0;
+        if (k >= 0)
+                k = jobs_pack(m, a.job, &rep.pk, err);
+        return reply_simple(r, &rep, k);
+}
+
+static int method_cancel(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        struct {
+                uint64_t id, job;
+        } a = {};
+        static const ProtoField fields[] = {
+                { "id", PROTO_FIELD_U64, offsetof(typeof(a), id) },
+                { "job", PROTO_FIELD_U64, offsetof(typeof(a), job) },
+                {},
+        };
+        int k = proto_dispatch(call->params, fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+        if ((a.id == 0) == (a.job == 0))
+                return qd_error_set(err, EINVAL, "Cancel takes either 'id' (a request of this client) or 'job'.");
+        if (a.job != 0) {
+                Job *j = job_find(m, a.job);
+                if (!j)
+                        return qd_error_set(err, ENOENT, "No job %" PRIu64 ".", a.job);
+                if (!request_caller(r)->may_change_store)
+                        return qd_error_set(err, EPERM, "Cancelling a job needs the right to change the store.");
+                job_cancel(j);
+        } else {
+                Request *target = r->frontend && r->frontend->find_sibling ? r->frontend->find_sibling(r, a.id) : NULL;
+                if (!target)
+                        return qd_error_set(err, ENOENT, "No request %" PRIu64 " in flight on this connection.", a.id);
+                request_cancel(target);
+        }
+        request_reply(r, NULL);
+        return 0;
+}
+
+/* ---- models: scheduler ---- */
+
+static int method_ps(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        Reply rep;
+        reply_init(&rep);
+        int k = msgpack_pack_map(&rep.pk, 1) < 0 || proto_pack_key(&rep.pk, "models") < 0 ? -ENOMEM : 0;
+        if (k >= 0)
+                k = scheduler_pack_ps(m->scheduler, &rep.pk);
+        return reply_simple(r, &rep, k);
+}
+
+static int method_load(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        struct {
+                const char *model;
+                int64_t keep_alive;
+        } a = { .keep_alive = INT64_MIN };
+        static const ProtoField fields[] = {
+                { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
+                { "keep_alive", PROTO_FIELD_DURATION, offsetof(typeof(a), keep_alive) },
+                {},
+        };
+        int k = proto_dispatch(call->params, fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+        return scheduler_load(m->scheduler, r, a.model, a.keep_alive, a.keep_alive != INT64_MIN, err);
+}
+
+static int method_unload(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        ModelArg a = {};
+        int k = proto_dispatch(call->params, model_fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+        k = scheduler_unload(m->scheduler, a.model, err);
+        if (k < 0)
+                return k;
+        request_reply(r, NULL);
+        return 0;
+}
+
+void generate_params_done(GenerateParams *p) {
+        free(p->model);
+        free(p->prompt);
+        free(p->tokens);
+        strv_free(p->stop);
+        *p = (GenerateParams){};
+}
+
+/* Ollama's defaults, so that the same request samples the same way here. */
+static SamplerParams sampler_defaults(void) {
+        return (SamplerParams){
+                .temperature = 0.8f,
+                .top_k = 40,
+                .top_p = 0.9f,
+                .min_p = 0.0f,
+                .typical_p = 1.0f,
+                .repeat_penalty = 1.1f,
+                .repeat_last_n = 64,
+                .seed = UINT64_MAX,
+        };
+}
+
+static int decode_stop(const msgpack_object *o, char ***ret, QdError *err) {
+        if (o->type != MSGPACK_OBJECT_ARRAY)
+                return qd_error_set(err, EINVAL, "Option 'stop' must be an array of strings, got %s.",
+                                    proto_object_type_name(o));
+        char **l = calloc(o->via.array.size + 1, sizeof(char *));
+        if (!l)
+                return -ENOMEM;
+        for (uint32_t i = 0; i < o->via.array.size; i++) {
+                const msgpack_object *s = &o->via.array.ptr[i];
+                if (s->type != MSGPACK_OBJECT_STR || s->via.str.size == 0) {
+                        strv_free(l);
+                        return qd_error_set(err, EINVAL, "Option 'stop' must be an array of non-empty strings.");
+                }
+                l[i] = strndup(s->via.str.ptr, s->via.str.size);
+                if (!l[i]) {
+                        strv_free(l);
+                        return -ENOMEM;
+                }
+        }
+        *ret = l;
+        return 0;
+}
+
+/* Decodes Chat's 'messages' ([{role, content}, …]) into msgs, borrowing the strings from zone. */
+static int decode_messages(const msgpack_object *messages, msgpack_zone *zone, EngineChatMessage **ret,
+                           uint32_t *ret_n, QdError *err) {
+        _cleanup_free_ EngineChatMessage *msgs = NULL;
+        uint32_t n = messages->via.array.size;
+        int k;
+
+        if (n == 0)
+                return qd_error_set(err, EINVAL, "Parameter 'messages' must hold at least one message.");
+        msgs = calloc(n, sizeof(EngineChatMessage));
+        if (!msgs)
+                return -ENOMEM;
+        for (uint32_t i = 0; i < n; i++) {
+                static const ProtoField fields[] = {
+                        { "role", PROTO_FIELD_STRING, offsetof(EngineChatMessage, role), true },
+                        { "content", PROTO_FIELD_STRING, offsetof(EngineChatMessage, content), true },
+                        {},
+                };
+                const msgpack_object *o = &messages->via.array.ptr[i];
+                QdError e = {};
+                if (o->type != MSGPACK_OBJECT_MAP)
+                        return qd_error_set(err, EINVAL, "Message %" PRIu32 " must be a map {role, content}, got %s.",
+                                            i, proto_object_type_name(o));
+                k = proto_dispatch(o, fields, &msgs[i], zone, &e);
+                if (k < 0)
+                        return qd_error_set(err, k, "Message %" PRIu32 ": %s", i, e.msg);
+                if (!streq(msgs[i].role, "system") && !streq(msgs[i].role, "user") &&
+                    !streq(msgs[i].role, "assistant") && !streq(msgs[i].role, "tool"))
+                        return qd_error_set(err, EINVAL,
+                                            "Message %" PRIu32 " has role '%s'; roles are system, user, assistant "
+                                            "and tool.", i, msgs[i].role);
+        }
+        *ret = TAKE_PTR(msgs);
+        *ret_n = n;
+        return 0;
+}
+
+/*
+ * The prompt of a chat or of a templated Generate: the model's Modelfile TEMPLATE (Go text/template) when it has
+ * one, else the format recognised from its GGUF's tokenizer.chat_template, with the Modelfile's SYSTEM (or the
+ * request's system) or the format's default system prompt. A model with no template at all is an error for Chat;
+ * for Generate (raw_fallback) its prompt is used as it is, as Ollama does.
+ */
+static int render_prompt(Manager *m, const char *model, const char *system_override, const EngineChatMessage *msgs,
+                         uint32_t n, const char *raw_fallback, char **ret, QdError *err) {
+        _cleanup_free_ char *template = NULL, *system = NULL, *path = NULL, *jinja = NULL, *default_system = NULL;
+        _cleanup_(engine_template_freep) EngineTemplate *t = NULL;
+        _cleanup_(buf_free) Buf out = {};
+        int k;
+
+        k = m->store_ops->read_layer(m->store, model, STORE_LAYER_TEMPLATE, &template, err);
+        if (k >= 0)
+                k = m->store_ops->read_layer(m->store, model, STORE_LAYER_SYSTEM, &system, err);
+        if (k < 0)
+                return k;
+        const char *sys = system_override ?: system;
+        if (template) {
+                k = engine_template_parse(template, &t, err);
+                if (k >= 0)
+                        k = engine_template_render(t, sys, msgs, n, &out, err);
+        } else {
+                _cleanup_(gguf_freep) Gguf *g = NULL;
+                EngineChatFormat f;
+                k = m->store_ops->resolve(m->store, model, &path, NULL, err);
+                if (k >= 0)
+                        k = gguf_open(path, &g, raw_fallback ? NULL : err);
+                if (k < 0 && raw_fallback && k != -ENOENT) {
+                        /* Not a GGUF we can read: loading it will say why; the prompt stays as it is. */
+                        *ret = strdup(raw_fallback);
+                        return *ret ? 0 : -ENOMEM;
+                }
+                if (k < 0)
+                        return k;
+                if (gguf_get_string(g, "tokenizer.chat_template", &jinja) < 0) {
+                        if (raw_fallback) {
+                                *ret = strdup(raw_fallback);
+                                return *ret ? 0 : -ENOMEM;
+                        }
+                        return qd_error_set(err, EOPNOTSUPP,
+                                            "Model '%s' has no chat template (no TEMPLATE in its Modelfile, no "
+                                            "tokenizer.chat_template in its GGUF); use Generate.", model);
+                }
+                k = engine_chat_format_detect(jinja, &f, &default_system);
+                if (k < 0) {
+                        if (raw_fallback) {
+                                *ret = strdup(raw_fallback);
+                                return *ret ? 0 : -ENOMEM;
+                        }
+                        return qd_error_set(err, EOPNOTSUPP,
+                                            "The chat template of '%s' is of a family quantd does not know; give the "
+                                            "model a TEMPLATE in its Modelfile.", model);
+                }
+                k = engine_chat_format_render(f, sys ?: default_system, msgs, n, &out, err);
+        }
+        if (k < 0)
+                return k;
+        *ret = out.len > 0 ? buf_steal_str(&out) : strdup("");
+        return *ret ? 0 : -ENOMEM;
+}
+
+/* Generate and Chat: the same options and the same path through the scheduler. */
+static int start_generation(Manager *m, Request *r, ProtoMessage *call, bool chat, QdError *err) {
+        _cleanup_(generate_params_done) GenerateParams p = { .num_predict = -1, .stream = true };
+        struct {
+                const char *model, *prompt, *system;
+                const msgpack_object *options, *messages;
+                int64_t keep_alive;
+                bool raw, stream, return_tokens;
+        } a = { .keep_alive = INT64_MIN, .stream = true };
+        const ProtoField fields[] = {
+                { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
+                chat ? (ProtoField){ "messages", PROTO_FIELD_ARRAY, offsetof(typeof(a), messages), true }
+                     : (ProtoField){ "prompt", PROTO_FIELD_STRING, offsetof(typeof(a), prompt), true },
+                { "options", PROTO_FIELD_MAP, offsetof(typeof(a), options) },
+                { "keep_alive", PROTO_FIELD_DURATION, offsetof(typeof(a), keep_alive) },
+                { "raw", PROTO_FIELD_BOOL, offsetof(typeof(a), raw) },
+                { "system", PROTO_FIELD_STRING, offsetof(typeof(a), system) },
+                { "stream", PROTO_FIELD_BOOL, offsetof(typeof(a), stream) },
+                { "return_tokens", PROTO_FIELD_BOOL, offsetof(typeof(a), return_tokens) },
+                {},
+        };
+        SamplerParams *s = &p.sampler;
+        const msgpack_object *stop = NULL;
+        const ProtoField options[] = {
+                { "temperature", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.temperature) },
+                { "top_k", PROTO_FIELD_I32, offsetof(GenerateParams, sampler.top_k) },
+                { "top_p", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.top_p) },
+                { "min_p", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.min_p) },
+                { "typical_p", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.typical_p) },
+                { "repeat_penalty", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.repeat_penalty) },
+                { "repeat_last_n", PROTO_FIELD_I32, offsetof(GenerateParams, sampler.repeat_last_n) },
+                { "presence_penalty", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.presence_penalty) },
+                { "frequency_penalty", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.frequency_penalty) },
+                { "seed", PROTO_FIELD_U64, offsetof(GenerateParams, sampler.seed) },
+                { "num_predict", PROTO_FIELD_I32, offsetof(GenerateParams, num_predict) },
+                { "num_ctx", PROTO_FIELD_U32, offsetof(GenerateParams, num_ctx) },
+                {},
+        };
+        int k;
+
+        *s = sampler_defaults();
+        k = proto_dispatch(call->params, fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+        k = proto_dispatch(a.options, options, &p, call->zone, err);
+        if (k < 0)
+                return k;
+        if (s->temperature < 0)
+                return qd_error_set(err, EINVAL, "Option 'temperature' must not be negative.");
+        stop = proto_map_get(a.options, "stop");
+        if (stop && stop->type != MSGPACK_OBJECT_NIL) {
+                k = decode_stop(stop, &p.stop, err);
+                if (k < 0)
+                        return k;
+        }
+        if (chat && a.raw)
+                return qd_error_set(err, EINVAL, "Chat renders its prompt with the model's template; 'raw' is for "
+                                    "Generate.");
+        if (chat) {
+                _cleanup_free_ EngineChatMessage *msgs = NULL;
+                uint32_t n = 0;
+                k = decode_messages(a.messages, call->zone, &msgs, &n, err);
+                if (k >= 0)
+                        k = render_prompt(m, a.model, a.system, msgs, n, NULL, &p.prompt, err);
+                if (k < 0)
+                        return k;
+        } else if (a.raw)
+                p.prompt = strdup(a.prompt);
+        else {
+                /* Generate goes through the template too, as one user turn, unless the request says raw. */
+                EngineChatMessage one = { .role = "user", .content = a.prompt };
+                k = render_prompt(m, a.model, a.system, &one, 1, a.prompt, &p.prompt, err);
+                if (k < 0)
+                        return k;
+        }
+        log_debug("Prompt for '%s': %s", a.model, strna(p.prompt));
+        p.model = strdup(a.model);
+        if (!p.model || !p.prompt)
+                return -ENOMEM;
+        p.raw = a.raw;
+        p.chat = chat;
+        p.stream = a.stream;
+        p.return_tokens = a.return_tokens;
+        p.keep_alive_set = a.keep_alive != INT64_MIN;
+        p.keep_alive_ns = p.keep_alive_set ? a.keep_alive : m->config.keep_alive_ns;
+        return scheduler_generate(m->scheduler, r, &p, err);
+}
+
+static int method_generate(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        return start_generation(m, r, call, false, err);
+}
+
+static int method_chat(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        return start_generation(m, r, call, true, err);
+}
+
+static int method_embed(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        struct {
+                const char *model;
+                const msgpack_object *input;
+                int64_t keep_alive;
+        } a = { .keep_alive = INT64_MIN };
+        static const ProtoField fields[] = {
+                { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
+                { "input", PROTO_FIELD_ANY, offsetof(typeof(a), input), true },
+                { "keep_alive", PROTO_FIELD_DURATION, offsetof(typeof(a), keep_alive) },
+                {},
+        };
+        int k = proto_dispatch(call->params, fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+
+        /* One string, or an array of them. */
+        const msgpack_object *items = a.input->type == MSGPACK_OBJECT_ARRAY ? a.input->via.array.ptr : a.input;
+        uint32_t n = a.input->type == MSGPACK_OBJECT_ARRAY ? a.input->via.array.size : 1;
+        if (n == 0 || n > 1024)
+                return qd_error_set(err, EINVAL, "Parameter 'input' must hold 1 to 1024 strings.");
+        char **inputs = calloc(n + 1, sizeof(char *));
+        if (!inputs)
+                return -ENOMEM;
+        for (uint32_t i = 0; i < n; i++) {
+                if (items[i].type != MSGPACK_OBJECT_STR || memchr(items[i].via.str.ptr, 0, items[i].via.str.size)) {
+                        strv_free(inputs);
+                        return qd_error_set(err, EINVAL,
+                                            "Parameter 'input' must be a string or an array of strings.");
+                }
+                inputs[i] = strndup(items[i].via.str.ptr, items[i].via.str.size);
+                if (!inputs[i]) {
+                        strv_free(inputs);
+                        return -ENOMEM;
+                }
+        }
+        return scheduler_embed(m->scheduler, r, a.model, inputs, a.keep_alive, a.keep_alive != INT64_MIN, err);
+}
+
+static int method_tokenize(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        struct {
+                const char *model, *text;
+        } a = {};
+        static const ProtoField fields[] = {
+                { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
+                { "text", PROTO_FIELD_STRING, offsetof(typeof(a), text), true },
+                {},
+        };
+        int k = proto_dispatch(call->params, fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+        return scheduler_tokenize(m->scheduler, r, a.model, a.text, NULL, err);
+}
+
+static int method_detokenize(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        struct {
+                const char *model;
+                const msgpack_object *tokens;
+        } a = {};
+        static const ProtoField fields[] = {
+                { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
+                { "tokens", PROTO_FIELD_ARRAY, offsetof(typeof(a), tokens), true },
+                {},
+        };
+        int k = proto_dispatch(call->params, fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+        for (uint32_t i = 0; i < a.tokens->via.array.size; i++) {
+                const msgpack_object *t = &a.tokens->via.array.ptr[i];
+                if (t->type != MSGPACK_OBJECT_POSITIVE_INTEGER || t->via.u64 > INT32_MAX)
+                        return qd_error_set(err, EINVAL, "Parameter 'tokens' must be an array of token ids; element %"
+                                            PRIu32 " is not one.", i);
+        }
+        return scheduler_tokenize(m->scheduler, r, a.model, NULL, a.tokens, err);
+}
+
+const Method daemon_methods[] = {
+        { "Hello", method_hello, 0 },
+        { "Version", method_version, 0 },
+        { "List", method_list, 0 },
+        { "Show", method_show, 0 },
+        { "Ps", method_ps, 0 },
+        { "Generate", method_generate, METHOD_STREAMS },
+        { "Chat", method_chat, METHOD_STREAMS },
+        { "Embed", method_embed, 0 },
+        { "Tokenize", method_tokenize, 0 },
+        { "Detokenize", method_detokenize, 0 },
+        { "Pull", method_pull, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT },
+        { "Push", method_push, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT },
+        { "Create", method_create, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT },
+        { "Copy", method_copy, METHOD_CHANGES_STORE },
+        { "Delete", method_delete, METHOD_CHANGES_STORE },
+        { "Load", method_load, 0 },
+        { "Unload", method_unload, 0 },
+        { "Cancel", method_cancel, 0 },
+        { "Jobs", method_jobs, METHOD_STREAMS },
+        {},
+};

@@ -1,0 +1,240 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The engine's "cuda" backend (backend.h's ops table) over CudaLlama: a layer range of a llama-architecture
+ * model with its weights uploaded once at init and resident on the device, one KV cache per sequence on the
+ * device, and each span of a batch run through cuda_llama_run(). Partial offload is the engine's doing: it
+ * gives this backend the first layers and the CPU backend the rest, the hidden state passing through host
+ * memory between them.
+ *
+ * Placement uses real numbers: init() compares what the range needs (weights as stored on the device, rows
+ * padded to 16 bytes, plus scratch) with cudaMemGetInfo()'s free memory and fails with -ENOSPC and a
+ * sentence when it does not fit; estimate() gives the scheduler the same sum plus the KV caches.
+ */
+
+#include <inttypes.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../backend.h"
+#include "engine-cuda.h"
+
+typedef struct CudaBackend {
+        const EngineModel *m;
+        BackendRange range;
+        CudaLlama *llama;
+} CudaBackend;
+
+static const struct {
+        CudaWeight w;
+        size_t offset; /* of the Tensor in LayerWeights */
+} layer_tensors[] = {
+        {CUDA_W_ATTN_NORM, offsetof(LayerWeights, attn_norm)}, {CUDA_W_Q, offsetof(LayerWeights, wq)},
+        {CUDA_W_K, offsetof(LayerWeights, wk)},                {CUDA_W_V, offsetof(LayerWeights, wv)},
+        {CUDA_W_O, offsetof(LayerWeights, wo)},                {CUDA_W_FFN_NORM, offsetof(LayerWeights, ffn_norm)},
+        {CUDA_W_GATE, offsetof(LayerWeights, w_gate)},         {CUDA_W_UP, offsetof(LayerWeights, w_up)},
+        {CUDA_W_DOWN, offsetof(LayerWeights, w_down)},
+};
+
+static CudaLlamaConfig llama_config(const ModelConfig *c) {
+        return (CudaLlamaConfig){
+                .n_vocab = c->n_vocab,
+                .n_embd = c->n_embd,
+                .n_layer = c->n_layer,
+                .n_head = c->n_head,
+                .n_head_kv = c->n_head_kv,
+                .head_dim = c->head_dim,
+                .n_rot = c->n_rot,
+                .n_ff = c->n_ff,
+                .rope_base = c->rope_base,
+                .norm_eps = c->norm_eps,
+        };
+}
+
+/* Bytes a tensor takes on the device. */
+static uint64_t tensor_bytes(const Tensor *t) {
+        size_t stride;
+
+        if (!t->data || cuda_row_stride(t->type, (uint32_t)t->ne0, &stride) < 0)
+                return t->row_size * t->ne1;
+        return (uint64_t)stride * t->ne1;
+}
+
+/* Weights and scratch of the range, without KV caches. */
+static uint64_t range_bytes(const EngineModel *m, const BackendRange *range) {
+        const ModelConfig *c = &m->cfg;
+        uint64_t b = 0;
+
+        if (range->l0 == 0)
+                b += tensor_bytes(&m->w.token_embd);
+        if (range->l1 == c->n_layer)
+                b += tensor_bytes(&m->w.output_norm) + tensor_bytes(&m->w.output);
+        for (uint32_t l = range->l0; l < range->l1; l++)
+                for (size_t i = 0; i < ELEMENTSOF(layer_tensors); i++)
+                        b += tensor_bytes((const Tensor *)((const char *)&m->w.layers[l] + layer_tensors[i].offset));
+        /* Prompt scratch: activations of 512 rows and the largest group of weights dequantized to F16. */
+        uint64_t nq = (uint64_t)c->n_head * c->head_dim, nk = (uint64_t)c->n_head_kv * c->head_dim;
+        uint64_t wmax = MAX((nq + 2 * nk) * c->n_embd, 2ull * c->n_ff * c->n_embd);
+        b += 512ull * (4 * c->n_embd + 2 * MAX(c->n_embd, c->n_ff) + 4 * (nq + 2 * nk) + 4 * nq + 8 * c->n_ff);
+        b += 2 * wmax + 4ull * c->n_vocab + (64ull << 20); /* and cuBLAS's workspace, roughly */
+        return b;
+}
+
+static int check_model(const EngineModel *m, const BackendRange *range, QdError *err) {
+        const ModelConfig *c = &m->cfg;
+
+        if (c->arch != MODEL_ARCH_LLAMA)
+                return qd_error_set(err, EOPNOTSUPP, "The cuda backend runs llama-architecture models only.");
+        if (c->rope_type != ROPE_NORM || c->rope_freq_scale != 1.0f || m->w.rope_freqs.data)
+                return qd_error_set(err, EOPNOTSUPP, "The cuda backend has no RoPE scaling yet; use the cpu "
+                                    "backend for this model.");
+        if (c->head_dim % 8 != 0 || c->head_dim > 128)
+                return qd_error_set(err, EOPNOTSUPP, "The cuda backend takes heads of up to 128 dimensions in "
+                                    "multiples of 8, not %" PRIu32 ".", c->head_dim);
+        if (range->kv_type != GGML_TYPE_F16)
+                return qd_error_set(err, EOPNOTSUPP, "The cuda backend keeps its KV cache in f16, not %s.",
+                                    ggml_type_name(range->kv_type));
+        if (range->l0 >= range->l1 || range->l1 > c->n_layer)
+                return -EINVAL;
+        return 0;
+}
+
+static int upload(CudaBackend *b, CudaWeight w, uint32_t layer, const Tensor *t, QdError *err) {
+        int r;
+
+        if (!cuda_type_supported(t->type))
+                return qd_error_set(err, EOPNOTSUPP, "The cuda backend has no kernels for tensor '%s' of type %s.",
+                                    t->name, ggml_type_name(t->type));
+        r = cuda_llama_set_weight(b->llama, w, layer, t->type, (uint32_t)t->ne0, (uint32_t)t->ne1, t->data);
+        if (r == -ENOSPC)
+                return qd_error_set(err, r, "The GPU ran out of memory while loading tensor '%s'.", t->name);
+        if (r < 0)
+                return qd_error_set(err, r, "Failed to load tensor '%s' onto the GPU: %s", t->name, strerror(-r));
+        return 0;
+}
+
+static void cuda_backend_free(void *state) {
+        CudaBackend *b = state;
+
+        if (!b)
+                return;
+        cuda_llama_free(b->llama);
+        free(b);
+}
+
+static int cuda_backend_init(const EngineModel *m, const BackendRange *range, void **ret, QdError *err) {
+        const ModelConfig *c = &m->cfg;
+        CudaLlamaConfig cfg = llama_config(c);
+        uint64_t free_b, total_b, need;
+        CudaBackend *b;
+        int r;
+
+        r = check_model(m, range, err);
+        if (r < 0)
+                return r;
+        r = engine_cuda_mem_info(0, &free_b, &total_b);
+        if (r < 0)
+                return qd_error_set(err, r, "No usable CUDA device.");
+        need = range_bytes(m, range);
+        if (need > free_b)
+                return qd_error_set(err, ENOSPC, "Layers %" PRIu32 "-%" PRIu32 " need %.2f GB on the GPU but only "
+                                    "%.2f GB are free; offload fewer layers.", range->l0, range->l1 - 1,
+                                    need / 1e9, free_b / 1e9);
+
+        b = calloc(1, sizeof(*b));
+        if (!b)
+                return -ENOMEM;
+        b->m = m;
+        b->range = *range;
+        r = cuda_llama_new(0, &cfg, range->l0, range->l1, &b->llama);
+        if (r < 0) {
+                free(b);
+                return qd_error_set(err, r, "Failed to set up the model on the GPU: %s", strerror(-r));
+        }
+        cuda_llama_set_precise(b->llama, m->params.f32_activations);
+        if (range->l0 == 0)
+                r = upload(b, CUDA_W_TOKEN_EMBD, 0, &m->w.token_embd, err);
+        if (r >= 0 && range->l1 == c->n_layer) {
+                r = upload(b, CUDA_W_OUTPUT_NORM, 0, &m->w.output_norm, err);
+                if (r >= 0)
+                        r = upload(b, CUDA_W_OUTPUT, 0, &m->w.output, err);
+        }
+        for (uint32_t l = range->l0; r >= 0 && l < range->l1; l++)
+                for (size_t i = 0; r >= 0 && i < ELEMENTSOF(layer_tensors); i++)
+                        r = upload(b, layer_tensors[i].w, l,
+                                   (const Tensor *)((const char *)&m->w.layers[l] + layer_tensors[i].offset), err);
+        if (r < 0) {
+                cuda_backend_free(b);
+                return r;
+        }
+        *ret = b;
+        return 0;
+}
+
+static int cuda_backend_kv_new(void *state, uint32_t n_ctx, void **ret) {
+        CudaBackend *b = state;
+
+        return cuda_kv_new(b->llama, n_ctx, (CudaKv **)ret);
+}
+
+static void cuda_backend_kv_free(void *state, void *kv) {
+        cuda_kv_free(kv);
+}
+
+static int cuda_backend_forward(void *state, const BackendBatch *batch, float *x, float *out, const bool *cancel) {
+        CudaBackend *b = state;
+        const ModelConfig *c = &b->m->cfg;
+        const bool head = b->range.l1 == c->n_layer, hidden = batch->output == BACKEND_OUTPUT_HIDDEN;
+        const size_t width = hidden ? c->n_embd : c->n_vocab;
+        uint32_t j = 0;
+
+        for (uint32_t s = 0; s < batch->n_spans; s++) {
+                const BackendSpan *sp = &batch->spans[s];
+                uint32_t rows[512], *rp = rows, n_out = 0, j0 = j;
+                int r;
+
+                if (cancel && *cancel)
+                        return -ECANCELED;
+                /* This span's output rows, relative to its first row. */
+                for (; j < batch->n_out && batch->out_rows[j] < sp->row0 + sp->n; j++)
+                        n_out++;
+                if (n_out > ELEMENTSOF(rows)) {
+                        rp = malloc(n_out * sizeof(uint32_t));
+                        if (!rp)
+                                return -ENOMEM;
+                }
+                for (uint32_t k = 0; k < n_out; k++)
+                        rp[k] = batch->out_rows[j0 + k] - sp->row0;
+                r = cuda_llama_run(b->llama, sp->kv, sp->pos0, sp->n, batch->tokens + sp->row0,
+                                   x ? x + (size_t)sp->row0 * c->n_embd : NULL, head ? n_out : 0, rp, hidden,
+                                   head && out ? out + (size_t)j0 * width : NULL);
+                if (rp != rows)
+                        free(rp);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static uint64_t cuda_backend_estimate(const EngineModel *m, const BackendRange *range, uint32_t n_ctx,
+                                      uint32_t n_seq) {
+        CudaLlamaConfig cfg = llama_config(&m->cfg);
+
+        return range_bytes(m, range) + cuda_kv_bytes(&cfg, range->l1 - range->l0, n_ctx) * n_seq;
+}
+
+/* Here rather than beside the other device queries: model.c refers to backend_cuda_ops only weakly, which
+ * does not pull this file out of the static library; info.c's engine_cuda_devices() calls this, which does. */
+int engine_cuda_device_count(void) {
+        return cuda_device_count();
+}
+
+const BackendOps backend_cuda_ops = {
+        .name = "cuda",
+        .init = cuda_backend_init,
+        .free = cuda_backend_free,
+        .kv_new = cuda_backend_kv_new,
+        .kv_free = cuda_backend_kv_free,
+        .forward = cuda_backend_forward,
+        .estimate = cuda_backend_estimate,
+};

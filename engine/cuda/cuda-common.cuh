@@ -1,0 +1,172 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/*
+ * Shared by the CUDA backend's .cu files only: error plumbing, the sizes of GGUF's blocks (the Block* structs
+ * of engine.h; kernels address fields by byte offset, since rows of 2-byte aligned blocks such as Q6_K's are
+ * not aligned for the structs' natural access), and small device helpers.
+ */
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+/* engine.h is C; its _Static_assert lines are C11 spelling of C++'s static_assert. */
+#define _Static_assert static_assert
+extern "C" {
+#include "engine.h"
+#include "engine-cuda.h"
+}
+#undef _Static_assert
+
+/* Maps a CUDA error to our errno set: out of device memory is ENOSPC, the rest EIO. */
+static inline int cuda_errno(cudaError_t e) {
+        switch (e) {
+        case cudaSuccess:
+                return 0;
+        case cudaErrorMemoryAllocation:
+                return -ENOSPC;
+        case cudaErrorNoDevice:
+        case cudaErrorInvalidDevice:
+                return -ENODEV;
+        default:
+                return -EIO;
+        }
+}
+
+/* Returns from the calling function with the errno of a failed CUDA call. */
+#define CU_TRY(call)                                                                                            \
+        do {                                                                                                    \
+                cudaError_t e_ = (call);                                                                        \
+                if (e_ != cudaSuccess)                                                                          \
+                        return cuda_errno(e_);                                                                  \
+        } while (0)
+
+/* After a launch: a bad configuration shows up here, a fault at the next synchronisation. */
+#define CU_CHECK_LAUNCH() CU_TRY(cudaGetLastError())
+
+/* ---- block layouts: bytes per block, elements per block, and field offsets ---- */
+
+
+enum {
+        Q4_0_BYTES = 18, /* d, qs[16] */
+        Q4_1_BYTES = 20, /* d, m, qs[16] */
+        Q5_0_BYTES = 22, /* d, qh[4], qs[16] */
+        Q5_1_BYTES = 24, /* d, m, qh[4], qs[16] */
+        Q8_0_BYTES = 34, /* d, qs[32] */
+        Q2_K_BYTES = 84, /* scales[16], qs[64], d, dmin */
+        Q3_K_BYTES = 110, /* hmask[32], qs[64], scales[12], d */
+        Q4_K_BYTES = 144, /* d, dmin, scales[12], qs[128] */
+        Q5_K_BYTES = 176, /* d, dmin, scales[12], qh[32], qs[128] */
+        Q6_K_BYTES = 210, /* ql[128], qh[64], scales[16], d */
+};
+static_assert(sizeof(BlockQ4_0) == Q4_0_BYTES && sizeof(BlockQ4_1) == Q4_1_BYTES, "q4 layout");
+static_assert(sizeof(BlockQ5_0) == Q5_0_BYTES && sizeof(BlockQ5_1) == Q5_1_BYTES, "q5 layout");
+static_assert(sizeof(BlockQ8_0) == Q8_0_BYTES && sizeof(BlockQ2_K) == Q2_K_BYTES, "q8/q2_K layout");
+static_assert(sizeof(BlockQ3_K) == Q3_K_BYTES && sizeof(BlockQ4_K) == Q4_K_BYTES, "q3_K/q4_K layout");
+static_assert(sizeof(BlockQ5_K) == Q5_K_BYTES && sizeof(BlockQ6_K) == Q6_K_BYTES, "q5_K/q6_K layout");
+static_assert(offsetof(BlockQ6_K, d) == 208 && offsetof(BlockQ3_K, d) == 108, "K-quant d offsets");
+static_assert(offsetof(BlockQ2_K, d) == 80 && offsetof(BlockQ5_K, qs) == 48, "K-quant field offsets");
+
+/* ---- device helpers ---- */
+
+__device__ __forceinline__ float ld_half(const uint8_t *p) {
+        return __half2float(*(const __half *)p);
+}
+
+/* A 32-bit little-endian word at a 2-byte aligned address. */
+__device__ __forceinline__ uint32_t ld_u32_a2(const uint8_t *p) {
+        const uint16_t *h = (const uint16_t *)p;
+        return (uint32_t)h[0] | ((uint32_t)h[1] << 16);
+}
+
+__device__ __forceinline__ uint32_t ld_u32_a4(const uint8_t *p) {
+        return *(const uint32_t *)p;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+        for (int o = 16; o > 0; o >>= 1)
+                v += __shfl_xor_sync(0xffffffffu, v, o);
+        return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+        for (int o = 16; o > 0; o >>= 1)
+                v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+        return v;
+}
+
+/* Spreads the low 4 bits of x to bit 0 of each of the 4 bytes. */
+__device__ __forceinline__ uint32_t spread4(uint32_t x) {
+        return ((x & 0xfu) * 0x00204081u) & 0x01010101u;
+}
+
+/* Unpacks the 6-bit scale and min of sub-block j (0..7) of a Q4_K/Q5_K block's 12 scale bytes. */
+__device__ __forceinline__ void k4_scale_min(const uint8_t *s, int j, int *sc, int *m) {
+        if (j < 4) {
+                *sc = s[j] & 63;
+                *m = s[j + 4] & 63;
+        } else {
+                *sc = (s[j + 4] & 0xf) | ((s[j - 4] >> 6) << 4);
+                *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+        }
+}
+
+/* The signed 6-bit scale i (0..15) of a Q3_K block's 12 scale bytes. */
+__device__ __forceinline__ int k3_scale(const uint8_t *s, int i) {
+        int lo = i < 8 ? s[i] & 0xf : s[i - 8] >> 4;
+        int hi = (s[8 + (i & 3)] >> (2 * (i >> 2))) & 3;
+        return (lo | (hi << 4)) - 32;
+}
+
+/* Rows of a weight matrix start at multiples of this many bytes, so that 16-byte loads can stream them. */
+#define CUDA_ROW_ALIGN 16
+
+/* Whether launches use programmatic dependent launch: yes unless QUANTD_CUDA_PDL=0 (for timing studies). */
+static inline bool cuda_pdl_enabled(void) {
+        static int on = -1;
+
+        if (on < 0) {
+                const char *e = getenv("QUANTD_CUDA_PDL");
+                on = !(e && e[0] == '0');
+        }
+        return on;
+}
+
+/* Launches a kernel with programmatic dependent launch allowed, so that it may start (and stream its
+ * weights) while the kernel before it finishes; the kernel waits with griddepcontrol before reading what
+ * that one wrote. */
+template <typename... KArgs, typename... Args>
+static inline cudaError_t launch_pdl(void (*k)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                                     Args... args) {
+        cudaLaunchConfig_t cfg = {};
+        cudaLaunchAttribute attr[1];
+
+        cfg.gridDim = grid;
+        cfg.blockDim = block;
+        cfg.dynamicSmemBytes = smem;
+        cfg.stream = s;
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.attrs = attr;
+        cfg.numAttrs = cuda_pdl_enabled() ? 1 : 0;
+        return cudaLaunchKernelEx(&cfg, k, args...);
+}
+
+/* Waits for the grid this one depends on (see launch_pdl()); a no-op when launched without the attribute. */
+__device__ __forceinline__ void grid_dep_wait(void) {
+#if __CUDA_ARCH__ >= 900
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+/* Lets the next grid start launching. */
+__device__ __forceinline__ void grid_dep_launch(void) {
+#if __CUDA_ARCH__ >= 900
+        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}

@@ -1,0 +1,655 @@
+// SPDX-License-Identifier: MIT
+/*
+ * A llama-architecture model resident on one CUDA device: weights uploaded once (or made on the device for
+ * benchmarks), a KV cache per sequence, one token through the decode kernels captured in a CUDA graph, and
+ * prompt batches through dequantized F16 tiles and cuBLAS.
+ *
+ * DESIGN
+ * The decode step reads the token and its position from device memory, so one captured graph serves every
+ * step of a sequence: the step ends with an argmax that writes the next token and advances the position,
+ * which lets greedy generation run with no host round trip at all. A host caller that samples on its own
+ * overwrites the token before the next replay.
+ * Per layer the decode step is: RMSNorm + 8-bit quantization, Q/K/V in one launch per weight type, RoPE +
+ * KV store, split attention (its output quantized by the merging block), the output projection adding into
+ * the residual, RMSNorm + quantization, gate and up in one launch with SwiGLU fused, quantization, and the
+ * down projection adding into the residual.
+ */
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda-common.cuh"
+
+#define PF_MAX_TOK 512 /* prompt tokens per batch through the GEMM path */
+
+struct CudaLlama {
+        int device;
+        CudaLlamaConfig c;
+        uint32_t l0, l1; /* layers on this device; the embedding when l0 == 0, the head when l1 == n_layer */
+        cudaStream_t stream;
+        CudaBlas *blas;
+        CudaMatrix *w;  /* (3 + n_layer * 9): token_embd, output_norm, output, then per layer */
+        uint64_t weight_bytes, step_bytes;
+        unsigned skip; /* CUDA_SKIP_* kernels left out of the decode graph, for timing only */
+        bool precise;  /* every token through the F16 path, the head with float activations */
+
+        /* Decode scratch. */
+        float *x;        /* (n_embd) residual stream */
+        float *xn;       /* (n_embd) normalized, for float weights */
+        CudaQ8 xq;       /* (max(n_embd, n_ff, nq)) 8-bit input of the next product */
+        float *qkv;      /* (nq + 2 nk) */
+        float *att;      /* (nq) */
+        CudaQ8 attq;     /* (nq) */
+        float *h;        /* (n_ff) */
+        float *logits;   /* (n_vocab) */
+        int32_t *tok;    /* (1) the token of the next decode step */
+
+        /* Prompt scratch for up to PF_MAX_TOK tokens, made on first use. */
+        int32_t *pf_tok; /* (PF_MAX_TOK) */
+        float *pf_x;     /* (PF_MAX_TOK, n_embd) */
+        uint16_t *pf_xn; /* (PF_MAX_TOK, max(n_embd, n_ff)) half */
+        float *pf_qkv;   /* (PF_MAX_TOK, nq + 2 nk) */
+        float *pf_att;   /* (PF_MAX_TOK, nq) */
+        float *pf_gu;    /* (PF_MAX_TOK, 2 n_ff) */
+        uint16_t *pf_w;  /* dequantized weights of the largest group, half */
+};
+
+struct CudaKv {
+        CudaLlama *m;
+        uint32_t n_ctx;
+        uint32_t pos;
+        uint16_t *k, *v;     /* (l1 - l0, n_ctx, n_head_kv * head_dim) each: the model's layers only */
+        int32_t *d_pos;      /* (1) */
+        int32_t *hist;       /* (n_ctx + 1) tokens chosen by the on-device argmax, by position */
+        void *attn_scratch;
+        cudaGraphExec_t graph;
+};
+
+static CudaMatrix *weight(CudaLlama *m, CudaWeight w, uint32_t layer) {
+        if (w < CUDA_W_ATTN_NORM)
+                return &m->w[w];
+        return &m->w[3 + layer * 9 + (w - CUDA_W_ATTN_NORM)];
+}
+
+static CudaAttnShape attn_shape(const CudaLlama *m, uint32_t n_ctx) {
+        CudaAttnShape a = {};
+
+        a.n_head = m->c.n_head;
+        a.n_head_kv = m->c.n_head_kv;
+        a.head_dim = m->c.head_dim;
+        a.n_rot = m->c.n_rot;
+        a.rope_base = m->c.rope_base;
+        a.n_ctx = n_ctx;
+        return a;
+}
+
+static int alloc(void **p, size_t size) {
+        return cuda_malloc(size, p);
+}
+
+extern "C" int cuda_llama_new(int device, const CudaLlamaConfig *c, uint32_t l0, uint32_t l1, CudaLlama **ret) {
+        const uint32_t nq = c->n_head * c->head_dim, nk = c->n_head_kv * c->head_dim;
+        CudaLlama *m;
+        int r;
+
+        if (c->n_layer == 0 || c->n_head == 0 || c->n_head_kv == 0 || c->n_head % c->n_head_kv != 0 ||
+            c->head_dim == 0 || c->n_rot > c->head_dim || c->n_vocab == 0 || c->n_embd == 0 || c->n_ff == 0 ||
+            l0 >= l1 || l1 > c->n_layer)
+                return -EINVAL;
+        CU_TRY(cudaSetDevice(device));
+        m = (CudaLlama *)calloc(1, sizeof(CudaLlama));
+        if (!m)
+                return -ENOMEM;
+        m->device = device;
+        m->c = *c;
+        m->l0 = l0;
+        m->l1 = l1;
+        m->w = (CudaMatrix *)calloc(3 + (size_t)c->n_layer * 9, sizeof(CudaMatrix));
+        if (!m->w) {
+                free(m);
+                return -ENOMEM;
+        }
+        if (cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking) != cudaSuccess) {
+                free(m->w);
+                free(m);
+                return -EIO;
+        }
+        size_t nmax = c->n_embd > c->n_ff ? c->n_embd : c->n_ff;
+        if (nq > nmax)
+                nmax = nq;
+        if ((r = cuda_blas_new(m->stream, &m->blas)) < 0 || (r = alloc((void **)&m->x, c->n_embd * 4)) < 0 ||
+            (r = alloc((void **)&m->xn, c->n_embd * 4)) < 0 || (r = alloc((void **)&m->xq.qs, nmax)) < 0 ||
+            (r = alloc((void **)&m->xq.ds, nmax / 32 * 8 + 8)) < 0 || (r = alloc((void **)&m->attq.qs, nq)) < 0 ||
+            (r = alloc((void **)&m->attq.ds, nq / 32 * 8 + 8)) < 0 ||
+            (r = alloc((void **)&m->qkv, (nq + 2 * nk) * 4)) < 0 || (r = alloc((void **)&m->att, nq * 4)) < 0 ||
+            (r = alloc((void **)&m->h, c->n_ff * 4)) < 0 || (r = alloc((void **)&m->logits, c->n_vocab * 4)) < 0 ||
+            (r = alloc((void **)&m->tok, 4)) < 0) {
+                cuda_llama_free(m);
+                return r;
+        }
+        *ret = m;
+        return 0;
+}
+
+extern "C" CudaLlama *cuda_llama_free(CudaLlama *m) {
+        if (!m)
+                return NULL;
+        (void)cudaSetDevice(m->device);
+        if (m->stream)
+                (void)cudaStreamSynchronize(m->stream);
+        for (size_t i = 0; i < 3 + (size_t)m->c.n_layer * 9; i++)
+                cuda_free((void *)m->w[i].data);
+        void *bufs[] = {m->x,      m->xn,     m->xq.qs,   m->xq.ds,   m->qkv,    m->att,  m->attq.qs,
+                        m->attq.ds, m->h,     m->logits,  m->tok,     m->pf_tok, m->pf_x, m->pf_xn,
+                        m->pf_qkv,  m->pf_att, m->pf_gu,  m->pf_w};
+        for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
+                cuda_free(bufs[i]);
+        cuda_blas_free(m->blas);
+        if (m->stream)
+                (void)cudaStreamDestroy(m->stream);
+        free(m->w);
+        free(m);
+        return NULL;
+}
+
+/* The (n_cols, n_rows) that GGUF gives weight w of this config. */
+static void expected_shape(const CudaLlamaConfig *c, CudaWeight w, uint32_t *cols, uint32_t *rows) {
+        const uint32_t nq = c->n_head * c->head_dim, nk = c->n_head_kv * c->head_dim;
+
+        *cols = c->n_embd;
+        switch (w) {
+        case CUDA_W_TOKEN_EMBD:
+        case CUDA_W_OUTPUT:
+                *rows = c->n_vocab;
+                break;
+        case CUDA_W_OUTPUT_NORM:
+        case CUDA_W_ATTN_NORM:
+        case CUDA_W_FFN_NORM:
+                *rows = 1;
+                break;
+        case CUDA_W_Q:
+                *rows = nq;
+                break;
+        case CUDA_W_K:
+        case CUDA_W_V:
+                *rows = nk;
+                break;
+        case CUDA_W_O:
+                *cols = nq;
+                *rows = c->n_embd;
+                break;
+        case CUDA_W_GATE:
+        case CUDA_W_UP:
+                *rows = c->n_ff;
+                break;
+        case CUDA_W_DOWN:
+                *cols = c->n_ff;
+                *rows = c->n_embd;
+                break;
+        case _CUDA_W_MAX:
+        case _CUDA_W_INVALID:
+                *rows = 0;
+                break;
+        }
+}
+
+__global__ void fill_ones_kernel(float *x, uint32_t n) {
+        uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
+
+        if (i < n)
+                x[i] = 1.0f;
+}
+
+extern "C" int cuda_llama_set_weight(CudaLlama *m, CudaWeight w, uint32_t layer, uint32_t type, uint32_t n_cols,
+                                     uint32_t n_rows, const void *data) {
+        uint32_t ec, er;
+        size_t stride;
+        uint64_t row_bytes;
+        void *p;
+        int r;
+
+        if (w < 0 || w >= _CUDA_W_MAX || (w >= CUDA_W_ATTN_NORM && (layer < m->l0 || layer >= m->l1)) ||
+            (w == CUDA_W_TOKEN_EMBD && m->l0 != 0) ||
+            ((w == CUDA_W_OUTPUT || w == CUDA_W_OUTPUT_NORM) && m->l1 != m->c.n_layer))
+                return -EINVAL;
+        expected_shape(&m->c, w, &ec, &er);
+        if (n_cols != ec || n_rows != er)
+                return -EINVAL;
+        bool is_norm = w == CUDA_W_OUTPUT_NORM || w == CUDA_W_ATTN_NORM || w == CUDA_W_FFN_NORM;
+        if (is_norm && type != GGML_TYPE_F32)
+                return -EOPNOTSUPP;
+        if (!cuda_type_supported(type))
+                return -EOPNOTSUPP;
+        if ((r = cuda_row_stride(type, n_cols, &stride)) < 0)
+                return r;
+        if (ggml_row_size(type, n_cols, &row_bytes) < 0)
+                return -EINVAL;
+        CU_TRY(cudaSetDevice(m->device));
+        if ((r = cuda_malloc(stride * n_rows, &p)) < 0)
+                return r;
+        CudaMatrix *mat = weight(m, w, layer);
+        CudaMatrix nm = {type, n_cols, n_rows, stride, p};
+        if (data) {
+                cudaError_t e = stride == row_bytes
+                                        ? cudaMemcpy(p, data, row_bytes * n_rows, cudaMemcpyHostToDevice)
+                                        : cudaMemcpy2D(p, stride, data, row_bytes, row_bytes, n_rows,
+                                                       cudaMemcpyHostToDevice);
+                if (e != cudaSuccess) {
+                        cuda_free(p);
+                        return cuda_errno(e);
+                }
+        } else if (is_norm) {
+                fill_ones_kernel<<<(n_cols + 255) / 256, 256, 0, m->stream>>>((float *)p, n_cols);
+        } else {
+                float scale = w == CUDA_W_TOKEN_EMBD ? 1.0f : 1.0f / sqrtf((float)n_cols);
+                uint64_t seed = ((uint64_t)w << 32) ^ ((uint64_t)layer << 8) ^ 0x5eedull;
+                if ((r = cuda_fill_random(m->stream, &nm, seed, scale)) < 0) {
+                        cuda_free(p);
+                        return r;
+                }
+        }
+        if ((r = cuda_sync(m->stream)) < 0) {
+                cuda_free(p);
+                return r;
+        }
+        if (mat->data) {
+                m->weight_bytes -= mat->row_stride * mat->n_rows;
+                uint64_t old;
+                (void)ggml_row_size(mat->type, mat->n_cols, &old);
+                m->step_bytes -= w == CUDA_W_TOKEN_EMBD ? old : old * mat->n_rows;
+                cuda_free((void *)mat->data);
+        }
+        *mat = nm;
+        m->weight_bytes += stride * n_rows;
+        m->step_bytes += w == CUDA_W_TOKEN_EMBD ? row_bytes : row_bytes * n_rows;
+        return 0;
+}
+
+extern "C" void cuda_llama_set_precise(CudaLlama *m, bool precise) {
+        m->precise = precise;
+}
+
+extern "C" void cuda_llama_set_skip(CudaLlama *m, unsigned mask) {
+        m->skip = mask;
+}
+
+extern "C" uint64_t cuda_llama_weight_bytes(const CudaLlama *m) {
+        return m->weight_bytes;
+}
+
+extern "C" uint64_t cuda_llama_step_bytes(const CudaLlama *m) {
+        return m->step_bytes;
+}
+
+extern "C" uint64_t cuda_kv_bytes(const CudaLlamaConfig *c, uint32_t n_layer, uint32_t n_ctx) {
+        return 2ull * n_layer * n_ctx * c->n_head_kv * c->head_dim * sizeof(uint16_t);
+}
+
+extern "C" int cuda_kv_new(CudaLlama *m, uint32_t n_ctx, CudaKv **ret) {
+        CudaAttnShape a = attn_shape(m, n_ctx);
+        uint64_t half = cuda_kv_bytes(&m->c, m->l1 - m->l0, n_ctx) / 2;
+        size_t ss = cuda_attn_scratch_size(&a);
+        CudaKv *kv;
+        int r;
+
+        if (n_ctx == 0)
+                return -EINVAL;
+        CU_TRY(cudaSetDevice(m->device));
+        kv = (CudaKv *)calloc(1, sizeof(CudaKv));
+        if (!kv)
+                return -ENOMEM;
+        kv->m = m;
+        kv->n_ctx = n_ctx;
+        if ((r = alloc((void **)&kv->k, half)) < 0 || (r = alloc((void **)&kv->v, half)) < 0 ||
+            (r = alloc((void **)&kv->d_pos, 4)) < 0 || (r = alloc((void **)&kv->hist, (n_ctx + 1) * 4)) < 0 ||
+            (r = alloc(&kv->attn_scratch, ss)) < 0) {
+                cuda_kv_free(kv);
+                return r;
+        }
+        if (cudaMemset(kv->attn_scratch, 0, ss) != cudaSuccess || cudaMemset(kv->d_pos, 0, 4) != cudaSuccess) {
+                cuda_kv_free(kv);
+                return -EIO;
+        }
+        *ret = kv;
+        return 0;
+}
+
+extern "C" CudaKv *cuda_kv_free(CudaKv *kv) {
+        if (!kv)
+                return NULL;
+        (void)cudaSetDevice(kv->m->device);
+        (void)cudaStreamSynchronize(kv->m->stream);
+        if (kv->graph)
+                (void)cudaGraphExecDestroy(kv->graph);
+        cuda_free(kv->k);
+        cuda_free(kv->v);
+        cuda_free(kv->d_pos);
+        cuda_free(kv->hist);
+        cuda_free(kv->attn_scratch);
+        free(kv);
+        return NULL;
+}
+
+extern "C" uint32_t cuda_kv_pos(const CudaKv *kv) {
+        return kv->pos;
+}
+
+static bool is_float_type(uint32_t t) {
+        return t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16;
+}
+
+#define TRY(x)                                                                                                  \
+        do {                                                                                                    \
+                int r_ = (x);                                                                                   \
+                if (r_ < 0)                                                                                     \
+                        return r_;                                                                              \
+        } while (0)
+
+/* Q, K and V of a layer in as few launches as their types allow (all three share n_cols). */
+static int decode_qkv(CudaLlama *m, uint32_t l) {
+        const uint32_t nq = m->c.n_head * m->c.head_dim, nk = m->c.n_head_kv * m->c.head_dim;
+        CudaMatrix ws[3] = {*weight(m, CUDA_W_Q, l), *weight(m, CUDA_W_K, l), *weight(m, CUDA_W_V, l)};
+        float *ys[3] = {m->qkv, m->qkv + nq, m->qkv + nq + nk};
+        bool done[3] = {false, false, false};
+        const CudaMvInput in = {m->xn, &m->xq};
+
+        for (int i = 0; i < 3; i++) {
+                if (done[i])
+                        continue;
+                CudaMatrix g[3];
+                float *gy[3];
+                unsigned n = 0;
+                for (int j = i; j < 3; j++)
+                        if (!done[j] && ws[j].type == ws[i].type) {
+                                g[n] = ws[j];
+                                gy[n++] = ys[j];
+                                done[j] = true;
+                        }
+                TRY(cuda_matvec(m->stream, g, n, &in, gy, CUDA_MV_STORE));
+        }
+        return 0;
+}
+
+/* One token through layers [l0, l1) on m->x; the token's position is *kv->d_pos. Eight launches a layer (nine
+ * when V's type differs from Q's): RMSNorm + 8-bit quantization, Q/K/V, attention with RoPE and the KV store
+ * fused (its output quantized by the merging block), the output projection adding into the residual,
+ * RMSNorm + quantization, gate and up with SwiGLU, quantization, the down projection adding in. */
+static int decode_layers(CudaLlama *m, CudaKv *kv, uint32_t l0, uint32_t l1) {
+        const CudaLlamaConfig *c = &m->c;
+        const CudaAttnShape a = attn_shape(m, kv->n_ctx);
+        const size_t kv_layer = (size_t)kv->n_ctx * c->n_head_kv * c->head_dim;
+        const bool att_q = c->head_dim % 32 == 0;
+
+        for (uint32_t l = l0; l < l1; l++) {
+                const CudaMatrix *o = weight(m, CUDA_W_O, l), *down = weight(m, CUDA_W_DOWN, l);
+                CudaMatrix gu[2] = {*weight(m, CUDA_W_GATE, l), *weight(m, CUDA_W_UP, l)};
+                const CudaMvInput in_att = {m->att, &m->attq}, in_x = {m->xn, &m->xq}, in_h = {m->h, &m->xq};
+                float *y;
+
+                const bool small = !(m->skip & CUDA_SKIP_SMALL), mv = !(m->skip & CUDA_SKIP_MATVEC);
+
+                if (small)
+                        TRY(cuda_rmsnorm(m->stream, m->x, (const float *)weight(m, CUDA_W_ATTN_NORM, l)->data,
+                                         c->n_embd, 1, c->norm_eps, m->xn, NULL, &m->xq));
+                if (mv)
+                        TRY(decode_qkv(m, l));
+                if (small)
+                        TRY(cuda_attn_decode(m->stream, &a, m->qkv, kv->d_pos, kv->k + (l - m->l0) * kv_layer,
+                                             kv->v + (l - m->l0) * kv_layer, kv->attn_scratch, m->att, att_q ? &m->attq : NULL));
+                if (small && !att_q && !is_float_type(o->type))
+                        TRY(cuda_quantize_q8(m->stream, m->att, o->n_cols, 1, &m->attq));
+                y = m->x;
+                if (mv)
+                        TRY(cuda_matvec(m->stream, o, 1, &in_att, &y, CUDA_MV_ADD));
+                if (small)
+                        TRY(cuda_rmsnorm(m->stream, m->x, (const float *)weight(m, CUDA_W_FFN_NORM, l)->data,
+                                         c->n_embd, 1, c->norm_eps, m->xn, NULL, &m->xq));
+                if (gu[0].type != gu[1].type)
+                        return -EOPNOTSUPP; /* no quantization mix gives gate and up different types */
+                y = m->h;
+                if (mv)
+                        TRY(cuda_matvec(m->stream, gu, 2, &in_x, &y, CUDA_MV_SWIGLU));
+                if (small && !is_float_type(down->type))
+                        TRY(cuda_quantize_q8(m->stream, m->h, c->n_ff, 1, &m->xq));
+                y = m->x;
+                if (mv)
+                        TRY(cuda_matvec(m->stream, down, 1, &in_h, &y, CUDA_MV_ADD));
+        }
+        return 0;
+}
+
+/* The whole decode step: embedding of *m->tok, all layers, logits, and the argmax that feeds the next. */
+static int decode_step(CudaLlama *m, CudaKv *kv) {
+        const CudaLlamaConfig *c = &m->c;
+        const CudaMvInput in = {m->xn, &m->xq};
+        float *y = m->logits;
+
+        TRY(cuda_get_rows(m->stream, weight(m, CUDA_W_TOKEN_EMBD, 0), m->tok, 1, m->x));
+        TRY(decode_layers(m, kv, m->l0, m->l1));
+        TRY(cuda_rmsnorm(m->stream, m->x, (const float *)weight(m, CUDA_W_OUTPUT_NORM, 0)->data, c->n_embd, 1,
+                         c->norm_eps, m->xn, NULL, &m->xq));
+        TRY(cuda_matvec(m->stream, weight(m, CUDA_W_OUTPUT, 0), 1, &in, &y, CUDA_MV_STORE));
+        TRY(cuda_argmax(m->stream, m->logits, c->n_vocab, m->tok, kv->d_pos, kv->hist, kv->n_ctx + 1));
+        return 0;
+}
+
+/* Whether every weight the model's range needs is in place. */
+static int check_weights(CudaLlama *m) {
+        if (m->l0 == 0 && !weight(m, CUDA_W_TOKEN_EMBD, 0)->data)
+                return -EINVAL;
+        if (m->l1 == m->c.n_layer &&
+            (!weight(m, CUDA_W_OUTPUT_NORM, 0)->data || !weight(m, CUDA_W_OUTPUT, 0)->data))
+                return -EINVAL;
+        for (uint32_t l = m->l0; l < m->l1; l++)
+                for (int w = CUDA_W_ATTN_NORM; w < _CUDA_W_MAX; w++)
+                        if (!weight(m, (CudaWeight)w, l)->data)
+                                return -EINVAL;
+        return 0;
+}
+
+/* Replays (capturing first if needed) the decode graph of kv. */
+static int decode_graph(CudaLlama *m, CudaKv *kv) {
+        if (!kv->graph) {
+                cudaGraph_t g;
+                int r;
+
+                CU_TRY(cudaStreamBeginCapture(m->stream, cudaStreamCaptureModeThreadLocal));
+                r = decode_step(m, kv);
+                cudaError_t e = cudaStreamEndCapture(m->stream, &g);
+                if (r < 0) {
+                        if (e == cudaSuccess)
+                                (void)cudaGraphDestroy(g);
+                        return r;
+                }
+                CU_TRY(e);
+                e = cudaGraphInstantiate(&kv->graph, g, 0);
+                (void)cudaGraphDestroy(g);
+                CU_TRY(e);
+        }
+        CU_TRY(cudaGraphLaunch(kv->graph, m->stream));
+        return 0;
+}
+
+static int prefill_alloc(CudaLlama *m) {
+        const CudaLlamaConfig *c = &m->c;
+        const size_t nq = c->n_head * c->head_dim, nk = c->n_head_kv * c->head_dim;
+        const size_t nmax = c->n_embd > c->n_ff ? c->n_embd : c->n_ff;
+        size_t wmax = (nq + 2 * nk) * c->n_embd;
+
+        if (m->pf_w)
+                return 0;
+        if (2 * (size_t)c->n_ff * c->n_embd > wmax)
+                wmax = 2 * (size_t)c->n_ff * c->n_embd;
+        if (nq * c->n_embd > wmax)
+                wmax = nq * c->n_embd;
+        TRY(alloc((void **)&m->pf_tok, PF_MAX_TOK * 4));
+        TRY(alloc((void **)&m->pf_x, PF_MAX_TOK * c->n_embd * 4));
+        TRY(alloc((void **)&m->pf_xn, PF_MAX_TOK * nmax * 2));
+        TRY(alloc((void **)&m->pf_qkv, PF_MAX_TOK * (nq + 2 * nk) * 4));
+        TRY(alloc((void **)&m->pf_att, PF_MAX_TOK * nq * 4));
+        TRY(alloc((void **)&m->pf_gu, PF_MAX_TOK * 2 * c->n_ff * 4));
+        TRY(alloc((void **)&m->pf_w, wmax * 2));
+        return 0;
+}
+
+/* n_tok (<= PF_MAX_TOK) tokens whose embeddings are in m->pf_x, through layers [l0, l1). */
+static int prefill_layers(CudaLlama *m, CudaKv *kv, uint32_t n_tok, uint32_t l0, uint32_t l1) {
+        const CudaLlamaConfig *c = &m->c;
+        const uint32_t nq = c->n_head * c->head_dim, nk = c->n_head_kv * c->head_dim, nqkv = nq + 2 * nk;
+        const CudaAttnShape a = attn_shape(m, kv->n_ctx);
+        const size_t kv_layer = (size_t)kv->n_ctx * nk;
+        cudaStream_t s = m->stream;
+
+        for (uint32_t l = l0; l < l1; l++) {
+                TRY(cuda_rmsnorm(s, m->pf_x, (const float *)weight(m, CUDA_W_ATTN_NORM, l)->data, c->n_embd, n_tok,
+                                 c->norm_eps, NULL, m->pf_xn, NULL));
+                TRY(cuda_dequant_f16(s, weight(m, CUDA_W_Q, l), m->pf_w));
+                TRY(cuda_dequant_f16(s, weight(m, CUDA_W_K, l), m->pf_w + (size_t)nq * c->n_embd));
+                TRY(cuda_dequant_f16(s, weight(m, CUDA_W_V, l), m->pf_w + (size_t)(nq + nk) * c->n_embd));
+                TRY(cuda_gemm_f16(m->blas, m->pf_w, nqkv, c->n_embd, m->pf_xn, n_tok, m->pf_qkv, false));
+                TRY(cuda_rope_store(s, &a, m->pf_qkv, nqkv, n_tok, kv->d_pos, kv->k + (l - m->l0) * kv_layer,
+                                    kv->v + (l - m->l0) * kv_layer));
+                TRY(cuda_attn_prefill(s, &a, m->pf_qkv, nqkv, n_tok, kv->d_pos, kv->k + (l - m->l0) * kv_layer,
+                                      kv->v + (l - m->l0) * kv_layer, m->pf_att));
+                TRY(cuda_f32_to_f16(s, m->pf_att, m->pf_xn, (size_t)n_tok * nq));
+                TRY(cuda_dequant_f16(s, weight(m, CUDA_W_O, l), m->pf_w));
+                TRY(cuda_gemm_f16(m->blas, m->pf_w, c->n_embd, nq, m->pf_xn, n_tok, m->pf_x, true));
+                TRY(cuda_rmsnorm(s, m->pf_x, (const float *)weight(m, CUDA_W_FFN_NORM, l)->data, c->n_embd, n_tok,
+                                 c->norm_eps, NULL, m->pf_xn, NULL));
+                TRY(cuda_dequant_f16(s, weight(m, CUDA_W_GATE, l), m->pf_w));
+                TRY(cuda_dequant_f16(s, weight(m, CUDA_W_UP, l), m->pf_w + (size_t)c->n_ff * c->n_embd));
+                TRY(cuda_gemm_f16(m->blas, m->pf_w, 2 * c->n_ff, c->n_embd, m->pf_xn, n_tok, m->pf_gu, false));
+                TRY(cuda_swiglu_f16(s, m->pf_gu, c->n_ff, n_tok, m->pf_xn));
+                TRY(cuda_dequant_f16(s, weight(m, CUDA_W_DOWN, l), m->pf_w));
+                TRY(cuda_gemm_f16(m->blas, m->pf_w, c->n_embd, c->n_ff, m->pf_xn, n_tok, m->pf_x, true));
+        }
+        return 0;
+}
+
+static int set_pos(CudaKv *kv, uint32_t pos) {
+        int32_t p = (int32_t)pos;
+
+        CU_TRY(cudaMemcpyAsync(kv->d_pos, &p, 4, cudaMemcpyHostToDevice, kv->m->stream));
+        CU_TRY(cudaStreamSynchronize(kv->m->stream));
+        kv->pos = pos;
+        return 0;
+}
+
+extern "C" int cuda_kv_truncate(CudaKv *kv, uint32_t pos) {
+        if (pos > kv->pos)
+                return -EINVAL;
+        CU_TRY(cudaSetDevice(kv->m->device));
+        return set_pos(kv, pos);
+}
+
+/* The head for row r of the chunk in xdev: the output norm, then the logits unless hidden; copied to out. */
+static int head_row(CudaLlama *m, const float *xdev, bool hidden, float *out) {
+        const CudaLlamaConfig *c = &m->c;
+        const CudaMvInput in = {m->xn, &m->xq};
+        float *y = m->logits;
+
+        TRY(cuda_rmsnorm(m->stream, xdev, (const float *)weight(m, CUDA_W_OUTPUT_NORM, 0)->data, c->n_embd, 1,
+                         c->norm_eps, m->xn, NULL, &m->xq));
+        if (hidden) {
+                CU_TRY(cudaMemcpyAsync(out, m->xn, (size_t)c->n_embd * 4, cudaMemcpyDeviceToHost, m->stream));
+                return 0;
+        }
+        if (m->precise)
+                TRY(cuda_matvec_f32(m->stream, weight(m, CUDA_W_OUTPUT, 0), m->xn, m->logits));
+        else
+                TRY(cuda_matvec(m->stream, weight(m, CUDA_W_OUTPUT, 0), 1, &in, &y, CUDA_MV_STORE));
+        CU_TRY(cudaMemcpyAsync(out, m->logits, (size_t)c->n_vocab * 4, cudaMemcpyDeviceToHost, m->stream));
+        return 0;
+}
+
+extern "C" int cuda_llama_run(CudaLlama *m, CudaKv *kv, uint32_t pos0, uint32_t n_tok, const int32_t *tokens,
+                              float *x, uint32_t n_out, const uint32_t *out_rows, bool hidden, float *out) {
+        const CudaLlamaConfig *c = &m->c;
+        const bool embed = m->l0 == 0, head = m->l1 == c->n_layer;
+        const size_t out_width = hidden ? c->n_embd : c->n_vocab;
+        uint32_t next_out = 0;
+
+        if (n_tok == 0 || kv->m != m || (embed && !tokens) || (!embed && !x) || (!head && !x) ||
+            (head && n_out && (!out_rows || !out)))
+                return -EINVAL;
+        if ((uint64_t)pos0 + n_tok > kv->n_ctx)
+                return -ENOSPC;
+        for (uint32_t i = 0; embed && i < n_tok; i++)
+                if (tokens[i] < 0 || (uint32_t)tokens[i] >= c->n_vocab)
+                        return -EINVAL;
+        for (uint32_t i = 0; i < n_out; i++)
+                if (out_rows[i] >= n_tok || (i > 0 && out_rows[i] <= out_rows[i - 1]))
+                        return -EINVAL;
+        TRY(check_weights(m));
+        CU_TRY(cudaSetDevice(m->device));
+        TRY(set_pos(kv, pos0));
+
+        /* One token through the whole model: the captured graph. */
+        if (n_tok == 1 && embed && head && !hidden && !m->precise) {
+                CU_TRY(cudaMemcpyAsync(m->tok, tokens, 4, cudaMemcpyHostToDevice, m->stream));
+                TRY(decode_graph(m, kv));
+                if (n_out)
+                        CU_TRY(cudaMemcpyAsync(out, m->logits, (size_t)c->n_vocab * 4, cudaMemcpyDeviceToHost,
+                                               m->stream));
+                CU_TRY(cudaStreamSynchronize(m->stream));
+                kv->pos = pos0 + 1;
+                return 0;
+        }
+        if (n_tok > 1 || m->precise)
+                TRY(prefill_alloc(m));
+        for (uint32_t t0 = 0; t0 < n_tok; t0 += PF_MAX_TOK) {
+                uint32_t n = n_tok - t0 < PF_MAX_TOK ? n_tok - t0 : PF_MAX_TOK;
+                float *xdev = n == 1 && !m->precise ? m->x : m->pf_x;
+                if (embed) {
+                        int32_t *dtok = n == 1 && !m->precise ? m->tok : m->pf_tok;
+                        CU_TRY(cudaMemcpyAsync(dtok, tokens + t0, n * 4, cudaMemcpyHostToDevice, m->stream));
+                        TRY(cuda_get_rows(m->stream, weight(m, CUDA_W_TOKEN_EMBD, 0), dtok, n, xdev));
+                } else {
+                        CU_TRY(cudaMemcpyAsync(xdev, x + (size_t)t0 * c->n_embd, (size_t)n * c->n_embd * 4,
+                                               cudaMemcpyHostToDevice, m->stream));
+                }
+                if (n == 1 && !m->precise)
+                        TRY(decode_layers(m, kv, m->l0, m->l1));
+                else
+                        TRY(prefill_layers(m, kv, n, m->l0, m->l1));
+                if (head) {
+                        for (; next_out < n_out && out_rows[next_out] < t0 + n; next_out++)
+                                TRY(head_row(m, xdev + (size_t)(out_rows[next_out] - t0) * c->n_embd, hidden,
+                                             out + next_out * out_width));
+                } else {
+                        CU_TRY(cudaMemcpyAsync(x + (size_t)t0 * c->n_embd, xdev, (size_t)n * c->n_embd * 4,
+                                               cudaMemcpyDeviceToHost, m->stream));
+                }
+                TRY(set_pos(kv, pos0 + t0 + n)); /* synchronizes: the copies above are done */
+        }
+        return 0;
+}
+
+extern "C" int cuda_llama_forward(CudaLlama *m, CudaKv *kv, const int32_t *tokens, uint32_t n_tok,
+                                  float *logits) {
+        uint32_t last = n_tok - 1;
+
+        if (n_tok == 0)
+                return -EINVAL;
+        return cuda_llama_run(m, kv, kv->pos, n_tok, tokens, NULL, logits ? 1 : 0, &last, false, logits);
+}
+
+extern "C" int cuda_llama_generate_greedy(CudaLlama *m, CudaKv *kv, int32_t token, uint32_t n_steps,
+                                          int32_t *out) {
+        uint32_t p0 = kv->pos;
+
+        if (token < 0 || (uint32_t)token >= m->c.n_vocab || kv->m != m || m->l0 != 0 || m->l1 != m->c.n_layer)
+                return -EINVAL;
+        if ((uint64_t)kv->pos + n_steps > kv->n_ctx)
+                return -ENOSPC;
+        TRY(check_weights(m));
+        CU_TRY(cudaSetDevice(m->device));
+        CU_TRY(cudaMemcpyAsync(m->tok, &token, 4, cudaMemcpyHostToDevice, m->stream));
+        for (uint32_t i = 0; i < n_steps; i++)
+                TRY(decode_graph(m, kv));
+        kv->pos += n_steps;
+        if (out && n_steps)
+                CU_TRY(cudaMemcpyAsync(out, kv->hist + p0 + 1, n_steps * 4, cudaMemcpyDeviceToHost, m->stream));
+        CU_TRY(cudaStreamSynchronize(m->stream));
+        return 0;
+}

@@ -1,0 +1,548 @@
+// SPDX-License-Identifier: MIT
+/*
+ * Decode-time matrix-vector products: y = W x for one token, W in a GGUF block layout, read once.
+ *
+ * DESIGN
+ * Decoding one token reads every weight once and does two operations per weight, so the kernels are
+ * limited by memory bandwidth and by the instructions spent per weight byte. A persistent grid of 8 blocks of
+ * 4 warps per multiprocessor (4 blocks ran 1.5x slower: too few warps to hide the latency of decoding; one
+ * row per warp and no cap 4 % slower); warp gw owns rows gw, gw + all warps, ... (two matrices' rows at
+ * once for SwiGLU: the gate row and the up row, sharing the activations). It streams its rows through its
+ * own slice of shared memory with 16-byte cp.async copies, several chunks ahead and across rows, which needs
+ * neither the block size nor the block alignment to suit wide loads (Q4_0 blocks are 18 bytes, Q6_K 210).
+ * A chunk holds 32 blocks of 32 elements (one block per lane) or 8 blocks of 256 (four lanes per block),
+ * and is a multiple of 16 bytes for every type. The lanes decode their blocks from shared memory and take
+ * integer dot products (dp4a) with the activations, quantized to 8 bits per 32 once for all rows (by the
+ * RMSNorm kernel or cuda_quantize_q8()) and read through L1.
+ *
+ * The kernels are launched with programmatic dependent launch: the first chunks of weights are requested
+ * before griddepcontrol.wait, so that the stream of weights starts while the kernel that produces the
+ * activations is still finishing.
+ *
+ * F32, F16 and BF16 rows are read straight into registers 16 bytes per lane and multiplied with float
+ * activations.
+ */
+
+#include "cuda-quant.cuh"
+
+#define MV_WARPS 4           /* warps per block */
+#define MV_STAGE_BYTES 4608  /* shared memory per warp for streaming weights */
+#define MV_GRID_PER_SM 8     /* blocks per multiprocessor at most: a persistent grid of 32 warps */
+
+/* Chunk geometry of a quantized type, for NR rows streamed side by side. */
+template <int T, int NR> struct Chunk {
+        enum {
+                LANES_PER_BLOCK = Tr<T>::QK == 256 ? 4 : 1,
+                BLOCKS = 32 / LANES_PER_BLOCK,
+                BYTES = BLOCKS * Tr<T>::BYTES,
+                UNITS = BYTES / 16,
+                STAGES = MV_STAGE_BYTES / NR / BYTES > 3 ? MV_STAGE_BYTES / NR / BYTES : 3,
+        };
+        static_assert(BYTES % 16 == 0, "chunk must be whole 16-byte units");
+};
+
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
+        uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit(void) {
+        asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+template <int N> __device__ __forceinline__ void cp_async_wait(void) {
+        asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+struct MvArgs {
+        const uint8_t *w[3];
+        size_t stride[3];
+        float *y[3];
+        uint32_t rows[3];  /* rows of each matrix; for SwiGLU rows[0] == rows[1] */
+        uint32_t n_cols;
+        uint32_t n_rows;   /* rows in all */
+        const int8_t *aq;  /* 8-bit input, for quantized weights */
+        const float2 *ads;
+        const float *x;    /* float input, for float weights */
+};
+
+__device__ __forceinline__ float silu(float g) {
+        return g / (1.0f + __expf(-g));
+}
+
+/*
+ * Resolves unit r of the concatenated matrices: its NR weight rows and its output. A unit is one row (NR 1),
+ * a gate row and the up row of the same index (SwiGLU), or two adjacent rows of one matrix (NR 2 with
+ * another epilogue; rows[] then count pairs), which share the activations the lanes load. Selected with
+ * constant indices, so that the kernel parameters stay in the constant bank rather than being copied to the
+ * stack.
+ */
+template <int NR, int EPI>
+__device__ __forceinline__ void mv_job(const MvArgs &a, uint32_t *r, const uint8_t **row, float **y) {
+        const bool glu = EPI == CUDA_MV_SWIGLU;
+        int job = 0;
+
+        if (!glu && *r >= a.rows[0]) {
+                *r -= a.rows[0];
+                job = 1;
+                if (*r >= a.rows[1]) {
+                        *r -= a.rows[1];
+                        job = 2;
+                }
+        }
+        const uint8_t *w = job == 0 ? a.w[0] : job == 1 ? a.w[1] : a.w[2];
+        size_t st = job == 0 ? a.stride[0] : job == 1 ? a.stride[1] : a.stride[2];
+        *y = job == 0 ? a.y[0] : job == 1 ? a.y[1] : a.y[2];
+        row[0] = w + (size_t)*r * st * (NR == 2 && !glu ? 2 : 1);
+        if (NR == 2)
+                row[NR - 1] = glu ? a.w[1] + (size_t)*r * a.stride[1] : row[0] + st;
+}
+
+template <int NR, int EPI> __device__ __forceinline__ void mv_store(const MvArgs &a, uint32_t r, const float *acc) {
+        const uint8_t *row[2];
+        float *y;
+
+        mv_job<NR, EPI>(a, &r, row, &y);
+        if (EPI == CUDA_MV_SWIGLU) {
+                y[r] = silu(acc[0]) * acc[NR - 1];
+        } else {
+#pragma unroll
+                for (int i = 0; i < NR; i++) {
+                        if (EPI == CUDA_MV_STORE)
+                                y[NR * r + i] = acc[i];
+                        else
+                                y[NR * r + i] += acc[i];
+                }
+        }
+}
+
+/*
+ * Quantized weights. A persistent grid: warp gw takes rows gw, gw + total warps, ...; its rows' chunks form
+ * one stream through STAGES shared-memory buffers per warp, so the loads for the next row are in flight
+ * while the current one finishes. The 8-bit input is read from global memory (it stays in L1).
+ */
+/* The register budget of a quantized type's kernel, as blocks per multiprocessor for __launch_bounds__: 51
+ * registers (10 blocks) for the 32-element types, which measured 3-5 % faster than 64 with the same grid of 8
+ * blocks per multiprocessor; the K-quants' row pairs need 64 (8 blocks) or they spill. */
+template <int T> struct MvOcc {
+        enum { BLOCKS = Tr<T>::QK == 32 ? 10 : MV_GRID_PER_SM };
+};
+
+template <int T, int NR, int EPI>
+__global__ void __launch_bounds__(MV_WARPS * 32, MvOcc<T>::BLOCKS) mv_quant(const MvArgs a) {
+        typedef Chunk<T, NR> C;
+        extern __shared__ __align__(16) uint8_t smem[];
+        const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+        const uint32_t gw = blockIdx.x * MV_WARPS + wid, tw = gridDim.x * MV_WARPS;
+        const int8_t *xq = a.aq;
+        const float2 *xd = a.ads;
+        uint8_t *stage = smem + (size_t)wid * C::STAGES * NR * C::BYTES;
+        const uint32_t n_blocks = a.n_cols / Tr<T>::QK;
+        const uint32_t n_chunks = (n_blocks + C::BLOCKS - 1) / C::BLOCKS;
+        const uint32_t row_units = (n_blocks * Tr<T>::BYTES + 15) / 16;
+        const uint32_t my_rows = gw < a.n_rows ? (a.n_rows - gw + tw - 1) / tw : 0;
+        const uint32_t n_items = my_rows * n_chunks;
+        /* The issuing side runs STAGES - 1 items ahead of the computing side; both walk (row, chunk) with
+         * counters rather than divisions, which cost more than the rest of the loop's bookkeeping. */
+        uint32_t is_s = 0, is_c = 0, is_k = 0, is_st = 0;
+        const uint8_t *is_row[NR];
+
+        grid_dep_launch();
+        auto set_issue_row = [&]() {
+                uint32_t r = gw + is_k * tw;
+                const uint8_t *rows[2];
+                float *y;
+                mv_job<NR, EPI>(a, &r, rows, &y);
+#pragma unroll
+                for (int i = 0; i < NR; i++)
+                        is_row[i] = rows[i];
+        };
+        auto issue = [&]() {
+                if (is_s < n_items) {
+                        uint8_t *dst = stage + is_st * NR * C::BYTES;
+#pragma unroll
+                        for (int i = 0; i < NR; i++)
+#pragma unroll
+                                for (uint32_t u0 = 0; u0 < C::UNITS; u0 += 32) {
+                                        uint32_t u = u0 + lane;
+                                        if (u < C::UNITS && is_c * C::UNITS + u < row_units)
+                                                cp_async16(dst + i * C::BYTES + 16 * u,
+                                                           is_row[i] + (size_t)is_c * C::BYTES + 16 * u);
+                                }
+                        is_s++;
+                        if (++is_st == C::STAGES)
+                                is_st = 0;
+                        if (++is_c == n_chunks) {
+                                is_c = 0;
+                                is_k++;
+                                if (is_s < n_items)
+                                        set_issue_row();
+                        }
+                }
+                cp_async_commit();
+        };
+
+        /* Weights do not depend on the kernel before: start streaming them before waiting for it. */
+        if (n_items)
+                set_issue_row();
+#pragma unroll
+        for (int s = 0; s < C::STAGES - 1; s++)
+                issue();
+        grid_dep_wait();
+
+        float acc[NR];
+#pragma unroll
+        for (int i = 0; i < NR; i++)
+                acc[i] = 0.0f;
+        const int bl = lane / C::LANES_PER_BLOCK, part = lane % C::LANES_PER_BLOCK;
+        uint32_t c = 0, k = 0, st = 0;
+        for (uint32_t s = 0; s < n_items; s++) {
+                issue();
+                cp_async_wait<C::STAGES - 1>();
+                __syncwarp();
+                uint32_t b = c * C::BLOCKS + bl;
+                if (b < n_blocks) {
+                        const uint8_t *src = stage + st * NR * C::BYTES + bl * Tr<T>::BYTES;
+#pragma unroll
+                        for (int i = 0; i < NR; i++)
+                                acc[i] += lane_dot<T>(src + i * C::BYTES, part, xq + (size_t)b * Tr<T>::QK,
+                                                      xd + (size_t)b * (Tr<T>::QK / 32));
+                }
+                __syncwarp();
+                if (++st == C::STAGES)
+                        st = 0;
+                if (++c == n_chunks) {
+#pragma unroll
+                        for (int i = 0; i < NR; i++)
+                                acc[i] = warp_sum(acc[i]);
+                        if (lane == 0)
+                                mv_store<NR, EPI>(a, gw + k * tw, acc);
+#pragma unroll
+                        for (int i = 0; i < NR; i++)
+                                acc[i] = 0.0f;
+                        c = 0;
+                        k++;
+                }
+        }
+}
+
+/* Float weights: 16 bytes per lane per step straight from global memory, MVF_UNROLL steps in flight, with
+ * float inputs. */
+template <int T> struct FloatVec;
+template <> struct FloatVec<GGML_TYPE_F32> {
+        enum { N = 4 };
+        static __device__ __forceinline__ void cvt(const uint4 &v, float *f) {
+                f[0] = __uint_as_float(v.x), f[1] = __uint_as_float(v.y);
+                f[2] = __uint_as_float(v.z), f[3] = __uint_as_float(v.w);
+        }
+};
+template <> struct FloatVec<GGML_TYPE_F16> {
+        enum { N = 8 };
+        static __device__ __forceinline__ void cvt(const uint4 &v, float *f) {
+                const __half2 *h = (const __half2 *)&v;
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                        float2 t = __half22float2(h[i]);
+                        f[2 * i] = t.x, f[2 * i + 1] = t.y;
+                }
+        }
+};
+template <> struct FloatVec<GGML_TYPE_BF16> {
+        enum { N = 8 };
+        static __device__ __forceinline__ void cvt(const uint4 &v, float *f) {
+                const uint32_t *u = (const uint32_t *)&v;
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                        f[2 * i] = __uint_as_float(u[i] << 16);
+                        f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+                }
+        }
+};
+
+#define MVF_UNROLL 4
+
+template <int T, int NR, int EPI>
+__global__ void __launch_bounds__(MV_WARPS * 32) mv_float(const MvArgs a) {
+        typedef FloatVec<T> V;
+        const float *xs = a.x;
+        const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+        const uint32_t gw = blockIdx.x * MV_WARPS + wid, tw = gridDim.x * MV_WARPS;
+        const uint32_t n_vec = a.n_cols / V::N;
+        uint4 wv[MVF_UNROLL][NR];
+        bool first = true;
+
+        grid_dep_launch();
+        for (uint32_t r0 = gw; r0 < a.n_rows || first; r0 += tw) {
+                const uint8_t *rowb[2];
+                const uint4 *row[NR];
+                float *y;
+                uint32_t r = r0;
+                bool have = r0 < a.n_rows;
+                if (have) {
+                        mv_job<NR, EPI>(a, &r, rowb, &y);
+#pragma unroll
+                        for (int i = 0; i < NR; i++)
+                                row[i] = (const uint4 *)rowb[i];
+#pragma unroll
+                        for (int u = 0; u < MVF_UNROLL; u++)
+#pragma unroll
+                                for (int i = 0; i < NR; i++)
+                                        if (lane + 32 * u < n_vec)
+                                                wv[u][i] = row[i][lane + 32 * u];
+                }
+                if (first) {
+                        /* The first row's weights are on their way; now wait for the input. */
+                        grid_dep_wait();
+                        first = false;
+                }
+                if (!have)
+                        break;
+                float acc[NR];
+#pragma unroll
+                for (int i = 0; i < NR; i++)
+                        acc[i] = 0.0f;
+                for (uint32_t v0 = 0; v0 < n_vec; v0 += 32 * MVF_UNROLL) {
+#pragma unroll
+                        for (int u = 0; u < MVF_UNROLL; u++) {
+                                uint32_t v = v0 + lane + 32 * u;
+                                if (v < n_vec) {
+                                        float xf[V::N], wf[V::N];
+#pragma unroll
+                                        for (int k = 0; k < V::N / 4; k++) {
+                                                float4 t = ((const float4 *)xs)[(size_t)v * (V::N / 4) + k];
+                                                xf[4 * k] = t.x, xf[4 * k + 1] = t.y;
+                                                xf[4 * k + 2] = t.z, xf[4 * k + 3] = t.w;
+                                        }
+#pragma unroll
+                                        for (int i = 0; i < NR; i++) {
+                                                V::cvt(wv[u][i], wf);
+#pragma unroll
+                                                for (int k = 0; k < V::N; k++)
+                                                        acc[i] = fmaf(wf[k], xf[k], acc[i]);
+                                        }
+                                }
+                                uint32_t vn = v + 32 * MVF_UNROLL;
+                                if (vn < n_vec)
+#pragma unroll
+                                        for (int i = 0; i < NR; i++)
+                                                wv[u][i] = row[i][vn];
+                        }
+                }
+                /* Columns past the last whole vector (n_cols not a multiple of V::N). */
+                for (uint32_t c = n_vec * V::N + lane; c < a.n_cols; c += 32)
+#pragma unroll
+                        for (int i = 0; i < NR; i++)
+                                acc[i] += dq_elem<T>((const uint8_t *)row[i], c) * xs[c];
+#pragma unroll
+                for (int i = 0; i < NR; i++)
+                        acc[i] = warp_sum(acc[i]);
+                if (lane == 0)
+                        mv_store<NR, EPI>(a, r0, acc);
+        }
+}
+
+/* ---- host side ---- */
+
+static int sm_count(void) {
+        static int n[64];
+        int dev = 0;
+
+        if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64)
+                return 132;
+        if (!n[dev] && cudaDeviceGetAttribute(&n[dev], cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+                n[dev] = 132;
+        return n[dev];
+}
+
+/* Blocks per multiprocessor at most: MV_GRID_PER_SM, or QUANTD_CUDA_MV_GRID for timing studies. */
+static uint32_t mv_grid_per_sm(void) {
+        static uint32_t v;
+
+        if (!v) {
+                const char *e = getenv("QUANTD_CUDA_MV_GRID");
+                long n = e ? strtol(e, NULL, 10) : 0;
+                v = n > 0 && n < 1024 ? (uint32_t)n : MV_GRID_PER_SM;
+        }
+        return v;
+}
+
+static dim3 mv_grid(uint32_t n_rows, uint32_t per_sm) {
+        uint32_t want = (n_rows + MV_WARPS - 1) / MV_WARPS, most = (uint32_t)sm_count() * per_sm;
+
+        return dim3(want < most ? want : most);
+}
+
+template <typename K>
+static int mv_launch(K kernel, CudaStream s, const MvArgs &a, size_t smem, uint32_t per_sm) {
+        if (smem > 48 * 1024)
+                CU_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CU_TRY(launch_pdl(kernel, mv_grid(a.n_rows, per_sm), dim3(MV_WARPS * 32), smem, s, a));
+        return 0;
+}
+
+template <int T, int NR, int EPI> static int mv_launch_quant(CudaStream s, const MvArgs &a) {
+        typedef Chunk<T, NR> C;
+        size_t smem = (size_t)MV_WARPS * C::STAGES * NR * C::BYTES;
+
+        if (!a.aq)
+                return -EINVAL;
+        return mv_launch(mv_quant<T, NR, EPI>, s, a, smem, mv_grid_per_sm());
+}
+
+template <int T, int NR, int EPI> static int mv_launch_float(CudaStream s, const MvArgs &a) {
+        if (!a.x)
+                return -EINVAL;
+        return mv_launch(mv_float<T, NR, EPI>, s, a, 0, mv_grid_per_sm());
+}
+
+template <int NR, int EPI> static int mv_dispatch(CudaStream s, uint32_t type, const MvArgs &a) {
+        switch (type) {
+        case GGML_TYPE_Q4_0:
+                return mv_launch_quant<GGML_TYPE_Q4_0, NR, EPI>(s, a);
+        case GGML_TYPE_Q4_1:
+                return mv_launch_quant<GGML_TYPE_Q4_1, NR, EPI>(s, a);
+        case GGML_TYPE_Q5_0:
+                return mv_launch_quant<GGML_TYPE_Q5_0, NR, EPI>(s, a);
+        case GGML_TYPE_Q5_1:
+                return mv_launch_quant<GGML_TYPE_Q5_1, NR, EPI>(s, a);
+        case GGML_TYPE_Q8_0:
+                return mv_launch_quant<GGML_TYPE_Q8_0, NR, EPI>(s, a);
+        case GGML_TYPE_Q2_K:
+                return mv_launch_quant<GGML_TYPE_Q2_K, NR, EPI>(s, a);
+        case GGML_TYPE_Q3_K:
+                return mv_launch_quant<GGML_TYPE_Q3_K, NR, EPI>(s, a);
+        case GGML_TYPE_Q4_K:
+                return mv_launch_quant<GGML_TYPE_Q4_K, NR, EPI>(s, a);
+        case GGML_TYPE_Q5_K:
+                return mv_launch_quant<GGML_TYPE_Q5_K, NR, EPI>(s, a);
+        case GGML_TYPE_Q6_K:
+                return mv_launch_quant<GGML_TYPE_Q6_K, NR, EPI>(s, a);
+        case GGML_TYPE_F32:
+                return mv_launch_float<GGML_TYPE_F32, NR, EPI>(s, a);
+        case GGML_TYPE_F16:
+                return mv_launch_float<GGML_TYPE_F16, NR, EPI>(s, a);
+        case GGML_TYPE_BF16:
+                return mv_launch_float<GGML_TYPE_BF16, NR, EPI>(s, a);
+        default:
+                return -EOPNOTSUPP;
+        }
+}
+
+static bool type_is_float(uint32_t type) {
+        return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16;
+}
+
+extern "C" bool cuda_type_supported(uint32_t type) {
+        switch (type) {
+        case GGML_TYPE_Q4_0:
+        case GGML_TYPE_Q4_1:
+        case GGML_TYPE_Q5_0:
+        case GGML_TYPE_Q5_1:
+        case GGML_TYPE_Q8_0:
+        case GGML_TYPE_Q2_K:
+        case GGML_TYPE_Q3_K:
+        case GGML_TYPE_Q4_K:
+        case GGML_TYPE_Q5_K:
+        case GGML_TYPE_Q6_K:
+        case GGML_TYPE_F32:
+        case GGML_TYPE_F16:
+        case GGML_TYPE_BF16:
+                return true;
+        default:
+                return false;
+        }
+}
+
+extern "C" int cuda_row_stride(uint32_t type, uint32_t n_cols, size_t *ret) {
+        uint64_t size;
+
+        if (!cuda_type_supported(type) || ggml_row_size(type, n_cols, &size) < 0)
+                return -EINVAL;
+        *ret = (size_t)((size + CUDA_ROW_ALIGN - 1) / CUDA_ROW_ALIGN * CUDA_ROW_ALIGN);
+        return 0;
+}
+
+extern "C" int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInput *in,
+                           float *const *y, CudaMvEpilogue epi) {
+        MvArgs a = {};
+
+        if (n_w < 1 || n_w > 3 || (epi == CUDA_MV_SWIGLU && n_w != 2) || !in)
+                return -EINVAL;
+        for (unsigned i = 0; i < n_w; i++) {
+                if (w[i].type != w[0].type || w[i].n_cols != w[0].n_cols ||
+                    w[i].row_stride % CUDA_ROW_ALIGN != 0 || (uintptr_t)w[i].data % CUDA_ROW_ALIGN != 0)
+                        return -EINVAL;
+                a.w[i] = (const uint8_t *)w[i].data;
+                a.stride[i] = w[i].row_stride;
+                a.rows[i] = w[i].n_rows;
+                a.y[i] = y[epi == CUDA_MV_SWIGLU ? 0 : i];
+                a.n_rows += w[i].n_rows;
+        }
+        a.n_cols = w[0].n_cols;
+        if (epi == CUDA_MV_SWIGLU) {
+                if (w[1].n_rows != w[0].n_rows)
+                        return -EINVAL;
+                a.n_rows = w[0].n_rows;
+        }
+        if (!type_is_float(w[0].type) && a.n_cols % 32 != 0)
+                return -EINVAL;
+        a.x = in->x;
+        if (in->xq) {
+                a.aq = in->xq->qs;
+                a.ads = (const float2 *)in->xq->ds;
+        }
+        /* Rows of 256-element block types go in adjacent pairs when every matrix has an even number of them
+         * (up to 1.3x faster on Q4_K; it made Q4_0 and Q5_0 slower, with half the stages per warp). */
+        const GgmlTypeInfo *ti = ggml_type_info(w[0].type);
+        bool pair = ti && ti->block_size == 256 && epi != CUDA_MV_SWIGLU;
+        for (unsigned i = 0; i < n_w; i++)
+                pair = pair && w[i].n_rows % 2 == 0;
+        if (pair) {
+                for (unsigned i = 0; i < n_w; i++)
+                        a.rows[i] /= 2;
+                a.n_rows /= 2;
+        }
+        switch (epi) {
+        case CUDA_MV_STORE:
+                return pair ? mv_dispatch<2, CUDA_MV_STORE>(s, w[0].type, a)
+                            : mv_dispatch<1, CUDA_MV_STORE>(s, w[0].type, a);
+        case CUDA_MV_ADD:
+                return pair ? mv_dispatch<2, CUDA_MV_ADD>(s, w[0].type, a)
+                            : mv_dispatch<1, CUDA_MV_ADD>(s, w[0].type, a);
+        case CUDA_MV_SWIGLU:
+                return mv_dispatch<2, CUDA_MV_SWIGLU>(s, w[0].type, a);
+        case _CUDA_MV_EPILOGUE_MAX:
+                break;
+        }
+        return -EINVAL;
+}
+
+/* ---- activations to 8 bits: one warp per 32 elements ---- */
+
+__global__ void quantize_q8_kernel(const float *x, uint32_t n_total, int8_t *qs, float2 *ds) {
+        uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        if (i - (i & 31) >= n_total)
+                return;
+        float v = i < n_total ? x[i] : 0.0f;
+        float amax = warp_max(fabsf(v));
+        float d = amax / 127.0f;
+        int q = amax > 0.0f ? __float2int_rn(v / d) : 0;
+        float sum = warp_sum((float)q);
+        if (i < n_total)
+                qs[i] = (int8_t)q;
+        if ((i & 31) == 0)
+                ds[i / 32] = make_float2(d, d * sum);
+}
+
+extern "C" int cuda_quantize_q8(CudaStream s, const float *x, uint32_t n, uint32_t n_rows, const CudaQ8 *ret) {
+        uint32_t total = n * n_rows;
+
+        if (n % 32 != 0)
+                return -EINVAL;
+        CU_TRY(launch_pdl(quantize_q8_kernel, dim3((total + 255) / 256), dim3(256), 0, s, x, total, ret->qs,
+                          (float2 *)ret->ds));
+        return 0;
+}

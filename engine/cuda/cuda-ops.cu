@@ -1,0 +1,914 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The CUDA backend's kernels other than the decode matrix-vector products: RMSNorm (fused with the 8-bit
+ * quantization of its output), embedding rows, RoPE fused with the KV-cache store, attention for one token
+ * (split along the sequence, the splits merged by the last block to finish) and for prompt batches (tiles of
+ * queries against tiles of keys with an online softmax), SwiGLU, argmax, dequantization to F16 tiles and the
+ * cuBLAS GEMM that prompt batches go through, plus device memory helpers and random weights for benchmarks.
+ *
+ * Every kernel here may be launched with programmatic dependent launch (see launch_pdl()): each one calls
+ * grid_dep_wait() before it reads anything another kernel wrote, and writes nothing before it.
+ */
+
+#include <cublas_v2.h>
+#include <stdlib.h>
+
+#include "cuda-quant.cuh"
+
+/* ---- memory ---- */
+
+extern "C" int cuda_malloc(size_t size, void **ret) {
+        void *p = NULL;
+
+        CU_TRY(cudaMalloc(&p, size ? size : 1));
+        *ret = p;
+        return 0;
+}
+
+extern "C" void cuda_free(void *p) {
+        if (p)
+                (void)cudaFree(p);
+}
+
+extern "C" int cuda_upload(void *dst, const void *src, size_t size) {
+        CU_TRY(cudaMemcpy(dst, src, size, cudaMemcpyHostToDevice));
+        return 0;
+}
+
+extern "C" int cuda_download(void *dst, const void *src, size_t size) {
+        CU_TRY(cudaMemcpy(dst, src, size, cudaMemcpyDeviceToHost));
+        return 0;
+}
+
+extern "C" int cuda_sync(CudaStream s) {
+        CU_TRY(cudaStreamSynchronize(s));
+        return 0;
+}
+
+/* ---- block-wide reductions (blockDim.x a multiple of 32, at most 1024) ---- */
+
+__device__ float block_sum(float v, float *red) {
+        int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+
+        v = warp_sum(v);
+        __syncthreads();
+        if (lane == 0)
+                red[wid] = v;
+        __syncthreads();
+        v = lane < nw ? red[lane] : 0.0f;
+        return warp_sum(v);
+}
+
+__device__ float block_max(float v, float *red) {
+        int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+
+        v = warp_max(v);
+        __syncthreads();
+        if (lane == 0)
+                red[wid] = v;
+        __syncthreads();
+        v = lane < nw ? red[lane] : -INFINITY;
+        return warp_max(v);
+}
+
+/* One warp's 32 values to 8 bits: each lane holds one. */
+__device__ __forceinline__ void warp_quantize(float v, int8_t *qs, float2 *ds) {
+        int lane = threadIdx.x & 31;
+        float amax = warp_max(fabsf(v));
+        float d = amax / 127.0f;
+        int q = amax > 0.0f ? __float2int_rn(v / d) : 0;
+        float sum = warp_sum((float)q);
+
+        qs[lane] = (int8_t)q;
+        if (lane == 0)
+                *ds = make_float2(d, d * sum);
+}
+
+/* ---- RMSNorm: one block per row ----
+ * Thread t holds elements [t E, t E + E) in registers, all loaded before any is used (the row sits in L2;
+ * a loop that waited for each load in turn cost several microseconds). A group of 32 / E neighbouring lanes
+ * then quantizes each 32 elements with shuffles. */
+
+#define NORM_THREADS 1024
+
+template <int E>
+__global__ void __launch_bounds__(NORM_THREADS)
+        rmsnorm_kernel(const float *x, const float *w, uint32_t n, float eps, float *y, __half *y16, int8_t *qs,
+                       float2 *ds) {
+        __shared__ float red[32];
+        const uint32_t i0 = threadIdx.x * E;
+        const size_t row = (size_t)blockIdx.x * n;
+        float v[E], ss = 0.0f;
+
+        grid_dep_launch();
+        grid_dep_wait();
+#pragma unroll
+        for (int k = 0; k < E; k++)
+                v[k] = i0 + k < n ? x[row + i0 + k] : 0.0f;
+#pragma unroll
+        for (int k = 0; k < E; k++)
+                ss += v[k] * v[k];
+        ss = warp_sum(ss);
+        if ((threadIdx.x & 31) == 0)
+                red[threadIdx.x >> 5] = ss;
+        __syncthreads();
+        ss = (threadIdx.x & 31) < blockDim.x / 32 ? red[threadIdx.x & 31] : 0.0f;
+        ss = warp_sum(ss);
+        const float scale = rsqrtf(ss / (float)n + eps);
+        float amax = 0.0f;
+#pragma unroll
+        for (int k = 0; k < E; k++) {
+                v[k] = i0 + k < n ? v[k] * scale * w[i0 + k] : 0.0f;
+                amax = fmaxf(amax, fabsf(v[k]));
+                if (i0 + k < n && y)
+                        y[row + i0 + k] = v[k];
+                if (i0 + k < n && y16)
+                        y16[row + i0 + k] = __float2half(v[k]);
+        }
+        if (!qs)
+                return;
+        /* Lanes of one group of 32 elements: 32 / E of them, aligned within the warp. */
+        for (int o = 32 / E / 2; o > 0; o >>= 1)
+                amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        const float d = amax / 127.0f;
+        int sum = 0;
+#pragma unroll
+        for (int k = 0; k < E; k++) {
+                int q = amax > 0.0f ? __float2int_rn(v[k] / d) : 0;
+                sum += q;
+                if (i0 + k < n)
+                        qs[row + i0 + k] = (int8_t)q;
+        }
+        for (int o = 32 / E / 2; o > 0; o >>= 1)
+                sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        if (i0 % 32 == 0 && i0 < n)
+                ds[(row + i0) / 32] = make_float2(d, d * (float)sum);
+}
+
+extern "C" int cuda_rmsnorm(CudaStream s, const float *x, const float *w, uint32_t n, uint32_t n_rows, float eps,
+                            float *y, uint16_t *y16, const CudaQ8 *yq) {
+        int8_t *qs = yq ? yq->qs : NULL;
+        float2 *ds = yq ? (float2 *)yq->ds : NULL;
+        uint32_t per = (n + NORM_THREADS - 1) / NORM_THREADS;
+
+        if ((yq && n % 32 != 0) || per > 32 || n == 0)
+                return -EINVAL;
+        /* Whole warps only: threads past n hold zeros. */
+        if (per <= 1)
+                CU_TRY(launch_pdl(rmsnorm_kernel<1>, dim3(n_rows), dim3((n + 31) / 32 * 32), 0, s, x, w, n, eps, y,
+                                  (__half *)y16, qs, ds));
+        else if (per <= 2)
+                CU_TRY(launch_pdl(rmsnorm_kernel<2>, dim3(n_rows), dim3(NORM_THREADS), 0, s, x, w, n, eps, y,
+                                  (__half *)y16, qs, ds));
+        else if (per <= 4)
+                CU_TRY(launch_pdl(rmsnorm_kernel<4>, dim3(n_rows), dim3(NORM_THREADS), 0, s, x, w, n, eps, y,
+                                  (__half *)y16, qs, ds));
+        else if (per <= 8)
+                CU_TRY(launch_pdl(rmsnorm_kernel<8>, dim3(n_rows), dim3(NORM_THREADS), 0, s, x, w, n, eps, y,
+                                  (__half *)y16, qs, ds));
+        else if (per <= 16)
+                CU_TRY(launch_pdl(rmsnorm_kernel<16>, dim3(n_rows), dim3(NORM_THREADS), 0, s, x, w, n, eps, y,
+                                  (__half *)y16, qs, ds));
+        else
+                CU_TRY(launch_pdl(rmsnorm_kernel<32>, dim3(n_rows), dim3(NORM_THREADS), 0, s, x, w, n, eps, y,
+                                  (__half *)y16, qs, ds));
+        return 0;
+}
+
+/* ---- rows of a matrix to floats, and whole matrices to halves ---- */
+
+template <int T>
+__global__ void get_rows_kernel(const uint8_t *w, size_t stride, uint32_t n_cols, const int32_t *rows, float *y) {
+        uint32_t c = blockIdx.y * blockDim.x + threadIdx.x;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        if (c >= n_cols)
+                return;
+        y[(size_t)blockIdx.x * n_cols + c] = dq_elem<T>(w + (size_t)rows[blockIdx.x] * stride, c);
+}
+
+/* Eight consecutive elements per thread (n_cols a multiple of 8), one 16-byte store. */
+template <int T> __global__ void dequant_f16_kernel(const uint8_t *w, size_t stride, uint32_t n_cols, uint32_t n_rows,
+                                                    __half *y) {
+        size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x, per_row = n_cols / 8;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        if (g >= per_row * n_rows)
+                return;
+        size_t r = g / per_row;
+        uint32_t c = (uint32_t)(g % per_row) * 8;
+        const uint8_t *row = w + r * stride;
+        __align__(16) __half h[8];
+        float f[8];
+        dq8<T>(row, c, f);
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+                h[k] = __float2half(f[k]);
+        *(uint4 *)(y + r * n_cols + c) = *(const uint4 *)h;
+}
+
+/* One element per thread, for rows whose length is not a multiple of 8. */
+template <int T> __global__ void dequant_f16_kernel1(const uint8_t *w, size_t stride, uint32_t n_cols, uint32_t n_rows,
+                                                     __half *y) {
+        size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        if (g >= (size_t)n_cols * n_rows)
+                return;
+        y[g] = __float2half(dq_elem<T>(w + (g / n_cols) * stride, (uint32_t)(g % n_cols)));
+}
+
+template <int T> static int dequant_launch(CudaStream s, const CudaMatrix *w, const int32_t *rows, uint32_t n_rows,
+                                           float *yf, __half *yh) {
+        if (yf) {
+                dim3 grid(n_rows, (w->n_cols + 255) / 256);
+                CU_TRY(launch_pdl(get_rows_kernel<T>, grid, dim3(256), 0, s, (const uint8_t *)w->data,
+                                  w->row_stride, w->n_cols, rows, yf));
+        } else if (w->n_cols % 8 == 0) {
+                size_t n = (size_t)w->n_rows * w->n_cols / 8;
+                CU_TRY(launch_pdl(dequant_f16_kernel<T>, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s,
+                                  (const uint8_t *)w->data, w->row_stride, w->n_cols, w->n_rows, yh));
+        } else {
+                size_t n = (size_t)w->n_rows * w->n_cols;
+                CU_TRY(launch_pdl(dequant_f16_kernel1<T>, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s,
+                                  (const uint8_t *)w->data, w->row_stride, w->n_cols, w->n_rows, yh));
+        }
+        return 0;
+}
+
+static int dequant_dispatch(CudaStream s, const CudaMatrix *w, const int32_t *rows, uint32_t n_rows, float *yf,
+                            __half *yh) {
+        switch (w->type) {
+        case GGML_TYPE_Q4_0:
+                return dequant_launch<GGML_TYPE_Q4_0>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_Q4_1:
+                return dequant_launch<GGML_TYPE_Q4_1>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_Q5_0:
+                return dequant_launch<GGML_TYPE_Q5_0>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_Q5_1:
+                return dequant_launch<GGML_TYPE_Q5_1>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_Q8_0:
+                return dequant_launch<GGML_TYPE_Q8_0>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_Q2_K:
+                return dequant_launch<GGML_TYPE_Q2_K>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_Q3_K:
+                return dequant_launch<GGML_TYPE_Q3_K>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_Q4_K:
+                return dequant_launch<GGML_TYPE_Q4_K>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_Q5_K:
+                return dequant_launch<GGML_TYPE_Q5_K>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_Q6_K:
+                return dequant_launch<GGML_TYPE_Q6_K>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_F32:
+                return dequant_launch<GGML_TYPE_F32>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_F16:
+                return dequant_launch<GGML_TYPE_F16>(s, w, rows, n_rows, yf, yh);
+        case GGML_TYPE_BF16:
+                return dequant_launch<GGML_TYPE_BF16>(s, w, rows, n_rows, yf, yh);
+        default:
+                return -EOPNOTSUPP;
+        }
+}
+
+/* One warp per row, each lane a strided share of the elements. */
+template <int T> __global__ void matvec_f32_kernel(const uint8_t *w, size_t stride, uint32_t n_cols, uint32_t n_rows,
+                                                   const float *x, float *y) {
+        uint32_t r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+        int lane = threadIdx.x & 31;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        if (r >= n_rows)
+                return;
+        const uint8_t *row = w + (size_t)r * stride;
+        float acc = 0.0f;
+        for (uint32_t c = lane; c < n_cols; c += 32)
+                acc += dq_elem<T>(row, c) * x[c];
+        acc = warp_sum(acc);
+        if (lane == 0)
+                y[r] = acc;
+}
+
+#define MATVEC_F32_CASE(T)                                                                                      \
+        case T:                                                                                                 \
+                CU_TRY(launch_pdl(matvec_f32_kernel<T>, dim3((w->n_rows + 7) / 8), dim3(256), 0, s,             \
+                                  (const uint8_t *)w->data, w->row_stride, w->n_cols, w->n_rows, x, y));        \
+                return 0;
+
+extern "C" int cuda_matvec_f32(CudaStream s, const CudaMatrix *w, const float *x, float *y) {
+        switch (w->type) {
+                MATVEC_F32_CASE(GGML_TYPE_Q4_0)
+                MATVEC_F32_CASE(GGML_TYPE_Q4_1)
+                MATVEC_F32_CASE(GGML_TYPE_Q5_0)
+                MATVEC_F32_CASE(GGML_TYPE_Q5_1)
+                MATVEC_F32_CASE(GGML_TYPE_Q8_0)
+                MATVEC_F32_CASE(GGML_TYPE_Q2_K)
+                MATVEC_F32_CASE(GGML_TYPE_Q3_K)
+                MATVEC_F32_CASE(GGML_TYPE_Q4_K)
+                MATVEC_F32_CASE(GGML_TYPE_Q5_K)
+                MATVEC_F32_CASE(GGML_TYPE_Q6_K)
+                MATVEC_F32_CASE(GGML_TYPE_F32)
+                MATVEC_F32_CASE(GGML_TYPE_F16)
+                MATVEC_F32_CASE(GGML_TYPE_BF16)
+        default:
+                return -EOPNOTSUPP;
+        }
+}
+
+extern "C" int cuda_get_rows(CudaStream s, const CudaMatrix *w, const int32_t *rows, uint32_t n_rows, float *y) {
+        return dequant_dispatch(s, w, rows, n_rows, y, NULL);
+}
+
+extern "C" int cuda_dequant_f16(CudaStream s, const CudaMatrix *w, uint16_t *y) {
+        return dequant_dispatch(s, w, NULL, 0, NULL, (__half *)y);
+}
+
+__global__ void f32_to_f16_kernel(const float *x, __half *y, size_t n) {
+        size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        if (i < n)
+                y[i] = __float2half(x[i]);
+}
+
+extern "C" int cuda_f32_to_f16(CudaStream s, const float *x, uint16_t *y, size_t n) {
+        CU_TRY(launch_pdl(f32_to_f16_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, x, (__half *)y,
+                          n));
+        return 0;
+}
+
+__global__ void swiglu_f16_kernel(const float *gu, uint32_t n_ff, size_t n, __half *h) {
+        size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        if (i >= n)
+                return;
+        size_t t = i / n_ff, j = i % n_ff;
+        float g = gu[t * 2 * n_ff + j], u = gu[t * 2 * n_ff + n_ff + j];
+        h[i] = __float2half(g / (1.0f + __expf(-g)) * u);
+}
+
+extern "C" int cuda_swiglu_f16(CudaStream s, const float *gu, uint32_t n_ff, uint32_t n_tok, uint16_t *h) {
+        size_t n = (size_t)n_ff * n_tok;
+
+        CU_TRY(launch_pdl(swiglu_f16_kernel, dim3((unsigned)((n + 255) / 256)), dim3(256), 0, s, gu, n_ff, n,
+                          (__half *)h));
+        return 0;
+}
+
+/* ---- RoPE and the KV-cache store ---- */
+
+__global__ void rope_store_kernel(const CudaAttnShape a, float *qkv, uint32_t stride, const int32_t *pos,
+                                  __half *kc, __half *vc) {
+        const uint32_t t = blockIdx.x, hd = a.head_dim, half_hd = hd / 2;
+        const uint32_t nq = a.n_head * hd, nk = a.n_head_kv * hd;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        const int32_t p = *pos + (int32_t)t;
+        float *q = qkv + (size_t)t * stride, *k = q + nq, *v = k + nk;
+        __half *kr = kc + (size_t)p * nk, *vr = vc + (size_t)p * nk;
+
+        for (uint32_t i = threadIdx.x; i < (nq + nk) / 2; i += blockDim.x) {
+                bool is_q = i < nq / 2;
+                uint32_t pi = is_q ? i : i - nq / 2, j = pi % half_hd;
+                float *x = (is_q ? q : k) + 2 * pi;
+                float x0 = x[0], x1 = x[1];
+                if (2 * j < a.n_rot) {
+                        float theta = (float)p * powf(a.rope_base, -(float)(2 * j) / (float)a.n_rot), sn, cs;
+                        sincosf(theta, &sn, &cs);
+                        float y0 = x0 * cs - x1 * sn, y1 = x0 * sn + x1 * cs;
+                        x0 = y0, x1 = y1;
+                }
+                if (is_q) {
+                        x[0] = x0, x[1] = x1;
+                } else {
+                        kr[2 * pi] = __float2half(x0);
+                        kr[2 * pi + 1] = __float2half(x1);
+                }
+        }
+        for (uint32_t i = threadIdx.x; i < nk; i += blockDim.x)
+                vr[i] = __float2half(v[i]);
+}
+
+extern "C" int cuda_rope_store(CudaStream s, const CudaAttnShape *a, float *qkv, uint32_t stride, uint32_t n_tok,
+                               const int32_t *pos, uint16_t *k_cache, uint16_t *v_cache) {
+        if (a->head_dim % 2 != 0 || a->n_rot > a->head_dim || a->n_head % a->n_head_kv != 0)
+                return -EINVAL;
+        CU_TRY(launch_pdl(rope_store_kernel, dim3(n_tok), dim3(256), 0, s, *a, qkv, stride, pos,
+                          (__half *)k_cache, (__half *)v_cache));
+        return 0;
+}
+
+/* ---- attention for one token, with RoPE and the KV store fused ----
+ * Block (head, split) covers ATT_SPLIT positions, a warp 32 of them: lane t scores position t (its key row
+ * read with 16-byte loads), then the warp sums values over its 32 positions with each lane holding pairs of
+ * output dimensions. The block's warps merge their (max, sum, output) in shared memory; a head's splits merge
+ * in the last block of the head to finish. The block holding the current position rotates that token's k
+ * itself and uses it from shared memory, so no block waits for another's store; the first head of each KV
+ * group writes k and v to the caches. */
+
+#define ATT_SPLIT 128
+#define ATT_WARPS (ATT_SPLIT / 32)
+#define ATT_MAXP 4 /* pairs of dimensions per lane: head_dim up to 256 */
+
+static uint32_t attn_splits(const CudaAttnShape *a) {
+        return (a->n_ctx + ATT_SPLIT - 1) / ATT_SPLIT;
+}
+
+extern "C" size_t cuda_attn_scratch_size(const CudaAttnShape *a) {
+        size_t ns = attn_splits(a);
+        return a->n_head * ns * (a->head_dim + 2) * sizeof(float) + a->n_head * sizeof(uint32_t);
+}
+
+/* The angle is p * base^(-2j / n_rot) reduced modulo 2 pi in double precision, so that the fast float
+ * sine and cosine stay accurate at large positions (sincosf's slow path for large arguments cost more). */
+__device__ __forceinline__ void rope_pair(float *x0, float *x1, int32_t p, uint32_t j, const CudaAttnShape &a) {
+        if (2 * j >= a.n_rot)
+                return;
+        double th = (double)p * (double)powf(a.rope_base, -(float)(2 * j) / (float)a.n_rot);
+        th -= 6.283185307179586 * floor(th * 0.15915494309189535);
+        float sn, cs;
+        __sincosf((float)th, &sn, &cs);
+        float y0 = *x0 * cs - *x1 * sn, y1 = *x0 * sn + *x1 * cs;
+        *x0 = y0, *x1 = y1;
+}
+
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+        attn_decode_kernel(const CudaAttnShape a, const float *qkv, const int32_t *pos, __half *kc, __half *vc,
+                           float *part, uint32_t *counters, float *out, int8_t *oqs, float2 *ods) {
+        extern __shared__ float sm[]; /* q, k, v of the token (hd each), then each warp's output (hd) */
+        __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
+        __shared__ uint32_t ticket;
+        const uint32_t h = blockIdx.x, c = blockIdx.y, hd = a.head_dim, tid = threadIdx.x;
+        const uint32_t group = a.n_head / a.n_head_kv, kvh = h / group, kv_dim = a.n_head_kv * hd;
+        const uint32_t nq = a.n_head * hd, max_splits = gridDim.y;
+        const int lane = tid & 31, wid = tid >> 5;
+        float *qs = sm, *ks = sm + hd, *vs = ks + hd, *wo = vs + hd;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        const int32_t p = *pos;
+        const uint32_t n_pos = (uint32_t)p + 1, n_split = (n_pos + ATT_SPLIT - 1) / ATT_SPLIT;
+        if (c >= n_split)
+                return;
+        const uint32_t t0 = c * ATT_SPLIT, cnt = min(ATT_SPLIT, n_pos - t0);
+        const bool last = c == n_split - 1;
+        const float scale = rsqrtf((float)hd);
+
+        for (uint32_t j = tid; j < hd / 2; j += blockDim.x) {
+                float x0 = qkv[h * hd + 2 * j], x1 = qkv[h * hd + 2 * j + 1];
+                rope_pair(&x0, &x1, p, j, a);
+                qs[2 * j] = x0 * scale, qs[2 * j + 1] = x1 * scale;
+                if (last) {
+                        const float *k = qkv + nq + kvh * hd, *v = qkv + nq + kv_dim + kvh * hd;
+                        float k0 = k[2 * j], k1 = k[2 * j + 1];
+                        rope_pair(&k0, &k1, p, j, a);
+                        __half hk0 = __float2half(k0), hk1 = __float2half(k1);
+                        __half hv0 = __float2half(v[2 * j]), hv1 = __float2half(v[2 * j + 1]);
+                        ks[2 * j] = __half2float(hk0), ks[2 * j + 1] = __half2float(hk1);
+                        vs[2 * j] = __half2float(hv0), vs[2 * j + 1] = __half2float(hv1);
+                        if (h % group == 0) {
+                                size_t o = (size_t)p * kv_dim + kvh * hd + 2 * j;
+                                kc[o] = hk0, kc[o + 1] = hk1, vc[o] = hv0, vc[o + 1] = hv1;
+                        }
+                }
+        }
+        __syncthreads();
+
+        /* Scores: lane per position. */
+        const uint32_t tw = t0 + 32 * wid, nw = tw < t0 + cnt ? min(32u, t0 + cnt - tw) : 0;
+        const uint32_t t = tw + lane;
+        float sc = -INFINITY;
+        if ((uint32_t)lane < nw) {
+                sc = 0.0f;
+                if (t == (uint32_t)p) {
+                        for (uint32_t d = 0; d < hd; d++)
+                                sc += qs[d] * ks[d];
+                } else {
+                        const uint4 *kr = (const uint4 *)(kc + (size_t)t * kv_dim + kvh * hd);
+#pragma unroll 8
+                        for (uint32_t v = 0; v < hd / 8; v++) {
+                                uint4 u = kr[v];
+                                const __half2 *h2 = (const __half2 *)&u;
+#pragma unroll
+                                for (int i = 0; i < 4; i++) {
+                                        float2 f = __half22float2(h2[i]);
+                                        sc += f.x * qs[8 * v + 2 * i] + f.y * qs[8 * v + 2 * i + 1];
+                                }
+                        }
+                }
+        }
+        float m = warp_max(sc);
+        float pe = sc == -INFINITY ? 0.0f : __expf(sc - m);
+        float l = warp_sum(pe);
+
+        /* Values: lane holds dimension pairs lane, lane + 32, ... */
+        float2 o[ATT_MAXP];
+#pragma unroll
+        for (int k = 0; k < ATT_MAXP; k++)
+                o[k] = make_float2(0.0f, 0.0f);
+        /* Eight positions at a time, their loads issued before any is used. */
+        for (uint32_t j0 = 0; j0 < nw; j0 += 8) {
+                __half2 vv[8][ATT_MAXP];
+#pragma unroll
+                for (int jj = 0; jj < 8; jj++) {
+                        uint32_t tj = tw + j0 + jj;
+                        const __half2 *vr = (const __half2 *)(vc + (size_t)tj * kv_dim + kvh * hd);
+#pragma unroll
+                        for (int k = 0; k < ATT_MAXP; k++) {
+                                uint32_t pi = lane + 32 * k;
+                                bool ok = j0 + jj < nw && 2 * pi < hd && tj != (uint32_t)p;
+                                vv[jj][k] = ok ? vr[pi] : __floats2half2_rn(0.0f, 0.0f);
+                        }
+                }
+#pragma unroll
+                for (int jj = 0; jj < 8; jj++) {
+                        float pj = __shfl_sync(0xffffffffu, pe, (j0 + jj) & 31);
+                        uint32_t tj = tw + j0 + jj;
+                        if (j0 + jj >= nw)
+                                break;
+#pragma unroll
+                        for (int k = 0; k < ATT_MAXP; k++) {
+                                uint32_t pi = lane + 32 * k;
+                                if (2 * pi < hd) {
+                                        float2 v = tj == (uint32_t)p ? make_float2(vs[2 * pi], vs[2 * pi + 1])
+                                                                     : __half22float2(vv[jj][k]);
+                                        o[k].x += pj * v.x, o[k].y += pj * v.y;
+                                }
+                        }
+                }
+        }
+#pragma unroll
+        for (int k = 0; k < ATT_MAXP; k++) {
+                uint32_t pi = lane + 32 * k;
+                if (2 * pi < hd)
+                        wo[wid * hd + 2 * pi] = o[k].x, wo[wid * hd + 2 * pi + 1] = o[k].y;
+        }
+        if (lane == 0)
+                wm[wid] = m, wl[wid] = l;
+        __syncthreads();
+
+        /* The block's result: merge its warps. */
+        float mb = -INFINITY;
+        for (int w = 0; w < ATT_WARPS; w++)
+                mb = fmaxf(mb, wm[w]);
+        float lb = 0.0f, ob = 0.0f;
+        for (int w = 0; w < ATT_WARPS; w++) {
+                float f = wm[w] == -INFINITY ? 0.0f : __expf(wm[w] - mb);
+                lb += wl[w] * f;
+                if (tid < hd)
+                        ob += wo[w * hd + tid] * f;
+        }
+
+        if (n_split > 1) {
+                float *po = part + ((size_t)h * max_splits + c) * (hd + 2);
+                if (tid < hd)
+                        po[2 + tid] = ob;
+                if (tid == 0)
+                        po[0] = mb, po[1] = lb;
+                __threadfence();
+                __syncthreads();
+                if (tid == 0)
+                        ticket = atomicAdd(&counters[h], 1);
+                __syncthreads();
+                if (ticket != n_split - 1)
+                        return;
+                /* The last split of this head to finish: merge all of them. */
+                __threadfence();
+                float m_all = -INFINITY;
+                for (uint32_t k = 0; k < n_split; k++)
+                        m_all = fmaxf(m_all, __ldcg(part + ((size_t)h * max_splits + k) * (hd + 2)));
+                lb = 0.0f;
+                ob = 0.0f;
+                for (uint32_t k = 0; k < n_split; k++) {
+                        const float *pk = part + ((size_t)h * max_splits + k) * (hd + 2);
+                        float f = __expf(__ldcg(pk) - m_all);
+                        lb += __ldcg(pk + 1) * f;
+                        if (tid < hd)
+                                ob += __ldcg(pk + 2 + tid) * f;
+                }
+                if (tid == 0)
+                        counters[h] = 0;
+        }
+        if (tid < hd) {
+                ob /= lb;
+                out[h * hd + tid] = ob;
+                if (oqs) /* hd % 32 == 0: the threads below hd are whole warps */
+                        warp_quantize(ob, oqs + h * hd + (tid & ~31u), ods + (h * hd + tid) / 32);
+        }
+}
+
+extern "C" int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const float *qkv, const int32_t *pos,
+                                uint16_t *k_cache, uint16_t *v_cache, void *scratch, float *out,
+                                const CudaQ8 *outq) {
+        uint32_t ns = attn_splits(a);
+        float *part = (float *)scratch;
+        uint32_t *counters = (uint32_t *)(part + (size_t)a->n_head * ns * (a->head_dim + 2));
+        size_t smem = (3 + ATT_WARPS) * a->head_dim * sizeof(float);
+
+        if (a->head_dim % 8 != 0 || a->head_dim > 64 * ATT_MAXP || a->head_dim > ATT_WARPS * 32 ||
+            a->n_rot > a->head_dim || a->n_head % a->n_head_kv != 0 || (outq && a->head_dim % 32 != 0))
+                return -EINVAL;
+        CU_TRY(launch_pdl(attn_decode_kernel, dim3(a->n_head, ns), dim3(ATT_WARPS * 32), smem, s, *a, qkv, pos,
+                          (__half *)k_cache, (__half *)v_cache, part, counters, out,
+                          outq ? outq->qs : (int8_t *)NULL, outq ? (float2 *)outq->ds : (float2 *)NULL));
+        return 0;
+}
+
+/* ---- attention for prompt batches ----
+ * Block (head, 32 queries), 8 warps of 4 queries each. Tiles of 32 keys and values go through shared memory
+ * as floats, key rows padded by 4 floats so that a lane per key reads 16 bytes at a time without bank
+ * conflicts. Each lane scores one key against the warp's 4 queries (each key load serves all four), the warp
+ * keeps a running max and sum per query (online softmax), and lane d accumulates output dimensions d, d + 32,
+ * ... of the 4 queries, each value load serving all four. head_dim: a multiple of 4. */
+
+#define PF_Q 32
+#define PF_K 32
+#define PF_MAXD 4 /* head_dim up to 128 */
+
+__global__ void __launch_bounds__(256)
+        attn_prefill_kernel(const CudaAttnShape a, const float *q, uint32_t q_stride, uint32_t n_tok,
+                            const int32_t *pos, const __half *kc, const __half *vc, float *out) {
+        extern __shared__ float sm[];
+        const uint32_t hd = a.head_dim, ldk = hd + 4, ldv = hd, h = blockIdx.x, q0 = blockIdx.y * PF_Q;
+        const uint32_t kvh = h / (a.n_head / a.n_head_kv), kv_dim = a.n_head_kv * hd;
+        const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+        float *qs = sm, *ks = qs + PF_Q * hd, *vs = ks + PF_K * ldk;
+        const float scale = rsqrtf((float)hd);
+
+        grid_dep_launch();
+        grid_dep_wait();
+        const int32_t p0 = *pos;
+        const uint32_t nq = min(PF_Q, n_tok - q0);
+        for (uint32_t i = threadIdx.x; i < PF_Q * hd; i += blockDim.x) {
+                uint32_t qi = i / hd, d = i % hd;
+                qs[i] = qi < nq ? q[(size_t)(q0 + qi) * q_stride + h * hd + d] * scale : 0.0f;
+        }
+        float m[4], l[4], o[4][PF_MAXD];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+                m[i] = -INFINITY, l[i] = 0.0f;
+#pragma unroll
+                for (int k = 0; k < PF_MAXD; k++)
+                        o[i][k] = 0.0f;
+        }
+        const uint32_t qw = 4 * wid;                  /* the warp's first query in the tile */
+        const uint32_t n_keys = (uint32_t)p0 + q0 + nq; /* keys the last query of the tile sees */
+        for (uint32_t k0 = 0; k0 < n_keys; k0 += PF_K) {
+                __syncthreads();
+                for (uint32_t i = threadIdx.x; i < PF_K * hd; i += blockDim.x) {
+                        uint32_t j = i / hd, d = i % hd;
+                        bool ok = k0 + j < n_keys;
+                        size_t off = (size_t)(k0 + j) * kv_dim + kvh * hd + d;
+                        ks[j * ldk + d] = ok ? __half2float(kc[off]) : 0.0f;
+                        vs[j * ldv + d] = ok ? __half2float(vc[off]) : 0.0f;
+                }
+                __syncthreads();
+                if (qw >= nq || k0 > (uint32_t)p0 + q0 + qw + 3)
+                        continue; /* no query of this warp sees any key of the tile */
+                float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                const float4 *kr = (const float4 *)(ks + lane * ldk);
+                for (uint32_t d4 = 0; d4 < hd / 4; d4++) {
+                        float4 kv = kr[d4];
+#pragma unroll
+                        for (int i = 0; i < 4; i++) {
+                                float4 qv = ((const float4 *)(qs + (qw + i) * hd))[d4];
+                                sc[i] += qv.x * kv.x + qv.y * kv.y + qv.z * kv.z + qv.w * kv.w;
+                        }
+                }
+                float pr[4];
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                        uint32_t qpos = (uint32_t)p0 + q0 + qw + i;
+                        float s = qw + i < nq && k0 + lane <= qpos ? sc[i] : -INFINITY;
+                        float mn = fmaxf(m[i], warp_max(s));
+                        float alpha = mn == -INFINITY ? 1.0f : __expf(m[i] - mn);
+                        pr[i] = s == -INFINITY ? 0.0f : __expf(s - mn);
+                        l[i] = l[i] * alpha + warp_sum(pr[i]);
+                        m[i] = mn;
+#pragma unroll
+                        for (int k = 0; k < PF_MAXD; k++)
+                                o[i][k] *= alpha;
+                }
+                for (int j = 0; j < PF_K; j++) {
+                        float pj[4];
+#pragma unroll
+                        for (int i = 0; i < 4; i++)
+                                pj[i] = __shfl_sync(0xffffffffu, pr[i], j);
+#pragma unroll
+                        for (int k = 0; k < PF_MAXD; k++)
+                                if (lane + 32 * k < hd) {
+                                        float v = vs[j * ldv + lane + 32 * k];
+#pragma unroll
+                                        for (int i = 0; i < 4; i++)
+                                                o[i][k] += pj[i] * v;
+                                }
+                }
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+                uint32_t qi = qw + i;
+                if (qi >= nq)
+                        break;
+#pragma unroll
+                for (int k = 0; k < PF_MAXD; k++)
+                        if (lane + 32 * k < hd)
+                                out[(size_t)(q0 + qi) * a.n_head * hd + h * hd + lane + 32 * k] = o[i][k] / l[i];
+        }
+}
+
+extern "C" int cuda_attn_prefill(CudaStream s, const CudaAttnShape *a, const float *q, uint32_t q_stride,
+                                 uint32_t n_tok, const int32_t *pos, const uint16_t *k_cache,
+                                 const uint16_t *v_cache, float *out) {
+        size_t smem = (PF_Q * a->head_dim + PF_K * (a->head_dim + 4) + PF_K * a->head_dim) * sizeof(float);
+
+        if (a->head_dim > 32 * PF_MAXD || a->head_dim % 4 != 0 || n_tok == 0)
+                return -EINVAL;
+        CU_TRY(cudaFuncSetAttribute(attn_prefill_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CU_TRY(launch_pdl(attn_prefill_kernel, dim3(a->n_head, (n_tok + PF_Q - 1) / PF_Q), dim3(256), smem, s, *a,
+                          q, q_stride, n_tok, pos, (const __half *)k_cache, (const __half *)v_cache, out));
+        return 0;
+}
+
+/* ---- argmax ---- */
+
+__global__ void __launch_bounds__(1024)
+        argmax_kernel(const float *x, uint32_t n, int32_t *ret, int32_t *pos, int32_t *hist, uint32_t hist_n) {
+        __shared__ float bv[32];
+        __shared__ uint32_t bi[32];
+        float v = -INFINITY;
+        uint32_t idx = 0;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        for (uint32_t i = threadIdx.x; i < n; i += blockDim.x)
+                if (x[i] > v)
+                        v = x[i], idx = i;
+        /* Ties go to the lowest index, as a sequential scan would. */
+        for (int o = 16; o > 0; o >>= 1) {
+                float ov = __shfl_xor_sync(0xffffffffu, v, o);
+                uint32_t oi = __shfl_xor_sync(0xffffffffu, idx, o);
+                if (ov > v || (ov == v && oi < idx))
+                        v = ov, idx = oi;
+        }
+        if ((threadIdx.x & 31) == 0)
+                bv[threadIdx.x >> 5] = v, bi[threadIdx.x >> 5] = idx;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+                for (uint32_t w = 1; w < blockDim.x / 32; w++)
+                        if (bv[w] > v || (bv[w] == v && bi[w] < idx))
+                                v = bv[w], idx = bi[w];
+                *ret = (int32_t)idx;
+                if (pos) {
+                        int32_t p = *pos + 1;
+                        *pos = p;
+                        if (hist && (uint32_t)p < hist_n)
+                                hist[p] = (int32_t)idx;
+                }
+        }
+}
+
+extern "C" int cuda_argmax(CudaStream s, const float *x, uint32_t n, int32_t *ret, int32_t *pos, int32_t *hist,
+                           uint32_t hist_n) {
+        CU_TRY(launch_pdl(argmax_kernel, dim3(1), dim3(1024), 0, s, x, n, ret, pos, hist, hist_n));
+        return 0;
+}
+
+/* ---- cuBLAS ---- */
+
+struct CudaBlas {
+        cublasHandle_t handle;
+};
+
+extern "C" int cuda_blas_new(CudaStream s, CudaBlas **ret) {
+        CudaBlas *b = (CudaBlas *)calloc(1, sizeof(CudaBlas));
+
+        if (!b)
+                return -ENOMEM;
+        if (cublasCreate(&b->handle) != CUBLAS_STATUS_SUCCESS) {
+                free(b);
+                return -EIO;
+        }
+        if (cublasSetStream(b->handle, s) != CUBLAS_STATUS_SUCCESS) {
+                cublasDestroy(b->handle);
+                free(b);
+                return -EIO;
+        }
+        *ret = b;
+        return 0;
+}
+
+extern "C" CudaBlas *cuda_blas_free(CudaBlas *b) {
+        if (!b)
+                return NULL;
+        cublasDestroy(b->handle);
+        free(b);
+        return NULL;
+}
+
+extern "C" int cuda_gemm_f16(CudaBlas *b, const uint16_t *w16, uint32_t n_rows, uint32_t n_cols,
+                             const uint16_t *x16, uint32_t n_tok, float *y, bool accumulate) {
+        /* Column-major view: y^T (n_rows x n_tok) = w16^T^T ... i.e. C = op(A) B with A = w16 stored as an
+         * n_cols x n_rows column-major matrix, transposed. */
+        const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
+        cublasStatus_t st = cublasGemmEx(b->handle, CUBLAS_OP_T, CUBLAS_OP_N, (int)n_rows, (int)n_tok, (int)n_cols,
+                                         &alpha, w16, CUDA_R_16F, (int)n_cols, x16, CUDA_R_16F, (int)n_cols,
+                                         &beta, y, CUDA_R_32F, (int)n_rows, CUBLAS_COMPUTE_32F,
+                                         CUBLAS_GEMM_DEFAULT);
+
+        return st == CUBLAS_STATUS_SUCCESS ? 0 : -EIO;
+}
+
+/* ---- random weights ---- */
+
+__device__ __forceinline__ uint64_t mix64(uint64_t z) {
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        return z ^ (z >> 31);
+}
+
+/* The block scale d (and minimum where the type has one) that makes dequantized weights about scale big. */
+__device__ void fill_scales(int type, uint8_t *b, float scale) {
+        auto put = [](uint8_t *p, float v) { *(__half *)p = __float2half(v); };
+
+        switch (type) {
+        case GGML_TYPE_Q4_0:
+                put(b, scale / 4.0f);
+                break;
+        case GGML_TYPE_Q4_1:
+                put(b, scale / 8.0f), put(b + 2, -scale);
+                break;
+        case GGML_TYPE_Q5_0:
+                put(b, scale / 8.0f);
+                break;
+        case GGML_TYPE_Q5_1:
+                put(b, scale / 16.0f), put(b + 2, -scale);
+                break;
+        case GGML_TYPE_Q8_0:
+                put(b, scale / 64.0f);
+                break;
+        case GGML_TYPE_Q2_K:
+                put(b + 80, scale / 12.0f), put(b + 82, scale / 16.0f);
+                break;
+        case GGML_TYPE_Q3_K:
+                put(b + 108, scale / 32.0f);
+                break;
+        case GGML_TYPE_Q4_K:
+                put(b, scale / 256.0f), put(b + 2, scale / 64.0f);
+                break;
+        case GGML_TYPE_Q5_K:
+                put(b, scale / 512.0f), put(b + 2, scale / 64.0f);
+                break;
+        case GGML_TYPE_Q6_K:
+                put(b + 208, scale / 1024.0f);
+                break;
+        default:
+                break;
+        }
+}
+
+__global__ void fill_random_kernel(int type, uint8_t *w, size_t stride, uint32_t n_rows, uint32_t per_row,
+                                   uint32_t bytes, uint64_t seed, float scale) {
+        size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+
+        if (g >= (size_t)per_row * n_rows)
+                return;
+        uint8_t *b = w + (g / per_row) * stride + (g % per_row) * bytes;
+        uint64_t h = mix64(seed ^ (g * 0x9e3779b97f4a7c15ull));
+        if (type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16) {
+                float v = scale * ((float)(h >> 40) / 8388608.0f - 1.0f);
+                if (type == GGML_TYPE_F32)
+                        *(float *)b = v;
+                else if (type == GGML_TYPE_F16)
+                        *(__half *)b = __float2half(v);
+                else
+                        *(__nv_bfloat16 *)b = __float2bfloat16(v);
+                return;
+        }
+        for (uint32_t i = 0; i < bytes; i += 8) {
+                h = mix64(h + i);
+                for (uint32_t k = 0; k < 8 && i + k < bytes; k++)
+                        b[i + k] = (uint8_t)(h >> (8 * k));
+        }
+        fill_scales(type, b, scale);
+}
+
+extern "C" int cuda_fill_random(CudaStream s, const CudaMatrix *w, uint64_t seed, float scale) {
+        const GgmlTypeInfo *ti = ggml_type_info(w->type);
+
+        if (!ti || !cuda_type_supported(w->type) || w->n_cols % ti->block_size != 0)
+                return -EINVAL;
+        uint32_t per_row = w->n_cols / ti->block_size;
+        size_t n = (size_t)per_row * w->n_rows;
+        fill_random_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s>>>((int)w->type, (uint8_t *)w->data,
+                                                                     w->row_stride, w->n_rows, per_row,
+                                                                     ti->type_size, seed, scale);
+        CU_CHECK_LAUNCH();
+        return 0;
+}

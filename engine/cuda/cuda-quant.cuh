@@ -1,0 +1,401 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/*
+ * Device-side decoding of GGUF blocks, two ways:
+ *  - dq_elem<T>(): one element of a row, for dequantizing to F16 tiles (prompt GEMMs), embedding lookups and
+ *    the tests; simple rather than fast, since each weight passes through it once per prompt batch;
+ *  - lane_dot<T>(): one lane's share of a block's dot product with activations quantized to 8 bits, for the
+ *    decode matrix-vector kernels, where every instruction per weight counts.
+ *
+ * Activations in 8 bits come as two arrays: qs (int8, one per element, 16-byte aligned) and ds (two floats
+ * per 32 elements: the scale d and d * the sum of the 32 quants). A dot over a block is then integer dp4a
+ * over the quants, scaled once; types with an offset or a minimum use the sums.
+ */
+
+#include "cuda-common.cuh"
+
+/* Elements per block and bytes per block of each type we have kernels for. */
+template <int T> struct Tr;
+template <> struct Tr<GGML_TYPE_Q4_0> { enum { QK = 32, BYTES = Q4_0_BYTES }; };
+template <> struct Tr<GGML_TYPE_Q4_1> { enum { QK = 32, BYTES = Q4_1_BYTES }; };
+template <> struct Tr<GGML_TYPE_Q5_0> { enum { QK = 32, BYTES = Q5_0_BYTES }; };
+template <> struct Tr<GGML_TYPE_Q5_1> { enum { QK = 32, BYTES = Q5_1_BYTES }; };
+template <> struct Tr<GGML_TYPE_Q8_0> { enum { QK = 32, BYTES = Q8_0_BYTES }; };
+template <> struct Tr<GGML_TYPE_Q2_K> { enum { QK = 256, BYTES = Q2_K_BYTES }; };
+template <> struct Tr<GGML_TYPE_Q3_K> { enum { QK = 256, BYTES = Q3_K_BYTES }; };
+template <> struct Tr<GGML_TYPE_Q4_K> { enum { QK = 256, BYTES = Q4_K_BYTES }; };
+template <> struct Tr<GGML_TYPE_Q5_K> { enum { QK = 256, BYTES = Q5_K_BYTES }; };
+template <> struct Tr<GGML_TYPE_Q6_K> { enum { QK = 256, BYTES = Q6_K_BYTES }; };
+template <> struct Tr<GGML_TYPE_F32> { enum { QK = 1, BYTES = 4 }; };
+template <> struct Tr<GGML_TYPE_F16> { enum { QK = 1, BYTES = 2 }; };
+template <> struct Tr<GGML_TYPE_BF16> { enum { QK = 1, BYTES = 2 }; };
+
+/* Internal linkage for everything below: each .cu file that includes this gets its own copy. */
+namespace {
+
+/* ---- one element ---- */
+
+template <int T> __device__ __forceinline__ float dq_elem(const uint8_t *row, uint32_t i);
+
+template <> __device__ __forceinline__ float dq_elem<GGML_TYPE_F32>(const uint8_t *row, uint32_t i) {
+        return ((const float *)row)[i];
+}
+template <> __device__ __forceinline__ float dq_elem<GGML_TYPE_F16>(const uint8_t *row, uint32_t i) {
+        return __half2float(((const __half *)row)[i]);
+}
+template <> __device__ __forceinline__ float dq_elem<GGML_TYPE_BF16>(const uint8_t *row, uint32_t i) {
+        return __bfloat162float(((const __nv_bfloat16 *)row)[i]);
+}
+template <> __device__ __forceinline__ float dq_elem<GGML_TYPE_Q4_0>(const uint8_t *row, uint32_t i) {
+        const uint8_t *b = row + (i / 32) * Q4_0_BYTES;
+        uint32_t e = i % 32;
+        int q = e < 16 ? b[2 + e] & 0xf : b[2 + e - 16] >> 4;
+        return ld_half(b) * (float)(q - 8);
+}
+template <> __device__ __forceinline__ float dq_elem<GGML_TYPE_Q4_1>(const uint8_t *row, uint32_t i) {
+        const uint8_t *b = row + (i / 32) * Q4_1_BYTES;
+        uint32_t e = i % 32;
+        int q = e < 16 ? b[4 + e] & 0xf : b[4 + e - 16] >> 4;
+        return ld_half(b) * (float)q + ld_half(b + 2);
+}
+template <> __device__ __forceinline__ float dq_elem<GGML_TYPE_Q5_0>(const uint8_t *row, uint32_t i) {
+        const uint8_t *b = row + (i / 32) * Q5_0_BYTES;
+        uint32_t e = i % 32, qh = ld_u32_a2(b + 2);
+        int q = e < 16 ? b[6 + e] & 0xf : b[6 + e - 16] >> 4;
+        q |= ((qh >> e) & 1) << 4;
+        return ld_half(b) * (float)(q - 16);
+}
+template <> __device__ __forceinline__ float dq_elem<GGML_TYPE_Q5_1>(const uint8_t *row, uint32_t i) {
+        const uint8_t *b = row + (i / 32) * Q5_1_BYTES;
+        uint32_t e = i % 32, qh = ld_u32_a4(b + 4);
+        int q = e < 16 ? b[8 + e] & 0xf : b[8 + e - 16] >> 4;
+        q |= ((qh >> e) & 1) << 4;
+        return ld_half(b) * (float)q + ld_half(b + 2);
+}
+template <> __device__ __forceinline__ float dq_elem<GGML_TYPE_Q8_0>(const uint8_t *row, uint32_t i) {
+        const uint8_t *b = row + (i / 32) * Q8_0_BYTES;
+        return ld_half(b) * (float)(int8_t)b[2 + i % 32];
+}
+template <> __device__ __forceinline__ float dq_elem<GGML_TYPE_Q2_K>(const uint8_t *row, uint32_t i) {
+        const uint8_t *b = row + (i / 256) * Q2_K_BYTES;
+        uint32_t e = i % 256, n = e / 128, j = (e % 128) / 32, l = e % 32;
+        int q = (b[16 + 32 * n + l] >> (2 * j)) & 3;
+        int sc = b[8 * n + 2 * j + l / 16];
+        return ld_half(b + 80) * (float)(sc & 0xf) * (float)q - ld_half(b + 82) * (float)(sc >> 4);
+}
+template <> __device__ __forceinline__ float dq_elem<GGML_TYPE_Q3_K>(const uint8_t *row, uint32_t i) {
+        const uint8_t *b = row + (i / 256) * Q3_K_BYTES;
+        uint32_t e = i % 256, n = e / 128, j = (e % 128) / 32, l = e % 32;
+        int q = (b[32 + 32 * n + l] >> (2 * j)) & 3;
+        if (!((b[l] >> (4 * n + j)) & 1))
+                q -= 4;
+        return ld_half(b + 108) * (float)k3_scale(b + 96, 8 * n + 2 * j + l / 16) * (float)q;
+}
+template <> __device__ __forceinline__ float dq_elem<GGML_TYPE_Q4_K>(const uint8_t *row, uint32_t i) {
+        const uint8_t *b = row + (i / 256) * Q4_K_BYTES;
+        uint32_t e = i % 256, j = e / 64, l = e % 64;
+        int sc, m, q;
+        if (l < 32) {
+                q = b[16 + 32 * j + l] & 0xf;
+                k4_scale_min(b + 4, 2 * j, &sc, &m);
+        } else {
+                q = b[16 + 32 * j + l - 32] >> 4;
+                k4_scale_min(b + 4, 2 * j + 1, &sc, &m);
+        }
+        return ld_half(b) * (float)sc * (float)q - ld_half(b + 2) * (float)m;
+}
+template <> __device__ __forceinline__ float dq_elem<GGML_TYPE_Q5_K>(const uint8_t *row, uint32_t i) {
+        const uint8_t *b = row + (i / 256) * Q5_K_BYTES;
+        uint32_t e = i % 256, j = e / 64, l = e % 64;
+        int sc, m, q;
+        if (l < 32) {
+                q = (b[48 + 32 * j + l] & 0xf) | (((b[16 + l] >> (2 * j)) & 1) << 4);
+                k4_scale_min(b + 4, 2 * j, &sc, &m);
+        } else {
+                q = (b[48 + 32 * j + l - 32] >> 4) | (((b[16 + l - 32] >> (2 * j + 1)) & 1) << 4);
+                k4_scale_min(b + 4, 2 * j + 1, &sc, &m);
+        }
+        return ld_half(b) * (float)sc * (float)q - ld_half(b + 2) * (float)m;
+}
+template <> __device__ __forceinline__ float dq_elem<GGML_TYPE_Q6_K>(const uint8_t *row, uint32_t i) {
+        const uint8_t *b = row + (i / 256) * Q6_K_BYTES;
+        uint32_t e = i % 256, n = e / 128, g = (e % 128) / 32, l = e % 32;
+        uint8_t ql = b[64 * n + (g & 1) * 32 + l];
+        int q = (g < 2 ? ql & 0xf : ql >> 4) | (((b[128 + 32 * n + l] >> (2 * g)) & 3) << 4);
+        int sc = (int8_t)b[192 + 8 * n + l / 16 + 2 * g];
+        return ld_half(b + 208) * (float)sc * (float)(q - 32);
+}
+
+/* ---- eight consecutive elements (i0 a multiple of 8), for the prompt path's F16 tiles ----
+ * The eight share their block and scale, decoded once; the generic version decodes per element. */
+
+template <int T> __device__ __forceinline__ void dq8(const uint8_t *row, uint32_t i0, float *out) {
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+                out[k] = dq_elem<T>(row, i0 + k);
+}
+
+template <> __device__ __forceinline__ void dq8<GGML_TYPE_Q4_0>(const uint8_t *row, uint32_t i0, float *out) {
+        const uint8_t *b = row + (i0 / 32) * Q4_0_BYTES;
+        uint32_t e = i0 % 32, sh = e < 16 ? 0 : 4;
+        float d = ld_half(b);
+        const uint8_t *q = b + 2 + (e % 16);
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+                out[k] = d * (float)(((q[k] >> sh) & 0xf) - 8);
+}
+
+template <> __device__ __forceinline__ void dq8<GGML_TYPE_Q8_0>(const uint8_t *row, uint32_t i0, float *out) {
+        const uint8_t *b = row + (i0 / 32) * Q8_0_BYTES;
+        float d = ld_half(b);
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+                out[k] = d * (float)(int8_t)b[2 + i0 % 32 + k];
+}
+
+template <> __device__ __forceinline__ void dq8<GGML_TYPE_Q4_K>(const uint8_t *row, uint32_t i0, float *out) {
+        const uint8_t *b = row + (i0 / 256) * Q4_K_BYTES;
+        uint32_t e = i0 % 256, j = e / 64, l = e % 64, hi = l / 32;
+        int sc, m;
+        k4_scale_min(b + 4, 2 * j + hi, &sc, &m);
+        float d = ld_half(b) * (float)sc, mn = ld_half(b + 2) * (float)m;
+        const uint8_t *q = b + 16 + 32 * j + l % 32;
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+                out[k] = d * (float)((q[k] >> (4 * hi)) & 0xf) - mn;
+}
+
+template <> __device__ __forceinline__ void dq8<GGML_TYPE_Q6_K>(const uint8_t *row, uint32_t i0, float *out) {
+        const uint8_t *b = row + (i0 / 256) * Q6_K_BYTES;
+        uint32_t e = i0 % 256, n = e / 128, g = (e % 128) / 32, l = e % 32;
+        const uint8_t *ql = b + 64 * n + (g & 1) * 32 + l, *qh = b + 128 + 32 * n + l;
+        float d = ld_half(b + 208) * (float)(int8_t)b[192 + 8 * n + l / 16 + 2 * g];
+        uint32_t sh = g < 2 ? 0 : 4;
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+                out[k] = d * (float)((int)(((ql[k] >> sh) & 0xf) | (((qh[k] >> (2 * g)) & 3) << 4)) - 32);
+}
+
+/* ---- one lane's share of a block's dot product with 8-bit activations ----
+ *
+ * Blocks of 32 elements: one lane takes a whole block. Blocks of 256: four lanes share one, lane part p
+ * (0..3) taking 64 elements. blk points into shared memory (the block's first byte, any alignment the
+ * row gives); aq and ads point to the activations of the block's first element.
+ */
+
+#define M4 0x0f0f0f0fu
+
+template <int T> __device__ __forceinline__ float lane_dot(const uint8_t *blk, int part, const int8_t *aq, const float2 *ads);
+
+template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q4_0>(const uint8_t *b, int, const int8_t *aq, const float2 *ads) {
+        int4 a0 = ((const int4 *)aq)[0], a1 = ((const int4 *)aq)[1];
+        const int *lo = (const int *)&a0, *hi = (const int *)&a1;
+        int s = 0;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+                uint32_t w = ld_u32_a2(b + 2 + 4 * k);
+                s = __dp4a((int)(w & M4), lo[k], s);
+                s = __dp4a((int)((w >> 4) & M4), hi[k], s);
+        }
+        float2 ds = ads[0];
+        return ld_half(b) * (ds.x * (float)s - 8.0f * ds.y);
+}
+
+template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q4_1>(const uint8_t *b, int, const int8_t *aq, const float2 *ads) {
+        int4 a0 = ((const int4 *)aq)[0], a1 = ((const int4 *)aq)[1];
+        const int *lo = (const int *)&a0, *hi = (const int *)&a1;
+        int s = 0;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+                uint32_t w = ld_u32_a4(b + 4 + 4 * k);
+                s = __dp4a((int)(w & M4), lo[k], s);
+                s = __dp4a((int)((w >> 4) & M4), hi[k], s);
+        }
+        float2 ds = ads[0];
+        return ld_half(b) * ds.x * (float)s + ld_half(b + 2) * ds.y;
+}
+
+template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q5_0>(const uint8_t *b, int, const int8_t *aq, const float2 *ads) {
+        int4 a0 = ((const int4 *)aq)[0], a1 = ((const int4 *)aq)[1];
+        const int *lo = (const int *)&a0, *hi = (const int *)&a1;
+        uint32_t qh = ld_u32_a2(b + 2);
+        int s = 0;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+                uint32_t w = ld_u32_a2(b + 6 + 4 * k);
+                s = __dp4a((int)((w & M4) | (spread4(qh >> (4 * k)) << 4)), lo[k], s);
+                s = __dp4a((int)(((w >> 4) & M4) | (spread4(qh >> (16 + 4 * k)) << 4)), hi[k], s);
+        }
+        float2 ds = ads[0];
+        return ld_half(b) * (ds.x * (float)s - 16.0f * ds.y);
+}
+
+template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q5_1>(const uint8_t *b, int, const int8_t *aq, const float2 *ads) {
+        int4 a0 = ((const int4 *)aq)[0], a1 = ((const int4 *)aq)[1];
+        const int *lo = (const int *)&a0, *hi = (const int *)&a1;
+        uint32_t qh = ld_u32_a4(b + 4);
+        int s = 0;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+                uint32_t w = ld_u32_a4(b + 8 + 4 * k);
+                s = __dp4a((int)((w & M4) | (spread4(qh >> (4 * k)) << 4)), lo[k], s);
+                s = __dp4a((int)(((w >> 4) & M4) | (spread4(qh >> (16 + 4 * k)) << 4)), hi[k], s);
+        }
+        float2 ds = ads[0];
+        return ld_half(b) * ds.x * (float)s + ld_half(b + 2) * ds.y;
+}
+
+template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q8_0>(const uint8_t *b, int, const int8_t *aq, const float2 *ads) {
+        int4 a0 = ((const int4 *)aq)[0], a1 = ((const int4 *)aq)[1];
+        const int *lo = (const int *)&a0, *hi = (const int *)&a1;
+        int s = 0;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+                s = __dp4a((int)ld_u32_a2(b + 2 + 4 * k), lo[k], s);
+                s = __dp4a((int)ld_u32_a2(b + 18 + 4 * k), hi[k], s);
+        }
+        return ld_half(b) * ads[0].x * (float)s;
+}
+
+/* Q2_K and Q3_K and Q6_K: part p covers half n = p / 2 (128 elements) and, in it, the 16 positions
+ * l0 = 16 * (p % 2) .. l0 + 15 of each of the half's four groups of 32. */
+
+template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q2_K>(const uint8_t *b, int p, const int8_t *aq, const float2 *ads) {
+        int n = p >> 1, l0 = 16 * (p & 1);
+        uint32_t w[4];
+        float acc = 0.0f, accm = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+                w[k] = ld_u32_a4(b + 16 + 32 * n + l0 + 4 * k);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+                int4 a = *(const int4 *)(aq + 128 * n + 32 * j + l0);
+                const int *av = (const int *)&a;
+                int s = 0, sa = 0;
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                        s = __dp4a((int)((w[k] >> (2 * j)) & 0x03030303u), av[k], s);
+                        sa = __dp4a(0x01010101, av[k], sa);
+                }
+                int sc = b[8 * n + 2 * j + (p & 1)];
+                float da = ads[4 * n + j].x;
+                acc += (float)(sc & 0xf) * da * (float)s;
+                accm += (float)(sc >> 4) * da * (float)sa;
+        }
+        return ld_half(b + 80) * acc - ld_half(b + 82) * accm;
+}
+
+template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q3_K>(const uint8_t *b, int p, const int8_t *aq, const float2 *ads) {
+        int n = p >> 1, l0 = 16 * (p & 1);
+        uint32_t w[4], hm[4];
+        float acc = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+                w[k] = ld_u32_a2(b + 32 + 32 * n + l0 + 4 * k);
+                hm[k] = ld_u32_a2(b + l0 + 4 * k);
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+                int4 a = *(const int4 *)(aq + 128 * n + 32 * j + l0);
+                const int *av = (const int *)&a;
+                int s = 0;
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                        uint32_t q = ((w[k] >> (2 * j)) & 0x03030303u) |
+                                     (((hm[k] >> (4 * n + j)) & 0x01010101u) << 2);
+                        s = __dp4a((int)__vsub4(q, 0x04040404u), av[k], s);
+                }
+                acc += (float)k3_scale(b + 96, 8 * n + 2 * j + (p & 1)) * ads[4 * n + j].x * (float)s;
+        }
+        return ld_half(b + 108) * acc;
+}
+
+/* Q4_K and Q5_K: part p covers the 64 elements 64p .. 64p + 63, sub-blocks 2p (low nibbles) and 2p + 1. */
+
+/* The 6-bit scales and mins of sub-blocks 2p and 2p + 1 of a Q4_K/Q5_K block, from its 12 scale bytes read as
+ * three words: four bytes at a time rather than byte by byte with branches. */
+__device__ __forceinline__ void k4_scales_pair(uint4 hdr, int p, float *sc0, float *m0, float *sc1, float *m1) {
+        uint32_t w0 = hdr.y, w1 = hdr.z, w2 = hdr.w;
+        uint32_t scw = p < 2 ? w0 & 0x3f3f3f3fu : (w2 & 0x0f0f0f0fu) | ((w0 >> 2) & 0x30303030u);
+        uint32_t mw = p < 2 ? w1 & 0x3f3f3f3fu : ((w2 >> 4) & 0x0f0f0f0fu) | ((w1 >> 2) & 0x30303030u);
+        int sh = 16 * (p & 1);
+        *sc0 = (float)((scw >> sh) & 0xff), *sc1 = (float)((scw >> (sh + 8)) & 0xff);
+        *m0 = (float)((mw >> sh) & 0xff), *m1 = (float)((mw >> (sh + 8)) & 0xff);
+}
+
+template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q4_K>(const uint8_t *b, int p, const int8_t *aq, const float2 *ads) {
+        uint4 hdr = *(const uint4 *)b;
+        uint4 wv0 = *(const uint4 *)(b + 16 + 32 * p), wv1 = *(const uint4 *)(b + 16 + 32 * p + 16);
+        const int8_t *a = aq + 64 * p;
+        int4 a0 = ((const int4 *)a)[0], a1 = ((const int4 *)a)[1], a2 = ((const int4 *)a)[2],
+             a3 = ((const int4 *)a)[3];
+        uint32_t w[8] = {wv0.x, wv0.y, wv0.z, wv0.w, wv1.x, wv1.y, wv1.z, wv1.w};
+        int lo[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+        int hi[8] = {a2.x, a2.y, a2.z, a2.w, a3.x, a3.y, a3.z, a3.w};
+        int slo = 0, shi = 0;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+                slo = __dp4a((int)(w[k] & M4), lo[k], slo);
+                shi = __dp4a((int)((w[k] >> 4) & M4), hi[k], shi);
+        }
+        float sc0, m0, sc1, m1;
+        k4_scales_pair(hdr, p, &sc0, &m0, &sc1, &m1);
+        float2 dm = __half22float2(*(const __half2 *)&hdr.x);
+        float2 d0 = ads[2 * p], d1 = ads[2 * p + 1];
+        return dm.x * (sc0 * d0.x * (float)slo + sc1 * d1.x * (float)shi) - dm.y * (m0 * d0.y + m1 * d1.y);
+}
+
+template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q5_K>(const uint8_t *b, int p, const int8_t *aq, const float2 *ads) {
+        uint4 wv0 = *(const uint4 *)(b + 48 + 32 * p), wv1 = *(const uint4 *)(b + 48 + 32 * p + 16);
+        uint4 hv0 = *(const uint4 *)(b + 16), hv1 = *(const uint4 *)(b + 32);
+        const int8_t *a = aq + 64 * p;
+        int4 a0 = ((const int4 *)a)[0], a1 = ((const int4 *)a)[1], a2 = ((const int4 *)a)[2],
+             a3 = ((const int4 *)a)[3];
+        uint32_t w[8] = {wv0.x, wv0.y, wv0.z, wv0.w, wv1.x, wv1.y, wv1.z, wv1.w};
+        uint32_t h[8] = {hv0.x, hv0.y, hv0.z, hv0.w, hv1.x, hv1.y, hv1.z, hv1.w};
+        int lo[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+        int hi[8] = {a2.x, a2.y, a2.z, a2.w, a3.x, a3.y, a3.z, a3.w};
+        int slo = 0, shi = 0;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+                uint32_t qlo = (w[k] & M4) | (((h[k] >> (2 * p)) & 0x01010101u) << 4);
+                uint32_t qhi = ((w[k] >> 4) & M4) | (((h[k] >> (2 * p + 1)) & 0x01010101u) << 4);
+                slo = __dp4a((int)qlo, lo[k], slo);
+                shi = __dp4a((int)qhi, hi[k], shi);
+        }
+        float sc0, m0, sc1, m1;
+        uint4 hdr = *(const uint4 *)b;
+        k4_scales_pair(hdr, p, &sc0, &m0, &sc1, &m1);
+        float2 dm = __half22float2(*(const __half2 *)&hdr.x);
+        float2 d0 = ads[2 * p], d1 = ads[2 * p + 1];
+        return dm.x * (sc0 * d0.x * (float)slo + sc1 * d1.x * (float)shi) - dm.y * (m0 * d0.y + m1 * d1.y);
+}
+
+template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q6_K>(const uint8_t *b, int p, const int8_t *aq, const float2 *ads) {
+        int n = p >> 1, l0 = 16 * (p & 1);
+        uint32_t qa[4], qb[4], qh[4];
+        float acc = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+                qa[k] = ld_u32_a2(b + 64 * n + l0 + 4 * k);
+                qb[k] = ld_u32_a2(b + 64 * n + 32 + l0 + 4 * k);
+                qh[k] = ld_u32_a2(b + 128 + 32 * n + l0 + 4 * k);
+        }
+#pragma unroll
+        for (int g = 0; g < 4; g++) {
+                int4 a = *(const int4 *)(aq + 128 * n + 32 * g + l0);
+                const int *av = (const int *)&a;
+                int s = 0;
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                        uint32_t ql = g & 1 ? qb[k] : qa[k];
+                        uint32_t q = ((g < 2 ? ql : ql >> 4) & M4) | (((qh[k] >> (2 * g)) & 0x03030303u) << 4);
+                        s = __dp4a((int)__vsub4(q, 0x20202020u), av[k], s);
+                }
+                acc += (float)(int8_t)b[192 + 8 * n + (p & 1) + 2 * g] * ads[4 * n + g].x * (float)s;
+        }
+        return ld_half(b + 208) * acc;
+}
+
+} /* namespace */

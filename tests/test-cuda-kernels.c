@@ -1,0 +1,821 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The CUDA backend's kernels against scalar references on the host, on random data (suite gpu: needs a CUDA
+ * device). The references decode GGUF blocks with sequential loops written from the format, independently of
+ * the device code's per-element index arithmetic; activations quantized to 8 bits are emulated exactly, so
+ * that matrix-vector products must agree to float rounding, not merely to quantization error.
+ */
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+#include "cuda/engine-cuda.h"
+
+/* ---- host helpers ---- */
+
+static uint64_t rng_state;
+
+static uint64_t rnd(void) {
+        uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        return z ^ (z >> 31);
+}
+
+/* Uniform in [-1, 1). */
+static float frnd(void) {
+        return (float)((double)(rnd() >> 11) / 4503599627370496.0 - 1.0);
+}
+
+static float h2f(uint16_t h) {
+        uint32_t sign = (uint32_t)(h >> 15) << 31, e = (h >> 10) & 0x1f, m = h & 0x3ff, bits;
+        float f;
+
+        if (e == 0) {
+                f = ldexpf((float)m, -24);
+                return sign ? -f : f;
+        }
+        if (e == 31)
+                bits = sign | 0x7f800000u | (m << 13);
+        else
+                bits = sign | ((e + 112) << 23) | (m << 13);
+        memcpy(&f, &bits, 4);
+        return f;
+}
+
+/* Round to nearest even; the test only feeds it values in the normal range of halves. */
+static uint16_t f2h(float f) {
+        uint32_t x, sign, mant;
+        int e;
+
+        memcpy(&x, &f, 4);
+        sign = (x >> 16) & 0x8000;
+        e = (int)((x >> 23) & 0xff) - 127 + 15;
+        mant = x & 0x7fffff;
+        if (e <= 0)
+                return (uint16_t)sign;
+        uint32_t h = ((uint32_t)e << 10) | (mant >> 13), rest = mant & 0x1fff;
+        if (rest > 0x1000 || (rest == 0x1000 && (h & 1)))
+                h++;
+        return (uint16_t)(sign | h);
+}
+
+static float bf2f(uint16_t b) {
+        uint32_t bits = (uint32_t)b << 16;
+        float f;
+
+        memcpy(&f, &bits, 4);
+        return f;
+}
+
+static float rd_h(const uint8_t *p) {
+        uint16_t h;
+
+        memcpy(&h, p, 2);
+        return h2f(h);
+}
+
+static void wr_h(uint8_t *p, float f) {
+        uint16_t h = f2h(f);
+
+        memcpy(p, &h, 2);
+}
+
+/* ---- reference dequantization: one row of n elements, block by block ---- */
+
+static void k4_scale_min(const uint8_t *s, int j, int *sc, int *m) {
+        if (j < 4) {
+                *sc = s[j] & 63;
+                *m = s[j + 4] & 63;
+        } else {
+                *sc = (s[j + 4] & 0xf) | ((s[j - 4] >> 6) << 4);
+                *m = (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+        }
+}
+
+static void ref_dequant_row(uint32_t type, const uint8_t *row, uint32_t n, float *y) {
+        const GgmlTypeInfo *ti = ggml_type_info(type);
+        uint32_t nb = n / ti->block_size;
+
+        for (uint32_t ib = 0; ib < nb; ib++) {
+                const uint8_t *b = row + (size_t)ib * ti->type_size;
+                float *o = y + (size_t)ib * ti->block_size;
+                switch (type) {
+                case GGML_TYPE_F32:
+                        memcpy(o, b, 4);
+                        break;
+                case GGML_TYPE_F16:
+                        *o = rd_h(b);
+                        break;
+                case GGML_TYPE_BF16: {
+                        uint16_t v;
+                        memcpy(&v, b, 2);
+                        *o = bf2f(v);
+                        break;
+                }
+                case GGML_TYPE_Q4_0:
+                        for (int j = 0; j < 16; j++) {
+                                o[j] = rd_h(b) * (float)((b[2 + j] & 0xf) - 8);
+                                o[j + 16] = rd_h(b) * (float)((b[2 + j] >> 4) - 8);
+                        }
+                        break;
+                case GGML_TYPE_Q4_1:
+                        for (int j = 0; j < 16; j++) {
+                                o[j] = rd_h(b) * (float)(b[4 + j] & 0xf) + rd_h(b + 2);
+                                o[j + 16] = rd_h(b) * (float)(b[4 + j] >> 4) + rd_h(b + 2);
+                        }
+                        break;
+                case GGML_TYPE_Q5_0:
+                case GGML_TYPE_Q5_1: {
+                        bool one = type == GGML_TYPE_Q5_1;
+                        uint32_t qh;
+                        memcpy(&qh, b + (one ? 4 : 2), 4);
+                        const uint8_t *qs = b + (one ? 8 : 6);
+                        for (int j = 0; j < 16; j++) {
+                                int x0 = (qs[j] & 0xf) | (int)(((qh >> j) & 1) << 4);
+                                int x1 = (qs[j] >> 4) | (int)(((qh >> (j + 16)) & 1) << 4);
+                                if (one) {
+                                        o[j] = rd_h(b) * (float)x0 + rd_h(b + 2);
+                                        o[j + 16] = rd_h(b) * (float)x1 + rd_h(b + 2);
+                                } else {
+                                        o[j] = rd_h(b) * (float)(x0 - 16);
+                                        o[j + 16] = rd_h(b) * (float)(x1 - 16);
+                                }
+                        }
+                        break;
+                }
+                case GGML_TYPE_Q8_0:
+                        for (int j = 0; j < 32; j++)
+                                o[j] = rd_h(b) * (float)(int8_t)b[2 + j];
+                        break;
+                case GGML_TYPE_Q2_K: {
+                        const uint8_t *sc = b, *q = b + 16;
+                        float d = rd_h(b + 80), dmin = rd_h(b + 82);
+                        int is = 0;
+                        for (int h = 0; h < 2; h++, q += 32)
+                                for (int shift = 0; shift < 8; shift += 2)
+                                        for (int half = 0; half < 2; half++) {
+                                                int s = sc[is++];
+                                                for (int l = 0; l < 16; l++)
+                                                        *o++ = d * (float)(s & 0xf) *
+                                                                       (float)((q[16 * half + l] >> shift) & 3) -
+                                                               dmin * (float)(s >> 4);
+                                        }
+                        break;
+                }
+                case GGML_TYPE_Q3_K: {
+                        const uint8_t *hm = b, *q = b + 32, *s = b + 96;
+                        float d = rd_h(b + 108);
+                        int scales[16];
+                        for (int i = 0; i < 16; i++) {
+                                int lo = i < 8 ? s[i] & 0xf : s[i - 8] >> 4;
+                                int hi = (s[8 + i % 4] >> (2 * (i / 4))) & 3;
+                                scales[i] = (lo | (hi << 4)) - 32;
+                        }
+                        int is = 0;
+                        uint8_t m = 1;
+                        for (int h = 0; h < 2; h++, q += 32)
+                                for (int shift = 0; shift < 8; shift += 2, m <<= 1)
+                                        for (int half = 0; half < 2; half++) {
+                                                float dl = d * (float)scales[is++];
+                                                for (int l = 16 * half; l < 16 * half + 16; l++)
+                                                        *o++ = dl * (float)(((q[l] >> shift) & 3) -
+                                                                            ((hm[l] & m) ? 0 : 4));
+                                        }
+                        break;
+                }
+                case GGML_TYPE_Q4_K:
+                case GGML_TYPE_Q5_K: {
+                        bool five = type == GGML_TYPE_Q5_K;
+                        const uint8_t *ql = b + (five ? 48 : 16), *qh = b + 16;
+                        float d = rd_h(b), dmin = rd_h(b + 2);
+                        for (int j = 0; j < 4; j++, ql += 32) {
+                                int sc0, m0, sc1, m1;
+                                k4_scale_min(b + 4, 2 * j, &sc0, &m0);
+                                k4_scale_min(b + 4, 2 * j + 1, &sc1, &m1);
+                                for (int l = 0; l < 32; l++)
+                                        *o++ = d * (float)sc0 *
+                                                       (float)((ql[l] & 0xf) +
+                                                               (five && (qh[l] >> (2 * j)) & 1 ? 16 : 0)) -
+                                               dmin * (float)m0;
+                                for (int l = 0; l < 32; l++)
+                                        *o++ = d * (float)sc1 *
+                                                       (float)((ql[l] >> 4) +
+                                                               (five && (qh[l] >> (2 * j + 1)) & 1 ? 16 : 0)) -
+                                               dmin * (float)m1;
+                        }
+                        break;
+                }
+                case GGML_TYPE_Q6_K: {
+                        const uint8_t *ql = b, *qh = b + 128;
+                        const int8_t *sc = (const int8_t *)(b + 192);
+                        float d = rd_h(b + 208);
+                        for (int h = 0; h < 2; h++, ql += 64, qh += 32, sc += 8, o += 128)
+                                for (int l = 0; l < 32; l++) {
+                                        int is = l / 16;
+                                        int q1 = ((ql[l] & 0xf) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                                        int q2 = ((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                                        int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                                        int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                                        o[l] = d * (float)sc[is] * (float)q1;
+                                        o[l + 32] = d * (float)sc[is + 2] * (float)q2;
+                                        o[l + 64] = d * (float)sc[is + 4] * (float)q3;
+                                        o[l + 96] = d * (float)sc[is + 6] * (float)q4;
+                                }
+                        break;
+                }
+                default:
+                        fail_msg("no reference for type %u", type);
+                }
+        }
+}
+
+/* Random but valid blocks: random bytes, block scales of sensible size and sign. */
+static void random_row(uint32_t type, uint8_t *row, uint32_t n) {
+        const GgmlTypeInfo *ti = ggml_type_info(type);
+        uint32_t nb = n / ti->block_size;
+
+        for (uint32_t ib = 0; ib < nb; ib++) {
+                uint8_t *b = row + (size_t)ib * ti->type_size;
+                float d = 0.01f + 0.02f * (frnd() + 1.0f);
+                for (uint32_t i = 0; i < ti->type_size; i++)
+                        b[i] = (uint8_t)rnd();
+                switch (type) {
+                case GGML_TYPE_F32: {
+                        float v = frnd();
+                        memcpy(b, &v, 4);
+                        break;
+                }
+                case GGML_TYPE_F16:
+                        wr_h(b, frnd());
+                        break;
+                case GGML_TYPE_BF16: {
+                        float v = frnd();
+                        uint32_t bits;
+                        memcpy(&bits, &v, 4);
+                        uint16_t h = (uint16_t)(bits >> 16);
+                        memcpy(b, &h, 2);
+                        break;
+                }
+                case GGML_TYPE_Q4_0:
+                case GGML_TYPE_Q5_0:
+                case GGML_TYPE_Q8_0:
+                        wr_h(b, frnd() < 0 ? -d : d);
+                        break;
+                case GGML_TYPE_Q4_1:
+                case GGML_TYPE_Q5_1:
+                        wr_h(b, d);
+                        wr_h(b + 2, -8.0f * d * (1.0f + 0.5f * frnd()));
+                        break;
+                case GGML_TYPE_Q2_K:
+                        wr_h(b + 80, d), wr_h(b + 82, d * 0.5f);
+                        break;
+                case GGML_TYPE_Q3_K:
+                        wr_h(b + 108, d);
+                        break;
+                case GGML_TYPE_Q4_K:
+                case GGML_TYPE_Q5_K:
+                        wr_h(b, d * 0.1f), wr_h(b + 2, d * 0.2f);
+                        break;
+                case GGML_TYPE_Q6_K:
+                        wr_h(b + 208, d * 0.05f);
+                        break;
+                default:
+                        fail_msg("no generator for type %u", type);
+                }
+        }
+}
+
+/* A random matrix on the host (rows contiguous, GGUF layout) and on the device (rows padded). */
+typedef struct Mat {
+        CudaMatrix m;
+        uint8_t *host;
+        size_t row_bytes;
+} Mat;
+
+static void mat_new(Mat *t, uint32_t type, uint32_t n_cols, uint32_t n_rows) {
+        uint64_t rb;
+        void *dev;
+
+        assert_int_equal(ggml_row_size(type, n_cols, &rb), 0);
+        t->row_bytes = rb;
+        t->host = malloc(rb * n_rows);
+        assert_non_null(t->host);
+        for (uint32_t r = 0; r < n_rows; r++)
+                random_row(type, t->host + r * rb, n_cols);
+        t->m.type = type;
+        t->m.n_cols = n_cols;
+        t->m.n_rows = n_rows;
+        assert_int_equal(cuda_row_stride(type, n_cols, &t->m.row_stride), 0);
+        assert_true(t->m.row_stride % 16 == 0 && t->m.row_stride >= rb);
+        uint8_t *padded = calloc(n_rows, t->m.row_stride);
+        assert_non_null(padded);
+        for (uint32_t r = 0; r < n_rows; r++)
+                memcpy(padded + r * t->m.row_stride, t->host + r * rb, rb);
+        assert_int_equal(cuda_malloc(t->m.row_stride * n_rows, &dev), 0);
+        assert_int_equal(cuda_upload(dev, padded, t->m.row_stride * n_rows), 0);
+        free(padded);
+        t->m.data = dev;
+}
+
+static void mat_free(Mat *t) {
+        cuda_free((void *)t->m.data);
+        free(t->host);
+}
+
+static void *dev_upload(const void *p, size_t n) {
+        void *d;
+
+        assert_int_equal(cuda_malloc(n, &d), 0);
+        assert_int_equal(cuda_upload(d, p, n), 0);
+        return d;
+}
+
+/* Device buffer filled with a NaN pattern, so that unwritten outputs show. */
+static void *dev_poison(size_t n) {
+        void *d;
+        uint8_t *h = malloc(n);
+
+        assert_non_null(h);
+        memset(h, 0xff, n);
+        d = dev_upload(h, n);
+        free(h);
+        return d;
+}
+
+static float *download_f32(const void *d, size_t n) {
+        float *h = malloc(n * sizeof(float));
+
+        assert_non_null(h);
+        assert_int_equal(cuda_download(h, d, n * sizeof(float)), 0);
+        return h;
+}
+
+/* ||a - b|| / ||b||, failing on NaN. */
+static double rel_err(const float *a, const double *b, size_t n) {
+        double num = 0, den = 0;
+
+        for (size_t i = 0; i < n; i++) {
+                assert_false(isnan(a[i]));
+                num += (a[i] - b[i]) * (a[i] - b[i]);
+                den += b[i] * b[i];
+        }
+        return sqrt(num / (den > 0 ? den : 1));
+}
+
+/* x quantized to 8 bits per 32 and back, as the device does it. */
+static void emulate_q8(const float *x, uint32_t n, float *xq) {
+        for (uint32_t b = 0; b < n / 32; b++) {
+                float amax = 0;
+                for (int i = 0; i < 32; i++)
+                        amax = fmaxf(amax, fabsf(x[32 * b + i]));
+                float d = amax / 127.0f;
+                for (int i = 0; i < 32; i++)
+                        xq[32 * b + i] = amax > 0 ? rintf(x[32 * b + i] / d) * d : 0.0f;
+        }
+}
+
+static bool is_float_type(uint32_t t) {
+        return t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16;
+}
+
+static int setup(void **state) {
+        rng_state = 0x1234;
+        return engine_cuda_device_count() > 0 ? 0 : -1;
+}
+
+/* ---- matrix-vector products ---- */
+
+static void check_matvec(uint32_t type, uint32_t n_cols, uint32_t n_rows) {
+        Mat w[2];
+        float *x = malloc(n_cols * 4), *xe = malloc(n_cols * 4), *wf = malloc(n_cols * 4);
+        double *ref = calloc(n_rows, sizeof(double)), *ref_add = calloc(n_rows, sizeof(double)),
+               *ref_glu = calloc(n_rows, sizeof(double));
+        float *base = malloc(n_rows * 4);
+        CudaQ8 xq;
+
+        assert_non_null(x), assert_non_null(xe), assert_non_null(wf), assert_non_null(ref), assert_non_null(base);
+        for (uint32_t i = 0; i < n_cols; i++)
+                x[i] = frnd() * (i % 7 == 0 ? 4.0f : 1.0f);
+        for (uint32_t i = 0; i < n_rows; i++)
+                base[i] = frnd();
+        mat_new(&w[0], type, n_cols, n_rows);
+        mat_new(&w[1], type, n_cols, n_rows);
+        if (is_float_type(type))
+                memcpy(xe, x, n_cols * 4);
+        else
+                emulate_q8(x, n_cols, xe);
+        for (uint32_t r = 0; r < n_rows; r++) {
+                double d[2] = {0, 0};
+                for (int k = 0; k < 2; k++) {
+                        ref_dequant_row(type, w[k].host + r * w[k].row_bytes, n_cols, wf);
+                        for (uint32_t i = 0; i < n_cols; i++)
+                                d[k] += (double)wf[i] * xe[i];
+                }
+                ref[r] = d[0];
+                ref_add[r] = base[r] + d[0];
+                ref_glu[r] = d[0] / (1.0 + exp(-d[0])) * d[1];
+        }
+
+        float *dx = dev_upload(x, n_cols * 4), *dy = dev_poison(n_rows * 4), *dy2 = dev_poison(n_rows * 4);
+        float *dbase = dev_upload(base, n_rows * 4);
+        assert_int_equal(cuda_malloc(n_cols, (void **)&xq.qs), 0);
+        assert_int_equal(cuda_malloc(n_cols / 32 * 8 + 8, (void **)&xq.ds), 0);
+        const CudaMvInput in_f32 = {dx, &xq};
+        const CudaMvInput *in_pre = &in_f32;
+        if (!is_float_type(type))
+                assert_int_equal(cuda_quantize_q8(NULL, dx, n_cols, 1, &xq), 0);
+
+        /* Plain product, and two matrices in one launch. */
+        float *ys[2] = {dy, dy2};
+        assert_int_equal(cuda_matvec(NULL, &w[0].m, 1, &in_f32, ys, CUDA_MV_STORE), 0);
+        assert_int_equal(cuda_sync(NULL), 0);
+        float *y = download_f32(dy, n_rows);
+        double e = rel_err(y, ref, n_rows);
+        print_message("# %s %ux%u store: rel err %.2e\n", ggml_type_name(type), n_rows, n_cols, e);
+        assert_true(e < 1e-4);
+        free(y);
+
+        CudaMatrix two[2] = {w[1].m, w[0].m};
+        assert_int_equal(cuda_matvec(NULL, two, 2, in_pre, (float *[]){dy2, dy}, CUDA_MV_STORE), 0);
+        assert_int_equal(cuda_sync(NULL), 0);
+        y = download_f32(dy, n_rows);
+        assert_true(rel_err(y, ref, n_rows) < 1e-4);
+        free(y);
+
+        /* Residual add. */
+        ys[0] = dbase;
+        assert_int_equal(cuda_matvec(NULL, &w[0].m, 1, in_pre, ys, CUDA_MV_ADD), 0);
+        assert_int_equal(cuda_sync(NULL), 0);
+        y = download_f32(dbase, n_rows);
+        assert_true(rel_err(y, ref_add, n_rows) < 1e-4);
+        free(y);
+
+        /* SwiGLU of two. */
+        ys[0] = dy;
+        CudaMatrix gu[2] = {w[0].m, w[1].m};
+        assert_int_equal(cuda_matvec(NULL, gu, 2, &in_f32, ys, CUDA_MV_SWIGLU), 0);
+        assert_int_equal(cuda_sync(NULL), 0);
+        y = download_f32(dy, n_rows);
+        e = rel_err(y, ref_glu, n_rows);
+        assert_true(e < 1e-4);
+        free(y);
+
+        cuda_free(dx), cuda_free(dy), cuda_free(dy2), cuda_free(dbase), cuda_free(xq.qs), cuda_free(xq.ds);
+        mat_free(&w[0]), mat_free(&w[1]);
+        free(x), free(xe), free(wf), free(ref), free(ref_add), free(ref_glu), free(base);
+}
+
+static const uint32_t all_types[] = {
+        GGML_TYPE_Q4_0, GGML_TYPE_Q4_1, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1, GGML_TYPE_Q8_0, GGML_TYPE_Q2_K,
+        GGML_TYPE_Q3_K, GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K, GGML_TYPE_F32,  GGML_TYPE_F16,
+        GGML_TYPE_BF16,
+};
+
+static void test_matvec(void **state) {
+        for (size_t i = 0; i < ELEMENTSOF(all_types); i++) {
+                uint32_t t = all_types[i];
+                bool k = ggml_type_info(t)->block_size == 256;
+                /* A whole number of chunks, and a row that ends inside a chunk; even row counts of K-quants
+                 * go through the kernels in pairs of rows, odd ones one row at a time. */
+                check_matvec(t, 4096, 68);
+                check_matvec(t, 4096, 67);
+                check_matvec(t, k ? 11 * 256 : 33 * 32, 45);
+                check_matvec(t, k ? 11 * 256 : 33 * 32, 46);
+                if (is_float_type(t))
+                        check_matvec(t, 172, 31);
+        }
+}
+
+static void test_matvec_errors(void **state) {
+        Mat w;
+        float *y = NULL;
+
+        mat_new(&w, GGML_TYPE_Q4_0, 64, 4);
+        CudaQ8 q = {(int8_t *)1, (float *)1};
+        const CudaMvInput none = {NULL, NULL}, in = {NULL, &q};
+        assert_int_equal(cuda_matvec(NULL, &w.m, 0, &in, &y, CUDA_MV_STORE), -EINVAL);
+        assert_int_equal(cuda_matvec(NULL, &w.m, 1, &none, &y, CUDA_MV_STORE), -EINVAL);
+        assert_int_equal(cuda_matvec(NULL, &w.m, 1, NULL, &y, CUDA_MV_STORE), -EINVAL);
+        assert_int_equal(cuda_matvec(NULL, &w.m, 1, &in, &y, CUDA_MV_SWIGLU), -EINVAL);
+        CudaMatrix bad = w.m;
+        bad.type = GGML_TYPE_IQ2_XS;
+        assert_int_equal(cuda_matvec(NULL, &bad, 1, &in, &y, CUDA_MV_STORE), -EOPNOTSUPP);
+        bad = w.m;
+        bad.row_stride = 18 * 2;
+        assert_int_equal(cuda_matvec(NULL, &bad, 1, &in, &y, CUDA_MV_STORE), -EINVAL);
+        bad = w.m;
+        bad.type = GGML_TYPE_F16;
+        assert_int_equal(cuda_matvec(NULL, &bad, 1, &in, &y, CUDA_MV_STORE), -EINVAL); /* 8-bit input */
+        assert_false(cuda_type_supported(GGML_TYPE_IQ4_XS));
+        size_t st;
+        assert_int_equal(cuda_row_stride(GGML_TYPE_Q4_K, 100, &st), -EINVAL);
+        assert_int_equal(cuda_row_stride(GGML_TYPE_Q6_K, 11008, &st), 0);
+        assert_int_equal(st, 9040);
+        mat_free(&w);
+}
+
+/* ---- dequantization ---- */
+
+static void test_dequant(void **state) {
+        for (size_t i = 0; i < ELEMENTSOF(all_types); i++) {
+                uint32_t t = all_types[i], n_cols = ggml_type_info(t)->block_size == 256 ? 768 : 96, n_rows = 37;
+                Mat w;
+                mat_new(&w, t, n_cols, n_rows);
+                float *ref = malloc((size_t)n_cols * n_rows * 4);
+                for (uint32_t r = 0; r < n_rows; r++)
+                        ref_dequant_row(t, w.host + r * w.row_bytes, n_cols, ref + (size_t)r * n_cols);
+
+                uint16_t *dh = dev_poison((size_t)n_cols * n_rows * 2);
+                assert_int_equal(cuda_dequant_f16(NULL, &w.m, dh), 0);
+                uint16_t *h = malloc((size_t)n_cols * n_rows * 2);
+                assert_int_equal(cuda_download(h, dh, (size_t)n_cols * n_rows * 2), 0);
+                for (size_t k = 0; k < (size_t)n_cols * n_rows; k++)
+                        assert_true(fabsf(h2f(h[k]) - ref[k]) <= 1e-3f * fabsf(ref[k]) + 1e-6f);
+
+                int32_t rows[3] = {5, 0, 36};
+                int32_t *drows = dev_upload(rows, sizeof(rows));
+                float *dy = dev_poison((size_t)3 * n_cols * 4);
+                assert_int_equal(cuda_get_rows(NULL, &w.m, drows, 3, dy), 0);
+                float *y = download_f32(dy, (size_t)3 * n_cols);
+                for (int r = 0; r < 3; r++)
+                        for (uint32_t c = 0; c < n_cols; c++) {
+                                float want = ref[(size_t)rows[r] * n_cols + c];
+                                assert_true(fabsf(y[r * n_cols + c] - want) <= 1e-6f * fabsf(want) + 1e-7f);
+                        }
+                free(y), free(h), free(ref);
+                cuda_free(dh), cuda_free(drows), cuda_free(dy);
+                mat_free(&w);
+        }
+}
+
+/* ---- RMSNorm, quantization, SwiGLU, GEMM, argmax ---- */
+
+static void test_rmsnorm(void **state) {
+        const uint32_t n = 576, rows = 3;
+        float *x = malloc(n * rows * 4), *w = malloc(n * 4);
+        double *ref = malloc(n * rows * sizeof(double));
+        CudaQ8 q;
+
+        for (uint32_t i = 0; i < n * rows; i++)
+                x[i] = frnd() * 3.0f;
+        for (uint32_t i = 0; i < n; i++)
+                w[i] = frnd();
+        for (uint32_t r = 0; r < rows; r++) {
+                double ss = 0;
+                for (uint32_t i = 0; i < n; i++)
+                        ss += (double)x[r * n + i] * x[r * n + i];
+                double sc = 1.0 / sqrt(ss / n + 1e-5);
+                for (uint32_t i = 0; i < n; i++)
+                        ref[r * n + i] = x[r * n + i] * sc * w[i];
+        }
+        float *dx = dev_upload(x, n * rows * 4), *dw = dev_upload(w, n * 4), *dy = dev_poison(n * rows * 4);
+        uint16_t *dh = dev_poison(n * rows * 2);
+        assert_int_equal(cuda_malloc(n * rows, (void **)&q.qs), 0);
+        assert_int_equal(cuda_malloc(n * rows / 32 * 8, (void **)&q.ds), 0);
+        assert_int_equal(cuda_rmsnorm(NULL, dx, dw, n, rows, 1e-5f, dy, dh, &q), 0);
+        assert_int_equal(cuda_sync(NULL), 0);
+        float *y = download_f32(dy, n * rows);
+        assert_true(rel_err(y, ref, n * rows) < 1e-5);
+
+        uint16_t *h = malloc(n * rows * 2);
+        int8_t *qs = malloc(n * rows);
+        float *ds = malloc(n * rows / 32 * 8);
+        assert_int_equal(cuda_download(h, dh, n * rows * 2), 0);
+        assert_int_equal(cuda_download(qs, q.qs, n * rows), 0);
+        assert_int_equal(cuda_download(ds, q.ds, n * rows / 32 * 8), 0);
+        for (uint32_t i = 0; i < n * rows; i++) {
+                assert_true(fabs(h2f(h[i]) - ref[i]) <= 1e-3 * fabs(ref[i]) + 1e-6);
+                float d = ds[2 * (i / 32)];
+                assert_true(fabs(qs[i] * d - ref[i]) <= 0.5 * d * 1.001 + 1e-6);
+        }
+        for (uint32_t b = 0; b < n * rows / 32; b++) {
+                int s = 0;
+                for (int i = 0; i < 32; i++)
+                        s += qs[32 * b + i];
+                assert_true(fabsf(ds[2 * b + 1] - ds[2 * b] * (float)s) <= 1e-5f * fabsf(ds[2 * b + 1]) + 1e-9f);
+        }
+        assert_int_equal(cuda_rmsnorm(NULL, dx, dw, 100, 1, 1e-5f, NULL, NULL, &q), -EINVAL);
+        free(x), free(w), free(ref), free(y), free(h), free(qs), free(ds);
+        cuda_free(dx), cuda_free(dw), cuda_free(dy), cuda_free(dh), cuda_free(q.qs), cuda_free(q.ds);
+}
+
+static void test_swiglu_gemm(void **state) {
+        const uint32_t n_ff = 200, n_tok = 7, rows = 96, cols = 256, nt = 40;
+        float *gu = malloc(n_tok * 2 * n_ff * 4);
+
+        for (uint32_t i = 0; i < n_tok * 2 * n_ff; i++)
+                gu[i] = frnd() * 4;
+        float *dgu = dev_upload(gu, n_tok * 2 * n_ff * 4);
+        uint16_t *dh = dev_poison(n_tok * n_ff * 2), *h = malloc(n_tok * n_ff * 2);
+        assert_int_equal(cuda_swiglu_f16(NULL, dgu, n_ff, n_tok, dh), 0);
+        assert_int_equal(cuda_download(h, dh, n_tok * n_ff * 2), 0);
+        for (uint32_t t = 0; t < n_tok; t++)
+                for (uint32_t j = 0; j < n_ff; j++) {
+                        double g = gu[t * 2 * n_ff + j], u = gu[t * 2 * n_ff + n_ff + j];
+                        double want = g / (1 + exp(-g)) * u;
+                        assert_true(fabs(h2f(h[t * n_ff + j]) - want) <= 2e-3 * fabs(want) + 1e-4);
+                }
+
+        /* GEMM: y = x w^T (+ y). */
+        uint16_t *w16 = malloc(rows * cols * 2), *x16 = malloc(nt * cols * 2);
+        float *y0 = malloc(nt * rows * 4);
+        double *ref = malloc(nt * rows * sizeof(double));
+        for (uint32_t i = 0; i < rows * cols; i++)
+                w16[i] = f2h(frnd());
+        for (uint32_t i = 0; i < nt * cols; i++)
+                x16[i] = f2h(frnd());
+        for (uint32_t i = 0; i < nt * rows; i++)
+                y0[i] = frnd();
+        for (uint32_t t = 0; t < nt; t++)
+                for (uint32_t r = 0; r < rows; r++) {
+                        double s = y0[t * rows + r];
+                        for (uint32_t c = 0; c < cols; c++)
+                                s += (double)h2f(w16[r * cols + c]) * h2f(x16[t * cols + c]);
+                        ref[t * rows + r] = s;
+                }
+        CudaBlas *b;
+        assert_int_equal(cuda_blas_new(NULL, &b), 0);
+        uint16_t *dw = dev_upload(w16, rows * cols * 2), *dx = dev_upload(x16, nt * cols * 2);
+        float *dy = dev_upload(y0, nt * rows * 4);
+        assert_int_equal(cuda_gemm_f16(b, dw, rows, cols, dx, nt, dy, true), 0);
+        float *y = download_f32(dy, nt * rows);
+        assert_true(rel_err(y, ref, nt * rows) < 1e-5);
+        cuda_blas_free(b);
+
+        /* argmax: ties go to the first. */
+        float v[3000];
+        for (int i = 0; i < 3000; i++)
+                v[i] = frnd();
+        v[1234] = 5.0f, v[2345] = 5.0f;
+        float *dv = dev_upload(v, sizeof(v));
+        int32_t *dr = dev_poison(8), res[2], pos0 = 10;
+        int32_t *dpos = dev_upload(&pos0, 4), *dhist = dev_poison(64);
+        assert_int_equal(cuda_argmax(NULL, dv, 3000, dr, dpos, dhist, 16), 0);
+        assert_int_equal(cuda_download(res, dr, 4), 0);
+        assert_int_equal(cuda_download(&res[1], dpos, 4), 0);
+        assert_int_equal(res[0], 1234);
+        assert_int_equal(res[1], 11);
+        int32_t hist[16];
+        assert_int_equal(cuda_download(hist, dhist, 64), 0);
+        assert_int_equal(hist[11], 1234);
+
+        free(gu), free(h), free(w16), free(x16), free(y0), free(ref), free(y);
+        cuda_free(dgu), cuda_free(dh), cuda_free(dw), cuda_free(dx), cuda_free(dy), cuda_free(dv), cuda_free(dr);
+        cuda_free(dpos), cuda_free(dhist);
+}
+
+/* ---- RoPE, KV store and attention ---- */
+
+static void rope_ref(double *x, uint32_t hd, uint32_t n_rot, float base, int p) {
+        for (uint32_t j = 0; 2 * j < n_rot; j++) {
+                double th = p * pow(base, -(double)(2 * j) / n_rot), c = cos(th), s = sin(th);
+                double x0 = x[2 * j], x1 = x[2 * j + 1];
+                x[2 * j] = x0 * c - x1 * s;
+                x[2 * j + 1] = x0 * s + x1 * c;
+        }
+}
+
+static void check_attention(uint32_t hd, uint32_t n_head, uint32_t n_kv, uint32_t n_pos) {
+        const CudaAttnShape a = {n_head, n_kv, hd, hd, 10000.0f, 1024};
+        const uint32_t nq = n_head * hd, nk = n_kv * hd, stride = nq + 2 * nk, npre = n_pos - 1;
+        float *qkv = malloc((size_t)n_pos * stride * 4);
+
+        for (size_t i = 0; i < (size_t)n_pos * stride; i++)
+                qkv[i] = frnd() * 2;
+        float *dqkv = dev_upload(qkv, (size_t)n_pos * stride * 4);
+        uint16_t *kc = dev_poison((size_t)a.n_ctx * nk * 2), *vc = dev_poison((size_t)a.n_ctx * nk * 2);
+        int32_t zero = 0, last = (int32_t)npre;
+        int32_t *dpos = dev_upload(&zero, 4), *dlast = dev_upload(&last, 4);
+
+        void *scratch;
+        size_t ss = cuda_attn_scratch_size(&a);
+        assert_int_equal(cuda_malloc(ss, &scratch), 0);
+        uint8_t *zeros = calloc(1, ss);
+        assert_int_equal(cuda_upload(scratch, zeros, ss), 0);
+        free(zeros);
+        float *dout = dev_poison(nq * 4);
+        CudaQ8 oq;
+        assert_int_equal(cuda_malloc(nq, (void **)&oq.qs), 0);
+        assert_int_equal(cuda_malloc(nq / 32 * 8 + 8, (void **)&oq.ds), 0);
+
+        /* All positions but the last as a prompt batch; the last as one decode token, twice (the split
+         * counters must come back to zero), which rotates and stores its own k and v. */
+        assert_int_equal(cuda_rope_store(NULL, &a, dqkv, stride, npre, dpos, kc, vc), 0);
+        float *dlast_qkv = dev_upload(qkv + (size_t)npre * stride, stride * 4);
+        float *outs[2];
+        for (int rep = 0; rep < 2; rep++) {
+                assert_int_equal(cuda_attn_decode(NULL, &a, dlast_qkv, dlast, kc, vc, scratch, dout,
+                                                  hd % 32 == 0 ? &oq : NULL),
+                                 0);
+                outs[rep] = download_f32(dout, nq);
+                if (hd % 32 == 0) {
+                        int8_t *qs = malloc(nq);
+                        float *ds = malloc(nq / 32 * 8);
+                        assert_int_equal(cuda_download(qs, oq.qs, nq), 0);
+                        assert_int_equal(cuda_download(ds, oq.ds, nq / 32 * 8), 0);
+                        for (uint32_t i = 0; i < nq; i++)
+                                assert_true(fabsf(qs[i] * ds[2 * (i / 32)] - outs[rep][i]) <=
+                                            0.5001f * ds[2 * (i / 32)] + 1e-7f);
+                        free(qs), free(ds);
+                }
+        }
+        uint16_t *kh = malloc((size_t)n_pos * nk * 2), *vh = malloc((size_t)n_pos * nk * 2);
+        assert_int_equal(cuda_download(kh, kc, (size_t)n_pos * nk * 2), 0);
+        assert_int_equal(cuda_download(vh, vc, (size_t)n_pos * nk * 2), 0);
+
+        /* Rotated q (and k, checked against the cache) in double on the host. */
+        double *qref = malloc((size_t)n_pos * nq * sizeof(double)), x[512];
+        for (uint32_t t = 0; t < n_pos; t++) {
+                for (uint32_t h = 0; h < n_head + n_kv; h++) {
+                        const float *src = qkv + (size_t)t * stride + h * hd;
+                        for (uint32_t d = 0; d < hd; d++)
+                                x[d] = src[d];
+                        rope_ref(x, hd, hd, 10000.0f, (int)t);
+                        for (uint32_t d = 0; d < hd; d++) {
+                                if (h < n_head) {
+                                        qref[(size_t)t * nq + h * hd + d] = x[d];
+                                        continue;
+                                }
+                                float got = h2f(kh[(size_t)t * nk + (h - n_head) * hd + d]);
+                                assert_true(fabs(got - x[d]) <= 2e-3 * fabs(x[d]) + 2e-3);
+                        }
+                }
+                for (uint32_t i = 0; i < nk; i++) {
+                        float want = qkv[(size_t)t * stride + nq + nk + i];
+                        assert_true(fabsf(h2f(vh[(size_t)t * nk + i]) - want) <= 5e-4f * fabsf(want) + 1e-7f);
+                }
+        }
+
+        /* Reference attention for every token from the cached k and v. */
+        double *ref = malloc((size_t)n_pos * nq * sizeof(double)), *sc = malloc(n_pos * sizeof(double));
+        for (uint32_t t = 0; t < n_pos; t++)
+                for (uint32_t h = 0; h < n_head; h++) {
+                        uint32_t kvh = h / (n_head / n_kv);
+                        double mx = -1e300, l = 0;
+                        for (uint32_t j = 0; j <= t; j++) {
+                                double s = 0;
+                                for (uint32_t d = 0; d < hd; d++)
+                                        s += qref[(size_t)t * nq + h * hd + d] * h2f(kh[(size_t)j * nk + kvh * hd + d]);
+                                sc[j] = s / sqrt((double)hd);
+                                mx = fmax(mx, sc[j]);
+                        }
+                        for (uint32_t j = 0; j <= t; j++)
+                                l += (sc[j] = exp(sc[j] - mx));
+                        for (uint32_t d = 0; d < hd; d++) {
+                                double o = 0;
+                                for (uint32_t j = 0; j <= t; j++)
+                                        o += sc[j] * h2f(vh[(size_t)j * nk + kvh * hd + d]);
+                                ref[(size_t)t * nq + h * hd + d] = o / l;
+                        }
+                }
+        for (int rep = 0; rep < 2; rep++) {
+                double e = rel_err(outs[rep], ref + (size_t)npre * nq, nq);
+                print_message("# attention decode hd %u, %u positions: rel err %.2e\n", hd, n_pos, e);
+                assert_true(e < 1e-4);
+                free(outs[rep]);
+        }
+
+        /* Prompt attention of positions 3 .. npre - 1 (earlier ones are in the cache; q rotated in place). */
+        int32_t three = 3;
+        int32_t *d3 = dev_upload(&three, 4);
+        float *dpo = dev_poison((size_t)(npre - 3) * nq * 4);
+        assert_int_equal(cuda_attn_prefill(NULL, &a, dqkv + 3 * stride, stride, npre - 3, d3, kc, vc, dpo), 0);
+        float *po = download_f32(dpo, (size_t)(npre - 3) * nq);
+        double e = rel_err(po, ref + 3 * nq, (size_t)(npre - 3) * nq);
+        print_message("# attention prefill hd %u, %u positions: rel err %.2e\n", hd, npre, e);
+        assert_true(e < 1e-4);
+
+        free(qkv), free(kh), free(vh), free(qref), free(ref), free(sc), free(po);
+        cuda_free(dqkv), cuda_free(kc), cuda_free(vc), cuda_free(dpos), cuda_free(dlast), cuda_free(scratch);
+        cuda_free(dout), cuda_free(d3), cuda_free(dpo), cuda_free(dlast_qkv), cuda_free(oq.qs), cuda_free(oq.ds);
+}
+
+static void test_attention(void **state) {
+        check_attention(128, 4, 2, 100);  /* one split */
+        check_attention(128, 4, 1, 700);  /* six splits, merged */
+        check_attention(64, 3, 1, 300);
+        check_attention(8, 8, 4, 40);     /* stories260K's heads */
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_matvec),
+                cmocka_unit_test(test_matvec_errors),
+                cmocka_unit_test(test_dequant),
+                cmocka_unit_test(test_rmsnorm),
+                cmocka_unit_test(test_swiglu_gemm),
+                cmocka_unit_test(test_attention),
+        };
+
+        return cmocka_run_group_tests(tests, setup, NULL);
+}

@@ -1,0 +1,316 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The CUDA backend's whole forward pass on real models (suite gpu):
+ *  - CudaLlama directly: stories260K's greedy tokens from BOS against the golden ids an independent numpy
+ *    reference computed, through the graph-captured decode path and the prompt (cuBLAS) path;
+ *  - through the engine (backend "cuda", all layers and part of them): logits against the CPU backend's
+ *    within 1e-2 relative and the same 64 greedy tokens, on stories260K (F32: float activations on both) and
+ *    on SmolLM2-135M (Q4_1, the file in $QUANTD_TEST_SMOLLM, with the prompts of
+ *    tests/data/smollm-reference.txt) in both backends' reference mode (f32_activations); the cuda default
+ *    path (8-bit activations) against the cpu reference within 1.5e-1 until the greedy tokens part.
+ */
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine.h"
+#include "cuda/engine-cuda.h"
+
+static const struct {
+        const char *name;
+        CudaWeight w;
+} names[] = {
+        {"attn_norm", CUDA_W_ATTN_NORM}, {"attn_q", CUDA_W_Q},       {"attn_k", CUDA_W_K},
+        {"attn_v", CUDA_W_V},            {"attn_output", CUDA_W_O},  {"ffn_norm", CUDA_W_FFN_NORM},
+        {"ffn_gate", CUDA_W_GATE},       {"ffn_up", CUDA_W_UP},      {"ffn_down", CUDA_W_DOWN},
+};
+
+static void set_tensor(CudaLlama *m, const Gguf *g, const char *name, CudaWeight w, uint32_t layer) {
+        const GgufTensor *t = gguf_find_tensor(g, name);
+
+        assert_non_null(t);
+        assert_int_equal(cuda_llama_set_weight(m, w, layer, t->type, (uint32_t)t->ne[0], (uint32_t)t->ne[1],
+                                               t->data),
+                         0);
+}
+
+/* stories260K onto the device (the loader the engine's backend table will replace). */
+static CudaLlama *load_stories(Gguf **ret_g) {
+        _cleanup_free_ char *path = NULL;
+        const char *dir = getenv("QUANTD_TEST_MODELS");
+        CudaLlamaConfig c = {};
+        CudaLlama *m;
+        Gguf *g;
+
+        path = strdup_printf("%s/stories260K.gguf", dir ? dir : "../shared/models");
+        assert_int_equal(gguf_open(path, &g, NULL), 0);
+        assert_int_equal(gguf_get_u32(g, "llama.embedding_length", &c.n_embd), 0);
+        assert_int_equal(gguf_get_u32(g, "llama.block_count", &c.n_layer), 0);
+        assert_int_equal(gguf_get_u32(g, "llama.attention.head_count", &c.n_head), 0);
+        assert_int_equal(gguf_get_u32(g, "llama.attention.head_count_kv", &c.n_head_kv), 0);
+        assert_int_equal(gguf_get_u32(g, "llama.feed_forward_length", &c.n_ff), 0);
+        assert_int_equal(gguf_get_f32(g, "llama.attention.layer_norm_rms_epsilon", &c.norm_eps), 0);
+        c.head_dim = c.n_embd / c.n_head;
+        if (gguf_get_u32(g, "llama.rope.dimension_count", &c.n_rot) < 0)
+                c.n_rot = c.head_dim;
+        if (gguf_get_f32(g, "llama.rope.freq_base", &c.rope_base) < 0)
+                c.rope_base = 10000.0f;
+        c.n_vocab = (uint32_t)gguf_find_tensor(g, "token_embd.weight")->ne[1];
+        assert_int_equal(cuda_llama_new(0, &c, 0, c.n_layer, &m), 0);
+        set_tensor(m, g, "token_embd.weight", CUDA_W_TOKEN_EMBD, 0);
+        set_tensor(m, g, "output_norm.weight", CUDA_W_OUTPUT_NORM, 0);
+        set_tensor(m, g, gguf_find_tensor(g, "output.weight") ? "output.weight" : "token_embd.weight",
+                   CUDA_W_OUTPUT, 0);
+        for (uint32_t l = 0; l < c.n_layer; l++)
+                for (size_t i = 0; i < ELEMENTSOF(names); i++) {
+                        char name[64];
+                        snprintf(name, sizeof(name), "blk.%u.%s.weight", l, names[i].name);
+                        set_tensor(m, g, name, names[i].w, l);
+                }
+        *ret_g = g;
+        return m;
+}
+
+static void read_golden(int32_t *ids, size_t n) {
+        _cleanup_free_ char *path = NULL;
+        const char *dir = getenv("QUANTD_TEST_MODELS");
+        char line[4096];
+        FILE *f;
+        size_t k = 0;
+
+        path = strdup_printf("%s/stories260K.golden", dir ? dir : "../shared/models");
+        f = fopen(path, "re");
+        assert_non_null(f);
+        while (fgets(line, sizeof(line), f) && k < n) {
+                if (line[0] == '#')
+                        continue;
+                char *p = line, *end;
+                for (long v; k < n && (v = strtol(p, &end, 10), end != p); p = end)
+                        ids[k++] = (int32_t)v;
+        }
+        fclose(f);
+        assert_int_equal(k, n);
+}
+
+static int argmax(const float *x, uint32_t n) {
+        int best = 0;
+
+        for (uint32_t i = 1; i < n; i++)
+                if (x[i] > x[best])
+                        best = (int)i;
+        return best;
+}
+
+static void test_stories_greedy(void **state) {
+        enum { N = 64 };
+        int32_t golden[N], got[N];
+        Gguf *g;
+        CudaLlama *m = load_stories(&g);
+        CudaKv *kv;
+        float logits[512];
+
+        read_golden(golden, N);
+        assert_int_equal(cuda_kv_new(m, 256, &kv), 0);
+
+        /* On-device greedy loop through the captured graph. */
+        assert_int_equal(cuda_llama_generate_greedy(m, kv, 1, N, got), 0);
+        for (int i = 0; i < N; i++)
+                assert_int_equal(got[i], golden[i]);
+        assert_int_equal(cuda_kv_pos(kv), N);
+
+        /* Host-driven steps with logits back, from a truncated cache. */
+        assert_int_equal(cuda_kv_truncate(kv, 0), 0);
+        int32_t tok = 1;
+        for (int i = 0; i < N; i++) {
+                assert_int_equal(cuda_llama_forward(m, kv, &tok, 1, logits), 0);
+                tok = argmax(logits, 512);
+                assert_int_equal(tok, golden[i]);
+        }
+
+        /* The prompt path: BOS + the first 40 golden ids at once must predict id 41, with logits close to
+         * the decode path's for the same position. */
+        int32_t prompt[41];
+        float dec[512];
+        prompt[0] = 1;
+        memcpy(prompt + 1, golden, 40 * sizeof(int32_t));
+        assert_int_equal(cuda_kv_truncate(kv, 0), 0);
+        assert_int_equal(cuda_llama_forward(m, kv, prompt, 41, logits), 0);
+        assert_int_equal(argmax(logits, 512), golden[40]);
+        assert_int_equal(cuda_kv_truncate(kv, 40), 0);
+        assert_int_equal(cuda_llama_forward(m, kv, &prompt[40], 1, dec), 0);
+        double num = 0, den = 0;
+        for (int i = 0; i < 512; i++) {
+                num += (double)(logits[i] - dec[i]) * (logits[i] - dec[i]);
+                den += (double)dec[i] * dec[i];
+        }
+        print_message("# stories260K prompt vs decode logits: rel diff %.2e\n", sqrt(num / den));
+        assert_true(sqrt(num / den) < 1e-2);
+
+        /* Errors: past the cache, bad token, truncating forward. */
+        assert_int_equal(cuda_kv_truncate(kv, 100), -EINVAL);
+        tok = 512;
+        assert_int_equal(cuda_llama_forward(m, kv, &tok, 1, NULL), -EINVAL);
+        assert_int_equal(cuda_llama_generate_greedy(m, kv, 1, 1000, NULL), -ENOSPC);
+        assert_int_equal(cuda_llama_set_weight(m, CUDA_W_Q, 0, GGML_TYPE_F32, 64, 65, NULL), -EINVAL);
+        assert_int_equal(cuda_llama_set_weight(m, CUDA_W_Q, 0, GGML_TYPE_IQ2_XS, 256, 64, NULL), -EINVAL);
+
+        cuda_kv_free(kv);
+        cuda_llama_free(m);
+        gguf_free(g);
+}
+
+static double rel_diff(const float *a, const float *b, uint32_t n) {
+        double num = 0, den = 0;
+
+        for (uint32_t i = 0; i < n; i++) {
+                assert_false(isnan(a[i]));
+                num += (double)(a[i] - b[i]) * (a[i] - b[i]);
+                den += (double)b[i] * b[i];
+        }
+        return sqrt(num / (den > 0 ? den : 1));
+}
+
+/*
+ * The same prompt and 64 greedy steps through the cpu backend and the cuda one (n_gpu layers of it), each in
+ * its reference mode (activations never in 8 bits) when *_f32. Returns the largest relative difference of the
+ * logits over the steps until the greedy tokens part, and fails if they part before step must_match.
+ */
+static double compare_backends(const char *path, const int32_t *prompt, uint32_t n_prompt, int32_t n_gpu,
+                               bool cpu_f32, bool gpu_f32, int must_match) {
+        EngineModelParams pc = engine_model_params_default(), pg = pc;
+        _cleanup_(engine_model_unrefp) EngineModel *mc = NULL, *mg = NULL;
+        _cleanup_(engine_seq_freep) EngineSeq *sc = NULL, *sg = NULL;
+        QdError err = {};
+        double worst = 0;
+        int worst_step = 0;
+
+        pc.backend = "cpu";
+        pc.f32_activations = cpu_f32;
+        pg.f32_activations = gpu_f32;
+        pg.backend = "cuda";
+        pg.n_gpu_layers = n_gpu;
+        assert_int_equal(engine_model_load(path, &pc, &mc, &err), 0);
+        if (engine_model_load(path, &pg, &mg, &err) < 0)
+                fail_msg("%s", err.msg);
+        uint32_t nv = engine_model_info(mc)->n_vocab;
+        _cleanup_free_ float *lc = malloc(nv * sizeof(float)), *lg = malloc(nv * sizeof(float));
+        assert_int_equal(engine_seq_new(mc, n_prompt + 80, &sc), 0);
+        assert_int_equal(engine_seq_new(mg, n_prompt + 80, &sg), 0);
+
+        const int32_t *toks = prompt;
+        uint32_t n = n_prompt;
+        int32_t next = 0;
+        for (int step = 0; step <= 64; step++) {
+                if (engine_decode(mc, &sc, &toks, &n, 1, &lc, NULL, &err) < 0 ||
+                    engine_decode(mg, &sg, &toks, &n, 1, &lg, NULL, &err) < 0)
+                        fail_msg("%s", err.msg);
+                double d = rel_diff(lg, lc, nv);
+                if (d > worst)
+                        worst = d, worst_step = step;
+                int tc = argmax(lc, nv), tg = argmax(lg, nv);
+                if (tg != tc && step < must_match)
+                        fail_msg("%s, %d gpu layers: greedy token %d differs at step %d (%d on cuda); logits rel "
+                                 "diff %.2e", path, n_gpu, tc, step, tg, d);
+                if (tg != tc) {
+                        print_message("# %s, %d gpu layers%s vs cpu%s: same greedy tokens for %d steps (then %d "
+                                      "on cpu, %d on cuda), logits rel diff <= %.2e\n", path, n_gpu,
+                                      gpu_f32 ? " (reference mode)" : "", cpu_f32 ? " (reference mode)" : "",
+                                      step, tc, tg, worst);
+                        return worst;
+                }
+                next = tc;
+                toks = &next;
+                n = 1;
+        }
+        print_message("# %s, %d gpu layers%s vs cpu%s: 65 steps, same greedy tokens, logits rel diff <= %.2e "
+                      "(step %d)\n", path, n_gpu, gpu_f32 ? " (reference mode)" : "",
+                      cpu_f32 ? " (reference mode)" : "", worst, worst_step);
+        return worst;
+}
+
+static char *stories_path(void) {
+        const char *dir = getenv("QUANTD_TEST_MODELS");
+        return strdup_printf("%s/stories260K.gguf", dir ? dir : "../shared/models");
+}
+
+static void test_stories_vs_cpu(void **state) {
+        _cleanup_free_ char *path = stories_path();
+        const int32_t bos = 1;
+
+        assert_true(compare_backends(path, &bos, 1, -1, false, false, 65) < 1e-2);
+        /* Partial offload: layers 0-1 on the GPU, 2-4 on the CPU. */
+        assert_true(compare_backends(path, &bos, 1, 2, false, false, 65) < 1e-2);
+
+        /* Embeddings (the hidden-state output) agree too. */
+        EngineModelParams pc = engine_model_params_default(), pg = pc;
+        _cleanup_(engine_model_unrefp) EngineModel *mc = NULL, *mg = NULL;
+        const int32_t toks[] = {1, 403, 407, 261, 378, 432};
+        float ec[64], eg[64];
+        pc.backend = "cpu";
+        pg.backend = "cuda";
+        assert_int_equal(engine_model_load(path, &pc, &mc, NULL), 0);
+        assert_int_equal(engine_model_load(path, &pg, &mg, NULL), 0);
+        assert_int_equal(engine_embed(mc, toks, 6, ec, NULL), 0);
+        assert_int_equal(engine_embed(mg, toks, 6, eg, NULL), 0);
+        assert_true(rel_diff(eg, ec, 64) < 1e-2);
+}
+
+static void test_smollm_vs_cpu(void **state) {
+        const char *path = getenv("QUANTD_TEST_SMOLLM"), *dir = getenv("QUANTD_TEST_DATA");
+        _cleanup_free_ char *ref = strdup_printf("%s/smollm-reference.txt", dir ? dir : "tests/data");
+        _cleanup_fclose_ FILE *f = NULL;
+        char line[8192];
+        int n_prompts = 0;
+
+        if (!path)
+                fail_msg("QUANTD_TEST_SMOLLM is not set: it names SmolLM2-135M-Instruct.Q4_1.gguf.");
+        f = fopen(ref, "re");
+        assert_non_null(f);
+        while (fgets(line, sizeof(line), f) && n_prompts < 2) {
+                const char *rest = startswith(line, "prompt ");
+                int32_t prompt[256];
+                uint32_t n = 0;
+                char *p, *end;
+                if (!rest)
+                        continue;
+                for (p = (char *)rest; n < 256; p = end) {
+                        long v = strtol(p, &end, 10);
+                        if (end == p)
+                                break;
+                        prompt[n++] = (int32_t)v;
+                }
+                assert_true(n > 0);
+                /* Both reference modes: 64 greedy steps alike, logits within 1e-2. Then the cuda default path
+                 * against the cpu reference: 8-bit activations put single steps' logits up to ~8 % off on
+                 * this small model (seen: 7.7e-2) and near-ties can flip (seen at step 5 with logits 7.5e-3
+                 * apart), so only the logits are checked, until the tokens part. */
+                int32_t n_gpu = n_prompts == 0 ? -1 : 15;
+                assert_true(compare_backends(path, prompt, n, n_gpu, true, true, 65) < 1e-2);
+                assert_true(compare_backends(path, prompt, n, n_gpu, true, false, 0) < 1.5e-1);
+                n_prompts++;
+        }
+        assert_int_equal(n_prompts, 2);
+}
+
+static int setup(void **state) {
+        return engine_cuda_device_count() > 0 ? 0 : -1;
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_stories_greedy),
+                cmocka_unit_test(test_stories_vs_cpu),
+                cmocka_unit_test(test_smollm_vs_cpu),
+        };
+
+        return cmocka_run_group_tests(tests, setup, NULL);
+}

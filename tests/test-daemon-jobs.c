@@ -1,0 +1,264 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * A real quantd: store-changing jobs (Create from a passed descriptor, with progress), List, Copy, Delete;
+ * a job outlives its client and is watched again with Jobs; Cancel of a job; SIGTERM in the middle of a job
+ * exits cleanly and leaves the store intact.
+ */
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+
+#include <cmocka.h>
+
+#include <fcntl.h>
+#include <msgpack.h>
+#include <pthread.h>
+#include <signal.h>
+#include <inttypes.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "daemon-harness.h"
+
+static int setup(void **state) {
+        Harness *h = calloc(1, sizeof(Harness));
+        assert_non_null(h);
+        assert_int_equal(dh_start(h, "[Daemon]\nWorkers=2\nKeepFinishedJobs=4\n", NULL), 0);
+        *state = h;
+        return 0;
+}
+
+static int teardown(void **state) {
+        Harness *h = *state;
+        if (h->pid > 0)
+                assert_int_equal(dh_stop(h), 0);
+        free(h);
+        return 0;
+}
+
+static int call(ProtoClient *c, const char *method, ProtoMessage *m, QdError *e, ...) {
+        msgpack_sbuffer sb;
+        va_list ap;
+        const char *kv[16];
+        size_t n = 0;
+
+        va_start(ap, e);
+        while (n < ELEMENTSOF(kv) - 1 && (kv[n] = va_arg(ap, const char *)))
+                n++;
+        va_end(ap);
+        msgpack_sbuffer_init(&sb);
+        /* dh_params() takes varargs; spell the common sizes out. */
+        switch (n) {
+        case 0:
+                dh_params(&sb, NULL);
+                break;
+        case 2:
+                dh_params(&sb, kv[0], kv[1], NULL);
+                break;
+        case 4:
+                dh_params(&sb, kv[0], kv[1], kv[2], kv[3], NULL);
+                break;
+        default:
+                fail_msg("odd parameter count");
+        }
+        qd_error_clear(e);
+        int k = proto_client_call(c, method, sb.data, sb.size, NULL, 0, NULL, NULL, m, e);
+        msgpack_sbuffer_destroy(&sb);
+        return k;
+}
+
+static size_t list_count(ProtoClient *c, const char *name) {
+        ProtoMessage m;
+        QdError e = {};
+        size_t found = 0;
+
+        assert_int_equal(call(c, "List", &m, &e, NULL), 0);
+        const msgpack_object *models = proto_map_get(m.result, "models");
+        for (uint32_t i = 0; i < models->via.array.size; i++)
+                found += proto_str_eq(proto_map_get(&models->via.array.ptr[i], "name"), name);
+        return models->via.array.size * 1000 + found;
+}
+
+static void test_create_list_copy_delete(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+        ProtoMessage m;
+        QdError e = {};
+
+        assert_int_equal(dh_create_model(h, c, "tiny", "size=1000\n"), 0);
+        assert_int_equal(list_count(c, "tiny:latest"), 1001);
+        assert_int_equal(call(c, "Copy", &m, &e, "source", "tiny", "destination", "copy:v2", NULL), 0);
+        assert_int_equal(list_count(c, "copy:v2"), 2001);
+        assert_int_equal(call(c, "Delete", &m, &e, "model", "tiny", NULL), 0);
+        assert_int_equal(list_count(c, "tiny:latest"), 1000);
+        assert_int_equal(call(c, "Delete", &m, &e, "model", "tiny", NULL), -ENOENT);
+        assert_non_null(strstr(e.msg, "tiny:latest' not found;"));
+        assert_int_equal(call(c, "Copy", &m, &e, "source", "nope", "destination", "x", NULL), -ENOENT);
+        assert_int_equal(call(c, "Delete", &m, &e, "model", "../etc/passwd", NULL), -EINVAL);
+        assert_true(strlen(e.msg) > 10);
+
+        /* Create names its descriptor; without one it fails with a sentence. */
+        assert_int_equal(call(c, "Create", &m, &e, "model", "x", "gguf", "0", NULL), -EBADF);
+        assert_string_equal(e.msg, "Descriptor 0 was named, but the request came with 0 descriptors.");
+        assert_int_equal(call(c, "Create", &m, &e, "model", "x", NULL), -EINVAL);
+        assert_string_equal(e.msg, "Parameter 'gguf' is required.");
+        assert_int_equal(dh_create_model(h, c, "bad:name:x", "size=1\n"), -EINVAL);
+
+        /* The finished jobs are listed. */
+        assert_int_equal(call(c, "Jobs", &m, &e, NULL), 0);
+        const msgpack_object *jobs = proto_map_get(m.result, "jobs");
+        assert_true(jobs->via.array.size >= 2);
+        const msgpack_object *last = &jobs->via.array.ptr[0];
+        assert_true(proto_str_eq(proto_map_get(last, "kind"), "create"));
+        assert_true(proto_str_eq(proto_map_get(last, "status"), "failed"));
+        assert_true(proto_str_eq(proto_map_get(&jobs->via.array.ptr[1], "status"), "success"));
+        assert_int_equal(call(c, "Jobs", &m, &e, "job", "999", NULL), -ENOENT);
+}
+
+typedef struct Writer {
+        int fd;
+        int chunks;
+        useconds_t pause;
+} Writer;
+
+static void *writer_main(void *userdata) {
+        Writer *w = userdata;
+        char buf[4096];
+        memset(buf, '#', sizeof(buf));
+        for (int i = 0; i < w->chunks; i++) {
+                if (write(w->fd, buf, sizeof(buf)) != sizeof(buf))
+                        break;
+                usleep(w->pause);
+        }
+        close(w->fd);
+        return NULL;
+}
+
+static int count_progress(const ProtoMessage *ev, void *userdata) {
+        (*(int *)userdata)++;
+        assert_string_equal(ev->name, "progress");
+        assert_non_null(proto_map_get(ev->params, "completed"));
+        return 0;
+}
+
+/* Starts Create from a pipe that a thread fills slowly; returns the job id from the first progress event. */
+static uint64_t start_slow_create(ProtoClient *c, const char *name, Writer *w, pthread_t *t) {
+        int p[2];
+        msgpack_sbuffer sb;
+        ProtoMessage m;
+        QdError e = {};
+
+        assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+        w->fd = p[1];
+        assert_int_equal(pthread_create(t, NULL, writer_main, w), 0);
+        msgpack_sbuffer_init(&sb);
+        dh_params(&sb, "model", name, "gguf", "0", NULL);
+        assert_int_equal(proto_client_send(c, "Create", sb.data, sb.size, &p[0], 1, NULL), 0);
+        msgpack_sbuffer_destroy(&sb);
+        close(p[0]);
+        for (;;) {
+                assert_int_equal(proto_client_read(c, 10000, &m, &e), 1);
+                if (m.type == PROTO_NOTIFICATION)
+                        return proto_map_get(m.params, "job")->via.u64;
+                fail_msg("Create replied before any progress: %s", strna(m.error_message));
+        }
+}
+
+static void test_job_survives_client(void **state) {
+        Harness *h = *state;
+        ProtoClient *c = dh_connect(h);
+        Writer w = { .chunks = 40, .pause = 20000 };
+        pthread_t t;
+        ProtoMessage m;
+        QdError e = {};
+        int events = 0;
+
+        uint64_t job = start_slow_create(c, "slow", &w, &t);
+        /* The client goes away; the job does not. */
+        proto_client_free(c);
+
+        _cleanup_(proto_client_freep) ProtoClient *d = dh_connect(h);
+        _cleanup_free_ char *id = strdup_printf("%" PRIu64, job);
+        msgpack_sbuffer sb;
+        msgpack_sbuffer_init(&sb);
+        dh_params(&sb, "job", id, "watch", "true", NULL);
+        assert_int_equal(proto_client_call(d, "Jobs", sb.data, sb.size, NULL, 0, count_progress, &events, &m, &e), 0);
+        msgpack_sbuffer_destroy(&sb);
+        assert_true(proto_str_eq(proto_map_get(m.result, "status"), "success"));
+        assert_true(events > 0);
+        pthread_join(t, NULL);
+        assert_int_equal(list_count(d, "slow:latest"), 1001);
+
+        /* Watching a finished job answers at once. */
+        msgpack_sbuffer_init(&sb);
+        dh_params(&sb, "job", id, "watch", "true", NULL);
+        assert_int_equal(proto_client_call(d, "Jobs", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
+        msgpack_sbuffer_destroy(&sb);
+}
+
+static void test_cancel_job(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *d = dh_connect(h);
+        Writer w = { .chunks = 1000, .pause = 20000 };
+        pthread_t t;
+        ProtoMessage m;
+        QdError e = {};
+
+        signal(SIGPIPE, SIG_IGN);
+        uint64_t job = start_slow_create(c, "cancelled", &w, &t);
+        _cleanup_free_ char *id = strdup_printf("%" PRIu64, job);
+        assert_int_equal(call(d, "Cancel", &m, &e, "job", id, NULL), 0);
+        for (;;) {
+                assert_int_equal(proto_client_read(c, 10000, &m, &e), 1);
+                if (m.type == PROTO_RESPONSE)
+                        break;
+        }
+        assert_int_equal(m.error, ECANCELED);
+        pthread_join(t, NULL);
+        /* Nothing half-written is visible. */
+        assert_int_equal(list_count(d, "cancelled:latest"), 0);
+}
+
+static void test_sigterm_mid_job(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+        Writer w = { .chunks = 1000, .pause = 20000 };
+        pthread_t t;
+
+        signal(SIGPIPE, SIG_IGN);
+        assert_int_equal(dh_create_model(h, c, "kept", "size=1\n"), 0);
+        (void)start_slow_create(c, "interrupted", &w, &t);
+        _cleanup_free_ char *models = strdup(h->models);
+        _cleanup_free_ char *kept = strdup_printf("%s/manifests/registry.ollama.ai/library/kept/latest", h->models);
+        _cleanup_free_ char *lost = strdup_printf("%s/manifests/registry.ollama.ai/library/interrupted", h->models);
+        /* Only verified blobs: kept's model and config; the interrupted upload left nothing behind. */
+        _cleanup_free_ char *check = strdup_printf("test $(ls -A %s/blobs | wc -l) -eq 2", h->models);
+
+        /* dh_stop() removes the directory, so look before: stop the daemon by hand. */
+        kill(h->pid, SIGTERM);
+        int status;
+        assert_int_equal(waitpid(h->pid, &status, 0), h->pid);
+        h->pid = 0;
+        assert_true(WIFEXITED(status));
+        assert_int_equal(WEXITSTATUS(status), 0);
+        struct stat st;
+        assert_int_equal(stat(kept, &st), 0);
+        assert_int_equal(stat(lost, &st), -1);
+        assert_int_equal(system(check), 0);
+        assert_true(dh_log_contains(h, "cancelled"));
+        pthread_join(t, NULL);
+        assert_int_equal(dh_stop(h), 0);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test_setup_teardown(test_create_list_copy_delete, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_job_survives_client, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_cancel_job, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_sigterm_mid_job, setup, teardown),
+        };
+        return cmocka_run_group_tests(tests, NULL, NULL);
+}
