@@ -144,14 +144,16 @@ static int model_load(Gguf *g, const EngineModelParams *p, EngineModel **ret, Qd
         m->params = p ? *p : engine_model_params_default();
         if (m->params.kv_type != GGML_TYPE_F16 && m->params.kv_type != GGML_TYPE_F32 &&
             m->params.kv_type != GGML_TYPE_Q8_0) {
+                r = qd_error_set(err, EINVAL, "The KV cache type must be f16, f32 or q8_0, not %s.",
+                                 ggml_type_name(m->params.kv_type));
                 model_free(m);
-                return qd_error_set(err, EINVAL, "The KV cache type must be f16, f32 or q8_0, not %s.",
-                                    ggml_type_name(m->params.kv_type));
+                return r;
         }
         if (m->params.cpu_isa >= _ENGINE_CPU_ISA_MAX || m->params.cpu_isa < -1 || m->params.n_threads > 1024) {
+                r = qd_error_set(err, EINVAL, "Bad CPU parameters (instruction set %" PRIi32 ", %" PRIu32
+                                 " threads).", m->params.cpu_isa, m->params.n_threads);
                 model_free(m);
-                return qd_error_set(err, EINVAL, "Bad CPU parameters (instruction set %" PRIi32 ", %" PRIu32
-                                    " threads).", m->params.cpu_isa, m->params.n_threads);
+                return r;
         }
         m->n_batch = m->params.n_batch ? m->params.n_batch : DEFAULT_N_BATCH;
         m->params.backend = NULL; /* not kept: the caller's string */
