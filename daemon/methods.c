@@ -46,10 +46,10 @@ static int pack_types(msgpack_packer *pk) {
 static int method_hello(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
         struct {
                 uint32_t protocol, minor;
-        } a = { PROTO_VERSION_MAJOR, 0 };
+        } a = {PROTO_VERSION_MAJOR, 0};
         static const ProtoField fields[] = {
-                { "protocol", PROTO_FIELD_U32, offsetof(typeof(a), protocol) },
-                { "minor", PROTO_FIELD_U32, offsetof(typeof(a), minor) },
+                {"protocol", PROTO_FIELD_U32, offsetof(typeof(a), protocol)},
+                {"minor", PROTO_FIELD_U32, offsetof(typeof(a), minor)},
                 {},
         };
         Reply rep;
@@ -153,7 +153,7 @@ typedef struct ModelArg {
 } ModelArg;
 
 static const ProtoField model_fields[] = {
-        { "model", PROTO_FIELD_STRING, offsetof(ModelArg, model), true },
+        {"model", PROTO_FIELD_STRING, offsetof(ModelArg, model), true},
         {},
 };
 
@@ -241,10 +241,10 @@ static int method_create(Manager *m, Request *r, ProtoMessage *call, QdError *er
                 uint64_t gguf;
         } a = {};
         static const ProtoField fields[] = {
-                { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
-                { "gguf", PROTO_FIELD_FD, offsetof(typeof(a), gguf), true },
-                { "template", PROTO_FIELD_STRING, offsetof(typeof(a), template) },
-                { "system", PROTO_FIELD_STRING, offsetof(typeof(a), system) },
+                {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true},
+                {"gguf", PROTO_FIELD_FD, offsetof(typeof(a), gguf), true},
+                {"template", PROTO_FIELD_STRING, offsetof(typeof(a), template)},
+                {"system", PROTO_FIELD_STRING, offsetof(typeof(a), system)},
                 {},
         };
         int k;
@@ -284,8 +284,8 @@ static int method_copy(Manager *m, Request *r, ProtoMessage *call, QdError *err)
                 const char *source, *destination;
         } a = {};
         static const ProtoField fields[] = {
-                { "source", PROTO_FIELD_STRING, offsetof(typeof(a), source), true },
-                { "destination", PROTO_FIELD_STRING, offsetof(typeof(a), destination), true },
+                {"source", PROTO_FIELD_STRING, offsetof(typeof(a), source), true},
+                {"destination", PROTO_FIELD_STRING, offsetof(typeof(a), destination), true},
                 {},
         };
         int k = proto_dispatch(call->params, fields, &a, call->zone, err);
@@ -349,7 +349,8 @@ static int start_transfer(Manager *m, Request *r, ProtoMessage *call, bool push,
                 transfer_job_free(t);
                 return -ENOMEM;
         }
-        return job_start(m, r, push ? "push" : "pull", a.model, transfer_job_run, t, transfer_job_free, NULL);
+        return job_start(m, r, push ? "push" : "pull", a.model, transfer_job_run, t, transfer_job_free,
+                         NULL);
 }
 
 static int method_pull(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
@@ -368,8 +369,8 @@ static int method_jobs(Manager *m, Request *r, ProtoMessage *call, QdError *err)
                 bool watch;
         } a = {};
         static const ProtoField fields[] = {
-                { "job", PROTO_FIELD_U64, offsetof(typeof(a), job) },
-                { "watch", PROTO_FIELD_BOOL, offsetof(typeof(a), watch) },
+                {"job", PROTO_FIELD_U64, offsetof(typeof(a), job)},
+                {"watch", PROTO_FIELD_BOOL, offsetof(typeof(a), watch)},
                 {},
         };
         Reply rep;
@@ -397,26 +398,30 @@ static int method_cancel(Manager *m, Request *r, ProtoMessage *call, QdError *er
                 uint64_t id, job;
         } a = {};
         static const ProtoField fields[] = {
-                { "id", PROTO_FIELD_U64, offsetof(typeof(a), id) },
-                { "job", PROTO_FIELD_U64, offsetof(typeof(a), job) },
+                {"id", PROTO_FIELD_U64, offsetof(typeof(a), id)},
+                {"job", PROTO_FIELD_U64, offsetof(typeof(a), job)},
                 {},
         };
         int k = proto_dispatch(call->params, fields, &a, call->zone, err);
         if (k < 0)
                 return k;
         if ((a.id == 0) == (a.job == 0))
-                return qd_error_set(err, EINVAL, "Cancel takes either 'id' (a request of this client) or 'job'.");
+                return qd_error_set(err, EINVAL,
+                                    "Cancel takes either 'id' (a request of this client) or 'job'.");
         if (a.job != 0) {
                 Job *j = job_find(m, a.job);
                 if (!j)
                         return qd_error_set(err, ENOENT, "No job %" PRIu64 ".", a.job);
                 if (!request_caller(r)->may_change_store)
-                        return qd_error_set(err, EPERM, "Cancelling a job needs the right to change the store.");
+                        return qd_error_set(err, EPERM,
+                                            "Cancelling a job needs the right to change the store.");
                 job_cancel(j);
         } else {
-                Request *target = r->frontend && r->frontend->find_sibling ? r->frontend->find_sibling(r, a.id) : NULL;
+                Request *target =
+                        r->frontend && r->frontend->find_sibling ? r->frontend->find_sibling(r, a.id) : NULL;
                 if (!target)
-                        return qd_error_set(err, ENOENT, "No request %" PRIu64 " in flight on this connection.", a.id);
+                        return qd_error_set(err, ENOENT,
+                                            "No request %" PRIu64 " in flight on this connection.", a.id);
                 request_cancel(target);
         }
         request_reply(r, NULL);
@@ -438,10 +443,10 @@ static int method_load(Manager *m, Request *r, ProtoMessage *call, QdError *err)
         struct {
                 const char *model;
                 int64_t keep_alive;
-        } a = { .keep_alive = INT64_MIN };
+        } a = {.keep_alive = INT64_MIN};
         static const ProtoField fields[] = {
-                { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
-                { "keep_alive", PROTO_FIELD_DURATION, offsetof(typeof(a), keep_alive) },
+                {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true},
+                {"keep_alive", PROTO_FIELD_DURATION, offsetof(typeof(a), keep_alive)},
                 {},
         };
         int k = proto_dispatch(call->params, fields, &a, call->zone, err);
@@ -495,7 +500,8 @@ static int decode_stop(const msgpack_object *o, char ***ret, QdError *err) {
                 const msgpack_object *s = &o->via.array.ptr[i];
                 if (s->type != MSGPACK_OBJECT_STR || s->via.str.size == 0) {
                         strv_free(l);
-                        return qd_error_set(err, EINVAL, "Option 'stop' must be an array of non-empty strings.");
+                        return qd_error_set(err, EINVAL,
+                                            "Option 'stop' must be an array of non-empty strings.");
                 }
                 l[i] = strndup(s->via.str.ptr, s->via.str.size);
                 if (!l[i]) {
@@ -521,23 +527,26 @@ static int decode_messages(const msgpack_object *messages, msgpack_zone *zone, E
                 return -ENOMEM;
         for (uint32_t i = 0; i < n; i++) {
                 static const ProtoField fields[] = {
-                        { "role", PROTO_FIELD_STRING, offsetof(EngineChatMessage, role), true },
-                        { "content", PROTO_FIELD_STRING, offsetof(EngineChatMessage, content), true },
+                        {"role", PROTO_FIELD_STRING, offsetof(EngineChatMessage, role), true},
+                        {"content", PROTO_FIELD_STRING, offsetof(EngineChatMessage, content), true},
                         {},
                 };
                 const msgpack_object *o = &messages->via.array.ptr[i];
                 QdError e = {};
                 if (o->type != MSGPACK_OBJECT_MAP)
-                        return qd_error_set(err, EINVAL, "Message %" PRIu32 " must be a map {role, content}, got %s.",
-                                            i, proto_object_type_name(o));
+                        return qd_error_set(err, EINVAL,
+                                            "Message %" PRIu32 " must be a map {role, content}, got %s.", i,
+                                            proto_object_type_name(o));
                 k = proto_dispatch(o, fields, &msgs[i], zone, &e);
                 if (k < 0)
                         return qd_error_set(err, k, "Message %" PRIu32 ": %s", i, e.msg);
                 if (!streq(msgs[i].role, "system") && !streq(msgs[i].role, "user") &&
                     !streq(msgs[i].role, "assistant") && !streq(msgs[i].role, "tool"))
                         return qd_error_set(err, EINVAL,
-                                            "Message %" PRIu32 " has role '%s'; roles are system, user, assistant "
-                                            "and tool.", i, msgs[i].role);
+                                            "Message %" PRIu32
+                                            " has role '%s'; roles are system, user, assistant "
+                                            "and tool.",
+                                            i, msgs[i].role);
         }
         *ret = TAKE_PTR(msgs);
         *ret_n = n;
@@ -609,13 +618,13 @@ static int render_prompt(Manager *m, const char *model, const char *system_overr
 
 /* Generate and Chat: the same options and the same path through the scheduler. */
 static int start_generation(Manager *m, Request *r, ProtoMessage *call, bool chat, QdError *err) {
-        _cleanup_(generate_params_done) GenerateParams p = { .num_predict = -1, .stream = true };
+        _cleanup_(generate_params_done) GenerateParams p = {.num_predict = -1, .stream = true};
         struct {
                 const char *model, *prompt, *system;
                 const msgpack_object *options, *messages;
                 int64_t keep_alive;
                 bool raw, stream, return_tokens;
-        } a = { .keep_alive = INT64_MIN, .stream = true };
+        } a = {.keep_alive = INT64_MIN, .stream = true};
         const ProtoField fields[] = {
                 { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
                 chat ? (ProtoField){ "messages", PROTO_FIELD_ARRAY, offsetof(typeof(a), messages), true }
@@ -631,18 +640,19 @@ static int start_generation(Manager *m, Request *r, ProtoMessage *call, bool cha
         SamplerParams *s = &p.sampler;
         const msgpack_object *stop = NULL;
         const ProtoField options[] = {
-                { "temperature", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.temperature) },
-                { "top_k", PROTO_FIELD_I32, offsetof(GenerateParams, sampler.top_k) },
-                { "top_p", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.top_p) },
-                { "min_p", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.min_p) },
-                { "typical_p", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.typical_p) },
-                { "repeat_penalty", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.repeat_penalty) },
-                { "repeat_last_n", PROTO_FIELD_I32, offsetof(GenerateParams, sampler.repeat_last_n) },
-                { "presence_penalty", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.presence_penalty) },
-                { "frequency_penalty", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.frequency_penalty) },
-                { "seed", PROTO_FIELD_U64, offsetof(GenerateParams, sampler.seed) },
-                { "num_predict", PROTO_FIELD_I32, offsetof(GenerateParams, num_predict) },
-                { "num_ctx", PROTO_FIELD_U32, offsetof(GenerateParams, num_ctx) },
+                {"temperature", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.temperature)},
+                {"top_k", PROTO_FIELD_I32, offsetof(GenerateParams, sampler.top_k)},
+                {"top_p", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.top_p)},
+                {"min_p", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.min_p)},
+                {"typical_p", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.typical_p)},
+                {"repeat_penalty", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.repeat_penalty)},
+                {"repeat_last_n", PROTO_FIELD_I32, offsetof(GenerateParams, sampler.repeat_last_n)},
+                {"presence_penalty", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.presence_penalty)},
+                {"frequency_penalty", PROTO_FIELD_FLOAT,
+                 offsetof(GenerateParams, sampler.frequency_penalty)},
+                {"seed", PROTO_FIELD_U64, offsetof(GenerateParams, sampler.seed)},
+                {"num_predict", PROTO_FIELD_I32, offsetof(GenerateParams, num_predict)},
+                {"num_ctx", PROTO_FIELD_U32, offsetof(GenerateParams, num_ctx)},
                 {},
         };
         int k;
@@ -663,7 +673,8 @@ static int start_generation(Manager *m, Request *r, ProtoMessage *call, bool cha
                         return k;
         }
         if (chat && a.raw)
-                return qd_error_set(err, EINVAL, "Chat renders its prompt with the model's template; 'raw' is for "
+                return qd_error_set(err, EINVAL,
+                                    "Chat renders its prompt with the model's template; 'raw' is for "
                                     "Generate.");
         if (chat) {
                 _cleanup_free_ EngineChatMessage *msgs = NULL;
@@ -708,11 +719,11 @@ static int method_embed(Manager *m, Request *r, ProtoMessage *call, QdError *err
                 const char *model;
                 const msgpack_object *input;
                 int64_t keep_alive;
-        } a = { .keep_alive = INT64_MIN };
+        } a = {.keep_alive = INT64_MIN};
         static const ProtoField fields[] = {
-                { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
-                { "input", PROTO_FIELD_ANY, offsetof(typeof(a), input), true },
-                { "keep_alive", PROTO_FIELD_DURATION, offsetof(typeof(a), keep_alive) },
+                {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true},
+                {"input", PROTO_FIELD_ANY, offsetof(typeof(a), input), true},
+                {"keep_alive", PROTO_FIELD_DURATION, offsetof(typeof(a), keep_alive)},
                 {},
         };
         int k = proto_dispatch(call->params, fields, &a, call->zone, err);
@@ -720,7 +731,8 @@ static int method_embed(Manager *m, Request *r, ProtoMessage *call, QdError *err
                 return k;
 
         /* One string, or an array of them. */
-        const msgpack_object *items = a.input->type == MSGPACK_OBJECT_ARRAY ? a.input->via.array.ptr : a.input;
+        const msgpack_object *items =
+                a.input->type == MSGPACK_OBJECT_ARRAY ? a.input->via.array.ptr : a.input;
         uint32_t n = a.input->type == MSGPACK_OBJECT_ARRAY ? a.input->via.array.size : 1;
         if (n == 0 || n > 1024)
                 return qd_error_set(err, EINVAL, "Parameter 'input' must hold 1 to 1024 strings.");
@@ -728,7 +740,8 @@ static int method_embed(Manager *m, Request *r, ProtoMessage *call, QdError *err
         if (!inputs)
                 return -ENOMEM;
         for (uint32_t i = 0; i < n; i++) {
-                if (items[i].type != MSGPACK_OBJECT_STR || memchr(items[i].via.str.ptr, 0, items[i].via.str.size)) {
+                if (items[i].type != MSGPACK_OBJECT_STR ||
+                    memchr(items[i].via.str.ptr, 0, items[i].via.str.size)) {
                         strv_free(inputs);
                         return qd_error_set(err, EINVAL,
                                             "Parameter 'input' must be a string or an array of strings.");
@@ -739,7 +752,8 @@ static int method_embed(Manager *m, Request *r, ProtoMessage *call, QdError *err
                         return -ENOMEM;
                 }
         }
-        return scheduler_embed(m->scheduler, r, a.model, inputs, a.keep_alive, a.keep_alive != INT64_MIN, err);
+        return scheduler_embed(m->scheduler, r, a.model, inputs, a.keep_alive, a.keep_alive != INT64_MIN,
+                               err);
 }
 
 static int method_tokenize(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
@@ -747,8 +761,8 @@ static int method_tokenize(Manager *m, Request *r, ProtoMessage *call, QdError *
                 const char *model, *text;
         } a = {};
         static const ProtoField fields[] = {
-                { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
-                { "text", PROTO_FIELD_STRING, offsetof(typeof(a), text), true },
+                {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true},
+                {"text", PROTO_FIELD_STRING, offsetof(typeof(a), text), true},
                 {},
         };
         int k = proto_dispatch(call->params, fields, &a, call->zone, err);
@@ -763,8 +777,8 @@ static int method_detokenize(Manager *m, Request *r, ProtoMessage *call, QdError
                 const msgpack_object *tokens;
         } a = {};
         static const ProtoField fields[] = {
-                { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
-                { "tokens", PROTO_FIELD_ARRAY, offsetof(typeof(a), tokens), true },
+                {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true},
+                {"tokens", PROTO_FIELD_ARRAY, offsetof(typeof(a), tokens), true},
                 {},
         };
         int k = proto_dispatch(call->params, fields, &a, call->zone, err);
@@ -773,31 +787,34 @@ static int method_detokenize(Manager *m, Request *r, ProtoMessage *call, QdError
         for (uint32_t i = 0; i < a.tokens->via.array.size; i++) {
                 const msgpack_object *t = &a.tokens->via.array.ptr[i];
                 if (t->type != MSGPACK_OBJECT_POSITIVE_INTEGER || t->via.u64 > INT32_MAX)
-                        return qd_error_set(err, EINVAL, "Parameter 'tokens' must be an array of token ids; element %"
-                                            PRIu32 " is not one.", i);
+                        return qd_error_set(
+                                err, EINVAL,
+                                "Parameter 'tokens' must be an array of token ids; element %" PRIu32
+                                " is not one.",
+                                i);
         }
         return scheduler_tokenize(m->scheduler, r, a.model, NULL, a.tokens, err);
 }
 
 const Method daemon_methods[] = {
-        { "Hello", method_hello, 0 },
-        { "Version", method_version, 0 },
-        { "List", method_list, 0 },
-        { "Show", method_show, 0 },
-        { "Ps", method_ps, 0 },
-        { "Generate", method_generate, METHOD_STREAMS },
-        { "Chat", method_chat, METHOD_STREAMS },
-        { "Embed", method_embed, 0 },
-        { "Tokenize", method_tokenize, 0 },
-        { "Detokenize", method_detokenize, 0 },
-        { "Pull", method_pull, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT },
-        { "Push", method_push, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT },
-        { "Create", method_create, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT },
-        { "Copy", method_copy, METHOD_CHANGES_STORE },
-        { "Delete", method_delete, METHOD_CHANGES_STORE },
-        { "Load", method_load, 0 },
-        { "Unload", method_unload, 0 },
-        { "Cancel", method_cancel, 0 },
-        { "Jobs", method_jobs, METHOD_STREAMS },
+        {"Hello", method_hello, 0},
+        {"Version", method_version, 0},
+        {"List", method_list, 0},
+        {"Show", method_show, 0},
+        {"Ps", method_ps, 0},
+        {"Generate", method_generate, METHOD_STREAMS},
+        {"Chat", method_chat, METHOD_STREAMS},
+        {"Embed", method_embed, 0},
+        {"Tokenize", method_tokenize, 0},
+        {"Detokenize", method_detokenize, 0},
+        {"Pull", method_pull, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT},
+        {"Push", method_push, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT},
+        {"Create", method_create, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT},
+        {"Copy", method_copy, METHOD_CHANGES_STORE},
+        {"Delete", method_delete, METHOD_CHANGES_STORE},
+        {"Load", method_load, 0},
+        {"Unload", method_unload, 0},
+        {"Cancel", method_cancel, 0},
+        {"Jobs", method_jobs, METHOD_STREAMS},
         {},
 };

@@ -2,14 +2,14 @@
 /*
  * A real quantd with the real engine: a model created from stories260K.gguf (passed as a descriptor)
  * generates over the socket, and its greedy tokens equal the independent reference in stories260K.golden;
- * 16 clients at once, each streaming 64 greedy tokens, get streams identical to a solo run; Show, Tokenize and
- * Detokenize on a real vocabulary.
+ * 16 clients at once, each streaming 64 greedy tokens, get streams identical to a solo run; Show, Tokenize
+ * and Detokenize on a real vocabulary.
  */
 
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <setjmp.h>
 
 #include <cmocka.h>
 
@@ -19,10 +19,11 @@
 #include "daemon-harness.h"
 
 static int setup(void **state) {
-        static const char *const args[] = { "--backend=engine", NULL };
+        static const char *const args[] = {"--backend=engine", NULL};
         Harness *h = calloc(1, sizeof(Harness));
         assert_non_null(h);
-        assert_int_equal(dh_start(h, "[Scheduler]\nNumParallel=16\nContextLength=256\nThreads=2\n", args), 0);
+        assert_int_equal(dh_start(h, "[Scheduler]\nNumParallel=16\nContextLength=256\nThreads=2\n", args),
+                         0);
         *state = h;
 
         const char *dir = getenv("QUANTD_TEST_MODELS");
@@ -68,7 +69,8 @@ typedef struct Stream {
 
 static int collect(const ProtoMessage *ev, void *userdata) {
         Stream *s = userdata;
-        const msgpack_object *t = proto_map_get(ev->params, "text"), *tok = proto_map_get(ev->params, "token");
+        const msgpack_object *t = proto_map_get(ev->params, "text"),
+                             *tok = proto_map_get(ev->params, "token");
         assert_non_null(t);
         assert_int_equal(buf_append(&s->text, t->via.str.ptr, t->via.str.size), 0);
         if (tok && s->n_tokens < ELEMENTSOF(s->tokens))
@@ -126,7 +128,7 @@ static void test_golden(void **state) {
 static void test_concurrent_equal_solo(void **state) {
         Harness *h = *state;
         _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
-        static const char *const prompts[] = { "Once upon a time", "The cat", "Lily and Tom went" };
+        static const char *const prompts[] = {"Once upon a time", "The cat", "Lily and Tom went"};
         Stream solo[ELEMENTSOF(prompts)] = {};
         msgpack_sbuffer sb;
         ProtoMessage m;
@@ -135,8 +137,8 @@ static void test_concurrent_equal_solo(void **state) {
         for (size_t p = 0; p < ELEMENTSOF(prompts); p++) {
                 msgpack_sbuffer_init(&sb);
                 pack_greedy(&sb, prompts[p], 64);
-                assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, collect, &solo[p], &m,
-                                                   &e),
+                assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, collect,
+                                                   &solo[p], &m, &e),
                                  0);
                 msgpack_sbuffer_destroy(&sb);
         }
@@ -217,7 +219,8 @@ static void test_show_tokenize(void **state) {
         msgpack_pack_array(&pk, n);
         for (uint32_t i = 0; i < n; i++)
                 msgpack_pack_int32(&pk, ids[i]);
-        assert_int_equal(proto_client_call(c, "Detokenize", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
+        assert_int_equal(proto_client_call(c, "Detokenize", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         0);
         msgpack_sbuffer_destroy(&sb);
         const msgpack_object *text = proto_map_get(m.result, "text");
         /* SentencePiece adds the leading space of its "▁". */
@@ -254,7 +257,8 @@ static void test_embed(void **state) {
                 assert_true(norm > 0.999 && norm < 1.001);
         }
         for (uint32_t i = 0; i < 64; i++)
-                dot += v->via.array.ptr[0].via.array.ptr[i].via.f64 * v->via.array.ptr[1].via.array.ptr[i].via.f64;
+                dot += v->via.array.ptr[0].via.array.ptr[i].via.f64 *
+                       v->via.array.ptr[1].via.array.ptr[i].via.f64;
         assert_true(dot < 0.9999);
 }
 
@@ -305,9 +309,10 @@ static void test_chat(void **state) {
         uint64_t prompt_tokens = proto_map_get(m.result, "prompt_eval_count")->via.u64;
 
         /* The prompt was ChatML with the template's default system prompt, as Hugging Face renders it. */
-        static const char *chatml = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
-                                    "Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?"
-                                    "<|im_end|>\n<|im_start|>assistant\n";
+        static const char *chatml =
+                "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
+                "Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?"
+                "<|im_end|>\n<|im_start|>assistant\n";
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
         dh_params(&sb, "model", "smollm", "text", chatml, NULL);
