@@ -696,18 +696,10 @@ static int decode_stop(const msgpack_object *o, char ***ret, QdError *err) {
         return 0;
 }
 
-/*
- * The prompt of a chat: the model's Modelfile TEMPLATE (Go text/template) when it has one, else the format
- * recognised from its GGUF's tokenizer.chat_template, with the Modelfile's SYSTEM or the format's default
- * system prompt.
- */
-static int render_chat(Manager *m, const char *model, const msgpack_object *messages, msgpack_zone *zone,
-                       char **ret, QdError *err) {
+/* Decodes Chat's 'messages' ([{role, content}, …]) into msgs, borrowing the strings from zone. */
+static int decode_messages(const msgpack_object *messages, msgpack_zone *zone, EngineChatMessage **ret,
+                           uint32_t *ret_n, QdError *err) {
         _cleanup_free_ EngineChatMessage *msgs = NULL;
-        _cleanup_free_ char *template = NULL, *system = NULL, *path = NULL, *jinja = NULL,
-                            *default_system = NULL;
-        _cleanup_(engine_template_freep) EngineTemplate *t = NULL;
-        _cleanup_(buf_free) Buf out = {};
         uint32_t n = messages->via.array.size;
         int k;
 
@@ -739,38 +731,67 @@ static int render_chat(Manager *m, const char *model, const msgpack_object *mess
                                             "and tool.",
                                             i, msgs[i].role);
         }
+        *ret = TAKE_PTR(msgs);
+        *ret_n = n;
+        return 0;
+}
+
+/*
+ * The prompt of a chat or of a templated Generate: the model's Modelfile TEMPLATE (Go text/template) when it has
+ * one, else the format recognised from its GGUF's tokenizer.chat_template, with the Modelfile's SYSTEM (or the
+ * request's system) or the format's default system prompt. A model with no template at all is an error for Chat;
+ * for Generate (raw_fallback) its prompt is used as it is, as Ollama does.
+ */
+static int render_prompt(Manager *m, const char *model, const char *system_override, const EngineChatMessage *msgs,
+                         uint32_t n, const char *raw_fallback, char **ret, QdError *err) {
+        _cleanup_free_ char *template = NULL, *system = NULL, *path = NULL, *jinja = NULL, *default_system = NULL;
+        _cleanup_(engine_template_freep) EngineTemplate *t = NULL;
+        _cleanup_(buf_free) Buf out = {};
+        int k;
 
         k = m->store_ops->read_layer(m->store, model, STORE_LAYER_TEMPLATE, &template, err);
         if (k >= 0)
                 k = m->store_ops->read_layer(m->store, model, STORE_LAYER_SYSTEM, &system, err);
         if (k < 0)
                 return k;
+        const char *sys = system_override ?: system;
         if (template) {
                 k = engine_template_parse(template, &t, err);
                 if (k >= 0)
-                        k = engine_template_render(t, system, msgs, n, &out, err);
+                        k = engine_template_render(t, sys, msgs, n, &out, err);
         } else {
                 _cleanup_(gguf_freep) Gguf *g = NULL;
                 EngineChatFormat f;
                 k = m->store_ops->resolve(m->store, model, &path, NULL, err);
                 if (k >= 0)
-                        k = gguf_open(path, &g, err);
+                        k = gguf_open(path, &g, raw_fallback ? NULL : err);
+                if (k < 0 && raw_fallback && k != -ENOENT) {
+                        /* Not a GGUF we can read: loading it will say why; the prompt stays as it is. */
+                        *ret = strdup(raw_fallback);
+                        return *ret ? 0 : -ENOMEM;
+                }
                 if (k < 0)
                         return k;
-                if (gguf_get_string(g, "tokenizer.chat_template", &jinja) < 0)
-                        return qd_error_set(
-                                err, EOPNOTSUPP,
-                                "Model '%s' has no chat template (no TEMPLATE in its Modelfile, no "
-                                "tokenizer.chat_template in its GGUF); use Generate.",
-                                model);
+                if (gguf_get_string(g, "tokenizer.chat_template", &jinja) < 0) {
+                        if (raw_fallback) {
+                                *ret = strdup(raw_fallback);
+                                return *ret ? 0 : -ENOMEM;
+                        }
+                        return qd_error_set(err, EOPNOTSUPP,
+                                            "Model '%s' has no chat template (no TEMPLATE in its Modelfile, no "
+                                            "tokenizer.chat_template in its GGUF); use Generate.", model);
+                }
                 k = engine_chat_format_detect(jinja, &f, &default_system);
-                if (k < 0)
-                        return qd_error_set(
-                                err, EOPNOTSUPP,
-                                "The chat template of '%s' is of a family quantd does not know; give the "
-                                "model a TEMPLATE in its Modelfile.",
-                                model);
-                k = engine_chat_format_render(f, system ?: default_system, msgs, n, &out, err);
+                if (k < 0) {
+                        if (raw_fallback) {
+                                *ret = strdup(raw_fallback);
+                                return *ret ? 0 : -ENOMEM;
+                        }
+                        return qd_error_set(err, EOPNOTSUPP,
+                                            "The chat template of '%s' is of a family quantd does not know; give the "
+                                            "model a TEMPLATE in its Modelfile.", model);
+                }
+                k = engine_chat_format_render(f, sys ?: default_system, msgs, n, &out, err);
         }
         if (k < 0)
                 return k;
@@ -853,20 +874,21 @@ static int apply_model_params(const char *json, GenerateParams *p, QdError *err)
 static int start_generation(Manager *m, Request *r, ProtoMessage *call, bool chat, QdError *err) {
         _cleanup_(generate_params_done) GenerateParams p = {.num_predict = -1, .stream = true};
         struct {
-                const char *model, *prompt;
+                const char *model, *prompt, *system;
                 const msgpack_object *options, *messages;
                 int64_t keep_alive;
                 bool raw, stream, return_tokens;
         } a = {.keep_alive = INT64_MIN, .stream = true};
         const ProtoField fields[] = {
-                {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true},
-                chat ? (ProtoField){"messages", PROTO_FIELD_ARRAY, offsetof(typeof(a), messages), true}
-                     : (ProtoField){"prompt", PROTO_FIELD_STRING, offsetof(typeof(a), prompt), true},
-                {"options", PROTO_FIELD_MAP, offsetof(typeof(a), options)},
-                {"keep_alive", PROTO_FIELD_DURATION, offsetof(typeof(a), keep_alive)},
-                {"raw", PROTO_FIELD_BOOL, offsetof(typeof(a), raw)},
-                {"stream", PROTO_FIELD_BOOL, offsetof(typeof(a), stream)},
-                {"return_tokens", PROTO_FIELD_BOOL, offsetof(typeof(a), return_tokens)},
+                { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
+                chat ? (ProtoField){ "messages", PROTO_FIELD_ARRAY, offsetof(typeof(a), messages), true }
+                     : (ProtoField){ "prompt", PROTO_FIELD_STRING, offsetof(typeof(a), prompt), true },
+                { "options", PROTO_FIELD_MAP, offsetof(typeof(a), options) },
+                { "keep_alive", PROTO_FIELD_DURATION, offsetof(typeof(a), keep_alive) },
+                { "raw", PROTO_FIELD_BOOL, offsetof(typeof(a), raw) },
+                { "system", PROTO_FIELD_STRING, offsetof(typeof(a), system) },
+                { "stream", PROTO_FIELD_BOOL, offsetof(typeof(a), stream) },
+                { "return_tokens", PROTO_FIELD_BOOL, offsetof(typeof(a), return_tokens) },
                 {},
         };
         SamplerParams *s = &p.sampler;
@@ -912,20 +934,31 @@ static int start_generation(Manager *m, Request *r, ProtoMessage *call, bool cha
                 if (k < 0)
                         return k;
         }
-        if (chat) {
-                k = render_chat(m, a.model, a.messages, call->zone, &p.prompt, err);
-                if (k < 0)
-                        return k;
-                log_debug("Chat prompt for '%s': %s", a.model, p.prompt);
-        } else
-                p.prompt = strdup(a.prompt);
-        p.model = strdup(a.model);
-        if (!p.model || !p.prompt)
-                return -ENOMEM;
         if (chat && a.raw)
                 return qd_error_set(err, EINVAL,
                                     "Chat renders its prompt with the model's template; 'raw' is for "
                                     "Generate.");
+        if (chat) {
+                _cleanup_free_ EngineChatMessage *msgs = NULL;
+                uint32_t n = 0;
+                k = decode_messages(a.messages, call->zone, &msgs, &n, err);
+                if (k >= 0)
+                        k = render_prompt(m, a.model, a.system, msgs, n, NULL, &p.prompt, err);
+                if (k < 0)
+                        return k;
+        } else if (a.raw)
+                p.prompt = strdup(a.prompt);
+        else {
+                /* Generate goes through the template too, as one user turn, unless the request says raw. */
+                EngineChatMessage one = { .role = "user", .content = a.prompt };
+                k = render_prompt(m, a.model, a.system, &one, 1, a.prompt, &p.prompt, err);
+                if (k < 0)
+                        return k;
+        }
+        log_debug("Prompt for '%s': %s", a.model, strna(p.prompt));
+        p.model = strdup(a.model);
+        if (!p.model || !p.prompt)
+                return -ENOMEM;
         p.raw = a.raw;
         p.chat = chat;
         p.stream = a.stream;

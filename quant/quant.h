@@ -110,7 +110,7 @@ int quant_model_shape_from_gguf(const Gguf *g, QuantModelShape *ret);
  * Chooses the type of each of n tensors (in file order, as llama-quantize counts layers) for params'
  * mixture: which tensors are quantized at all (2-D weights other than norms), the promotions of output,
  * embeddings, attn_v, ffn_down, attn_output by layer, the fallbacks for rows that the chosen type's blocks
- * do not divide (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, Q2_K/Q3_K → IQ4_NL, and F16 when those do not divide
+ * do not divide (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, Q2_K/Q3_K → Q4_0, and F16 when those do not divide
  * it either), then --pure, --leave-output-tensor and the overrides. Tensors that stay as they are get their
  * own type. ret_types has n entries. Errors: -EINVAL with a message for a bad pattern or an override type
  * that the tensor's rows cannot hold, -EOPNOTSUPP for an override type we cannot write; -ENOMEM.

@@ -298,6 +298,27 @@ static void test_chat(void **state) {
         assert_int_equal(proto_map_get(msg, "content")->via.str.size, 8);
         assert_null(proto_map_get(m.result, "response"));
 
+        /* Generate renders its prompt through the template too, as one user turn, unless it is raw (then
+         * without BOS, the prompt being taken as it is). */
+        for (int raw = 0; raw <= 1; raw++) {
+                msgpack_sbuffer gb;
+                msgpack_packer gpk;
+                msgpack_sbuffer_init(&gb);
+                proto_packer_init(&gpk, &gb);
+                msgpack_pack_map(&gpk, 5);
+                proto_pack_kv_str(&gpk, "model", "chatty");
+                proto_pack_kv_str(&gpk, "prompt", "hi");
+                proto_pack_kv_bool(&gpk, "stream", false);
+                proto_pack_kv_bool(&gpk, "raw", raw);
+                proto_pack_key(&gpk, "options");
+                msgpack_pack_map(&gpk, 1);
+                proto_pack_kv_i64(&gpk, "num_predict", 2);
+                qd_error_clear(&e);
+                assert_int_equal(proto_client_call(c, "Generate", gb.data, gb.size, NULL, 0, NULL, NULL, &m, &e), 0);
+                assert_int_equal(proto_map_get(m.result, "prompt_eval_count")->via.u64, raw ? 2 : 1 + 19);
+                msgpack_sbuffer_destroy(&gb);
+        }
+
         /* The Modelfile's SYSTEM comes first when the chat has none. */
         assert_int_equal(create_with_template(h, c, "briefly", tmpl, "Be brief.", &e), 0);
         assert_int_equal(chat(c, "briefly", "user", "hi", &m, &e), 0);
@@ -664,6 +685,13 @@ static void test_memory_budget(void **state) {
         dh_params(&cancel, "id", ids, NULL);
         assert_int_equal(proto_client_send(c, "Cancel", cancel.data, cancel.size, NULL, 0, NULL), 0);
         msgpack_sbuffer_destroy(&cancel);
+        /* Wait until big's generation has ended, so that the timing of a loaded machine cannot matter. */
+        for (;;) {
+                qd_error_clear(&e);
+                assert_int_equal(proto_client_read(c, 10000, &m, &e), 1);
+                if (m.type == PROTO_RESPONSE && m.msgid == id)
+                        break;
+        }
         qd_error_clear(&e);
         _cleanup_free_ char *z = generate(d, "big2", "x", 1, NULL, NULL, &e);
         assert_non_null(z);

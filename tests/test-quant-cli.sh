@@ -14,7 +14,7 @@ ok() { n=$((n + 1)); echo "ok $n - $1"; }
 not_ok() { n=$((n + 1)); fail=1; echo "not ok $n - $1"; }
 check() { desc=$1; shift; if "$@"; then ok "$desc"; else not_ok "$desc"; fi; }
 
-echo "1..17"
+echo "1..20"
 check "--help shows usage" sh -c "'$tool' --help | grep -q '^Usage: qd-quantize'"
 check "Q4_K_M on stories260K succeeds" "$tool" -q -t 2 "$model" "$dir/q4km.gguf" Q4_K_M
 check "the result is a GGUF with q5_0 and f16 tensors" \
@@ -44,4 +44,8 @@ check "qd-eval reports a text too short" \
         sh -c "'$eval_tool' -t 1 -f /dev/null '$model' 2>&1 | grep -q 'fewer than one chunk'"
 check "qd-eval compares Q8_0 with the original" \
         sh -c "'$eval_tool' -t 2 -c 64 -f '$QUANTD_TEST_DATA/quant/story.txt' -b '$model' '$dir/q8.gguf' | grep -q '^top-1 agree'"
+check "qd-eval names a missing model" sh -c "'$eval_tool' -f /dev/null '$dir/none.gguf' 2>&1 | grep -q \"Failed to load '$dir/none.gguf'\""
+check "qd-eval names a missing base" \
+        sh -c "'$eval_tool' -c 64 -f '$QUANTD_TEST_DATA/quant/story.txt' -b '$dir/none.gguf' '$model' 2>&1 | grep -q 'none.gguf'"
+check "qd-eval names a missing text" sh -c "'$eval_tool' -f '$dir/none.txt' '$model' 2>&1 | grep -q \"Failed to read '$dir/none.txt'\""
 exit $fail
