@@ -4,8 +4,8 @@
  * (docs/performance.md, "Registry pull").
  *
  * It starts Debian's docker-registry on a free loopback port, creates a model whose one layer is --size MiB
- * of pseudo-random bytes and pushes it once. Then it runs --reps rounds of three contenders, in an order that
- * rotates from round to round so that none always goes first:
+ * of pseudo-random bytes and pushes it once. Then it runs --reps rounds of three contenders, in an order
+ * that rotates from round to round so that none always goes first:
  *
  *   pull        registry_pull() into an empty store, in a child process: manifest, ranged parts, SHA-256,
  *               fsync, rename. The blob is durable and verified when it ends.
@@ -70,6 +70,7 @@ static size_t arg_n_contenders = 3;
 static const char *arg_dir = NULL; /* scratch directory, default $TMPDIR or /var/tmp */
 static const char *arg_registry_config = NULL;
 static const char *arg_curl = "curl";
+static bool arg_serve = false;
 
 static _noreturn_ void die(const char *fmt, ...) _printf_(1, 2);
 static _noreturn_ void die(const char *fmt, ...) {
@@ -215,7 +216,8 @@ static void push_blob(const char *dir, const char *host, const char *name, uint6
         QdError e = {};
 
         config_for(&config, host, NULL);
-        if (registry_store_open(&store, root, &config, &e) < 0 || registry_name_parse(name, &config, &n, &e) < 0)
+        if (registry_store_open(&store, root, &config, &e) < 0 ||
+            registry_name_parse(name, &config, &n, &e) < 0)
                 die("%s", e.msg);
         int fd = random_fd(size);
         RegistryCreateLayer layer = {.media_type = REGISTRY_MEDIA_MODEL, .fd = fd};
@@ -226,7 +228,8 @@ static void push_blob(const char *dir, const char *host, const char *name, uint6
                 die("Failed to push: %s", e.msg);
         if (registry_store_show(store, &n, &m, NULL, &e) < 0)
                 die("%s", e.msg);
-        memcpy(ret_digest, registry_manifest_find_layer(m, REGISTRY_MEDIA_MODEL)->digest, REGISTRY_DIGEST_MAX);
+        memcpy(ret_digest, registry_manifest_find_layer(m, REGISTRY_MEDIA_MODEL)->digest,
+               REGISTRY_DIGEST_MAX);
         registry_manifest_free(m);
         registry_store_free(store);
         registry_config_done(&config);
@@ -242,7 +245,8 @@ static _noreturn_ void pull_child(const Contender *c, const char *root, const ch
         QdError e = {};
 
         config_for(&config, host, c);
-        if (registry_store_open(&store, root, &config, &e) < 0 || registry_name_parse(name, &config, &n, &e) < 0 ||
+        if (registry_store_open(&store, root, &config, &e) < 0 ||
+            registry_name_parse(name, &config, &n, &e) < 0 ||
             registry_pull(store, &n, NULL, NULL, NULL, NULL, &e) < 0) {
                 fprintf(stderr, "quantd-registry-bench: pull: %s\n", e.msg);
                 _exit(EXIT_FAILURE);
@@ -252,8 +256,8 @@ static _noreturn_ void pull_child(const Contender *c, const char *root, const ch
         _exit(EXIT_SUCCESS);
 }
 
-static Sample run_one(const Contender *c, const char *dir, const char *host, const char *name, const char *url,
-                      pid_t server, uint64_t size) {
+static Sample run_one(const Contender *c, const char *dir, const char *host, const char *name,
+                      const char *url, pid_t server, uint64_t size) {
         _cleanup_free_ char *out = strdup_printf("%s/out", dir);
         struct rusage ru;
         int status;
@@ -322,11 +326,13 @@ static void help(void) {
                "  -c, --registry-config=FILE docker-registry config (tests/registry/config.yml)\n"
                "      --curl=PATH            the curl program (curl)\n"
                "      --pull-only            leave curl out (for profiling)\n"
+               "      --serve                push, print the URL and keep the registry up until Ctrl+C\n"
+               "  -v, --verbose              the pull's debug log (timings per blob) on stderr\n"
                "  -h, --help                 this text\n");
 }
 
 static void parse_argv(int argc, char **argv) {
-        enum { ARG_CURL = 0x100, ARG_PULL_ONLY, ARG_VARIANT };
+        enum { ARG_CURL = 0x100, ARG_PULL_ONLY, ARG_VARIANT, ARG_SERVE };
         static const struct option options[] = {
                 {"size", required_argument, NULL, 's'},
                 {"reps", required_argument, NULL, 'n'},
@@ -337,6 +343,8 @@ static void parse_argv(int argc, char **argv) {
                 {"registry-config", required_argument, NULL, 'c'},
                 {"curl", required_argument, NULL, ARG_CURL},
                 {"pull-only", no_argument, NULL, ARG_PULL_ONLY},
+                {"serve", no_argument, NULL, ARG_SERVE},
+                {"verbose", no_argument, NULL, 'v'},
                 {"help", no_argument, NULL, 'h'},
                 {},
         };
@@ -344,7 +352,7 @@ static void parse_argv(int argc, char **argv) {
         uint64_t v;
         int c;
 
-        while ((c = getopt_long(argc, argv, "s:n:p:P:d:c:h", options, NULL)) >= 0)
+        while ((c = getopt_long(argc, argv, "s:n:p:P:d:c:vh", options, NULL)) >= 0)
                 switch (c) {
                 case 's':
                         if (safe_atou64(optarg, &arg_size_mb) < 0 || arg_size_mb == 0)
@@ -390,6 +398,12 @@ static void parse_argv(int argc, char **argv) {
                         break;
                 case ARG_PULL_ONLY:
                         pull_only = true;
+                        break;
+                case ARG_SERVE:
+                        arg_serve = true;
+                        break;
+                case 'v':
+                        log_set_max_level(LOG_LEVEL_DEBUG);
                         break;
                 case 'h':
                         help();
@@ -454,6 +468,19 @@ int main(int argc, char **argv) {
         printf("# blob: %ju MiB, %s\n# url: %s\n# %u rounds; MB/s are 10^6 bytes per second; CPU s/GB per "
                "10^9 bytes\n",
                (uintmax_t)arg_size_mb, digest, url, arg_reps);
+        if (arg_serve) {
+                /* For profiling by hand: the registry stays up until SIGINT or SIGTERM. */
+                sigset_t mask;
+                int sig;
+                sigemptyset(&mask);
+                sigaddset(&mask, SIGINT);
+                sigaddset(&mask, SIGTERM);
+                sigprocmask(SIG_BLOCK, &mask, NULL);
+                printf("# serving %s until Ctrl+C\n", name);
+                fflush(stdout);
+                sigwait(&mask, &sig);
+                arg_reps = 0;
+        }
         printf("%-5s %-12s %9s %8s %9s %16s\n", "round", "contender", "seconds", "MB/s", "CPU s/GB",
                "server CPU s/GB");
         fflush(stdout);
@@ -477,6 +504,8 @@ int main(int argc, char **argv) {
                 }
         }
 
+        if (arg_reps == 0)
+                goto finish;
         /* median() sorts: the per-round ratios were taken above, before any sorting. */
         double med_secs[CONTENDERS_MAX];
         printf("# medians over %u rounds:\n", arg_reps);
@@ -498,6 +527,7 @@ int main(int argc, char **argv) {
                                median(ratio_sync[k], arg_reps));
         }
 
+finish:
         kill(server_pid, SIGTERM);
         waitpid(server_pid, NULL, 0);
         rm_rf(dir);
