@@ -177,6 +177,27 @@ const SafetensorsTensor *safetensors_find(const Safetensors *s, const char *name
 
 DEFINE_TRIVIAL_CLEANUP_FUNC(Safetensors *, safetensors_free);
 
+/* ---- Hugging Face conversion ---- */
+
+typedef struct QuantConvertParams {
+        int32_t out_type; /* GGML_TYPE_F32/F16/BF16 for matrices; -1 keeps each tensor's source type */
+        const char *pre;  /* tokenizer.ggml.pre to write; NULL: guessed from tokenizer.json, else "default" */
+} QuantConvertParams;
+
+/* Every tensor keeps its type; the pre-tokenizer is guessed. */
+QuantConvertParams quant_convert_params_default(void);
+
+/*
+ * Converts the Hugging Face model in the folder dirfd (config.json with model_type llama or qwen2, its
+ * safetensors, tokenizer.json with a BPE model, optionally tokenizer_config.json and chat_template.jinja) into
+ * a GGUF file written to fd from its current position: hyperparameters, tensors renamed to GGUF's names (llama's
+ * q/k rows reordered for GGUF's pairwise RoPE), 1-D tensors as F32, the vocabulary with merges, token types,
+ * special ids, add_bos and the chat template. On failure fd holds a partial file. Errors, with a message:
+ * -EBADMSG (a malformed or inconsistent file), -EOPNOTSUPP (an architecture, tokenizer or tensor we cannot
+ * convert), -EINVAL (bad parameters), -ENOENT (a file missing), write errors, -ENOMEM.
+ */
+int quant_convert_hf(int dirfd, int fd, const QuantConvertParams *params, QdError *err);
+
 /* ---- evaluation ---- */
 
 typedef struct QuantEvalParams {
