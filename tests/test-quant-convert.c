@@ -28,8 +28,8 @@ static char *data_path(const char *name) {
         return strdup_printf("%s/%s", dir ? dir : "tests/data", name);
 }
 
-static int open_tiny(void) {
-        _cleanup_free_ char *path = data_path("hf-tiny-llama");
+static int open_folder(const char *name) {
+        _cleanup_free_ char *path = data_path(name);
         int dirfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 
         if (dirfd < 0)
@@ -37,10 +37,14 @@ static int open_tiny(void) {
         return dirfd;
 }
 
-/* Converts the tiny model with p into a memfd. */
-static int convert(const QuantConvertParams *p) {
+static int open_tiny(void) {
+        return open_folder("hf-tiny-llama");
+}
+
+/* Converts the tiny model in folder with p into a memfd. */
+static int convert_folder(const char *folder, const QuantConvertParams *p) {
         QdError err = {};
-        int dirfd = open_tiny(), fd = memfd_create("converted", MFD_CLOEXEC), r;
+        int dirfd = open_folder(folder), fd = memfd_create("converted", MFD_CLOEXEC), r;
 
         assert_true(fd >= 0);
         r = quant_convert_hf(dirfd, fd, p, &err);
@@ -50,9 +54,13 @@ static int convert(const QuantConvertParams *p) {
         return fd;
 }
 
+static int convert(const QuantConvertParams *p) {
+        return convert_folder("hf-tiny-llama", p);
+}
+
 /* Reads the reference: the token ids and their (n_tokens, n_vocab) logits. */
-static float *read_reference(int32_t *tokens, uint32_t *ret_n, uint32_t n_vocab) {
-        _cleanup_free_ char *path = data_path("hf-tiny-llama.logits");
+static float *read_reference(const char *name, int32_t *tokens, uint32_t *ret_n, uint32_t n_vocab) {
+        _cleanup_free_ char *path = data_path(name);
         _cleanup_fclose_ FILE *f = fopen(path, "re");
         float *logits;
         uint32_t n;
@@ -70,7 +78,7 @@ static float *read_reference(int32_t *tokens, uint32_t *ret_n, uint32_t n_vocab)
         return logits;
 }
 
-static void check_logits(int fd, double tolerance) {
+static void check_logits(int fd, const char *reference, double tolerance) {
         EngineModelParams mp = engine_model_params_default();
         EngineModel *m = NULL;
         EngineSeq *seq = NULL;
@@ -88,7 +96,7 @@ static void check_logits(int fd, double tolerance) {
                 fail_msg("load failed: %s", err.msg);
         n_vocab = engine_model_info(m)->n_vocab;
         assert_int_equal(n_vocab, 320);
-        want = read_reference(tokens, &n, n_vocab);
+        want = read_reference(reference, tokens, &n, n_vocab);
         got = calloc((size_t)n * n_vocab, sizeof(float));
         assert_non_null(got);
         assert_int_equal(engine_seq_new(m, 64, &seq), 0);
@@ -113,7 +121,7 @@ static void check_logits(int fd, double tolerance) {
 static void test_logits(void **state) {
         int fd = convert(NULL);
 
-        check_logits(fd, 1e-3);
+        check_logits(fd, "hf-tiny-llama.logits", 1e-3);
         close(fd);
 }
 
@@ -124,7 +132,82 @@ static void test_logits_f32(void **state) {
 
         p.out_type = GGML_TYPE_F32;
         fd = convert(&p);
-        check_logits(fd, 1e-3);
+        check_logits(fd, "hf-tiny-llama.logits", 1e-3);
+        close(fd);
+}
+
+/* qwen2 from BF16 in one file, with biases and an untied head; BF16 stays BF16. */
+static void test_qwen2(void **state) {
+        _cleanup_(gguf_freep) Gguf *g = NULL;
+        const GgufTensor *t;
+        float f;
+        int fd = convert_folder("hf-tiny-qwen2", NULL);
+
+        check_logits(fd, "hf-tiny-qwen2.logits", 1e-3);
+        assert_int_equal(gguf_open_fd(fd, &g, NULL), 0);
+        t = gguf_find_tensor(g, "output.weight");
+        assert_non_null(t);
+        assert_int_equal(t->type, GGML_TYPE_BF16);
+        t = gguf_find_tensor(g, "blk.0.attn_k.bias");
+        assert_non_null(t);
+        assert_int_equal(t->type, GGML_TYPE_F32);
+        assert_int_equal(t->ne[0], 16);
+        assert_int_equal(gguf_get_f32(g, "qwen2.rope.freq_base", &f), 0);
+        assert_float_equal(f, 50000.0f, 0);
+        assert_int_equal(gguf_get_f32(g, "qwen2.attention.layer_norm_rms_epsilon", &f), 0);
+        assert_float_equal(f, 1e-6f, 1e-12);
+        close(fd);
+}
+
+/* Undoes the C escapes \n, \t and \\ of the tokens file in place. */
+static void unescape(char *s) {
+        char *o = s;
+
+        for (; *s; s++) {
+                if (*s == '\\' && s[1]) {
+                        s++;
+                        *o++ = *s == 'n' ? '\n' : *s == 't' ? '\t' : *s;
+                } else
+                        *o++ = *s;
+        }
+        *o = 0;
+}
+
+/* The converted vocabulary splits text as the Hugging Face tokenizer did. */
+static void test_tokens(void **state) {
+        _cleanup_free_ char *path = data_path("hf-tiny.tokens");
+        _cleanup_fclose_ FILE *f = fopen(path, "re");
+        EngineModel *m = NULL;
+        QdError err = {};
+        char line[1024];
+        int fd = convert(NULL), n_lines = 0;
+
+        assert_non_null(f);
+        if (engine_model_load_fd(fd, NULL, &m, &err) < 0)
+                fail_msg("load failed: %s", err.msg);
+        while (fgets(line, sizeof(line), f)) {
+                char *tab = strchr(line, '\t'), *p;
+                _cleanup_free_ int32_t *ids = NULL;
+                size_t n = 0, k = 0;
+
+                assert_non_null(tab);
+                *tab = 0;
+                unescape(line);
+                assert_int_equal(
+                        engine_tokenize(engine_model_vocab(m), line, strlen(line), false, true, &ids, &n),
+                        0);
+                for (p = tab + 1; *p && *p != '\n'; k++) {
+                        long want = strtol(p, &p, 10);
+
+                        if (k >= n || ids[k] != want)
+                                fail_msg("'%s': token %zu is %d, transformers says %ld", line, k,
+                                         k < n ? ids[k] : -1, want);
+                }
+                assert_int_equal(n, k);
+                n_lines++;
+        }
+        assert_int_equal(n_lines, 4);
+        engine_model_unref(m);
         close(fd);
 }
 
@@ -353,6 +436,8 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_logits),
                 cmocka_unit_test(test_logits_f32),
+                cmocka_unit_test(test_qwen2),
+                cmocka_unit_test(test_tokens),
                 cmocka_unit_test(test_metadata),
                 cmocka_unit_test_setup_teardown(test_bad_arch, setup_folder, teardown_folder),
                 cmocka_unit_test_setup_teardown(test_bad_hparams, setup_folder, teardown_folder),
