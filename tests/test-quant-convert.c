@@ -432,6 +432,136 @@ static void test_missing_config(void **state) {
         assert_int_equal(quant_convert_hf(-1, 1, NULL, NULL), -EINVAL);
 }
 
+/* Converts the folder and returns the string value of key, which must be there. */
+static char *converted_string(Folder *f, const QuantConvertParams *p, const char *key) {
+        _cleanup_(gguf_freep) Gguf *g = NULL;
+        QdError err = {};
+        char *s = NULL;
+        int fd = memfd_create("converted", MFD_CLOEXEC);
+
+        if (quant_convert_hf(f->dirfd, fd, p, &err) < 0)
+                fail_msg("conversion failed: %s", err.msg);
+        assert_int_equal(gguf_open_fd(fd, &g, NULL), 0);
+        assert_int_equal(gguf_get_string(g, key, &s), 0);
+        close(fd);
+        return s;
+}
+
+static void set_pre_tokenizer(Folder *f, const char *json) {
+        _cleanup_free_ char *to = strdup_printf("\"pre_tokenizer\": %s, \"replaced\": {", json);
+
+        /* The old section stays under another key that nobody reads. */
+        edit(f, "tokenizer.json", "\"pre_tokenizer\": {", to);
+}
+
+static void test_pre_smollm(void **state) {
+        Folder *f = *state;
+        _cleanup_free_ char *s = NULL;
+
+        set_pre_tokenizer(f, "{\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Digits\", "
+                             "\"individual_digits\": true}, {\"type\": \"ByteLevel\"}]}");
+        s = converted_string(f, NULL, "tokenizer.ggml.pre");
+        assert_string_equal(s, "smollm");
+}
+
+static void test_pre_llama_bpe(void **state) {
+        Folder *f = *state;
+        _cleanup_free_ char *s = NULL;
+
+        set_pre_tokenizer(
+                f,
+                "{\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", \"pattern\": "
+                "{\"Regex\": \"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?\\\\p{L}+|"
+                "\\\\p{N}{1,3}| ?[^\\\\s\\\\p{L}\\\\p{N}]+[\\\\r\\\\n]*|\\\\s*[\\\\r\\\\n]+|\\\\s+(?!\\\\S)|"
+                "\\\\s+\"}}, {\"type\": \"ByteLevel\", \"use_regex\": false}]}");
+        s = converted_string(f, NULL, "tokenizer.ggml.pre");
+        assert_string_equal(s, "llama-bpe");
+}
+
+static void test_pre_qwen2(void **state) {
+        Folder *f = *state;
+        _cleanup_free_ char *s = NULL;
+
+        set_pre_tokenizer(
+                f, "{\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", \"pattern\": "
+                   "{\"Regex\": \"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?\\\\p{L}+|"
+                   "\\\\p{N}| ?[^\\\\s\\\\p{L}\\\\p{N}]+[\\\\r\\\\n]*|\\\\s*[\\\\r\\\\n]+|\\\\s+(?!\\\\S)|"
+                   "\\\\s+\"}}, {\"type\": \"ByteLevel\", \"use_regex\": false}]}");
+        s = converted_string(f, NULL, "tokenizer.ggml.pre");
+        assert_string_equal(s, "qwen2");
+}
+
+/* An unknown pre-tokenizer gives "default"; the caller's name wins over the guess. */
+static void test_pre_unknown_and_given(void **state) {
+        Folder *f = *state;
+        QuantConvertParams p = quant_convert_params_default();
+        _cleanup_free_ char *s = NULL, *t = NULL;
+
+        set_pre_tokenizer(f,
+                          "{\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", \"pattern\": "
+                          "{\"Regex\": \"x+\"}}]}");
+        s = converted_string(f, NULL, "tokenizer.ggml.pre");
+        assert_string_equal(s, "default");
+        p.pre = "llama-bpe";
+        t = converted_string(f, &p, "tokenizer.ggml.pre");
+        assert_string_equal(t, "llama-bpe");
+}
+
+/* The chat template from tokenizer_config.json wins over chat_template.jinja. */
+static void test_template_in_config(void **state) {
+        Folder *f = *state;
+        _cleanup_free_ char *s = NULL;
+
+        edit(f, "tokenizer_config.json", "{", "{\"chat_template\": \"{{ messages }}\",");
+        s = converted_string(f, NULL, "tokenizer.chat_template");
+        assert_string_equal(s, "{{ messages }}");
+}
+
+static void test_bad_params(void **state) {
+        Folder *f = *state;
+        QuantConvertParams p = quant_convert_params_default();
+        QdError err = {};
+
+        p.out_type = GGML_TYPE_Q4_0;
+        assert_int_equal(quant_convert_hf(f->dirfd, 1, &p, &err), -EINVAL);
+        assert_non_null(strstr(err.msg, "F32, F16 or BF16"));
+}
+
+static void test_rope_scaling(void **state) {
+        Folder *f = *state;
+
+        edit(f, "config.json", "\"rope_type\": \"default\"", "\"rope_type\": \"yarn\"");
+        expect_error(f, EOPNOTSUPP, "RoPE scaling 'yarn'");
+}
+
+static void test_bad_merges(void **state) {
+        Folder *f = *state;
+
+        edit(f, "tokenizer.json", "\"merges\": [", "\"merges\": [7,");
+        expect_error(f, EBADMSG, "merge 0 is neither");
+}
+
+static void test_bad_token_id(void **state) {
+        Folder *f = *state;
+
+        edit(f, "tokenizer.json", "\"!\": 3", "\"!\": 320");
+        expect_error(f, EBADMSG, "token '!' an id outside 0..319");
+}
+
+static void test_duplicate_token_id(void **state) {
+        Folder *f = *state;
+
+        edit(f, "tokenizer.json", "\"!\": 3", "\"!\": 4");
+        expect_error(f, EBADMSG, "gives id 4 to two tokens");
+}
+
+static void test_bad_json(void **state) {
+        Folder *f = *state;
+
+        edit(f, "config.json", "{", "[");
+        expect_error(f, EBADMSG, "'config.json' is not a JSON object.");
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_logits),
@@ -447,6 +577,17 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_extra_tensor, setup_folder, teardown_folder),
                 cmocka_unit_test_setup_teardown(test_unknown_tokenizer, setup_folder, teardown_folder),
                 cmocka_unit_test_setup_teardown(test_missing_config, setup_folder, teardown_folder),
+                cmocka_unit_test_setup_teardown(test_pre_smollm, setup_folder, teardown_folder),
+                cmocka_unit_test_setup_teardown(test_pre_llama_bpe, setup_folder, teardown_folder),
+                cmocka_unit_test_setup_teardown(test_pre_qwen2, setup_folder, teardown_folder),
+                cmocka_unit_test_setup_teardown(test_pre_unknown_and_given, setup_folder, teardown_folder),
+                cmocka_unit_test_setup_teardown(test_template_in_config, setup_folder, teardown_folder),
+                cmocka_unit_test_setup_teardown(test_bad_params, setup_folder, teardown_folder),
+                cmocka_unit_test_setup_teardown(test_rope_scaling, setup_folder, teardown_folder),
+                cmocka_unit_test_setup_teardown(test_bad_merges, setup_folder, teardown_folder),
+                cmocka_unit_test_setup_teardown(test_bad_token_id, setup_folder, teardown_folder),
+                cmocka_unit_test_setup_teardown(test_duplicate_token_id, setup_folder, teardown_folder),
+                cmocka_unit_test_setup_teardown(test_bad_json, setup_folder, teardown_folder),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
