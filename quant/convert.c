@@ -384,7 +384,7 @@ static int token_id(const Vocab *v, const char *s) {
 }
 
 static int read_vocab(json_object *tok, uint32_t n_vocab, Vocab *v, QdError *err) {
-        json_object *model, *vocab, *merges, *added;
+        json_object *model, *vocab, *merges, *added, *o;
         const char *type;
 
         if (!json_object_object_get_ex(tok, "model", &model) || !(type = json_str(model, "type")))
@@ -392,6 +392,12 @@ static int read_vocab(json_object *tok, uint32_t n_vocab, Vocab *v, QdError *err
         if (!streq(type, "BPE"))
                 return qd_error_set(err, EOPNOTSUPP, "Cannot convert a %s tokenizer; only BPE is known.",
                                     type);
+        /* Byte fallback marks a SentencePiece vocabulary in BPE clothes (Llama 2, Mistral): GGUF's "llama"
+         * tokenizer with scores, not the byte-level "gpt2" one written here. */
+        if (json_object_object_get_ex(model, "byte_fallback", &o) && json_object_get_boolean(o))
+                return qd_error_set(err, EOPNOTSUPP,
+                                    "Cannot convert a SentencePiece-style BPE tokenizer (byte "
+                                    "fallback) yet; only byte-level BPE is known.");
         if (!json_object_object_get_ex(model, "vocab", &vocab) ||
             !json_object_is_type(vocab, json_type_object))
                 return qd_error_set(err, EBADMSG, "tokenizer.json has no vocab object.");
@@ -419,7 +425,7 @@ static int read_vocab(json_object *tok, uint32_t n_vocab, Vocab *v, QdError *err
         if (json_object_object_get_ex(tok, "added_tokens", &added) &&
             json_object_is_type(added, json_type_array))
                 for (size_t i = 0; i < json_object_array_length(added); i++) {
-                        json_object *a = json_object_array_get_idx(added, i), *o;
+                        json_object *a = json_object_array_get_idx(added, i);
                         const char *content = json_str(a, "content");
                         int64_t id;
 
