@@ -58,6 +58,7 @@ struct Manager {
         char *models_path;
         char *config_path;
         bool socket_bound; /* we bound socket_path (not socket activation) and unlink it at exit */
+        bool group_looked_up; /* have_group and group_gid are valid */
         bool have_group;
         gid_t group_gid;
         uint64_t started_ns;

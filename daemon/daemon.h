@@ -304,6 +304,13 @@ sd_event *manager_event(Manager *m);
 const DaemonConfig *manager_config(const Manager *m);
 
 /*
+ * Whether a caller may change the model store: root, the daemon's own uid, or a member of the configured group
+ * (gid its primary group, groups its supplementary ones). The one rule the socket server and the D-Bus front
+ * end both apply.
+ */
+bool manager_may_change_store(Manager *m, uid_t uid, gid_t gid, const gid_t *groups, size_t n_groups);
+
+/*
  * Runs fn(m, userdata) on the main thread soon. The only way other threads talk to the main thread: a locked
  * list plus an eventfd registered in sd-event. Any thread. Returns 0 or -ENOMEM.
  */

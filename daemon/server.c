@@ -323,22 +323,41 @@ static void connection_free(Connection *c) {
         free(c);
 }
 
-/* Whether the peer may change the store: root, our own uid, or the configured group (primary or not). */
-static bool peer_may_change_store(Manager *m, int fd, const struct ucred *cred) {
-        if (cred->uid == 0 || cred->uid == getuid())
+/* Looks the configured group up once, for the socket's owner and for the store rule. */
+static void manager_lookup_group(Manager *m) {
+        if (m->group_looked_up)
+                return;
+        m->group_looked_up = true;
+        struct group *g = getgrnam(manager_group(m));
+        if (g) {
+                m->have_group = true;
+                m->group_gid = g->gr_gid;
+        } else if (!m->user)
+                log_notice("Group '%s' does not exist; only root and uid %u may change the store.",
+                           manager_group(m), (unsigned)getuid());
+}
+
+bool manager_may_change_store(Manager *m, uid_t uid, gid_t gid, const gid_t *groups, size_t n_groups) {
+        if (uid == 0 || uid == getuid())
                 return true;
+        manager_lookup_group(m);
         if (!m->have_group)
                 return false;
-        if (cred->gid == m->group_gid)
+        if (gid == m->group_gid)
                 return true;
-        gid_t groups[256];
-        socklen_t len = sizeof(groups);
-        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
-                return false;
-        for (size_t i = 0; i < len / sizeof(gid_t); i++)
+        for (size_t i = 0; i < n_groups; i++)
                 if (groups[i] == m->group_gid)
                         return true;
         return false;
+}
+
+static bool peer_may_change_store(Manager *m, int fd, const struct ucred *cred) {
+        gid_t groups[256];
+        socklen_t len = sizeof(groups);
+
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
+                len = 0;
+        return manager_may_change_store(m, cred->uid, cred->gid, groups, len / sizeof(gid_t));
 }
 
 static int connection_new(Manager *m, int fd) {
@@ -476,13 +495,7 @@ static int bind_socket(Manager *m) {
 int server_listen(Manager *m) {
         int n, k;
 
-        struct group *g = getgrnam(manager_group(m));
-        if (g) {
-                m->have_group = true;
-                m->group_gid = g->gr_gid;
-        } else if (!m->user)
-                log_notice("Group '%s' does not exist; only root and uid %u may change the store.",
-                           manager_group(m), (unsigned)getuid());
+        manager_lookup_group(m);
 
         n = sd_listen_fds(true);
         if (n < 0)
