@@ -2,14 +2,16 @@
 # SPDX-License-Identifier: MIT
 # Builds the engine with its CUDA backend, bench-cuda and the gpu tests without meson and without the daemon's
 # libraries, for machines that have only a compiler, nvcc and the CUDA libraries (the device machine).
-#   bench/build-cuda.sh [OUTDIR] [CMOCKA_PREFIX]
-# The gpu tests are built when cmocka's header and library are found (in CMOCKA_PREFIX/usr if given).
+#   bench/build-cuda.sh [OUTDIR] [SYSROOT]
+# SYSROOT: a folder with Debian packages unpacked (dpkg -x) for what the machine lacks: cmocka for the gpu
+# tests, PCRE2 for the tokenizers that model loading links.
 set -eu
 src=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$src/build-cuda}
-cmocka=${2:-}
+sysroot=${2:-}
 nvcc=${NVCC:-nvcc}
 mkdir -p "$out/obj"
+rm -f "$out"/obj/*.o
 cat >"$out/config.h" <<EOC
 #define PACKAGE_VERSION "0.1.0"
 #define PACKAGE_NAME "quantd"
@@ -17,13 +19,25 @@ cat >"$out/config.h" <<EOC
 #define HAVE_DBUS 0
 EOC
 inc="-I$out -I$src/common -I$src/engine -I$src/engine/cuda"
-cflags="-std=gnu11 -O2 -g -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -fno-strict-aliasing -pthread $inc"
+sysinc="" syslib=""
+if [ -n "$sysroot" ]; then
+        sysinc="-I$sysroot/usr/include"
+        syslib="-L$sysroot/usr/lib/x86_64-linux-gnu -Wl,-rpath,$sysroot/usr/lib/x86_64-linux-gnu"
+fi
+cflags="-std=gnu11 -O2 -g -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -fno-strict-aliasing -pthread $inc $sysinc"
 nvflags="-O2 -g -lineinfo -gencode=arch=compute_90,code=[sm_90,compute_90] -Xcompiler=-Wall,-Wextra $inc"
+pcre2=""
+if printf '#define PCRE2_CODE_UNIT_WIDTH 8\n#include <pcre2.h>\n' | cc $sysinc -E - >/dev/null 2>&1; then
+        pcre2="-lpcre2-8"
+        [ -n "$sysroot" ] && [ -f "$sysroot/usr/lib/x86_64-linux-gnu/libpcre2-8.a" ] &&
+                pcre2="$sysroot/usr/lib/x86_64-linux-gnu/libpcre2-8.a"
+fi
 pids=""
 for f in "$src"/common/*.c "$src"/engine/*.c "$src"/engine/cuda/*.c; do
         case "$f" in */gguf-dump.c) continue ;; esac
-        # Files that need the daemon's libraries (PCRE2, msgpack, ...) are not needed by the kernels.
-        grep -qE '#include <(pcre2|msgpack|systemd/|json-c|curl/|archive|histedit|editline|openssl/)' "$f" && continue
+        # Files that need the daemon's libraries are not needed by the engine.
+        grep -qE '#include <(msgpack|systemd/|json-c|curl/|archive|histedit|editline|openssl/)' "$f" && continue
+        [ -z "$pcre2" ] && grep -q '#include <pcre2.h>' "$f" && continue
         cc $cflags -c "$f" -o "$out/obj/$(basename "$f").o" & pids="$pids $!"
 done
 for f in "$src"/engine/cuda/*.cu; do
@@ -32,18 +46,14 @@ done
 for p in $pids; do wait "$p"; done
 rm -f "$out/libengine.a"
 ar rcs "$out/libengine.a" "$out"/obj/*.o
-libs="-L$out -lengine -lcublas -lcudart -lm -lpthread -lstdc++"
 cudalib=$(dirname "$(command -v "$nvcc")")/../lib64
+libs="-L$out -lengine $pcre2 -L$cudalib -Wl,-rpath,$cudalib -lcublas -lcudart -lm -lpthread -lstdc++"
 cc $cflags -c "$src/bench/bench-cuda.c" -o "$out/obj-bench-cuda.o"
-cc -o "$out/bench-cuda" "$out/obj-bench-cuda.o" -L"$cudalib" -Wl,-rpath,"$cudalib" $libs
-if [ -n "$cmocka" ]; then
-        cinc="-I$cmocka/usr/include"
-        clib="-L$cmocka/usr/lib/x86_64-linux-gnu -Wl,-rpath,$cmocka/usr/lib/x86_64-linux-gnu"
-fi
+cc -o "$out/bench-cuda" "$out/obj-bench-cuda.o" $libs
 for t in "$src"/tests/test-cuda-*.c; do
         n=$(basename "$t" .c)
-        cc $cflags ${cinc:-} -c "$t" -o "$out/obj-$n.o" &&
-                cc -o "$out/$n" "$out/obj-$n.o" -L"$cudalib" -Wl,-rpath,"$cudalib" ${clib:-} -lcmocka $libs ||
-                echo "build-cuda.sh: $n not built (cmocka missing?)" >&2
+        cc $cflags -c "$t" -o "$out/obj-$n.o" &&
+                cc -o "$out/$n" "$out/obj-$n.o" $syslib -lcmocka $libs ||
+                echo "build-cuda.sh: $n not built (cmocka or PCRE2 missing?)" >&2
 done
 echo "build-cuda.sh: built in $out"

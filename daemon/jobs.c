@@ -5,11 +5,11 @@
  *
  * DESIGN
  * As in redis's bio.c: a mutex, a condition variable and a queue; a worker takes a job, drops the lock and
- * runs it. A job reports progress with job_progress(), which stores the latest figures under the job's lock and
- * posts one main-thread closure until that closure has run, so a chatty job cannot flood the loop. Its end is
- * posted too; the main thread then replies to every watcher. A job belongs to nobody's connection: watchers
- * are requests (the one that started it, and any Jobs {id, watch: true}), and a job keeps running when they
- * all go away. Cancellation is an atomic flag the job polls.
+ * runs it. A job reports progress with job_progress(), which stores the latest figures under the job's lock
+ * and posts one main-thread closure until that closure has run, so a chatty job cannot flood the loop. Its
+ * end is posted too; the main thread then replies to every watcher. A job belongs to nobody's connection:
+ * watchers are requests (the one that started it, and any Jobs {id, watch: true}), and a job keeps running
+ * when they all go away. Cancellation is an atomic flag the job polls.
  */
 
 #include <inttypes.h>
@@ -41,6 +41,7 @@ struct Job {
         /* Protected by lock. */
         pthread_mutex_t lock;
         char status[128];
+        char digest[80];
         uint64_t total, completed;
         bool progress_posted;
 
@@ -105,8 +106,9 @@ static const char *job_state_to_string(JobState s) {
 
 static int pack_progress(Job *j, Reply *rep, uint32_t *ret_n) {
         pthread_mutex_lock(&j->lock);
-        char status[sizeof(j->status)];
+        char status[sizeof(j->status)], digest[sizeof(j->digest)];
         memcpy(status, j->status, sizeof(status));
+        memcpy(digest, j->digest, sizeof(digest));
         uint64_t total = j->total, completed = j->completed;
         j->progress_posted = false;
         pthread_mutex_unlock(&j->lock);
@@ -115,10 +117,12 @@ static int pack_progress(Job *j, Reply *rep, uint32_t *ret_n) {
         if (k >= 0)
                 k = proto_pack_kv_str(&rep->pk, "status", status);
         if (k >= 0)
+                k = proto_pack_kv_str(&rep->pk, "digest", digest[0] ? digest : NULL);
+        if (k >= 0)
                 k = proto_pack_kv_u64(&rep->pk, "total", total);
         if (k >= 0)
                 k = proto_pack_kv_u64(&rep->pk, "completed", completed);
-        *ret_n = 4;
+        *ret_n = 5;
         return k;
 }
 
@@ -146,7 +150,8 @@ static void job_reply(Job *j, Request *r) {
         Reply rep;
         reply_init(&rep);
         if (msgpack_pack_map(&rep.pk, 3) >= 0 && proto_pack_kv_u64(&rep.pk, "job", j->id) >= 0 &&
-            proto_pack_kv_str(&rep.pk, "status", "success") >= 0 && proto_pack_kv_str(&rep.pk, "model", j->model) >= 0)
+            proto_pack_kv_str(&rep.pk, "status", "success") >= 0 &&
+            proto_pack_kv_str(&rep.pk, "model", j->model) >= 0)
                 request_reply(r, &rep);
         else
                 request_reply_error(r, ENOMEM, NULL);
@@ -158,7 +163,7 @@ static void jobs_trim(Manager *m) {
         Job *j, *n, *last = NULL;
 
         LIST_FOREACH(jobs, j, m->jobs)
-                last = j;
+        last = j;
         for (j = last; j && m->n_finished_jobs > m->config.finished_jobs; j = n) {
                 n = j->jobs_prev;
                 if (j->state != JOB_DONE)
@@ -203,12 +208,13 @@ static void job_started_main(Manager *m, void *userdata) {
 
 /* ---- workers ---- */
 
-void job_progress(Job *j, const char *status, uint64_t total, uint64_t completed) {
+void job_progress(Job *j, const char *status, const char *digest, uint64_t total, uint64_t completed) {
         bool post;
 
         pthread_mutex_lock(&j->lock);
         if (status)
                 snprintf(j->status, sizeof(j->status), "%s", status);
+        snprintf(j->digest, sizeof(j->digest), "%s", strempty(digest));
         j->total = total;
         j->completed = completed;
         post = !j->progress_posted;
@@ -285,7 +291,7 @@ JobPool *job_pool_free(JobPool *p) {
         /* Everything still queued or running ends as cancelled; workers finish the queue quickly. */
         Job *j;
         LIST_FOREACH(jobs, j, p->manager->jobs)
-                atomic_store(&j->cancel, true);
+        atomic_store(&j->cancel, true);
         pthread_mutex_lock(&p->lock);
         p->stop = true;
         pthread_cond_broadcast(&p->cond);
@@ -359,8 +365,8 @@ int job_start(Manager *m, Request *r, const char *kind, const char *model, JobRu
 Job *job_find(Manager *m, uint64_t id) {
         Job *j;
         LIST_FOREACH(jobs, j, m->jobs)
-                if (j->id == id)
-                        return j;
+        if (j->id == id)
+                return j;
         return NULL;
 }
 
@@ -393,10 +399,12 @@ static int job_pack(const Job *j, msgpack_packer *pk) {
         if (msgpack_pack_map(pk, 7 + (failed ? 1 : 0)) < 0 || proto_pack_kv_u64(pk, "job", j->id) < 0 ||
             proto_pack_kv_str(pk, "kind", j->kind) < 0 || proto_pack_kv_str(pk, "model", j->model) < 0 ||
             proto_pack_kv_str(pk, "state", job_state_to_string(j->state)) < 0 ||
-            proto_pack_kv_str(pk, "status", j->state == JOB_DONE ? (failed ? "failed" : "success") : status) < 0 ||
+            proto_pack_kv_str(pk, "status",
+                              j->state == JOB_DONE ? (failed ? "failed" : "success") : status) < 0 ||
             proto_pack_kv_u64(pk, "total", total) < 0 || proto_pack_kv_u64(pk, "completed", completed) < 0)
                 return -ENOMEM;
-        if (failed && proto_pack_kv_str(pk, "error", j->error.code ? j->error.msg : strerror(-j->result)) < 0)
+        if (failed &&
+            proto_pack_kv_str(pk, "error", j->error.code ? j->error.msg : strerror(-j->result)) < 0)
                 return -ENOMEM;
         return 0;
 }
@@ -407,17 +415,17 @@ int jobs_pack(Manager *m, uint64_t only, msgpack_packer *pk, QdError *err) {
         int k;
 
         LIST_FOREACH(jobs, j, m->jobs)
-                n += only == 0 || j->id == only;
+        n += only == 0 || j->id == only;
         if (only != 0 && n == 0)
                 return qd_error_set(err, ENOENT, "No job %" PRIu64 ".", only);
         if (msgpack_pack_array(pk, n) < 0)
                 return -ENOMEM;
         LIST_FOREACH(jobs, j, m->jobs)
-                if (only == 0 || j->id == only) {
-                        k = job_pack(j, pk);
-                        if (k < 0)
-                                return k;
-                }
+        if (only == 0 || j->id == only) {
+                k = job_pack(j, pk);
+                if (k < 0)
+                        return k;
+        }
         return 0;
 }
 

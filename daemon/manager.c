@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The Manager: owns the sd-event loop and everything the main thread touches (connections, the job table, the
- * scheduler, the store), the mailbox other threads post to, and the daemon's lifecycle with systemd
+ * The Manager: owns the sd-event loop and everything the main thread touches (connections, the job table,
+ * the scheduler, the store), the mailbox other threads post to, and the daemon's lifecycle with systemd
  * (READY=1, STATUS=, STOPPING=1, SIGTERM).
  *
  * DESIGN
@@ -21,8 +21,9 @@ int manager_post(Manager *m, void (*fn)(Manager *m, void *userdata), void *userd
         Post *p = malloc(sizeof(*p));
         if (!p)
                 return -ENOMEM;
-        *p = (Post){ .fn = fn, .userdata = userdata };
+        *p = (Post){.fn = fn, .userdata = userdata};
         pthread_mutex_lock(&m->post_lock);
+        bool wake = !m->post_head;
         if (m->post_tail)
                 m->post_tail->next = p;
         else
@@ -30,9 +31,12 @@ int manager_post(Manager *m, void (*fn)(Manager *m, void *userdata), void *userd
         m->post_tail = p;
         pthread_mutex_unlock(&m->post_lock);
 
-        uint64_t one = 1;
-        /* The counter only saturates after 2^64-2 posts; a failed write still leaves the post queued. */
-        (void)write(m->post_fd, &one, sizeof(one));
+        /* Only the first post of a batch wakes the loop: the drain takes the whole list, and a post that
+         * finds the list non-empty is taken by a drain that has not happened yet. */
+        if (wake) {
+                uint64_t one = 1;
+                (void)write(m->post_fd, &one, sizeof(one));
+        }
         return 0;
 }
 
@@ -192,8 +196,10 @@ int manager_run(Manager *m) {
                 return k;
 
         m->started_ns = now_ns();
-        (void)sd_notifyf(false, "READY=1\nSTATUS=Serving on %s (models in %s).", m->socket_path, m->models_path);
-        log_info("quantd %s ready: models in %s, %u workers.", PACKAGE_VERSION, m->models_path, m->config.workers);
+        (void)sd_notifyf(false, "READY=1\nSTATUS=Serving on %s (models in %s).", m->socket_path,
+                         m->models_path);
+        log_info("quantd %s ready: models in %s, %u workers.", PACKAGE_VERSION, m->models_path,
+                 m->config.workers);
 
         k = sd_event_loop(m->event);
         if (k < 0)

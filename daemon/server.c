@@ -4,12 +4,13 @@
  * socket activation) and one Connection per client, all on the main thread's sd-event loop.
  *
  * DESIGN
- * Sockets are non-blocking and nothing waits on a client. Input is read, split into frames by ProtoReader and
- * dispatched; replies and events are appended to the connection's output buffer and written as the socket
- * accepts them. Limits: connections (an extra client is accepted, told EBUSY and closed), requests in flight
- * per connection (further frames wait unread, so a pipelining client is slowed, not failed), queued output (a
- * client that does not read its replies is dropped, which cancels its generations) and frame size. A malformed frame gets an error reply with msgid 0,
- * then the connection is closed: after a framing error the stream cannot be trusted.
+ * Sockets are non-blocking and nothing waits on a client. Input is read, split into frames by ProtoReader
+ * and dispatched; replies and events are appended to the connection's output buffer and written as the
+ * socket accepts them. Limits: connections (an extra client is accepted, told EBUSY and closed), requests in
+ * flight per connection (further frames wait unread, so a pipelining client is slowed, not failed), queued
+ * output (a client that does not read its replies is dropped, which cancels its generations) and frame size.
+ * A malformed frame gets an error reply with msgid 0, then the connection is closed: after a framing error
+ * the stream cannot be trusted.
  */
 
 #include <fcntl.h>
@@ -26,10 +27,11 @@ struct Connection {
         int fd;
         sd_event_source *source;
         sd_event_source *close_source; /* a deferred close is pending */
+        sd_event_source *flush_source; /* defer: writes what was queued in this loop iteration, at once */
         ProtoReader *reader;
         Caller caller;
 
-        Buf out;          /* queued output; [out_off, out.len) not yet written */
+        Buf out; /* queued output; [out_off, out.len) not yet written */
         size_t out_off;
 
         Request **requests; /* (n_requests) in flight, one reference each */
@@ -78,7 +80,19 @@ static int connection_flush(Connection *c) {
         return 0;
 }
 
-/* Appends a packed message to the output and writes what can be written. */
+static int connection_flush_handler(sd_event_source *s, void *userdata) {
+        Connection *c = userdata;
+        if (connection_flush(c) < 0)
+                connection_close_later(c, "writing failed");
+        else
+                connection_update_events(c);
+        return 0;
+}
+
+/*
+ * Appends a packed message to the output. The write happens once per loop iteration (a defer source), so
+ * that a batch of tokens posted by the executor leaves in one sendmsg().
+ */
 static int connection_queue(Connection *c, const void *data, size_t size) {
         if (c->close_source)
                 return 0;
@@ -91,12 +105,8 @@ static int connection_queue(Connection *c, const void *data, size_t size) {
                 connection_close_later(c, "out of memory");
                 return k;
         }
-        k = connection_flush(c);
-        if (k < 0) {
-                connection_close_later(c, "writing failed");
-                return k;
-        }
-        connection_update_events(c);
+        if (sd_event_source_set_enabled(c->flush_source, SD_EVENT_ONESHOT) < 0)
+                return connection_flush_handler(c->flush_source, c);
         return 0;
 }
 
@@ -184,8 +194,9 @@ static int connection_handle(Connection *c, ProtoMessage *msg) {
                 if (request_id(c->requests[i]) == msg->msgid) {
                         Reply rep;
                         reply_init(&rep);
-                        if (proto_pack_error(&rep.pk, msg->msgid, EEXIST,
-                                             "A request with this msgid is still in flight on this connection.") >= 0)
+                        if (proto_pack_error(
+                                    &rep.pk, msg->msgid, EEXIST,
+                                    "A request with this msgid is still in flight on this connection.") >= 0)
                                 (void)connection_queue(c, rep.sb.data, rep.sb.size);
                         reply_done(&rep);
                         return 0;
@@ -240,6 +251,11 @@ static int connection_io(sd_event_source *s, int fd, uint32_t revents, void *use
                         return 0;
                 }
         }
+        if ((revents & (EPOLLHUP | EPOLLERR)) && c->reading_paused) {
+                /* Gone while its input waits unread: epoll would report the hang-up again and again. */
+                connection_free(c);
+                return 0;
+        }
         if ((revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !c->reading_paused) {
                 ssize_t n = proto_reader_fill(c->reader, c->fd);
                 if (n == -EAGAIN || n == -EINTR)
@@ -251,7 +267,8 @@ static int connection_io(sd_event_source *s, int fd, uint32_t revents, void *use
                 if (n < 0) {
                         if (n == -EMSGSIZE)
                                 connection_send_error(c, EMSGSIZE, "Too many descriptors with one message.");
-                        connection_close_later(c, n == -EMSGSIZE ? "too many descriptors" : "reading failed");
+                        connection_close_later(c,
+                                               n == -EMSGSIZE ? "too many descriptors" : "reading failed");
                         return 0;
                 }
                 k = connection_process(c);
@@ -280,7 +297,8 @@ static void connection_close_later(Connection *c, const char *why) {
         (void)connection_flush(c);
         (void)sd_event_source_set_enabled(c->source, SD_EVENT_OFF);
         if (sd_event_add_defer(c->manager->event, &c->close_source, connection_close_handler, c) < 0)
-                /* Without a defer source the connection lingers until shutdown; its requests are detached now. */
+                /* Without a defer source the connection lingers until shutdown; its requests are detached
+                 * now. */
                 c->close_source = NULL;
 }
 
@@ -297,6 +315,7 @@ static void connection_free(Connection *c) {
         c->manager->n_connections--;
         sd_event_source_disable_unref(c->source);
         sd_event_source_disable_unref(c->close_source);
+        sd_event_source_disable_unref(c->flush_source);
         safe_close(c->fd);
         proto_reader_free(c->reader);
         buf_free(&c->out);
@@ -304,22 +323,41 @@ static void connection_free(Connection *c) {
         free(c);
 }
 
-/* Whether the peer may change the store: root, our own uid, or the configured group (primary or not). */
-static bool peer_may_change_store(Manager *m, int fd, const struct ucred *cred) {
-        if (cred->uid == 0 || cred->uid == getuid())
+/* Looks the configured group up once, for the socket's owner and for the store rule. */
+static void manager_lookup_group(Manager *m) {
+        if (m->group_looked_up)
+                return;
+        m->group_looked_up = true;
+        struct group *g = getgrnam(manager_group(m));
+        if (g) {
+                m->have_group = true;
+                m->group_gid = g->gr_gid;
+        } else if (!m->user)
+                log_notice("Group '%s' does not exist; only root and uid %u may change the store.",
+                           manager_group(m), (unsigned)getuid());
+}
+
+bool manager_may_change_store(Manager *m, uid_t uid, gid_t gid, const gid_t *groups, size_t n_groups) {
+        if (uid == 0 || uid == getuid())
                 return true;
+        manager_lookup_group(m);
         if (!m->have_group)
                 return false;
-        if (cred->gid == m->group_gid)
+        if (gid == m->group_gid)
                 return true;
-        gid_t groups[256];
-        socklen_t len = sizeof(groups);
-        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
-                return false;
-        for (size_t i = 0; i < len / sizeof(gid_t); i++)
+        for (size_t i = 0; i < n_groups; i++)
                 if (groups[i] == m->group_gid)
                         return true;
         return false;
+}
+
+static bool peer_may_change_store(Manager *m, int fd, const struct ucred *cred) {
+        gid_t groups[256];
+        socklen_t len = sizeof(groups);
+
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
+                len = 0;
+        return manager_may_change_store(m, cred->uid, cred->gid, groups, len / sizeof(gid_t));
 }
 
 static int connection_new(Manager *m, int fd) {
@@ -337,7 +375,7 @@ static int connection_new(Manager *m, int fd) {
                 return log_oom();
         c->manager = m;
         c->fd = TAKE_FD(owned);
-        c->caller = (Caller){ .uid = cred.uid, .gid = cred.gid, .pid = cred.pid };
+        c->caller = (Caller){.uid = cred.uid, .gid = cred.gid, .pid = cred.pid};
         c->caller.may_change_store = peer_may_change_store(m, c->fd, &cred);
         LIST_PREPEND(connections, m->connections, c);
         m->n_connections++;
@@ -346,6 +384,10 @@ static int connection_new(Manager *m, int fd) {
         k = c->requests ? proto_reader_new(&c->reader, m->config.max_frame) : -ENOMEM;
         if (k >= 0)
                 k = sd_event_add_io(m->event, &c->source, c->fd, EPOLLIN, connection_io, c);
+        if (k >= 0)
+                k = sd_event_add_defer(m->event, &c->flush_source, connection_flush_handler, c);
+        if (k >= 0)
+                k = sd_event_source_set_enabled(c->flush_source, SD_EVENT_OFF);
         if (k < 0) {
                 connection_free(c);
                 return log_error_errno(k, "Failed to set up a connection: %m");
@@ -370,11 +412,13 @@ static int listen_io(sd_event_source *s, int fd, uint32_t revents, void *userdat
                         Reply rep;
                         reply_init(&rep);
                         if (proto_pack_error(&rep.pk, 0, EBUSY,
-                                             "The daemon serves its maximum number of connections; try again later.") >= 0)
+                                             "The daemon serves its maximum number of connections; try "
+                                             "again later.") >= 0)
                                 (void)proto_send(cfd, rep.sb.data, rep.sb.size, NULL, 0);
                         reply_done(&rep);
                         safe_close(cfd);
-                        log_warning("Refused a connection: MaxConnections=%u reached.", m->config.max_connections);
+                        log_warning("Refused a connection: MaxConnections=%u reached.",
+                                    m->config.max_connections);
                         continue;
                 }
                 (void)connection_new(m, cfd);
@@ -398,7 +442,7 @@ static int mkdir_parents_for(const char *path, mode_t mode) {
 }
 
 static int bind_socket(Manager *m) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
         _cleanup_close_ int fd = -EBADF;
         int k;
 
@@ -414,17 +458,20 @@ static int bind_socket(Manager *m) {
         if (fd < 0)
                 return log_error_errno(errno, "Failed to create a socket: %m");
 
-        /* A socket file nobody listens on is left from a crash; one that answers belongs to a running daemon. */
+        /* A socket file nobody listens on is left from a crash; one that answers belongs to a running
+         * daemon. */
         struct stat st;
         if (lstat(m->socket_path, &st) >= 0) {
                 if (!S_ISSOCK(st.st_mode))
-                        return log_error_errno(EEXIST, "%s exists and is not a socket; refusing to replace it.",
+                        return log_error_errno(EEXIST,
+                                               "%s exists and is not a socket; refusing to replace it.",
                                                m->socket_path);
                 int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
                 bool alive = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof(sa)) >= 0;
                 safe_close(probe);
                 if (alive)
-                        return log_error_errno(EADDRINUSE, "Another daemon is listening on %s.", m->socket_path);
+                        return log_error_errno(EADDRINUSE, "Another daemon is listening on %s.",
+                                               m->socket_path);
                 (void)unlink(m->socket_path);
         }
 
@@ -448,13 +495,7 @@ static int bind_socket(Manager *m) {
 int server_listen(Manager *m) {
         int n, k;
 
-        struct group *g = getgrnam(manager_group(m));
-        if (g) {
-                m->have_group = true;
-                m->group_gid = g->gr_gid;
-        } else if (!m->user)
-                log_notice("Group '%s' does not exist; only root and uid %u may change the store.", manager_group(m),
-                           (unsigned)getuid());
+        manager_lookup_group(m);
 
         n = sd_listen_fds(true);
         if (n < 0)
@@ -463,7 +504,8 @@ int server_listen(Manager *m) {
                 return log_error_errno(EINVAL, "systemd passed %d sockets, quantd takes one.", n);
         if (n == 1) {
                 if (sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_STREAM, 1, NULL, 0) <= 0)
-                        return log_error_errno(EINVAL, "The socket systemd passed is not a listening AF_UNIX stream "
+                        return log_error_errno(EINVAL,
+                                               "The socket systemd passed is not a listening AF_UNIX stream "
                                                "socket.");
                 m->listen_fd = SD_LISTEN_FDS_START;
                 int flags = fcntl(m->listen_fd, F_GETFL);
@@ -486,7 +528,7 @@ void server_done(Manager *m) {
         Connection *c, *n;
 
         LIST_FOREACH_SAFE(connections, c, n, m->connections)
-                connection_free(c);
+        connection_free(c);
         m->listen_source = sd_event_source_disable_unref(m->listen_source);
         m->listen_fd = safe_close(m->listen_fd);
         if (m->socket_bound) {

@@ -74,7 +74,8 @@ static int reg_resolve(void *store, const char *name, char **ret_path, char **re
                 return k;
         const RegistryLayer *layer = registry_manifest_find_layer(manifest, REGISTRY_MEDIA_MODEL);
         if (!layer)
-                return qd_error_set(err, ENOENT, "Model '%s' has no model layer (%s).", name, REGISTRY_MEDIA_MODEL);
+                return qd_error_set(err, ENOENT, "Model '%s' has no model layer (%s).", name,
+                                    REGISTRY_MEDIA_MODEL);
         k = registry_store_blob_path(s->store, layer->digest, &path);
         if (k < 0)
                 return k;
@@ -127,7 +128,7 @@ static int reg_list(void *store, StoreModel **ret, size_t *ret_n, QdError *err) 
 }
 
 /* Drains a pipe or socket into an unnamed file in dir, polling for cancellation. Returns the new fd. */
-static int drain_to_tmpfile(const char *dir, int in, void (*progress)(uint64_t, uint64_t, void *), void *userdata,
+static int drain_to_tmpfile(const char *dir, int in, StoreProgressFn progress, void *userdata,
                             const atomic_bool *cancel, QdError *err) {
         static const size_t chunk = 1U << 20;
         _cleanup_close_ int out = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
@@ -135,23 +136,26 @@ static int drain_to_tmpfile(const char *dir, int in, void (*progress)(uint64_t, 
         uint64_t done = 0;
 
         if (out < 0)
-                return qd_error_set(err, errno, "Failed to create a temporary file in %s: %s", dir, strerror(errno));
+                return qd_error_set(err, errno, "Failed to create a temporary file in %s: %s", dir,
+                                    strerror(errno));
         if (!buf)
                 return -ENOMEM;
         for (;;) {
                 if (cancel && atomic_load(cancel))
                         return qd_error_set(err, ECANCELED, "The job was cancelled.");
-                struct pollfd p = { .fd = in, .events = POLLIN };
+                struct pollfd p = {.fd = in, .events = POLLIN};
                 int r = poll(&p, 1, 100);
                 if (r < 0 && errno != EINTR)
-                        return qd_error_set(err, errno, "Failed to wait for the model data: %s", strerror(errno));
+                        return qd_error_set(err, errno, "Failed to wait for the model data: %s",
+                                            strerror(errno));
                 if (r <= 0)
                         continue;
                 ssize_t n = read(in, buf, chunk);
                 if (n < 0 && (errno == EINTR || errno == EAGAIN))
                         continue;
                 if (n < 0)
-                        return qd_error_set(err, errno, "Failed to read the model data: %s", strerror(errno));
+                        return qd_error_set(err, errno, "Failed to read the model data: %s",
+                                            strerror(errno));
                 if (n == 0)
                         break;
                 for (ssize_t off = 0; off < n;) {
@@ -165,18 +169,29 @@ static int drain_to_tmpfile(const char *dir, int in, void (*progress)(uint64_t, 
                 }
                 done += (uint64_t)n;
                 if (progress)
-                        progress(done, 0, userdata);
+                        progress("receiving model data", NULL, done, 0, userdata);
         }
         if (lseek(out, 0, SEEK_SET) < 0)
                 return -errno;
         return TAKE_FD(out);
 }
 
-static int reg_create(void *store, const char *name, int fd, const char *template, const char *system,
-                      void (*progress)(uint64_t, uint64_t, void *), void *userdata, const atomic_bool *cancel,
-                      QdError *err) {
+typedef struct ProgressRelay {
+        StoreProgressFn fn;
+        void *userdata;
+} ProgressRelay;
+
+static void relay_progress(const RegistryProgress *p, void *userdata) {
+        ProgressRelay *r = userdata;
+        if (r->fn)
+                r->fn(p->status, p->digest, p->completed, p->total, r->userdata);
+}
+
+static int reg_create(void *store, const char *name, const StoreCreateSpec *spec, StoreProgressFn progress,
+                      void *userdata, const atomic_bool *cancel, QdError *err) {
         RegStore *s = store;
         _cleanup_close_ int buffered = -EBADF;
+        int fd = spec->fd;
         RegistryName n;
         struct stat st;
         int k;
@@ -185,7 +200,8 @@ static int reg_create(void *store, const char *name, int fd, const char *templat
         if (k < 0)
                 return k;
         if (fstat(fd, &st) < 0)
-                return qd_error_set(err, errno, "Failed to look at the model's descriptor: %s", strerror(errno));
+                return qd_error_set(err, errno, "Failed to look at the model's descriptor: %s",
+                                    strerror(errno));
         if (S_ISDIR(st.st_mode))
                 return qd_error_set(err, EISDIR, "The model's descriptor is a directory, not a file.");
         if (!S_ISREG(st.st_mode)) {
@@ -198,22 +214,34 @@ static int reg_create(void *store, const char *name, int fd, const char *templat
         }
         if (st.st_size == 0)
                 return qd_error_set(err, EINVAL, "The model file is empty.");
-        if (progress)
-                progress(0, (uint64_t)st.st_size, userdata);
-        RegistryCreateLayer layers[3] = { { .media_type = REGISTRY_MEDIA_MODEL, .fd = fd } };
-        size_t n_layers = 1;
-        if (template)
-                layers[n_layers++] = (RegistryCreateLayer){ .media_type = REGISTRY_MEDIA_TEMPLATE, .fd = -EBADF,
-                                                            .data = template, .size = strlen(template) };
-        if (system)
-                layers[n_layers++] = (RegistryCreateLayer){ .media_type = REGISTRY_MEDIA_SYSTEM, .fd = -EBADF,
-                                                            .data = system, .size = strlen(system) };
-        k = registry_store_create(s->store, &n, layers, n_layers, NULL, NULL, NULL, cancel, err);
-        if (k < 0)
-                return k;
-        if (progress)
-                progress((uint64_t)st.st_size, (uint64_t)st.st_size, userdata);
-        return 0;
+
+        size_t n_licenses = 0;
+        while (spec->licenses && spec->licenses[n_licenses])
+                n_licenses++;
+        _cleanup_free_ RegistryCreateLayer *layers = calloc(5 + n_licenses, sizeof(RegistryCreateLayer));
+        if (!layers)
+                return -ENOMEM;
+        size_t n_layers = 0;
+        layers[n_layers++] = (RegistryCreateLayer){.media_type = REGISTRY_MEDIA_MODEL, .fd = fd};
+        const struct {
+                const char *media_type, *text;
+        } texts[] = {
+                {REGISTRY_MEDIA_TEMPLATE, spec->template},
+                {REGISTRY_MEDIA_SYSTEM, spec->system},
+                {REGISTRY_MEDIA_PARAMS, spec->parameters},
+                {REGISTRY_MEDIA_MESSAGES, spec->messages},
+        };
+        for (size_t i = 0; i < ELEMENTSOF(texts) + n_licenses; i++) {
+                const char *media = i < ELEMENTSOF(texts) ? texts[i].media_type : REGISTRY_MEDIA_LICENSE;
+                const char *text =
+                        i < ELEMENTSOF(texts) ? texts[i].text : spec->licenses[i - ELEMENTSOF(texts)];
+                if (text)
+                        layers[n_layers++] = (RegistryCreateLayer){
+                                .media_type = media, .fd = -EBADF, .data = text, .size = strlen(text)};
+        }
+        ProgressRelay relay = {progress, userdata};
+        return registry_store_create(s->store, &n, layers, n_layers, NULL, relay_progress, &relay, cancel,
+                                     err);
 }
 
 static int reg_read_layer(void *store, const char *name, const char *media_type, char **ret, QdError *err) {
@@ -234,7 +262,8 @@ static int reg_read_layer(void *store, const char *name, const char *media_type,
                 return 0;
         }
         if (layer->size > 1024 * 1024)
-                return qd_error_set(err, EMSGSIZE, "The %s layer of '%s' is larger than 1 MiB.", media_type, name);
+                return qd_error_set(err, EMSGSIZE, "The %s layer of '%s' is larger than 1 MiB.", media_type,
+                                    name);
         k = registry_store_open_blob(s->store, layer->digest, &fd, err);
         if (k < 0)
                 return k;
@@ -247,13 +276,36 @@ static int reg_read_layer(void *store, const char *name, const char *media_type,
                 if (r < 0 && errno == EINTR)
                         continue;
                 if (r <= 0)
-                        return qd_error_set(err, r < 0 ? errno : EBADMSG, "Failed to read the %s layer of '%s'.",
-                                            media_type, name);
+                        return qd_error_set(err, r < 0 ? errno : EBADMSG,
+                                            "Failed to read the %s layer of '%s'.", media_type, name);
                 got += (size_t)r;
         }
         buf[got] = 0;
         *ret = TAKE_PTR(buf);
         return 0;
+}
+
+static int reg_pull(void *store, const char *name, StoreProgressFn progress, void *userdata,
+                    const atomic_bool *cancel, QdError *err) {
+        RegStore *s = store;
+        ProgressRelay relay = {progress, userdata};
+        RegistryName n;
+        /* A name the user typed for pull may be a short alias of the catalogue. */
+        int k = registry_name_resolve(name, &s->config, &n, err);
+        if (k < 0)
+                return k;
+        return registry_pull(s->store, &n, relay_progress, &relay, cancel, NULL, err);
+}
+
+static int reg_push(void *store, const char *name, StoreProgressFn progress, void *userdata,
+                    const atomic_bool *cancel, QdError *err) {
+        RegStore *s = store;
+        ProgressRelay relay = {progress, userdata};
+        RegistryName n;
+        int k = registry_name_parse(name, &s->config, &n, err);
+        if (k < 0)
+                return k;
+        return registry_push(s->store, &n, relay_progress, &relay, cancel, NULL, err);
 }
 
 static int reg_copy(void *store, const char *src, const char *dst, QdError *err) {
@@ -284,6 +336,8 @@ const StoreOps store_registry_ops = {
         .list = reg_list,
         .create = reg_create,
         .read_layer = reg_read_layer,
+        .pull = reg_pull,
+        .push = reg_push,
         .copy = reg_copy,
         .remove = reg_remove,
 };

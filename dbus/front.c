@@ -20,7 +20,6 @@
  *   is computed from two clocks and its rounding jitters.
  */
 
-#include <grp.h>
 #include <systemd/sd-event.h>
 
 #include "daemon.h"
@@ -54,8 +53,6 @@ struct DbusFront {
         sd_bus *bus;
         bool user;
         bool polkit;
-        bool have_group;
-        gid_t group_gid;
 
         sd_bus_slot *manager_slot, *request_slot, *name_slot;
         sd_event_source *post_source, *check_source;
@@ -247,14 +244,9 @@ static int caller_from_message(DbusFront *f, sd_bus_message *m, Caller *ret, QdE
         (void)sd_bus_creds_get_egid(creds, &gid);
         (void)sd_bus_creds_get_pid(creds, &pid);
 
-        bool may = uid == 0 || uid == getuid();
-        if (!may && f->have_group) {
-                const gid_t *gids = NULL;
-                int n = sd_bus_creds_get_supplementary_gids(creds, &gids);
-                may = gid == f->group_gid;
-                for (int i = 0; !may && i < n; i++)
-                        may = gids[i] == f->group_gid;
-        }
+        const gid_t *gids = NULL;
+        int n = sd_bus_creds_get_supplementary_gids(creds, &gids);
+        bool may = manager_may_change_store(f->manager, uid, gid, gids, n > 0 ? (size_t)n : 0);
         *ret = (Caller){ .uid = uid, .gid = gid, .pid = pid, .may_change_store = may };
         return 0;
 }
@@ -808,13 +800,6 @@ int dbus_front_new(DbusFront **ret, Manager *m, const DbusFrontOptions *o) {
         f->manager = m;
         f->user = o->user;
         f->polkit = o->polkit;
-        if (manager_config(m)->group) {
-                struct group *g = getgrnam(manager_config(m)->group);
-                if (g) {
-                        f->have_group = true;
-                        f->group_gid = g->gr_gid;
-                }
-        }
         (void)dbus_errors_register();
 
         k = front_load_version(f);

@@ -281,19 +281,13 @@ static void step_attention(void *ctx, uint32_t ith, uint32_t i) {
                      scale, scores, b->att + (size_t)t * nq + (size_t)h * c->head_dim);
 }
 
-static float silu(float x) {
-        return x / (1.0f + expf(-x));
-}
-
 /* Row t: hb = silu(gate) * up, then the conversion of hb for the down projection. */
 static void step_swiglu(void *ctx, uint32_t ith, uint32_t t) {
         StepCtx *s = ctx;
         CpuBackend *b = s->b;
         uint32_t n_ff = b->c->n_ff;
-        float *g = b->hb + (size_t)t * n_ff, *u = b->hb2 + (size_t)t * n_ff;
 
-        for (uint32_t i = 0; i < n_ff; i++)
-                g[i] = silu(g[i]) * u[i];
+        b->k->swiglu(b->hb + (size_t)t * n_ff, b->hb2 + (size_t)t * n_ff, n_ff);
         mat_prepare_rows(s->mat, t, t + 1);
 }
 

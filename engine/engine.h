@@ -392,6 +392,10 @@ const char *engine_cpu_isa_name(EngineCpuIsa isa);
 int engine_cpu_matmul(EngineCpuIsa isa, uint32_t type, const void *w, uint64_t n, uint64_t n_rows, const float *x,
                       uint64_t n_tok, float *y);
 
+/* g[i] = silu(g[i]) × u[i] (SwiGLU's gate) with one kernel set, for the kernel tests. -EINVAL for bad arguments,
+ * -EOPNOTSUPP when the CPU lacks isa. */
+int engine_cpu_swiglu(EngineCpuIsa isa, float *g, const float *u, uint64_t n);
+
 /* ---- models and the forward pass ---- */
 
 typedef struct EngineModelParams {

@@ -21,6 +21,12 @@
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define TILE 4
 
+/* Two floats from an address of any alignment, the upper lanes zero. */
+static inline AVX2 __m128 load2f(const float *p) {
+        return _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)p));
+}
+
+
 static inline AVX2 float hsum256(__m256 v) {
         __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -198,7 +204,7 @@ static inline __attribute__((always_inline)) AVX2 void gemm_q32(uint32_t type, s
                                         acc1[t] = _mm256_fmadd_ps(idot32(type, w1, (const int8_t *)at + b * 32 + 32),
                                                                   _mm256_set1_ps(d1 * da[1]), acc1[t]);
                                         if (has_min)
-                                                mx[t] = _mm_fmadd_ps(mv, _mm_castpd_ps(_mm_load_sd((const double *)(act_q8_s(at, n) + b))), mx[t]);
+                                                mx[t] = _mm_fmadd_ps(mv, load2f(act_q8_s(at, n) + b), mx[t]);
                                 }
                         }
                         for (; b < nb; b++) {
@@ -355,6 +361,44 @@ static AVX2 void quantize_act_q8_k(const float *x, uint8_t *dst, uint64_t n) {
         }
 }
 
+/* ---- exp ---- */
+
+/*
+ * e^x for 8 floats, within about 2 ulp for x in [-87, 88] (clamped there: below, the result is ~1e-38 instead
+ * of smaller, which softmax and SiLU do not notice). x = n ln2 + r with |r| <= ln2 / 2, e^r by its Taylor
+ * series to r^6 (the next term is < 2e-7 relative), 2^n put straight into the exponent bits.
+ */
+static inline AVX2 __m256 exp256(__m256 x) {
+        x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+        __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        /* ln 2 in two parts, so that n × ln2_hi is exact. */
+        __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+        r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+        __m256 p = _mm256_set1_ps(1.0f / 720);
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+        __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+        return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+static AVX2 void swiglu_avx2(float *g, const float *u, uint32_t n) {
+        uint32_t i = 0;
+
+        for (; i + 8 <= n; i += 8) {
+                __m256 x = _mm256_loadu_ps(g + i);
+                __m256 sig = _mm256_div_ps(_mm256_set1_ps(1.0f),
+                                           _mm256_add_ps(_mm256_set1_ps(1.0f), exp256(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+                _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_mul_ps(x, sig), _mm256_loadu_ps(u + i)));
+        }
+        for (; i < n; i++)
+                g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
 /* ---- attention ---- */
 
 static inline AVX2 __m256 load_kv8(uint32_t kv_type, const uint8_t *p, uint32_t i) {
@@ -380,14 +424,22 @@ static AVX2 void attend_avx2(const float *q, const uint8_t *k, const uint8_t *v,
                 scores[p] = hsum256(acc) * scale;
                 max = fmaxf(max, scores[p]);
         }
-        for (uint32_t p = 0; p < n_pos; p++) {
+        uint32_t p = 0;
+        __m256 vsum = _mm256_setzero_ps(), vmax = _mm256_set1_ps(max);
+        for (; p + 8 <= n_pos; p += 8) {
+                __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(scores + p), vmax));
+                _mm256_storeu_ps(scores + p, e);
+                vsum = _mm256_add_ps(vsum, e);
+        }
+        sum = hsum256(vsum);
+        for (; p < n_pos; p++) {
                 scores[p] = expf(scores[p] - max);
                 sum += scores[p];
         }
         for (uint32_t i = 0; i < head_dim; i++)
                 out[i] = 0;
         float inv = 1.0f / sum;
-        for (uint32_t p = 0; p < n_pos; p++) {
+        for (p = 0; p < n_pos; p++) {
                 const uint8_t *vp = v + p * kv_stride;
                 __m256 a = _mm256_set1_ps(scores[p] * inv);
                 for (uint32_t i = 0; i < head_dim; i += 8)
@@ -418,4 +470,5 @@ const CpuKernels cpu_kernels_avx2 = {
                 [ACT_Q8_K] = quantize_act_q8_k,
         },
         .attend = attend_avx2,
+        .swiglu = swiglu_avx2,
 };

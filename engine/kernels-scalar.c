@@ -411,6 +411,11 @@ static void attend_scalar(const float *q, const uint8_t *k, const uint8_t *v, si
         }
 }
 
+static void swiglu_scalar(float *g, const float *u, uint32_t n) {
+        for (uint32_t i = 0; i < n; i++)
+                g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
 const CpuKernels cpu_kernels_scalar = {
         .isa = ENGINE_CPU_SCALAR,
         .gemm = {
@@ -433,4 +438,5 @@ const CpuKernels cpu_kernels_scalar = {
                 [ACT_Q8_K] = quantize_act_q8_k_scalar,
         },
         .attend = attend_scalar,
+        .swiglu = swiglu_scalar,
 };

@@ -49,6 +49,8 @@ static void merge(CpuKernels *dst, const CpuKernels *src, const CpuKernels *fall
                         dst->quantize[i] = fallback->quantize[i];
         if (!dst->attend)
                 dst->attend = fallback->attend;
+        if (!dst->swiglu)
+                dst->swiglu = fallback->swiglu;
 }
 
 static void merge_all(void) {
@@ -120,5 +122,17 @@ int engine_cpu_matmul(EngineCpuIsa isa, uint32_t type, const void *w, uint64_t n
         for (uint64_t t = 0; t < n_tok; t++)
                 k->quantize[f](x + t * n, a + t * a_stride, n);
         k->gemm[type](n, w, row_size, (uint32_t)n_rows, a, a_stride, (uint32_t)n_tok, y, n_rows);
+        return 0;
+}
+
+int engine_cpu_swiglu(EngineCpuIsa isa, float *g, const float *u, uint64_t n) {
+        const CpuKernels *k;
+
+        if ((int)isa < 0 || isa >= _ENGINE_CPU_ISA_MAX || !g || !u || n > UINT32_MAX)
+                return -EINVAL;
+        k = cpu_kernels(isa);
+        if (!k)
+                return -EOPNOTSUPP;
+        k->swiglu(g, u, (uint32_t)n);
         return 0;
 }

@@ -11,7 +11,8 @@
  * form the weight type's dot product wants (ActFormat): float32 for float weights; for 32-element block types
  * int8 with one float scale per 32 (and the scaled sum, for the types with a minimum), so that the inner loop
  * is an integer dot product; for K-quants ggml's Q8_K blocks (256 int8, a float scale and sums of 16).
- * The activation row layouts are ours, not ggml's: only the weights are in the file format.
+ * The activation row layouts are ours, not ggml's: only the weights are in the file format. The SIMD sets
+ * decode all five K-quant types into one shape (kernels-kquant.h), so one dot-product loop serves them.
  *
  * Kernels are pure functions of their arguments and may run on any thread.
  */
@@ -52,11 +53,15 @@ typedef void (*QuantizeActFn)(const float *x, uint8_t *dst, uint64_t n);
 typedef void (*AttendFn)(const float *q, const uint8_t *k, const uint8_t *v, size_t kv_stride, uint32_t kv_type,
                          uint32_t n_pos, uint32_t head_dim, float scale, float *scores, float *out);
 
+/* g[i] = silu(g[i]) × u[i] = g[i] / (1 + exp(-g[i])) × u[i], for i < n: SwiGLU's gate. */
+typedef void (*SwigluFn)(float *g, const float *u, uint32_t n);
+
 typedef struct CpuKernels {
         EngineCpuIsa isa;
         GemmFn gemm[_GGML_TYPE_MAX]; /* NULL where this set has no kernel: the scalar one is used */
         QuantizeActFn quantize[_ACT_FORMAT_MAX];
         AttendFn attend;
+        SwigluFn swiglu;
 } CpuKernels;
 
 /* The table for isa, with gaps filled from the scalar table; NULL when this CPU cannot run isa. */

@@ -4,16 +4,18 @@
  *
  * DESIGN
  * Work is handed out by chunks, not by thread: the job is one 64-bit atomic word holding a generation, the
- * number of chunks and the next unclaimed chunk, and every thread (the caller included) claims chunks with a
- * compare-and-swap until none is left. Completion is counted in chunks, so the caller never waits for a worker
- * that has not woken up yet: on a machine shared with other processes a descheduled worker simply takes no
+ * number of chunks and the next unclaimed chunk, and every thread (the caller included) claims runs of
+ * chunks with a compare-and-swap until none is left. Completion is counted in chunks, so the caller never
+ * waits for a worker that has not woken up yet: on a machine shared with other processes a descheduled worker simply takes no
  * part, where a static split by thread index would stall every job until the scheduler ran it again. The
  * job's function and context are read only after a successful claim: the caller cannot publish the next job
  * before that chunk is finished, so what a worker reads is always its job's.
  *
  * Waiting spins with a pause for a bounded time (the next job of a decode step usually comes within
- * microseconds) and then sleeps in futex(): workers on a wake counter bumped with each job, the caller on the
- * finished-chunks counter. Each side announces its sleep in a counter and re-checks before sleeping, and the
+ * microseconds), offering the CPU with sched_yield() every few dozen pauses (when the scheduler has put two of
+ * the pool's threads on one core, which it does on a busy machine, a spinning thread would otherwise take half
+ * the time of the one doing the work), and then sleeps in futex(): workers on a wake counter bumped with
+ * each job, the caller on the finished-chunks counter. Each side announces its sleep in a counter and re-checks before sleeping, and the
  * other side wakes it only when it announced, so that no wake-up is lost and no syscall is made while both
  * spin. Signals are blocked in the workers; they never touch anything but the job.
  */
@@ -78,22 +80,25 @@ static void futex_wake_all(atomic_uint *addr) {
         (void)syscall(SYS_futex, addr, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
 }
 
-/* Claims and runs chunks of the job in w until none is left. Returns the number run. */
-static uint32_t run_chunks(ThreadPool *p, uint32_t ith, uint64_t w, bool is_caller) {
-        uint32_t n_run = 0;
-
+/*
+ * Claims and runs chunks of the job in w until none is left. A claim takes a share of what is left (guided
+ * self-scheduling: big claims first, single chunks at the end), so that the atomic operations, each a cache
+ * line moving between cores, stay few even when chunks are small, while the end of a job still balances.
+ */
+static void run_chunks(ThreadPool *p, uint32_t ith, uint64_t w, bool is_caller) {
         while (work_next(w) < work_n(w)) {
-                if (!atomic_compare_exchange_weak_explicit(&p->work, &w, w + 1, memory_order_acquire,
+                uint32_t left = work_n(w) - work_next(w);
+                uint32_t take = MAX(1u, left / (2 * p->n_threads));
+                if (!atomic_compare_exchange_weak_explicit(&p->work, &w, w + take, memory_order_acquire,
                                                            memory_order_acquire))
                         continue; /* w now holds the current word, maybe of a newer job */
-                p->fn(p->ctx, ith, p->base + work_next(w));
-                n_run++;
-                unsigned done = atomic_fetch_add_explicit(&p->finished, 1, memory_order_acq_rel) + 1;
+                for (uint32_t c = work_next(w); c < work_next(w) + take; c++)
+                        p->fn(p->ctx, ith, p->base + c);
+                unsigned done = atomic_fetch_add_explicit(&p->finished, take, memory_order_acq_rel) + take;
                 if (!is_caller && done == work_n(w) && atomic_load(&p->caller_sleeping))
                         futex_wake_all(&p->finished);
-                w++;
+                w += take;
         }
-        return n_run;
 }
 
 typedef struct Worker {
@@ -110,7 +115,7 @@ static void *worker_main(void *arg) {
                 uint64_t w = atomic_load_explicit(&p->work, memory_order_acquire);
                 if (atomic_load_explicit(&p->stop, memory_order_acquire))
                         return NULL;
-                (void)run_chunks(p, self.ith, w, false);
+                run_chunks(p, self.ith, w, false);
 
                 /* Nothing left to claim: wait for the word to change (a new job, or stop). */
                 uint64_t seen = atomic_load_explicit(&p->work, memory_order_acquire), t0 = now_ns();
@@ -122,8 +127,10 @@ static void *worker_main(void *arg) {
                                 cpu_relax();
                                 continue;
                         }
-                        if (now_ns() - t0 < SPIN_NS)
+                        if (now_ns() - t0 < SPIN_NS) {
+                                sched_yield();
                                 continue;
+                        }
                         /* Announce the sleep before re-checking (sequentially consistent, pairing with
                          * threadpool_run()), so that a job published meanwhile is never slept through. */
                         unsigned wv = atomic_load(&p->wake);
@@ -218,7 +225,7 @@ static void run_job(ThreadPool *p, uint32_t base, uint32_t n, ThreadPoolFn fn, v
         if (atomic_load(&p->n_sleeping) > 0)
                 futex_wake_all(&p->wake);
 
-        (void)run_chunks(p, 0, w, true);
+        run_chunks(p, 0, w, true);
 
         uint64_t t0 = now_ns();
         for (unsigned spins = 1;; spins++) {
@@ -229,8 +236,10 @@ static void run_job(ThreadPool *p, uint32_t base, uint32_t n, ThreadPoolFn fn, v
                         cpu_relax();
                         continue;
                 }
-                if (now_ns() - t0 < SPIN_NS)
+                if (now_ns() - t0 < SPIN_NS) {
+                        sched_yield();
                         continue;
+                }
                 atomic_store(&p->caller_sleeping, 1);
                 /* Re-check after announcing the sleep, so that a worker finishing just now is not missed. */
                 done = atomic_load(&p->finished);

@@ -12,7 +12,9 @@
  *   layers and every third layer in between (i < n/8, i >= 7n/8, (i - n/8) % 3 == 2); the layer index is
  *   the count of such tensors seen so far in file order, as llama-quantize counts;
  * - a type whose block does not divide the rows falls back: Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, Q2_K and
- *   Q3_K → IQ4_NL, and F16 when the fallback's block of 32 does not divide them either.
+ *   Q3_K → Q4_0 (older llama.cpp releases used IQ4_NL), and F16 when the fallback's block of 32 does not
+ *   divide them either.
+ * tests/data/make-quant-llama-cpp-reference.py checks all of this against llama.cpp itself, bytes included.
  * Where llama-quantize gives up we go on, and say so in docs/quantization.md: a 32-block type (Q4_0 …) on
  * rows that 32 does not divide (stories260K's 172-wide ffn_down) falls back to F16 instead of failing, and
  * the fallback and the overrides also apply with --pure.
@@ -278,7 +280,7 @@ static uint32_t fallback(uint32_t type, uint64_t ne0) {
         switch (type) {
         case GGML_TYPE_Q2_K:
         case GGML_TYPE_Q3_K:
-                type = GGML_TYPE_IQ4_NL;
+                type = GGML_TYPE_Q4_0;
                 break;
         case GGML_TYPE_Q4_K:
                 type = GGML_TYPE_Q5_0;

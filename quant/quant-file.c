@@ -64,13 +64,31 @@ struct Pool {
         Worker self; /* the calling thread's scratch */
 };
 
-/* Converts one source row to floats: in place for aligned F32, else through the engine's dequantizer into
- * scratch. Returns the row or NULL. */
+/* engine_fp16_to_f32() of every binary16 value: F16 is the commonest source, and a table lookup is several
+ * times faster than the conversion. Filled once, read-only afterwards. */
+static float fp16_table[65536];
+static pthread_once_t fp16_table_once = PTHREAD_ONCE_INIT;
+
+static void fp16_table_fill(void) {
+        for (uint32_t h = 0; h < 65536; h++)
+                fp16_table[h] = engine_fp16_to_f32((GgmlHalf)h);
+}
+
+/* Converts one source row to floats: in place for aligned F32, by the table for F16, else through the
+ * engine's dequantizer, into scratch. Returns the row or NULL. */
 static const float *source_row(const Job *j, uint64_t r, float *scratch) {
         const uint8_t *p = j->src + r * j->src_row_bytes;
 
         if (j->src_type == GGML_TYPE_F32 && (uintptr_t)p % sizeof(float) == 0)
                 return (const float *)(const void *)p;
+        if (j->src_type == GGML_TYPE_F16) {
+                for (uint64_t i = 0; i < j->ne0; i++) {
+                        GgmlHalf h;
+                        memcpy(&h, p + 2 * i, sizeof(h));
+                        scratch[i] = fp16_table[h];
+                }
+                return scratch;
+        }
         if (engine_dequantize_row(j->src_type, p, scratch, j->ne0) < 0)
                 return NULL;
         return scratch;
@@ -348,6 +366,7 @@ int quant_file(const Gguf *src, int fd, const QuantParams *params, QdError *err)
                                             strerror(-r));
         }
 
+        (void)pthread_once(&fp16_table_once, fp16_table_fill);
         r = gguf_writer_write_header(w);
         if (r < 0)
                 return write_error(err, r);

@@ -110,7 +110,7 @@ int quant_model_shape_from_gguf(const Gguf *g, QuantModelShape *ret);
  * Chooses the type of each of n tensors (in file order, as llama-quantize counts layers) for params'
  * mixture: which tensors are quantized at all (2-D weights other than norms), the promotions of output,
  * embeddings, attn_v, ffn_down, attn_output by layer, the fallbacks for rows that the chosen type's blocks
- * do not divide (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, Q2_K/Q3_K → IQ4_NL, and F16 when those do not divide
+ * do not divide (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, Q2_K/Q3_K → Q4_0, and F16 when those do not divide
  * it either), then --pure, --leave-output-tensor and the overrides. Tensors that stay as they are get their
  * own type. ret_types has n entries. Errors: -EINVAL with a message for a bad pattern or an override type
  * that the tensor's rows cannot hold, -EOPNOTSUPP for an override type we cannot write; -ENOMEM.
@@ -130,6 +130,73 @@ int quant_choose_types(const QuantParams *params, const QuantModelShape *shape, 
  * message in err.
  */
 int quant_file(const Gguf *src, int fd, const QuantParams *params, QdError *err);
+
+/* ---- Hugging Face safetensors ---- */
+
+#define SAFETENSORS_MAX_DIMS 8u
+#define SAFETENSORS_INDEX "model.safetensors.index.json"
+
+/* One tensor of a safetensors file, borrowed from its Safetensors. */
+typedef struct SafetensorsTensor {
+        char *name;
+        uint32_t type;                       /* GGML_TYPE_F32, GGML_TYPE_F16 or GGML_TYPE_BF16 */
+        uint32_t n_dims;                     /* 0..SAFETENSORS_MAX_DIMS */
+        uint64_t shape[SAFETENSORS_MAX_DIMS]; /* as the file lists it: outermost first, shape[n_dims-1] a row */
+        uint64_t n_elements;
+        size_t size;      /* bytes */
+        const void *data; /* in the read-only map, little-endian */
+} SafetensorsTensor;
+
+/* The tensors of one safetensors file or of a sharded model, each file mapped read-only. */
+typedef struct Safetensors Safetensors;
+
+/*
+ * Maps the safetensors file fd (label names it in messages; NULL for a generic name) and validates its header:
+ * the header length within the file, a JSON object whose entries (besides "__metadata__") each have a dtype
+ * of F32, F16 or BF16, a shape and data_offsets [begin, end] with begin <= end inside the data, end - begin
+ * equal to the shape's elements times the dtype's size, and no two tensors sharing bytes. fd may be closed
+ * afterwards. Errors: -EBADMSG with a message naming the tensor, -ENOMEM, the system's errors.
+ */
+int safetensors_open_fd(int fd, const char *label, Safetensors **ret, QdError *err);
+
+/*
+ * Opens the model in the folder dirfd: the shards that model.safetensors.index.json's weight_map names
+ * (plain file names in the folder; every listed tensor must be in its shard and every shard's tensor listed),
+ * otherwise model.safetensors. safetensors_open_fd()'s errors, plus -ENOENT when neither file exists.
+ */
+int safetensors_open_dir(int dirfd, Safetensors **ret, QdError *err);
+
+Safetensors *safetensors_free(Safetensors *s);
+
+/* The tensors, sorted by name. */
+size_t safetensors_n_tensors(const Safetensors *s);
+const SafetensorsTensor *safetensors_tensor(const Safetensors *s, size_t i);
+
+/* The tensor called name, or NULL. */
+const SafetensorsTensor *safetensors_find(const Safetensors *s, const char *name);
+
+DEFINE_TRIVIAL_CLEANUP_FUNC(Safetensors *, safetensors_free);
+
+/* ---- Hugging Face conversion ---- */
+
+typedef struct QuantConvertParams {
+        int32_t out_type; /* GGML_TYPE_F32/F16/BF16 for matrices; -1 keeps each tensor's source type */
+        const char *pre;  /* tokenizer.ggml.pre to write; NULL: guessed from tokenizer.json, else "default" */
+} QuantConvertParams;
+
+/* Every tensor keeps its type; the pre-tokenizer is guessed. */
+QuantConvertParams quant_convert_params_default(void);
+
+/*
+ * Converts the Hugging Face model in the folder dirfd (config.json with model_type llama or qwen2, its
+ * safetensors, tokenizer.json with a BPE model, optionally tokenizer_config.json and chat_template.jinja) into
+ * a GGUF file written to fd from its current position: hyperparameters, tensors renamed to GGUF's names (llama's
+ * q/k rows reordered for GGUF's pairwise RoPE), 1-D tensors as F32, the vocabulary with merges, token types,
+ * special ids, add_bos and the chat template. On failure fd holds a partial file. Errors, with a message:
+ * -EBADMSG (a malformed or inconsistent file), -EOPNOTSUPP (an architecture, tokenizer or tensor we cannot
+ * convert), -EINVAL (bad parameters), -ENOENT (a file missing), write errors, -ENOMEM.
+ */
+int quant_convert_hf(int dirfd, int fd, const QuantConvertParams *params, QdError *err);
 
 /* ---- evaluation ---- */
 

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Reference quantizers for the k-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K): super-blocks of 256 elements split
+ * Quantizers for the k-quants (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K): super-blocks of 256 elements split
  * into groups of 16 or 32, each group with its own small integer scale (and minimum) that is itself
  * quantized against one binary16 scale per super-block.
  *
@@ -15,6 +15,10 @@
  * Then the group scales are quantized, and every element is re-rounded against the scale it will really be
  * decoded with (the binary16 super-block scale times the group's integer scale), so the stored levels match
  * what a reader reconstructs.
+ *
+ * Each type has a scalar reference (quant_row_*_ref) and a fast version (quant_row_*_fast) that runs the
+ * group searches four groups at a time in SSE lanes with exactly the reference's operations, so both write
+ * the same bytes; test-quant-rows checks that, test-quant-llama-cpp checks both against llama.cpp.
  */
 
 #if defined(__SSE2__)

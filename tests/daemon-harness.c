@@ -10,7 +10,7 @@
 
 #include "daemon-harness.h"
 
-int harness_start(Harness *h, const char *config, const char *const *extra_args) {
+int dh_start(Harness *h, const char *config, const char *const *extra_args) {
         const char *root = getenv("QUANTD_BUILD_ROOT");
         _cleanup_free_ char *quantd = NULL, *conf = NULL;
         const char *argv[32];
@@ -89,7 +89,7 @@ int harness_start(Harness *h, const char *config, const char *const *extra_args)
         return -ETIMEDOUT;
 }
 
-int harness_stop(Harness *h) {
+int dh_stop(Harness *h) {
         int status = 0, result = h->pid > 0 ? -1 : 0;
 
         if (h->pid > 0) {
@@ -116,14 +116,14 @@ int harness_stop(Harness *h) {
         return result;
 }
 
-ProtoClient *harness_connect(Harness *h) {
+ProtoClient *dh_connect(Harness *h) {
         ProtoClient *c = NULL;
         if (proto_client_connect(h->socket, &c) < 0)
                 return NULL;
         return c;
 }
 
-bool harness_log_contains(Harness *h, const char *s) {
+bool dh_log_contains(Harness *h, const char *s) {
         _cleanup_fclose_ FILE *f = fopen(h->log, "re");
         char line[4096];
         while (f && fgets(line, sizeof(line), f))
@@ -132,7 +132,7 @@ bool harness_log_contains(Harness *h, const char *s) {
         return false;
 }
 
-void harness_params(msgpack_sbuffer *sb, ...) {
+void dh_params(msgpack_sbuffer *sb, ...) {
         msgpack_packer pk;
         va_list ap;
         size_t n = 0;
@@ -158,7 +158,7 @@ void harness_params(msgpack_sbuffer *sb, ...) {
         va_end(ap);
 }
 
-int harness_create_model(Harness *h, ProtoClient *c, const char *name, const char *contents) {
+int dh_create_model(Harness *h, ProtoClient *c, const char *name, const char *contents) {
         _cleanup_free_ char *path = strdup_printf("%s/%s.model", h->dir, name);
 
         FILE *f = fopen(path, "we");
@@ -166,10 +166,10 @@ int harness_create_model(Harness *h, ProtoClient *c, const char *name, const cha
                 return -errno;
         fputs(contents, f);
         fclose(f);
-        return harness_create_from_file(h, c, name, path);
+        return dh_create_from_file(h, c, name, path);
 }
 
-int harness_create_from_file(Harness *h, ProtoClient *c, const char *name, const char *path) {
+int dh_create_from_file(Harness *h, ProtoClient *c, const char *name, const char *path) {
         msgpack_sbuffer sb;
         QdError e = {};
 
@@ -177,7 +177,7 @@ int harness_create_from_file(Harness *h, ProtoClient *c, const char *name, const
         if (fd < 0)
                 return -errno;
         msgpack_sbuffer_init(&sb);
-        harness_params(&sb, "model", name, "gguf", "0", NULL);
+        dh_params(&sb, "model", name, "gguf", "0", NULL);
         int k = proto_client_call(c, "Create", sb.data, sb.size, &fd, 1, NULL, NULL, NULL, &e);
         msgpack_sbuffer_destroy(&sb);
         if (k < 0)

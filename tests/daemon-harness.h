@@ -19,16 +19,17 @@ typedef struct Harness {
 } Harness;
 
 /* Starts quantd with config (INI text, may be NULL) and extra arguments (NULL-terminated, may be NULL). */
-int harness_start(Harness *h, const char *config, const char *const *extra_args);
+int dh_start(Harness *h, const char *config, const char *const *extra_args);
 /* Sends SIGTERM and waits; returns the exit status (or 128 + signal), and removes the directory. */
-int harness_stop(Harness *h);
+int dh_stop(Harness *h);
 /* A new client connection. */
-ProtoClient *harness_connect(Harness *h);
+ProtoClient *dh_connect(Harness *h);
 /* Writes a fake model file with contents and stores it as name through Create. Returns 0 or -errno. */
-int harness_create_model(Harness *h, ProtoClient *c, const char *name, const char *contents);
+int dh_create_model(Harness *h, ProtoClient *c, const char *name, const char *contents);
 /* Stores the file at path as model name through Create (the file travels as a descriptor). */
-int harness_create_from_file(Harness *h, ProtoClient *c, const char *name, const char *path);
+int dh_create_from_file(Harness *h, ProtoClient *c, const char *name, const char *path);
 /* Whether the daemon's log contains s. */
-bool harness_log_contains(Harness *h, const char *s);
-/* Packs a params map from alternating key/value strings; values that parse as integers are packed as such. */
-void harness_params(msgpack_sbuffer *sb, ...);
+bool dh_log_contains(Harness *h, const char *s);
+/* Packs a params map from alternating key/value strings; values that parse as integers are packed as such.
+ */
+void dh_params(msgpack_sbuffer *sb, ...);

@@ -485,11 +485,12 @@ static void test_matvec(void **state) {
         for (size_t i = 0; i < ELEMENTSOF(all_types); i++) {
                 uint32_t t = all_types[i];
                 bool k = ggml_type_info(t)->block_size == 256;
-                /* A whole number of chunks, and a row that ends inside a chunk; even row counts go through
-                 * the kernels in pairs of rows, odd ones one row at a time. */
+                /* A whole number of chunks, and a row that ends inside a chunk; even row counts of K-quants
+                 * go through the kernels in pairs of rows, odd ones one row at a time. */
                 check_matvec(t, 4096, 68);
                 check_matvec(t, 4096, 67);
                 check_matvec(t, k ? 11 * 256 : 33 * 32, 45);
+                check_matvec(t, k ? 11 * 256 : 33 * 32, 46);
                 if (is_float_type(t))
                         check_matvec(t, 172, 31);
         }

@@ -4,8 +4,10 @@
  *  - CudaLlama directly: stories260K's greedy tokens from BOS against the golden ids an independent numpy
  *    reference computed, through the graph-captured decode path and the prompt (cuBLAS) path;
  *  - through the engine (backend "cuda", all layers and part of them): logits against the CPU backend's
- *    within 1e-2 relative and the same 64 greedy tokens, on stories260K and on SmolLM2-135M (Q4_1, the file
- *    in $QUANTD_TEST_SMOLLM, with the prompts of tests/data/smollm-reference.txt).
+ *    within 1e-2 relative and the same 64 greedy tokens, on stories260K (F32: float activations on both) and
+ *    on SmolLM2-135M (Q4_1, the file in $QUANTD_TEST_SMOLLM, with the prompts of
+ *    tests/data/smollm-reference.txt) in both backends' reference mode (f32_activations); the cuda default
+ *    path (8-bit activations) against the cpu reference within 1.5e-1 until the greedy tokens part.
  */
 
 #include <stdarg.h>
@@ -177,15 +179,23 @@ static double rel_diff(const float *a, const float *b, uint32_t n) {
         return sqrt(num / (den > 0 ? den : 1));
 }
 
-/* The same prompt and 64 greedy steps through the cpu backend and the cuda one (n_gpu layers of it). */
-static void compare_backends(const char *path, const int32_t *prompt, uint32_t n_prompt, int32_t n_gpu) {
+/*
+ * The same prompt and 64 greedy steps through the cpu backend and the cuda one (n_gpu layers of it), each in
+ * its reference mode (activations never in 8 bits) when *_f32. Returns the largest relative difference of the
+ * logits over the steps until the greedy tokens part, and fails if they part before step must_match.
+ */
+static double compare_backends(const char *path, const int32_t *prompt, uint32_t n_prompt, int32_t n_gpu,
+                               bool cpu_f32, bool gpu_f32, int must_match) {
         EngineModelParams pc = engine_model_params_default(), pg = pc;
         _cleanup_(engine_model_unrefp) EngineModel *mc = NULL, *mg = NULL;
         _cleanup_(engine_seq_freep) EngineSeq *sc = NULL, *sg = NULL;
         QdError err = {};
         double worst = 0;
+        int worst_step = 0;
 
         pc.backend = "cpu";
+        pc.f32_activations = cpu_f32;
+        pg.f32_activations = gpu_f32;
         pg.backend = "cuda";
         pg.n_gpu_layers = n_gpu;
         assert_int_equal(engine_model_load(path, &pc, &mc, &err), 0);
@@ -204,16 +214,27 @@ static void compare_backends(const char *path, const int32_t *prompt, uint32_t n
                     engine_decode(mg, &sg, &toks, &n, 1, &lg, NULL, &err) < 0)
                         fail_msg("%s", err.msg);
                 double d = rel_diff(lg, lc, nv);
-                worst = d > worst ? d : worst;
-                assert_true(d < 1e-2);
+                if (d > worst)
+                        worst = d, worst_step = step;
                 int tc = argmax(lc, nv), tg = argmax(lg, nv);
-                assert_int_equal(tg, tc);
+                if (tg != tc && step < must_match)
+                        fail_msg("%s, %d gpu layers: greedy token %d differs at step %d (%d on cuda); logits rel "
+                                 "diff %.2e", path, n_gpu, tc, step, tg, d);
+                if (tg != tc) {
+                        print_message("# %s, %d gpu layers%s vs cpu%s: same greedy tokens for %d steps (then %d "
+                                      "on cpu, %d on cuda), logits rel diff <= %.2e\n", path, n_gpu,
+                                      gpu_f32 ? " (reference mode)" : "", cpu_f32 ? " (reference mode)" : "",
+                                      step, tc, tg, worst);
+                        return worst;
+                }
                 next = tc;
                 toks = &next;
                 n = 1;
         }
-        print_message("# %s, %d gpu layers: 65 steps, same greedy tokens, logits rel diff <= %.2e\n", path, n_gpu,
-                      worst);
+        print_message("# %s, %d gpu layers%s vs cpu%s: 65 steps, same greedy tokens, logits rel diff <= %.2e "
+                      "(step %d)\n", path, n_gpu, gpu_f32 ? " (reference mode)" : "",
+                      cpu_f32 ? " (reference mode)" : "", worst, worst_step);
+        return worst;
 }
 
 static char *stories_path(void) {
@@ -225,8 +246,9 @@ static void test_stories_vs_cpu(void **state) {
         _cleanup_free_ char *path = stories_path();
         const int32_t bos = 1;
 
-        compare_backends(path, &bos, 1, -1);
-        compare_backends(path, &bos, 1, 2); /* partial offload: layers 0-1 on the GPU, 2-4 on the CPU */
+        assert_true(compare_backends(path, &bos, 1, -1, false, false, 65) < 1e-2);
+        /* Partial offload: layers 0-1 on the GPU, 2-4 on the CPU. */
+        assert_true(compare_backends(path, &bos, 1, 2, false, false, 65) < 1e-2);
 
         /* Embeddings (the hidden-state output) agree too. */
         EngineModelParams pc = engine_model_params_default(), pg = pc;
@@ -267,7 +289,13 @@ static void test_smollm_vs_cpu(void **state) {
                         prompt[n++] = (int32_t)v;
                 }
                 assert_true(n > 0);
-                compare_backends(path, prompt, n, n_prompts == 0 ? -1 : 15);
+                /* Both reference modes: 64 greedy steps alike, logits within 1e-2. Then the cuda default path
+                 * against the cpu reference: 8-bit activations put single steps' logits up to ~8 % off on
+                 * this small model (seen: 7.7e-2) and near-ties can flip (seen at step 5 with logits 7.5e-3
+                 * apart), so only the logits are checked, until the tokens part. */
+                int32_t n_gpu = n_prompts == 0 ? -1 : 15;
+                assert_true(compare_backends(path, prompt, n, n_gpu, true, true, 65) < 1e-2);
+                assert_true(compare_backends(path, prompt, n, n_gpu, true, false, 0) < 1.5e-1);
                 n_prompts++;
         }
         assert_int_equal(n_prompts, 2);

@@ -2,22 +2,22 @@
 /*
  * A real quantd with the fake backend: streamed generation and its statistics, 16 concurrent clients whose
  * streams equal a solo run, continuous batching (concurrent streams share forward steps), Cancel, a client
- * killed mid-stream, keep_alive 0 / 1s / negative, eviction order under MaxLoadedModels=, the memory budget's
- * ENOSPC, Tokenize and Detokenize, and SIGTERM mid-generation.
+ * killed mid-stream, keep_alive 0 / 1s / negative, eviction order under MaxLoadedModels=, the memory
+ * budget's ENOSPC, Tokenize and Detokenize, and SIGTERM mid-generation.
  */
 
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <setjmp.h>
 
 #include <cmocka.h>
 
-#include <msgpack.h>
 #include <fcntl.h>
-#include <math.h>
-#include <signal.h>
 #include <inttypes.h>
+#include <math.h>
+#include <msgpack.h>
+#include <signal.h>
 #include <sys/wait.h>
 
 #include "daemon-harness.h"
@@ -25,7 +25,7 @@
 static int start(void **state, const char *config) {
         Harness *h = calloc(1, sizeof(Harness));
         assert_non_null(h);
-        assert_int_equal(harness_start(h, config, NULL), 0);
+        assert_int_equal(dh_start(h, config, NULL), 0);
         *state = h;
         return 0;
 }
@@ -36,7 +36,13 @@ static int setup(void **state) {
 
 static int setup_small_budget(void **state) {
         /* Each fake model below budgets size + 512 * 16 * 64 bytes of "KV cache". */
-        return start(state, "[Scheduler]\nNumParallel=16\nMemoryBudget=2000000\nLoadTimeout=1s\nContextLength=512\n");
+        return start(
+                state,
+                "[Scheduler]\nNumParallel=16\nMemoryBudget=2000000\nLoadTimeout=1s\nContextLength=512\n");
+}
+
+static int setup_one_request(void **state) {
+        return start(state, "[Daemon]\nMaxRequestsPerConnection=1\n");
 }
 
 static int setup_small_output(void **state) {
@@ -46,7 +52,7 @@ static int setup_small_output(void **state) {
 static int teardown(void **state) {
         Harness *h = *state;
         if (h->pid > 0)
-                assert_int_equal(harness_stop(h), 0);
+                assert_int_equal(dh_stop(h), 0);
         free(h);
         return 0;
 }
@@ -114,18 +120,19 @@ static size_t ps_count(ProtoClient *c, const char *name, int64_t *ret_expires) {
                 if (proto_str_eq(proto_map_get(&models->via.array.ptr[i], "name"), name)) {
                         found++;
                         if (ret_expires)
-                                *ret_expires = proto_map_get(&models->via.array.ptr[i], "expires_at")->via.i64;
+                                *ret_expires =
+                                        proto_map_get(&models->via.array.ptr[i], "expires_at")->via.i64;
                 }
         return models->via.array.size * 100 + found;
 }
 
 static void test_generate_stream(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         QdError e = {};
         uint64_t eval = 0;
 
-        assert_int_equal(harness_create_model(h, c, "fake", "size=1000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "fake", "size=1000\n"), 0);
         _cleanup_free_ char *a = generate(c, "fake", "Once upon", 64, NULL, &eval, &e);
         assert_non_null(a);
         assert_int_equal(eval, 64);
@@ -160,12 +167,12 @@ static void test_generate_stream(void **state) {
 
 static void test_end_of_generation_and_stop(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         QdError e = {};
         uint64_t eval = 0;
 
         /* The fake emits its end token at position 20; the prompt "ab" plus BOS takes 3. */
-        assert_int_equal(harness_create_model(h, c, "short", "eos_at=20\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "short", "eos_at=20\n"), 0);
         _cleanup_free_ char *a = generate(c, "short", "ab", 100, NULL, &eval, &e);
         assert_non_null(a);
         assert_int_equal(eval, 17);
@@ -173,14 +180,14 @@ static void test_end_of_generation_and_stop(void **state) {
 
 static void test_stop_strings(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         msgpack_sbuffer sb;
         msgpack_packer pk;
         ProtoMessage m;
         QdError e = {};
         Stream s = {};
 
-        assert_int_equal(harness_create_model(h, c, "fake", "size=1000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "fake", "size=1000\n"), 0);
         _cleanup_free_ char *full = generate(c, "fake", "Once", 64, NULL, NULL, &e);
         assert_non_null(full);
         assert_true(strlen(full) > 40);
@@ -205,7 +212,8 @@ static void test_stop_strings(void **state) {
         msgpack_pack_array(&pk, 2);
         proto_pack_str(&pk, late);
         proto_pack_str(&pk, early);
-        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, collect, &s, &m, &e), 0);
+        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, collect, &s, &m, &e),
+                         0);
         assert_true(proto_str_eq(proto_map_get(m.result, "done_reason"), "stop"));
         assert_int_equal(s.text.len, (size_t)(cut - full));
         assert_memory_equal(s.text.data, full, s.text.len);
@@ -219,7 +227,8 @@ static void test_stop_strings(void **state) {
         proto_pack_key(&pk, "options");
         msgpack_pack_map(&pk, 1);
         proto_pack_kv_str(&pk, "stop", "x");
-        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
         assert_string_equal(e.msg, "Option 'stop' must be an array of strings, got a string.");
         msgpack_sbuffer_destroy(&sb);
 }
@@ -275,7 +284,7 @@ static int chat(ProtoClient *c, const char *model, const char *role, const char 
 
 static void test_chat(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         ProtoMessage m;
         QdError e = {};
 
@@ -289,6 +298,27 @@ static void test_chat(void **state) {
         assert_int_equal(proto_map_get(msg, "content")->via.str.size, 8);
         assert_null(proto_map_get(m.result, "response"));
 
+        /* Generate renders its prompt through the template too, as one user turn, unless it is raw (then
+         * without BOS, the prompt being taken as it is). */
+        for (int raw = 0; raw <= 1; raw++) {
+                msgpack_sbuffer gb;
+                msgpack_packer gpk;
+                msgpack_sbuffer_init(&gb);
+                proto_packer_init(&gpk, &gb);
+                msgpack_pack_map(&gpk, 5);
+                proto_pack_kv_str(&gpk, "model", "chatty");
+                proto_pack_kv_str(&gpk, "prompt", "hi");
+                proto_pack_kv_bool(&gpk, "stream", false);
+                proto_pack_kv_bool(&gpk, "raw", raw);
+                proto_pack_key(&gpk, "options");
+                msgpack_pack_map(&gpk, 1);
+                proto_pack_kv_i64(&gpk, "num_predict", 2);
+                qd_error_clear(&e);
+                assert_int_equal(proto_client_call(c, "Generate", gb.data, gb.size, NULL, 0, NULL, NULL, &m, &e), 0);
+                assert_int_equal(proto_map_get(m.result, "prompt_eval_count")->via.u64, raw ? 2 : 1 + 19);
+                msgpack_sbuffer_destroy(&gb);
+        }
+
         /* The Modelfile's SYSTEM comes first when the chat has none. */
         assert_int_equal(create_with_template(h, c, "briefly", tmpl, "Be brief.", &e), 0);
         assert_int_equal(chat(c, "briefly", "user", "hi", &m, &e), 0);
@@ -296,30 +326,98 @@ static void test_chat(void **state) {
 
         /* Errors. */
         assert_int_equal(chat(c, "chatty", "wizard", "hi", &m, &e), -EINVAL);
-        assert_string_equal(e.msg, "Message 0 has role 'wizard'; roles are system, user, assistant and tool.");
+        assert_string_equal(e.msg,
+                            "Message 0 has role 'wizard'; roles are system, user, assistant and tool.");
         assert_int_equal(create_with_template(h, c, "bad", "{{ if .System }}", NULL, &e), -EINVAL);
-        assert_int_equal(harness_create_model(h, c, "plain", "size=1000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "plain", "size=1000\n"), 0);
         assert_true(chat(c, "plain", "user", "hi", &m, &e) < 0);
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
-        harness_params(&sb, "model", "chatty", "messages", "x", NULL);
+        dh_params(&sb, "model", "chatty", "messages", "x", NULL);
         qd_error_clear(&e);
-        assert_int_equal(proto_client_call(c, "Chat", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_int_equal(proto_client_call(c, "Chat", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
         assert_string_equal(e.msg, "Parameter 'messages' must be an array, got a string.");
+        msgpack_sbuffer_destroy(&sb);
+}
+
+static void test_create_from_and_parameters(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        ProtoMessage m;
+        QdError e = {};
+        uint64_t eval = 0;
+
+        static const char *tmpl = "{{ range .Messages }}<{{ .Role }}>{{ .Content }}{{ end }}<assistant>";
+        assert_int_equal(create_with_template(h, c, "base", tmpl, NULL, &e), 0);
+        /* FROM a local model, with PARAMETERs, a SYSTEM, a LICENSE and MESSAGEs of its own. */
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 6);
+        proto_pack_kv_str(&pk, "model", "derived");
+        proto_pack_kv_str(&pk, "from", "base");
+        proto_pack_kv_str(&pk, "system", "Be brief.");
+        proto_pack_kv_str(&pk, "license", "MIT");
+        proto_pack_key(&pk, "parameters");
+        msgpack_pack_map(&pk, 2);
+        proto_pack_kv_i64(&pk, "num_predict", 3);
+        proto_pack_kv_double(&pk, "temperature", 0);
+        proto_pack_key(&pk, "messages");
+        msgpack_pack_array(&pk, 1);
+        msgpack_pack_map(&pk, 2);
+        proto_pack_kv_str(&pk, "role", "user");
+        proto_pack_kv_str(&pk, "content", "hello");
+        assert_int_equal(proto_client_call(c, "Create", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
+
+        /* The model's num_predict applies unless the request says otherwise. */
+        msgpack_sbuffer_clear(&sb);
+        dh_params(&sb, "model", "derived", "prompt", "x", "stream", "false", NULL);
+        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
+        assert_int_equal(proto_map_get(m.result, "eval_count")->via.u64, 3);
+        _cleanup_free_ char *t = generate(c, "derived", "x", 5, NULL, &eval, &e);
+        assert_non_null(t);
+        assert_int_equal(eval, 5);
+        /* The template came from the base, the system prompt is the new one. */
+        assert_int_equal(chat(c, "derived", "user", "hi", &m, &e), 0);
+        assert_int_equal(proto_map_get(m.result, "prompt_eval_count")->via.u64, 1 + 19 + 8 + 9);
+
+        /* Errors: both sources, neither, an unknown base, an unknown quantization. */
+        msgpack_sbuffer_clear(&sb);
+        dh_params(&sb, "model", "x", "from", "base", "gguf", "0", NULL);
+        qd_error_clear(&e);
+        assert_int_equal(proto_client_call(c, "Create", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
+        assert_non_null(strstr(e.msg, "either 'gguf'"));
+        msgpack_sbuffer_clear(&sb);
+        dh_params(&sb, "model", "x", NULL);
+        assert_int_equal(proto_client_call(c, "Create", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
+        msgpack_sbuffer_clear(&sb);
+        dh_params(&sb, "model", "x", "from", "nothing", NULL);
+        assert_int_equal(proto_client_call(c, "Create", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -ENOENT);
+        msgpack_sbuffer_clear(&sb);
+        dh_params(&sb, "model", "x", "from", "base", "quantize", "q9_z", NULL);
+        qd_error_clear(&e);
+        assert_int_equal(proto_client_call(c, "Create", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
+        assert_string_equal(e.msg, "Unknown quantization 'q9_z'; Hello lists quant_types.");
         msgpack_sbuffer_destroy(&sb);
 }
 
 static void test_tokenize(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         msgpack_sbuffer sb;
         msgpack_packer pk;
         ProtoMessage m;
         QdError e = {};
 
-        assert_int_equal(harness_create_model(h, c, "fake", "size=1000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "fake", "size=1000\n"), 0);
         msgpack_sbuffer_init(&sb);
-        harness_params(&sb, "model", "fake", "text", "hé", NULL);
+        dh_params(&sb, "model", "fake", "text", "hé", NULL);
         assert_int_equal(proto_client_call(c, "Tokenize", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
         msgpack_sbuffer_destroy(&sb);
         const msgpack_object *t = proto_map_get(m.result, "tokens");
@@ -335,7 +433,8 @@ static void test_tokenize(void **state) {
         msgpack_pack_int(&pk, 'h');
         msgpack_pack_int(&pk, 0xc3);
         msgpack_pack_int(&pk, 0xa9);
-        assert_int_equal(proto_client_call(c, "Detokenize", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
+        assert_int_equal(proto_client_call(c, "Detokenize", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         0);
         assert_true(proto_str_eq(proto_map_get(m.result, "text"), "hé"));
         msgpack_sbuffer_clear(&sb);
         msgpack_pack_map(&pk, 2);
@@ -343,7 +442,8 @@ static void test_tokenize(void **state) {
         proto_pack_key(&pk, "tokens");
         msgpack_pack_array(&pk, 1);
         msgpack_pack_int(&pk, 999);
-        assert_int_equal(proto_client_call(c, "Detokenize", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_int_equal(proto_client_call(c, "Detokenize", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
         assert_non_null(strstr(e.msg, "not in the vocabulary"));
         msgpack_sbuffer_clear(&sb);
         msgpack_pack_map(&pk, 2);
@@ -351,7 +451,8 @@ static void test_tokenize(void **state) {
         proto_pack_key(&pk, "tokens");
         msgpack_pack_array(&pk, 1);
         proto_pack_str(&pk, "h");
-        assert_int_equal(proto_client_call(c, "Detokenize", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_int_equal(proto_client_call(c, "Detokenize", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
         msgpack_sbuffer_destroy(&sb);
 }
 
@@ -359,11 +460,11 @@ static void test_tokenize(void **state) {
 
 static void test_concurrent_streams(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         QdError e = {};
 
         /* 2 ms per forward step whatever the batch: batching shows in the wall time. */
-        assert_int_equal(harness_create_model(h, c, "slow", "delay_us=2000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "slow", "delay_us=2000\n"), 0);
         _cleanup_free_ char *solo = generate(c, "slow", "Once", 64, NULL, NULL, &e);
         assert_non_null(solo);
 
@@ -374,7 +475,7 @@ static void test_concurrent_streams(void **state) {
         pack_generate(&sb, "slow", "Once", 64, NULL, true);
         uint64_t t0 = now_ns();
         for (int i = 0; i < N_CONCURRENT; i++) {
-                cs[i] = harness_connect(h);
+                cs[i] = dh_connect(h);
                 assert_non_null(cs[i]);
                 assert_int_equal(proto_client_send(cs[i], "Generate", sb.data, sb.size, NULL, 0, NULL), 0);
         }
@@ -413,13 +514,13 @@ static void test_concurrent_streams(void **state) {
 
 static void test_cancel_and_disconnect(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         msgpack_sbuffer sb;
         ProtoMessage m;
         QdError e = {};
         uint64_t id;
 
-        assert_int_equal(harness_create_model(h, c, "slow", "delay_us=5000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "slow", "delay_us=5000\n"), 0);
         msgpack_sbuffer_init(&sb);
         pack_generate(&sb, "slow", "x", 400, NULL, true);
         assert_int_equal(proto_client_send(c, "Generate", sb.data, sb.size, NULL, 0, &id), 0);
@@ -429,7 +530,7 @@ static void test_cancel_and_disconnect(void **state) {
         msgpack_sbuffer cancel;
         msgpack_sbuffer_init(&cancel);
         _cleanup_free_ char *ids = strdup_printf("%" PRIu64, id);
-        harness_params(&cancel, "id", ids, NULL);
+        dh_params(&cancel, "id", ids, NULL);
         uint64_t cid;
         assert_int_equal(proto_client_send(c, "Cancel", cancel.data, cancel.size, NULL, 0, &cid), 0);
         msgpack_sbuffer_destroy(&cancel);
@@ -449,7 +550,7 @@ static void test_cancel_and_disconnect(void **state) {
         }
 
         /* A client that goes away mid-stream: its generation ends, the daemon carries on. */
-        ProtoClient *d = harness_connect(h);
+        ProtoClient *d = dh_connect(h);
         assert_int_equal(proto_client_send(d, "Generate", sb.data, sb.size, NULL, 0, NULL), 0);
         assert_int_equal(proto_client_read(d, 10000, &m, &e), 1);
         proto_client_free(d);
@@ -469,11 +570,11 @@ static void test_cancel_and_disconnect(void **state) {
 
 static void test_keep_alive(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         QdError e = {};
         int64_t expires = 0;
 
-        assert_int_equal(harness_create_model(h, c, "a", "size=1000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "a", "size=1000\n"), 0);
         _cleanup_free_ char *t0 = generate(c, "a", "x", 2, "0", NULL, &e);
         assert_non_null(t0);
         /* keep_alive 0: unloaded right after the request (the executor confirms asynchronously). */
@@ -498,12 +599,13 @@ static void test_keep_alive(void **state) {
         msgpack_sbuffer sb;
         ProtoMessage m;
         msgpack_sbuffer_init(&sb);
-        harness_params(&sb, "model", "a", NULL);
+        dh_params(&sb, "model", "a", NULL);
         assert_int_equal(proto_client_call(c, "Unload", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
         for (int i = 0; i < 100 && ps_count(c, "a:latest", NULL) != 0; i++)
                 usleep(10000);
         assert_int_equal(ps_count(c, "a:latest", NULL), 0);
-        assert_int_equal(proto_client_call(c, "Unload", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -ENOENT);
+        assert_int_equal(proto_client_call(c, "Unload", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -ENOENT);
         msgpack_sbuffer_destroy(&sb);
 }
 
@@ -512,7 +614,7 @@ static void load(ProtoClient *c, const char *model, const char *keep_alive) {
         ProtoMessage m;
         QdError e = {};
         msgpack_sbuffer_init(&sb);
-        harness_params(&sb, "model", model, "keep_alive", keep_alive, NULL);
+        dh_params(&sb, "model", model, "keep_alive", keep_alive, NULL);
         int k = proto_client_call(c, "Load", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e);
         msgpack_sbuffer_destroy(&sb);
         if (k < 0)
@@ -521,11 +623,11 @@ static void load(ProtoClient *c, const char *model, const char *keep_alive) {
 
 static void test_eviction_order(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
 
-        assert_int_equal(harness_create_model(h, c, "a", "size=1000\n"), 0);
-        assert_int_equal(harness_create_model(h, c, "b", "size=1000\n"), 0);
-        assert_int_equal(harness_create_model(h, c, "c", "size=1000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "a", "size=1000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "b", "size=1000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "c", "size=1000\n"), 0);
         load(c, "a", "10m");
         load(c, "b", "5m");
         assert_int_equal(ps_count(c, "a:latest", NULL), 201);
@@ -539,22 +641,22 @@ static void test_eviction_order(void **state) {
         load(c, "b", "5m");
         assert_int_equal(ps_count(c, "a:latest", NULL), 201);
         assert_int_equal(ps_count(c, "c:latest", NULL), 200);
-        assert_true(harness_log_contains(h, "Evicting idle model 'b:latest'"));
+        assert_true(dh_log_contains(h, "Evicting idle model 'b:latest'"));
 }
 
 static void test_memory_budget(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
-        _cleanup_(proto_client_freep) ProtoClient *d = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *d = dh_connect(h);
         msgpack_sbuffer sb;
         ProtoMessage m;
         QdError e = {};
         uint64_t id;
 
         /* 1000000 + 524288 fits the budget of 2000000 once; two do not. */
-        assert_int_equal(harness_create_model(h, c, "big", "size=1000000\ndelay_us=5000\n"), 0);
-        assert_int_equal(harness_create_model(h, c, "big2", "size=1000000\n"), 0);
-        assert_int_equal(harness_create_model(h, c, "huge", "size=5000000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "big", "size=1000000\ndelay_us=5000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "big2", "size=1000000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "huge", "size=5000000\n"), 0);
 
         /* Too large for the budget at all: a clear ENOSPC at once. */
         _cleanup_free_ char *x = generate(c, "huge", "x", 1, NULL, NULL, &e);
@@ -580,9 +682,16 @@ static void test_memory_budget(void **state) {
         msgpack_sbuffer cancel;
         msgpack_sbuffer_init(&cancel);
         _cleanup_free_ char *ids = strdup_printf("%" PRIu64, id);
-        harness_params(&cancel, "id", ids, NULL);
+        dh_params(&cancel, "id", ids, NULL);
         assert_int_equal(proto_client_send(c, "Cancel", cancel.data, cancel.size, NULL, 0, NULL), 0);
         msgpack_sbuffer_destroy(&cancel);
+        /* Wait until big's generation has ended, so that the timing of a loaded machine cannot matter. */
+        for (;;) {
+                qd_error_clear(&e);
+                assert_int_equal(proto_client_read(c, 10000, &m, &e), 1);
+                if (m.type == PROTO_RESPONSE && m.msgid == id)
+                        break;
+        }
         qd_error_clear(&e);
         _cleanup_free_ char *z = generate(d, "big2", "x", 1, NULL, NULL, &e);
         assert_non_null(z);
@@ -598,13 +707,13 @@ static double vector_norm(const msgpack_object *v) {
 
 static void test_embed(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         msgpack_sbuffer sb;
         msgpack_packer pk;
         ProtoMessage m;
         QdError e = {};
 
-        assert_int_equal(harness_create_model(h, c, "fake", "size=1000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "fake", "size=1000\n"), 0);
         msgpack_sbuffer_init(&sb);
         proto_packer_init(&pk, &sb);
         msgpack_pack_map(&pk, 2);
@@ -625,27 +734,30 @@ static void test_embed(void **state) {
 
         /* Wrong inputs. */
         msgpack_sbuffer_clear(&sb);
-        harness_params(&sb, "model", "fake", "input", "5", NULL);
-        assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        dh_params(&sb, "model", "fake", "input", "5", NULL);
+        assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
         assert_string_equal(e.msg, "Parameter 'input' must be a string or an array of strings.");
         msgpack_sbuffer_clear(&sb);
         msgpack_pack_map(&pk, 2);
         proto_pack_kv_str(&pk, "model", "fake");
         proto_pack_key(&pk, "input");
         msgpack_pack_array(&pk, 0);
-        assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
         msgpack_sbuffer_clear(&sb);
-        harness_params(&sb, "model", "nope", "input", "x", NULL);
-        assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -ENOENT);
+        dh_params(&sb, "model", "nope", "input", "x", NULL);
+        assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -ENOENT);
         msgpack_sbuffer_destroy(&sb);
 }
 
 static void test_load_failure(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         QdError e = {};
 
-        assert_int_equal(harness_create_model(h, c, "broken", "fail_load=1\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "broken", "fail_load=1\n"), 0);
         _cleanup_free_ char *x = generate(c, "broken", "x", 4, NULL, NULL, &e);
         assert_null(x);
         assert_int_equal(e.code, EBADMSG);
@@ -668,21 +780,22 @@ static void test_load_failure(void **state) {
         msgpack_pack_map(&pk, 1);
         proto_pack_kv_double(&pk, "temperature", -1);
         qd_error_clear(&e);
-        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
         assert_string_equal(e.msg, "Option 'temperature' must not be negative.");
         msgpack_sbuffer_destroy(&sb);
 }
 
 static void test_slow_reader_dropped(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
-        ProtoClient *lazy = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+        ProtoClient *lazy = dh_connect(h);
         msgpack_sbuffer sb;
         msgpack_packer pk;
         ProtoMessage m;
         QdError e = {};
 
-        assert_int_equal(harness_create_model(h, c, "fast", "size=1000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "fast", "size=1000\n"), 0);
         /* A long stream nobody reads: past MaxQueuedOutput= the daemon drops the client. */
         msgpack_sbuffer_init(&sb);
         proto_packer_init(&pk, &sb);
@@ -695,9 +808,9 @@ static void test_slow_reader_dropped(void **state) {
         proto_pack_kv_i64(&pk, "num_ctx", 250000);
         assert_int_equal(proto_client_send(lazy, "Generate", sb.data, sb.size, NULL, 0, NULL), 0);
         msgpack_sbuffer_destroy(&sb);
-        for (int i = 0; i < 500 && !harness_log_contains(h, "does not read its replies"); i++)
+        for (int i = 0; i < 500 && !dh_log_contains(h, "does not read its replies"); i++)
                 usleep(20000);
-        assert_true(harness_log_contains(h, "does not read its replies"));
+        assert_true(dh_log_contains(h, "does not read its replies"));
         proto_client_free(lazy);
         /* Its generation ended: the model becomes idle; others are served meanwhile. */
         assert_int_equal(proto_client_call(c, "Version", NULL, 0, NULL, 0, NULL, NULL, &m, &e), 0);
@@ -709,20 +822,54 @@ static void test_slow_reader_dropped(void **state) {
         assert_true(expires > 0);
 }
 
-static void test_sigterm_mid_generation(void **state) {
+static void test_hangup_while_paused(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+        ProtoClient *busy = dh_connect(h);
         msgpack_sbuffer sb;
         ProtoMessage m;
         QdError e = {};
 
-        assert_int_equal(harness_create_model(h, c, "slow", "delay_us=5000\n"), 0);
+        /* MaxRequestsPerConnection=1: the second and third requests wait unread while the first runs. */
+        assert_int_equal(dh_create_model(h, c, "slow", "delay_us=5000\n"), 0);
+        msgpack_sbuffer_init(&sb);
+        /* Not streamed: nothing is written to the client that could notice it is gone. */
+        pack_generate(&sb, "slow", "x", 400, NULL, false);
+        for (int i = 0; i < 3; i++)
+                assert_int_equal(proto_client_send(busy, "Generate", sb.data, sb.size, NULL, 0, NULL), 0);
+        msgpack_sbuffer_destroy(&sb);
+        int64_t in_use = 0;
+        for (int i = 0; i < 200 && in_use != -1; i++) {
+                ps_count(c, "slow:latest", &in_use);
+                usleep(10000);
+        }
+        assert_int_equal(in_use, -1);
+        proto_client_free(busy);
+        /* The hang-up is noticed although reading is paused: the generation ends long before its 2 s. */
+        uint64_t t0 = now_ns();
+        int64_t expires = -1;
+        while (expires == -1 && now_ns() - t0 < 1500000000ULL) {
+                ps_count(c, "slow:latest", &expires);
+                usleep(10000);
+        }
+        assert_true(expires > 0);
+        assert_int_equal(proto_client_call(c, "Version", NULL, 0, NULL, 0, NULL, NULL, &m, &e), 0);
+}
+
+static void test_sigterm_mid_generation(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+        msgpack_sbuffer sb;
+        ProtoMessage m;
+        QdError e = {};
+
+        assert_int_equal(dh_create_model(h, c, "slow", "delay_us=5000\n"), 0);
         msgpack_sbuffer_init(&sb);
         pack_generate(&sb, "slow", "x", 400, NULL, true);
         assert_int_equal(proto_client_send(c, "Generate", sb.data, sb.size, NULL, 0, NULL), 0);
         msgpack_sbuffer_destroy(&sb);
         assert_int_equal(proto_client_read(c, 10000, &m, &e), 1);
-        assert_int_equal(harness_stop(h), 0);
+        assert_int_equal(dh_stop(h), 0);
 }
 
 int main(void) {
@@ -732,6 +879,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_end_of_generation_and_stop, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_stop_strings, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_chat, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_create_from_and_parameters, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_tokenize, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_concurrent_streams, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_cancel_and_disconnect, setup, teardown),
@@ -741,6 +889,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_embed, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_load_failure, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_slow_reader_dropped, setup_small_output, teardown),
+                cmocka_unit_test_setup_teardown(test_hangup_while_paused, setup_one_request, teardown),
                 cmocka_unit_test_setup_teardown(test_sigterm_mid_generation, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

@@ -5,18 +5,18 @@
  * exits cleanly and leaves the store intact.
  */
 
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <setjmp.h>
 
 #include <cmocka.h>
 
 #include <fcntl.h>
+#include <inttypes.h>
 #include <msgpack.h>
 #include <pthread.h>
 #include <signal.h>
-#include <inttypes.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -25,7 +25,7 @@
 static int setup(void **state) {
         Harness *h = calloc(1, sizeof(Harness));
         assert_non_null(h);
-        assert_int_equal(harness_start(h, "[Daemon]\nWorkers=2\nKeepFinishedJobs=4\n", NULL), 0);
+        assert_int_equal(dh_start(h, "[Daemon]\nWorkers=2\nKeepFinishedJobs=4\n", NULL), 0);
         *state = h;
         return 0;
 }
@@ -33,7 +33,7 @@ static int setup(void **state) {
 static int teardown(void **state) {
         Harness *h = *state;
         if (h->pid > 0)
-                assert_int_equal(harness_stop(h), 0);
+                assert_int_equal(dh_stop(h), 0);
         free(h);
         return 0;
 }
@@ -49,16 +49,16 @@ static int call(ProtoClient *c, const char *method, ProtoMessage *m, QdError *e,
                 n++;
         va_end(ap);
         msgpack_sbuffer_init(&sb);
-        /* harness_params() takes varargs; spell the common sizes out. */
+        /* dh_params() takes varargs; spell the common sizes out. */
         switch (n) {
         case 0:
-                harness_params(&sb, NULL);
+                dh_params(&sb, NULL);
                 break;
         case 2:
-                harness_params(&sb, kv[0], kv[1], NULL);
+                dh_params(&sb, kv[0], kv[1], NULL);
                 break;
         case 4:
-                harness_params(&sb, kv[0], kv[1], kv[2], kv[3], NULL);
+                dh_params(&sb, kv[0], kv[1], kv[2], kv[3], NULL);
                 break;
         default:
                 fail_msg("odd parameter count");
@@ -83,11 +83,11 @@ static size_t list_count(ProtoClient *c, const char *name) {
 
 static void test_create_list_copy_delete(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         ProtoMessage m;
         QdError e = {};
 
-        assert_int_equal(harness_create_model(h, c, "tiny", "size=1000\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "tiny", "size=1000\n"), 0);
         assert_int_equal(list_count(c, "tiny:latest"), 1001);
         assert_int_equal(call(c, "Copy", &m, &e, "source", "tiny", "destination", "copy:v2", NULL), 0);
         assert_int_equal(list_count(c, "copy:v2"), 2001);
@@ -103,8 +103,10 @@ static void test_create_list_copy_delete(void **state) {
         assert_int_equal(call(c, "Create", &m, &e, "model", "x", "gguf", "0", NULL), -EBADF);
         assert_string_equal(e.msg, "Descriptor 0 was named, but the request came with 0 descriptors.");
         assert_int_equal(call(c, "Create", &m, &e, "model", "x", NULL), -EINVAL);
-        assert_string_equal(e.msg, "Parameter 'gguf' is required.");
-        assert_int_equal(harness_create_model(h, c, "bad:name:x", "size=1\n"), -EINVAL);
+        assert_string_equal(
+                e.msg,
+                "Create takes either 'gguf' (a descriptor of a GGUF file) or 'from' (a local model).");
+        assert_int_equal(dh_create_model(h, c, "bad:name:x", "size=1\n"), -EINVAL);
 
         /* The finished jobs are listed. */
         assert_int_equal(call(c, "Jobs", &m, &e, NULL), 0);
@@ -154,7 +156,7 @@ static uint64_t start_slow_create(ProtoClient *c, const char *name, Writer *w, p
         w->fd = p[1];
         assert_int_equal(pthread_create(t, NULL, writer_main, w), 0);
         msgpack_sbuffer_init(&sb);
-        harness_params(&sb, "model", name, "gguf", "0", NULL);
+        dh_params(&sb, "model", name, "gguf", "0", NULL);
         assert_int_equal(proto_client_send(c, "Create", sb.data, sb.size, &p[0], 1, NULL), 0);
         msgpack_sbuffer_destroy(&sb);
         close(p[0]);
@@ -168,8 +170,8 @@ static uint64_t start_slow_create(ProtoClient *c, const char *name, Writer *w, p
 
 static void test_job_survives_client(void **state) {
         Harness *h = *state;
-        ProtoClient *c = harness_connect(h);
-        Writer w = { .chunks = 40, .pause = 20000 };
+        ProtoClient *c = dh_connect(h);
+        Writer w = {.chunks = 40, .pause = 20000};
         pthread_t t;
         ProtoMessage m;
         QdError e = {};
@@ -179,12 +181,13 @@ static void test_job_survives_client(void **state) {
         /* The client goes away; the job does not. */
         proto_client_free(c);
 
-        _cleanup_(proto_client_freep) ProtoClient *d = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *d = dh_connect(h);
         _cleanup_free_ char *id = strdup_printf("%" PRIu64, job);
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
-        harness_params(&sb, "job", id, "watch", "true", NULL);
-        assert_int_equal(proto_client_call(d, "Jobs", sb.data, sb.size, NULL, 0, count_progress, &events, &m, &e), 0);
+        dh_params(&sb, "job", id, "watch", "true", NULL);
+        assert_int_equal(
+                proto_client_call(d, "Jobs", sb.data, sb.size, NULL, 0, count_progress, &events, &m, &e), 0);
         msgpack_sbuffer_destroy(&sb);
         assert_true(proto_str_eq(proto_map_get(m.result, "status"), "success"));
         assert_true(events > 0);
@@ -193,16 +196,16 @@ static void test_job_survives_client(void **state) {
 
         /* Watching a finished job answers at once. */
         msgpack_sbuffer_init(&sb);
-        harness_params(&sb, "job", id, "watch", "true", NULL);
+        dh_params(&sb, "job", id, "watch", "true", NULL);
         assert_int_equal(proto_client_call(d, "Jobs", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
         msgpack_sbuffer_destroy(&sb);
 }
 
 static void test_cancel_job(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
-        _cleanup_(proto_client_freep) ProtoClient *d = harness_connect(h);
-        Writer w = { .chunks = 1000, .pause = 20000 };
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *d = dh_connect(h);
+        Writer w = {.chunks = 1000, .pause = 20000};
         pthread_t t;
         ProtoMessage m;
         QdError e = {};
@@ -224,20 +227,22 @@ static void test_cancel_job(void **state) {
 
 static void test_sigterm_mid_job(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
-        Writer w = { .chunks = 1000, .pause = 20000 };
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+        Writer w = {.chunks = 1000, .pause = 20000};
         pthread_t t;
 
         signal(SIGPIPE, SIG_IGN);
-        assert_int_equal(harness_create_model(h, c, "kept", "size=1\n"), 0);
+        assert_int_equal(dh_create_model(h, c, "kept", "size=1\n"), 0);
         (void)start_slow_create(c, "interrupted", &w, &t);
         _cleanup_free_ char *models = strdup(h->models);
-        _cleanup_free_ char *kept = strdup_printf("%s/manifests/registry.ollama.ai/library/kept/latest", h->models);
-        _cleanup_free_ char *lost = strdup_printf("%s/manifests/registry.ollama.ai/library/interrupted", h->models);
+        _cleanup_free_ char *kept =
+                strdup_printf("%s/manifests/registry.ollama.ai/library/kept/latest", h->models);
+        _cleanup_free_ char *lost =
+                strdup_printf("%s/manifests/registry.ollama.ai/library/interrupted", h->models);
         /* Only verified blobs: kept's model and config; the interrupted upload left nothing behind. */
         _cleanup_free_ char *check = strdup_printf("test $(ls -A %s/blobs | wc -l) -eq 2", h->models);
 
-        /* harness_stop() removes the directory, so look before: stop the daemon by hand. */
+        /* dh_stop() removes the directory, so look before: stop the daemon by hand. */
         kill(h->pid, SIGTERM);
         int status;
         assert_int_equal(waitpid(h->pid, &status, 0), h->pid);
@@ -248,9 +253,9 @@ static void test_sigterm_mid_job(void **state) {
         assert_int_equal(stat(kept, &st), 0);
         assert_int_equal(stat(lost, &st), -1);
         assert_int_equal(system(check), 0);
-        assert_true(harness_log_contains(h, "cancelled"));
+        assert_true(dh_log_contains(h, "cancelled"));
         pthread_join(t, NULL);
-        assert_int_equal(harness_stop(h), 0);
+        assert_int_equal(dh_stop(h), 0);
 }
 
 int main(void) {

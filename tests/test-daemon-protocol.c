@@ -5,20 +5,20 @@
  * credentials, many clients at once, and a clean exit on SIGTERM.
  */
 
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <setjmp.h>
 
 #include <cmocka.h>
 
-#include <msgpack.h>
 #include <fcntl.h>
+#include <msgpack.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/un.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 
 #include "config.h"
@@ -27,7 +27,7 @@
 static int start(void **state, const char *config) {
         Harness *h = calloc(1, sizeof(Harness));
         assert_non_null(h);
-        assert_int_equal(harness_start(h, config, NULL), 0);
+        assert_int_equal(dh_start(h, config, NULL), 0);
         *state = h;
         return 0;
 }
@@ -43,7 +43,7 @@ static int setup_default(void **state) {
 static int teardown(void **state) {
         Harness *h = *state;
         /* Every test ends with a clean SIGTERM exit (and, under valgrind, no leaks). */
-        assert_int_equal(harness_stop(h), 0);
+        assert_int_equal(dh_stop(h), 0);
         free(h);
         return 0;
 }
@@ -57,7 +57,7 @@ static void call_ok(ProtoClient *c, const char *method, ProtoMessage *ret) {
 
 static void test_hello_version(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         ProtoMessage m;
         QdError e = {};
 
@@ -84,7 +84,7 @@ static void test_hello_version(void **state) {
         /* A newer major version is refused with a sentence. */
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
-        harness_params(&sb, "protocol", "2", NULL);
+        dh_params(&sb, "protocol", "2", NULL);
         assert_int_equal(proto_client_call(c, "Hello", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
                          -EPROTONOSUPPORT);
         assert_non_null(strstr(e.msg, "install matching versions"));
@@ -93,43 +93,48 @@ static void test_hello_version(void **state) {
 
 static void test_errors_keep_connection(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         msgpack_sbuffer sb;
         ProtoMessage m;
         QdError e = {};
 
-        assert_int_equal(proto_client_call(c, "Frobnicate", NULL, 0, NULL, 0, NULL, NULL, &m, &e), -EOPNOTSUPP);
+        assert_int_equal(proto_client_call(c, "Frobnicate", NULL, 0, NULL, 0, NULL, NULL, &m, &e),
+                         -EOPNOTSUPP);
         assert_string_equal(e.msg, "Unknown method 'Frobnicate'; Hello lists the methods this daemon has.");
 
         msgpack_sbuffer_init(&sb);
-        harness_params(&sb, "model", "5", NULL);
+        dh_params(&sb, "model", "5", NULL);
         qd_error_clear(&e);
-        assert_int_equal(proto_client_call(c, "Show", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_int_equal(proto_client_call(c, "Show", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
         assert_string_equal(e.msg, "Parameter 'model' must be a string, got an integer.");
         msgpack_sbuffer_destroy(&sb);
 
         msgpack_sbuffer_init(&sb);
-        harness_params(&sb, "model", "m", NULL);
+        dh_params(&sb, "model", "m", NULL);
         qd_error_clear(&e);
-        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
         assert_string_equal(e.msg, "Parameter 'prompt' is required.");
         qd_error_clear(&e);
-        assert_int_equal(proto_client_call(c, "Show", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -ENOENT);
+        assert_int_equal(proto_client_call(c, "Show", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -ENOENT);
         assert_non_null(strstr(e.msg, "m:latest' not found"));
         msgpack_sbuffer_destroy(&sb);
 
         qd_error_clear(&e);
-        assert_int_equal(proto_client_call(c, "Pull", NULL, 0, NULL, 0, NULL, NULL, &m, &e), -EOPNOTSUPP);
-        assert_non_null(strstr(e.msg, "has not landed yet"));
+        assert_int_equal(proto_client_call(c, "Pull", NULL, 0, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_string_equal(e.msg, "Parameter 'model' is required.");
         qd_error_clear(&e);
         assert_int_equal(proto_client_call(c, "Chat", NULL, 0, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
         assert_string_equal(e.msg, "Parameter 'model' is required.");
         qd_error_clear(&e);
         assert_int_equal(proto_client_call(c, "Cancel", NULL, 0, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
         msgpack_sbuffer_init(&sb);
-        harness_params(&sb, "id", "77", NULL);
+        dh_params(&sb, "id", "77", NULL);
         qd_error_clear(&e);
-        assert_int_equal(proto_client_call(c, "Cancel", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -ENOENT);
+        assert_int_equal(proto_client_call(c, "Cancel", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -ENOENT);
         msgpack_sbuffer_destroy(&sb);
 
         /* After all that the connection still works. */
@@ -138,7 +143,7 @@ static void test_errors_keep_connection(void **state) {
 
 /* Sends raw bytes and expects an error reply with msgid 0, then the close. */
 static void expect_frame_error(Harness *h, const void *data, size_t size, int error) {
-        _cleanup_(proto_client_freep) ProtoClient *bad = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *bad = dh_connect(h);
         ProtoMessage m;
         QdError e = {};
 
@@ -153,32 +158,46 @@ static void expect_frame_error(Harness *h, const void *data, size_t size, int er
 
 static void test_malformed_frames(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *good = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *good = dh_connect(h);
         ProtoMessage m;
 
         call_ok(good, "Version", &m);
         expect_frame_error(h, "GET / HTTP/1.1\r\n\r\n", 18, EBADMSG);
-        expect_frame_error(h, "\x94\x00\x00\xa1" "a\x80", 6, EBADMSG);          /* msgid 0 */
-        expect_frame_error(h, "\x94\x01\x01\xc0\xc0", 5, EBADMSG);              /* a response from a client */
-        expect_frame_error(h, "\x94\x00\x01\xa1" "a\x91\x01", 7, EBADMSG);      /* params not a map */
+        expect_frame_error(h,
+                           "\x94\x00\x00\xa1"
+                           "a\x80",
+                           6, EBADMSG);                            /* msgid 0 */
+        expect_frame_error(h, "\x94\x01\x01\xc0\xc0", 5, EBADMSG); /* a response from a client */
+        expect_frame_error(h,
+                           "\x94\x00\x01\xa1"
+                           "a\x91\x01",
+                           7, EBADMSG); /* params not a map */
         /* Over MaxFrameSize=4096, refused from the header alone. */
-        expect_frame_error(h, "\x94\x00\x01\xa1" "a\x81\xa1" "k\xdb\x00\x01\x00\x00", 13, EMSGSIZE);
+        expect_frame_error(h,
+                           "\x94\x00\x01\xa1"
+                           "a\x81\xa1"
+                           "k\xdb\x00\x01\x00\x00",
+                           13, EMSGSIZE);
         /* Over the limit byte by byte: a 5000-byte string arrives whole. */
         size_t n = 5000 + 16;
         _cleanup_free_ uint8_t *big = malloc(n);
-        memcpy(big, "\x94\x00\x01\xa1" "a\x81\xa1" "k\xda\x13\x88", 11);
+        memcpy(big,
+               "\x94\x00\x01\xa1"
+               "a\x81\xa1"
+               "k\xda\x13\x88",
+               11);
         memset(big + 11, 'x', n - 11);
         expect_frame_error(h, big, n, EMSGSIZE);
 
         /* The daemon still serves the first client, and new ones. */
         call_ok(good, "Version", &m);
-        _cleanup_(proto_client_freep) ProtoClient *later = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *later = dh_connect(h);
         call_ok(later, "Version", &m);
 }
 
 static void test_pipelined(void **state) {
         Harness *h = *state;
-        _cleanup_(proto_client_freep) ProtoClient *c = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         ProtoMessage m;
         QdError e = {};
         uint64_t ids[20];
@@ -201,11 +220,11 @@ static void test_connection_limit(void **state) {
         QdError e = {};
 
         for (size_t i = 0; i < ELEMENTSOF(c); i++) {
-                c[i] = harness_connect(h);
+                c[i] = dh_connect(h);
                 assert_non_null(c[i]);
                 call_ok(c[i], "Version", &m);
         }
-        _cleanup_(proto_client_freep) ProtoClient *extra = harness_connect(h);
+        _cleanup_(proto_client_freep) ProtoClient *extra = dh_connect(h);
         assert_non_null(extra);
         assert_int_equal(proto_client_read(extra, 5000, &m, &e), 1);
         assert_int_equal(m.error, EBUSY);
@@ -214,7 +233,7 @@ static void test_connection_limit(void **state) {
         c[0] = NULL;
         /* A freed slot is usable again once the daemon has seen the close. */
         for (int tries = 0; tries < 100; tries++) {
-                _cleanup_(proto_client_freep) ProtoClient *again = harness_connect(h);
+                _cleanup_(proto_client_freep) ProtoClient *again = dh_connect(h);
                 if (proto_client_call(again, "Version", NULL, 0, NULL, 0, NULL, NULL, &m, &e) == 0)
                         break;
                 assert_true(tries < 99);
@@ -222,7 +241,7 @@ static void test_connection_limit(void **state) {
         }
         for (size_t i = 0; i < ELEMENTSOF(c); i++)
                 proto_client_free(c[i]);
-        assert_true(harness_log_contains(h, "MaxConnections=8 reached"));
+        assert_true(dh_log_contains(h, "MaxConnections=8 reached"));
 }
 
 static void test_unprivileged(void **state) {
@@ -243,11 +262,11 @@ static void test_unprivileged(void **state) {
                 msgpack_sbuffer sb;
                 if (setgid(65534) < 0 || setuid(65534) < 0)
                         _exit(10);
-                ProtoClient *c = harness_connect(h);
+                ProtoClient *c = dh_connect(h);
                 if (!c)
                         _exit(11);
                 msgpack_sbuffer_init(&sb);
-                harness_params(&sb, "model", "x", NULL);
+                dh_params(&sb, "model", "x", NULL);
                 int k = proto_client_call(c, "Delete", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e);
                 if (k != -EPERM || !strstr(e.msg, "changes the model store"))
                         _exit(12);
@@ -261,7 +280,7 @@ static void test_unprivileged(void **state) {
         assert_int_equal(waitpid(pid, &status, 0), pid);
         assert_true(WIFEXITED(status));
         assert_int_equal(WEXITSTATUS(status), 0);
-        assert_true(harness_log_contains(h, "Refused Delete from uid 65534"));
+        assert_true(dh_log_contains(h, "Refused Delete from uid 65534"));
 }
 
 #define N_CLIENTS 32
@@ -275,14 +294,14 @@ static void test_many_clients(void **state) {
                 pids[i] = fork();
                 assert_true(pids[i] >= 0);
                 if (pids[i] == 0) {
-                        ProtoClient *c = harness_connect(h);
+                        ProtoClient *c = dh_connect(h);
                         ProtoMessage m;
                         QdError e = {};
                         if (!c)
                                 _exit(1);
                         for (int j = 0; j < 50; j++)
-                                if (proto_client_call(c, j % 2 ? "Version" : "List", NULL, 0, NULL, 0, NULL, NULL,
-                                                      &m, &e) < 0)
+                                if (proto_client_call(c, j % 2 ? "Version" : "List", NULL, 0, NULL, 0, NULL,
+                                                      NULL, &m, &e) < 0)
                                         _exit(2);
                         proto_client_free(c);
                         _exit(0);
@@ -307,15 +326,16 @@ static void test_socket_mode(void **state) {
 
         /* A second daemon on the same socket refuses to start. */
         const char *root = getenv("QUANTD_BUILD_ROOT");
-        _cleanup_free_ char *cmd = strdup_printf("%s/daemon/quantd --backend=fake --socket=%s --models=%s "
-                                                 "--config=/dev/null 2>&1 | grep -q 'Another daemon is listening'",
-                                                 root, h->socket, h->models);
+        _cleanup_free_ char *cmd =
+                strdup_printf("%s/daemon/quantd --backend=fake --socket=%s --models=%s "
+                              "--config=/dev/null 2>&1 | grep -q 'Another daemon is listening'",
+                              root, h->socket, h->models);
         assert_int_equal(system(cmd), 0);
 }
 
 /* Reads one sd_notify() datagram into buf. */
 static void read_notify(int fd, char *buf, size_t size) {
-        struct pollfd p = { .fd = fd, .events = POLLIN };
+        struct pollfd p = {.fd = fd, .events = POLLIN};
         assert_int_equal(poll(&p, 1, 10000), 1);
         ssize_t n = recv(fd, buf, size - 1, 0);
         assert_true(n > 0);
@@ -329,7 +349,7 @@ static void test_socket_activation_and_notify(void **state) {
         _cleanup_free_ char *notify = strdup_printf("%s/notify", dir);
         _cleanup_free_ char *models = strdup_printf("--models=%s/models", dir);
         _cleanup_free_ char *quantd = strdup_printf("%s/daemon/quantd", getenv("QUANTD_BUILD_ROOT"));
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
         char buf[512];
 
         /* What systemd does: a listening socket as fd 3, a notification socket. */
@@ -352,8 +372,8 @@ static void test_socket_activation_and_notify(void **state) {
                 setenv("LISTEN_FDS", "1", 1);
                 setenv("LISTEN_PID", pidbuf, 1);
                 setenv("NOTIFY_SOCKET", notify, 1);
-                execl(quantd, quantd, "--backend=fake", "--config=/dev/null", "--socket=/nonexistent/ignored",
-                      models, (char *)NULL);
+                execl(quantd, quantd, "--backend=fake", "--config=/dev/null",
+                      "--socket=/nonexistent/ignored", models, (char *)NULL);
                 _exit(127);
         }
         close(lfd);

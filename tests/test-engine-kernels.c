@@ -182,6 +182,37 @@ static void test_k_types(void **state) {
         }
 }
 
+/* The SIMD SwiGLU (a vectorised exp) against expf, element by element, over the range a gate takes and past
+ * it. */
+static void test_swiglu(void **state) {
+        enum { N = 1029 };
+        static float g0[N], u[N], ref[N], y[N];
+
+        for (int i = 0; i < N; i++) {
+                g0[i] = (float)(i - N / 2) * 0.05f; /* -25.7 … 25.7 */
+                u[i] = rndf() * 3.0f;
+        }
+        g0[0] = -100.0f;
+        g0[1] = 100.0f;
+        g0[2] = 0.0f;
+        g0[3] = 1e-20f;
+        g0[4] = -88.5f;
+        memcpy(ref, g0, sizeof(ref));
+        assert_int_equal(engine_cpu_swiglu(ENGINE_CPU_SCALAR, ref, u, N), 0);
+        for (int isa = ENGINE_CPU_AVX2; isa <= (int)engine_cpu_isa_best(); isa++) {
+                memcpy(y, g0, sizeof(y));
+                assert_int_equal(engine_cpu_swiglu((EngineCpuIsa)isa, y, u, N), 0);
+                for (int i = 0; i < N; i++) {
+                        /* A few ulp, or an absolute 1e-30 where the true value underflows. */
+                        if (fabsf(y[i] - ref[i]) > 1e-6f * fabsf(ref[i]) + 1e-30f)
+                                fail_msg("%s: swiglu(%g) × %g = %g, expf gives %g",
+                                         engine_cpu_isa_name((EngineCpuIsa)isa), g0[i], u[i], y[i], ref[i]);
+                }
+        }
+        assert_int_equal(engine_cpu_swiglu(ENGINE_CPU_SCALAR, NULL, u, 4), -EINVAL);
+        assert_int_equal(engine_cpu_swiglu(_ENGINE_CPU_ISA_MAX, y, u, 4), -EINVAL);
+}
+
 static void test_matmul_errors(void **state) {
         float x[64] = {}, y[4];
         uint8_t w[sizeof(BlockQ4_K) * 2] = {};
@@ -202,6 +233,7 @@ int main(void) {
                 cmocka_unit_test(test_float_types),
                 cmocka_unit_test(test_block32_types),
                 cmocka_unit_test(test_k_types),
+                cmocka_unit_test(test_swiglu),
                 cmocka_unit_test(test_matmul_errors),
         };
 

@@ -1,10 +1,12 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
 # qd-quantize writes a readable file atomically and refuses bad arguments with a message and no output;
-# qd-eval scores a model against a base.
+# qd-eval scores a model against a base; qd-convert turns a Hugging Face folder into a GGUF.
 tool=$1
 dump=$2
 eval_tool=$3
+convert_tool=$4
+hf=${QUANTD_TEST_DATA:-tests/data}/hf-tiny-llama
 model=${QUANTD_TEST_MODELS:-../shared/models}/stories260K.gguf
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
@@ -14,7 +16,7 @@ ok() { n=$((n + 1)); echo "ok $n - $1"; }
 not_ok() { n=$((n + 1)); fail=1; echo "not ok $n - $1"; }
 check() { desc=$1; shift; if "$@"; then ok "$desc"; else not_ok "$desc"; fi; }
 
-echo "1..17"
+echo "1..25"
 check "--help shows usage" sh -c "'$tool' --help | grep -q '^Usage: qd-quantize'"
 check "Q4_K_M on stories260K succeeds" "$tool" -q -t 2 "$model" "$dir/q4km.gguf" Q4_K_M
 check "the result is a GGUF with q5_0 and f16 tensors" \
@@ -44,4 +46,17 @@ check "qd-eval reports a text too short" \
         sh -c "'$eval_tool' -t 1 -f /dev/null '$model' 2>&1 | grep -q 'fewer than one chunk'"
 check "qd-eval compares Q8_0 with the original" \
         sh -c "'$eval_tool' -t 2 -c 64 -f '$QUANTD_TEST_DATA/quant/story.txt' -b '$model' '$dir/q8.gguf' | grep -q '^top-1 agree'"
+check "qd-eval names a missing model" sh -c "'$eval_tool' -f /dev/null '$dir/none.gguf' 2>&1 | grep -q \"Failed to load '$dir/none.gguf'\""
+check "qd-eval names a missing base" \
+        sh -c "'$eval_tool' -c 64 -f '$QUANTD_TEST_DATA/quant/story.txt' -b '$dir/none.gguf' '$model' 2>&1 | grep -q 'none.gguf'"
+check "qd-eval names a missing text" sh -c "'$eval_tool' -f '$dir/none.txt' '$model' 2>&1 | grep -q \"Failed to read '$dir/none.txt'\""
+check "qd-convert --help shows usage" sh -c "'$convert_tool' --help | grep -q '^Usage: qd-convert'"
+check "qd-convert writes a llama GGUF" \
+        sh -c "'$convert_tool' '$hf' '$dir/hf.gguf' && '$dump' '$dir/hf.gguf' | grep 'blk.1.attn_q.weight' | grep -q f16"
+check "qd-convert --outtype f32 converts the matrices" \
+        sh -c "'$convert_tool' --outtype f32 '$hf' '$dir/hf32.gguf' && '$dump' '$dir/hf32.gguf' | grep 'blk.1.attn_q.weight' | grep -q f32"
+check "qd-convert rejects a quantized --outtype with exit 2" \
+        sh -c "'$convert_tool' --outtype q4_0 '$hf' '$dir/hfq.gguf' 2>&1 | grep -q \"Invalid --outtype 'q4_0'\"; test ! -e '$dir/hfq.gguf'"
+check "qd-convert names a folder without a model and leaves nothing" \
+        sh -c "'$convert_tool' '$dir' '$dir/none.gguf' 2>&1 | grep -q 'config.json'; test -z \"\$(ls '$dir' | grep none.gguf)\""
 exit $fail

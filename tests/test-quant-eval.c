@@ -236,6 +236,41 @@ static void test_kld_orders_mixtures(void **state) {
         assert_true(q4.kld_p99 >= q4.kld_mean);
 }
 
+/* stories260K without its tokenizer.* keys: it loads, but there is nothing to tokenize the text with. */
+static void test_no_tokenizer(void **state) {
+        Fixture *f = *state;
+        _cleanup_(gguf_writer_freep) GgufWriter *w = NULL;
+        _cleanup_(engine_model_unrefp) EngineModel *m = NULL;
+        EngineModelParams mp = model_params();
+        QuantEvalParams p = {.n_ctx = 64};
+        QuantEvalResult r;
+        QdError err = {};
+        int fd = memfd_create("no-tokenizer", MFD_CLOEXEC);
+
+        assert_true(fd >= 0);
+        assert_int_equal(gguf_writer_new(&w, fd, f->src->alignment), 0);
+        for (uint64_t i = 0; i < f->src->n_kv; i++)
+                if (!startswith(f->src->kv[i].key, "tokenizer."))
+                        assert_int_equal(gguf_writer_add_value(w, f->src->kv[i].key, &f->src->kv[i].value),
+                                         0);
+        for (uint64_t i = 0; i < f->src->n_tensors; i++) {
+                const GgufTensor *t = &f->src->tensors[i];
+                assert_int_equal(gguf_writer_add_tensor(w, t->name, t->type, t->n_dims, t->ne), 0);
+        }
+        assert_int_equal(gguf_writer_write_header(w), 0);
+        for (uint64_t i = 0; i < f->src->n_tensors; i++)
+                assert_int_equal(
+                        gguf_writer_write_tensor_data(w, f->src->tensors[i].data, f->src->tensors[i].size),
+                        0);
+        assert_int_equal(gguf_writer_finish(w), 0);
+        if (engine_model_load_fd(fd, &mp, &m, &err) < 0)
+                fail_msg("loading: %s", err.msg);
+        safe_close(fd);
+
+        assert_true(quant_eval(m, NULL, f->text, f->text_len, &p, &r, &err) < 0);
+        assert_non_null(strstr(err.msg, "tokenizer"));
+}
+
 static void on_chunk(void *userdata, size_t chunk, size_t n_chunks) {
         QuantEvalParams *p = userdata;
         if (chunk == 1)
@@ -283,10 +318,9 @@ static void test_errors(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_golden_tokens),
-                cmocka_unit_test(test_perplexity_method),
-                cmocka_unit_test(test_kld_orders_mixtures),
-                cmocka_unit_test(test_errors),
+                cmocka_unit_test(test_golden_tokens),       cmocka_unit_test(test_perplexity_method),
+                cmocka_unit_test(test_kld_orders_mixtures), cmocka_unit_test(test_errors),
+                cmocka_unit_test(test_no_tokenizer),
         };
 
         return cmocka_run_group_tests(tests, setup, teardown);

@@ -305,6 +305,7 @@ static void test_progress_and_cancel(void **state) {
         _cleanup_(gguf_freep) Gguf *out = quantize(f->src, &p, &fd);
         safe_close(fd);
         assert_int_equal(log.calls, f->src->n_tensors);
+        assert_int_equal(out->n_tensors, f->src->n_tensors);
 
         /* Cancelled after the fourth tensor: no more progress, -ECANCELED. */
         log = (ProgressLog){.cancel_at = 3, .src = f->src};
@@ -410,6 +411,41 @@ static void test_unconvertible_source(void **state) {
         safe_close(out);
 }
 
+/* A model whose llama.block_count is a string: the type choice cannot read the shape. */
+static void test_malformed_shape_keys(void **state) {
+        static const char *const keys[] = {"llama.block_count", "general.architecture"};
+
+        for (size_t k = 0; k < ELEMENTSOF(keys); k++) {
+                _cleanup_(gguf_writer_freep) GgufWriter *w = NULL;
+                _cleanup_(gguf_freep) Gguf *g = NULL;
+                const uint64_t ne[2] = {32, 2};
+                float data[64] = {0.5f};
+                QuantParams p = quant_params_default();
+                QuantModelShape shape;
+                QdError err = {};
+                int fd = new_memfd(), out = new_memfd();
+
+                assert_int_equal(gguf_writer_new(&w, fd, 32), 0);
+                if (k == 0) {
+                        assert_int_equal(gguf_writer_add_string(w, "general.architecture", "llama"), 0);
+                        assert_int_equal(gguf_writer_add_string(w, "llama.block_count", "eight"), 0);
+                } else
+                        assert_int_equal(gguf_writer_add_u32(w, "general.architecture", 7), 0);
+                assert_int_equal(gguf_writer_add_tensor(w, "blk.0.attn_q.weight", GGML_TYPE_F32, 2, ne), 0);
+                assert_int_equal(gguf_writer_write_header(w), 0);
+                assert_int_equal(gguf_writer_write_tensor_data(w, data, sizeof(data)), 0);
+                assert_int_equal(gguf_writer_finish(w), 0);
+                assert_int_equal(gguf_open_fd(fd, &g, NULL), 0);
+
+                assert_int_equal(quant_model_shape_from_gguf(g, &shape), -EBADMSG);
+                assert_int_equal(quant_file(g, out, &p, &err), -EBADMSG);
+                assert_non_null(strstr(err.msg, "malformed"));
+                assert_int_equal(lseek(out, 0, SEEK_END), 0);
+                safe_close(fd);
+                safe_close(out);
+        }
+}
+
 static void *read_data(const char *name, size_t *ret_size) {
         const char *dir = getenv("QUANTD_TEST_DATA");
         _cleanup_free_ char *path = strdup_printf("%s/quant/%s", dir ? dir : "tests/data", name);
@@ -488,6 +524,7 @@ int main(void) {
                 cmocka_unit_test(test_errors),
                 cmocka_unit_test(test_unconvertible_source),
                 cmocka_unit_test(test_gguf_package_interop),
+                cmocka_unit_test(test_malformed_shape_keys),
         };
 
         return cmocka_run_group_tests(tests, setup, teardown);

@@ -322,8 +322,8 @@ static void test_stories_fallbacks(void **state) {
 
         p = params(QUANT_MIXTURE_Q2_K);
         choose(&tb, &p, types);
-        assert_int_equal(layer_type(&tb, types, 1, "attn_q"), GGML_TYPE_IQ4_NL);
-        assert_int_equal(layer_type(&tb, types, 1, "attn_output"), GGML_TYPE_IQ4_NL);
+        assert_int_equal(layer_type(&tb, types, 1, "attn_q"), GGML_TYPE_Q4_0);
+        assert_int_equal(layer_type(&tb, types, 1, "attn_output"), GGML_TYPE_Q4_0);
 
         p = params(QUANT_MIXTURE_Q5_K_S);
         choose(&tb, &p, types);

@@ -151,6 +151,7 @@ static int cuda_backend_init(const EngineModel *m, const BackendRange *range, vo
                 free(b);
                 return qd_error_set(err, r, "Failed to set up the model on the GPU: %s", strerror(-r));
         }
+        cuda_llama_set_precise(b->llama, m->params.f32_activations);
         if (range->l0 == 0)
                 r = upload(b, CUDA_W_TOKEN_EMBD, 0, &m->w.token_embd, err);
         if (r >= 0 && range->l1 == c->n_layer) {

@@ -31,6 +31,7 @@ struct CudaLlama {
         CudaMatrix *w;  /* (3 + n_layer * 9): token_embd, output_norm, output, then per layer */
         uint64_t weight_bytes, step_bytes;
         unsigned skip; /* CUDA_SKIP_* kernels left out of the decode graph, for timing only */
+        bool precise;  /* every token through the F16 path, the head with float activations */
 
         /* Decode scratch. */
         float *x;        /* (n_embd) residual stream */
@@ -262,6 +263,10 @@ extern "C" int cuda_llama_set_weight(CudaLlama *m, CudaWeight w, uint32_t layer,
         m->weight_bytes += stride * n_rows;
         m->step_bytes += w == CUDA_W_TOKEN_EMBD ? row_bytes : row_bytes * n_rows;
         return 0;
+}
+
+extern "C" void cuda_llama_set_precise(CudaLlama *m, bool precise) {
+        m->precise = precise;
 }
 
 extern "C" void cuda_llama_set_skip(CudaLlama *m, unsigned mask) {
@@ -549,7 +554,10 @@ static int head_row(CudaLlama *m, const float *xdev, bool hidden, float *out) {
                 CU_TRY(cudaMemcpyAsync(out, m->xn, (size_t)c->n_embd * 4, cudaMemcpyDeviceToHost, m->stream));
                 return 0;
         }
-        TRY(cuda_matvec(m->stream, weight(m, CUDA_W_OUTPUT, 0), 1, &in, &y, CUDA_MV_STORE));
+        if (m->precise)
+                TRY(cuda_matvec_f32(m->stream, weight(m, CUDA_W_OUTPUT, 0), m->xn, m->logits));
+        else
+                TRY(cuda_matvec(m->stream, weight(m, CUDA_W_OUTPUT, 0), 1, &in, &y, CUDA_MV_STORE));
         CU_TRY(cudaMemcpyAsync(out, m->logits, (size_t)c->n_vocab * 4, cudaMemcpyDeviceToHost, m->stream));
         return 0;
 }
@@ -577,7 +585,7 @@ extern "C" int cuda_llama_run(CudaLlama *m, CudaKv *kv, uint32_t pos0, uint32_t 
         TRY(set_pos(kv, pos0));
 
         /* One token through the whole model: the captured graph. */
-        if (n_tok == 1 && embed && head && !hidden) {
+        if (n_tok == 1 && embed && head && !hidden && !m->precise) {
                 CU_TRY(cudaMemcpyAsync(m->tok, tokens, 4, cudaMemcpyHostToDevice, m->stream));
                 TRY(decode_graph(m, kv));
                 if (n_out)
@@ -587,20 +595,20 @@ extern "C" int cuda_llama_run(CudaLlama *m, CudaKv *kv, uint32_t pos0, uint32_t 
                 kv->pos = pos0 + 1;
                 return 0;
         }
-        if (n_tok > 1)
+        if (n_tok > 1 || m->precise)
                 TRY(prefill_alloc(m));
         for (uint32_t t0 = 0; t0 < n_tok; t0 += PF_MAX_TOK) {
                 uint32_t n = n_tok - t0 < PF_MAX_TOK ? n_tok - t0 : PF_MAX_TOK;
-                float *xdev = n == 1 ? m->x : m->pf_x;
+                float *xdev = n == 1 && !m->precise ? m->x : m->pf_x;
                 if (embed) {
-                        int32_t *dtok = n == 1 ? m->tok : m->pf_tok;
+                        int32_t *dtok = n == 1 && !m->precise ? m->tok : m->pf_tok;
                         CU_TRY(cudaMemcpyAsync(dtok, tokens + t0, n * 4, cudaMemcpyHostToDevice, m->stream));
                         TRY(cuda_get_rows(m->stream, weight(m, CUDA_W_TOKEN_EMBD, 0), dtok, n, xdev));
                 } else {
                         CU_TRY(cudaMemcpyAsync(xdev, x + (size_t)t0 * c->n_embd, (size_t)n * c->n_embd * 4,
                                                cudaMemcpyHostToDevice, m->stream));
                 }
-                if (n == 1)
+                if (n == 1 && !m->precise)
                         TRY(decode_layers(m, kv, m->l0, m->l1));
                 else
                         TRY(prefill_layers(m, kv, n, m->l0, m->l1));

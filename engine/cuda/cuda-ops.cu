@@ -201,9 +201,11 @@ template <int T> __global__ void dequant_f16_kernel(const uint8_t *w, size_t str
         uint32_t c = (uint32_t)(g % per_row) * 8;
         const uint8_t *row = w + r * stride;
         __align__(16) __half h[8];
+        float f[8];
+        dq8<T>(row, c, f);
 #pragma unroll
         for (int k = 0; k < 8; k++)
-                h[k] = __float2half(dq_elem<T>(row, c + k));
+                h[k] = __float2half(f[k]);
         *(uint4 *)(y + r * n_cols + c) = *(const uint4 *)h;
 }
 
@@ -266,6 +268,51 @@ static int dequant_dispatch(CudaStream s, const CudaMatrix *w, const int32_t *ro
                 return dequant_launch<GGML_TYPE_F16>(s, w, rows, n_rows, yf, yh);
         case GGML_TYPE_BF16:
                 return dequant_launch<GGML_TYPE_BF16>(s, w, rows, n_rows, yf, yh);
+        default:
+                return -EOPNOTSUPP;
+        }
+}
+
+/* One warp per row, each lane a strided share of the elements. */
+template <int T> __global__ void matvec_f32_kernel(const uint8_t *w, size_t stride, uint32_t n_cols, uint32_t n_rows,
+                                                   const float *x, float *y) {
+        uint32_t r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+        int lane = threadIdx.x & 31;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        if (r >= n_rows)
+                return;
+        const uint8_t *row = w + (size_t)r * stride;
+        float acc = 0.0f;
+        for (uint32_t c = lane; c < n_cols; c += 32)
+                acc += dq_elem<T>(row, c) * x[c];
+        acc = warp_sum(acc);
+        if (lane == 0)
+                y[r] = acc;
+}
+
+#define MATVEC_F32_CASE(T)                                                                                      \
+        case T:                                                                                                 \
+                CU_TRY(launch_pdl(matvec_f32_kernel<T>, dim3((w->n_rows + 7) / 8), dim3(256), 0, s,             \
+                                  (const uint8_t *)w->data, w->row_stride, w->n_cols, w->n_rows, x, y));        \
+                return 0;
+
+extern "C" int cuda_matvec_f32(CudaStream s, const CudaMatrix *w, const float *x, float *y) {
+        switch (w->type) {
+                MATVEC_F32_CASE(GGML_TYPE_Q4_0)
+                MATVEC_F32_CASE(GGML_TYPE_Q4_1)
+                MATVEC_F32_CASE(GGML_TYPE_Q5_0)
+                MATVEC_F32_CASE(GGML_TYPE_Q5_1)
+                MATVEC_F32_CASE(GGML_TYPE_Q8_0)
+                MATVEC_F32_CASE(GGML_TYPE_Q2_K)
+                MATVEC_F32_CASE(GGML_TYPE_Q3_K)
+                MATVEC_F32_CASE(GGML_TYPE_Q4_K)
+                MATVEC_F32_CASE(GGML_TYPE_Q5_K)
+                MATVEC_F32_CASE(GGML_TYPE_Q6_K)
+                MATVEC_F32_CASE(GGML_TYPE_F32)
+                MATVEC_F32_CASE(GGML_TYPE_F16)
+                MATVEC_F32_CASE(GGML_TYPE_BF16)
         default:
                 return -EOPNOTSUPP;
         }
@@ -576,22 +623,23 @@ extern "C" int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const floa
 
 /* ---- attention for prompt batches ----
  * Block (head, 32 queries), 8 warps of 4 queries each. Tiles of 32 keys and values go through shared memory
- * as floats (rows padded by one so that a lane per key reads without bank conflicts); each lane scores one
- * key, the warp keeps a running max and sum per query (online softmax), and lane d accumulates output
- * dimensions d, d + 32, ... */
+ * as floats, key rows padded by 4 floats so that a lane per key reads 16 bytes at a time without bank
+ * conflicts. Each lane scores one key against the warp's 4 queries (each key load serves all four), the warp
+ * keeps a running max and sum per query (online softmax), and lane d accumulates output dimensions d, d + 32,
+ * ... of the 4 queries, each value load serving all four. head_dim: a multiple of 4. */
 
 #define PF_Q 32
 #define PF_K 32
-#define PF_MAXD 8 /* head_dim up to 256 */
+#define PF_MAXD 4 /* head_dim up to 128 */
 
 __global__ void __launch_bounds__(256)
         attn_prefill_kernel(const CudaAttnShape a, const float *q, uint32_t q_stride, uint32_t n_tok,
                             const int32_t *pos, const __half *kc, const __half *vc, float *out) {
         extern __shared__ float sm[];
-        const uint32_t hd = a.head_dim, ld = hd + 1, h = blockIdx.x, q0 = blockIdx.y * PF_Q;
+        const uint32_t hd = a.head_dim, ldk = hd + 4, ldv = hd, h = blockIdx.x, q0 = blockIdx.y * PF_Q;
         const uint32_t kvh = h / (a.n_head / a.n_head_kv), kv_dim = a.n_head_kv * hd;
         const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-        float *qs = sm, *ks = qs + PF_Q * hd, *vs = ks + PF_K * ld;
+        float *qs = sm, *ks = qs + PF_Q * hd, *vs = ks + PF_K * ldk;
         const float scale = rsqrtf((float)hd);
 
         grid_dep_launch();
@@ -610,6 +658,7 @@ __global__ void __launch_bounds__(256)
                 for (int k = 0; k < PF_MAXD; k++)
                         o[i][k] = 0.0f;
         }
+        const uint32_t qw = 4 * wid;                  /* the warp's first query in the tile */
         const uint32_t n_keys = (uint32_t)p0 + q0 + nq; /* keys the last query of the tile sees */
         for (uint32_t k0 = 0; k0 < n_keys; k0 += PF_K) {
                 __syncthreads();
@@ -617,43 +666,54 @@ __global__ void __launch_bounds__(256)
                         uint32_t j = i / hd, d = i % hd;
                         bool ok = k0 + j < n_keys;
                         size_t off = (size_t)(k0 + j) * kv_dim + kvh * hd + d;
-                        ks[j * ld + d] = ok ? __half2float(kc[off]) : 0.0f;
-                        vs[j * ld + d] = ok ? __half2float(vc[off]) : 0.0f;
+                        ks[j * ldk + d] = ok ? __half2float(kc[off]) : 0.0f;
+                        vs[j * ldv + d] = ok ? __half2float(vc[off]) : 0.0f;
                 }
                 __syncthreads();
+                if (qw >= nq || k0 > (uint32_t)p0 + q0 + qw + 3)
+                        continue; /* no query of this warp sees any key of the tile */
+                float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                const float4 *kr = (const float4 *)(ks + lane * ldk);
+                for (uint32_t d4 = 0; d4 < hd / 4; d4++) {
+                        float4 kv = kr[d4];
+#pragma unroll
+                        for (int i = 0; i < 4; i++) {
+                                float4 qv = ((const float4 *)(qs + (qw + i) * hd))[d4];
+                                sc[i] += qv.x * kv.x + qv.y * kv.y + qv.z * kv.z + qv.w * kv.w;
+                        }
+                }
+                float pr[4];
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
-                        uint32_t qi = 4 * wid + i;
-                        if (qi >= nq)
-                                break;
-                        uint32_t qpos = (uint32_t)p0 + q0 + qi, kpos = k0 + lane;
-                        if (k0 > qpos)
-                                continue; /* later queries of the warp may still see this tile */
-                        float s = -INFINITY;
-                        if (kpos <= qpos) {
-                                s = 0.0f;
-                                for (uint32_t d = 0; d < hd; d++)
-                                        s += qs[qi * hd + d] * ks[lane * ld + d];
-                        }
+                        uint32_t qpos = (uint32_t)p0 + q0 + qw + i;
+                        float s = qw + i < nq && k0 + lane <= qpos ? sc[i] : -INFINITY;
                         float mn = fmaxf(m[i], warp_max(s));
-                        float alpha = __expf(m[i] - mn), p = __expf(s - mn);
-                        l[i] = l[i] * alpha + warp_sum(p);
+                        float alpha = mn == -INFINITY ? 1.0f : __expf(m[i] - mn);
+                        pr[i] = s == -INFINITY ? 0.0f : __expf(s - mn);
+                        l[i] = l[i] * alpha + warp_sum(pr[i]);
                         m[i] = mn;
 #pragma unroll
                         for (int k = 0; k < PF_MAXD; k++)
                                 o[i][k] *= alpha;
-                        for (int j = 0; j < PF_K; j++) {
-                                float pj = __shfl_sync(0xffffffffu, p, j);
+                }
+                for (int j = 0; j < PF_K; j++) {
+                        float pj[4];
 #pragma unroll
-                                for (int k = 0; k < PF_MAXD; k++)
-                                        if (lane + 32 * k < hd)
-                                                o[i][k] += pj * vs[j * ld + lane + 32 * k];
-                        }
+                        for (int i = 0; i < 4; i++)
+                                pj[i] = __shfl_sync(0xffffffffu, pr[i], j);
+#pragma unroll
+                        for (int k = 0; k < PF_MAXD; k++)
+                                if (lane + 32 * k < hd) {
+                                        float v = vs[j * ldv + lane + 32 * k];
+#pragma unroll
+                                        for (int i = 0; i < 4; i++)
+                                                o[i][k] += pj[i] * v;
+                                }
                 }
         }
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-                uint32_t qi = 4 * wid + i;
+                uint32_t qi = qw + i;
                 if (qi >= nq)
                         break;
 #pragma unroll
@@ -666,9 +726,9 @@ __global__ void __launch_bounds__(256)
 extern "C" int cuda_attn_prefill(CudaStream s, const CudaAttnShape *a, const float *q, uint32_t q_stride,
                                  uint32_t n_tok, const int32_t *pos, const uint16_t *k_cache,
                                  const uint16_t *v_cache, float *out) {
-        size_t smem = (PF_Q * a->head_dim + 2 * PF_K * (a->head_dim + 1)) * sizeof(float);
+        size_t smem = (PF_Q * a->head_dim + PF_K * (a->head_dim + 4) + PF_K * a->head_dim) * sizeof(float);
 
-        if (a->head_dim > 32 * PF_MAXD || n_tok == 0)
+        if (a->head_dim > 32 * PF_MAXD || a->head_dim % 4 != 0 || n_tok == 0)
                 return -EINVAL;
         CU_TRY(cudaFuncSetAttribute(attn_prefill_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         CU_TRY(launch_pdl(attn_prefill_kernel, dim3(a->n_head, (n_tok + PF_Q - 1) / PF_Q), dim3(256), smem, s, *a,

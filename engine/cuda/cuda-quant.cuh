@@ -127,6 +127,56 @@ template <> __device__ __forceinline__ float dq_elem<GGML_TYPE_Q6_K>(const uint8
         return ld_half(b + 208) * (float)sc * (float)(q - 32);
 }
 
+/* ---- eight consecutive elements (i0 a multiple of 8), for the prompt path's F16 tiles ----
+ * The eight share their block and scale, decoded once; the generic version decodes per element. */
+
+template <int T> __device__ __forceinline__ void dq8(const uint8_t *row, uint32_t i0, float *out) {
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+                out[k] = dq_elem<T>(row, i0 + k);
+}
+
+template <> __device__ __forceinline__ void dq8<GGML_TYPE_Q4_0>(const uint8_t *row, uint32_t i0, float *out) {
+        const uint8_t *b = row + (i0 / 32) * Q4_0_BYTES;
+        uint32_t e = i0 % 32, sh = e < 16 ? 0 : 4;
+        float d = ld_half(b);
+        const uint8_t *q = b + 2 + (e % 16);
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+                out[k] = d * (float)(((q[k] >> sh) & 0xf) - 8);
+}
+
+template <> __device__ __forceinline__ void dq8<GGML_TYPE_Q8_0>(const uint8_t *row, uint32_t i0, float *out) {
+        const uint8_t *b = row + (i0 / 32) * Q8_0_BYTES;
+        float d = ld_half(b);
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+                out[k] = d * (float)(int8_t)b[2 + i0 % 32 + k];
+}
+
+template <> __device__ __forceinline__ void dq8<GGML_TYPE_Q4_K>(const uint8_t *row, uint32_t i0, float *out) {
+        const uint8_t *b = row + (i0 / 256) * Q4_K_BYTES;
+        uint32_t e = i0 % 256, j = e / 64, l = e % 64, hi = l / 32;
+        int sc, m;
+        k4_scale_min(b + 4, 2 * j + hi, &sc, &m);
+        float d = ld_half(b) * (float)sc, mn = ld_half(b + 2) * (float)m;
+        const uint8_t *q = b + 16 + 32 * j + l % 32;
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+                out[k] = d * (float)((q[k] >> (4 * hi)) & 0xf) - mn;
+}
+
+template <> __device__ __forceinline__ void dq8<GGML_TYPE_Q6_K>(const uint8_t *row, uint32_t i0, float *out) {
+        const uint8_t *b = row + (i0 / 256) * Q6_K_BYTES;
+        uint32_t e = i0 % 256, n = e / 128, g = (e % 128) / 32, l = e % 32;
+        const uint8_t *ql = b + 64 * n + (g & 1) * 32 + l, *qh = b + 128 + 32 * n + l;
+        float d = ld_half(b + 208) * (float)(int8_t)b[192 + 8 * n + l / 16 + 2 * g];
+        uint32_t sh = g < 2 ? 0 : 4;
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+                out[k] = d * (float)((int)(((ql[k] >> sh) & 0xf) | (((qh[k] >> (2 * g)) & 3) << 4)) - 32);
+}
+
 /* ---- one lane's share of a block's dot product with 8-bit activations ----
  *
  * Blocks of 32 elements: one lane takes a whole block. Blocks of 256: four lanes share one, lane part p

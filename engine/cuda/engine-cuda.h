@@ -89,6 +89,9 @@ typedef struct CudaMvInput {
 int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInput *in, float *const *y,
                 CudaMvEpilogue epi);
 
+/* y = W x with x in floats and each weight dequantized on the fly: the reference-mode product, any type. */
+int cuda_matvec_f32(CudaStream s, const CudaMatrix *w, const float *x, float *y);
+
 /* Quantizes n_rows rows of n floats (n a multiple of 32, rows contiguous) to 8 bits per 32. */
 int cuda_quantize_q8(CudaStream s, const float *x, uint32_t n, uint32_t n_rows, const CudaQ8 *ret);
 
@@ -203,6 +206,10 @@ CudaLlama *cuda_llama_free(CudaLlama *m);
  */
 int cuda_llama_set_weight(CudaLlama *m, CudaWeight w, uint32_t layer, uint32_t type, uint32_t n_cols,
                           uint32_t n_rows, const void *data);
+
+/* Reference mode: every token goes through the prompt path (weights dequantized to F16 tiles, activations in
+ * F16 and float) and the head through cuda_matvec_f32(), never through 8-bit activations. Slow. */
+void cuda_llama_set_precise(CudaLlama *m, bool precise);
 
 /* For timing studies only (bench-cuda --breakdown): leave kernels out of the decode graphs captured from now
  * on; the outputs are then meaningless. */

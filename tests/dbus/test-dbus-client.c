@@ -522,7 +522,7 @@ static void test_error_names(void **state) {
         expect_error(bus, "Generate", "org.quantd.Quantd1.Error.Malformed", EBADMSG, "ssa{sv}", "broken", "x", 0);
         expect_error(bus, "Copy", "org.quantd.Quantd1.Error.NotFound", ENOENT, "ssa{sv}", "nonexistent", "other",
                      0);
-        expect_error(bus, "Pull", "org.quantd.Quantd1.Error.NotSupported", EOPNOTSUPP, "sa{sv}", "fast", 0);
+        expect_error(bus, "Pull", "org.quantd.Quantd1.Error.InvalidArgument", EINVAL, "sa{sv}", "bad:name:x", 0);
         expect_error(bus, "Cancel", "org.quantd.Quantd1.Error.NotFound", ENOENT, "ta{sv}", (uint64_t)424242, 0);
         expect_error(bus, "Hello", "org.quantd.Quantd1.Error.VersionMismatch", EPROTONOSUPPORT, "a{sv}", 1,
                      "protocol", "u", 99);
@@ -662,7 +662,8 @@ static int on_progress(sd_bus_message *m, void *userdata, sd_bus_error *ret_erro
                 return 0;
         j->progress_after_reply |= j->replied;
         j->job = read_job_fields(m, status, sizeof(status));
-        assert_string_equal(status, "copying model data");
+        /* The store words it ("receiving model data", "writing manifest", ...). */
+        assert_true(status[0] != 0);
         j->n_progress++;
         return 0;
 }
