@@ -397,7 +397,7 @@ static void test_create_hf_errors(void **state) {
         dh_params(&sb, "model", "broken", "hf_dir", "0", NULL);
         assert_int_equal(proto_client_call(c, "Create", sb.data, sb.size, &dfd, 1, NULL, NULL, &m, &e), -ENOENT);
         msgpack_sbuffer_destroy(&sb);
-        assert_non_null(strstr(e.msg, "config.json"));
+        assert_string_equal(e.msg, "Failed to open 'config.json': No such file or directory");
         qd_error_clear(&e);
         unlink(tok);
         rmdir(dir);
