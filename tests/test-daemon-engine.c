@@ -3,7 +3,8 @@
  * A real quantd with the real engine: a model created from stories260K.gguf (passed as a descriptor)
  * generates over the socket, and its greedy tokens equal the independent reference in stories260K.golden;
  * 16 clients at once, each streaming 64 greedy tokens, get streams identical to a solo run; Show, Tokenize
- * and Detokenize on a real vocabulary; Create from a Hugging Face folder passed as a descriptor (hf_dir).
+ * and Detokenize on a real vocabulary; Create from a Hugging Face folder passed as a descriptor (hf_dir), as it
+ * is and quantized.
  */
 
 #include <setjmp.h>
@@ -374,6 +375,22 @@ static void test_create_hf(void **state) {
         assert_memory_equal(s[0].tokens, s[1].tokens, s[0].n_tokens * sizeof(int32_t));
         buf_free(&s[0].text);
         buf_free(&s[1].text);
+
+        /* Converted, then quantized in the same job. */
+        unsigned quantizing = 0;
+        _cleanup_close_ int dfd2 = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        assert_true(dfd2 >= 0);
+        msgpack_sbuffer_init(&sb);
+        dh_params(&sb, "model", "tiny-hf-q8", "hf_dir", "0", "quantize", "Q8_0", NULL);
+        if (proto_client_call(c, "Create", sb.data, sb.size, &dfd2, 1, count_quantizing, &quantizing, &m, &e) < 0)
+                fail_msg("Create from the Hugging Face folder with quantize failed: %s", e.msg);
+        msgpack_sbuffer_destroy(&sb);
+        assert_true(quantizing > 0);
+        msgpack_sbuffer_init(&sb);
+        dh_params(&sb, "model", "tiny-hf-q8", "prompt", "hello", NULL);
+        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
+        msgpack_sbuffer_destroy(&sb);
+        assert_true(proto_map_get(m.result, "eval_count")->via.u64 > 0);
 }
 
 /* A folder without config.json: the converter's sentence comes back, and nothing is stored. */
