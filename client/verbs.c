@@ -690,7 +690,8 @@ int qctl_transfer(Qctl *q, const char *method, const char *model, bool insecure,
         return 0;
 }
 
-/* Opens what FROM names, for the daemon: a file is passed as a descriptor, never as a path. */
+/* Opens what FROM names, for the daemon: a file or a Hugging Face folder is passed as a descriptor, never as a
+ * path. Returns whether it is a folder. */
 static int open_from(const Modelfile *mf, const char *file, int *ret_fd, QdError *e) {
         struct stat st;
         int fd = open(mf->from_path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
@@ -704,11 +705,14 @@ static int open_from(const Modelfile *mf, const char *file, int *ret_fd, QdError
                 return qd_error_set(e, r, "Cannot stat '%s': %s.", mf->from_path, strerror(-r));
         }
         if (S_ISDIR(st.st_mode)) {
+                /* Reopened as a folder: the daemon reads it only through this descriptor, with openat(). */
                 safe_close(fd);
-                return qd_error_set(e, EOPNOTSUPP,
-                                    "%s:%u: FROM names the folder '%s': creating from a Hugging Face folder is not "
-                                    "supported yet; convert it to GGUF first.",
-                                    file, mf->from_line, mf->from_path);
+                fd = open(mf->from_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+                if (fd < 0)
+                        return qd_error_set(e, errno, "%s:%u: FROM names the folder '%s', which cannot be opened: %s.",
+                                            file, mf->from_line, mf->from_path, strerror(errno));
+                *ret_fd = fd;
+                return 1;
         }
         if (!S_ISREG(st.st_mode)) {
                 safe_close(fd);
@@ -719,7 +723,7 @@ static int open_from(const Modelfile *mf, const char *file, int *ret_fd, QdError
         return 0;
 }
 
-int qctl_pack_create(msgpack_packer *pk, const char *name, const Modelfile *mf, bool from_fd,
+int qctl_pack_create(msgpack_packer *pk, const char *name, const Modelfile *mf, const char *fd_param,
                      const char *quantize) {
         uint32_t n = 2 + !!mf->template_ + !!mf->system + (mf->params.n > 0) + !!mf->licenses +
                      (mf->n_messages > 0) + !!mf->requires + !!quantize;
@@ -727,8 +731,8 @@ int qctl_pack_create(msgpack_packer *pk, const char *name, const Modelfile *mf, 
 
         if (msgpack_pack_map(pk, n) < 0 || proto_pack_kv_str(pk, "model", name) < 0)
                 return -ENOMEM;
-        /* Descriptor 0 of the message is the GGUF file. */
-        r = from_fd ? proto_pack_kv_u64(pk, "gguf", 0) : proto_pack_kv_str(pk, "from", mf->from);
+        /* Descriptor 0 of the message is the GGUF file or the Hugging Face folder. */
+        r = fd_param ? proto_pack_kv_u64(pk, fd_param, 0) : proto_pack_kv_str(pk, "from", mf->from);
         if (r >= 0 && mf->template_)
                 r = proto_pack_kv_str(pk, "template", mf->template_);
         if (r >= 0 && mf->system)
@@ -772,6 +776,7 @@ int qctl_create(Qctl *q, const char *name, const Modelfile *mf, const char *file
         _cleanup_(progress_freep) Progress *pr = NULL;
         _cleanup_(packer_close) Packer p = {};
         _cleanup_close_ int fd = -EBADF;
+        bool hf_dir = false;
         int r;
 
         if (mf->adapter)
@@ -781,9 +786,10 @@ int qctl_create(Qctl *q, const char *name, const Modelfile *mf, const char *file
                 r = open_from(mf, file, &fd, e);
                 if (r < 0)
                         return r;
+                hf_dir = r > 0;
         }
         packer_open(&p);
-        r = qctl_pack_create(&p.pk, name, mf, fd >= 0, quantize);
+        r = qctl_pack_create(&p.pk, name, mf, fd < 0 ? NULL : hf_dir ? "hf_dir" : "gguf", quantize);
         if (r < 0)
                 return r;
         r = qctl_connect(q, e);

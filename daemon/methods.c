@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <json-c/json.h>
+#include <sys/stat.h>
 
 #include "config.h"
 #include "daemon-internal.h"
@@ -213,6 +214,7 @@ typedef struct CreateJob {
         Manager *manager;
         char *model;
         int fd; /* the GGUF: passed by the client, or the base model's blob (FROM a local model) */
+        int hf_dir; /* a Hugging Face folder passed by the client, converted into fd by the job; or -EBADF */
         char *template, *system, *parameters, *messages;
         char **licenses;
         int quantize; /* a QuantMixture, or -1 to store the file as it is */
@@ -221,6 +223,7 @@ typedef struct CreateJob {
 static void create_job_free(void *userdata) {
         CreateJob *c = userdata;
         safe_close(c->fd);
+        safe_close(c->hf_dir);
         free(c->model);
         free(c->template);
         free(c->system);
@@ -268,11 +271,37 @@ static int quantize_to_tmpfile(Job *j, CreateJob *c, QdError *err) {
         return TAKE_FD(out);
 }
 
+/* Converts the Hugging Face folder into an unnamed GGUF file in the store's directory; returns its descriptor.
+ * Only the folder's descriptor is used: the daemon never opens the client's paths. */
+static int convert_to_tmpfile(CreateJob *c, QdError *err) {
+        _cleanup_close_ int out = -EBADF;
+        int k;
+
+        out = open(c->manager->models_path, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+        if (out < 0)
+                return qd_error_set(err, errno, "Failed to create a temporary file in %s: %s",
+                                    c->manager->models_path, strerror(errno));
+        QuantConvertParams p = quant_convert_params_default();
+        k = quant_convert_hf(c->hf_dir, out, &p, err);
+        if (k < 0)
+                return k;
+        if (lseek(out, 0, SEEK_SET) < 0)
+                return -errno;
+        return TAKE_FD(out);
+}
+
 static int create_job_run(Job *j, void *userdata, QdError *err) {
         CreateJob *c = userdata;
         Manager *m = c->manager;
         _cleanup_close_ int quantized = -EBADF;
 
+        if (c->hf_dir >= 0) {
+                job_progress(j, "converting from Hugging Face", NULL, 0, 0);
+                c->fd = convert_to_tmpfile(c, err);
+                if (c->fd < 0)
+                        return c->fd;
+                c->hf_dir = safe_close(c->hf_dir);
+        }
         job_progress(j, "reading model data", NULL, 0, 0);
         if (c->quantize >= 0) {
                 quantized = quantize_to_tmpfile(j, c, err);
@@ -345,11 +374,12 @@ static int method_create(Manager *m, Request *r, ProtoMessage *call, QdError *er
         struct {
                 const char *model, *from, *template, *system, *quantize, *requires;
                 const msgpack_object *parameters, *license, *messages;
-                uint64_t gguf;
-        } a = {.gguf = UINT64_MAX};
+                uint64_t gguf, hf_dir;
+        } a = {.gguf = UINT64_MAX, .hf_dir = UINT64_MAX};
         static const ProtoField fields[] = {
                 {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true},
                 {"gguf", PROTO_FIELD_FD, offsetof(typeof(a), gguf)},
+                {"hf_dir", PROTO_FIELD_FD, offsetof(typeof(a), hf_dir)},
                 {"from", PROTO_FIELD_STRING, offsetof(typeof(a), from)},
                 {"template", PROTO_FIELD_STRING, offsetof(typeof(a), template)},
                 {"system", PROTO_FIELD_STRING, offsetof(typeof(a), system)},
@@ -360,17 +390,16 @@ static int method_create(Manager *m, Request *r, ProtoMessage *call, QdError *er
                 {"requires", PROTO_FIELD_STRING, offsetof(typeof(a), requires)},
                 {},
         };
-        _cleanup_close_ int fd = -EBADF;
+        _cleanup_close_ int fd = -EBADF, hf_dir = -EBADF;
         int k, quantize = -1;
 
         k = proto_dispatch(call->params, fields, &a, call->zone, err);
         if (k < 0)
                 return k;
-        if ((a.gguf == UINT64_MAX) == !a.from)
-                return qd_error_set(
-                        err, EINVAL,
-                        "Create takes either 'gguf' (a descriptor of a GGUF file) or 'from' (a local "
-                        "model).");
+        if ((a.gguf != UINT64_MAX) + (a.hf_dir != UINT64_MAX) + !!a.from != 1)
+                return qd_error_set(err, EINVAL,
+                                    "Create takes one of 'gguf' (a descriptor of a GGUF file), 'hf_dir' (a "
+                                    "descriptor of a Hugging Face folder) or 'from' (a local model).");
         if (a.template) {
                 /* A template that does not parse fails now, not at the first chat. */
                 _cleanup_(engine_template_freep) EngineTemplate *t = NULL;
@@ -415,6 +444,15 @@ static int method_create(Manager *m, Request *r, ProtoMessage *call, QdError *er
                 if (fd < 0)
                         return qd_error_set(err, errno, "Failed to open the model '%s': %s", a.from,
                                             strerror(errno));
+        } else if (a.hf_dir != UINT64_MAX) {
+                struct stat st;
+                hf_dir = proto_message_take_fd(call, a.hf_dir, err);
+                if (hf_dir < 0)
+                        return hf_dir;
+                if (fstat(hf_dir, &st) < 0)
+                        return -errno;
+                if (!S_ISDIR(st.st_mode))
+                        return qd_error_set(err, ENOTDIR, "Parameter 'hf_dir' must be a descriptor of a folder.");
         } else {
                 fd = proto_message_take_fd(call, a.gguf, err);
                 if (fd < 0)
@@ -426,6 +464,7 @@ static int method_create(Manager *m, Request *r, ProtoMessage *call, QdError *er
                 return -ENOMEM;
         c->manager = m;
         c->fd = TAKE_FD(fd);
+        c->hf_dir = TAKE_FD(hf_dir);
         c->quantize = quantize;
         c->model = strdup(a.model);
         c->template = a.template ? strdup(a.template) : TAKE_PTR(template);

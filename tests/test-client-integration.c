@@ -2,7 +2,7 @@
 /*
  * qctl, the built binary, against a real quantd (the harness's, with the fake backend) on a temporary socket:
  * every verb the daemon serves, its output and exit code; the errors a user meets (no daemon, no such model,
- * a bad Modelfile, not supported yet); Ctrl+C in the middle of a stream; and the interactive chat driven
+ * a bad Modelfile, not supported yet); a model FROM a Hugging Face folder; Ctrl+C in the middle of a stream; and the interactive chat driven
  * through a pseudo-terminal.
  */
 
@@ -18,6 +18,7 @@
 #include <poll.h>
 #include <pty.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <termios.h>
 
@@ -383,6 +384,38 @@ static void check_error(Result *r, int status, const char *message) {
         result_done(r);
 }
 
+/* FROM a Hugging Face folder: qctl passes the folder as a descriptor, the daemon converts and stores it. */
+static void test_create_hf_folder(void **state) {
+        Harness *h = *state;
+        const char *data = getenv("QUANTD_TEST_DATA");
+
+        assert_non_null(data);
+        _cleanup_free_ char *mf_text = strdup_printf("FROM %s/hf-tiny-llama\n", data);
+        _cleanup_free_ char *mf = write_file(h, "Modelfile.hf", mf_text);
+        Result r = run_qctl(h, "create", "tiny", "-f", mf);
+        if (r.status != 0)
+                fail_msg("qctl create FROM a folder failed (%d): %s", r.status, r.err);
+        assert_non_null(strstr(r.err, "success\n"));
+        result_done(&r);
+        r = run_qctl(h, "show", "tiny");
+        assert_int_equal(r.status, 0);
+        assert_non_null(strstr(r.out, "  Model\n    architecture        llama\n"));
+        assert_non_null(strstr(r.out, "    embedding length    64\n"));
+        result_done(&r);
+
+        /* A folder without config.json: the converter's sentence, and nothing stored. */
+        _cleanup_free_ char *empty = strdup_printf("%s/empty-hf", h->dir);
+        assert_int_equal(mkdir(empty, 0700), 0);
+        _cleanup_free_ char *mf2 = write_file(h, "Modelfile.empty", "FROM ./empty-hf\n");
+        r = run_qctl(h, "create", "empty", "-f", mf2);
+        assert_int_equal(r.status, 4);
+        assert_non_null(strstr(r.err, "Error: Failed to open 'config.json': No such file or directory\n"));
+        result_done(&r);
+        assert_int_equal(rmdir(empty), 0);
+        r = run_qctl(h, "show", "empty");
+        check_error(&r, 4, "empty");
+}
+
 static void test_errors(void **state) {
         Harness *h = *state;
         Result r;
@@ -629,6 +662,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_create_list_run, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_copy_remove, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_show_real_gguf, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_create_hf_folder, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_example_modelfile, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_interrupt, setup, teardown),

@@ -18,6 +18,7 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -167,12 +168,26 @@ static bool serve(int fd, ProtoReader *rd, ProtoMessage *m, msgpack_sbuffer *sb)
                 msgpack_pack_map(&pk, 1);
                 proto_pack_kv_str(&pk, "status", "success");
         } else if (streq(m->name, "Create")) {
-                /* Checks what qctl sends: the model file as descriptor 0, or a name. */
+                /* Checks what qctl sends: the model file or a folder as descriptor 0, or a name. */
                 char head[5] = "";
                 uint64_t idx = (uint64_t)result_int(m->params, "gguf", -1);
                 _cleanup_free_ char *from = obj_str(m->params, "from");
                 _cleanup_free_ char *system = obj_str(m->params, "system");
-                if (idx == 0) {
+                if (result_int(m->params, "hf_dir", -1) == 0) {
+                        /* A folder, read only through its descriptor. */
+                        QdError e = {};
+                        struct stat st;
+                        _cleanup_close_ int dfd = proto_message_take_fd(m, 0, &e);
+                        if (dfd < 0 || fstat(dfd, &st) < 0 || !S_ISDIR(st.st_mode)) {
+                                reply_error(fd, sb, id, EBADF, "no folder came with Create");
+                                return true;
+                        }
+                        if (faccessat(dfd, "config.json", R_OK, 0) < 0) {
+                                reply_error(fd, sb, id, ENOENT, "The folder has no config.json.");
+                                return true;
+                        }
+                        strcpy(head, "dir");
+                } else if (idx == 0) {
                         QdError e = {};
                         _cleanup_close_ int mfd = proto_message_take_fd(m, 0, &e);
                         if (mfd < 0 || pread(mfd, head, 4, 0) != 4) {
@@ -551,7 +566,7 @@ static void test_create_checks(void **state) {
         assert_int_equal(modelfile_load(mfpath, &mf, &e), 0);
         Packer p;
         packer_open(&p);
-        assert_int_equal(qctl_pack_create(&p.pk, "mine", mf, true, "q4_K_M"), 0);
+        assert_int_equal(qctl_pack_create(&p.pk, "mine", mf, "gguf", "q4_K_M"), 0);
         msgpack_zone z;
         msgpack_zone_init(&z, 1024);
         msgpack_object o;
@@ -580,13 +595,19 @@ static void test_create_checks(void **state) {
         assert_string_equal(e.msg, msg);
         qd_error_clear(&e);
 
-        /* A folder is refused until the converter exists. */
+        /* A Hugging Face folder travels as a descriptor ("hf_dir"), and the daemon's error comes back. */
         w = fopen(mfpath, "we");
         fputs("FROM .\n", w);
         fclose(w);
-        assert_int_equal(run(f, &e, line), -EOPNOTSUPP);
-        assert_non_null(strstr(e.msg, "creating from a Hugging Face folder is not supported yet"));
+        assert_int_equal(run(f, &e, line), -ENOENT);
+        assert_string_equal(e.msg, "The folder has no config.json.");
         qd_error_clear(&e);
+        _cleanup_free_ char *config = strdup_printf("%s/config.json", f->dir);
+        w = fopen(config, "we");
+        fputs("{}\n", w);
+        fclose(w);
+        assert_int_equal(run(f, &e, line), 0);
+        unlink(config);
 
         /* Something that is neither file nor folder. */
         w = fopen(mfpath, "we");

@@ -3,7 +3,8 @@
  * A real quantd with the real engine: a model created from stories260K.gguf (passed as a descriptor)
  * generates over the socket, and its greedy tokens equal the independent reference in stories260K.golden;
  * 16 clients at once, each streaming 64 greedy tokens, get streams identical to a solo run; Show, Tokenize
- * and Detokenize on a real vocabulary.
+ * and Detokenize on a real vocabulary; Create from a Hugging Face folder passed as a descriptor (hf_dir), as it
+ * is and quantized.
  */
 
 #include <setjmp.h>
@@ -13,8 +14,10 @@
 
 #include <cmocka.h>
 
+#include <fcntl.h>
 #include <msgpack.h>
 #include <signal.h>
+#include <sys/stat.h>
 
 #include "daemon-harness.h"
 
@@ -318,6 +321,128 @@ static void test_create_quantized(void **state) {
         buf_free(&s.text);
 }
 
+/* Create with hf_dir: the tiny llama folder, converted by the daemon, stored, and it generates. */
+static void test_create_hf(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+        _cleanup_free_ char *path = strdup_printf("%s/hf-tiny-llama", getenv("QUANTD_TEST_DATA"));
+        _cleanup_close_ int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        msgpack_sbuffer sb;
+        ProtoMessage m;
+        QdError e = {};
+
+        assert_true(dfd >= 0);
+        msgpack_sbuffer_init(&sb);
+        dh_params(&sb, "model", "tiny-hf", "hf_dir", "0", NULL);
+        if (proto_client_call(c, "Create", sb.data, sb.size, &dfd, 1, NULL, NULL, &m, &e) < 0)
+                fail_msg("Create from the Hugging Face folder failed: %s", e.msg);
+        msgpack_sbuffer_destroy(&sb);
+
+        /* Stored as the folder's llama. */
+        msgpack_sbuffer_init(&sb);
+        dh_params(&sb, "model", "tiny-hf", NULL);
+        assert_int_equal(proto_client_call(c, "Show", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
+        msgpack_sbuffer_destroy(&sb);
+        assert_true(proto_str_eq(proto_map_get(m.result, "architecture"), "llama"));
+        assert_int_equal(proto_map_get(m.result, "block_count")->via.u64, 2);
+        assert_int_equal(proto_map_get(m.result, "embedding_length")->via.u64, 64);
+
+        /* A few greedy tokens, twice the same. */
+        Stream s[2] = {};
+        for (int i = 0; i < 2; i++) {
+                msgpack_packer pk;
+                msgpack_sbuffer_init(&sb);
+                proto_packer_init(&pk, &sb);
+                msgpack_pack_map(&pk, 4);
+                proto_pack_kv_str(&pk, "model", "tiny-hf");
+                proto_pack_kv_str(&pk, "prompt", "hello world");
+                proto_pack_kv_bool(&pk, "return_tokens", true);
+                proto_pack_key(&pk, "options");
+                msgpack_pack_map(&pk, 4);
+                proto_pack_kv_i64(&pk, "num_predict", 8);
+                proto_pack_kv_i64(&pk, "num_ctx", 64);
+                proto_pack_kv_double(&pk, "temperature", 0);
+                proto_pack_kv_double(&pk, "repeat_penalty", 1.0);
+                if (proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, collect, &s[i], &m, &e) < 0)
+                        fail_msg("Generate on the converted model failed: %s", e.msg);
+                msgpack_sbuffer_destroy(&sb);
+                assert_true(proto_map_get(m.result, "eval_count")->via.u64 > 0);
+                assert_int_equal(proto_map_get(m.result, "eval_count")->via.u64, s[i].n_tokens);
+                for (size_t k = 0; k < s[i].n_tokens; k++)
+                        assert_true(s[i].tokens[k] >= 0 && s[i].tokens[k] < 320);
+        }
+        assert_int_equal(s[0].n_tokens, s[1].n_tokens);
+        assert_memory_equal(s[0].tokens, s[1].tokens, s[0].n_tokens * sizeof(int32_t));
+        buf_free(&s[0].text);
+        buf_free(&s[1].text);
+
+        /* Converted, then quantized in the same job. */
+        unsigned quantizing = 0;
+        _cleanup_close_ int dfd2 = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        assert_true(dfd2 >= 0);
+        msgpack_sbuffer_init(&sb);
+        dh_params(&sb, "model", "tiny-hf-q8", "hf_dir", "0", "quantize", "Q8_0", NULL);
+        if (proto_client_call(c, "Create", sb.data, sb.size, &dfd2, 1, count_quantizing, &quantizing, &m, &e) < 0)
+                fail_msg("Create from the Hugging Face folder with quantize failed: %s", e.msg);
+        msgpack_sbuffer_destroy(&sb);
+        assert_true(quantizing > 0);
+        msgpack_sbuffer_init(&sb);
+        dh_params(&sb, "model", "tiny-hf-q8", "prompt", "hello", NULL);
+        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
+        msgpack_sbuffer_destroy(&sb);
+        assert_true(proto_map_get(m.result, "eval_count")->via.u64 > 0);
+}
+
+/* A folder without config.json: the converter's sentence comes back, and nothing is stored. */
+static void test_create_hf_errors(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+        char dir[] = "/tmp/quantd-hf-XXXXXX";
+        msgpack_sbuffer sb;
+        ProtoMessage m;
+        QdError e = {};
+
+        assert_non_null(mkdtemp(dir));
+        _cleanup_free_ char *tok = strdup_printf("%s/tokenizer.json", dir);
+        FILE *w = fopen(tok, "we");
+        assert_non_null(w);
+        fputs("{}\n", w);
+        assert_int_equal(fclose(w), 0);
+        _cleanup_close_ int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        assert_true(dfd >= 0);
+        msgpack_sbuffer_init(&sb);
+        dh_params(&sb, "model", "broken", "hf_dir", "0", NULL);
+        assert_int_equal(proto_client_call(c, "Create", sb.data, sb.size, &dfd, 1, NULL, NULL, &m, &e), -ENOENT);
+        msgpack_sbuffer_destroy(&sb);
+        assert_string_equal(e.msg, "Failed to open 'config.json': No such file or directory");
+        qd_error_clear(&e);
+        unlink(tok);
+        rmdir(dir);
+
+        /* hf_dir must be a folder. */
+        _cleanup_free_ char *gguf = strdup_printf("%s/stories260K.gguf", getenv("QUANTD_TEST_MODELS"));
+        _cleanup_close_ int ffd = open(gguf, O_RDONLY | O_CLOEXEC);
+        assert_true(ffd >= 0);
+        msgpack_sbuffer_init(&sb);
+        dh_params(&sb, "model", "broken", "hf_dir", "0", NULL);
+        assert_int_equal(proto_client_call(c, "Create", sb.data, sb.size, &ffd, 1, NULL, NULL, &m, &e), -ENOTDIR);
+        msgpack_sbuffer_destroy(&sb);
+        assert_string_equal(e.msg, "Parameter 'hf_dir' must be a descriptor of a folder.");
+        qd_error_clear(&e);
+
+        /* Not both a file and a folder. */
+        msgpack_sbuffer_init(&sb);
+        dh_params(&sb, "model", "broken", "hf_dir", "0", "from", "stories", NULL);
+        assert_int_equal(proto_client_call(c, "Create", sb.data, sb.size, &ffd, 1, NULL, NULL, &m, &e), -EINVAL);
+        msgpack_sbuffer_destroy(&sb);
+        qd_error_clear(&e);
+
+        msgpack_sbuffer_init(&sb);
+        dh_params(&sb, "model", "broken", NULL);
+        assert_int_equal(proto_client_call(c, "Show", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -ENOENT);
+        msgpack_sbuffer_destroy(&sb);
+}
+
 static int chat_call(ProtoClient *c, const char *model, const char *content, ProtoMessage *m, QdError *e) {
         msgpack_sbuffer sb;
         msgpack_packer pk;
@@ -388,6 +513,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_embed, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_chat, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_create_quantized, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_create_hf, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_create_hf_errors, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

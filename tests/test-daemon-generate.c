@@ -389,7 +389,7 @@ static void test_create_from_and_parameters(void **state) {
         qd_error_clear(&e);
         assert_int_equal(proto_client_call(c, "Create", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
                          -EINVAL);
-        assert_non_null(strstr(e.msg, "either 'gguf'"));
+        assert_non_null(strstr(e.msg, "one of 'gguf'"));
         msgpack_sbuffer_clear(&sb);
         dh_params(&sb, "model", "x", NULL);
         assert_int_equal(proto_client_call(c, "Create", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),

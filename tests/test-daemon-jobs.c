@@ -103,9 +103,8 @@ static void test_create_list_copy_delete(void **state) {
         assert_int_equal(call(c, "Create", &m, &e, "model", "x", "gguf", "0", NULL), -EBADF);
         assert_string_equal(e.msg, "Descriptor 0 was named, but the request came with 0 descriptors.");
         assert_int_equal(call(c, "Create", &m, &e, "model", "x", NULL), -EINVAL);
-        assert_string_equal(
-                e.msg,
-                "Create takes either 'gguf' (a descriptor of a GGUF file) or 'from' (a local model).");
+        assert_string_equal(e.msg, "Create takes one of 'gguf' (a descriptor of a GGUF file), 'hf_dir' (a descriptor "
+                                   "of a Hugging Face folder) or 'from' (a local model).");
         assert_int_equal(dh_create_model(h, c, "bad:name:x", "size=1\n"), -EINVAL);
 
         /* The finished jobs are listed. */
