@@ -64,44 +64,6 @@ static int mix_type(const char *mix, CudaWeight w, uint32_t layer, uint32_t n_la
         return 0;
 }
 
-static void shape_of(const CudaLlamaConfig *c, CudaWeight w, uint32_t *cols, uint32_t *rows) {
-        uint32_t nq = c->n_head * c->head_dim, nk = c->n_head_kv * c->head_dim;
-
-        *cols = c->n_embd;
-        *rows = c->n_embd;
-        switch (w) {
-        case CUDA_W_TOKEN_EMBD:
-        case CUDA_W_OUTPUT:
-                *rows = c->n_vocab;
-                break;
-        case CUDA_W_OUTPUT_NORM:
-        case CUDA_W_ATTN_NORM:
-        case CUDA_W_FFN_NORM:
-                *rows = 1;
-                break;
-        case CUDA_W_Q:
-                *rows = nq;
-                break;
-        case CUDA_W_K:
-        case CUDA_W_V:
-                *rows = nk;
-                break;
-        case CUDA_W_O:
-                *cols = nq;
-                break;
-        case CUDA_W_GATE:
-        case CUDA_W_UP:
-                *rows = c->n_ff;
-                break;
-        case CUDA_W_DOWN:
-                *cols = c->n_ff;
-                break;
-        case _CUDA_W_MAX:
-        case _CUDA_W_INVALID:
-                break;
-        }
-}
-
 static int cmp_double(const void *a, const void *b) {
         double x = *(const double *)a, y = *(const double *)b;
         return x < y ? -1 : x > y;
@@ -159,7 +121,7 @@ static int run_synthetic(const char *spec) {
                                 fprintf(stderr, "Unknown or unsupported mix '%s'.\n", mix);
                                 goto out;
                         }
-                        shape_of(c, (CudaWeight)w, &cols, &rows);
+                        cuda_llama_weight_shape(c, (CudaWeight)w, &cols, &rows);
                         if ((r = cuda_llama_set_weight(m, (CudaWeight)w, l, type, cols, rows, NULL)) < 0) {
                                 fprintf(stderr, "Failed to make weight %d of layer %u: %s\n", w, l, strerror(-r));
                                 goto out;

@@ -152,8 +152,8 @@ extern "C" CudaLlama *cuda_llama_free(CudaLlama *m) {
         return NULL;
 }
 
-/* The (n_cols, n_rows) that GGUF gives weight w of this config. */
-static void expected_shape(const CudaLlamaConfig *c, CudaWeight w, uint32_t *cols, uint32_t *rows) {
+extern "C" void cuda_llama_weight_shape(const CudaLlamaConfig *c, CudaWeight w, uint32_t *cols,
+                                        uint32_t *rows) {
         const uint32_t nq = c->n_head * c->head_dim, nk = c->n_head_kv * c->head_dim;
 
         *cols = c->n_embd;
@@ -212,7 +212,7 @@ extern "C" int cuda_llama_set_weight(CudaLlama *m, CudaWeight w, uint32_t layer,
             (w == CUDA_W_TOKEN_EMBD && m->l0 != 0) ||
             ((w == CUDA_W_OUTPUT || w == CUDA_W_OUTPUT_NORM) && m->l1 != m->c.n_layer))
                 return -EINVAL;
-        expected_shape(&m->c, w, &ec, &er);
+        cuda_llama_weight_shape(&m->c, w, &ec, &er);
         if (n_cols != ec || n_rows != er)
                 return -EINVAL;
         bool is_norm = w == CUDA_W_OUTPUT_NORM || w == CUDA_W_ATTN_NORM || w == CUDA_W_FFN_NORM;

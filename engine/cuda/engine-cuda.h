@@ -198,6 +198,9 @@ typedef struct CudaKv CudaKv;
 int cuda_llama_new(int device, const CudaLlamaConfig *c, uint32_t l0, uint32_t l1, CudaLlama **ret);
 CudaLlama *cuda_llama_free(CudaLlama *m);
 
+/* The (n_cols, n_rows) that GGUF gives weight w of config c (rows 0 for an invalid w). */
+void cuda_llama_weight_shape(const CudaLlamaConfig *c, CudaWeight w, uint32_t *cols, uint32_t *rows);
+
 /*
  * Places weight w (layer ignored for the first three) of type with the shape (n_cols, n_rows) GGUF gives it:
  * from host memory (data, rows contiguous as in the file), or, with data NULL, random values made on the
