@@ -221,6 +221,20 @@ int parse_duration_ns(const char *s, int64_t *ret);
 /* Formats bytes as "1.2 GB" (decimal units, as Ollama prints sizes) into buf. Returns buf. */
 char *format_bytes(char *buf, size_t size, uint64_t bytes);
 
+/* ---- replacing a file atomically ---- */
+
+/*
+ * Creates an empty temporary file beside path ("path.XXXXXX", mode 0600) and returns its descriptor (>= 0) and
+ * name in *ret_tmp (caller frees), or -errno.
+ */
+int tmpfile_beside(const char *path, char **ret_tmp);
+
+/*
+ * Makes the temporary file tmp, written through fd, the file at path: mode 0644, fsync, rename over path. On
+ * failure tmp is unlinked and path is left as it was. Returns 0 or -errno.
+ */
+int tmpfile_commit(int fd, const char *tmp, const char *path);
+
 /* ---- growable byte buffer ---- */
 
 typedef struct Buf {

@@ -3,7 +3,9 @@
  * String, number, duration and buffer helpers that libc lacks.
  */
 
+#include <fcntl.h>
 #include <inttypes.h>
+#include <sys/stat.h>
 #include <math.h>
 #include <time.h>
 
@@ -155,6 +157,28 @@ char *format_bytes(char *buf, size_t size, uint64_t bytes) {
         else
                 snprintf(buf, size, "%.*f %s", v < 10 ? 1 : 0, v, units[u]);
         return buf;
+}
+
+int tmpfile_beside(const char *path, char **ret_tmp) {
+        _cleanup_free_ char *tmp = strdup_printf("%s.XXXXXX", path);
+
+        if (!tmp)
+                return -ENOMEM;
+        int fd = mkostemp(tmp, O_CLOEXEC);
+        if (fd < 0)
+                return -errno;
+        *ret_tmp = TAKE_PTR(tmp);
+        return fd;
+}
+
+int tmpfile_commit(int fd, const char *tmp, const char *path) {
+        int r = 0;
+
+        if (fchmod(fd, 0644) < 0 || fsync(fd) < 0 || rename(tmp, path) < 0)
+                r = -errno;
+        if (r < 0)
+                (void)unlink(tmp);
+        return r;
 }
 
 int buf_reserve(Buf *b, size_t extra) {

@@ -35,22 +35,16 @@ static int run(const char *src_path, const char *dst_path, const QuantConvertPar
         if (dirfd < 0)
                 return log_error_errno(errno, "Failed to open the folder '%s': %m", src_path);
 
-        tmp = strdup_printf("%s.XXXXXX", dst_path);
-        if (!tmp)
-                return log_oom();
-        fd = mkostemp(tmp, O_CLOEXEC);
+        fd = tmpfile_beside(dst_path, &tmp);
         if (fd < 0)
-                return log_error_errno(errno, "Failed to create a temporary file beside '%s': %m", dst_path);
+                return log_error_errno(fd, "Failed to create a temporary file beside '%s': %m", dst_path);
 
         r = quant_convert_hf(dirfd, fd, params, &err);
-        if (r >= 0 && fchmod(fd, 0644) < 0)
-                r = -errno;
-        if (r >= 0 && fsync(fd) < 0)
-                r = -errno;
-        if (r >= 0 && rename(tmp, dst_path) < 0)
-                r = -errno;
-        if (r < 0) {
+        if (r >= 0)
+                r = tmpfile_commit(fd, tmp, dst_path);
+        else
                 (void)unlink(tmp);
+        if (r < 0) {
                 return log_error_errno(r, "Failed to convert '%s': %s", src_path,
                                        err.msg[0] ? err.msg : strerror(-r));
         }

@@ -8,6 +8,9 @@
 
 #include <cmocka.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+
 #include "common.h"
 
 static void test_errno_names(void **state) {
@@ -112,6 +115,55 @@ static void test_strings(void **state) {
         l[1] = strdup("b");
 }
 
+static void test_tmpfile(void **state) {
+        char dir[] = "/tmp/test-common-XXXXXX";
+        _cleanup_free_ char *path = NULL, *tmp = NULL, *tmp2 = NULL, *sub = NULL;
+        char buf[16] = {};
+        struct stat st;
+
+        assert_non_null(mkdtemp(dir));
+        path = strdup_printf("%s/out", dir);
+        assert_int_equal(write(open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644), "old", 3), 3);
+
+        /* A replacement: the old content stays until the commit, then the new one is there, 0644. */
+        int fd = tmpfile_beside(path, &tmp);
+        assert_true(fd >= 0);
+        assert_non_null(startswith(tmp, path));
+        assert_int_equal(write(fd, "new", 3), 3);
+        int in = open(path, O_RDONLY | O_CLOEXEC);
+        assert_int_equal(read(in, buf, sizeof(buf)), 3);
+        assert_memory_equal(buf, "old", 3);
+        close(in);
+        assert_int_equal(tmpfile_commit(fd, tmp, path), 0);
+        close(fd);
+        in = open(path, O_RDONLY | O_CLOEXEC);
+        assert_int_equal(read(in, buf, sizeof(buf)), 3);
+        assert_memory_equal(buf, "new", 3);
+        close(in);
+        assert_int_equal(stat(path, &st), 0);
+        assert_int_equal(st.st_mode & 0777, 0644);
+        assert_int_equal(access(tmp, F_OK), -1);
+
+        /* Failures: no folder to put the temporary file in; a target that cannot be replaced (a non-empty
+         * folder) leaves no temporary file behind. */
+        _cleanup_free_ char *nowhere = strdup_printf("%s/missing/out", dir);
+        assert_int_equal(tmpfile_beside(nowhere, &tmp2), -ENOENT);
+        sub = strdup_printf("%s/sub", dir);
+        assert_int_equal(mkdir(sub, 0755), 0);
+        _cleanup_free_ char *inner = strdup_printf("%s/f", sub);
+        close(open(inner, O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
+        fd = tmpfile_beside(sub, &tmp2);
+        assert_true(fd >= 0);
+        assert_true(tmpfile_commit(fd, tmp2, sub) < 0);
+        close(fd);
+        assert_int_equal(access(tmp2, F_OK), -1);
+
+        unlink(inner);
+        rmdir(sub);
+        unlink(path);
+        rmdir(dir);
+}
+
 static void test_log_levels(void **state) {
         assert_int_equal(log_level_from_string("debug"), LOG_LEVEL_DEBUG);
         assert_int_equal(log_level_from_string("err"), LOG_LEVEL_ERR);
@@ -130,7 +182,7 @@ int main(void) {
                 cmocka_unit_test(test_errno_names), cmocka_unit_test(test_qd_error),
                 cmocka_unit_test(test_numbers),     cmocka_unit_test(test_durations),
                 cmocka_unit_test(test_buf),         cmocka_unit_test(test_strings),
-                cmocka_unit_test(test_log_levels),
+                cmocka_unit_test(test_log_levels),  cmocka_unit_test(test_tmpfile),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
