@@ -662,6 +662,9 @@ static int on_progress(const ProtoMessage *m, void *userdata) {
 
         if (!status && !digest)
                 return 0;
+        /* The job's own last event; qctl says "success" once, after the reply. */
+        if (status && !digest && streq(status, "success"))
+                return 0;
         return progress_update(p, status ?: "working", digest, (uint64_t)MAX(result_int(m->params, "completed", 0), 0),
                                (uint64_t)MAX(result_int(m->params, "total", 0), 0), now_ns());
 }
