@@ -16,6 +16,8 @@
 #include <sys/wait.h>
 #include <time.h>
 
+#include <json-c/json.h>
+
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -220,4 +222,20 @@ static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *f)
 
 void harness_rm_rf(const char *path) {
         nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+uint64_t harness_proxy_stat(const RegistryServer *proxy, const char *key) {
+        char *url = strdup_printf("http://%s/__stats", proxy->host);
+        Buf b = {};
+        json_object *o, *v;
+
+        assert_int_equal(harness_http("GET", url, &b), 200);
+        o = json_tokener_parse((const char *)b.data);
+        assert_non_null(o);
+        assert_true(json_object_object_get_ex(o, key, &v));
+        uint64_t n = (uint64_t)json_object_get_int64(v);
+        json_object_put(o);
+        buf_free(&b);
+        free(url);
+        return n;
 }

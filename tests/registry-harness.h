@@ -42,6 +42,9 @@ void harness_start_proxy(RegistryServer *ret, unsigned upstream_port);
 
 void harness_stop(RegistryServer *s);
 
+/* The fault proxy's counter key from GET /__stats. */
+uint64_t harness_proxy_stat(const RegistryServer *proxy, const char *key);
+
 /* Writes a self-signed certificate for 127.0.0.1 and its key (EC P-256) as PEM files. */
 void harness_make_certificate(const char *cert_path, const char *key_path);
 

@@ -91,19 +91,7 @@ static void proxy(const char *fmt, ...) {
 }
 
 static uint64_t proxy_stat(const char *key) {
-        char *url = strdup_printf("http://%s/__stats", W.proxy.host);
-        Buf b = {};
-        json_object *o, *v;
-
-        assert_int_equal(harness_http("GET", url, &b), 200);
-        o = json_tokener_parse((const char *)b.data);
-        assert_non_null(o);
-        assert_true(json_object_object_get_ex(o, key, &v));
-        uint64_t n = (uint64_t)json_object_get_int64(v);
-        json_object_put(o);
-        buf_free(&b);
-        free(url);
-        return n;
+        return harness_proxy_stat(&W.proxy, key);
 }
 
 /* ---- stores ---- */
