@@ -148,13 +148,13 @@ static void test_errors(void **state) {
         assert_int_equal(call_model(c, "Pull", "../../etc", NULL, &e), -EINVAL);
 }
 
-/* The big model's size: QUANTD_TEST_BIG_MB megabytes, 128 unless set (CI time). */
+/* The big model's size: QUANTD_TEST_BIG_MB megabytes, 300 unless set (the figure). */
 static uint64_t big_size(void) {
         const char *big = getenv("QUANTD_TEST_BIG_MB");
-        uint64_t mb = 128;
+        uint64_t mb = 300;
 
         if (big && safe_atou64(big, &mb) < 0)
-                mb = 128;
+                mb = 300;
         return mb << 20;
 }
 
