@@ -19,6 +19,9 @@ install_deps() {
 }
 
 # SmolLM2-135M-Instruct (Q4_1), shipped inside a PyPI wheel; cached, never committed.
+# CI may run with a bare environment: find the home directory if HOME is not set.
+: "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
+export HOME
 SMOLLM_CACHE=${QUANTD_CACHE:-$HOME/.cache/quantd-test}
 SMOLLM_GGUF=$SMOLLM_CACHE/SmolLM2-135M-Instruct.Q4_1.gguf
 
