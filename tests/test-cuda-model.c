@@ -179,6 +179,78 @@ static double rel_diff(const float *a, const float *b, uint32_t n) {
         return sqrt(num / (den > 0 ? den : 1));
 }
 
+/* Batched decode on the device: n sequences started from different tokens decode greedily together (on-device
+ * loop, and host-driven steps with logits back at mixed positions) and must pick the tokens each picks alone. */
+static void test_stories_batched(void **state) {
+        enum { N = 40, MAXB = 19 };
+        static const uint32_t sizes[] = {2, 3, 5, 8, 19};
+        const int32_t starts[MAXB] = {1, 403, 407, 261, 378, 432, 17, 99, 250, 311, 5, 77, 123, 456, 2, 3, 88, 199, 500};
+        Gguf *g;
+        CudaLlama *m = load_stories(&g);
+        CudaKv *kvs[MAXB];
+        int32_t alone[MAXB][N], *got = malloc(MAXB * N * sizeof(int32_t));
+
+        assert_non_null(got);
+        for (uint32_t i = 0; i < MAXB; i++) {
+                /* Caches of different sizes: the batched attention takes each one's own layout. */
+                assert_int_equal(cuda_kv_new(m, 64 + 16 * i, &kvs[i]), 0);
+                assert_int_equal(cuda_llama_generate_greedy(m, kvs[i], starts[i], N, alone[i]), 0);
+        }
+        for (size_t k = 0; k < ELEMENTSOF(sizes); k++) {
+                uint32_t n = sizes[k];
+                for (uint32_t i = 0; i < n; i++)
+                        assert_int_equal(cuda_kv_truncate(kvs[i], 0), 0);
+                assert_int_equal(cuda_llama_generate_greedy_batch(m, kvs, starts, n, N, got), 0);
+                for (uint32_t i = 0; i < n; i++) {
+                        assert_int_equal(cuda_kv_pos(kvs[i]), N);
+                        for (int t = 0; t < N; t++)
+                                if (got[i * N + t] != alone[i][t])
+                                        fail_msg("%u sequences: sequence %u step %d: %d batched, %d alone", n, i, t,
+                                                 got[i * N + t], alone[i][t]);
+                }
+        }
+        print_message("# stories260K: 2-19 sequences decoded together pick the tokens each picks alone (%d steps)\n",
+                      N);
+
+        /* Host-driven steps: sequence i continues from position i, its logits as a single step's. */
+        float *lb[4], single[512];
+        uint32_t pos[4];
+        int32_t toks[4];
+        for (uint32_t i = 0; i < 4; i++) {
+                lb[i] = i == 2 ? NULL : malloc(512 * sizeof(float)); /* no logits wanted for sequence 2 */
+                assert_true(i == 2 || lb[i]);
+                pos[i] = 3 * i;
+                toks[i] = pos[i] == 0 ? starts[i] : alone[i][pos[i] - 1];
+        }
+        assert_int_equal(cuda_llama_decode_batch(m, kvs, pos, toks, 4, lb), 0);
+        for (uint32_t i = 0; i < 4; i++) {
+                assert_int_equal(cuda_kv_pos(kvs[i]), pos[i] + 1);
+                if (!lb[i])
+                        continue;
+                assert_int_equal(cuda_llama_run(m, kvs[i], pos[i], 1, &toks[i], NULL, 1, (uint32_t[]){0}, false,
+                                                single),
+                                 0);
+                assert_true(rel_diff(lb[i], single, 512) < 1e-4);
+                assert_int_equal(argmax(lb[i], 512), alone[i][pos[i]]);
+                free(lb[i]);
+        }
+
+        /* Errors: the same cache twice, a position past the cache's, overflow, a bad token. */
+        CudaKv *twice[2] = {kvs[0], kvs[0]};
+        assert_int_equal(cuda_llama_generate_greedy_batch(m, twice, starts, 2, 1, NULL), -EINVAL);
+        pos[0] = 1000;
+        assert_int_equal(cuda_llama_decode_batch(m, kvs, pos, toks, 2, NULL), -EINVAL);
+        assert_int_equal(cuda_llama_generate_greedy_batch(m, kvs, starts, 2, 1000, NULL), -ENOSPC);
+        toks[0] = 512, pos[0] = 0;
+        assert_int_equal(cuda_llama_decode_batch(m, kvs, pos, toks, 2, NULL), -EINVAL);
+
+        for (uint32_t i = 0; i < MAXB; i++)
+                cuda_kv_free(kvs[i]);
+        free(got);
+        cuda_llama_free(m);
+        gguf_free(g);
+}
+
 /*
  * The same prompt and 64 greedy steps through the cpu backend and the cuda one (n_gpu layers of it), each in
  * its reference mode (activations never in 8 bits) when *_f32. Returns the largest relative difference of the
@@ -264,6 +336,60 @@ static void test_stories_vs_cpu(void **state) {
         assert_true(rel_diff(eg, ec, 64) < 1e-2);
 }
 
+/* Several sequences through the engine in one engine_decode() call per step (the cuda backend's batched
+ * decode) against each decoded alone on the cpu backend: same greedy tokens for 64 steps, logits within 1e-2. */
+static void test_stories_batched_engine(void **state) {
+        enum { NS = 3 };
+        _cleanup_free_ char *path = stories_path();
+        EngineModelParams pc = engine_model_params_default(), pg = pc;
+        _cleanup_(engine_model_unrefp) EngineModel *mc = NULL, *mg = NULL;
+        EngineSeq *sc[NS], *sg[NS];
+        const int32_t prompts[NS][3] = {{1, 403, 407}, {1, 261, 378}, {1, 432, 17}};
+        const uint32_t n_prompt[NS] = {3, 2, 1};
+        float *lc = malloc(512 * sizeof(float)), *lg[NS];
+        int32_t next[NS];
+        QdError err = {};
+        double worst = 0;
+
+        pc.backend = "cpu";
+        pg.backend = "cuda";
+        assert_int_equal(engine_model_load(path, &pc, &mc, &err), 0);
+        assert_int_equal(engine_model_load(path, &pg, &mg, &err), 0);
+        for (int i = 0; i < NS; i++) {
+                assert_int_equal(engine_seq_new(mc, 128, &sc[i]), 0);
+                assert_int_equal(engine_seq_new(mg, 128, &sg[i]), 0);
+                lg[i] = malloc(512 * sizeof(float));
+        }
+        for (int step = 0; step < 64; step++) {
+                const int32_t *toks[NS];
+                uint32_t n[NS];
+                for (int i = 0; i < NS; i++) {
+                        toks[i] = step == 0 ? prompts[i] : &next[i];
+                        n[i] = step == 0 ? n_prompt[i] : 1;
+                }
+                if (engine_decode(mg, sg, toks, n, NS, lg, NULL, &err) < 0)
+                        fail_msg("%s", err.msg);
+                for (int i = 0; i < NS; i++) {
+                        if (engine_decode(mc, &sc[i], &toks[i], &n[i], 1, &lc, NULL, &err) < 0)
+                                fail_msg("%s", err.msg);
+                        worst = fmax(worst, rel_diff(lg[i], lc, 512));
+                        next[i] = argmax(lc, 512);
+                        if (argmax(lg[i], 512) != next[i])
+                                fail_msg("sequence %d step %d: %d on cuda (batched), %d on cpu", i, step,
+                                         argmax(lg[i], 512), next[i]);
+                }
+        }
+        print_message("# stories260K, %d sequences batched on cuda vs each alone on cpu: 64 steps, same greedy "
+                      "tokens, logits rel diff <= %.2e\n", NS, worst);
+        assert_true(worst < 1e-2);
+        for (int i = 0; i < NS; i++) {
+                engine_seq_free(sc[i]);
+                engine_seq_free(sg[i]);
+                free(lg[i]);
+        }
+        free(lc);
+}
+
 static void test_smollm_vs_cpu(void **state) {
         const char *path = getenv("QUANTD_TEST_SMOLLM"), *dir = getenv("QUANTD_TEST_DATA");
         _cleanup_free_ char *ref = strdup_printf("%s/smollm-reference.txt", dir ? dir : "tests/data");
@@ -308,7 +434,9 @@ static int setup(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_stories_greedy),
+                cmocka_unit_test(test_stories_batched),
                 cmocka_unit_test(test_stories_vs_cpu),
+                cmocka_unit_test(test_stories_batched_engine),
                 cmocka_unit_test(test_smollm_vs_cpu),
         };
 

@@ -181,23 +181,79 @@ static void cuda_backend_kv_free(void *state, void *kv) {
         cuda_kv_free(kv);
 }
 
+/* Batched decode: the spans of batch that are one token each go through cuda_llama_decode_batch() together,
+ * every weight read once for all of them, when this segment is the whole model and gives logits. Sets
+ * done[s] for the spans it ran. */
+static int forward_single_tokens(CudaBackend *b, const BackendBatch *batch, float *out, bool *done) {
+        const ModelConfig *c = &b->m->cfg;
+        _cleanup_free_ CudaKv **kvs = NULL;
+        _cleanup_free_ uint32_t *pos = NULL;
+        _cleanup_free_ int32_t *toks = NULL;
+        _cleanup_free_ float **outs = NULL;
+        uint32_t n = 0, j = 0;
+
+        if (b->range.l0 != 0 || b->range.l1 != c->n_layer || batch->output != BACKEND_OUTPUT_LOGITS ||
+            b->m->params.f32_activations)
+                return 0;
+        for (uint32_t s = 0; s < batch->n_spans; s++)
+                n += batch->spans[s].n == 1;
+        if (n < 2)
+                return 0;
+        kvs = calloc(n, sizeof(*kvs));
+        pos = calloc(n, sizeof(*pos));
+        toks = calloc(n, sizeof(*toks));
+        outs = calloc(n, sizeof(*outs));
+        if (!kvs || !pos || !toks || !outs)
+                return -ENOMEM;
+        n = 0;
+        for (uint32_t s = 0; s < batch->n_spans; s++) {
+                const BackendSpan *sp = &batch->spans[s];
+                for (; j < batch->n_out && batch->out_rows[j] < sp->row0; j++)
+                        ;
+                if (sp->n != 1)
+                        continue;
+                kvs[n] = sp->kv;
+                pos[n] = sp->pos0;
+                toks[n] = batch->tokens[sp->row0];
+                outs[n] = out && j < batch->n_out && batch->out_rows[j] == sp->row0 ? out + (size_t)j * c->n_vocab
+                                                                                   : NULL;
+                done[s] = true;
+                n++;
+        }
+        return cuda_llama_decode_batch(b->llama, kvs, pos, toks, n, outs);
+}
+
 static int cuda_backend_forward(void *state, const BackendBatch *batch, float *x, float *out, const bool *cancel) {
         CudaBackend *b = state;
         const ModelConfig *c = &b->m->cfg;
         const bool head = b->range.l1 == c->n_layer, hidden = batch->output == BACKEND_OUTPUT_HIDDEN;
         const size_t width = hidden ? c->n_embd : c->n_vocab;
+        _cleanup_free_ bool *done = NULL;
         uint32_t j = 0;
+        int r;
 
+        if (cancel && *cancel)
+                return -ECANCELED;
+        done = calloc(batch->n_spans ? batch->n_spans : 1, sizeof(bool));
+        if (!done)
+                return -ENOMEM;
+        r = forward_single_tokens(b, batch, out, done);
+        if (r < 0)
+                return r;
         for (uint32_t s = 0; s < batch->n_spans; s++) {
                 const BackendSpan *sp = &batch->spans[s];
-                uint32_t rows[512], *rp = rows, n_out = 0, j0 = j;
-                int r;
+                uint32_t rows[512], *rp = rows, n_out = 0, j0;
 
                 if (cancel && *cancel)
                         return -ECANCELED;
                 /* This span's output rows, relative to its first row. */
+                for (; j < batch->n_out && batch->out_rows[j] < sp->row0; j++)
+                        ;
+                j0 = j;
                 for (; j < batch->n_out && batch->out_rows[j] < sp->row0 + sp->n; j++)
                         n_out++;
+                if (done[s])
+                        continue;
                 if (n_out > ELEMENTSOF(rows)) {
                         rp = malloc(n_out * sizeof(uint32_t));
                         if (!rp)

@@ -21,6 +21,7 @@
 #include "cuda-common.cuh"
 
 #define PF_MAX_TOK 512 /* prompt tokens per batch through the GEMM path */
+#define B_MAX 16       /* sequences per batched decode step (one graph per group size) */
 
 struct CudaLlama {
         int device;
@@ -52,6 +53,21 @@ struct CudaLlama {
         float *pf_att;   /* (PF_MAX_TOK, nq) */
         float *pf_gu;    /* (PF_MAX_TOK, 2 n_ff) */
         uint16_t *pf_w;  /* dequantized weights of the largest group, half */
+
+        /* Batched decode scratch for up to B_MAX sequences, made on first use. */
+        float *bx;            /* (B_MAX, n_embd) */
+        float *bxn;           /* (B_MAX, n_embd) */
+        CudaQ8 bxq;           /* (B_MAX, max(n_embd, n_ff, nq)) */
+        float *bqkv;          /* (B_MAX, nq + 2 nk) */
+        float *batt;          /* (B_MAX, nq) */
+        CudaQ8 battq;         /* (B_MAX, nq) */
+        float *bh;            /* (B_MAX, n_ff) */
+        float *blogits;       /* (B_MAX, n_vocab) */
+        int32_t *btok;        /* (B_MAX) */
+        CudaSeqSlot *bseqs;   /* (B_MAX) the step's sequences */
+        void *b_scratch;      /* (B_MAX) attention scratch for caches of up to b_ctx positions */
+        uint32_t b_ctx;
+        cudaGraphExec_t bgraph[B_MAX + 1]; /* by group size, captured for b_ctx */
 };
 
 struct CudaKv {
@@ -144,6 +160,13 @@ extern "C" CudaLlama *cuda_llama_free(CudaLlama *m) {
                         m->pf_qkv,  m->pf_att, m->pf_gu,  m->pf_w};
         for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
                 cuda_free(bufs[i]);
+        void *bbufs[] = {m->bx,   m->bxn,     m->bxq.qs, m->bxq.ds, m->bqkv,  m->batt,
+                         m->battq.qs, m->battq.ds, m->bh, m->blogits, m->btok, m->bseqs, m->b_scratch};
+        for (size_t i = 0; i < sizeof(bbufs) / sizeof(bbufs[0]); i++)
+                cuda_free(bbufs[i]);
+        for (size_t i = 0; i <= B_MAX; i++)
+                if (m->bgraph[i])
+                        (void)cudaGraphExecDestroy(m->bgraph[i]);
         cuda_blas_free(m->blas);
         if (m->stream)
                 (void)cudaStreamDestroy(m->stream);
@@ -644,6 +667,7 @@ extern "C" int cuda_llama_generate_greedy(CudaLlama *m, CudaKv *kv, int32_t toke
                 return -ENOSPC;
         TRY(check_weights(m));
         CU_TRY(cudaSetDevice(m->device));
+        TRY(set_pos(kv, p0)); /* a batched step may have moved the position without the device copy */
         CU_TRY(cudaMemcpyAsync(m->tok, &token, 4, cudaMemcpyHostToDevice, m->stream));
         for (uint32_t i = 0; i < n_steps; i++)
                 TRY(decode_graph(m, kv));
@@ -651,5 +675,203 @@ extern "C" int cuda_llama_generate_greedy(CudaLlama *m, CudaKv *kv, int32_t toke
         if (out && n_steps)
                 CU_TRY(cudaMemcpyAsync(out, kv->hist + p0 + 1, n_steps * 4, cudaMemcpyDeviceToHost, m->stream));
         CU_TRY(cudaStreamSynchronize(m->stream));
+        return 0;
+}
+
+/* ---- batched decode: one step of several sequences ---- */
+
+/* The batched scratch, with attention scratch for caches of up to n_ctx positions (grown on demand: the
+ * graphs captured for a smaller size go). */
+static int batch_alloc(CudaLlama *m, uint32_t n_ctx) {
+        const CudaLlamaConfig *c = &m->c;
+        const size_t nq = c->n_head * c->head_dim, nk = c->n_head_kv * c->head_dim;
+        size_t nmax = c->n_embd > c->n_ff ? c->n_embd : c->n_ff;
+
+        if (nq > nmax)
+                nmax = nq;
+        if (!m->bx) {
+                TRY(alloc((void **)&m->bx, B_MAX * c->n_embd * 4));
+                TRY(alloc((void **)&m->bxn, B_MAX * c->n_embd * 4));
+                TRY(alloc((void **)&m->bxq.qs, B_MAX * nmax));
+                TRY(alloc((void **)&m->bxq.ds, B_MAX * (nmax / 32 + 1) * 8));
+                TRY(alloc((void **)&m->bqkv, B_MAX * (nq + 2 * nk) * 4));
+                TRY(alloc((void **)&m->batt, B_MAX * nq * 4));
+                TRY(alloc((void **)&m->battq.qs, B_MAX * nq));
+                TRY(alloc((void **)&m->battq.ds, B_MAX * (nq / 32 + 1) * 8));
+                TRY(alloc((void **)&m->bh, B_MAX * c->n_ff * 4));
+                TRY(alloc((void **)&m->blogits, B_MAX * (size_t)c->n_vocab * 4));
+                TRY(alloc((void **)&m->btok, B_MAX * 4));
+                TRY(alloc((void **)&m->bseqs, B_MAX * sizeof(CudaSeqSlot)));
+        }
+        if (n_ctx > m->b_ctx) {
+                CudaAttnShape a = attn_shape(m, n_ctx);
+                size_t ss = (cuda_attn_scratch_size(&a) + 15) / 16 * 16 * B_MAX;
+                CU_TRY(cudaStreamSynchronize(m->stream));
+                for (size_t i = 0; i <= B_MAX; i++)
+                        if (m->bgraph[i]) {
+                                (void)cudaGraphExecDestroy(m->bgraph[i]);
+                                m->bgraph[i] = NULL;
+                        }
+                cuda_free(m->b_scratch);
+                m->b_scratch = NULL;
+                m->b_ctx = 0;
+                TRY(alloc(&m->b_scratch, ss));
+                CU_TRY(cudaMemset(m->b_scratch, 0, ss));
+                m->b_ctx = n_ctx;
+        }
+        return 0;
+}
+
+/* One step of n sequences (m->btok, m->bseqs) through the whole model: the same kernels as decode_step() with
+ * n columns, logits into m->blogits and each sequence's argmax into m->btok. */
+static int decode_step_batch(CudaLlama *m, uint32_t n) {
+        const CudaLlamaConfig *c = &m->c;
+        const uint32_t nq = c->n_head * c->head_dim, nk = c->n_head_kv * c->head_dim, nqkv = nq + 2 * nk;
+        const CudaAttnShape a = attn_shape(m, m->b_ctx);
+        const bool att_q = c->head_dim % 32 == 0;
+        cudaStream_t s = m->stream;
+        const CudaMvInput in_x = {m->bxn, &m->bxq}, in_att = {m->batt, &m->battq}, in_h = {m->bh, &m->bxq};
+        float *y;
+
+        TRY(cuda_get_rows(s, weight(m, CUDA_W_TOKEN_EMBD, 0), m->btok, n, m->bx));
+        for (uint32_t l = m->l0; l < m->l1; l++) {
+                const CudaMatrix *o = weight(m, CUDA_W_O, l), *down = weight(m, CUDA_W_DOWN, l);
+                CudaMatrix gu[2] = {*weight(m, CUDA_W_GATE, l), *weight(m, CUDA_W_UP, l)};
+                CudaMatrix ws[3] = {*weight(m, CUDA_W_Q, l), *weight(m, CUDA_W_K, l), *weight(m, CUDA_W_V, l)};
+                float *ys[3] = {m->bqkv, m->bqkv + nq, m->bqkv + nq + nk};
+                bool done[3] = {false, false, false};
+
+                TRY(cuda_rmsnorm(s, m->bx, (const float *)weight(m, CUDA_W_ATTN_NORM, l)->data, c->n_embd, n,
+                                 c->norm_eps, m->bxn, NULL, &m->bxq));
+                /* Q, K and V in as few launches as their types allow. */
+                for (int i = 0; i < 3; i++) {
+                        CudaMatrix g[3];
+                        float *gy[3];
+                        unsigned k = 0;
+                        if (done[i])
+                                continue;
+                        for (int j = i; j < 3; j++)
+                                if (!done[j] && ws[j].type == ws[i].type) {
+                                        g[k] = ws[j];
+                                        gy[k++] = ys[j];
+                                        done[j] = true;
+                                }
+                        TRY(cuda_matvec_batch(s, g, k, &in_x, gy, CUDA_MV_STORE, n, nqkv));
+                }
+                TRY(cuda_attn_decode_batch(s, &a, m->bqkv, n, m->bseqs, l - m->l0, m->b_scratch, m->batt,
+                                           att_q ? &m->battq : NULL));
+                if (!att_q && !is_float_type(o->type))
+                        TRY(cuda_quantize_q8(s, m->batt, nq, n, &m->battq));
+                y = m->bx;
+                TRY(cuda_matvec_batch(s, o, 1, &in_att, &y, CUDA_MV_ADD, n, c->n_embd));
+                TRY(cuda_rmsnorm(s, m->bx, (const float *)weight(m, CUDA_W_FFN_NORM, l)->data, c->n_embd, n,
+                                 c->norm_eps, m->bxn, NULL, &m->bxq));
+                if (gu[0].type != gu[1].type)
+                        return -EOPNOTSUPP;
+                y = m->bh;
+                TRY(cuda_matvec_batch(s, gu, 2, &in_x, &y, CUDA_MV_SWIGLU, n, c->n_ff));
+                if (!is_float_type(down->type))
+                        TRY(cuda_quantize_q8(s, m->bh, c->n_ff, n, &m->bxq));
+                y = m->bx;
+                TRY(cuda_matvec_batch(s, down, 1, &in_h, &y, CUDA_MV_ADD, n, c->n_embd));
+        }
+        TRY(cuda_rmsnorm(s, m->bx, (const float *)weight(m, CUDA_W_OUTPUT_NORM, 0)->data, c->n_embd, n,
+                         c->norm_eps, m->bxn, NULL, &m->bxq));
+        y = m->blogits;
+        TRY(cuda_matvec_batch(s, weight(m, CUDA_W_OUTPUT, 0), 1, &in_x, &y, CUDA_MV_STORE, n, c->n_vocab));
+        TRY(cuda_argmax_batch(s, m->blogits, c->n_vocab, n, m->btok, m->bseqs));
+        return 0;
+}
+
+/* Replays (capturing first if needed) the batched graph for n sequences. */
+static int decode_graph_batch(CudaLlama *m, uint32_t n) {
+        if (!m->bgraph[n]) {
+                cudaGraph_t g;
+                int r;
+
+                CU_TRY(cudaStreamBeginCapture(m->stream, cudaStreamCaptureModeThreadLocal));
+                r = decode_step_batch(m, n);
+                cudaError_t e = cudaStreamEndCapture(m->stream, &g);
+                if (r < 0) {
+                        if (e == cudaSuccess)
+                                (void)cudaGraphDestroy(g);
+                        return r;
+                }
+                CU_TRY(e);
+                e = cudaGraphInstantiate(&m->bgraph[n], g, 0);
+                (void)cudaGraphDestroy(g);
+                CU_TRY(e);
+        }
+        CU_TRY(cudaGraphLaunch(m->bgraph[n], m->stream));
+        return 0;
+}
+
+/* Checks n sequences for a batched step at positions pos[i] (kv's own when pos is NULL) with n_new tokens
+ * each, prepares the scratch, and uploads their slots and tokens. */
+static int batch_begin(CudaLlama *m, CudaKv *const *kvs, const uint32_t *pos, const int32_t *tokens, uint32_t n,
+                       uint32_t n_new) {
+        CudaSeqSlot slots[B_MAX];
+        uint32_t n_ctx = 0;
+
+        if (n == 0 || n > B_MAX || !kvs || !tokens || m->l0 != 0 || m->l1 != m->c.n_layer)
+                return -EINVAL;
+        for (uint32_t i = 0; i < n; i++) {
+                const CudaKv *kv = kvs[i];
+                uint32_t p = pos ? pos[i] : kv->pos;
+                if (!kv || kv->m != m || p > kv->pos || tokens[i] < 0 || (uint32_t)tokens[i] >= m->c.n_vocab)
+                        return -EINVAL;
+                for (uint32_t j = 0; j < i; j++)
+                        if (kvs[j] == kv)
+                                return -EINVAL;
+                if ((uint64_t)p + n_new > kv->n_ctx)
+                        return -ENOSPC;
+                slots[i] = (CudaSeqSlot){kv->k, kv->v, kv->hist, kv->n_ctx, (int32_t)p};
+                if (kv->n_ctx > n_ctx)
+                        n_ctx = kv->n_ctx;
+        }
+        TRY(check_weights(m));
+        CU_TRY(cudaSetDevice(m->device));
+        TRY(batch_alloc(m, n_ctx));
+        CU_TRY(cudaMemcpyAsync(m->bseqs, slots, n * sizeof(CudaSeqSlot), cudaMemcpyHostToDevice, m->stream));
+        CU_TRY(cudaMemcpyAsync(m->btok, tokens, n * 4, cudaMemcpyHostToDevice, m->stream));
+        return 0;
+}
+
+extern "C" int cuda_llama_decode_batch(CudaLlama *m, CudaKv *const *kvs, const uint32_t *pos,
+                                       const int32_t *tokens, uint32_t n_seq, float *const *logits) {
+        if (!kvs || !pos || !tokens)
+                return -EINVAL;
+        for (uint32_t i0 = 0; i0 < n_seq; i0 += B_MAX) {
+                uint32_t n = n_seq - i0 < B_MAX ? n_seq - i0 : B_MAX;
+                TRY(batch_begin(m, kvs + i0, pos + i0, tokens + i0, n, 1));
+                TRY(decode_graph_batch(m, n));
+                for (uint32_t i = 0; logits && i < n; i++)
+                        if (logits[i0 + i])
+                                CU_TRY(cudaMemcpyAsync(logits[i0 + i], m->blogits + (size_t)i * m->c.n_vocab,
+                                                       (size_t)m->c.n_vocab * 4, cudaMemcpyDeviceToHost,
+                                                       m->stream));
+                CU_TRY(cudaStreamSynchronize(m->stream));
+                for (uint32_t i = 0; i < n; i++)
+                        kvs[i0 + i]->pos = pos[i0 + i] + 1;
+        }
+        return 0;
+}
+
+extern "C" int cuda_llama_generate_greedy_batch(CudaLlama *m, CudaKv *const *kvs, const int32_t *tokens,
+                                                uint32_t n_seq, uint32_t n_steps, int32_t *out) {
+        if (!kvs || !tokens)
+                return -EINVAL;
+        for (uint32_t i0 = 0; i0 < n_seq; i0 += B_MAX) {
+                uint32_t n = n_seq - i0 < B_MAX ? n_seq - i0 : B_MAX;
+                TRY(batch_begin(m, kvs + i0, NULL, tokens + i0, n, n_steps));
+                for (uint32_t k = 0; k < n_steps; k++)
+                        TRY(decode_graph_batch(m, n));
+                for (uint32_t i = 0; out && i < n; i++)
+                        CU_TRY(cudaMemcpyAsync(out + (size_t)(i0 + i) * n_steps, kvs[i0 + i]->hist + kvs[i0 + i]->pos + 1,
+                                               n_steps * 4, cudaMemcpyDeviceToHost, m->stream));
+                CU_TRY(cudaStreamSynchronize(m->stream));
+                for (uint32_t i = 0; i < n; i++)
+                        kvs[i0 + i]->pos += n_steps;
+        }
         return 0;
 }

@@ -439,9 +439,11 @@ __device__ __forceinline__ void rope_pair(float *x0, float *x1, int32_t p, uint3
         *x0 = y0, *x1 = y1;
 }
 
-__global__ void __launch_bounds__(ATT_WARPS * 32)
-        attn_decode_kernel(const CudaAttnShape a, const float *qkv, const int32_t *pos, __half *kc, __half *vc,
-                           float *part, uint32_t *counters, float *out, int8_t *oqs, float2 *ods) {
+/* Block (blockIdx.x = head, blockIdx.y = split) of one token's attention at position p; qkv, the caches, the
+ * scratch (part, counters) and the outputs are the token's own. */
+__device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const float *qkv, int32_t p, __half *kc,
+                                                  __half *vc, float *part, uint32_t *counters, float *out,
+                                                  int8_t *oqs, float2 *ods) {
         extern __shared__ float sm[]; /* q, k, v of the token (hd each), then each warp's output (hd) */
         __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
         __shared__ uint32_t ticket;
@@ -451,9 +453,6 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
         const int lane = tid & 31, wid = tid >> 5;
         float *qs = sm, *ks = sm + hd, *vs = ks + hd, *wo = vs + hd;
 
-        grid_dep_launch();
-        grid_dep_wait();
-        const int32_t p = *pos;
         const uint32_t n_pos = (uint32_t)p + 1, n_split = (n_pos + ATT_SPLIT - 1) / ATT_SPLIT;
         if (c >= n_split)
                 return;
@@ -604,6 +603,31 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
         }
 }
 
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+        attn_decode_kernel(const CudaAttnShape a, const float *qkv, const int32_t *pos, __half *kc, __half *vc,
+                           float *part, uint32_t *counters, float *out, int8_t *oqs, float2 *ods) {
+        grid_dep_launch();
+        grid_dep_wait();
+        attn_decode_block(a, qkv, *pos, kc, vc, part, counters, out, oqs, ods);
+}
+
+/* blockIdx.z: the sequence of a batched step. */
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+        attn_decode_batch_kernel(const CudaAttnShape a, const float *qkv, const CudaSeqSlot *seqs, uint32_t layer,
+                                 uint8_t *scratch, size_t scratch_stride, float *out, int8_t *oqs, float2 *ods) {
+        const uint32_t b = blockIdx.z, hd = a.head_dim, nq = a.n_head * hd, kv_dim = a.n_head_kv * hd;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        const CudaSeqSlot sq = seqs[b];
+        const size_t off = (size_t)layer * sq.n_ctx * kv_dim;
+        float *part = (float *)(scratch + b * scratch_stride);
+        uint32_t *counters = (uint32_t *)(part + (size_t)a.n_head * gridDim.y * (hd + 2));
+        attn_decode_block(a, qkv + (size_t)b * (nq + 2 * kv_dim), sq.pos, (__half *)sq.k + off,
+                          (__half *)sq.v + off, part, counters, out + (size_t)b * nq, oqs ? oqs + (size_t)b * nq : NULL,
+                          ods ? ods + (size_t)b * (nq / 32) : NULL);
+}
+
 extern "C" int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const float *qkv, const int32_t *pos,
                                 uint16_t *k_cache, uint16_t *v_cache, void *scratch, float *out,
                                 const CudaQ8 *outq) {
@@ -618,6 +642,23 @@ extern "C" int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const floa
         CU_TRY(launch_pdl(attn_decode_kernel, dim3(a->n_head, ns), dim3(ATT_WARPS * 32), smem, s, *a, qkv, pos,
                           (__half *)k_cache, (__half *)v_cache, part, counters, out,
                           outq ? outq->qs : (int8_t *)NULL, outq ? (float2 *)outq->ds : (float2 *)NULL));
+        return 0;
+}
+
+extern "C" int cuda_attn_decode_batch(CudaStream s, const CudaAttnShape *a, const float *qkv, uint32_t n_seq,
+                                      const CudaSeqSlot *seqs, uint32_t layer, void *scratch, float *out,
+                                      const CudaQ8 *outq) {
+        uint32_t ns = attn_splits(a);
+        size_t smem = (3 + ATT_WARPS) * a->head_dim * sizeof(float);
+        size_t stride = (cuda_attn_scratch_size(a) + 15) / 16 * 16;
+
+        if (a->head_dim % 8 != 0 || a->head_dim > 64 * ATT_MAXP || a->head_dim > ATT_WARPS * 32 ||
+            a->n_rot > a->head_dim || a->n_head % a->n_head_kv != 0 || (outq && a->head_dim % 32 != 0) ||
+            n_seq == 0 || n_seq > 65535)
+                return -EINVAL;
+        CU_TRY(launch_pdl(attn_decode_batch_kernel, dim3(a->n_head, ns, n_seq), dim3(ATT_WARPS * 32), smem, s, *a,
+                          qkv, seqs, layer, (uint8_t *)scratch, stride, out, outq ? outq->qs : (int8_t *)NULL,
+                          outq ? (float2 *)outq->ds : (float2 *)NULL));
         return 0;
 }
 
@@ -738,15 +779,13 @@ extern "C" int cuda_attn_prefill(CudaStream s, const CudaAttnShape *a, const flo
 
 /* ---- argmax ---- */
 
-__global__ void __launch_bounds__(1024)
-        argmax_kernel(const float *x, uint32_t n, int32_t *ret, int32_t *pos, int32_t *hist, uint32_t hist_n) {
+/* The block's argmax of x[0 .. n - 1], returned to thread 0 (the other threads get meaningless values). */
+__device__ __forceinline__ uint32_t block_argmax(const float *x, uint32_t n) {
         __shared__ float bv[32];
         __shared__ uint32_t bi[32];
         float v = -INFINITY;
         uint32_t idx = 0;
 
-        grid_dep_launch();
-        grid_dep_wait();
         for (uint32_t i = threadIdx.x; i < n; i += blockDim.x)
                 if (x[i] > v)
                         v = x[i], idx = i;
@@ -760,10 +799,19 @@ __global__ void __launch_bounds__(1024)
         if ((threadIdx.x & 31) == 0)
                 bv[threadIdx.x >> 5] = v, bi[threadIdx.x >> 5] = idx;
         __syncthreads();
-        if (threadIdx.x == 0) {
+        if (threadIdx.x == 0)
                 for (uint32_t w = 1; w < blockDim.x / 32; w++)
                         if (bv[w] > v || (bv[w] == v && bi[w] < idx))
                                 v = bv[w], idx = bi[w];
+        return idx;
+}
+
+__global__ void __launch_bounds__(1024)
+        argmax_kernel(const float *x, uint32_t n, int32_t *ret, int32_t *pos, int32_t *hist, uint32_t hist_n) {
+        grid_dep_launch();
+        grid_dep_wait();
+        uint32_t idx = block_argmax(x, n);
+        if (threadIdx.x == 0) {
                 *ret = (int32_t)idx;
                 if (pos) {
                         int32_t p = *pos + 1;
@@ -777,6 +825,30 @@ __global__ void __launch_bounds__(1024)
 extern "C" int cuda_argmax(CudaStream s, const float *x, uint32_t n, int32_t *ret, int32_t *pos, int32_t *hist,
                            uint32_t hist_n) {
         CU_TRY(launch_pdl(argmax_kernel, dim3(1), dim3(1024), 0, s, x, n, ret, pos, hist, hist_n));
+        return 0;
+}
+
+__global__ void __launch_bounds__(1024)
+        argmax_batch_kernel(const float *x, uint32_t n, int32_t *ret, CudaSeqSlot *seqs) {
+        const uint32_t b = blockIdx.x;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        uint32_t idx = block_argmax(x + (size_t)b * n, n);
+        if (threadIdx.x == 0) {
+                ret[b] = (int32_t)idx;
+                int32_t p = seqs[b].pos + 1;
+                seqs[b].pos = p;
+                if ((uint32_t)p < seqs[b].n_ctx + 1)
+                        seqs[b].hist[p] = (int32_t)idx;
+        }
+}
+
+extern "C" int cuda_argmax_batch(CudaStream s, const float *x, uint32_t n, uint32_t n_seq, int32_t *ret,
+                                 CudaSeqSlot *seqs) {
+        if (n_seq == 0)
+                return -EINVAL;
+        CU_TRY(launch_pdl(argmax_batch_kernel, dim3(n_seq), dim3(1024), 0, s, x, n, ret, seqs));
         return 0;
 }
 
