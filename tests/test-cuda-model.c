@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine.h"
 #include "cuda/engine-cuda.h"
@@ -338,9 +339,8 @@ static void test_stories_vs_cpu(void **state) {
 
 /* Several sequences through the engine in one engine_decode() call per step (the cuda backend's batched
  * decode) against each decoded alone on the cpu backend: same greedy tokens for 64 steps, logits within 1e-2. */
-static void test_stories_batched_engine(void **state) {
+static void batched_vs_cpu(const char *path) {
         enum { NS = 3 };
-        _cleanup_free_ char *path = stories_path();
         EngineModelParams pc = engine_model_params_default(), pg = pc;
         _cleanup_(engine_model_unrefp) EngineModel *mc = NULL, *mg = NULL;
         EngineSeq *sc[NS], *sg[NS];
@@ -379,8 +379,8 @@ static void test_stories_batched_engine(void **state) {
                                          argmax(lg[i], 512), next[i]);
                 }
         }
-        print_message("# stories260K, %d sequences batched on cuda vs each alone on cpu: 64 steps, same greedy "
-                      "tokens, logits rel diff <= %.2e\n", NS, worst);
+        print_message("# %s, %d sequences batched on cuda vs each alone on cpu: 64 steps, same greedy "
+                      "tokens, logits rel diff <= %.2e\n", path, NS, worst);
         assert_true(worst < 1e-2);
         for (int i = 0; i < NS; i++) {
                 engine_seq_free(sc[i]);
@@ -388,6 +388,114 @@ static void test_stories_batched_engine(void **state) {
                 free(lg[i]);
         }
         free(lc);
+}
+
+static void test_stories_batched_engine(void **state) {
+        _cleanup_free_ char *path = stories_path();
+
+        batched_vs_cpu(path);
+}
+
+/*
+ * A copy of stories260K at a temporary path (returned; the caller unlinks it) made into what the cuda backend
+ * must also run: with qwen2 set, a qwen2 model (NeoX RoPE, random q/k/v biases of about bias_scale); with
+ * linear > 0 the "linear" RoPE scaling of that factor; with freqs, a rope_freqs tensor of frequency divisors
+ * (Llama 3.1's scheme).
+ */
+static char *rewrite_stories(bool qwen2, float bias_scale, float linear, bool freqs) {
+        _cleanup_free_ char *src = stories_path();
+        _cleanup_(gguf_freep) Gguf *g = NULL;
+        _cleanup_(gguf_writer_freep) GgufWriter *w = NULL;
+        char *path = strdup("/tmp/test-cuda-model-XXXXXX");
+        const char *arch = qwen2 ? "qwen2" : "llama";
+        uint32_t n_layer = 0, n_embd = 0, n_head = 0, n_kv = 0;
+        int fd;
+
+        assert_non_null(path);
+        assert_int_equal(gguf_open(src, &g, NULL), 0);
+        assert_int_equal(gguf_get_u32(g, "llama.block_count", &n_layer), 0);
+        assert_int_equal(gguf_get_u32(g, "llama.embedding_length", &n_embd), 0);
+        assert_int_equal(gguf_get_u32(g, "llama.attention.head_count", &n_head), 0);
+        assert_int_equal(gguf_get_u32(g, "llama.attention.head_count_kv", &n_kv), 0);
+        const uint32_t hd = n_embd / n_head, nq = n_head * hd, nk = n_kv * hd;
+        fd = mkstemp(path);
+        assert_true(fd >= 0);
+        assert_int_equal(gguf_writer_new(&w, fd, GGUF_DEFAULT_ALIGNMENT), 0);
+        for (uint64_t i = 0; i < g->n_kv; i++) {
+                const char *rest = startswith(g->kv[i].key, "llama.");
+                if (streq(g->kv[i].key, "general.architecture"))
+                        assert_int_equal(gguf_writer_add_string(w, g->kv[i].key, arch), 0);
+                else if (rest) {
+                        _cleanup_free_ char *key = strdup_printf("%s.%s", arch, rest);
+                        assert_int_equal(gguf_writer_add_value(w, key, &g->kv[i].value), 0);
+                } else
+                        assert_int_equal(gguf_writer_add_value(w, g->kv[i].key, &g->kv[i].value), 0);
+        }
+        if (linear > 0) {
+                _cleanup_free_ char *k1 = strdup_printf("%s.rope.scaling.type", arch);
+                _cleanup_free_ char *k2 = strdup_printf("%s.rope.scaling.factor", arch);
+                assert_int_equal(gguf_writer_add_string(w, k1, "linear"), 0);
+                assert_int_equal(gguf_writer_add_f32(w, k2, linear), 0);
+        }
+        for (uint64_t i = 0; i < g->n_tensors; i++)
+                assert_int_equal(gguf_writer_add_tensor(w, g->tensors[i].name, g->tensors[i].type,
+                                                        g->tensors[i].n_dims, g->tensors[i].ne), 0);
+        for (uint32_t l = 0; qwen2 && l < n_layer; l++) {
+                static const char *const what[3] = {"attn_q", "attn_k", "attn_v"};
+                for (int k = 0; k < 3; k++) {
+                        char name[64];
+                        uint64_t ne = k == 0 ? nq : nk;
+                        snprintf(name, sizeof(name), "blk.%u.%s.bias", l, what[k]);
+                        assert_int_equal(gguf_writer_add_tensor(w, name, GGML_TYPE_F32, 1, &ne), 0);
+                }
+        }
+        uint64_t n_half = hd / 2;
+        if (freqs)
+                assert_int_equal(gguf_writer_add_tensor(w, "rope_freqs.weight", GGML_TYPE_F32, 1, &n_half), 0);
+        assert_int_equal(gguf_writer_write_header(w), 0);
+        for (uint64_t i = 0; i < g->n_tensors; i++)
+                assert_int_equal(gguf_writer_write_tensor_data(w, g->tensors[i].data, g->tensors[i].size), 0);
+        float *b = malloc((nq + 2 * nk) * sizeof(float));
+        assert_non_null(b);
+        for (uint32_t l = 0; qwen2 && l < n_layer; l++) {
+                for (uint32_t i = 0; i < nq + 2 * nk; i++)
+                        b[i] = bias_scale * (float)sin(1.7 * (l * 131 + i) + 0.3);
+                assert_int_equal(gguf_writer_write_tensor_data(w, b, nq * 4), 0);
+                assert_int_equal(gguf_writer_write_tensor_data(w, b + nq, nk * 4), 0);
+                assert_int_equal(gguf_writer_write_tensor_data(w, b + nq + nk, nk * 4), 0);
+        }
+        free(b);
+        if (freqs) {
+                float f[64];
+                for (uint32_t j = 0; j < n_half && j < 64; j++)
+                        f[j] = 1.0f + 3.0f * (float)j; /* low frequencies slowed the most, as Llama 3.1's are */
+                assert_int_equal(gguf_writer_write_tensor_data(w, f, n_half * 4), 0);
+        }
+        assert_int_equal(gguf_writer_finish(w), 0);
+        close(fd);
+        return path;
+}
+
+/* qwen2 (q/k/v biases, NeoX RoPE), linear RoPE scaling and Llama 3.1's rope_freqs on the cuda backend against
+ * the cpu backend: single sequences (whole and partial offload) and batched decoding. */
+static void test_rope_variants_vs_cpu(void **state) {
+        static const struct {
+                bool qwen2;
+                float linear;
+                bool freqs;
+        } cases[] = {{true, 0, false}, {false, 4.0f, false}, {false, 0, true}, {true, 2.0f, true}};
+        const int32_t bos = 1;
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                char *path = rewrite_stories(cases[i].qwen2, 0.5f, cases[i].linear, cases[i].freqs);
+                print_message("# %s: qwen2 %d, linear %.0f, rope_freqs %d\n", path, cases[i].qwen2,
+                              (double)cases[i].linear, cases[i].freqs);
+                assert_true(compare_backends(path, &bos, 1, -1, false, false, 65) < 1e-2);
+                assert_true(compare_backends(path, &bos, 1, 2, false, false, 65) < 1e-2);
+                batched_vs_cpu(path);
+                unlink(path);
+                free(path);
+        }
 }
 
 static void test_smollm_vs_cpu(void **state) {
@@ -437,6 +545,7 @@ int main(void) {
                 cmocka_unit_test(test_stories_batched),
                 cmocka_unit_test(test_stories_vs_cpu),
                 cmocka_unit_test(test_stories_batched_engine),
+                cmocka_unit_test(test_rope_variants_vs_cpu),
                 cmocka_unit_test(test_smollm_vs_cpu),
         };
 

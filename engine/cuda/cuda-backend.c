@@ -48,6 +48,8 @@ static CudaLlamaConfig llama_config(const ModelConfig *c) {
                 .n_ff = c->n_ff,
                 .rope_base = c->rope_base,
                 .norm_eps = c->norm_eps,
+                .rope_freq_scale = c->rope_freq_scale,
+                .rope_neox = c->rope_type == ROPE_NEOX,
         };
 }
 
@@ -83,11 +85,14 @@ static uint64_t range_bytes(const EngineModel *m, const BackendRange *range) {
 static int check_model(const EngineModel *m, const BackendRange *range, QdError *err) {
         const ModelConfig *c = &m->cfg;
 
-        if (c->arch != MODEL_ARCH_LLAMA)
-                return qd_error_set(err, EOPNOTSUPP, "The cuda backend runs llama-architecture models only.");
-        if (c->rope_type != ROPE_NORM || c->rope_freq_scale != 1.0f || m->w.rope_freqs.data)
-                return qd_error_set(err, EOPNOTSUPP, "The cuda backend has no RoPE scaling yet; use the cpu "
-                                    "backend for this model.");
+        if (c->arch != MODEL_ARCH_LLAMA && c->arch != MODEL_ARCH_QWEN2)
+                return qd_error_set(err, EOPNOTSUPP, "The cuda backend runs llama and qwen2 models only.");
+        if (m->w.rope_freqs.data && (m->w.rope_freqs.type != GGML_TYPE_F32 || m->w.rope_freqs.ne0 != c->n_rot / 2))
+                return qd_error_set(err, EOPNOTSUPP, "The cuda backend takes rope_freqs as %" PRIu32 " f32 values.",
+                                    c->n_rot / 2);
+        if (c->n_rot % 2 != 0 || c->n_rot > 512)
+                return qd_error_set(err, EOPNOTSUPP, "The cuda backend rotates an even number of up to 512 "
+                                    "dimensions, not %" PRIu32 ".", c->n_rot);
         if (c->head_dim % 8 != 0 || c->head_dim > 128)
                 return qd_error_set(err, EOPNOTSUPP, "The cuda backend takes heads of up to 128 dimensions in "
                                     "multiples of 8, not %" PRIu32 ".", c->head_dim);
@@ -96,6 +101,27 @@ static int check_model(const EngineModel *m, const BackendRange *range, QdError 
                                     ggml_type_name(range->kv_type));
         if (range->l0 >= range->l1 || range->l1 > c->n_layer)
                 return -EINVAL;
+        return 0;
+}
+
+/* A layer's q, k and v biases (qwen2), when it has any. */
+static int upload_bias(CudaBackend *b, uint32_t layer, const LayerWeights *lw, QdError *err) {
+        const Tensor *t[3] = {&lw->bq, &lw->bk, &lw->bv};
+        const float *p[3];
+        int r;
+
+        for (int i = 0; i < 3; i++) {
+                p[i] = t[i]->data;
+                if (p[i] && t[i]->type != GGML_TYPE_F32)
+                        return qd_error_set(err, EOPNOTSUPP, "The cuda backend takes biases in f32, not tensor "
+                                            "'%s' of type %s.", t[i]->name, ggml_type_name(t[i]->type));
+        }
+        if (!p[0] && !p[1] && !p[2])
+                return 0;
+        r = cuda_llama_set_bias(b->llama, layer, p[0], p[1], p[2]);
+        if (r < 0)
+                return qd_error_set(err, r, "Failed to load the biases of layer %" PRIu32 " onto the GPU: %s",
+                                    layer, strerror(-r));
         return 0;
 }
 
@@ -159,10 +185,18 @@ static int cuda_backend_init(const EngineModel *m, const BackendRange *range, vo
                 if (r >= 0)
                         r = upload(b, CUDA_W_OUTPUT, 0, &m->w.output, err);
         }
-        for (uint32_t l = range->l0; r >= 0 && l < range->l1; l++)
+        for (uint32_t l = range->l0; r >= 0 && l < range->l1; l++) {
                 for (size_t i = 0; r >= 0 && i < ELEMENTSOF(layer_tensors); i++)
                         r = upload(b, layer_tensors[i].w, l,
                                    (const Tensor *)((const char *)&m->w.layers[l] + layer_tensors[i].offset), err);
+                if (r >= 0)
+                        r = upload_bias(b, l, &m->w.layers[l], err);
+        }
+        if (r >= 0 && m->w.rope_freqs.data) {
+                r = cuda_llama_set_rope_freqs(b->llama, m->w.rope_freqs.data);
+                if (r < 0)
+                        qd_error_set(err, r, "The model's rope_freqs are not all positive.");
+        }
         if (r < 0) {
                 cuda_backend_free(b);
                 return r;

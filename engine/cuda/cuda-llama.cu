@@ -44,6 +44,8 @@ struct CudaLlama {
         float *h;        /* (n_ff) */
         float *logits;   /* (n_vocab) */
         int32_t *tok;    /* (1) the token of the next decode step */
+        float *inv_freq; /* (n_rot / 2) RoPE frequencies, scaling folded in */
+        float *bias;     /* (n_layer, nq + 2 nk) q, k, v biases, NULL without any */
 
         /* Prompt scratch for up to PF_MAX_TOK tokens, made on first use. */
         int32_t *pf_tok; /* (PF_MAX_TOK) */
@@ -96,7 +98,79 @@ static CudaAttnShape attn_shape(const CudaLlama *m, uint32_t n_ctx) {
         a.n_rot = m->c.n_rot;
         a.rope_base = m->c.rope_base;
         a.n_ctx = n_ctx;
+        a.inv_freq = m->inv_freq;
+        a.neox = m->c.rope_neox;
         return a;
+}
+
+/* The shape with layer l's biases. */
+static CudaAttnShape attn_shape_layer(const CudaLlama *m, uint32_t n_ctx, uint32_t l) {
+        CudaAttnShape a = attn_shape(m, n_ctx);
+        const size_t nqkv = (size_t)(m->c.n_head + 2 * m->c.n_head_kv) * m->c.head_dim;
+
+        a.bias = m->bias ? m->bias + l * nqkv : NULL;
+        return a;
+}
+
+/* Uploads the RoPE frequencies: base^(-2j / n_rot), divided by freqs[j] when given, times the linear
+ * scaling factor, computed in double as the cpu backend does. */
+static int upload_inv_freq(CudaLlama *m, const float *freqs) {
+        const uint32_t half = m->c.n_rot / 2;
+        const double scale = m->c.rope_freq_scale > 0.0f ? m->c.rope_freq_scale : 1.0;
+        float f[256];
+
+        if (half > 256)
+                return -EINVAL;
+        for (uint32_t j = 0; j < half; j++) {
+                double v = pow(m->c.rope_base, -2.0 * j / m->c.n_rot);
+                if (freqs)
+                        v /= freqs[j];
+                f[j] = (float)(v * scale);
+        }
+        CU_TRY(cudaMemcpy(m->inv_freq, f, half * sizeof(float), cudaMemcpyHostToDevice));
+        return 0;
+}
+
+extern "C" int cuda_llama_set_rope_freqs(CudaLlama *m, const float *freqs) {
+        if (!freqs)
+                return -EINVAL;
+        for (uint32_t j = 0; j < m->c.n_rot / 2; j++)
+                if (!(freqs[j] > 0.0f))
+                        return -EINVAL;
+        CU_TRY(cudaSetDevice(m->device));
+        return upload_inv_freq(m, freqs);
+}
+
+extern "C" int cuda_llama_set_bias(CudaLlama *m, uint32_t layer, const float *bq, const float *bk,
+                                   const float *bv) {
+        const size_t nq = (size_t)m->c.n_head * m->c.head_dim, nk = (size_t)m->c.n_head_kv * m->c.head_dim;
+        const size_t nqkv = nq + 2 * nk;
+
+        if (layer < m->l0 || layer >= m->l1)
+                return -EINVAL;
+        CU_TRY(cudaSetDevice(m->device));
+        if (!m->bias) {
+                void *p;
+                int r = cuda_malloc((size_t)m->c.n_layer * nqkv * sizeof(float), &p);
+                if (r < 0)
+                        return r;
+                m->bias = (float *)p;
+                CU_TRY(cudaMemset(m->bias, 0, (size_t)m->c.n_layer * nqkv * sizeof(float)));
+                /* Graphs captured before read no biases: capture again. */
+                for (size_t i = 0; i <= B_MAX; i++)
+                        if (m->bgraph[i]) {
+                                (void)cudaGraphExecDestroy(m->bgraph[i]);
+                                m->bgraph[i] = NULL;
+                        }
+        }
+        float *dst = m->bias + layer * nqkv;
+        if (bq)
+                CU_TRY(cudaMemcpy(dst, bq, nq * sizeof(float), cudaMemcpyHostToDevice));
+        if (bk)
+                CU_TRY(cudaMemcpy(dst + nq, bk, nk * sizeof(float), cudaMemcpyHostToDevice));
+        if (bv)
+                CU_TRY(cudaMemcpy(dst + nq + nk, bv, nk * sizeof(float), cudaMemcpyHostToDevice));
+        return 0;
 }
 
 static int alloc(void **p, size_t size) {
@@ -109,7 +183,8 @@ extern "C" int cuda_llama_new(int device, const CudaLlamaConfig *c, uint32_t l0,
         int r;
 
         if (c->n_layer == 0 || c->n_head == 0 || c->n_head_kv == 0 || c->n_head % c->n_head_kv != 0 ||
-            c->head_dim == 0 || c->n_rot > c->head_dim || c->n_vocab == 0 || c->n_embd == 0 || c->n_ff == 0 ||
+            c->head_dim == 0 || c->n_rot > c->head_dim || c->n_rot % 2 != 0 || c->n_rot > 512 || c->n_vocab == 0 ||
+            c->n_embd == 0 || c->n_ff == 0 || c->rope_freq_scale < 0.0f ||
             l0 >= l1 || l1 > c->n_layer)
                 return -EINVAL;
         CU_TRY(cudaSetDevice(device));
@@ -139,7 +214,8 @@ extern "C" int cuda_llama_new(int device, const CudaLlamaConfig *c, uint32_t l0,
             (r = alloc((void **)&m->attq.ds, nq / 32 * 8 + 8)) < 0 ||
             (r = alloc((void **)&m->qkv, (nq + 2 * nk) * 4)) < 0 || (r = alloc((void **)&m->att, nq * 4)) < 0 ||
             (r = alloc((void **)&m->h, c->n_ff * 4)) < 0 || (r = alloc((void **)&m->logits, c->n_vocab * 4)) < 0 ||
-            (r = alloc((void **)&m->tok, 4)) < 0) {
+            (r = alloc((void **)&m->tok, 4)) < 0 || (r = alloc((void **)&m->inv_freq, (c->n_rot / 2 + 1) * 4)) < 0 ||
+            (r = upload_inv_freq(m, NULL)) < 0) {
                 cuda_llama_free(m);
                 return r;
         }
@@ -157,7 +233,7 @@ extern "C" CudaLlama *cuda_llama_free(CudaLlama *m) {
                 cuda_free((void *)m->w[i].data);
         void *bufs[] = {m->x,      m->xn,     m->xq.qs,   m->xq.ds,   m->qkv,    m->att,  m->attq.qs,
                         m->attq.ds, m->h,     m->logits,  m->tok,     m->pf_tok, m->pf_x, m->pf_xn,
-                        m->pf_qkv,  m->pf_att, m->pf_gu,  m->pf_w};
+                        m->pf_qkv,  m->pf_att, m->pf_gu,  m->pf_w,   m->inv_freq, m->bias};
         for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
                 cuda_free(bufs[i]);
         void *bbufs[] = {m->bx,   m->bxn,     m->bxq.qs, m->bxq.ds, m->bqkv,  m->batt,
@@ -416,8 +492,9 @@ static int decode_layers(CudaLlama *m, CudaKv *kv, uint32_t l0, uint32_t l1) {
                                          c->n_embd, 1, c->norm_eps, m->xn, NULL, &m->xq));
                 if (mv)
                         TRY(decode_qkv(m, l));
+                const CudaAttnShape al = attn_shape_layer(m, a.n_ctx, l);
                 if (small)
-                        TRY(cuda_attn_decode(m->stream, &a, m->qkv, kv->d_pos, kv->k + (l - m->l0) * kv_layer,
+                        TRY(cuda_attn_decode(m->stream, &al, m->qkv, kv->d_pos, kv->k + (l - m->l0) * kv_layer,
                                              kv->v + (l - m->l0) * kv_layer, kv->attn_scratch, m->att, att_q ? &m->attq : NULL));
                 if (small && !att_q && !is_float_type(o->type))
                         TRY(cuda_quantize_q8(m->stream, m->att, o->n_cols, 1, &m->attq));
@@ -530,9 +607,10 @@ static int prefill_layers(CudaLlama *m, CudaKv *kv, uint32_t n_tok, uint32_t l0,
                 TRY(cuda_dequant_f16(s, weight(m, CUDA_W_K, l), m->pf_w + (size_t)nq * c->n_embd));
                 TRY(cuda_dequant_f16(s, weight(m, CUDA_W_V, l), m->pf_w + (size_t)(nq + nk) * c->n_embd));
                 TRY(cuda_gemm_f16(m->blas, m->pf_w, nqkv, c->n_embd, m->pf_xn, n_tok, m->pf_qkv, false));
-                TRY(cuda_rope_store(s, &a, m->pf_qkv, nqkv, n_tok, kv->d_pos, kv->k + (l - m->l0) * kv_layer,
+                const CudaAttnShape al = attn_shape_layer(m, a.n_ctx, l);
+                TRY(cuda_rope_store(s, &al, m->pf_qkv, nqkv, n_tok, kv->d_pos, kv->k + (l - m->l0) * kv_layer,
                                     kv->v + (l - m->l0) * kv_layer));
-                TRY(cuda_attn_prefill(s, &a, m->pf_qkv, nqkv, n_tok, kv->d_pos, kv->k + (l - m->l0) * kv_layer,
+                TRY(cuda_attn_prefill(s, &al, m->pf_qkv, nqkv, n_tok, kv->d_pos, kv->k + (l - m->l0) * kv_layer,
                                       kv->v + (l - m->l0) * kv_layer, m->pf_att));
                 TRY(cuda_f32_to_f16(s, m->pf_att, m->pf_xn, (size_t)n_tok * nq));
                 TRY(cuda_dequant_f16(s, weight(m, CUDA_W_O, l), m->pf_w));
@@ -758,7 +836,8 @@ static int decode_step_batch(CudaLlama *m, uint32_t n) {
                                 }
                         TRY(cuda_matvec_batch(s, g, k, &in_x, gy, CUDA_MV_STORE, n, nqkv));
                 }
-                TRY(cuda_attn_decode_batch(s, &a, m->bqkv, n, m->bseqs, l - m->l0, m->b_scratch, m->batt,
+                const CudaAttnShape al = attn_shape_layer(m, a.n_ctx, l);
+                TRY(cuda_attn_decode_batch(s, &al, m->bqkv, n, m->bseqs, l - m->l0, m->b_scratch, m->batt,
                                            att_q ? &m->battq : NULL));
                 if (!att_q && !is_float_type(o->type))
                         TRY(cuda_quantize_q8(s, m->batt, nq, n, &m->battq));

@@ -363,6 +363,34 @@ extern "C" int cuda_swiglu_f16(CudaStream s, const float *gu, uint32_t n_ff, uin
 
 /* ---- RoPE and the KV-cache store ---- */
 
+/* The elements i0, i1 of a head that pair j (0 .. head_dim / 2 - 1) covers, and whether RoPE rotates them:
+ * adjacent pairs (GGUF's llama layout), or with neox (qwen2) element j and j + n_rot / 2 for j < n_rot / 2,
+ * the dimensions past n_rot left alone. */
+__device__ __forceinline__ bool rope_idx(const CudaAttnShape &a, uint32_t j, uint32_t *i0, uint32_t *i1) {
+        const uint32_t half = a.n_rot / 2;
+
+        if (!a.neox) {
+                *i0 = 2 * j, *i1 = 2 * j + 1;
+                return j < half;
+        }
+        if (j < half) {
+                *i0 = j, *i1 = j + half;
+                return true;
+        }
+        *i0 = a.n_rot + 2 * (j - half), *i1 = *i0 + 1;
+        return false;
+}
+
+/* Element i of the token's q, k, v (laid out as in qkv)'s bias, 0 without biases. */
+__device__ __forceinline__ float bias_at(const CudaAttnShape &a, uint32_t i) {
+        return a.bias ? a.bias[i] : 0.0f;
+}
+
+/* The angle of pair j at position p (see rope_pair() for the decode kernels' variant). */
+__device__ __forceinline__ float rope_inv_freq(const CudaAttnShape &a, uint32_t j) {
+        return a.inv_freq ? a.inv_freq[j] : powf(a.rope_base, -(float)(2 * j) / (float)a.n_rot);
+}
+
 __global__ void rope_store_kernel(const CudaAttnShape a, float *qkv, uint32_t stride, const int32_t *pos,
                                   __half *kc, __half *vc) {
         const uint32_t t = blockIdx.x, hd = a.head_dim, half_hd = hd / 2;
@@ -376,24 +404,27 @@ __global__ void rope_store_kernel(const CudaAttnShape a, float *qkv, uint32_t st
 
         for (uint32_t i = threadIdx.x; i < (nq + nk) / 2; i += blockDim.x) {
                 bool is_q = i < nq / 2;
-                uint32_t pi = is_q ? i : i - nq / 2, j = pi % half_hd;
-                float *x = (is_q ? q : k) + 2 * pi;
-                float x0 = x[0], x1 = x[1];
-                if (2 * j < a.n_rot) {
-                        float theta = (float)p * powf(a.rope_base, -(float)(2 * j) / (float)a.n_rot), sn, cs;
-                        sincosf(theta, &sn, &cs);
+                uint32_t pi = is_q ? i : i - nq / 2, j = pi % half_hd, base = pi / half_hd * hd, i0, i1;
+                bool rot = rope_idx(a, j, &i0, &i1);
+                float *x = (is_q ? q : k) + base;
+                uint32_t bo = (is_q ? 0 : nq) + base;
+                float x0 = x[i0] + bias_at(a, bo + i0), x1 = x[i1] + bias_at(a, bo + i1);
+                if (rot) {
+                        double th = (double)p * (double)rope_inv_freq(a, j);
+                        float sn, cs;
+                        sincosf((float)(th - 6.283185307179586 * floor(th * 0.15915494309189535)), &sn, &cs);
                         float y0 = x0 * cs - x1 * sn, y1 = x0 * sn + x1 * cs;
                         x0 = y0, x1 = y1;
                 }
                 if (is_q) {
-                        x[0] = x0, x[1] = x1;
+                        x[i0] = x0, x[i1] = x1;
                 } else {
-                        kr[2 * pi] = __float2half(x0);
-                        kr[2 * pi + 1] = __float2half(x1);
+                        kr[base + i0] = __float2half(x0);
+                        kr[base + i1] = __float2half(x1);
                 }
         }
         for (uint32_t i = threadIdx.x; i < nk; i += blockDim.x)
-                vr[i] = __float2half(v[i]);
+                vr[i] = __float2half(v[i] + bias_at(a, nq + nk + i));
 }
 
 extern "C" int cuda_rope_store(CudaStream s, const CudaAttnShape *a, float *qkv, uint32_t stride, uint32_t n_tok,
@@ -431,7 +462,7 @@ extern "C" size_t cuda_attn_scratch_size(const CudaAttnShape *a) {
 __device__ __forceinline__ void rope_pair(float *x0, float *x1, int32_t p, uint32_t j, const CudaAttnShape &a) {
         if (2 * j >= a.n_rot)
                 return;
-        double th = (double)p * (double)powf(a.rope_base, -(float)(2 * j) / (float)a.n_rot);
+        double th = (double)p * (double)(a.inv_freq ? a.inv_freq[j] : powf(a.rope_base, -(float)(2 * j) / (float)a.n_rot));
         th -= 6.283185307179586 * floor(th * 0.15915494309189535);
         float sn, cs;
         __sincosf((float)th, &sn, &cs);
@@ -461,20 +492,25 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
         const float scale = rsqrtf((float)hd);
 
         for (uint32_t j = tid; j < hd / 2; j += blockDim.x) {
-                float x0 = qkv[h * hd + 2 * j], x1 = qkv[h * hd + 2 * j + 1];
-                rope_pair(&x0, &x1, p, j, a);
-                qs[2 * j] = x0 * scale, qs[2 * j + 1] = x1 * scale;
+                uint32_t i0, i1;
+                const bool rot = rope_idx(a, j, &i0, &i1);
+                float x0 = qkv[h * hd + i0] + bias_at(a, h * hd + i0), x1 = qkv[h * hd + i1] + bias_at(a, h * hd + i1);
+                if (rot)
+                        rope_pair(&x0, &x1, p, j, a);
+                qs[i0] = x0 * scale, qs[i1] = x1 * scale;
                 if (last) {
-                        const float *k = qkv + nq + kvh * hd, *v = qkv + nq + kv_dim + kvh * hd;
-                        float k0 = k[2 * j], k1 = k[2 * j + 1];
-                        rope_pair(&k0, &k1, p, j, a);
+                        const uint32_t ko = nq + kvh * hd, vo = nq + kv_dim + kvh * hd;
+                        float k0 = qkv[ko + i0] + bias_at(a, ko + i0), k1 = qkv[ko + i1] + bias_at(a, ko + i1);
+                        if (rot)
+                                rope_pair(&k0, &k1, p, j, a);
                         __half hk0 = __float2half(k0), hk1 = __float2half(k1);
-                        __half hv0 = __float2half(v[2 * j]), hv1 = __float2half(v[2 * j + 1]);
-                        ks[2 * j] = __half2float(hk0), ks[2 * j + 1] = __half2float(hk1);
-                        vs[2 * j] = __half2float(hv0), vs[2 * j + 1] = __half2float(hv1);
+                        __half hv0 = __float2half(qkv[vo + i0] + bias_at(a, vo + i0)),
+                               hv1 = __float2half(qkv[vo + i1] + bias_at(a, vo + i1));
+                        ks[i0] = __half2float(hk0), ks[i1] = __half2float(hk1);
+                        vs[i0] = __half2float(hv0), vs[i1] = __half2float(hv1);
                         if (h % group == 0) {
-                                size_t o = (size_t)p * kv_dim + kvh * hd + 2 * j;
-                                kc[o] = hk0, kc[o + 1] = hk1, vc[o] = hv0, vc[o + 1] = hv1;
+                                size_t o = (size_t)p * kv_dim + kvh * hd;
+                                kc[o + i0] = hk0, kc[o + i1] = hk1, vc[o + i0] = hv0, vc[o + i1] = hv1;
                         }
                 }
         }

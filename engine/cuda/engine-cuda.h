@@ -126,6 +126,12 @@ typedef struct CudaAttnShape {
         uint32_t n_head, n_head_kv, head_dim, n_rot;
         float rope_base;
         uint32_t n_ctx; /* positions in the KV cache */
+        /* Optional (NULL: none): the frequency of each rotated pair, n_rot / 2 floats in device memory
+         * (rope_base^(-2j / n_rot) with any scaling folded in; NULL: that formula unscaled), and the biases
+         * of q, k and v laid out as in qkv (nq + 2 nk floats in device memory), added before RoPE. */
+        const float *inv_freq;
+        const float *bias;
+        bool neox; /* RoPE pairs (j, j + n_rot / 2) rather than (2j, 2j + 1) */
 } CudaAttnShape;
 
 /*
@@ -201,6 +207,8 @@ int cuda_fill_random(CudaStream s, const CudaMatrix *w, uint64_t seed, float sca
 typedef struct CudaLlamaConfig {
         uint32_t n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_rot, n_ff;
         float rope_base, norm_eps;
+        float rope_freq_scale; /* positions are multiplied by this (linear RoPE scaling); 0 means 1 */
+        bool rope_neox;        /* RoPE pairs (j, j + n_rot / 2), as qwen2 has them */
 } CudaLlamaConfig;
 
 typedef enum CudaWeight {
@@ -240,6 +248,15 @@ void cuda_llama_weight_shape(const CudaLlamaConfig *c, CudaWeight w, uint32_t *c
  */
 int cuda_llama_set_weight(CudaLlama *m, CudaWeight w, uint32_t layer, uint32_t type, uint32_t n_cols,
                           uint32_t n_rows, const void *data);
+
+/* Llama 3.1's RoPE frequency divisors: pair j's frequency is divided by freqs[j] (n_rot / 2 host floats).
+ * Call before the first decode (captured graphs keep the table's address, not its values, so later calls
+ * are seen too). */
+int cuda_llama_set_rope_freqs(CudaLlama *m, const float *freqs);
+
+/* Biases of layer's q, k and v projections (host floats: nq, nk and nk of them; NULL for none of one),
+ * added before RoPE (qwen2). */
+int cuda_llama_set_bias(CudaLlama *m, uint32_t layer, const float *bq, const float *bk, const float *bv);
 
 /* Reference mode: every token goes through the prompt path (weights dequantized to F16 tiles, activations in
  * F16 and float) and the head through cuda_matvec_f32(), never through 8-bit activations. Slow. */
