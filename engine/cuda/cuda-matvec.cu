@@ -586,9 +586,12 @@ static int mv_launch(K kernel, CudaStream s, const MvArgs &a, size_t smem, uint3
         return 0;
 }
 
+/* Shared memory of a quantized kernel: the warps' stages, plus 16 bytes that ld_words_a2() may read past the
+ * last block. */
+#define MV_SMEM(T, NR) ((size_t)MV_WARPS * Chunk<T, NR>::STAGES * NR * Chunk<T, NR>::BYTES + 16)
+
 template <int T, int NR, int EPI> static int mv_launch_quant(CudaStream s, const MvArgs &a) {
-        typedef Chunk<T, NR> C;
-        size_t smem = (size_t)MV_WARPS * C::STAGES * NR * C::BYTES;
+        size_t smem = MV_SMEM(T, NR);
 
         if (!a.aq)
                 return -EINVAL;
@@ -756,8 +759,7 @@ template <int NR, int EPI, int NB> static int mv_dispatch_b(CudaStream s, uint32
                 static int occ; /* blocks per multiprocessor, found on first use */                            \
                 if (!a.aq)                                                                                      \
                         return -EINVAL;                                                                         \
-                return mv_launch_b(mv_quant_b<T, NR, EPI, NB>, s, a,                                            \
-                                   (size_t)MV_WARPS * Chunk<T, NR>::STAGES * NR * Chunk<T, NR>::BYTES, &occ);  \
+                return mv_launch_b(mv_quant_b<T, NR, EPI, NB>, s, a, MV_SMEM(T, NR), &occ);                \
         }
 #define MVB_F(T)                                                                                                \
         case T: {                                                                                               \

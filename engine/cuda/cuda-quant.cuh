@@ -186,15 +186,43 @@ template <> __device__ __forceinline__ void dq8<GGML_TYPE_Q6_K>(const uint8_t *r
 
 #define M4 0x0f0f0f0fu
 
+/* N consecutive little-endian 32-bit words from the 2-byte aligned p in shared memory, with N + 1 aligned
+ * 32-bit loads and funnel shifts rather than 2N 16-bit loads: blocks of 18, 22, 34 or 210 bytes put half the
+ * lanes' words on odd half-words, and the 16-bit loads took twice the shared-memory wavefronts. Reads up to 4
+ * bytes past the last word (the kernels' shared memory has room for that). MV_ALIGNED_LOADS=0 restores the
+ * 16-bit loads, for timing studies. */
+#ifndef MV_ALIGNED_LOADS
+#define MV_ALIGNED_LOADS 1
+#endif
+template <int N> __device__ __forceinline__ void ld_words_a2(const uint8_t *p, uint32_t *w) {
+#if MV_ALIGNED_LOADS
+        const uint32_t *a = (const uint32_t *)((uintptr_t)p & ~(uintptr_t)3);
+        const uint32_t sh = ((uint32_t)(uintptr_t)p & 2u) * 8u;
+        uint32_t prev = a[0];
+#pragma unroll
+        for (int k = 0; k < N; k++) {
+                uint32_t next = a[k + 1];
+                w[k] = __funnelshift_r(prev, next, sh);
+                prev = next;
+        }
+#else
+#pragma unroll
+        for (int k = 0; k < N; k++)
+                w[k] = ld_u32_a2(p + 4 * k);
+#endif
+}
+
 template <int T> __device__ __forceinline__ float lane_dot(const uint8_t *blk, int part, const int8_t *aq, const float2 *ads);
 
 template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q4_0>(const uint8_t *b, int, const int8_t *aq, const float2 *ads) {
         int4 a0 = ((const int4 *)aq)[0], a1 = ((const int4 *)aq)[1];
         const int *lo = (const int *)&a0, *hi = (const int *)&a1;
         int s = 0;
+        uint32_t ws[4];
+        ld_words_a2<4>(b + 2, ws);
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-                uint32_t w = ld_u32_a2(b + 2 + 4 * k);
+                uint32_t w = ws[k];
                 s = __dp4a((int)(w & M4), lo[k], s);
                 s = __dp4a((int)((w >> 4) & M4), hi[k], s);
         }
@@ -219,11 +247,13 @@ template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q4_1>(const uint
 template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q5_0>(const uint8_t *b, int, const int8_t *aq, const float2 *ads) {
         int4 a0 = ((const int4 *)aq)[0], a1 = ((const int4 *)aq)[1];
         const int *lo = (const int *)&a0, *hi = (const int *)&a1;
-        uint32_t qh = ld_u32_a2(b + 2);
+        uint32_t ws[5];
+        ld_words_a2<5>(b + 2, ws);
+        uint32_t qh = ws[0];
         int s = 0;
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-                uint32_t w = ld_u32_a2(b + 6 + 4 * k);
+                uint32_t w = ws[1 + k];
                 s = __dp4a((int)((w & M4) | (spread4(qh >> (4 * k)) << 4)), lo[k], s);
                 s = __dp4a((int)(((w >> 4) & M4) | (spread4(qh >> (16 + 4 * k)) << 4)), hi[k], s);
         }
@@ -250,10 +280,12 @@ template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q8_0>(const uint
         int4 a0 = ((const int4 *)aq)[0], a1 = ((const int4 *)aq)[1];
         const int *lo = (const int *)&a0, *hi = (const int *)&a1;
         int s = 0;
+        uint32_t ws[8];
+        ld_words_a2<8>(b + 2, ws);
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-                s = __dp4a((int)ld_u32_a2(b + 2 + 4 * k), lo[k], s);
-                s = __dp4a((int)ld_u32_a2(b + 18 + 4 * k), hi[k], s);
+                s = __dp4a((int)ws[k], lo[k], s);
+                s = __dp4a((int)ws[4 + k], hi[k], s);
         }
         return ld_half(b) * ads[0].x * (float)s;
 }
@@ -376,12 +408,9 @@ template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q6_K>(const uint
         int n = p >> 1, l0 = 16 * (p & 1);
         uint32_t qa[4], qb[4], qh[4];
         float acc = 0.0f;
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-                qa[k] = ld_u32_a2(b + 64 * n + l0 + 4 * k);
-                qb[k] = ld_u32_a2(b + 64 * n + 32 + l0 + 4 * k);
-                qh[k] = ld_u32_a2(b + 128 + 32 * n + l0 + 4 * k);
-        }
+        ld_words_a2<4>(b + 64 * n + l0, qa);
+        ld_words_a2<4>(b + 64 * n + 32 + l0, qb);
+        ld_words_a2<4>(b + 128 + 32 * n + l0, qh);
 #pragma unroll
         for (int g = 0; g < 4; g++) {
                 int4 a = *(const int4 *)(aq + 128 * n + 32 * g + l0);
@@ -418,11 +447,11 @@ template <> struct LaneW<GGML_TYPE_Q4_0> {
         int lo[4], hi[4];
         float d;
         __device__ __forceinline__ void load(const uint8_t *b, int) {
+                uint32_t ws[4];
+                ld_words_a2<4>(b + 2, ws);
 #pragma unroll
-                for (int k = 0; k < 4; k++) {
-                        uint32_t w = ld_u32_a2(b + 2 + 4 * k);
-                        lo[k] = (int)(w & M4), hi[k] = (int)((w >> 4) & M4);
-                }
+                for (int k = 0; k < 4; k++)
+                        lo[k] = (int)(ws[k] & M4), hi[k] = (int)((ws[k] >> 4) & M4);
                 d = ld_half(b);
         }
         __device__ __forceinline__ float dot(const int8_t *aq, const float2 *ads) const {
@@ -443,9 +472,7 @@ template <> struct LaneW<GGML_TYPE_Q8_0> {
         int q[8];
         float d;
         __device__ __forceinline__ void load(const uint8_t *b, int) {
-#pragma unroll
-                for (int k = 0; k < 8; k++)
-                        q[k] = (int)ld_u32_a2(b + 2 + 4 * k);
+                ld_words_a2<8>(b + 2, (uint32_t *)q);
                 d = ld_half(b);
         }
         __device__ __forceinline__ float dot(const int8_t *aq, const float2 *ads) const {
@@ -499,12 +526,9 @@ template <> struct LaneW<GGML_TYPE_Q6_K> {
         __device__ __forceinline__ void load(const uint8_t *b, int part) {
                 int n = part >> 1, l0 = 16 * (part & 1);
                 uint32_t qa[4], qb[4], qh[4];
-#pragma unroll
-                for (int k = 0; k < 4; k++) {
-                        qa[k] = ld_u32_a2(b + 64 * n + l0 + 4 * k);
-                        qb[k] = ld_u32_a2(b + 64 * n + 32 + l0 + 4 * k);
-                        qh[k] = ld_u32_a2(b + 128 + 32 * n + l0 + 4 * k);
-                }
+                ld_words_a2<4>(b + 64 * n + l0, qa);
+                ld_words_a2<4>(b + 64 * n + 32 + l0, qb);
+                ld_words_a2<4>(b + 128 + 32 * n + l0, qh);
 #pragma unroll
                 for (int g = 0; g < 4; g++) {
 #pragma unroll
