@@ -26,7 +26,9 @@
 #include "cuda-quant.cuh"
 
 #define MV_WARPS 4           /* warps per block */
+#ifndef MV_STAGE_BYTES
 #define MV_STAGE_BYTES 4608  /* shared memory per warp for streaming weights */
+#endif
 #define MV_GRID_PER_SM 8     /* blocks per multiprocessor at most: a persistent grid of 32 warps */
 
 /* Chunk geometry of a quantized type, for NR rows streamed side by side. */
@@ -637,16 +639,21 @@ template <int NR, int EPI> static int mv_dispatch(CudaStream s, uint32_t type, c
         }
 }
 
-/* Whether rows of a 256-element block type go in pairs: yes, unless QUANTD_CUDA_PAIRS says 0 (never) or 2
- * (not for Q6_K, whose pairs need 40 KB of shared memory a block), for timing studies. */
+/* Whether rows of a 256-element block type go in pairs: yes, unless QUANTD_CUDA_PAIRS says 0 (never), 2 (not
+ * for Q6_K, whose pairs need 40 KB of shared memory a block) or 3 (Q8_0's too), for timing studies. */
 static bool mv_pairs_for(uint32_t type) {
         static int mode = -1;
+        const GgmlTypeInfo *ti = ggml_type_info(type);
 
         if (mode < 0) {
                 const char *e = getenv("QUANTD_CUDA_PAIRS");
-                mode = e && (e[0] == '0' || e[0] == '2') ? e[0] - '0' : 1;
+                mode = e && e[0] >= '0' && e[0] <= '3' ? e[0] - '0' : 1;
         }
-        return mode == 1 || (mode == 2 && type != GGML_TYPE_Q6_K);
+        if (type == GGML_TYPE_Q8_0)
+                return mode == 3;
+        if (!ti || ti->block_size != 256)
+                return false;
+        return mode == 1 || mode == 3 || (mode == 2 && type != GGML_TYPE_Q6_K);
 }
 
 static bool type_is_float(uint32_t type) {
@@ -715,7 +722,7 @@ extern "C" int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, cons
         /* Rows of 256-element block types go in adjacent pairs when every matrix has an even number of them
          * (up to 1.3x faster on Q4_K; it made Q4_0 and Q5_0 slower, with half the stages per warp). */
         const GgmlTypeInfo *ti = ggml_type_info(w[0].type);
-        bool pair = ti && ti->block_size == 256 && epi != CUDA_MV_SWIGLU && mv_pairs_for(w[0].type);
+        bool pair = ti && epi != CUDA_MV_SWIGLU && mv_pairs_for(w[0].type);
         for (unsigned i = 0; i < n_w; i++)
                 pair = pair && w[i].n_rows % 2 == 0;
         if (pair) {
