@@ -98,9 +98,14 @@ __global__ void __launch_bounds__(NORM_THREADS)
         __shared__ float red[32];
         const uint32_t i0 = threadIdx.x * E;
         const size_t row = (size_t)blockIdx.x * n;
-        float v[E], ss = 0.0f;
+        float v[E], wv[E], ss = 0.0f;
 
         grid_dep_launch();
+        /* The norm weights do not depend on the kernel before: load them first, so that their round trip
+         * overlaps the wait and the one for x rather than following the reduction. */
+#pragma unroll
+        for (int k = 0; k < E; k++)
+                wv[k] = i0 + k < n ? w[i0 + k] : 0.0f;
         grid_dep_wait();
 #pragma unroll
         for (int k = 0; k < E; k++)
@@ -118,7 +123,7 @@ __global__ void __launch_bounds__(NORM_THREADS)
         float amax = 0.0f;
 #pragma unroll
         for (int k = 0; k < E; k++) {
-                v[k] = i0 + k < n ? v[k] * scale * w[i0 + k] : 0.0f;
+                v[k] = i0 + k < n ? v[k] * scale * wv[k] : 0.0f;
                 amax = fmaxf(amax, fabsf(v[k]));
                 if (i0 + k < n && y)
                         y[row + i0 + k] = v[k];
@@ -822,7 +827,19 @@ __device__ __forceinline__ uint32_t block_argmax(const float *x, uint32_t n) {
         float v = -INFINITY;
         uint32_t idx = 0;
 
-        for (uint32_t i = threadIdx.x; i < n; i += blockDim.x)
+        /* Eight loads in flight per thread rather than one round trip per element. */
+        uint32_t i = threadIdx.x;
+        for (; i + 7 * blockDim.x < n; i += 8 * blockDim.x) {
+                float t[8];
+#pragma unroll
+                for (int k = 0; k < 8; k++)
+                        t[k] = x[i + k * blockDim.x];
+#pragma unroll
+                for (int k = 0; k < 8; k++)
+                        if (t[k] > v)
+                                v = t[k], idx = i + k * blockDim.x;
+        }
+        for (; i < n; i += blockDim.x)
                 if (x[i] > v)
                         v = x[i], idx = i;
         /* Ties go to the lowest index, as a sequential scan would. */
