@@ -391,7 +391,7 @@ __device__ __forceinline__ float bias_at(const CudaAttnShape &a, uint32_t i) {
         return a.bias ? a.bias[i] : 0.0f;
 }
 
-/* The angle of pair j at position p (see rope_pair() for the decode kernels' variant). */
+/* The frequency of RoPE pair j: the angle at position p is p times it. */
 __device__ __forceinline__ float rope_inv_freq(const CudaAttnShape &a, uint32_t j) {
         return a.inv_freq ? a.inv_freq[j] : powf(a.rope_base, -(float)(2 * j) / (float)a.n_rot);
 }
@@ -462,12 +462,10 @@ extern "C" size_t cuda_attn_scratch_size(const CudaAttnShape *a) {
         return a->n_head * ns * (a->head_dim + 2) * sizeof(float) + a->n_head * sizeof(uint32_t);
 }
 
-/* The angle is p * base^(-2j / n_rot) reduced modulo 2 pi in double precision, so that the fast float
- * sine and cosine stay accurate at large positions (sincosf's slow path for large arguments cost more). */
-__device__ __forceinline__ void rope_pair(float *x0, float *x1, int32_t p, uint32_t j, const CudaAttnShape &a) {
-        if (2 * j >= a.n_rot)
-                return;
-        double th = (double)p * (double)(a.inv_freq ? a.inv_freq[j] : powf(a.rope_base, -(float)(2 * j) / (float)a.n_rot));
+/* Rotates (x0, x1) by p * freq (rope_inv_freq()), the angle reduced modulo 2 pi in double precision, so that
+ * the fast float sine and cosine stay accurate at large positions (sincosf's slow path cost more). */
+__device__ __forceinline__ void rope_pair(float *x0, float *x1, int32_t p, float freq) {
+        double th = (double)p * (double)freq;
         th -= 6.283185307179586 * floor(th * 0.15915494309189535);
         float sn, cs;
         __sincosf((float)th, &sn, &cs);
@@ -489,6 +487,23 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
         const int lane = tid & 31, wid = tid >> 5;
         float *qs = sm, *ks = sm + hd, *vs = ks + hd, *wo = vs + hd;
 
+        /* The token's q, k and v first (one pair of elements per thread: head_dim <= 2 * blockDim.x), so that
+         * their loads do not wait behind the position's: nothing below them depends on it. */
+        const uint32_t j = tid;
+        const bool have = j < hd / 2;
+        const uint32_t ko = nq + kvh * hd, vo = nq + kv_dim + kvh * hd;
+        uint32_t i0 = 0, i1 = 0;
+        bool rot = false;
+        float x0 = 0.0f, x1 = 0.0f, k0 = 0.0f, k1 = 0.0f, v0 = 0.0f, v1 = 0.0f, freq = 0.0f;
+        if (have) {
+                rot = rope_idx(a, j, &i0, &i1);
+                if (rot)
+                        freq = rope_inv_freq(a, j);
+                x0 = qkv[h * hd + i0] + bias_at(a, h * hd + i0), x1 = qkv[h * hd + i1] + bias_at(a, h * hd + i1);
+                k0 = qkv[ko + i0] + bias_at(a, ko + i0), k1 = qkv[ko + i1] + bias_at(a, ko + i1);
+                v0 = qkv[vo + i0] + bias_at(a, vo + i0), v1 = qkv[vo + i1] + bias_at(a, vo + i1);
+        }
+
         const uint32_t n_pos = (uint32_t)p + 1, n_split = (n_pos + ATT_SPLIT - 1) / ATT_SPLIT;
         if (c >= n_split)
                 return;
@@ -496,21 +511,15 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
         const bool last = c == n_split - 1;
         const float scale = rsqrtf((float)hd);
 
-        for (uint32_t j = tid; j < hd / 2; j += blockDim.x) {
-                uint32_t i0, i1;
-                const bool rot = rope_idx(a, j, &i0, &i1);
-                float x0 = qkv[h * hd + i0] + bias_at(a, h * hd + i0), x1 = qkv[h * hd + i1] + bias_at(a, h * hd + i1);
+        if (have) {
                 if (rot)
-                        rope_pair(&x0, &x1, p, j, a);
+                        rope_pair(&x0, &x1, p, freq);
                 qs[i0] = x0 * scale, qs[i1] = x1 * scale;
                 if (last) {
-                        const uint32_t ko = nq + kvh * hd, vo = nq + kv_dim + kvh * hd;
-                        float k0 = qkv[ko + i0] + bias_at(a, ko + i0), k1 = qkv[ko + i1] + bias_at(a, ko + i1);
                         if (rot)
-                                rope_pair(&k0, &k1, p, j, a);
+                                rope_pair(&k0, &k1, p, freq);
                         __half hk0 = __float2half(k0), hk1 = __float2half(k1);
-                        __half hv0 = __float2half(qkv[vo + i0] + bias_at(a, vo + i0)),
-                               hv1 = __float2half(qkv[vo + i1] + bias_at(a, vo + i1));
+                        __half hv0 = __float2half(v0), hv1 = __float2half(v1);
                         ks[i0] = __half2float(hk0), ks[i1] = __half2float(hk1);
                         vs[i0] = __half2float(hv0), vs[i1] = __half2float(hv1);
                         if (h % group == 0) {
