@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The engine's "cuda" backend (backend.h's ops table) over CudaLlama: a layer range of a llama-architecture
- * model with its weights uploaded once at init and resident on the device, one KV cache per sequence on the
- * device, and each span of a batch run through cuda_llama_run(). Partial offload is the engine's doing: it
+ * The engine's "cuda" backend (backend.h's ops table) over CudaLlama: a layer range of a llama or qwen2 model
+ * with its weights uploaded once at init and resident on the device, one KV cache per sequence on the device.
+ * The single-token spans of a batch (one decode step of several sequences) go through
+ * cuda_llama_decode_batch() together, reading every weight once for all of them; other spans (prompts) go
+ * one by one through cuda_llama_run(). Partial offload is the engine's doing: it
  * gives this backend the first layers and the CPU backend the rest, the hidden state passing through host
  * memory between them.
  *

@@ -13,6 +13,12 @@
  * KV store, split attention (its output quantized by the merging block), the output projection adding into
  * the residual, RMSNorm + quantization, gate and up in one launch with SwiGLU fused, quantization, and the
  * down projection adding into the residual.
+ *
+ * Batched decode (several sequences, one token each) runs the same kernels with one activation column per
+ * sequence. Its graph must not bake in any sequence: the sequences' caches, sizes and positions sit in a
+ * table in device memory (CudaSeqSlot) that the host fills before each replay and the attention and argmax
+ * kernels read, so one graph per group size serves every set of sequences. Its attention scratch is sized for
+ * the largest cache seen (b_ctx); a larger cache reallocates it and drops the graphs.
  */
 
 #include <stdlib.h>
