@@ -38,7 +38,7 @@ static const struct {
         {CUDA_W_DOWN, offsetof(LayerWeights, w_down)},
 };
 
-static CudaLlamaConfig llama_config(const ModelConfig *c) {
+static CudaLlamaConfig llama_config(const ModelConfig *c, uint32_t kv_type) {
         return (CudaLlamaConfig){
                 .n_vocab = c->n_vocab,
                 .n_embd = c->n_embd,
@@ -52,6 +52,7 @@ static CudaLlamaConfig llama_config(const ModelConfig *c) {
                 .norm_eps = c->norm_eps,
                 .rope_freq_scale = c->rope_freq_scale,
                 .rope_neox = c->rope_type == ROPE_NEOX,
+                .kv_q8 = kv_type == GGML_TYPE_Q8_0,
         };
 }
 
@@ -98,9 +99,12 @@ static int check_model(const EngineModel *m, const BackendRange *range, QdError 
         if (c->head_dim % 8 != 0 || c->head_dim > 128)
                 return qd_error_set(err, EOPNOTSUPP, "The cuda backend takes heads of up to 128 dimensions in "
                                     "multiples of 8, not %" PRIu32 ".", c->head_dim);
-        if (range->kv_type != GGML_TYPE_F16)
-                return qd_error_set(err, EOPNOTSUPP, "The cuda backend keeps its KV cache in f16, not %s.",
+        if (range->kv_type != GGML_TYPE_F16 && range->kv_type != GGML_TYPE_Q8_0)
+                return qd_error_set(err, EOPNOTSUPP, "The cuda backend keeps its KV cache in f16 or q8_0, not %s.",
                                     ggml_type_name(range->kv_type));
+        if (range->kv_type == GGML_TYPE_Q8_0 && c->head_dim % 32 != 0)
+                return qd_error_set(err, EOPNOTSUPP, "The cuda backend keeps a q8_0 KV cache only for heads of a "
+                                    "multiple of 32 dimensions, not %" PRIu32 "; use f16.", c->head_dim);
         if (range->l0 >= range->l1 || range->l1 > c->n_layer)
                 return -EINVAL;
         return 0;
@@ -152,7 +156,7 @@ static void cuda_backend_free(void *state) {
 
 static int cuda_backend_init(const EngineModel *m, const BackendRange *range, void **ret, QdError *err) {
         const ModelConfig *c = &m->cfg;
-        CudaLlamaConfig cfg = llama_config(c);
+        CudaLlamaConfig cfg = llama_config(c, range->kv_type);
         uint64_t free_b, total_b, need;
         CudaBackend *b;
         int r;
@@ -310,7 +314,7 @@ static int cuda_backend_forward(void *state, const BackendBatch *batch, float *x
 
 static uint64_t cuda_backend_estimate(const EngineModel *m, const BackendRange *range, uint32_t n_ctx,
                                       uint32_t n_seq) {
-        CudaLlamaConfig cfg = llama_config(&m->cfg);
+        CudaLlamaConfig cfg = llama_config(&m->cfg, range->kv_type);
 
         return range_bytes(m, range) + cuda_kv_bytes(&cfg, range->l1 - range->l0, n_ctx) * n_seq;
 }

@@ -82,7 +82,8 @@ struct CudaKv {
         CudaLlama *m;
         uint32_t n_ctx;
         uint32_t pos;
-        uint16_t *k, *v;     /* (l1 - l0, n_ctx, n_head_kv * head_dim) each: the model's layers only */
+        uint8_t *k, *v;      /* (l1 - l0, n_ctx, row) each: the model's layers only; a row is n_head_kv *
+                              * head_dim halves, or Q8_0 blocks of them (kv_row()) */
         int32_t *d_pos;      /* (1) */
         int32_t *hist;       /* (n_ctx + 1) tokens chosen by the on-device argmax, by position */
         void *attn_scratch;
@@ -106,7 +107,15 @@ static CudaAttnShape attn_shape(const CudaLlama *m, uint32_t n_ctx) {
         a.n_ctx = n_ctx;
         a.inv_freq = m->inv_freq;
         a.neox = m->c.rope_neox;
+        a.kv_q8 = m->c.kv_q8;
         return a;
+}
+
+/* Bytes of one position's row of a KV cache. */
+static size_t kv_row(const CudaLlamaConfig *c) {
+        const size_t nk = (size_t)c->n_head_kv * c->head_dim;
+
+        return c->kv_q8 ? nk / 32 * Q8_0_BYTES : nk * 2;
 }
 
 /* The shape with layer l's biases. */
@@ -190,7 +199,7 @@ extern "C" int cuda_llama_new(int device, const CudaLlamaConfig *c, uint32_t l0,
 
         if (c->n_layer == 0 || c->n_head == 0 || c->n_head_kv == 0 || c->n_head % c->n_head_kv != 0 ||
             c->head_dim == 0 || c->n_rot > c->head_dim || c->n_rot % 2 != 0 || c->n_rot > 512 || c->n_vocab == 0 ||
-            c->n_embd == 0 || c->n_ff == 0 || c->rope_freq_scale < 0.0f ||
+            c->n_embd == 0 || c->n_ff == 0 || c->rope_freq_scale < 0.0f || (c->kv_q8 && c->head_dim % 32 != 0) ||
             l0 >= l1 || l1 > c->n_layer)
                 return -EINVAL;
         CU_TRY(cudaSetDevice(device));
@@ -387,7 +396,7 @@ extern "C" uint64_t cuda_llama_step_bytes(const CudaLlama *m) {
 }
 
 extern "C" uint64_t cuda_kv_bytes(const CudaLlamaConfig *c, uint32_t n_layer, uint32_t n_ctx) {
-        return 2ull * n_layer * n_ctx * c->n_head_kv * c->head_dim * sizeof(uint16_t);
+        return 2ull * n_layer * n_ctx * kv_row(c);
 }
 
 extern "C" int cuda_kv_new(CudaLlama *m, uint32_t n_ctx, CudaKv **ret) {
@@ -482,7 +491,7 @@ static int decode_qkv(CudaLlama *m, uint32_t l) {
 static int decode_layers(CudaLlama *m, CudaKv *kv, uint32_t l0, uint32_t l1) {
         const CudaLlamaConfig *c = &m->c;
         const CudaAttnShape a = attn_shape(m, kv->n_ctx);
-        const size_t kv_layer = (size_t)kv->n_ctx * c->n_head_kv * c->head_dim;
+        const size_t kv_layer = (size_t)kv->n_ctx * kv_row(c);
         const bool att_q = c->head_dim % 32 == 0;
 
         for (uint32_t l = l0; l < l1; l++) {
@@ -603,7 +612,7 @@ static int prefill_layers(CudaLlama *m, CudaKv *kv, uint32_t n_tok, uint32_t l0,
         const CudaLlamaConfig *c = &m->c;
         const uint32_t nq = c->n_head * c->head_dim, nk = c->n_head_kv * c->head_dim, nqkv = nq + 2 * nk;
         const CudaAttnShape a = attn_shape(m, kv->n_ctx);
-        const size_t kv_layer = (size_t)kv->n_ctx * nk;
+        const size_t kv_layer = (size_t)kv->n_ctx * kv_row(c);
         cudaStream_t s = m->stream;
 
         for (uint32_t l = l0; l < l1; l++) {

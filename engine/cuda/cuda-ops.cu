@@ -391,13 +391,43 @@ __device__ __forceinline__ float bias_at(const CudaAttnShape &a, uint32_t i) {
         return a.bias ? a.bias[i] : 0.0f;
 }
 
+/* Bytes of one position's row of a KV cache: n_head_kv * head_dim halves, or with kv_q8 Q8_0 blocks of 32. */
+__host__ __device__ __forceinline__ size_t kv_row_bytes(const CudaAttnShape &a) {
+        const size_t nk = (size_t)a.n_head_kv * a.head_dim;
+        return a.kv_q8 ? nk / 32 * Q8_0_BYTES : nk * 2;
+}
+
+/* Element i of a cache row (row: its first byte) as a float. */
+__device__ __forceinline__ float kv_elem(const CudaAttnShape &a, const uint8_t *row, uint32_t i) {
+        if (!a.kv_q8)
+                return __half2float(((const __half *)row)[i]);
+        const uint8_t *b = row + (i / 32) * Q8_0_BYTES;
+        return ld_half(b) * (float)(int8_t)b[2 + i % 32];
+}
+
+/* A warp's 32 values (one a lane) into the Q8_0 block at b; returns the lane's value as stored. */
+__device__ __forceinline__ float kv_store_q8(float x, uint8_t *b, bool store) {
+        const int lane = threadIdx.x & 31;
+        const float amax = warp_max(fabsf(x));
+        const __half dh = __float2half(amax / 127.0f);
+        const float d = __half2float(dh);
+        const int q = d > 0.0f ? max(-127, min(127, __float2int_rn(x / d))) : 0;
+
+        if (store) {
+                if (lane == 0)
+                        *(__half *)b = dh;
+                b[2 + lane] = (uint8_t)(int8_t)q;
+        }
+        return (float)q * d;
+}
+
 /* The frequency of RoPE pair j: the angle at position p is p times it. */
 __device__ __forceinline__ float rope_inv_freq(const CudaAttnShape &a, uint32_t j) {
         return a.inv_freq ? a.inv_freq[j] : powf(a.rope_base, -(float)(2 * j) / (float)a.n_rot);
 }
 
 __global__ void rope_store_kernel(const CudaAttnShape a, float *qkv, uint32_t stride, const int32_t *pos,
-                                  __half *kc, __half *vc) {
+                                  uint8_t *kc, uint8_t *vc) {
         const uint32_t t = blockIdx.x, hd = a.head_dim, half_hd = hd / 2;
         const uint32_t nq = a.n_head * hd, nk = a.n_head_kv * hd;
 
@@ -405,7 +435,8 @@ __global__ void rope_store_kernel(const CudaAttnShape a, float *qkv, uint32_t st
         grid_dep_wait();
         const int32_t p = *pos + (int32_t)t;
         float *q = qkv + (size_t)t * stride, *k = q + nq, *v = k + nk;
-        __half *kr = kc + (size_t)p * nk, *vr = vc + (size_t)p * nk;
+        const size_t row = kv_row_bytes(a);
+        __half *kr = (__half *)(kc + (size_t)p * row), *vr = (__half *)(vc + (size_t)p * row);
 
         for (uint32_t i = threadIdx.x; i < (nq + nk) / 2; i += blockDim.x) {
                 bool is_q = i < nq / 2;
@@ -421,23 +452,35 @@ __global__ void rope_store_kernel(const CudaAttnShape a, float *qkv, uint32_t st
                         float y0 = x0 * cs - x1 * sn, y1 = x0 * sn + x1 * cs;
                         x0 = y0, x1 = y1;
                 }
-                if (is_q) {
-                        x[i0] = x0, x[i1] = x1;
+                if (is_q || a.kv_q8) {
+                        x[i0] = x0, x[i1] = x1; /* Q8_0: k goes to the cache below, a block at a time */
                 } else {
                         kr[base + i0] = __float2half(x0);
                         kr[base + i1] = __float2half(x1);
                 }
         }
-        for (uint32_t i = threadIdx.x; i < nk; i += blockDim.x)
-                vr[i] = __float2half(v[i] + bias_at(a, nq + nk + i));
+        if (!a.kv_q8) {
+                for (uint32_t i = threadIdx.x; i < nk; i += blockDim.x)
+                        vr[i] = __float2half(v[i] + bias_at(a, nq + nk + i));
+                return;
+        }
+        /* Q8_0: a warp per block of 32, k (rotated in place above) then v. blockDim.x is a multiple of 32. */
+        __syncthreads();
+        for (uint32_t i = threadIdx.x; i < 2 * nk; i += blockDim.x) {
+                const bool is_k = i < nk;
+                const uint32_t e = is_k ? i : i - nk;
+                const float x = is_k ? k[e] : v[e] + bias_at(a, nq + nk + e);
+                uint8_t *dst = (is_k ? kc : vc) + (size_t)p * row + (e / 32) * Q8_0_BYTES;
+                kv_store_q8(x, dst, true);
+        }
 }
 
 extern "C" int cuda_rope_store(CudaStream s, const CudaAttnShape *a, float *qkv, uint32_t stride, uint32_t n_tok,
-                               const int32_t *pos, uint16_t *k_cache, uint16_t *v_cache) {
+                               const int32_t *pos, void *k_cache, void *v_cache) {
         if (a->head_dim % 2 != 0 || a->n_rot > a->head_dim || a->n_head % a->n_head_kv != 0)
                 return -EINVAL;
         CU_TRY(launch_pdl(rope_store_kernel, dim3(n_tok), dim3(256), 0, s, *a, qkv, stride, pos,
-                          (__half *)k_cache, (__half *)v_cache));
+                          (uint8_t *)k_cache, (uint8_t *)v_cache));
         return 0;
 }
 
@@ -475,8 +518,35 @@ __device__ __forceinline__ void rope_pair(float *x0, float *x1, int32_t p, float
 
 /* Block (blockIdx.x = head, blockIdx.y = split) of one token's attention at position p; qkv, the caches, the
  * scratch (part, counters) and the outputs are the token's own. */
-__device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const float *qkv, int32_t p, __half *kc,
-                                                  __half *vc, float *part, uint32_t *counters, float *out,
+/* Two adjacent elements e, e + 1 (e even) of a value row as the decode attention holds them in flight. */
+template <bool KVQ8> struct KvVal;
+template <> struct KvVal<false> {
+        typedef __half2 T;
+        static __device__ __forceinline__ T load(const uint8_t *row, uint32_t e, bool ok) {
+                return ok ? ((const __half2 *)row)[e / 2] : __floats2half2_rn(0.0f, 0.0f);
+        }
+        static __device__ __forceinline__ float2 f2(T v) {
+                return __half22float2(v);
+        }
+};
+template <> struct KvVal<true> {
+        typedef float2 T;
+        static __device__ __forceinline__ T load(const uint8_t *row, uint32_t e, bool ok) {
+                if (!ok)
+                        return make_float2(0.0f, 0.0f);
+                const uint8_t *b = row + (e / 32) * Q8_0_BYTES;
+                const float d = ld_half(b);
+                const uint16_t two = *(const uint16_t *)(b + 2 + e % 32);
+                return make_float2(d * (float)(int8_t)(two & 0xff), d * (float)(int8_t)(two >> 8));
+        }
+        static __device__ __forceinline__ float2 f2(T v) {
+                return v;
+        }
+};
+
+template <bool KVQ8>
+__device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const float *qkv, int32_t p, uint8_t *kc,
+                                                  uint8_t *vc, float *part, uint32_t *counters, float *out,
                                                   int8_t *oqs, float2 *ods) {
         extern __shared__ float sm[]; /* q, k, v of the token (hd each), then each warp's output (hd) */
         __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
@@ -485,6 +555,8 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
         const uint32_t group = a.n_head / a.n_head_kv, kvh = h / group, kv_dim = a.n_head_kv * hd;
         const uint32_t nq = a.n_head * hd, max_splits = gridDim.y;
         const int lane = tid & 31, wid = tid >> 5;
+        const size_t row = KVQ8 ? (size_t)a.n_head_kv * a.head_dim / 32 * Q8_0_BYTES
+                                : (size_t)a.n_head_kv * a.head_dim * 2;
         float *qs = sm, *ks = sm + hd, *vs = ks + hd, *wo = vs + hd;
 
         /* The token's q, k and v first (one pair of elements per thread: head_dim <= 2 * blockDim.x), so that
@@ -520,15 +592,31 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
                                 rope_pair(&k0, &k1, p, freq);
                         __half hk0 = __float2half(k0), hk1 = __float2half(k1);
                         __half hv0 = __float2half(v0), hv1 = __float2half(v1);
-                        ks[i0] = __half2float(hk0), ks[i1] = __half2float(hk1);
-                        vs[i0] = __half2float(hv0), vs[i1] = __half2float(hv1);
-                        if (h % group == 0) {
-                                size_t o = (size_t)p * kv_dim + kvh * hd;
-                                kc[o + i0] = hk0, kc[o + i1] = hk1, vc[o + i0] = hv0, vc[o + i1] = hv1;
+                        if (KVQ8) {
+                                ks[i0] = k0, ks[i1] = k1, vs[i0] = v0, vs[i1] = v1; /* quantized below */
+                        } else {
+                                ks[i0] = __half2float(hk0), ks[i1] = __half2float(hk1);
+                                vs[i0] = __half2float(hv0), vs[i1] = __half2float(hv1);
+                        }
+                        if (h % group == 0 && !KVQ8) {
+                                __half *kr = (__half *)(kc + (size_t)p * row) + kvh * hd;
+                                __half *vr = (__half *)(vc + (size_t)p * row) + kvh * hd;
+                                kr[i0] = hk0, kr[i1] = hk1, vr[i0] = hv0, vr[i1] = hv1;
                         }
                 }
         }
         __syncthreads();
+        if (last && KVQ8) {
+                /* The token's k and v as the cache will hold them: warp w quantizes elements 32w .. 32w + 31
+                 * (head_dim <= 32 * ATT_WARPS), the first head of the group stores them. */
+                if ((uint32_t)wid < hd / 32) {
+                        const size_t blk = (size_t)(kvh * hd) / 32 + wid;
+                        const bool st = h % group == 0;
+                        ks[32 * wid + lane] = kv_store_q8(ks[32 * wid + lane], kc + (size_t)p * row + blk * Q8_0_BYTES, st);
+                        vs[32 * wid + lane] = kv_store_q8(vs[32 * wid + lane], vc + (size_t)p * row + blk * Q8_0_BYTES, st);
+                }
+                __syncthreads();
+        }
 
         /* Scores: lane per position. */
         const uint32_t tw = t0 + 32 * wid, nw = tw < t0 + cnt ? min(32u, t0 + cnt - tw) : 0;
@@ -539,8 +627,23 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
                 if (t == (uint32_t)p) {
                         for (uint32_t d = 0; d < hd; d++)
                                 sc += qs[d] * ks[d];
+                } else if (KVQ8) {
+                        const uint8_t *kb = kc + (size_t)t * row + (size_t)(kvh * hd / 32) * Q8_0_BYTES;
+                        for (uint32_t b = 0; b < hd / 32; b++, kb += Q8_0_BYTES) {
+                                uint32_t w[8];
+#pragma unroll
+                                for (int k = 0; k < 8; k++)
+                                        w[k] = ld_u32_a2(kb + 2 + 4 * k);
+                                float sb = 0.0f;
+#pragma unroll
+                                for (int k = 0; k < 8; k++)
+#pragma unroll
+                                        for (int e = 0; e < 4; e++)
+                                                sb += (float)(int8_t)(w[k] >> (8 * e)) * qs[32 * b + 4 * k + e];
+                                sc += ld_half(kb) * sb;
+                        }
                 } else {
-                        const uint4 *kr = (const uint4 *)(kc + (size_t)t * kv_dim + kvh * hd);
+                        const uint4 *kr = (const uint4 *)(kc + (size_t)t * row + kvh * hd * 2);
 #pragma unroll 8
                         for (uint32_t v = 0; v < hd / 8; v++) {
                                 uint4 u = kr[v];
@@ -564,16 +667,17 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
                 o[k] = make_float2(0.0f, 0.0f);
         /* Eight positions at a time, their loads issued before any is used. */
         for (uint32_t j0 = 0; j0 < nw; j0 += 8) {
-                __half2 vv[8][ATT_MAXP];
+                /* F16: the halves as loaded (half the registers), converted at use; Q8_0: floats. */
+                typename KvVal<KVQ8>::T vv[8][ATT_MAXP];
 #pragma unroll
                 for (int jj = 0; jj < 8; jj++) {
                         uint32_t tj = tw + j0 + jj;
-                        const __half2 *vr = (const __half2 *)(vc + (size_t)tj * kv_dim + kvh * hd);
+                        const uint8_t *vrow = vc + (size_t)tj * row;
 #pragma unroll
                         for (int k = 0; k < ATT_MAXP; k++) {
                                 uint32_t pi = lane + 32 * k;
                                 bool ok = j0 + jj < nw && 2 * pi < hd && tj != (uint32_t)p;
-                                vv[jj][k] = ok ? vr[pi] : __floats2half2_rn(0.0f, 0.0f);
+                                vv[jj][k] = KvVal<KVQ8>::load(vrow, kvh * hd + 2 * pi, ok);
                         }
                 }
 #pragma unroll
@@ -587,7 +691,7 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
                                 uint32_t pi = lane + 32 * k;
                                 if (2 * pi < hd) {
                                         float2 v = tj == (uint32_t)p ? make_float2(vs[2 * pi], vs[2 * pi + 1])
-                                                                     : __half22float2(vv[jj][k]);
+                                                                     : KvVal<KVQ8>::f2(vv[jj][k]);
                                         o[k].x += pj * v.x, o[k].y += pj * v.y;
                                 }
                         }
@@ -653,15 +757,17 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
         }
 }
 
+template <bool KVQ8>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
-        attn_decode_kernel(const CudaAttnShape a, const float *qkv, const int32_t *pos, __half *kc, __half *vc,
+        attn_decode_kernel(const CudaAttnShape a, const float *qkv, const int32_t *pos, uint8_t *kc, uint8_t *vc,
                            float *part, uint32_t *counters, float *out, int8_t *oqs, float2 *ods) {
         grid_dep_launch();
         grid_dep_wait();
-        attn_decode_block(a, qkv, *pos, kc, vc, part, counters, out, oqs, ods);
+        attn_decode_block<KVQ8>(a, qkv, *pos, kc, vc, part, counters, out, oqs, ods);
 }
 
 /* blockIdx.z: the sequence of a batched step. */
+template <bool KVQ8>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
         attn_decode_batch_kernel(const CudaAttnShape a, const float *qkv, const CudaSeqSlot *seqs, uint32_t layer,
                                  uint8_t *scratch, size_t scratch_stride, float *out, int8_t *oqs, float2 *ods) {
@@ -670,16 +776,16 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
         grid_dep_launch();
         grid_dep_wait();
         const CudaSeqSlot sq = seqs[b];
-        const size_t off = (size_t)layer * sq.n_ctx * kv_dim;
+        const size_t off = (size_t)layer * sq.n_ctx * kv_row_bytes(a);
         float *part = (float *)(scratch + b * scratch_stride);
         uint32_t *counters = (uint32_t *)(part + (size_t)a.n_head * gridDim.y * (hd + 2));
-        attn_decode_block(a, qkv + (size_t)b * (nq + 2 * kv_dim), sq.pos, (__half *)sq.k + off,
-                          (__half *)sq.v + off, part, counters, out + (size_t)b * nq, oqs ? oqs + (size_t)b * nq : NULL,
+        attn_decode_block<KVQ8>(a, qkv + (size_t)b * (nq + 2 * kv_dim), sq.pos, (uint8_t *)sq.k + off,
+                          (uint8_t *)sq.v + off, part, counters, out + (size_t)b * nq, oqs ? oqs + (size_t)b * nq : NULL,
                           ods ? ods + (size_t)b * (nq / 32) : NULL);
 }
 
 extern "C" int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const float *qkv, const int32_t *pos,
-                                uint16_t *k_cache, uint16_t *v_cache, void *scratch, float *out,
+                                void *k_cache, void *v_cache, void *scratch, float *out,
                                 const CudaQ8 *outq) {
         uint32_t ns = attn_splits(a);
         float *part = (float *)scratch;
@@ -689,8 +795,9 @@ extern "C" int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const floa
         if (a->head_dim % 8 != 0 || a->head_dim > 64 * ATT_MAXP || a->head_dim > ATT_WARPS * 32 ||
             a->n_rot > a->head_dim || a->n_head % a->n_head_kv != 0 || (outq && a->head_dim % 32 != 0))
                 return -EINVAL;
-        CU_TRY(launch_pdl(attn_decode_kernel, dim3(a->n_head, ns), dim3(ATT_WARPS * 32), smem, s, *a, qkv, pos,
-                          (__half *)k_cache, (__half *)v_cache, part, counters, out,
+        CU_TRY(launch_pdl(a->kv_q8 ? attn_decode_kernel<true> : attn_decode_kernel<false>, dim3(a->n_head, ns),
+                          dim3(ATT_WARPS * 32), smem, s, *a, qkv, pos,
+                          (uint8_t *)k_cache, (uint8_t *)v_cache, part, counters, out,
                           outq ? outq->qs : (int8_t *)NULL, outq ? (float2 *)outq->ds : (float2 *)NULL));
         return 0;
 }
@@ -706,7 +813,8 @@ extern "C" int cuda_attn_decode_batch(CudaStream s, const CudaAttnShape *a, cons
             a->n_rot > a->head_dim || a->n_head % a->n_head_kv != 0 || (outq && a->head_dim % 32 != 0) ||
             n_seq == 0 || n_seq > 65535)
                 return -EINVAL;
-        CU_TRY(launch_pdl(attn_decode_batch_kernel, dim3(a->n_head, ns, n_seq), dim3(ATT_WARPS * 32), smem, s, *a,
+        CU_TRY(launch_pdl(a->kv_q8 ? attn_decode_batch_kernel<true> : attn_decode_batch_kernel<false>,
+                          dim3(a->n_head, ns, n_seq), dim3(ATT_WARPS * 32), smem, s, *a,
                           qkv, seqs, layer, (uint8_t *)scratch, stride, out, outq ? outq->qs : (int8_t *)NULL,
                           outq ? (float2 *)outq->ds : (float2 *)NULL));
         return 0;
@@ -725,10 +833,10 @@ extern "C" int cuda_attn_decode_batch(CudaStream s, const CudaAttnShape *a, cons
 
 __global__ void __launch_bounds__(256)
         attn_prefill_kernel(const CudaAttnShape a, const float *q, uint32_t q_stride, uint32_t n_tok,
-                            const int32_t *pos, const __half *kc, const __half *vc, float *out) {
+                            const int32_t *pos, const uint8_t *kc, const uint8_t *vc, float *out) {
         extern __shared__ float sm[];
         const uint32_t hd = a.head_dim, ldk = hd + 4, ldv = hd, h = blockIdx.x, q0 = blockIdx.y * PF_Q;
-        const uint32_t kvh = h / (a.n_head / a.n_head_kv), kv_dim = a.n_head_kv * hd;
+        const uint32_t kvh = h / (a.n_head / a.n_head_kv);
         const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
         float *qs = sm, *ks = qs + PF_Q * hd, *vs = ks + PF_K * ldk;
         const float scale = rsqrtf((float)hd);
@@ -756,9 +864,9 @@ __global__ void __launch_bounds__(256)
                 for (uint32_t i = threadIdx.x; i < PF_K * hd; i += blockDim.x) {
                         uint32_t j = i / hd, d = i % hd;
                         bool ok = k0 + j < n_keys;
-                        size_t off = (size_t)(k0 + j) * kv_dim + kvh * hd + d;
-                        ks[j * ldk + d] = ok ? __half2float(kc[off]) : 0.0f;
-                        vs[j * ldv + d] = ok ? __half2float(vc[off]) : 0.0f;
+                        size_t off = (size_t)(k0 + j) * kv_row_bytes(a);
+                        ks[j * ldk + d] = ok ? kv_elem(a, kc + off, kvh * hd + d) : 0.0f;
+                        vs[j * ldv + d] = ok ? kv_elem(a, vc + off, kvh * hd + d) : 0.0f;
                 }
                 __syncthreads();
                 if (qw >= nq || k0 > (uint32_t)p0 + q0 + qw + 3)
@@ -815,15 +923,15 @@ __global__ void __launch_bounds__(256)
 }
 
 extern "C" int cuda_attn_prefill(CudaStream s, const CudaAttnShape *a, const float *q, uint32_t q_stride,
-                                 uint32_t n_tok, const int32_t *pos, const uint16_t *k_cache,
-                                 const uint16_t *v_cache, float *out) {
+                                 uint32_t n_tok, const int32_t *pos, const void *k_cache,
+                                 const void *v_cache, float *out) {
         size_t smem = (PF_Q * a->head_dim + PF_K * (a->head_dim + 4) + PF_K * a->head_dim) * sizeof(float);
 
         if (a->head_dim > 32 * PF_MAXD || a->head_dim % 4 != 0 || n_tok == 0)
                 return -EINVAL;
         CU_TRY(cudaFuncSetAttribute(attn_prefill_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         CU_TRY(launch_pdl(attn_prefill_kernel, dim3(a->n_head, (n_tok + PF_Q - 1) / PF_Q), dim3(256), smem, s, *a,
-                          q, q_stride, n_tok, pos, (const __half *)k_cache, (const __half *)v_cache, out));
+                          q, q_stride, n_tok, pos, (const uint8_t *)k_cache, (const uint8_t *)v_cache, out));
         return 0;
 }
 

@@ -131,7 +131,8 @@ typedef struct CudaAttnShape {
          * of q, k and v laid out as in qkv (nq + 2 nk floats in device memory), added before RoPE. */
         const float *inv_freq;
         const float *bias;
-        bool neox; /* RoPE pairs (j, j + n_rot / 2) rather than (2j, 2j + 1) */
+        bool neox;  /* RoPE pairs (j, j + n_rot / 2) rather than (2j, 2j + 1) */
+        bool kv_q8; /* caches in Q8_0 (blocks of 32 along each position's row; head_dim a multiple of 32), not F16 */
 } CudaAttnShape;
 
 /*
@@ -141,7 +142,7 @@ typedef struct CudaAttnShape {
  * + n_head * head_dim, + (n_head + n_head_kv) * head_dim.
  */
 int cuda_rope_store(CudaStream s, const CudaAttnShape *a, float *qkv, uint32_t stride, uint32_t n_tok,
-                    const int32_t *pos, uint16_t *k_cache, uint16_t *v_cache);
+                    const int32_t *pos, void *k_cache, void *v_cache);
 
 /*
  * Attention of one token at position *pos over positions 0 .. *pos, split along the sequence, with RoPE and
@@ -153,13 +154,13 @@ int cuda_rope_store(CudaStream s, const CudaAttnShape *a, float *qkv, uint32_t s
  */
 size_t cuda_attn_scratch_size(const CudaAttnShape *a);
 int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const float *qkv, const int32_t *pos,
-                     uint16_t *k_cache, uint16_t *v_cache, void *scratch, float *out, const CudaQ8 *outq);
+                     void *k_cache, void *v_cache, void *scratch, float *out, const CudaQ8 *outq);
 
 /* One sequence of a batched decode step, as the device reads it (an array of these in device memory): its KV
  * caches (the model's layers one after another, n_ctx positions each), the position of the token being
  * decoded, and where the on-device argmax records the tokens it picks (hist[pos], pos < n_ctx + 1). */
 typedef struct CudaSeqSlot {
-        uint16_t *k, *v;
+        void *k, *v;
         int32_t *hist;
         uint32_t n_ctx;
         int32_t pos;
@@ -177,7 +178,7 @@ int cuda_attn_decode_batch(CudaStream s, const CudaAttnShape *a, const float *qk
 /* Causal attention for n_tok tokens at positions *pos .. (their k and v already in the caches); q rows at
  * q + t * q_stride; out is (n_tok, n_head * head_dim). */
 int cuda_attn_prefill(CudaStream s, const CudaAttnShape *a, const float *q, uint32_t q_stride, uint32_t n_tok,
-                      const int32_t *pos, const uint16_t *k_cache, const uint16_t *v_cache, float *out);
+                      const int32_t *pos, const void *k_cache, const void *v_cache, float *out);
 
 /* Index of the largest of n floats (the lowest index among equals) into *ret (device memory); when pos is
  * not NULL, *pos += 1 and, when hist is not NULL and the new *pos < hist_n, hist[*pos] = the index. */
@@ -209,6 +210,7 @@ typedef struct CudaLlamaConfig {
         float rope_base, norm_eps;
         float rope_freq_scale; /* positions are multiplied by this (linear RoPE scaling); 0 means 1 */
         bool rope_neox;        /* RoPE pairs (j, j + n_rot / 2), as qwen2 has them */
+        bool kv_q8;            /* KV caches in Q8_0 rather than F16 (head_dim a multiple of 32) */
 } CudaLlamaConfig;
 
 typedef enum CudaWeight {
@@ -275,7 +277,7 @@ void cuda_llama_set_skip(CudaLlama *m, unsigned mask);
 uint64_t cuda_llama_weight_bytes(const CudaLlama *m);
 uint64_t cuda_llama_step_bytes(const CudaLlama *m);
 
-/* A sequence's KV cache of n_ctx positions (F16) on the model's device. */
+/* A sequence's KV cache of n_ctx positions (F16, or Q8_0 with the config's kv_q8) on the model's device. */
 int cuda_kv_new(CudaLlama *m, uint32_t n_ctx, CudaKv **ret);
 CudaKv *cuda_kv_free(CudaKv *kv);
 uint32_t cuda_kv_pos(const CudaKv *kv);
