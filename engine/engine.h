@@ -402,7 +402,7 @@ typedef struct EngineModelParams {
         const char *backend;  /* "cpu", "cuda", NULL = best available */
         int32_t n_gpu_layers; /* layers on the GPU backend, the first ones; -1 = all that fit */
         uint32_t n_threads;   /* CPU worker threads; 0 = the CPU count */
-        uint32_t kv_type;     /* GGML_TYPE_F16 (default) or GGML_TYPE_F32 */
+        uint32_t kv_type;     /* GGML_TYPE_F16 (default), GGML_TYPE_F32 (cpu), GGML_TYPE_Q8_0 (cuda) */
         uint32_t n_batch;     /* most tokens one forward step takes; longer prompts go in chunks; 0 = 512 */
         int32_t cpu_isa;      /* an EngineCpuIsa for the CPU kernels; -1 = the best this CPU runs */
         bool f32_activations; /* slow reference mode: weights dequantized, activations kept in float */
