@@ -221,6 +221,8 @@ typedef enum VerbId {
         VERB_CP,
         VERB_RM,
         VERB_STOP,
+        VERB_QUANTIZE,
+        VERB_EVAL,
         VERB_VERSION,
         _VERB_MAX,
         _VERB_INVALID = -EINVAL,
@@ -266,6 +268,16 @@ typedef struct Command {
         char *file;        /* create -f, default "Modelfile" */
         char *quantize;    /* create -q */
         ShowWhat show;
+
+        bool force;            /* quantize: replace DST */
+        bool pure;             /* quantize --pure */
+        bool leave_output;     /* quantize --leave-output-tensor */
+        bool allow_requantize; /* quantize --allow-requantize */
+        char **tensor_types;   /* quantize --tensor-type PATTERN=TYPE, NULL-terminated, or NULL */
+        size_t n_tensor_types;
+        char *base;            /* eval --base MODEL */
+        uint32_t n_ctx;        /* eval -c, 0: the daemon's default (512) */
+        uint32_t chunks;       /* eval --chunks, 0: all */
 } Command;
 
 const char *verb_to_string(VerbId v);
