@@ -236,12 +236,12 @@ static const Verb verbs[_VERB_MAX] = {
                 .description = "quantize a GGUF file into a new one, e.g. with TYPE q4_K_M",
                 .options = HELP_OPTION
                            "  -f --force                replace DST if it exists\n"
-                           "     --pure                 give every tensor TYPE's default type, no promotions\n"
+                           "     --pure                 every tensor gets TYPE's default type: no promotions\n"
                            "     --leave-output-tensor  copy output.weight as it is\n"
                            "     --allow-requantize     convert tensors that are already quantized\n"
                            "     --tensor-type PATTERN=TYPE\n"
-                           "                            give tensors whose name matches the regular expression\n"
-                           "                            PATTERN the tensor type TYPE, e.g. attn_v=q8_0 (repeatable)\n",
+                           "                            tensors whose name matches the regular expression\n"
+                           "                            PATTERN get TYPE, e.g. attn_v=q8_0 (repeatable)\n",
                 .shortopts = ":hf",
                 .longopts = quantize_options,
                 .min_args = 3,
@@ -250,15 +250,15 @@ static const Verb verbs[_VERB_MAX] = {
         [VERB_EVAL] = {
                 .name = "eval",
                 .synopsis = "MODEL --file TEXT [--base MODEL]",
-                .description = "measure a model's perplexity on a text, and what it lost against a base model",
+                .description = "measure a model's perplexity, and its loss against a base model",
                 .options = HELP_OPTION
                            "  -f --file TEXT            the text to score (required)\n"
-                           "     --base MODEL           compare with this model: KL divergence, top-1 agreement\n"
+                           "     --base MODEL           compare with MODEL: KL divergence, top-1 agreement\n"
                            "  -c --ctx-size N           tokens per chunk (default 512)\n"
                            "     --chunks N             score at most N chunks (default: all)\n"
                            "     --json                 print the figures as JSON\n"
-                           "MODEL and --base are GGUF files when they end in .gguf or name an existing file,\n"
-                           "models in the store otherwise.\n",
+                           "MODEL and --base are GGUF files when they end in .gguf or name an existing\n"
+                           "file, models in the store otherwise.\n",
                 .shortopts = ":hf:c:",
                 .longopts = eval_options,
                 .min_args = 1,
@@ -451,7 +451,8 @@ int command_parse(Command *c, int argc, char **argv, QdError *e) {
                 case ARG_CHUNKS: {
                         uint64_t u;
                         if (safe_atou64(optarg, &u) < 0 || u == 0 || u > UINT32_MAX)
-                                return qd_error_set(e, EINVAL, "qctl %s %s: expected a positive number, found '%s'.",
+                                return qd_error_set(e, EINVAL,
+                                                    "qctl %s %s: expected a positive number, found '%s'.",
                                                     vb->name, o == 'c' ? "-c" : "--chunks", optarg);
                         *(o == 'c' ? &c->n_ctx : &c->chunks) = (uint32_t)u;
                         break;
@@ -481,8 +482,8 @@ int command_parse(Command *c, int argc, char **argv, QdError *e) {
                 return 0;
 
         if (c->n_args < vb->min_args) {
-                static const char *const quantize_missing[] = { "SRC.gguf, DST.gguf and TYPE", "DST.gguf and TYPE",
-                                                                 "TYPE" };
+                static const char *const quantize_missing[] = { "SRC.gguf, DST.gguf and TYPE",
+                                                                 "DST.gguf and TYPE", "TYPE" };
                 return qd_error_set(e, EINVAL, "qctl %s: missing %s: see 'qctl %s --help'.", vb->name,
                                     c->n_args == 0 && v == VERB_CP ? "SOURCE and DESTINATION"
                                     : v == VERB_CP                 ? "DESTINATION"
@@ -494,7 +495,8 @@ int command_parse(Command *c, int argc, char **argv, QdError *e) {
                 return qd_error_set(e, EINVAL, "qctl %s: unexpected argument '%s': see 'qctl %s --help'.", vb->name,
                                     c->args[vb->max_args], vb->name);
         if (v == VERB_EVAL && !c->file)
-                return qd_error_set(e, EINVAL, "qctl eval: missing --file TEXT, the text to score: see 'qctl eval --help'.");
+                return qd_error_set(e, EINVAL,
+                                    "qctl eval: missing --file TEXT: see 'qctl eval --help'.");
         if (v == VERB_CREATE && !c->file) {
                 c->file = strdup("Modelfile");
                 if (!c->file)

@@ -275,9 +275,9 @@ typedef struct Command {
         bool allow_requantize; /* quantize --allow-requantize */
         char **tensor_types;   /* quantize --tensor-type PATTERN=TYPE, NULL-terminated, or NULL */
         size_t n_tensor_types;
-        char *base;            /* eval --base MODEL */
-        uint32_t n_ctx;        /* eval -c, 0: the daemon's default (512) */
-        uint32_t chunks;       /* eval --chunks, 0: all */
+        char *base;      /* eval --base MODEL */
+        uint32_t n_ctx;  /* eval -c, 0: the daemon's default (512) */
+        uint32_t chunks; /* eval --chunks, 0: all */
 } Command;
 
 const char *verb_to_string(VerbId v);

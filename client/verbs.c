@@ -675,7 +675,8 @@ static int on_quantize_progress(const ProtoMessage *m, void *userdata) {
 
         if (!status || !startswith(status, "quantizing"))
                 return on_progress(m, userdata);
-        return progress_update(userdata, "quantizing", NULL, (uint64_t)MAX(result_int(m->params, "completed", 0), 0),
+        return progress_update(userdata, "quantizing", NULL,
+                               (uint64_t)MAX(result_int(m->params, "completed", 0), 0),
                                (uint64_t)MAX(result_int(m->params, "total", 0), 0), now_ns());
 }
 
@@ -892,7 +893,8 @@ static int open_gguf(const char *path, int *ret, QdError *e) {
         if (!S_ISREG(st.st_mode))
                 return qd_error_set(e, EINVAL, "'%s' is not a regular file.", path);
         if (pread(fd, magic, sizeof(magic), 0) != (ssize_t)sizeof(magic) || memcmp(magic, "GGUF", 4) != 0)
-                return qd_error_set(e, EBADMSG, "'%s' is not a GGUF file: it does not start with \"GGUF\".", path);
+                return qd_error_set(e, EBADMSG, "'%s' is not a GGUF file: it does not start with \"GGUF\".",
+                                    path);
         *ret = TAKE_FD(fd);
         return 0;
 }
@@ -901,7 +903,8 @@ static int open_gguf(const char *path, int *ret, QdError *e) {
 static int commit_tmp(int fd, const char *tmp, const char *path, bool replace) {
         if (replace)
                 return tmpfile_commit(fd, tmp, path);
-        if (fchmod(fd, 0644) < 0 || fsync(fd) < 0 || renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) < 0)
+        if (fchmod(fd, 0644) < 0 || fsync(fd) < 0 ||
+            renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) < 0)
                 return -errno;
         return 0;
 }
@@ -922,14 +925,16 @@ static int verb_quantize(Qctl *q, Command *c, QdError *e) {
                 return -errno;
         if (stat(dst_path, &dst_st) >= 0) {
                 if (dst_st.st_dev == sst.st_dev && dst_st.st_ino == sst.st_ino)
-                        return qd_error_set(e, EINVAL, "'%s' is the source file: give another DST.", dst_path);
+                        return qd_error_set(e, EINVAL, "'%s' is the source file: give another DST.",
+                                            dst_path);
                 if (!c->force)
                         return qd_error_set(e, EEXIST, "'%s' exists: add --force to replace it.", dst_path);
         }
         /* Beside DST, so that the final rename stays in one file system. */
         dst = tmpfile_beside(dst_path, &tmp);
         if (dst < 0)
-                return qd_error_set(e, -dst, "Cannot create a file beside '%s': %s.", dst_path, strerror(-dst));
+                return qd_error_set(e, -dst, "Cannot create a file beside '%s': %s.", dst_path,
+                                    strerror(-dst));
 
         packer_open(&p);
         uint32_t n = 3 + c->pure + c->leave_output + c->allow_requantize + (c->n_tensor_types > 0);
@@ -977,7 +982,8 @@ static int verb_quantize(Qctl *q, Command *c, QdError *e) {
                 return r;
         r = commit_tmp(dst, tmp, dst_path, c->force);
         if (r == -EEXIST)
-                return qd_error_set(e, EEXIST, "'%s' appeared while quantizing: add --force to replace it.", dst_path);
+                return qd_error_set(e, EEXIST, "'%s' appeared while quantizing: add --force to replace it.",
+                                    dst_path);
         if (r < 0)
                 return qd_error_set(e, -r, "Cannot write '%s': %s.", dst_path, strerror(-r));
         free(TAKE_PTR(tmp));
@@ -1083,16 +1089,19 @@ static int verb_eval(Qctl *q, Command *c, QdError *e) {
         char size[32];
         format_bytes(size, sizeof(size), (uint64_t)MAX(result_int(res, "file_size", 0), 0));
         fprintf(q->out, "model              %s\n", c->args[0]);
-        fprintf(q->out, "file size          %s (%.2f bits per weight)\n", size, result_double(res, "bits_per_weight", 0));
+        fprintf(q->out, "file size          %s (%.2f bits per weight)\n", size,
+                result_double(res, "bits_per_weight", 0));
         fprintf(q->out, "scored tokens      %" PRId64 " in %" PRId64 " chunks of %" PRId64 "\n",
-                result_int(res, "scored_tokens", 0), result_int(res, "chunks", 0), result_int(res, "n_ctx", 0));
+                result_int(res, "scored_tokens", 0), result_int(res, "chunks", 0),
+                result_int(res, "n_ctx", 0));
         fprintf(q->out, "perplexity         %.4f\n", result_double(res, "perplexity", 0));
         if (c->base) {
                 fprintf(q->out, "base               %s\n", c->base);
                 fprintf(q->out, "base perplexity    %.4f\n", result_double(res, "base_perplexity", 0));
                 fprintf(q->out, "mean KLD           %.6f\n", result_double(res, "kld_mean", 0));
                 fprintf(q->out, "99%% KLD            %.6f\n", result_double(res, "kld_p99", 0));
-                fprintf(q->out, "top-1 agreement    %.2f%%\n", 100.0 * result_double(res, "top1_agreement", 0));
+                fprintf(q->out, "top-1 agreement    %.2f%%\n",
+                        100.0 * result_double(res, "top1_agreement", 0));
         }
         return 0;
 }

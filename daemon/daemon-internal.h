@@ -150,8 +150,8 @@ int job_start(Manager *m, Request *r, const char *kind, const char *model, JobRu
 /* Worker side: records progress; the main thread sends it to the watchers, coalesced. Any thread. */
 void job_progress(Job *j, const char *status, const char *digest, uint64_t total, uint64_t completed);
 /*
- * Worker side, before the job returns 0: n_fields packed msgpack map entries (keys and values) that the final
- * reply carries besides job, status and model (Eval's figures). Copied.
+ * Worker side, before the job returns 0: n_fields packed msgpack map entries (keys and values) that the
+ * final reply carries besides job, status and model (Eval's figures). Copied.
  */
 int job_set_result(Job *j, const void *fields, size_t size, uint32_t n_fields);
 const atomic_bool *job_cancel_flag(Job *j);

@@ -152,7 +152,8 @@ static void job_reply(Job *j, Request *r) {
         }
         Reply rep;
         reply_init(&rep);
-        if (msgpack_pack_map(&rep.pk, 3 + j->n_result_fields) >= 0 && proto_pack_kv_u64(&rep.pk, "job", j->id) >= 0 &&
+        if (msgpack_pack_map(&rep.pk, 3 + j->n_result_fields) >= 0 &&
+            proto_pack_kv_u64(&rep.pk, "job", j->id) >= 0 &&
             proto_pack_kv_str(&rep.pk, "status", "success") >= 0 &&
             proto_pack_kv_str(&rep.pk, "model", j->model) >= 0 &&
             (j->result_fields.len == 0 ||

@@ -590,7 +590,8 @@ static int mixture_list(Buf *b) {
         int k = 0;
         for (int q = 0; k >= 0 && q < _QUANT_MIXTURE_MAX; q++)
                 if (quant_mixture_name((QuantMixture)q))
-                        k = buf_printf(b, "%s%s", b->len > 0 ? ", " : "", quant_mixture_name((QuantMixture)q));
+                        k = buf_printf(b, "%s%s", b->len > 0 ? ", " : "",
+                                       quant_mixture_name((QuantMixture)q));
         return k;
 }
 
@@ -609,7 +610,7 @@ typedef struct QuantizeJob {
         QuantOverride *overrides; /* (n_overrides), patterns owned */
         size_t n_overrides;
         Job *job;
-        const Gguf *gguf; /* the source, while the job runs */
+        const Gguf *gguf;     /* the source, while the job runs */
         uint64_t done, total; /* source bytes */
 } QuantizeJob;
 
@@ -716,8 +717,9 @@ static int method_quantize(Manager *m, Request *r, ProtoMessage *call, QdError *
         if (fstat(dst, &st) < 0 || (flags = fcntl(dst, F_GETFL)) < 0)
                 return -errno;
         if (!S_ISREG(st.st_mode) || (flags & O_ACCMODE) == O_RDONLY)
-                return qd_error_set(err, EINVAL,
-                                    "Parameter 'dst' must be a descriptor of a regular file open for writing.");
+                return qd_error_set(
+                        err, EINVAL,
+                        "Parameter 'dst' must be a descriptor of a regular file open for writing.");
 
         _cleanup_free_ QuantizeJob *q = calloc(1, sizeof(*q));
         if (!q)
@@ -745,18 +747,21 @@ static int method_quantize(Manager *m, Request *r, ProtoMessage *call, QdError *
                         {},
                 };
                 const msgpack_object *item = &a.overrides->via.array.ptr[i];
-                k = item->type == MSGPACK_OBJECT_MAP ? proto_dispatch(item, ofields, &o, call->zone, err)
-                                                     : qd_error_set(err, EINVAL,
-                                                                    "Parameter 'overrides' must be an array of "
-                                                                    "maps {pattern, type}.");
+                k = item->type == MSGPACK_OBJECT_MAP
+                            ? proto_dispatch(item, ofields, &o, call->zone, err)
+                            : qd_error_set(err, EINVAL,
+                                           "Parameter 'overrides' must be an array of "
+                                           "maps {pattern, type}.");
                 int type = k >= 0 ? ggml_type_from_name(o.type) : 0;
                 if (k >= 0 && (type < 0 || !quant_type_supported((uint32_t)type)))
-                        k = qd_error_set(err, EINVAL,
-                                         "Unknown tensor type '%s' for the tensors matching '%s'; give a type "
-                                         "such as q8_0, q4_K or f16.",
-                                         o.type, o.pattern);
+                        k = qd_error_set(
+                                err, EINVAL,
+                                "Unknown tensor type '%s' for the tensors matching '%s'; give a type "
+                                "such as q8_0, q4_K or f16.",
+                                o.type, o.pattern);
                 if (k >= 0) {
-                        q->overrides[i] = (QuantOverride){.pattern = strdup(o.pattern), .type = (uint32_t)type};
+                        q->overrides[i] =
+                                (QuantOverride){.pattern = strdup(o.pattern), .type = (uint32_t)type};
                         k = q->overrides[i].pattern ? 0 : -ENOMEM;
                 }
                 q->n_overrides = i + (k >= 0);
@@ -798,7 +803,8 @@ static void eval_progress(void *userdata, size_t chunk, size_t n_chunks) {
         job_progress(e->job, "evaluating", NULL, n_chunks, chunk + 1);
 }
 
-static int eval_load(EvalJob *e, const char *path, int fd, const char *what, EngineModel **ret, QdError *err) {
+static int eval_load(EvalJob *e, const char *path, int fd, const char *what, EngineModel **ret,
+                     QdError *err) {
         /* The CPU: a GPU's memory is the scheduler's to budget, and this model is not in its books. */
         EngineModelParams p = engine_model_params_default();
         p.backend = "cpu";
@@ -847,7 +853,8 @@ static int eval_job_run(Job *j, void *userdata, QdError *err) {
         e->params.progress = eval_progress;
         e->params.userdata = e;
         job_progress(j, "evaluating", NULL, 0, 0);
-        k = quant_eval(model, base, text.data ? (const char *)text.data : "", text.len, &e->params, &res, err);
+        k = quant_eval(model, base, text.data ? (const char *)text.data : "", text.len, &e->params, &res,
+                       err);
         if (k < 0)
                 return k;
 
@@ -882,8 +889,8 @@ static int eval_job_run(Job *j, void *userdata, QdError *err) {
 }
 
 /* A model to evaluate: a store name (resolved now, on the main thread) or a descriptor of a GGUF file. */
-static int eval_model_arg(Manager *m, ProtoMessage *call, const char *name, uint64_t fd_index, const char *what,
-                          char **ret_path, int *ret_fd, QdError *err) {
+static int eval_model_arg(Manager *m, ProtoMessage *call, const char *name, uint64_t fd_index,
+                          const char *what, char **ret_path, int *ret_fd, QdError *err) {
         if (!!name == (fd_index != UINT64_MAX))
                 return qd_error_set(err, EINVAL, "Eval takes one of '%s' (a model name) and '%s_fd'.", what,
                                     what);
@@ -938,7 +945,8 @@ static int method_eval(Manager *m, Request *r, ProtoMessage *call, QdError *err)
         if (k >= 0 && fstat(e->text, &st) < 0)
                 k = -errno;
         if (k >= 0 && S_ISDIR(st.st_mode))
-                k = qd_error_set(err, EISDIR, "Parameter 'text' must be a descriptor of a file, not a folder.");
+                k = qd_error_set(err, EISDIR,
+                                 "Parameter 'text' must be a descriptor of a file, not a folder.");
         if (k < 0) {
                 eval_job_free(e);
                 return k;

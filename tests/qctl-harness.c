@@ -3,10 +3,10 @@
  * Running the built qctl from a test: see qctl-harness.h.
  */
 
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <setjmp.h>
 
 #include <cmocka.h>
 
@@ -34,7 +34,7 @@ const char *qctl_path(void) {
 
 /* Reads fds[0] and fds[1] to their ends. */
 static void drain(int out, int err, Buf *bo, Buf *be) {
-        struct pollfd p[2] = { { .fd = out, .events = POLLIN }, { .fd = err, .events = POLLIN } };
+        struct pollfd p[2] = {{.fd = out, .events = POLLIN}, {.fd = err, .events = POLLIN}};
         int open_ = 2;
         char chunk[4096];
 
@@ -56,7 +56,7 @@ static void drain(int out, int err, Buf *bo, Buf *be) {
 
 static Result run_qctl_v(const char *socket, const char *input, const char *sigint_after, bool on_stderr,
                          va_list ap) {
-        const char *argv[32] = { qctl_path() };
+        const char *argv[32] = {qctl_path()};
         int n = 1, in[2], out[2], err[2];
 
         for (const char *a; (a = va_arg(ap, const char *)) && n < 31;)

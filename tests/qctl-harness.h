@@ -2,9 +2,10 @@
 #pragma once
 
 /*
- * Running the built qctl from a test: with QUANTD_SOCKET set, stdin from a string, stdout and stderr collected,
- * and Ctrl+C (SIGINT) sent once a text appears. Shared by the test programs that drive qctl against a real
- * quantd (test-client-integration, test-client-registry). Failures end the test through cmocka.
+ * Running the built qctl from a test: with QUANTD_SOCKET set, stdin from a string, stdout and stderr
+ * collected, and Ctrl+C (SIGINT) sent once a text appears. Shared by the test programs that drive qctl
+ * against a real quantd (test-client-integration, test-client-registry). Failures end the test through
+ * cmocka.
  */
 
 #include "common.h"

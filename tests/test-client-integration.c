@@ -368,7 +368,8 @@ static bool is_gguf(const char *path) {
         return ok;
 }
 
-/* qctl quantize: the daemon writes through the descriptor qctl passes; DST appears only when it is complete. */
+/* qctl quantize: the daemon writes through the descriptor qctl passes; DST appears only when it is complete.
+ */
 static void test_quantize(void **state) {
         Harness *h = *state;
         const char *models = getenv("QUANTD_TEST_MODELS");
@@ -428,7 +429,9 @@ static void test_quantize(void **state) {
         r = run_qctl(h, "quantize", src, nodir, "q8_0");
         check_error(&r, 4, "Cannot create a file beside");
         r = run_qctl(h, "quantize", src, other, "q8_0", "--tensor-type", "attn_v");
-        check_error(&r, 2, "qctl quantize --tensor-type: expected PATTERN=TYPE such as attn_v=q8_0, found 'attn_v'.");
+        check_error(
+                &r, 2,
+                "qctl quantize --tensor-type: expected PATTERN=TYPE such as attn_v=q8_0, found 'attn_v'.");
         r = run_qctl(h, "quantize", src, other, "q8_0", "--tensor-type", "attn_v=zz");
         check_error(&r, 2, "Unknown tensor type 'zz' for the tensors matching 'attn_v'");
         r = run_qctl(h, "quantize", src, other, "q8_0", "--tensor-type", "(=q8_0");
@@ -474,7 +477,8 @@ static double json_number(const char *json, const char *key) {
         return strtod(p + strlen(k), NULL);
 }
 
-/* qctl eval on a model in the store: llama-perplexity's figure (llama.cpp's, by make-perplexity-reference.py). */
+/* qctl eval on a model in the store: llama-perplexity's figure (llama.cpp's, by
+ * make-perplexity-reference.py). */
 static void test_eval(void **state) {
         Harness *h = *state;
         const char *models = getenv("QUANTD_TEST_MODELS"), *data = getenv("QUANTD_TEST_DATA");

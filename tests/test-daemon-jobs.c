@@ -329,7 +329,8 @@ static void test_quantize_eval_params(void **state) {
         check_call_error(k, &e, EINVAL, "Parameter 'src' must be a descriptor of a regular file.");
         pack_quantize(&sb, true, NULL);
         k = call_fds(c, "Quantize", &sb, (int[]){src, src}, 2, &m, &e);
-        check_call_error(k, &e, EINVAL, "Parameter 'dst' must be a descriptor of a regular file open for writing.");
+        check_call_error(k, &e, EINVAL,
+                         "Parameter 'dst' must be a descriptor of a regular file open for writing.");
         pack_quantize(&sb, true, "attn_v=q8_0");
         k = call_fds(c, "Quantize", &sb, (int[]){src, out}, 2, &m, &e);
         check_call_error(k, &e, EINVAL, "Parameter 'overrides' must be an array of maps {pattern, type}.");
