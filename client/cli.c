@@ -98,6 +98,12 @@ static const struct option quantize_options[] = {
         {},
 };
 
+static const struct option export_options[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "force", no_argument, NULL, 'f' },
+        {},
+};
+
 static const struct option eval_options[] = {
         { "help", no_argument, NULL, 'h' },
         { "file", required_argument, NULL, 'f' },
@@ -264,6 +270,17 @@ static const Verb verbs[_VERB_MAX] = {
                 .min_args = 1,
                 .max_args = 1,
         },
+        [VERB_EXPORT] = {
+                .name = "export",
+                .synopsis = "MODEL FILE",
+                .description = "write a model to an archive that a Modelfile FROM reads",
+                .options = HELP_OPTION "  -f --force                replace FILE if it exists\n"
+                                       "FILE ends in .tar, .tar.gz, .tgz or .tar.zst.\n",
+                .shortopts = ":hf",
+                .longopts = export_options,
+                .min_args = 2,
+                .max_args = 2,
+        },
         [VERB_VERSION] = {
                 .name = "version",
                 .synopsis = "",
@@ -396,7 +413,7 @@ int command_parse(Command *c, int argc, char **argv, QdError *e) {
                         c->json = true;
                         break;
                 case 'f':
-                        if (v == VERB_QUANTIZE) {
+                        if (v == VERB_QUANTIZE || v == VERB_EXPORT) {
                                 c->force = true;
                                 break;
                         }
@@ -485,10 +502,12 @@ int command_parse(Command *c, int argc, char **argv, QdError *e) {
                 static const char *const quantize_missing[] = { "SRC.gguf, DST.gguf and TYPE",
                                                                  "DST.gguf and TYPE", "TYPE" };
                 return qd_error_set(e, EINVAL, "qctl %s: missing %s: see 'qctl %s --help'.", vb->name,
-                                    c->n_args == 0 && v == VERB_CP ? "SOURCE and DESTINATION"
-                                    : v == VERB_CP                 ? "DESTINATION"
-                                    : v == VERB_QUANTIZE           ? quantize_missing[c->n_args]
-                                                                   : "MODEL",
+                                    c->n_args == 0 && v == VERB_CP       ? "SOURCE and DESTINATION"
+                                    : v == VERB_CP                       ? "DESTINATION"
+                                    : c->n_args == 0 && v == VERB_EXPORT ? "MODEL and FILE"
+                                    : v == VERB_EXPORT                   ? "FILE"
+                                    : v == VERB_QUANTIZE                 ? quantize_missing[c->n_args]
+                                                                         : "MODEL",
                                     vb->name);
         }
         if (c->n_args > vb->max_args)

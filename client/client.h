@@ -223,6 +223,7 @@ typedef enum VerbId {
         VERB_STOP,
         VERB_QUANTIZE,
         VERB_EVAL,
+        VERB_EXPORT,
         VERB_VERSION,
         _VERB_MAX,
         _VERB_INVALID = -EINVAL,
@@ -269,7 +270,7 @@ typedef struct Command {
         char *quantize;    /* create -q */
         ShowWhat show;
 
-        bool force;            /* quantize: replace DST */
+        bool force;            /* quantize, export: replace the output file */
         bool pure;             /* quantize --pure */
         bool leave_output;     /* quantize --leave-output-tensor */
         bool allow_requantize; /* quantize --allow-requantize */

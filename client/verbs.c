@@ -704,8 +704,22 @@ int qctl_transfer(Qctl *q, const char *method, const char *model, bool insecure,
         return 0;
 }
 
-/* Opens what FROM names, for the daemon: a file or a Hugging Face folder is passed as a descriptor, never as a
- * path. Returns whether it is a folder. */
+/* Whether the file starts as a model archive does: a tar header, or gzip's or zstd's magic around one. */
+static bool is_archive(int fd) {
+        uint8_t head[512];
+        ssize_t n = pread(fd, head, sizeof(head), 0);
+
+        if (n >= 2 && head[0] == 0x1f && head[1] == 0x8b)
+                return true;
+        if (n >= 4 && memcmp(head, "\x28\xb5\x2f\xfd", 4) == 0)
+                return true;
+        return n == (ssize_t)sizeof(head) && memcmp(head + 257, "ustar", 5) == 0;
+}
+
+enum { FROM_GGUF, FROM_HF_DIR, FROM_ARCHIVE };
+
+/* Opens what FROM names, for the daemon: a file, a model archive or a Hugging Face folder is passed as a
+ * descriptor, never as a path. Returns which of them it is. */
 static int open_from(const Modelfile *mf, const char *file, int *ret_fd, QdError *e) {
         struct stat st;
         int fd = open(mf->from_path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
@@ -726,7 +740,7 @@ static int open_from(const Modelfile *mf, const char *file, int *ret_fd, QdError
                         return qd_error_set(e, errno, "%s:%u: FROM names the folder '%s', which cannot be opened: %s.",
                                             file, mf->from_line, mf->from_path, strerror(errno));
                 *ret_fd = fd;
-                return 1;
+                return FROM_HF_DIR;
         }
         if (!S_ISREG(st.st_mode)) {
                 safe_close(fd);
@@ -734,7 +748,7 @@ static int open_from(const Modelfile *mf, const char *file, int *ret_fd, QdError
                                     mf->from_line, mf->from_path);
         }
         *ret_fd = fd;
-        return 0;
+        return is_archive(fd) ? FROM_ARCHIVE : FROM_GGUF;
 }
 
 int qctl_pack_create(msgpack_packer *pk, const char *name, const Modelfile *mf, const char *fd_param,
@@ -790,8 +804,7 @@ int qctl_create(Qctl *q, const char *name, const Modelfile *mf, const char *file
         _cleanup_(progress_freep) Progress *pr = NULL;
         _cleanup_(packer_close) Packer p = {};
         _cleanup_close_ int fd = -EBADF;
-        bool hf_dir = false;
-        int r;
+        int r, kind = FROM_GGUF;
 
         if (mf->adapter)
                 return qd_error_set(e, EOPNOTSUPP,
@@ -800,10 +813,15 @@ int qctl_create(Qctl *q, const char *name, const Modelfile *mf, const char *file
                 r = open_from(mf, file, &fd, e);
                 if (r < 0)
                         return r;
-                hf_dir = r > 0;
+                kind = r;
         }
         packer_open(&p);
-        r = qctl_pack_create(&p.pk, name, mf, fd < 0 ? NULL : hf_dir ? "hf_dir" : "gguf", quantize);
+        r = qctl_pack_create(&p.pk, name, mf,
+                             fd < 0                 ? NULL
+                             : kind == FROM_HF_DIR  ? "hf_dir"
+                             : kind == FROM_ARCHIVE ? "archive"
+                                                    : "gguf",
+                             quantize);
         if (r < 0)
                 return r;
         r = qctl_connect(q, e);
@@ -991,6 +1009,57 @@ static int verb_quantize(Qctl *q, Command *c, QdError *e) {
         return 0;
 }
 
+/* qctl export: the archive's format by FILE's suffix; FILE is written as quantize's DST is. */
+static int verb_export(Qctl *q, Command *c, QdError *e) {
+        const char *model = c->args[0], *path = c->args[1];
+        _cleanup_(progress_freep) Progress *pr = NULL;
+        _cleanup_(unlink_tmpp) char *tmp = NULL;
+        _cleanup_(packer_close) Packer p = {};
+        _cleanup_close_ int fd = -EBADF;
+        const char *format;
+        int r;
+
+        if (endswith(path, ".tar"))
+                format = "tar";
+        else if (endswith(path, ".tar.gz") || endswith(path, ".tgz"))
+                format = "tar.gz";
+        else if (endswith(path, ".tar.zst"))
+                format = "tar.zst";
+        else
+                return qd_error_set(e, EINVAL,
+                                    "qctl export: FILE must end in .tar, .tar.gz, .tgz or .tar.zst.");
+        if (access(path, F_OK) >= 0 && !c->force)
+                return qd_error_set(e, EEXIST, "'%s' exists: add --force to replace it.", path);
+        fd = tmpfile_beside(path, &tmp);
+        if (fd < 0)
+                return qd_error_set(e, -fd, "Cannot create a file beside '%s': %s.", path, strerror(-fd));
+
+        packer_open(&p);
+        if (msgpack_pack_map(&p.pk, 3) < 0 || proto_pack_kv_str(&p.pk, "model", model) < 0 ||
+            proto_pack_kv_u64(&p.pk, "fd", 0) < 0 || proto_pack_kv_str(&p.pk, "format", format) < 0)
+                return -ENOMEM;
+        r = qctl_connect(q, e);
+        if (r < 0)
+                return r;
+        r = progress_new(&pr, q->err, q->err_tty, q->width);
+        if (r < 0)
+                return r;
+        CallHooks h = { .on_event = on_progress, .interrupted = q->interrupted, .userdata = pr };
+        r = conn_call(q->conn, "Export", p.sb.data, p.sb.size, &fd, 1, &h, NULL, e);
+        progress_finish(pr);
+        if (r < 0)
+                return r;
+        r = commit_tmp(fd, tmp, path, c->force);
+        if (r == -EEXIST)
+                return qd_error_set(e, EEXIST, "'%s' appeared while exporting: add --force to replace it.",
+                                    path);
+        if (r < 0)
+                return qd_error_set(e, -r, "Cannot write '%s': %s.", path, strerror(-r));
+        free(TAKE_PTR(tmp));
+        fprintf(q->err, "success\n");
+        return 0;
+}
+
 /* A model for eval: an existing file or a name ending in .gguf is opened and passed; anything else names a
  * model in the store. Packs key (or key_fd) and returns the descriptor to send, or -EBADF for a name. */
 static int pack_eval_model(msgpack_packer *pk, const char *key, const char *arg, int *fd, size_t fd_index,
@@ -1152,6 +1221,8 @@ int qctl_run_command(Qctl *q, Command *c, QdError *e) {
                 return verb_quantize(q, c, e);
         case VERB_EVAL:
                 return verb_eval(q, c, e);
+        case VERB_EXPORT:
+                return verb_export(q, c, e);
         case VERB_VERSION:
                 return verb_version(q, c, e);
         case _VERB_MAX:

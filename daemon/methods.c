@@ -210,11 +210,30 @@ static int method_show(Manager *m, Request *r, ProtoMessage *call, QdError *err)
         return reply_simple(r, &rep, k);
 }
 
+/* "Q4_0, Q4_1, …": the mixtures, for messages. */
+static int mixture_list(Buf *b) {
+        int k = 0;
+        for (int q = 0; k >= 0 && q < _QUANT_MIXTURE_MAX; q++)
+                if (quant_mixture_name((QuantMixture)q))
+                        k = buf_printf(b, "%s%s", b->len > 0 ? ", " : "",
+                                       quant_mixture_name((QuantMixture)q));
+        return k;
+}
+
+static int unknown_mixture(const char *name, QdError *err) {
+        _cleanup_(buf_free) Buf b = {};
+        if (mixture_list(&b) < 0)
+                return -ENOMEM;
+        return qd_error_set(err, EINVAL, "Unknown quantization type '%s': choose one of %s.", name,
+                            (char *)b.data);
+}
+
 typedef struct CreateJob {
         Manager *manager;
         char *model;
         int fd; /* the GGUF: passed by the client, or the base model's blob (FROM a local model) */
         int hf_dir; /* a Hugging Face folder passed by the client, converted into fd by the job; or -EBADF */
+        int archive; /* a model archive passed by the client, imported by the job; or -EBADF */
         char *template, *system, *parameters, *messages;
         char **licenses;
         int quantize; /* a QuantMixture, or -1 to store the file as it is */
@@ -224,6 +243,7 @@ static void create_job_free(void *userdata) {
         CreateJob *c = userdata;
         safe_close(c->fd);
         safe_close(c->hf_dir);
+        safe_close(c->archive);
         free(c->model);
         free(c->template);
         free(c->system);
@@ -295,6 +315,20 @@ static int create_job_run(Job *j, void *userdata, QdError *err) {
         Manager *m = c->manager;
         _cleanup_close_ int quantized = -EBADF;
 
+        if (c->archive >= 0) {
+                /* The archive's model, with the Modelfile's other instructions on top. */
+                StoreCreateSpec over = {
+                        .fd = -EBADF,
+                        .template = c->template,
+                        .system = c->system,
+                        .parameters = c->parameters,
+                        .messages = c->messages,
+                        .licenses = c->licenses,
+                };
+                job_progress(j, "importing archive", NULL, 0, 0);
+                return m->store_ops->import(m->store, c->archive, c->model, &over, store_progress, j,
+                                            job_cancel_flag(j), err);
+        }
         if (c->hf_dir >= 0) {
                 job_progress(j, "converting from Hugging Face", NULL, 0, 0);
                 c->fd = convert_to_tmpfile(c, err);
@@ -374,12 +408,13 @@ static int method_create(Manager *m, Request *r, ProtoMessage *call, QdError *er
         struct {
                 const char *model, *from, *template, *system, *quantize, *requires;
                 const msgpack_object *parameters, *license, *messages;
-                uint64_t gguf, hf_dir;
-        } a = {.gguf = UINT64_MAX, .hf_dir = UINT64_MAX};
+                uint64_t gguf, hf_dir, archive;
+        } a = {.gguf = UINT64_MAX, .hf_dir = UINT64_MAX, .archive = UINT64_MAX};
         static const ProtoField fields[] = {
                 {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true},
                 {"gguf", PROTO_FIELD_FD, offsetof(typeof(a), gguf)},
                 {"hf_dir", PROTO_FIELD_FD, offsetof(typeof(a), hf_dir)},
+                {"archive", PROTO_FIELD_FD, offsetof(typeof(a), archive)},
                 {"from", PROTO_FIELD_STRING, offsetof(typeof(a), from)},
                 {"template", PROTO_FIELD_STRING, offsetof(typeof(a), template)},
                 {"system", PROTO_FIELD_STRING, offsetof(typeof(a), system)},
@@ -390,16 +425,18 @@ static int method_create(Manager *m, Request *r, ProtoMessage *call, QdError *er
                 {"requires", PROTO_FIELD_STRING, offsetof(typeof(a), requires)},
                 {},
         };
-        _cleanup_close_ int fd = -EBADF, hf_dir = -EBADF;
+        _cleanup_close_ int fd = -EBADF, hf_dir = -EBADF, archive = -EBADF;
         int k, quantize = -1;
 
         k = proto_dispatch(call->params, fields, &a, call->zone, err);
         if (k < 0)
                 return k;
-        if ((a.gguf != UINT64_MAX) + (a.hf_dir != UINT64_MAX) + !!a.from != 1)
-                return qd_error_set(err, EINVAL,
-                                    "Create takes one of 'gguf' (a descriptor of a GGUF file), 'hf_dir' (a "
-                                    "descriptor of a Hugging Face folder) or 'from' (a local model).");
+        if ((a.gguf != UINT64_MAX) + (a.hf_dir != UINT64_MAX) + (a.archive != UINT64_MAX) + !!a.from != 1)
+                return qd_error_set(
+                        err, EINVAL,
+                        "Create takes one of 'gguf' (a descriptor of a GGUF file), 'hf_dir' (a "
+                        "descriptor of a Hugging Face folder), 'archive' (a descriptor of a model "
+                        "archive) or 'from' (a local model).");
         if (a.template) {
                 /* A template that does not parse fails now, not at the first chat. */
                 _cleanup_(engine_template_freep) EngineTemplate *t = NULL;
@@ -410,9 +447,12 @@ static int method_create(Manager *m, Request *r, ProtoMessage *call, QdError *er
         if (a.quantize) {
                 quantize = quant_mixture_from_name(a.quantize);
                 if (quantize < 0)
-                        return qd_error_set(err, EINVAL,
-                                            "Unknown quantization '%s'; Hello lists quant_types.",
-                                            a.quantize);
+                        return unknown_mixture(a.quantize, err);
+                /* The archive's GGUF is in the store only once the job imported it. */
+                if (a.archive != UINT64_MAX)
+                        return qd_error_set(err, EOPNOTSUPP,
+                                            "Quantizing while importing an archive is not supported: import "
+                                            "it first, then create a model FROM it with a quantization.");
         }
         if (a.messages)
                 for (uint32_t i = 0; i < a.messages->via.array.size; i++) {
@@ -444,6 +484,10 @@ static int method_create(Manager *m, Request *r, ProtoMessage *call, QdError *er
                 if (fd < 0)
                         return qd_error_set(err, errno, "Failed to open the model '%s': %s", a.from,
                                             strerror(errno));
+        } else if (a.archive != UINT64_MAX) {
+                archive = proto_message_take_fd(call, a.archive, err);
+                if (archive < 0)
+                        return archive;
         } else if (a.hf_dir != UINT64_MAX) {
                 struct stat st;
                 hf_dir = proto_message_take_fd(call, a.hf_dir, err);
@@ -465,6 +509,7 @@ static int method_create(Manager *m, Request *r, ProtoMessage *call, QdError *er
         c->manager = m;
         c->fd = TAKE_FD(fd);
         c->hf_dir = TAKE_FD(hf_dir);
+        c->archive = TAKE_FD(archive);
         c->quantize = quantize;
         c->model = strdup(a.model);
         c->template = a.template ? strdup(a.template) : TAKE_PTR(template);
@@ -584,24 +629,6 @@ static int method_push(Manager *m, Request *r, ProtoMessage *call, QdError *err)
 }
 
 /* ---- files: Quantize and Eval ---- */
-
-/* "Q4_0, Q4_1, …": the mixtures, for messages. */
-static int mixture_list(Buf *b) {
-        int k = 0;
-        for (int q = 0; k >= 0 && q < _QUANT_MIXTURE_MAX; q++)
-                if (quant_mixture_name((QuantMixture)q))
-                        k = buf_printf(b, "%s%s", b->len > 0 ? ", " : "",
-                                       quant_mixture_name((QuantMixture)q));
-        return k;
-}
-
-static int unknown_mixture(const char *name, QdError *err) {
-        _cleanup_(buf_free) Buf b = {};
-        if (mixture_list(&b) < 0)
-                return -ENOMEM;
-        return qd_error_set(err, EINVAL, "Unknown quantization type '%s': choose one of %s.", name,
-                            (char *)b.data);
-}
 
 typedef struct QuantizeJob {
         Manager *manager;
@@ -952,6 +979,69 @@ static int method_eval(Manager *m, Request *r, ProtoMessage *call, QdError *err)
                 return k;
         }
         return job_start(m, r, "eval", a.model, eval_job_run, e, eval_job_free, NULL);
+}
+
+typedef struct ExportJob {
+        Manager *manager;
+        char *model, *format;
+        int fd;
+} ExportJob;
+
+static void export_job_free(void *userdata) {
+        ExportJob *x = userdata;
+        safe_close(x->fd);
+        free(x->model);
+        free(x->format);
+        free(x);
+}
+
+static int export_job_run(Job *j, void *userdata, QdError *err) {
+        ExportJob *x = userdata;
+        Manager *m = x->manager;
+
+        job_progress(j, "exporting", NULL, 0, 0);
+        return m->store_ops->export(m->store, x->model, x->fd, x->format, store_progress, j,
+                                    job_cancel_flag(j), err);
+}
+
+static int method_export(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        struct {
+                const char *model, *format;
+                uint64_t fd;
+        } a = {.fd = UINT64_MAX};
+        static const ProtoField fields[] = {
+                {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true},
+                {"fd", PROTO_FIELD_FD, offsetof(typeof(a), fd), true},
+                {"format", PROTO_FIELD_STRING, offsetof(typeof(a), format)},
+                {},
+        };
+        _cleanup_free_ char *path = NULL;
+        int k;
+
+        k = proto_dispatch(call->params, fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+        const char *format = a.format ?: "tar";
+        if (!streq(format, "tar") && !streq(format, "tar.gz") && !streq(format, "tar.zst"))
+                return qd_error_set(err, EINVAL, "Unknown archive format '%s'; use tar, tar.gz or tar.zst.",
+                                    format);
+        /* A missing model fails now, not in the job. */
+        k = m->store_ops->resolve(m->store, a.model, &path, NULL, err);
+        if (k < 0)
+                return k;
+        ExportJob *x = calloc(1, sizeof(*x));
+        if (!x)
+                return -ENOMEM;
+        x->manager = m;
+        x->fd = proto_message_take_fd(call, a.fd, err);
+        x->model = strdup(a.model);
+        x->format = strdup(format);
+        k = x->fd < 0 ? x->fd : x->model && x->format ? 0 : -ENOMEM;
+        if (k < 0) {
+                export_job_free(x);
+                return k;
+        }
+        return job_start(m, r, "export", a.model, export_job_run, x, export_job_free, NULL);
 }
 
 /* ---- jobs ---- */
@@ -1482,9 +1572,10 @@ const Method daemon_methods[] = {
         {"Pull", method_pull, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT},
         {"Push", method_push, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT},
         {"Create", method_create, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT},
-        /* These two write to or read the client's files only: they end with the client. */
+        /* These write to or read the client's files only: they end with the client. */
         {"Quantize", method_quantize, METHOD_STREAMS},
         {"Eval", method_eval, METHOD_STREAMS},
+        {"Export", method_export, METHOD_STREAMS},
         {"Copy", method_copy, METHOD_CHANGES_STORE},
         {"Delete", method_delete, METHOD_CHANGES_STORE},
         {"Load", method_load, 0},

@@ -446,6 +446,136 @@ static void test_quantize(void **state) {
         assert_false(dir_has_prefix(h->dir, "other.gguf."));
 }
 
+/* The text of model's layer of media type (".system"), read from the store the harness's daemon uses. */
+static char *layer_text(Harness *h, const char *model, const char *media) {
+        _cleanup_free_ char *mpath =
+                strdup_printf("%s/manifests/127.0.0.1:9/library/%s/latest", h->models, model);
+        _cleanup_free_ char *manifest = NULL,
+                            *key = strdup_printf("\"application/vnd.ollama.image%s\",\"digest\":\"sha256:",
+                                                 media);
+        char *text = NULL;
+        size_t size = 0;
+        FILE *f = fopen(mpath, "re");
+
+        if (!f)
+                fail_msg("no manifest at %s", mpath);
+        assert_true(getdelim(&manifest, &size, 0, f) > 0);
+        fclose(f);
+        const char *at = strstr(manifest, key);
+        if (!at)
+                return NULL;
+        _cleanup_free_ char *blob = strdup_printf("%s/blobs/sha256-%.64s", h->models, at + strlen(key));
+        f = fopen(blob, "re");
+        assert_non_null(f);
+        size = 0;
+        assert_true(getdelim(&text, &size, 0, f) > 0);
+        fclose(f);
+        return text;
+}
+
+/* qctl export writes an archive; a Modelfile FROM that archive imports it, with its other lines on top. */
+static void test_export_and_create_from_archive(void **state) {
+        Harness *h = *state;
+        Result r;
+
+        _cleanup_free_ char *weights = write_file(h, "base.fake", "size=3000\n");
+        _cleanup_free_ char *mf =
+                write_file(h, "Modelfile.base",
+                           "FROM ./base.fake\n" CHAT_TEMPLATE "SYSTEM one\nPARAMETER seed 7\n"
+                           "LICENSE \"MIT\"\n");
+        r = run_qctl(h, "create", "base", "-f", mf);
+        assert_int_equal(r.status, 0);
+        result_done(&r);
+
+        _cleanup_free_ char *tgz = strdup_printf("%s/base.tar.gz", h->dir);
+        _cleanup_free_ char *tzst = strdup_printf("%s/base.tar.zst", h->dir);
+        r = run_qctl(h, "export", "base", tgz);
+        if (r.status != 0)
+                fail_msg("qctl export failed (%d): %s", r.status, r.err);
+        assert_non_null(endswith(r.err, "success\n"));
+        result_done(&r);
+        r = run_qctl(h, "export", "base", tzst);
+        assert_int_equal(r.status, 0);
+        result_done(&r);
+        assert_false(dir_has_prefix(h->dir, "base.tar.gz."));
+
+        /* FROM the archive with a new SYSTEM: the archive's template, parameters and license stay. */
+        _cleanup_free_ char *mf2 =
+                write_file(h, "Modelfile.derived", "FROM ./base.tar.gz\nSYSTEM \"two\"\n");
+        r = run_qctl(h, "create", "derived", "-f", mf2);
+        if (r.status != 0)
+                fail_msg("qctl create FROM an archive failed (%d): %s", r.status, r.err);
+        assert_non_null(strstr(r.err, "importing"));
+        assert_non_null(endswith(r.err, "success\n"));
+        result_done(&r);
+        _cleanup_free_ char *sys = layer_text(h, "derived", ".system");
+        _cleanup_free_ char *params = layer_text(h, "derived", ".params");
+        _cleanup_free_ char *license = layer_text(h, "derived", ".license");
+        _cleanup_free_ char *tmpl = layer_text(h, "derived", ".template");
+        assert_string_equal(sys, "two");
+        assert_non_null(params);
+        assert_non_null(strstr(params, "\"seed\":7"));
+        assert_string_equal(license, "MIT");
+        assert_non_null(tmpl);
+        assert_non_null(strstr(tmpl, "{{ range .Messages }}"));
+
+        /* FROM the archive alone: the same model under a new name (the same manifest, so the same ID). */
+        _cleanup_free_ char *mf3 = write_file(h, "Modelfile.copy", "FROM ./base.tar.zst\n");
+        r = run_qctl(h, "create", "copy", "-f", mf3);
+        assert_int_equal(r.status, 0);
+        result_done(&r);
+        r = run_qctl(h, "list");
+        assert_int_equal(r.status, 0);
+        const char *b = strstr(r.out, "\nbase:latest "), *c = strstr(r.out, "\ncopy:latest ");
+        assert_non_null(b);
+        assert_non_null(c);
+        assert_memory_equal(b + 19, c + 19, 12);
+        /* The import's temporary model is gone. */
+        assert_null(strstr(r.out, "quantd-import"));
+        result_done(&r);
+        r = run_qctl(h, "run", "copy", "hi", "-o", "num_predict=3");
+        assert_int_equal(r.status, 0);
+        result_done(&r);
+        /* A second create replaces the model, as with a GGUF. */
+        r = run_qctl(h, "create", "copy", "-f", mf3);
+        assert_int_equal(r.status, 0);
+        result_done(&r);
+
+        /* Errors. */
+        r = run_qctl(h, "export", "base", tgz);
+        check_error(&r, 1, "base.tar.gz' exists: add --force to replace it.");
+        r = run_qctl(h, "export", "base", tgz, "--force");
+        assert_int_equal(r.status, 0);
+        result_done(&r);
+        _cleanup_free_ char *zip = strdup_printf("%s/base.zip", h->dir);
+        r = run_qctl(h, "export", "base", zip);
+        check_error(&r, 2, "qctl export: FILE must end in .tar, .tar.gz, .tgz or .tar.zst.");
+        _cleanup_free_ char *nope_tar = strdup_printf("%s/nope.tar", h->dir);
+        r = run_qctl(h, "export", "nope", nope_tar);
+        check_error(&r, 4, "Model 'nope:latest' not found");
+        assert_int_equal(access(nope_tar, F_OK), -1);
+        assert_false(dir_has_prefix(h->dir, "nope.tar."));
+        r = run_qctl(h, "export", "base");
+        check_error(&r, 2, "qctl export: missing FILE: see 'qctl export --help'.");
+        _cleanup_free_ char *mfq = write_file(h, "Modelfile.q", "FROM ./base.tar.gz\n");
+        r = run_qctl(h, "create", "quantized", "-f", mfq, "-q", "q8_0");
+        check_error(&r, 5, "Quantizing while importing an archive is not supported");
+        _cleanup_free_ char *bad = write_file(h, "bad.tar.gz", "\x1f\x8b not really gzip\n");
+        _cleanup_free_ char *mfb = write_file(h, "Modelfile.bad", "FROM ./bad.tar.gz\n");
+        r = run_qctl(h, "create", "bad", "-f", mfb);
+        assert_int_equal(r.status, 6);
+        assert_non_null(strstr(r.err, "Error: "));
+        result_done(&r);
+        _cleanup_free_ char *mfm = write_file(h, "Modelfile.missing", "FROM ./missing.tar.gz\n");
+        r = run_qctl(h, "create", "missing", "-f", mfm);
+        check_error(&r, 4, "FROM names '");
+        r = run_qctl(h, "list");
+        assert_null(strstr(r.out, "bad:latest"));
+        assert_null(strstr(r.out, "quantized:latest"));
+        assert_null(strstr(r.out, "quantd-import"));
+        result_done(&r);
+}
+
 /* Ctrl+C during qctl quantize cancels the daemon's job and removes the temporary file. */
 static void test_quantize_interrupt(void **state) {
         Harness *h = *state;
@@ -780,6 +910,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_quantize, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_quantize_interrupt, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_eval, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_export_and_create_from_archive, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_chat, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_chat_missing_model, setup, teardown),
         };

@@ -105,8 +105,10 @@ static void test_create_list_copy_delete(void **state) {
         assert_int_equal(call(c, "Create", &m, &e, "model", "x", "gguf", "0", NULL), -EBADF);
         assert_string_equal(e.msg, "Descriptor 0 was named, but the request came with 0 descriptors.");
         assert_int_equal(call(c, "Create", &m, &e, "model", "x", NULL), -EINVAL);
-        assert_string_equal(e.msg, "Create takes one of 'gguf' (a descriptor of a GGUF file), 'hf_dir' (a descriptor "
-                                   "of a Hugging Face folder) or 'from' (a local model).");
+        assert_string_equal(
+                e.msg, "Create takes one of 'gguf' (a descriptor of a GGUF file), 'hf_dir' (a descriptor "
+                       "of a Hugging Face folder), 'archive' (a descriptor of a model archive) or "
+                       "'from' (a local model).");
         assert_int_equal(dh_create_model(h, c, "bad:name:x", "size=1\n"), -EINVAL);
 
         /* The finished jobs are listed. */
@@ -380,6 +382,32 @@ static void test_quantize_eval_params(void **state) {
         proto_pack_kv_u64(&pk, "model_fd", 1);
         k = call_fds(c, "Eval", &sb, (int[]){text, src}, 2, &m, &e);
         check_call_error(k, &e, EMSGSIZE, "The text is larger than 64 MiB.");
+
+        /* Export: a format qctl never sends; Create: an archive beside another source, or with quantize. */
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 3);
+        proto_pack_kv_str(&pk, "model", "x");
+        proto_pack_kv_u64(&pk, "fd", 0);
+        proto_pack_kv_str(&pk, "format", "zip");
+        k = call_fds(c, "Export", &sb, (int[]){out}, 1, &m, &e);
+        check_call_error(k, &e, EINVAL, "Unknown archive format 'zip'; use tar, tar.gz or tar.zst.");
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 3);
+        proto_pack_kv_str(&pk, "model", "x");
+        proto_pack_kv_u64(&pk, "archive", 0);
+        proto_pack_kv_u64(&pk, "gguf", 1);
+        k = call_fds(c, "Create", &sb, (int[]){text, src}, 2, &m, &e);
+        check_call_error(k, &e, EINVAL, "Create takes one of 'gguf'");
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 3);
+        proto_pack_kv_str(&pk, "model", "x");
+        proto_pack_kv_u64(&pk, "archive", 0);
+        proto_pack_kv_str(&pk, "quantize", "q8_0");
+        k = call_fds(c, "Create", &sb, (int[]){text}, 1, &m, &e);
+        check_call_error(k, &e, EOPNOTSUPP, "Quantizing while importing an archive is not supported");
         close(pipefd[0]);
         close(pipefd[1]);
 }
