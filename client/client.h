@@ -162,10 +162,11 @@ char *format_human_time(char *buf, size_t size, int64_t delta_ns);
 /* The display width of UTF-8 text in terminal columns (wide characters count 2, combining ones 0). */
 size_t utf8_width(const char *s, size_t n);
 
-/* What a finished generation reports; a count or duration of 0 was not measured. */
+/* What a finished generation reports; a count or duration of 0 was not measured, but for the load. */
 typedef struct GenerateStats {
         int64_t total_ns, load_ns, prompt_eval_ns, eval_ns;
         int64_t prompt_eval_count, eval_count;
+        bool has_load; /* the daemon measured load_ns: 0 means the model was loaded already */
 } GenerateStats;
 
 /* Appends Ollama's --verbose statistics block ("total duration:       1.2s" …). */

@@ -117,6 +117,8 @@ struct Gen {
         int result;
         QdError err;
         uint64_t start_ns, prompt_ns, eval_ns;
+        uint64_t queued_ns; /* main thread: when the request came; load_ns: how long it waited for a load */
+        uint64_t load_ns;   /* 0 when the model was ready */
         LIST_FIELDS(struct Gen, active);
 
         Buf response; /* main thread: the text of a non-streamed generation */
@@ -804,9 +806,12 @@ static void model_serve_waiters(LoadedModel *lm) {
                 w->next = rev;
                 rev = w;
         }
+        uint64_t now = now_ns();
         while (rev) {
                 Waiter *w = rev;
                 rev = w->next;
+                if (w->gen)
+                        w->gen->load_ns = now - w->gen->queued_ns;
                 serve_one(lm, w);
         }
 }
@@ -881,7 +886,7 @@ static void gen_done_main(Manager *m, void *userdata) {
                                     g->err.code ? g->err.msg : strerror(-g->result));
         } else {
                 reply_init(&rep);
-                int k = msgpack_pack_map(&rep.pk, g->p.stream ? 8 : 9) < 0 ? -ENOMEM : 0;
+                int k = msgpack_pack_map(&rep.pk, g->p.stream ? 9 : 10) < 0 ? -ENOMEM : 0;
                 const char *text = g->response.data ? (const char *)g->response.data : "";
                 if (k >= 0)
                         k = proto_pack_kv_str(&rep.pk, "model", lm->name);
@@ -898,7 +903,10 @@ static void gen_done_main(Manager *m, void *userdata) {
                 if (k >= 0)
                         k = proto_pack_kv_u64(&rep.pk, "eval_duration_ns", g->eval_ns);
                 if (k >= 0)
-                        k = proto_pack_kv_u64(&rep.pk, "total_duration_ns", now_ns() - g->start_ns);
+                        k = proto_pack_kv_u64(&rep.pk, "load_duration_ns", g->load_ns);
+                /* As Ollama counts it: from the request, the load included. */
+                if (k >= 0)
+                        k = proto_pack_kv_u64(&rep.pk, "total_duration_ns", now_ns() - g->queued_ns);
                 if (k >= 0 && !g->p.stream && !g->p.chat)
                         k = proto_pack_kv_str(&rep.pk, "response", text);
                 if (k >= 0 && !g->p.stream && g->p.chat)
@@ -1184,6 +1192,7 @@ int scheduler_generate(Scheduler *s, Request *r, GenerateParams *p, QdError *err
                 return -ENOMEM;
         }
         g->scheduler = s;
+        g->queued_ns = now_ns();
         g->p = *p;
         *p = (GenerateParams){};
         g->request = request_ref(r);

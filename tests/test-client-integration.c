@@ -130,10 +130,12 @@ static void test_create_list_run(void **state) {
         assert_string_equal(r.err, "");
         result_done(&r);
 
-        /* --verbose adds the statistics block on stderr. */
+        /* --verbose adds the statistics block on stderr; the model is loaded already, so the load took 0s.
+         */
         r = run_qctl(h, "run", "fake", "hello", "-o", "num_predict=5", "--verbose");
         assert_int_equal(r.status, 0);
         assert_non_null(startswith(r.err, "total duration:       "));
+        assert_non_null(strstr(r.err, "\nload duration:        0s\n"));
         assert_non_null(strstr(r.err, "\neval count:           5 token(s)\n"));
         assert_non_null(strstr(r.err, "\nprompt eval count:    "));
         assert_non_null(strstr(r.err, "\neval rate:            "));
@@ -167,6 +169,18 @@ static void test_create_list_run(void **state) {
         result_done(&r);
         r = run_qctl(h, "ps");
         assert_string_equal(r.out, "NAME    ID    SIZE    PROCESSOR    CONTEXT    UNTIL\n");
+        result_done(&r);
+
+        /* Unloaded, the next run loads it again: the block says how long that took. */
+        r = run_qctl(h, "run", "fake", "hello", "-o", "num_predict=2", "--verbose");
+        assert_int_equal(r.status, 0);
+        const char *load = strstr(r.err, "\nload duration:        ");
+        assert_non_null(load);
+        assert_false(startswith(load + strlen("\nload duration:        "), "0s\n"));
+        /* The order of Ollama's block. */
+        const char *total = strstr(r.err, "total duration:"), *prompt = strstr(r.err, "prompt eval count:"),
+                   *eval = strstr(r.err, "\neval count:");
+        assert_true(total && prompt && eval && total < load && load < prompt && prompt < eval);
         result_done(&r);
 }
 
