@@ -2,8 +2,8 @@
 /*
  * quantd-daemon-bench: what the daemon costs on top of the engine. Starts a quantd on a temporary socket,
  * stores the model given with -m, and measures: round trips (p50/p99, requests/s) of Hello and List; time to
- * first token for a cold and a hot model; per-token streaming overhead against generating in-process with the
- * engine; aggregate tokens/s with 1, 4 and 16 concurrent clients (continuous batching should raise it).
+ * first token for a cold and a hot model; per-token streaming overhead against generating in-process with
+ * the engine; aggregate tokens/s with 1, 4 and 16 concurrent clients (continuous batching should raise it).
  * Prints Markdown tables for docs/performance.md.
  */
 
@@ -43,7 +43,8 @@ static int start_daemon(void) {
 
         if (!f)
                 return -errno;
-        fprintf(f, "[Scheduler]\nNumParallel=16\nThreads=%u\nContextLength=%u\n", arg_threads, arg_tokens + 64);
+        fprintf(f, "[Scheduler]\nNumParallel=16\nThreads=%u\nContextLength=%u\n", arg_threads,
+                arg_tokens + 64);
         fclose(f);
         socket_path = strdup_printf("%s/quantd.sock", tmpdir);
         a_socket = strdup_printf("--socket=%s", socket_path);
@@ -133,7 +134,7 @@ static int on_token(const ProtoMessage *ev, void *userdata) {
 static uint64_t generate_once(ProtoClient *c, unsigned n, uint64_t *ret_first, uint64_t *ret_tokens) {
         msgpack_sbuffer sb;
         QdError e = {};
-        Timing t = { .start = now_ns() };
+        Timing t = {.start = now_ns()};
 
         msgpack_sbuffer_init(&sb);
         pack_generate(&sb, n, true);
@@ -180,7 +181,8 @@ static uint64_t in_process(unsigned n) {
                 exit(1);
         _cleanup_free_ int32_t *prompt = NULL;
         size_t n_prompt = 0;
-        if (engine_tokenize(v, BENCH_PROMPT, strlen(BENCH_PROMPT), true, true, &prompt, &n_prompt) < 0 || n_prompt == 0)
+        if (engine_tokenize(v, BENCH_PROMPT, strlen(BENCH_PROMPT), true, true, &prompt, &n_prompt) < 0 ||
+            n_prompt == 0)
                 exit(1);
         int32_t tok = 0;
         uint64_t t0 = 0;
@@ -189,8 +191,8 @@ static uint64_t in_process(unsigned n) {
                 /* The prompt in one step, then one token per step, as the daemon runs it. */
                 const int32_t *tp = i == 0 ? prompt : &tok;
                 uint32_t one = i == 0 ? (uint32_t)n_prompt : 1;
-                EngineSeq *seqs[1] = { s };
-                float *lp[1] = { logits };
+                EngineSeq *seqs[1] = {s};
+                float *lp[1] = {logits};
                 if (engine_decode(m, seqs, &tp, &one, 1, lp, NULL, &e) < 0)
                         exit(1);
                 tok = engine_sampler_sample(sp, logits);
@@ -223,7 +225,8 @@ static void concurrent(unsigned clients, unsigned n) {
                 /* Sleep until a stream has data: a spinning client would steal the daemon's CPU. */
                 struct pollfd pfd[16];
                 for (unsigned i = 0; i < clients; i++)
-                        pfd[i] = (struct pollfd){ .fd = done[i] ? -1 : proto_client_fd(cs[i]), .events = POLLIN };
+                        pfd[i] = (struct pollfd){.fd = done[i] ? -1 : proto_client_fd(cs[i]),
+                                                 .events = POLLIN};
                 (void)poll(pfd, clients, 1000);
                 for (unsigned i = 0; i < clients; i++) {
                         ProtoMessage m;
@@ -231,7 +234,8 @@ static void concurrent(unsigned clients, unsigned n) {
                                 continue;
                         /* Everything that has arrived, buffered or not. */
                         int k;
-                        while ((k = proto_client_read(cs[i], 0, &m, &e)) == 1 && m.type == PROTO_NOTIFICATION)
+                        while ((k = proto_client_read(cs[i], 0, &m, &e)) == 1 &&
+                               m.type == PROTO_NOTIFICATION)
                                 ;
                         if (k == -ETIMEDOUT)
                                 continue;
@@ -254,9 +258,12 @@ static void concurrent(unsigned clients, unsigned n) {
 
 int main(int argc, char *argv[]) {
         static const struct option options[] = {
-                { "model", required_argument, NULL, 'm' },   { "quantd", required_argument, NULL, 'q' },
-                { "threads", required_argument, NULL, 't' }, { "tokens", required_argument, NULL, 'n' },
-                { "requests", required_argument, NULL, 'r' }, { "help", no_argument, NULL, 'h' },
+                {"model", required_argument, NULL, 'm'},
+                {"quantd", required_argument, NULL, 'q'},
+                {"threads", required_argument, NULL, 't'},
+                {"tokens", required_argument, NULL, 'n'},
+                {"requests", required_argument, NULL, 'r'},
+                {"help", no_argument, NULL, 'h'},
                 {},
         };
         int c;
@@ -279,7 +286,8 @@ int main(int argc, char *argv[]) {
                         arg_requests = (unsigned)atoi(optarg);
                         break;
                 case 'h':
-                        printf("Usage: quantd-daemon-bench -m MODEL.gguf -q PATH/TO/quantd [-t THREADS] [-n TOKENS] "
+                        printf("Usage: quantd-daemon-bench -m MODEL.gguf -q PATH/TO/quantd [-t THREADS] [-n "
+                               "TOKENS] "
                                "[-r REQUESTS]\n");
                         return 0;
                 default:
@@ -318,15 +326,18 @@ int main(int argc, char *argv[]) {
         safe_close(fd);
 
         printf("## Round trips (%u requests, one client)\n\n", arg_requests);
-        printf("| method  | p50 (µs) | p99 (µs) | requests/s |\n|---------|----------|----------|-----------|\n");
+        printf("| method  | p50 (µs) | p99 (µs) | requests/s "
+               "|\n|---------|----------|----------|-----------|\n");
         round_trips(cl, "Hello");
         round_trips(cl, "List");
 
         uint64_t cold_first, hot_first;
         (void)generate_once(cl, 1, &cold_first, NULL);
         (void)generate_once(cl, 1, &hot_first, NULL);
-        printf("\n## Time to first token\n\n| model | ms |\n|-------|----|\n| cold (load + prompt) | %.2f |\n"
-               "| hot | %.2f |\n", cold_first / 1e6, hot_first / 1e6);
+        printf("\n## Time to first token\n\n| model | ms |\n|-------|----|\n| cold (load + prompt) | %.2f "
+               "|\n"
+               "| hot | %.2f |\n",
+               cold_first / 1e6, hot_first / 1e6);
 
         /* Streaming overhead: tokens after the first, over the socket against in-process, best of 3 each. */
         uint64_t best_sock = UINT64_MAX, best_local = UINT64_MAX;
@@ -337,12 +348,15 @@ int main(int argc, char *argv[]) {
                 best_local = MIN(best_local, in_process(arg_tokens));
         }
         printf("\n## Streaming %u tokens (after the first), best of 3\n\n| path | ms | tokens/s |\n"
-               "|------|----|----------|\n| in-process engine | %.2f | %.0f |\n| over the socket | %.2f | %.0f |\n"
-               "\nOverhead: %+.1f %%\n", arg_tokens, best_local / 1e6, arg_tokens / (best_local / 1e9),
-               best_sock / 1e6, arg_tokens / (best_sock / 1e9), 100.0 * ((double)best_sock / best_local - 1));
+               "|------|----|----------|\n| in-process engine | %.2f | %.0f |\n| over the socket | %.2f | "
+               "%.0f |\n"
+               "\nOverhead: %+.1f %%\n",
+               arg_tokens, best_local / 1e6, arg_tokens / (best_local / 1e9), best_sock / 1e6,
+               arg_tokens / (best_sock / 1e9), 100.0 * ((double)best_sock / best_local - 1));
 
         printf("\n## Aggregate throughput, %u tokens per client\n\n| clients | tokens | tokens/s |\n"
-               "|---------|----------|----------|\n", arg_tokens);
+               "|---------|----------|----------|\n",
+               arg_tokens);
         concurrent(1, arg_tokens);
         concurrent(4, arg_tokens);
         concurrent(16, arg_tokens);

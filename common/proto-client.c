@@ -41,7 +41,7 @@ int proto_client_new_take_fd(int fd, ProtoClient **ret) {
 }
 
 int proto_client_connect(const char *path, ProtoClient **ret) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
         _cleanup_close_ int fd = -EBADF;
 
         if (!path || strlen(path) >= sizeof(sa.sun_path))
@@ -124,10 +124,11 @@ int proto_client_read(ProtoClient *c, int timeout_ms, ProtoMessage *ret, QdError
                 int wait = -1;
                 if (timeout_ms >= 0) {
                         uint64_t now = now_ns();
-                        wait = now >= deadline ? 0
-                                               : (int)MIN((deadline - now + 999999) / 1000000, (uint64_t)INT32_MAX);
+                        wait = now >= deadline
+                                       ? 0
+                                       : (int)MIN((deadline - now + 999999) / 1000000, (uint64_t)INT32_MAX);
                 }
-                struct pollfd p = { .fd = c->fd, .events = POLLIN };
+                struct pollfd p = {.fd = c->fd, .events = POLLIN};
                 k = poll(&p, 1, wait);
                 if (k < 0 && errno == EINTR)
                         continue;
@@ -140,18 +141,20 @@ int proto_client_read(ProtoClient *c, int timeout_ms, ProtoMessage *ret, QdError
                 if (n == -EINTR || n == -EAGAIN)
                         continue;
                 if (n < 0)
-                        return qd_error_set(err, (int)n, "Failed to read from the daemon: %s", strerror((int)-n));
+                        return qd_error_set(err, (int)n, "Failed to read from the daemon: %s",
+                                            strerror((int)-n));
                 if (n == 0) {
                         if (proto_reader_pending(c->reader) > 0)
-                                return qd_error_set(err, EBADMSG, "The daemon closed the connection mid-message.");
+                                return qd_error_set(err, EBADMSG,
+                                                    "The daemon closed the connection mid-message.");
                         return qd_error_set(err, ECONNRESET, "The daemon closed the connection.");
                 }
         }
 }
 
 int proto_client_call(ProtoClient *c, const char *method, const void *params, size_t params_size,
-                      const int *fds, size_t n_fds, ProtoEventHandler on_event, void *userdata, ProtoMessage *ret,
-                      QdError *err) {
+                      const int *fds, size_t n_fds, ProtoEventHandler on_event, void *userdata,
+                      ProtoMessage *ret, QdError *err) {
         uint64_t msgid;
         int k;
 
@@ -172,13 +175,15 @@ int proto_client_call(ProtoClient *c, const char *method, const void *params, si
                                 return k;
                         continue;
                 }
-                /* A request from the daemon is not part of the protocol; a response to another id is stale. */
+                /* A request from the daemon is not part of the protocol; a response to another id is stale.
+                 */
                 if (m.type != PROTO_RESPONSE || (m.msgid != msgid && m.msgid != 0))
                         continue;
                 if (m.error != 0)
                         return qd_error_set(err, m.error, "%s", m.error_message);
                 if (m.msgid == 0)
-                        return qd_error_set(err, EPROTO, "The daemon sent a success response without a request.");
+                        return qd_error_set(err, EPROTO,
+                                            "The daemon sent a success response without a request.");
                 if (ret)
                         *ret = m;
                 return 0;
@@ -209,7 +214,8 @@ int proto_client_hello(ProtoClient *c, ProtoMessage *ret, QdError *err) {
                 return qd_error_set(err, EPROTO, "The daemon's Hello did not say its protocol version.");
         if (v->via.u64 != PROTO_VERSION_MAJOR)
                 return qd_error_set(err, EPROTONOSUPPORT,
-                                    "The daemon speaks protocol version %" PRIu64 ", this client version %u; "
+                                    "The daemon speaks protocol version %" PRIu64
+                                    ", this client version %u; "
                                     "install matching versions of quantd and its client.",
                                     v->via.u64, PROTO_VERSION_MAJOR);
         if (ret)

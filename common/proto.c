@@ -4,11 +4,11 @@
  * access to params, and descriptor passing. Shared by the daemon and every client.
  *
  * DESIGN
- * msgpack is self-delimiting, so there is no length prefix. Before msgpack-c sees a frame, proto_scan() walks
- * its structure without allocating: it finds where the message ends, refuses a frame that would pass the size
- * limit as soon as that is certain, and checks that every array or map can fit in the bytes left, because
- * msgpack-c allocates an array's elements when it reads the header. A scan resumes where it stopped, so a large
- * frame that arrives in pieces costs linear time.
+ * msgpack is self-delimiting, so there is no length prefix. Before msgpack-c sees a frame, proto_scan()
+ * walks its structure without allocating: it finds where the message ends, refuses a frame that would pass
+ * the size limit as soon as that is certain, and checks that every array or map can fit in the bytes left,
+ * because msgpack-c allocates an array's elements when it reads the header. A scan resumes where it stopped,
+ * so a large frame that arrives in pieces costs linear time.
  *
  * Descriptors arrive with the bytes of the sendmsg() that carried them. The kernel never returns bytes from
  * after a descriptor-carrying segment together with that segment's descriptors, so the last byte of the
@@ -39,7 +39,7 @@ typedef struct ProtoScan {
 
 struct ProtoReader {
         size_t frame_max;
-        uint8_t *buf;    /* (cap) bytes; [start, end) not yet consumed */
+        uint8_t *buf; /* (cap) bytes; [start, end) not yet consumed */
         size_t cap, start, end;
         uint64_t stream_offset; /* stream offset of buf[start] */
         ProtoScan scan;
@@ -48,8 +48,8 @@ struct ProtoReader {
         ProtoFd fds[2 * PROTO_FDS_MAX]; /* (n_fds) received, not yet given to a message */
         size_t n_fds;
 
-        msgpack_unpacked unpacked; /* the current message's objects */
-        int msg_fds[PROTO_FDS_MAX];     /* (n_msg_fds) the current message's descriptors */
+        msgpack_unpacked unpacked;  /* the current message's objects */
+        int msg_fds[PROTO_FDS_MAX]; /* (n_msg_fds) the current message's descriptors */
         size_t n_msg_fds;
 };
 
@@ -58,7 +58,8 @@ struct ProtoReader {
 int proto_message_take_fd(ProtoMessage *m, uint64_t index, QdError *err) {
         if (index >= m->n_fds)
                 return qd_error_set(err, EBADF,
-                                    "Descriptor %" PRIu64 " was named, but the request came with %zu descriptor%s.",
+                                    "Descriptor %" PRIu64
+                                    " was named, but the request came with %zu descriptor%s.",
                                     index, m->n_fds, m->n_fds == 1 ? "" : "s");
         if (m->fds[index] < 0)
                 return qd_error_set(err, EBADF, "Descriptor %" PRIu64 " was named twice.", index);
@@ -147,7 +148,7 @@ ssize_t proto_reader_fill(ProtoReader *r, int fd) {
         if (k < 0)
                 return k;
 
-        struct iovec iov = { .iov_base = r->buf + r->end, .iov_len = r->cap - r->end };
+        struct iovec iov = {.iov_base = r->buf + r->end, .iov_len = r->cap - r->end};
         struct msghdr mh = {
                 .msg_iov = &iov,
                 .msg_iovlen = 1,
@@ -172,8 +173,8 @@ ssize_t proto_reader_fill(ProtoReader *r, int fd) {
                                 result = -EMSGSIZE;
                                 continue;
                         }
-                        r->fds[r->n_fds++] = (ProtoFd){ .fd = passed, .offset = r->stream_offset +
-                                                                                 (r->end - r->start) + (size_t)n };
+                        r->fds[r->n_fds++] = (ProtoFd){
+                                .fd = passed, .offset = r->stream_offset + (r->end - r->start) + (size_t)n};
                 }
         }
         r->end += (size_t)n;
@@ -185,23 +186,23 @@ ssize_t proto_reader_fill(ProtoReader *r, int fd) {
 }
 
 /*
- * Reads the head of the item at p (n bytes available): its header length, payload length and, for an array or
- * map, the number of items it contains. Returns 1 when complete, 0 when more bytes are needed, -EBADMSG.
+ * Reads the head of the item at p (n bytes available): its header length, payload length and, for an array
+ * or map, the number of items it contains. Returns 1 when complete, 0 when more bytes are needed, -EBADMSG.
  */
-static int scan_item(const uint8_t *p, size_t n, size_t *ret_head, uint64_t *ret_payload, uint64_t *ret_items,
-                     bool *ret_container) {
+static int scan_item(const uint8_t *p, size_t n, size_t *ret_head, uint64_t *ret_payload,
+                     uint64_t *ret_items, bool *ret_container) {
         static const uint8_t fixed[] = {
                 /* 0xc0 … 0xdf: bytes after the type byte for fixed-size types; 0xff marks others. */
-                [0x00] = 0,    [0x01] = 0xff, [0x02] = 0, [0x03] = 0, /* nil, (never used), false, true */
-                [0x04] = 0xff, [0x05] = 0xff, [0x06] = 0xff,          /* bin 8/16/32 */
-                [0x07] = 0xff, [0x08] = 0xff, [0x09] = 0xff,          /* ext 8/16/32 */
-                [0x0a] = 4,    [0x0b] = 8,                            /* float 32/64 */
-                [0x0c] = 1,    [0x0d] = 2,    [0x0e] = 4, [0x0f] = 8, /* uint */
-                [0x10] = 1,    [0x11] = 2,    [0x12] = 4, [0x13] = 8, /* int */
-                [0x14] = 2,    [0x15] = 3,    [0x16] = 5, [0x17] = 9, [0x18] = 17, /* fixext */
-                [0x19] = 0xff, [0x1a] = 0xff, [0x1b] = 0xff,          /* str 8/16/32 */
-                [0x1c] = 0xff, [0x1d] = 0xff,                         /* array 16/32 */
-                [0x1e] = 0xff, [0x1f] = 0xff,                         /* map 16/32 */
+                [0x00] = 0,    [0x01] = 0xff, [0x02] = 0,    [0x03] = 0, /* nil, (never used), false, true */
+                [0x04] = 0xff, [0x05] = 0xff, [0x06] = 0xff,             /* bin 8/16/32 */
+                [0x07] = 0xff, [0x08] = 0xff, [0x09] = 0xff,             /* ext 8/16/32 */
+                [0x0a] = 4,    [0x0b] = 8,                               /* float 32/64 */
+                [0x0c] = 1,    [0x0d] = 2,    [0x0e] = 4,    [0x0f] = 8, /* uint */
+                [0x10] = 1,    [0x11] = 2,    [0x12] = 4,    [0x13] = 8, /* int */
+                [0x14] = 2,    [0x15] = 3,    [0x16] = 5,    [0x17] = 9, [0x18] = 17, /* fixext */
+                [0x19] = 0xff, [0x1a] = 0xff, [0x1b] = 0xff,                          /* str 8/16/32 */
+                [0x1c] = 0xff, [0x1d] = 0xff,                                         /* array 16/32 */
+                [0x1e] = 0xff, [0x1f] = 0xff,                                         /* map 16/32 */
         };
         uint8_t b = p[0];
 
@@ -234,9 +235,21 @@ static int scan_item(const uint8_t *p, size_t n, size_t *ret_head, uint64_t *ret
         /* Length-prefixed: the width of the length, then for ext one type byte. */
         unsigned width;
         switch (b) {
-        case 0xc4: case 0xc7: case 0xd9: width = 1; break;
-        case 0xc5: case 0xc8: case 0xda: case 0xdc: case 0xde: width = 2; break;
-        default: width = 4; break;
+        case 0xc4:
+        case 0xc7:
+        case 0xd9:
+                width = 1;
+                break;
+        case 0xc5:
+        case 0xc8:
+        case 0xda:
+        case 0xdc:
+        case 0xde:
+                width = 2;
+                break;
+        default:
+                width = 4;
+                break;
         }
         size_t head = 1 + width + (b >= 0xc7 && b <= 0xc9 ? 1 : 0);
         if (n < 1 + width)
@@ -276,14 +289,16 @@ static int proto_scan(ProtoScan *s, const uint8_t *p, size_t n, size_t max, size
                 bool container;
                 int k = scan_item(p + s->pos, n - s->pos, &head, &payload, &items, &container);
                 if (k < 0)
-                        return qd_error_set(err, EBADMSG, "Malformed frame: byte 0x%02x at offset %zu is not msgpack.",
+                        return qd_error_set(err, EBADMSG,
+                                            "Malformed frame: byte 0x%02x at offset %zu is not msgpack.",
                                             p[s->pos], s->pos);
                 if (k == 0)
                         break;
                 if (s->pos == 0 && !((p[0] >= 0x90 && p[0] <= 0x9f) || p[0] == 0xdc || p[0] == 0xdd))
-                        return qd_error_set(err, EBADMSG,
-                                            "Malformed frame: a message must be a msgpack array, got byte 0x%02x.",
-                                            p[0]);
+                        return qd_error_set(
+                                err, EBADMSG,
+                                "Malformed frame: a message must be a msgpack array, got byte 0x%02x.",
+                                p[0]);
 
                 /* Every item takes at least one byte, so a count past the limit can never be satisfied. */
                 uint64_t end = (uint64_t)s->pos + head + payload;
@@ -296,7 +311,8 @@ static int proto_scan(ProtoScan *s, const uint8_t *p, size_t n, size_t max, size
                 if (container && items > 0) {
                         if (s->depth >= PROTO_DEPTH_MAX)
                                 return qd_error_set(err, EBADMSG,
-                                                    "Malformed frame: nested deeper than %u levels.", PROTO_DEPTH_MAX);
+                                                    "Malformed frame: nested deeper than %u levels.",
+                                                    PROTO_DEPTH_MAX);
                         s->remaining[++s->depth] = items;
                 }
                 s->pos = (size_t)end;
@@ -315,13 +331,15 @@ static char *zone_strndup(msgpack_zone *z, const char *p, size_t n) {
         return s;
 }
 
-static int decode_name(const msgpack_object *o, msgpack_zone *z, const char *what, const char **ret, QdError *err) {
+static int decode_name(const msgpack_object *o, msgpack_zone *z, const char *what, const char **ret,
+                       QdError *err) {
         if (o->type != MSGPACK_OBJECT_STR)
                 return qd_error_set(err, EBADMSG, "Malformed frame: the %s must be a string, got %s.", what,
                                     proto_object_type_name(o));
         if (o->via.str.size == 0 || o->via.str.size > PROTO_NAME_MAX ||
             memchr(o->via.str.ptr, 0, o->via.str.size))
-                return qd_error_set(err, EBADMSG, "Malformed frame: the %s must be 1 to %u bytes without NUL.", what,
+                return qd_error_set(err, EBADMSG,
+                                    "Malformed frame: the %s must be 1 to %u bytes without NUL.", what,
                                     PROTO_NAME_MAX);
         *ret = zone_strndup(z, o->via.str.ptr, o->via.str.size);
         return *ret ? 0 : -ENOMEM;
@@ -330,7 +348,8 @@ static int decode_name(const msgpack_object *o, msgpack_zone *z, const char *wha
 static int decode_msgid(const msgpack_object *o, bool allow_zero, uint64_t *ret, QdError *err) {
         if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER || o->via.u64 > PROTO_MSGID_MAX ||
             (!allow_zero && o->via.u64 == 0))
-                return qd_error_set(err, EBADMSG, "Malformed frame: the msgid must be an integer from 1 to %u.",
+                return qd_error_set(err, EBADMSG,
+                                    "Malformed frame: the msgid must be an integer from 1 to %u.",
                                     PROTO_MSGID_MAX);
         *ret = o->via.u64;
         return 0;
@@ -341,7 +360,8 @@ static int decode_error(const msgpack_object *e, msgpack_zone *z, ProtoMessage *
         char name[32];
 
         if (!code || code->type != MSGPACK_OBJECT_STR)
-                return qd_error_set(err, EBADMSG, "Malformed frame: an error must be a map with a string 'code'.");
+                return qd_error_set(err, EBADMSG,
+                                    "Malformed frame: an error must be a map with a string 'code'.");
         size_t n = MIN((size_t)code->via.str.size, sizeof(name) - 1);
         memcpy(name, code->via.str.ptr, n);
         name[n] = 0;
@@ -361,18 +381,21 @@ static int decode_message(const msgpack_object *root, msgpack_zone *z, ProtoMess
 
         /* proto_scan() let only arrays through. */
         a = root->via.array.ptr;
-        if (root->via.array.size < 1 || a[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER || a[0].via.u64 >= _PROTO_TYPE_MAX)
-                return qd_error_set(err, EBADMSG,
-                                    "Malformed frame: a message starts with its type 0 (request), 1 (response) or 2 "
-                                    "(notification).");
+        if (root->via.array.size < 1 || a[0].type != MSGPACK_OBJECT_POSITIVE_INTEGER ||
+            a[0].via.u64 >= _PROTO_TYPE_MAX)
+                return qd_error_set(
+                        err, EBADMSG,
+                        "Malformed frame: a message starts with its type 0 (request), 1 (response) or 2 "
+                        "(notification).");
         m->type = (ProtoType)a[0].via.u64;
         m->zone = z;
         switch (m->type) {
         case PROTO_REQUEST:
                 if (root->via.array.size != 4)
-                        return qd_error_set(err, EBADMSG,
-                                            "Malformed frame: a request is [0, msgid, method, params], got %u elements.",
-                                            root->via.array.size);
+                        return qd_error_set(
+                                err, EBADMSG,
+                                "Malformed frame: a request is [0, msgid, method, params], got %u elements.",
+                                root->via.array.size);
                 k = decode_msgid(&a[1], false, &m->msgid, err);
                 if (k < 0)
                         return k;
@@ -380,16 +403,18 @@ static int decode_message(const msgpack_object *root, msgpack_zone *z, ProtoMess
                 if (k < 0)
                         return k;
                 if (a[3].type != MSGPACK_OBJECT_MAP && a[3].type != MSGPACK_OBJECT_NIL)
-                        return qd_error_set(err, EBADMSG, "Malformed frame: the params of '%s' must be a map, got %s.",
+                        return qd_error_set(err, EBADMSG,
+                                            "Malformed frame: the params of '%s' must be a map, got %s.",
                                             m->name, proto_object_type_name(&a[3]));
                 m->params = &a[3];
                 return 0;
 
         case PROTO_RESPONSE:
                 if (root->via.array.size != 4)
-                        return qd_error_set(err, EBADMSG,
-                                            "Malformed frame: a response is [1, msgid, error, result], got %u elements.",
-                                            root->via.array.size);
+                        return qd_error_set(
+                                err, EBADMSG,
+                                "Malformed frame: a response is [1, msgid, error, result], got %u elements.",
+                                root->via.array.size);
                 k = decode_msgid(&a[1], true, &m->msgid, err);
                 if (k < 0)
                         return k;
@@ -400,14 +425,16 @@ static int decode_message(const msgpack_object *root, msgpack_zone *z, ProtoMess
 
         case PROTO_NOTIFICATION:
                 if (root->via.array.size != 3)
-                        return qd_error_set(err, EBADMSG,
-                                            "Malformed frame: a notification is [2, event, params], got %u elements.",
-                                            root->via.array.size);
+                        return qd_error_set(
+                                err, EBADMSG,
+                                "Malformed frame: a notification is [2, event, params], got %u elements.",
+                                root->via.array.size);
                 k = decode_name(&a[1], z, "event", &m->name, err);
                 if (k < 0)
                         return k;
                 if (a[2].type != MSGPACK_OBJECT_MAP)
-                        return qd_error_set(err, EBADMSG, "Malformed frame: the params of event '%s' must be a map.",
+                        return qd_error_set(err, EBADMSG,
+                                            "Malformed frame: the params of event '%s' must be a map.",
                                             m->name);
                 m->params = &a[2];
                 const msgpack_object *id = proto_map_get(&a[2], "id");
@@ -430,7 +457,7 @@ int proto_reader_next(ProtoReader *r, ProtoMessage *ret, QdError *err) {
         if (!r->scanning) {
                 if (r->start == r->end)
                         return 0;
-                r->scan = (ProtoScan){ .remaining = { 1 } };
+                r->scan = (ProtoScan){.remaining = {1}};
                 r->scanning = true;
         }
         k = proto_scan(&r->scan, r->buf + r->start, r->end - r->start, r->frame_max, &size, err);
@@ -439,7 +466,8 @@ int proto_reader_next(ProtoReader *r, ProtoMessage *ret, QdError *err) {
         r->scanning = false;
 
         size_t off = 0;
-        msgpack_unpack_return u = msgpack_unpack_next(&r->unpacked, (const char *)r->buf + r->start, size, &off);
+        msgpack_unpack_return u =
+                msgpack_unpack_next(&r->unpacked, (const char *)r->buf + r->start, size, &off);
         if (u == MSGPACK_UNPACK_NOMEM_ERROR)
                 return -ENOMEM;
         if (u != MSGPACK_UNPACK_SUCCESS || off != size)
@@ -467,7 +495,7 @@ int proto_reader_next(ProtoReader *r, ProtoMessage *ret, QdError *err) {
                 return qd_error_set(err, EMSGSIZE, "Too many descriptors with one message: the limit is %u.",
                                     PROTO_FDS_MAX);
 
-        ProtoMessage m = { .fds = r->msg_fds, .n_fds = r->n_msg_fds };
+        ProtoMessage m = {.fds = r->msg_fds, .n_fds = r->n_msg_fds};
         k = decode_message(&r->unpacked.data, r->unpacked.zone, &m, err);
         if (k < 0)
                 return k;
@@ -544,7 +572,8 @@ int proto_pack_response_begin(msgpack_packer *p, uint64_t msgid) {
 
 int proto_pack_notification_begin(msgpack_packer *p, const char *event, uint64_t id, uint32_t n_more) {
         if (msgpack_pack_array(p, 3) < 0 || msgpack_pack_uint8(p, PROTO_NOTIFICATION) < 0 ||
-            proto_pack_str(p, event) < 0 || msgpack_pack_map(p, 1 + n_more) < 0 || proto_pack_kv_u64(p, "id", id) < 0)
+            proto_pack_str(p, event) < 0 || msgpack_pack_map(p, 1 + n_more) < 0 ||
+            proto_pack_kv_u64(p, "id", id) < 0)
                 return -ENOMEM;
         return 0;
 }
@@ -556,8 +585,9 @@ int proto_pack_error(msgpack_packer *p, uint64_t msgid, int error, const char *m
         if (!message)
                 message = strerror(abs(error));
         if (msgpack_pack_array(p, 4) < 0 || msgpack_pack_uint8(p, PROTO_RESPONSE) < 0 ||
-            msgpack_pack_uint64(p, msgid) < 0 || msgpack_pack_map(p, 2) < 0 || proto_pack_kv_str(p, "code", name) < 0 ||
-            proto_pack_kv_str(p, "message", message) < 0 || msgpack_pack_nil(p) < 0)
+            msgpack_pack_uint64(p, msgid) < 0 || msgpack_pack_map(p, 2) < 0 ||
+            proto_pack_kv_str(p, "code", name) < 0 || proto_pack_kv_str(p, "message", message) < 0 ||
+            msgpack_pack_nil(p) < 0)
                 return -ENOMEM;
         return 0;
 }
@@ -594,7 +624,8 @@ const char *proto_object_type_name(const msgpack_object *o) {
 
 bool proto_str_eq(const msgpack_object *o, const char *s) {
         size_t n = strlen(s);
-        return o && o->type == MSGPACK_OBJECT_STR && o->via.str.size == n && memcmp(o->via.str.ptr, s, n) == 0;
+        return o && o->type == MSGPACK_OBJECT_STR && o->via.str.size == n &&
+               memcmp(o->via.str.ptr, s, n) == 0;
 }
 
 const msgpack_object *proto_map_get(const msgpack_object *o, const char *key) {
@@ -744,10 +775,11 @@ static int dispatch_one(const ProtoField *f, const msgpack_object *v, void *dst,
         return -EINVAL;
 }
 
-int proto_dispatch(const msgpack_object *params, const ProtoField *fields, void *userdata, msgpack_zone *zone,
-                   QdError *err) {
+int proto_dispatch(const msgpack_object *params, const ProtoField *fields, void *userdata,
+                   msgpack_zone *zone, QdError *err) {
         if (params && params->type != MSGPACK_OBJECT_MAP && params->type != MSGPACK_OBJECT_NIL)
-                return qd_error_set(err, EINVAL, "Parameters must be a map, got %s.", proto_object_type_name(params));
+                return qd_error_set(err, EINVAL, "Parameters must be a map, got %s.",
+                                    proto_object_type_name(params));
 
         for (const ProtoField *f = fields; f->name; f++) {
                 const msgpack_object *v = proto_map_get(params, f->name);
@@ -760,19 +792,23 @@ int proto_dispatch(const msgpack_object *params, const ProtoField *fields, void 
                 if (k == -ENOMEM)
                         return k;
                 if (k < 0) {
-                        const char *want = f->type >= 0 && f->type < _PROTO_FIELD_TYPE_MAX ? field_type_names[f->type]
-                                                                                          : "a value";
+                        const char *want = f->type >= 0 && f->type < _PROTO_FIELD_TYPE_MAX
+                                                   ? field_type_names[f->type]
+                                                   : "a value";
                         bool range = (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER ||
                                       v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) &&
                                      f->type >= PROTO_FIELD_U32 && f->type <= PROTO_FIELD_I64;
                         if (range)
-                                return qd_error_set(err, EINVAL, "Parameter '%s' must be %s, got one out of range.",
+                                return qd_error_set(err, EINVAL,
+                                                    "Parameter '%s' must be %s, got one out of range.",
                                                     f->name, want);
                         if (f->type == PROTO_FIELD_DURATION && v->type == MSGPACK_OBJECT_STR)
-                                return qd_error_set(err, EINVAL, "Parameter '%s' must be %s, got \"%.*s\".", f->name,
-                                                    want, (int)MIN(v->via.str.size, 40U), v->via.str.ptr);
+                                return qd_error_set(err, EINVAL, "Parameter '%s' must be %s, got \"%.*s\".",
+                                                    f->name, want, (int)MIN(v->via.str.size, 40U),
+                                                    v->via.str.ptr);
                         if (f->type == PROTO_FIELD_STRING && v->type == MSGPACK_OBJECT_STR)
-                                return qd_error_set(err, EINVAL, "Parameter '%s' must be a string without NUL bytes.",
+                                return qd_error_set(err, EINVAL,
+                                                    "Parameter '%s' must be a string without NUL bytes.",
                                                     f->name);
                         return qd_error_set(err, EINVAL, "Parameter '%s' must be %s, got %s.", f->name, want,
                                             proto_object_type_name(v));
@@ -788,8 +824,8 @@ ssize_t proto_send(int fd, const void *data, size_t size, const int *fds, size_t
                 struct cmsghdr h;
                 uint8_t space[CMSG_SPACE(sizeof(int) * PROTO_FDS_MAX)];
         } control = {};
-        struct iovec iov = { .iov_base = (void *)data, .iov_len = size };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+        struct iovec iov = {.iov_base = (void *)data, .iov_len = size};
+        struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
 
         if (n_fds > PROTO_FDS_MAX)
                 return -EMSGSIZE;

@@ -50,10 +50,10 @@ static int engine_estimate(const char *path, uint32_t n_ctx, uint32_t n_seq, uin
         k = gguf_get_string(g, "general.architecture", &arch);
         if (k < 0)
                 return qd_error_set(err, EBADMSG, "%s has no general.architecture.", path);
-#define GET(field, name)                                                                                        \
-        do {                                                                                                    \
-                snprintf(key, sizeof(key), "%s." name, arch);                                                   \
-                (void)gguf_get_u32(g, key, &info.field);                                                        \
+#define GET(field, name)                                      \
+        do {                                                  \
+                snprintf(key, sizeof(key), "%s." name, arch); \
+                (void)gguf_get_u32(g, key, &info.field);      \
         } while (0)
         GET(n_layer, "block_count");
         GET(n_embd, "embedding_length");

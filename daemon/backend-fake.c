@@ -40,7 +40,7 @@ static int fake_read(const char *path, FakeModel *ret, bool *ret_fail, QdError *
 
         if (!f)
                 return qd_error_set(err, errno, "Failed to open %s: %s", path, strerror(errno));
-        *ret = (FakeModel){ .size = 1000000 };
+        *ret = (FakeModel){.size = 1000000};
         *ret_fail = false;
         while (fgets(line, sizeof(line), f)) {
                 uint64_t v;
@@ -158,17 +158,19 @@ static int32_t fake_next(const FakeModel *m, const FakeSeq *s) {
         return 'a' + (int32_t)(((uint32_t)s->last * 31U + s->pos * 17U) % 26U);
 }
 
-static int fake_decode(void *model, void **seqs, const int32_t *const *tokens, const uint32_t *n_tokens, size_t n,
-                       float **logits, const bool *cancel, QdError *err) {
+static int fake_decode(void *model, void **seqs, const int32_t *const *tokens, const uint32_t *n_tokens,
+                       size_t n, float **logits, const bool *cancel, QdError *err) {
         FakeModel *m = model;
 
         for (size_t i = 0; i < n; i++) {
                 FakeSeq *s = seqs[i];
                 if (s->pos + n_tokens[i] > s->n_ctx)
-                        return qd_error_set(err, ENOSPC, "The sequence's context of %" PRIu32 " is full.", s->n_ctx);
+                        return qd_error_set(err, ENOSPC, "The sequence's context of %" PRIu32 " is full.",
+                                            s->n_ctx);
                 for (uint32_t j = 0; j < n_tokens[i]; j++) {
                         if (tokens[i][j] < 0 || tokens[i][j] >= FAKE_VOCAB)
-                                return qd_error_set(err, EINVAL, "Token %" PRId32 " is out of range.", tokens[i][j]);
+                                return qd_error_set(err, EINVAL, "Token %" PRId32 " is out of range.",
+                                                    tokens[i][j]);
                         s->last = tokens[i][j];
                         s->pos++;
                 }

@@ -40,7 +40,7 @@ int daemon_parse_bytes(const char *s, uint64_t *ret) {
         static const struct {
                 char suffix;
                 double factor;
-        } units[] = { { 'K', 1024.0 }, { 'M', 1048576.0 }, { 'G', 1073741824.0 }, { 'T', 1099511627776.0 } };
+        } units[] = {{'K', 1024.0}, {'M', 1048576.0}, {'G', 1073741824.0}, {'T', 1099511627776.0}};
         char buf[64];
         double factor = 1, v;
         size_t n;
@@ -87,7 +87,8 @@ typedef struct ConfigKey {
         uint64_t min, max; /* for unsigned and bytes */
 } ConfigKey;
 
-#define KEY(sec, k, t, f, lo, hi) { sec, k, t, offsetof(DaemonConfig, f), lo, hi }
+#define KEY(sec, k, t, f, lo, hi) \
+        { sec, k, t, offsetof(DaemonConfig, f), lo, hi }
 static const ConfigKey config_keys[] = {
         KEY("Daemon", "Socket", CONFIG_STRING, socket, 0, 0),
         KEY("Daemon", "Models", CONFIG_STRING, models, 0, 0),
@@ -110,7 +111,7 @@ static const ConfigKey config_keys[] = {
 #undef KEY
 
 /* Sections that belong to other components: read by them from the same file. */
-static const char *const foreign_sections[] = { "Registry", "Credentials", "Models" };
+static const char *const foreign_sections[] = {"Registry", "Credentials", "Models"};
 
 static char *strip(char *s) {
         while (isspace((unsigned char)*s))
@@ -140,29 +141,35 @@ static int assign(DaemonConfig *c, const ConfigKey *k, const char *value, const 
         case CONFIG_UNSIGNED:
                 r = safe_atou64(value, &u);
                 if (r < 0 || u < k->min || u > k->max)
-                        return qd_error_set(err, EINVAL, "%s:%u: %s= must be a number from %" PRIu64 " to %" PRIu64
-                                            ", got '%s'.", path, line, k->key, k->min, k->max, value);
+                        return qd_error_set(err, EINVAL,
+                                            "%s:%u: %s= must be a number from %" PRIu64 " to %" PRIu64
+                                            ", got '%s'.",
+                                            path, line, k->key, k->min, k->max, value);
                 *(unsigned *)dst = (unsigned)u;
                 return 0;
         case CONFIG_BYTES:
                 r = daemon_parse_bytes(value, &u);
                 if (r < 0 || u < k->min || u > k->max)
-                        return qd_error_set(err, EINVAL, "%s:%u: %s= must be a size such as 512M or 8G%s, got '%s'.",
-                                            path, line, k->key, k->min > 0 ? " within its limits" : "", value);
+                        return qd_error_set(
+                                err, EINVAL, "%s:%u: %s= must be a size such as 512M or 8G%s, got '%s'.",
+                                path, line, k->key, k->min > 0 ? " within its limits" : "", value);
                 *(uint64_t *)dst = u;
                 return 0;
         case CONFIG_DURATION:
                 r = parse_duration_ns(value, &d);
                 if (r < 0)
-                        return qd_error_set(err, EINVAL, "%s:%u: %s= must be a duration such as 5m or 30s, got '%s'.",
+                        return qd_error_set(err, EINVAL,
+                                            "%s:%u: %s= must be a duration such as 5m or 30s, got '%s'.",
                                             path, line, k->key, value);
                 *(int64_t *)dst = d;
                 return 0;
         case CONFIG_LOG_LEVEL:
                 r = log_level_from_string(value);
                 if (r < 0)
-                        return qd_error_set(err, EINVAL, "%s:%u: LogLevel= must be err, warning, notice, info or debug, "
-                                            "got '%s'.", path, line, value);
+                        return qd_error_set(err, EINVAL,
+                                            "%s:%u: LogLevel= must be err, warning, notice, info or debug, "
+                                            "got '%s'.",
+                                            path, line, value);
                 *(int *)dst = r;
                 return 0;
         case _CONFIG_TYPE_MAX:
@@ -195,8 +202,9 @@ int daemon_config_load(DaemonConfig *c, const char *path, QdError *err) {
                 if (*l == '[') {
                         size_t len = strlen(l);
                         if (l[len - 1] != ']' || len - 2 >= sizeof(section) || len < 3)
-                                return qd_error_set(err, EINVAL, "%s:%u: a section header must look like [Daemon].",
-                                                    path, n);
+                                return qd_error_set(err, EINVAL,
+                                                    "%s:%u: a section header must look like [Daemon].", path,
+                                                    n);
                         memcpy(section, l + 1, len - 2);
                         section[len - 2] = 0;
                         foreign = false;
@@ -214,7 +222,8 @@ int daemon_config_load(DaemonConfig *c, const char *path, QdError *err) {
                 if (foreign)
                         continue;
                 if (!section[0])
-                        return qd_error_set(err, EINVAL, "%s:%u: '%s' comes before any [Section].", path, n, l);
+                        return qd_error_set(err, EINVAL, "%s:%u: '%s' comes before any [Section].", path, n,
+                                            l);
                 *eq = 0;
                 const char *key = strip(l), *value = strip(eq + 1);
                 const ConfigKey *k = NULL;

@@ -15,29 +15,29 @@
 
 #define LIST_FIELDS(t, name) t *name##_next, *name##_prev
 
-#define LIST_PREPEND(name, head, item)                                                                          \
-        do {                                                                                                    \
-                __typeof__(*(head)) **_head = &(head), *_item = (item);                                         \
-                if ((_item->name##_next = *_head))                                                              \
-                        _item->name##_next->name##_prev = _item;                                                \
-                _item->name##_prev = NULL;                                                                      \
-                *_head = _item;                                                                                 \
+#define LIST_PREPEND(name, head, item)                                  \
+        do {                                                            \
+                __typeof__(*(head)) **_head = &(head), *_item = (item); \
+                if ((_item->name##_next = *_head))                      \
+                        _item->name##_next->name##_prev = _item;        \
+                _item->name##_prev = NULL;                              \
+                *_head = _item;                                         \
         } while (0)
 
-#define LIST_REMOVE(name, head, item)                                                                           \
-        do {                                                                                                    \
-                __typeof__(*(head)) **_head = &(head), *_item = (item);                                         \
-                if (_item->name##_next)                                                                         \
-                        _item->name##_next->name##_prev = _item->name##_prev;                                   \
-                if (_item->name##_prev)                                                                         \
-                        _item->name##_prev->name##_next = _item->name##_next;                                   \
-                else                                                                                            \
-                        *_head = _item->name##_next;                                                            \
-                _item->name##_next = _item->name##_prev = NULL;                                                 \
+#define LIST_REMOVE(name, head, item)                                         \
+        do {                                                                  \
+                __typeof__(*(head)) **_head = &(head), *_item = (item);       \
+                if (_item->name##_next)                                       \
+                        _item->name##_next->name##_prev = _item->name##_prev; \
+                if (_item->name##_prev)                                       \
+                        _item->name##_prev->name##_next = _item->name##_next; \
+                else                                                          \
+                        *_head = _item->name##_next;                          \
+                _item->name##_next = _item->name##_prev = NULL;               \
         } while (0)
 
 #define LIST_FOREACH(name, i, head) for ((i) = (head); (i); (i) = (i)->name##_next)
-#define LIST_FOREACH_SAFE(name, i, n, head)                                                                     \
+#define LIST_FOREACH_SAFE(name, i, n, head) \
         for ((i) = (head); (i) && (((n) = (i)->name##_next), 1); (i) = (n))
 
 typedef struct Connection Connection;
@@ -57,7 +57,7 @@ struct Manager {
         char *socket_path;
         char *models_path;
         char *config_path;
-        bool socket_bound;      /* we bound socket_path (not socket activation) and unlink it at exit */
+        bool socket_bound; /* we bound socket_path (not socket activation) and unlink it at exit */
         bool have_group;
         gid_t group_gid;
         uint64_t started_ns;
@@ -78,7 +78,7 @@ struct Manager {
         sd_event_source *post_source;
 
         JobPool *pool;
-        Job *jobs;              /* newest first */
+        Job *jobs; /* newest first */
         uint64_t next_job_id;
         unsigned n_finished_jobs;
 
@@ -173,13 +173,13 @@ typedef struct GenerateParams {
         size_t n_tokens;
         bool raw;
         bool stream;
-        int32_t num_predict;    /* -1: until the context is full or an end-of-generation token */
-        uint32_t num_ctx;       /* 0: the config's */
+        int32_t num_predict; /* -1: until the context is full or an end-of-generation token */
+        uint32_t num_ctx;    /* 0: the config's */
         int64_t keep_alive_ns;
         bool keep_alive_set;
-        char **stop;            /* NULL-terminated stop strings */
-        bool return_tokens;     /* include token ids in the events */
-        bool chat;              /* reply with a message {role, content} (Chat) */
+        char **stop;        /* NULL-terminated stop strings */
+        bool return_tokens; /* include token ids in the events */
+        bool chat;          /* reply with a message {role, content} (Chat) */
         SamplerParams sampler;
 } GenerateParams;
 
@@ -192,8 +192,8 @@ int scheduler_load(Scheduler *s, Request *r, const char *model, int64_t keep_ali
                    QdError *err);
 int scheduler_unload(Scheduler *s, const char *model, QdError *err);
 /* Tokenize or Detokenize on the loaded model (loading it first). */
-int scheduler_tokenize(Scheduler *s, Request *r, const char *model, const char *text, const msgpack_object *tokens,
-                       QdError *err);
+int scheduler_tokenize(Scheduler *s, Request *r, const char *model, const char *text,
+                       const msgpack_object *tokens, QdError *err);
 /* Embeds each of inputs (NULL-terminated, taken also on failure) with model; replies with the vectors. */
 int scheduler_embed(Scheduler *s, Request *r, const char *model, char **inputs, int64_t keep_alive_ns,
                     bool keep_alive_set, QdError *err);

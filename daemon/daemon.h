@@ -6,9 +6,9 @@
  * thread unless a function says otherwise.
  *
  * The socket server and the D-Bus front end are two adapters over one method table (daemon_methods): a
- * front end decodes a call into a ProtoMessage (params as msgpack, descriptors by index), wraps the caller in
- * a Request with its RequestFrontend ops, and calls manager_dispatch(). Handlers reply through the Request, so
- * a method is implemented once, with the same names, arguments and errors on both.
+ * front end decodes a call into a ProtoMessage (params as msgpack, descriptors by index), wraps the caller
+ * in a Request with its RequestFrontend ops, and calls manager_dispatch(). Handlers reply through the
+ * Request, so a method is implemented once, with the same names, arguments and errors on both.
  */
 
 #include <msgpack.h>
@@ -39,26 +39,26 @@ void daemon_paths_done(DaemonPaths *p);
 
 typedef struct DaemonConfig {
         /* [Daemon] */
-        char *socket;               /* Socket=, NULL: the path of the mode */
-        char *models;               /* Models=, NULL: the path of the mode */
-        char *group;                /* Group=, the group that may use the system socket and change the store;
-                                     * NULL: "quantd" */
-        int log_level;              /* LogLevel=, -1: leave as set */
-        unsigned workers;           /* Workers=, threads running jobs (pull, push, create) */
-        unsigned max_connections;   /* MaxConnections= */
-        unsigned max_requests;      /* MaxRequestsPerConnection=, requests in flight per connection */
-        uint64_t max_frame;         /* MaxFrameSize=, bytes of one message */
-        uint64_t max_output;        /* MaxQueuedOutput=, bytes queued for a client that does not read */
-        unsigned finished_jobs;     /* KeepFinishedJobs=, finished jobs that Jobs still lists */
+        char *socket;             /* Socket=, NULL: the path of the mode */
+        char *models;             /* Models=, NULL: the path of the mode */
+        char *group;              /* Group=, the group that may use the system socket and change the store;
+                                   * NULL: "quantd" */
+        int log_level;            /* LogLevel=, -1: leave as set */
+        unsigned workers;         /* Workers=, threads running jobs (pull, push, create) */
+        unsigned max_connections; /* MaxConnections= */
+        unsigned max_requests;    /* MaxRequestsPerConnection=, requests in flight per connection */
+        uint64_t max_frame;       /* MaxFrameSize=, bytes of one message */
+        uint64_t max_output;      /* MaxQueuedOutput=, bytes queued for a client that does not read */
+        unsigned finished_jobs;   /* KeepFinishedJobs=, finished jobs that Jobs still lists */
 
         /* [Scheduler] */
-        int64_t keep_alive_ns;      /* KeepAlive=, default for requests; negative: forever */
-        unsigned max_loaded;        /* MaxLoadedModels= */
-        uint64_t memory_budget;     /* MemoryBudget=, bytes per device; 0: 3/4 of the RAM */
-        int64_t load_timeout_ns;    /* LoadTimeout=, how long a request waits for room before ENOSPC */
-        unsigned num_parallel;      /* NumParallel=, sequences per loaded model sharing each forward pass */
-        unsigned num_ctx;           /* ContextLength=, default context per sequence */
-        unsigned threads;           /* Threads=, CPU threads per executor; 0: all */
+        int64_t keep_alive_ns;   /* KeepAlive=, default for requests; negative: forever */
+        unsigned max_loaded;     /* MaxLoadedModels= */
+        uint64_t memory_budget;  /* MemoryBudget=, bytes per device; 0: 3/4 of the RAM */
+        int64_t load_timeout_ns; /* LoadTimeout=, how long a request waits for room before ENOSPC */
+        unsigned num_parallel;   /* NumParallel=, sequences per loaded model sharing each forward pass */
+        unsigned num_ctx;        /* ContextLength=, default context per sequence */
+        unsigned threads;        /* Threads=, CPU threads per executor; 0: all */
 } DaemonConfig;
 
 /* The built-in defaults. */
@@ -67,8 +67,8 @@ void daemon_config_done(DaemonConfig *c);
 
 /*
  * Applies the [Daemon] and [Scheduler] sections of the INI file at path (other components' sections, such as
- * [Registry], are left to them; unknown sections and keys are logged and ignored). Returns 0, -ENOENT when the
- * file does not exist, or -EINVAL with "FILE:LINE: …" in err.
+ * [Registry], are left to them; unknown sections and keys are logged and ignored). Returns 0, -ENOENT when
+ * the file does not exist, or -EINVAL with "FILE:LINE: …" in err.
  */
 int daemon_config_load(DaemonConfig *c, const char *path, QdError *err);
 
@@ -81,8 +81,8 @@ typedef struct BackendModelInfo {
         uint32_t n_vocab;
         uint32_t n_ctx_train;
         uint32_t n_embd;
-        uint64_t size;           /* bytes of weights */
-        const char *arch;        /* borrowed from the model */
+        uint64_t size;    /* bytes of weights */
+        const char *arch; /* borrowed from the model */
         const char *file_type;
 } BackendModelInfo;
 
@@ -99,8 +99,9 @@ typedef struct SamplerParams {
 
 /*
  * The executor's view of an inference engine, an ops table so that tests run the scheduler and the
- * continuous-batching loop over a fake model. load, unload, the seq functions and decode run on the executor thread that owns
- * the model; estimate and tokenize on any thread; tokenize/detokenize only need a loaded model.
+ * continuous-batching loop over a fake model. load, unload, the seq functions and decode run on the executor
+ * thread that owns the model; estimate and tokenize on any thread; tokenize/detokenize only need a loaded
+ * model.
  */
 typedef struct BackendOps {
         const char *name;
@@ -109,16 +110,18 @@ typedef struct BackendOps {
         int (*load)(const char *path, unsigned threads, void **ret_model, QdError *err);
         void (*unload)(void *model);
         void (*info)(void *model, BackendModelInfo *ret);
-        int (*tokenize)(void *model, const char *text, size_t len, bool add_special, int32_t **ret, size_t *ret_n);
+        int (*tokenize)(void *model, const char *text, size_t len, bool add_special, int32_t **ret,
+                        size_t *ret_n);
         /* Appends the bytes of token to out (the executor holds back incomplete UTF-8 sequences). */
         int (*token_piece)(void *model, int32_t token, Buf *out);
         bool (*is_eog)(void *model, int32_t token);
         int (*seq_new)(void *model, uint32_t n_ctx, void **ret_seq);
         void (*seq_free)(void *seq);
         /* One forward step for n sequences; logits[i] gets n_vocab floats for sequence i. */
-        int (*decode)(void *model, void **seqs, const int32_t *const *tokens, const uint32_t *n_tokens, size_t n,
-                      float **logits, const bool *cancel, QdError *err);
-        /* Optional: checks the sampling parameters before a generation is queued (EINVAL with a sentence). */
+        int (*decode)(void *model, void **seqs, const int32_t *const *tokens, const uint32_t *n_tokens,
+                      size_t n, float **logits, const bool *cancel, QdError *err);
+        /* Optional: checks the sampling parameters before a generation is queued (EINVAL with a sentence).
+         */
         int (*check_sampler)(const SamplerParams *p, QdError *err);
         int (*sampler_new)(void *model, const SamplerParams *p, void **ret);
         void (*sampler_free)(void *sampler);
@@ -146,9 +149,20 @@ typedef struct StoreModel {
  * What the daemon needs from the model store, an ops table so that the daemon does not depend on the store's
  * layout. store_registry_ops is registry/'s Ollama-compatible store.
  */
-/* Progress of a store operation, on the worker that runs it: status as Ollama words it, the blob (may be NULL). */
+/* Progress of a store operation, on the worker that runs it: status as Ollama words it, the blob (may be
+ * NULL). */
 typedef void (*StoreProgressFn)(const char *status, const char *digest, uint64_t completed, uint64_t total,
                                 void *userdata);
+
+/* What a new model is made of; every member but fd may be NULL. */
+typedef struct StoreCreateSpec {
+        int fd;                 /* the GGUF, read to its end */
+        const char *template;   /* Modelfile TEMPLATE */
+        const char *system;     /* Modelfile SYSTEM */
+        const char *parameters; /* Modelfile PARAMETERs as Ollama's params JSON object */
+        const char *messages;   /* Modelfile MESSAGEs as a JSON array of {role, content} */
+        char **licenses;        /* NULL-terminated Modelfile LICENSE texts */
+} StoreCreateSpec;
 
 typedef struct StoreOps {
         /* config_path: the INI file whose [Registry] sections apply (may be NULL or missing). */
@@ -157,10 +171,10 @@ typedef struct StoreOps {
         /* The GGUF file of name, for the engine to map, and the name's canonical form (may be NULL). */
         int (*resolve)(void *store, const char *name, char **ret_path, char **ret_canonical, QdError *err);
         int (*list)(void *store, StoreModel **ret, size_t *ret_n, QdError *err);
-        /* Runs on a worker: stores the GGUF read from fd as name, with an optional chat template and system
-         * prompt (NULL for none), reporting bytes through progress. */
-        int (*create)(void *store, const char *name, int fd, const char *template, const char *system,
-                      StoreProgressFn progress, void *userdata, const atomic_bool *cancel, QdError *err);
+        /* Runs on a worker: stores the GGUF read from spec->fd as name, with the Modelfile's other layers,
+         * reporting bytes through progress. */
+        int (*create)(void *store, const char *name, const StoreCreateSpec *spec, StoreProgressFn progress,
+                      void *userdata, const atomic_bool *cancel, QdError *err);
         /* Run on a worker: download name from its registry, or upload it. */
         int (*pull)(void *store, const char *name, StoreProgressFn progress, void *userdata,
                     const atomic_bool *cancel, QdError *err);
@@ -178,6 +192,7 @@ extern const StoreOps store_registry_ops;
 /* Layers a model may carry besides its GGUF, as Ollama names their media types. */
 #define STORE_LAYER_TEMPLATE "application/vnd.ollama.image.template"
 #define STORE_LAYER_SYSTEM "application/vnd.ollama.image.system"
+#define STORE_LAYER_PARAMS "application/vnd.ollama.image.params"
 void store_model_free_many(StoreModel *l, size_t n);
 
 /* ---- the manager, requests and the method table ---- */
@@ -234,8 +249,8 @@ extern const Method daemon_methods[];
 const Method *method_find(const char *name);
 
 /* Creates a request; the front end keeps the returned reference and drops it with request_unref(). */
-int request_new(Manager *m, const RequestFrontend *fe, void *frontend_data, uint64_t id, const Caller *caller,
-                Request **ret);
+int request_new(Manager *m, const RequestFrontend *fe, void *frontend_data, uint64_t id,
+                const Caller *caller, Request **ret);
 Request *request_ref(Request *r);
 Request *request_unref(Request *r);
 DEFINE_TRIVIAL_CLEANUP_FUNC(Request *, request_unref);
@@ -244,7 +259,8 @@ void *request_frontend_data(const Request *r);
 const Caller *request_caller(const Request *r);
 bool request_replied(const Request *r);
 
-/* The front end's client went away: nothing more is delivered, and the request is cancelled unless it is a job. */
+/* The front end's client went away: nothing more is delivered, and the request is cancelled unless it is a
+ * job. */
 void request_detach(Request *r);
 /* Cancels what the request runs (Cancel, a disconnect, shutdown). Idempotent. */
 void request_cancel(Request *r);
@@ -261,15 +277,15 @@ void request_reply_error(Request *r, int error, const char *fmt, ...) _printf_(3
 int request_notify(Request *r, const char *event, Reply *fields, uint32_t n_fields);
 
 /*
- * Runs call for r: looks the method up, checks the caller's rights, calls the handler and turns its error into
- * the reply. Never fails: every outcome is a reply (now or later).
+ * Runs call for r: looks the method up, checks the caller's rights, calls the handler and turns its error
+ * into the reply. Never fails: every outcome is a reply (now or later).
  */
 void manager_dispatch(Manager *m, Request *r, ProtoMessage *call);
 
 /* The options the command line resolved. */
 typedef struct ManagerOptions {
         bool user;
-        const char *socket;      /* where to listen when not socket-activated */
+        const char *socket; /* where to listen when not socket-activated */
         const char *models;
         const char *config_path; /* for the store's own sections */
         const BackendOps *backend;

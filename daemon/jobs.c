@@ -5,11 +5,11 @@
  *
  * DESIGN
  * As in redis's bio.c: a mutex, a condition variable and a queue; a worker takes a job, drops the lock and
- * runs it. A job reports progress with job_progress(), which stores the latest figures under the job's lock and
- * posts one main-thread closure until that closure has run, so a chatty job cannot flood the loop. Its end is
- * posted too; the main thread then replies to every watcher. A job belongs to nobody's connection: watchers
- * are requests (the one that started it, and any Jobs {id, watch: true}), and a job keeps running when they
- * all go away. Cancellation is an atomic flag the job polls.
+ * runs it. A job reports progress with job_progress(), which stores the latest figures under the job's lock
+ * and posts one main-thread closure until that closure has run, so a chatty job cannot flood the loop. Its
+ * end is posted too; the main thread then replies to every watcher. A job belongs to nobody's connection:
+ * watchers are requests (the one that started it, and any Jobs {id, watch: true}), and a job keeps running
+ * when they all go away. Cancellation is an atomic flag the job polls.
  */
 
 #include <inttypes.h>
@@ -150,7 +150,8 @@ static void job_reply(Job *j, Request *r) {
         Reply rep;
         reply_init(&rep);
         if (msgpack_pack_map(&rep.pk, 3) >= 0 && proto_pack_kv_u64(&rep.pk, "job", j->id) >= 0 &&
-            proto_pack_kv_str(&rep.pk, "status", "success") >= 0 && proto_pack_kv_str(&rep.pk, "model", j->model) >= 0)
+            proto_pack_kv_str(&rep.pk, "status", "success") >= 0 &&
+            proto_pack_kv_str(&rep.pk, "model", j->model) >= 0)
                 request_reply(r, &rep);
         else
                 request_reply_error(r, ENOMEM, NULL);
@@ -162,7 +163,7 @@ static void jobs_trim(Manager *m) {
         Job *j, *n, *last = NULL;
 
         LIST_FOREACH(jobs, j, m->jobs)
-                last = j;
+        last = j;
         for (j = last; j && m->n_finished_jobs > m->config.finished_jobs; j = n) {
                 n = j->jobs_prev;
                 if (j->state != JOB_DONE)
@@ -290,7 +291,7 @@ JobPool *job_pool_free(JobPool *p) {
         /* Everything still queued or running ends as cancelled; workers finish the queue quickly. */
         Job *j;
         LIST_FOREACH(jobs, j, p->manager->jobs)
-                atomic_store(&j->cancel, true);
+        atomic_store(&j->cancel, true);
         pthread_mutex_lock(&p->lock);
         p->stop = true;
         pthread_cond_broadcast(&p->cond);
@@ -364,8 +365,8 @@ int job_start(Manager *m, Request *r, const char *kind, const char *model, JobRu
 Job *job_find(Manager *m, uint64_t id) {
         Job *j;
         LIST_FOREACH(jobs, j, m->jobs)
-                if (j->id == id)
-                        return j;
+        if (j->id == id)
+                return j;
         return NULL;
 }
 
@@ -398,10 +399,12 @@ static int job_pack(const Job *j, msgpack_packer *pk) {
         if (msgpack_pack_map(pk, 7 + (failed ? 1 : 0)) < 0 || proto_pack_kv_u64(pk, "job", j->id) < 0 ||
             proto_pack_kv_str(pk, "kind", j->kind) < 0 || proto_pack_kv_str(pk, "model", j->model) < 0 ||
             proto_pack_kv_str(pk, "state", job_state_to_string(j->state)) < 0 ||
-            proto_pack_kv_str(pk, "status", j->state == JOB_DONE ? (failed ? "failed" : "success") : status) < 0 ||
+            proto_pack_kv_str(pk, "status",
+                              j->state == JOB_DONE ? (failed ? "failed" : "success") : status) < 0 ||
             proto_pack_kv_u64(pk, "total", total) < 0 || proto_pack_kv_u64(pk, "completed", completed) < 0)
                 return -ENOMEM;
-        if (failed && proto_pack_kv_str(pk, "error", j->error.code ? j->error.msg : strerror(-j->result)) < 0)
+        if (failed &&
+            proto_pack_kv_str(pk, "error", j->error.code ? j->error.msg : strerror(-j->result)) < 0)
                 return -ENOMEM;
         return 0;
 }
@@ -412,17 +415,17 @@ int jobs_pack(Manager *m, uint64_t only, msgpack_packer *pk, QdError *err) {
         int k;
 
         LIST_FOREACH(jobs, j, m->jobs)
-                n += only == 0 || j->id == only;
+        n += only == 0 || j->id == only;
         if (only != 0 && n == 0)
                 return qd_error_set(err, ENOENT, "No job %" PRIu64 ".", only);
         if (msgpack_pack_array(pk, n) < 0)
                 return -ENOMEM;
         LIST_FOREACH(jobs, j, m->jobs)
-                if (only == 0 || j->id == only) {
-                        k = job_pack(j, pk);
-                        if (k < 0)
-                                return k;
-                }
+        if (only == 0 || j->id == only) {
+                k = job_pack(j, pk);
+                if (k < 0)
+                        return k;
+        }
         return 0;
 }
 

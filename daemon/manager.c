@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The Manager: owns the sd-event loop and everything the main thread touches (connections, the job table, the
- * scheduler, the store), the mailbox other threads post to, and the daemon's lifecycle with systemd
+ * The Manager: owns the sd-event loop and everything the main thread touches (connections, the job table,
+ * the scheduler, the store), the mailbox other threads post to, and the daemon's lifecycle with systemd
  * (READY=1, STATUS=, STOPPING=1, SIGTERM).
  *
  * DESIGN
@@ -21,7 +21,7 @@ int manager_post(Manager *m, void (*fn)(Manager *m, void *userdata), void *userd
         Post *p = malloc(sizeof(*p));
         if (!p)
                 return -ENOMEM;
-        *p = (Post){ .fn = fn, .userdata = userdata };
+        *p = (Post){.fn = fn, .userdata = userdata};
         pthread_mutex_lock(&m->post_lock);
         bool wake = !m->post_head;
         if (m->post_tail)
@@ -196,8 +196,10 @@ int manager_run(Manager *m) {
                 return k;
 
         m->started_ns = now_ns();
-        (void)sd_notifyf(false, "READY=1\nSTATUS=Serving on %s (models in %s).", m->socket_path, m->models_path);
-        log_info("quantd %s ready: models in %s, %u workers.", PACKAGE_VERSION, m->models_path, m->config.workers);
+        (void)sd_notifyf(false, "READY=1\nSTATUS=Serving on %s (models in %s).", m->socket_path,
+                         m->models_path);
+        log_info("quantd %s ready: models in %s, %u workers.", PACKAGE_VERSION, m->models_path,
+                 m->config.workers);
 
         k = sd_event_loop(m->event);
         if (k < 0)

@@ -4,11 +4,14 @@
  * decode their params with proto_dispatch(), reply at once or hand the request to a job or the scheduler.
  */
 
+#include <fcntl.h>
 #include <inttypes.h>
+#include <json-c/json.h>
 
 #include "config.h"
 #include "daemon-internal.h"
 #include "engine.h"
+#include "quant.h"
 
 static int reply_simple(Request *r, Reply *rep, int k) {
         if (k < 0) {
@@ -46,10 +49,10 @@ static int pack_types(msgpack_packer *pk) {
 static int method_hello(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
         struct {
                 uint32_t protocol, minor;
-        } a = { PROTO_VERSION_MAJOR, 0 };
+        } a = {PROTO_VERSION_MAJOR, 0};
         static const ProtoField fields[] = {
-                { "protocol", PROTO_FIELD_U32, offsetof(typeof(a), protocol) },
-                { "minor", PROTO_FIELD_U32, offsetof(typeof(a), minor) },
+                {"protocol", PROTO_FIELD_U32, offsetof(typeof(a), protocol)},
+                {"minor", PROTO_FIELD_U32, offsetof(typeof(a), minor)},
                 {},
         };
         Reply rep;
@@ -93,11 +96,13 @@ static int method_hello(Manager *m, Request *r, ProtoMessage *call, QdError *err
                 k = proto_pack_key(&rep.pk, "types");
         if (k >= 0)
                 k = pack_types(&rep.pk);
-        /* What the quantizer can produce: nothing until quant/ lands. */
+        /* What Create's quantize can produce: llama-quantize's mixtures. */
         if (k >= 0)
                 k = proto_pack_key(&rep.pk, "quant_types");
         if (k >= 0)
-                k = msgpack_pack_array(&rep.pk, 0) < 0 ? -ENOMEM : 0;
+                k = msgpack_pack_array(&rep.pk, _QUANT_MIXTURE_MAX) < 0 ? -ENOMEM : 0;
+        for (int q = 0; k >= 0 && q < _QUANT_MIXTURE_MAX; q++)
+                k = proto_pack_str(&rep.pk, quant_mixture_name((QuantMixture)q));
         if (k >= 0)
                 k = proto_pack_kv_bool(&rep.pk, "may_change_store", request_caller(r)->may_change_store);
         return reply_simple(r, &rep, k);
@@ -153,7 +158,7 @@ typedef struct ModelArg {
 } ModelArg;
 
 static const ProtoField model_fields[] = {
-        { "model", PROTO_FIELD_STRING, offsetof(ModelArg, model), true },
+        {"model", PROTO_FIELD_STRING, offsetof(ModelArg, model), true},
         {},
 };
 
@@ -207,9 +212,10 @@ static int method_show(Manager *m, Request *r, ProtoMessage *call, QdError *err)
 typedef struct CreateJob {
         Manager *manager;
         char *model;
-        char *template;
-        char *system;
-        int fd;
+        int fd; /* the GGUF: passed by the client, or the base model's blob (FROM a local model) */
+        char *template, *system, *parameters, *messages;
+        char **licenses;
+        int quantize; /* a QuantMixture, or -1 to store the file as it is */
 } CreateJob;
 
 static void create_job_free(void *userdata) {
@@ -218,6 +224,9 @@ static void create_job_free(void *userdata) {
         free(c->model);
         free(c->template);
         free(c->system);
+        free(c->parameters);
+        free(c->messages);
+        strv_free(c->licenses);
         free(c);
 }
 
@@ -226,32 +235,142 @@ static void store_progress(const char *status, const char *digest, uint64_t comp
         job_progress(userdata, status, digest, total, completed);
 }
 
+static void quant_progress(void *userdata, size_t i, size_t n, const char *name, uint32_t type) {
+        char status[128];
+        snprintf(status, sizeof(status), "quantizing %s to %s", name, ggml_type_name(type));
+        job_progress(userdata, status, NULL, n, i + 1);
+}
+
+/* Writes the quantized model to an unnamed file in the store's directory; returns its descriptor. */
+static int quantize_to_tmpfile(Job *j, CreateJob *c, QdError *err) {
+        _cleanup_(gguf_freep) Gguf *src = NULL;
+        _cleanup_close_ int out = -EBADF;
+        int k;
+
+        k = gguf_open_fd(c->fd, &src, err);
+        if (k < 0)
+                return k;
+        out = open(c->manager->models_path, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+        if (out < 0)
+                return qd_error_set(err, errno, "Failed to create a temporary file in %s: %s",
+                                    c->manager->models_path, strerror(errno));
+        QuantParams p = quant_params_default();
+        p.mixture = (QuantMixture)c->quantize;
+        p.n_threads = c->manager->config.threads;
+        p.cancel = job_cancel_flag(j);
+        p.progress = quant_progress;
+        p.userdata = j;
+        k = quant_file(src, out, &p, err);
+        if (k < 0)
+                return k;
+        if (lseek(out, 0, SEEK_SET) < 0)
+                return -errno;
+        return TAKE_FD(out);
+}
+
 static int create_job_run(Job *j, void *userdata, QdError *err) {
         CreateJob *c = userdata;
         Manager *m = c->manager;
+        _cleanup_close_ int quantized = -EBADF;
 
         job_progress(j, "reading model data", NULL, 0, 0);
-        return m->store_ops->create(m->store, c->model, c->fd, c->template, c->system, store_progress, j,
-                                    job_cancel_flag(j), err);
+        if (c->quantize >= 0) {
+                quantized = quantize_to_tmpfile(j, c, err);
+                if (quantized < 0)
+                        return quantized;
+        }
+        StoreCreateSpec spec = {
+                .fd = quantized >= 0 ? quantized : c->fd,
+                .template = c->template,
+                .system = c->system,
+                .parameters = c->parameters,
+                .messages = c->messages,
+                .licenses = c->licenses,
+        };
+        return m->store_ops->create(m->store, c->model, &spec, store_progress, j, job_cancel_flag(j), err);
+}
+
+/* msgpack to json-c, for the parameters and messages layers. */
+static json_object *json_from_msgpack(const msgpack_object *o) {
+        switch (o->type) {
+        case MSGPACK_OBJECT_NIL:
+                return NULL;
+        case MSGPACK_OBJECT_BOOLEAN:
+                return json_object_new_boolean(o->via.boolean);
+        case MSGPACK_OBJECT_POSITIVE_INTEGER:
+                return o->via.u64 <= INT64_MAX ? json_object_new_int64((int64_t)o->via.u64)
+                                               : json_object_new_double((double)o->via.u64);
+        case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+                return json_object_new_int64(o->via.i64);
+        case MSGPACK_OBJECT_FLOAT32:
+        case MSGPACK_OBJECT_FLOAT64:
+                return json_object_new_double(o->via.f64);
+        case MSGPACK_OBJECT_STR:
+                return json_object_new_string_len(o->via.str.ptr, (int)o->via.str.size);
+        case MSGPACK_OBJECT_ARRAY: {
+                json_object *a = json_object_new_array();
+                for (uint32_t i = 0; a && i < o->via.array.size; i++)
+                        json_object_array_add(a, json_from_msgpack(&o->via.array.ptr[i]));
+                return a;
+        }
+        case MSGPACK_OBJECT_MAP: {
+                json_object *m = json_object_new_object();
+                for (uint32_t i = 0; m && i < o->via.map.size; i++) {
+                        const msgpack_object_kv *kv = &o->via.map.ptr[i];
+                        if (kv->key.type != MSGPACK_OBJECT_STR)
+                                continue;
+                        _cleanup_free_ char *key = strndup(kv->key.via.str.ptr, kv->key.via.str.size);
+                        if (key)
+                                json_object_object_add(m, key, json_from_msgpack(&kv->val));
+                }
+                return m;
+        }
+        case MSGPACK_OBJECT_BIN:
+        case MSGPACK_OBJECT_EXT:
+                break;
+        }
+        return NULL;
+}
+
+static char *json_text(const msgpack_object *o) {
+        json_object *j = json_from_msgpack(o);
+        if (!j)
+                return NULL;
+        char *s = strdup(json_object_to_json_string_ext(j, JSON_C_TO_STRING_PLAIN));
+        json_object_put(j);
+        return s;
 }
 
 static int method_create(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
         struct {
-                const char *model, *template, *system;
+                const char *model, *from, *template, *system, *quantize, *requires;
+                const msgpack_object *parameters, *license, *messages;
                 uint64_t gguf;
-        } a = {};
+        } a = {.gguf = UINT64_MAX};
         static const ProtoField fields[] = {
-                { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
-                { "gguf", PROTO_FIELD_FD, offsetof(typeof(a), gguf), true },
-                { "template", PROTO_FIELD_STRING, offsetof(typeof(a), template) },
-                { "system", PROTO_FIELD_STRING, offsetof(typeof(a), system) },
+                {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true},
+                {"gguf", PROTO_FIELD_FD, offsetof(typeof(a), gguf)},
+                {"from", PROTO_FIELD_STRING, offsetof(typeof(a), from)},
+                {"template", PROTO_FIELD_STRING, offsetof(typeof(a), template)},
+                {"system", PROTO_FIELD_STRING, offsetof(typeof(a), system)},
+                {"parameters", PROTO_FIELD_MAP, offsetof(typeof(a), parameters)},
+                {"license", PROTO_FIELD_ANY, offsetof(typeof(a), license)},
+                {"messages", PROTO_FIELD_ARRAY, offsetof(typeof(a), messages)},
+                {"quantize", PROTO_FIELD_STRING, offsetof(typeof(a), quantize)},
+                {"requires", PROTO_FIELD_STRING, offsetof(typeof(a), requires)},
                 {},
         };
-        int k;
+        _cleanup_close_ int fd = -EBADF;
+        int k, quantize = -1;
 
         k = proto_dispatch(call->params, fields, &a, call->zone, err);
         if (k < 0)
                 return k;
+        if ((a.gguf == UINT64_MAX) == !a.from)
+                return qd_error_set(
+                        err, EINVAL,
+                        "Create takes either 'gguf' (a descriptor of a GGUF file) or 'from' (a local "
+                        "model).");
         if (a.template) {
                 /* A template that does not parse fails now, not at the first chat. */
                 _cleanup_(engine_template_freep) EngineTemplate *t = NULL;
@@ -259,22 +378,86 @@ static int method_create(Manager *m, Request *r, ProtoMessage *call, QdError *er
                 if (k < 0)
                         return k;
         }
-        int fd = proto_message_take_fd(call, a.gguf, err);
-        if (fd < 0)
-                return fd;
-        CreateJob *c = calloc(1, sizeof(*c));
-        if (!c) {
-                safe_close(fd);
-                return -ENOMEM;
+        if (a.quantize) {
+                quantize = quant_mixture_from_name(a.quantize);
+                if (quantize < 0)
+                        return qd_error_set(err, EINVAL,
+                                            "Unknown quantization '%s'; Hello lists quant_types.",
+                                            a.quantize);
         }
-        c->manager = m;
-        c->fd = fd;
-        c->model = strdup(a.model);
-        c->template = a.template ? strdup(a.template) : NULL;
-        c->system = a.system ? strdup(a.system) : NULL;
-        if (!c->model || (a.template && !c->template) || (a.system && !c->system)) {
-                create_job_free(c);
+        if (a.messages)
+                for (uint32_t i = 0; i < a.messages->via.array.size; i++) {
+                        const msgpack_object *o = &a.messages->via.array.ptr[i];
+                        const msgpack_object *role = proto_map_get(o, "role"),
+                                             *content = proto_map_get(o, "content");
+                        if (!role || role->type != MSGPACK_OBJECT_STR || !content ||
+                            content->type != MSGPACK_OBJECT_STR)
+                                return qd_error_set(err, EINVAL,
+                                                    "Message %" PRIu32
+                                                    " must be a map with string role and content.",
+                                                    i);
+                }
+
+        _cleanup_free_ char *template = NULL, *system = NULL, *parameters = NULL;
+        if (a.from) {
+                /* FROM a local model: its GGUF (the daemon's own file), and its layers unless given anew. */
+                _cleanup_free_ char *path = NULL;
+                k = m->store_ops->resolve(m->store, a.from, &path, NULL, err);
+                if (k >= 0 && !a.template)
+                        k = m->store_ops->read_layer(m->store, a.from, STORE_LAYER_TEMPLATE, &template, err);
+                if (k >= 0 && !a.system)
+                        k = m->store_ops->read_layer(m->store, a.from, STORE_LAYER_SYSTEM, &system, err);
+                if (k >= 0 && !a.parameters)
+                        k = m->store_ops->read_layer(m->store, a.from, STORE_LAYER_PARAMS, &parameters, err);
+                if (k < 0)
+                        return k;
+                fd = open(path, O_RDONLY | O_CLOEXEC);
+                if (fd < 0)
+                        return qd_error_set(err, errno, "Failed to open the model '%s': %s", a.from,
+                                            strerror(errno));
+        } else {
+                fd = proto_message_take_fd(call, a.gguf, err);
+                if (fd < 0)
+                        return fd;
+        }
+
+        CreateJob *c = calloc(1, sizeof(*c));
+        if (!c)
                 return -ENOMEM;
+        c->manager = m;
+        c->fd = TAKE_FD(fd);
+        c->quantize = quantize;
+        c->model = strdup(a.model);
+        c->template = a.template ? strdup(a.template) : TAKE_PTR(template);
+        c->system = a.system ? strdup(a.system) : TAKE_PTR(system);
+        c->parameters = a.parameters ? json_text(a.parameters) : TAKE_PTR(parameters);
+        c->messages = a.messages ? json_text(a.messages) : NULL;
+        k = c->model && (!a.template || c->template) && (!a.system || c->system) &&
+                            (!a.parameters || c->parameters) && (!a.messages || c->messages)
+                    ? 0
+                    : -ENOMEM;
+        if (k >= 0 && a.license) {
+                /* One LICENSE or several. */
+                const msgpack_object *l =
+                        a.license->type == MSGPACK_OBJECT_ARRAY ? a.license->via.array.ptr : a.license;
+                uint32_t n = a.license->type == MSGPACK_OBJECT_ARRAY ? a.license->via.array.size : 1;
+                c->licenses = calloc(n + 1, sizeof(char *));
+                k = c->licenses ? 0 : -ENOMEM;
+                for (uint32_t i = 0; k >= 0 && i < n; i++) {
+                        if (l[i].type != MSGPACK_OBJECT_STR) {
+                                k = qd_error_set(err, EINVAL,
+                                                 "Parameter 'license' must be a string or an array of "
+                                                 "strings.");
+                                break;
+                        }
+                        c->licenses[i] = strndup(l[i].via.str.ptr, l[i].via.str.size);
+                        if (!c->licenses[i])
+                                k = -ENOMEM;
+                }
+        }
+        if (k < 0) {
+                create_job_free(c);
+                return k;
         }
         return job_start(m, r, "create", a.model, create_job_run, c, create_job_free, NULL);
 }
@@ -284,8 +467,8 @@ static int method_copy(Manager *m, Request *r, ProtoMessage *call, QdError *err)
                 const char *source, *destination;
         } a = {};
         static const ProtoField fields[] = {
-                { "source", PROTO_FIELD_STRING, offsetof(typeof(a), source), true },
-                { "destination", PROTO_FIELD_STRING, offsetof(typeof(a), destination), true },
+                {"source", PROTO_FIELD_STRING, offsetof(typeof(a), source), true},
+                {"destination", PROTO_FIELD_STRING, offsetof(typeof(a), destination), true},
                 {},
         };
         int k = proto_dispatch(call->params, fields, &a, call->zone, err);
@@ -349,7 +532,8 @@ static int start_transfer(Manager *m, Request *r, ProtoMessage *call, bool push,
                 transfer_job_free(t);
                 return -ENOMEM;
         }
-        return job_start(m, r, push ? "push" : "pull", a.model, transfer_job_run, t, transfer_job_free, NULL);
+        return job_start(m, r, push ? "push" : "pull", a.model, transfer_job_run, t, transfer_job_free,
+                         NULL);
 }
 
 static int method_pull(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
@@ -368,8 +552,8 @@ static int method_jobs(Manager *m, Request *r, ProtoMessage *call, QdError *err)
                 bool watch;
         } a = {};
         static const ProtoField fields[] = {
-                { "job", PROTO_FIELD_U64, offsetof(typeof(a), job) },
-                { "watch", PROTO_FIELD_BOOL, offsetof(typeof(a), watch) },
+                {"job", PROTO_FIELD_U64, offsetof(typeof(a), job)},
+                {"watch", PROTO_FIELD_BOOL, offsetof(typeof(a), watch)},
                 {},
         };
         Reply rep;
@@ -397,26 +581,30 @@ static int method_cancel(Manager *m, Request *r, ProtoMessage *call, QdError *er
                 uint64_t id, job;
         } a = {};
         static const ProtoField fields[] = {
-                { "id", PROTO_FIELD_U64, offsetof(typeof(a), id) },
-                { "job", PROTO_FIELD_U64, offsetof(typeof(a), job) },
+                {"id", PROTO_FIELD_U64, offsetof(typeof(a), id)},
+                {"job", PROTO_FIELD_U64, offsetof(typeof(a), job)},
                 {},
         };
         int k = proto_dispatch(call->params, fields, &a, call->zone, err);
         if (k < 0)
                 return k;
         if ((a.id == 0) == (a.job == 0))
-                return qd_error_set(err, EINVAL, "Cancel takes either 'id' (a request of this client) or 'job'.");
+                return qd_error_set(err, EINVAL,
+                                    "Cancel takes either 'id' (a request of this client) or 'job'.");
         if (a.job != 0) {
                 Job *j = job_find(m, a.job);
                 if (!j)
                         return qd_error_set(err, ENOENT, "No job %" PRIu64 ".", a.job);
                 if (!request_caller(r)->may_change_store)
-                        return qd_error_set(err, EPERM, "Cancelling a job needs the right to change the store.");
+                        return qd_error_set(err, EPERM,
+                                            "Cancelling a job needs the right to change the store.");
                 job_cancel(j);
         } else {
-                Request *target = r->frontend && r->frontend->find_sibling ? r->frontend->find_sibling(r, a.id) : NULL;
+                Request *target =
+                        r->frontend && r->frontend->find_sibling ? r->frontend->find_sibling(r, a.id) : NULL;
                 if (!target)
-                        return qd_error_set(err, ENOENT, "No request %" PRIu64 " in flight on this connection.", a.id);
+                        return qd_error_set(err, ENOENT,
+                                            "No request %" PRIu64 " in flight on this connection.", a.id);
                 request_cancel(target);
         }
         request_reply(r, NULL);
@@ -438,10 +626,10 @@ static int method_load(Manager *m, Request *r, ProtoMessage *call, QdError *err)
         struct {
                 const char *model;
                 int64_t keep_alive;
-        } a = { .keep_alive = INT64_MIN };
+        } a = {.keep_alive = INT64_MIN};
         static const ProtoField fields[] = {
-                { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
-                { "keep_alive", PROTO_FIELD_DURATION, offsetof(typeof(a), keep_alive) },
+                {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true},
+                {"keep_alive", PROTO_FIELD_DURATION, offsetof(typeof(a), keep_alive)},
                 {},
         };
         int k = proto_dispatch(call->params, fields, &a, call->zone, err);
@@ -495,7 +683,8 @@ static int decode_stop(const msgpack_object *o, char ***ret, QdError *err) {
                 const msgpack_object *s = &o->via.array.ptr[i];
                 if (s->type != MSGPACK_OBJECT_STR || s->via.str.size == 0) {
                         strv_free(l);
-                        return qd_error_set(err, EINVAL, "Option 'stop' must be an array of non-empty strings.");
+                        return qd_error_set(err, EINVAL,
+                                            "Option 'stop' must be an array of non-empty strings.");
                 }
                 l[i] = strndup(s->via.str.ptr, s->via.str.size);
                 if (!l[i]) {
@@ -521,23 +710,26 @@ static int decode_messages(const msgpack_object *messages, msgpack_zone *zone, E
                 return -ENOMEM;
         for (uint32_t i = 0; i < n; i++) {
                 static const ProtoField fields[] = {
-                        { "role", PROTO_FIELD_STRING, offsetof(EngineChatMessage, role), true },
-                        { "content", PROTO_FIELD_STRING, offsetof(EngineChatMessage, content), true },
+                        {"role", PROTO_FIELD_STRING, offsetof(EngineChatMessage, role), true},
+                        {"content", PROTO_FIELD_STRING, offsetof(EngineChatMessage, content), true},
                         {},
                 };
                 const msgpack_object *o = &messages->via.array.ptr[i];
                 QdError e = {};
                 if (o->type != MSGPACK_OBJECT_MAP)
-                        return qd_error_set(err, EINVAL, "Message %" PRIu32 " must be a map {role, content}, got %s.",
-                                            i, proto_object_type_name(o));
+                        return qd_error_set(err, EINVAL,
+                                            "Message %" PRIu32 " must be a map {role, content}, got %s.", i,
+                                            proto_object_type_name(o));
                 k = proto_dispatch(o, fields, &msgs[i], zone, &e);
                 if (k < 0)
                         return qd_error_set(err, k, "Message %" PRIu32 ": %s", i, e.msg);
                 if (!streq(msgs[i].role, "system") && !streq(msgs[i].role, "user") &&
                     !streq(msgs[i].role, "assistant") && !streq(msgs[i].role, "tool"))
                         return qd_error_set(err, EINVAL,
-                                            "Message %" PRIu32 " has role '%s'; roles are system, user, assistant "
-                                            "and tool.", i, msgs[i].role);
+                                            "Message %" PRIu32
+                                            " has role '%s'; roles are system, user, assistant "
+                                            "and tool.",
+                                            i, msgs[i].role);
         }
         *ret = TAKE_PTR(msgs);
         *ret_n = n;
@@ -607,15 +799,86 @@ static int render_prompt(Manager *m, const char *model, const char *system_overr
         return *ret ? 0 : -ENOMEM;
 }
 
+/*
+ * The model's own defaults, from its Modelfile PARAMETERs (Ollama's params layer, a JSON object); the
+ * request's options override them.
+ */
+static int apply_model_params(const char *json, GenerateParams *p, QdError *err) {
+        static const struct {
+                const char *name;
+                char kind; /* 'f' float, 'i' int32, 'u' uint32, 'U' uint64 */
+                size_t offset;
+        } keys[] = {
+                {"temperature", 'f', offsetof(GenerateParams, sampler.temperature)},
+                {"top_k", 'i', offsetof(GenerateParams, sampler.top_k)},
+                {"top_p", 'f', offsetof(GenerateParams, sampler.top_p)},
+                {"min_p", 'f', offsetof(GenerateParams, sampler.min_p)},
+                {"typical_p", 'f', offsetof(GenerateParams, sampler.typical_p)},
+                {"repeat_penalty", 'f', offsetof(GenerateParams, sampler.repeat_penalty)},
+                {"repeat_last_n", 'i', offsetof(GenerateParams, sampler.repeat_last_n)},
+                {"presence_penalty", 'f', offsetof(GenerateParams, sampler.presence_penalty)},
+                {"frequency_penalty", 'f', offsetof(GenerateParams, sampler.frequency_penalty)},
+                {"seed", 'U', offsetof(GenerateParams, sampler.seed)},
+                {"num_predict", 'i', offsetof(GenerateParams, num_predict)},
+                {"num_ctx", 'u', offsetof(GenerateParams, num_ctx)},
+        };
+        json_object *root = json_tokener_parse(json), *v;
+
+        if (!root || !json_object_is_type(root, json_type_object)) {
+                json_object_put(root);
+                return qd_error_set(err, EBADMSG,
+                                    "The model's parameters are not a JSON object; recreate it.");
+        }
+        for (size_t i = 0; i < ELEMENTSOF(keys); i++) {
+                if (!json_object_object_get_ex(root, keys[i].name, &v) ||
+                    !(json_object_is_type(v, json_type_int) || json_object_is_type(v, json_type_double)))
+                        continue;
+                void *dst = (uint8_t *)p + keys[i].offset;
+                switch (keys[i].kind) {
+                case 'f':
+                        *(float *)dst = (float)json_object_get_double(v);
+                        break;
+                case 'i':
+                        *(int32_t *)dst = (int32_t)json_object_get_int64(v);
+                        break;
+                case 'u':
+                        *(uint32_t *)dst = (uint32_t)MAX(json_object_get_int64(v), (int64_t)0);
+                        break;
+                default:
+                        *(uint64_t *)dst = json_object_get_uint64(v);
+                        break;
+                }
+        }
+        if (json_object_object_get_ex(root, "stop", &v) && json_object_is_type(v, json_type_array)) {
+                size_t n = json_object_array_length(v);
+                char **l = calloc(n + 1, sizeof(char *));
+                for (size_t i = 0, j = 0; l && i < n; i++) {
+                        const char *s = json_object_get_string(json_object_array_get_idx(v, i));
+                        if (s && *s && !(l[j++] = strdup(s))) {
+                                strv_free(l);
+                                l = NULL;
+                        }
+                }
+                if (!l) {
+                        json_object_put(root);
+                        return -ENOMEM;
+                }
+                strv_free(p->stop);
+                p->stop = l;
+        }
+        json_object_put(root);
+        return 0;
+}
+
 /* Generate and Chat: the same options and the same path through the scheduler. */
 static int start_generation(Manager *m, Request *r, ProtoMessage *call, bool chat, QdError *err) {
-        _cleanup_(generate_params_done) GenerateParams p = { .num_predict = -1, .stream = true };
+        _cleanup_(generate_params_done) GenerateParams p = {.num_predict = -1, .stream = true};
         struct {
                 const char *model, *prompt, *system;
                 const msgpack_object *options, *messages;
                 int64_t keep_alive;
                 bool raw, stream, return_tokens;
-        } a = { .keep_alive = INT64_MIN, .stream = true };
+        } a = {.keep_alive = INT64_MIN, .stream = true};
         const ProtoField fields[] = {
                 { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
                 chat ? (ProtoField){ "messages", PROTO_FIELD_ARRAY, offsetof(typeof(a), messages), true }
@@ -631,24 +894,31 @@ static int start_generation(Manager *m, Request *r, ProtoMessage *call, bool cha
         SamplerParams *s = &p.sampler;
         const msgpack_object *stop = NULL;
         const ProtoField options[] = {
-                { "temperature", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.temperature) },
-                { "top_k", PROTO_FIELD_I32, offsetof(GenerateParams, sampler.top_k) },
-                { "top_p", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.top_p) },
-                { "min_p", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.min_p) },
-                { "typical_p", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.typical_p) },
-                { "repeat_penalty", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.repeat_penalty) },
-                { "repeat_last_n", PROTO_FIELD_I32, offsetof(GenerateParams, sampler.repeat_last_n) },
-                { "presence_penalty", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.presence_penalty) },
-                { "frequency_penalty", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.frequency_penalty) },
-                { "seed", PROTO_FIELD_U64, offsetof(GenerateParams, sampler.seed) },
-                { "num_predict", PROTO_FIELD_I32, offsetof(GenerateParams, num_predict) },
-                { "num_ctx", PROTO_FIELD_U32, offsetof(GenerateParams, num_ctx) },
+                {"temperature", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.temperature)},
+                {"top_k", PROTO_FIELD_I32, offsetof(GenerateParams, sampler.top_k)},
+                {"top_p", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.top_p)},
+                {"min_p", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.min_p)},
+                {"typical_p", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.typical_p)},
+                {"repeat_penalty", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.repeat_penalty)},
+                {"repeat_last_n", PROTO_FIELD_I32, offsetof(GenerateParams, sampler.repeat_last_n)},
+                {"presence_penalty", PROTO_FIELD_FLOAT, offsetof(GenerateParams, sampler.presence_penalty)},
+                {"frequency_penalty", PROTO_FIELD_FLOAT,
+                 offsetof(GenerateParams, sampler.frequency_penalty)},
+                {"seed", PROTO_FIELD_U64, offsetof(GenerateParams, sampler.seed)},
+                {"num_predict", PROTO_FIELD_I32, offsetof(GenerateParams, num_predict)},
+                {"num_ctx", PROTO_FIELD_U32, offsetof(GenerateParams, num_ctx)},
                 {},
         };
         int k;
 
         *s = sampler_defaults();
         k = proto_dispatch(call->params, fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+        _cleanup_free_ char *model_params = NULL;
+        k = m->store_ops->read_layer(m->store, a.model, STORE_LAYER_PARAMS, &model_params, err);
+        if (k >= 0 && model_params)
+                k = apply_model_params(model_params, &p, err);
         if (k < 0)
                 return k;
         k = proto_dispatch(a.options, options, &p, call->zone, err);
@@ -658,12 +928,15 @@ static int start_generation(Manager *m, Request *r, ProtoMessage *call, bool cha
                 return qd_error_set(err, EINVAL, "Option 'temperature' must not be negative.");
         stop = proto_map_get(a.options, "stop");
         if (stop && stop->type != MSGPACK_OBJECT_NIL) {
+                /* The request's stop strings replace the model's. */
+                p.stop = strv_free(p.stop);
                 k = decode_stop(stop, &p.stop, err);
                 if (k < 0)
                         return k;
         }
         if (chat && a.raw)
-                return qd_error_set(err, EINVAL, "Chat renders its prompt with the model's template; 'raw' is for "
+                return qd_error_set(err, EINVAL,
+                                    "Chat renders its prompt with the model's template; 'raw' is for "
                                     "Generate.");
         if (chat) {
                 _cleanup_free_ EngineChatMessage *msgs = NULL;
@@ -708,11 +981,11 @@ static int method_embed(Manager *m, Request *r, ProtoMessage *call, QdError *err
                 const char *model;
                 const msgpack_object *input;
                 int64_t keep_alive;
-        } a = { .keep_alive = INT64_MIN };
+        } a = {.keep_alive = INT64_MIN};
         static const ProtoField fields[] = {
-                { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
-                { "input", PROTO_FIELD_ANY, offsetof(typeof(a), input), true },
-                { "keep_alive", PROTO_FIELD_DURATION, offsetof(typeof(a), keep_alive) },
+                {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true},
+                {"input", PROTO_FIELD_ANY, offsetof(typeof(a), input), true},
+                {"keep_alive", PROTO_FIELD_DURATION, offsetof(typeof(a), keep_alive)},
                 {},
         };
         int k = proto_dispatch(call->params, fields, &a, call->zone, err);
@@ -720,7 +993,8 @@ static int method_embed(Manager *m, Request *r, ProtoMessage *call, QdError *err
                 return k;
 
         /* One string, or an array of them. */
-        const msgpack_object *items = a.input->type == MSGPACK_OBJECT_ARRAY ? a.input->via.array.ptr : a.input;
+        const msgpack_object *items =
+                a.input->type == MSGPACK_OBJECT_ARRAY ? a.input->via.array.ptr : a.input;
         uint32_t n = a.input->type == MSGPACK_OBJECT_ARRAY ? a.input->via.array.size : 1;
         if (n == 0 || n > 1024)
                 return qd_error_set(err, EINVAL, "Parameter 'input' must hold 1 to 1024 strings.");
@@ -728,7 +1002,8 @@ static int method_embed(Manager *m, Request *r, ProtoMessage *call, QdError *err
         if (!inputs)
                 return -ENOMEM;
         for (uint32_t i = 0; i < n; i++) {
-                if (items[i].type != MSGPACK_OBJECT_STR || memchr(items[i].via.str.ptr, 0, items[i].via.str.size)) {
+                if (items[i].type != MSGPACK_OBJECT_STR ||
+                    memchr(items[i].via.str.ptr, 0, items[i].via.str.size)) {
                         strv_free(inputs);
                         return qd_error_set(err, EINVAL,
                                             "Parameter 'input' must be a string or an array of strings.");
@@ -739,7 +1014,8 @@ static int method_embed(Manager *m, Request *r, ProtoMessage *call, QdError *err
                         return -ENOMEM;
                 }
         }
-        return scheduler_embed(m->scheduler, r, a.model, inputs, a.keep_alive, a.keep_alive != INT64_MIN, err);
+        return scheduler_embed(m->scheduler, r, a.model, inputs, a.keep_alive, a.keep_alive != INT64_MIN,
+                               err);
 }
 
 static int method_tokenize(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
@@ -747,8 +1023,8 @@ static int method_tokenize(Manager *m, Request *r, ProtoMessage *call, QdError *
                 const char *model, *text;
         } a = {};
         static const ProtoField fields[] = {
-                { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
-                { "text", PROTO_FIELD_STRING, offsetof(typeof(a), text), true },
+                {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true},
+                {"text", PROTO_FIELD_STRING, offsetof(typeof(a), text), true},
                 {},
         };
         int k = proto_dispatch(call->params, fields, &a, call->zone, err);
@@ -763,8 +1039,8 @@ static int method_detokenize(Manager *m, Request *r, ProtoMessage *call, QdError
                 const msgpack_object *tokens;
         } a = {};
         static const ProtoField fields[] = {
-                { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
-                { "tokens", PROTO_FIELD_ARRAY, offsetof(typeof(a), tokens), true },
+                {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true},
+                {"tokens", PROTO_FIELD_ARRAY, offsetof(typeof(a), tokens), true},
                 {},
         };
         int k = proto_dispatch(call->params, fields, &a, call->zone, err);
@@ -773,31 +1049,34 @@ static int method_detokenize(Manager *m, Request *r, ProtoMessage *call, QdError
         for (uint32_t i = 0; i < a.tokens->via.array.size; i++) {
                 const msgpack_object *t = &a.tokens->via.array.ptr[i];
                 if (t->type != MSGPACK_OBJECT_POSITIVE_INTEGER || t->via.u64 > INT32_MAX)
-                        return qd_error_set(err, EINVAL, "Parameter 'tokens' must be an array of token ids; element %"
-                                            PRIu32 " is not one.", i);
+                        return qd_error_set(
+                                err, EINVAL,
+                                "Parameter 'tokens' must be an array of token ids; element %" PRIu32
+                                " is not one.",
+                                i);
         }
         return scheduler_tokenize(m->scheduler, r, a.model, NULL, a.tokens, err);
 }
 
 const Method daemon_methods[] = {
-        { "Hello", method_hello, 0 },
-        { "Version", method_version, 0 },
-        { "List", method_list, 0 },
-        { "Show", method_show, 0 },
-        { "Ps", method_ps, 0 },
-        { "Generate", method_generate, METHOD_STREAMS },
-        { "Chat", method_chat, METHOD_STREAMS },
-        { "Embed", method_embed, 0 },
-        { "Tokenize", method_tokenize, 0 },
-        { "Detokenize", method_detokenize, 0 },
-        { "Pull", method_pull, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT },
-        { "Push", method_push, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT },
-        { "Create", method_create, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT },
-        { "Copy", method_copy, METHOD_CHANGES_STORE },
-        { "Delete", method_delete, METHOD_CHANGES_STORE },
-        { "Load", method_load, 0 },
-        { "Unload", method_unload, 0 },
-        { "Cancel", method_cancel, 0 },
-        { "Jobs", method_jobs, METHOD_STREAMS },
+        {"Hello", method_hello, 0},
+        {"Version", method_version, 0},
+        {"List", method_list, 0},
+        {"Show", method_show, 0},
+        {"Ps", method_ps, 0},
+        {"Generate", method_generate, METHOD_STREAMS},
+        {"Chat", method_chat, METHOD_STREAMS},
+        {"Embed", method_embed, 0},
+        {"Tokenize", method_tokenize, 0},
+        {"Detokenize", method_detokenize, 0},
+        {"Pull", method_pull, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT},
+        {"Push", method_push, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT},
+        {"Create", method_create, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT},
+        {"Copy", method_copy, METHOD_CHANGES_STORE},
+        {"Delete", method_delete, METHOD_CHANGES_STORE},
+        {"Load", method_load, 0},
+        {"Unload", method_unload, 0},
+        {"Cancel", method_cancel, 0},
+        {"Jobs", method_jobs, METHOD_STREAMS},
         {},
 };

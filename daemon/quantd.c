@@ -32,12 +32,21 @@ static void help(void) {
                "     --config=FILE      read the configuration from FILE\n"
                "     --foreground       do not detach (the default under systemd)\n"
                "     --log-level=LEVEL  err, warning, notice, info or debug\n"
-               "     --backend=NAME     inference backend: engine (the default) or fake (for tests)\n\n"
+               "     --backend=NAME     engine (the default) or fake (for tests)\n\n"
                "See quantd(8).\n");
 }
 
 int main(int argc, char *argv[]) {
-        enum { ARG_VERSION = 0x100, ARG_USER, ARG_SOCKET, ARG_MODELS, ARG_CONFIG, ARG_FOREGROUND, ARG_LOG_LEVEL, ARG_BACKEND };
+        enum {
+                ARG_VERSION = 0x100,
+                ARG_USER,
+                ARG_SOCKET,
+                ARG_MODELS,
+                ARG_CONFIG,
+                ARG_FOREGROUND,
+                ARG_LOG_LEVEL,
+                ARG_BACKEND,
+        };
         static const struct option options[] = {
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
@@ -128,15 +137,17 @@ int main(int argc, char *argv[]) {
                 config.log_level = -1;
 
         /* The command line beats the environment, which beats the file. */
-        const char *socket = arg_socket ?: getenv("QUANTD_SOCKET") && *getenv("QUANTD_SOCKET") ? paths.socket
-                                                                                            : config.socket ?: paths.socket;
-        const char *models = arg_models ?: getenv("QUANTD_MODELS") && *getenv("QUANTD_MODELS") ? paths.models
-                                                                                            : config.models ?: paths.models;
+        const char *e_socket = getenv("QUANTD_SOCKET"), *e_models = getenv("QUANTD_MODELS");
+        const char *socket = arg_socket ?: (e_socket && *e_socket) ? paths.socket
+                                                                   : config.socket ?: paths.socket;
+        const char *models = arg_models ?: (e_models && *e_models) ? paths.models
+                                                                   : config.models ?: paths.models;
         _cleanup_free_ char *socket_copy = strdup(socket), *models_copy = strdup(models);
         if (!socket_copy || !models_copy)
                 return log_oom(), 1;
 
-        const BackendOps *backend = arg_backend && streq(arg_backend, "fake") ? &backend_fake_ops : &backend_engine_ops;
+        const BackendOps *backend = arg_backend && streq(arg_backend, "fake") ? &backend_fake_ops
+                                                                              : &backend_engine_ops;
         ManagerOptions o = {
                 .user = arg_user,
                 .socket = socket_copy,

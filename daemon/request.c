@@ -20,8 +20,8 @@ void reply_done(Reply *r) {
         msgpack_sbuffer_init(&r->sb);
 }
 
-int request_new(Manager *m, const RequestFrontend *fe, void *frontend_data, uint64_t id, const Caller *caller,
-                Request **ret) {
+int request_new(Manager *m, const RequestFrontend *fe, void *frontend_data, uint64_t id,
+                const Caller *caller, Request **ret) {
         Request *r = calloc(1, sizeof(*r));
         if (!r)
                 return -ENOMEM;
@@ -93,7 +93,8 @@ void request_reply(Request *r, Reply *result) {
                 return;
         r->replied = true;
         if (r->frontend)
-                r->frontend->reply(r, 0, NULL, result ? result->sb.data : NULL, result ? result->sb.size : 0);
+                r->frontend->reply(r, 0, NULL, result ? result->sb.data : NULL,
+                                   result ? result->sb.size : 0);
 }
 
 void request_reply_error(Request *r, int error, const char *fmt, ...) {
@@ -134,7 +135,8 @@ void manager_dispatch(Manager *m, Request *r, ProtoMessage *call) {
         int k;
 
         if (!method) {
-                request_reply_error(r, EOPNOTSUPP, "Unknown method '%s'; Hello lists the methods this daemon has.",
+                request_reply_error(r, EOPNOTSUPP,
+                                    "Unknown method '%s'; Hello lists the methods this daemon has.",
                                     call->name);
                 return;
         }
@@ -142,9 +144,11 @@ void manager_dispatch(Manager *m, Request *r, ProtoMessage *call) {
         if ((method->flags & METHOD_CHANGES_STORE) && !r->caller.may_change_store) {
                 log_notice("Refused %s from uid %u (pid %d): it changes the model store.", method->name,
                            (unsigned)r->caller.uid, (int)r->caller.pid);
-                request_reply_error(r, EPERM,
-                                    "%s changes the model store, which needs root, the daemon's user or the group "
-                                    "'%s'.", method->name, manager_group(m));
+                request_reply_error(
+                        r, EPERM,
+                        "%s changes the model store, which needs root, the daemon's user or the group "
+                        "'%s'.",
+                        method->name, manager_group(m));
                 return;
         }
         if (m->stopping) {

@@ -4,12 +4,12 @@
  * loaded models and runs every active sequence's forward pass.
  *
  * DESIGN
- * Main thread: a LoadedModel per model in memory, reference-counted by the generations and other requests that
- * use it. When the last user leaves, its keep_alive decides: 0 unloads now, a negative value keeps it
+ * Main thread: a LoadedModel per model in memory, reference-counted by the generations and other requests
+ * that use it. When the last user leaves, its keep_alive decides: 0 unloads now, a negative value keeps it
  * forever, anything else arms a timer. A new model is admitted only when MaxLoadedModels= and the memory
- * budget (the backend's estimate of weights + KV cache + scratch for NumParallel= sequences) allow; otherwise
- * the idle model that expires first is evicted, and when no model is idle the request waits until one is, or
- * fails with ENOSPC after LoadTimeout=.
+ * budget (the backend's estimate of weights + KV cache + scratch for NumParallel= sequences) allow;
+ * otherwise the idle model that expires first is evicted, and when no model is idle the request waits until
+ * one is, or fails with ENOSPC after LoadTimeout=.
  *
  * Executor thread (one per device; the CPU only until the CUDA backend lands): loads and unloads models and
  * runs continuous batching. Every step it gathers the active sequences of a model, a prompt chunk for those
@@ -54,14 +54,14 @@ typedef struct LoadedModel {
 
         /* Main thread. */
         ModelState state;
-        unsigned n_users;             /* generations, loads and tokenizations in flight */
-        int64_t keep_alive_ns;        /* from the latest request */
-        uint64_t expires_ns;          /* CLOCK_MONOTONIC; UINT64_MAX while in use or kept forever */
+        unsigned n_users;      /* generations, loads and tokenizations in flight */
+        int64_t keep_alive_ns; /* from the latest request */
+        uint64_t expires_ns;   /* CLOCK_MONOTONIC; UINT64_MAX while in use or kept forever */
         sd_event_source *timer;
-        Waiter *waiters;              /* requests waiting for the load */
-        Gen *queued;                  /* generations waiting for a free slot (FIFO through queued_tail) */
+        Waiter *waiters; /* requests waiting for the load */
+        Gen *queued;     /* generations waiting for a free slot (FIFO through queued_tail) */
         Gen *queued_tail;
-        unsigned n_running;           /* generations handed to the executor */
+        unsigned n_running; /* generations handed to the executor */
         uint64_t load_started_ns, load_ns;
         int load_error;
         QdError load_err;
@@ -86,11 +86,11 @@ typedef enum WaiterKind {
 struct Waiter {
         WaiterKind kind;
         Request *request;
-        Gen *gen;                  /* WAITER_GENERATE */
-        char *text;                /* WAITER_TOKENIZE: text, or */
-        int32_t *tokens;           /* tokens to detokenize */
+        Gen *gen;        /* WAITER_GENERATE */
+        char *text;      /* WAITER_TOKENIZE: text, or */
+        int32_t *tokens; /* tokens to detokenize */
         size_t n_tokens;
-        char **inputs;             /* WAITER_EMBED: texts to embed */
+        char **inputs; /* WAITER_EMBED: texts to embed */
         struct Waiter *next;
 };
 
@@ -100,26 +100,26 @@ struct Gen {
         Request *request;
         GenerateParams p;
         atomic_bool cancel;
-        struct Gen *queue_next;    /* the model's queue (main) or the executor's inbox (executor lock) */
+        struct Gen *queue_next; /* the model's queue (main) or the executor's inbox (executor lock) */
 
         /* Executor thread. */
         void *seq;
         void *sampler;
-        int32_t *prompt;           /* (n_prompt) */
+        int32_t *prompt; /* (n_prompt) */
         size_t n_prompt, prompt_done;
-        int32_t next_token;        /* sampled, to be fed next step */
+        int32_t next_token; /* sampled, to be fed next step */
         uint32_t n_generated;
-        Buf held;                  /* bytes not yet sent: an incomplete UTF-8 sequence */
-        EngineStop *stop;          /* the request's stop strings (made on the main thread) */
+        Buf held;         /* bytes not yet sent: an incomplete UTF-8 sequence */
+        EngineStop *stop; /* the request's stop strings (made on the main thread) */
         bool finished;
-        bool stepped;              /* took part in the current round */
-        const char *done_reason;   /* "stop", "length", "cancel" */
+        bool stepped;            /* took part in the current round */
+        const char *done_reason; /* "stop", "length", "cancel" */
         int result;
         QdError err;
         uint64_t start_ns, prompt_ns, eval_ns;
         LIST_FIELDS(struct Gen, active);
 
-        Buf response;              /* main thread: the text of a non-streamed generation */
+        Buf response; /* main thread: the text of a non-streamed generation */
 };
 
 typedef enum CommandKind {
@@ -143,11 +143,11 @@ typedef struct Command {
 struct Embedding {
         LoadedModel *lm;
         Request *request;
-        int32_t **tokens;   /* (n_inputs) token arrays */
-        size_t *n_tokens;   /* (n_inputs) */
+        int32_t **tokens; /* (n_inputs) token arrays */
+        size_t *n_tokens; /* (n_inputs) */
         size_t n_inputs;
         uint32_t n_embd;
-        float *vectors;     /* (n_inputs, n_embd), written by the executor */
+        float *vectors; /* (n_inputs, n_embd), written by the executor */
         int result;
         QdError err;
 };
@@ -156,8 +156,8 @@ struct Scheduler {
         Manager *manager;
         const BackendOps *ops;
         LoadedModel *models;
-        unsigned n_models;       /* in memory or loading, unloading included */
-        uint64_t used;           /* estimates of those models */
+        unsigned n_models;        /* in memory or loading, unloading included */
+        uint64_t used;            /* estimates of those models */
         RoomWaiter *room_waiters; /* requests for models not yet admitted, oldest first */
         bool stopped;
         sd_event_source *room_timer;
@@ -281,15 +281,18 @@ static int gen_start(Scheduler *s, Gen *g) {
 
         g->start_ns = now_ns();
         if (!g->prompt) {
-                k = ops->tokenize(lm->model, g->p.prompt, strlen(g->p.prompt), !g->p.raw, &g->prompt, &g->n_prompt);
+                k = ops->tokenize(lm->model, g->p.prompt, strlen(g->p.prompt), !g->p.raw, &g->prompt,
+                                  &g->n_prompt);
                 if (k < 0)
                         return qd_error_set(&g->err, k, "Failed to tokenize the prompt.");
         }
         if (g->n_prompt == 0)
-                return qd_error_set(&g->err, EINVAL, "The prompt is empty and the model adds no start token.");
+                return qd_error_set(&g->err, EINVAL,
+                                    "The prompt is empty and the model adds no start token.");
         if (g->n_prompt >= lm->n_ctx)
-                return qd_error_set(&g->err, EMSGSIZE, "The prompt has %zu tokens; the context holds %" PRIu32 ".",
-                                    g->n_prompt, lm->n_ctx);
+                return qd_error_set(&g->err, EMSGSIZE,
+                                    "The prompt has %zu tokens; the context holds %" PRIu32 ".", g->n_prompt,
+                                    lm->n_ctx);
         k = ops->seq_new(lm->model, lm->n_ctx, &g->seq);
         if (k < 0)
                 return qd_error_set(&g->err, k, "Failed to allocate the sequence's context.");
@@ -346,7 +349,9 @@ static void executor_step(Scheduler *s, LoadedModel *lm, Gen **gens, size_t n) {
         uint64_t dt = now_ns() - t0;
         if (k < 0) {
                 for (size_t i = 0; i < n; i++)
-                        gen_finish(gens[i], qd_error_set(&gens[i]->err, k, "%s", err.code ? err.msg : "The forward pass failed."),
+                        gen_finish(gens[i],
+                                   qd_error_set(&gens[i]->err, k, "%s",
+                                                err.code ? err.msg : "The forward pass failed."),
                                    NULL);
                 free(space);
                 return;
@@ -381,9 +386,10 @@ static void executor_step(Scheduler *s, LoadedModel *lm, Gen **gens, size_t n) {
                 }
                 if (g->finished)
                         continue;
-                /* Ollama's num_predict: -1 no limit, -2 until the context is full; the context ends it anyway. */
-                if (engine_predict_done(g->p.num_predict, g->n_generated, (uint32_t)(g->n_prompt + g->n_generated),
-                                        lm->n_ctx)) {
+                /* Ollama's num_predict: -1 no limit, -2 until the context is full; the context ends it
+                 * anyway. */
+                if (engine_predict_done(g->p.num_predict, g->n_generated,
+                                        (uint32_t)(g->n_prompt + g->n_generated), lm->n_ctx)) {
                         (void)gen_emit(g, -1, true);
                         gen_finish(g, 0, "length");
                 }
@@ -421,15 +427,16 @@ static void *executor_main(void *userdata) {
                         cmds = c->next;
                         LoadedModel *lm = c->lm;
                         if (c->kind == CMD_LOAD) {
-                                lm->load_error = s->ops->load(lm->path, s->manager->config.threads, &lm->model,
-                                                              &lm->load_err);
+                                lm->load_error = s->ops->load(lm->path, s->manager->config.threads,
+                                                              &lm->model, &lm->load_err);
                                 if (lm->load_error >= 0)
                                         s->ops->info(lm->model, &lm->info);
                                 executor_post(s, model_loaded_main, lm);
                         } else if (c->kind == CMD_EMBED) {
                                 Embedding *e = c->embedding;
                                 for (size_t i = 0; e->result >= 0 && i < e->n_inputs; i++)
-                                        e->result = s->ops->embed(lm->model, e->tokens[i], (uint32_t)e->n_tokens[i],
+                                        e->result = s->ops->embed(lm->model, e->tokens[i],
+                                                                  (uint32_t)e->n_tokens[i],
                                                                   e->vectors + i * e->n_embd, &e->err);
                                 executor_post(s, embed_done_main, e);
                         } else {
@@ -444,26 +451,26 @@ static void *executor_main(void *userdata) {
                 /* One step per model that has active generations. */
                 Gen *g, *next;
                 LIST_FOREACH(active, g, active)
-                        if ((stop || atomic_load(&g->cancel)) && !g->finished)
-                                gen_finish(g, qd_error_set(&g->err, ECANCELED, "The generation was cancelled."),
-                                           "cancel");
+                if ((stop || atomic_load(&g->cancel)) && !g->finished)
+                        gen_finish(g, qd_error_set(&g->err, ECANCELED, "The generation was cancelled."),
+                                   "cancel");
                 for (;;) {
                         LoadedModel *lm = NULL;
                         size_t n = 0;
                         LIST_FOREACH(active, g, active)
-                                if (!g->finished && !g->stepped && (!lm || g->lm == lm)) {
-                                        lm = g->lm;
-                                        n++;
-                                }
+                        if (!g->finished && !g->stepped && (!lm || g->lm == lm)) {
+                                lm = g->lm;
+                                n++;
+                        }
                         if (!lm)
                                 break;
                         Gen *batch[n];
                         size_t i = 0;
                         LIST_FOREACH(active, g, active)
-                                if (!g->finished && g->lm == lm && !g->stepped) {
-                                        batch[i++] = g;
-                                        g->stepped = true;
-                                }
+                        if (!g->finished && g->lm == lm && !g->stepped) {
+                                batch[i++] = g;
+                                g->stepped = true;
+                        }
                         executor_step(s, lm, batch, n);
                 }
                 LIST_FOREACH_SAFE(active, g, next, active) {
@@ -484,8 +491,8 @@ static void *executor_main(void *userdata) {
 static LoadedModel *model_find(Scheduler *s, const char *name) {
         LoadedModel *lm;
         LIST_FOREACH(models, lm, s->models)
-                if (streq(lm->name, name) && lm->state != MODEL_UNLOADING)
-                        return lm;
+        if (streq(lm->name, name) && lm->state != MODEL_UNLOADING)
+                return lm;
         return NULL;
 }
 
@@ -522,11 +529,13 @@ static void embed_done_main(Manager *m, void *userdata) {
         Reply rep;
 
         if (e->result < 0)
-                request_reply_error(e->request, e->result, "%s", e->err.code ? e->err.msg : "Embedding failed.");
+                request_reply_error(e->request, e->result, "%s",
+                                    e->err.code ? e->err.msg : "Embedding failed.");
         else {
                 size_t n_tokens = 0;
                 reply_init(&rep);
-                int k = msgpack_pack_map(&rep.pk, 3) < 0 || proto_pack_kv_str(&rep.pk, "model", lm->name) < 0 ||
+                int k = msgpack_pack_map(&rep.pk, 3) < 0 ||
+                                        proto_pack_kv_str(&rep.pk, "model", lm->name) < 0 ||
                                         proto_pack_key(&rep.pk, "embeddings") < 0 ||
                                         msgpack_pack_array(&rep.pk, e->n_inputs) < 0
                                 ? -ENOMEM
@@ -535,7 +544,8 @@ static void embed_done_main(Manager *m, void *userdata) {
                         n_tokens += e->n_tokens[i];
                         k = msgpack_pack_array(&rep.pk, e->n_embd) < 0 ? -ENOMEM : 0;
                         for (uint32_t j = 0; k >= 0 && j < e->n_embd; j++)
-                                k = msgpack_pack_float(&rep.pk, e->vectors[i * e->n_embd + j]) < 0 ? -ENOMEM : 0;
+                                k = msgpack_pack_float(&rep.pk, e->vectors[i * e->n_embd + j]) < 0 ? -ENOMEM
+                                                                                                   : 0;
                 }
                 if (k >= 0)
                         k = proto_pack_kv_u64(&rep.pk, "prompt_eval_count", n_tokens);
@@ -575,8 +585,9 @@ static void embed_start(Scheduler *s, LoadedModel *lm, Waiter *w) {
                                          &e->n_tokens[i]);
                 if (k < 0 || e->n_tokens[i] == 0 || e->n_tokens[i] > lm->n_ctx) {
                         request_reply_error(w->request, k < 0 ? k : EMSGSIZE,
-                                            k < 0 ? "Failed to tokenize input %zu." :
-                                                    "Input %zu is empty or longer than the context.", i);
+                                            k < 0 ? "Failed to tokenize input %zu."
+                                                  : "Input %zu is empty or longer than the context.",
+                                            i);
                         embedding_free(e);
                         model_release(lm);
                         return;
@@ -634,9 +645,12 @@ static void model_maybe_expire(LoadedModel *lm) {
                 lm->expires_ns = now_ns() + (uint64_t)lm->keep_alive_ns;
                 uint64_t usec = lm->expires_ns / 1000;
                 if (lm->timer)
-                        (void)sd_event_source_set_time(lm->timer, usec), (void)sd_event_source_set_enabled(lm->timer, SD_EVENT_ONESHOT);
-                else if (sd_event_add_time(s->manager->event, &lm->timer, CLOCK_MONOTONIC, usec, 1000, model_timer, lm) < 0)
-                        log_warning("Failed to arm the keep_alive timer of '%s'; it stays loaded.", lm->name);
+                        (void)sd_event_source_set_time(lm->timer, usec),
+                                (void)sd_event_source_set_enabled(lm->timer, SD_EVENT_ONESHOT);
+                else if (sd_event_add_time(s->manager->event, &lm->timer, CLOCK_MONOTONIC, usec, 1000,
+                                           model_timer, lm) < 0)
+                        log_warning("Failed to arm the keep_alive timer of '%s'; it stays loaded.",
+                                    lm->name);
         }
         /* Someone may be waiting for room that an idle model can make. */
         scheduler_admit(s);
@@ -720,15 +734,19 @@ static int tokenize_reply(Scheduler *s, Request *r, LoadedModel *lm, const char 
                         if ((uint32_t)tokens[i] >= lm->info.n_vocab) {
                                 buf_free(&b);
                                 reply_done(&rep);
-                                request_reply_error(r, EINVAL, "Token %" PRId32 " is not in the vocabulary of '%s' (%"
-                                                    PRIu32 " tokens).", tokens[i], lm->name, lm->info.n_vocab);
+                                request_reply_error(r, EINVAL,
+                                                    "Token %" PRId32
+                                                    " is not in the vocabulary of '%s' (%" PRIu32
+                                                    " tokens).",
+                                                    tokens[i], lm->name, lm->info.n_vocab);
                                 return 0;
                         }
                         k = s->ops->token_piece(lm->model, tokens[i], &b);
                 }
                 if (k >= 0) {
                         k = msgpack_pack_map(&rep.pk, 1) < 0 || proto_pack_key(&rep.pk, "text") < 0 ||
-                                            msgpack_pack_str_with_body(&rep.pk, b.data ? (const char *)b.data : "", b.len) < 0
+                                            msgpack_pack_str_with_body(
+                                                    &rep.pk, b.data ? (const char *)b.data : "", b.len) < 0
                                     ? -ENOMEM
                                     : 0;
                 }
@@ -859,7 +877,8 @@ static void gen_done_main(Manager *m, void *userdata) {
         Reply rep;
 
         if (g->result < 0) {
-                request_reply_error(g->request, g->result, "%s", g->err.code ? g->err.msg : strerror(-g->result));
+                request_reply_error(g->request, g->result, "%s",
+                                    g->err.code ? g->err.msg : strerror(-g->result));
         } else {
                 reply_init(&rep);
                 int k = msgpack_pack_map(&rep.pk, g->p.stream ? 8 : 9) < 0 ? -ENOMEM : 0;
@@ -939,8 +958,8 @@ static bool make_room(Scheduler *s, uint64_t bytes, bool *ret_pending) {
         }
 }
 
-static int model_start_load(Scheduler *s, const char *name, const char *path, uint64_t estimate, uint32_t n_ctx,
-                            LoadedModel **ret) {
+static int model_start_load(Scheduler *s, const char *name, const char *path, uint64_t estimate,
+                            uint32_t n_ctx, LoadedModel **ret) {
         LoadedModel *lm = calloc(1, sizeof(*lm));
         if (!lm)
                 return -ENOMEM;
@@ -1014,7 +1033,8 @@ static void scheduler_admit(Scheduler *s) {
                 LoadedModel *lm = model_find(s, rw->name);
                 bool pending = false;
                 if (lm || make_room(s, rw->estimate, &pending)) {
-                        if (!lm && model_start_load(s, rw->name, rw->path, rw->estimate, rw->n_ctx, &lm) < 0) {
+                        if (!lm &&
+                            model_start_load(s, rw->name, rw->path, rw->estimate, rw->n_ctx, &lm) < 0) {
                                 request_reply_error(rw->w->request, ENOMEM, NULL);
                         } else {
                                 Waiter *w = TAKE_PTR(rw->w);
@@ -1028,10 +1048,12 @@ static void scheduler_admit(Scheduler *s) {
                         if (request_is_cancelled(rw->w->request))
                                 request_reply_error(rw->w->request, ECANCELED, "The request was cancelled.");
                         else
-                                request_reply_error(rw->w->request, ENOSPC,
-                                                    "No room to load model '%s': it needs %" PRIu64 " bytes and the "
-                                                    "loaded models are busy; try again later, or raise MemoryBudget= "
-                                                    "or MaxLoadedModels=.", rw->name, rw->estimate);
+                                request_reply_error(
+                                        rw->w->request, ENOSPC,
+                                        "No room to load model '%s': it needs %" PRIu64 " bytes and the "
+                                        "loaded models are busy; try again later, or raise MemoryBudget= "
+                                        "or MaxLoadedModels=.",
+                                        rw->name, rw->estimate);
                         *p = rw->next;
                         room_waiter_free(rw);
                         continue;
@@ -1046,8 +1068,8 @@ static void scheduler_admit(Scheduler *s) {
                         (void)sd_event_source_set_time(s->room_timer, usec);
                         (void)sd_event_source_set_enabled(s->room_timer, SD_EVENT_ONESHOT);
                 } else
-                        (void)sd_event_add_time(s->manager->event, &s->room_timer, CLOCK_MONOTONIC, usec, 1000,
-                                                room_timer, s);
+                        (void)sd_event_add_time(s->manager->event, &s->room_timer, CLOCK_MONOTONIC, usec,
+                                                1000, room_timer, s);
         }
 }
 
@@ -1082,7 +1104,8 @@ static int scheduler_acquire(Scheduler *s, const char *requested, Waiter *w, int
         k = s->ops->estimate(path, n_ctx, m->config.num_parallel, &estimate, err);
         if (k >= 0 && estimate > m->config.memory_budget)
                 k = qd_error_set(err, ENOSPC,
-                                 "Model '%s' needs %" PRIu64 " bytes with a context of %" PRIu32 " for %u sequences; "
+                                 "Model '%s' needs %" PRIu64 " bytes with a context of %" PRIu32
+                                 " for %u sequences; "
                                  "the memory budget is %" PRIu64 " bytes (MemoryBudget=).",
                                  name, estimate, n_ctx, m->config.num_parallel, m->config.memory_budget);
         if (k < 0) {
@@ -1136,9 +1159,10 @@ static void gen_cancel(Request *r, void *userdata) {
 
 static int need_backend(Scheduler *s, const char *method, QdError *err) {
         if (!s->ops)
-                return qd_error_set(err, EOPNOTSUPP,
-                                    "%s is not available in this build: the inference engine has not landed yet.",
-                                    method);
+                return qd_error_set(
+                        err, EOPNOTSUPP,
+                        "%s is not available in this build: the inference engine has not landed yet.",
+                        method);
         return 0;
 }
 
@@ -1173,8 +1197,10 @@ int scheduler_generate(Scheduler *s, Request *r, GenerateParams *p, QdError *err
                 gen_free(g);
                 if (k == -ENOMEM)
                         return k;
-                return qd_error_set(err, k, k == -EMSGSIZE ? "Option 'stop' takes up to 64 strings of up to 4096 bytes."
-                                                         : "Option 'stop' must not hold an empty string.");
+                return qd_error_set(err, k,
+                                    k == -EMSGSIZE
+                                            ? "Option 'stop' takes up to 64 strings of up to 4096 bytes."
+                                            : "Option 'stop' must not hold an empty string.");
         }
         request_set_cancel(r, gen_cancel, g);
         w->kind = WAITER_GENERATE;
@@ -1203,7 +1229,8 @@ int scheduler_load(Scheduler *s, Request *r, const char *model, int64_t keep_ali
                 return -ENOMEM;
         w->kind = WAITER_LOAD;
         w->request = request_ref(r);
-        return scheduler_acquire(s, model, w, keep_alive_set ? keep_alive_ns : s->manager->config.keep_alive_ns,
+        return scheduler_acquire(s, model, w,
+                                 keep_alive_set ? keep_alive_ns : s->manager->config.keep_alive_ns,
                                  s->manager->config.num_ctx, err);
 }
 
@@ -1224,8 +1251,8 @@ int scheduler_unload(Scheduler *s, const char *model, QdError *err) {
         return 0;
 }
 
-int scheduler_tokenize(Scheduler *s, Request *r, const char *model, const char *text, const msgpack_object *tokens,
-                       QdError *err) {
+int scheduler_tokenize(Scheduler *s, Request *r, const char *model, const char *text,
+                       const msgpack_object *tokens, QdError *err) {
         int k = need_backend(s, text ? "Tokenize" : "Detokenize", err);
         if (k < 0)
                 return k;
@@ -1246,7 +1273,8 @@ int scheduler_tokenize(Scheduler *s, Request *r, const char *model, const char *
                 waiter_free(w);
                 return -ENOMEM;
         }
-        return scheduler_acquire(s, model, w, s->manager->config.keep_alive_ns, s->manager->config.num_ctx, err);
+        return scheduler_acquire(s, model, w, s->manager->config.keep_alive_ns, s->manager->config.num_ctx,
+                                 err);
 }
 
 int scheduler_embed(Scheduler *s, Request *r, const char *model, char **inputs, int64_t keep_alive_ns,
@@ -1268,7 +1296,8 @@ int scheduler_embed(Scheduler *s, Request *r, const char *model, char **inputs, 
         w->kind = WAITER_EMBED;
         w->request = request_ref(r);
         w->inputs = inputs;
-        return scheduler_acquire(s, model, w, keep_alive_set ? keep_alive_ns : s->manager->config.keep_alive_ns,
+        return scheduler_acquire(s, model, w,
+                                 keep_alive_set ? keep_alive_ns : s->manager->config.keep_alive_ns,
                                  s->manager->config.num_ctx, err);
 }
 
@@ -1279,7 +1308,7 @@ int scheduler_pack_ps(Scheduler *s, msgpack_packer *pk) {
         int64_t wall_now = (int64_t)time(NULL);
 
         LIST_FOREACH(models, lm, s->models)
-                n += lm->state == MODEL_READY || lm->state == MODEL_LOADING;
+        n += lm->state == MODEL_READY || lm->state == MODEL_LOADING;
         if (msgpack_pack_array(pk, n) < 0)
                 return -ENOMEM;
         LIST_FOREACH(models, lm, s->models) {
@@ -1287,9 +1316,11 @@ int scheduler_pack_ps(Scheduler *s, msgpack_packer *pk) {
                         continue;
                 int64_t expires = -1; /* in use, or kept forever */
                 if (lm->n_users == 0 && lm->expires_ns != UINT64_MAX)
-                        expires = wall_now + (int64_t)((lm->expires_ns - MIN(now, lm->expires_ns)) / 1000000000ULL);
+                        expires = wall_now +
+                                  (int64_t)((lm->expires_ns - MIN(now, lm->expires_ns)) / 1000000000ULL);
                 if (msgpack_pack_map(pk, 9) < 0 || proto_pack_kv_str(pk, "name", lm->name) < 0 ||
-                    proto_pack_kv_u64(pk, "size", lm->estimate) < 0 || proto_pack_kv_u64(pk, "size_vram", 0) < 0 ||
+                    proto_pack_kv_u64(pk, "size", lm->estimate) < 0 ||
+                    proto_pack_kv_u64(pk, "size_vram", 0) < 0 ||
                     proto_pack_kv_str(pk, "processor", "100% CPU") < 0 ||
                     proto_pack_kv_u64(pk, "context_length", lm->n_ctx) < 0 ||
                     proto_pack_kv_u64(pk, "parallel", lm->n_parallel) < 0 ||

@@ -4,12 +4,13 @@
  * socket activation) and one Connection per client, all on the main thread's sd-event loop.
  *
  * DESIGN
- * Sockets are non-blocking and nothing waits on a client. Input is read, split into frames by ProtoReader and
- * dispatched; replies and events are appended to the connection's output buffer and written as the socket
- * accepts them. Limits: connections (an extra client is accepted, told EBUSY and closed), requests in flight
- * per connection (further frames wait unread, so a pipelining client is slowed, not failed), queued output (a
- * client that does not read its replies is dropped, which cancels its generations) and frame size. A malformed frame gets an error reply with msgid 0,
- * then the connection is closed: after a framing error the stream cannot be trusted.
+ * Sockets are non-blocking and nothing waits on a client. Input is read, split into frames by ProtoReader
+ * and dispatched; replies and events are appended to the connection's output buffer and written as the
+ * socket accepts them. Limits: connections (an extra client is accepted, told EBUSY and closed), requests in
+ * flight per connection (further frames wait unread, so a pipelining client is slowed, not failed), queued
+ * output (a client that does not read its replies is dropped, which cancels its generations) and frame size.
+ * A malformed frame gets an error reply with msgid 0, then the connection is closed: after a framing error
+ * the stream cannot be trusted.
  */
 
 #include <fcntl.h>
@@ -30,7 +31,7 @@ struct Connection {
         ProtoReader *reader;
         Caller caller;
 
-        Buf out;          /* queued output; [out_off, out.len) not yet written */
+        Buf out; /* queued output; [out_off, out.len) not yet written */
         size_t out_off;
 
         Request **requests; /* (n_requests) in flight, one reference each */
@@ -193,8 +194,9 @@ static int connection_handle(Connection *c, ProtoMessage *msg) {
                 if (request_id(c->requests[i]) == msg->msgid) {
                         Reply rep;
                         reply_init(&rep);
-                        if (proto_pack_error(&rep.pk, msg->msgid, EEXIST,
-                                             "A request with this msgid is still in flight on this connection.") >= 0)
+                        if (proto_pack_error(
+                                    &rep.pk, msg->msgid, EEXIST,
+                                    "A request with this msgid is still in flight on this connection.") >= 0)
                                 (void)connection_queue(c, rep.sb.data, rep.sb.size);
                         reply_done(&rep);
                         return 0;
@@ -249,6 +251,11 @@ static int connection_io(sd_event_source *s, int fd, uint32_t revents, void *use
                         return 0;
                 }
         }
+        if ((revents & (EPOLLHUP | EPOLLERR)) && c->reading_paused) {
+                /* Gone while its input waits unread: epoll would report the hang-up again and again. */
+                connection_free(c);
+                return 0;
+        }
         if ((revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !c->reading_paused) {
                 ssize_t n = proto_reader_fill(c->reader, c->fd);
                 if (n == -EAGAIN || n == -EINTR)
@@ -260,7 +267,8 @@ static int connection_io(sd_event_source *s, int fd, uint32_t revents, void *use
                 if (n < 0) {
                         if (n == -EMSGSIZE)
                                 connection_send_error(c, EMSGSIZE, "Too many descriptors with one message.");
-                        connection_close_later(c, n == -EMSGSIZE ? "too many descriptors" : "reading failed");
+                        connection_close_later(c,
+                                               n == -EMSGSIZE ? "too many descriptors" : "reading failed");
                         return 0;
                 }
                 k = connection_process(c);
@@ -289,7 +297,8 @@ static void connection_close_later(Connection *c, const char *why) {
         (void)connection_flush(c);
         (void)sd_event_source_set_enabled(c->source, SD_EVENT_OFF);
         if (sd_event_add_defer(c->manager->event, &c->close_source, connection_close_handler, c) < 0)
-                /* Without a defer source the connection lingers until shutdown; its requests are detached now. */
+                /* Without a defer source the connection lingers until shutdown; its requests are detached
+                 * now. */
                 c->close_source = NULL;
 }
 
@@ -347,7 +356,7 @@ static int connection_new(Manager *m, int fd) {
                 return log_oom();
         c->manager = m;
         c->fd = TAKE_FD(owned);
-        c->caller = (Caller){ .uid = cred.uid, .gid = cred.gid, .pid = cred.pid };
+        c->caller = (Caller){.uid = cred.uid, .gid = cred.gid, .pid = cred.pid};
         c->caller.may_change_store = peer_may_change_store(m, c->fd, &cred);
         LIST_PREPEND(connections, m->connections, c);
         m->n_connections++;
@@ -384,11 +393,13 @@ static int listen_io(sd_event_source *s, int fd, uint32_t revents, void *userdat
                         Reply rep;
                         reply_init(&rep);
                         if (proto_pack_error(&rep.pk, 0, EBUSY,
-                                             "The daemon serves its maximum number of connections; try again later.") >= 0)
+                                             "The daemon serves its maximum number of connections; try "
+                                             "again later.") >= 0)
                                 (void)proto_send(cfd, rep.sb.data, rep.sb.size, NULL, 0);
                         reply_done(&rep);
                         safe_close(cfd);
-                        log_warning("Refused a connection: MaxConnections=%u reached.", m->config.max_connections);
+                        log_warning("Refused a connection: MaxConnections=%u reached.",
+                                    m->config.max_connections);
                         continue;
                 }
                 (void)connection_new(m, cfd);
@@ -412,7 +423,7 @@ static int mkdir_parents_for(const char *path, mode_t mode) {
 }
 
 static int bind_socket(Manager *m) {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
         _cleanup_close_ int fd = -EBADF;
         int k;
 
@@ -428,17 +439,20 @@ static int bind_socket(Manager *m) {
         if (fd < 0)
                 return log_error_errno(errno, "Failed to create a socket: %m");
 
-        /* A socket file nobody listens on is left from a crash; one that answers belongs to a running daemon. */
+        /* A socket file nobody listens on is left from a crash; one that answers belongs to a running
+         * daemon. */
         struct stat st;
         if (lstat(m->socket_path, &st) >= 0) {
                 if (!S_ISSOCK(st.st_mode))
-                        return log_error_errno(EEXIST, "%s exists and is not a socket; refusing to replace it.",
+                        return log_error_errno(EEXIST,
+                                               "%s exists and is not a socket; refusing to replace it.",
                                                m->socket_path);
                 int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
                 bool alive = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof(sa)) >= 0;
                 safe_close(probe);
                 if (alive)
-                        return log_error_errno(EADDRINUSE, "Another daemon is listening on %s.", m->socket_path);
+                        return log_error_errno(EADDRINUSE, "Another daemon is listening on %s.",
+                                               m->socket_path);
                 (void)unlink(m->socket_path);
         }
 
@@ -467,8 +481,8 @@ int server_listen(Manager *m) {
                 m->have_group = true;
                 m->group_gid = g->gr_gid;
         } else if (!m->user)
-                log_notice("Group '%s' does not exist; only root and uid %u may change the store.", manager_group(m),
-                           (unsigned)getuid());
+                log_notice("Group '%s' does not exist; only root and uid %u may change the store.",
+                           manager_group(m), (unsigned)getuid());
 
         n = sd_listen_fds(true);
         if (n < 0)
@@ -477,7 +491,8 @@ int server_listen(Manager *m) {
                 return log_error_errno(EINVAL, "systemd passed %d sockets, quantd takes one.", n);
         if (n == 1) {
                 if (sd_is_socket_unix(SD_LISTEN_FDS_START, SOCK_STREAM, 1, NULL, 0) <= 0)
-                        return log_error_errno(EINVAL, "The socket systemd passed is not a listening AF_UNIX stream "
+                        return log_error_errno(EINVAL,
+                                               "The socket systemd passed is not a listening AF_UNIX stream "
                                                "socket.");
                 m->listen_fd = SD_LISTEN_FDS_START;
                 int flags = fcntl(m->listen_fd, F_GETFL);
@@ -500,7 +515,7 @@ void server_done(Manager *m) {
         Connection *c, *n;
 
         LIST_FOREACH_SAFE(connections, c, n, m->connections)
-                connection_free(c);
+        connection_free(c);
         m->listen_source = sd_event_source_disable_unref(m->listen_source);
         m->listen_fd = safe_close(m->listen_fd);
         if (m->socket_bound) {

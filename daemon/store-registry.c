@@ -74,7 +74,8 @@ static int reg_resolve(void *store, const char *name, char **ret_path, char **re
                 return k;
         const RegistryLayer *layer = registry_manifest_find_layer(manifest, REGISTRY_MEDIA_MODEL);
         if (!layer)
-                return qd_error_set(err, ENOENT, "Model '%s' has no model layer (%s).", name, REGISTRY_MEDIA_MODEL);
+                return qd_error_set(err, ENOENT, "Model '%s' has no model layer (%s).", name,
+                                    REGISTRY_MEDIA_MODEL);
         k = registry_store_blob_path(s->store, layer->digest, &path);
         if (k < 0)
                 return k;
@@ -135,23 +136,26 @@ static int drain_to_tmpfile(const char *dir, int in, StoreProgressFn progress, v
         uint64_t done = 0;
 
         if (out < 0)
-                return qd_error_set(err, errno, "Failed to create a temporary file in %s: %s", dir, strerror(errno));
+                return qd_error_set(err, errno, "Failed to create a temporary file in %s: %s", dir,
+                                    strerror(errno));
         if (!buf)
                 return -ENOMEM;
         for (;;) {
                 if (cancel && atomic_load(cancel))
                         return qd_error_set(err, ECANCELED, "The job was cancelled.");
-                struct pollfd p = { .fd = in, .events = POLLIN };
+                struct pollfd p = {.fd = in, .events = POLLIN};
                 int r = poll(&p, 1, 100);
                 if (r < 0 && errno != EINTR)
-                        return qd_error_set(err, errno, "Failed to wait for the model data: %s", strerror(errno));
+                        return qd_error_set(err, errno, "Failed to wait for the model data: %s",
+                                            strerror(errno));
                 if (r <= 0)
                         continue;
                 ssize_t n = read(in, buf, chunk);
                 if (n < 0 && (errno == EINTR || errno == EAGAIN))
                         continue;
                 if (n < 0)
-                        return qd_error_set(err, errno, "Failed to read the model data: %s", strerror(errno));
+                        return qd_error_set(err, errno, "Failed to read the model data: %s",
+                                            strerror(errno));
                 if (n == 0)
                         break;
                 for (ssize_t off = 0; off < n;) {
@@ -183,10 +187,11 @@ static void relay_progress(const RegistryProgress *p, void *userdata) {
                 r->fn(p->status, p->digest, p->completed, p->total, r->userdata);
 }
 
-static int reg_create(void *store, const char *name, int fd, const char *template, const char *system,
-                      StoreProgressFn progress, void *userdata, const atomic_bool *cancel, QdError *err) {
+static int reg_create(void *store, const char *name, const StoreCreateSpec *spec, StoreProgressFn progress,
+                      void *userdata, const atomic_bool *cancel, QdError *err) {
         RegStore *s = store;
         _cleanup_close_ int buffered = -EBADF;
+        int fd = spec->fd;
         RegistryName n;
         struct stat st;
         int k;
@@ -195,7 +200,8 @@ static int reg_create(void *store, const char *name, int fd, const char *templat
         if (k < 0)
                 return k;
         if (fstat(fd, &st) < 0)
-                return qd_error_set(err, errno, "Failed to look at the model's descriptor: %s", strerror(errno));
+                return qd_error_set(err, errno, "Failed to look at the model's descriptor: %s",
+                                    strerror(errno));
         if (S_ISDIR(st.st_mode))
                 return qd_error_set(err, EISDIR, "The model's descriptor is a directory, not a file.");
         if (!S_ISREG(st.st_mode)) {
@@ -208,16 +214,34 @@ static int reg_create(void *store, const char *name, int fd, const char *templat
         }
         if (st.st_size == 0)
                 return qd_error_set(err, EINVAL, "The model file is empty.");
-        ProgressRelay relay = { progress, userdata };
-        RegistryCreateLayer layers[3] = { { .media_type = REGISTRY_MEDIA_MODEL, .fd = fd } };
-        size_t n_layers = 1;
-        if (template)
-                layers[n_layers++] = (RegistryCreateLayer){ .media_type = REGISTRY_MEDIA_TEMPLATE, .fd = -EBADF,
-                                                            .data = template, .size = strlen(template) };
-        if (system)
-                layers[n_layers++] = (RegistryCreateLayer){ .media_type = REGISTRY_MEDIA_SYSTEM, .fd = -EBADF,
-                                                            .data = system, .size = strlen(system) };
-        return registry_store_create(s->store, &n, layers, n_layers, NULL, relay_progress, &relay, cancel, err);
+
+        size_t n_licenses = 0;
+        while (spec->licenses && spec->licenses[n_licenses])
+                n_licenses++;
+        _cleanup_free_ RegistryCreateLayer *layers = calloc(5 + n_licenses, sizeof(RegistryCreateLayer));
+        if (!layers)
+                return -ENOMEM;
+        size_t n_layers = 0;
+        layers[n_layers++] = (RegistryCreateLayer){.media_type = REGISTRY_MEDIA_MODEL, .fd = fd};
+        const struct {
+                const char *media_type, *text;
+        } texts[] = {
+                {REGISTRY_MEDIA_TEMPLATE, spec->template},
+                {REGISTRY_MEDIA_SYSTEM, spec->system},
+                {REGISTRY_MEDIA_PARAMS, spec->parameters},
+                {REGISTRY_MEDIA_MESSAGES, spec->messages},
+        };
+        for (size_t i = 0; i < ELEMENTSOF(texts) + n_licenses; i++) {
+                const char *media = i < ELEMENTSOF(texts) ? texts[i].media_type : REGISTRY_MEDIA_LICENSE;
+                const char *text =
+                        i < ELEMENTSOF(texts) ? texts[i].text : spec->licenses[i - ELEMENTSOF(texts)];
+                if (text)
+                        layers[n_layers++] = (RegistryCreateLayer){
+                                .media_type = media, .fd = -EBADF, .data = text, .size = strlen(text)};
+        }
+        ProgressRelay relay = {progress, userdata};
+        return registry_store_create(s->store, &n, layers, n_layers, NULL, relay_progress, &relay, cancel,
+                                     err);
 }
 
 static int reg_read_layer(void *store, const char *name, const char *media_type, char **ret, QdError *err) {
@@ -238,7 +262,8 @@ static int reg_read_layer(void *store, const char *name, const char *media_type,
                 return 0;
         }
         if (layer->size > 1024 * 1024)
-                return qd_error_set(err, EMSGSIZE, "The %s layer of '%s' is larger than 1 MiB.", media_type, name);
+                return qd_error_set(err, EMSGSIZE, "The %s layer of '%s' is larger than 1 MiB.", media_type,
+                                    name);
         k = registry_store_open_blob(s->store, layer->digest, &fd, err);
         if (k < 0)
                 return k;
@@ -251,8 +276,8 @@ static int reg_read_layer(void *store, const char *name, const char *media_type,
                 if (r < 0 && errno == EINTR)
                         continue;
                 if (r <= 0)
-                        return qd_error_set(err, r < 0 ? errno : EBADMSG, "Failed to read the %s layer of '%s'.",
-                                            media_type, name);
+                        return qd_error_set(err, r < 0 ? errno : EBADMSG,
+                                            "Failed to read the %s layer of '%s'.", media_type, name);
                 got += (size_t)r;
         }
         buf[got] = 0;
@@ -263,7 +288,7 @@ static int reg_read_layer(void *store, const char *name, const char *media_type,
 static int reg_pull(void *store, const char *name, StoreProgressFn progress, void *userdata,
                     const atomic_bool *cancel, QdError *err) {
         RegStore *s = store;
-        ProgressRelay relay = { progress, userdata };
+        ProgressRelay relay = {progress, userdata};
         RegistryName n;
         /* A name the user typed for pull may be a short alias of the catalogue. */
         int k = registry_name_resolve(name, &s->config, &n, err);
@@ -275,7 +300,7 @@ static int reg_pull(void *store, const char *name, StoreProgressFn progress, voi
 static int reg_push(void *store, const char *name, StoreProgressFn progress, void *userdata,
                     const atomic_bool *cancel, QdError *err) {
         RegStore *s = store;
-        ProgressRelay relay = { progress, userdata };
+        ProgressRelay relay = {progress, userdata};
         RegistryName n;
         int k = registry_name_parse(name, &s->config, &n, err);
         if (k < 0)

@@ -21,6 +21,12 @@
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 #define TILE 4
 
+/* Two floats from an address of any alignment, the upper lanes zero. */
+static inline AVX2 __m128 load2f(const float *p) {
+        return _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)p));
+}
+
+
 static inline AVX2 float hsum256(__m256 v) {
         __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -198,7 +204,7 @@ static inline __attribute__((always_inline)) AVX2 void gemm_q32(uint32_t type, s
                                         acc1[t] = _mm256_fmadd_ps(idot32(type, w1, (const int8_t *)at + b * 32 + 32),
                                                                   _mm256_set1_ps(d1 * da[1]), acc1[t]);
                                         if (has_min)
-                                                mx[t] = _mm_fmadd_ps(mv, _mm_castpd_ps(_mm_load_sd((const double *)(act_q8_s(at, n) + b))), mx[t]);
+                                                mx[t] = _mm_fmadd_ps(mv, load2f(act_q8_s(at, n) + b), mx[t]);
                                 }
                         }
                         for (; b < nb; b++) {

@@ -21,6 +21,12 @@
 #define AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 #define TILE 4
 
+/* Two floats from an address of any alignment, the upper lanes zero. */
+static inline AVX512 __m128 load2f(const float *p) {
+        return _mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)p));
+}
+
+
 static inline AVX512 __m256i unpack_nibbles(const uint8_t *qs) {
         __m128i b = _mm_loadu_si128((const __m128i *)qs), m = _mm_set1_epi8(0xf);
         return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m));
@@ -192,12 +198,12 @@ static inline __attribute__((always_inline)) AVX512 void gemm_q32(uint32_t type,
                                 scales4(type, wr, b, 2, &dv, &mv);
                                 for (uint32_t t = 0; t < nt; t++) {
                                         const uint8_t *at = a + (t0 + t) * a_stride;
-                                        __m128 da2 = _mm_castpd_ps(_mm_load_sd((const double *)(act_q8_d(at, n) + b)));
+                                        __m128 da2 = load2f(act_q8_d(at, n) + b);
                                         __m512 sc = _mm512_castps128_ps512(_mm_mul_ps(dv, da2));
                                         __m512i da = idot64(type, wa, _mm512_loadu_si512(at + b * 32));
                                         acc0[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(da), _mm512_permutexvar_ps(pick01, sc), acc0[t]);
                                         if (has_min)
-                                                mx[t] = _mm_fmadd_ps(mv, _mm_castpd_ps(_mm_load_sd((const double *)(act_q8_s(at, n) + b))), mx[t]);
+                                                mx[t] = _mm_fmadd_ps(mv, load2f(act_q8_s(at, n) + b), mx[t]);
                                 }
                         }
                         for (; b < nb; b++) {

@@ -11,7 +11,8 @@
  * form the weight type's dot product wants (ActFormat): float32 for float weights; for 32-element block types
  * int8 with one float scale per 32 (and the scaled sum, for the types with a minimum), so that the inner loop
  * is an integer dot product; for K-quants ggml's Q8_K blocks (256 int8, a float scale and sums of 16).
- * The activation row layouts are ours, not ggml's: only the weights are in the file format.
+ * The activation row layouts are ours, not ggml's: only the weights are in the file format. The SIMD sets
+ * decode all five K-quant types into one shape (kernels-kquant.h), so one dot-product loop serves them.
  *
  * Kernels are pure functions of their arguments and may run on any thread.
  */

@@ -4,6 +4,7 @@
  * [Credentials], [Models]). Other sections belong to other components and are skipped.
  */
 
+#include <arpa/inet.h>
 #include <ctype.h>
 
 #include "registry-internal.h"
@@ -11,6 +12,7 @@
 void registry_config_init(RegistryConfig *c) {
         *c = (RegistryConfig){
                 .parallel_parts = 4,
+                .loopback_parallel_parts = 1,
                 .part_size = 64ULL << 20,
                 .stall_timeout_s = 30,
                 .max_retries = 6,
@@ -136,6 +138,10 @@ static int apply_registry_key(RegistryConfig *c, const char *k, const char *v) {
         if (streq(k, "ParallelParts")) {
                 r = parse_uint(v, 64, &c->parallel_parts);
                 return r < 0 ? r : c->parallel_parts == 0 ? -EINVAL : 0;
+        }
+        if (streq(k, "LoopbackParallelParts")) {
+                r = parse_uint(v, 64, &c->loopback_parallel_parts);
+                return r < 0 ? r : c->loopback_parallel_parts == 0 ? -EINVAL : 0;
         }
         if (streq(k, "PartSize")) {
                 r = parse_bytes(v, &u);
@@ -285,4 +291,28 @@ int registry_config_load(RegistryConfig *c, const char *path, QdError *e) {
                                             lineno, k, section);
         }
         return 0;
+}
+
+unsigned registry_config_parallel_parts(const RegistryConfig *c, const char *host) {
+        char name[REGISTRY_HOST_MAX + 1];
+        size_t n;
+
+        if (host[0] == '[') {
+                /* "[::1]:port" */
+                const char *end = strchr(host, ']');
+                n = end ? (size_t)(end - host - 1) : 0;
+                host++;
+        } else {
+                const char *colon = strchr(host, ':');
+                n = colon ? (size_t)(colon - host) : strlen(host);
+        }
+        if (n == 0 || n >= sizeof(name))
+                return c->parallel_parts;
+        memcpy(name, host, n);
+        name[n] = 0;
+        struct in_addr a;
+        if (streq(name, "localhost") || streq(name, "::1") ||
+            (inet_pton(AF_INET, name, &a) == 1 && (ntohl(a.s_addr) >> 24) == 127))
+                return c->loopback_parallel_parts;
+        return c->parallel_parts;
 }

@@ -17,6 +17,14 @@
  *   written yet.
  * - Per part, errors are retried with backoff; a retry that made progress resets the part's count. A server
  *   that ignores Range (200 for a ranged request) sends us back to one part from the start.
+ * - Bytes reach the file through O_DIRECT where the file system allows it: each part collects what arrives
+ *   in an aligned 4 MiB stage and writes it with one direct pwrite(), bypassing the page cache. A buffered
+ *   write costs about as much CPU as receiving the bytes (page allocation, copy, dirty accounting, and later
+ *   the writeback), and a pull has to make every byte durable anyway; the direct write hands the pages to
+ *   the disk and leaves only the device flush for the fsync. Unaligned heads and tails (a resumed part, the
+ *   blob's last bytes) go through the page cache. The follower reads the bytes back with O_DIRECT to hash
+ *   them. Without O_DIRECT (tmpfs, some FUSE file systems) everything is buffered and the follower starts
+ *   the writeback of each range as soon as it has hashed it.
  */
 
 #include <fcntl.h>
@@ -30,26 +38,47 @@
 
 typedef struct Download Download;
 
+/* Direct I/O wants offsets, lengths and buffers aligned to the logical block size; 4096 covers them all. */
+#define DIRECT_ALIGN 4096U
+/* Bytes a part collects before handing them to the follower: large enough to amortise a write. */
+#define STAGE_SIZE (4U << 20)
+
+/* Received bytes of one part on their way to the file: blob bytes [a, b) in buf[a - base, b - base). */
+typedef struct Stage {
+        struct Stage *next;
+        uint8_t *buf;  /* (STAGE_SIZE), aligned to DIRECT_ALIGN */
+        uint64_t base; /* blob offset of buf[0], a multiple of DIRECT_ALIGN */
+        uint64_t a, b;
+        size_t part; /* index into Download.parts */
+} Stage;
+
 /*
- * The follower: one thread per blob download that hashes the blob's written prefix as it grows and writes
- * the checkpoints (fdatasync, then the part state), so that neither the hash nor the disk flush holds up the
- * thread that drives the network.
+ * The follower: two threads per blob download behind the network thread. The writer writes the stages the
+ * network thread fills, in order of arrival; the hasher hashes the blob's written prefix as it grows (from
+ * the stage, when the writer hands over the one next in line, else by reading the file back) and writes the
+ * checkpoints (fdatasync, then the part state). Stages travel network -> writer -> hasher -> free list, so
+ * that the disk, the hash and the network all work at once.
  */
 typedef struct Follower {
-        pthread_t thread;
+        pthread_t thread, writer;
         bool running;
         pthread_mutex_t lock;
-        pthread_cond_t cond;
+        pthread_cond_t cond; /* the threads wait for work, the network thread for a free stage */
         /* protected by lock: */
-        uint64_t watermark; /* bytes [0, watermark) of the blob are written and will not change */
-        uint64_t *snapshot; /* (n_parts) part counters to checkpoint, or NULL */
-        bool finish;        /* hash up to the blob's size, then end */
-        int error;          /* negative errno of a failed read or checkpoint */
-        bool done;          /* digest is final */
-        atomic_bool abort;  /* end now */
+        Stage *queue, **queue_tail; /* full stages to write, in order of arrival */
+        Stage *hashq, **hashq_tail; /* written stages for the hasher */
+        Stage *free_stages;
+        size_t n_stages;   /* allocated, at most stages_max */
+        size_t stages_max; /* ParallelParts + 3: one filling per part, one each writing, hashing, waiting */
+        bool checkpoint;   /* write a checkpoint when the queue is empty */
+        bool finish;       /* write and hash everything, then end */
+        bool abort;        /* write what is queued, then end */
+        int error;         /* negative errno of a failed write, read or checkpoint */
+        bool done;         /* digest is final */
+        uint64_t hashed;   /* bytes [0, hashed) are hashed */
         /* owned by the thread while it runs: */
         Sha256 hash;
-        uint64_t hashed;
+        size_t first_open; /* parts before this one are completely written */
         char digest[REGISTRY_DIGEST_MAX];
 } Follower;
 
@@ -57,7 +86,9 @@ typedef struct Part {
         Download *dl;
         uint64_t start; /* first byte of the part in the blob */
         uint64_t end;   /* one past the last byte */
-        uint64_t done;  /* bytes from start that are written */
+        uint64_t done;  /* bytes from start that are written to the file (the follower's, while it runs) */
+        uint64_t next;  /* bytes from start that were received (the network thread's) */
+        Stage *stage;   /* the stage being filled, or NULL */
         CURL *easy;     /* the transfer in flight, or NULL */
         struct curl_slist *headers;
         long status;            /* HTTP status of the transfer, known from its first body byte */
@@ -77,17 +108,18 @@ struct Download {
         char data_name[REGISTRY_DIGEST_MAX + 16];  /* "sha256-<hex>-partial" */
         char state_name[REGISTRY_DIGEST_MAX + 16]; /* "sha256-<hex>-partial.state" */
         int fd;                                    /* the data file, flocked */
-        Part *parts;                               /* (n_parts) */
+        int direct_fd;      /* the data file opened with O_DIRECT, or -EBADF for buffered writes */
+        int direct_read_fd; /* the same for the follower's reads, or -EBADF */
+        Part *parts;        /* (n_parts) */
         size_t n_parts;
         uint64_t part_size;
         CURLM *multi;
         size_t active;
+        unsigned parallel_parts; /* transfers at once, registry_config_parallel_parts() */
         bool ranges_unsupported;
         uint64_t start; /* now_ns() when the transfers began, for the bandwidth cap */
         Follower follower;
-        uint64_t watermark_sent; /* last watermark handed to the follower */
-        size_t first_open;       /* parts before this one are complete */
-        int fatal;               /* negative errno that ends the download, 0 while fine */
+        int fatal; /* negative errno that ends the download, 0 while fine */
         QdError fatal_error;
         uint64_t transferred;
         uint64_t last_save;
@@ -100,7 +132,7 @@ struct Download {
 static uint64_t download_completed(const Download *dl) {
         uint64_t c = 0;
         for (size_t i = 0; i < dl->n_parts; i++)
-                c += dl->parts[i].done;
+                c += dl->parts[i].next;
         return c;
 }
 
@@ -121,12 +153,22 @@ static void report(Download *dl, RegistryProgressKind kind, const char *status, 
         dl->progress(&p, dl->userdata);
 }
 
+static Stage *stage_free(Stage *st) {
+        if (st) {
+                free(st->buf);
+                free(st);
+        }
+        return NULL;
+}
+
 /* ---- part state on disk ---- */
 
 static int set_parts(Download *dl, uint64_t part_size) {
         uint64_t size = dl->layer->size;
         size_t n = size == 0 ? 0 : (size_t)((size + part_size - 1) / part_size);
 
+        for (size_t i = 0; dl->parts && i < dl->n_parts; i++)
+                stage_free(dl->parts[i].stage);
         free(dl->parts);
         dl->parts = calloc(MAX(n, (size_t)1), sizeof(Part));
         if (!dl->parts)
@@ -170,54 +212,204 @@ static int save_state(Download *dl) {
 
 /* ---- the follower ---- */
 
+/*
+ * Reads bytes [off, end) of the blob, at most bufsize of them, into buf: with O_DIRECT when the download has
+ * a direct descriptor (whole blocks, then the wanted part is at *ret_skip), else from the page cache.
+ * Returns the number of wanted bytes in buf, or a negative errno.
+ */
+static ssize_t follower_read(Download *dl, bool *direct, uint8_t *buf, size_t bufsize, uint64_t off,
+                             uint64_t end, size_t *ret_skip) {
+        for (;;) {
+                if (*direct) {
+                        uint64_t a = off / DIRECT_ALIGN * DIRECT_ALIGN;
+                        size_t len =
+                                (size_t)MIN((uint64_t)bufsize, ALIGN_TO(end, (uint64_t)DIRECT_ALIGN) - a);
+                        ssize_t n = pread(dl->direct_read_fd, buf, len, (off_t)a);
+                        if (n < 0 && errno == EINTR)
+                                continue;
+                        if (n < 0 && errno == EINVAL) {
+                                *direct = false;
+                                continue;
+                        }
+                        if (n < 0)
+                                return -errno;
+                        if ((uint64_t)n <= off - a)
+                                return -EIO;
+                        *ret_skip = (size_t)(off - a);
+                        return (ssize_t)MIN((uint64_t)n - (off - a), end - off);
+                }
+                ssize_t n = pread(dl->fd, buf, (size_t)MIN((uint64_t)bufsize, end - off), (off_t)off);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        return n < 0 ? -errno : -EIO;
+                *ret_skip = 0;
+                return n;
+        }
+}
+
+/*
+ * Writes the bytes of st to the file: the block-aligned middle with O_DIRECT straight from the stage, an
+ * unaligned head or tail (a resumed part, the blob's end) through the page cache. Runs on the follower.
+ */
+static int stage_write(Download *dl, const Stage *st) {
+        uint64_t a = st->a, b = st->b;
+        uint64_t mid_a = MIN(ALIGN_TO(a, (uint64_t)DIRECT_ALIGN), b);
+        uint64_t mid_b = MAX(b / DIRECT_ALIGN * DIRECT_ALIGN, mid_a);
+        int r;
+
+        if (dl->direct_fd >= 0 && mid_b > mid_a) {
+                r = pwrite_full(dl->direct_fd, st->buf + (mid_a - st->base), mid_b - mid_a, mid_a);
+                if (r == -EINVAL) {
+                        /* The file system takes O_DIRECT at open but not at write: buffered from now on. */
+                        dl->direct_fd = -EBADF;
+                        mid_a = mid_b = b;
+                } else if (r < 0)
+                        return r;
+        } else
+                mid_a = mid_b = b;
+        if (mid_a > a) {
+                r = pwrite_full(dl->fd, st->buf + (a - st->base), mid_a - a, a);
+                if (r < 0)
+                        return r;
+        }
+        if (b > mid_b) {
+                r = pwrite_full(dl->fd, st->buf + (mid_b - st->base), b - mid_b, mid_b);
+                if (r < 0)
+                        return r;
+        }
+        if (dl->direct_fd < 0)
+                /* Buffered: start the writeback now, so that checkpoints and the final fsync find little. */
+                (void)sync_file_range(dl->fd, (off_t)a, (off_t)(b - a), SYNC_FILE_RANGE_WRITE);
+        return 0;
+}
+
+/* The end of the written prefix of the blob. Called on the follower, which alone changes done. */
+static uint64_t follower_watermark(Download *dl) {
+        Follower *f = &dl->follower;
+
+        while (f->first_open < dl->n_parts &&
+               dl->parts[f->first_open].done ==
+                       dl->parts[f->first_open].end - dl->parts[f->first_open].start)
+                f->first_open++;
+        if (f->first_open == dl->n_parts)
+                return dl->layer->size;
+        return dl->parts[f->first_open].start + dl->parts[f->first_open].done;
+}
+
+static void *writer_main(void *userdata) {
+        Download *dl = userdata;
+        Follower *f = &dl->follower;
+
+        pthread_mutex_lock(&f->lock);
+        while (!f->error) {
+                Stage *st = f->queue;
+                if (!st) {
+                        if (f->finish || f->abort)
+                                break;
+                        pthread_cond_wait(&f->cond, &f->lock);
+                        continue;
+                }
+                f->queue = st->next;
+                if (!f->queue)
+                        f->queue_tail = &f->queue;
+                pthread_mutex_unlock(&f->lock);
+                int r = stage_write(dl, st);
+                pthread_mutex_lock(&f->lock);
+                if (r < 0) {
+                        f->error = r;
+                        stage_free(st);
+                        f->n_stages--;
+                        break;
+                }
+                dl->parts[st->part].done += st->b - st->a;
+                st->next = NULL;
+                *f->hashq_tail = st;
+                f->hashq_tail = &st->next;
+                pthread_cond_broadcast(&f->cond);
+        }
+        pthread_cond_broadcast(&f->cond);
+        pthread_mutex_unlock(&f->lock);
+        return NULL;
+}
+
 static void *follower_main(void *userdata) {
         Download *dl = userdata;
         Follower *f = &dl->follower;
-        const size_t bufsize = 1U << 20;
-        uint8_t *buf = malloc(bufsize);
+        /* Large reads: with O_DIRECT each one waits for the disk, and the hash waits for each read. */
+        const size_t bufsize = 8U << 20;
+        bool direct = dl->direct_read_fd >= 0;
+        uint8_t *buf = NULL;
+        int r = 0;
 
+        if (posix_memalign((void **)&buf, DIRECT_ALIGN, bufsize) != 0)
+                buf = NULL;
         pthread_mutex_lock(&f->lock);
         if (!buf)
                 f->error = -ENOMEM;
         while (!f->error && !f->done) {
-                while (!atomic_load(&f->abort) && !f->snapshot && f->hashed == f->watermark && !f->finish)
-                        pthread_cond_wait(&f->cond, &f->lock);
-                if (atomic_load(&f->abort))
-                        break;
-                uint64_t *snapshot = TAKE_PTR(f->snapshot);
-                uint64_t target = f->watermark;
-                bool finish = f->finish;
-                pthread_mutex_unlock(&f->lock);
+                Stage *st = f->hashq;
+                uint64_t wm = follower_watermark(dl);
 
-                int r = 0;
-                if (snapshot) {
-                        /* The counters were taken before this fdatasync, so every byte they claim is synced.
-                         */
-                        r = fdatasync(dl->fd) < 0 ? -errno : write_state(dl, snapshot);
+                if (f->checkpoint && !f->abort) {
+                        /* Counters first, then the fdatasync: every byte they claim is synced. */
+                        uint64_t *snapshot = calloc(MAX(dl->n_parts, (size_t)1), sizeof(uint64_t));
+                        for (size_t i = 0; snapshot && i < dl->n_parts; i++)
+                                snapshot[i] = dl->parts[i].done;
+                        f->checkpoint = false;
+                        pthread_mutex_unlock(&f->lock);
+                        uint64_t t0 = now_ns();
+                        r = !snapshot ? -ENOMEM : fdatasync(dl->fd) < 0 ? -errno : write_state(dl, snapshot);
                         free(snapshot);
-                }
-                while (r >= 0 && f->hashed < target && !atomic_load(&f->abort)) {
-                        ssize_t n = pread(dl->fd, buf, (size_t)MIN((uint64_t)bufsize, target - f->hashed),
-                                          (off_t)f->hashed);
-                        if (n < 0 && errno == EINTR)
-                                continue;
-                        if (n <= 0) {
-                                r = n < 0 ? -errno : -EIO;
+                        log_debug("Blob %s: checkpoint in %.3f s.", dl->layer->digest,
+                                  (double)(now_ns() - t0) / 1e9);
+                        pthread_mutex_lock(&f->lock);
+                        if (r < 0)
                                 break;
-                        }
-                        r = sha256_update(&f->hash, buf, (size_t)n);
-                        f->hashed += (uint64_t)n;
-                }
-                bool done = false;
-                if (r >= 0 && finish && f->hashed == dl->layer->size && !atomic_load(&f->abort)) {
+                } else if (st) {
+                        /* Written stages come next: each is hashed from memory when it is next in line. */
+                        f->hashq = st->next;
+                        if (!f->hashq)
+                                f->hashq_tail = &f->hashq;
+                        bool hash = !f->abort && st->a == f->hashed;
+                        pthread_mutex_unlock(&f->lock);
+                        if (hash)
+                                r = sha256_update(&f->hash, st->buf + (st->a - st->base), st->b - st->a);
+                        pthread_mutex_lock(&f->lock);
+                        if (r >= 0 && hash)
+                                f->hashed = st->b;
+                        /* Out of order: it is on disk, and read back when the bytes before it are. */
+                        st->next = f->free_stages;
+                        f->free_stages = st;
+                        pthread_cond_broadcast(&f->cond);
+                        if (r < 0)
+                                break;
+                } else if (f->abort)
+                        break;
+                else if (f->hashed < wm) {
+                        /* Written out of order, before the bytes ahead of it: read back and hash. */
+                        uint64_t from = f->hashed;
+                        pthread_mutex_unlock(&f->lock);
+                        size_t skip = 0;
+                        ssize_t n = follower_read(dl, &direct, buf, bufsize, from, wm, &skip);
+                        r = n < 0 ? (int)n : sha256_update(&f->hash, buf + skip, (size_t)n);
+                        pthread_mutex_lock(&f->lock);
+                        if (r < 0)
+                                break;
+                        f->hashed = from + (uint64_t)n;
+                } else if (f->finish && f->hashed == dl->layer->size) {
+                        pthread_mutex_unlock(&f->lock);
                         r = sha256_final(&f->hash, f->digest);
-                        done = r >= 0;
-                }
-                pthread_mutex_lock(&f->lock);
-                if (r < 0)
-                        f->error = r;
-                f->done = done;
+                        pthread_mutex_lock(&f->lock);
+                        if (r < 0)
+                                break;
+                        f->done = true;
+                } else
+                        pthread_cond_wait(&f->cond, &f->lock);
         }
+        if (r < 0)
+                f->error = r;
+        pthread_cond_broadcast(&f->cond);
         pthread_mutex_unlock(&f->lock);
         free(buf);
         return NULL;
@@ -228,27 +420,41 @@ static int follower_start(Download *dl) {
         int r;
 
         *f = (Follower){};
+        f->queue_tail = &f->queue;
+        f->hashq_tail = &f->hashq;
+        f->stages_max = dl->parallel_parts + 3;
         r = sha256_init(&f->hash);
         if (r < 0)
                 return r;
         pthread_mutex_init(&f->lock, NULL);
         pthread_cond_init(&f->cond, NULL);
         r = -pthread_create(&f->thread, NULL, follower_main, dl);
+        if (r >= 0) {
+                r = -pthread_create(&f->writer, NULL, writer_main, dl);
+                if (r < 0) {
+                        pthread_mutex_lock(&f->lock);
+                        f->abort = true;
+                        pthread_cond_broadcast(&f->cond);
+                        pthread_mutex_unlock(&f->lock);
+                        pthread_join(f->thread, NULL);
+                }
+        }
         if (r < 0) {
                 sha256_done(&f->hash);
                 pthread_cond_destroy(&f->cond);
                 pthread_mutex_destroy(&f->lock);
                 return r;
         }
+        (void)pthread_setname_np(f->thread, "registry-hash");
+        (void)pthread_setname_np(f->writer, "registry-write");
         f->running = true;
-        dl->watermark_sent = 0;
-        dl->first_open = 0;
         return 0;
 }
 
 /*
- * Ends the follower: with finish, after it hashed the whole blob (ret_digest receives the digest); without,
- * at once. Returns the follower's error, if it had one.
+ * Ends the follower once it wrote the stages handed to it: with finish, after it hashed the whole blob
+ * (ret_digest receives the digest); without, at once. The parts must have handed in their stages. Returns
+ * the follower's error, if it had one.
  */
 static int follower_stop(Download *dl, bool finish, char ret_digest[REGISTRY_DIGEST_MAX]) {
         Follower *f = &dl->follower;
@@ -257,21 +463,39 @@ static int follower_stop(Download *dl, bool finish, char ret_digest[REGISTRY_DIG
         if (!f->running)
                 return 0;
         pthread_mutex_lock(&f->lock);
-        if (finish) {
-                f->watermark = dl->layer->size;
+        if (finish)
                 f->finish = true;
-        } else
-                atomic_store(&f->abort, true);
-        pthread_cond_signal(&f->cond);
+        else
+                f->abort = true;
+        pthread_cond_broadcast(&f->cond);
         pthread_mutex_unlock(&f->lock);
+        pthread_join(f->writer, NULL);
         pthread_join(f->thread, NULL);
         r = f->error;
         if (r >= 0 && finish && f->done)
                 memcpy(ret_digest, f->digest, REGISTRY_DIGEST_MAX);
         else if (r >= 0 && finish)
                 r = -ECANCELED;
-        free(f->snapshot);
-        f->snapshot = NULL;
+        while (f->queue) {
+                Stage *st = f->queue;
+                f->queue = st->next;
+                stage_free(st);
+        }
+        while (f->hashq) {
+                Stage *st = f->hashq;
+                f->hashq = st->next;
+                stage_free(st);
+        }
+        while (f->free_stages) {
+                Stage *st = f->free_stages;
+                f->free_stages = st->next;
+                stage_free(st);
+        }
+        for (size_t i = 0; i < dl->n_parts; i++)
+                dl->parts[i].stage = stage_free(dl->parts[i].stage);
+        /* Bytes received but not written are not there: the parts go on after the written ones. */
+        for (size_t i = 0; i < dl->n_parts; i++)
+                dl->parts[i].next = dl->parts[i].done;
         sha256_done(&f->hash);
         pthread_cond_destroy(&f->cond);
         pthread_mutex_destroy(&f->lock);
@@ -279,35 +503,79 @@ static int follower_stop(Download *dl, bool finish, char ret_digest[REGISTRY_DIG
         return r;
 }
 
-/* Hands the follower the new end of the written prefix, and a checkpoint every two seconds. */
+/* Asks for a checkpoint every two seconds; returns the follower's error, if it had one. */
 static int follower_update(Download *dl) {
         Follower *f = &dl->follower;
-        uint64_t wm = dl->layer->size;
         bool checkpoint = now_ns() - dl->last_save > 2000000000ULL;
         int r;
 
-        while (dl->first_open < dl->n_parts &&
-               dl->parts[dl->first_open].done ==
-                       dl->parts[dl->first_open].end - dl->parts[dl->first_open].start)
-                dl->first_open++;
-        if (dl->first_open < dl->n_parts)
-                wm = dl->parts[dl->first_open].start + dl->parts[dl->first_open].done;
-        /* Wake the follower for every 4 MiB, not for every packet. */
-        if (wm - dl->watermark_sent < (4U << 20) && wm != dl->layer->size && !checkpoint)
-                return 0;
         pthread_mutex_lock(&f->lock);
         r = f->error;
-        f->watermark = wm;
-        if (checkpoint && !f->snapshot) {
-                f->snapshot = calloc(MAX(dl->n_parts, (size_t)1), sizeof(uint64_t));
-                for (size_t i = 0; f->snapshot && i < dl->n_parts; i++)
-                        f->snapshot[i] = dl->parts[i].done;
+        if (checkpoint) {
+                f->checkpoint = true;
                 dl->last_save = now_ns();
+                pthread_cond_broadcast(&f->cond);
         }
-        pthread_cond_signal(&f->cond);
         pthread_mutex_unlock(&f->lock);
-        dl->watermark_sent = wm;
         return r;
+}
+
+/* A free stage for the network thread, waiting while all of them are full and being written. */
+static int stage_get(Download *dl, Stage **ret) {
+        Follower *f = &dl->follower;
+        Stage *st = NULL;
+        int r = 0;
+
+        pthread_mutex_lock(&f->lock);
+        for (;;) {
+                if (f->error < 0 || f->abort) {
+                        r = f->error < 0 ? f->error : -ECANCELED;
+                        break;
+                }
+                if (f->free_stages) {
+                        st = f->free_stages;
+                        f->free_stages = st->next;
+                        break;
+                }
+                if (f->n_stages < f->stages_max) {
+                        st = calloc(1, sizeof(Stage));
+                        if (st && posix_memalign((void **)&st->buf, DIRECT_ALIGN, STAGE_SIZE) != 0) {
+                                free(st);
+                                st = NULL;
+                        }
+                        if (!st)
+                                r = -ENOMEM;
+                        else
+                                f->n_stages++;
+                        break;
+                }
+                pthread_cond_wait(&f->cond, &f->lock);
+        }
+        pthread_mutex_unlock(&f->lock);
+        if (r < 0)
+                return r;
+        *ret = st;
+        return 0;
+}
+
+/* Hands the stage of pt to the follower for writing. */
+static void stage_submit(Download *dl, Part *pt) {
+        Follower *f = &dl->follower;
+        Stage *st = TAKE_PTR(pt->stage);
+
+        if (!st)
+                return;
+        pthread_mutex_lock(&f->lock);
+        if (st->a == st->b) {
+                st->next = f->free_stages;
+                f->free_stages = st;
+        } else {
+                st->next = NULL;
+                *f->queue_tail = st;
+                f->queue_tail = &st->next;
+        }
+        pthread_cond_broadcast(&f->cond);
+        pthread_mutex_unlock(&f->lock);
 }
 
 /* Reads the state file into dl; -EBADMSG when it does not describe this blob. */
@@ -338,7 +606,7 @@ static int load_state(Download *dl) {
                 unsigned long long v = strtoull(p, &end, 10);
                 if (errno != 0 || *end != '\n' || v > dl->parts[i].end - dl->parts[i].start)
                         return -EBADMSG;
-                dl->parts[i].done = v;
+                dl->parts[i].done = dl->parts[i].next = v;
                 p = end + 1;
         }
         return *p == 0 ? 0 : -EBADMSG;
@@ -390,6 +658,36 @@ static void throttle(Download *dl) {
         }
 }
 
+/* Adds received bytes to pt's stage, handing it to the follower whenever it is full or the part complete. */
+static int part_stage(Part *pt, const char *p, size_t len) {
+        Download *dl = pt->dl;
+        int r;
+
+        while (len > 0) {
+                if (!pt->stage) {
+                        r = stage_get(dl, &pt->stage);
+                        if (r < 0)
+                                return r;
+                        uint64_t at = pt->start + pt->next;
+                        /* Same alignment in memory as in the file, so the middle can go out directly. */
+                        pt->stage->base = at / DIRECT_ALIGN * DIRECT_ALIGN;
+                        pt->stage->a = pt->stage->b = at;
+                        pt->stage->part = (size_t)(pt - dl->parts);
+                }
+                Stage *st = pt->stage;
+                size_t k = (size_t)MIN(st->base + STAGE_SIZE - st->b, (uint64_t)len);
+                memcpy(st->buf + (st->b - st->base), p, k);
+                st->b += k;
+                pt->next += k;
+                p += k;
+                len -= k;
+                /* A full stage ends on a block boundary, so the next one starts on one. */
+                if (st->b == st->base + STAGE_SIZE || pt->next == pt->end - pt->start)
+                        stage_submit(dl, pt);
+        }
+        return 0;
+}
+
 static size_t part_write_cb(char *p, size_t size, size_t n, void *userdata) {
         Part *pt = userdata;
         Download *dl = pt->dl;
@@ -398,29 +696,28 @@ static size_t part_write_cb(char *p, size_t size, size_t n, void *userdata) {
         if (!pt->checked) {
                 pt->checked = true;
                 curl_easy_getinfo(pt->easy, CURLINFO_RESPONSE_CODE, &pt->status);
-                if (pt->status == 200 && (dl->n_parts > 1 || pt->start + pt->done > 0)) {
+                if (pt->status == 200 && (dl->n_parts > 1 || pt->start + pt->next > 0)) {
                         /* The server ignored Range: its body starts at byte 0. */
                         dl->ranges_unsupported = true;
                         return 0;
                 }
-                if (pt->status == 206 && pt->content_start != pt->start + pt->done) {
+                if (pt->status == 206 && pt->content_start != pt->start + pt->next) {
                         pt->overflow = true;
                         return 0;
                 }
         }
         if (pt->status != 200 && pt->status != 206)
                 return len; /* an error page: dropped, the status decides */
-        if (pt->done + len > pt->end - pt->start) {
+        if (pt->next + len > pt->end - pt->start) {
                 pt->overflow = true;
                 return 0;
         }
-        int r = pwrite_full(dl->fd, p, len, pt->start + pt->done);
+        int r = part_stage(pt, p, len);
         if (r < 0) {
                 dl->fatal = qd_error_set(&dl->fatal_error, r, "Failed to write blob %s: %s.",
                                          dl->layer->digest, strerror(-r));
                 return 0;
         }
-        pt->done += len;
         pt->received += len;
         dl->transferred += len;
         throttle(dl);
@@ -445,7 +742,7 @@ static int start_part(Download *dl, Part *pt) {
         pt->content_start = UINT64_MAX;
         pt->errbuf[0] = 0;
         http_setup_easy(dl->h, c);
-        snprintf(range, sizeof(range), "Range: bytes=%" PRIu64 "-%" PRIu64, pt->start + pt->done,
+        snprintf(range, sizeof(range), "Range: bytes=%" PRIu64 "-%" PRIu64, pt->start + pt->next,
                  pt->end - 1);
         pt->headers = curl_slist_append(NULL, range);
         if (pt->headers)
@@ -485,6 +782,8 @@ static void stop_part(Download *dl, Part *pt) {
         pt->easy = NULL;
         pt->headers = NULL;
         dl->active--;
+        /* Whatever arrived gets written, so that the part can go on after it. */
+        stage_submit(dl, pt);
 }
 
 static void finish_part(Download *dl, Part *pt, CURLcode code) {
@@ -503,7 +802,7 @@ static void finish_part(Download *dl, Part *pt, CURLcode code) {
                                          dl->h->name.host, dl->layer->digest);
                 return;
         }
-        if (code == CURLE_OK && (status == 200 || status == 206) && pt->done == len) {
+        if (code == CURLE_OK && (status == 200 || status == 206) && pt->next == len) {
                 pt->attempts = 0;
                 return;
         }
@@ -562,7 +861,6 @@ static void finish_part(Download *dl, Part *pt, CURLcode code) {
 }
 
 static int run_transfers(Download *dl, QdError *e) {
-        const RegistryConfig *cfg = dl->h->config;
         int r;
 
         dl->multi = curl_multi_init();
@@ -601,10 +899,10 @@ static int run_transfers(Download *dl, QdError *e) {
                 r = 0;
                 for (size_t i = 0; r >= 0 && i < dl->n_parts; i++) {
                         Part *pt = &dl->parts[i];
-                        if (pt->done == pt->end - pt->start && !pt->easy)
+                        if (pt->next == pt->end - pt->start && !pt->easy)
                                 continue;
                         all_done = false;
-                        if (pt->easy || dl->active >= cfg->parallel_parts || pt->retry_at > now)
+                        if (pt->easy || dl->active >= dl->parallel_parts || pt->retry_at > now)
                                 continue;
                         r = start_part(dl, pt);
                 }
@@ -624,11 +922,13 @@ static int run_transfers(Download *dl, QdError *e) {
                 }
                 CURLMsg *msg;
                 int left;
+                bool finished = false;
                 while ((msg = curl_multi_info_read(dl->multi, &left)))
                         if (msg->msg == CURLMSG_DONE) {
                                 Part *pt = NULL;
                                 curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&pt);
                                 finish_part(dl, pt, msg->data.result);
+                                finished = true;
                         }
                 report(dl, REGISTRY_PROGRESS_LAYER, "pulling", false);
                 r = follower_update(dl);
@@ -637,7 +937,9 @@ static int run_transfers(Download *dl, QdError *e) {
                                          strerror(-r));
                         break;
                 }
-                curl_multi_poll(dl->multi, NULL, 0, 100, NULL);
+                /* A finished part frees a slot for the next one, or ends the blob: no waiting then. */
+                if (!finished)
+                        curl_multi_poll(dl->multi, NULL, 0, 100, NULL);
         }
         for (size_t i = 0; i < dl->n_parts; i++)
                 stop_part(dl, &dl->parts[i]);
@@ -706,7 +1008,9 @@ static int download_blob(Download *dl, QdError *e) {
         const RegistryLayer *l = dl->layer;
         const char *hex = l->digest + 7;
         _cleanup_close_ int fd = -EBADF; /* the locked data file, dl->fd while we hold it */
+        _cleanup_close_ int direct_fd = -EBADF, direct_read_fd = -EBADF;
         char got[REGISTRY_DIGEST_MAX];
+        uint64_t t_transfers = 0, t_hash_tail = 0, hashed_at_end = 0; /* for the debug log */
         int r;
 
         snprintf(dl->data_name, sizeof(dl->data_name), "sha256-%s-partial", hex);
@@ -752,6 +1056,20 @@ static int download_blob(Download *dl, QdError *e) {
         struct stat st;
         if (fstat(dl->fd, &st) < 0)
                 return qd_error_set(e, errno, "Failed to inspect '%s': %s.", dl->data_name, strerror(errno));
+        if (l->size >= (1U << 20)) {
+                /* O_DIRECT where the file system has it (see DESIGN); we hold the lock, so the path is ours.
+                 */
+                direct_fd = openat(dl->store->blobs_fd, dl->data_name,
+                                   O_WRONLY | O_DIRECT | O_CLOEXEC | O_NOFOLLOW);
+                direct_read_fd = openat(dl->store->blobs_fd, dl->data_name,
+                                        O_RDONLY | O_DIRECT | O_CLOEXEC | O_NOFOLLOW);
+                if (direct_fd < 0 || direct_read_fd < 0) {
+                        direct_fd = safe_close(direct_fd);
+                        direct_read_fd = safe_close(direct_read_fd);
+                }
+        }
+        dl->direct_fd = direct_fd;
+        dl->direct_read_fd = direct_read_fd;
         r = (uint64_t)st.st_size == l->size ? load_state(dl) : -EBADMSG;
         bool resumed = r >= 0;
         for (;;) {
@@ -770,7 +1088,12 @@ static int download_blob(Download *dl, QdError *e) {
                 if (r < 0)
                         return qd_error_set(e, r, "Failed to start hashing blob %s: %s.", l->digest,
                                             strerror(-r));
+                uint64_t t_start = now_ns();
                 r = run_transfers(dl, e);
+                t_transfers = now_ns() - t_start;
+                pthread_mutex_lock(&dl->follower.lock);
+                hashed_at_end = dl->follower.hashed;
+                pthread_mutex_unlock(&dl->follower.lock);
                 if (r < 0) {
                         /* Keep what arrived for the next attempt. */
                         (void)follower_stop(dl, false, NULL);
@@ -779,6 +1102,7 @@ static int download_blob(Download *dl, QdError *e) {
                 }
                 report(dl, REGISTRY_PROGRESS_VERIFYING, "verifying sha256 digest", true);
                 r = follower_stop(dl, true, got);
+                t_hash_tail = now_ns() - t_start - t_transfers;
                 if (r < 0) {
                         (void)save_state(dl);
                         return qd_error_set(e, r, "Failed to hash blob %s: %s.", l->digest, strerror(-r));
@@ -800,10 +1124,16 @@ static int download_blob(Download *dl, QdError *e) {
                 resumed = false;
                 r = -EBADMSG;
         }
+        uint64_t t_commit = now_ns();
         r = store_commit_blob(dl->store, dl->fd, dl->data_name, l->digest);
+        t_commit = now_ns() - t_commit;
         if (r < 0)
                 return qd_error_set(e, r, "Failed to store blob %s: %s.", l->digest, strerror(-r));
         (void)unlinkat(dl->store->blobs_fd, dl->state_name, 0);
+        log_debug("Blob %s: %" PRIu64 " bytes received in %.3f s (%" PRIu64 " hashed by then), hash done "
+                  "%.3f s later, synced and renamed in %.3f s.",
+                  l->digest, dl->transferred, (double)t_transfers / 1e9, hashed_at_end,
+                  (double)t_hash_tail / 1e9, (double)t_commit / 1e9);
         report(dl, REGISTRY_PROGRESS_LAYER, "pulling", true);
         return 0;
 }
@@ -886,11 +1216,16 @@ int registry_pull(RegistryStore *s, const RegistryName *name, registry_progress_
                                .h = h,
                                .layer = l,
                                .fd = -EBADF,
+                               .direct_fd = -EBADF,
+                               .direct_read_fd = -EBADF,
+                               .parallel_parts = registry_config_parallel_parts(h->config, h->name.host),
                                .progress = progress,
                                .userdata = userdata,
                                .stats = &st};
                 r = download_blob(&dl, e);
                 st.bytes_downloaded += dl.transferred;
+                for (size_t j = 0; dl.parts && j < dl.n_parts; j++)
+                        stage_free(dl.parts[j].stage);
                 free(dl.parts);
                 if (r < 0)
                         goto finish;

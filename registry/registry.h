@@ -79,13 +79,14 @@ typedef struct RegistryConfig {
         size_t n_credentials;
         RegistryAlias *aliases; /* the short-name catalogue */
         size_t n_aliases;
-        unsigned parallel_parts;   /* concurrent ranged requests per blob (4) */
-        uint64_t part_size;        /* bytes per ranged part (64 MiB) */
-        uint64_t max_bandwidth;    /* bytes per second over all parts of a blob, 0 for no cap */
-        unsigned stall_timeout_s;  /* a transfer with no bytes for this long is retried (30) */
-        unsigned max_retries;      /* retries per request after a network error or 5xx (6) */
-        unsigned backoff_ms;       /* first retry delay, doubled each time up to 30 s (500) */
-        uint64_t push_chunk_size;  /* blobs larger than this are pushed in PATCH chunks (64 MiB) */
+        unsigned parallel_parts;          /* concurrent ranged requests per blob (4) */
+        unsigned loopback_parallel_parts; /* the same for registries on this machine (1) */
+        uint64_t part_size;               /* bytes per ranged part (64 MiB) */
+        uint64_t max_bandwidth;           /* bytes per second over all parts of a blob, 0 for no cap */
+        unsigned stall_timeout_s;         /* a transfer with no bytes for this long is retried (30) */
+        unsigned max_retries;             /* retries per request after a network error or 5xx (6) */
+        unsigned backoff_ms;              /* first retry delay, doubled each time up to 30 s (500) */
+        uint64_t push_chunk_size;         /* blobs larger than this are pushed in PATCH chunks (64 MiB) */
         uint64_t prune_grace_s;    /* unreferenced blobs and partials younger than this survive (3600) */
         uint64_t import_max_bytes; /* largest total an archive may unpack to (1 TiB) */
 } RegistryConfig;
@@ -98,6 +99,7 @@ void registry_config_done(RegistryConfig *c);
  * are ignored, they belong to other components):
  *
  *   [Registry]  DefaultHost=, DefaultNamespace=, Insecure=HOST (repeatable), CAFile=, ParallelParts=,
+ *               LoopbackParallelParts=,
  *               PartSize=BYTES, MaxBandwidth=BYTES, StallTimeout=DURATION, Retries=, Backoff=DURATION,
  *               PushChunkSize=BYTES, PruneGrace=DURATION, ImportMaxBytes=BYTES
  *   [Credentials] HOST=USER:PASSWORD
@@ -107,6 +109,14 @@ void registry_config_done(RegistryConfig *c);
  * with the file and line in e.
  */
 int registry_config_load(RegistryConfig *c, const char *path, QdError *e);
+
+/*
+ * How many ranged requests a pull runs at once for a blob from host ("name[:port]"): loopback_parallel_parts
+ * for localhost, 127.0.0.0/8 and [::1], parallel_parts for any other host. Over loopback one connection
+ * carries all the bandwidth there is, and more of them only deliver the bytes out of order, which the
+ * pull must then read back from disk to hash.
+ */
+unsigned registry_config_parallel_parts(const RegistryConfig *c, const char *host);
 
 /* ---- names ---- */
 

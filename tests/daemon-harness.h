@@ -30,5 +30,6 @@ int dh_create_model(Harness *h, ProtoClient *c, const char *name, const char *co
 int dh_create_from_file(Harness *h, ProtoClient *c, const char *name, const char *path);
 /* Whether the daemon's log contains s. */
 bool dh_log_contains(Harness *h, const char *s);
-/* Packs a params map from alternating key/value strings; values that parse as integers are packed as such. */
+/* Packs a params map from alternating key/value strings; values that parse as integers are packed as such.
+ */
 void dh_params(msgpack_sbuffer *sb, ...);

@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: MIT */
-/* daemon/config.c: quantd.conf's keys, defaults, sizes, durations, and errors that name the file and line. */
+/* daemon/config.c: quantd.conf's keys, defaults, sizes, durations, and errors that name the file and line.
+ */
 
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <setjmp.h>
 
 #include <cmocka.h>
 
@@ -38,15 +39,16 @@ static void test_defaults_and_keys(void **state) {
         assert_true(c.keep_alive_ns == 300000000000LL);
         daemon_config_done(&c);
 
-        assert_int_equal(load(&c,
-                              "# comment\n; another\n\n[Daemon]\nSocket=/run/x.sock\n Models = /srv/models \n"
-                              "Group=llm\nLogLevel=debug\nWorkers=8\nMaxConnections=10\nMaxRequestsPerConnection=3\n"
-                              "MaxFrameSize=1M\nMaxQueuedOutput=64K\nKeepFinishedJobs=0\n"
-                              "[Registry]\nDefaultHost=example.com\nWhatever=1\n"
-                              "[Scheduler]\nKeepAlive=-1\nMaxLoadedModels=5\nMemoryBudget=1.5G\nLoadTimeout=30s\n"
-                              "NumParallel=16\nContextLength=4096\nThreads=3\nNoSuchKey=1\n[Mystery]\nA=b\n",
-                              &e),
-                         0);
+        assert_int_equal(
+                load(&c,
+                     "# comment\n; another\n\n[Daemon]\nSocket=/run/x.sock\n Models = /srv/models \n"
+                     "Group=llm\nLogLevel=debug\nWorkers=8\nMaxConnections=10\nMaxRequestsPerConnection=3\n"
+                     "MaxFrameSize=1M\nMaxQueuedOutput=64K\nKeepFinishedJobs=0\n"
+                     "[Registry]\nDefaultHost=example.com\nWhatever=1\n"
+                     "[Scheduler]\nKeepAlive=-1\nMaxLoadedModels=5\nMemoryBudget=1.5G\nLoadTimeout=30s\n"
+                     "NumParallel=16\nContextLength=4096\nThreads=3\nNoSuchKey=1\n[Mystery]\nA=b\n",
+                     &e),
+                0);
         assert_string_equal(c.socket, "/run/x.sock");
         assert_string_equal(c.models, "/srv/models");
         assert_string_equal(c.group, "llm");
@@ -77,17 +79,21 @@ static void test_errors(void **state) {
                 const char *text;
                 const char *message; /* after "PATH:" */
         } bad[] = {
-                { "[Daemon]\nWorkers=0\n", ":2: Workers= must be a number from 1 to 256, got '0'." },
-                { "[Daemon]\nWorkers=many\n", ":2: Workers= must be a number from 1 to 256, got 'many'." },
-                { "[Daemon]\nMaxFrameSize=12Q\n", ":2: MaxFrameSize= must be a size such as 512M or 8G within its "
-                                                  "limits, got '12Q'." },
-                { "[Daemon]\nMaxFrameSize=100\n", ":2: MaxFrameSize= must be a size such as 512M or 8G within its "
-                                                  "limits, got '100'." },
-                { "\n[Scheduler]\nKeepAlive=soon\n", ":3: KeepAlive= must be a duration such as 5m or 30s, got 'soon'." },
-                { "[Daemon]\nLogLevel=loud\n", ":2: LogLevel= must be err, warning, notice, info or debug, got 'loud'." },
-                { "Workers=2\n", ":1: 'Workers=2' comes before any [Section]." },
-                { "[Daemon\n", ":1: a section header must look like [Daemon]." },
-                { "[Daemon]\njust words\n", ":2: expected Key=value, got 'just words'." },
+                {"[Daemon]\nWorkers=0\n", ":2: Workers= must be a number from 1 to 256, got '0'."},
+                {"[Daemon]\nWorkers=many\n", ":2: Workers= must be a number from 1 to 256, got 'many'."},
+                {"[Daemon]\nMaxFrameSize=12Q\n",
+                 ":2: MaxFrameSize= must be a size such as 512M or 8G within its "
+                 "limits, got '12Q'."},
+                {"[Daemon]\nMaxFrameSize=100\n",
+                 ":2: MaxFrameSize= must be a size such as 512M or 8G within its "
+                 "limits, got '100'."},
+                {"\n[Scheduler]\nKeepAlive=soon\n",
+                 ":3: KeepAlive= must be a duration such as 5m or 30s, got 'soon'."},
+                {"[Daemon]\nLogLevel=loud\n",
+                 ":2: LogLevel= must be err, warning, notice, info or debug, got 'loud'."},
+                {"Workers=2\n", ":1: 'Workers=2' comes before any [Section]."},
+                {"[Daemon\n", ":1: a section header must look like [Daemon]."},
+                {"[Daemon]\njust words\n", ":2: expected Key=value, got 'just words'."},
         };
         DaemonConfig c;
         QdError e = {};

@@ -2,14 +2,14 @@
 /*
  * A real quantd with the real engine: a model created from stories260K.gguf (passed as a descriptor)
  * generates over the socket, and its greedy tokens equal the independent reference in stories260K.golden;
- * 16 clients at once, each streaming 64 greedy tokens, get streams identical to a solo run; Show, Tokenize and
- * Detokenize on a real vocabulary.
+ * 16 clients at once, each streaming 64 greedy tokens, get streams identical to a solo run; Show, Tokenize
+ * and Detokenize on a real vocabulary.
  */
 
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <setjmp.h>
 
 #include <cmocka.h>
 
@@ -19,10 +19,11 @@
 #include "daemon-harness.h"
 
 static int setup(void **state) {
-        static const char *const args[] = { "--backend=engine", NULL };
+        static const char *const args[] = {"--backend=engine", NULL};
         Harness *h = calloc(1, sizeof(Harness));
         assert_non_null(h);
-        assert_int_equal(dh_start(h, "[Scheduler]\nNumParallel=16\nContextLength=256\nThreads=2\n", args), 0);
+        assert_int_equal(dh_start(h, "[Scheduler]\nNumParallel=16\nContextLength=256\nThreads=2\n", args),
+                         0);
         *state = h;
 
         const char *dir = getenv("QUANTD_TEST_MODELS");
@@ -68,7 +69,8 @@ typedef struct Stream {
 
 static int collect(const ProtoMessage *ev, void *userdata) {
         Stream *s = userdata;
-        const msgpack_object *t = proto_map_get(ev->params, "text"), *tok = proto_map_get(ev->params, "token");
+        const msgpack_object *t = proto_map_get(ev->params, "text"),
+                             *tok = proto_map_get(ev->params, "token");
         assert_non_null(t);
         assert_int_equal(buf_append(&s->text, t->via.str.ptr, t->via.str.size), 0);
         if (tok && s->n_tokens < ELEMENTSOF(s->tokens))
@@ -126,7 +128,7 @@ static void test_golden(void **state) {
 static void test_concurrent_equal_solo(void **state) {
         Harness *h = *state;
         _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
-        static const char *const prompts[] = { "Once upon a time", "The cat", "Lily and Tom went" };
+        static const char *const prompts[] = {"Once upon a time", "The cat", "Lily and Tom went"};
         Stream solo[ELEMENTSOF(prompts)] = {};
         msgpack_sbuffer sb;
         ProtoMessage m;
@@ -135,8 +137,8 @@ static void test_concurrent_equal_solo(void **state) {
         for (size_t p = 0; p < ELEMENTSOF(prompts); p++) {
                 msgpack_sbuffer_init(&sb);
                 pack_greedy(&sb, prompts[p], 64);
-                assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, collect, &solo[p], &m,
-                                                   &e),
+                assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, collect,
+                                                   &solo[p], &m, &e),
                                  0);
                 msgpack_sbuffer_destroy(&sb);
         }
@@ -217,7 +219,8 @@ static void test_show_tokenize(void **state) {
         msgpack_pack_array(&pk, n);
         for (uint32_t i = 0; i < n; i++)
                 msgpack_pack_int32(&pk, ids[i]);
-        assert_int_equal(proto_client_call(c, "Detokenize", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
+        assert_int_equal(proto_client_call(c, "Detokenize", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         0);
         msgpack_sbuffer_destroy(&sb);
         const msgpack_object *text = proto_map_get(m.result, "text");
         /* SentencePiece adds the leading space of its "▁". */
@@ -254,8 +257,65 @@ static void test_embed(void **state) {
                 assert_true(norm > 0.999 && norm < 1.001);
         }
         for (uint32_t i = 0; i < 64; i++)
-                dot += v->via.array.ptr[0].via.array.ptr[i].via.f64 * v->via.array.ptr[1].via.array.ptr[i].via.f64;
+                dot += v->via.array.ptr[0].via.array.ptr[i].via.f64 *
+                       v->via.array.ptr[1].via.array.ptr[i].via.f64;
         assert_true(dot < 0.9999);
+}
+
+static int count_quantizing(const ProtoMessage *ev, void *userdata) {
+        const msgpack_object *status = proto_map_get(ev->params, "status");
+        if (status && status->type == MSGPACK_OBJECT_STR && status->via.str.size > 10 &&
+            memcmp(status->via.str.ptr, "quantizing", 10) == 0)
+                (*(unsigned *)userdata)++;
+        return 0;
+}
+
+static void test_create_quantized(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+        msgpack_sbuffer sb;
+        ProtoMessage m;
+        QdError e = {};
+        unsigned quantizing = 0;
+
+        /* Create FROM the F32 model with quantize Q8_0: a job that reports each tensor. */
+        msgpack_sbuffer_init(&sb);
+        dh_params(&sb, "model", "stories-q8", "from", "stories", "quantize", "Q8_0", NULL);
+        if (proto_client_call(c, "Create", sb.data, sb.size, NULL, 0, count_quantizing, &quantizing, &m,
+                              &e) < 0)
+                fail_msg("Create with quantize failed: %s", e.msg);
+        assert_true(quantizing > 0);
+        msgpack_sbuffer_destroy(&sb);
+
+        /* It is smaller, and it generates. */
+        assert_int_equal(proto_client_call(c, "List", NULL, 0, NULL, 0, NULL, NULL, &m, &e), 0);
+        const msgpack_object *models = proto_map_get(m.result, "models");
+        uint64_t f32 = 0, q8 = 0;
+        for (uint32_t i = 0; i < models->via.array.size; i++) {
+                const msgpack_object *x = &models->via.array.ptr[i];
+                if (proto_str_eq(proto_map_get(x, "name"), "stories:latest"))
+                        f32 = proto_map_get(x, "size")->via.u64;
+                if (proto_str_eq(proto_map_get(x, "name"), "stories-q8:latest"))
+                        q8 = proto_map_get(x, "size")->via.u64;
+        }
+        assert_true(q8 > 0 && q8 < f32);
+        Stream s = {};
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer pk;
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 3);
+        proto_pack_kv_str(&pk, "model", "stories-q8");
+        proto_pack_kv_str(&pk, "prompt", "Once upon a time");
+        proto_pack_key(&pk, "options");
+        msgpack_pack_map(&pk, 2);
+        proto_pack_kv_i64(&pk, "num_predict", 16);
+        proto_pack_kv_double(&pk, "temperature", 0);
+        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, collect, &s, &m, &e),
+                         0);
+        msgpack_sbuffer_destroy(&sb);
+        assert_int_equal(proto_map_get(m.result, "eval_count")->via.u64, 16);
+        assert_true(s.text.len > 0);
+        buf_free(&s.text);
 }
 
 static int chat_call(ProtoClient *c, const char *model, const char *content, ProtoMessage *m, QdError *e) {
@@ -305,9 +365,10 @@ static void test_chat(void **state) {
         uint64_t prompt_tokens = proto_map_get(m.result, "prompt_eval_count")->via.u64;
 
         /* The prompt was ChatML with the template's default system prompt, as Hugging Face renders it. */
-        static const char *chatml = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
-                                    "Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?"
-                                    "<|im_end|>\n<|im_start|>assistant\n";
+        static const char *chatml =
+                "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by "
+                "Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?"
+                "<|im_end|>\n<|im_start|>assistant\n";
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
         dh_params(&sb, "model", "smollm", "text", chatml, NULL);
@@ -326,6 +387,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_show_tokenize, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_embed, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_chat, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_create_quantized, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

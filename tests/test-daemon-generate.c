@@ -2,22 +2,22 @@
 /*
  * A real quantd with the fake backend: streamed generation and its statistics, 16 concurrent clients whose
  * streams equal a solo run, continuous batching (concurrent streams share forward steps), Cancel, a client
- * killed mid-stream, keep_alive 0 / 1s / negative, eviction order under MaxLoadedModels=, the memory budget's
- * ENOSPC, Tokenize and Detokenize, and SIGTERM mid-generation.
+ * killed mid-stream, keep_alive 0 / 1s / negative, eviction order under MaxLoadedModels=, the memory
+ * budget's ENOSPC, Tokenize and Detokenize, and SIGTERM mid-generation.
  */
 
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <setjmp.h>
 
 #include <cmocka.h>
 
-#include <msgpack.h>
 #include <fcntl.h>
-#include <math.h>
-#include <signal.h>
 #include <inttypes.h>
+#include <math.h>
+#include <msgpack.h>
+#include <signal.h>
 #include <sys/wait.h>
 
 #include "daemon-harness.h"
@@ -36,7 +36,13 @@ static int setup(void **state) {
 
 static int setup_small_budget(void **state) {
         /* Each fake model below budgets size + 512 * 16 * 64 bytes of "KV cache". */
-        return start(state, "[Scheduler]\nNumParallel=16\nMemoryBudget=2000000\nLoadTimeout=1s\nContextLength=512\n");
+        return start(
+                state,
+                "[Scheduler]\nNumParallel=16\nMemoryBudget=2000000\nLoadTimeout=1s\nContextLength=512\n");
+}
+
+static int setup_one_request(void **state) {
+        return start(state, "[Daemon]\nMaxRequestsPerConnection=1\n");
 }
 
 static int setup_small_output(void **state) {
@@ -114,7 +120,8 @@ static size_t ps_count(ProtoClient *c, const char *name, int64_t *ret_expires) {
                 if (proto_str_eq(proto_map_get(&models->via.array.ptr[i], "name"), name)) {
                         found++;
                         if (ret_expires)
-                                *ret_expires = proto_map_get(&models->via.array.ptr[i], "expires_at")->via.i64;
+                                *ret_expires =
+                                        proto_map_get(&models->via.array.ptr[i], "expires_at")->via.i64;
                 }
         return models->via.array.size * 100 + found;
 }
@@ -205,7 +212,8 @@ static void test_stop_strings(void **state) {
         msgpack_pack_array(&pk, 2);
         proto_pack_str(&pk, late);
         proto_pack_str(&pk, early);
-        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, collect, &s, &m, &e), 0);
+        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, collect, &s, &m, &e),
+                         0);
         assert_true(proto_str_eq(proto_map_get(m.result, "done_reason"), "stop"));
         assert_int_equal(s.text.len, (size_t)(cut - full));
         assert_memory_equal(s.text.data, full, s.text.len);
@@ -219,7 +227,8 @@ static void test_stop_strings(void **state) {
         proto_pack_key(&pk, "options");
         msgpack_pack_map(&pk, 1);
         proto_pack_kv_str(&pk, "stop", "x");
-        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
         assert_string_equal(e.msg, "Option 'stop' must be an array of strings, got a string.");
         msgpack_sbuffer_destroy(&sb);
 }
@@ -317,7 +326,8 @@ static void test_chat(void **state) {
 
         /* Errors. */
         assert_int_equal(chat(c, "chatty", "wizard", "hi", &m, &e), -EINVAL);
-        assert_string_equal(e.msg, "Message 0 has role 'wizard'; roles are system, user, assistant and tool.");
+        assert_string_equal(e.msg,
+                            "Message 0 has role 'wizard'; roles are system, user, assistant and tool.");
         assert_int_equal(create_with_template(h, c, "bad", "{{ if .System }}", NULL, &e), -EINVAL);
         assert_int_equal(dh_create_model(h, c, "plain", "size=1000\n"), 0);
         assert_true(chat(c, "plain", "user", "hi", &m, &e) < 0);
@@ -325,8 +335,75 @@ static void test_chat(void **state) {
         msgpack_sbuffer_init(&sb);
         dh_params(&sb, "model", "chatty", "messages", "x", NULL);
         qd_error_clear(&e);
-        assert_int_equal(proto_client_call(c, "Chat", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_int_equal(proto_client_call(c, "Chat", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
         assert_string_equal(e.msg, "Parameter 'messages' must be an array, got a string.");
+        msgpack_sbuffer_destroy(&sb);
+}
+
+static void test_create_from_and_parameters(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        ProtoMessage m;
+        QdError e = {};
+        uint64_t eval = 0;
+
+        static const char *tmpl = "{{ range .Messages }}<{{ .Role }}>{{ .Content }}{{ end }}<assistant>";
+        assert_int_equal(create_with_template(h, c, "base", tmpl, NULL, &e), 0);
+        /* FROM a local model, with PARAMETERs, a SYSTEM, a LICENSE and MESSAGEs of its own. */
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 6);
+        proto_pack_kv_str(&pk, "model", "derived");
+        proto_pack_kv_str(&pk, "from", "base");
+        proto_pack_kv_str(&pk, "system", "Be brief.");
+        proto_pack_kv_str(&pk, "license", "MIT");
+        proto_pack_key(&pk, "parameters");
+        msgpack_pack_map(&pk, 2);
+        proto_pack_kv_i64(&pk, "num_predict", 3);
+        proto_pack_kv_double(&pk, "temperature", 0);
+        proto_pack_key(&pk, "messages");
+        msgpack_pack_array(&pk, 1);
+        msgpack_pack_map(&pk, 2);
+        proto_pack_kv_str(&pk, "role", "user");
+        proto_pack_kv_str(&pk, "content", "hello");
+        assert_int_equal(proto_client_call(c, "Create", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
+
+        /* The model's num_predict applies unless the request says otherwise. */
+        msgpack_sbuffer_clear(&sb);
+        dh_params(&sb, "model", "derived", "prompt", "x", "stream", "false", NULL);
+        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
+        assert_int_equal(proto_map_get(m.result, "eval_count")->via.u64, 3);
+        _cleanup_free_ char *t = generate(c, "derived", "x", 5, NULL, &eval, &e);
+        assert_non_null(t);
+        assert_int_equal(eval, 5);
+        /* The template came from the base, the system prompt is the new one. */
+        assert_int_equal(chat(c, "derived", "user", "hi", &m, &e), 0);
+        assert_int_equal(proto_map_get(m.result, "prompt_eval_count")->via.u64, 1 + 19 + 8 + 9);
+
+        /* Errors: both sources, neither, an unknown base, an unknown quantization. */
+        msgpack_sbuffer_clear(&sb);
+        dh_params(&sb, "model", "x", "from", "base", "gguf", "0", NULL);
+        qd_error_clear(&e);
+        assert_int_equal(proto_client_call(c, "Create", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
+        assert_non_null(strstr(e.msg, "either 'gguf'"));
+        msgpack_sbuffer_clear(&sb);
+        dh_params(&sb, "model", "x", NULL);
+        assert_int_equal(proto_client_call(c, "Create", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
+        msgpack_sbuffer_clear(&sb);
+        dh_params(&sb, "model", "x", "from", "nothing", NULL);
+        assert_int_equal(proto_client_call(c, "Create", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -ENOENT);
+        msgpack_sbuffer_clear(&sb);
+        dh_params(&sb, "model", "x", "from", "base", "quantize", "q9_z", NULL);
+        qd_error_clear(&e);
+        assert_int_equal(proto_client_call(c, "Create", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
+        assert_string_equal(e.msg, "Unknown quantization 'q9_z'; Hello lists quant_types.");
         msgpack_sbuffer_destroy(&sb);
 }
 
@@ -356,7 +433,8 @@ static void test_tokenize(void **state) {
         msgpack_pack_int(&pk, 'h');
         msgpack_pack_int(&pk, 0xc3);
         msgpack_pack_int(&pk, 0xa9);
-        assert_int_equal(proto_client_call(c, "Detokenize", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
+        assert_int_equal(proto_client_call(c, "Detokenize", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         0);
         assert_true(proto_str_eq(proto_map_get(m.result, "text"), "hé"));
         msgpack_sbuffer_clear(&sb);
         msgpack_pack_map(&pk, 2);
@@ -364,7 +442,8 @@ static void test_tokenize(void **state) {
         proto_pack_key(&pk, "tokens");
         msgpack_pack_array(&pk, 1);
         msgpack_pack_int(&pk, 999);
-        assert_int_equal(proto_client_call(c, "Detokenize", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_int_equal(proto_client_call(c, "Detokenize", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
         assert_non_null(strstr(e.msg, "not in the vocabulary"));
         msgpack_sbuffer_clear(&sb);
         msgpack_pack_map(&pk, 2);
@@ -372,7 +451,8 @@ static void test_tokenize(void **state) {
         proto_pack_key(&pk, "tokens");
         msgpack_pack_array(&pk, 1);
         proto_pack_str(&pk, "h");
-        assert_int_equal(proto_client_call(c, "Detokenize", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_int_equal(proto_client_call(c, "Detokenize", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
         msgpack_sbuffer_destroy(&sb);
 }
 
@@ -524,7 +604,8 @@ static void test_keep_alive(void **state) {
         for (int i = 0; i < 100 && ps_count(c, "a:latest", NULL) != 0; i++)
                 usleep(10000);
         assert_int_equal(ps_count(c, "a:latest", NULL), 0);
-        assert_int_equal(proto_client_call(c, "Unload", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -ENOENT);
+        assert_int_equal(proto_client_call(c, "Unload", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -ENOENT);
         msgpack_sbuffer_destroy(&sb);
 }
 
@@ -604,6 +685,13 @@ static void test_memory_budget(void **state) {
         dh_params(&cancel, "id", ids, NULL);
         assert_int_equal(proto_client_send(c, "Cancel", cancel.data, cancel.size, NULL, 0, NULL), 0);
         msgpack_sbuffer_destroy(&cancel);
+        /* Wait until big's generation has ended, so that the timing of a loaded machine cannot matter. */
+        for (;;) {
+                qd_error_clear(&e);
+                assert_int_equal(proto_client_read(c, 10000, &m, &e), 1);
+                if (m.type == PROTO_RESPONSE && m.msgid == id)
+                        break;
+        }
         qd_error_clear(&e);
         _cleanup_free_ char *z = generate(d, "big2", "x", 1, NULL, NULL, &e);
         assert_non_null(z);
@@ -647,17 +735,20 @@ static void test_embed(void **state) {
         /* Wrong inputs. */
         msgpack_sbuffer_clear(&sb);
         dh_params(&sb, "model", "fake", "input", "5", NULL);
-        assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
         assert_string_equal(e.msg, "Parameter 'input' must be a string or an array of strings.");
         msgpack_sbuffer_clear(&sb);
         msgpack_pack_map(&pk, 2);
         proto_pack_kv_str(&pk, "model", "fake");
         proto_pack_key(&pk, "input");
         msgpack_pack_array(&pk, 0);
-        assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
         msgpack_sbuffer_clear(&sb);
         dh_params(&sb, "model", "nope", "input", "x", NULL);
-        assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -ENOENT);
+        assert_int_equal(proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -ENOENT);
         msgpack_sbuffer_destroy(&sb);
 }
 
@@ -689,7 +780,8 @@ static void test_load_failure(void **state) {
         msgpack_pack_map(&pk, 1);
         proto_pack_kv_double(&pk, "temperature", -1);
         qd_error_clear(&e);
-        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
         assert_string_equal(e.msg, "Option 'temperature' must not be negative.");
         msgpack_sbuffer_destroy(&sb);
 }
@@ -730,6 +822,40 @@ static void test_slow_reader_dropped(void **state) {
         assert_true(expires > 0);
 }
 
+static void test_hangup_while_paused(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+        ProtoClient *busy = dh_connect(h);
+        msgpack_sbuffer sb;
+        ProtoMessage m;
+        QdError e = {};
+
+        /* MaxRequestsPerConnection=1: the second and third requests wait unread while the first runs. */
+        assert_int_equal(dh_create_model(h, c, "slow", "delay_us=5000\n"), 0);
+        msgpack_sbuffer_init(&sb);
+        /* Not streamed: nothing is written to the client that could notice it is gone. */
+        pack_generate(&sb, "slow", "x", 400, NULL, false);
+        for (int i = 0; i < 3; i++)
+                assert_int_equal(proto_client_send(busy, "Generate", sb.data, sb.size, NULL, 0, NULL), 0);
+        msgpack_sbuffer_destroy(&sb);
+        int64_t in_use = 0;
+        for (int i = 0; i < 200 && in_use != -1; i++) {
+                ps_count(c, "slow:latest", &in_use);
+                usleep(10000);
+        }
+        assert_int_equal(in_use, -1);
+        proto_client_free(busy);
+        /* The hang-up is noticed although reading is paused: the generation ends long before its 2 s. */
+        uint64_t t0 = now_ns();
+        int64_t expires = -1;
+        while (expires == -1 && now_ns() - t0 < 1500000000ULL) {
+                ps_count(c, "slow:latest", &expires);
+                usleep(10000);
+        }
+        assert_true(expires > 0);
+        assert_int_equal(proto_client_call(c, "Version", NULL, 0, NULL, 0, NULL, NULL, &m, &e), 0);
+}
+
 static void test_sigterm_mid_generation(void **state) {
         Harness *h = *state;
         _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
@@ -753,6 +879,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_end_of_generation_and_stop, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_stop_strings, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_chat, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_create_from_and_parameters, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_tokenize, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_concurrent_streams, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_cancel_and_disconnect, setup, teardown),
@@ -762,6 +889,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_embed, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_load_failure, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_slow_reader_dropped, setup_small_output, teardown),
+                cmocka_unit_test_setup_teardown(test_hangup_while_paused, setup_one_request, teardown),
                 cmocka_unit_test_setup_teardown(test_sigterm_mid_generation, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

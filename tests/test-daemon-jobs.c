@@ -5,18 +5,18 @@
  * exits cleanly and leaves the store intact.
  */
 
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <setjmp.h>
 
 #include <cmocka.h>
 
 #include <fcntl.h>
+#include <inttypes.h>
 #include <msgpack.h>
 #include <pthread.h>
 #include <signal.h>
-#include <inttypes.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -103,7 +103,9 @@ static void test_create_list_copy_delete(void **state) {
         assert_int_equal(call(c, "Create", &m, &e, "model", "x", "gguf", "0", NULL), -EBADF);
         assert_string_equal(e.msg, "Descriptor 0 was named, but the request came with 0 descriptors.");
         assert_int_equal(call(c, "Create", &m, &e, "model", "x", NULL), -EINVAL);
-        assert_string_equal(e.msg, "Parameter 'gguf' is required.");
+        assert_string_equal(
+                e.msg,
+                "Create takes either 'gguf' (a descriptor of a GGUF file) or 'from' (a local model).");
         assert_int_equal(dh_create_model(h, c, "bad:name:x", "size=1\n"), -EINVAL);
 
         /* The finished jobs are listed. */
@@ -169,7 +171,7 @@ static uint64_t start_slow_create(ProtoClient *c, const char *name, Writer *w, p
 static void test_job_survives_client(void **state) {
         Harness *h = *state;
         ProtoClient *c = dh_connect(h);
-        Writer w = { .chunks = 40, .pause = 20000 };
+        Writer w = {.chunks = 40, .pause = 20000};
         pthread_t t;
         ProtoMessage m;
         QdError e = {};
@@ -184,7 +186,8 @@ static void test_job_survives_client(void **state) {
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
         dh_params(&sb, "job", id, "watch", "true", NULL);
-        assert_int_equal(proto_client_call(d, "Jobs", sb.data, sb.size, NULL, 0, count_progress, &events, &m, &e), 0);
+        assert_int_equal(
+                proto_client_call(d, "Jobs", sb.data, sb.size, NULL, 0, count_progress, &events, &m, &e), 0);
         msgpack_sbuffer_destroy(&sb);
         assert_true(proto_str_eq(proto_map_get(m.result, "status"), "success"));
         assert_true(events > 0);
@@ -202,7 +205,7 @@ static void test_cancel_job(void **state) {
         Harness *h = *state;
         _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         _cleanup_(proto_client_freep) ProtoClient *d = dh_connect(h);
-        Writer w = { .chunks = 1000, .pause = 20000 };
+        Writer w = {.chunks = 1000, .pause = 20000};
         pthread_t t;
         ProtoMessage m;
         QdError e = {};
@@ -225,15 +228,17 @@ static void test_cancel_job(void **state) {
 static void test_sigterm_mid_job(void **state) {
         Harness *h = *state;
         _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
-        Writer w = { .chunks = 1000, .pause = 20000 };
+        Writer w = {.chunks = 1000, .pause = 20000};
         pthread_t t;
 
         signal(SIGPIPE, SIG_IGN);
         assert_int_equal(dh_create_model(h, c, "kept", "size=1\n"), 0);
         (void)start_slow_create(c, "interrupted", &w, &t);
         _cleanup_free_ char *models = strdup(h->models);
-        _cleanup_free_ char *kept = strdup_printf("%s/manifests/registry.ollama.ai/library/kept/latest", h->models);
-        _cleanup_free_ char *lost = strdup_printf("%s/manifests/registry.ollama.ai/library/interrupted", h->models);
+        _cleanup_free_ char *kept =
+                strdup_printf("%s/manifests/registry.ollama.ai/library/kept/latest", h->models);
+        _cleanup_free_ char *lost =
+                strdup_printf("%s/manifests/registry.ollama.ai/library/interrupted", h->models);
         /* Only verified blobs: kept's model and config; the interrupted upload left nothing behind. */
         _cleanup_free_ char *check = strdup_printf("test $(ls -A %s/blobs | wc -l) -eq 2", h->models);
 

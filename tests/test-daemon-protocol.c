@@ -5,20 +5,20 @@
  * credentials, many clients at once, and a clean exit on SIGTERM.
  */
 
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <setjmp.h>
 
 #include <cmocka.h>
 
-#include <msgpack.h>
 #include <fcntl.h>
+#include <msgpack.h>
 #include <poll.h>
 #include <signal.h>
-#include <sys/un.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 
 #include "config.h"
@@ -98,23 +98,27 @@ static void test_errors_keep_connection(void **state) {
         ProtoMessage m;
         QdError e = {};
 
-        assert_int_equal(proto_client_call(c, "Frobnicate", NULL, 0, NULL, 0, NULL, NULL, &m, &e), -EOPNOTSUPP);
+        assert_int_equal(proto_client_call(c, "Frobnicate", NULL, 0, NULL, 0, NULL, NULL, &m, &e),
+                         -EOPNOTSUPP);
         assert_string_equal(e.msg, "Unknown method 'Frobnicate'; Hello lists the methods this daemon has.");
 
         msgpack_sbuffer_init(&sb);
         dh_params(&sb, "model", "5", NULL);
         qd_error_clear(&e);
-        assert_int_equal(proto_client_call(c, "Show", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_int_equal(proto_client_call(c, "Show", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
         assert_string_equal(e.msg, "Parameter 'model' must be a string, got an integer.");
         msgpack_sbuffer_destroy(&sb);
 
         msgpack_sbuffer_init(&sb);
         dh_params(&sb, "model", "m", NULL);
         qd_error_clear(&e);
-        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -EINVAL);
+        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -EINVAL);
         assert_string_equal(e.msg, "Parameter 'prompt' is required.");
         qd_error_clear(&e);
-        assert_int_equal(proto_client_call(c, "Show", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -ENOENT);
+        assert_int_equal(proto_client_call(c, "Show", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -ENOENT);
         assert_non_null(strstr(e.msg, "m:latest' not found"));
         msgpack_sbuffer_destroy(&sb);
 
@@ -129,7 +133,8 @@ static void test_errors_keep_connection(void **state) {
         msgpack_sbuffer_init(&sb);
         dh_params(&sb, "id", "77", NULL);
         qd_error_clear(&e);
-        assert_int_equal(proto_client_call(c, "Cancel", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), -ENOENT);
+        assert_int_equal(proto_client_call(c, "Cancel", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
+                         -ENOENT);
         msgpack_sbuffer_destroy(&sb);
 
         /* After all that the connection still works. */
@@ -158,15 +163,29 @@ static void test_malformed_frames(void **state) {
 
         call_ok(good, "Version", &m);
         expect_frame_error(h, "GET / HTTP/1.1\r\n\r\n", 18, EBADMSG);
-        expect_frame_error(h, "\x94\x00\x00\xa1" "a\x80", 6, EBADMSG);          /* msgid 0 */
-        expect_frame_error(h, "\x94\x01\x01\xc0\xc0", 5, EBADMSG);              /* a response from a client */
-        expect_frame_error(h, "\x94\x00\x01\xa1" "a\x91\x01", 7, EBADMSG);      /* params not a map */
+        expect_frame_error(h,
+                           "\x94\x00\x00\xa1"
+                           "a\x80",
+                           6, EBADMSG);                            /* msgid 0 */
+        expect_frame_error(h, "\x94\x01\x01\xc0\xc0", 5, EBADMSG); /* a response from a client */
+        expect_frame_error(h,
+                           "\x94\x00\x01\xa1"
+                           "a\x91\x01",
+                           7, EBADMSG); /* params not a map */
         /* Over MaxFrameSize=4096, refused from the header alone. */
-        expect_frame_error(h, "\x94\x00\x01\xa1" "a\x81\xa1" "k\xdb\x00\x01\x00\x00", 13, EMSGSIZE);
+        expect_frame_error(h,
+                           "\x94\x00\x01\xa1"
+                           "a\x81\xa1"
+                           "k\xdb\x00\x01\x00\x00",
+                           13, EMSGSIZE);
         /* Over the limit byte by byte: a 5000-byte string arrives whole. */
         size_t n = 5000 + 16;
         _cleanup_free_ uint8_t *big = malloc(n);
-        memcpy(big, "\x94\x00\x01\xa1" "a\x81\xa1" "k\xda\x13\x88", 11);
+        memcpy(big,
+               "\x94\x00\x01\xa1"
+               "a\x81\xa1"
+               "k\xda\x13\x88",
+               11);
         memset(big + 11, 'x', n - 11);
         expect_frame_error(h, big, n, EMSGSIZE);
 
@@ -281,8 +300,8 @@ static void test_many_clients(void **state) {
                         if (!c)
                                 _exit(1);
                         for (int j = 0; j < 50; j++)
-                                if (proto_client_call(c, j % 2 ? "Version" : "List", NULL, 0, NULL, 0, NULL, NULL,
-                                                      &m, &e) < 0)
+                                if (proto_client_call(c, j % 2 ? "Version" : "List", NULL, 0, NULL, 0, NULL,
+                                                      NULL, &m, &e) < 0)
                                         _exit(2);
                         proto_client_free(c);
                         _exit(0);
@@ -307,15 +326,16 @@ static void test_socket_mode(void **state) {
 
         /* A second daemon on the same socket refuses to start. */
         const char *root = getenv("QUANTD_BUILD_ROOT");
-        _cleanup_free_ char *cmd = strdup_printf("%s/daemon/quantd --backend=fake --socket=%s --models=%s "
-                                                 "--config=/dev/null 2>&1 | grep -q 'Another daemon is listening'",
-                                                 root, h->socket, h->models);
+        _cleanup_free_ char *cmd =
+                strdup_printf("%s/daemon/quantd --backend=fake --socket=%s --models=%s "
+                              "--config=/dev/null 2>&1 | grep -q 'Another daemon is listening'",
+                              root, h->socket, h->models);
         assert_int_equal(system(cmd), 0);
 }
 
 /* Reads one sd_notify() datagram into buf. */
 static void read_notify(int fd, char *buf, size_t size) {
-        struct pollfd p = { .fd = fd, .events = POLLIN };
+        struct pollfd p = {.fd = fd, .events = POLLIN};
         assert_int_equal(poll(&p, 1, 10000), 1);
         ssize_t n = recv(fd, buf, size - 1, 0);
         assert_true(n > 0);
@@ -329,7 +349,7 @@ static void test_socket_activation_and_notify(void **state) {
         _cleanup_free_ char *notify = strdup_printf("%s/notify", dir);
         _cleanup_free_ char *models = strdup_printf("--models=%s/models", dir);
         _cleanup_free_ char *quantd = strdup_printf("%s/daemon/quantd", getenv("QUANTD_BUILD_ROOT"));
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
         char buf[512];
 
         /* What systemd does: a listening socket as fd 3, a notification socket. */
@@ -352,8 +372,8 @@ static void test_socket_activation_and_notify(void **state) {
                 setenv("LISTEN_FDS", "1", 1);
                 setenv("LISTEN_PID", pidbuf, 1);
                 setenv("NOTIFY_SOCKET", notify, 1);
-                execl(quantd, quantd, "--backend=fake", "--config=/dev/null", "--socket=/nonexistent/ignored",
-                      models, (char *)NULL);
+                execl(quantd, quantd, "--backend=fake", "--config=/dev/null",
+                      "--socket=/nonexistent/ignored", models, (char *)NULL);
                 _exit(127);
         }
         close(lfd);

@@ -5,10 +5,10 @@
  * model generates the golden greedy ids. Pull and Push errors come back as job errors.
  */
 
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <setjmp.h>
 
 #include <cmocka.h>
 
@@ -26,14 +26,14 @@ typedef struct World {
 } World;
 
 static int setup(void **state) {
-        static const char *const args[] = { "--backend=engine", NULL };
+        static const char *const args[] = {"--backend=engine", NULL};
         World *w = calloc(1, sizeof(World));
         assert_non_null(w);
         snprintf(w->dir, sizeof(w->dir), "/tmp/quantd-dreg-XXXXXX");
         assert_non_null(mkdtemp(w->dir));
         harness_start_registry(&w->registry, w->dir, "registry", NULL);
-        _cleanup_free_ char *config = strdup_printf("[Registry]\nInsecure=%s\n[Scheduler]\nThreads=1\n",
-                                                    w->registry.host);
+        _cleanup_free_ char *config =
+                strdup_printf("[Registry]\nInsecure=%s\n[Scheduler]\nThreads=1\n", w->registry.host);
         assert_int_equal(dh_start(&w->daemon, config, args), 0);
         w->name = strdup_printf("%s/library/stories:v1", w->registry.host);
         *state = w;
@@ -76,8 +76,8 @@ static int call_model(ProtoClient *c, const char *method, const char *model, uns
         msgpack_sbuffer_init(&sb);
         dh_params(&sb, "model", model, NULL);
         qd_error_clear(e);
-        int k = proto_client_call(c, method, sb.data, sb.size, NULL, 0, events ? count_progress : NULL, events, &m,
-                                  e);
+        int k = proto_client_call(c, method, sb.data, sb.size, NULL, 0, events ? count_progress : NULL,
+                                  events, &m, e);
         msgpack_sbuffer_destroy(&sb);
         return k;
 }
@@ -105,7 +105,8 @@ static void test_push_pull_generate(void **state) {
         assert_true(events > 0);
 
         /* The pulled model generates the reference's greedy tokens. */
-        static const int32_t golden[] = { 403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317 };
+        static const int32_t golden[] = {403, 407, 261, 378, 432, 383, 286,
+                                         261, 376, 298, 315, 421, 395, 317};
         msgpack_sbuffer_init(&sb);
         proto_packer_init(&pk, &sb);
         msgpack_pack_map(&pk, 5);
@@ -119,7 +120,8 @@ static void test_push_pull_generate(void **state) {
         proto_pack_kv_double(&pk, "temperature", 0);
         proto_pack_kv_double(&pk, "repeat_penalty", 1.0);
         Tokens t = {};
-        assert_int_equal(proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, collect_tokens, &t, &m, &e), 0);
+        assert_int_equal(
+                proto_client_call(c, "Generate", sb.data, sb.size, NULL, 0, collect_tokens, &t, &m, &e), 0);
         msgpack_sbuffer_destroy(&sb);
         assert_int_equal(t.n, ELEMENTSOF(golden));
         assert_memory_equal(t.ids, golden, sizeof(golden));

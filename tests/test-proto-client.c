@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /* common/proto-client.c: calls, streamed events, error replies, Hello's version check, timeouts, EOF. */
 
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <setjmp.h>
 
 #include <cmocka.h>
 
@@ -105,8 +105,8 @@ static void test_call(void **state) {
         proto_packer_init(&pk, &params);
         assert_int_equal(msgpack_pack_map(&pk, 1), 0);
         assert_int_equal(proto_pack_kv_str(&pk, "model", "m"), 0);
-        assert_int_equal(proto_client_call(p->client, "Generate", params.data, params.size, NULL, 0, count_tokens,
-                                           &tokens, &m, &e),
+        assert_int_equal(proto_client_call(p->client, "Generate", params.data, params.size, NULL, 0,
+                                           count_tokens, &tokens, &m, &e),
                          0);
         msgpack_sbuffer_destroy(&params);
         assert_int_equal(tokens, 3);
@@ -119,7 +119,8 @@ static void test_call(void **state) {
         /* An error reply becomes -errno and its sentence. */
         assert_int_equal(proto_pack_error(&p->pk, 2, ENOENT, "Model 'm' not found."), 0);
         server_flush(p);
-        assert_int_equal(proto_client_call(p->client, "Show", NULL, 0, NULL, 0, NULL, NULL, &m, &e), -ENOENT);
+        assert_int_equal(proto_client_call(p->client, "Show", NULL, 0, NULL, 0, NULL, NULL, &m, &e),
+                         -ENOENT);
         assert_string_equal(e.msg, "Model 'm' not found.");
         server_expect(p, 2, "Show", &req);
         assert_int_equal(req.params->via.map.size, 0);
@@ -128,14 +129,16 @@ static void test_call(void **state) {
         qd_error_clear(&e);
         assert_int_equal(proto_pack_error(&p->pk, 0, EBADMSG, "Malformed frame."), 0);
         server_flush(p);
-        assert_int_equal(proto_client_call(p->client, "List", NULL, 0, NULL, 0, NULL, NULL, NULL, &e), -EBADMSG);
+        assert_int_equal(proto_client_call(p->client, "List", NULL, 0, NULL, 0, NULL, NULL, NULL, &e),
+                         -EBADMSG);
         assert_string_equal(e.msg, "Malformed frame.");
 
         /* An event handler's error aborts the wait. */
         assert_int_equal(proto_pack_notification_begin(&p->pk, "token", 4, 0), 0);
         server_flush(p);
-        assert_int_equal(proto_client_call(p->client, "Generate", NULL, 0, NULL, 0, refuse_event, NULL, NULL, &e),
-                         -ECANCELED);
+        assert_int_equal(
+                proto_client_call(p->client, "Generate", NULL, 0, NULL, 0, refuse_event, NULL, NULL, &e),
+                -ECANCELED);
 }
 
 static void test_descriptors(void **state) {
@@ -203,7 +206,8 @@ static void test_eof(void **state) {
 
         p->server = safe_close(p->server);
         assert_int_equal(proto_client_read(p->client, -1, &m, &e), -ECONNRESET);
-        assert_int_equal(proto_client_call(p->client, "List", NULL, 0, NULL, 0, NULL, NULL, NULL, &e), -EPIPE);
+        assert_int_equal(proto_client_call(p->client, "List", NULL, 0, NULL, 0, NULL, NULL, NULL, &e),
+                         -EPIPE);
 }
 
 static void test_connect(void **state) {
@@ -214,7 +218,7 @@ static void test_connect(void **state) {
 
         assert_int_equal(proto_client_connect(sock, &c), -ENOENT);
         int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
         strcpy(sa.sun_path, sock);
         assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
         assert_int_equal(listen(fd, 1), 0);

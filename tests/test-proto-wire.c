@@ -1,10 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /* common/proto.c: framing round trips, malformed and over-limit frames, typed params, descriptor passing. */
 
+#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <setjmp.h>
 
 #include <cmocka.h>
 
@@ -95,9 +95,10 @@ static void test_round_trip(void **state) {
                                         double temperature;
                                 } a = {};
                                 const ProtoField f[] = {
-                                        { "model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true },
-                                        { "stream", PROTO_FIELD_BOOL, offsetof(typeof(a), stream) },
-                                        { "temperature", PROTO_FIELD_DOUBLE, offsetof(typeof(a), temperature) },
+                                        {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true},
+                                        {"stream", PROTO_FIELD_BOOL, offsetof(typeof(a), stream)},
+                                        {"temperature", PROTO_FIELD_DOUBLE,
+                                         offsetof(typeof(a), temperature)},
                                         {},
                                 };
                                 assert_int_equal(proto_dispatch(m.params, f, &a, m.zone, &e), 0);
@@ -139,22 +140,43 @@ static void test_round_trip(void **state) {
 static void test_malformed(void **state) {
         /* Not an array: HTTP, a map, an integer; a byte msgpack never uses. */
         expect_bad("GET / HTTP/1.1\r\n", 16, 0, EBADMSG, "must be a msgpack array");
-        expect_bad("\x81\xa1" "a\x01", 4, 0, EBADMSG, "must be a msgpack array");
+        expect_bad("\x81\xa1"
+                   "a\x01",
+                   4, 0, EBADMSG, "must be a msgpack array");
         expect_bad("\x93\xc1\x01\x02", 4, 0, EBADMSG, "is not msgpack");
         /* Shapes. */
         expect_bad("\x90", 1, 0, EBADMSG, "starts with its type");
-        expect_bad("\x94\x05\x01\xa1" "a\x80", 6, 0, EBADMSG, "starts with its type");
-        expect_bad("\x93\x00\x01\xa1" "a", 5, 0, EBADMSG, "a request is [0, msgid, method, params]");
-        expect_bad("\x94\x00\x00\xa1" "a\x80", 6, 0, EBADMSG, "msgid must be an integer");
-        expect_bad("\x94\x00\xa1" "1\xa1" "a\x80", 7, 0, EBADMSG, "msgid must be an integer");
-        expect_bad("\x94\x00\xcf\x00\x00\x00\x01\x00\x00\x00\x00\xa1" "a\x80", 14, 0, EBADMSG, "msgid");
+        expect_bad("\x94\x05\x01\xa1"
+                   "a\x80",
+                   6, 0, EBADMSG, "starts with its type");
+        expect_bad("\x93\x00\x01\xa1"
+                   "a",
+                   5, 0, EBADMSG, "a request is [0, msgid, method, params]");
+        expect_bad("\x94\x00\x00\xa1"
+                   "a\x80",
+                   6, 0, EBADMSG, "msgid must be an integer");
+        expect_bad("\x94\x00\xa1"
+                   "1\xa1"
+                   "a\x80",
+                   7, 0, EBADMSG, "msgid must be an integer");
+        expect_bad("\x94\x00\xcf\x00\x00\x00\x01\x00\x00\x00\x00\xa1"
+                   "a\x80",
+                   14, 0, EBADMSG, "msgid");
         expect_bad("\x94\x00\x01\x05\x80", 5, 0, EBADMSG, "method must be a string, got an integer");
         expect_bad("\x94\x00\x01\xa0\x80", 5, 0, EBADMSG, "method must be 1 to");
-        expect_bad("\x94\x00\x01\xa2" "a\0\x80", 7, 0, EBADMSG, "without NUL");
-        expect_bad("\x94\x00\x01\xa1" "a\x91\x01", 7, 0, EBADMSG, "params of 'a' must be a map, got an array");
+        expect_bad("\x94\x00\x01\xa2"
+                   "a\0\x80",
+                   7, 0, EBADMSG, "without NUL");
+        expect_bad("\x94\x00\x01\xa1"
+                   "a\x91\x01",
+                   7, 0, EBADMSG, "params of 'a' must be a map, got an array");
         expect_bad("\x94\x01\x01\x80\xc0", 5, 0, EBADMSG, "string 'code'");
-        expect_bad("\x93\x02\xa1" "e\x01", 5, 0, EBADMSG, "event 'e' must be a map");
-        expect_bad("\x92\x02\xa1" "e", 4, 0, EBADMSG, "a notification is");
+        expect_bad("\x93\x02\xa1"
+                   "e\x01",
+                   5, 0, EBADMSG, "event 'e' must be a map");
+        expect_bad("\x92\x02\xa1"
+                   "e",
+                   4, 0, EBADMSG, "a notification is");
 
         char name[PROTO_NAME_MAX + 8];
         name[0] = '\x94';
@@ -173,7 +195,10 @@ static void test_malformed(void **state) {
         expect_bad(deep, sizeof(deep), 0, EBADMSG, "nested deeper");
 
         /* An unknown error code still decodes as an error. */
-        _cleanup_(proto_reader_freep) ProtoReader *r = reader_with("\x94\x01\x03\x81\xa4" "code\xa4" "EWHY\xc0", 16, 0);
+        _cleanup_(proto_reader_freep) ProtoReader *r = reader_with("\x94\x01\x03\x81\xa4"
+                                                                   "code\xa4"
+                                                                   "EWHY\xc0",
+                                                                   16, 0);
         ProtoMessage m;
         assert_int_equal(proto_reader_next(r, &m, NULL), 1);
         assert_int_equal(m.error, EPROTO);
@@ -184,7 +209,9 @@ static void test_limits(void **state) {
         /* A header that claims more than the limit is refused at once, before its bytes arrive. */
         expect_bad("\xdd\xff\xff\xff\xff", 5, 0, EMSGSIZE, "Frame too large");
         expect_bad("\x94\x00\x01\xdb\x7f\xff\xff\xff", 8, 4096, EMSGSIZE, "limit is 4096 bytes");
-        expect_bad("\x94\x00\x01\xa1" "a\xdf\x00\x00\x10\x00", 10, 4096, EMSGSIZE, "Frame too large");
+        expect_bad("\x94\x00\x01\xa1"
+                   "a\xdf\x00\x00\x10\x00",
+                   10, 4096, EMSGSIZE, "Frame too large");
 
         /* A frame that grows past the limit piece by piece. */
         _cleanup_(proto_reader_freep) ProtoReader *r = NULL;
@@ -204,7 +231,7 @@ static void test_limits(void **state) {
         assert_int_equal(fed, 101);
 
         /* Exactly at the limit is fine. */
-        uint8_t frame[64] = { 0x94, 0x00, 0x01, 0xa1, 'a', 0x81, 0xa1, 'k', 0xd9, 64 - 10 };
+        uint8_t frame[64] = {0x94, 0x00, 0x01, 0xa1, 'a', 0x81, 0xa1, 'k', 0xd9, 64 - 10};
         memset(frame + 10, 'v', sizeof(frame) - 10);
         _cleanup_(proto_reader_freep) ProtoReader *ok = reader_with(frame, sizeof(frame), 64);
         assert_int_equal(proto_reader_next(ok, &m, &e), 1);
@@ -212,7 +239,7 @@ static void test_limits(void **state) {
         assert_int_equal(proto_reader_new(&over, 63), -EINVAL);
         assert_int_equal(proto_reader_new(&over, PROTO_FRAME_MIN - 1), -EINVAL);
         /* One byte more is not. */
-        uint8_t big[65] = { 0x94, 0x00, 0x01, 0xa1, 'a', 0x81, 0xa1, 'k', 0xd9, 65 - 10 };
+        uint8_t big[65] = {0x94, 0x00, 0x01, 0xa1, 'a', 0x81, 0xa1, 'k', 0xd9, 65 - 10};
         memset(big + 10, 'v', sizeof(big) - 10);
         expect_bad(big, sizeof(big), 64, EMSGSIZE, "limit is 64 bytes");
 }
@@ -253,17 +280,18 @@ static void test_dispatch(void **state) {
                 float f;
                 const msgpack_object *m, *any;
                 bool b;
-        } a = { .absent = "default", .b = true };
-#define F(n, t, fld) { n, t, offsetof(typeof(a), fld) }
+        } a = {.absent = "default", .b = true};
+#define F(n, t, fld) \
+        { n, t, offsetof(typeof(a), fld) }
         const ProtoField good[] = {
-                F("s", PROTO_FIELD_STRING, s),        F("u32", PROTO_FIELD_U32, u32),
-                F("u64", PROTO_FIELD_U64, u64),       F("i32", PROTO_FIELD_I32, i32),
-                F("i64", PROTO_FIELD_I64, i64),       F("d", PROTO_FIELD_DOUBLE, d),
-                F("f", PROTO_FIELD_FLOAT, f),         F("dur", PROTO_FIELD_DURATION, dur),
+                F("s", PROTO_FIELD_STRING, s),         F("u32", PROTO_FIELD_U32, u32),
+                F("u64", PROTO_FIELD_U64, u64),        F("i32", PROTO_FIELD_I32, i32),
+                F("i64", PROTO_FIELD_I64, i64),        F("d", PROTO_FIELD_DOUBLE, d),
+                F("f", PROTO_FIELD_FLOAT, f),          F("dur", PROTO_FIELD_DURATION, dur),
                 F("dur2", PROTO_FIELD_DURATION, dur2), F("dur3", PROTO_FIELD_DURATION, dur3),
-                F("fd", PROTO_FIELD_FD, fd),          F("m", PROTO_FIELD_MAP, m),
-                F("nil", PROTO_FIELD_BOOL, b),        F("absent", PROTO_FIELD_STRING, absent),
-                F("s", PROTO_FIELD_ANY, any),         {},
+                F("fd", PROTO_FIELD_FD, fd),           F("m", PROTO_FIELD_MAP, m),
+                F("nil", PROTO_FIELD_BOOL, b),         F("absent", PROTO_FIELD_STRING, absent),
+                F("s", PROTO_FIELD_ANY, any),          {},
         };
         assert_int_equal(proto_dispatch(m.params, good, &a, m.zone, &e), 0);
         assert_string_equal(a.s, "text");
@@ -286,33 +314,42 @@ static void test_dispatch(void **state) {
                 ProtoField field;
                 const char *message;
         } bad[] = {
-                { F("s", PROTO_FIELD_U32, u32), "Parameter 's' must be an integer from 0 to 4294967295, got a string." },
-                { F("u64", PROTO_FIELD_U32, u32), "Parameter 'u64' must be an integer from 0 to 4294967295, got one out of range." },
-                { F("i64", PROTO_FIELD_U64, u64), "Parameter 'i64' must be a non-negative integer, got one out of range." },
-                { F("u32", PROTO_FIELD_I32, i32), "Parameter 'u32' must be a 32-bit integer, got one out of range." },
-                { F("u64", PROTO_FIELD_I64, i64), "Parameter 'u64' must be an integer, got one out of range." },
-                { F("f", PROTO_FIELD_I64, i64), "Parameter 'f' must be an integer, got a float." },
-                { F("s", PROTO_FIELD_DURATION, dur), "Parameter 's' must be a duration (seconds or a string like \"5m\"), got \"text\"." },
-                { F("m", PROTO_FIELD_DURATION, dur), "Parameter 'm' must be a duration (seconds or a string like \"5m\"), got a map." },
-                { F("s", PROTO_FIELD_BOOL, b), "Parameter 's' must be a boolean, got a string." },
-                { F("m", PROTO_FIELD_ARRAY, any), "Parameter 'm' must be an array, got a map." },
-                { F("s", PROTO_FIELD_MAP, m), "Parameter 's' must be a map, got a string." },
-                { F("d", PROTO_FIELD_STRING, s), "Parameter 'd' must be a string, got an integer." },
-                { F("s", PROTO_FIELD_DOUBLE, d), "Parameter 's' must be a number, got a string." },
-                { F("f", PROTO_FIELD_FD, fd), "Parameter 'f' must be a descriptor index (a non-negative integer), got a float." },
-                { { "nil", PROTO_FIELD_STRING, offsetof(typeof(a), s), true }, "Parameter 'nil' is required." },
-                { { "missing", PROTO_FIELD_U32, offsetof(typeof(a), u32), true }, "Parameter 'missing' is required." },
+                {F("s", PROTO_FIELD_U32, u32),
+                 "Parameter 's' must be an integer from 0 to 4294967295, got a string."},
+                {F("u64", PROTO_FIELD_U32, u32),
+                 "Parameter 'u64' must be an integer from 0 to 4294967295, got one out of range."},
+                {F("i64", PROTO_FIELD_U64, u64),
+                 "Parameter 'i64' must be a non-negative integer, got one out of range."},
+                {F("u32", PROTO_FIELD_I32, i32),
+                 "Parameter 'u32' must be a 32-bit integer, got one out of range."},
+                {F("u64", PROTO_FIELD_I64, i64),
+                 "Parameter 'u64' must be an integer, got one out of range."},
+                {F("f", PROTO_FIELD_I64, i64), "Parameter 'f' must be an integer, got a float."},
+                {F("s", PROTO_FIELD_DURATION, dur),
+                 "Parameter 's' must be a duration (seconds or a string like \"5m\"), got \"text\"."},
+                {F("m", PROTO_FIELD_DURATION, dur),
+                 "Parameter 'm' must be a duration (seconds or a string like \"5m\"), got a map."},
+                {F("s", PROTO_FIELD_BOOL, b), "Parameter 's' must be a boolean, got a string."},
+                {F("m", PROTO_FIELD_ARRAY, any), "Parameter 'm' must be an array, got a map."},
+                {F("s", PROTO_FIELD_MAP, m), "Parameter 's' must be a map, got a string."},
+                {F("d", PROTO_FIELD_STRING, s), "Parameter 'd' must be a string, got an integer."},
+                {F("s", PROTO_FIELD_DOUBLE, d), "Parameter 's' must be a number, got a string."},
+                {F("f", PROTO_FIELD_FD, fd),
+                 "Parameter 'f' must be a descriptor index (a non-negative integer), got a float."},
+                {{"nil", PROTO_FIELD_STRING, offsetof(typeof(a), s), true}, "Parameter 'nil' is required."},
+                {{"missing", PROTO_FIELD_U32, offsetof(typeof(a), u32), true},
+                 "Parameter 'missing' is required."},
         };
         for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
-                const ProtoField t[] = { bad[i].field, {} };
+                const ProtoField t[] = {bad[i].field, {}};
                 qd_error_clear(&e);
                 assert_int_equal(proto_dispatch(m.params, t, &a, m.zone, &e), -EINVAL);
                 assert_string_equal(e.msg, bad[i].message);
         }
 #undef F
         /* params that are not a map; nil params are an empty map. */
-        msgpack_object arr = { .type = MSGPACK_OBJECT_ARRAY }, nil = { .type = MSGPACK_OBJECT_NIL };
-        const ProtoField none[] = { {} };
+        msgpack_object arr = {.type = MSGPACK_OBJECT_ARRAY}, nil = {.type = MSGPACK_OBJECT_NIL};
+        const ProtoField none[] = {{}};
         qd_error_clear(&e);
         assert_int_equal(proto_dispatch(&arr, none, &a, m.zone, &e), -EINVAL);
         assert_string_equal(e.msg, "Parameters must be a map, got an array.");
@@ -328,7 +365,7 @@ static void test_dispatch(void **state) {
         assert_int_equal(msgpack_pack_str_with_body(&p.pk, "a\0b", 3), 0);
         _cleanup_(proto_reader_freep) ProtoReader *r2 = reader_with(p.sb.data, p.sb.size, 0);
         assert_int_equal(proto_reader_next(r2, &m, &e), 1);
-        const ProtoField sf[] = { { "s", PROTO_FIELD_STRING, 0 }, {} };
+        const ProtoField sf[] = {{"s", PROTO_FIELD_STRING, 0}, {}};
         const char *s = NULL;
         qd_error_clear(&e);
         assert_int_equal(proto_dispatch(m.params, sf, &s, m.zone, &e), -EINVAL);
@@ -370,7 +407,7 @@ static void test_fd_passing(void **state) {
         pack_request(&a, 1, 0);
         pack_request(&b, 2, 1);
         assert_int_equal(proto_send(sv[0], a.sb.data, a.sb.size, NULL, 0), (ssize_t)a.sb.size);
-        int fds[2] = { pa[0], pb[0] };
+        int fds[2] = {pa[0], pb[0]};
         assert_int_equal(proto_send(sv[0], b.sb.data, b.sb.size, fds, 2), (ssize_t)b.sb.size);
         safe_close(pa[0]);
         safe_close(pb[0]);
@@ -408,10 +445,11 @@ static void test_fd_passing(void **state) {
                 struct cmsghdr h;
                 uint8_t space[CMSG_SPACE(sizeof(many))];
         } control = {};
-        struct iovec iov = { .iov_base = a.sb.data, .iov_len = a.sb.size };
-        struct msghdr mh = {
-                .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control, .msg_controllen = sizeof(control)
-        };
+        struct iovec iov = {.iov_base = a.sb.data, .iov_len = a.sb.size};
+        struct msghdr mh = {.msg_iov = &iov,
+                            .msg_iovlen = 1,
+                            .msg_control = &control,
+                            .msg_controllen = sizeof(control)};
         struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
         c->cmsg_level = SOL_SOCKET;
         c->cmsg_type = SCM_RIGHTS;

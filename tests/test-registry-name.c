@@ -132,7 +132,8 @@ static void test_config(void **state) {
                             "[Registry]\n"
                             "DefaultHost = localhost:5000\n"
                             "Insecure=localhost:5000\nInsecure=127.0.0.1:5001\n"
-                            "ParallelParts=8\nPartSize=16M\nMaxBandwidth=10M\nStallTimeout=5s\n"
+                            "ParallelParts=8\nLoopbackParallelParts=2\nPartSize=16M\nMaxBandwidth=10M\n"
+                            "StallTimeout=5s\n"
                             "Retries=3\nBackoff=100ms\nPushChunkSize=1M\nPruneGrace=2h\nImportMaxBytes=1G\n"
                             "CAFile=/etc/ssl/x.pem\n"
                             "[Credentials]\nlocalhost:5000=alice:se:cret\n"
@@ -145,6 +146,7 @@ static void test_config(void **state) {
         assert_string_equal(c.insecure_hosts[1], "127.0.0.1:5001");
         assert_null(c.insecure_hosts[2]);
         assert_int_equal(c.parallel_parts, 8);
+        assert_int_equal(c.loopback_parallel_parts, 2);
         assert_true(c.part_size == 16ULL << 20);
         assert_true(c.max_bandwidth == 10ULL << 20);
         assert_int_equal(c.stall_timeout_s, 5);
@@ -178,11 +180,48 @@ static void test_config(void **state) {
         free(p);
 }
 
+static void test_config_parallel_parts(void **state) {
+        static const struct {
+                const char *host;
+                unsigned parts;
+        } cases[] = {
+                {"localhost", 1},
+                {"localhost:5000", 1},
+                {"127.0.0.1:5000", 1},
+                {"127.1.2.3", 1},
+                {"[::1]:5000", 1},
+                {"registry.ollama.ai", 4},
+                {"10.0.0.1:5000", 4},
+                {"128.0.0.1", 4},
+                {"localhost.example.com", 4},
+                {"127.0.0.1.example", 4},
+                {"[::2]:5000", 4},
+                {"[", 4},
+                {":5000", 4},
+        };
+        RegistryConfig c;
+
+        registry_config_init(&c);
+        /* The defaults: one connection over loopback, four over the network. */
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                unsigned got = registry_config_parallel_parts(&c, cases[i].host);
+                if (got != cases[i].parts)
+                        fail_msg("%s: %u parts, expected %u", cases[i].host, got, cases[i].parts);
+        }
+        c.parallel_parts = 7;
+        c.loopback_parallel_parts = 3;
+        assert_int_equal(registry_config_parallel_parts(&c, "127.0.0.1:1"), 3);
+        assert_int_equal(registry_config_parallel_parts(&c, "example.com"), 7);
+        registry_config_done(&c);
+}
+
 static void test_config_errors(void **state) {
         static const char *const bad[] = {
                 "[Registry]\nNoSuchKey=1\n",
                 "[Registry]\nParallelParts=0\n",
                 "[Registry]\nParallelParts=many\n",
+                "[Registry]\nLoopbackParallelParts=0\n",
+                "[Registry]\nLoopbackParallelParts=65\n",
                 "[Registry]\nPartSize=12Q\n",
                 "[Registry]\nPartSize=100\n",
                 "[Registry]\nStallTimeout=0\n",
@@ -309,9 +348,13 @@ static void test_manifest_errors(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_defaults),        cmocka_unit_test(test_bad_names),
-                cmocka_unit_test(test_format),          cmocka_unit_test(test_config),
-                cmocka_unit_test(test_config_errors),   cmocka_unit_test(test_manifest),
+                cmocka_unit_test(test_defaults),
+                cmocka_unit_test(test_bad_names),
+                cmocka_unit_test(test_format),
+                cmocka_unit_test(test_config),
+                cmocka_unit_test(test_config_parallel_parts),
+                cmocka_unit_test(test_config_errors),
+                cmocka_unit_test(test_manifest),
                 cmocka_unit_test(test_manifest_errors),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

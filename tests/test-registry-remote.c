@@ -126,7 +126,9 @@ static Local *local_new(const char *name) {
         l->config.insecure_hosts[1] = strdup(W.auth_registry.host);
         l->config.insecure_hosts[2] = strdup(W.registry.host);
         l->config.part_size = 256 * 1024;
+        /* The proxy is on loopback: four parts there too, so that the tests see parallel parts. */
         l->config.parallel_parts = 4;
+        l->config.loopback_parallel_parts = 4;
         l->config.backoff_ms = 20;
         l->config.max_retries = 4;
         l->config.stall_timeout_s = 2;
@@ -803,6 +805,37 @@ typedef struct Events {
         size_t n;
 } Events;
 
+static void test_loopback_one_connection(void **state) {
+        Local *a = local_new("lo-a"), *b = local_new("lo-b"), *c = local_new("lo-c");
+        RegistryName n = name_of(b, "test/loopback:v1");
+        QdError e = {};
+
+        create_big(a, "test/loopback:v1", (6U << 20) + 12345);
+        push(a, "test/loopback:v1", NULL);
+
+        /* The default for a registry on this machine: one ranged request at a time. */
+        b->config.loopback_parallel_parts = 1;
+        assert_int_equal(pull(b, "test/loopback:v1", NULL, &e), 0);
+        assert_int_equal(proxy_stat("max_blob_streams"), 1);
+        assert_int_equal(registry_store_verify(b->store, &n, &e), 0);
+
+        /* More when configured: 25 parts of 256 KiB, four at a time. */
+        proxy("/__reset");
+        assert_int_equal(pull(c, "test/loopback:v1", NULL, &e), 0);
+        uint64_t streams = proxy_stat("max_blob_streams");
+        assert_true(streams >= 2 && streams <= 4);
+        assert_int_equal(registry_store_verify(c->store, &n, &e), 0);
+        RegistryManifest *m = NULL;
+        assert_int_equal(registry_store_show(a->store, &n, &m, NULL, &e), 0);
+        const char *digest = registry_manifest_find_layer(m, REGISTRY_MEDIA_MODEL)->digest;
+        assert_same_blob_bytes(a, b, digest);
+        assert_same_blob_bytes(a, c, digest);
+        registry_manifest_free(m);
+        local_free(a);
+        local_free(b);
+        local_free(c);
+}
+
 static void record(const RegistryProgress *p, void *userdata) {
         Events *ev = userdata;
         if (ev->n == ELEMENTSOF(ev->kinds))
@@ -867,6 +900,7 @@ int main(void) {
                 cmocka_unit_test_setup(test_tls_verified, reset_proxy),
                 cmocka_unit_test_setup(test_bandwidth_cap, reset_proxy),
                 cmocka_unit_test_setup(test_progress_events, reset_proxy),
+                cmocka_unit_test_setup(test_loopback_one_connection, reset_proxy),
         };
         return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

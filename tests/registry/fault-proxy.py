@@ -5,7 +5,8 @@
 Forwards every request to the registry at --upstream and counts the blob bytes it sends back, so that a test can
 show that a resumed pull transferred less. Faults are armed through control requests:
 
-  GET  /__stats                          {"blob_bytes": N, "blob_requests": N, "token_requests": N}
+  GET  /__stats                          {"blob_bytes": N, "blob_requests": N, "token_requests": N,
+                                          "max_blob_streams": N (most blob bodies sent at once)}
   POST /__reset                          zero the counters, disarm every fault, leave bearer mode
   POST /__fault?mode=M&count=N&after=B&seconds=S
         corrupt   flip one byte of the blob body at offset B          (N responses)
@@ -51,6 +52,8 @@ class State:
     def reset(self):
         self.blob_bytes = 0
         self.blob_requests = 0
+        self.blob_streams = 0
+        self.max_blob_streams = 0
         self.token_requests = 0
         self.faults = []  # [mode, remaining, after, seconds]
         self.bearer = False
@@ -93,7 +96,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if path == "/__stats":
             with STATE.lock:
                 return self.send_json(200, {"blob_bytes": STATE.blob_bytes, "blob_requests": STATE.blob_requests,
-                                            "token_requests": STATE.token_requests})
+                                            "token_requests": STATE.token_requests,
+                                            "max_blob_streams": STATE.max_blob_streams})
         if path == "/__reset":
             with STATE.lock:
                 STATE.reset()
@@ -193,7 +197,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(data)
             conn.close()
             return
-        self.stream(resp, int(resp_len), is_blob and 200 <= resp.status < 300, fault)
+        counted = is_blob and 200 <= resp.status < 300
+        if counted:
+            with STATE.lock:
+                STATE.blob_streams += 1
+                STATE.max_blob_streams = max(STATE.max_blob_streams, STATE.blob_streams)
+        try:
+            self.stream(resp, int(resp_len), counted, fault)
+        finally:
+            if counted:
+                with STATE.lock:
+                    STATE.blob_streams -= 1
         conn.close()
 
     def take_norange(self):
