@@ -3,12 +3,14 @@
 
 /*
  * quant: turns float weights into GGUF's quantized types, picks a type per tensor the way llama-quantize's
- * mixtures do (Q4_K_M, …), and rewrites whole GGUF files.
+ * mixtures do (Q4_K_M, …), rewrites whole GGUF files, and converts Hugging Face model folders (safetensors,
+ * config.json, tokenizer.json) to GGUF.
  *
  * Thread safety: the row functions and the type choice are pure and may be called from any thread at once.
  * quant_file() runs on the calling thread plus the worker threads it starts and joins itself (with every
  * signal blocked); its progress callback is called on the calling thread. quant_eval() runs the models on the
- * calling thread, which must be the only one using them meanwhile.
+ * calling thread, which must be the only one using them meanwhile. A Safetensors object may be read from any
+ * thread once opened; quant_convert_hf() runs on the calling thread.
  */
 
 #include <stdatomic.h>

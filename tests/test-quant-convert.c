@@ -121,7 +121,7 @@ static void check_logits(int fd, const char *reference, double tolerance) {
 static void test_logits(void **state) {
         int fd = convert(NULL);
 
-        check_logits(fd, "hf-tiny-llama.logits", 1e-3);
+        check_logits(fd, "hf-tiny-llama.logits", 1e-4);
         close(fd);
 }
 
@@ -132,7 +132,7 @@ static void test_logits_f32(void **state) {
 
         p.out_type = GGML_TYPE_F32;
         fd = convert(&p);
-        check_logits(fd, "hf-tiny-llama.logits", 1e-3);
+        check_logits(fd, "hf-tiny-llama.logits", 1e-4);
         close(fd);
 }
 
@@ -143,7 +143,7 @@ static void test_qwen2(void **state) {
         float f;
         int fd = convert_folder("hf-tiny-qwen2", NULL);
 
-        check_logits(fd, "hf-tiny-qwen2.logits", 1e-3);
+        check_logits(fd, "hf-tiny-qwen2.logits", 1e-4);
         assert_int_equal(gguf_open_fd(fd, &g, NULL), 0);
         t = gguf_find_tensor(g, "output.weight");
         assert_non_null(t);
@@ -537,6 +537,23 @@ static void test_rope_scaling(void **state) {
         expect_error(f, EOPNOTSUPP, "RoPE scaling 'yarn'");
 }
 
+static void test_rope_linear(void **state) {
+        Folder *f = *state;
+        _cleanup_free_ char *s = NULL;
+        _cleanup_(gguf_freep) Gguf *g = NULL;
+        float factor;
+        int fd = memfd_create("converted", MFD_CLOEXEC);
+
+        edit(f, "config.json", "\"rope_type\": \"default\"", "\"rope_type\": \"linear\", \"factor\": 4.0");
+        assert_int_equal(quant_convert_hf(f->dirfd, fd, NULL, NULL), 0);
+        assert_int_equal(gguf_open_fd(fd, &g, NULL), 0);
+        assert_int_equal(gguf_get_string(g, "llama.rope.scaling.type", &s), 0);
+        assert_string_equal(s, "linear");
+        assert_int_equal(gguf_get_f32(g, "llama.rope.scaling.factor", &factor), 0);
+        assert_float_equal(factor, 4.0f, 0);
+        close(fd);
+}
+
 static void test_bad_merges(void **state) {
         Folder *f = *state;
 
@@ -594,6 +611,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_template_in_config, setup_folder, teardown_folder),
                 cmocka_unit_test_setup_teardown(test_bad_params, setup_folder, teardown_folder),
                 cmocka_unit_test_setup_teardown(test_rope_scaling, setup_folder, teardown_folder),
+                cmocka_unit_test_setup_teardown(test_rope_linear, setup_folder, teardown_folder),
                 cmocka_unit_test_setup_teardown(test_bad_merges, setup_folder, teardown_folder),
                 cmocka_unit_test_setup_teardown(test_bad_token_id, setup_folder, teardown_folder),
                 cmocka_unit_test_setup_teardown(test_duplicate_token_id, setup_folder, teardown_folder),
