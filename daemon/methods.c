@@ -258,10 +258,29 @@ static void store_progress(const char *status, const char *digest, uint64_t comp
         job_progress(userdata, status, digest, total, completed);
 }
 
+/* Quantization's progress in source bytes, so that a client can show a rate and the time left; the status
+ * names the tensor. */
+typedef struct QuantProgress {
+        Job *job;
+        const Gguf *src;
+        uint64_t done, total;
+} QuantProgress;
+
+static void quant_progress_init(QuantProgress *q, Job *j, const Gguf *src) {
+        *q = (QuantProgress){.job = j, .src = src};
+        for (uint64_t i = 0; i < src->n_tensors; i++)
+                q->total += src->tensors[i].size;
+        job_progress(j, "quantizing", NULL, q->total, 0);
+}
+
 static void quant_progress(void *userdata, size_t i, size_t n, const char *name, uint32_t type) {
+        QuantProgress *q = userdata;
         char status[128];
+
+        if (i < q->src->n_tensors)
+                q->done += q->src->tensors[i].size;
         snprintf(status, sizeof(status), "quantizing %s to %s", name, ggml_type_name(type));
-        job_progress(userdata, status, NULL, n, i + 1);
+        job_progress(q->job, status, NULL, q->total, MIN(q->done, q->total));
 }
 
 /* Writes the quantized model to an unnamed file in the store's directory; returns its descriptor. */
@@ -281,8 +300,10 @@ static int quantize_to_tmpfile(Job *j, CreateJob *c, QdError *err) {
         p.mixture = (QuantMixture)c->quantize;
         p.n_threads = c->manager->config.threads;
         p.cancel = job_cancel_flag(j);
+        QuantProgress qp;
+        quant_progress_init(&qp, j, src);
         p.progress = quant_progress;
-        p.userdata = j;
+        p.userdata = &qp;
         k = quant_file(src, out, &p, err);
         if (k < 0)
                 return k;
@@ -636,9 +657,6 @@ typedef struct QuantizeJob {
         QuantParams params;
         QuantOverride *overrides; /* (n_overrides), patterns owned */
         size_t n_overrides;
-        Job *job;
-        const Gguf *gguf;     /* the source, while the job runs */
-        uint64_t done, total; /* source bytes */
 } QuantizeJob;
 
 static void quantize_job_free(void *userdata) {
@@ -651,38 +669,23 @@ static void quantize_job_free(void *userdata) {
         free(q);
 }
 
-/* Progress in source bytes, so that qctl shows a rate and the time left; the status names the tensor. */
-static void quantize_progress(void *userdata, size_t i, size_t n, const char *name, uint32_t type) {
-        QuantizeJob *q = userdata;
-        char status[128];
-
-        if (i < q->gguf->n_tensors)
-                q->done += q->gguf->tensors[i].size;
-        snprintf(status, sizeof(status), "quantizing %s to %s", name, ggml_type_name(type));
-        job_progress(q->job, status, NULL, q->total, MIN(q->done, q->total));
-}
-
 static int quantize_job_run(Job *j, void *userdata, QdError *err) {
         QuantizeJob *q = userdata;
         _cleanup_(gguf_freep) Gguf *src = NULL;
+        QuantProgress qp;
         struct stat st;
         int k;
 
         k = gguf_open_fd(q->src, &src, err);
         if (k < 0)
                 return k;
-        q->job = j;
-        q->gguf = src;
-        for (uint64_t i = 0; i < src->n_tensors; i++)
-                q->total += src->tensors[i].size;
+        quant_progress_init(&qp, j, src);
         q->params.cancel = job_cancel_flag(j);
-        q->params.progress = quantize_progress;
-        q->params.userdata = q;
+        q->params.progress = quant_progress;
+        q->params.userdata = &qp;
         q->params.overrides = q->overrides;
         q->params.n_overrides = q->n_overrides;
-        job_progress(j, "quantizing", NULL, q->total, 0);
         k = quant_file(src, q->dst, &q->params, err);
-        q->gguf = NULL;
         if (k < 0)
                 return k;
         if (fsync(q->dst) < 0 && errno != EINVAL)

@@ -427,6 +427,15 @@ static void test_quantize(void **state) {
         assert_non_null(strstr(r.out, "\nmean KLD           0."));
         result_done(&r);
 
+        /* create -q shows the same single progress line, counted in source bytes (1.2 MB of F32 tensors). */
+        _cleanup_free_ char *mf_text = strdup_printf("FROM %s\n", src);
+        _cleanup_free_ char *mf = write_file(h, "Modelfile.q", mf_text);
+        r = run_qctl(h, "create", "storiesq", "-f", mf, "-q", "Q8_0");
+        if (r.status != 0)
+                fail_msg("qctl create -q failed (%d): %s", r.status, r.err);
+        assert_non_null(strstr(r.err, "quantizing: 1.2 MB\nquantizing: done\n"));
+        result_done(&r);
+
         /* Errors: one sentence each, the documented exit code, and no file left behind. */
         _cleanup_free_ char *other = strdup_printf("%s/other.gguf", h->dir);
         r = run_qctl(h, "quantize", src, other, "q9_x");
