@@ -412,6 +412,88 @@ static void test_quantize_eval_params(void **state) {
         close(pipefd[1]);
 }
 
+/* Sends Eval of SmolLM2 on the perplexity text and waits until the job scores its first chunk. */
+static uint64_t start_slow_eval(ProtoClient *c, int model, int text) {
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        uint64_t msgid;
+        ProtoMessage m;
+        QdError e = {};
+
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 3);
+        proto_pack_kv_u64(&pk, "text", 0);
+        proto_pack_kv_u64(&pk, "model_fd", 1);
+        proto_pack_kv_u64(&pk, "n_ctx", 32);
+        assert_int_equal(proto_client_send(c, "Eval", sb.data, sb.size, (int[]){text, model}, 2, &msgid), 0);
+        msgpack_sbuffer_destroy(&sb);
+        for (;;) {
+                assert_int_equal(proto_client_read(c, 60000, &m, &e), 1);
+                if (m.type == PROTO_RESPONSE)
+                        fail_msg("Eval ended before its first chunk: %s", strna(m.error_message));
+                const msgpack_object *status = proto_map_get(m.params, "status"),
+                                     *done = proto_map_get(m.params, "completed");
+                if (status && proto_str_eq(status, "evaluating") && done && done->via.u64 >= 1)
+                        return msgid;
+        }
+}
+
+/* Cancel {id} of an Eval, or its client going away, stops the job between chunks. */
+static void test_eval_cancel(void **state) {
+        Harness *h = *state;
+        const char *smollm = getenv("QUANTD_TEST_SMOLLM");
+        _cleanup_free_ char *text_path = strdup_printf("%s/perplexity-text.txt", getenv("QUANTD_TEST_DATA"));
+        ProtoMessage m;
+        QdError e = {};
+
+        if (!smollm)
+                fail_msg("QUANTD_TEST_SMOLLM is not set: it names SmolLM2-135M-Instruct.Q4_1.gguf.");
+        _cleanup_close_ int model = open(smollm, O_RDONLY | O_CLOEXEC);
+        _cleanup_close_ int text = open(text_path, O_RDONLY | O_CLOEXEC);
+        assert_true(model >= 0 && text >= 0);
+
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+        uint64_t msgid = start_slow_eval(c, model, text);
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 1);
+        proto_pack_kv_u64(&pk, "id", msgid);
+        assert_int_equal(proto_client_send(c, "Cancel", sb.data, sb.size, NULL, 0, NULL), 0);
+        msgpack_sbuffer_destroy(&sb);
+        for (;;) {
+                assert_int_equal(proto_client_read(c, 60000, &m, &e), 1);
+                if (m.type == PROTO_RESPONSE && m.msgid == msgid)
+                        break;
+        }
+        assert_int_equal(m.error, ECANCELED);
+
+        /* The client goes away: the job ends as cancelled. */
+        ProtoClient *c2 = dh_connect(h);
+        assert_non_null(c2);
+        assert_int_equal(lseek(text, 0, SEEK_SET), 0);
+        (void)start_slow_eval(c2, model, text);
+        proto_client_free(c2);
+        /* Jobs lists the newest first: the second Eval, done with the cancellation's error. */
+        bool done = false;
+        for (int i = 0; i < 200 && !done; i++) {
+                usleep(50000);
+                assert_int_equal(call(c, "Jobs", &m, &e, NULL), 0);
+                const msgpack_object *jobs = proto_map_get(m.result, "jobs");
+                assert_true(jobs && jobs->via.array.size >= 2);
+                const msgpack_object *newest = &jobs->via.array.ptr[0];
+                assert_true(proto_str_eq(proto_map_get(newest, "kind"), "eval"));
+                done = proto_str_eq(proto_map_get(newest, "state"), "done");
+                if (done)
+                        assert_true(
+                                proto_str_eq(proto_map_get(newest, "error"), "Evaluation was cancelled."));
+        }
+        assert_true(done);
+        assert_false(dh_log_contains(h, "(eval ) finished."));
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_create_list_copy_delete, setup, teardown),
@@ -419,6 +501,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_cancel_job, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_sigterm_mid_job, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_quantize_eval_params, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_eval_cancel, setup, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
