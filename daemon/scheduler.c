@@ -1252,7 +1252,8 @@ int scheduler_unload(Scheduler *s, const char *model, QdError *err) {
                 model = canonical;
         LoadedModel *lm = model_find(s, model);
         if (!lm)
-                return qd_error_set(err, ENOENT, "Model '%s' is not loaded.", model);
+                return qd_error_set(err, ENOENT,
+                                    "Model '%s' is not loaded; 'qctl ps' lists the loaded models.", model);
         /* In use: it goes when its last request ends. */
         lm->keep_alive_ns = 0;
         if (lm->n_users == 0 && lm->state == MODEL_READY)

@@ -141,7 +141,8 @@ static void test_push_pull_run_ps_stop(void **state) {
 
         /* Errors. */
         r = run_qctl(h, "stop", w->name);
-        _cleanup_free_ char *not_loaded = strdup_printf("Model '%s' is not loaded.", w->name);
+        _cleanup_free_ char *not_loaded =
+                strdup_printf("Model '%s' is not loaded; 'qctl ps' lists the loaded models.", w->name);
         check_error(&r, 4, not_loaded);
         _cleanup_free_ char *missing = strdup_printf("%s/library/missing:v1", w->registry.host);
         r = run_qctl(h, "pull", missing);
