@@ -719,7 +719,8 @@ typedef struct Pty {
         size_t pos; /* where the next pty_expect() starts looking */
 } Pty;
 
-static void pty_start(Pty *p, Harness *h, const char *model) {
+/* Runs qctl with argv (argv[0] ignored, NULL-terminated) on a 40-column terminal. */
+static void pty_start_argv(Pty *p, Harness *h, const char **argv) {
         struct winsize ws = { .ws_row = 24, .ws_col = 40 };
         *p = (Pty){};
         p->pid = forkpty(&p->master, NULL, NULL, &ws);
@@ -730,9 +731,14 @@ static void pty_start(Pty *p, Harness *h, const char *model) {
                 setenv("TERM", "dumb", 1);
                 /* The history goes to the test's directory, not the user's. */
                 setenv("XDG_DATA_HOME", h->dir, 1);
-                execl(qctl_path(), qctl_path(), "run", model, "-o", "num_predict=8", (char *)NULL);
+                argv[0] = qctl_path();
+                execv(argv[0], (char **)argv);
                 _exit(127);
         }
+}
+
+static void pty_start(Pty *p, Harness *h, const char *model) {
+        pty_start_argv(p, h, (const char *[]){ "qctl", "run", model, "-o", "num_predict=8", NULL });
 }
 
 /* Reads from the terminal until text appears after what earlier calls matched, or fails after 20 s. */
@@ -821,6 +827,38 @@ static int pty_wait(Pty *p) {
         assert_int_equal(waitpid(p->pid, &status, 0), p->pid);
         close(p->master);
         return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* On a terminal quantize draws one progress bar and eval one line of chunks, each redrawn in place. */
+static void test_quantize_eval_terminal(void **state) {
+        Harness *h = *state;
+        const char *models = getenv("QUANTD_TEST_MODELS"), *data = getenv("QUANTD_TEST_DATA");
+        _cleanup_free_ char *src = strdup_printf("%s/stories260K.gguf", models);
+        _cleanup_free_ char *dst = strdup_printf("%s/tty.gguf", h->dir);
+        _cleanup_free_ char *text = strdup_printf("%s/perplexity-text.txt", data);
+        Pty p;
+
+        pty_start_argv(&p, h, (const char *[]){ "qctl", "quantize", src, dst, "q8_0", NULL });
+        pty_expect(&p, "quantizing: 100% \u2595");
+        pty_expect(&p, "\u258f 1.2 MB\033[K");
+        pty_expect(&p, "success");
+        assert_int_equal(pty_wait(&p), 0);
+        /* One line redrawn in place: no newline between the first drawing and the last. */
+        const char *first = strstr((char *)p.seen.data, "quantizing:"), *last = first;
+        for (const char *x = first; x; x = strstr(x + 1, "quantizing:"))
+                last = x;
+        assert_non_null(first);
+        assert_null(memchr(first, '\n', (size_t)(last - first)));
+        buf_free(&p.seen);
+        assert_true(is_gguf(dst));
+
+        pty_start_argv(&p, h, (const char *[]){ "qctl", "eval", dst, "-f", text, "-c", "64", NULL });
+        pty_expect(&p, "evaluating: chunk ");
+        pty_expect(&p, "\r\033[K");
+        pty_expect(&p, "model              ");
+        pty_expect(&p, "perplexity         ");
+        assert_int_equal(pty_wait(&p), 0);
+        buf_free(&p.seen);
 }
 
 static void test_chat(void **state) {
@@ -934,6 +972,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_quantize_interrupt, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_eval, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_export_and_create_from_archive, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_quantize_eval_terminal, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_chat, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_chat_missing_model, setup, teardown),
         };
