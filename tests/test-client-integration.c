@@ -559,6 +559,21 @@ static void test_export_and_create_from_archive(void **state) {
         r = run_qctl(h, "run", "copy", "hi", "-o", "num_predict=3");
         assert_int_equal(r.status, 0);
         result_done(&r);
+        /* An uncompressed archive, under a name that does not say so: qctl goes by the first bytes. */
+        _cleanup_free_ char *tar = strdup_printf("%s/base.tar", h->dir);
+        _cleanup_free_ char *renamed = strdup_printf("%s/base.bin", h->dir);
+        r = run_qctl(h, "export", "base", tar);
+        assert_int_equal(r.status, 0);
+        result_done(&r);
+        assert_int_equal(rename(tar, renamed), 0);
+        _cleanup_free_ char *mf4 = write_file(h, "Modelfile.plain", "FROM ./base.bin\n");
+        r = run_qctl(h, "create", "plain", "-f", mf4);
+        if (r.status != 0)
+                fail_msg("qctl create FROM an uncompressed archive failed (%d): %s", r.status, r.err);
+        result_done(&r);
+        _cleanup_free_ char *sys_plain = layer_text(h, "plain", ".system");
+        assert_string_equal(sys_plain, "one");
+
         /* A second create replaces the model, as with a GGUF. */
         r = run_qctl(h, "create", "copy", "-f", mf3);
         assert_int_equal(r.status, 0);
