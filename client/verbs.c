@@ -827,12 +827,24 @@ int qctl_create(Qctl *q, const char *name, const Modelfile *mf, const char *file
         r = qctl_connect(q, e);
         if (r < 0)
                 return r;
-        r = progress_new(&pr, q->err, q->err_tty, q->width);
-        if (r < 0)
-                return r;
-        CallHooks h = { .on_event = on_quantize_progress, .interrupted = q->interrupted, .userdata = pr };
-        r = conn_call(q->conn, "Create", p.sb.data, p.sb.size, fd >= 0 ? &fd : NULL, fd >= 0 ? 1 : 0, &h, NULL, e);
-        progress_finish(pr);
+        for (int attempt = 0;; attempt++) {
+                pr = progress_free(pr);
+                r = progress_new(&pr, q->err, q->err_tty, q->width);
+                if (r < 0)
+                        return r;
+                CallHooks h = { .on_event = on_quantize_progress, .interrupted = q->interrupted, .userdata = pr };
+                r = conn_call(q->conn, "Create", p.sb.data, p.sb.size, fd >= 0 ? &fd : NULL, fd >= 0 ? 1 : 0, &h,
+                              NULL, e);
+                progress_finish(pr);
+                if (r != -ENOENT || fd >= 0 || attempt > 0)
+                        break;
+                /* FROM a model that is not stored: pulled first, as `ollama create` does. */
+                fprintf(q->err, "%s Pulling it.\n", e->msg);
+                qd_error_clear(e);
+                r = qctl_transfer(q, "Pull", mf->from, false, e);
+                if (r < 0)
+                        return r;
+        }
         if (r < 0)
                 return r;
         fprintf(q->err, "success\n");

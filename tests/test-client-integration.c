@@ -333,6 +333,15 @@ static void test_errors(void **state) {
         assert_non_null(strstr(r.err, "Error: Failed to reach registry"));
         result_done(&r);
 
+        /* FROM a model that is not stored: qctl pulls it first, and here the registry cannot be reached. */
+        _cleanup_free_ char *mfn = write_file(h, "Modelfile.name", "FROM nothere\n");
+        r = run_qctl(h, "create", "derived", "-f", mfn);
+        assert_int_equal(r.status, 1);
+        assert_non_null(startswith(r.err, "Model 'nothere:latest' not found; 'qctl list' shows the local models. "
+                                          "Pulling it.\n"));
+        assert_non_null(strstr(r.err, "\nError: Failed to reach registry"));
+        result_done(&r);
+
         /* A bad Modelfile never reaches the daemon. */
         _cleanup_free_ char *mf = write_file(h, "Modelfile.bad", "FROM x\nPARAMETER num_ctx big\n");
         r = run_qctl(h, "create", "bad", "-f", mf);

@@ -90,6 +90,19 @@ static void test_push_pull_run_ps_stop(void **state) {
         r = run_qctl(h, "list");
         assert_null(strstr(r.out, "stories"));
         result_done(&r);
+        /* FROM a model that is not stored pulls it first. */
+        _cleanup_free_ char *derived_text = strdup_printf("FROM %s\nSYSTEM \"Be brief.\"\n", w->name);
+        _cleanup_free_ char *derived = write_file(h, "Modelfile.derived", derived_text);
+        r = run_qctl(h, "create", "derived", "-f", derived);
+        if (r.status != 0)
+                fail_msg("qctl create FROM a model to pull failed (%d): %s", r.status, r.err);
+        assert_non_null(strstr(r.err, "not found; 'qctl list' shows the local models. Pulling it.\n"));
+        assert_non_null(endswith(r.err, "success\n"));
+        result_done(&r);
+        r = run_qctl(h, "rm", w->name);
+        assert_int_equal(r.status, 0);
+        result_done(&r);
+
         r = run_qctl(h, "pull", w->name);
         if (r.status != 0)
                 fail_msg("qctl pull failed (%d): %s", r.status, r.err);
