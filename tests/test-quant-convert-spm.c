@@ -709,11 +709,21 @@ static void test_bad_merge_bpe(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                T(test_from_model),        T(test_logits),       T(test_from_json_bpe),
-                T(test_from_json_unigram), T(test_model_only),   T(test_flags_from_config),
-                T(test_built_model),       T(test_fewer_pieces), T(test_more_pieces_than_rows),
-                T(test_word_model),        T(test_malformed),    T(test_truncated),
-                T(test_bad_added_token),   T(test_bad_unigram),  T(test_bad_merge_bpe),
+                T(test_from_model),
+                T(test_logits),
+                T(test_from_json_bpe),
+                T(test_from_json_unigram),
+                T(test_model_only),
+                T(test_flags_from_config),
+                T(test_built_model),
+                T(test_fewer_pieces),
+                T(test_more_pieces_than_rows),
+                T(test_word_model),
+                T(test_malformed),
+                T(test_truncated),
+                T(test_bad_added_token),
+                T(test_bad_unigram),
+                T(test_bad_merge_bpe),
         };
 
         return cmocka_run_group_tests(tests, NULL, NULL);
