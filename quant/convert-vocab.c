@@ -15,13 +15,13 @@
  *    SentencePiece.
  *  - tokenizer.json with a byte-level BPE: GGUF's "gpt2" tokenizer with its merges, and the pre-tokenizer's
  *    name from a small table of the pre_tokenizer sections we know.
- * Added tokens (tokenizer.json's added_tokens, else tokenizer_config.json's added_tokens_decoder) become
- * control tokens when special, user-defined otherwise. Over a SentencePiece piece of the same text they keep
- * the piece's own type when it is not a normal one: "<unk>" stays unknown, as sentencepiece says, where
- * llama.cpp's converter would call it control. Ids the model has embedding rows for but no token are
- * "[PAD<id>]", unused, score -1000. GGUF has no place for SentencePiece's normalizer beyond the dummy
- * prefix (tokenizer.ggml.add_space_prefix), so a model that normalizes text (NFKC, collapsing spaces) is
- * tokenized without it, as llama.cpp does.
+ * Added tokens (tokenizer.json's added_tokens, else tokenizer_config.json's added_tokens_decoder, else
+ * added_tokens.json) become control tokens when special, user-defined otherwise. Over a SentencePiece piece
+ * of the same text they keep the piece's own type when it is not a normal one: "<unk>" stays unknown, as
+ * sentencepiece says, where llama.cpp's converter would call it control. Ids the model has embedding rows
+ * for but no token are "[PAD<id>]", unused, score -1000. GGUF has no place for SentencePiece's normalizer
+ * beyond the dummy prefix (tokenizer.ggml.add_space_prefix), so a model that normalizes text (NFKC,
+ * collapsing spaces) is tokenized without it, as llama.cpp does.
  */
 
 #include <ctype.h>
@@ -375,7 +375,8 @@ static int add_token(Vocab *v, int64_t id, const char *content, bool special, Qd
                          special ? SPM_TYPE_CONTROL : SPM_TYPE_USER_DEFINED);
 }
 
-static int read_added_tokens(json_object *tok, json_object *tc, Vocab *v, QdError *err) {
+static int read_added_tokens(int dirfd, json_object *tok, json_object *tc, Vocab *v, QdError *err) {
+        _cleanup_(json_object_putp) json_object *file = NULL;
         json_object *added, *o;
         int r;
 
@@ -422,6 +423,21 @@ static int read_added_tokens(json_object *tok, json_object *tc, Vocab *v, QdErro
                         if (r < 0)
                                 return r;
                 }
+                return 0;
+        }
+        /* Older folders list them in added_tokens.json: {"<pad>": 32000}, none special. */
+        r = quant_read_json_at(dirfd, "added_tokens.json", &file, err);
+        if (r == -ENOENT) {
+                qd_error_clear(err);
+                return 0;
+        }
+        if (r < 0)
+                return r;
+        json_object_object_foreach(file, key, val) {
+                if (!json_object_is_type(val, json_type_int))
+                        return qd_error_set(err, EBADMSG, "added_tokens.json gives '%s' no id.", key);
+                if ((r = add_token(v, json_object_get_int64(val), key, false, err)) < 0)
+                        return r;
         }
         return 0;
 }
@@ -524,7 +540,7 @@ int quant_convert_vocab(GgufWriter *w, int dirfd, json_object *cfg, uint32_t n_v
         if (r < 0)
                 goto finish;
         llama = streq(v.model, "llama");
-        r = read_added_tokens(tok, tc, &v, err);
+        r = read_added_tokens(dirfd, tok, tc, &v, err);
         if (r < 0)
                 goto finish;
         /* Ids the model has rows for but the tokenizer never produces. */

@@ -388,6 +388,38 @@ static void test_from_json_bpe(void **state) {
         close(fd);
 }
 
+/* The dummy prefix from tokenizer.json: a Metaspace pre-tokenizer that prepends, or (Llama 2's older files)
+ * a Prepend("▁") normalizer; neither means none. */
+static void test_json_space_prefix(void **state) {
+        Folder *f = *state;
+        int fd;
+
+        assert_int_equal(unlinkat(f->dirfd, "tokenizer.model", 0), 0);
+        edit(f, "tokenizer.json", "\"prepend_scheme\": \"always\"", "\"prepend_scheme\": \"never\"");
+        fd = convert_dir(f->dirfd);
+        {
+                _cleanup_(gguf_freep) Gguf *g = NULL;
+
+                assert_int_equal(gguf_open_fd(fd, &g, NULL), 0);
+                check_bool(g, "tokenizer.ggml.add_space_prefix", false);
+        }
+        close(fd);
+        edit(f, "tokenizer.json", "\"normalizer\": null",
+             "\"normalizer\": {\"type\": \"Sequence\", \"normalizers\": [{\"type\": \"Prepend\", "
+             "\"prepend\": \"\xe2\x96\x81\"}, {\"type\": \"Replace\", \"pattern\": {\"String\": \" \"}, "
+             "\"content\": \"\xe2\x96\x81\"}]}");
+        fd = convert_dir(f->dirfd);
+        {
+                _cleanup_(gguf_freep) Gguf *g = NULL;
+
+                assert_int_equal(gguf_open_fd(fd, &g, NULL), 0);
+                check_bool(g, "tokenizer.ggml.add_space_prefix", true);
+        }
+        /* And the engine tokenizes as sentencepiece again. */
+        check_tokens(fd);
+        close(fd);
+}
+
 /* tokenizer.json's Unigram model carries sentencepiece's scores. */
 static void test_from_json_unigram(void **state) {
         Folder *f = *state;
@@ -573,6 +605,35 @@ static void test_fewer_pieces(void **state) {
         close(fd);
 }
 
+/* Older folders: added_tokens.json, user-defined. */
+static void test_added_tokens_json(void **state) {
+        Folder *f = *state;
+        _cleanup_(gguf_freep) Gguf *g = NULL;
+        const GgufArray *tokens, *types;
+        static const char added[] = "{\"<pad>\": 399}";
+        int32_t type;
+        int fd;
+
+        write_model(f, &(ModelSpec){.n_pieces = N_VOCAB - 1, .model_type = 2, .pad_id = -1});
+        assert_int_equal(unlinkat(f->dirfd, "tokenizer.json", 0), 0);
+        write_file(f, "added_tokens.json", added, strlen(added));
+        fd = convert_dir(f->dirfd);
+        assert_int_equal(gguf_open_fd(fd, &g, NULL), 0);
+        assert_int_equal(gguf_get_array(g, "tokenizer.ggml.tokens", &tokens), 0);
+        assert_int_equal(gguf_get_array(g, "tokenizer.ggml.token_type", &types), 0);
+        assert_int_equal(tokens->items[399].str.len, 5);
+        assert_memory_equal(tokens->items[399].str.data, "<pad>", 5);
+        memcpy(&type, (const uint8_t *)types->data + 4 * 399, 4);
+        assert_int_equal(type, 4);
+        close(fd);
+
+        write_file(f, "added_tokens.json", "{\"<pad>\": \"x\"}", 14);
+        expect_error(f, EBADMSG, "added_tokens.json gives '<pad>' no id.");
+        write_file(f, "added_tokens.json", "{\"<pad>\": 400}", 14);
+        expect_error(f, EBADMSG, "The added token '<pad>' has an id outside the vocabulary.");
+        assert_int_equal(unlinkat(f->dirfd, "added_tokens.json", 0), 0);
+}
+
 static void test_more_pieces_than_rows(void **state) {
         Folder *f = *state;
 
@@ -712,11 +773,13 @@ int main(void) {
                 T(test_from_model),
                 T(test_logits),
                 T(test_from_json_bpe),
+                T(test_json_space_prefix),
                 T(test_from_json_unigram),
                 T(test_model_only),
                 T(test_flags_from_config),
                 T(test_built_model),
                 T(test_fewer_pieces),
+                T(test_added_tokens_json),
                 T(test_more_pieces_than_rows),
                 T(test_word_model),
                 T(test_malformed),

@@ -74,11 +74,11 @@ def write_vocab(model_file, path):
 
 
 def write_unigram(tmp, lines):
-    prefix = os.path.join(tmp, "unigram")
+    prefix = "unigram"
     spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=prefix, model_type="unigram",
                                    vocab_size=400, byte_fallback=True, normalization_rule_name="identity",
                                    remove_extra_whitespaces=False, character_coverage=1.0, minloglevel=2)
-    sp, proto = write_vocab(prefix + ".model", os.path.join(HERE, "hf-tiny-spm-unigram.vocab"))
+    sp, proto = write_vocab(os.path.join(tmp, prefix + ".model"), os.path.join(HERE, "hf-tiny-spm-unigram.vocab"))
     tok = Tokenizer(models.Unigram([(p.piece, p.score) for p in proto.pieces], unk_id=0, byte_fallback=True))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=False)
     tok.add_special_tokens([AddedToken(sp.id_to_piece(i), special=True, normalized=False) for i in (0, 1, 2)])
@@ -95,7 +95,8 @@ def corpus():
 
 
 def train(tmp, lines):
-    prefix = os.path.join(tmp, "spm")
+    # A relative prefix (the script runs in tmp): the proto keeps it, and a random path would change the file.
+    prefix = "spm"
     # Llama 2's settings: BPE, byte fallback, digits split, no normalization, whitespace kept as it is.
     spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=prefix, model_type="bpe",
                                    vocab_size=400, byte_fallback=True, split_digits=True,
@@ -103,16 +104,19 @@ def train(tmp, lines):
                                    remove_extra_whitespaces=False, allow_whitespace_only_pieces=True,
                                    user_defined_symbols=["<sep>"], character_coverage=1.0,
                                    unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
-    return prefix + ".model"
+    return os.path.join(tmp, prefix + ".model")
 
 
 def main():
     torch.manual_seed(4321)
     shutil.rmtree(OUT, ignore_errors=True)
     os.makedirs(OUT)
+    cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
         shutil.copy(train(tmp, corpus()), os.path.join(OUT, "tokenizer.model"))
         write_unigram(tmp, corpus())
+        os.chdir(cwd)
     sp, _ = write_vocab(os.path.join(OUT, "tokenizer.model"), os.path.join(HERE, "hf-tiny-spm.vocab"))
 
     # transformers converts tokenizer.model into its tokenizer.json when it loads the folder.
