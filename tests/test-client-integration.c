@@ -455,6 +455,11 @@ static void test_quantize(void **state) {
         _cleanup_free_ char *absent = strdup_printf("%s/absent.gguf", h->dir);
         r = run_qctl(h, "quantize", absent, other, "q8_0");
         check_error(&r, 4, "Cannot open '");
+        r = run_qctl(h, "quantize", h->dir, other, "q8_0");
+        check_error(&r, 2, "' is not a regular file.");
+        _cleanup_free_ char *export_nodir = strdup_printf("%s/no/such/dir/x.tar", h->dir);
+        r = run_qctl(h, "export", "anything", export_nodir);
+        check_error(&r, 4, "Cannot create a file beside");
         r = run_qctl(h, "quantize", src, src, "q8_0", "--force");
         check_error(&r, 2, "is the source file: give another DST.");
         _cleanup_free_ char *nodir = strdup_printf("%s/no/such/dir/x.gguf", h->dir);
@@ -613,6 +618,10 @@ static void test_export_and_create_from_archive(void **state) {
         assert_int_equal(r.status, 6);
         assert_non_null(strstr(r.err, "Error: "));
         result_done(&r);
+        r = run_qctl(h, "create", "bad:name:x", "-f", mf3);
+        assert_int_equal(r.status, 2);
+        assert_non_null(strstr(r.err, "\nError: Model name 'bad:name:x' has an invalid tag"));
+        result_done(&r);
         _cleanup_free_ char *mfm = write_file(h, "Modelfile.missing", "FROM ./missing.tar.gz\n");
         r = run_qctl(h, "create", "missing", "-f", mfm);
         check_error(&r, 4, "FROM names '");
@@ -631,6 +640,13 @@ static void test_quantize_interrupt(void **state) {
         if (!smollm)
                 fail_msg("QUANTD_TEST_SMOLLM is not set: it names SmolLM2-135M-Instruct.Q4_1.gguf.");
         _cleanup_free_ char *dst = strdup_printf("%s/smol.gguf", h->dir);
+        /* Its tensors are quantized already: converting them again needs --allow-requantize. */
+        Result q = run_qctl(h, "quantize", smollm, dst, "q8_0");
+        assert_int_equal(q.status, 5);
+        assert_non_null(strstr(q.err, "Error: Tensor 'blk.0.ffn_down.weight' is already quantized (q4_1)"));
+        result_done(&q);
+        assert_int_equal(access(dst, F_OK), -1);
+        assert_false(dir_has_prefix(h->dir, "smol.gguf."));
         /* Q4_1 to Q3_K_M takes a good half second here: the interrupt comes after the first event. */
         Result r = run_qctl_sigint_on_stderr(h->socket, "quantizing", "quantize", smollm, dst, "q3_K_M",
                                              "--allow-requantize", NULL);
@@ -712,6 +728,13 @@ static void test_eval(void **state) {
         check_error(&r, 2, "Parameter 'n_ctx' must be between 4 and 1048576.");
         r = run_qctl(h, "eval", "stories", "-f", text, "-c", "100000");
         check_error(&r, 2, "fewer than one chunk of 100000: give a longer text or a smaller context.");
+        r = run_qctl(h, "eval", "stories", "--base", "/nonexistent/base.gguf", "-f", text);
+        check_error(&r, 4, "Cannot open '/nonexistent/base.gguf'");
+        const char *smollm = getenv("QUANTD_TEST_SMOLLM");
+        if (!smollm)
+                fail_msg("QUANTD_TEST_SMOLLM is not set: it names SmolLM2-135M-Instruct.Q4_1.gguf.");
+        r = run_qctl(h, "eval", "stories", "--base", smollm, "-f", text, "-c", "64");
+        check_error(&r, 2, "The base model has 49152 tokens in its vocabulary and the model 512");
         _cleanup_free_ char *not_gguf = write_file(h, "weights.gguf", "not a model\n");
         r = run_qctl(h, "eval", not_gguf, "-f", text);
         check_error(&r, 6, "weights.gguf' is not a GGUF file");
