@@ -281,6 +281,16 @@ static const Verb verbs[_VERB_MAX] = {
                 .min_args = 2,
                 .max_args = 2,
         },
+        [VERB_IMPORT] = {
+                .name = "import",
+                .synopsis = "FILE [MODEL]",
+                .description = "add the model of an archive that export wrote",
+                .options = HELP_OPTION "Without MODEL the model keeps the archive's name, which must be free.\n",
+                .shortopts = ":h",
+                .longopts = help_only,
+                .min_args = 1,
+                .max_args = 2,
+        },
         [VERB_VERSION] = {
                 .name = "version",
                 .synopsis = "",
@@ -502,12 +512,12 @@ int command_parse(Command *c, int argc, char **argv, QdError *e) {
                 static const char *const quantize_missing[] = { "SRC.gguf, DST.gguf and TYPE",
                                                                  "DST.gguf and TYPE", "TYPE" };
                 return qd_error_set(e, EINVAL, "qctl %s: missing %s: see 'qctl %s --help'.", vb->name,
-                                    c->n_args == 0 && v == VERB_CP       ? "SOURCE and DESTINATION"
-                                    : v == VERB_CP                       ? "DESTINATION"
-                                    : c->n_args == 0 && v == VERB_EXPORT ? "MODEL and FILE"
-                                    : v == VERB_EXPORT                   ? "FILE"
-                                    : v == VERB_QUANTIZE                 ? quantize_missing[c->n_args]
-                                                                         : "MODEL",
+                                    c->n_args == 0 && v == VERB_CP         ? "SOURCE and DESTINATION"
+                                    : v == VERB_CP                         ? "DESTINATION"
+                                    : c->n_args == 0 && v == VERB_EXPORT   ? "MODEL and FILE"
+                                    : v == VERB_EXPORT || v == VERB_IMPORT ? "FILE"
+                                    : v == VERB_QUANTIZE                   ? quantize_missing[c->n_args]
+                                                                           : "MODEL",
                                     vb->name);
         }
         if (c->n_args > vb->max_args)

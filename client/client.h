@@ -225,6 +225,7 @@ typedef enum VerbId {
         VERB_QUANTIZE,
         VERB_EVAL,
         VERB_EXPORT,
+        VERB_IMPORT,
         VERB_VERSION,
         _VERB_MAX,
         _VERB_INVALID = -EINVAL,

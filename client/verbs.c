@@ -1072,6 +1072,43 @@ static int verb_export(Qctl *q, Command *c, QdError *e) {
         return 0;
 }
 
+/* qctl import: the archive travels as a descriptor, read by the daemon's job. */
+static int verb_import(Qctl *q, Command *c, QdError *e) {
+        _cleanup_(progress_freep) Progress *pr = NULL;
+        _cleanup_(packer_close) Packer p = {};
+        _cleanup_close_ int fd = open(c->args[0], O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        const char *model = c->args[1];
+        ProtoMessage m;
+        struct stat st;
+        int r;
+
+        if (fd < 0)
+                return qd_error_set(e, errno, "Cannot open '%s': %s.", c->args[0], strerror(errno));
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        if (S_ISDIR(st.st_mode))
+                return qd_error_set(e, EINVAL, "'%s' is a folder; give an archive that qctl export wrote.",
+                                    c->args[0]);
+        packer_open(&p);
+        if (msgpack_pack_map(&p.pk, 1 + !!model) < 0 || proto_pack_kv_u64(&p.pk, "archive", 0) < 0 ||
+            (model && proto_pack_kv_str(&p.pk, "model", model) < 0))
+                return -ENOMEM;
+        r = qctl_connect(q, e);
+        if (r < 0)
+                return r;
+        r = progress_new(&pr, q->err, q->err_tty, q->width);
+        if (r < 0)
+                return r;
+        CallHooks h = { .on_event = on_progress, .interrupted = q->interrupted, .userdata = pr };
+        r = conn_call(q->conn, "Import", p.sb.data, p.sb.size, &fd, 1, &h, &m, e);
+        progress_finish(pr);
+        if (r < 0)
+                return r;
+        _cleanup_free_ char *name = result_strdup(m.result, "name");
+        fprintf(q->out, "imported '%s'\n", strna(name ?: model));
+        return 0;
+}
+
 /* A model for eval: an existing file or a name ending in .gguf is opened and passed; anything else names a
  * model in the store. Packs key (or key_fd) and returns the descriptor to send, or -EBADF for a name. */
 static int pack_eval_model(msgpack_packer *pk, const char *key, const char *arg, int *fd, size_t fd_index,
@@ -1235,6 +1272,8 @@ int qctl_run_command(Qctl *q, Command *c, QdError *e) {
                 return verb_eval(q, c, e);
         case VERB_EXPORT:
                 return verb_export(q, c, e);
+        case VERB_IMPORT:
+                return verb_import(q, c, e);
         case VERB_VERSION:
                 return verb_version(q, c, e);
         case _VERB_MAX:

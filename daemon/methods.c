@@ -348,7 +348,7 @@ static int create_job_run(Job *j, void *userdata, QdError *err) {
                 };
                 job_progress(j, "importing archive", NULL, 0, 0);
                 return m->store_ops->import(m->store, c->archive, c->model, &over, store_progress, j,
-                                            job_cancel_flag(j), err);
+                                            job_cancel_flag(j), NULL, err);
         }
         if (c->hf_dir >= 0) {
                 job_progress(j, "converting from Hugging Face", NULL, 0, 0);
@@ -1047,6 +1047,68 @@ static int method_export(Manager *m, Request *r, ProtoMessage *call, QdError *er
         return job_start(m, r, "export", a.model, export_job_run, x, export_job_free, NULL);
 }
 
+typedef struct ImportJob {
+        Manager *manager;
+        char *model; /* NULL: the archive's name */
+        int fd;
+} ImportJob;
+
+static void import_job_free(void *userdata) {
+        ImportJob *x = userdata;
+        safe_close(x->fd);
+        free(x->model);
+        free(x);
+}
+
+static int import_job_run(Job *j, void *userdata, QdError *err) {
+        ImportJob *x = userdata;
+        Manager *m = x->manager;
+        _cleanup_free_ char *name = NULL;
+        Reply rep;
+        int k;
+
+        job_progress(j, "importing archive", NULL, 0, 0);
+        k = m->store_ops->import(m->store, x->fd, x->model, NULL, store_progress, j, job_cancel_flag(j),
+                                 &name, err);
+        if (k < 0)
+                return k;
+        reply_init(&rep);
+        k = proto_pack_kv_str(&rep.pk, "name", name);
+        if (k >= 0)
+                k = job_set_result(j, rep.sb.data, rep.sb.size, 1);
+        reply_done(&rep);
+        return k;
+}
+
+static int method_import(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        struct {
+                const char *model;
+                uint64_t archive;
+        } a = {.archive = UINT64_MAX};
+        static const ProtoField fields[] = {
+                {"archive", PROTO_FIELD_FD, offsetof(typeof(a), archive), true},
+                {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model)},
+                {},
+        };
+        int k;
+
+        k = proto_dispatch(call->params, fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+        ImportJob *x = calloc(1, sizeof(*x));
+        if (!x)
+                return -ENOMEM;
+        x->manager = m;
+        x->fd = proto_message_take_fd(call, a.archive, err);
+        x->model = a.model ? strdup(a.model) : NULL;
+        k = x->fd < 0 ? x->fd : !a.model || x->model ? 0 : -ENOMEM;
+        if (k < 0) {
+                import_job_free(x);
+                return k;
+        }
+        return job_start(m, r, "import", a.model, import_job_run, x, import_job_free, NULL);
+}
+
 /* ---- jobs ---- */
 
 static int method_jobs(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
@@ -1575,6 +1637,7 @@ const Method daemon_methods[] = {
         {"Pull", method_pull, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT},
         {"Push", method_push, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT},
         {"Create", method_create, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT},
+        {"Import", method_import, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT},
         /* These write to or read the client's files only: they end with the client. */
         {"Quantize", method_quantize, METHOD_STREAMS},
         {"Eval", method_eval, METHOD_STREAMS},

@@ -251,7 +251,8 @@ static int reg_create(void *store, const char *name, const StoreCreateSpec *spec
  * replaces layers, created anew from its blobs and spec's texts. The temporary name goes in every case.
  */
 static int reg_import(void *store, int fd, const char *name, const StoreCreateSpec *spec,
-                      StoreProgressFn progress, void *userdata, const atomic_bool *cancel, QdError *err) {
+                      StoreProgressFn progress, void *userdata, const atomic_bool *cancel, char **ret_name,
+                      QdError *err) {
         RegStore *s = store;
         _cleanup_(registry_manifest_freep) RegistryManifest *manifest = NULL;
         ProgressRelay relay = {progress, userdata};
@@ -259,6 +260,13 @@ static int reg_import(void *store, int fd, const char *name, const StoreCreateSp
         uint64_t rnd;
         int k;
 
+        if (!name) {
+                /* The archive's own name: registry_import() refuses to replace a model there. */
+                k = registry_import(s->store, fd, NULL, relay_progress, &relay, cancel, &n, err);
+                if (k >= 0 && ret_name)
+                        k = registry_name_format_short(&n, &s->config, ret_name);
+                return k;
+        }
         k = registry_name_parse(name, &s->config, &n, err);
         if (k < 0)
                 return k;
@@ -330,6 +338,8 @@ static int reg_import(void *store, int fd, const char *name, const StoreCreateSp
 finish:;
         QdError ignored = {};
         (void)registry_store_delete(s->store, &tmp, &ignored);
+        if (k >= 0 && ret_name)
+                k = registry_name_format_short(&n, &s->config, ret_name);
         return k;
 }
 

@@ -715,6 +715,7 @@ const sd_bus_vtable dbus_manager_vtable[] = {
         METHOD("Quantize", "hhs", SD_BUS_PARAM(src) SD_BUS_PARAM(dst) SD_BUS_PARAM(type)),
         METHOD("Eval", "sh", SD_BUS_PARAM(model) SD_BUS_PARAM(text)),
         METHOD("Export", "sh", SD_BUS_PARAM(model) SD_BUS_PARAM(fd)),
+        METHOD("Import", "h", SD_BUS_PARAM(archive)),
         METHOD("Copy", "ss", SD_BUS_PARAM(source) SD_BUS_PARAM(destination)),
         METHOD("Delete", "s", SD_BUS_PARAM(model)),
         METHOD("Load", "s", SD_BUS_PARAM(model)),

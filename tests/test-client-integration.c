@@ -593,6 +593,38 @@ static void test_export_and_create_from_archive(void **state) {
         assert_int_equal(r.status, 0);
         result_done(&r);
 
+        /* qctl import: under the archive's own name, which must be free, or under a name given. */
+        r = run_qctl(h, "import", tgz);
+        assert_int_equal(r.status, 1);
+        assert_non_null(endswith(r.err,
+                                 "\nError: Model '127.0.0.1:9/library/base:latest' already exists; delete "
+                                 "it or import under another name.\n"));
+        result_done(&r);
+        r = run_qctl(h, "rm", "base");
+        assert_int_equal(r.status, 0);
+        result_done(&r);
+        r = run_qctl(h, "import", tgz);
+        if (r.status != 0)
+                fail_msg("qctl import failed (%d): %s", r.status, r.err);
+        assert_string_equal(r.out, "imported 'base:latest'\n");
+        result_done(&r);
+        r = run_qctl(h, "import", tzst, "again");
+        assert_int_equal(r.status, 0);
+        assert_string_equal(r.out, "imported 'again:latest'\n");
+        result_done(&r);
+        _cleanup_free_ char *sys_again = layer_text(h, "again", ".system");
+        assert_string_equal(sys_again, "one");
+        r = run_qctl(h, "import");
+        check_error(&r, 2, "qctl import: missing FILE: see 'qctl import --help'.");
+        r = run_qctl(h, "import", "/nonexistent.tar");
+        check_error(&r, 4, "Cannot open '/nonexistent.tar'");
+        r = run_qctl(h, "import", h->dir);
+        check_error(&r, 2, "is a folder; give an archive that qctl export wrote.");
+        r = run_qctl(h, "import", mf3);
+        assert_int_equal(r.status, 6);
+        assert_non_null(strstr(r.err, "Error: Not a model archive"));
+        result_done(&r);
+
         /* Errors. */
         r = run_qctl(h, "export", "base", tgz);
         check_error(&r, 1, "base.tar.gz' exists: add --force to replace it.");
