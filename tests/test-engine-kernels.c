@@ -102,8 +102,16 @@ static double rel_error(const float *y, const float *ref, size_t n) {
         return sqrt(num / den);
 }
 
-static void check_type(uint32_t type, uint64_t n) {
-        const uint32_t n_rows = 37, max_tok = 6;
+/* 1, 2, … 6, then max_tok, then past it. */
+static uint32_t next_n_tok(uint32_t n_tok, uint32_t max_tok) {
+        if (n_tok < 6)
+                return n_tok + 1;
+        return n_tok < max_tok ? max_tok : max_tok + 1;
+}
+
+/* Tokens 1 … 6 and max_tok at once (past the SIMD kernels' token tiles when it is larger). */
+static void check_type_tokens(uint32_t type, uint64_t n, uint32_t max_tok) {
+        const uint32_t n_rows = 37;
         _cleanup_free_ uint8_t *w = random_matrix(type, n, n_rows);
         _cleanup_free_ float *x = malloc(n * max_tok * sizeof(float));
         _cleanup_free_ float *wf = malloc(n * n_rows * sizeof(float));
@@ -141,7 +149,7 @@ static void check_type(uint32_t type, uint64_t n) {
                 fail_msg("scalar %s: relative error %g against the dequantized product", ggml_type_name(type), e);
 
         for (int isa = ENGINE_CPU_AVX2; isa <= (int)engine_cpu_isa_best(); isa++) {
-                for (uint32_t n_tok = 1; n_tok <= max_tok; n_tok++) {
+                for (uint32_t n_tok = 1; n_tok <= max_tok; n_tok = next_n_tok(n_tok, max_tok)) {
                         assert_int_equal(engine_cpu_matmul((EngineCpuIsa)isa, type, w, n, n_rows, x, n_tok, y), 0);
                         e = rel_error(y, ref, n_rows * n_tok);
                         if (e > 1e-5)
@@ -153,6 +161,10 @@ static void check_type(uint32_t type, uint64_t n) {
                         assert_memory_equal(y1, y + (n_tok - 1) * n_rows, n_rows * sizeof(float));
                 }
         }
+}
+
+static void check_type(uint32_t type, uint64_t n) {
+        check_type_tokens(type, n, 6);
 }
 
 static void test_float_types(void **state) {
@@ -170,6 +182,9 @@ static void test_block32_types(void **state) {
         for (size_t i = 0; i < ELEMENTSOF(types); i++) {
                 check_type(types[i], 512);
                 check_type(types[i], 96); /* an odd number of blocks */
+                /* Rows longer than one slice of the AVX-512 tile (24 blocks), and more tokens than one pass
+                 * of it keeps (64). */
+                check_type_tokens(types[i], 1600, 70);
         }
 }
 
