@@ -443,6 +443,141 @@ static AVX512 void gemm_bf16(uint64_t n, const uint8_t *w, size_t w_stride, uint
         gemm_float(GGML_TYPE_BF16, n, w, w_stride, n_rows, a, a_stride, n_act, y, y_stride);
 }
 
+/* ---- attention ---- */
+
+/* e^x for 16 floats: exp256() of kernels-avx2.c on 512-bit registers (the same series and clamps). */
+static inline __attribute__((always_inline)) AVX512 __m512 exp512(__m512 x) {
+        x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+        __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+        r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+        __m512 p = _mm512_set1_ps(1.0f / 720);
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+        __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+        return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+static inline __attribute__((always_inline)) AVX512 __m512 load_kv16(uint32_t kv_type, const uint8_t *p,
+                                                                    uint32_t i) {
+        if (kv_type == GGML_TYPE_F16)
+                return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 2 * i)));
+        return _mm512_loadu_ps((const float *)p + i);
+}
+
+/* Lane j = the sum of the lanes of v[j]: 16 horizontal sums at once, in a tree of adds and shuffles. */
+static inline __attribute__((always_inline)) AVX512 __m512 hsum16x16(const __m512 *v) {
+        __m512 u[8], w[4];
+
+        /* u[j], every 128-bit lane: partial sums of v[2j], v[2j + 1], v[2j], v[2j + 1]. */
+        for (int j = 0; j < 8; j++)
+                u[j] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * j], v[2 * j + 1]),
+                                     _mm512_unpackhi_ps(v[2 * j], v[2 * j + 1]));
+        /* w[j], every 128-bit lane: partial sums of v[4j] … v[4j + 3]. */
+        for (int j = 0; j < 4; j++) {
+                __m512d a = _mm512_castps_pd(u[2 * j]), b = _mm512_castps_pd(u[2 * j + 1]);
+                w[j] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                                     _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+        }
+        /* The four 128-bit lanes of each w[j] summed into lane j. */
+        __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_f32x4(w[0], w[1], _MM_SHUFFLE(3, 1, 3, 1)));
+        __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(w[2], w[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                  _mm512_shuffle_f32x4(w[2], w[3], _MM_SHUFFLE(3, 1, 3, 1)));
+        return _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(2, 0, 2, 0)),
+                             _mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/*
+ * One query of ND × 16 elements, with q and the output in registers: scores 16 positions at a time (one
+ * multiply-add chain per position, then one tree for the 16 sums), the softmax in vectors, and the weighted
+ * sum of V in two sets of accumulators (even and odd positions).
+ */
+static inline __attribute__((always_inline)) AVX512 void attend_nd(int ND, const float *q, const uint8_t *k,
+                                                                   const uint8_t *v, size_t kv_stride,
+                                                                   uint32_t kv_type, uint32_t n_pos, float scale,
+                                                                   float *scores, float *out) {
+        __m512 qv[8], o0[8], o1[8], vmax = _mm512_set1_ps(-INFINITY), vsum = _mm512_setzero_ps();
+        uint32_t p = 0;
+
+#pragma GCC unroll 8
+        for (int d = 0; d < ND; d++) {
+                qv[d] = _mm512_loadu_ps(q + 16 * d);
+                o0[d] = o1[d] = _mm512_setzero_ps();
+        }
+        for (; p + 16 <= n_pos; p += 16) {
+                __m512 part[16];
+#pragma GCC unroll 16
+                for (int j = 0; j < 16; j++) {
+                        const uint8_t *kp = k + (p + j) * kv_stride;
+                        part[j] = _mm512_mul_ps(qv[0], load_kv16(kv_type, kp, 0));
+#pragma GCC unroll 8
+                        for (int d = 1; d < ND; d++)
+                                part[j] = _mm512_fmadd_ps(qv[d], load_kv16(kv_type, kp, 16 * d), part[j]);
+                }
+                __m512 sc = _mm512_mul_ps(hsum16x16(part), _mm512_set1_ps(scale));
+                _mm512_storeu_ps(scores + p, sc);
+                vmax = _mm512_max_ps(vmax, sc);
+        }
+        float max = _mm512_reduce_max_ps(vmax);
+        for (; p < n_pos; p++) {
+                const uint8_t *kp = k + p * kv_stride;
+                __m512 acc = _mm512_mul_ps(qv[0], load_kv16(kv_type, kp, 0));
+#pragma GCC unroll 8
+                for (int d = 1; d < ND; d++)
+                        acc = _mm512_fmadd_ps(qv[d], load_kv16(kv_type, kp, 16 * d), acc);
+                scores[p] = _mm512_reduce_add_ps(acc) * scale;
+                max = scores[p] > max ? scores[p] : max;
+        }
+        __m512 bmax = _mm512_set1_ps(max);
+        for (p = 0; p < n_pos; p += 16) {
+                __mmask16 m = n_pos - p >= 16 ? 0xffff : (__mmask16)((1u << (n_pos - p)) - 1);
+                __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + p), bmax));
+                _mm512_mask_storeu_ps(scores + p, m, e);
+                vsum = _mm512_mask_add_ps(vsum, m, vsum, e);
+        }
+        float inv = 1.0f / _mm512_reduce_add_ps(vsum);
+        for (p = 0; p + 2 <= n_pos; p += 2) {
+                const uint8_t *v0 = v + p * kv_stride, *v1 = v0 + kv_stride;
+                __m512 a0 = _mm512_set1_ps(scores[p] * inv), a1 = _mm512_set1_ps(scores[p + 1] * inv);
+#pragma GCC unroll 8
+                for (int d = 0; d < ND; d++) {
+                        o0[d] = _mm512_fmadd_ps(a0, load_kv16(kv_type, v0, 16 * d), o0[d]);
+                        o1[d] = _mm512_fmadd_ps(a1, load_kv16(kv_type, v1, 16 * d), o1[d]);
+                }
+        }
+        if (p < n_pos) {
+                __m512 a0 = _mm512_set1_ps(scores[p] * inv);
+#pragma GCC unroll 8
+                for (int d = 0; d < ND; d++)
+                        o0[d] = _mm512_fmadd_ps(a0, load_kv16(kv_type, v + p * kv_stride, 16 * d), o0[d]);
+        }
+#pragma GCC unroll 8
+        for (int d = 0; d < ND; d++)
+                _mm512_storeu_ps(out + 16 * d, _mm512_add_ps(o0[d], o1[d]));
+}
+
+static AVX512 void attend_avx512(const float *q, const uint8_t *k, const uint8_t *v, size_t kv_stride,
+                                 uint32_t kv_type, uint32_t n_pos, uint32_t head_dim, float scale, float *scores,
+                                 float *out) {
+        switch (head_dim) {
+        case 64:
+                attend_nd(4, q, k, v, kv_stride, kv_type, n_pos, scale, scores, out);
+                break;
+        case 128:
+                attend_nd(8, q, k, v, kv_stride, kv_type, n_pos, scale, scores, out);
+                break;
+        default:
+                cpu_kernels_avx2.attend(q, k, v, kv_stride, kv_type, n_pos, head_dim, scale, scores, out);
+                break;
+        }
+}
+
 const CpuKernels cpu_kernels_avx512 = {
         .isa = ENGINE_CPU_AVX512,
         .gemm = {
@@ -460,4 +595,5 @@ const CpuKernels cpu_kernels_avx512 = {
                 [GGML_TYPE_Q5_K] = gemm_q5_k,
                 [GGML_TYPE_Q6_K] = gemm_q6_k,
         },
+        .attend = attend_avx512,
 };
