@@ -386,9 +386,251 @@ static inline __attribute__((always_inline)) AVX512 void gemm_k(uint32_t type, s
 
 DEFINE_GEMM_K(gemm_q2_k, GGML_TYPE_Q2_K, BlockQ2_K)
 DEFINE_GEMM_K(gemm_q3_k, GGML_TYPE_Q3_K, BlockQ3_K)
-DEFINE_GEMM_K(gemm_q4_k, GGML_TYPE_Q4_K, BlockQ4_K)
 DEFINE_GEMM_K(gemm_q5_k, GGML_TYPE_Q5_K, BlockQ5_K)
-DEFINE_GEMM_K(gemm_q6_k, GGML_TYPE_Q6_K, BlockQ6_K)
+
+/*
+ * Q4_K and Q6_K as the 32-element types: 16 weight rows in the lanes, the raw super-blocks transposed 16 bytes
+ * per row at a time and decoded in that form into 64 "units" (lane i of unit u: elements 4u … 4u+3 of row i),
+ * then per token eight dpbusd per group of 32 (Q4_K) or four per group of 16 (Q6_K) with broadcast activation
+ * bytes, the group sum times the group's integer scale (exact in 32 bits), and the minimum (Q4_K) or the offset
+ * of 32 (Q6_K) through the activation's group sums with dpwssd on pairs of 16-bit coefficients. Per super-block
+ * and (row, token): acc = fma(float(Σ scale_g isum_g), d × da, acc), mx = fma(float(Σ coef_g bsum_g), dm × da,
+ * mx); the result is acc - mx, the same whatever the batch (see the 32-element DESIGN above).
+ */
+
+#define KT_SLICE 2 /* super-blocks decoded at a time: 11 KB of tile */
+
+typedef struct KTile16 {
+        __m512i q[64];  /* the units, element order */
+        __m512i sc[16]; /* the group scales, 32-bit (Q4_K: 8 groups of 32; Q6_K: 16 groups of 16) */
+        __m512i mc[8];  /* pairs of 16-bit coefficients of the group sums (Q4_K: 4; Q6_K: 8), see kt_pairs() */
+        __m512 d, dm;
+} KTile16;
+
+static inline __attribute__((always_inline)) AVX512 __m512i kt_byte(__m512i v, int j) {
+        return _mm512_and_si512(_mm512_srli_epi32(v, 8 * j), _mm512_set1_epi32(0xff));
+}
+
+/* Super-block sb of the 16 rows. */
+static inline __attribute__((always_inline)) AVX512 void kt_decode16(uint32_t type, const Q32Rows *rows,
+                                                                     uint64_t sb, KTile16 *out) {
+        const __m512i m4 = _mm512_set1_epi8(0xf);
+
+        if (type == GGML_TYPE_Q4_K) {
+                size_t at = sb * sizeof(BlockQ4_K);
+                __m512i h[4];
+                transpose16x4(rows, at, h); /* d and dmin, then the 12 bytes of scales */
+                out->d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h[0]));
+                out->dm = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h[0], 16)));
+                /* Bytes j of: scales 0-3, mins 0-3, scales 4-7, mins 4-7 (kq_scale_min_k4()'s unpacking). */
+                const __m512i m6 = _mm512_set1_epi8(0x3f), m30 = _mm512_set1_epi8(0x30);
+                __m512i sc_lo = _mm512_and_si512(h[1], m6), mn_lo = _mm512_and_si512(h[2], m6);
+                __m512i sc_hi = _mm512_or_si512(_mm512_and_si512(h[3], m4),
+                                                _mm512_and_si512(_mm512_srli_epi32(h[1], 2), m30));
+                __m512i mn_hi = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(h[3], 4), m4),
+                                                _mm512_and_si512(_mm512_srli_epi32(h[2], 2), m30));
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) {
+                        out->sc[j] = kt_byte(sc_lo, j);
+                        out->sc[4 + j] = kt_byte(sc_hi, j);
+                }
+                const __m512i w02 = _mm512_set1_epi32(0x00ff00ff);
+                out->mc[0] = _mm512_and_si512(mn_lo, w02);
+                out->mc[1] = _mm512_and_si512(_mm512_srli_epi32(mn_lo, 8), w02);
+                out->mc[2] = _mm512_and_si512(mn_hi, w02);
+                out->mc[3] = _mm512_and_si512(_mm512_srli_epi32(mn_hi, 8), w02);
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++)
+#pragma GCC unroll 2
+                        for (int c = 0; c < 2; c++) {
+                                __m512i r[4];
+                                transpose16x4(rows, at + offsetof(BlockQ4_K, qs) + 32 * j + 16 * c, r);
+#pragma GCC unroll 4
+                                for (int k = 0; k < 4; k++) {
+                                        out->q[16 * j + 4 * c + k] = _mm512_and_si512(r[k], m4);
+                                        out->q[16 * j + 8 + 4 * c + k] =
+                                                _mm512_and_si512(_mm512_srli_epi16(r[k], 4), m4);
+                                }
+                        }
+                return;
+        }
+        /* GGML_TYPE_Q6_K */
+        size_t at = sb * sizeof(BlockQ6_K);
+        __m512i h[4], sc[4];
+        transpose16x4(rows, at + offsetof(BlockQ6_K, d) - 14, h); /* word 3: two scales, then d */
+        out->d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h[3], 16)));
+        out->dm = _mm512_mul_ps(out->d, _mm512_set1_ps(32.0f));
+        transpose16x4(rows, at + offsetof(BlockQ6_K, scales), sc);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+#pragma GCC unroll 4
+                for (int b = 0; b < 4; b++)
+                        out->sc[4 * j + b] = _mm512_srai_epi32(_mm512_slli_epi32(sc[j], 24 - 8 * b), 24);
+                out->mc[2 * j] = _mm512_srai_epi16(_mm512_slli_epi16(sc[j], 8), 8);
+                out->mc[2 * j + 1] = _mm512_srai_epi16(sc[j], 8);
+        }
+        const __m512i m30 = _mm512_set1_epi8(0x30);
+#pragma GCC unroll 2
+        for (int hh = 0; hh < 2; hh++)
+#pragma GCC unroll 2
+                for (int c = 0; c < 2; c++) {
+                        __m512i A[4], B[4], H[4];
+                        transpose16x4(rows, at + 64 * hh + 16 * c, A);
+                        transpose16x4(rows, at + 64 * hh + 32 + 16 * c, B);
+                        transpose16x4(rows, at + offsetof(BlockQ6_K, qh) + 32 * hh + 16 * c, H);
+#pragma GCC unroll 4
+                        for (int k = 0; k < 4; k++) {
+                                __m512i *u = &out->q[32 * hh + 4 * c + k];
+                                u[0] = _mm512_or_si512(_mm512_and_si512(A[k], m4),
+                                                       _mm512_and_si512(_mm512_slli_epi32(H[k], 4), m30));
+                                u[8] = _mm512_or_si512(_mm512_and_si512(B[k], m4),
+                                                       _mm512_and_si512(_mm512_slli_epi32(H[k], 2), m30));
+                                u[16] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(A[k], 4), m4),
+                                                        _mm512_and_si512(H[k], m30));
+                                u[24] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(B[k], 4), m4),
+                                                        _mm512_and_si512(_mm512_srli_epi32(H[k], 2), m30));
+                        }
+                }
+}
+
+/* The activation side of the group-sum term, paired as kt_decode16() pairs the coefficients: from the sums of
+ * the groups (Q4_K: groups of 32, two bsums each; Q6_K: the 16 bsums), (g[4q], g[4q + 2]) and
+ * (g[4q + 1], g[4q + 3]) as 16-bit pairs. */
+static inline __attribute__((always_inline)) AVX512 void kt_pairs(uint32_t type, const BlockQ8_K *a,
+                                                                  int32_t *ret) {
+        int16_t g[16];
+        int ng = type == GGML_TYPE_Q4_K ? 8 : 16;
+
+        for (int i = 0; i < ng; i++)
+                g[i] = type == GGML_TYPE_Q4_K ? (int16_t)(a->bsums[2 * i] + a->bsums[2 * i + 1]) : a->bsums[i];
+        for (int q = 0; q < ng / 4; q++) {
+                ret[2 * q] = (int32_t)((uint32_t)(uint16_t)g[4 * q] | (uint32_t)(uint16_t)g[4 * q + 2] << 16);
+                ret[2 * q + 1] = (int32_t)((uint32_t)(uint16_t)g[4 * q + 1] | (uint32_t)(uint16_t)g[4 * q + 3] << 16);
+        }
+}
+
+/* T tokens (Q8_K rows a, a + a_stride, …, super-block sb) against one decoded super-block. */
+static inline __attribute__((always_inline)) AVX512 void kt_dot(uint32_t type, const KTile16 *w, uint64_t sb,
+                                                                const uint8_t *a, size_t a_stride, int T,
+                                                                __m512 *acc, __m512 *mx) {
+        const int ng = type == GGML_TYPE_Q4_K ? 8 : 16, ug = 64 / ng, np = ng / 2;
+        const BlockQ8_K *at[Q32_STEP];
+        int32_t pairs[Q32_STEP][8];
+        __m512i isum[Q32_STEP], msum[Q32_STEP];
+
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+                at[t] = (const BlockQ8_K *)(a + t * a_stride) + sb;
+                kt_pairs(type, at[t], pairs[t]);
+                isum[t] = msum[t] = _mm512_setzero_si512();
+        }
+#pragma GCC unroll 16
+        for (int g = 0; g < ng; g++) {
+                __m512i gs[Q32_STEP];
+#pragma GCC unroll 4
+                for (int t = 0; t < T; t++)
+                        gs[t] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+                for (int u = g * ug; u < (g + 1) * ug; u++) {
+                        __m512i wv = w->q[u];
+#pragma GCC unroll 4
+                        for (int t = 0; t < T; t++) {
+                                int32_t x;
+                                memcpy(&x, at[t]->qs + 4 * u, 4);
+                                gs[t] = _mm512_dpbusd_epi32(gs[t], wv, _mm512_set1_epi32(x));
+                        }
+                }
+#pragma GCC unroll 4
+                for (int t = 0; t < T; t++)
+                        isum[t] = _mm512_add_epi32(isum[t], _mm512_mullo_epi32(gs[t], w->sc[g]));
+        }
+#pragma GCC unroll 8
+        for (int p = 0; p < np; p++)
+#pragma GCC unroll 4
+                for (int t = 0; t < T; t++)
+                        msum[t] = _mm512_dpwssd_epi32(msum[t], w->mc[p], _mm512_set1_epi32(pairs[t][p]));
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+                __m512 da = _mm512_set1_ps(at[t]->d);
+                acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(w->d, da), acc[t]);
+                mx[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(msum[t]), _mm512_mul_ps(w->dm, da), mx[t]);
+        }
+}
+
+static inline __attribute__((always_inline)) AVX512 void kt_tile_dot(uint32_t type, const KTile16 *tile,
+                                                                     uint64_t sb0, uint32_t nsb,
+                                                                     const uint8_t *a, size_t a_stride, int T,
+                                                                     __m512 *acc_p, __m512 *mx_p) {
+        __m512 acc[Q32_STEP], mx[Q32_STEP];
+
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+                acc[t] = acc_p[t];
+                mx[t] = mx_p[t];
+        }
+        for (uint32_t j = 0; j < nsb; j++)
+                kt_dot(type, &tile[j], sb0 + j, a, a_stride, T, acc, mx);
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+                acc_p[t] = acc[t];
+                mx_p[t] = mx[t];
+        }
+}
+
+static inline __attribute__((always_inline)) AVX512 void gemm_kt(uint32_t type, uint64_t n, const uint8_t *w,
+                                                                 size_t w_stride, uint32_t n_rows,
+                                                                 const uint8_t *a, size_t a_stride,
+                                                                 uint32_t n_act, float *y, size_t y_stride) {
+        uint64_t nsb = n / QK_K;
+        KTile16 tile[KT_SLICE];
+        __m512 acc[Q32_TOKENS], mx[Q32_TOKENS];
+
+        for (uint32_t r0 = 0; r0 < n_rows; r0 += Q32_ROWS) {
+                uint32_t nr = MIN(Q32_ROWS, n_rows - r0);
+                __mmask16 rmask = (__mmask16)((1u << nr) - 1);
+                Q32Rows rows;
+                for (uint32_t i = 0; i < Q32_ROWS; i++)
+                        rows.row[i] = w + (size_t)(r0 + MIN(i, nr - 1)) * w_stride;
+                /* As in gemm_q32(): the next 16 rows are prefetched along the way. */
+                const uint8_t *pf = w + (size_t)(r0 + nr) * w_stride;
+                size_t pf_len = n_act == 1 ? Q32_ROWS * w_stride : 0;
+                size_t pf_step = ALIGN_TO((pf_len + nsb - 1) / nsb, 64);
+                for (uint32_t t0 = 0; t0 < n_act; t0 += Q32_TOKENS) {
+                        uint32_t nt = MIN(Q32_TOKENS, n_act - t0);
+                        const uint8_t *a0 = a + t0 * a_stride;
+                        for (uint32_t t = 0; t < nt; t++)
+                                acc[t] = mx[t] = _mm512_setzero_ps();
+                        for (uint64_t sb0 = 0; sb0 < nsb; sb0 += KT_SLICE) {
+                                uint32_t ns = (uint32_t)MIN(KT_SLICE, nsb - sb0);
+                                for (size_t o = sb0 * pf_step; o < MIN((sb0 + ns) * pf_step, pf_len); o += 64)
+                                        _mm_prefetch((const char *)pf + o, _MM_HINT_T0);
+                                if (t0 == 0 || nsb > KT_SLICE)
+                                        for (uint32_t j = 0; j < ns; j++)
+                                                kt_decode16(type, &rows, sb0 + j, &tile[j]);
+                                uint32_t t = 0;
+                                for (; t + Q32_STEP <= nt; t += Q32_STEP)
+                                        kt_tile_dot(type, tile, sb0, ns, a0 + t * a_stride, a_stride, Q32_STEP,
+                                                    acc + t, mx + t);
+                                for (; t < nt; t++)
+                                        kt_tile_dot(type, tile, sb0, ns, a0 + t * a_stride, a_stride, 1,
+                                                    acc + t, mx + t);
+                        }
+                        for (uint32_t t = 0; t < nt; t++)
+                                _mm512_mask_storeu_ps(y + (t0 + t) * y_stride + r0, rmask,
+                                                      _mm512_sub_ps(acc[t], mx[t]));
+                }
+        }
+}
+
+static AVX512 void gemm_q4_k16(uint64_t n, const uint8_t *w, size_t w_stride, uint32_t n_rows, const uint8_t *a,
+                               size_t a_stride, uint32_t n_act, float *y, size_t y_stride) {
+        gemm_kt(GGML_TYPE_Q4_K, n, w, w_stride, n_rows, a, a_stride, n_act, y, y_stride);
+}
+
+static AVX512 void gemm_q6_k16(uint64_t n, const uint8_t *w, size_t w_stride, uint32_t n_rows, const uint8_t *a,
+                               size_t a_stride, uint32_t n_act, float *y, size_t y_stride) {
+        gemm_kt(GGML_TYPE_Q6_K, n, w, w_stride, n_rows, a, a_stride, n_act, y, y_stride);
+}
 
 /* ---- float weights: 16 at a time, the tail masked ---- */
 
@@ -591,9 +833,9 @@ const CpuKernels cpu_kernels_avx512 = {
                 [GGML_TYPE_Q8_0] = gemm_q8_0,
                 [GGML_TYPE_Q2_K] = gemm_q2_k,
                 [GGML_TYPE_Q3_K] = gemm_q3_k,
-                [GGML_TYPE_Q4_K] = gemm_q4_k,
+                [GGML_TYPE_Q4_K] = gemm_q4_k16,
                 [GGML_TYPE_Q5_K] = gemm_q5_k,
-                [GGML_TYPE_Q6_K] = gemm_q6_k,
+                [GGML_TYPE_Q6_K] = gemm_q6_k16,
         },
         .attend = attend_avx512,
 };

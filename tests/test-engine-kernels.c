@@ -194,6 +194,7 @@ static void test_k_types(void **state) {
         for (size_t i = 0; i < ELEMENTSOF(types); i++) {
                 check_type(types[i], 768);
                 check_type(types[i], 256); /* one super-block */
+                check_type_tokens(types[i], 768, 70); /* past the AVX-512 tiles' slice and token pass */
         }
 }
 
