@@ -194,10 +194,6 @@ static inline __attribute__((always_inline)) AVX512 void q32_decode16(uint32_t t
         }
 }
 
-typedef struct Q32Tile {
-        Q32Block16 blk[Q32_SLICE];
-} Q32Tile;
-
 /* T tokens from activation rows a, a + a_stride, … against block b of the rows, continuing acc and mx. */
 static inline __attribute__((always_inline)) AVX512 void q32_dot(const Q32Block16 *w, uint64_t b, uint64_t n,
                                                                  const uint8_t *a, size_t a_stride, int T,
@@ -235,100 +231,6 @@ static inline __attribute__((always_inline)) AVX512 void q32_dot(const Q32Block1
                 mx[t] = _mm512_fmadd_ps(w->m, _mm512_set1_ps(act_q8_s(at, n)[b]), mx[t]);
         }
 }
-
-/* T tokens over the blocks of a tile (the first is block b0 of the rows). */
-static inline __attribute__((always_inline)) AVX512 void q32_tile_dot(const Q32Tile *tile, uint64_t b0,
-                                                                      uint32_t nbs, uint64_t n, const uint8_t *a,
-                                                                      size_t a_stride, int T, __m512 *acc_p,
-                                                                      __m512 *mx_p) {
-        __m512 acc[Q32_STEP], mx[Q32_STEP];
-
-#pragma GCC unroll 4
-        for (int t = 0; t < T; t++) {
-                acc[t] = acc_p[t];
-                mx[t] = mx_p[t];
-        }
-        for (uint32_t j = 0; j < nbs; j++)
-                q32_dot(&tile->blk[j], b0 + j, n, a, a_stride, T, acc, mx);
-#pragma GCC unroll 4
-        for (int t = 0; t < T; t++) {
-                acc_p[t] = acc[t];
-                mx_p[t] = mx[t];
-        }
-}
-
-static inline __attribute__((always_inline)) AVX512 void gemm_q32(uint32_t type, uint64_t n, const uint8_t *w,
-                                                                  size_t w_stride, uint32_t n_rows,
-                                                                  const uint8_t *a, size_t a_stride,
-                                                                  uint32_t n_act, float *y, size_t y_stride) {
-        uint64_t nb = n / 32;
-        Q32Tile tile;
-        __m512 acc[Q32_TOKENS], mx[Q32_TOKENS];
-
-        for (uint32_t r0 = 0; r0 < n_rows; r0 += Q32_ROWS) {
-                uint32_t nr = MIN(Q32_ROWS, n_rows - r0);
-                __mmask16 rmask = (__mmask16)((1u << nr) - 1);
-                Q32Rows rows;
-                for (uint32_t i = 0; i < Q32_ROWS; i++)
-                        rows.row[i] = w + (size_t)(r0 + MIN(i, nr - 1)) * w_stride;
-
-                if (n_act == 1) {
-                        /* Generation: each block straight from the decode into the dot product. The block
-                         * columns jump between 16 rows, which the hardware prefetcher does not follow from
-                         * memory: the 16 rows after these are prefetched along the way, a share per block,
-                         * also past the last row (a prefetch never faults; the pool's next chunk of a matrix
-                         * is usually its next rows). */
-                        __m512 acc1 = _mm512_setzero_ps(), mx1 = _mm512_setzero_ps();
-                        const uint8_t *pf = w + (size_t)(r0 + nr) * w_stride;
-                        size_t pf_len = Q32_ROWS * w_stride;
-                        size_t pf_step = ALIGN_TO((pf_len + nb - 1) / nb, 64);
-                        for (uint64_t b = 0; b < nb; b++) {
-                                Q32Block16 blk;
-                                for (size_t o = b * pf_step; o < MIN((b + 1) * pf_step, pf_len); o += 64)
-                                        _mm_prefetch((const char *)pf + o, _MM_HINT_T0);
-                                q32_decode16(type, &rows, b, &blk);
-                                q32_dot(&blk, b, n, a, a_stride, 1, &acc1, &mx1);
-                        }
-                        _mm512_mask_storeu_ps(y + r0, rmask, _mm512_add_ps(acc1, mx1));
-                        continue;
-                }
-                for (uint32_t t0 = 0; t0 < n_act; t0 += Q32_TOKENS) {
-                        uint32_t nt = MIN(Q32_TOKENS, n_act - t0);
-                        const uint8_t *a0 = a + t0 * a_stride;
-                        for (uint32_t t = 0; t < nt; t++)
-                                acc[t] = mx[t] = _mm512_setzero_ps();
-                        for (uint64_t b0 = 0; b0 < nb; b0 += Q32_SLICE) {
-                                uint32_t nbs = (uint32_t)MIN(Q32_SLICE, nb - b0);
-                                /* With a single slice, the tile of the previous tokens is still this one. */
-                                if (t0 == 0 || nb > Q32_SLICE)
-                                        for (uint32_t j = 0; j < nbs; j++)
-                                                q32_decode16(type, &rows, b0 + j, &tile.blk[j]);
-                                uint32_t t = 0;
-                                for (; t + Q32_STEP <= nt; t += Q32_STEP)
-                                        q32_tile_dot(&tile, b0, nbs, n, a0 + t * a_stride, a_stride, Q32_STEP,
-                                                     acc + t, mx + t);
-                                for (; t < nt; t++)
-                                        q32_tile_dot(&tile, b0, nbs, n, a0 + t * a_stride, a_stride, 1, acc + t,
-                                                     mx + t);
-                        }
-                        for (uint32_t t = 0; t < nt; t++)
-                                _mm512_mask_storeu_ps(y + (t0 + t) * y_stride + r0, rmask,
-                                                      _mm512_add_ps(acc[t], mx[t]));
-                }
-        }
-}
-
-#define DEFINE_GEMM_Q32(name, type)                                                                             \
-        static AVX512 void name(uint64_t n, const uint8_t *w, size_t w_stride, uint32_t n_rows,                \
-                                const uint8_t *a, size_t a_stride, uint32_t n_act, float *y, size_t y_stride) { \
-                gemm_q32(type, n, w, w_stride, n_rows, a, a_stride, n_act, y, y_stride);                        \
-        }
-
-DEFINE_GEMM_Q32(gemm_q4_0, GGML_TYPE_Q4_0)
-DEFINE_GEMM_Q32(gemm_q4_1, GGML_TYPE_Q4_1)
-DEFINE_GEMM_Q32(gemm_q5_0, GGML_TYPE_Q5_0)
-DEFINE_GEMM_Q32(gemm_q5_1, GGML_TYPE_Q5_1)
-DEFINE_GEMM_Q32(gemm_q8_0, GGML_TYPE_Q8_0)
 
 /* ---- K-quant weights with Q8_K activations ---- */
 
@@ -395,7 +297,7 @@ DEFINE_GEMM_K(gemm_q5_k, GGML_TYPE_Q5_K, BlockQ5_K)
  * bytes, the group sum times the group's integer scale (exact in 32 bits), and the minimum (Q4_K) or the offset
  * of 32 (Q6_K) through the activation's group sums with dpwssd on pairs of 16-bit coefficients. Per super-block
  * and (row, token): acc = fma(float(Σ scale_g isum_g), d × da, acc), mx = fma(float(Σ coef_g bsum_g), dm × da,
- * mx); the result is acc - mx, the same whatever the batch (see the 32-element DESIGN above).
+ * mx) as a subtraction (fnmadd); the result is acc + mx, the same whatever the batch (see the 32-element DESIGN above).
  */
 
 #define KT_SLICE 2 /* super-blocks decoded at a time: 11 KB of tile */
@@ -553,14 +455,35 @@ static inline __attribute__((always_inline)) AVX512 void kt_dot(uint32_t type, c
         for (int t = 0; t < T; t++) {
                 __m512 da = _mm512_set1_ps(at[t]->d);
                 acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t]), _mm512_mul_ps(w->d, da), acc[t]);
-                mx[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(msum[t]), _mm512_mul_ps(w->dm, da), mx[t]);
+                mx[t] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(msum[t]), _mm512_mul_ps(w->dm, da), mx[t]);
         }
 }
 
-static inline __attribute__((always_inline)) AVX512 void kt_tile_dot(uint32_t type, const KTile16 *tile,
-                                                                     uint64_t sb0, uint32_t nsb,
-                                                                     const uint8_t *a, size_t a_stride, int T,
-                                                                     __m512 *acc_p, __m512 *mx_p) {
+/* ---- the driver of the 16-row kernels ---- */
+
+static inline bool is_k16(uint32_t type) {
+        return type == GGML_TYPE_Q4_K || type == GGML_TYPE_Q6_K;
+}
+
+/* Decoded blocks of 16 rows: a slice of 32-element blocks or of super-blocks. */
+typedef union Tile16 {
+        Q32Block16 q32[Q32_SLICE];
+        KTile16 k[KT_SLICE];
+} Tile16;
+
+static inline __attribute__((always_inline)) AVX512 void tile16_decode(uint32_t type, const Q32Rows *rows,
+                                                                       uint64_t b, Tile16 *tile, uint32_t j) {
+        if (is_k16(type))
+                kt_decode16(type, rows, b, &tile->k[j]);
+        else
+                q32_decode16(type, rows, b, &tile->q32[j]);
+}
+
+/* T tokens over blocks b0 … b0 + nbs - 1 of the rows, decoded in tile, continuing acc and mx. */
+static inline __attribute__((always_inline)) AVX512 void tile16_dot(uint32_t type, const Tile16 *tile,
+                                                                    uint64_t b0, uint32_t nbs, uint64_t n,
+                                                                    const uint8_t *a, size_t a_stride, int T,
+                                                                    __m512 *acc_p, __m512 *mx_p) {
         __m512 acc[Q32_STEP], mx[Q32_STEP];
 
 #pragma GCC unroll 4
@@ -568,8 +491,12 @@ static inline __attribute__((always_inline)) AVX512 void kt_tile_dot(uint32_t ty
                 acc[t] = acc_p[t];
                 mx[t] = mx_p[t];
         }
-        for (uint32_t j = 0; j < nsb; j++)
-                kt_dot(type, &tile[j], sb0 + j, a, a_stride, T, acc, mx);
+        for (uint32_t j = 0; j < nbs; j++) {
+                if (is_k16(type))
+                        kt_dot(type, &tile->k[j], b0 + j, a, a_stride, T, acc, mx);
+                else
+                        q32_dot(&tile->q32[j], b0 + j, n, a, a_stride, T, acc, mx);
+        }
 #pragma GCC unroll 4
         for (int t = 0; t < T; t++) {
                 acc_p[t] = acc[t];
@@ -577,12 +504,20 @@ static inline __attribute__((always_inline)) AVX512 void kt_tile_dot(uint32_t ty
         }
 }
 
-static inline __attribute__((always_inline)) AVX512 void gemm_kt(uint32_t type, uint64_t n, const uint8_t *w,
-                                                                 size_t w_stride, uint32_t n_rows,
-                                                                 const uint8_t *a, size_t a_stride,
-                                                                 uint32_t n_act, float *y, size_t y_stride) {
-        uint64_t nsb = n / QK_K;
-        KTile16 tile[KT_SLICE];
+/*
+ * Groups of 16 rows. One token (generation) takes each block straight from the decode into the dot product;
+ * the block columns jump between 16 rows, which the hardware prefetcher does not follow from memory, so the 16
+ * rows after these are prefetched along the way, a share per block, also past the last row (a prefetch never
+ * faults; the pool's next chunk of a matrix is usually its next rows). Several tokens decode a slice of blocks
+ * into a tile that stays in L1 while all of them take it, Q32_STEP tokens per step.
+ */
+static inline __attribute__((always_inline)) AVX512 void gemm16(uint32_t type, uint64_t n, const uint8_t *w,
+                                                                size_t w_stride, uint32_t n_rows,
+                                                                const uint8_t *a, size_t a_stride,
+                                                                uint32_t n_act, float *y, size_t y_stride) {
+        uint64_t nb = n / (is_k16(type) ? QK_K : 32);
+        uint32_t slice = is_k16(type) ? KT_SLICE : Q32_SLICE;
+        Tile16 tile;
         __m512 acc[Q32_TOKENS], mx[Q32_TOKENS];
 
         for (uint32_t r0 = 0; r0 < n_rows; r0 += Q32_ROWS) {
@@ -591,46 +526,59 @@ static inline __attribute__((always_inline)) AVX512 void gemm_kt(uint32_t type, 
                 Q32Rows rows;
                 for (uint32_t i = 0; i < Q32_ROWS; i++)
                         rows.row[i] = w + (size_t)(r0 + MIN(i, nr - 1)) * w_stride;
-                /* As in gemm_q32(): the next 16 rows are prefetched along the way. */
-                const uint8_t *pf = w + (size_t)(r0 + nr) * w_stride;
-                size_t pf_len = n_act == 1 ? Q32_ROWS * w_stride : 0;
-                size_t pf_step = ALIGN_TO((pf_len + nsb - 1) / nsb, 64);
+
+                if (n_act == 1) {
+                        const uint8_t *pf = w + (size_t)(r0 + nr) * w_stride;
+                        size_t pf_len = Q32_ROWS * w_stride, pf_step = ALIGN_TO((pf_len + nb - 1) / nb, 64);
+                        acc[0] = mx[0] = _mm512_setzero_ps();
+                        for (uint64_t b = 0; b < nb; b++) {
+                                for (size_t o = b * pf_step; o < MIN((b + 1) * pf_step, pf_len); o += 64)
+                                        _mm_prefetch((const char *)pf + o, _MM_HINT_T0);
+                                tile16_decode(type, &rows, b, &tile, 0);
+                                tile16_dot(type, &tile, b, 1, n, a, a_stride, 1, acc, mx);
+                        }
+                        _mm512_mask_storeu_ps(y + r0, rmask, _mm512_add_ps(acc[0], mx[0]));
+                        continue;
+                }
                 for (uint32_t t0 = 0; t0 < n_act; t0 += Q32_TOKENS) {
                         uint32_t nt = MIN(Q32_TOKENS, n_act - t0);
                         const uint8_t *a0 = a + t0 * a_stride;
                         for (uint32_t t = 0; t < nt; t++)
                                 acc[t] = mx[t] = _mm512_setzero_ps();
-                        for (uint64_t sb0 = 0; sb0 < nsb; sb0 += KT_SLICE) {
-                                uint32_t ns = (uint32_t)MIN(KT_SLICE, nsb - sb0);
-                                for (size_t o = sb0 * pf_step; o < MIN((sb0 + ns) * pf_step, pf_len); o += 64)
-                                        _mm_prefetch((const char *)pf + o, _MM_HINT_T0);
-                                if (t0 == 0 || nsb > KT_SLICE)
-                                        for (uint32_t j = 0; j < ns; j++)
-                                                kt_decode16(type, &rows, sb0 + j, &tile[j]);
+                        for (uint64_t b0 = 0; b0 < nb; b0 += slice) {
+                                uint32_t nbs = (uint32_t)MIN(slice, nb - b0);
+                                /* With a single slice, the tile of the previous tokens is still this one. */
+                                if (t0 == 0 || nb > slice)
+                                        for (uint32_t j = 0; j < nbs; j++)
+                                                tile16_decode(type, &rows, b0 + j, &tile, j);
                                 uint32_t t = 0;
                                 for (; t + Q32_STEP <= nt; t += Q32_STEP)
-                                        kt_tile_dot(type, tile, sb0, ns, a0 + t * a_stride, a_stride, Q32_STEP,
-                                                    acc + t, mx + t);
+                                        tile16_dot(type, &tile, b0, nbs, n, a0 + t * a_stride, a_stride, Q32_STEP,
+                                                   acc + t, mx + t);
                                 for (; t < nt; t++)
-                                        kt_tile_dot(type, tile, sb0, ns, a0 + t * a_stride, a_stride, 1,
-                                                    acc + t, mx + t);
+                                        tile16_dot(type, &tile, b0, nbs, n, a0 + t * a_stride, a_stride, 1,
+                                                   acc + t, mx + t);
                         }
                         for (uint32_t t = 0; t < nt; t++)
                                 _mm512_mask_storeu_ps(y + (t0 + t) * y_stride + r0, rmask,
-                                                      _mm512_sub_ps(acc[t], mx[t]));
+                                                      _mm512_add_ps(acc[t], mx[t]));
                 }
         }
 }
 
-static AVX512 void gemm_q4_k16(uint64_t n, const uint8_t *w, size_t w_stride, uint32_t n_rows, const uint8_t *a,
-                               size_t a_stride, uint32_t n_act, float *y, size_t y_stride) {
-        gemm_kt(GGML_TYPE_Q4_K, n, w, w_stride, n_rows, a, a_stride, n_act, y, y_stride);
-}
+#define DEFINE_GEMM16(name, type)                                                                               \
+        static AVX512 void name(uint64_t n, const uint8_t *w, size_t w_stride, uint32_t n_rows,                \
+                                const uint8_t *a, size_t a_stride, uint32_t n_act, float *y, size_t y_stride) { \
+                gemm16(type, n, w, w_stride, n_rows, a, a_stride, n_act, y, y_stride);                          \
+        }
 
-static AVX512 void gemm_q6_k16(uint64_t n, const uint8_t *w, size_t w_stride, uint32_t n_rows, const uint8_t *a,
-                               size_t a_stride, uint32_t n_act, float *y, size_t y_stride) {
-        gemm_kt(GGML_TYPE_Q6_K, n, w, w_stride, n_rows, a, a_stride, n_act, y, y_stride);
-}
+DEFINE_GEMM16(gemm_q4_0, GGML_TYPE_Q4_0)
+DEFINE_GEMM16(gemm_q4_1, GGML_TYPE_Q4_1)
+DEFINE_GEMM16(gemm_q5_0, GGML_TYPE_Q5_0)
+DEFINE_GEMM16(gemm_q5_1, GGML_TYPE_Q5_1)
+DEFINE_GEMM16(gemm_q8_0, GGML_TYPE_Q8_0)
+DEFINE_GEMM16(gemm_q4_k, GGML_TYPE_Q4_K)
+DEFINE_GEMM16(gemm_q6_k, GGML_TYPE_Q6_K)
 
 /* ---- float weights: 16 at a time, the tail masked ---- */
 
@@ -833,9 +781,9 @@ const CpuKernels cpu_kernels_avx512 = {
                 [GGML_TYPE_Q8_0] = gemm_q8_0,
                 [GGML_TYPE_Q2_K] = gemm_q2_k,
                 [GGML_TYPE_Q3_K] = gemm_q3_k,
-                [GGML_TYPE_Q4_K] = gemm_q4_k16,
+                [GGML_TYPE_Q4_K] = gemm_q4_k,
                 [GGML_TYPE_Q5_K] = gemm_q5_k,
-                [GGML_TYPE_Q6_K] = gemm_q6_k16,
+                [GGML_TYPE_Q6_K] = gemm_q6_k,
         },
         .attend = attend_avx512,
 };
