@@ -15,14 +15,14 @@
 #include <immintrin.h>
 #include <math.h>
 
-#define Q32_TARGET "avx2,fma,f16c"
-#define Q32_AVX512 0
+#define SIMD_TARGET "avx2,fma,f16c"
+#define SIMD_AVX512 0
 
 #include "kernels-kquant.h"
-#include "kernels-q32.h"
+#include "kernels-simd.h"
 #include "kernels.h"
 
-#define AVX2 __attribute__((target(Q32_TARGET)))
+#define AVX2 __attribute__((target(SIMD_TARGET)))
 #define TILE 4
 
 /* Two floats from an address of any alignment, the upper lanes zero. */
@@ -308,30 +308,7 @@ static AVX2 void quantize_act_q8_k(const float *x, uint8_t *dst, uint64_t n) {
         }
 }
 
-/* ---- exp ---- */
-
-/*
- * e^x for 8 floats, within about 2 ulp for x in [-87, 88] (clamped there: below, the result is ~1e-38 instead
- * of smaller, which softmax and SiLU do not notice). x = n ln2 + r with |r| <= ln2 / 2, e^r by its Taylor
- * series to r^6 (the next term is < 2e-7 relative), 2^n put straight into the exponent bits.
- */
-static inline AVX2 __m256 exp256(__m256 x) {
-        x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
-        __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        /* ln 2 in two parts, so that n × ln2_hi is exact. */
-        __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-        r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-        __m256 p = _mm256_set1_ps(1.0f / 720);
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-        __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-        return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
+/* ---- SwiGLU ---- */
 
 static AVX2 void swiglu_avx2(float *g, const float *u, uint32_t n) {
         uint32_t i = 0;

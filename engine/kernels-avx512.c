@@ -3,26 +3,24 @@
  * AVX-512 (F, BW, VL, DQ, VNNI) kernels, built with per-function target attributes like kernels-avx2.c.
  *
  * DESIGN
- * As the AVX2 gemm (one weight row against tiles of up to four tokens, the same operations for every token of
- * a tile), but two 32-element blocks go through one 512-bit register: the integer dot products are one VNNI
- * dpbusd (unsigned weights × signed activations, four products summed per lane), and the per-block scales
- * are a vector [d0 × 8 lanes, d1 × 8 lanes]. An odd last block takes the 256-bit path.
- *
- * K-quants decode as in the AVX2 file (kernels-kquant.h), and the dot product takes two 32-byte registers of
- * weights at a time: maddubs to 16-bit pairs, then VNNI dpwssd multiplies by the group scales and accumulates.
+ * The quantized types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) put 16 weight rows in the 16 lanes of
+ * a register and decode them transposed (see the 32-element section), so that VNNI dpbusd with broadcast
+ * activation bytes gives 16 rows' integer sums at once and every scale is applied once per block as a vector;
+ * one driver, gemm16(), serves all of them, for one token and for prompt batches alike. Q2_K and Q3_K use the
+ * AVX2 kernels. Float weights take 16 elements per step; attention keeps the query and its output in
+ * registers.
  */
 
 #include <immintrin.h>
 #include <math.h>
 
-#define Q32_TARGET "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"
-#define Q32_AVX512 1
+#define SIMD_TARGET "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni"
+#define SIMD_AVX512 1
 
-#include "kernels-kquant.h"
-#include "kernels-q32.h"
+#include "kernels-simd.h"
 #include "kernels.h"
 
-#define AVX512 __attribute__((target(Q32_TARGET)))
+#define AVX512 __attribute__((target(SIMD_TARGET)))
 #define TILE 4
 
 static inline __attribute__((always_inline)) AVX512 __m512i join(__m256i lo, __m256i hi) {
@@ -46,7 +44,7 @@ static inline __attribute__((always_inline)) AVX512 __m512i join(__m256i lo, __m
  * not depend on its batch, and generation (one token) gives what a prompt batch gives.
  *
  * dpbusd multiplies unsigned by signed bytes: Q8_0's signed weights become unsigned by adding 128, which the
- * block sum term takes back (m = -128 × d), as it does the offsets of Q4_0 and Q5_0 (see kernels-q32.h).
+ * block sum term takes back (m = -128 × d), as it does the offsets of Q4_0 and Q5_0 (see kernels-simd.h).
  */
 
 #define Q32_ROWS 16   /* weight rows per tile: one per 32-bit lane */
@@ -234,70 +232,15 @@ static inline __attribute__((always_inline)) AVX512 void q32_dot(const Q32Block1
 
 /* ---- K-quant weights with Q8_K activations ---- */
 
-static inline __attribute__((always_inline)) AVX512 __m256 kdot(const KSuper *k, const __m512i *w,
-                                                               const __m512i *scv, const BlockQ8_K *a, __m256 acc) {
-        __m512i isum = _mm512_setzero_si512();
-
-        for (int i = 0; i < 4; i++)
-                isum = _mm512_dpwssd_epi32(isum, _mm512_maddubs_epi16(w[i], _mm512_loadu_si512(a->qs + 64 * i)),
-                                           scv[i]);
-        __m256i s = _mm256_add_epi32(_mm512_castsi512_si256(isum), _mm512_extracti64x4_epi64(isum, 1));
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(a->d * k->d), acc);
-        return _mm256_fnmadd_ps(_mm256_cvtepi32_ps(kq_coef_dot(k, a)), _mm256_set1_ps(a->d * k->dm), acc);
-}
-
-static inline __attribute__((always_inline)) AVX512 void gemm_k(uint32_t type, size_t block_size, uint64_t n,
-                                                                const uint8_t *w, size_t w_stride, uint32_t n_rows,
-                                                                const uint8_t *a, size_t a_stride, uint32_t n_act,
-                                                                float *y, size_t y_stride) {
-        uint64_t nb = n / QK_K;
-
-        for (uint32_t r = 0; r < n_rows; r++) {
-                const uint8_t *wr = w + r * w_stride;
-                for (uint32_t t0 = 0; t0 < n_act; t0 += TILE) {
-                        uint32_t nt = MIN(TILE, n_act - t0);
-                        __m256 acc[TILE] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                                             _mm256_setzero_ps() };
-                        for (uint64_t b = 0; b < nb; b++) {
-                                KSuper k;
-                                __m512i wv[4], scv[4];
-                                kq_decode(type, wr + b * block_size, &k);
-                                for (int i = 0; i < 4; i++) {
-                                        wv[i] = join(k.q[2 * i], k.q[2 * i + 1]);
-                                        scv[i] = join(k.scv[2 * i], k.scv[2 * i + 1]);
-                                }
-                                for (uint32_t t = 0; t < nt; t++)
-                                        acc[t] = kdot(&k, wv, scv, (const BlockQ8_K *)(a + (t0 + t) * a_stride) + b,
-                                                      acc[t]);
-                        }
-                        for (uint32_t t = 0; t < nt; t++) {
-                                __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[t]), _mm256_extractf128_ps(acc[t], 1));
-                                s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-                                s = _mm_add_ss(s, _mm_movehdup_ps(s));
-                                y[(t0 + t) * y_stride + r] = _mm_cvtss_f32(s);
-                        }
-                }
-        }
-}
-
-#define DEFINE_GEMM_K(name, type, block)                                                                        \
-        static AVX512 void name(uint64_t n, const uint8_t *w, size_t w_stride, uint32_t n_rows,                \
-                                const uint8_t *a, size_t a_stride, uint32_t n_act, float *y, size_t y_stride) { \
-                gemm_k(type, sizeof(block), n, w, w_stride, n_rows, a, a_stride, n_act, y, y_stride);           \
-        }
-
-DEFINE_GEMM_K(gemm_q2_k, GGML_TYPE_Q2_K, BlockQ2_K)
-DEFINE_GEMM_K(gemm_q3_k, GGML_TYPE_Q3_K, BlockQ3_K)
-DEFINE_GEMM_K(gemm_q5_k, GGML_TYPE_Q5_K, BlockQ5_K)
-
 /*
- * Q4_K and Q6_K as the 32-element types: 16 weight rows in the lanes, the raw super-blocks transposed 16 bytes
- * per row at a time and decoded in that form into 64 "units" (lane i of unit u: elements 4u … 4u+3 of row i),
- * then per token eight dpbusd per group of 32 (Q4_K) or four per group of 16 (Q6_K) with broadcast activation
- * bytes, the group sum times the group's integer scale (exact in 32 bits), and the minimum (Q4_K) or the offset
- * of 32 (Q6_K) through the activation's group sums with dpwssd on pairs of 16-bit coefficients. Per super-block
- * and (row, token): acc = fma(float(Σ scale_g isum_g), d × da, acc), mx = fma(float(Σ coef_g bsum_g), dm × da,
- * mx) as a subtraction (fnmadd); the result is acc + mx, the same whatever the batch (see the 32-element DESIGN above).
+ * Q4_K, Q5_K and Q6_K as the 32-element types: 16 weight rows in the lanes, the raw super-blocks transposed
+ * 16 bytes per row at a time and decoded in that form into 64 "units" (lane i of unit u: elements 4u … 4u+3
+ * of row i), then per token eight dpbusd per group of 32 (Q4_K, Q5_K) or four per group of 16 (Q6_K) with
+ * broadcast activation bytes, the group sum times the group's integer scale (exact in 32 bits), and the
+ * minimum (Q4_K, Q5_K) or the offset of 32 (Q6_K) through the activation's group sums with dpwssd on pairs of
+ * 16-bit coefficients. Per super-block and (row, token): acc = fma(float(Σ scale_g isum_g), d × da, acc) and
+ * mx = mx - float(Σ coef_g bsum_g) × dm × da (one fnmadd); the result is acc + mx, the same whatever the batch
+ * (see the 32-element section).
  */
 
 #define KT_SLICE 2 /* super-blocks decoded at a time: 11 KB of tile */
@@ -313,13 +256,26 @@ static inline __attribute__((always_inline)) AVX512 __m512i kt_byte(__m512i v, i
         return _mm512_and_si512(_mm512_srli_epi32(v, 8 * j), _mm512_set1_epi32(0xff));
 }
 
+/* Bit `bit` of every byte of v, moved to bit 4 (0x10). */
+static inline __attribute__((always_inline)) AVX512 __m512i kt_bit4(__m512i v, int bit) {
+        __m512i x = bit <= 4 ? _mm512_slli_epi32(v, 4 - bit) : _mm512_srli_epi32(v, bit - 4);
+        return _mm512_and_si512(x, _mm512_set1_epi8(0x10));
+}
+
 /* Super-block sb of the 16 rows. */
 static inline __attribute__((always_inline)) AVX512 void kt_decode16(uint32_t type, const Q32Rows *rows,
                                                                      uint64_t sb, KTile16 *out) {
         const __m512i m4 = _mm512_set1_epi8(0xf);
 
-        if (type == GGML_TYPE_Q4_K) {
-                size_t at = sb * sizeof(BlockQ4_K);
+        if (type == GGML_TYPE_Q4_K || type == GGML_TYPE_Q5_K) {
+                /* Q5_K is Q4_K with the fifth bits after the scales (offsets equal up to scales). */
+                bool five = type == GGML_TYPE_Q5_K;
+                size_t at = sb * (five ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K));
+                size_t qs_off = five ? offsetof(BlockQ5_K, qs) : offsetof(BlockQ4_K, qs);
+                __m512i qh[2][4];
+                if (five)
+                        for (int c = 0; c < 2; c++)
+                                transpose16x4(rows, at + offsetof(BlockQ5_K, qh) + 16 * c, qh[c]);
                 __m512i h[4];
                 transpose16x4(rows, at, h); /* d and dmin, then the 12 bytes of scales */
                 out->d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h[0]));
@@ -346,12 +302,18 @@ static inline __attribute__((always_inline)) AVX512 void kt_decode16(uint32_t ty
 #pragma GCC unroll 2
                         for (int c = 0; c < 2; c++) {
                                 __m512i r[4];
-                                transpose16x4(rows, at + offsetof(BlockQ4_K, qs) + 32 * j + 16 * c, r);
+                                transpose16x4(rows, at + qs_off + 32 * j + 16 * c, r);
 #pragma GCC unroll 4
                                 for (int k = 0; k < 4; k++) {
-                                        out->q[16 * j + 4 * c + k] = _mm512_and_si512(r[k], m4);
-                                        out->q[16 * j + 8 + 4 * c + k] =
-                                                _mm512_and_si512(_mm512_srli_epi16(r[k], 4), m4);
+                                        __m512i lo = _mm512_and_si512(r[k], m4);
+                                        __m512i hi = _mm512_and_si512(_mm512_srli_epi16(r[k], 4), m4);
+                                        if (five) {
+                                                /* Bits 2j (low nibbles) and 2j + 1 (high) of qh as 0x10. */
+                                                lo = _mm512_or_si512(lo, kt_bit4(qh[c][k], 2 * j));
+                                                hi = _mm512_or_si512(hi, kt_bit4(qh[c][k], 2 * j + 1));
+                                        }
+                                        out->q[16 * j + 4 * c + k] = lo;
+                                        out->q[16 * j + 8 + 4 * c + k] = hi;
                                 }
                         }
                 return;
@@ -401,10 +363,10 @@ static inline __attribute__((always_inline)) AVX512 void kt_decode16(uint32_t ty
 static inline __attribute__((always_inline)) AVX512 void kt_pairs(uint32_t type, const BlockQ8_K *a,
                                                                   int32_t *ret) {
         int16_t g[16];
-        int ng = type == GGML_TYPE_Q4_K ? 8 : 16;
+        int ng = type == GGML_TYPE_Q6_K ? 16 : 8;
 
         for (int i = 0; i < ng; i++)
-                g[i] = type == GGML_TYPE_Q4_K ? (int16_t)(a->bsums[2 * i] + a->bsums[2 * i + 1]) : a->bsums[i];
+                g[i] = ng == 8 ? (int16_t)(a->bsums[2 * i] + a->bsums[2 * i + 1]) : a->bsums[i];
         for (int q = 0; q < ng / 4; q++) {
                 ret[2 * q] = (int32_t)((uint32_t)(uint16_t)g[4 * q] | (uint32_t)(uint16_t)g[4 * q + 2] << 16);
                 ret[2 * q + 1] = (int32_t)((uint32_t)(uint16_t)g[4 * q + 1] | (uint32_t)(uint16_t)g[4 * q + 3] << 16);
@@ -415,7 +377,7 @@ static inline __attribute__((always_inline)) AVX512 void kt_pairs(uint32_t type,
 static inline __attribute__((always_inline)) AVX512 void kt_dot(uint32_t type, const KTile16 *w, uint64_t sb,
                                                                 const uint8_t *a, size_t a_stride, int T,
                                                                 __m512 *acc, __m512 *mx) {
-        const int ng = type == GGML_TYPE_Q4_K ? 8 : 16, ug = 64 / ng, np = ng / 2;
+        const int ng = type == GGML_TYPE_Q6_K ? 16 : 8, ug = 64 / ng, np = ng / 2;
         const BlockQ8_K *at[Q32_STEP];
         int32_t pairs[Q32_STEP][8];
         __m512i isum[Q32_STEP], msum[Q32_STEP];
@@ -462,7 +424,7 @@ static inline __attribute__((always_inline)) AVX512 void kt_dot(uint32_t type, c
 /* ---- the driver of the 16-row kernels ---- */
 
 static inline bool is_k16(uint32_t type) {
-        return type == GGML_TYPE_Q4_K || type == GGML_TYPE_Q6_K;
+        return type == GGML_TYPE_Q4_K || type == GGML_TYPE_Q5_K || type == GGML_TYPE_Q6_K;
 }
 
 /* Decoded blocks of 16 rows: a slice of 32-element blocks or of super-blocks. */
@@ -578,6 +540,7 @@ DEFINE_GEMM16(gemm_q5_0, GGML_TYPE_Q5_0)
 DEFINE_GEMM16(gemm_q5_1, GGML_TYPE_Q5_1)
 DEFINE_GEMM16(gemm_q8_0, GGML_TYPE_Q8_0)
 DEFINE_GEMM16(gemm_q4_k, GGML_TYPE_Q4_K)
+DEFINE_GEMM16(gemm_q5_k, GGML_TYPE_Q5_K)
 DEFINE_GEMM16(gemm_q6_k, GGML_TYPE_Q6_K)
 
 /* ---- float weights: 16 at a time, the tail masked ---- */
@@ -635,22 +598,10 @@ static AVX512 void gemm_bf16(uint64_t n, const uint8_t *w, size_t w_stride, uint
 
 /* ---- attention ---- */
 
-/* e^x for 16 floats: exp256() of kernels-avx2.c on 512-bit registers (the same series and clamps). */
+/* e^x for 16 floats: exp256() on each half (the softmax takes little time beside the dot products). */
 static inline __attribute__((always_inline)) AVX512 __m512 exp512(__m512 x) {
-        x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-        __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-        r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-        __m512 p = _mm512_set1_ps(1.0f / 720);
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-        __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-        return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+        __m512 lo = _mm512_castps256_ps512(exp256(_mm512_castps512_ps256(x)));
+        return _mm512_insertf32x8(lo, exp256(_mm512_extractf32x8_ps(x, 1)), 1);
 }
 
 static inline __attribute__((always_inline)) AVX512 __m512 load_kv16(uint32_t kv_type, const uint8_t *p,
@@ -779,8 +730,7 @@ const CpuKernels cpu_kernels_avx512 = {
                 [GGML_TYPE_Q5_0] = gemm_q5_0,
                 [GGML_TYPE_Q5_1] = gemm_q5_1,
                 [GGML_TYPE_Q8_0] = gemm_q8_0,
-                [GGML_TYPE_Q2_K] = gemm_q2_k,
-                [GGML_TYPE_Q3_K] = gemm_q3_k,
+                /* Q2_K and Q3_K: the AVX2 kernels */
                 [GGML_TYPE_Q4_K] = gemm_q4_k,
                 [GGML_TYPE_Q5_K] = gemm_q5_k,
                 [GGML_TYPE_Q6_K] = gemm_q6_k,
