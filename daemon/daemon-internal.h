@@ -176,6 +176,9 @@ typedef struct GenerateParams {
         bool stream;
         int32_t num_predict; /* -1: until the context is full or an end-of-generation token */
         uint32_t num_ctx;    /* 0: the config's */
+        int32_t num_gpu;     /* layers on the GPU: -1 as many as fit (initialise to it), 0 none, more is
+                              * clamped to the model's */
+        uint32_t num_thread; /* CPU threads of the model; 0: the config's Threads= */
         int64_t keep_alive_ns;
         bool keep_alive_set;
         char **stop;        /* NULL-terminated stop strings */

@@ -860,6 +860,8 @@ static int apply_model_params(const char *json, GenerateParams *p, QdError *err)
                 {"seed", 'U', offsetof(GenerateParams, sampler.seed)},
                 {"num_predict", 'i', offsetof(GenerateParams, num_predict)},
                 {"num_ctx", 'u', offsetof(GenerateParams, num_ctx)},
+                {"num_gpu", 'i', offsetof(GenerateParams, num_gpu)},
+                {"num_thread", 'u', offsetof(GenerateParams, num_thread)},
         };
         json_object *root = json_tokener_parse(json), *v;
 
@@ -911,7 +913,7 @@ static int apply_model_params(const char *json, GenerateParams *p, QdError *err)
 
 /* Generate and Chat: the same options and the same path through the scheduler. */
 static int start_generation(Manager *m, Request *r, ProtoMessage *call, bool chat, QdError *err) {
-        _cleanup_(generate_params_done) GenerateParams p = {.num_predict = -1, .stream = true};
+        _cleanup_(generate_params_done) GenerateParams p = {.num_predict = -1, .num_gpu = -1, .stream = true};
         struct {
                 const char *model, *prompt, *system;
                 const msgpack_object *options, *messages;
@@ -946,6 +948,8 @@ static int start_generation(Manager *m, Request *r, ProtoMessage *call, bool cha
                 {"seed", PROTO_FIELD_U64, offsetof(GenerateParams, sampler.seed)},
                 {"num_predict", PROTO_FIELD_I32, offsetof(GenerateParams, num_predict)},
                 {"num_ctx", PROTO_FIELD_U32, offsetof(GenerateParams, num_ctx)},
+                {"num_gpu", PROTO_FIELD_I32, offsetof(GenerateParams, num_gpu)},
+                {"num_thread", PROTO_FIELD_U32, offsetof(GenerateParams, num_thread)},
                 {},
         };
         int k;
