@@ -8,6 +8,7 @@
  *   layer_size=BYTES weights of one layer (default size / (layers + 1)); the rest of size is the embedding
  *                    and the head, which go to the GPU with the last layer
  *   gpu_scratch=BYTES GPU memory a model with any layer on the GPU takes besides weights and KV (default 0)
+ *   hidden_vram=BYTES GPU memory such a model takes that the estimate does not know of (default 0)
  *   delay_us=N       time one forward step takes, whatever the batch size (default 0)
  *   eos_at=N         the end-of-generation token comes at position N (default: never)
  *   fail_load=1      loading fails with EBADMSG
@@ -43,6 +44,7 @@ typedef struct FakeModel {
         uint32_t n_layer;
         uint64_t layer_size;
         uint64_t gpu_scratch;
+        uint64_t hidden_vram;
         uint32_t n_gpu_layers; /* loaded: the first layers on the simulated GPU */
         uint64_t vram;         /* loaded: weights and scratch on the simulated GPU */
 } FakeModel;
@@ -60,7 +62,8 @@ typedef struct FakeSeq {
 static pthread_mutex_t fake_gpu_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t fake_gpu_used; /* protected by fake_gpu_lock */
 
-/* total and free (before our models) of QUANTD_FAKE_GPU; -ENODEV without it, -EINVAL when it is malformed. */
+/* total and free (before our models) of QUANTD_FAKE_GPU; -ENODEV without it, -EINVAL when it is malformed.
+ */
 static int fake_gpu_config(uint64_t *ret_total, uint64_t *ret_free) {
         const char *e = getenv("QUANTD_FAKE_GPU");
         uint64_t total = 0, free_b = UINT64_MAX;
@@ -122,7 +125,7 @@ static int fake_gpu_info(BackendGpu *ret) {
         if (k < 0)
                 return k;
         pthread_mutex_lock(&fake_gpu_lock);
-        *ret = (BackendGpu){ .free = free_b - MIN(fake_gpu_used, free_b), .total = total };
+        *ret = (BackendGpu){.free = free_b - MIN(fake_gpu_used, free_b), .total = total};
         pthread_mutex_unlock(&fake_gpu_lock);
         snprintf(ret->name, sizeof(ret->name), "Fake GPU");
         return 0;
@@ -179,6 +182,8 @@ static int fake_read(const char *path, FakeModel *ret, bool *ret_fail, QdError *
                         layer_size = v;
                 else if (streq(line, "gpu_scratch"))
                         ret->gpu_scratch = v;
+                else if (streq(line, "hidden_vram"))
+                        ret->hidden_vram = v;
         }
         ret->layer_size = layer_size != UINT64_MAX ? layer_size : ret->size / (ret->n_layer + 1);
         return 0;
@@ -223,7 +228,7 @@ static int fake_load(const char *path, const BackendLoadParams *p, void **ret_mo
         if (fail)
                 return qd_error_set(err, EBADMSG, "%s is marked as a model that fails to load.", path);
         m->n_gpu_layers = MIN(p->n_gpu_layers, m->n_layer);
-        m->vram = fake_vram_fixed(m, m->n_gpu_layers);
+        m->vram = fake_vram_fixed(m, m->n_gpu_layers) + (m->n_gpu_layers > 0 ? m->hidden_vram : 0);
         k = fake_gpu_alloc(m->vram);
         if (k == -ENOSPC)
                 return qd_error_set(err, ENOSPC, "The GPU ran out of memory loading %" PRIu32 " layers.",

@@ -74,6 +74,8 @@ typedef struct LoadedModel {
         uint32_t n_layer;
         uint32_t n_gpu_layers; /* the first layers on the GPU */
         unsigned threads;      /* as the request asked; 0: Threads= */
+        BackendSplit *splits;  /* (n_splits) the estimate, until the load is done */
+        size_t n_splits;
 
         /* Main thread. */
         ModelState state;
@@ -458,6 +460,18 @@ static void *executor_main(void *userdata) {
                                         .n_gpu_layers = lm->n_gpu_layers,
                                 };
                                 lm->load_error = s->ops->load(lm->path, &lp, &lm->model, &lm->load_err);
+                                /* The estimate was short (another process took memory, or the backend
+                                 * allocates more than it said): fewer layers rather than no model. */
+                                while (lm->load_error == -ENOSPC && lp.n_gpu_layers > 0) {
+                                        uint32_t fewer = lp.n_gpu_layers - MAX(lp.n_gpu_layers / 4, 1U);
+                                        log_warning("Model '%s' did not fit on the GPU with %" PRIu32
+                                                    " layers (%s); trying %" PRIu32 ".",
+                                                    lm->name, lp.n_gpu_layers, lm->load_err.msg, fewer);
+                                        qd_error_clear(&lm->load_err);
+                                        lp.n_gpu_layers = fewer;
+                                        lm->load_error =
+                                                s->ops->load(lm->path, &lp, &lm->model, &lm->load_err);
+                                }
                                 if (lm->load_error >= 0)
                                         s->ops->info(lm->model, &lm->info);
                                 executor_post(s, model_loaded_main, lm);
@@ -530,6 +544,7 @@ static void model_free(LoadedModel *lm) {
         free(lm->name);
         free(lm->path);
         free(lm->digest);
+        free(lm->splits);
         free(lm);
 }
 
@@ -861,6 +876,15 @@ static void model_loaded_main(Manager *m, void *userdata) {
                 scheduler_admit(s);
                 return;
         }
+        /* Fewer layers than planned made it to the GPU: the rest counts against the memory budget. */
+        if (lm->info.n_gpu_layers != lm->n_gpu_layers && lm->info.n_gpu_layers < lm->n_splits) {
+                const BackendSplit *sp = &lm->splits[lm->info.n_gpu_layers];
+                s->used = s->used - lm->ram + sp->ram;
+                lm->ram = sp->ram;
+                lm->vram_kv = sp->vram_kv;
+        }
+        free(lm->splits);
+        lm->splits = NULL;
         /* From now on the GPU bytes are what the backend says the model holds, plus its KV reservation. */
         uint64_t vram = lm->info.n_gpu_layers > 0 ? lm->info.vram + lm->vram_kv : 0;
         s->used_vram = s->used_vram - lm->vram + vram;
@@ -940,7 +964,8 @@ static void gen_done_main(Manager *m, void *userdata) {
                 if (k >= 0)
                         k = proto_pack_kv_u64(&rep.pk, "load_duration_ns", g->load_ns);
                 if (k >= 0)
-                        k = proto_pack_kv_u64(&rep.pk, "total_duration_ns", now_ns() - g->start_ns + g->load_ns);
+                        k = proto_pack_kv_u64(&rep.pk, "total_duration_ns",
+                                              now_ns() - g->start_ns + g->load_ns);
                 if (k >= 0 && !g->p.stream && !g->p.chat)
                         k = proto_pack_kv_str(&rep.pk, "response", text);
                 if (k >= 0 && !g->p.stream && g->p.chat)
@@ -1083,6 +1108,8 @@ static int model_start_load(Scheduler *s, RoomWaiter *rw, uint32_t n_gpu, Loaded
         lm->n_layer = rw->n_splits > 1 ? (uint32_t)rw->n_splits - 1 : 0;
         lm->n_gpu_layers = n_gpu;
         lm->threads = rw->threads;
+        lm->splits = TAKE_PTR(rw->splits);
+        lm->n_splits = rw->n_splits;
         lm->state = MODEL_LOADING;
         lm->expires_ns = UINT64_MAX;
         lm->keep_alive_ns = s->manager->config.keep_alive_ns;
@@ -1181,10 +1208,10 @@ static void scheduler_admit(Scheduler *s) {
 
 /* What a request asks of the model it uses, besides the model itself. */
 typedef struct ModelSettings {
-        uint32_t n_ctx;        /* the context it needs */
-        bool n_ctx_exact;      /* it named the context: a model with another one is reloaded */
-        int32_t num_gpu;       /* -1: as many layers as fit */
-        unsigned num_thread;   /* 0: Threads= */
+        uint32_t n_ctx;      /* the context it needs */
+        bool n_ctx_exact;    /* it named the context: a model with another one is reloaded */
+        int32_t num_gpu;     /* -1: as many layers as fit */
+        unsigned num_thread; /* 0: Threads= */
         int64_t keep_alive_ns;
 } ModelSettings;
 
@@ -1240,7 +1267,8 @@ static int scheduler_acquire(Scheduler *s, const char *requested, Waiter *w, con
         if (k >= 0 && n_splits == 0)
                 k = qd_error_set(err, EIO, "The %s backend gave no estimate for model '%s'.", s->ops->name,
                                  name);
-        /* The least RAM it can do with: as many layers on the GPU as it takes and the GPU could ever hold. */
+        /* The least RAM it can do with: as many layers on the GPU as it takes and the GPU could ever hold.
+         */
         uint32_t target = 0;
         uint64_t least = 0;
         if (k >= 0) {

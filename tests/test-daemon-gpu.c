@@ -391,6 +391,23 @@ static void test_modelfile_num_gpu(void **state) {
         assert_int_equal(ps(c, "one:latest", NULL).num_gpu, 0);
 }
 
+static void test_estimate_short(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+
+        /* The load takes 600000 more than estimated: 4 layers (1000000) do not fit in the 900000 free, the
+         * retry with 3 (840000) does. */
+        assert_int_equal(dh_create_model(h, c, "liar", MODEL_M "hidden_vram=600000\n"), 0);
+        gen_ok(c, "liar", &OPTS());
+        assert_true(dh_log_contains(h, "Model 'liar:latest' did not fit on the GPU with 4 layers"));
+        PsEntry p = ps(c, "liar:latest", NULL);
+        assert_int_equal(p.num_gpu, 3);
+        /* What the model holds (840000) and the KV of its 3 layers. */
+        assert_int_equal(p.size_vram, 840768);
+        /* The fourth layer's 80000 and the rest's 80000 are on the CPU, with a quarter of the KV. */
+        assert_int_equal(p.size, 840768 + 160256);
+}
+
 static void test_gpu_budget(void **state) {
         Harness *h = *state;
         _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
@@ -447,6 +464,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_busy_model_partial, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_num_gpu, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_modelfile_num_gpu, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_estimate_short, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_gpu_budget, setup_gpu_budget, teardown),
                 cmocka_unit_test_setup_teardown(test_memory_budget_cpu_share, setup_memory_budget, teardown),
                 cmocka_unit_test_setup_teardown(test_no_gpu, setup_no_gpu, teardown),
