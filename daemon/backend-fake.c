@@ -12,6 +12,7 @@
  *   delay_us=N       time one forward step takes, whatever the batch size (default 0)
  *   eos_at=N         the end-of-generation token comes at position N (default: never)
  *   fail_load=1      loading fails with EBADMSG
+ *   gpu_fails=1      loading with layers on the GPU fails with EOPNOTSUPP (a backend that cannot run it)
  *
  * The KV cache takes 64 bytes per position of each sequence, spread evenly over the layers.
  *
@@ -45,6 +46,7 @@ typedef struct FakeModel {
         uint64_t layer_size;
         uint64_t gpu_scratch;
         uint64_t hidden_vram;
+        bool gpu_fails;
         uint32_t n_gpu_layers; /* loaded: the first layers on the simulated GPU */
         uint64_t vram;         /* loaded: weights and scratch on the simulated GPU */
 } FakeModel;
@@ -184,6 +186,8 @@ static int fake_read(const char *path, FakeModel *ret, bool *ret_fail, QdError *
                         ret->gpu_scratch = v;
                 else if (streq(line, "hidden_vram"))
                         ret->hidden_vram = v;
+                else if (streq(line, "gpu_fails"))
+                        ret->gpu_fails = v != 0;
         }
         ret->layer_size = layer_size != UINT64_MAX ? layer_size : ret->size / (ret->n_layer + 1);
         return 0;
@@ -228,6 +232,8 @@ static int fake_load(const char *path, const BackendLoadParams *p, void **ret_mo
         if (fail)
                 return qd_error_set(err, EBADMSG, "%s is marked as a model that fails to load.", path);
         m->n_gpu_layers = MIN(p->n_gpu_layers, m->n_layer);
+        if (m->n_gpu_layers > 0 && m->gpu_fails)
+                return qd_error_set(err, EOPNOTSUPP, "%s is marked as a model the GPU cannot run.", path);
         m->vram = fake_vram_fixed(m, m->n_gpu_layers) + (m->n_gpu_layers > 0 ? m->hidden_vram : 0);
         k = fake_gpu_alloc(m->vram);
         if (k == -ENOSPC)

@@ -913,7 +913,11 @@ static int apply_model_params(const char *json, GenerateParams *p, QdError *err)
 
 /* Generate and Chat: the same options and the same path through the scheduler. */
 static int start_generation(Manager *m, Request *r, ProtoMessage *call, bool chat, QdError *err) {
-        _cleanup_(generate_params_done) GenerateParams p = {.num_predict = -1, .num_gpu = -1, .stream = true};
+        _cleanup_(generate_params_done) GenerateParams p = {
+                .num_predict = -1,
+                .num_gpu = -1,
+                .stream = true,
+        };
         struct {
                 const char *model, *prompt, *system;
                 const msgpack_object *options, *messages;

@@ -472,6 +472,17 @@ static void *executor_main(void *userdata) {
                                         lm->load_error =
                                                 s->ops->load(lm->path, &lp, &lm->model, &lm->load_err);
                                 }
+                                /* A GPU backend that cannot run this model after all: the CPU can. */
+                                if (lm->load_error == -EOPNOTSUPP && lp.n_gpu_layers > 0) {
+                                        log_warning(
+                                                "Model '%s' cannot run on the GPU (%s); loading it on the "
+                                                "CPU.",
+                                                lm->name, lm->load_err.msg);
+                                        qd_error_clear(&lm->load_err);
+                                        lp.n_gpu_layers = 0;
+                                        lm->load_error =
+                                                s->ops->load(lm->path, &lp, &lm->model, &lm->load_err);
+                                }
                                 if (lm->load_error >= 0)
                                         s->ops->info(lm->model, &lm->info);
                                 executor_post(s, model_loaded_main, lm);

@@ -449,7 +449,7 @@ typedef struct EngineModelInfo {
         uint64_t n_params;
         uint64_t file_size;
         const char *file_type; /* the most common weight type, e.g. "q4_1" */
-        uint32_t n_gpu_layers; /* layers on the GPU backend (the first ones); 0 when it all runs on the CPU */
+        uint32_t n_gpu_layers; /* layers on the GPU backend (the first ones); 0: it all runs on the CPU */
         uint64_t vram_bytes;   /* device memory the model holds (weights as stored there, scratch), the
                                 * sequences' KV caches not included: see EngineEstimate.vram_kv_bytes */
 } EngineModelInfo;
@@ -472,13 +472,14 @@ typedef struct EngineEstimate {
 } EngineEstimate;
 
 /*
- * Placement before loading: what the model in g needs, with n_ctx positions for each of n_seq sequences, for
- * every split between the GPU backend and the CPU: (*ret)[n] puts the first n layers on the GPU, for n = 0 ..
- * *ret_n - 1. *ret_n is n_layer + 1 when p (NULL: the defaults; its n_gpu_layers is ignored) allows a GPU
- * backend and one is present, else 1 (everything on the CPU). vram_bytes grows with n and ram_bytes shrinks.
- * The sizes are those the backends allocate (rows padded on the device, the device's scratch), so that a
- * split whose vram_bytes is under the device's free memory loads. Errors as engine_model_load() for a file the
- * engine cannot run (the tensors' types are checked when loading, not here). The caller frees *ret.
+ * Placement before loading: what the model in g needs, with n_ctx positions for each of n_seq sequences,
+ * for every split between the GPU backend and the CPU: (*ret)[n] puts the first n layers on the GPU, for
+ * n = 0 .. *ret_n - 1. *ret_n is n_layer + 1 when p (NULL: the defaults; its n_gpu_layers is ignored)
+ * allows a GPU backend, one is present and it runs this model (architecture, features, tensor types), else
+ * 1 (everything on the CPU). vram_bytes grows with n and ram_bytes shrinks. The sizes are those the backends
+ * allocate (rows padded on the device, the device's scratch), so that a split whose vram_bytes is under the
+ * device's free memory loads. Errors as engine_model_load() for a file the engine cannot run. The caller
+ * frees *ret.
  */
 int engine_model_estimate_splits(const Gguf *g, const EngineModelParams *p, uint32_t n_ctx, uint32_t n_seq,
                                  EngineEstimate **ret, size_t *ret_n, QdError *err);

@@ -138,9 +138,10 @@ static int place_segments(EngineModel *m, QdError *err) {
                         return r;
                 m->segments[m->n_segments++] = (ModelSegment){ plan[i].ops, state, plan[i].l0, plan[i].l1 };
                 if (plan[i].ops != &backend_cpu_ops) {
+                        const BackendOps *ops = plan[i].ops;
                         m->info.n_gpu_layers += plan[i].l1 - plan[i].l0;
-                        m->info.vram_bytes += plan[i].ops->device_bytes ? plan[i].ops->device_bytes(state)
-                                                                        : plan[i].ops->estimate(m, &range, 0, 0);
+                        m->info.vram_bytes += ops->device_bytes ? ops->device_bytes(state)
+                                                                : ops->estimate(m, &range, 0, 0);
                 }
         }
         return 0;
@@ -295,9 +296,9 @@ static uint64_t host_tensor_bytes(const Tensor *t) {
         return t->data ? t->row_size * t->ne1 : 0;
 }
 
-/* Host memory of layers [l0, n_layer) on the CPU backend: their weights as mapped, the embedding table when l0
- * is 0 and the head, the CPU backend's KV caches and scratch; and the decoder's buffers, which every split
- * has. */
+/* Host memory of layers [l0, n_layer) on the CPU backend: their weights as mapped, the embedding table
+ * when l0 is 0 and the head, the CPU backend's KV caches and scratch; and the decoder's buffers, which
+ * every split has. */
 static uint64_t host_bytes(const EngineModel *m, uint32_t l0, uint32_t n_ctx, uint32_t n_seq) {
         const ModelConfig *c = &m->cfg;
         const ModelWeights *w = &m->w;
@@ -349,6 +350,16 @@ int engine_model_estimate_splits(const Gguf *g, const EngineModelParams *p, uint
         r = model_config_load(g, &m.cfg, &m.w, err);
         if (r < 0)
                 return r;
+        /* A model the GPU backend cannot run at all goes on the CPU, as loading would have to. */
+        BackendRange all = {
+                .l0 = 0,
+                .l1 = m.cfg.n_layer,
+                .n_batch = m.n_batch,
+                .kv_type = m.params.kv_type,
+                .n_threads = m.params.n_threads,
+        };
+        if (gpu && gpu->check && gpu->check(&m, &all, NULL) < 0)
+                gpu = NULL;
 
         n = gpu ? (size_t)m.cfg.n_layer + 1 : 1;
         e = calloc(n, sizeof(EngineEstimate));

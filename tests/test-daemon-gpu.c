@@ -408,6 +408,21 @@ static void test_estimate_short(void **state) {
         assert_int_equal(p.size, 840768 + 160256);
 }
 
+static void test_gpu_cannot_run(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+
+        /* The GPU backend refuses the model at load time: it runs on the CPU instead of failing. */
+        assert_int_equal(dh_create_model(h, c, "odd", MODEL_M "gpu_fails=1\n"), 0);
+        gen_ok(c, "odd", &OPTS());
+        assert_true(dh_log_contains(h, "Model 'odd:latest' cannot run on the GPU"));
+        PsEntry p = ps(c, "odd:latest", NULL);
+        assert_int_equal(p.num_gpu, 0);
+        assert_int_equal(p.size_vram, 0);
+        assert_int_equal(p.size, M_FULL);
+        assert_string_equal(p.processor, "100% CPU");
+}
+
 static void test_gpu_budget(void **state) {
         Harness *h = *state;
         _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
@@ -465,6 +480,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_num_gpu, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_modelfile_num_gpu, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_estimate_short, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_gpu_cannot_run, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_gpu_budget, setup_gpu_budget, teardown),
                 cmocka_unit_test_setup_teardown(test_memory_budget_cpu_share, setup_memory_budget, teardown),
                 cmocka_unit_test_setup_teardown(test_no_gpu, setup_no_gpu, teardown),

@@ -236,6 +236,32 @@ static uint64_t cuda_backend_estimate(const EngineModel *m, const BackendRange *
         return range_bytes(m, range) + cuda_kv_bytes(&cfg, range->l1 - range->l0, n_ctx) * n_seq;
 }
 
+/* check_model() and every tensor's type, as init() would find them. */
+static int cuda_backend_check(const EngineModel *m, const BackendRange *range, QdError *err) {
+        const Tensor *fixed[] = {&m->w.token_embd, &m->w.output_norm, &m->w.output};
+        int r;
+
+        r = check_model(m, range, err);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < ELEMENTSOF(fixed); i++)
+                if (fixed[i]->data && !cuda_type_supported(fixed[i]->type))
+                        return qd_error_set(err, EOPNOTSUPP,
+                                            "The cuda backend has no kernels for tensor '%s' of type %s.",
+                                            fixed[i]->name, ggml_type_name(fixed[i]->type));
+        for (uint32_t l = range->l0; l < range->l1; l++)
+                for (size_t i = 0; i < ELEMENTSOF(layer_tensors); i++) {
+                        const char *lw = (const char *)&m->w.layers[l];
+                        const Tensor *t = (const Tensor *)(lw + layer_tensors[i].offset);
+                        if (!cuda_type_supported(t->type))
+                                return qd_error_set(err, EOPNOTSUPP,
+                                                    "The cuda backend has no kernels for tensor '%s' of "
+                                                    "type %s.",
+                                                    t->name, ggml_type_name(t->type));
+                }
+        return 0;
+}
+
 /* The weights as uploaded (counted by CudaLlama as it allocates them) and the scratch reserved for them. */
 static uint64_t cuda_backend_device_bytes(void *state) {
         CudaBackend *b = state;
@@ -257,5 +283,6 @@ const BackendOps backend_cuda_ops = {
         .kv_free = cuda_backend_kv_free,
         .forward = cuda_backend_forward,
         .estimate = cuda_backend_estimate,
+        .check = cuda_backend_check,
         .device_bytes = cuda_backend_device_bytes,
 };
