@@ -393,6 +393,8 @@ typedef enum EngineCpuIsa {
 EngineCpuIsa engine_cpu_isa_best(void);
 /* "scalar", "avx2", "avx512"; "unknown" otherwise. */
 const char *engine_cpu_isa_name(EngineCpuIsa isa);
+/* The set a name above gives; _ENGINE_CPU_ISA_INVALID (-EINVAL) for any other name. */
+EngineCpuIsa engine_cpu_isa_from_name(const char *name);
 
 /*
  * y = W x with one kernel set, single-threaded, as the forward pass computes it (activations converted to the
