@@ -73,7 +73,9 @@ typedef struct LoadedModel {
         uint32_t n_parallel;
         uint32_t n_layer;
         uint32_t n_gpu_layers; /* the first layers on the GPU */
-        unsigned threads;      /* as the request asked; 0: Threads= */
+        uint32_t gpu_max;      /* layers the GPU could take: the model's, 0 without a GPU that runs it */
+        uint32_t gpu_target;   /* layers the load asked for: num_gpu clamped to gpu_max */
+        unsigned threads;      /* CPU threads it was loaded with (Threads= when the request named none) */
         BackendSplit *splits;  /* (n_splits) the estimate, until the load is done */
         size_t n_splits;
 
@@ -456,7 +458,7 @@ static void *executor_main(void *userdata) {
                         LoadedModel *lm = c->lm;
                         if (c->kind == CMD_LOAD) {
                                 BackendLoadParams lp = {
-                                        .threads = lm->threads ?: s->manager->config.threads,
+                                        .threads = lm->threads,
                                         .n_gpu_layers = lm->n_gpu_layers,
                                 };
                                 lm->load_error = s->ops->load(lm->path, &lp, &lm->model, &lm->load_err);
@@ -1012,7 +1014,8 @@ struct RoomWaiter {
         char *name, *path, *digest;
         BackendSplit *splits; /* (n_splits): the backend's estimate for n = 0 .. n_splits - 1 GPU layers */
         size_t n_splits;
-        uint32_t target; /* GPU layers wanted: num_gpu clamped, all when it is -1, 0 without a GPU */
+        uint32_t target;  /* GPU layers wanted: num_gpu clamped, all when it is -1, 0 without a GPU */
+        uint32_t gpu_max; /* GPU layers possible: the model's, 0 without a GPU */
         unsigned threads;
         uint32_t n_ctx;
         uint64_t deadline_ns;
@@ -1118,7 +1121,9 @@ static int model_start_load(Scheduler *s, RoomWaiter *rw, uint32_t n_gpu, Loaded
         lm->n_parallel = s->manager->config.num_parallel;
         lm->n_layer = rw->n_splits > 1 ? (uint32_t)rw->n_splits - 1 : 0;
         lm->n_gpu_layers = n_gpu;
-        lm->threads = rw->threads;
+        lm->gpu_max = rw->gpu_max;
+        lm->gpu_target = rw->target;
+        lm->threads = rw->threads ?: s->manager->config.threads;
         lm->splits = TAKE_PTR(rw->splits);
         lm->n_splits = rw->n_splits;
         lm->state = MODEL_LOADING;
@@ -1234,11 +1239,15 @@ static ModelSettings settings_default(Scheduler *s, int64_t keep_alive_ns) {
         };
 }
 
-/* Whether the loaded lm can serve a request with settings st. */
+/*
+ * Whether the loaded lm can serve a request with settings st. num_gpu compares as asked, not as placed (both
+ * clamped to what the GPU could take): a model that got fewer layers than it asked for for want of room
+ * would get no more from a reload, and a num_gpu on a machine without a GPU changes nothing.
+ */
 static bool model_matches(const LoadedModel *lm, const ModelSettings *st) {
         if (st->n_ctx_exact ? lm->n_ctx != st->n_ctx : lm->n_ctx < st->n_ctx)
                 return false;
-        if (st->num_gpu >= 0 && MIN((uint32_t)st->num_gpu, lm->n_layer) != lm->n_gpu_layers)
+        if (st->num_gpu >= 0 && MIN((uint32_t)st->num_gpu, lm->gpu_max) != lm->gpu_target)
                 return false;
         return st->num_thread == 0 || st->num_thread == lm->threads;
 }
@@ -1280,15 +1289,15 @@ static int scheduler_acquire(Scheduler *s, const char *requested, Waiter *w, con
                                  name);
         /* The least RAM it can do with: as many layers on the GPU as it takes and the GPU could ever hold.
          */
-        uint32_t target = 0;
+        uint32_t target = 0, gpu_max = 0;
         uint64_t least = 0;
         if (k >= 0) {
                 BackendGpu g;
                 uint64_t capacity = 0;
                 if (n_splits > 1 && s->ops->gpu_info && s->ops->gpu_info(&g) >= 0) {
                         capacity = MIN(g.total - MIN(c->gpu_overhead, g.total), c->gpu_budget ?: g.total);
-                        target = st->num_gpu < 0 ? (uint32_t)n_splits - 1
-                                                 : MIN((uint32_t)st->num_gpu, (uint32_t)n_splits - 1);
+                        gpu_max = (uint32_t)n_splits - 1;
+                        target = st->num_gpu < 0 ? gpu_max : MIN((uint32_t)st->num_gpu, gpu_max);
                 }
                 least = splits[0].ram;
                 for (uint32_t i = 1; i <= target; i++)
@@ -1325,6 +1334,7 @@ static int scheduler_acquire(Scheduler *s, const char *requested, Waiter *w, con
         rw->splits = TAKE_PTR(splits);
         rw->n_splits = n_splits;
         rw->target = target;
+        rw->gpu_max = gpu_max;
         rw->threads = st->num_thread;
         rw->n_ctx = st->n_ctx;
         rw->keep_alive_ns = st->keep_alive_ns;

@@ -251,6 +251,16 @@ static void test_partial_offload(void **state) {
         /* RAM: 2000000 - 750000 of weights + 512 of KV; 1250512 of 2001024 is 62 % on the CPU. */
         assert_int_equal(p.size, 2001024);
         assert_string_equal(p.processor, "62%/38% CPU/GPU");
+
+        /* Asking for all layers again (a Modelfile's num_gpu 99, say) does not reload the model that got
+         * fewer for want of room: a reload would get no more. */
+        uint64_t load = 1;
+        QdError e = {};
+        assert_int_equal(gen(c, "big", &OPTS(GPU(99)), &load, &e), 0);
+        assert_int_equal(load, 0);
+        assert_int_equal(gen(c, "big", &OPTS(GPU(10)), &load, &e), 0);
+        assert_int_equal(load, 0);
+        assert_int_equal(ps(c, "big:latest", NULL).num_gpu, 5);
 }
 
 static void test_busy_model_partial(void **state) {
@@ -469,6 +479,13 @@ static void test_no_gpu(void **state) {
         assert_string_equal(p.processor, "100% CPU");
         list_digest(c, "m1:latest", digest, sizeof(digest));
         assert_string_equal(p.digest, digest);
+
+        /* Which a second request with the same num_gpu does not reload. */
+        uint64_t load = 1;
+        QdError e = {};
+        assert_int_equal(gen(c, "m1", &OPTS(GPU(4)), &load, &e), 0);
+        assert_int_equal(load, 0);
+        assert_false(dh_log_contains(h, "Reloading"));
 }
 
 int main(void) {
