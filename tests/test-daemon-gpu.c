@@ -22,6 +22,8 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <msgpack.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "daemon-harness.h"
 
@@ -177,6 +179,44 @@ static void gen_ok(ProtoClient *c, const char *model, const GenOpts *o) {
                 fail_msg("Generate %s failed: %s", model, e.msg);
 }
 
+/* qctl's standard output for args (NULL-terminated) against h; fails the test unless it exits with 0. */
+static char *qctl(Harness *h, ...) {
+        const char *argv[16];
+        int n = 0, out[2];
+        va_list ap;
+
+        argv[n++] = NULL; /* the path, below */
+        va_start(ap, h);
+        for (const char *a; (a = va_arg(ap, const char *)) && n < 15;)
+                argv[n++] = a;
+        va_end(ap);
+        argv[n] = NULL;
+        _cleanup_free_ char *path = strdup_printf("%s/client/qctl", getenv("QUANTD_BUILD_ROOT"));
+        argv[0] = path;
+
+        assert_int_equal(pipe2(out, O_CLOEXEC), 0);
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+                dup2(out[1], STDOUT_FILENO);
+                setenv("QUANTD_SOCKET", h->socket, 1);
+                setenv("LC_ALL", "C.UTF-8", 1);
+                execv(argv[0], (char **)argv);
+                _exit(127);
+        }
+        close(out[1]);
+        Buf b = {};
+        char chunk[4096];
+        ssize_t k;
+        while ((k = read(out[0], chunk, sizeof(chunk))) > 0)
+                assert_int_equal(buf_append(&b, chunk, (size_t)k), 0);
+        close(out[0]);
+        int status;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        return b.data ? buf_steal_str(&b) : strdup("");
+}
+
 static void test_full_offload_and_ps(void **state) {
         Harness *h = *state;
         _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
@@ -197,6 +237,13 @@ static void test_full_offload_and_ps(void **state) {
         list_digest(c, "m1:latest", digest, sizeof(digest));
         assert_int_equal(strlen(digest), 7 + 64);
         assert_string_equal(p.digest, digest);
+
+        /* qctl ps: the ID (the digest's first 12 digits) and where the model runs. */
+        _cleanup_free_ char *out = qctl(h, "ps", NULL);
+        _cleanup_free_ char *id = strndup(digest + 7, 12);
+        fprintf(stderr, "# %s", out);
+        assert_non_null(strstr(out, id));
+        assert_non_null(strstr(out, "100% GPU"));
 
         /* Loaded already: no load time. */
         assert_int_equal(gen(c, "m1", &OPTS(), &load, &e), 0);
@@ -251,6 +298,8 @@ static void test_partial_offload(void **state) {
         /* RAM: 2000000 - 750000 of weights + 512 of KV; 1250512 of 2001024 is 62 % on the CPU. */
         assert_int_equal(p.size, 2001024);
         assert_string_equal(p.processor, "62%/38% CPU/GPU");
+        _cleanup_free_ char *out = qctl(h, "ps", NULL);
+        assert_non_null(strstr(out, "62%/38% CPU/GPU"));
 
         /* Asking for all layers again (a Modelfile's num_gpu 99, say) does not reload the model that got
          * fewer for want of room: a reload would get no more. */
