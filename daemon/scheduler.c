@@ -15,8 +15,8 @@
  * splits "first n layers on the GPU, the rest on the CPU", and a model counts its split's host bytes against
  * MemoryBudget= and its GPU bytes against the GPU. What the GPU has room for is the device's free memory
  * now (cudaMemGetInfo(), so other processes count), less GpuOverhead=, less what our models have reserved
- * but not allocated yet (models still loading, the KV caches of NumParallel= slots), and within
- * GpuMemoryBudget=. A model gets num_gpu layers (all when -1) if they fit; if not, the idle model on the GPU
+ * but not allocated yet (the KV caches of NumParallel= slots), and within GpuMemoryBudget=; while a model
+ * with GPU layers is loading, its memory is in flux and the next placement on the GPU waits for it. A model gets num_gpu layers (all when -1) if they fit; if not, the idle model on the GPU
  * that expires first is evicted and the placement tried again once its memory is back; only when no idle
  * model is left on the GPU does the new one settle for as many layers as fit (partial offload), the rest
  * then counting against the memory budget, which may in turn evict models from RAM. Reserving KV caches
@@ -910,6 +910,8 @@ static void model_loaded_main(Manager *m, void *userdata) {
         lm->state = MODEL_READY;
         model_serve_waiters(lm);
         model_maybe_expire(lm);
+        /* A placement may have waited for this load (its own users keep model_maybe_expire() from asking). */
+        scheduler_admit(s);
 }
 
 static void model_unloaded_main(Manager *m, void *userdata) {
@@ -1036,11 +1038,12 @@ static LoadedModel *idle_victim(Scheduler *s, bool gpu) {
         return victim;
 }
 
-static bool unloading(Scheduler *s, bool gpu) {
+/* Whether a model in state (with GPU memory when gpu) exists. */
+static bool any_model(Scheduler *s, ModelState state, bool gpu) {
         LoadedModel *lm;
 
         LIST_FOREACH(models, lm, s->models)
-        if (lm->state == MODEL_UNLOADING && (!gpu || lm->vram > 0))
+        if (lm->state == state && (!gpu || lm->vram > 0))
                 return true;
         return false;
 }
@@ -1077,6 +1080,10 @@ static bool place(Scheduler *s, RoomWaiter *rw, uint32_t *ret_n) {
         uint64_t avail;
 
         if (rw->target > 0 && gpu_available(s, &avail)) {
+                /* A load on the GPU has its memory in flux: place the next one when it is done (loads
+                 * run one after the other on the executor anyway). */
+                if (any_model(s, MODEL_LOADING, true))
+                        return false;
                 if (rw->splits[rw->target].vram <= avail)
                         n = rw->target;
                 else {
@@ -1086,7 +1093,7 @@ static bool place(Scheduler *s, RoomWaiter *rw, uint32_t *ret_n) {
                                 return false;
                         }
                         /* Memory on its way back: wait for it rather than settle for less. */
-                        if (unloading(s, true))
+                        if (any_model(s, MODEL_UNLOADING, true))
                                 return false;
                         for (n = rw->target; n > 0 && rw->splits[n].vram > avail; n--)
                                 ;
@@ -1362,6 +1369,33 @@ static void gen_cancel(Request *r, void *userdata) {
                 scheduler_admit(s);
 }
 
+/* The options of p that decide how a model is loaded. */
+static int check_model_options(const GenerateParams *p, QdError *err) {
+        if (p->num_gpu < -1)
+                return qd_error_set(err, EINVAL,
+                                    "Option 'num_gpu' must be -1 (as many layers as fit), 0 (CPU only) or a "
+                                    "number of layers, not %" PRId32 ".",
+                                    p->num_gpu);
+        if (p->num_thread > 1024)
+                return qd_error_set(err, EINVAL,
+                                    "Option 'num_thread' must be 0 (the daemon's Threads=) to 1024, not "
+                                    "%" PRIu32 ".",
+                                    p->num_thread);
+        return 0;
+}
+
+/* What a request with p's options asks of its model. */
+static ModelSettings settings_from(Scheduler *s, const GenerateParams *p, int64_t keep_alive_ns) {
+        ModelSettings st = settings_default(s, keep_alive_ns);
+        if (p->num_ctx) {
+                st.n_ctx = p->num_ctx;
+                st.n_ctx_exact = true;
+        }
+        st.num_gpu = p->num_gpu;
+        st.num_thread = p->num_thread;
+        return st;
+}
+
 static int need_backend(Scheduler *s, const char *method, QdError *err) {
         if (!s->ops)
                 return qd_error_set(
@@ -1380,16 +1414,9 @@ int scheduler_generate(Scheduler *s, Request *r, GenerateParams *p, QdError *err
                 if (k < 0)
                         return k;
         }
-        if (p->num_gpu < -1)
-                return qd_error_set(err, EINVAL,
-                                    "Option 'num_gpu' must be -1 (as many layers as fit), 0 (CPU only) or a "
-                                    "number of layers, not %" PRId32 ".",
-                                    p->num_gpu);
-        if (p->num_thread > 1024)
-                return qd_error_set(err, EINVAL,
-                                    "Option 'num_thread' must be 0 (the daemon's Threads=) to 1024, not "
-                                    "%" PRIu32 ".",
-                                    p->num_thread);
+        k = check_model_options(p, err);
+        if (k < 0)
+                return k;
 
         Gen *g = calloc(1, sizeof(*g));
         Waiter *w = calloc(1, sizeof(*w));
@@ -1422,13 +1449,7 @@ int scheduler_generate(Scheduler *s, Request *r, GenerateParams *p, QdError *err
         w->request = request_ref(r);
         w->gen = g;
 
-        ModelSettings st = settings_default(s, g->p.keep_alive_ns);
-        if (g->p.num_ctx) {
-                st.n_ctx = g->p.num_ctx;
-                st.n_ctx_exact = true;
-        }
-        st.num_gpu = g->p.num_gpu;
-        st.num_thread = g->p.num_thread;
+        ModelSettings st = settings_from(s, &g->p, g->p.keep_alive_ns);
         _cleanup_free_ char *name = strdup(g->p.model);
         if (!name) {
                 gen_free(g);
@@ -1440,8 +1461,10 @@ int scheduler_generate(Scheduler *s, Request *r, GenerateParams *p, QdError *err
 }
 
 int scheduler_load(Scheduler *s, Request *r, const char *model, int64_t keep_alive_ns, bool keep_alive_set,
-                   QdError *err) {
+                   const GenerateParams *opts, QdError *err) {
         int k = need_backend(s, "Load", err);
+        if (k >= 0)
+                k = check_model_options(opts, err);
         if (k < 0)
                 return k;
         Waiter *w = calloc(1, sizeof(*w));
@@ -1450,7 +1473,7 @@ int scheduler_load(Scheduler *s, Request *r, const char *model, int64_t keep_ali
         w->kind = WAITER_LOAD;
         w->request = request_ref(r);
         ModelSettings st =
-                settings_default(s, keep_alive_set ? keep_alive_ns : s->manager->config.keep_alive_ns);
+                settings_from(s, opts, keep_alive_set ? keep_alive_ns : s->manager->config.keep_alive_ns);
         return scheduler_acquire(s, model, w, &st, err);
 }
 

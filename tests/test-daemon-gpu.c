@@ -173,6 +173,28 @@ static int gen(ProtoClient *c, const char *model, const GenOpts *o, uint64_t *re
         return k;
 }
 
+/* Load with num_gpu (INT64_MIN: no options). */
+static int load(ProtoClient *c, const char *model, int64_t num_gpu, QdError *e) {
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+        ProtoMessage m;
+
+        qd_error_clear(e);
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, num_gpu == INT64_MIN ? 1 : 2);
+        proto_pack_kv_str(&pk, "model", model);
+        if (num_gpu != INT64_MIN) {
+                proto_pack_key(&pk, "options");
+                msgpack_pack_map(&pk, 2);
+                proto_pack_kv_i64(&pk, "num_gpu", num_gpu);
+                proto_pack_kv_double(&pk, "temperature", 0.5); /* for generations: ignored */
+        }
+        int k = proto_client_call(c, "Load", sb.data, sb.size, NULL, 0, NULL, NULL, &m, e);
+        msgpack_sbuffer_destroy(&sb);
+        return k;
+}
+
 static void gen_ok(ProtoClient *c, const char *model, const GenOpts *o) {
         QdError e = {};
         if (gen(c, model, o, NULL, &e) < 0)
@@ -275,6 +297,37 @@ static void test_two_resident_then_evict(void **state) {
         assert_string_equal(p.processor, "100% GPU");
         assert_int_equal(p.size_vram, M_FULL);
         assert_true(dh_log_contains(h, "Evicting idle model 'm1:latest' to make room on the GPU."));
+}
+
+/* Requests for two models at once: the second is placed once the first has its memory, and both fit. */
+static void test_concurrent_loads(void **state) {
+        Harness *h = *state;
+        ProtoClient *c[2] = {dh_connect(h), dh_connect(h)};
+        const char *names[2] = {"m1", "m2"};
+        uint64_t ids[2];
+        ProtoMessage m;
+        QdError e = {};
+
+        for (int i = 0; i < 2; i++)
+                assert_int_equal(dh_create_model(h, c[0], names[i], MODEL_M), 0);
+        for (int i = 0; i < 2; i++) {
+                msgpack_sbuffer sb;
+                msgpack_sbuffer_init(&sb);
+                pack_gen(&sb, names[i], &OPTS());
+                assert_int_equal(proto_client_send(c[i], "Generate", sb.data, sb.size, NULL, 0, &ids[i]), 0);
+                msgpack_sbuffer_destroy(&sb);
+        }
+        for (int i = 0; i < 2; i++)
+                for (;;) {
+                        qd_error_clear(&e);
+                        assert_int_equal(proto_client_read(c[i], 10000, &m, &e), 1);
+                        if (m.type == PROTO_RESPONSE && m.msgid == ids[i])
+                                break;
+                }
+        assert_string_equal(ps(c[0], "m1:latest", NULL).processor, "100% GPU");
+        assert_string_equal(ps(c[0], "m2:latest", NULL).processor, "100% GPU");
+        for (int i = 0; i < 2; i++)
+                proto_client_free(c[i]);
 }
 
 static void test_partial_offload(void **state) {
@@ -448,6 +501,28 @@ static void test_modelfile_num_gpu(void **state) {
         /* The request's option beats the Modelfile's. */
         gen_ok(c, "one", &OPTS(GPU(0)));
         assert_int_equal(ps(c, "one:latest", NULL).num_gpu, 0);
+
+        /* Load applies the Modelfile's too, so that the generation after it (qctl run's) does not reload. */
+        assert_int_equal(load(c, "one", INT64_MIN, &e), 0);
+        assert_int_equal(ps(c, "one:latest", NULL).num_gpu, 1);
+        uint64_t ns = 1;
+        assert_int_equal(gen(c, "one", &OPTS(), &ns, &e), 0);
+        assert_int_equal(ns, 0);
+}
+
+static void test_load_options(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+        QdError e = {};
+        uint64_t ns = 1;
+
+        assert_int_equal(dh_create_model(h, c, "m1", MODEL_M), 0);
+        assert_int_equal(load(c, "m1", 2, &e), 0);
+        assert_int_equal(ps(c, "m1:latest", NULL).num_gpu, 2);
+        assert_int_equal(gen(c, "m1", &OPTS(GPU(2)), &ns, &e), 0);
+        assert_int_equal(ns, 0);
+        assert_int_equal(load(c, "m1", -3, &e), -EINVAL);
+        assert_non_null(strstr(e.msg, "Option 'num_gpu' must be -1"));
 }
 
 static void test_estimate_short(void **state) {
@@ -541,10 +616,12 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_full_offload_and_ps, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_two_resident_then_evict, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_concurrent_loads, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_partial_offload, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_busy_model_partial, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_num_gpu, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_modelfile_num_gpu, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_load_options, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_estimate_short, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_gpu_cannot_run, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_gpu_budget, setup_gpu_budget, teardown),
