@@ -182,6 +182,9 @@ typedef struct GenerateParams {
         bool stream;
         int32_t num_predict; /* -1: until the context is full or an end-of-generation token */
         uint32_t num_ctx;    /* 0: the config's */
+        int32_t num_gpu;     /* layers on the GPU: -1 as many as fit (initialise to it), 0 none, more is
+                              * clamped to the model's */
+        uint32_t num_thread; /* CPU threads of the model; 0: the config's Threads= */
         int64_t keep_alive_ns;
         bool keep_alive_set;
         char **stop;        /* NULL-terminated stop strings */
@@ -194,9 +197,10 @@ void generate_params_done(GenerateParams *p);
 
 /* Starts a generation for r; its events and reply go to r. Takes p's contents. */
 int scheduler_generate(Scheduler *s, Request *r, GenerateParams *p, QdError *err);
-/* Loads (or refreshes) a model with a keep_alive; replies when it is loaded. */
+/* Loads (or refreshes) a model with a keep_alive and opts' num_ctx, num_gpu and num_thread; replies when it
+ * is loaded. */
 int scheduler_load(Scheduler *s, Request *r, const char *model, int64_t keep_alive_ns, bool keep_alive_set,
-                   QdError *err);
+                   const GenerateParams *opts, QdError *err);
 int scheduler_unload(Scheduler *s, const char *model, QdError *err);
 /* Tokenize or Detokenize on the loaded model (loading it first). */
 int scheduler_tokenize(Scheduler *s, Request *r, const char *model, const char *text,

@@ -1187,20 +1187,40 @@ static int method_ps(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
         return reply_simple(r, &rep, k);
 }
 
+static int apply_model_params(const char *json, GenerateParams *p, QdError *err);
+
+/* Load takes the options that decide how a model is loaded, from its Modelfile and the request, as Generate
+ * does; other options are for generations and ignored here. */
 static int method_load(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        _cleanup_(generate_params_done) GenerateParams p = {.num_gpu = -1};
+        _cleanup_free_ char *model_params = NULL;
         struct {
                 const char *model;
                 int64_t keep_alive;
+                const msgpack_object *options;
         } a = {.keep_alive = INT64_MIN};
         static const ProtoField fields[] = {
                 {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true},
                 {"keep_alive", PROTO_FIELD_DURATION, offsetof(typeof(a), keep_alive)},
+                {"options", PROTO_FIELD_MAP, offsetof(typeof(a), options)},
+                {},
+        };
+        static const ProtoField options[] = {
+                {"num_ctx", PROTO_FIELD_U32, offsetof(GenerateParams, num_ctx)},
+                {"num_gpu", PROTO_FIELD_I32, offsetof(GenerateParams, num_gpu)},
+                {"num_thread", PROTO_FIELD_U32, offsetof(GenerateParams, num_thread)},
                 {},
         };
         int k = proto_dispatch(call->params, fields, &a, call->zone, err);
+        if (k >= 0)
+                k = m->store_ops->read_layer(m->store, a.model, STORE_LAYER_PARAMS, &model_params, err);
+        if (k >= 0 && model_params)
+                k = apply_model_params(model_params, &p, err);
+        if (k >= 0)
+                k = proto_dispatch(a.options, options, &p, call->zone, err);
         if (k < 0)
                 return k;
-        return scheduler_load(m->scheduler, r, a.model, a.keep_alive, a.keep_alive != INT64_MIN, err);
+        return scheduler_load(m->scheduler, r, a.model, a.keep_alive, a.keep_alive != INT64_MIN, &p, err);
 }
 
 static int method_unload(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
@@ -1386,6 +1406,8 @@ static int apply_model_params(const char *json, GenerateParams *p, QdError *err)
                 {"seed", 'U', offsetof(GenerateParams, sampler.seed)},
                 {"num_predict", 'i', offsetof(GenerateParams, num_predict)},
                 {"num_ctx", 'u', offsetof(GenerateParams, num_ctx)},
+                {"num_gpu", 'i', offsetof(GenerateParams, num_gpu)},
+                {"num_thread", 'u', offsetof(GenerateParams, num_thread)},
         };
         json_object *root = json_tokener_parse(json), *v;
 
@@ -1437,7 +1459,11 @@ static int apply_model_params(const char *json, GenerateParams *p, QdError *err)
 
 /* Generate and Chat: the same options and the same path through the scheduler. */
 static int start_generation(Manager *m, Request *r, ProtoMessage *call, bool chat, QdError *err) {
-        _cleanup_(generate_params_done) GenerateParams p = {.num_predict = -1, .stream = true};
+        _cleanup_(generate_params_done) GenerateParams p = {
+                .num_predict = -1,
+                .num_gpu = -1,
+                .stream = true,
+        };
         struct {
                 const char *model, *prompt, *system;
                 const msgpack_object *options, *messages;
@@ -1472,6 +1498,8 @@ static int start_generation(Manager *m, Request *r, ProtoMessage *call, bool cha
                 {"seed", PROTO_FIELD_U64, offsetof(GenerateParams, sampler.seed)},
                 {"num_predict", PROTO_FIELD_I32, offsetof(GenerateParams, num_predict)},
                 {"num_ctx", PROTO_FIELD_U32, offsetof(GenerateParams, num_ctx)},
+                {"num_gpu", PROTO_FIELD_I32, offsetof(GenerateParams, num_gpu)},
+                {"num_thread", PROTO_FIELD_U32, offsetof(GenerateParams, num_thread)},
                 {},
         };
         int k;

@@ -90,6 +90,22 @@ static int reg_resolve(void *store, const char *name, char **ret_path, char **re
         return 0;
 }
 
+static int reg_digest(void *store, const char *name, char **ret, QdError *err) {
+        RegStore *s = store;
+        char digest[REGISTRY_DIGEST_MAX];
+        RegistryName n;
+        int k;
+
+        k = registry_name_parse(name, &s->config, &n, err);
+        if (k < 0)
+                return k;
+        k = registry_store_model_digest(s->store, &n, digest, err);
+        if (k < 0)
+                return k;
+        *ret = strdup(digest);
+        return *ret ? 0 : -ENOMEM;
+}
+
 void store_model_free_many(StoreModel *l, size_t n) {
         for (size_t i = 0; i < n; i++) {
                 free(l[i].name);
@@ -453,6 +469,7 @@ const StoreOps store_registry_ops = {
         .close = reg_close,
         .resolve = reg_resolve,
         .list = reg_list,
+        .digest = reg_digest,
         .create = reg_create,
         .import = reg_import,
         .export = reg_export,
