@@ -680,8 +680,27 @@ static int on_quantize_progress(const ProtoMessage *m, void *userdata) {
                                (uint64_t)MAX(result_int(m->params, "total", 0), 0), now_ns());
 }
 
-int qctl_transfer(Qctl *q, const char *method, const char *model, bool insecure, QdError *e) {
+/* Calls a method whose job reports progress (pull, push, create, quantize, export, import), drawn on q->err
+ * by on_event; the reply goes to *ret (may be NULL) as conn_call() gives it. */
+static int call_with_progress(Qctl *q, const char *method, const Packer *p, const int *fds, size_t n_fds,
+                              int (*on_event)(const ProtoMessage *m, void *userdata), ProtoMessage *ret,
+                              QdError *e) {
         _cleanup_(progress_freep) Progress *pr = NULL;
+        int r;
+
+        r = qctl_connect(q, e);
+        if (r < 0)
+                return r;
+        r = progress_new(&pr, q->err, q->err_tty, q->width);
+        if (r < 0)
+                return r;
+        CallHooks h = { .on_event = on_event, .interrupted = q->interrupted, .userdata = pr };
+        r = conn_call(q->conn, method, p->sb.data, p->sb.size, fds, n_fds, &h, ret, e);
+        progress_finish(pr);
+        return r;
+}
+
+int qctl_transfer(Qctl *q, const char *method, const char *model, bool insecure, QdError *e) {
         _cleanup_(packer_close) Packer p = {};
         int r;
 
@@ -689,15 +708,7 @@ int qctl_transfer(Qctl *q, const char *method, const char *model, bool insecure,
         if (msgpack_pack_map(&p.pk, 2) < 0 || proto_pack_kv_str(&p.pk, "model", model) < 0 ||
             proto_pack_kv_bool(&p.pk, "insecure", insecure) < 0)
                 return -ENOMEM;
-        r = qctl_connect(q, e);
-        if (r < 0)
-                return r;
-        r = progress_new(&pr, q->err, q->err_tty, q->width);
-        if (r < 0)
-                return r;
-        CallHooks h = { .on_event = on_progress, .interrupted = q->interrupted, .userdata = pr };
-        r = conn_call(q->conn, method, p.sb.data, p.sb.size, NULL, 0, &h, NULL, e);
-        progress_finish(pr);
+        r = call_with_progress(q, method, &p, NULL, 0, on_progress, NULL, e);
         if (r < 0)
                 return r;
         fprintf(q->err, "success\n");
@@ -801,7 +812,6 @@ int qctl_pack_create(msgpack_packer *pk, const char *name, const Modelfile *mf, 
 
 int qctl_create(Qctl *q, const char *name, const Modelfile *mf, const char *file, const char *quantize,
                 QdError *e) {
-        _cleanup_(progress_freep) Progress *pr = NULL;
         _cleanup_(packer_close) Packer p = {};
         _cleanup_close_ int fd = -EBADF;
         int r, kind = FROM_GGUF;
@@ -824,18 +834,9 @@ int qctl_create(Qctl *q, const char *name, const Modelfile *mf, const char *file
                              quantize);
         if (r < 0)
                 return r;
-        r = qctl_connect(q, e);
-        if (r < 0)
-                return r;
         for (int attempt = 0;; attempt++) {
-                pr = progress_free(pr);
-                r = progress_new(&pr, q->err, q->err_tty, q->width);
-                if (r < 0)
-                        return r;
-                CallHooks h = { .on_event = on_quantize_progress, .interrupted = q->interrupted, .userdata = pr };
-                r = conn_call(q->conn, "Create", p.sb.data, p.sb.size, fd >= 0 ? &fd : NULL, fd >= 0 ? 1 : 0, &h,
-                              NULL, e);
-                progress_finish(pr);
+                r = call_with_progress(q, "Create", &p, fd >= 0 ? &fd : NULL, fd >= 0 ? 1 : 0,
+                                       on_quantize_progress, NULL, e);
                 if (r != -ENOENT || fd >= 0 || attempt > 0)
                         break;
                 /* FROM a model that is not stored: pulled first, as `ollama create` does. */
@@ -929,19 +930,42 @@ static int open_gguf(const char *path, int *ret, QdError *e) {
         return 0;
 }
 
-/* Makes tmp the file at path; without replace, fails with EEXIST when path appeared meanwhile. */
-static int commit_tmp(int fd, const char *tmp, const char *path, bool replace) {
-        if (replace)
-                return tmpfile_commit(fd, tmp, path);
-        if (fchmod(fd, 0644) < 0 || fsync(fd) < 0 ||
-            renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE) < 0)
-                return -errno;
+/* Creates the temporary file that a job writes and commit_output() makes path: beside it, so that the final
+ * rename stays in one file system. Without force, refuses a path that exists. Returns the descriptor. */
+static int open_output(const char *path, bool force, char **ret_tmp, QdError *e) {
+        int fd;
+
+        if (access(path, F_OK) >= 0 && !force)
+                return qd_error_set(e, EEXIST, "'%s' exists: add --force to replace it.", path);
+        fd = tmpfile_beside(path, ret_tmp);
+        if (fd < 0)
+                return qd_error_set(e, -fd, "Cannot create a file beside '%s': %s.", path, strerror(-fd));
+        return fd;
+}
+
+/* Makes *tmp the file at path once the job wrote it, and says "success"; without force, fails with EEXIST
+ * when path appeared while the job was doing (a word for the error, such as "exporting"). */
+static int commit_output(Qctl *q, int fd, char **tmp, const char *path, bool force, const char *doing,
+                         QdError *e) {
+        int r = 0;
+
+        if (force)
+                r = tmpfile_commit(fd, *tmp, path);
+        else if (fchmod(fd, 0644) < 0 || fsync(fd) < 0 ||
+                 renameat2(AT_FDCWD, *tmp, AT_FDCWD, path, RENAME_NOREPLACE) < 0)
+                r = -errno;
+        if (r == -EEXIST)
+                return qd_error_set(e, EEXIST, "'%s' appeared while %s: add --force to replace it.", path,
+                                    doing);
+        if (r < 0)
+                return qd_error_set(e, -r, "Cannot write '%s': %s.", path, strerror(-r));
+        free(TAKE_PTR(*tmp));
+        fprintf(q->err, "success\n");
         return 0;
 }
 
 static int verb_quantize(Qctl *q, Command *c, QdError *e) {
         const char *src_path = c->args[0], *dst_path = c->args[1], *type = c->args[2];
-        _cleanup_(progress_freep) Progress *pr = NULL;
         _cleanup_(unlink_tmpp) char *tmp = NULL;
         _cleanup_(packer_close) Packer p = {};
         _cleanup_close_ int src = -EBADF, dst = -EBADF;
@@ -953,18 +977,11 @@ static int verb_quantize(Qctl *q, Command *c, QdError *e) {
                 return r;
         if (fstat(src, &sst) < 0)
                 return -errno;
-        if (stat(dst_path, &dst_st) >= 0) {
-                if (dst_st.st_dev == sst.st_dev && dst_st.st_ino == sst.st_ino)
-                        return qd_error_set(e, EINVAL, "'%s' is the source file: give another DST.",
-                                            dst_path);
-                if (!c->force)
-                        return qd_error_set(e, EEXIST, "'%s' exists: add --force to replace it.", dst_path);
-        }
-        /* Beside DST, so that the final rename stays in one file system. */
-        dst = tmpfile_beside(dst_path, &tmp);
+        if (stat(dst_path, &dst_st) >= 0 && dst_st.st_dev == sst.st_dev && dst_st.st_ino == sst.st_ino)
+                return qd_error_set(e, EINVAL, "'%s' is the source file: give another DST.", dst_path);
+        dst = open_output(dst_path, c->force, &tmp, e);
         if (dst < 0)
-                return qd_error_set(e, -dst, "Cannot create a file beside '%s': %s.", dst_path,
-                                    strerror(-dst));
+                return dst;
 
         packer_open(&p);
         uint32_t n = 3 + c->pure + c->leave_output + c->allow_requantize + (c->n_tensor_types > 0);
@@ -998,33 +1015,16 @@ static int verb_quantize(Qctl *q, Command *c, QdError *e) {
         }
         if (r < 0)
                 return r;
-        r = qctl_connect(q, e);
-        if (r < 0)
-                return r;
-        r = progress_new(&pr, q->err, q->err_tty, q->width);
-        if (r < 0)
-                return r;
         const int fds[2] = { src, dst };
-        CallHooks h = { .on_event = on_quantize_progress, .interrupted = q->interrupted, .userdata = pr };
-        r = conn_call(q->conn, "Quantize", p.sb.data, p.sb.size, fds, 2, &h, NULL, e);
-        progress_finish(pr);
+        r = call_with_progress(q, "Quantize", &p, fds, 2, on_quantize_progress, NULL, e);
         if (r < 0)
                 return r;
-        r = commit_tmp(dst, tmp, dst_path, c->force);
-        if (r == -EEXIST)
-                return qd_error_set(e, EEXIST, "'%s' appeared while quantizing: add --force to replace it.",
-                                    dst_path);
-        if (r < 0)
-                return qd_error_set(e, -r, "Cannot write '%s': %s.", dst_path, strerror(-r));
-        free(TAKE_PTR(tmp));
-        fprintf(q->err, "success\n");
-        return 0;
+        return commit_output(q, dst, &tmp, dst_path, c->force, "quantizing", e);
 }
 
 /* qctl export: the archive's format by FILE's suffix; FILE is written as quantize's DST is. */
 static int verb_export(Qctl *q, Command *c, QdError *e) {
         const char *model = c->args[0], *path = c->args[1];
-        _cleanup_(progress_freep) Progress *pr = NULL;
         _cleanup_(unlink_tmpp) char *tmp = NULL;
         _cleanup_(packer_close) Packer p = {};
         _cleanup_close_ int fd = -EBADF;
@@ -1040,41 +1040,22 @@ static int verb_export(Qctl *q, Command *c, QdError *e) {
         else
                 return qd_error_set(e, EINVAL,
                                     "qctl export: FILE must end in .tar, .tar.gz, .tgz or .tar.zst.");
-        if (access(path, F_OK) >= 0 && !c->force)
-                return qd_error_set(e, EEXIST, "'%s' exists: add --force to replace it.", path);
-        fd = tmpfile_beside(path, &tmp);
+        fd = open_output(path, c->force, &tmp, e);
         if (fd < 0)
-                return qd_error_set(e, -fd, "Cannot create a file beside '%s': %s.", path, strerror(-fd));
+                return fd;
 
         packer_open(&p);
         if (msgpack_pack_map(&p.pk, 3) < 0 || proto_pack_kv_str(&p.pk, "model", model) < 0 ||
             proto_pack_kv_u64(&p.pk, "fd", 0) < 0 || proto_pack_kv_str(&p.pk, "format", format) < 0)
                 return -ENOMEM;
-        r = qctl_connect(q, e);
+        r = call_with_progress(q, "Export", &p, &fd, 1, on_progress, NULL, e);
         if (r < 0)
                 return r;
-        r = progress_new(&pr, q->err, q->err_tty, q->width);
-        if (r < 0)
-                return r;
-        CallHooks h = { .on_event = on_progress, .interrupted = q->interrupted, .userdata = pr };
-        r = conn_call(q->conn, "Export", p.sb.data, p.sb.size, &fd, 1, &h, NULL, e);
-        progress_finish(pr);
-        if (r < 0)
-                return r;
-        r = commit_tmp(fd, tmp, path, c->force);
-        if (r == -EEXIST)
-                return qd_error_set(e, EEXIST, "'%s' appeared while exporting: add --force to replace it.",
-                                    path);
-        if (r < 0)
-                return qd_error_set(e, -r, "Cannot write '%s': %s.", path, strerror(-r));
-        free(TAKE_PTR(tmp));
-        fprintf(q->err, "success\n");
-        return 0;
+        return commit_output(q, fd, &tmp, path, c->force, "exporting", e);
 }
 
 /* qctl import: the archive travels as a descriptor, read by the daemon's job. */
 static int verb_import(Qctl *q, Command *c, QdError *e) {
-        _cleanup_(progress_freep) Progress *pr = NULL;
         _cleanup_(packer_close) Packer p = {};
         _cleanup_close_ int fd = open(c->args[0], O_RDONLY | O_CLOEXEC | O_NOCTTY);
         const char *model = c->args[1];
@@ -1093,15 +1074,7 @@ static int verb_import(Qctl *q, Command *c, QdError *e) {
         if (msgpack_pack_map(&p.pk, 1 + !!model) < 0 || proto_pack_kv_u64(&p.pk, "archive", 0) < 0 ||
             (model && proto_pack_kv_str(&p.pk, "model", model) < 0))
                 return -ENOMEM;
-        r = qctl_connect(q, e);
-        if (r < 0)
-                return r;
-        r = progress_new(&pr, q->err, q->err_tty, q->width);
-        if (r < 0)
-                return r;
-        CallHooks h = { .on_event = on_progress, .interrupted = q->interrupted, .userdata = pr };
-        r = conn_call(q->conn, "Import", p.sb.data, p.sb.size, &fd, 1, &h, &m, e);
-        progress_finish(pr);
+        r = call_with_progress(q, "Import", &p, &fd, 1, on_progress, &m, e);
         if (r < 0)
                 return r;
         _cleanup_free_ char *name = result_strdup(m.result, "name");
