@@ -25,123 +25,41 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "quant.h"
+#include "convert-harness.h"
 
 #define N_VOCAB 400
 
-static char *data_path(const char *name) {
-        const char *dir = getenv("QUANTD_TEST_DATA");
-        return strdup_printf("%s/%s", dir ? dir : "tests/data", name);
-}
-
 /* ---- a temporary copy of hf-tiny-spm/, which tests change ---- */
-
-typedef struct Folder {
-        char dir[64];
-        int dirfd;
-} Folder;
 
 static const char *const spm_files[] = {
         "config.json",       "tokenizer.model",     "tokenizer.json",         "tokenizer_config.json",
         "model.safetensors", "chat_template.jinja", "generation_config.json",
 };
 
-static void copy_file(int from_dir, const char *from, int to_dir, const char *to) {
-        int in = openat(from_dir, from, O_RDONLY | O_CLOEXEC), out;
-        char buf[65536];
-        ssize_t k;
-
-        assert_true(in >= 0);
-        out = openat(to_dir, to, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        assert_true(out >= 0);
-        while ((k = read(in, buf, sizeof(buf))) > 0)
-                assert_int_equal(write(out, buf, (size_t)k), k);
-        close(in);
-        close(out);
-}
-
 static int setup_folder(void **state) {
-        _cleanup_free_ char *path = data_path("hf-tiny-spm");
-        Folder *f = calloc(1, sizeof(Folder));
-        int src = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-
-        assert_true(src >= 0);
-        strcpy(f->dir, "/tmp/test-convert-spm-XXXXXX");
-        assert_non_null(mkdtemp(f->dir));
-        f->dirfd = open(f->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        assert_true(f->dirfd >= 0);
-        for (size_t i = 0; i < ELEMENTSOF(spm_files); i++)
-                copy_file(src, spm_files[i], f->dirfd, spm_files[i]);
-        close(src);
-        *state = f;
+        *state = folder_new("hf-tiny-spm", spm_files, ELEMENTSOF(spm_files));
         return 0;
 }
 
 static int teardown_folder(void **state) {
-        Folder *f = *state;
-
-        for (size_t i = 0; i < ELEMENTSOF(spm_files); i++)
-                (void)unlinkat(f->dirfd, spm_files[i], 0);
-        close(f->dirfd);
-        rmdir(f->dir);
-        free(f);
+        folder_free(*state);
         return 0;
 }
 
-static void write_file(Folder *f, const char *name, const void *data, size_t len) {
-        int fd = openat(f->dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+/* Converts the folder into a memfd and opens it as GGUF in *ret. */
+static int convert_open(Folder *f, Gguf **ret) {
+        int fd = convert_dir(f->dirfd, NULL);
 
-        assert_true(fd >= 0);
-        assert_int_equal(write(fd, data, len), (ssize_t)len);
-        close(fd);
-}
-
-/* The folder's name in memory (at most 1 MiB), NUL-terminated; *ret_len its size. */
-static char *read_file(Folder *f, const char *name, size_t *ret_len) {
-        char *buf = calloc(1, 1 << 20);
-        int fd = openat(f->dirfd, name, O_RDONLY | O_CLOEXEC);
-        ssize_t k;
-
-        assert_true(fd >= 0);
-        k = read(fd, buf, (1 << 20) - 1);
-        assert_true(k >= 0);
-        close(fd);
-        *ret_len = (size_t)k;
-        return buf;
-}
-
-/* Replaces the first occurrence of from with to in the folder's text file name. */
-static void edit(Folder *f, const char *name, const char *from, const char *to) {
-        size_t len;
-        _cleanup_free_ char *text = read_file(f, name, &len), *out = NULL;
-        char *at = strstr(text, from);
-
-        if (!at)
-                fail_msg("'%s' not in %s", from, name);
-        out = strdup_printf("%.*s%s%s", (int)(at - text), text, to, at + strlen(from));
-        write_file(f, name, out, strlen(out));
-}
-
-/* Converts the folder into a memfd; fails the test with the converter's message. */
-static int convert_dir(int dirfd) {
-        QdError err = {};
-        int fd = memfd_create("converted", MFD_CLOEXEC), r;
-
-        assert_true(fd >= 0);
-        r = quant_convert_hf(dirfd, fd, NULL, &err);
-        if (r < 0)
-                fail_msg("conversion failed: %d %s", r, err.msg);
+        assert_int_equal(gguf_open_fd(fd, ret, NULL), 0);
         return fd;
 }
 
-static void expect_error(Folder *f, int error, const char *needle) {
-        QdError err = {};
-        int fd = memfd_create("converted", MFD_CLOEXEC), r;
+/* Replaces tokenizer.json with the Unigram one that make-hf-tiny-spm.py wrote. */
+static void use_unigram_json(Folder *f) {
+        int data = open_data_dir(".");
 
-        r = quant_convert_hf(f->dirfd, fd, NULL, &err);
-        close(fd);
-        if (r != -error || !strstr(err.msg, needle))
-                fail_msg("got %d '%s', wanted %d with '%s'", r, err.msg, -error, needle);
+        copy_file(data, "hf-tiny-spm-unigram.json", f->dirfd, "tokenizer.json");
+        close(data);
 }
 
 /* ---- references ---- */
@@ -296,9 +214,8 @@ static void test_from_model(void **state) {
         Folder *f = *state;
         _cleanup_(gguf_freep) Gguf *g = NULL;
         _cleanup_free_ char *s = NULL;
-        int fd = convert_dir(f->dirfd);
+        int fd = convert_open(f, &g);
 
-        assert_int_equal(gguf_open_fd(fd, &g, NULL), 0);
         check_vocab(g, "hf-tiny-spm.vocab", CHECK_SCORES);
         assert_int_equal(gguf_get_string(g, "tokenizer.ggml.pre", &s), 0);
         assert_string_equal(s, "default");
@@ -318,54 +235,10 @@ static void test_from_model(void **state) {
 }
 
 static void test_logits(void **state) {
-        _cleanup_free_ char *path = data_path("hf-tiny-spm.logits");
-        _cleanup_fclose_ FILE *ref = fopen(path, "re");
         Folder *f = *state;
-        EngineModelParams mp = engine_model_params_default();
-        EngineModel *m = NULL;
-        EngineSeq *seq = NULL;
-        QdError err = {};
-        int32_t tokens[16];
-        unsigned n;
-        _cleanup_free_ float *want = NULL, *got = NULL;
-        double worst = 0;
-        int fd = convert_dir(f->dirfd);
+        int fd = convert_dir(f->dirfd, NULL);
 
-        assert_non_null(ref);
-        assert_int_equal(fscanf(ref, "tokens %u", &n), 1);
-        assert_true(n > 0 && n <= 16);
-        for (unsigned i = 0; i < n; i++)
-                assert_int_equal(fscanf(ref, "%d", &tokens[i]), 1);
-        want = calloc((size_t)n * N_VOCAB, sizeof(float));
-        got = calloc((size_t)n * N_VOCAB, sizeof(float));
-        assert_non_null(want);
-        assert_non_null(got);
-        for (size_t i = 0; i < (size_t)n * N_VOCAB; i++)
-                assert_int_equal(fscanf(ref, "%f", &want[i]), 1);
-
-        mp.backend = "cpu";
-        mp.n_threads = 1;
-        mp.kv_type = GGML_TYPE_F32;
-        mp.f32_activations = true;
-        if (engine_model_load_fd(fd, &mp, &m, &err) < 0)
-                fail_msg("load failed: %s", err.msg);
-        assert_int_equal(engine_model_info(m)->n_vocab, N_VOCAB);
-        assert_int_equal(engine_seq_new(m, 64, &seq), 0);
-        if (engine_decode_all(m, seq, tokens, n, got, &err) < 0)
-                fail_msg("decode failed: %s", err.msg);
-        for (size_t i = 0; i < (size_t)n * N_VOCAB; i++) {
-                /* Relative to the row's largest logit, so that logits near 0 do not dominate. */
-                double scale = 0;
-                size_t row = i / N_VOCAB;
-
-                for (uint32_t j = 0; j < N_VOCAB; j++)
-                        scale = fmax(scale, fabs(want[row * N_VOCAB + j]));
-                worst = fmax(worst, fabs((double)got[i] - want[i]) / scale);
-        }
-        print_message("# worst relative logit error %.3g\n", worst);
-        assert_true(worst < 1e-4);
-        engine_seq_free(seq);
-        engine_model_unref(m);
+        check_logits(fd, "hf-tiny-spm.logits", N_VOCAB, 1e-4);
         close(fd);
 }
 
@@ -377,8 +250,7 @@ static void test_from_json_bpe(void **state) {
         int fd;
 
         assert_int_equal(unlinkat(f->dirfd, "tokenizer.model", 0), 0);
-        fd = convert_dir(f->dirfd);
-        assert_int_equal(gguf_open_fd(fd, &g, NULL), 0);
+        fd = convert_open(f, &g);
         check_vocab(g, "hf-tiny-spm.vocab", CHECK_NO_SCORES);
         check_u32(g, "tokenizer.ggml.unknown_token_id", 0);
         check_u32(g, "tokenizer.ggml.bos_token_id", 1);
@@ -395,8 +267,8 @@ static void test_json_space_prefix(void **state) {
         int fd;
 
         assert_int_equal(unlinkat(f->dirfd, "tokenizer.model", 0), 0);
-        edit(f, "tokenizer.json", "\"prepend_scheme\": \"always\"", "\"prepend_scheme\": \"never\"");
-        fd = convert_dir(f->dirfd);
+        folder_edit(f, "tokenizer.json", "\"prepend_scheme\": \"always\"", "\"prepend_scheme\": \"never\"");
+        fd = convert_dir(f->dirfd, NULL);
         {
                 _cleanup_(gguf_freep) Gguf *g = NULL;
 
@@ -404,11 +276,12 @@ static void test_json_space_prefix(void **state) {
                 check_bool(g, "tokenizer.ggml.add_space_prefix", false);
         }
         close(fd);
-        edit(f, "tokenizer.json", "\"normalizer\": null",
-             "\"normalizer\": {\"type\": \"Sequence\", \"normalizers\": [{\"type\": \"Prepend\", "
-             "\"prepend\": \"\xe2\x96\x81\"}, {\"type\": \"Replace\", \"pattern\": {\"String\": \" \"}, "
-             "\"content\": \"\xe2\x96\x81\"}]}");
-        fd = convert_dir(f->dirfd);
+        folder_edit(
+                f, "tokenizer.json", "\"normalizer\": null",
+                "\"normalizer\": {\"type\": \"Sequence\", \"normalizers\": [{\"type\": \"Prepend\", "
+                "\"prepend\": \"\xe2\x96\x81\"}, {\"type\": \"Replace\", \"pattern\": {\"String\": \" \"}, "
+                "\"content\": \"\xe2\x96\x81\"}]}");
+        fd = convert_dir(f->dirfd, NULL);
         {
                 _cleanup_(gguf_freep) Gguf *g = NULL;
 
@@ -424,15 +297,11 @@ static void test_json_space_prefix(void **state) {
 static void test_from_json_unigram(void **state) {
         Folder *f = *state;
         _cleanup_(gguf_freep) Gguf *g = NULL;
-        _cleanup_free_ char *path = data_path(".");
-        int data = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC), fd;
+        int fd;
 
-        assert_true(data >= 0);
-        copy_file(data, "hf-tiny-spm-unigram.json", f->dirfd, "tokenizer.json");
-        close(data);
+        use_unigram_json(f);
         assert_int_equal(unlinkat(f->dirfd, "tokenizer.model", 0), 0);
-        fd = convert_dir(f->dirfd);
-        assert_int_equal(gguf_open_fd(fd, &g, NULL), 0);
+        fd = convert_open(f, &g);
         check_vocab(g, "hf-tiny-spm-unigram.vocab", CHECK_SCORES);
         /* prepend_scheme "first" */
         check_bool(g, "tokenizer.ggml.add_space_prefix", true);
@@ -446,8 +315,7 @@ static void test_model_only(void **state) {
         int fd;
 
         assert_int_equal(unlinkat(f->dirfd, "tokenizer.json", 0), 0);
-        fd = convert_dir(f->dirfd);
-        assert_int_equal(gguf_open_fd(fd, &g, NULL), 0);
+        fd = convert_open(f, &g);
         check_vocab(g, "hf-tiny-spm.vocab", CHECK_SCORES);
         /* LlamaTokenizer's default. */
         check_bool(g, "tokenizer.ggml.add_bos_token", true);
@@ -460,10 +328,9 @@ static void test_flags_from_config(void **state) {
         _cleanup_(gguf_freep) Gguf *g = NULL;
         int fd;
 
-        edit(f, "tokenizer_config.json", "{", "{\"add_bos_token\": false, \"add_eos_token\": true, ");
-        edit(f, "tokenizer_config.json", "\"unk_token\": \"<unk>\"", "\"pad_token\": \"</s>\"");
-        fd = convert_dir(f->dirfd);
-        assert_int_equal(gguf_open_fd(fd, &g, NULL), 0);
+        folder_edit(f, "tokenizer_config.json", "{", "{\"add_bos_token\": false, \"add_eos_token\": true, ");
+        folder_edit(f, "tokenizer_config.json", "\"unk_token\": \"<unk>\"", "\"pad_token\": \"</s>\"");
+        fd = convert_open(f, &g);
         check_bool(g, "tokenizer.ggml.add_bos_token", false);
         check_bool(g, "tokenizer.ggml.add_eos_token", true);
         check_u32(g, "tokenizer.ggml.padding_token_id", 2);
@@ -546,7 +413,7 @@ static Proto build_model(const ModelSpec *spec) {
 static void write_model(Folder *f, const ModelSpec *spec) {
         Proto m = build_model(spec);
 
-        write_file(f, "tokenizer.model", m.data, m.len);
+        folder_write(f, "tokenizer.model", m.data, m.len);
         free(m.data);
 }
 
@@ -561,8 +428,7 @@ static void test_built_model(void **state) {
                 f,
                 &(ModelSpec){.n_pieces = N_VOCAB, .model_type = 2, .pad_id = 3, .add_dummy_prefix = false});
         assert_int_equal(unlinkat(f->dirfd, "tokenizer.json", 0), 0);
-        fd = convert_dir(f->dirfd);
-        assert_int_equal(gguf_open_fd(fd, &g, NULL), 0);
+        fd = convert_open(f, &g);
         check_vocab(g, "hf-tiny-spm.vocab", CHECK_SCORES);
         check_bool(g, "tokenizer.ggml.add_space_prefix", false);
         /* No pad_token in tokenizer_config.json or config.json: the trainer's pad_id. */
@@ -584,10 +450,10 @@ static void test_fewer_pieces(void **state) {
                                     .pad_id = -1,
                                     .add_dummy_prefix = true});
         assert_int_equal(unlinkat(f->dirfd, "tokenizer.json", 0), 0);
-        edit(f, "tokenizer_config.json", "{",
-             "{\"added_tokens_decoder\": {\"398\": {\"content\": \"<|extra|>\", \"special\": true}}, ");
-        fd = convert_dir(f->dirfd);
-        assert_int_equal(gguf_open_fd(fd, &g, NULL), 0);
+        folder_edit(
+                f, "tokenizer_config.json", "{",
+                "{\"added_tokens_decoder\": {\"398\": {\"content\": \"<|extra|>\", \"special\": true}}, ");
+        fd = convert_open(f, &g);
         assert_int_equal(gguf_get_array(g, "tokenizer.ggml.tokens", &tokens), 0);
         assert_int_equal(gguf_get_array(g, "tokenizer.ggml.token_type", &types), 0);
         assert_int_equal(gguf_get_array(g, "tokenizer.ggml.scores", &scores), 0);
@@ -616,9 +482,8 @@ static void test_added_tokens_json(void **state) {
 
         write_model(f, &(ModelSpec){.n_pieces = N_VOCAB - 1, .model_type = 2, .pad_id = -1});
         assert_int_equal(unlinkat(f->dirfd, "tokenizer.json", 0), 0);
-        write_file(f, "added_tokens.json", added, strlen(added));
-        fd = convert_dir(f->dirfd);
-        assert_int_equal(gguf_open_fd(fd, &g, NULL), 0);
+        folder_write(f, "added_tokens.json", added, strlen(added));
+        fd = convert_open(f, &g);
         assert_int_equal(gguf_get_array(g, "tokenizer.ggml.tokens", &tokens), 0);
         assert_int_equal(gguf_get_array(g, "tokenizer.ggml.token_type", &types), 0);
         assert_int_equal(tokens->items[399].str.len, 5);
@@ -627,9 +492,9 @@ static void test_added_tokens_json(void **state) {
         assert_int_equal(type, 4);
         close(fd);
 
-        write_file(f, "added_tokens.json", "{\"<pad>\": \"x\"}", 14);
+        folder_write(f, "added_tokens.json", "{\"<pad>\": \"x\"}", 14);
         expect_error(f, EBADMSG, "added_tokens.json gives '<pad>' no id.");
-        write_file(f, "added_tokens.json", "{\"<pad>\": 400}", 14);
+        folder_write(f, "added_tokens.json", "{\"<pad>\": 400}", 14);
         expect_error(f, EBADMSG, "The added token '<pad>' has an id outside the vocabulary.");
         assert_int_equal(unlinkat(f->dirfd, "added_tokens.json", 0), 0);
 }
@@ -643,7 +508,7 @@ static void test_more_pieces_than_rows(void **state) {
         /* A piece after the specs: repeated fields may come in any order. */
         put_bytes(&extra, 1, "zz", 2);
         put_bytes(&m, 1, extra.data, extra.len);
-        write_file(f, "tokenizer.model", m.data, m.len);
+        folder_write(f, "tokenizer.model", m.data, m.len);
         free(m.data);
         free(extra.data);
         expect_error(f, EBADMSG, "tokenizer.model has 401 pieces but the model has rows for 400 tokens.");
@@ -659,7 +524,7 @@ static void test_word_model(void **state) {
 /* ---- malformed tokenizer.model ---- */
 
 static void write_raw(Folder *f, const void *data, size_t len) {
-        write_file(f, "tokenizer.model", data, len);
+        folder_write(f, "tokenizer.model", data, len);
 }
 
 static void test_malformed(void **state) {
@@ -696,11 +561,10 @@ static void test_malformed(void **state) {
 
         for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
                 QdError err = {};
-                int fd = memfd_create("converted", MFD_CLOEXEC), r;
+                int r;
 
                 write_raw(f, cases[i].bytes, cases[i].len);
-                r = quant_convert_hf(f->dirfd, fd, NULL, &err);
-                close(fd);
+                r = try_convert(f->dirfd, NULL, &err);
                 if (r != -EBADMSG || !strstr(err.msg, cases[i].error))
                         fail_msg("%s: got %d '%s', wanted '%s'", cases[i].what, r, err.msg, cases[i].error);
         }
@@ -711,17 +575,16 @@ static void test_malformed(void **state) {
 static void test_truncated(void **state) {
         Folder *f = *state;
         size_t len;
-        _cleanup_free_ char *model = read_file(f, "tokenizer.model", &len);
+        _cleanup_free_ char *model = folder_read(f, "tokenizer.model", &len);
         unsigned refused = 0, converted = 0;
 
         assert_true(len > 1000);
         for (size_t cut = 0; cut < len; cut += cut < 200 ? 1 : 37) {
                 QdError err = {};
-                int fd = memfd_create("converted", MFD_CLOEXEC), r;
+                int r;
 
                 write_raw(f, model, cut);
-                r = quant_convert_hf(f->dirfd, fd, NULL, &err);
-                close(fd);
+                r = try_convert(f->dirfd, NULL, &err);
                 if (r == 0)
                         converted++;
                 else if (r == -EBADMSG && startswith(err.msg, "tokenizer.model"))
@@ -737,24 +600,20 @@ static void test_bad_added_token(void **state) {
         Folder *f = *state;
 
         assert_int_equal(unlinkat(f->dirfd, "tokenizer.json", 0), 0);
-        edit(f, "tokenizer_config.json", "{",
-             "{\"added_tokens_decoder\": {\"400\": {\"content\": \"<x>\"}}, ");
+        folder_edit(f, "tokenizer_config.json", "{",
+                    "{\"added_tokens_decoder\": {\"400\": {\"content\": \"<x>\"}}, ");
         expect_error(f, EBADMSG, "The added token '<x>' has an id outside the vocabulary.");
-        edit(f, "tokenizer_config.json", "\"400\"", "\"four\"");
+        folder_edit(f, "tokenizer_config.json", "\"400\"", "\"four\"");
         expect_error(f, EBADMSG,
                      "tokenizer_config.json's added token 'four' has no content or is not an id.");
 }
 
 static void test_bad_unigram(void **state) {
         Folder *f = *state;
-        _cleanup_free_ char *path = data_path(".");
-        int data = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 
-        assert_true(data >= 0);
-        copy_file(data, "hf-tiny-spm-unigram.json", f->dirfd, "tokenizer.json");
-        close(data);
+        use_unigram_json(f);
         assert_int_equal(unlinkat(f->dirfd, "tokenizer.model", 0), 0);
-        edit(f, "tokenizer.json", "\"<s>\",\n        0.0", "\"<s>\",\n        \"x\"");
+        folder_edit(f, "tokenizer.json", "\"<s>\",\n        0.0", "\"<s>\",\n        \"x\"");
         expect_error(f, EBADMSG, "tokenizer.json's Unigram entry");
 }
 
@@ -762,7 +621,7 @@ static void test_bad_merge_bpe(void **state) {
         Folder *f = *state;
 
         assert_int_equal(unlinkat(f->dirfd, "tokenizer.model", 0), 0);
-        edit(f, "tokenizer.json", "\"merges\": [", "\"merges\": [7, ");
+        folder_edit(f, "tokenizer.json", "\"merges\": [", "\"merges\": [7, ");
         expect_error(f, EBADMSG, "tokenizer.json's merge 0 is neither");
 }
 
