@@ -14,40 +14,19 @@
 
 #include <cmocka.h>
 
-#include "daemon-harness.h"
 #include "qctl-harness.h"
-#include "registry-harness.h"
-
-typedef struct World {
-        char dir[64];
-        RegistryServer registry;
-        Harness daemon;
-        char *name; /* host/library/stories:v1 */
-} World;
+#include "registry-world.h"
 
 static int setup(void **state) {
-        static const char *const args[] = {"--backend=engine", NULL};
-        World *w = calloc(1, sizeof(World));
-        assert_non_null(w);
-        snprintf(w->dir, sizeof(w->dir), "/tmp/quantd-creg-XXXXXX");
-        assert_non_null(mkdtemp(w->dir));
-        harness_start_registry(&w->registry, w->dir, "registry", NULL);
-        _cleanup_free_ char *config = strdup_printf(
-                "[Registry]\nInsecure=%s\nRetries=0\n[Scheduler]\nThreads=1\nContextLength=256\n",
-                w->registry.host);
-        assert_int_equal(dh_start(&w->daemon, config, args), 0);
-        w->name = strdup_printf("%s/library/stories:v1", w->registry.host);
+        World *w = world_new();
+
+        world_start_daemon(w, "Retries=0\n[Scheduler]\nThreads=1\nContextLength=256\n");
         *state = w;
         return 0;
 }
 
 static int teardown(void **state) {
-        World *w = *state;
-        assert_int_equal(dh_stop(&w->daemon), 0);
-        harness_stop(&w->registry);
-        harness_rm_rf(w->dir);
-        free(w->name);
-        free(w);
+        world_free(*state);
         return 0;
 }
 
