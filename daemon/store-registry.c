@@ -204,6 +204,43 @@ static void relay_progress(const RegistryProgress *p, void *userdata) {
                 r->fn(p->status, p->digest, p->completed, p->total, r->userdata);
 }
 
+enum { N_SPEC_TEXTS = 4 }; /* template, system, parameters, messages; then the licenses */
+
+static size_t spec_n_licenses(const StoreCreateSpec *spec) {
+        size_t n = 0;
+
+        while (spec && spec->licenses && spec->licenses[n])
+                n++;
+        return n;
+}
+
+/* Appends the text layers that spec (may be NULL) gives, in the order a model lists them: template, system,
+ * parameters, messages, then each license. layers has room for N_SPEC_TEXTS + spec_n_licenses(spec); the
+ * texts stay spec's. Returns how many it appended. */
+static size_t spec_text_layers(const StoreCreateSpec *spec, RegistryCreateLayer *layers) {
+        size_t n = 0;
+
+        if (!spec)
+                return 0;
+        const struct {
+                const char *media_type, *text;
+        } texts[N_SPEC_TEXTS] = {
+                {REGISTRY_MEDIA_TEMPLATE, spec->template},
+                {REGISTRY_MEDIA_SYSTEM, spec->system},
+                {REGISTRY_MEDIA_PARAMS, spec->parameters},
+                {REGISTRY_MEDIA_MESSAGES, spec->messages},
+        };
+        for (size_t i = 0; i < ELEMENTSOF(texts) + spec_n_licenses(spec); i++) {
+                const char *media = i < ELEMENTSOF(texts) ? texts[i].media_type : REGISTRY_MEDIA_LICENSE;
+                const char *text =
+                        i < ELEMENTSOF(texts) ? texts[i].text : spec->licenses[i - ELEMENTSOF(texts)];
+                if (text)
+                        layers[n++] = (RegistryCreateLayer){
+                                .media_type = media, .fd = -EBADF, .data = text, .size = strlen(text)};
+        }
+        return n;
+}
+
 static int reg_create(void *store, const char *name, const StoreCreateSpec *spec, StoreProgressFn progress,
                       void *userdata, const atomic_bool *cancel, QdError *err) {
         RegStore *s = store;
@@ -232,30 +269,12 @@ static int reg_create(void *store, const char *name, const StoreCreateSpec *spec
         if (st.st_size == 0)
                 return qd_error_set(err, EINVAL, "The model file is empty.");
 
-        size_t n_licenses = 0;
-        while (spec->licenses && spec->licenses[n_licenses])
-                n_licenses++;
-        _cleanup_free_ RegistryCreateLayer *layers = calloc(5 + n_licenses, sizeof(RegistryCreateLayer));
+        _cleanup_free_ RegistryCreateLayer *layers =
+                calloc(1 + N_SPEC_TEXTS + spec_n_licenses(spec), sizeof(RegistryCreateLayer));
         if (!layers)
                 return -ENOMEM;
-        size_t n_layers = 0;
-        layers[n_layers++] = (RegistryCreateLayer){.media_type = REGISTRY_MEDIA_MODEL, .fd = fd};
-        const struct {
-                const char *media_type, *text;
-        } texts[] = {
-                {REGISTRY_MEDIA_TEMPLATE, spec->template},
-                {REGISTRY_MEDIA_SYSTEM, spec->system},
-                {REGISTRY_MEDIA_PARAMS, spec->parameters},
-                {REGISTRY_MEDIA_MESSAGES, spec->messages},
-        };
-        for (size_t i = 0; i < ELEMENTSOF(texts) + n_licenses; i++) {
-                const char *media = i < ELEMENTSOF(texts) ? texts[i].media_type : REGISTRY_MEDIA_LICENSE;
-                const char *text =
-                        i < ELEMENTSOF(texts) ? texts[i].text : spec->licenses[i - ELEMENTSOF(texts)];
-                if (text)
-                        layers[n_layers++] = (RegistryCreateLayer){
-                                .media_type = media, .fd = -EBADF, .data = text, .size = strlen(text)};
-        }
+        layers[0] = (RegistryCreateLayer){.media_type = REGISTRY_MEDIA_MODEL, .fd = fd};
+        size_t n_layers = 1 + spec_text_layers(spec, layers + 1);
         ProgressRelay relay = {progress, userdata};
         return registry_store_create(s->store, &n, layers, n_layers, NULL, relay_progress, &relay, cancel,
                                      err);
@@ -295,30 +314,22 @@ static int reg_import(void *store, int fd, const char *name, const StoreCreateSp
         if (k < 0)
                 return k;
 
-        const struct {
-                const char *media_type, *text;
-        } texts[] = {
-                {REGISTRY_MEDIA_TEMPLATE, spec ? spec->template : NULL},
-                {REGISTRY_MEDIA_SYSTEM, spec ? spec->system : NULL},
-                {REGISTRY_MEDIA_PARAMS, spec ? spec->parameters : NULL},
-                {REGISTRY_MEDIA_MESSAGES, spec ? spec->messages : NULL},
-        };
-        size_t n_licenses = 0;
-        while (spec && spec->licenses && spec->licenses[n_licenses])
-                n_licenses++;
-        bool replace = n_licenses > 0;
-        for (size_t i = 0; i < ELEMENTSOF(texts); i++)
-                replace = replace || texts[i].text;
+        _cleanup_free_ RegistryCreateLayer *texts =
+                calloc(N_SPEC_TEXTS + spec_n_licenses(spec), sizeof(RegistryCreateLayer));
+        if (!texts) {
+                k = -ENOMEM;
+                goto finish;
+        }
+        size_t n_texts = spec_text_layers(spec, texts);
 
-        if (!replace) {
+        if (n_texts == 0) {
                 k = registry_store_copy(s->store, &tmp, &n, true, err);
                 goto finish;
         }
         k = registry_store_show(s->store, &tmp, &manifest, NULL, err);
         if (k < 0)
                 goto finish;
-        RegistryCreateLayer *layers =
-                calloc(manifest->n_layers + ELEMENTSOF(texts) + n_licenses, sizeof(RegistryCreateLayer));
+        RegistryCreateLayer *layers = calloc(manifest->n_layers + n_texts, sizeof(RegistryCreateLayer));
         size_t n_layers = 0;
         if (!layers) {
                 k = -ENOMEM;
@@ -327,9 +338,9 @@ static int reg_import(void *store, int fd, const char *name, const StoreCreateSp
         /* The archive's layers in order, but those that spec replaces; then spec's. */
         for (size_t i = 0; k >= 0 && i < manifest->n_layers; i++) {
                 const RegistryLayer *l = &manifest->layers[i];
-                bool replaced = n_licenses > 0 && streq(l->media_type, REGISTRY_MEDIA_LICENSE);
-                for (size_t j = 0; j < ELEMENTSOF(texts); j++)
-                        replaced = replaced || (texts[j].text && streq(l->media_type, texts[j].media_type));
+                bool replaced = false;
+                for (size_t j = 0; j < n_texts; j++)
+                        replaced = replaced || streq(l->media_type, texts[j].media_type);
                 if (replaced)
                         continue;
                 layers[n_layers] = (RegistryCreateLayer){.media_type = l->media_type, .fd = -EBADF};
@@ -337,14 +348,8 @@ static int reg_import(void *store, int fd, const char *name, const StoreCreateSp
                 if (k >= 0)
                         n_layers++;
         }
-        for (size_t i = 0; i < ELEMENTSOF(texts) + n_licenses; i++) {
-                const char *media = i < ELEMENTSOF(texts) ? texts[i].media_type : REGISTRY_MEDIA_LICENSE;
-                const char *text =
-                        i < ELEMENTSOF(texts) ? texts[i].text : spec->licenses[i - ELEMENTSOF(texts)];
-                if (text)
-                        layers[n_layers++] = (RegistryCreateLayer){
-                                .media_type = media, .fd = -EBADF, .data = text, .size = strlen(text)};
-        }
+        memcpy(layers + n_layers, texts, n_texts * sizeof(RegistryCreateLayer));
+        n_layers += n_texts;
         if (k >= 0)
                 k = registry_store_create(s->store, &n, layers, n_layers, NULL, relay_progress, &relay,
                                           cancel, err);
