@@ -82,14 +82,6 @@ static int set_token(Vocab *v, size_t id, const char *text, float score, int32_t
         return 0;
 }
 
-static const char *json_str(json_object *o, const char *key) {
-        json_object *v;
-
-        if (!o || !json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
-                return NULL;
-        return json_object_get_string(v);
-}
-
 static int token_id(const Vocab *v, const char *s) {
         for (size_t i = 0; i < v->n; i++)
                 if (v->tokens[i] && streq(v->tokens[i], s))
@@ -136,24 +128,23 @@ static int read_spm_model(const char *data, size_t len, uint32_t n_vocab, Vocab 
 
 /* The pre-tokenizer's GGUF name from tokenizer.json's pre_tokenizer section. */
 static const char *guess_pre(json_object *tok) {
-        json_object *pre, *list, *first, *pattern, *o;
+        json_object *pre, *list, *first, *pattern;
         const char *type, *regex;
 
         if (!json_object_object_get_ex(tok, "pre_tokenizer", &pre) ||
             !json_object_is_type(pre, json_type_object))
                 return "default";
-        type = json_str(pre, "type");
+        type = quant_json_str(pre, "type");
         if (!type || !streq(type, "Sequence") || !json_object_object_get_ex(pre, "pretokenizers", &list) ||
             json_object_array_length(list) < 1)
                 return "default";
         first = json_object_array_get_idx(list, 0);
-        type = json_str(first, "type");
-        if (type && streq(type, "Digits") && json_object_object_get_ex(first, "individual_digits", &o) &&
-            json_object_get_boolean(o))
+        type = quant_json_str(first, "type");
+        if (type && streq(type, "Digits") && quant_json_true(first, "individual_digits"))
                 return "smollm";
         if (!type || !streq(type, "Split") || !json_object_object_get_ex(first, "pattern", &pattern))
                 return "default";
-        regex = json_str(pattern, "Regex");
+        regex = quant_json_str(pattern, "Regex");
         if (!regex)
                 return "default";
         if (strstr(regex, "\\p{N}{1,3}"))
@@ -165,7 +156,7 @@ static const char *guess_pre(json_object *tok) {
 
 /* Whether a normalizer or pre-tokenizer section (or a Sequence of them) puts "▁" in front of the text. */
 static bool adds_space_prefix(json_object *o) {
-        const char *type = json_str(o, "type"), *s;
+        const char *type = quant_json_str(o, "type"), *s;
         json_object *list, *b;
 
         if (!type)
@@ -181,9 +172,9 @@ static bool adds_space_prefix(json_object *o) {
                 return false;
         }
         if (streq(type, "Prepend"))
-                return (s = json_str(o, "prepend")) && streq(s, "\xe2\x96\x81");
+                return (s = quant_json_str(o, "prepend")) && streq(s, "\xe2\x96\x81");
         if (streq(type, "Metaspace")) {
-                if ((s = json_str(o, "prepend_scheme")))
+                if ((s = quant_json_str(o, "prepend_scheme")))
                         return !streq(s, "never");
                 /* Before tokenizers 0.14: add_prefix_space. */
                 return !json_object_object_get_ex(o, "add_prefix_space", &b) || json_object_get_boolean(b);
@@ -198,13 +189,13 @@ static int read_json_vocab(json_object *tok, uint32_t n_vocab, Vocab *v, QdError
         int64_t unk_id = -1;
         int r;
 
-        if (!json_object_object_get_ex(tok, "model", &model) || !(type = json_str(model, "type")))
+        if (!json_object_object_get_ex(tok, "model", &model) || !(type = quant_json_str(model, "type")))
                 return qd_error_set(err, EBADMSG, "tokenizer.json has no model type.");
         unigram = streq(type, "Unigram");
         if (!streq(type, "BPE") && !unigram)
                 return qd_error_set(err, EOPNOTSUPP,
                                     "Cannot convert a %s tokenizer; BPE and Unigram are known.", type);
-        byte_fallback = json_object_object_get_ex(model, "byte_fallback", &o) && json_object_get_boolean(o);
+        byte_fallback = quant_json_true(model, "byte_fallback");
         /* Byte fallback or Unigram marks a SentencePiece vocabulary in tokenizers' clothes. */
         v->model = byte_fallback || unigram ? "llama" : "gpt2";
         if (!json_object_object_get_ex(model, "vocab", &vocab) ||
@@ -257,7 +248,7 @@ static int read_json_vocab(json_object *tok, uint32_t n_vocab, Vocab *v, QdError
                         if ((r = set_token(v, (size_t)id, key, 0, SPM_TYPE_NORMAL)) < 0)
                                 return r;
                 }
-                unk = json_str(model, "unk_token");
+                unk = quant_json_str(model, "unk_token");
         }
 
         for (size_t i = 0; byte_fallback && i < v->n; i++)
@@ -384,7 +375,7 @@ static int read_added_tokens(int dirfd, json_object *tok, json_object *tc, Vocab
             json_object_is_type(added, json_type_array)) {
                 for (size_t i = 0; i < json_object_array_length(added); i++) {
                         json_object *a = json_object_array_get_idx(added, i);
-                        const char *content = json_str(a, "content");
+                        const char *content = quant_json_str(a, "content");
                         int64_t id;
 
                         if (!content || !json_object_object_get_ex(a, "id", &o) ||
@@ -393,10 +384,7 @@ static int read_added_tokens(int dirfd, json_object *tok, json_object *tc, Vocab
                                                     "tokenizer.json has an added token without a content or "
                                                     "an id.");
                         id = json_object_get_int64(o);
-                        r = add_token(v, id, content,
-                                      json_object_object_get_ex(a, "special", &o) &&
-                                              json_object_get_boolean(o),
-                                      err);
+                        r = add_token(v, id, content, quant_json_true(a, "special"), err);
                         if (r < 0)
                                 return r;
                 }
@@ -406,7 +394,7 @@ static int read_added_tokens(int dirfd, json_object *tok, json_object *tc, Vocab
         if (tc && json_object_object_get_ex(tc, "added_tokens_decoder", &added) &&
             json_object_is_type(added, json_type_object)) {
                 json_object_object_foreach(added, key, a) {
-                        const char *content = json_str(a, "content");
+                        const char *content = quant_json_str(a, "content");
                         char *end;
                         long long id = strtoll(key, &end, 10);
 
@@ -416,10 +404,7 @@ static int read_added_tokens(int dirfd, json_object *tok, json_object *tc, Vocab
                                         "tokenizer_config.json's added token '%s' has no content "
                                         "or is not an id.",
                                         key);
-                        r = add_token(v, id, content,
-                                      json_object_object_get_ex(a, "special", &o) &&
-                                              json_object_get_boolean(o),
-                                      err);
+                        r = add_token(v, id, content, quant_json_true(a, "special"), err);
                         if (r < 0)
                                 return r;
                 }
@@ -452,7 +437,7 @@ static int special_id(json_object *tc, const char *key, const Vocab *v) {
         if (json_object_is_type(o, json_type_string))
                 s = json_object_get_string(o);
         else if (json_object_is_type(o, json_type_object))
-                s = json_str(o, "content");
+                s = quant_json_str(o, "content");
         return s ? token_id(v, s) : -1;
 }
 
@@ -555,7 +540,7 @@ int quant_convert_vocab(GgufWriter *w, int dirfd, json_object *cfg, uint32_t n_v
                         v.types[i] = SPM_TYPE_UNUSED;
                 }
         /* BPE: gpt2 writes the merges, llama turns them into scores; Unigram has its scores. */
-        if (!spm && streq(json_str(json_object_object_get(tok, "model"), "type"), "BPE")) {
+        if (!spm && streq(quant_json_str(json_object_object_get(tok, "model"), "type"), "BPE")) {
                 r = read_merges(tok, &v, err);
                 if (r >= 0 && llama)
                         r = scores_from_merges(&v);
@@ -593,8 +578,9 @@ int quant_convert_vocab(GgufWriter *w, int dirfd, json_object *cfg, uint32_t n_v
                 goto finish;
 
         /* The template sits in tokenizer_config.json, or since transformers 4.43 may sit in its own file. */
-        if (json_str(tc, "chat_template"))
-                r = gguf_writer_add_string(w, "tokenizer.chat_template", json_str(tc, "chat_template"));
+        if (quant_json_str(tc, "chat_template"))
+                r = gguf_writer_add_string(w, "tokenizer.chat_template",
+                                           quant_json_str(tc, "chat_template"));
         else if (quant_read_file_at(dirfd, "chat_template.jinja", 1U << 20, &template, NULL, NULL) >= 0)
                 r = gguf_writer_add_string(w, "tokenizer.chat_template", template);
         else

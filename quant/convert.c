@@ -72,16 +72,8 @@ static int cfg_f32(json_object *cfg, const char *key, float def, float *ret, QdE
         return 0;
 }
 
-static const char *json_str(json_object *o, const char *key) {
-        json_object *v;
-
-        if (!o || !json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
-                return NULL;
-        return json_object_get_string(v);
-}
-
 static int read_hparams(json_object *cfg, HParams *h, QdError *err) {
-        const char *type = json_str(cfg, "model_type");
+        const char *type = quant_json_str(cfg, "model_type");
         json_object *o, *rope;
         int r;
 
@@ -130,7 +122,7 @@ static int read_hparams(json_object *cfg, HParams *h, QdError *err) {
             (r = cfg_f32(rope, "rope_theta", 10000.0f, &h->rope_theta, err)) < 0)
                 return r;
         if (rope) {
-                const char *rt = json_str(rope, "rope_type") ?: json_str(rope, "type");
+                const char *rt = quant_json_str(rope, "rope_type") ?: quant_json_str(rope, "type");
 
                 if (rt && streq(rt, "linear")) {
                         h->rope_scaling_type = "linear";
@@ -142,7 +134,7 @@ static int read_hparams(json_object *cfg, HParams *h, QdError *err) {
                                             "known.",
                                             rt);
         }
-        h->tied = json_object_object_get_ex(cfg, "tie_word_embeddings", &o) && json_object_get_boolean(o);
+        h->tied = quant_json_true(cfg, "tie_word_embeddings");
         return 0;
 }
 

@@ -21,6 +21,12 @@ int quant_read_file_at(int dirfd, const char *name, size_t max, char **ret, size
 /* Reads name under dirfd as a JSON object; -EBADMSG with a message when it is not one. */
 int quant_read_json_at(int dirfd, const char *name, json_object **ret, QdError *err);
 
+/* o's member key when it is a string, else NULL (also for o NULL). */
+const char *quant_json_str(json_object *o, const char *key);
+
+/* Whether o has a member key that reads as true (json-c's boolean of it). */
+bool quant_json_true(json_object *o, const char *key);
+
 /* A piece's type as sentencepiece_model.proto numbers them; GGUF's tokenizer.ggml.token_type shares them. */
 enum {
         SPM_TYPE_NORMAL = 1,
