@@ -123,6 +123,33 @@ ProtoClient *dh_connect(Harness *h) {
         return c;
 }
 
+int dh_chat(ProtoClient *c, const char *model, const char *role, const char *content, int64_t num_predict,
+            double repeat_penalty, ProtoMessage *ret, QdError *e) {
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 4);
+        proto_pack_kv_str(&pk, "model", model);
+        proto_pack_kv_bool(&pk, "stream", false);
+        proto_pack_key(&pk, "messages");
+        msgpack_pack_array(&pk, 1);
+        msgpack_pack_map(&pk, 2);
+        proto_pack_kv_str(&pk, "role", role);
+        proto_pack_kv_str(&pk, "content", content);
+        proto_pack_key(&pk, "options");
+        msgpack_pack_map(&pk, repeat_penalty > 0 ? 3 : 2);
+        proto_pack_kv_i64(&pk, "num_predict", num_predict);
+        proto_pack_kv_double(&pk, "temperature", 0);
+        if (repeat_penalty > 0)
+                proto_pack_kv_double(&pk, "repeat_penalty", repeat_penalty);
+        qd_error_clear(e);
+        int k = proto_client_call(c, "Chat", sb.data, sb.size, NULL, 0, NULL, NULL, ret, e);
+        msgpack_sbuffer_destroy(&sb);
+        return k;
+}
+
 bool dh_log_contains(Harness *h, const char *s) {
         _cleanup_fclose_ FILE *f = fopen(h->log, "re");
         char line[4096];

@@ -28,6 +28,11 @@ ProtoClient *dh_connect(Harness *h);
 int dh_create_model(Harness *h, ProtoClient *c, const char *name, const char *contents);
 /* Stores the file at path as model name through Create (the file travels as a descriptor). */
 int dh_create_from_file(Harness *h, ProtoClient *c, const char *name, const char *path);
+/* Sends Chat to model with one message (role, content), not streamed, with the options temperature 0,
+ * num_predict and, when repeat_penalty > 0, repeat_penalty. The response goes to *ret. Returns 0 or -errno
+ * with the daemon's message in e. */
+int dh_chat(ProtoClient *c, const char *model, const char *role, const char *content, int64_t num_predict,
+            double repeat_penalty, ProtoMessage *ret, QdError *e);
 /* Whether the daemon's log contains s. */
 bool dh_log_contains(Harness *h, const char *s);
 /* Packs a params map from alternating key/value strings; values that parse as integers are packed as such.

@@ -443,30 +443,6 @@ static void test_create_hf_errors(void **state) {
         msgpack_sbuffer_destroy(&sb);
 }
 
-static int chat_call(ProtoClient *c, const char *model, const char *content, ProtoMessage *m, QdError *e) {
-        msgpack_sbuffer sb;
-        msgpack_packer pk;
-        msgpack_sbuffer_init(&sb);
-        proto_packer_init(&pk, &sb);
-        msgpack_pack_map(&pk, 4);
-        proto_pack_kv_str(&pk, "model", model);
-        proto_pack_kv_bool(&pk, "stream", false);
-        proto_pack_key(&pk, "messages");
-        msgpack_pack_array(&pk, 1);
-        msgpack_pack_map(&pk, 2);
-        proto_pack_kv_str(&pk, "role", "user");
-        proto_pack_kv_str(&pk, "content", content);
-        proto_pack_key(&pk, "options");
-        msgpack_pack_map(&pk, 3);
-        proto_pack_kv_i64(&pk, "num_predict", 24);
-        proto_pack_kv_double(&pk, "temperature", 0);
-        proto_pack_kv_double(&pk, "repeat_penalty", 1.0);
-        qd_error_clear(e);
-        int k = proto_client_call(c, "Chat", sb.data, sb.size, NULL, 0, NULL, NULL, m, e);
-        msgpack_sbuffer_destroy(&sb);
-        return k;
-}
-
 static void test_chat(void **state) {
         Harness *h = *state;
         _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
@@ -474,7 +450,7 @@ static void test_chat(void **state) {
         QdError e = {};
 
         /* stories260K has no chat template of any kind. */
-        assert_int_equal(chat_call(c, "stories", "hi", &m, &e), -EOPNOTSUPP);
+        assert_int_equal(dh_chat(c, "stories", "user", "hi", 24, 1.0, &m, &e), -EOPNOTSUPP);
         assert_non_null(strstr(e.msg, "has no chat template"));
 
         /* SmolLM2's GGUF carries a ChatML jinja template, recognised and rendered natively. */
@@ -482,7 +458,7 @@ static void test_chat(void **state) {
         if (!smollm || access(smollm, R_OK) < 0)
                 fail_msg("QUANTD_TEST_SMOLLM must name SmolLM2-135M-Instruct.Q4_1.gguf (see .ci/lib.sh).");
         assert_int_equal(dh_create_from_file(h, c, "smollm", smollm), 0);
-        if (chat_call(c, "smollm", "What is the capital of France?", &m, &e) < 0)
+        if (dh_chat(c, "smollm", "user", "What is the capital of France?", 24, 1.0, &m, &e) < 0)
                 fail_msg("Chat failed: %s", e.msg);
         const msgpack_object *content = proto_map_get(proto_map_get(m.result, "message"), "content");
         assert_non_null(content);

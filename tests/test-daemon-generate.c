@@ -258,30 +258,6 @@ static int create_with_template(Harness *h, ProtoClient *c, const char *name, co
         return k;
 }
 
-static int chat(ProtoClient *c, const char *model, const char *role, const char *content, ProtoMessage *m,
-                QdError *e) {
-        msgpack_sbuffer sb;
-        msgpack_packer pk;
-        msgpack_sbuffer_init(&sb);
-        proto_packer_init(&pk, &sb);
-        msgpack_pack_map(&pk, 4);
-        proto_pack_kv_str(&pk, "model", model);
-        proto_pack_kv_bool(&pk, "stream", false);
-        proto_pack_key(&pk, "messages");
-        msgpack_pack_array(&pk, 1);
-        msgpack_pack_map(&pk, 2);
-        proto_pack_kv_str(&pk, "role", role);
-        proto_pack_kv_str(&pk, "content", content);
-        proto_pack_key(&pk, "options");
-        msgpack_pack_map(&pk, 2);
-        proto_pack_kv_i64(&pk, "num_predict", 8);
-        proto_pack_kv_double(&pk, "temperature", 0);
-        qd_error_clear(e);
-        int k = proto_client_call(c, "Chat", sb.data, sb.size, NULL, 0, NULL, NULL, m, e);
-        msgpack_sbuffer_destroy(&sb);
-        return k;
-}
-
 static void test_chat(void **state) {
         Harness *h = *state;
         _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
@@ -290,7 +266,7 @@ static void test_chat(void **state) {
 
         static const char *tmpl = "{{ range .Messages }}<{{ .Role }}>{{ .Content }}{{ end }}<assistant>";
         assert_int_equal(create_with_template(h, c, "chatty", tmpl, NULL, &e), 0);
-        assert_int_equal(chat(c, "chatty", "user", "hi", &m, &e), 0);
+        assert_int_equal(dh_chat(c, "chatty", "user", "hi", 8, 0, &m, &e), 0);
         /* The fake's tokens are bytes: BOS + "<user>hi<assistant>". */
         assert_int_equal(proto_map_get(m.result, "prompt_eval_count")->via.u64, 1 + 19);
         const msgpack_object *msg = proto_map_get(m.result, "message");
@@ -321,16 +297,16 @@ static void test_chat(void **state) {
 
         /* The Modelfile's SYSTEM comes first when the chat has none. */
         assert_int_equal(create_with_template(h, c, "briefly", tmpl, "Be brief.", &e), 0);
-        assert_int_equal(chat(c, "briefly", "user", "hi", &m, &e), 0);
+        assert_int_equal(dh_chat(c, "briefly", "user", "hi", 8, 0, &m, &e), 0);
         assert_int_equal(proto_map_get(m.result, "prompt_eval_count")->via.u64, 1 + 19 + 8 + 9);
 
         /* Errors. */
-        assert_int_equal(chat(c, "chatty", "wizard", "hi", &m, &e), -EINVAL);
+        assert_int_equal(dh_chat(c, "chatty", "wizard", "hi", 8, 0, &m, &e), -EINVAL);
         assert_string_equal(e.msg,
                             "Message 0 has role 'wizard'; roles are system, user, assistant and tool.");
         assert_int_equal(create_with_template(h, c, "bad", "{{ if .System }}", NULL, &e), -EINVAL);
         assert_int_equal(dh_create_model(h, c, "plain", "size=1000\n"), 0);
-        assert_true(chat(c, "plain", "user", "hi", &m, &e) < 0);
+        assert_true(dh_chat(c, "plain", "user", "hi", 8, 0, &m, &e) < 0);
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
         dh_params(&sb, "model", "chatty", "messages", "x", NULL);
@@ -380,7 +356,7 @@ static void test_create_from_and_parameters(void **state) {
         assert_non_null(t);
         assert_int_equal(eval, 5);
         /* The template came from the base, the system prompt is the new one. */
-        assert_int_equal(chat(c, "derived", "user", "hi", &m, &e), 0);
+        assert_int_equal(dh_chat(c, "derived", "user", "hi", 8, 0, &m, &e), 0);
         assert_int_equal(proto_map_get(m.result, "prompt_eval_count")->via.u64, 1 + 19 + 8 + 9);
 
         /* Errors: both sources, neither, an unknown base, an unknown quantization. */
