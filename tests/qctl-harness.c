@@ -135,6 +135,11 @@ char *write_file_in(const char *dir, const char *name, const char *contents) {
         return path;
 }
 
+void check_ok(const Result *r, const char *what) {
+        if (r->status != 0)
+                fail_msg("qctl %s failed (%d): %s", what, r->status, r->err);
+}
+
 void check_error(Result *r, int status, const char *message) {
         if (r->status != status)
                 fail_msg("expected exit %d, got %d: %s", status, r->status, r->err);

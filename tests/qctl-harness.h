@@ -31,6 +31,9 @@ Result run_qctl_sigint_on_stderr(const char *socket, const char *text, ...);
 
 #define run_qctl(h, ...) run_qctl_full((h)->socket, NULL, NULL, __VA_ARGS__, NULL)
 
+/* Fails the test unless qctl exited with 0, with what it ran (such as "create -q") and its stderr. */
+void check_ok(const Result *r, const char *what);
+
 /* Checks the exit status and that stderr is one line "Error: …" containing message; frees r. */
 void check_error(Result *r, int status, const char *message);
 

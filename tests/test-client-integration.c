@@ -56,8 +56,7 @@ static void create_fake(Harness *h, const char *name, const char *model_text) {
         _cleanup_free_ char *mf_text = strdup_printf("# a fake model\nFROM ./%s\n" CHAT_TEMPLATE, model_file);
         _cleanup_free_ char *mf = write_file(h, "Modelfile", mf_text);
         Result r = run_qctl(h, "create", name, "-f", mf);
-        if (r.status != 0)
-                fail_msg("qctl create failed (%d): %s", r.status, r.err);
+        check_ok(&r, "create");
         assert_non_null(endswith(r.err, "success\n"));
         /* Once: the daemon's last job event is not printed as a second "success". */
         const char *first = strstr(r.err, "success\n");
@@ -251,8 +250,7 @@ static void test_example_modelfile(void **state) {
         _cleanup_free_ char *weights = write_file(h, "smol.fake", "size=1000\n");
         _cleanup_free_ char *mf = write_file(h, "Modelfile.example", text);
         Result r = run_qctl(h, "create", "smol", "-f", mf);
-        if (r.status != 0)
-                fail_msg("qctl create failed (%d): %s", r.status, r.err);
+        check_ok(&r, "create");
         result_done(&r);
 
         _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
@@ -290,8 +288,7 @@ static void test_create_hf_folder(void **state) {
         _cleanup_free_ char *mf_text = strdup_printf("FROM %s/hf-tiny-llama\n", data);
         _cleanup_free_ char *mf = write_file(h, "Modelfile.hf", mf_text);
         Result r = run_qctl(h, "create", "tiny", "-f", mf);
-        if (r.status != 0)
-                fail_msg("qctl create FROM a folder failed (%d): %s", r.status, r.err);
+        check_ok(&r, "create FROM a folder");
         assert_non_null(strstr(r.err, "success\n"));
         result_done(&r);
         r = run_qctl(h, "show", "tiny");
@@ -402,8 +399,7 @@ static void test_quantize(void **state) {
         _cleanup_free_ char *src = strdup_printf("%s/stories260K.gguf", models);
         _cleanup_free_ char *dst = strdup_printf("%s/small.gguf", h->dir);
         r = run_qctl(h, "quantize", src, dst, "q8_0");
-        if (r.status != 0)
-                fail_msg("qctl quantize failed (%d): %s", r.status, r.err);
+        check_ok(&r, "quantize");
         assert_string_equal(r.out, "");
         assert_non_null(strstr(r.err, "quantizing"));
         assert_non_null(endswith(r.err, "success\n"));
@@ -420,8 +416,7 @@ static void test_quantize(void **state) {
         assert_int_equal(file_size(dst), q8);
         /* Names are llama-quantize's, in any case; an override promotes attn_v. */
         r = run_qctl(h, "quantize", "--force", src, dst, "Q4_0", "--tensor-type", "attn_v=q8_0", "--pure");
-        if (r.status != 0)
-                fail_msg("qctl quantize --force failed (%d): %s", r.status, r.err);
+        check_ok(&r, "quantize --force");
         result_done(&r);
         assert_true(file_size(dst) < q8);
         assert_false(dir_has_prefix(h->dir, "small.gguf."));
@@ -430,8 +425,7 @@ static void test_quantize(void **state) {
         const char *data = getenv("QUANTD_TEST_DATA");
         _cleanup_free_ char *text = strdup_printf("%s/perplexity-text.txt", data);
         r = run_qctl(h, "eval", dst, "--base", src, "-f", text, "-c", "64", "--chunks", "2");
-        if (r.status != 0)
-                fail_msg("qctl eval of the quantized file failed (%d): %s", r.status, r.err);
+        check_ok(&r, "eval of the quantized file");
         assert_non_null(strstr(r.out, "scored tokens      62 in 2 chunks of 64\n"));
         assert_non_null(strstr(r.out, "\nmean KLD           0."));
         result_done(&r);
@@ -440,8 +434,7 @@ static void test_quantize(void **state) {
         _cleanup_free_ char *mf_text = strdup_printf("FROM %s\n", src);
         _cleanup_free_ char *mf = write_file(h, "Modelfile.q", mf_text);
         r = run_qctl(h, "create", "storiesq", "-f", mf, "-q", "Q8_0");
-        if (r.status != 0)
-                fail_msg("qctl create -q failed (%d): %s", r.status, r.err);
+        check_ok(&r, "create -q");
         assert_non_null(strstr(r.err, "quantizing: 1.2 MB\nquantizing: done\n"));
         result_done(&r);
 
@@ -527,8 +520,7 @@ static void test_export_and_create_from_archive(void **state) {
         _cleanup_free_ char *tgz = strdup_printf("%s/base.tar.gz", h->dir);
         _cleanup_free_ char *tzst = strdup_printf("%s/base.tar.zst", h->dir);
         r = run_qctl(h, "export", "base", tgz);
-        if (r.status != 0)
-                fail_msg("qctl export failed (%d): %s", r.status, r.err);
+        check_ok(&r, "export");
         assert_non_null(endswith(r.err, "success\n"));
         result_done(&r);
         r = run_qctl(h, "export", "base", tzst);
@@ -540,8 +532,7 @@ static void test_export_and_create_from_archive(void **state) {
         _cleanup_free_ char *mf2 =
                 write_file(h, "Modelfile.derived", "FROM ./base.tar.gz\nSYSTEM \"two\"\n");
         r = run_qctl(h, "create", "derived", "-f", mf2);
-        if (r.status != 0)
-                fail_msg("qctl create FROM an archive failed (%d): %s", r.status, r.err);
+        check_ok(&r, "create FROM an archive");
         assert_non_null(strstr(r.err, "importing"));
         assert_non_null(endswith(r.err, "success\n"));
         result_done(&r);
@@ -582,8 +573,7 @@ static void test_export_and_create_from_archive(void **state) {
         assert_int_equal(rename(tar, renamed), 0);
         _cleanup_free_ char *mf4 = write_file(h, "Modelfile.plain", "FROM ./base.bin\n");
         r = run_qctl(h, "create", "plain", "-f", mf4);
-        if (r.status != 0)
-                fail_msg("qctl create FROM an uncompressed archive failed (%d): %s", r.status, r.err);
+        check_ok(&r, "create FROM an uncompressed archive");
         result_done(&r);
         _cleanup_free_ char *sys_plain = layer_text(h, "plain", ".system");
         assert_string_equal(sys_plain, "one");
@@ -604,8 +594,7 @@ static void test_export_and_create_from_archive(void **state) {
         assert_int_equal(r.status, 0);
         result_done(&r);
         r = run_qctl(h, "import", tgz);
-        if (r.status != 0)
-                fail_msg("qctl import failed (%d): %s", r.status, r.err);
+        check_ok(&r, "import");
         assert_string_equal(r.out, "imported 'base:latest'\n");
         result_done(&r);
         r = run_qctl(h, "import", tzst, "again");
@@ -719,8 +708,7 @@ static void test_eval(void **state) {
 
         _cleanup_free_ char *text = strdup_printf("%s/perplexity-text.txt", data);
         r = run_qctl(h, "eval", "stories", "--file", text, "-c", "64", "--json");
-        if (r.status != 0)
-                fail_msg("qctl eval failed (%d): %s", r.status, r.err);
+        check_ok(&r, "eval");
         /* tests/data/perplexity-reference.txt */
         assert_int_equal((int)json_number(r.out, "chunks"), 20);
         assert_int_equal((int)json_number(r.out, "scored_tokens"), 620);

@@ -53,14 +53,12 @@ static void test_push_pull_run_ps_stop(void **state) {
                                                      getenv("QUANTD_TEST_MODELS"));
         _cleanup_free_ char *mf = write_file(h, "Modelfile", mf_text);
         r = run_qctl(h, "create", w->name, "-f", mf);
-        if (r.status != 0)
-                fail_msg("qctl create failed (%d): %s", r.status, r.err);
+        check_ok(&r, "create");
         result_done(&r);
 
         /* push, rm, pull: the model comes back from the registry. */
         r = run_qctl(h, "push", w->name);
-        if (r.status != 0)
-                fail_msg("qctl push failed (%d): %s", r.status, r.err);
+        check_ok(&r, "push");
         assert_non_null(endswith(r.err, "success\n"));
         result_done(&r);
         r = run_qctl(h, "rm", w->name);
@@ -73,8 +71,7 @@ static void test_push_pull_run_ps_stop(void **state) {
         _cleanup_free_ char *derived_text = strdup_printf("FROM %s\nSYSTEM \"Be brief.\"\n", w->name);
         _cleanup_free_ char *derived = write_file(h, "Modelfile.derived", derived_text);
         r = run_qctl(h, "create", "derived", "-f", derived);
-        if (r.status != 0)
-                fail_msg("qctl create FROM a model to pull failed (%d): %s", r.status, r.err);
+        check_ok(&r, "create FROM a model to pull");
         assert_non_null(strstr(r.err, "not found; 'qctl list' shows the local models. Pulling it.\n"));
         assert_non_null(endswith(r.err, "success\n"));
         result_done(&r);
@@ -83,8 +80,7 @@ static void test_push_pull_run_ps_stop(void **state) {
         result_done(&r);
 
         r = run_qctl(h, "pull", w->name);
-        if (r.status != 0)
-                fail_msg("qctl pull failed (%d): %s", r.status, r.err);
+        check_ok(&r, "pull");
         /* Plain lines (stderr is no terminal): the blob's line when it starts and when it is done. */
         assert_non_null(strstr(r.err, ": done\n"));
         assert_non_null(endswith(r.err, "success\n"));
@@ -96,8 +92,7 @@ static void test_push_pull_run_ps_stop(void **state) {
 
         /* run loads it; ps shows it with its size, processor and when it unloads. */
         r = run_qctl(h, "run", w->name, "Once upon a time", "-o", "num_predict=8", "--keepalive", "10m");
-        if (r.status != 0)
-                fail_msg("qctl run failed (%d): %s", r.status, r.err);
+        check_ok(&r, "run");
         assert_true(strlen(r.out) > 1);
         result_done(&r);
         r = run_qctl(h, "ps");
