@@ -150,6 +150,19 @@ int dh_chat(ProtoClient *c, const char *model, const char *role, const char *con
         return k;
 }
 
+int dh_cancel(ProtoClient *c, uint64_t id, uint64_t *ret_msgid) {
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 1);
+        proto_pack_kv_u64(&pk, "id", id);
+        int k = proto_client_send(c, "Cancel", sb.data, sb.size, NULL, 0, ret_msgid);
+        msgpack_sbuffer_destroy(&sb);
+        return k;
+}
+
 bool dh_log_contains(Harness *h, const char *s) {
         _cleanup_fclose_ FILE *f = fopen(h->log, "re");
         char line[4096];

@@ -33,6 +33,9 @@ int dh_create_from_file(Harness *h, ProtoClient *c, const char *name, const char
  * with the daemon's message in e. */
 int dh_chat(ProtoClient *c, const char *model, const char *role, const char *content, int64_t num_predict,
             double repeat_penalty, ProtoMessage *ret, QdError *e);
+/* Sends Cancel {id} for the request id on c without waiting for the answer; *ret_msgid (may be NULL) gets
+ * the Cancel's own id. Returns 0 or -errno. */
+int dh_cancel(ProtoClient *c, uint64_t id, uint64_t *ret_msgid);
 /* Whether the daemon's log contains s. */
 bool dh_log_contains(Harness *h, const char *s);
 /* Packs a params map from alternating key/value strings; values that parse as integers are packed as such.

@@ -506,13 +506,8 @@ static void test_cancel_and_disconnect(void **state) {
         /* Wait for the first token, then cancel it from the same connection. */
         assert_int_equal(proto_client_read(c, 10000, &m, &e), 1);
         assert_int_equal(m.type, PROTO_NOTIFICATION);
-        msgpack_sbuffer cancel;
-        msgpack_sbuffer_init(&cancel);
-        _cleanup_free_ char *ids = strdup_printf("%" PRIu64, id);
-        dh_params(&cancel, "id", ids, NULL);
         uint64_t cid;
-        assert_int_equal(proto_client_send(c, "Cancel", cancel.data, cancel.size, NULL, 0, &cid), 0);
-        msgpack_sbuffer_destroy(&cancel);
+        assert_int_equal(dh_cancel(c, id, &cid), 0);
         bool cancel_ok = false, gen_cancelled = false;
         while (!cancel_ok || !gen_cancelled) {
                 assert_int_equal(proto_client_read(c, 10000, &m, &e), 1);
@@ -658,12 +653,7 @@ static void test_memory_budget(void **state) {
         assert_true(now_ns() - t0 >= 900000000ULL);
 
         /* Once big is idle it is evicted for big2. */
-        msgpack_sbuffer cancel;
-        msgpack_sbuffer_init(&cancel);
-        _cleanup_free_ char *ids = strdup_printf("%" PRIu64, id);
-        dh_params(&cancel, "id", ids, NULL);
-        assert_int_equal(proto_client_send(c, "Cancel", cancel.data, cancel.size, NULL, 0, NULL), 0);
-        msgpack_sbuffer_destroy(&cancel);
+        assert_int_equal(dh_cancel(c, id, NULL), 0);
         /* Wait until big's generation has ended, so that the timing of a loaded machine cannot matter. */
         for (;;) {
                 qd_error_clear(&e);

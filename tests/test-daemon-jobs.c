@@ -455,14 +455,7 @@ static void test_eval_cancel(void **state) {
 
         _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
         uint64_t msgid = start_slow_eval(c, model, text);
-        msgpack_sbuffer sb;
-        msgpack_packer pk;
-        msgpack_sbuffer_init(&sb);
-        proto_packer_init(&pk, &sb);
-        msgpack_pack_map(&pk, 1);
-        proto_pack_kv_u64(&pk, "id", msgid);
-        assert_int_equal(proto_client_send(c, "Cancel", sb.data, sb.size, NULL, 0, NULL), 0);
-        msgpack_sbuffer_destroy(&sb);
+        assert_int_equal(dh_cancel(c, msgid, NULL), 0);
         for (;;) {
                 assert_int_equal(proto_client_read(c, 60000, &m, &e), 1);
                 if (m.type == PROTO_RESPONSE && m.msgid == msgid)
