@@ -8,6 +8,12 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <setjmp.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
 #include "daemon-harness.h"
 
 int dh_start(Harness *h, const char *config, const char *const *extra_args) {
@@ -114,6 +120,24 @@ int dh_stop(Harness *h) {
         free(h->log);
         *h = (Harness){};
         return result;
+}
+
+int dh_setup(void **state, const char *config, const char *const *extra_args) {
+        Harness *h = calloc(1, sizeof(Harness));
+
+        assert_non_null(h);
+        *state = h;
+        assert_int_equal(dh_start(h, config, extra_args), 0);
+        return 0;
+}
+
+int dh_teardown(void **state) {
+        Harness *h = *state;
+
+        /* A quantd that the test stopped itself leaves nothing to stop: dh_stop() gives 0 then. */
+        assert_int_equal(dh_stop(h), 0);
+        free(h);
+        return 0;
 }
 
 ProtoClient *dh_connect(Harness *h) {

@@ -22,6 +22,11 @@ typedef struct Harness {
 int dh_start(Harness *h, const char *config, const char *const *extra_args);
 /* Sends SIGTERM and waits; returns the exit status (or 128 + signal), and removes the directory. */
 int dh_stop(Harness *h);
+/* A cmocka setup: a new Harness at *state with quantd started as dh_start() starts it; fails the test when
+ * it does not start. Returns 0. */
+int dh_setup(void **state, const char *config, const char *const *extra_args);
+/* A cmocka teardown: stops the Harness at *state (a running quantd must exit with 0) and frees it. */
+int dh_teardown(void **state);
 /* A new client connection. */
 ProtoClient *dh_connect(Harness *h);
 /* Writes a fake model file with contents and stores it as name through Create. Returns 0 or -errno. */

@@ -28,22 +28,11 @@
 #include "qctl-harness.h"
 
 static int setup(void **state) {
-        Harness *h = calloc(1, sizeof(Harness));
-        assert_non_null(h);
         /* Pull goes to a registry that refuses at once: no network, no retries. */
-        assert_int_equal(dh_start(h, "[Scheduler]\nNumParallel=4\nContextLength=512\n"
-                                     "[Registry]\nDefaultHost=127.0.0.1:9\nInsecure=127.0.0.1:9\nRetries=0\n", NULL),
-                         0);
-        *state = h;
-        return 0;
-}
-
-static int teardown(void **state) {
-        Harness *h = *state;
-        if (h->pid > 0)
-                assert_int_equal(dh_stop(h), 0);
-        free(h);
-        return 0;
+        return dh_setup(state,
+                        "[Scheduler]\nNumParallel=4\nContextLength=512\n"
+                        "[Registry]\nDefaultHost=127.0.0.1:9\nInsecure=127.0.0.1:9\nRetries=0\n",
+                        NULL);
 }
 
 /* A chat template in the Go dialect, so that Chat works with the fake backend's models. */
@@ -1027,21 +1016,21 @@ static void test_chat_missing_model(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test_setup_teardown(test_version, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_create_list_run, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_copy_remove, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_show_real_gguf, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_create_hf_folder, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_example_modelfile, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_interrupt, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_quantize, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_quantize_interrupt, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_eval, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_export_and_create_from_archive, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_quantize_eval_terminal, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_chat, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_chat_missing_model, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_version, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_create_list_run, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_copy_remove, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_show_real_gguf, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_create_hf_folder, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_example_modelfile, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_errors, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_interrupt, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_quantize, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_quantize_interrupt, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_eval, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_export_and_create_from_archive, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_quantize_eval_terminal, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_chat, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_chat_missing_model, setup, dh_teardown),
         };
 
         signal(SIGPIPE, SIG_IGN);

@@ -23,11 +23,8 @@
 
 static int setup(void **state) {
         static const char *const args[] = {"--backend=engine", NULL};
-        Harness *h = calloc(1, sizeof(Harness));
-        assert_non_null(h);
-        assert_int_equal(dh_start(h, "[Scheduler]\nNumParallel=16\nContextLength=256\nThreads=2\n", args),
-                         0);
-        *state = h;
+        dh_setup(state, "[Scheduler]\nNumParallel=16\nContextLength=256\nThreads=2\n", args);
+        Harness *h = *state;
 
         const char *dir = getenv("QUANTD_TEST_MODELS");
         assert_non_null(dir);
@@ -36,13 +33,6 @@ static int setup(void **state) {
         /* A missing model file fails the test, it does not skip it. */
         assert_int_equal(access(path, R_OK), 0);
         assert_int_equal(dh_create_from_file(h, c, "stories", path), 0);
-        return 0;
-}
-
-static int teardown(void **state) {
-        Harness *h = *state;
-        assert_int_equal(dh_stop(h), 0);
-        free(h);
         return 0;
 }
 
@@ -483,14 +473,14 @@ static void test_chat(void **state) {
 int main(void) {
         signal(SIGPIPE, SIG_IGN);
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test_setup_teardown(test_golden, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_concurrent_equal_solo, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_show_tokenize, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_embed, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_chat, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_create_quantized, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_create_hf, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_create_hf_errors, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_golden, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_concurrent_equal_solo, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_show_tokenize, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_embed, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_chat, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_create_quantized, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_create_hf, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_create_hf_errors, setup, dh_teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -22,39 +22,24 @@
 
 #include "daemon-harness.h"
 
-static int start(void **state, const char *config) {
-        Harness *h = calloc(1, sizeof(Harness));
-        assert_non_null(h);
-        assert_int_equal(dh_start(h, config, NULL), 0);
-        *state = h;
-        return 0;
-}
-
 static int setup(void **state) {
-        return start(state, "[Scheduler]\nNumParallel=16\nMaxLoadedModels=2\nContextLength=512\n");
+        return dh_setup(state, "[Scheduler]\nNumParallel=16\nMaxLoadedModels=2\nContextLength=512\n", NULL);
 }
 
 static int setup_small_budget(void **state) {
         /* Each fake model below budgets size + 512 * 16 * 64 bytes of "KV cache". */
-        return start(
+        return dh_setup(
                 state,
-                "[Scheduler]\nNumParallel=16\nMemoryBudget=2000000\nLoadTimeout=1s\nContextLength=512\n");
+                "[Scheduler]\nNumParallel=16\nMemoryBudget=2000000\nLoadTimeout=1s\nContextLength=512\n",
+                NULL);
 }
 
 static int setup_one_request(void **state) {
-        return start(state, "[Daemon]\nMaxRequestsPerConnection=1\n");
+        return dh_setup(state, "[Daemon]\nMaxRequestsPerConnection=1\n", NULL);
 }
 
 static int setup_small_output(void **state) {
-        return start(state, "[Daemon]\nMaxQueuedOutput=64K\n");
-}
-
-static int teardown(void **state) {
-        Harness *h = *state;
-        if (h->pid > 0)
-                assert_int_equal(dh_stop(h), 0);
-        free(h);
-        return 0;
+        return dh_setup(state, "[Daemon]\nMaxQueuedOutput=64K\n", NULL);
 }
 
 typedef struct Stream {
@@ -844,22 +829,22 @@ static void test_sigterm_mid_generation(void **state) {
 int main(void) {
         signal(SIGPIPE, SIG_IGN);
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test_setup_teardown(test_generate_stream, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_end_of_generation_and_stop, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_stop_strings, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_chat, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_create_from_and_parameters, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_tokenize, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_concurrent_streams, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_cancel_and_disconnect, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_keep_alive, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_eviction_order, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_memory_budget, setup_small_budget, teardown),
-                cmocka_unit_test_setup_teardown(test_embed, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_load_failure, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_slow_reader_dropped, setup_small_output, teardown),
-                cmocka_unit_test_setup_teardown(test_hangup_while_paused, setup_one_request, teardown),
-                cmocka_unit_test_setup_teardown(test_sigterm_mid_generation, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_generate_stream, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_end_of_generation_and_stop, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_stop_strings, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_chat, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_create_from_and_parameters, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_tokenize, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_concurrent_streams, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_cancel_and_disconnect, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_keep_alive, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_eviction_order, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_memory_budget, setup_small_budget, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_embed, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_load_failure, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_slow_reader_dropped, setup_small_output, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_hangup_while_paused, setup_one_request, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_sigterm_mid_generation, setup, dh_teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

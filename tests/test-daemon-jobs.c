@@ -25,19 +25,7 @@
 #include "daemon-harness.h"
 
 static int setup(void **state) {
-        Harness *h = calloc(1, sizeof(Harness));
-        assert_non_null(h);
-        assert_int_equal(dh_start(h, "[Daemon]\nWorkers=2\nKeepFinishedJobs=4\n", NULL), 0);
-        *state = h;
-        return 0;
-}
-
-static int teardown(void **state) {
-        Harness *h = *state;
-        if (h->pid > 0)
-                assert_int_equal(dh_stop(h), 0);
-        free(h);
-        return 0;
+        return dh_setup(state, "[Daemon]\nWorkers=2\nKeepFinishedJobs=4\n", NULL);
 }
 
 static int call(ProtoClient *c, const char *method, ProtoMessage *m, QdError *e, ...) {
@@ -489,12 +477,12 @@ static void test_eval_cancel(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test_setup_teardown(test_create_list_copy_delete, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_job_survives_client, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_cancel_job, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_sigterm_mid_job, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_quantize_eval_params, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_eval_cancel, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_create_list_copy_delete, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_job_survives_client, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_cancel_job, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_sigterm_mid_job, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_quantize_eval_params, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_eval_cancel, setup, dh_teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
