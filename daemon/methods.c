@@ -984,22 +984,45 @@ static int method_eval(Manager *m, Request *r, ProtoMessage *call, QdError *err)
         return job_start(m, r, "eval", a.model, eval_job_run, e, eval_job_free, NULL);
 }
 
-typedef struct ExportJob {
+/* An export or an import: the archive's descriptor, the model (NULL: an import under the archive's own
+ * name) and, for an export, the archive's format. */
+typedef struct ArchiveJob {
         Manager *manager;
         char *model, *format;
         int fd;
-} ExportJob;
+} ArchiveJob;
 
-static void export_job_free(void *userdata) {
-        ExportJob *x = userdata;
+static void archive_job_free(void *userdata) {
+        ArchiveJob *x = userdata;
         safe_close(x->fd);
         free(x->model);
         free(x->format);
         free(x);
 }
 
+/* Takes the descriptor fd_index of call and copies model and format (either may be NULL). */
+static int archive_job_new(Manager *m, ProtoMessage *call, uint64_t fd_index, const char *model,
+                           const char *format, ArchiveJob **ret, QdError *err) {
+        ArchiveJob *x = calloc(1, sizeof(*x));
+        int k;
+
+        if (!x)
+                return -ENOMEM;
+        x->manager = m;
+        x->fd = proto_message_take_fd(call, fd_index, err);
+        x->model = model ? strdup(model) : NULL;
+        x->format = format ? strdup(format) : NULL;
+        k = x->fd < 0 ? x->fd : (!model || x->model) && (!format || x->format) ? 0 : -ENOMEM;
+        if (k < 0) {
+                archive_job_free(x);
+                return k;
+        }
+        *ret = x;
+        return 0;
+}
+
 static int export_job_run(Job *j, void *userdata, QdError *err) {
-        ExportJob *x = userdata;
+        ArchiveJob *x = userdata;
         Manager *m = x->manager;
 
         job_progress(j, "exporting", NULL, 0, 0);
@@ -1019,6 +1042,7 @@ static int method_export(Manager *m, Request *r, ProtoMessage *call, QdError *er
                 {},
         };
         _cleanup_free_ char *path = NULL;
+        ArchiveJob *x;
         int k;
 
         k = proto_dispatch(call->params, fields, &a, call->zone, err);
@@ -1032,36 +1056,14 @@ static int method_export(Manager *m, Request *r, ProtoMessage *call, QdError *er
         k = m->store_ops->resolve(m->store, a.model, &path, NULL, err);
         if (k < 0)
                 return k;
-        ExportJob *x = calloc(1, sizeof(*x));
-        if (!x)
-                return -ENOMEM;
-        x->manager = m;
-        x->fd = proto_message_take_fd(call, a.fd, err);
-        x->model = strdup(a.model);
-        x->format = strdup(format);
-        k = x->fd < 0 ? x->fd : x->model && x->format ? 0 : -ENOMEM;
-        if (k < 0) {
-                export_job_free(x);
+        k = archive_job_new(m, call, a.fd, a.model, format, &x, err);
+        if (k < 0)
                 return k;
-        }
-        return job_start(m, r, "export", a.model, export_job_run, x, export_job_free, NULL);
-}
-
-typedef struct ImportJob {
-        Manager *manager;
-        char *model; /* NULL: the archive's name */
-        int fd;
-} ImportJob;
-
-static void import_job_free(void *userdata) {
-        ImportJob *x = userdata;
-        safe_close(x->fd);
-        free(x->model);
-        free(x);
+        return job_start(m, r, "export", a.model, export_job_run, x, archive_job_free, NULL);
 }
 
 static int import_job_run(Job *j, void *userdata, QdError *err) {
-        ImportJob *x = userdata;
+        ArchiveJob *x = userdata;
         Manager *m = x->manager;
         _cleanup_free_ char *name = NULL;
         Reply rep;
@@ -1090,23 +1092,16 @@ static int method_import(Manager *m, Request *r, ProtoMessage *call, QdError *er
                 {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model)},
                 {},
         };
+        ArchiveJob *x;
         int k;
 
         k = proto_dispatch(call->params, fields, &a, call->zone, err);
         if (k < 0)
                 return k;
-        ImportJob *x = calloc(1, sizeof(*x));
-        if (!x)
-                return -ENOMEM;
-        x->manager = m;
-        x->fd = proto_message_take_fd(call, a.archive, err);
-        x->model = a.model ? strdup(a.model) : NULL;
-        k = x->fd < 0 ? x->fd : !a.model || x->model ? 0 : -ENOMEM;
-        if (k < 0) {
-                import_job_free(x);
+        k = archive_job_new(m, call, a.archive, a.model, NULL, &x, err);
+        if (k < 0)
                 return k;
-        }
-        return job_start(m, r, "import", a.model, import_job_run, x, import_job_free, NULL);
+        return job_start(m, r, "import", a.model, import_job_run, x, archive_job_free, NULL);
 }
 
 /* ---- jobs ---- */
