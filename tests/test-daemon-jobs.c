@@ -292,7 +292,6 @@ static void test_quantize_eval_params(void **state) {
         _cleanup_close_ int dir = open(h->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         int pipefd[2];
         msgpack_sbuffer sb;
-        msgpack_packer pk;
         ProtoMessage m;
         QdError e = {};
         int k;
@@ -332,68 +331,41 @@ static void test_quantize_eval_params(void **state) {
 
         /* Eval: one model argument, a text that is a file. */
         msgpack_sbuffer_init(&sb);
-        proto_packer_init(&pk, &sb);
-        msgpack_pack_map(&pk, 3);
-        proto_pack_kv_u64(&pk, "text", 0);
-        proto_pack_kv_str(&pk, "model", "x");
-        proto_pack_kv_u64(&pk, "model_fd", 1);
+        dh_params(&sb, "text", "0", "model", "x", "model_fd", "1", NULL);
         k = call_fds(c, "Eval", &sb, (int[]){text, src}, 2, &m, &e);
         check_call_error(k, &e, EINVAL, "Eval takes one of 'model' (a model name) and 'model_fd'.");
         msgpack_sbuffer_init(&sb);
-        proto_packer_init(&pk, &sb);
-        msgpack_pack_map(&pk, 1);
-        proto_pack_kv_u64(&pk, "text", 0);
+        dh_params(&sb, "text", "0", NULL);
         k = call_fds(c, "Eval", &sb, (int[]){text}, 1, &m, &e);
         check_call_error(k, &e, EINVAL, "Eval takes one of 'model'");
         msgpack_sbuffer_init(&sb);
-        proto_packer_init(&pk, &sb);
-        msgpack_pack_map(&pk, 2);
-        proto_pack_kv_u64(&pk, "text", 0);
-        proto_pack_kv_u64(&pk, "model_fd", 1);
+        dh_params(&sb, "text", "0", "model_fd", "1", NULL);
         k = call_fds(c, "Eval", &sb, (int[]){dir, src}, 2, &m, &e);
         check_call_error(k, &e, EISDIR, "Parameter 'text' must be a descriptor of a file, not a folder.");
         /* A model descriptor that is no GGUF: the engine's error. */
         msgpack_sbuffer_init(&sb);
-        proto_packer_init(&pk, &sb);
-        msgpack_pack_map(&pk, 2);
-        proto_pack_kv_u64(&pk, "text", 0);
-        proto_pack_kv_u64(&pk, "model_fd", 1);
+        dh_params(&sb, "text", "0", "model_fd", "1", NULL);
         k = call_fds(c, "Eval", &sb, (int[]){text, text}, 2, &m, &e);
         assert_int_equal(k, -EBADMSG);
         /* A text over the limit (a sparse file: no memory spent here). */
         assert_int_equal(ftruncate(text, 64 * 1024 * 1024 + 1), 0);
         assert_int_equal(lseek(text, 0, SEEK_SET), 0);
         msgpack_sbuffer_init(&sb);
-        proto_packer_init(&pk, &sb);
-        msgpack_pack_map(&pk, 2);
-        proto_pack_kv_u64(&pk, "text", 0);
-        proto_pack_kv_u64(&pk, "model_fd", 1);
+        dh_params(&sb, "text", "0", "model_fd", "1", NULL);
         k = call_fds(c, "Eval", &sb, (int[]){text, src}, 2, &m, &e);
         check_call_error(k, &e, EMSGSIZE, "The text is larger than 64 MiB.");
 
         /* Export: a format qctl never sends; Create: an archive beside another source, or with quantize. */
         msgpack_sbuffer_init(&sb);
-        proto_packer_init(&pk, &sb);
-        msgpack_pack_map(&pk, 3);
-        proto_pack_kv_str(&pk, "model", "x");
-        proto_pack_kv_u64(&pk, "fd", 0);
-        proto_pack_kv_str(&pk, "format", "zip");
+        dh_params(&sb, "model", "x", "fd", "0", "format", "zip", NULL);
         k = call_fds(c, "Export", &sb, (int[]){out}, 1, &m, &e);
         check_call_error(k, &e, EINVAL, "Unknown archive format 'zip'; use tar, tar.gz or tar.zst.");
         msgpack_sbuffer_init(&sb);
-        proto_packer_init(&pk, &sb);
-        msgpack_pack_map(&pk, 3);
-        proto_pack_kv_str(&pk, "model", "x");
-        proto_pack_kv_u64(&pk, "archive", 0);
-        proto_pack_kv_u64(&pk, "gguf", 1);
+        dh_params(&sb, "model", "x", "archive", "0", "gguf", "1", NULL);
         k = call_fds(c, "Create", &sb, (int[]){text, src}, 2, &m, &e);
         check_call_error(k, &e, EINVAL, "Create takes one of 'gguf'");
         msgpack_sbuffer_init(&sb);
-        proto_packer_init(&pk, &sb);
-        msgpack_pack_map(&pk, 3);
-        proto_pack_kv_str(&pk, "model", "x");
-        proto_pack_kv_u64(&pk, "archive", 0);
-        proto_pack_kv_str(&pk, "quantize", "q8_0");
+        dh_params(&sb, "model", "x", "archive", "0", "quantize", "q8_0", NULL);
         k = call_fds(c, "Create", &sb, (int[]){text}, 1, &m, &e);
         check_call_error(k, &e, EOPNOTSUPP, "Quantizing while importing an archive is not supported");
         close(pipefd[0]);
@@ -403,17 +375,12 @@ static void test_quantize_eval_params(void **state) {
 /* Sends Eval of SmolLM2 on the perplexity text and waits until the job scores its first chunk. */
 static uint64_t start_slow_eval(ProtoClient *c, int model, int text) {
         msgpack_sbuffer sb;
-        msgpack_packer pk;
         uint64_t msgid;
         ProtoMessage m;
         QdError e = {};
 
         msgpack_sbuffer_init(&sb);
-        proto_packer_init(&pk, &sb);
-        msgpack_pack_map(&pk, 3);
-        proto_pack_kv_u64(&pk, "text", 0);
-        proto_pack_kv_u64(&pk, "model_fd", 1);
-        proto_pack_kv_u64(&pk, "n_ctx", 32);
+        dh_params(&sb, "text", "0", "model_fd", "1", "n_ctx", "32", NULL);
         assert_int_equal(proto_client_send(c, "Eval", sb.data, sb.size, (int[]){text, model}, 2, &msgid), 0);
         msgpack_sbuffer_destroy(&sb);
         for (;;) {
