@@ -1599,6 +1599,10 @@ int scheduler_new(Manager *m, Scheduler **ret) {
                 return -ENOMEM;
         s->manager = m;
         s->ops = m->backend;
+        BackendGpu g;
+        if (s->ops && s->ops->gpu_info && s->ops->gpu_info(&g) >= 0)
+                log_info("GPU: %s, %.1f of %.1f GiB free.", g.name, g.free / 1073741824.0,
+                         g.total / 1073741824.0);
         pthread_mutex_init(&s->lock, NULL);
         pthread_cond_init(&s->cond, NULL);
         if (s->ops) {

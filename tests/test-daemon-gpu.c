@@ -271,6 +271,8 @@ static void test_full_offload_and_ps(void **state) {
         assert_int_equal(gen(c, "m1", &OPTS(), &load, &e), 0);
         assert_int_equal(load, 0);
         assert_true(dh_log_contains(h, "with 4 of 4 layers on the GPU"));
+        /* The GPU as the daemon found it at start. */
+        assert_true(dh_log_contains(h, "GPU: Fake GPU, 0.0 of 0.0 GiB free."));
 }
 
 static void test_two_resident_then_evict(void **state) {
