@@ -16,12 +16,13 @@
  * MemoryBudget= and its GPU bytes against the GPU. What the GPU has room for is the device's free memory
  * now (cudaMemGetInfo(), so other processes count), less GpuOverhead=, less what our models have reserved
  * but not allocated yet (the KV caches of NumParallel= slots), and within GpuMemoryBudget=; while a model
- * with GPU layers is loading, its memory is in flux and the next placement on the GPU waits for it. A model gets num_gpu layers (all when -1) if they fit; if not, the idle model on the GPU
- * that expires first is evicted and the placement tried again once its memory is back; only when no idle
- * model is left on the GPU does the new one settle for as many layers as fit (partial offload), the rest
- * then counting against the memory budget, which may in turn evict models from RAM. Reserving KV caches
- * that busy generations already allocated counts them twice, which errs on the side of loads that succeed.
- * After the load the model's GPU bytes are what the backend says it holds (plus its KV reservation).
+ * with GPU layers is loading, its memory is in flux and the next placement on the GPU waits for it. A model
+ * gets num_gpu layers (all when -1) if they fit; if not, the idle model on the GPU that expires first is
+ * evicted and the placement tried again once its memory is back; only when no idle model is left on the GPU
+ * does the new one settle for as many layers as fit (partial offload), the rest then counting against the
+ * memory budget, which may in turn evict models from RAM. Reserving KV caches that busy generations already
+ * allocated counts them twice, which errs on the side of loads that succeed. After the load the model's GPU
+ * bytes are what the backend says it holds (plus its KV reservation).
  *
  * A loaded model serves requests whose settings it meets: a context at least the request's default, or the
  * same context when the request names one, and the same num_gpu (clamped) and num_thread when the request
@@ -910,7 +911,7 @@ static void model_loaded_main(Manager *m, void *userdata) {
         lm->state = MODEL_READY;
         model_serve_waiters(lm);
         model_maybe_expire(lm);
-        /* A placement may have waited for this load (its own users keep model_maybe_expire() from asking). */
+        /* A placement may have waited for this load; its own users keep model_maybe_expire() from asking. */
         scheduler_admit(s);
 }
 
