@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "cuda/engine-cuda.h"
 #include "engine.h"
 
 #define MiB (1024.0 * 1024.0)
@@ -152,11 +153,48 @@ static void test_smollm(void **state) {
         check_model(path);
 }
 
+/* n_gpu_layers -1 outside the daemon: as many layers as fit in what the device has free. Most of the device
+ * is taken first, leaving room for about 10 of SmolLM2's 30 layers. */
+static void test_fit(void **state) {
+        const char *path = getenv("QUANTD_TEST_SMOLLM");
+        _cleanup_(gguf_freep) Gguf *g = NULL;
+        _cleanup_free_ EngineEstimate *est = NULL;
+        _cleanup_(engine_model_unrefp) EngineModel *m = NULL;
+        size_t n_est = 0;
+        void *hog = NULL;
+        QdError e = {};
+
+        if (!path)
+                fail_msg("QUANTD_TEST_SMOLLM is not set; it names SmolLM2-135M-Instruct.Q4_1.gguf.");
+        assert_int_equal(gguf_open(path, &g, &e), 0);
+        /* What the engine assumes for -1: one sequence of 2048 positions. */
+        assert_int_equal(engine_model_estimate_splits(g, NULL, 2048, 1, &est, &n_est, &e), 0);
+        assert_int_equal(n_est, 31);
+        uint64_t want = est[10].vram_bytes + (est[11].vram_bytes - est[10].vram_bytes) / 2;
+        uint64_t free_b = gpu_free();
+        assert_true(free_b > want + (256ull << 20));
+        assert_int_equal(cuda_malloc(free_b - want, &hog), 0);
+        free_b = gpu_free();
+        uint32_t expect = 0;
+        for (uint32_t n = 1; n < n_est; n++)
+                if (est[n].vram_bytes <= free_b)
+                        expect = n;
+        printf("# %.1f MiB free: %" PRIu32 " layers fit\n", free_b / MiB, expect);
+        assert_true(expect > 0 && expect < 30);
+
+        int r = engine_model_load(path, NULL, &m, &e);
+        cuda_free(hog);
+        if (r < 0)
+                fail_msg("Failed to load %s: %s", path, e.msg);
+        assert_int_equal(engine_model_info(m)->n_gpu_layers, expect);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_gpu_info),
                 cmocka_unit_test(test_stories),
                 cmocka_unit_test(test_smollm),
+                cmocka_unit_test(test_fit),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
