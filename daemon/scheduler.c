@@ -1601,13 +1601,16 @@ int scheduler_new(Manager *m, Scheduler **ret) {
         s->manager = m;
         s->ops = m->backend;
         BackendGpu g;
-        if (s->ops && s->ops->gpu_info && s->ops->gpu_info(&g) >= 0)
+        int k = s->ops && s->ops->gpu_info ? s->ops->gpu_info(&g) : -ENODEV;
+        if (k >= 0)
                 log_info("GPU: %s, %.1f of %.1f GiB free.", g.name, g.free / 1073741824.0,
                          g.total / 1073741824.0);
+        else if (k != -ENODEV)
+                log_warning("Failed to query the GPU, models run on the CPU: %s", strerror(-k));
         pthread_mutex_init(&s->lock, NULL);
         pthread_cond_init(&s->cond, NULL);
         if (s->ops) {
-                int k = pthread_create(&s->thread, NULL, executor_main, s);
+                k = pthread_create(&s->thread, NULL, executor_main, s);
                 if (k != 0) {
                         scheduler_free(s);
                         return -k;

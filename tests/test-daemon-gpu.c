@@ -62,6 +62,10 @@ static int setup_no_gpu(void **state) {
         return start(state, NULL, CONFIG);
 }
 
+static int setup_bad_gpu(void **state) {
+        return start(state, "total=lots", CONFIG);
+}
+
 static int teardown(void **state) {
         Harness *h = *state;
         if (h->pid > 0)
@@ -614,6 +618,17 @@ static void test_no_gpu(void **state) {
         assert_false(dh_log_contains(h, "Reloading"));
 }
 
+static void test_bad_gpu(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+
+        /* A GPU that cannot be queried: said once at start, and the models run on the CPU. */
+        assert_true(dh_log_contains(h, "Failed to query the GPU, models run on the CPU: Invalid argument"));
+        assert_int_equal(dh_create_model(h, c, "m1", MODEL_M), 0);
+        gen_ok(c, "m1", &OPTS());
+        assert_string_equal(ps(c, "m1:latest", NULL).processor, "100% CPU");
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_full_offload_and_ps, setup, teardown),
@@ -629,6 +644,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_gpu_budget, setup_gpu_budget, teardown),
                 cmocka_unit_test_setup_teardown(test_memory_budget_cpu_share, setup_memory_budget, teardown),
                 cmocka_unit_test_setup_teardown(test_no_gpu, setup_no_gpu, teardown),
+                cmocka_unit_test_setup_teardown(test_bad_gpu, setup_bad_gpu, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
