@@ -1236,6 +1236,7 @@ typedef struct ModelSettings {
         bool n_ctx_exact;    /* it named the context: a model with another one is reloaded */
         int32_t num_gpu;     /* -1: as many layers as fit */
         unsigned num_thread; /* 0: Threads= */
+        bool any;            /* any loaded model will do (it only tokenizes): never reload for it */
         int64_t keep_alive_ns;
 } ModelSettings;
 
@@ -1253,6 +1254,8 @@ static ModelSettings settings_default(Scheduler *s, int64_t keep_alive_ns) {
  * would get no more from a reload, and a num_gpu on a machine without a GPU changes nothing.
  */
 static bool model_matches(const LoadedModel *lm, const ModelSettings *st) {
+        if (st->any)
+                return true;
         if (st->n_ctx_exact ? lm->n_ctx != st->n_ctx : lm->n_ctx < st->n_ctx)
                 return false;
         if (st->num_gpu >= 0 && MIN((uint32_t)st->num_gpu, lm->gpu_max) != lm->gpu_target)
@@ -1518,6 +1521,7 @@ int scheduler_tokenize(Scheduler *s, Request *r, const char *model, const char *
                 return -ENOMEM;
         }
         ModelSettings st = settings_default(s, s->manager->config.keep_alive_ns);
+        st.any = true;
         return scheduler_acquire(s, model, w, &st, err);
 }
 

@@ -457,6 +457,18 @@ static void test_num_gpu(void **state) {
         assert_int_equal(gen(c, "m1", &OPTS(GPU(2)), &load, &e), 0);
         assert_int_equal(load, 0);
 
+        /* Tokenize takes the model as it is loaded, even with a context below ContextLength=. */
+        assert_int_equal(gen(c, "m1", &OPTS(.num_ctx = 8), &load, &e), 0);
+        assert_true(load > 0);
+        msgpack_sbuffer sb;
+        ProtoMessage m;
+        msgpack_sbuffer_init(&sb);
+        dh_params(&sb, "model", "m1", "text", "hi", NULL);
+        assert_int_equal(proto_client_call(c, "Tokenize", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
+        msgpack_sbuffer_destroy(&sb);
+        assert_int_equal(gen(c, "m1", &OPTS(.num_ctx = 8), &load, &e), 0);
+        assert_int_equal(load, 0);
+
         /* A named context other than the loaded one reloads; num_thread too. */
         assert_int_equal(gen(c, "m1", &OPTS(.num_ctx = 32), &load, &e), 0);
         assert_true(load > 0);
