@@ -29,8 +29,8 @@
  * names them. Otherwise an idle model is reloaded with the new settings, as Ollama does; a busy one serves
  * the request as it is. Tokenize and Detokenize take a loaded model whatever its settings.
  *
- * Executor thread (one for now, for the CPU and the GPU alike: the engine runs a split model's layers on both
- * in one call; the design's thread per device comes with several GPUs): loads and unloads models and
+ * Executor thread (one for now, for the CPU and the GPU alike: the engine runs a split model's layers on
+ * both in one call; the design's thread per device comes with several GPUs): loads and unloads models and
  * runs continuous batching. Every step it gathers the active sequences of a model, a prompt chunk for those
  * still reading their prompt and one token for the others, and runs them through one backend decode call, so
  * concurrent requests share each pass over the weights. Sampling, stop strings and UTF-8 assembly happen per
