@@ -139,6 +139,17 @@ static int place_segments(EngineModel *m, QdError *err) {
         r = choose_gpu(p, &gpu, err);
         if (r < 0)
                 return r;
+        /* The best available backend for a model the GPU's cannot run is the CPU; one asked for by name
+         * says why it cannot. */
+        BackendRange all = {
+                .l0 = 0,
+                .l1 = n_layer,
+                .n_batch = m->n_batch,
+                .kv_type = p->kv_type,
+                .n_threads = p->n_threads,
+        };
+        if (gpu && !p->backend && gpu->check && gpu->check(m, &all, NULL) < 0)
+                gpu = NULL;
         if (gpu)
                 n_gpu = p->n_gpu_layers < 0 ? fitting_layers(m, gpu)
                                             : MIN((uint32_t)p->n_gpu_layers, n_layer);

@@ -17,12 +17,16 @@
 
 #include <cmocka.h>
 
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "cuda/engine-cuda.h"
 #include "engine.h"
+#include "quant.h"
 
 #define MiB (1024.0 * 1024.0)
 #define N_CTX 256
@@ -189,12 +193,39 @@ static void test_fit(void **state) {
         assert_int_equal(engine_model_info(m)->n_gpu_layers, expect);
 }
 
+/* A qwen2 model (the tiny one of tests/data, converted), which the cuda backend does not run: no GPU rows in
+ * the estimate, and the default backend is the CPU; asking for cuda by name says why not. */
+static void test_unsupported(void **state) {
+        _cleanup_free_ char *dir = strdup_printf("%s/hf-tiny-qwen2", getenv("QUANTD_TEST_DATA"));
+        _cleanup_close_ int dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        _cleanup_close_ int fd = memfd_create("qwen2", MFD_CLOEXEC);
+        _cleanup_(engine_model_unrefp) EngineModel *m = NULL;
+        _cleanup_(gguf_freep) Gguf *g = NULL;
+        _cleanup_free_ EngineEstimate *est = NULL;
+        QuantConvertParams cp = quant_convert_params_default();
+        EngineModelParams p = engine_model_params_default();
+        size_t n_est = 0;
+        QdError e = {};
+
+        assert_true(dirfd >= 0 && fd >= 0);
+        if (quant_convert_hf(dirfd, fd, &cp, &e) < 0)
+                fail_msg("Conversion failed: %s", e.msg);
+        assert_int_equal(gguf_open_fd(fd, &g, &e), 0);
+        assert_int_equal(engine_model_estimate_splits(g, NULL, 64, 1, &est, &n_est, &e), 0);
+        assert_int_equal(n_est, 1);
+        assert_int_equal(engine_model_load_fd(fd, NULL, &m, &e), 0);
+        assert_int_equal(engine_model_info(m)->n_gpu_layers, 0);
+        m = engine_model_unref(m);
+        p.backend = "cuda";
+        assert_int_equal(engine_model_load_fd(fd, &p, &m, &e), -EOPNOTSUPP);
+        assert_non_null(strstr(e.msg, "llama-architecture models only"));
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test(test_gpu_info),
-                cmocka_unit_test(test_stories),
-                cmocka_unit_test(test_smollm),
-                cmocka_unit_test(test_fit),
+                cmocka_unit_test(test_gpu_info),    cmocka_unit_test(test_stories),
+                cmocka_unit_test(test_smollm),      cmocka_unit_test(test_fit),
+                cmocka_unit_test(test_unsupported),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
