@@ -412,7 +412,7 @@ int engine_cpu_swiglu(EngineCpuIsa isa, float *g, const float *u, uint64_t n);
 /* ---- models and the forward pass ---- */
 
 typedef struct EngineModelParams {
-        const char *backend;  /* "cpu", "cuda", NULL = best available */
+        const char *backend;  /* "cpu", "cuda", NULL = best available for the model */
         int32_t n_gpu_layers; /* layers on the GPU backend, the first ones; -1 = all that fit in the device's
                                * free memory with a context of 2048 */
         uint32_t n_threads;   /* CPU worker threads; 0 = the CPU count */

@@ -8,6 +8,8 @@
  * estimate may count more than the device gives (cuBLAS's workspace is a guess) but never much less, since
  * a load the scheduler thought would fit must fit. Unloading gives the memory back. A first load warms the
  * device up (CUDA loads kernel code lazily and keeps it), so that the measurements are of the model alone.
+ * Then n_gpu_layers -1 on a device mostly taken (as many layers as fit), and a qwen2 model, which the cuda
+ * backend does not run, on the CPU by default.
  */
 
 #include <setjmp.h>
