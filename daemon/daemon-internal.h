@@ -141,13 +141,19 @@ int job_pool_new(Manager *m, unsigned n_workers, JobPool **ret);
 JobPool *job_pool_free(JobPool *p);
 
 /*
- * Queues a job and makes r its first watcher (r gets its progress events and final reply). userdata is freed
- * with free_userdata when the job goes away. *ret (may be NULL) gets a borrowed pointer.
+ * Queues a job and makes r its first watcher (r gets its progress events and final reply); cancelling r (its
+ * client's Cancel {id}, or its client going away when the method does not survive it) cancels the job.
+ * userdata is freed with free_userdata when the job goes away. *ret (may be NULL) gets a borrowed pointer.
  */
 int job_start(Manager *m, Request *r, const char *kind, const char *model, JobRunFn run, void *userdata,
               void (*free_userdata)(void *userdata), Job **ret);
 /* Worker side: records progress; the main thread sends it to the watchers, coalesced. Any thread. */
 void job_progress(Job *j, const char *status, const char *digest, uint64_t total, uint64_t completed);
+/*
+ * Worker side, before the job returns 0: n_fields packed msgpack map entries (keys and values) that the
+ * final reply carries besides job, status and model (Eval's figures). Copied.
+ */
+int job_set_result(Job *j, const void *fields, size_t size, uint32_t n_fields);
 const atomic_bool *job_cancel_flag(Job *j);
 bool job_cancelled(Job *j);
 Job *job_find(Manager *m, uint64_t id);

@@ -212,6 +212,16 @@ typedef struct StoreOps {
          * reporting bytes through progress. */
         int (*create)(void *store, const char *name, const StoreCreateSpec *spec, StoreProgressFn progress,
                       void *userdata, const atomic_bool *cancel, QdError *err);
+        /* Runs on a worker: adds the model of the archive read from fd (as registry_export() writes it) as
+         * name, replacing an existing one; spec's text layers (its fd is unused) replace the archive's
+         * layers of the same kinds (all its LICENSE layers for spec's licenses). With name NULL (and no
+         * spec) the model keeps the archive's name, which must be free; ret_name (may be NULL) gets it. */
+        int (*import)(void *store, int fd, const char *name, const StoreCreateSpec *spec,
+                      StoreProgressFn progress, void *userdata, const atomic_bool *cancel, char **ret_name,
+                      QdError *err);
+        /* Runs on a worker: writes name to fd as a model archive; format "tar", "tar.gz" or "tar.zst". */
+        int (*export)(void *store, const char *name, int fd, const char *format, StoreProgressFn progress,
+                      void *userdata, const atomic_bool *cancel, QdError *err);
         /* Run on a worker: download name from its registry, or upload it. */
         int (*pull)(void *store, const char *name, StoreProgressFn progress, void *userdata,
                     const atomic_bool *cancel, QdError *err);

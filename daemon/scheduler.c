@@ -147,7 +147,8 @@ struct Gen {
         int result;
         QdError err;
         uint64_t start_ns, prompt_ns, eval_ns;
-        uint64_t load_ns; /* main thread: the load it waited for; 0 when the model was ready */
+        uint64_t queued_ns; /* main thread: when the request came */
+        uint64_t load_ns;   /* main thread: the load it waited for; 0 when the model was ready */
         LIST_FIELDS(struct Gen, active);
 
         Buf response; /* main thread: the text of a non-streamed generation */
@@ -980,9 +981,9 @@ static void gen_done_main(Manager *m, void *userdata) {
                         k = proto_pack_kv_u64(&rep.pk, "eval_duration_ns", g->eval_ns);
                 if (k >= 0)
                         k = proto_pack_kv_u64(&rep.pk, "load_duration_ns", g->load_ns);
+                /* As Ollama counts it: from the request, the load included. */
                 if (k >= 0)
-                        k = proto_pack_kv_u64(&rep.pk, "total_duration_ns",
-                                              now_ns() - g->start_ns + g->load_ns);
+                        k = proto_pack_kv_u64(&rep.pk, "total_duration_ns", now_ns() - g->queued_ns);
                 if (k >= 0 && !g->p.stream && !g->p.chat)
                         k = proto_pack_kv_str(&rep.pk, "response", text);
                 if (k >= 0 && !g->p.stream && g->p.chat)
@@ -1431,6 +1432,7 @@ int scheduler_generate(Scheduler *s, Request *r, GenerateParams *p, QdError *err
                 return -ENOMEM;
         }
         g->scheduler = s;
+        g->queued_ns = now_ns();
         g->p = *p;
         *p = (GenerateParams){};
         g->request = request_ref(r);
@@ -1491,7 +1493,8 @@ int scheduler_unload(Scheduler *s, const char *model, QdError *err) {
                 model = canonical;
         LoadedModel *lm = model_find(s, model);
         if (!lm)
-                return qd_error_set(err, ENOENT, "Model '%s' is not loaded.", model);
+                return qd_error_set(err, ENOENT,
+                                    "Model '%s' is not loaded; 'qctl ps' lists the loaded models.", model);
         /* In use: it goes when its last request ends. */
         lm->keep_alive_ns = 0;
         if (lm->n_users == 0 && lm->state == MODEL_READY)
