@@ -4,12 +4,15 @@
  * with random but valid weights made on the device, next to the bandwidth bound of decoding (bytes one step
  * reads over the card's measured copy bandwidth).
  *
- *   bench-cuda --synthetic llama2-7b:q4_K_M [--tg 128] [--pp 512] [--reps 5] [--device 0]
+ *   bench-cuda --synthetic llama2-7b:q4_K_M [--tg 128] [--pp 512] [--reps 5] [--device 0] [--batch 1,2,4,8,16]
  *   bench-cuda --kernels      (achieved bandwidth of the decode matrix-vector kernel per type)
  *
  * Mixes follow llama-quantize's choices per tensor: q4_0 (output Q6_K), q4_K_M (output Q6_K; attn_v and
  * ffn_down Q6_K in the first and last eighth of the layers and every third between), q8_0, f16, and any
  * single type name (q6_K, q5_0, ...) for every matrix with a Q6_K output.
+ *
+ * --batch B,...: also the aggregate decode speed of B sequences decoded together (cuda_llama_generate_greedy_batch:
+ * tg tokens each, every weight read once per step for all of them), for each B listed.
  */
 
 #include <getopt.h>
@@ -33,6 +36,7 @@ static const Shape shapes[] = {
 
 static uint32_t arg_tg = 128, arg_pp = 512, arg_reps = 5;
 static bool arg_breakdown = false;
+static const char *arg_batch = NULL;
 static int arg_device = 0;
 
 /* llama-quantize's use_more_bits(): the layers whose attn_v and ffn_down get more bits in *_M mixes. */
@@ -72,6 +76,58 @@ static int cmp_double(const void *a, const void *b) {
 static double median(double *v, unsigned n) {
         qsort(v, n, sizeof(double), cmp_double);
         return v[n / 2];
+}
+
+/* Aggregate decode speed of B sequences at once for each B in arg_batch, next to single-sequence decoding's
+ * bound (the weights are read once per step whatever B is). */
+static int run_batched(CudaLlama *m, double bound) {
+        _cleanup_free_ char *list = strdup(arg_batch);
+        char *save = NULL;
+        int r = 0;
+
+        if (!list)
+                return log_oom();
+        for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+                uint64_t b;
+                if (safe_atou64(tok, &b) < 0 || b == 0 || b > 256) {
+                        fprintf(stderr, "Invalid batch size '%s'.\n", tok);
+                        return -EINVAL;
+                }
+                CudaKv **kvs = calloc(b, sizeof(CudaKv *));
+                int32_t *starts = calloc(b, sizeof(int32_t));
+                double rate[64];
+                unsigned reps = arg_reps > 64 ? 64 : arg_reps;
+                if (!kvs || !starts) {
+                        free(kvs), free(starts);
+                        return log_oom();
+                }
+                for (uint64_t i = 0; i < b && r >= 0; i++) {
+                        starts[i] = (int32_t)(1 + 7 * i);
+                        r = cuda_kv_new(m, arg_tg + 16, &kvs[i]);
+                }
+                for (unsigned k = 0; k <= reps && r >= 0; k++) {
+                        for (uint64_t i = 0; i < b && r >= 0; i++)
+                                r = cuda_kv_truncate(kvs[i], 0);
+                        uint64_t t0 = now_ns();
+                        if (r >= 0)
+                                r = cuda_llama_generate_greedy_batch(m, kvs, starts, (uint32_t)b, arg_tg, NULL);
+                        uint64_t t1 = now_ns();
+                        if (k > 0)
+                                rate[k - 1] = (double)b * arg_tg / ((t1 - t0) * 1e-9);
+                }
+                if (r >= 0) {
+                        double med = median(rate, reps);
+                        printf("batch %3u: tg%u %.1f tok/s in all, %.1f per sequence, %.1f us per step "
+                               "(%.2fx the single-sequence bound)\n", (unsigned)b, arg_tg, med, med / b, 1e6 * b / med,
+                               med / bound);
+                }
+                for (uint64_t i = 0; i < b; i++)
+                        cuda_kv_free(kvs[i]);
+                free(kvs), free(starts);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
 }
 
 static int run_synthetic(const char *spec) {
@@ -198,6 +254,8 @@ static int run_synthetic(const char *spec) {
                        (t1 - t0) / 1e3 / arg_tg);
         }
         cuda_llama_set_skip(m, 0);
+        if (arg_batch && arg_tg && (r = run_batched(m, bound)) < 0)
+                goto fail;
         free(toks), free(out_toks);
         r = 0;
         goto out;
@@ -276,6 +334,7 @@ out:
 
 static void help(void) {
         printf("bench-cuda --synthetic MODEL:MIX [--tg N] [--pp N] [--reps N] [--device N] [--breakdown]\n"
+               "           [--batch B,...]\n"
                "bench-cuda --kernels\n\n"
                "Decode and prompt speed of the CUDA backend on the tensor shapes of MODEL (llama2-7b, llama3-8b)\n"
                "with random weights of MIX (q4_0, q4_K_M, q8_0, f16 or any single type name).\n");
@@ -287,6 +346,7 @@ int main(int argc, char **argv) {
                 {"pp", required_argument, NULL, 'p'},        {"reps", required_argument, NULL, 'r'},
                 {"device", required_argument, NULL, 'd'},    {"help", no_argument, NULL, 'h'},
                 {"kernels", no_argument, NULL, 'k'},         {"breakdown", no_argument, NULL, 'b'},
+                {"batch", required_argument, NULL, 'B'},
                 {},
         };
         const char *synthetic = NULL;
@@ -319,6 +379,9 @@ int main(int argc, char **argv) {
                         return run_kernels() < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
                 case 'b':
                         arg_breakdown = true;
+                        break;
+                case 'B':
+                        arg_batch = optarg;
                         break;
                 case 'h':
                         help();

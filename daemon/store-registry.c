@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 
 #include "daemon.h"
@@ -87,6 +88,22 @@ static int reg_resolve(void *store, const char *name, char **ret_path, char **re
         }
         *ret_path = TAKE_PTR(path);
         return 0;
+}
+
+static int reg_digest(void *store, const char *name, char **ret, QdError *err) {
+        RegStore *s = store;
+        char digest[REGISTRY_DIGEST_MAX];
+        RegistryName n;
+        int k;
+
+        k = registry_name_parse(name, &s->config, &n, err);
+        if (k < 0)
+                return k;
+        k = registry_store_model_digest(s->store, &n, digest, err);
+        if (k < 0)
+                return k;
+        *ret = strdup(digest);
+        return *ret ? 0 : -ENOMEM;
 }
 
 void store_model_free_many(StoreModel *l, size_t n) {
@@ -244,6 +261,124 @@ static int reg_create(void *store, const char *name, const StoreCreateSpec *spec
                                      err);
 }
 
+/*
+ * An archive becomes name in two steps: registry_import() under a temporary name (it refuses to replace a
+ * model, and a failed import must leave name as it was), then that model copied to name, or, when spec
+ * replaces layers, created anew from its blobs and spec's texts. The temporary name goes in every case.
+ */
+static int reg_import(void *store, int fd, const char *name, const StoreCreateSpec *spec,
+                      StoreProgressFn progress, void *userdata, const atomic_bool *cancel, char **ret_name,
+                      QdError *err) {
+        RegStore *s = store;
+        _cleanup_(registry_manifest_freep) RegistryManifest *manifest = NULL;
+        ProgressRelay relay = {progress, userdata};
+        RegistryName n, tmp;
+        uint64_t rnd;
+        int k;
+
+        if (!name) {
+                /* The archive's own name: registry_import() refuses to replace a model there. */
+                k = registry_import(s->store, fd, NULL, relay_progress, &relay, cancel, &n, err);
+                if (k >= 0 && ret_name)
+                        k = registry_name_format_short(&n, &s->config, ret_name);
+                return k;
+        }
+        k = registry_name_parse(name, &s->config, &n, err);
+        if (k < 0)
+                return k;
+        if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd))
+                return qd_error_set(err, errno, "Failed to name a temporary model: %s", strerror(errno));
+        tmp = n;
+        snprintf(tmp.model, sizeof(tmp.model), "quantd-import-%016" PRIx64, rnd);
+        snprintf(tmp.tag, sizeof(tmp.tag), "latest");
+        k = registry_import(s->store, fd, &tmp, relay_progress, &relay, cancel, NULL, err);
+        if (k < 0)
+                return k;
+
+        const struct {
+                const char *media_type, *text;
+        } texts[] = {
+                {REGISTRY_MEDIA_TEMPLATE, spec ? spec->template : NULL},
+                {REGISTRY_MEDIA_SYSTEM, spec ? spec->system : NULL},
+                {REGISTRY_MEDIA_PARAMS, spec ? spec->parameters : NULL},
+                {REGISTRY_MEDIA_MESSAGES, spec ? spec->messages : NULL},
+        };
+        size_t n_licenses = 0;
+        while (spec && spec->licenses && spec->licenses[n_licenses])
+                n_licenses++;
+        bool replace = n_licenses > 0;
+        for (size_t i = 0; i < ELEMENTSOF(texts); i++)
+                replace = replace || texts[i].text;
+
+        if (!replace) {
+                k = registry_store_copy(s->store, &tmp, &n, true, err);
+                goto finish;
+        }
+        k = registry_store_show(s->store, &tmp, &manifest, NULL, err);
+        if (k < 0)
+                goto finish;
+        RegistryCreateLayer *layers =
+                calloc(manifest->n_layers + ELEMENTSOF(texts) + n_licenses, sizeof(RegistryCreateLayer));
+        size_t n_layers = 0;
+        if (!layers) {
+                k = -ENOMEM;
+                goto finish;
+        }
+        /* The archive's layers in order, but those that spec replaces; then spec's. */
+        for (size_t i = 0; k >= 0 && i < manifest->n_layers; i++) {
+                const RegistryLayer *l = &manifest->layers[i];
+                bool replaced = n_licenses > 0 && streq(l->media_type, REGISTRY_MEDIA_LICENSE);
+                for (size_t j = 0; j < ELEMENTSOF(texts); j++)
+                        replaced = replaced || (texts[j].text && streq(l->media_type, texts[j].media_type));
+                if (replaced)
+                        continue;
+                layers[n_layers] = (RegistryCreateLayer){.media_type = l->media_type, .fd = -EBADF};
+                k = registry_store_open_blob(s->store, l->digest, &layers[n_layers].fd, err);
+                if (k >= 0)
+                        n_layers++;
+        }
+        for (size_t i = 0; i < ELEMENTSOF(texts) + n_licenses; i++) {
+                const char *media = i < ELEMENTSOF(texts) ? texts[i].media_type : REGISTRY_MEDIA_LICENSE;
+                const char *text =
+                        i < ELEMENTSOF(texts) ? texts[i].text : spec->licenses[i - ELEMENTSOF(texts)];
+                if (text)
+                        layers[n_layers++] = (RegistryCreateLayer){
+                                .media_type = media, .fd = -EBADF, .data = text, .size = strlen(text)};
+        }
+        if (k >= 0)
+                k = registry_store_create(s->store, &n, layers, n_layers, NULL, relay_progress, &relay,
+                                          cancel, err);
+        for (size_t i = 0; i < n_layers; i++)
+                safe_close(layers[i].fd);
+        free(layers);
+finish:;
+        QdError ignored = {};
+        (void)registry_store_delete(s->store, &tmp, &ignored);
+        if (k >= 0 && ret_name)
+                k = registry_name_format_short(&n, &s->config, ret_name);
+        return k;
+}
+
+static int reg_export(void *store, const char *name, int fd, const char *format, StoreProgressFn progress,
+                      void *userdata, const atomic_bool *cancel, QdError *err) {
+        RegStore *s = store;
+        ProgressRelay relay = {progress, userdata};
+        _cleanup_free_ char *file = strdup_printf("model.%s", format);
+        RegistryName n;
+        int k;
+
+        if (!file)
+                return -ENOMEM;
+        RegistryArchiveFormat f = registry_archive_format_from_filename(file);
+        if (f < 0)
+                return qd_error_set(err, EINVAL, "Unknown archive format '%s'; use tar, tar.gz or tar.zst.",
+                                    format);
+        k = registry_name_parse(name, &s->config, &n, err);
+        if (k < 0)
+                return k;
+        return registry_export(s->store, &n, fd, f, relay_progress, &relay, cancel, err);
+}
+
 static int reg_read_layer(void *store, const char *name, const char *media_type, char **ret, QdError *err) {
         RegStore *s = store;
         _cleanup_(registry_manifest_freep) RegistryManifest *manifest = NULL;
@@ -334,7 +469,10 @@ const StoreOps store_registry_ops = {
         .close = reg_close,
         .resolve = reg_resolve,
         .list = reg_list,
+        .digest = reg_digest,
         .create = reg_create,
+        .import = reg_import,
+        .export = reg_export,
         .read_layer = reg_read_layer,
         .pull = reg_pull,
         .push = reg_push,

@@ -89,6 +89,13 @@ const char *engine_cpu_isa_name(EngineCpuIsa isa) {
         return names[isa];
 }
 
+EngineCpuIsa engine_cpu_isa_from_name(const char *name) {
+        for (int i = 0; i < _ENGINE_CPU_ISA_MAX; i++)
+                if (name && streq(name, engine_cpu_isa_name((EngineCpuIsa)i)))
+                        return (EngineCpuIsa)i;
+        return _ENGINE_CPU_ISA_INVALID;
+}
+
 int engine_cpu_matmul(EngineCpuIsa isa, uint32_t type, const void *w, uint64_t n, uint64_t n_rows, const float *x,
                       uint64_t n_tok, float *y) {
         const CpuKernels *k;

@@ -496,6 +496,111 @@ static void test_matvec(void **state) {
         }
 }
 
+/* The batched products (several sequences' inputs at once) against the host reference: nb inputs, two
+ * matrices stored into one strided output, a residual add, and SwiGLU. */
+static void check_matvec_batch(uint32_t type, uint32_t n_cols, uint32_t n_rows, uint32_t nb) {
+        const uint32_t ldy = 2 * n_rows + 3;
+        Mat w[2];
+        float *x = malloc((size_t)nb * n_cols * 4), *xe = malloc((size_t)nb * n_cols * 4), *wf = malloc(n_cols * 4);
+        double *ref = calloc((size_t)nb * ldy, sizeof(double)), *ref_add = calloc((size_t)nb * ldy, sizeof(double)),
+               *ref_glu = calloc((size_t)nb * ldy, sizeof(double));
+        float *base = malloc((size_t)nb * ldy * 4);
+        CudaQ8 xq;
+
+        assert_non_null(x), assert_non_null(xe), assert_non_null(wf), assert_non_null(ref), assert_non_null(base);
+        assert_non_null(ref_add), assert_non_null(ref_glu);
+        for (size_t i = 0; i < (size_t)nb * n_cols; i++)
+                x[i] = frnd() * (i % 5 == 0 ? 3.0f : 1.0f);
+        for (size_t i = 0; i < (size_t)nb * ldy; i++)
+                base[i] = frnd();
+        mat_new(&w[0], type, n_cols, n_rows);
+        mat_new(&w[1], type, n_cols, n_rows);
+        for (uint32_t j = 0; j < nb; j++) {
+                if (is_float_type(type))
+                        memcpy(xe + (size_t)j * n_cols, x + (size_t)j * n_cols, n_cols * 4);
+                else
+                        emulate_q8(x + (size_t)j * n_cols, n_cols, xe + (size_t)j * n_cols);
+        }
+        for (uint32_t r = 0; r < n_rows; r++) {
+                for (int k = 0; k < 2; k++) {
+                        ref_dequant_row(type, w[k].host + r * w[k].row_bytes, n_cols, wf);
+                        for (uint32_t j = 0; j < nb; j++) {
+                                double d = 0;
+                                for (uint32_t i = 0; i < n_cols; i++)
+                                        d += (double)wf[i] * xe[(size_t)j * n_cols + i];
+                                ref[(size_t)j * ldy + k * n_rows + r] = d;
+                        }
+                }
+                for (uint32_t j = 0; j < nb; j++) {
+                        double g = ref[(size_t)j * ldy + r], u = ref[(size_t)j * ldy + n_rows + r];
+                        ref_add[(size_t)j * ldy + r] = base[(size_t)j * ldy + r] + g;
+                        ref_glu[(size_t)j * ldy + r] = g / (1.0 + exp(-g)) * u;
+                }
+        }
+        /* Elements between the outputs are not written: they keep the poison, the reference copies it. */
+        float *dx = dev_upload(x, (size_t)nb * n_cols * 4), *dy = dev_poison((size_t)nb * ldy * 4);
+        float *dbase = dev_upload(base, (size_t)nb * ldy * 4);
+        assert_int_equal(cuda_malloc((size_t)nb * n_cols, (void **)&xq.qs), 0);
+        assert_int_equal(cuda_malloc((size_t)nb * (n_cols / 32) * 8 + 8, (void **)&xq.ds), 0);
+        const CudaMvInput in = {dx, &xq};
+        if (!is_float_type(type))
+                assert_int_equal(cuda_quantize_q8(NULL, dx, n_cols, nb, &xq), 0);
+
+        float *ys[2] = {dy, dy + n_rows};
+        CudaMatrix two[2] = {w[0].m, w[1].m};
+        assert_int_equal(cuda_matvec_batch(NULL, two, 2, &in, ys, CUDA_MV_STORE, nb, ldy), 0);
+        assert_int_equal(cuda_sync(NULL), 0);
+        float *y = download_f32(dy, (size_t)nb * ldy);
+        for (uint32_t j = 0; j < nb; j++) {
+                assert_true(rel_err(y + (size_t)j * ldy, ref + (size_t)j * ldy, 2 * n_rows) < 1e-4);
+                for (uint32_t i = 2 * n_rows; i < ldy; i++)
+                        assert_true(isnan(y[(size_t)j * ldy + i]));
+        }
+        free(y);
+
+        ys[0] = dbase;
+        assert_int_equal(cuda_matvec_batch(NULL, &w[0].m, 1, &in, ys, CUDA_MV_ADD, nb, ldy), 0);
+        assert_int_equal(cuda_sync(NULL), 0);
+        y = download_f32(dbase, (size_t)nb * ldy);
+        for (uint32_t j = 0; j < nb; j++)
+                assert_true(rel_err(y + (size_t)j * ldy, ref_add + (size_t)j * ldy, n_rows) < 1e-4);
+        free(y);
+
+        ys[0] = dy;
+        assert_int_equal(cuda_matvec_batch(NULL, two, 2, &in, ys, CUDA_MV_SWIGLU, nb, ldy), 0);
+        assert_int_equal(cuda_sync(NULL), 0);
+        y = download_f32(dy, (size_t)nb * ldy);
+        double e = 0;
+        for (uint32_t j = 0; j < nb; j++)
+                e = fmax(e, rel_err(y + (size_t)j * ldy, ref_glu + (size_t)j * ldy, n_rows));
+        print_message("# %s %ux%u, %u sequences: swiglu rel err %.2e\n", ggml_type_name(type), n_rows, n_cols, nb,
+                      e);
+        assert_true(e < 1e-4);
+        free(y);
+
+        /* Errors: no sequences, SwiGLU of one matrix. */
+        assert_int_equal(cuda_matvec_batch(NULL, two, 2, &in, ys, CUDA_MV_STORE, 0, ldy), -EINVAL);
+        assert_int_equal(cuda_matvec_batch(NULL, two, 1, &in, ys, CUDA_MV_SWIGLU, nb, ldy), -EINVAL);
+
+        cuda_free(dx), cuda_free(dy), cuda_free(dbase), cuda_free(xq.qs), cuda_free(xq.ds);
+        mat_free(&w[0]), mat_free(&w[1]);
+        free(x), free(xe), free(wf), free(ref), free(ref_add), free(ref_glu), free(base);
+}
+
+static void test_matvec_batch(void **state) {
+        static const uint32_t nbs[] = {2, 3, 5, 8, 11};
+        for (size_t i = 0; i < ELEMENTSOF(all_types); i++) {
+                uint32_t t = all_types[i];
+                bool k = ggml_type_info(t)->block_size == 256;
+                for (size_t j = 0; j < ELEMENTSOF(nbs); j++)
+                        check_matvec_batch(t, k ? 11 * 256 : 33 * 32, 37 + (uint32_t)j, nbs[j]);
+                check_matvec_batch(t, 4096, 64, 4);
+                check_matvec_batch(t, 4096, 40, 16);
+                if (is_float_type(t))
+                        check_matvec_batch(t, 172, 31, 3); /* rows that end inside a vector */
+        }
+}
+
 static void test_matvec_errors(void **state) {
         Mat w;
         float *y = NULL;
@@ -785,6 +890,50 @@ static void check_attention(uint32_t hd, uint32_t n_head, uint32_t n_kv, uint32_
                 free(outs[rep]);
         }
 
+        /* Batched decode: two sequences with caches of their own sizes (layer 1 of two), at positions npre and
+         * t1, each taking the token of its position (its k and v stored again, unchanged); twice. */
+        {
+                const uint32_t t1 = npre / 2, n_ctx[2] = {a.n_ctx, n_pos + 5};
+                CudaSeqSlot slots[2];
+                uint16_t *caches[4];
+                for (int b = 0; b < 2; b++) {
+                        size_t layer = (size_t)n_ctx[b] * nk;
+                        caches[2 * b] = dev_poison(2 * layer * 2);
+                        caches[2 * b + 1] = dev_poison(2 * layer * 2);
+                        assert_int_equal(cuda_upload(caches[2 * b] + layer, kh, (size_t)n_pos * nk * 2), 0);
+                        assert_int_equal(cuda_upload(caches[2 * b + 1] + layer, vh, (size_t)n_pos * nk * 2), 0);
+                        slots[b] = (CudaSeqSlot){caches[2 * b], caches[2 * b + 1], NULL, n_ctx[b],
+                                                 (int32_t)(b == 0 ? npre : t1)};
+                }
+                float *bqkv = malloc(2 * stride * 4);
+                memcpy(bqkv, qkv + (size_t)npre * stride, stride * 4);
+                memcpy(bqkv + stride, qkv + (size_t)t1 * stride, stride * 4);
+                float *dbqkv = dev_upload(bqkv, 2 * stride * 4), *dbout = dev_poison(2 * nq * 4);
+                CudaSeqSlot *dslots = dev_upload(slots, sizeof(slots));
+                size_t bss = (ss + 15) / 16 * 16 * 2;
+                void *bscratch;
+                assert_int_equal(cuda_malloc(bss, &bscratch), 0);
+                uint8_t *z = calloc(1, bss);
+                assert_int_equal(cuda_upload(bscratch, z, bss), 0);
+                free(z);
+                for (int rep = 0; rep < 2; rep++) {
+                        assert_int_equal(cuda_attn_decode_batch(NULL, &a, dbqkv, 2, dslots, 1, bscratch, dbout,
+                                                                NULL),
+                                         0);
+                        float *bo = download_f32(dbout, 2 * nq);
+                        double e0 = rel_err(bo, ref + (size_t)npre * nq, nq), e1 = rel_err(bo + nq, ref + (size_t)t1 * nq, nq);
+                        print_message("# batched attention decode hd %u: rel err %.2e (%u positions), %.2e (%u)\n", hd,
+                                      e0, npre + 1, e1, t1 + 1);
+                        assert_true(e0 < 1e-4 && e1 < 1e-4);
+                        free(bo);
+                }
+                assert_int_equal(cuda_attn_decode_batch(NULL, &a, dbqkv, 0, dslots, 1, bscratch, dbout, NULL), -EINVAL);
+                for (int i = 0; i < 4; i++)
+                        cuda_free(caches[i]);
+                cuda_free(dbqkv), cuda_free(dbout), cuda_free(dslots), cuda_free(bscratch);
+                free(bqkv);
+        }
+
         /* Prompt attention of positions 3 .. npre - 1 (earlier ones are in the cache; q rotated in place). */
         int32_t three = 3;
         int32_t *d3 = dev_upload(&three, 4);
@@ -810,6 +959,7 @@ static void test_attention(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_matvec),
+                cmocka_unit_test(test_matvec_batch),
                 cmocka_unit_test(test_matvec_errors),
                 cmocka_unit_test(test_dequant),
                 cmocka_unit_test(test_rmsnorm),

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "engine.h"
 #include "cuda/engine-cuda.h"
@@ -179,6 +180,78 @@ static double rel_diff(const float *a, const float *b, uint32_t n) {
         return sqrt(num / (den > 0 ? den : 1));
 }
 
+/* Batched decode on the device: n sequences started from different tokens decode greedily together (on-device
+ * loop, and host-driven steps with logits back at mixed positions) and must pick the tokens each picks alone. */
+static void test_stories_batched(void **state) {
+        enum { N = 40, MAXB = 19 };
+        static const uint32_t sizes[] = {2, 3, 5, 8, 19};
+        const int32_t starts[MAXB] = {1, 403, 407, 261, 378, 432, 17, 99, 250, 311, 5, 77, 123, 456, 2, 3, 88, 199, 500};
+        Gguf *g;
+        CudaLlama *m = load_stories(&g);
+        CudaKv *kvs[MAXB];
+        int32_t alone[MAXB][N], *got = malloc(MAXB * N * sizeof(int32_t));
+
+        assert_non_null(got);
+        for (uint32_t i = 0; i < MAXB; i++) {
+                /* Caches of different sizes: the batched attention takes each one's own layout. */
+                assert_int_equal(cuda_kv_new(m, 64 + 16 * i, &kvs[i]), 0);
+                assert_int_equal(cuda_llama_generate_greedy(m, kvs[i], starts[i], N, alone[i]), 0);
+        }
+        for (size_t k = 0; k < ELEMENTSOF(sizes); k++) {
+                uint32_t n = sizes[k];
+                for (uint32_t i = 0; i < n; i++)
+                        assert_int_equal(cuda_kv_truncate(kvs[i], 0), 0);
+                assert_int_equal(cuda_llama_generate_greedy_batch(m, kvs, starts, n, N, got), 0);
+                for (uint32_t i = 0; i < n; i++) {
+                        assert_int_equal(cuda_kv_pos(kvs[i]), N);
+                        for (int t = 0; t < N; t++)
+                                if (got[i * N + t] != alone[i][t])
+                                        fail_msg("%u sequences: sequence %u step %d: %d batched, %d alone", n, i, t,
+                                                 got[i * N + t], alone[i][t]);
+                }
+        }
+        print_message("# stories260K: 2-19 sequences decoded together pick the tokens each picks alone (%d steps)\n",
+                      N);
+
+        /* Host-driven steps: sequence i continues from position i, its logits as a single step's. */
+        float *lb[4], single[512];
+        uint32_t pos[4];
+        int32_t toks[4];
+        for (uint32_t i = 0; i < 4; i++) {
+                lb[i] = i == 2 ? NULL : malloc(512 * sizeof(float)); /* no logits wanted for sequence 2 */
+                assert_true(i == 2 || lb[i]);
+                pos[i] = 3 * i;
+                toks[i] = pos[i] == 0 ? starts[i] : alone[i][pos[i] - 1];
+        }
+        assert_int_equal(cuda_llama_decode_batch(m, kvs, pos, toks, 4, lb), 0);
+        for (uint32_t i = 0; i < 4; i++) {
+                assert_int_equal(cuda_kv_pos(kvs[i]), pos[i] + 1);
+                if (!lb[i])
+                        continue;
+                assert_int_equal(cuda_llama_run(m, kvs[i], pos[i], 1, &toks[i], NULL, 1, (uint32_t[]){0}, false,
+                                                single),
+                                 0);
+                assert_true(rel_diff(lb[i], single, 512) < 1e-4);
+                assert_int_equal(argmax(lb[i], 512), alone[i][pos[i]]);
+                free(lb[i]);
+        }
+
+        /* Errors: the same cache twice, a position past the cache's, overflow, a bad token. */
+        CudaKv *twice[2] = {kvs[0], kvs[0]};
+        assert_int_equal(cuda_llama_generate_greedy_batch(m, twice, starts, 2, 1, NULL), -EINVAL);
+        pos[0] = 1000;
+        assert_int_equal(cuda_llama_decode_batch(m, kvs, pos, toks, 2, NULL), -EINVAL);
+        assert_int_equal(cuda_llama_generate_greedy_batch(m, kvs, starts, 2, 1000, NULL), -ENOSPC);
+        toks[0] = 512, pos[0] = 0;
+        assert_int_equal(cuda_llama_decode_batch(m, kvs, pos, toks, 2, NULL), -EINVAL);
+
+        for (uint32_t i = 0; i < MAXB; i++)
+                cuda_kv_free(kvs[i]);
+        free(got);
+        cuda_llama_free(m);
+        gguf_free(g);
+}
+
 /*
  * The same prompt and 64 greedy steps through the cpu backend and the cuda one (n_gpu layers of it), each in
  * its reference mode (activations never in 8 bits) when *_f32. Returns the largest relative difference of the
@@ -264,6 +337,167 @@ static void test_stories_vs_cpu(void **state) {
         assert_true(rel_diff(eg, ec, 64) < 1e-2);
 }
 
+/* Several sequences through the engine in one engine_decode() call per step (the cuda backend's batched
+ * decode) against each decoded alone on the cpu backend: same greedy tokens for 64 steps, logits within 1e-2. */
+static void batched_vs_cpu(const char *path) {
+        enum { NS = 3 };
+        EngineModelParams pc = engine_model_params_default(), pg = pc;
+        _cleanup_(engine_model_unrefp) EngineModel *mc = NULL, *mg = NULL;
+        EngineSeq *sc[NS], *sg[NS];
+        const int32_t prompts[NS][3] = {{1, 403, 407}, {1, 261, 378}, {1, 432, 17}};
+        const uint32_t n_prompt[NS] = {3, 2, 1};
+        float *lc = malloc(512 * sizeof(float)), *lg[NS];
+        int32_t next[NS];
+        QdError err = {};
+        double worst = 0;
+
+        pc.backend = "cpu";
+        pg.backend = "cuda";
+        assert_int_equal(engine_model_load(path, &pc, &mc, &err), 0);
+        assert_int_equal(engine_model_load(path, &pg, &mg, &err), 0);
+        for (int i = 0; i < NS; i++) {
+                assert_int_equal(engine_seq_new(mc, 128, &sc[i]), 0);
+                assert_int_equal(engine_seq_new(mg, 128, &sg[i]), 0);
+                lg[i] = malloc(512 * sizeof(float));
+        }
+        for (int step = 0; step < 64; step++) {
+                const int32_t *toks[NS];
+                uint32_t n[NS];
+                for (int i = 0; i < NS; i++) {
+                        toks[i] = step == 0 ? prompts[i] : &next[i];
+                        n[i] = step == 0 ? n_prompt[i] : 1;
+                }
+                if (engine_decode(mg, sg, toks, n, NS, lg, NULL, &err) < 0)
+                        fail_msg("%s", err.msg);
+                for (int i = 0; i < NS; i++) {
+                        if (engine_decode(mc, &sc[i], &toks[i], &n[i], 1, &lc, NULL, &err) < 0)
+                                fail_msg("%s", err.msg);
+                        worst = fmax(worst, rel_diff(lg[i], lc, 512));
+                        next[i] = argmax(lc, 512);
+                        if (argmax(lg[i], 512) != next[i])
+                                fail_msg("sequence %d step %d: %d on cuda (batched), %d on cpu", i, step,
+                                         argmax(lg[i], 512), next[i]);
+                }
+        }
+        print_message("# %s, %d sequences batched on cuda vs each alone on cpu: 64 steps, same greedy "
+                      "tokens, logits rel diff <= %.2e\n", path, NS, worst);
+        assert_true(worst < 1e-2);
+        for (int i = 0; i < NS; i++) {
+                engine_seq_free(sc[i]);
+                engine_seq_free(sg[i]);
+                free(lg[i]);
+        }
+        free(lc);
+}
+
+static void test_stories_batched_engine(void **state) {
+        _cleanup_free_ char *path = stories_path();
+
+        batched_vs_cpu(path);
+}
+
+/*
+ * A copy of stories260K at a temporary path (returned; the caller unlinks it) made into what the cuda backend
+ * must also run: with qwen2 set, a qwen2 model (NeoX RoPE, random q/k/v biases of about bias_scale); with
+ * linear > 0 the "linear" RoPE scaling of that factor; with freqs, a rope_freqs tensor of frequency divisors
+ * (Llama 3.1's scheme).
+ */
+static char *rewrite_stories(bool qwen2, float bias_scale, float linear, bool freqs) {
+        _cleanup_free_ char *src = stories_path();
+        _cleanup_(gguf_freep) Gguf *g = NULL;
+        _cleanup_(gguf_writer_freep) GgufWriter *w = NULL;
+        char *path = strdup("/tmp/test-cuda-model-XXXXXX");
+        const char *arch = qwen2 ? "qwen2" : "llama";
+        uint32_t n_layer = 0, n_embd = 0, n_head = 0, n_kv = 0;
+        int fd;
+
+        assert_non_null(path);
+        assert_int_equal(gguf_open(src, &g, NULL), 0);
+        assert_int_equal(gguf_get_u32(g, "llama.block_count", &n_layer), 0);
+        assert_int_equal(gguf_get_u32(g, "llama.embedding_length", &n_embd), 0);
+        assert_int_equal(gguf_get_u32(g, "llama.attention.head_count", &n_head), 0);
+        assert_int_equal(gguf_get_u32(g, "llama.attention.head_count_kv", &n_kv), 0);
+        const uint32_t hd = n_embd / n_head, nq = n_head * hd, nk = n_kv * hd;
+        fd = mkstemp(path);
+        assert_true(fd >= 0);
+        assert_int_equal(gguf_writer_new(&w, fd, GGUF_DEFAULT_ALIGNMENT), 0);
+        for (uint64_t i = 0; i < g->n_kv; i++) {
+                const char *rest = startswith(g->kv[i].key, "llama.");
+                if (streq(g->kv[i].key, "general.architecture"))
+                        assert_int_equal(gguf_writer_add_string(w, g->kv[i].key, arch), 0);
+                else if (rest) {
+                        _cleanup_free_ char *key = strdup_printf("%s.%s", arch, rest);
+                        assert_int_equal(gguf_writer_add_value(w, key, &g->kv[i].value), 0);
+                } else
+                        assert_int_equal(gguf_writer_add_value(w, g->kv[i].key, &g->kv[i].value), 0);
+        }
+        if (linear > 0) {
+                _cleanup_free_ char *k1 = strdup_printf("%s.rope.scaling.type", arch);
+                _cleanup_free_ char *k2 = strdup_printf("%s.rope.scaling.factor", arch);
+                assert_int_equal(gguf_writer_add_string(w, k1, "linear"), 0);
+                assert_int_equal(gguf_writer_add_f32(w, k2, linear), 0);
+        }
+        for (uint64_t i = 0; i < g->n_tensors; i++)
+                assert_int_equal(gguf_writer_add_tensor(w, g->tensors[i].name, g->tensors[i].type,
+                                                        g->tensors[i].n_dims, g->tensors[i].ne), 0);
+        for (uint32_t l = 0; qwen2 && l < n_layer; l++) {
+                static const char *const what[3] = {"attn_q", "attn_k", "attn_v"};
+                for (int k = 0; k < 3; k++) {
+                        char name[64];
+                        uint64_t ne = k == 0 ? nq : nk;
+                        snprintf(name, sizeof(name), "blk.%u.%s.bias", l, what[k]);
+                        assert_int_equal(gguf_writer_add_tensor(w, name, GGML_TYPE_F32, 1, &ne), 0);
+                }
+        }
+        uint64_t n_half = hd / 2;
+        if (freqs)
+                assert_int_equal(gguf_writer_add_tensor(w, "rope_freqs.weight", GGML_TYPE_F32, 1, &n_half), 0);
+        assert_int_equal(gguf_writer_write_header(w), 0);
+        for (uint64_t i = 0; i < g->n_tensors; i++)
+                assert_int_equal(gguf_writer_write_tensor_data(w, g->tensors[i].data, g->tensors[i].size), 0);
+        float *b = malloc((nq + 2 * nk) * sizeof(float));
+        assert_non_null(b);
+        for (uint32_t l = 0; qwen2 && l < n_layer; l++) {
+                for (uint32_t i = 0; i < nq + 2 * nk; i++)
+                        b[i] = bias_scale * (float)sin(1.7 * (l * 131 + i) + 0.3);
+                assert_int_equal(gguf_writer_write_tensor_data(w, b, nq * 4), 0);
+                assert_int_equal(gguf_writer_write_tensor_data(w, b + nq, nk * 4), 0);
+                assert_int_equal(gguf_writer_write_tensor_data(w, b + nq + nk, nk * 4), 0);
+        }
+        free(b);
+        if (freqs) {
+                float f[64];
+                for (uint32_t j = 0; j < n_half && j < 64; j++)
+                        f[j] = 1.0f + 3.0f * (float)j; /* low frequencies slowed the most, as Llama 3.1's are */
+                assert_int_equal(gguf_writer_write_tensor_data(w, f, n_half * 4), 0);
+        }
+        assert_int_equal(gguf_writer_finish(w), 0);
+        close(fd);
+        return path;
+}
+
+/* qwen2 (q/k/v biases, NeoX RoPE), linear RoPE scaling and Llama 3.1's rope_freqs on the cuda backend against
+ * the cpu backend: single sequences (whole and partial offload) and batched decoding. */
+static void test_rope_variants_vs_cpu(void **state) {
+        static const struct {
+                bool qwen2;
+                float linear;
+                bool freqs;
+        } cases[] = {{true, 0, false}, {false, 4.0f, false}, {false, 0, true}, {true, 2.0f, true}};
+        const int32_t bos = 1;
+
+        for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+                char *path = rewrite_stories(cases[i].qwen2, 0.5f, cases[i].linear, cases[i].freqs);
+                print_message("# %s: qwen2 %d, linear %.0f, rope_freqs %d\n", path, cases[i].qwen2,
+                              (double)cases[i].linear, cases[i].freqs);
+                assert_true(compare_backends(path, &bos, 1, -1, false, false, 65) < 1e-2);
+                assert_true(compare_backends(path, &bos, 1, 2, false, false, 65) < 1e-2);
+                batched_vs_cpu(path);
+                unlink(path);
+                free(path);
+        }
+}
+
 static void test_smollm_vs_cpu(void **state) {
         const char *path = getenv("QUANTD_TEST_SMOLLM"), *dir = getenv("QUANTD_TEST_DATA");
         _cleanup_free_ char *ref = strdup_printf("%s/smollm-reference.txt", dir ? dir : "tests/data");
@@ -308,7 +542,10 @@ static int setup(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_stories_greedy),
+                cmocka_unit_test(test_stories_batched),
                 cmocka_unit_test(test_stories_vs_cpu),
+                cmocka_unit_test(test_stories_batched_engine),
+                cmocka_unit_test(test_rope_variants_vs_cpu),
                 cmocka_unit_test(test_smollm_vs_cpu),
         };
 

@@ -403,7 +403,10 @@ static void test_create_from_and_parameters(void **state) {
         qd_error_clear(&e);
         assert_int_equal(proto_client_call(c, "Create", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
                          -EINVAL);
-        assert_string_equal(e.msg, "Unknown quantization 'q9_z'; Hello lists quant_types.");
+        assert_string_equal(e.msg,
+                            "Unknown quantization type 'q9_z': choose one of F32, F16, Q4_0, Q4_1, Q8_0, "
+                            "Q5_0, Q5_1, Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, "
+                            "Q6_K, IQ4_NL, BF16.");
         msgpack_sbuffer_destroy(&sb);
 }
 

@@ -297,6 +297,10 @@ static void test_matmul_errors(void **state) {
         assert_int_equal(engine_cpu_matmul(_ENGINE_CPU_ISA_MAX, GGML_TYPE_F32, w, 32, 1, x, 1, y), -EINVAL);
         assert_string_equal(engine_cpu_isa_name(ENGINE_CPU_AVX512), "avx512");
         assert_string_equal(engine_cpu_isa_name(_ENGINE_CPU_ISA_MAX), "unknown");
+        for (int i = 0; i < _ENGINE_CPU_ISA_MAX; i++)
+                assert_int_equal(engine_cpu_isa_from_name(engine_cpu_isa_name((EngineCpuIsa)i)), i);
+        assert_int_equal(engine_cpu_isa_from_name("avx"), -EINVAL);
+        assert_int_equal(engine_cpu_isa_from_name(NULL), -EINVAL);
 }
 
 int main(void) {

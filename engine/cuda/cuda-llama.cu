@@ -21,6 +21,7 @@
 #include "cuda-common.cuh"
 
 #define PF_MAX_TOK 512 /* prompt tokens per batch through the GEMM path */
+#define B_MAX 16       /* sequences per batched decode step (one graph per group size) */
 
 struct CudaLlama {
         int device;
@@ -43,6 +44,8 @@ struct CudaLlama {
         float *h;        /* (n_ff) */
         float *logits;   /* (n_vocab) */
         int32_t *tok;    /* (1) the token of the next decode step */
+        float *inv_freq; /* (n_rot / 2) RoPE frequencies, scaling folded in */
+        float *bias;     /* (n_layer, nq + 2 nk) q, k, v biases, NULL without any */
 
         /* Prompt scratch for up to PF_MAX_TOK tokens, made on first use. */
         int32_t *pf_tok; /* (PF_MAX_TOK) */
@@ -52,6 +55,21 @@ struct CudaLlama {
         float *pf_att;   /* (PF_MAX_TOK, nq) */
         float *pf_gu;    /* (PF_MAX_TOK, 2 n_ff) */
         uint16_t *pf_w;  /* dequantized weights of the largest group, half */
+
+        /* Batched decode scratch for up to B_MAX sequences, made on first use. */
+        float *bx;            /* (B_MAX, n_embd) */
+        float *bxn;           /* (B_MAX, n_embd) */
+        CudaQ8 bxq;           /* (B_MAX, max(n_embd, n_ff, nq)) */
+        float *bqkv;          /* (B_MAX, nq + 2 nk) */
+        float *batt;          /* (B_MAX, nq) */
+        CudaQ8 battq;         /* (B_MAX, nq) */
+        float *bh;            /* (B_MAX, n_ff) */
+        float *blogits;       /* (B_MAX, n_vocab) */
+        int32_t *btok;        /* (B_MAX) */
+        CudaSeqSlot *bseqs;   /* (B_MAX) the step's sequences */
+        void *b_scratch;      /* (B_MAX) attention scratch for caches of up to b_ctx positions */
+        uint32_t b_ctx;
+        cudaGraphExec_t bgraph[B_MAX + 1]; /* by group size, captured for b_ctx */
 };
 
 struct CudaKv {
@@ -80,7 +98,79 @@ static CudaAttnShape attn_shape(const CudaLlama *m, uint32_t n_ctx) {
         a.n_rot = m->c.n_rot;
         a.rope_base = m->c.rope_base;
         a.n_ctx = n_ctx;
+        a.inv_freq = m->inv_freq;
+        a.neox = m->c.rope_neox;
         return a;
+}
+
+/* The shape with layer l's biases. */
+static CudaAttnShape attn_shape_layer(const CudaLlama *m, uint32_t n_ctx, uint32_t l) {
+        CudaAttnShape a = attn_shape(m, n_ctx);
+        const size_t nqkv = (size_t)(m->c.n_head + 2 * m->c.n_head_kv) * m->c.head_dim;
+
+        a.bias = m->bias ? m->bias + l * nqkv : NULL;
+        return a;
+}
+
+/* Uploads the RoPE frequencies: base^(-2j / n_rot), divided by freqs[j] when given, times the linear
+ * scaling factor, computed in double as the cpu backend does. */
+static int upload_inv_freq(CudaLlama *m, const float *freqs) {
+        const uint32_t half = m->c.n_rot / 2;
+        const double scale = m->c.rope_freq_scale > 0.0f ? m->c.rope_freq_scale : 1.0;
+        float f[256];
+
+        if (half > 256)
+                return -EINVAL;
+        for (uint32_t j = 0; j < half; j++) {
+                double v = pow(m->c.rope_base, -2.0 * j / m->c.n_rot);
+                if (freqs)
+                        v /= freqs[j];
+                f[j] = (float)(v * scale);
+        }
+        CU_TRY(cudaMemcpy(m->inv_freq, f, half * sizeof(float), cudaMemcpyHostToDevice));
+        return 0;
+}
+
+extern "C" int cuda_llama_set_rope_freqs(CudaLlama *m, const float *freqs) {
+        if (!freqs)
+                return -EINVAL;
+        for (uint32_t j = 0; j < m->c.n_rot / 2; j++)
+                if (!(freqs[j] > 0.0f))
+                        return -EINVAL;
+        CU_TRY(cudaSetDevice(m->device));
+        return upload_inv_freq(m, freqs);
+}
+
+extern "C" int cuda_llama_set_bias(CudaLlama *m, uint32_t layer, const float *bq, const float *bk,
+                                   const float *bv) {
+        const size_t nq = (size_t)m->c.n_head * m->c.head_dim, nk = (size_t)m->c.n_head_kv * m->c.head_dim;
+        const size_t nqkv = nq + 2 * nk;
+
+        if (layer < m->l0 || layer >= m->l1)
+                return -EINVAL;
+        CU_TRY(cudaSetDevice(m->device));
+        if (!m->bias) {
+                void *p;
+                int r = cuda_malloc((size_t)m->c.n_layer * nqkv * sizeof(float), &p);
+                if (r < 0)
+                        return r;
+                m->bias = (float *)p;
+                CU_TRY(cudaMemset(m->bias, 0, (size_t)m->c.n_layer * nqkv * sizeof(float)));
+                /* Graphs captured before read no biases: capture again. */
+                for (size_t i = 0; i <= B_MAX; i++)
+                        if (m->bgraph[i]) {
+                                (void)cudaGraphExecDestroy(m->bgraph[i]);
+                                m->bgraph[i] = NULL;
+                        }
+        }
+        float *dst = m->bias + layer * nqkv;
+        if (bq)
+                CU_TRY(cudaMemcpy(dst, bq, nq * sizeof(float), cudaMemcpyHostToDevice));
+        if (bk)
+                CU_TRY(cudaMemcpy(dst + nq, bk, nk * sizeof(float), cudaMemcpyHostToDevice));
+        if (bv)
+                CU_TRY(cudaMemcpy(dst + nq + nk, bv, nk * sizeof(float), cudaMemcpyHostToDevice));
+        return 0;
 }
 
 static int alloc(void **p, size_t size) {
@@ -93,7 +183,8 @@ extern "C" int cuda_llama_new(int device, const CudaLlamaConfig *c, uint32_t l0,
         int r;
 
         if (c->n_layer == 0 || c->n_head == 0 || c->n_head_kv == 0 || c->n_head % c->n_head_kv != 0 ||
-            c->head_dim == 0 || c->n_rot > c->head_dim || c->n_vocab == 0 || c->n_embd == 0 || c->n_ff == 0 ||
+            c->head_dim == 0 || c->n_rot > c->head_dim || c->n_rot % 2 != 0 || c->n_rot > 512 || c->n_vocab == 0 ||
+            c->n_embd == 0 || c->n_ff == 0 || c->rope_freq_scale < 0.0f ||
             l0 >= l1 || l1 > c->n_layer)
                 return -EINVAL;
         CU_TRY(cudaSetDevice(device));
@@ -123,7 +214,8 @@ extern "C" int cuda_llama_new(int device, const CudaLlamaConfig *c, uint32_t l0,
             (r = alloc((void **)&m->attq.ds, nq / 32 * 8 + 8)) < 0 ||
             (r = alloc((void **)&m->qkv, (nq + 2 * nk) * 4)) < 0 || (r = alloc((void **)&m->att, nq * 4)) < 0 ||
             (r = alloc((void **)&m->h, c->n_ff * 4)) < 0 || (r = alloc((void **)&m->logits, c->n_vocab * 4)) < 0 ||
-            (r = alloc((void **)&m->tok, 4)) < 0) {
+            (r = alloc((void **)&m->tok, 4)) < 0 || (r = alloc((void **)&m->inv_freq, (c->n_rot / 2 + 1) * 4)) < 0 ||
+            (r = upload_inv_freq(m, NULL)) < 0) {
                 cuda_llama_free(m);
                 return r;
         }
@@ -141,9 +233,16 @@ extern "C" CudaLlama *cuda_llama_free(CudaLlama *m) {
                 cuda_free((void *)m->w[i].data);
         void *bufs[] = {m->x,      m->xn,     m->xq.qs,   m->xq.ds,   m->qkv,    m->att,  m->attq.qs,
                         m->attq.ds, m->h,     m->logits,  m->tok,     m->pf_tok, m->pf_x, m->pf_xn,
-                        m->pf_qkv,  m->pf_att, m->pf_gu,  m->pf_w};
+                        m->pf_qkv,  m->pf_att, m->pf_gu,  m->pf_w,   m->inv_freq, m->bias};
         for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
                 cuda_free(bufs[i]);
+        void *bbufs[] = {m->bx,   m->bxn,     m->bxq.qs, m->bxq.ds, m->bqkv,  m->batt,
+                         m->battq.qs, m->battq.ds, m->bh, m->blogits, m->btok, m->bseqs, m->b_scratch};
+        for (size_t i = 0; i < sizeof(bbufs) / sizeof(bbufs[0]); i++)
+                cuda_free(bbufs[i]);
+        for (size_t i = 0; i <= B_MAX; i++)
+                if (m->bgraph[i])
+                        (void)cudaGraphExecDestroy(m->bgraph[i]);
         cuda_blas_free(m->blas);
         if (m->stream)
                 (void)cudaStreamDestroy(m->stream);
@@ -393,8 +492,9 @@ static int decode_layers(CudaLlama *m, CudaKv *kv, uint32_t l0, uint32_t l1) {
                                          c->n_embd, 1, c->norm_eps, m->xn, NULL, &m->xq));
                 if (mv)
                         TRY(decode_qkv(m, l));
+                const CudaAttnShape al = attn_shape_layer(m, a.n_ctx, l);
                 if (small)
-                        TRY(cuda_attn_decode(m->stream, &a, m->qkv, kv->d_pos, kv->k + (l - m->l0) * kv_layer,
+                        TRY(cuda_attn_decode(m->stream, &al, m->qkv, kv->d_pos, kv->k + (l - m->l0) * kv_layer,
                                              kv->v + (l - m->l0) * kv_layer, kv->attn_scratch, m->att, att_q ? &m->attq : NULL));
                 if (small && !att_q && !is_float_type(o->type))
                         TRY(cuda_quantize_q8(m->stream, m->att, o->n_cols, 1, &m->attq));
@@ -507,9 +607,10 @@ static int prefill_layers(CudaLlama *m, CudaKv *kv, uint32_t n_tok, uint32_t l0,
                 TRY(cuda_dequant_f16(s, weight(m, CUDA_W_K, l), m->pf_w + (size_t)nq * c->n_embd));
                 TRY(cuda_dequant_f16(s, weight(m, CUDA_W_V, l), m->pf_w + (size_t)(nq + nk) * c->n_embd));
                 TRY(cuda_gemm_f16(m->blas, m->pf_w, nqkv, c->n_embd, m->pf_xn, n_tok, m->pf_qkv, false));
-                TRY(cuda_rope_store(s, &a, m->pf_qkv, nqkv, n_tok, kv->d_pos, kv->k + (l - m->l0) * kv_layer,
+                const CudaAttnShape al = attn_shape_layer(m, a.n_ctx, l);
+                TRY(cuda_rope_store(s, &al, m->pf_qkv, nqkv, n_tok, kv->d_pos, kv->k + (l - m->l0) * kv_layer,
                                     kv->v + (l - m->l0) * kv_layer));
-                TRY(cuda_attn_prefill(s, &a, m->pf_qkv, nqkv, n_tok, kv->d_pos, kv->k + (l - m->l0) * kv_layer,
+                TRY(cuda_attn_prefill(s, &al, m->pf_qkv, nqkv, n_tok, kv->d_pos, kv->k + (l - m->l0) * kv_layer,
                                       kv->v + (l - m->l0) * kv_layer, m->pf_att));
                 TRY(cuda_f32_to_f16(s, m->pf_att, m->pf_xn, (size_t)n_tok * nq));
                 TRY(cuda_dequant_f16(s, weight(m, CUDA_W_O, l), m->pf_w));
@@ -644,6 +745,7 @@ extern "C" int cuda_llama_generate_greedy(CudaLlama *m, CudaKv *kv, int32_t toke
                 return -ENOSPC;
         TRY(check_weights(m));
         CU_TRY(cudaSetDevice(m->device));
+        TRY(set_pos(kv, p0)); /* a batched step may have moved the position without the device copy */
         CU_TRY(cudaMemcpyAsync(m->tok, &token, 4, cudaMemcpyHostToDevice, m->stream));
         for (uint32_t i = 0; i < n_steps; i++)
                 TRY(decode_graph(m, kv));
@@ -651,5 +753,204 @@ extern "C" int cuda_llama_generate_greedy(CudaLlama *m, CudaKv *kv, int32_t toke
         if (out && n_steps)
                 CU_TRY(cudaMemcpyAsync(out, kv->hist + p0 + 1, n_steps * 4, cudaMemcpyDeviceToHost, m->stream));
         CU_TRY(cudaStreamSynchronize(m->stream));
+        return 0;
+}
+
+/* ---- batched decode: one step of several sequences ---- */
+
+/* The batched scratch, with attention scratch for caches of up to n_ctx positions (grown on demand: the
+ * graphs captured for a smaller size go). */
+static int batch_alloc(CudaLlama *m, uint32_t n_ctx) {
+        const CudaLlamaConfig *c = &m->c;
+        const size_t nq = c->n_head * c->head_dim, nk = c->n_head_kv * c->head_dim;
+        size_t nmax = c->n_embd > c->n_ff ? c->n_embd : c->n_ff;
+
+        if (nq > nmax)
+                nmax = nq;
+        if (!m->bx) {
+                TRY(alloc((void **)&m->bx, B_MAX * c->n_embd * 4));
+                TRY(alloc((void **)&m->bxn, B_MAX * c->n_embd * 4));
+                TRY(alloc((void **)&m->bxq.qs, B_MAX * nmax));
+                TRY(alloc((void **)&m->bxq.ds, B_MAX * (nmax / 32 + 1) * 8));
+                TRY(alloc((void **)&m->bqkv, B_MAX * (nq + 2 * nk) * 4));
+                TRY(alloc((void **)&m->batt, B_MAX * nq * 4));
+                TRY(alloc((void **)&m->battq.qs, B_MAX * nq));
+                TRY(alloc((void **)&m->battq.ds, B_MAX * (nq / 32 + 1) * 8));
+                TRY(alloc((void **)&m->bh, B_MAX * c->n_ff * 4));
+                TRY(alloc((void **)&m->blogits, B_MAX * (size_t)c->n_vocab * 4));
+                TRY(alloc((void **)&m->btok, B_MAX * 4));
+                TRY(alloc((void **)&m->bseqs, B_MAX * sizeof(CudaSeqSlot)));
+        }
+        if (n_ctx > m->b_ctx) {
+                CudaAttnShape a = attn_shape(m, n_ctx);
+                size_t ss = (cuda_attn_scratch_size(&a) + 15) / 16 * 16 * B_MAX;
+                CU_TRY(cudaStreamSynchronize(m->stream));
+                for (size_t i = 0; i <= B_MAX; i++)
+                        if (m->bgraph[i]) {
+                                (void)cudaGraphExecDestroy(m->bgraph[i]);
+                                m->bgraph[i] = NULL;
+                        }
+                cuda_free(m->b_scratch);
+                m->b_scratch = NULL;
+                m->b_ctx = 0;
+                TRY(alloc(&m->b_scratch, ss));
+                CU_TRY(cudaMemset(m->b_scratch, 0, ss));
+                m->b_ctx = n_ctx;
+        }
+        return 0;
+}
+
+/* One step of n sequences (m->btok, m->bseqs) through the whole model: the same kernels as decode_step() with
+ * n columns, logits into m->blogits and each sequence's argmax into m->btok. */
+static int decode_step_batch(CudaLlama *m, uint32_t n) {
+        const CudaLlamaConfig *c = &m->c;
+        const uint32_t nq = c->n_head * c->head_dim, nk = c->n_head_kv * c->head_dim, nqkv = nq + 2 * nk;
+        const CudaAttnShape a = attn_shape(m, m->b_ctx);
+        const bool att_q = c->head_dim % 32 == 0;
+        cudaStream_t s = m->stream;
+        const CudaMvInput in_x = {m->bxn, &m->bxq}, in_att = {m->batt, &m->battq}, in_h = {m->bh, &m->bxq};
+        float *y;
+
+        TRY(cuda_get_rows(s, weight(m, CUDA_W_TOKEN_EMBD, 0), m->btok, n, m->bx));
+        for (uint32_t l = m->l0; l < m->l1; l++) {
+                const CudaMatrix *o = weight(m, CUDA_W_O, l), *down = weight(m, CUDA_W_DOWN, l);
+                CudaMatrix gu[2] = {*weight(m, CUDA_W_GATE, l), *weight(m, CUDA_W_UP, l)};
+                CudaMatrix ws[3] = {*weight(m, CUDA_W_Q, l), *weight(m, CUDA_W_K, l), *weight(m, CUDA_W_V, l)};
+                float *ys[3] = {m->bqkv, m->bqkv + nq, m->bqkv + nq + nk};
+                bool done[3] = {false, false, false};
+
+                TRY(cuda_rmsnorm(s, m->bx, (const float *)weight(m, CUDA_W_ATTN_NORM, l)->data, c->n_embd, n,
+                                 c->norm_eps, m->bxn, NULL, &m->bxq));
+                /* Q, K and V in as few launches as their types allow. */
+                for (int i = 0; i < 3; i++) {
+                        CudaMatrix g[3];
+                        float *gy[3];
+                        unsigned k = 0;
+                        if (done[i])
+                                continue;
+                        for (int j = i; j < 3; j++)
+                                if (!done[j] && ws[j].type == ws[i].type) {
+                                        g[k] = ws[j];
+                                        gy[k++] = ys[j];
+                                        done[j] = true;
+                                }
+                        TRY(cuda_matvec_batch(s, g, k, &in_x, gy, CUDA_MV_STORE, n, nqkv));
+                }
+                const CudaAttnShape al = attn_shape_layer(m, a.n_ctx, l);
+                TRY(cuda_attn_decode_batch(s, &al, m->bqkv, n, m->bseqs, l - m->l0, m->b_scratch, m->batt,
+                                           att_q ? &m->battq : NULL));
+                if (!att_q && !is_float_type(o->type))
+                        TRY(cuda_quantize_q8(s, m->batt, nq, n, &m->battq));
+                y = m->bx;
+                TRY(cuda_matvec_batch(s, o, 1, &in_att, &y, CUDA_MV_ADD, n, c->n_embd));
+                TRY(cuda_rmsnorm(s, m->bx, (const float *)weight(m, CUDA_W_FFN_NORM, l)->data, c->n_embd, n,
+                                 c->norm_eps, m->bxn, NULL, &m->bxq));
+                if (gu[0].type != gu[1].type)
+                        return -EOPNOTSUPP;
+                y = m->bh;
+                TRY(cuda_matvec_batch(s, gu, 2, &in_x, &y, CUDA_MV_SWIGLU, n, c->n_ff));
+                if (!is_float_type(down->type))
+                        TRY(cuda_quantize_q8(s, m->bh, c->n_ff, n, &m->bxq));
+                y = m->bx;
+                TRY(cuda_matvec_batch(s, down, 1, &in_h, &y, CUDA_MV_ADD, n, c->n_embd));
+        }
+        TRY(cuda_rmsnorm(s, m->bx, (const float *)weight(m, CUDA_W_OUTPUT_NORM, 0)->data, c->n_embd, n,
+                         c->norm_eps, m->bxn, NULL, &m->bxq));
+        y = m->blogits;
+        TRY(cuda_matvec_batch(s, weight(m, CUDA_W_OUTPUT, 0), 1, &in_x, &y, CUDA_MV_STORE, n, c->n_vocab));
+        TRY(cuda_argmax_batch(s, m->blogits, c->n_vocab, n, m->btok, m->bseqs));
+        return 0;
+}
+
+/* Replays (capturing first if needed) the batched graph for n sequences. */
+static int decode_graph_batch(CudaLlama *m, uint32_t n) {
+        if (!m->bgraph[n]) {
+                cudaGraph_t g;
+                int r;
+
+                CU_TRY(cudaStreamBeginCapture(m->stream, cudaStreamCaptureModeThreadLocal));
+                r = decode_step_batch(m, n);
+                cudaError_t e = cudaStreamEndCapture(m->stream, &g);
+                if (r < 0) {
+                        if (e == cudaSuccess)
+                                (void)cudaGraphDestroy(g);
+                        return r;
+                }
+                CU_TRY(e);
+                e = cudaGraphInstantiate(&m->bgraph[n], g, 0);
+                (void)cudaGraphDestroy(g);
+                CU_TRY(e);
+        }
+        CU_TRY(cudaGraphLaunch(m->bgraph[n], m->stream));
+        return 0;
+}
+
+/* Checks n sequences for a batched step at positions pos[i] (kv's own when pos is NULL) with n_new tokens
+ * each, prepares the scratch, and uploads their slots and tokens. */
+static int batch_begin(CudaLlama *m, CudaKv *const *kvs, const uint32_t *pos, const int32_t *tokens, uint32_t n,
+                       uint32_t n_new) {
+        CudaSeqSlot slots[B_MAX];
+        uint32_t n_ctx = 0;
+
+        if (n == 0 || n > B_MAX || !kvs || !tokens || m->l0 != 0 || m->l1 != m->c.n_layer)
+                return -EINVAL;
+        for (uint32_t i = 0; i < n; i++) {
+                const CudaKv *kv = kvs[i];
+                uint32_t p = pos ? pos[i] : kv->pos;
+                if (!kv || kv->m != m || p > kv->pos || tokens[i] < 0 || (uint32_t)tokens[i] >= m->c.n_vocab)
+                        return -EINVAL;
+                for (uint32_t j = 0; j < i; j++)
+                        if (kvs[j] == kv)
+                                return -EINVAL;
+                if ((uint64_t)p + n_new > kv->n_ctx)
+                        return -ENOSPC;
+                slots[i] = (CudaSeqSlot){kv->k, kv->v, kv->hist, kv->n_ctx, (int32_t)p};
+                if (kv->n_ctx > n_ctx)
+                        n_ctx = kv->n_ctx;
+        }
+        TRY(check_weights(m));
+        CU_TRY(cudaSetDevice(m->device));
+        TRY(batch_alloc(m, n_ctx));
+        CU_TRY(cudaMemcpyAsync(m->bseqs, slots, n * sizeof(CudaSeqSlot), cudaMemcpyHostToDevice, m->stream));
+        CU_TRY(cudaMemcpyAsync(m->btok, tokens, n * 4, cudaMemcpyHostToDevice, m->stream));
+        return 0;
+}
+
+extern "C" int cuda_llama_decode_batch(CudaLlama *m, CudaKv *const *kvs, const uint32_t *pos,
+                                       const int32_t *tokens, uint32_t n_seq, float *const *logits) {
+        if (!kvs || !pos || !tokens)
+                return -EINVAL;
+        for (uint32_t i0 = 0; i0 < n_seq; i0 += B_MAX) {
+                uint32_t n = n_seq - i0 < B_MAX ? n_seq - i0 : B_MAX;
+                TRY(batch_begin(m, kvs + i0, pos + i0, tokens + i0, n, 1));
+                TRY(decode_graph_batch(m, n));
+                for (uint32_t i = 0; logits && i < n; i++)
+                        if (logits[i0 + i])
+                                CU_TRY(cudaMemcpyAsync(logits[i0 + i], m->blogits + (size_t)i * m->c.n_vocab,
+                                                       (size_t)m->c.n_vocab * 4, cudaMemcpyDeviceToHost,
+                                                       m->stream));
+                CU_TRY(cudaStreamSynchronize(m->stream));
+                for (uint32_t i = 0; i < n; i++)
+                        kvs[i0 + i]->pos = pos[i0 + i] + 1;
+        }
+        return 0;
+}
+
+extern "C" int cuda_llama_generate_greedy_batch(CudaLlama *m, CudaKv *const *kvs, const int32_t *tokens,
+                                                uint32_t n_seq, uint32_t n_steps, int32_t *out) {
+        if (!kvs || !tokens)
+                return -EINVAL;
+        for (uint32_t i0 = 0; i0 < n_seq; i0 += B_MAX) {
+                uint32_t n = n_seq - i0 < B_MAX ? n_seq - i0 : B_MAX;
+                TRY(batch_begin(m, kvs + i0, NULL, tokens + i0, n, n_steps));
+                for (uint32_t k = 0; k < n_steps; k++)
+                        TRY(decode_graph_batch(m, n));
+                for (uint32_t i = 0; out && i < n; i++)
+                        CU_TRY(cudaMemcpyAsync(out + (size_t)(i0 + i) * n_steps, kvs[i0 + i]->hist + kvs[i0 + i]->pos + 1,
+                                               n_steps * 4, cudaMemcpyDeviceToHost, m->stream));
+                CU_TRY(cudaStreamSynchronize(m->stream));
+                for (uint32_t i = 0; i < n; i++)
+                        kvs[i0 + i]->pos += n_steps;
+        }
         return 0;
 }

@@ -64,6 +64,8 @@ struct MvArgs {
         const int8_t *aq;  /* 8-bit input, for quantized weights */
         const float2 *ads;
         const float *x;    /* float input, for float weights */
+        uint32_t nb;       /* batched kernels: columns (sequences), each input row n_cols apart */
+        uint32_t ldy;      /* batched kernels: elements between the outputs of consecutive columns */
 };
 
 __device__ __forceinline__ float silu(float g) {
@@ -124,8 +126,11 @@ template <int NR, int EPI> __device__ __forceinline__ void mv_store(const MvArgs
 /* The register budget of a quantized type's kernel, as blocks per multiprocessor for __launch_bounds__: 51
  * registers (10 blocks) for the 32-element types, which measured 3-5 % faster than 64 with the same grid of 8
  * blocks per multiprocessor; the K-quants' row pairs need 64 (8 blocks) or they spill. */
+#ifndef MV_OCC_K
+#define MV_OCC_K MV_GRID_PER_SM
+#endif
 template <int T> struct MvOcc {
-        enum { BLOCKS = Tr<T>::QK == 32 ? 10 : MV_GRID_PER_SM };
+        enum { BLOCKS = Tr<T>::QK == 32 ? 10 : MV_OCC_K };
 };
 
 template <int T, int NR, int EPI>
@@ -341,6 +346,207 @@ __global__ void __launch_bounds__(MV_WARPS * 32) mv_float(const MvArgs a) {
         }
 }
 
+
+/* ---- several columns at once: one decode step of several sequences ----
+ * The same stream of weights as above, each block decoded once from shared memory and multiplied with the
+ * nb <= NB activation rows (one per sequence), so that a step of nb sequences reads every weight once.
+ * Adjacent rows go in pairs (SwiGLU: the gate and the up row) whatever the type: here the activation loads,
+ * nb of them per weight block, are what limits the kernel (a warp's 16-byte loads of one block's activations
+ * touch 64 bytes apart, four times the L1 wavefronts of contiguous loads), and a pair halves them. Column j's input is at aq + j * n_cols (ads + j * n_cols / 32, x + j * n_cols) and its output
+ * at y[i] + j * ldy. */
+
+#define MVB_MAX 16 /* columns per launch; more sequences go through several launches */
+
+template <int NR, int EPI, int NB>
+__device__ __forceinline__ void mv_store_b(const MvArgs &a, uint32_t r, const float (*acc)[NB], int lane) {
+        const uint8_t *row[2];
+        float *y;
+
+        mv_job<NR, EPI>(a, &r, row, &y);
+#pragma unroll
+        for (int j = 0; j < NB; j++) {
+                if (lane != j || (uint32_t)j >= a.nb)
+                        continue;
+                float *yj = y + (size_t)j * a.ldy;
+                if (EPI == CUDA_MV_SWIGLU)
+                        yj[r] = silu(acc[0][j]) * acc[NR - 1][j];
+                else if (EPI == CUDA_MV_STORE)
+#pragma unroll
+                        for (int i = 0; i < NR; i++)
+                                yj[NR * r + i] = acc[i][j];
+                else
+#pragma unroll
+                        for (int i = 0; i < NR; i++)
+                                yj[NR * r + i] += acc[i][j];
+        }
+}
+
+template <int T, int NR, int EPI, int NB>
+__global__ void __launch_bounds__(MV_WARPS * 32, 4) mv_quant_b(const MvArgs a) {
+        typedef Chunk<T, NR> C;
+        extern __shared__ __align__(16) uint8_t smem[];
+        const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+        const uint32_t gw = blockIdx.x * MV_WARPS + wid, tw = gridDim.x * MV_WARPS;
+        uint8_t *stage = smem + (size_t)wid * C::STAGES * NR * C::BYTES;
+        const uint32_t n_blocks = a.n_cols / Tr<T>::QK;
+        const uint32_t n_chunks = (n_blocks + C::BLOCKS - 1) / C::BLOCKS;
+        const uint32_t row_units = (n_blocks * Tr<T>::BYTES + 15) / 16;
+        const uint32_t my_rows = gw < a.n_rows ? (a.n_rows - gw + tw - 1) / tw : 0;
+        const uint32_t n_items = my_rows * n_chunks;
+        uint32_t is_s = 0, is_c = 0, is_k = 0, is_st = 0;
+        const uint8_t *is_row[NR];
+
+        grid_dep_launch();
+        auto set_issue_row = [&]() {
+                uint32_t r = gw + is_k * tw;
+                const uint8_t *rows[2];
+                float *y;
+                mv_job<NR, EPI>(a, &r, rows, &y);
+#pragma unroll
+                for (int i = 0; i < NR; i++)
+                        is_row[i] = rows[i];
+        };
+        auto issue = [&]() {
+                if (is_s < n_items) {
+                        uint8_t *dst = stage + is_st * NR * C::BYTES;
+#pragma unroll
+                        for (int i = 0; i < NR; i++)
+#pragma unroll
+                                for (uint32_t u0 = 0; u0 < C::UNITS; u0 += 32) {
+                                        uint32_t u = u0 + lane;
+                                        if (u < C::UNITS && is_c * C::UNITS + u < row_units)
+                                                cp_async16(dst + i * C::BYTES + 16 * u,
+                                                           is_row[i] + (size_t)is_c * C::BYTES + 16 * u);
+                                }
+                        is_s++;
+                        if (++is_st == C::STAGES)
+                                is_st = 0;
+                        if (++is_c == n_chunks) {
+                                is_c = 0;
+                                is_k++;
+                                if (is_s < n_items)
+                                        set_issue_row();
+                        }
+                }
+                cp_async_commit();
+        };
+
+        if (n_items)
+                set_issue_row();
+#pragma unroll
+        for (int s = 0; s < C::STAGES - 1; s++)
+                issue();
+        grid_dep_wait();
+
+        float acc[NR][NB];
+#pragma unroll
+        for (int i = 0; i < NR; i++)
+#pragma unroll
+                for (int j = 0; j < NB; j++)
+                        acc[i][j] = 0.0f;
+        const int bl = lane / C::LANES_PER_BLOCK, part = lane % C::LANES_PER_BLOCK;
+        const size_t xstride = a.n_cols, dstride = a.n_cols / 32;
+        uint32_t c = 0, k = 0, st = 0;
+        for (uint32_t s = 0; s < n_items; s++) {
+                issue();
+                cp_async_wait<C::STAGES - 1>();
+                __syncwarp();
+                uint32_t b = c * C::BLOCKS + bl;
+                if (b < n_blocks) {
+                        const uint8_t *src = stage + st * NR * C::BYTES + bl * Tr<T>::BYTES;
+                        LaneW<T> lw[NR];
+#pragma unroll
+                        for (int i = 0; i < NR; i++)
+                                lw[i].load(src + i * C::BYTES, part);
+#pragma unroll
+                        for (int j = 0; j < NB; j++) {
+                                if ((uint32_t)j >= a.nb)
+                                        break;
+                                const int8_t *aq = a.aq + j * xstride + (size_t)b * Tr<T>::QK;
+                                const float2 *ad = a.ads + j * dstride + (size_t)b * (Tr<T>::QK / 32);
+#pragma unroll
+                                for (int i = 0; i < NR; i++)
+                                        acc[i][j] += lw[i].dot(aq, ad);
+                        }
+                }
+                __syncwarp();
+                if (++st == C::STAGES)
+                        st = 0;
+                if (++c == n_chunks) {
+#pragma unroll
+                        for (int i = 0; i < NR; i++)
+#pragma unroll
+                                for (int j = 0; j < NB; j++)
+                                        acc[i][j] = warp_sum(acc[i][j]);
+                        mv_store_b<NR, EPI, NB>(a, gw + k * tw, acc, lane);
+#pragma unroll
+                        for (int i = 0; i < NR; i++)
+#pragma unroll
+                                for (int j = 0; j < NB; j++)
+                                        acc[i][j] = 0.0f;
+                        c = 0;
+                        k++;
+                }
+        }
+}
+
+/* Float weights, several columns: 16 bytes of each row per lane per step, two steps in flight. */
+template <int T, int NR, int EPI, int NB>
+__global__ void __launch_bounds__(MV_WARPS * 32, 4) mv_float_b(const MvArgs a) {
+        typedef FloatVec<T> V;
+        const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+        const uint32_t gw = blockIdx.x * MV_WARPS + wid, tw = gridDim.x * MV_WARPS;
+        const uint32_t n_vec = a.n_cols / V::N;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        for (uint32_t r0 = gw; r0 < a.n_rows; r0 += tw) {
+                const uint8_t *rowb[2];
+                float *y;
+                uint32_t r = r0;
+                mv_job<NR, EPI>(a, &r, rowb, &y);
+                float acc[NR][NB];
+#pragma unroll
+                for (int i = 0; i < NR; i++)
+#pragma unroll
+                        for (int j = 0; j < NB; j++)
+                                acc[i][j] = 0.0f;
+                for (uint32_t v = lane; v < n_vec; v += 32) {
+                        float wf[NR][V::N];
+#pragma unroll
+                        for (int i = 0; i < NR; i++)
+                                V::cvt(((const uint4 *)rowb[i])[v], wf[i]);
+#pragma unroll
+                        for (int j = 0; j < NB; j++) {
+                                if ((uint32_t)j >= a.nb)
+                                        break;
+                                const float *xj = a.x + (size_t)j * a.n_cols + (size_t)v * V::N;
+#pragma unroll
+                                for (int k = 0; k < V::N; k += 4) {
+                                        float4 t = *(const float4 *)(xj + k);
+#pragma unroll
+                                        for (int i = 0; i < NR; i++)
+                                                acc[i][j] += wf[i][k] * t.x + wf[i][k + 1] * t.y +
+                                                             wf[i][k + 2] * t.z + wf[i][k + 3] * t.w;
+                                }
+                        }
+                }
+                for (uint32_t cc = n_vec * V::N + lane; cc < a.n_cols; cc += 32)
+#pragma unroll
+                        for (int j = 0; j < NB; j++)
+                                if ((uint32_t)j < a.nb)
+#pragma unroll
+                                        for (int i = 0; i < NR; i++)
+                                                acc[i][j] += dq_elem<T>(rowb[i], cc) * a.x[(size_t)j * a.n_cols + cc];
+#pragma unroll
+                for (int i = 0; i < NR; i++)
+#pragma unroll
+                        for (int j = 0; j < NB; j++)
+                                acc[i][j] = warp_sum(acc[i][j]);
+                mv_store_b<NR, EPI, NB>(a, r0, acc, lane);
+        }
+}
+
 /* ---- host side ---- */
 
 static int sm_count(void) {
@@ -428,6 +634,18 @@ template <int NR, int EPI> static int mv_dispatch(CudaStream s, uint32_t type, c
         }
 }
 
+/* Whether rows of a 256-element block type go in pairs: yes, unless QUANTD_CUDA_PAIRS says 0 (never) or 2
+ * (not for Q6_K, whose pairs need 40 KB of shared memory a block), for timing studies. */
+static bool mv_pairs_for(uint32_t type) {
+        static int mode = -1;
+
+        if (mode < 0) {
+                const char *e = getenv("QUANTD_CUDA_PAIRS");
+                mode = e && (e[0] == '0' || e[0] == '2') ? e[0] - '0' : 1;
+        }
+        return mode == 1 || (mode == 2 && type != GGML_TYPE_Q6_K);
+}
+
 static bool type_is_float(uint32_t type) {
         return type == GGML_TYPE_F32 || type == GGML_TYPE_F16 || type == GGML_TYPE_BF16;
 }
@@ -494,7 +712,7 @@ extern "C" int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, cons
         /* Rows of 256-element block types go in adjacent pairs when every matrix has an even number of them
          * (up to 1.3x faster on Q4_K; it made Q4_0 and Q5_0 slower, with half the stages per warp). */
         const GgmlTypeInfo *ti = ggml_type_info(w[0].type);
-        bool pair = ti && ti->block_size == 256 && epi != CUDA_MV_SWIGLU;
+        bool pair = ti && ti->block_size == 256 && epi != CUDA_MV_SWIGLU && mv_pairs_for(w[0].type);
         for (unsigned i = 0; i < n_w; i++)
                 pair = pair && w[i].n_rows % 2 == 0;
         if (pair) {
@@ -515,6 +733,132 @@ extern "C" int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, cons
                 break;
         }
         return -EINVAL;
+}
+
+
+/* The batched kernels' grid: as many blocks as fit on the device at once (their register budget is larger),
+ * at most what the rows need. */
+template <typename K> static int mv_launch_b(K kernel, CudaStream s, const MvArgs &a, size_t smem, int *per_sm) {
+        if (smem > 48 * 1024)
+                CU_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        if (!*per_sm) {
+                int n = 0;
+                CU_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, MV_WARPS * 32, smem));
+                *per_sm = n > 0 ? (n < MV_GRID_PER_SM ? n : MV_GRID_PER_SM) : 1;
+        }
+        CU_TRY(launch_pdl(kernel, mv_grid(a.n_rows, (uint32_t)*per_sm), dim3(MV_WARPS * 32), smem, s, a));
+        return 0;
+}
+
+template <int NR, int EPI, int NB> static int mv_dispatch_b(CudaStream s, uint32_t type, const MvArgs &a) {
+#define MVB_Q(T)                                                                                                \
+        case T: {                                                                                               \
+                static int occ; /* blocks per multiprocessor, found on first use */                            \
+                if (!a.aq)                                                                                      \
+                        return -EINVAL;                                                                         \
+                return mv_launch_b(mv_quant_b<T, NR, EPI, NB>, s, a,                                            \
+                                   (size_t)MV_WARPS * Chunk<T, NR>::STAGES * NR * Chunk<T, NR>::BYTES, &occ);  \
+        }
+#define MVB_F(T)                                                                                                \
+        case T: {                                                                                               \
+                static int occ;                                                                                 \
+                if (!a.x)                                                                                       \
+                        return -EINVAL;                                                                         \
+                return mv_launch_b(mv_float_b<T, NR, EPI, NB>, s, a, 0, &occ);                                 \
+        }
+        switch (type) {
+                MVB_Q(GGML_TYPE_Q4_0)
+                MVB_Q(GGML_TYPE_Q4_1)
+                MVB_Q(GGML_TYPE_Q5_0)
+                MVB_Q(GGML_TYPE_Q5_1)
+                MVB_Q(GGML_TYPE_Q8_0)
+                MVB_Q(GGML_TYPE_Q2_K)
+                MVB_Q(GGML_TYPE_Q3_K)
+                MVB_Q(GGML_TYPE_Q4_K)
+                MVB_Q(GGML_TYPE_Q5_K)
+                MVB_Q(GGML_TYPE_Q6_K)
+                MVB_F(GGML_TYPE_F32)
+                MVB_F(GGML_TYPE_F16)
+                MVB_F(GGML_TYPE_BF16)
+        default:
+                return -EOPNOTSUPP;
+        }
+#undef MVB_Q
+#undef MVB_F
+}
+
+template <int NR, int EPI> static int mv_dispatch_nb(CudaStream s, uint32_t type, const MvArgs &a) {
+        if (a.nb <= 2)
+                return mv_dispatch_b<NR, EPI, 2>(s, type, a);
+        if (a.nb <= 4)
+                return mv_dispatch_b<NR, EPI, 4>(s, type, a);
+        if (a.nb <= 8)
+                return mv_dispatch_b<NR, EPI, 8>(s, type, a);
+        return mv_dispatch_b<NR, EPI, MVB_MAX>(s, type, a);
+}
+
+extern "C" int cuda_matvec_batch(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInput *in,
+                                 float *const *y, CudaMvEpilogue epi, uint32_t n_seq, uint32_t ldy) {
+        MvArgs a = {};
+        int r = -EINVAL;
+
+        if (n_seq == 1)
+                return cuda_matvec(s, w, n_w, in, y, epi);
+        if (n_w < 1 || n_w > 3 || (epi == CUDA_MV_SWIGLU && n_w != 2) || !in || n_seq == 0)
+                return -EINVAL;
+        for (unsigned i = 0; i < n_w; i++) {
+                if (w[i].type != w[0].type || w[i].n_cols != w[0].n_cols ||
+                    w[i].row_stride % CUDA_ROW_ALIGN != 0 || (uintptr_t)w[i].data % CUDA_ROW_ALIGN != 0)
+                        return -EINVAL;
+                a.w[i] = (const uint8_t *)w[i].data;
+                a.stride[i] = w[i].row_stride;
+                a.rows[i] = w[i].n_rows;
+                a.n_rows += w[i].n_rows;
+        }
+        a.n_cols = w[0].n_cols;
+        if (epi == CUDA_MV_SWIGLU) {
+                if (w[1].n_rows != w[0].n_rows)
+                        return -EINVAL;
+                a.n_rows = w[0].n_rows;
+        }
+        /* The activation rows must stay 16-byte aligned for the kernels' vector loads. */
+        if (type_is_float(w[0].type) ? a.n_cols % 4 != 0 : a.n_cols % 32 != 0)
+                return -EINVAL;
+        a.ldy = ldy;
+        /* Pairs of adjacent rows when every matrix has an even number of them. */
+        bool pair = !type_is_float(w[0].type);
+        for (unsigned i = 0; i < n_w; i++)
+                pair = pair && w[i].n_rows % 2 == 0;
+        for (uint32_t j0 = 0; j0 < n_seq; j0 += MVB_MAX) {
+                a.nb = n_seq - j0 < MVB_MAX ? n_seq - j0 : MVB_MAX;
+                for (unsigned i = 0; i < n_w; i++)
+                        a.y[i] = y[epi == CUDA_MV_SWIGLU ? 0 : i] + (size_t)j0 * ldy;
+                a.x = in->x ? in->x + (size_t)j0 * a.n_cols : NULL;
+                a.aq = in->xq ? in->xq->qs + (size_t)j0 * a.n_cols : NULL;
+                a.ads = in->xq ? (const float2 *)in->xq->ds + (size_t)j0 * (a.n_cols / 32) : NULL;
+                MvArgs ap = a;
+                for (unsigned i = 0; i < 3; i++)
+                        ap.rows[i] /= 2;
+                ap.n_rows /= 2;
+                switch (epi) {
+                case CUDA_MV_STORE:
+                        r = pair ? mv_dispatch_nb<2, CUDA_MV_STORE>(s, w[0].type, ap)
+                                 : mv_dispatch_nb<1, CUDA_MV_STORE>(s, w[0].type, a);
+                        break;
+                case CUDA_MV_ADD:
+                        r = pair ? mv_dispatch_nb<2, CUDA_MV_ADD>(s, w[0].type, ap)
+                                 : mv_dispatch_nb<1, CUDA_MV_ADD>(s, w[0].type, a);
+                        break;
+                case CUDA_MV_SWIGLU:
+                        r = mv_dispatch_nb<2, CUDA_MV_SWIGLU>(s, w[0].type, a);
+                        break;
+                case _CUDA_MV_EPILOGUE_MAX:
+                        break;
+                }
+                if (r < 0)
+                        return r;
+        }
+        return 0;
 }
 
 /* ---- activations to 8 bits: one warp per 32 elements ---- */

@@ -363,6 +363,34 @@ extern "C" int cuda_swiglu_f16(CudaStream s, const float *gu, uint32_t n_ff, uin
 
 /* ---- RoPE and the KV-cache store ---- */
 
+/* The elements i0, i1 of a head that pair j (0 .. head_dim / 2 - 1) covers, and whether RoPE rotates them:
+ * adjacent pairs (GGUF's llama layout), or with neox (qwen2) element j and j + n_rot / 2 for j < n_rot / 2,
+ * the dimensions past n_rot left alone. */
+__device__ __forceinline__ bool rope_idx(const CudaAttnShape &a, uint32_t j, uint32_t *i0, uint32_t *i1) {
+        const uint32_t half = a.n_rot / 2;
+
+        if (!a.neox) {
+                *i0 = 2 * j, *i1 = 2 * j + 1;
+                return j < half;
+        }
+        if (j < half) {
+                *i0 = j, *i1 = j + half;
+                return true;
+        }
+        *i0 = a.n_rot + 2 * (j - half), *i1 = *i0 + 1;
+        return false;
+}
+
+/* Element i of the token's q, k, v (laid out as in qkv)'s bias, 0 without biases. */
+__device__ __forceinline__ float bias_at(const CudaAttnShape &a, uint32_t i) {
+        return a.bias ? a.bias[i] : 0.0f;
+}
+
+/* The angle of pair j at position p (see rope_pair() for the decode kernels' variant). */
+__device__ __forceinline__ float rope_inv_freq(const CudaAttnShape &a, uint32_t j) {
+        return a.inv_freq ? a.inv_freq[j] : powf(a.rope_base, -(float)(2 * j) / (float)a.n_rot);
+}
+
 __global__ void rope_store_kernel(const CudaAttnShape a, float *qkv, uint32_t stride, const int32_t *pos,
                                   __half *kc, __half *vc) {
         const uint32_t t = blockIdx.x, hd = a.head_dim, half_hd = hd / 2;
@@ -376,24 +404,27 @@ __global__ void rope_store_kernel(const CudaAttnShape a, float *qkv, uint32_t st
 
         for (uint32_t i = threadIdx.x; i < (nq + nk) / 2; i += blockDim.x) {
                 bool is_q = i < nq / 2;
-                uint32_t pi = is_q ? i : i - nq / 2, j = pi % half_hd;
-                float *x = (is_q ? q : k) + 2 * pi;
-                float x0 = x[0], x1 = x[1];
-                if (2 * j < a.n_rot) {
-                        float theta = (float)p * powf(a.rope_base, -(float)(2 * j) / (float)a.n_rot), sn, cs;
-                        sincosf(theta, &sn, &cs);
+                uint32_t pi = is_q ? i : i - nq / 2, j = pi % half_hd, base = pi / half_hd * hd, i0, i1;
+                bool rot = rope_idx(a, j, &i0, &i1);
+                float *x = (is_q ? q : k) + base;
+                uint32_t bo = (is_q ? 0 : nq) + base;
+                float x0 = x[i0] + bias_at(a, bo + i0), x1 = x[i1] + bias_at(a, bo + i1);
+                if (rot) {
+                        double th = (double)p * (double)rope_inv_freq(a, j);
+                        float sn, cs;
+                        sincosf((float)(th - 6.283185307179586 * floor(th * 0.15915494309189535)), &sn, &cs);
                         float y0 = x0 * cs - x1 * sn, y1 = x0 * sn + x1 * cs;
                         x0 = y0, x1 = y1;
                 }
                 if (is_q) {
-                        x[0] = x0, x[1] = x1;
+                        x[i0] = x0, x[i1] = x1;
                 } else {
-                        kr[2 * pi] = __float2half(x0);
-                        kr[2 * pi + 1] = __float2half(x1);
+                        kr[base + i0] = __float2half(x0);
+                        kr[base + i1] = __float2half(x1);
                 }
         }
         for (uint32_t i = threadIdx.x; i < nk; i += blockDim.x)
-                vr[i] = __float2half(v[i]);
+                vr[i] = __float2half(v[i] + bias_at(a, nq + nk + i));
 }
 
 extern "C" int cuda_rope_store(CudaStream s, const CudaAttnShape *a, float *qkv, uint32_t stride, uint32_t n_tok,
@@ -431,7 +462,7 @@ extern "C" size_t cuda_attn_scratch_size(const CudaAttnShape *a) {
 __device__ __forceinline__ void rope_pair(float *x0, float *x1, int32_t p, uint32_t j, const CudaAttnShape &a) {
         if (2 * j >= a.n_rot)
                 return;
-        double th = (double)p * (double)powf(a.rope_base, -(float)(2 * j) / (float)a.n_rot);
+        double th = (double)p * (double)(a.inv_freq ? a.inv_freq[j] : powf(a.rope_base, -(float)(2 * j) / (float)a.n_rot));
         th -= 6.283185307179586 * floor(th * 0.15915494309189535);
         float sn, cs;
         __sincosf((float)th, &sn, &cs);
@@ -439,9 +470,11 @@ __device__ __forceinline__ void rope_pair(float *x0, float *x1, int32_t p, uint3
         *x0 = y0, *x1 = y1;
 }
 
-__global__ void __launch_bounds__(ATT_WARPS * 32)
-        attn_decode_kernel(const CudaAttnShape a, const float *qkv, const int32_t *pos, __half *kc, __half *vc,
-                           float *part, uint32_t *counters, float *out, int8_t *oqs, float2 *ods) {
+/* Block (blockIdx.x = head, blockIdx.y = split) of one token's attention at position p; qkv, the caches, the
+ * scratch (part, counters) and the outputs are the token's own. */
+__device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const float *qkv, int32_t p, __half *kc,
+                                                  __half *vc, float *part, uint32_t *counters, float *out,
+                                                  int8_t *oqs, float2 *ods) {
         extern __shared__ float sm[]; /* q, k, v of the token (hd each), then each warp's output (hd) */
         __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
         __shared__ uint32_t ticket;
@@ -451,9 +484,6 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
         const int lane = tid & 31, wid = tid >> 5;
         float *qs = sm, *ks = sm + hd, *vs = ks + hd, *wo = vs + hd;
 
-        grid_dep_launch();
-        grid_dep_wait();
-        const int32_t p = *pos;
         const uint32_t n_pos = (uint32_t)p + 1, n_split = (n_pos + ATT_SPLIT - 1) / ATT_SPLIT;
         if (c >= n_split)
                 return;
@@ -462,20 +492,25 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
         const float scale = rsqrtf((float)hd);
 
         for (uint32_t j = tid; j < hd / 2; j += blockDim.x) {
-                float x0 = qkv[h * hd + 2 * j], x1 = qkv[h * hd + 2 * j + 1];
-                rope_pair(&x0, &x1, p, j, a);
-                qs[2 * j] = x0 * scale, qs[2 * j + 1] = x1 * scale;
+                uint32_t i0, i1;
+                const bool rot = rope_idx(a, j, &i0, &i1);
+                float x0 = qkv[h * hd + i0] + bias_at(a, h * hd + i0), x1 = qkv[h * hd + i1] + bias_at(a, h * hd + i1);
+                if (rot)
+                        rope_pair(&x0, &x1, p, j, a);
+                qs[i0] = x0 * scale, qs[i1] = x1 * scale;
                 if (last) {
-                        const float *k = qkv + nq + kvh * hd, *v = qkv + nq + kv_dim + kvh * hd;
-                        float k0 = k[2 * j], k1 = k[2 * j + 1];
-                        rope_pair(&k0, &k1, p, j, a);
+                        const uint32_t ko = nq + kvh * hd, vo = nq + kv_dim + kvh * hd;
+                        float k0 = qkv[ko + i0] + bias_at(a, ko + i0), k1 = qkv[ko + i1] + bias_at(a, ko + i1);
+                        if (rot)
+                                rope_pair(&k0, &k1, p, j, a);
                         __half hk0 = __float2half(k0), hk1 = __float2half(k1);
-                        __half hv0 = __float2half(v[2 * j]), hv1 = __float2half(v[2 * j + 1]);
-                        ks[2 * j] = __half2float(hk0), ks[2 * j + 1] = __half2float(hk1);
-                        vs[2 * j] = __half2float(hv0), vs[2 * j + 1] = __half2float(hv1);
+                        __half hv0 = __float2half(qkv[vo + i0] + bias_at(a, vo + i0)),
+                               hv1 = __float2half(qkv[vo + i1] + bias_at(a, vo + i1));
+                        ks[i0] = __half2float(hk0), ks[i1] = __half2float(hk1);
+                        vs[i0] = __half2float(hv0), vs[i1] = __half2float(hv1);
                         if (h % group == 0) {
-                                size_t o = (size_t)p * kv_dim + kvh * hd + 2 * j;
-                                kc[o] = hk0, kc[o + 1] = hk1, vc[o] = hv0, vc[o + 1] = hv1;
+                                size_t o = (size_t)p * kv_dim + kvh * hd;
+                                kc[o + i0] = hk0, kc[o + i1] = hk1, vc[o + i0] = hv0, vc[o + i1] = hv1;
                         }
                 }
         }
@@ -604,6 +639,31 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
         }
 }
 
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+        attn_decode_kernel(const CudaAttnShape a, const float *qkv, const int32_t *pos, __half *kc, __half *vc,
+                           float *part, uint32_t *counters, float *out, int8_t *oqs, float2 *ods) {
+        grid_dep_launch();
+        grid_dep_wait();
+        attn_decode_block(a, qkv, *pos, kc, vc, part, counters, out, oqs, ods);
+}
+
+/* blockIdx.z: the sequence of a batched step. */
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+        attn_decode_batch_kernel(const CudaAttnShape a, const float *qkv, const CudaSeqSlot *seqs, uint32_t layer,
+                                 uint8_t *scratch, size_t scratch_stride, float *out, int8_t *oqs, float2 *ods) {
+        const uint32_t b = blockIdx.z, hd = a.head_dim, nq = a.n_head * hd, kv_dim = a.n_head_kv * hd;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        const CudaSeqSlot sq = seqs[b];
+        const size_t off = (size_t)layer * sq.n_ctx * kv_dim;
+        float *part = (float *)(scratch + b * scratch_stride);
+        uint32_t *counters = (uint32_t *)(part + (size_t)a.n_head * gridDim.y * (hd + 2));
+        attn_decode_block(a, qkv + (size_t)b * (nq + 2 * kv_dim), sq.pos, (__half *)sq.k + off,
+                          (__half *)sq.v + off, part, counters, out + (size_t)b * nq, oqs ? oqs + (size_t)b * nq : NULL,
+                          ods ? ods + (size_t)b * (nq / 32) : NULL);
+}
+
 extern "C" int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const float *qkv, const int32_t *pos,
                                 uint16_t *k_cache, uint16_t *v_cache, void *scratch, float *out,
                                 const CudaQ8 *outq) {
@@ -618,6 +678,23 @@ extern "C" int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const floa
         CU_TRY(launch_pdl(attn_decode_kernel, dim3(a->n_head, ns), dim3(ATT_WARPS * 32), smem, s, *a, qkv, pos,
                           (__half *)k_cache, (__half *)v_cache, part, counters, out,
                           outq ? outq->qs : (int8_t *)NULL, outq ? (float2 *)outq->ds : (float2 *)NULL));
+        return 0;
+}
+
+extern "C" int cuda_attn_decode_batch(CudaStream s, const CudaAttnShape *a, const float *qkv, uint32_t n_seq,
+                                      const CudaSeqSlot *seqs, uint32_t layer, void *scratch, float *out,
+                                      const CudaQ8 *outq) {
+        uint32_t ns = attn_splits(a);
+        size_t smem = (3 + ATT_WARPS) * a->head_dim * sizeof(float);
+        size_t stride = (cuda_attn_scratch_size(a) + 15) / 16 * 16;
+
+        if (a->head_dim % 8 != 0 || a->head_dim > 64 * ATT_MAXP || a->head_dim > ATT_WARPS * 32 ||
+            a->n_rot > a->head_dim || a->n_head % a->n_head_kv != 0 || (outq && a->head_dim % 32 != 0) ||
+            n_seq == 0 || n_seq > 65535)
+                return -EINVAL;
+        CU_TRY(launch_pdl(attn_decode_batch_kernel, dim3(a->n_head, ns, n_seq), dim3(ATT_WARPS * 32), smem, s, *a,
+                          qkv, seqs, layer, (uint8_t *)scratch, stride, out, outq ? outq->qs : (int8_t *)NULL,
+                          outq ? (float2 *)outq->ds : (float2 *)NULL));
         return 0;
 }
 
@@ -738,15 +815,13 @@ extern "C" int cuda_attn_prefill(CudaStream s, const CudaAttnShape *a, const flo
 
 /* ---- argmax ---- */
 
-__global__ void __launch_bounds__(1024)
-        argmax_kernel(const float *x, uint32_t n, int32_t *ret, int32_t *pos, int32_t *hist, uint32_t hist_n) {
+/* The block's argmax of x[0 .. n - 1], returned to thread 0 (the other threads get meaningless values). */
+__device__ __forceinline__ uint32_t block_argmax(const float *x, uint32_t n) {
         __shared__ float bv[32];
         __shared__ uint32_t bi[32];
         float v = -INFINITY;
         uint32_t idx = 0;
 
-        grid_dep_launch();
-        grid_dep_wait();
         for (uint32_t i = threadIdx.x; i < n; i += blockDim.x)
                 if (x[i] > v)
                         v = x[i], idx = i;
@@ -760,10 +835,19 @@ __global__ void __launch_bounds__(1024)
         if ((threadIdx.x & 31) == 0)
                 bv[threadIdx.x >> 5] = v, bi[threadIdx.x >> 5] = idx;
         __syncthreads();
-        if (threadIdx.x == 0) {
+        if (threadIdx.x == 0)
                 for (uint32_t w = 1; w < blockDim.x / 32; w++)
                         if (bv[w] > v || (bv[w] == v && bi[w] < idx))
                                 v = bv[w], idx = bi[w];
+        return idx;
+}
+
+__global__ void __launch_bounds__(1024)
+        argmax_kernel(const float *x, uint32_t n, int32_t *ret, int32_t *pos, int32_t *hist, uint32_t hist_n) {
+        grid_dep_launch();
+        grid_dep_wait();
+        uint32_t idx = block_argmax(x, n);
+        if (threadIdx.x == 0) {
                 *ret = (int32_t)idx;
                 if (pos) {
                         int32_t p = *pos + 1;
@@ -777,6 +861,30 @@ __global__ void __launch_bounds__(1024)
 extern "C" int cuda_argmax(CudaStream s, const float *x, uint32_t n, int32_t *ret, int32_t *pos, int32_t *hist,
                            uint32_t hist_n) {
         CU_TRY(launch_pdl(argmax_kernel, dim3(1), dim3(1024), 0, s, x, n, ret, pos, hist, hist_n));
+        return 0;
+}
+
+__global__ void __launch_bounds__(1024)
+        argmax_batch_kernel(const float *x, uint32_t n, int32_t *ret, CudaSeqSlot *seqs) {
+        const uint32_t b = blockIdx.x;
+
+        grid_dep_launch();
+        grid_dep_wait();
+        uint32_t idx = block_argmax(x + (size_t)b * n, n);
+        if (threadIdx.x == 0) {
+                ret[b] = (int32_t)idx;
+                int32_t p = seqs[b].pos + 1;
+                seqs[b].pos = p;
+                if ((uint32_t)p < seqs[b].n_ctx + 1)
+                        seqs[b].hist[p] = (int32_t)idx;
+        }
+}
+
+extern "C" int cuda_argmax_batch(CudaStream s, const float *x, uint32_t n, uint32_t n_seq, int32_t *ret,
+                                 CudaSeqSlot *seqs) {
+        if (n_seq == 0)
+                return -EINVAL;
+        CU_TRY(launch_pdl(argmax_batch_kernel, dim3(n_seq), dim3(1024), 0, s, x, n, ret, seqs));
         return 0;
 }
 

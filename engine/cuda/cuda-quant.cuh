@@ -398,4 +398,141 @@ template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q6_K>(const uint
         return ld_half(b + 208) * acc;
 }
 
+/* ---- a lane's share of a block, decoded once, dotted with several activation vectors ----
+ * For the batched decode kernels: load() decodes the lane's weights from shared memory into registers, dot()
+ * multiplies them with one sequence's activations (aq, ads as for lane_dot()). Types without their own
+ * version keep the block's address and run lane_dot() per sequence. */
+
+template <int T> struct LaneW {
+        const uint8_t *b;
+        int p;
+        __device__ __forceinline__ void load(const uint8_t *blk, int part) {
+                b = blk, p = part;
+        }
+        __device__ __forceinline__ float dot(const int8_t *aq, const float2 *ads) const {
+                return lane_dot<T>(b, p, aq, ads);
+        }
+};
+
+template <> struct LaneW<GGML_TYPE_Q4_0> {
+        int lo[4], hi[4];
+        float d;
+        __device__ __forceinline__ void load(const uint8_t *b, int) {
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                        uint32_t w = ld_u32_a2(b + 2 + 4 * k);
+                        lo[k] = (int)(w & M4), hi[k] = (int)((w >> 4) & M4);
+                }
+                d = ld_half(b);
+        }
+        __device__ __forceinline__ float dot(const int8_t *aq, const float2 *ads) const {
+                int4 a0 = ((const int4 *)aq)[0], a1 = ((const int4 *)aq)[1];
+                const int *al = (const int *)&a0, *ah = (const int *)&a1;
+                int s = 0;
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                        s = __dp4a(lo[k], al[k], s);
+                        s = __dp4a(hi[k], ah[k], s);
+                }
+                float2 ds = ads[0];
+                return d * (ds.x * (float)s - 8.0f * ds.y);
+        }
+};
+
+template <> struct LaneW<GGML_TYPE_Q8_0> {
+        int q[8];
+        float d;
+        __device__ __forceinline__ void load(const uint8_t *b, int) {
+#pragma unroll
+                for (int k = 0; k < 8; k++)
+                        q[k] = (int)ld_u32_a2(b + 2 + 4 * k);
+                d = ld_half(b);
+        }
+        __device__ __forceinline__ float dot(const int8_t *aq, const float2 *ads) const {
+                int4 a0 = ((const int4 *)aq)[0], a1 = ((const int4 *)aq)[1];
+                const int *al = (const int *)&a0, *ah = (const int *)&a1;
+                int s = 0;
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                        s = __dp4a(q[k], al[k], s);
+                        s = __dp4a(q[4 + k], ah[k], s);
+                }
+                return d * ads[0].x * (float)s;
+        }
+};
+
+template <> struct LaneW<GGML_TYPE_Q4_K> {
+        int lo[8], hi[8];
+        float sc0, m0, sc1, m1, dmx, dmy;
+        int p;
+        __device__ __forceinline__ void load(const uint8_t *b, int part) {
+                uint4 hdr = *(const uint4 *)b;
+                uint4 wv0 = *(const uint4 *)(b + 16 + 32 * part), wv1 = *(const uint4 *)(b + 16 + 32 * part + 16);
+                uint32_t w[8] = {wv0.x, wv0.y, wv0.z, wv0.w, wv1.x, wv1.y, wv1.z, wv1.w};
+#pragma unroll
+                for (int k = 0; k < 8; k++)
+                        lo[k] = (int)(w[k] & M4), hi[k] = (int)((w[k] >> 4) & M4);
+                k4_scales_pair(hdr, part, &sc0, &m0, &sc1, &m1);
+                float2 dm = __half22float2(*(const __half2 *)&hdr.x);
+                dmx = dm.x, dmy = dm.y, p = part;
+        }
+        __device__ __forceinline__ float dot(const int8_t *aq, const float2 *ads) const {
+                const int4 *a = (const int4 *)(aq + 64 * p);
+                int4 a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+                int al[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+                int ah[8] = {a2.x, a2.y, a2.z, a2.w, a3.x, a3.y, a3.z, a3.w};
+                int slo = 0, shi = 0;
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+                        slo = __dp4a(lo[k], al[k], slo);
+                        shi = __dp4a(hi[k], ah[k], shi);
+                }
+                float2 d0 = ads[2 * p], d1 = ads[2 * p + 1];
+                return dmx * (sc0 * d0.x * (float)slo + sc1 * d1.x * (float)shi) - dmy * (m0 * d0.y + m1 * d1.y);
+        }
+};
+
+template <> struct LaneW<GGML_TYPE_Q6_K> {
+        int q[4][4]; /* group g, word k: the 6-bit values minus 32 */
+        float sc[4], d;
+        int p;
+        __device__ __forceinline__ void load(const uint8_t *b, int part) {
+                int n = part >> 1, l0 = 16 * (part & 1);
+                uint32_t qa[4], qb[4], qh[4];
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                        qa[k] = ld_u32_a2(b + 64 * n + l0 + 4 * k);
+                        qb[k] = ld_u32_a2(b + 64 * n + 32 + l0 + 4 * k);
+                        qh[k] = ld_u32_a2(b + 128 + 32 * n + l0 + 4 * k);
+                }
+#pragma unroll
+                for (int g = 0; g < 4; g++) {
+#pragma unroll
+                        for (int k = 0; k < 4; k++) {
+                                uint32_t ql = g & 1 ? qb[k] : qa[k];
+                                uint32_t v = ((g < 2 ? ql : ql >> 4) & M4) | (((qh[k] >> (2 * g)) & 0x03030303u) << 4);
+                                q[g][k] = (int)__vsub4(v, 0x20202020u);
+                        }
+                        sc[g] = (float)(int8_t)b[192 + 8 * n + (part & 1) + 2 * g];
+                }
+                d = ld_half(b + 208);
+                p = part;
+        }
+        __device__ __forceinline__ float dot(const int8_t *aq, const float2 *ads) const {
+                int n = p >> 1, l0 = 16 * (p & 1);
+                float acc = 0.0f;
+#pragma unroll
+                for (int g = 0; g < 4; g++) {
+                        int4 a = *(const int4 *)(aq + 128 * n + 32 * g + l0);
+                        int s = 0;
+                        s = __dp4a(q[g][0], a.x, s);
+                        s = __dp4a(q[g][1], a.y, s);
+                        s = __dp4a(q[g][2], a.z, s);
+                        s = __dp4a(q[g][3], a.w, s);
+                        acc += sc[g] * ads[4 * n + g].x * (float)s;
+                }
+                return d * acc;
+        }
+};
+
 } /* namespace */

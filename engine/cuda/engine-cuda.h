@@ -89,6 +89,14 @@ typedef struct CudaMvInput {
 int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInput *in, float *const *y,
                 CudaMvEpilogue epi);
 
+/*
+ * The same for n_seq input vectors at once (one decode step of n_seq sequences), each weight read once for all
+ * of them: input j is row j of in->x / in->xq (n_cols apart; ds n_cols / 32 pairs apart), its outputs go to
+ * y[i] + j * ldy. n_seq 1 is cuda_matvec().
+ */
+int cuda_matvec_batch(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInput *in, float *const *y,
+                      CudaMvEpilogue epi, uint32_t n_seq, uint32_t ldy);
+
 /* y = W x with x in floats and each weight dequantized on the fly: the reference-mode product, any type. */
 int cuda_matvec_f32(CudaStream s, const CudaMatrix *w, const float *x, float *y);
 
@@ -118,6 +126,12 @@ typedef struct CudaAttnShape {
         uint32_t n_head, n_head_kv, head_dim, n_rot;
         float rope_base;
         uint32_t n_ctx; /* positions in the KV cache */
+        /* Optional (NULL: none): the frequency of each rotated pair, n_rot / 2 floats in device memory
+         * (rope_base^(-2j / n_rot) with any scaling folded in; NULL: that formula unscaled), and the biases
+         * of q, k and v laid out as in qkv (nq + 2 nk floats in device memory), added before RoPE. */
+        const float *inv_freq;
+        const float *bias;
+        bool neox; /* RoPE pairs (j, j + n_rot / 2) rather than (2j, 2j + 1) */
 } CudaAttnShape;
 
 /*
@@ -141,6 +155,25 @@ size_t cuda_attn_scratch_size(const CudaAttnShape *a);
 int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const float *qkv, const int32_t *pos,
                      uint16_t *k_cache, uint16_t *v_cache, void *scratch, float *out, const CudaQ8 *outq);
 
+/* One sequence of a batched decode step, as the device reads it (an array of these in device memory): its KV
+ * caches (the model's layers one after another, n_ctx positions each), the position of the token being
+ * decoded, and where the on-device argmax records the tokens it picks (hist[pos], pos < n_ctx + 1). */
+typedef struct CudaSeqSlot {
+        uint16_t *k, *v;
+        int32_t *hist;
+        uint32_t n_ctx;
+        int32_t pos;
+} CudaSeqSlot;
+
+/*
+ * cuda_attn_decode() for n_seq sequences at once, layer layer of each: sequence b's q, k and v at
+ * qkv + b * (n_head + 2 n_head_kv) * head_dim, its caches and position from seqs[b], its output at
+ * out + b * n_head * head_dim (and row b of outq). a->n_ctx: the largest n_ctx of the sequences. scratch:
+ * n_seq times cuda_attn_scratch_size(a) rounded up to 16 bytes, zeroed once.
+ */
+int cuda_attn_decode_batch(CudaStream s, const CudaAttnShape *a, const float *qkv, uint32_t n_seq,
+                           const CudaSeqSlot *seqs, uint32_t layer, void *scratch, float *out, const CudaQ8 *outq);
+
 /* Causal attention for n_tok tokens at positions *pos .. (their k and v already in the caches); q rows at
  * q + t * q_stride; out is (n_tok, n_head * head_dim). */
 int cuda_attn_prefill(CudaStream s, const CudaAttnShape *a, const float *q, uint32_t q_stride, uint32_t n_tok,
@@ -150,6 +183,10 @@ int cuda_attn_prefill(CudaStream s, const CudaAttnShape *a, const float *q, uint
  * not NULL, *pos += 1 and, when hist is not NULL and the new *pos < hist_n, hist[*pos] = the index. */
 int cuda_argmax(CudaStream s, const float *x, uint32_t n, int32_t *ret, int32_t *pos, int32_t *hist,
                 uint32_t hist_n);
+
+/* cuda_argmax() for n_seq rows of n floats (x + b * n): ret[b] gets row b's index, seqs[b].pos advances by
+ * one and seqs[b].hist[pos] records the index. */
+int cuda_argmax_batch(CudaStream s, const float *x, uint32_t n, uint32_t n_seq, int32_t *ret, CudaSeqSlot *seqs);
 
 /* cuBLAS for prompt batches. */
 typedef struct CudaBlas CudaBlas;
@@ -170,6 +207,8 @@ int cuda_fill_random(CudaStream s, const CudaMatrix *w, uint64_t seed, float sca
 typedef struct CudaLlamaConfig {
         uint32_t n_vocab, n_embd, n_layer, n_head, n_head_kv, head_dim, n_rot, n_ff;
         float rope_base, norm_eps;
+        float rope_freq_scale; /* positions are multiplied by this (linear RoPE scaling); 0 means 1 */
+        bool rope_neox;        /* RoPE pairs (j, j + n_rot / 2), as qwen2 has them */
 } CudaLlamaConfig;
 
 typedef enum CudaWeight {
@@ -209,6 +248,15 @@ void cuda_llama_weight_shape(const CudaLlamaConfig *c, CudaWeight w, uint32_t *c
  */
 int cuda_llama_set_weight(CudaLlama *m, CudaWeight w, uint32_t layer, uint32_t type, uint32_t n_cols,
                           uint32_t n_rows, const void *data);
+
+/* Llama 3.1's RoPE frequency divisors: pair j's frequency is divided by freqs[j] (n_rot / 2 host floats).
+ * Call before the first decode (captured graphs keep the table's address, not its values, so later calls
+ * are seen too). */
+int cuda_llama_set_rope_freqs(CudaLlama *m, const float *freqs);
+
+/* Biases of layer's q, k and v projections (host floats: nq, nk and nk of them; NULL for none of one),
+ * added before RoPE (qwen2). */
+int cuda_llama_set_bias(CudaLlama *m, uint32_t layer, const float *bq, const float *bk, const float *bv);
 
 /* Reference mode: every token goes through the prompt path (weights dequantized to F16 tiles, activations in
  * F16 and float) and the head through cuda_matvec_f32(), never through 8-bit activations. Slow. */
@@ -251,6 +299,22 @@ int cuda_llama_run(CudaLlama *m, CudaKv *kv, uint32_t pos0, uint32_t n_tok, cons
 /* cuda_llama_run() at the sequence's next position with the last token's logits into logits (host, may be
  * NULL), for a model on one device. */
 int cuda_llama_forward(CudaLlama *m, CudaKv *kv, const int32_t *tokens, uint32_t n_tok, float *logits);
+
+/*
+ * One decode step of n_seq distinct sequences (any number; up to 16 per graph replay) of a model on one
+ * device, every weight read once per 16 of them: sequence i takes tokens[i] at position pos[i] of kvs[i]
+ * (pos[i] <= cuda_kv_pos(kvs[i]); later positions are overwritten), and its logits go to logits[i] (host,
+ * n_vocab floats) unless logits or logits[i] is NULL. Each group of sequences goes through a CUDA graph
+ * captured once per group size. -ENOSPC when a cache would overflow, -EINVAL for bad arguments.
+ */
+int cuda_llama_decode_batch(CudaLlama *m, CudaKv *const *kvs, const uint32_t *pos, const int32_t *tokens,
+                            uint32_t n_seq, float *const *logits);
+
+/* Greedy decoding of n_seq sequences together entirely on the device: each kvs[i] is fed tokens[i] at its
+ * current position, then its own argmax, n_steps times; out (host, may be NULL) gets sequence i's n_steps
+ * tokens at out + i * n_steps. */
+int cuda_llama_generate_greedy_batch(CudaLlama *m, CudaKv *const *kvs, const int32_t *tokens, uint32_t n_seq,
+                                     uint32_t n_steps, int32_t *out);
 
 /* Greedy decoding entirely on the device: feeds token, then each argmax, n_steps times through the captured
  * graph with no host round trip; writes the n_steps generated tokens to out (host) when not NULL. */
