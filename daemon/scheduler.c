@@ -16,19 +16,21 @@
  * MemoryBudget= and its GPU bytes against the GPU. What the GPU has room for is the device's free memory
  * now (cudaMemGetInfo(), so other processes count), less GpuOverhead=, less what our models have reserved
  * but not allocated yet (the KV caches of NumParallel= slots), and within GpuMemoryBudget=; while a model
- * with GPU layers is loading, its memory is in flux and the next placement on the GPU waits for it. A model gets num_gpu layers (all when -1) if they fit; if not, the idle model on the GPU
- * that expires first is evicted and the placement tried again once its memory is back; only when no idle
- * model is left on the GPU does the new one settle for as many layers as fit (partial offload), the rest
- * then counting against the memory budget, which may in turn evict models from RAM. Reserving KV caches
- * that busy generations already allocated counts them twice, which errs on the side of loads that succeed.
- * After the load the model's GPU bytes are what the backend says it holds (plus its KV reservation).
+ * with GPU layers is loading, its memory is in flux and the next placement on the GPU waits for it. A model
+ * gets num_gpu layers (all when -1) if they fit; if not, the idle model on the GPU that expires first is
+ * evicted and the placement tried again once its memory is back; only when no idle model is left on the GPU
+ * does the new one settle for as many layers as fit (partial offload), the rest then counting against the
+ * memory budget, which may in turn evict models from RAM. Reserving KV caches that busy generations already
+ * allocated counts them twice, which errs on the side of loads that succeed. After the load the model's GPU
+ * bytes are what the backend says it holds (plus its KV reservation).
  *
  * A loaded model serves requests whose settings it meets: a context at least the request's default, or the
  * same context when the request names one, and the same num_gpu (clamped) and num_thread when the request
  * names them. Otherwise an idle model is reloaded with the new settings, as Ollama does; a busy one serves
- * the request as it is.
+ * the request as it is. Tokenize and Detokenize take a loaded model whatever its settings.
  *
- * Executor thread (one per device; the CPU only until the CUDA backend lands): loads and unloads models and
+ * Executor thread (one for now, for the CPU and the GPU alike: the engine runs a split model's layers on
+ * both in one call; the design's thread per device comes with several GPUs): loads and unloads models and
  * runs continuous batching. Every step it gathers the active sequences of a model, a prompt chunk for those
  * still reading their prompt and one token for the others, and runs them through one backend decode call, so
  * concurrent requests share each pass over the weights. Sampling, stop strings and UTF-8 assembly happen per
@@ -911,7 +913,7 @@ static void model_loaded_main(Manager *m, void *userdata) {
         lm->state = MODEL_READY;
         model_serve_waiters(lm);
         model_maybe_expire(lm);
-        /* A placement may have waited for this load (its own users keep model_maybe_expire() from asking). */
+        /* A placement may have waited for this load; its own users keep model_maybe_expire() from asking. */
         scheduler_admit(s);
 }
 
@@ -1236,6 +1238,7 @@ typedef struct ModelSettings {
         bool n_ctx_exact;    /* it named the context: a model with another one is reloaded */
         int32_t num_gpu;     /* -1: as many layers as fit */
         unsigned num_thread; /* 0: Threads= */
+        bool any;            /* any loaded model will do (it only tokenizes): never reload for it */
         int64_t keep_alive_ns;
 } ModelSettings;
 
@@ -1253,6 +1256,8 @@ static ModelSettings settings_default(Scheduler *s, int64_t keep_alive_ns) {
  * would get no more from a reload, and a num_gpu on a machine without a GPU changes nothing.
  */
 static bool model_matches(const LoadedModel *lm, const ModelSettings *st) {
+        if (st->any)
+                return true;
         if (st->n_ctx_exact ? lm->n_ctx != st->n_ctx : lm->n_ctx < st->n_ctx)
                 return false;
         if (st->num_gpu >= 0 && MIN((uint32_t)st->num_gpu, lm->gpu_max) != lm->gpu_target)
@@ -1520,6 +1525,7 @@ int scheduler_tokenize(Scheduler *s, Request *r, const char *model, const char *
                 return -ENOMEM;
         }
         ModelSettings st = settings_default(s, s->manager->config.keep_alive_ns);
+        st.any = true;
         return scheduler_acquire(s, model, w, &st, err);
 }
 
@@ -1602,10 +1608,17 @@ int scheduler_new(Manager *m, Scheduler **ret) {
                 return -ENOMEM;
         s->manager = m;
         s->ops = m->backend;
+        BackendGpu g;
+        int k = s->ops && s->ops->gpu_info ? s->ops->gpu_info(&g) : -ENODEV;
+        if (k >= 0)
+                log_info("GPU: %s, %.1f of %.1f GiB free.", g.name, g.free / 1073741824.0,
+                         g.total / 1073741824.0);
+        else if (k != -ENODEV)
+                log_warning("Failed to query the GPU, models run on the CPU: %s", strerror(-k));
         pthread_mutex_init(&s->lock, NULL);
         pthread_cond_init(&s->cond, NULL);
         if (s->ops) {
-                int k = pthread_create(&s->thread, NULL, executor_main, s);
+                k = pthread_create(&s->thread, NULL, executor_main, s);
                 if (k != 0) {
                         scheduler_free(s);
                         return -k;

@@ -418,8 +418,9 @@ int engine_cpu_attend(EngineCpuIsa isa, const float *q, const void *k, const voi
 /* ---- models and the forward pass ---- */
 
 typedef struct EngineModelParams {
-        const char *backend;  /* "cpu", "cuda", NULL = best available */
-        int32_t n_gpu_layers; /* layers on the GPU backend, the first ones; -1 = all that fit */
+        const char *backend;  /* "cpu", "cuda", NULL = best available for the model */
+        int32_t n_gpu_layers; /* layers on the GPU backend, the first ones; -1 = all that fit in the device's
+                               * free memory with a context of 2048 */
         uint32_t n_threads;   /* CPU worker threads; 0 = the CPU count */
         uint32_t kv_type;     /* GGML_TYPE_F16 (default) or GGML_TYPE_F32 */
         uint32_t n_batch;     /* most tokens one forward step takes; longer prompts go in chunks; 0 = 512 */

@@ -101,6 +101,34 @@ static int choose_gpu(const EngineModelParams *p, const BackendOps **ret, QdErro
         return 0;
 }
 
+/* Context the default placement leaves room for on the GPU, for one sequence. */
+#define FIT_N_CTX 2048
+
+/*
+ * n_gpu_layers -1: as many layers as fit in the device's free memory with a KV cache of FIT_N_CTX positions,
+ * all of them when the backend cannot tell (no device_bytes, a device that does not answer). The daemon
+ * chooses for itself (engine_model_estimate_splits()); this is for everyone else.
+ */
+static uint32_t fitting_layers(const EngineModel *m, const BackendOps *gpu) {
+        EngineGpuInfo g;
+        uint32_t n = m->cfg.n_layer;
+
+        if (!gpu->device_bytes || engine_gpu_info(0, &g) < 0)
+                return n;
+        for (; n > 0; n--) {
+                BackendRange range = {
+                        .l0 = 0,
+                        .l1 = n,
+                        .n_batch = m->n_batch,
+                        .kv_type = m->params.kv_type,
+                        .n_threads = m->params.n_threads,
+                };
+                if (gpu->estimate(m, &range, FIT_N_CTX, 1) <= g.free_bytes)
+                        break;
+        }
+        return n;
+}
+
 /* Splits the layers between the GPU backend (the first n_gpu_layers) and the CPU, and starts them. */
 static int place_segments(EngineModel *m, QdError *err) {
         const EngineModelParams *p = &m->params;
@@ -111,8 +139,20 @@ static int place_segments(EngineModel *m, QdError *err) {
         r = choose_gpu(p, &gpu, err);
         if (r < 0)
                 return r;
+        /* The best available backend for a model the GPU's cannot run is the CPU; one asked for by name
+         * says why it cannot. */
+        BackendRange all = {
+                .l0 = 0,
+                .l1 = n_layer,
+                .n_batch = m->n_batch,
+                .kv_type = p->kv_type,
+                .n_threads = p->n_threads,
+        };
+        if (gpu && !p->backend && gpu->check && gpu->check(m, &all, NULL) < 0)
+                gpu = NULL;
         if (gpu)
-                n_gpu = p->n_gpu_layers < 0 ? n_layer : MIN((uint32_t)p->n_gpu_layers, n_layer);
+                n_gpu = p->n_gpu_layers < 0 ? fitting_layers(m, gpu)
+                                            : MIN((uint32_t)p->n_gpu_layers, n_layer);
 
         struct {
                 const BackendOps *ops;

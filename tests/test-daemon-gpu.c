@@ -62,6 +62,10 @@ static int setup_no_gpu(void **state) {
         return start(state, NULL, CONFIG);
 }
 
+static int setup_bad_gpu(void **state) {
+        return start(state, "total=lots", CONFIG);
+}
+
 static int teardown(void **state) {
         Harness *h = *state;
         if (h->pid > 0)
@@ -271,6 +275,8 @@ static void test_full_offload_and_ps(void **state) {
         assert_int_equal(gen(c, "m1", &OPTS(), &load, &e), 0);
         assert_int_equal(load, 0);
         assert_true(dh_log_contains(h, "with 4 of 4 layers on the GPU"));
+        /* The GPU as the daemon found it at start. */
+        assert_true(dh_log_contains(h, "GPU: Fake GPU, 0.0 of 0.0 GiB free."));
 }
 
 static void test_two_resident_then_evict(void **state) {
@@ -451,6 +457,18 @@ static void test_num_gpu(void **state) {
         assert_int_equal(gen(c, "m1", &OPTS(GPU(2)), &load, &e), 0);
         assert_int_equal(load, 0);
 
+        /* Tokenize takes the model as it is loaded, even with a context below ContextLength=. */
+        assert_int_equal(gen(c, "m1", &OPTS(.num_ctx = 8), &load, &e), 0);
+        assert_true(load > 0);
+        msgpack_sbuffer sb;
+        ProtoMessage m;
+        msgpack_sbuffer_init(&sb);
+        dh_params(&sb, "model", "m1", "text", "hi", NULL);
+        assert_int_equal(proto_client_call(c, "Tokenize", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e), 0);
+        msgpack_sbuffer_destroy(&sb);
+        assert_int_equal(gen(c, "m1", &OPTS(.num_ctx = 8), &load, &e), 0);
+        assert_int_equal(load, 0);
+
         /* A named context other than the loaded one reloads; num_thread too. */
         assert_int_equal(gen(c, "m1", &OPTS(.num_ctx = 32), &load, &e), 0);
         assert_true(load > 0);
@@ -612,6 +630,17 @@ static void test_no_gpu(void **state) {
         assert_false(dh_log_contains(h, "Reloading"));
 }
 
+static void test_bad_gpu(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+
+        /* A GPU that cannot be queried: said once at start, and the models run on the CPU. */
+        assert_true(dh_log_contains(h, "Failed to query the GPU, models run on the CPU: Invalid argument"));
+        assert_int_equal(dh_create_model(h, c, "m1", MODEL_M), 0);
+        gen_ok(c, "m1", &OPTS());
+        assert_string_equal(ps(c, "m1:latest", NULL).processor, "100% CPU");
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_full_offload_and_ps, setup, teardown),
@@ -627,6 +656,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_gpu_budget, setup_gpu_budget, teardown),
                 cmocka_unit_test_setup_teardown(test_memory_budget_cpu_share, setup_memory_budget, teardown),
                 cmocka_unit_test_setup_teardown(test_no_gpu, setup_no_gpu, teardown),
+                cmocka_unit_test_setup_teardown(test_bad_gpu, setup_bad_gpu, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
