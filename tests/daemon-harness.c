@@ -140,6 +140,14 @@ int dh_teardown(void **state) {
         return 0;
 }
 
+const char *dh_smollm_path(void) {
+        const char *path = getenv("QUANTD_TEST_SMOLLM");
+
+        if (!path || access(path, R_OK) < 0)
+                fail_msg("QUANTD_TEST_SMOLLM must name SmolLM2-135M-Instruct.Q4_1.gguf (see .ci/lib.sh).");
+        return path;
+}
+
 ProtoClient *dh_connect(Harness *h) {
         ProtoClient *c = NULL;
         if (proto_client_connect(h->socket, &c) < 0)

@@ -27,6 +27,9 @@ int dh_stop(Harness *h);
 int dh_setup(void **state, const char *config, const char *const *extra_args);
 /* A cmocka teardown: stops the Harness at *state (a running quantd must exit with 0) and frees it. */
 int dh_teardown(void **state);
+/* The path of SmolLM2-135M-Instruct.Q4_1.gguf from QUANTD_TEST_SMOLLM; fails the test when it is not set or
+ * names no readable file (a missing model fails a test, it does not skip it). */
+const char *dh_smollm_path(void);
 /* A new client connection. */
 ProtoClient *dh_connect(Harness *h);
 /* Writes a fake model file with contents and stores it as name through Create. Returns 0 or -errno. */

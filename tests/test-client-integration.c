@@ -645,10 +645,7 @@ static void test_export_and_create_from_archive(void **state) {
 /* Ctrl+C during qctl quantize cancels the daemon's job and removes the temporary file. */
 static void test_quantize_interrupt(void **state) {
         Harness *h = *state;
-        const char *smollm = getenv("QUANTD_TEST_SMOLLM");
-
-        if (!smollm)
-                fail_msg("QUANTD_TEST_SMOLLM is not set: it names SmolLM2-135M-Instruct.Q4_1.gguf.");
+        const char *smollm = dh_smollm_path();
         _cleanup_free_ char *dst = strdup_printf("%s/smol.gguf", h->dir);
         /* Its tensors are quantized already: converting them again needs --allow-requantize. */
         Result q = run_qctl(h, "quantize", smollm, dst, "q8_0");
@@ -739,9 +736,7 @@ static void test_eval(void **state) {
         check_error(&r, 2, "fewer than one chunk of 100000: give a longer text or a smaller context.");
         r = run_qctl(h, "eval", "stories", "--base", "/nonexistent/base.gguf", "-f", text);
         check_error(&r, 4, "Cannot open '/nonexistent/base.gguf'");
-        const char *smollm = getenv("QUANTD_TEST_SMOLLM");
-        if (!smollm)
-                fail_msg("QUANTD_TEST_SMOLLM is not set: it names SmolLM2-135M-Instruct.Q4_1.gguf.");
+        const char *smollm = dh_smollm_path();
         r = run_qctl(h, "eval", "stories", "--base", smollm, "-f", text, "-c", "64");
         check_error(&r, 2, "The base model has 49152 tokens in its vocabulary and the model 512");
         _cleanup_free_ char *not_gguf = write_file(h, "weights.gguf", "not a model\n");

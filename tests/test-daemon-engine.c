@@ -444,10 +444,7 @@ static void test_chat(void **state) {
         assert_non_null(strstr(e.msg, "has no chat template"));
 
         /* SmolLM2's GGUF carries a ChatML jinja template, recognised and rendered natively. */
-        const char *smollm = getenv("QUANTD_TEST_SMOLLM");
-        if (!smollm || access(smollm, R_OK) < 0)
-                fail_msg("QUANTD_TEST_SMOLLM must name SmolLM2-135M-Instruct.Q4_1.gguf (see .ci/lib.sh).");
-        assert_int_equal(dh_create_from_file(h, c, "smollm", smollm), 0);
+        assert_int_equal(dh_create_from_file(h, c, "smollm", dh_smollm_path()), 0);
         if (dh_chat(c, "smollm", "user", "What is the capital of France?", 24, 1.0, &m, &e) < 0)
                 fail_msg("Chat failed: %s", e.msg);
         const msgpack_object *content = proto_map_get(proto_map_get(m.result, "message"), "content");

@@ -397,13 +397,11 @@ static uint64_t start_slow_eval(ProtoClient *c, int model, int text) {
 /* Cancel {id} of an Eval, or its client going away, stops the job between chunks. */
 static void test_eval_cancel(void **state) {
         Harness *h = *state;
-        const char *smollm = getenv("QUANTD_TEST_SMOLLM");
+        const char *smollm = dh_smollm_path();
         _cleanup_free_ char *text_path = strdup_printf("%s/perplexity-text.txt", getenv("QUANTD_TEST_DATA"));
         ProtoMessage m;
         QdError e = {};
 
-        if (!smollm)
-                fail_msg("QUANTD_TEST_SMOLLM is not set: it names SmolLM2-135M-Instruct.Q4_1.gguf.");
         _cleanup_close_ int model = open(smollm, O_RDONLY | O_CLOEXEC);
         _cleanup_close_ int text = open(text_path, O_RDONLY | O_CLOEXEC);
         assert_true(model >= 0 && text >= 0);
