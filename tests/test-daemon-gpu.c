@@ -22,10 +22,10 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <msgpack.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "daemon-harness.h"
+#include "qctl-harness.h"
 
 #define CONFIG "[Scheduler]\nNumParallel=1\nContextLength=16\nGpuOverhead=0\nMaxLoadedModels=4\n"
 
@@ -33,16 +33,13 @@
 #define MODEL_M "size=400000\nlayers=4\nlayer_size=80000\n"
 #define M_FULL 401024
 
+/* A quantd whose fake backend sees the simulated device gpu (NULL: none). */
 static int start(void **state, const char *gpu, const char *config) {
-        Harness *h = calloc(1, sizeof(Harness));
-        assert_non_null(h);
         if (gpu)
                 assert_int_equal(setenv("QUANTD_FAKE_GPU", gpu, 1), 0);
         else
                 assert_int_equal(unsetenv("QUANTD_FAKE_GPU"), 0);
-        assert_int_equal(dh_start(h, config, NULL), 0);
-        *state = h;
-        return 0;
+        return dh_setup(state, config, NULL);
 }
 
 static int setup(void **state) {
@@ -64,14 +61,6 @@ static int setup_no_gpu(void **state) {
 
 static int setup_bad_gpu(void **state) {
         return start(state, "total=lots", CONFIG);
-}
-
-static int teardown(void **state) {
-        Harness *h = *state;
-        if (h->pid > 0)
-                assert_int_equal(dh_stop(h), 0);
-        free(h);
-        return 0;
 }
 
 typedef struct PsEntry {
@@ -205,42 +194,13 @@ static void gen_ok(ProtoClient *c, const char *model, const GenOpts *o) {
                 fail_msg("Generate %s failed: %s", model, e.msg);
 }
 
-/* qctl's standard output for args (NULL-terminated) against h; fails the test unless it exits with 0. */
-static char *qctl(Harness *h, ...) {
-        const char *argv[16];
-        int n = 0, out[2];
-        va_list ap;
-
-        argv[n++] = NULL; /* the path, below */
-        va_start(ap, h);
-        for (const char *a; (a = va_arg(ap, const char *)) && n < 15;)
-                argv[n++] = a;
-        va_end(ap);
-        argv[n] = NULL;
-        _cleanup_free_ char *path = strdup_printf("%s/client/qctl", getenv("QUANTD_BUILD_ROOT"));
-        argv[0] = path;
-
-        assert_int_equal(pipe2(out, O_CLOEXEC), 0);
-        pid_t pid = fork();
-        assert_true(pid >= 0);
-        if (pid == 0) {
-                dup2(out[1], STDOUT_FILENO);
-                setenv("QUANTD_SOCKET", h->socket, 1);
-                setenv("LC_ALL", "C.UTF-8", 1);
-                execv(argv[0], (char **)argv);
-                _exit(127);
-        }
-        close(out[1]);
-        Buf b = {};
-        char chunk[4096];
-        ssize_t k;
-        while ((k = read(out[0], chunk, sizeof(chunk))) > 0)
-                assert_int_equal(buf_append(&b, chunk, (size_t)k), 0);
-        close(out[0]);
-        int status;
-        assert_int_equal(waitpid(pid, &status, 0), pid);
-        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-        return b.data ? buf_steal_str(&b) : strdup("");
+/* qctl ps's standard output against h; fails the test unless it exits with 0. */
+static char *qctl_ps(Harness *h) {
+        Result r = run_qctl(h, "ps");
+        check_ok(&r, "ps");
+        char *out = TAKE_PTR(r.out);
+        result_done(&r);
+        return out;
 }
 
 static void test_full_offload_and_ps(void **state) {
@@ -265,7 +225,7 @@ static void test_full_offload_and_ps(void **state) {
         assert_string_equal(p.digest, digest);
 
         /* qctl ps: the ID (the digest's first 12 digits) and where the model runs. */
-        _cleanup_free_ char *out = qctl(h, "ps", NULL);
+        _cleanup_free_ char *out = qctl_ps(h);
         _cleanup_free_ char *id = strndup(digest + 7, 12);
         fprintf(stderr, "# %s", out);
         assert_non_null(strstr(out, id));
@@ -357,7 +317,7 @@ static void test_partial_offload(void **state) {
         /* RAM: 2000000 - 750000 of weights + 512 of KV; 1250512 of 2001024 is 62 % on the CPU. */
         assert_int_equal(p.size, 2001024);
         assert_string_equal(p.processor, "62%/38% CPU/GPU");
-        _cleanup_free_ char *out = qctl(h, "ps", NULL);
+        _cleanup_free_ char *out = qctl_ps(h);
         assert_non_null(strstr(out, "62%/38% CPU/GPU"));
 
         /* Asking for all layers again (a Modelfile's num_gpu 99, say) does not reload the model that got
@@ -402,12 +362,7 @@ static void test_busy_model_partial(void **state) {
         assert_string_equal(p.processor, "44%/56% CPU/GPU");
         assert_string_equal(ps(d, "slow:latest", NULL).processor, "100% GPU");
 
-        msgpack_sbuffer cancel;
-        msgpack_sbuffer_init(&cancel);
-        _cleanup_free_ char *ids = strdup_printf("%" PRIu64, id);
-        dh_params(&cancel, "id", ids, NULL);
-        assert_int_equal(proto_client_send(d, "Cancel", cancel.data, cancel.size, NULL, 0, NULL), 0);
-        msgpack_sbuffer_destroy(&cancel);
+        assert_int_equal(dh_cancel(d, id, NULL), 0);
         for (;;) {
                 qd_error_clear(&e);
                 assert_int_equal(proto_client_read(c, 10000, &m, &e), 1);
@@ -643,20 +598,20 @@ static void test_bad_gpu(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test_setup_teardown(test_full_offload_and_ps, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_two_resident_then_evict, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_concurrent_loads, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_partial_offload, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_busy_model_partial, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_num_gpu, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_modelfile_num_gpu, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_load_options, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_estimate_short, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_gpu_cannot_run, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_gpu_budget, setup_gpu_budget, teardown),
-                cmocka_unit_test_setup_teardown(test_memory_budget_cpu_share, setup_memory_budget, teardown),
-                cmocka_unit_test_setup_teardown(test_no_gpu, setup_no_gpu, teardown),
-                cmocka_unit_test_setup_teardown(test_bad_gpu, setup_bad_gpu, teardown),
+                cmocka_unit_test_setup_teardown(test_full_offload_and_ps, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_two_resident_then_evict, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_concurrent_loads, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_partial_offload, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_busy_model_partial, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_num_gpu, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_modelfile_num_gpu, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_load_options, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_estimate_short, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_gpu_cannot_run, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_gpu_budget, setup_gpu_budget, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_memory_budget_cpu_share, setup_memory_budget, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_no_gpu, setup_no_gpu, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_bad_gpu, setup_bad_gpu, dh_teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
