@@ -409,11 +409,13 @@ int engine_cpu_matmul(EngineCpuIsa isa, uint32_t type, const void *w, uint64_t n
  * -EOPNOTSUPP when the CPU lacks isa. */
 int engine_cpu_swiglu(EngineCpuIsa isa, float *g, const float *u, uint64_t n);
 
-/* Attention of one query of head_dim floats over n_pos keys and values (rows of head_dim elements of kv_type,
- * F16 or F32, every kv_stride bytes) with one kernel set, for the kernel tests: out = Σ softmax(q · k_p ×
- * scale)_p v_p. -EINVAL for bad arguments, -ENOMEM, -EOPNOTSUPP when the CPU lacks isa. */
-int engine_cpu_attend(EngineCpuIsa isa, const float *q, const void *k, const void *v, size_t kv_stride,
-                      uint32_t kv_type, uint32_t n_pos, uint32_t head_dim, float scale, float *out);
+/* Attention of n_q query heads of head_dim floats each (adjacent in q, their outputs adjacent in out) that
+ * share n_pos keys and values (rows of head_dim elements of kv_type, F16 or F32, every kv_stride bytes), with
+ * one kernel set, for the kernel tests: out_i = Σ_p softmax(q_i · k_p × scale)_p v_p. -EINVAL for bad
+ * arguments, -ENOMEM, -EOPNOTSUPP when the CPU lacks isa. */
+int engine_cpu_attend(EngineCpuIsa isa, const float *q, uint32_t n_q, const void *k, const void *v,
+                      size_t kv_stride, uint32_t kv_type, uint32_t n_pos, uint32_t head_dim, float scale,
+                      float *out);
 
 /* ---- models and the forward pass ---- */
 

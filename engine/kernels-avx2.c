@@ -331,15 +331,11 @@ static inline AVX2 __m256 load_kv8(uint32_t kv_type, const uint8_t *p, uint32_t 
         return _mm256_loadu_ps((const float *)p + i);
 }
 
-static AVX2 void attend_avx2(const float *q, const uint8_t *k, const uint8_t *v, size_t kv_stride,
-                             uint32_t kv_type, uint32_t n_pos, uint32_t head_dim, float scale, float *scores,
-                             float *out) {
+static AVX2 void attend1_avx2(const float *q, const uint8_t *k, const uint8_t *v, size_t kv_stride,
+                              uint32_t kv_type, uint32_t n_pos, uint32_t head_dim, float scale, float *scores,
+                              float *out) {
         float max = -INFINITY, sum = 0;
 
-        if (head_dim % 8) {
-                cpu_kernels_scalar.attend(q, k, v, kv_stride, kv_type, n_pos, head_dim, scale, scores, out);
-                return;
-        }
         for (uint32_t p = 0; p < n_pos; p++) {
                 const uint8_t *kp = k + p * kv_stride;
                 __m256 acc = _mm256_setzero_ps();
@@ -370,6 +366,18 @@ static AVX2 void attend_avx2(const float *q, const uint8_t *k, const uint8_t *v,
                         _mm256_storeu_ps(out + i, _mm256_fmadd_ps(a, load_kv8(kv_type, vp, i),
                                                                   _mm256_loadu_ps(out + i)));
         }
+}
+
+static AVX2 void attend_avx2(const float *q, uint32_t n_q, const uint8_t *k, const uint8_t *v, size_t kv_stride,
+                             uint32_t kv_type, uint32_t n_pos, uint32_t head_dim, float scale, float *scores,
+                             float *out) {
+        if (head_dim % 8) {
+                cpu_kernels_scalar.attend(q, n_q, k, v, kv_stride, kv_type, n_pos, head_dim, scale, scores, out);
+                return;
+        }
+        for (uint32_t i = 0; i < n_q; i++)
+                attend1_avx2(q + (size_t)i * head_dim, k, v, kv_stride, kv_type, n_pos, head_dim, scale, scores,
+                             out + (size_t)i * head_dim);
 }
 
 const CpuKernels cpu_kernels_avx2 = {

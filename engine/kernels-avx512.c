@@ -616,10 +616,12 @@ static inline __attribute__((always_inline)) AVX512 __m512 hsum16x16(const __m51
         __m512 u[8], w[4];
 
         /* u[j], every 128-bit lane: partial sums of v[2j], v[2j + 1], v[2j], v[2j + 1]. */
+#pragma GCC unroll 8
         for (int j = 0; j < 8; j++)
                 u[j] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * j], v[2 * j + 1]),
                                      _mm512_unpackhi_ps(v[2 * j], v[2 * j + 1]));
         /* w[j], every 128-bit lane: partial sums of v[4j] … v[4j + 3]. */
+#pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
                 __m512d a = _mm512_castps_pd(u[2 * j]), b = _mm512_castps_pd(u[2 * j + 1]);
                 w[j] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
@@ -635,86 +637,143 @@ static inline __attribute__((always_inline)) AVX512 __m512 hsum16x16(const __m51
 }
 
 /*
- * One query of ND × 16 elements, with q and the output in registers: scores 16 positions at a time (one
- * multiply-add chain per position, then one tree for the 16 sums), the softmax in vectors, and the weighted
- * sum of V in two sets of accumulators (even and odd positions).
+ * NQ query heads (at most 4) of ND × 16 elements that share their keys and values. Scores 16 positions at a
+ * time: the 16 key rows are converted to float once (kf), then each query takes one multiply-add chain per
+ * position and one add/shuffle tree for the 16 sums; the softmax per query in 16-wide vectors; then each value
+ * row is converted once and multiplied into every query's output, which stays in registers. A query's
+ * operations are the same whatever NQ.
  */
-static inline __attribute__((always_inline)) AVX512 void attend_nd(int ND, const float *q, const uint8_t *k,
-                                                                   const uint8_t *v, size_t kv_stride,
-                                                                   uint32_t kv_type, uint32_t n_pos, float scale,
-                                                                   float *scores, float *out) {
-        __m512 qv[8], o0[8], o1[8], vmax = _mm512_set1_ps(-INFINITY), vsum = _mm512_setzero_ps();
+static inline __attribute__((always_inline)) AVX512 void attend_group(int NQ, int ND, const float *q,
+                                                                      const uint8_t *k, const uint8_t *v,
+                                                                      size_t kv_stride, uint32_t kv_type,
+                                                                      uint32_t n_pos, uint32_t head_dim,
+                                                                      float scale, float *scores, float *out) {
+        __m512 kf[16][8], vmax[4], o[4][8];
+        float max[4], inv[4];
         uint32_t p = 0;
 
-#pragma GCC unroll 8
-        for (int d = 0; d < ND; d++) {
-                qv[d] = _mm512_loadu_ps(q + 16 * d);
-                o0[d] = o1[d] = _mm512_setzero_ps();
-        }
-        for (; p + 16 <= n_pos; p += 16) {
-                __m512 part[16];
-#pragma GCC unroll 16
-                for (int j = 0; j < 16; j++) {
-                        const uint8_t *kp = k + (p + j) * kv_stride;
-                        part[j] = _mm512_mul_ps(qv[0], load_kv16(kv_type, kp, 0));
-#pragma GCC unroll 8
-                        for (int d = 1; d < ND; d++)
-                                part[j] = _mm512_fmadd_ps(qv[d], load_kv16(kv_type, kp, 16 * d), part[j]);
-                }
-                __m512 sc = _mm512_mul_ps(hsum16x16(part), _mm512_set1_ps(scale));
-                _mm512_storeu_ps(scores + p, sc);
-                vmax = _mm512_max_ps(vmax, sc);
-        }
-        float max = _mm512_reduce_max_ps(vmax);
-        for (; p < n_pos; p++) {
-                const uint8_t *kp = k + p * kv_stride;
-                __m512 acc = _mm512_mul_ps(qv[0], load_kv16(kv_type, kp, 0));
-#pragma GCC unroll 8
-                for (int d = 1; d < ND; d++)
-                        acc = _mm512_fmadd_ps(qv[d], load_kv16(kv_type, kp, 16 * d), acc);
-                scores[p] = _mm512_reduce_add_ps(acc) * scale;
-                max = scores[p] > max ? scores[p] : max;
-        }
-        __m512 bmax = _mm512_set1_ps(max);
-        for (p = 0; p < n_pos; p += 16) {
-                __mmask16 m = n_pos - p >= 16 ? 0xffff : (__mmask16)((1u << (n_pos - p)) - 1);
-                __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + p), bmax));
-                _mm512_mask_storeu_ps(scores + p, m, e);
-                vsum = _mm512_mask_add_ps(vsum, m, vsum, e);
-        }
-        float inv = 1.0f / _mm512_reduce_add_ps(vsum);
-        for (p = 0; p + 2 <= n_pos; p += 2) {
-                const uint8_t *v0 = v + p * kv_stride, *v1 = v0 + kv_stride;
-                __m512 a0 = _mm512_set1_ps(scores[p] * inv), a1 = _mm512_set1_ps(scores[p + 1] * inv);
-#pragma GCC unroll 8
-                for (int d = 0; d < ND; d++) {
-                        o0[d] = _mm512_fmadd_ps(a0, load_kv16(kv_type, v0, 16 * d), o0[d]);
-                        o1[d] = _mm512_fmadd_ps(a1, load_kv16(kv_type, v1, 16 * d), o1[d]);
-                }
-        }
-        if (p < n_pos) {
-                __m512 a0 = _mm512_set1_ps(scores[p] * inv);
+#pragma GCC unroll 4
+        for (int i = 0; i < NQ; i++) {
+                vmax[i] = _mm512_set1_ps(-INFINITY);
 #pragma GCC unroll 8
                 for (int d = 0; d < ND; d++)
-                        o0[d] = _mm512_fmadd_ps(a0, load_kv16(kv_type, v + p * kv_stride, 16 * d), o0[d]);
+                        o[i][d] = _mm512_setzero_ps();
         }
+        for (; p + 16 <= n_pos; p += 16) {
+#pragma GCC unroll 16
+                for (int j = 0; j < 16; j++)
 #pragma GCC unroll 8
-        for (int d = 0; d < ND; d++)
-                _mm512_storeu_ps(out + 16 * d, _mm512_add_ps(o0[d], o1[d]));
+                        for (int d = 0; d < ND; d++)
+                                kf[j][d] = load_kv16(kv_type, k + (p + j) * kv_stride, 16 * d);
+#pragma GCC unroll 4
+                for (int i = 0; i < NQ; i++) {
+                        const float *qi = q + i * head_dim;
+                        __m512 part[16];
+#pragma GCC unroll 16
+                        for (int j = 0; j < 16; j++) {
+                                part[j] = _mm512_mul_ps(_mm512_loadu_ps(qi), kf[j][0]);
+#pragma GCC unroll 8
+                                for (int d = 1; d < ND; d++)
+                                        part[j] = _mm512_fmadd_ps(_mm512_loadu_ps(qi + 16 * d), kf[j][d], part[j]);
+                        }
+                        __m512 sc = _mm512_mul_ps(hsum16x16(part), _mm512_set1_ps(scale));
+                        _mm512_storeu_ps(scores + i * n_pos + p, sc);
+                        vmax[i] = _mm512_max_ps(vmax[i], sc);
+                }
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < NQ; i++)
+                max[i] = _mm512_reduce_max_ps(vmax[i]);
+        for (; p < n_pos; p++) {
+#pragma GCC unroll 8
+                for (int d = 0; d < ND; d++)
+                        kf[0][d] = load_kv16(kv_type, k + p * kv_stride, 16 * d);
+#pragma GCC unroll 4
+                for (int i = 0; i < NQ; i++) {
+                        const float *qi = q + i * head_dim;
+                        __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(qi), kf[0][0]);
+#pragma GCC unroll 8
+                        for (int d = 1; d < ND; d++)
+                                acc = _mm512_fmadd_ps(_mm512_loadu_ps(qi + 16 * d), kf[0][d], acc);
+                        float sc = _mm512_reduce_add_ps(acc) * scale;
+                        scores[i * n_pos + p] = sc;
+                        max[i] = sc > max[i] ? sc : max[i];
+                }
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < NQ; i++) {
+                float *si = scores + i * n_pos;
+                __m512 bmax = _mm512_set1_ps(max[i]), vsum = _mm512_setzero_ps();
+                for (p = 0; p < n_pos; p += 16) {
+                        __mmask16 m = n_pos - p >= 16 ? 0xffff : (__mmask16)((1u << (n_pos - p)) - 1);
+                        __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, si + p), bmax));
+                        _mm512_mask_storeu_ps(si + p, m, e);
+                        vsum = _mm512_mask_add_ps(vsum, m, vsum, e);
+                }
+                inv[i] = 1.0f / _mm512_reduce_add_ps(vsum);
+        }
+        for (p = 0; p < n_pos; p++) {
+                const uint8_t *vp = v + p * kv_stride;
+                __m512 a[4];
+#pragma GCC unroll 4
+                for (int i = 0; i < NQ; i++)
+                        a[i] = _mm512_set1_ps(scores[i * n_pos + p] * inv[i]);
+#pragma GCC unroll 8
+                for (int d = 0; d < ND; d++) {
+                        __m512 vv = load_kv16(kv_type, vp, 16 * d);
+#pragma GCC unroll 4
+                        for (int i = 0; i < NQ; i++)
+                                o[i][d] = _mm512_fmadd_ps(a[i], vv, o[i][d]);
+                }
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < NQ; i++)
+#pragma GCC unroll 8
+                for (int d = 0; d < ND; d++)
+                        _mm512_storeu_ps(out + i * head_dim + 16 * d, o[i][d]);
 }
 
-static AVX512 void attend_avx512(const float *q, const uint8_t *k, const uint8_t *v, size_t kv_stride,
-                                 uint32_t kv_type, uint32_t n_pos, uint32_t head_dim, float scale, float *scores,
-                                 float *out) {
+/* Queries in groups of up to four (two for heads of 128, whose outputs take twice the registers). */
+static inline __attribute__((always_inline)) AVX512 void attend_groups(int ND, int max_nq, const float *q,
+                                                                       uint32_t n_q, const uint8_t *k,
+                                                                       const uint8_t *v, size_t kv_stride,
+                                                                       uint32_t kv_type, uint32_t n_pos,
+                                                                       uint32_t head_dim, float scale,
+                                                                       float *scores, float *out) {
+        for (uint32_t i = 0; i < n_q;) {
+                uint32_t g = MIN((uint32_t)max_nq, n_q - i);
+                const float *qi = q + (size_t)i * head_dim;
+                float *oi = out + (size_t)i * head_dim;
+                switch (g) {
+                case 1:
+                        attend_group(1, ND, qi, k, v, kv_stride, kv_type, n_pos, head_dim, scale, scores, oi);
+                        break;
+                case 2:
+                        attend_group(2, ND, qi, k, v, kv_stride, kv_type, n_pos, head_dim, scale, scores, oi);
+                        break;
+                case 3:
+                        attend_group(3, ND, qi, k, v, kv_stride, kv_type, n_pos, head_dim, scale, scores, oi);
+                        break;
+                default:
+                        attend_group(4, ND, qi, k, v, kv_stride, kv_type, n_pos, head_dim, scale, scores, oi);
+                        break;
+                }
+                i += g;
+        }
+}
+
+static AVX512 void attend_avx512(const float *q, uint32_t n_q, const uint8_t *k, const uint8_t *v,
+                                 size_t kv_stride, uint32_t kv_type, uint32_t n_pos, uint32_t head_dim,
+                                 float scale, float *scores, float *out) {
         switch (head_dim) {
         case 64:
-                attend_nd(4, q, k, v, kv_stride, kv_type, n_pos, scale, scores, out);
+                attend_groups(4, 4, q, n_q, k, v, kv_stride, kv_type, n_pos, head_dim, scale, scores, out);
                 break;
         case 128:
-                attend_nd(8, q, k, v, kv_stride, kv_type, n_pos, scale, scores, out);
+                attend_groups(8, 2, q, n_q, k, v, kv_stride, kv_type, n_pos, head_dim, scale, scores, out);
                 break;
         default:
-                cpu_kernels_avx2.attend(q, k, v, kv_stride, kv_type, n_pos, head_dim, scale, scores, out);
+                cpu_kernels_avx2.attend(q, n_q, k, v, kv_stride, kv_type, n_pos, head_dim, scale, scores, out);
                 break;
         }
 }

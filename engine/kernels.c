@@ -144,20 +144,21 @@ int engine_cpu_swiglu(EngineCpuIsa isa, float *g, const float *u, uint64_t n) {
         return 0;
 }
 
-int engine_cpu_attend(EngineCpuIsa isa, const float *q, const void *k, const void *v, size_t kv_stride,
-                      uint32_t kv_type, uint32_t n_pos, uint32_t head_dim, float scale, float *out) {
+int engine_cpu_attend(EngineCpuIsa isa, const float *q, uint32_t n_q, const void *k, const void *v,
+                      size_t kv_stride, uint32_t kv_type, uint32_t n_pos, uint32_t head_dim, float scale,
+                      float *out) {
         const CpuKernels *kern;
         _cleanup_free_ float *scores = NULL;
 
-        if ((int)isa < 0 || isa >= _ENGINE_CPU_ISA_MAX || !q || !k || !v || !out || n_pos == 0 || head_dim == 0 ||
-            (kv_type != GGML_TYPE_F16 && kv_type != GGML_TYPE_F32))
+        if ((int)isa < 0 || isa >= _ENGINE_CPU_ISA_MAX || !q || !k || !v || !out || n_q == 0 || n_pos == 0 ||
+            head_dim == 0 || (kv_type != GGML_TYPE_F16 && kv_type != GGML_TYPE_F32))
                 return -EINVAL;
         kern = cpu_kernels(isa);
         if (!kern)
                 return -EOPNOTSUPP;
-        scores = malloc(n_pos * sizeof(float));
+        scores = malloc((size_t)n_q * n_pos * sizeof(float));
         if (!scores)
                 return -ENOMEM;
-        kern->attend(q, k, v, kv_stride, kv_type, n_pos, head_dim, scale, scores, out);
+        kern->attend(q, n_q, k, v, kv_stride, kv_type, n_pos, head_dim, scale, scores, out);
         return 0;
 }

@@ -229,20 +229,21 @@ static void test_swiglu(void **state) {
         assert_int_equal(engine_cpu_swiglu(_ENGINE_CPU_ISA_MAX, y, u, 4), -EINVAL);
 }
 
-/* Attention of one query, every SIMD set against the scalar kernel: head sizes the AVX-512 set takes in
- * registers (64, 128) and one it hands on (40), F16 and F32 caches, position counts around its 16-wide
- * blocks. */
+/* Attention, every SIMD set against the scalar kernel: head sizes the AVX-512 set takes in registers (64, 128)
+ * and one it hands on (40), F16 and F32 caches, position counts around its 16-wide blocks, and groups of 1-5
+ * query heads sharing the keys (past its groups of 4 and 2), each of whose results must not depend on the
+ * group. */
 static void test_attend(void **state) {
         static const uint32_t dims[] = { 64, 128, 40 }, n_pos_list[] = { 1, 15, 16, 17, 33, 300 };
         static const uint32_t kv_types[] = { GGML_TYPE_F32, GGML_TYPE_F16 };
-        enum { MAX_POS = 300, MAX_DIM = 128, STRIDE = 2 * MAX_DIM * sizeof(float) };
+        enum { MAX_POS = 300, MAX_DIM = 128, MAX_Q = 5, STRIDE = 2 * MAX_DIM * sizeof(float) };
         static uint8_t k[MAX_POS * STRIDE], v[MAX_POS * STRIDE];
-        float q[MAX_DIM], ref[MAX_DIM], out[MAX_DIM];
+        float q[MAX_Q * MAX_DIM], ref[MAX_Q * MAX_DIM], out[MAX_Q * MAX_DIM], one[MAX_DIM];
 
         for (size_t ti = 0; ti < ELEMENTSOF(kv_types); ti++)
                 for (size_t di = 0; di < ELEMENTSOF(dims); di++) {
                         uint32_t kv_type = kv_types[ti], dim = dims[di];
-                        for (uint32_t i = 0; i < dim; i++)
+                        for (uint32_t i = 0; i < MAX_Q * dim; i++)
                                 q[i] = rndf();
                         for (uint32_t p = 0; p < MAX_POS; p++)
                                 for (uint32_t i = 0; i < dim; i++) {
@@ -260,27 +261,40 @@ static void test_attend(void **state) {
                         for (size_t ni = 0; ni < ELEMENTSOF(n_pos_list); ni++) {
                                 uint32_t n_pos = n_pos_list[ni];
                                 float scale = 1.0f / sqrtf((float)dim);
-                                assert_int_equal(engine_cpu_attend(ENGINE_CPU_SCALAR, q, k, v, STRIDE, kv_type,
-                                                                   n_pos, dim, scale, ref), 0);
-                                for (int isa = ENGINE_CPU_AVX2; isa <= (int)engine_cpu_isa_best(); isa++) {
-                                        assert_int_equal(engine_cpu_attend((EngineCpuIsa)isa, q, k, v, STRIDE,
-                                                                           kv_type, n_pos, dim, scale, out), 0);
-                                        double e = rel_error(out, ref, dim);
-                                        if (e > 1e-5)
-                                                fail_msg("%s attention, %s, head %u, %u positions: relative "
-                                                         "error %g against scalar",
-                                                         engine_cpu_isa_name((EngineCpuIsa)isa),
-                                                         ggml_type_name(kv_type), dim, n_pos, e);
-                                }
+                                assert_int_equal(engine_cpu_attend(ENGINE_CPU_SCALAR, q, MAX_Q, k, v, STRIDE,
+                                                                   kv_type, n_pos, dim, scale, ref), 0);
+                                for (int isa = ENGINE_CPU_AVX2; isa <= (int)engine_cpu_isa_best(); isa++)
+                                        for (uint32_t n_q = 1; n_q <= MAX_Q; n_q++) {
+                                                assert_int_equal(engine_cpu_attend((EngineCpuIsa)isa, q, n_q, k, v,
+                                                                                   STRIDE, kv_type, n_pos, dim,
+                                                                                   scale, out),
+                                                                 0);
+                                                double e = rel_error(out, ref, (size_t)n_q * dim);
+                                                if (e > 1e-5)
+                                                        fail_msg("%s attention, %s, head %u, %u positions, %u "
+                                                                 "queries: relative error %g against scalar",
+                                                                 engine_cpu_isa_name((EngineCpuIsa)isa),
+                                                                 ggml_type_name(kv_type), dim, n_pos, n_q, e);
+                                                /* The last query alone gives what it gave in the group. */
+                                                const float *last = q + (size_t)(n_q - 1) * dim;
+                                                assert_int_equal(engine_cpu_attend((EngineCpuIsa)isa, last, 1, k, v,
+                                                                                   STRIDE, kv_type, n_pos, dim,
+                                                                                   scale, one),
+                                                                 0);
+                                                assert_memory_equal(one, out + (size_t)(n_q - 1) * dim,
+                                                                    dim * sizeof(float));
+                                        }
                         }
                 }
-        assert_int_equal(engine_cpu_attend(ENGINE_CPU_SCALAR, q, k, v, STRIDE, GGML_TYPE_Q8_0, 1, 64, 1, out),
+        assert_int_equal(engine_cpu_attend(ENGINE_CPU_SCALAR, q, 1, k, v, STRIDE, GGML_TYPE_Q8_0, 1, 64, 1, out),
                          -EINVAL);
-        assert_int_equal(engine_cpu_attend(ENGINE_CPU_SCALAR, q, k, v, STRIDE, GGML_TYPE_F32, 0, 64, 1, out),
+        assert_int_equal(engine_cpu_attend(ENGINE_CPU_SCALAR, q, 1, k, v, STRIDE, GGML_TYPE_F32, 0, 64, 1, out),
                          -EINVAL);
-        assert_int_equal(engine_cpu_attend(ENGINE_CPU_SCALAR, NULL, k, v, STRIDE, GGML_TYPE_F32, 1, 64, 1, out),
+        assert_int_equal(engine_cpu_attend(ENGINE_CPU_SCALAR, q, 0, k, v, STRIDE, GGML_TYPE_F32, 1, 64, 1, out),
                          -EINVAL);
-        assert_int_equal(engine_cpu_attend(_ENGINE_CPU_ISA_MAX, q, k, v, STRIDE, GGML_TYPE_F32, 1, 64, 1, out),
+        assert_int_equal(engine_cpu_attend(ENGINE_CPU_SCALAR, NULL, 1, k, v, STRIDE, GGML_TYPE_F32, 1, 64, 1, out),
+                         -EINVAL);
+        assert_int_equal(engine_cpu_attend(_ENGINE_CPU_ISA_MAX, q, 1, k, v, STRIDE, GGML_TYPE_F32, 1, 64, 1, out),
                          -EINVAL);
 }
 
