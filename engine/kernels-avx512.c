@@ -3,12 +3,11 @@
  * AVX-512 (F, BW, VL, DQ, VNNI) kernels, built with per-function target attributes like kernels-avx2.c.
  *
  * DESIGN
- * The quantized types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K) put 16 weight rows in the 16 lanes of
- * a register and decode them transposed (see the 32-element section), so that VNNI dpbusd with broadcast
+ * Every quantized type (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K … Q6_K) puts 16 weight rows in the 16 lanes of a
+ * register and decodes them transposed (see the 32-element section), so that VNNI dpbusd with broadcast
  * activation bytes gives 16 rows' integer sums at once and every scale is applied once per block as a vector;
- * one driver, gemm16(), serves all of them, for one token and for prompt batches alike. Q2_K and Q3_K use the
- * AVX2 kernels. Float weights take 16 elements per step; attention keeps the query and its output in
- * registers.
+ * one driver, gemm16(), serves all of them, for one token and for prompt batches alike. Float weights take 16
+ * elements per step; attention keeps the queries of a KV group and their outputs in registers.
  */
 
 #include <immintrin.h>
@@ -233,12 +232,12 @@ static inline __attribute__((always_inline)) AVX512 void q32_dot(const Q32Block1
 /* ---- K-quant weights with Q8_K activations ---- */
 
 /*
- * Q4_K, Q5_K and Q6_K as the 32-element types: 16 weight rows in the lanes, the raw super-blocks transposed
- * 16 bytes per row at a time and decoded in that form into 64 "units" (lane i of unit u: elements 4u … 4u+3
- * of row i), then per token eight dpbusd per group of 32 (Q4_K, Q5_K) or four per group of 16 (Q6_K) with
- * broadcast activation bytes, the group sum times the group's integer scale (exact in 32 bits), and the
- * minimum (Q4_K, Q5_K) or the offset of 32 (Q6_K) through the activation's group sums with dpwssd on pairs of
- * 16-bit coefficients. Per super-block and (row, token): acc = fma(float(Σ scale_g isum_g), d × da, acc) and
+ * The K-quants as the 32-element types: 16 weight rows in the lanes, the raw super-blocks transposed 16 bytes
+ * per row at a time and decoded in that form into 64 "units" (lane i of unit u: elements 4u … 4u+3 of row
+ * i), then per token eight dpbusd per group of 32 (Q4_K, Q5_K) or four per group of 16 (Q2_K, Q3_K, Q6_K)
+ * with broadcast activation bytes, the group sum times the group's integer scale (exact in 32 bits), and the
+ * minimum (Q2_K, Q4_K, Q5_K) or the offset (Q3_K: 4, Q6_K: 32) through the activation's group sums with
+ * dpwssd on pairs of 16-bit coefficients. Per super-block and (row, token): acc = fma(float(Σ scale_g isum_g), d × da, acc) and
  * mx = mx - float(Σ coef_g bsum_g) × dm × da (one fnmadd); the result is acc + mx, the same whatever the batch
  * (see the 32-element section).
  */
@@ -247,8 +246,8 @@ static inline __attribute__((always_inline)) AVX512 void q32_dot(const Q32Block1
 
 typedef struct KTile16 {
         __m512i q[64];  /* the units, element order */
-        __m512i sc[16]; /* the group scales, 32-bit (Q4_K: 8 groups of 32; Q6_K: 16 groups of 16) */
-        __m512i mc[8];  /* pairs of 16-bit coefficients of the group sums (Q4_K: 4; Q6_K: 8), see kt_pairs() */
+        __m512i sc[16]; /* the group scales, 32-bit (Q4_K, Q5_K: 8 groups of 32; the others 16 groups of 16) */
+        __m512i mc[8];  /* pairs of 16-bit coefficients of the group sums (4 or 8), see kt_pairs() */
         __m512 d, dm;
 } KTile16;
 
@@ -260,6 +259,33 @@ static inline __attribute__((always_inline)) AVX512 __m512i kt_byte(__m512i v, i
 static inline __attribute__((always_inline)) AVX512 __m512i kt_bit4(__m512i v, int bit) {
         __m512i x = bit <= 4 ? _mm512_slli_epi32(v, 4 - bit) : _mm512_srli_epi32(v, bit - 4);
         return _mm512_and_si512(x, _mm512_set1_epi8(0x10));
+}
+
+/* Q2_K's and Q3_K's weights: element 128h + 32r + l is bits 2r, 2r + 1 of qs[32h + l] (the 64 bytes at qs_at),
+ * with (Q3_K, H the transposed hmask) bit 4h + r of hmask[l] as 4. */
+static inline __attribute__((always_inline)) AVX512 void kt_two_bits(const Q32Rows *rows, size_t qs_at,
+                                                                     const __m512i (*H)[4], KTile16 *out) {
+#pragma GCC unroll 2
+        for (int hh = 0; hh < 2; hh++)
+#pragma GCC unroll 2
+                for (int c = 0; c < 2; c++) {
+                        __m512i Q[4];
+                        transpose16x4(rows, qs_at + 32 * hh + 16 * c, Q);
+#pragma GCC unroll 4
+                        for (int k = 0; k < 4; k++)
+#pragma GCC unroll 4
+                                for (int r = 0; r < 4; r++) {
+                                        __m512i q = _mm512_and_si512(_mm512_srli_epi32(Q[k], 2 * r),
+                                                                     _mm512_set1_epi8(3));
+                                        if (H) {
+                                                int bit = 4 * hh + r;
+                                                __m512i hb = bit >= 2 ? _mm512_srli_epi32(H[c][k], bit - 2)
+                                                                      : _mm512_slli_epi32(H[c][k], 2 - bit);
+                                                q = _mm512_or_si512(q, _mm512_and_si512(hb, _mm512_set1_epi8(4)));
+                                        }
+                                        out->q[32 * hh + 8 * r + 4 * c + k] = q;
+                                }
+                }
 }
 
 /* Super-block sb of the 16 rows. */
@@ -318,6 +344,60 @@ static inline __attribute__((always_inline)) AVX512 void kt_decode16(uint32_t ty
                         }
                 return;
         }
+        if (type == GGML_TYPE_Q2_K) {
+                size_t at = sb * sizeof(BlockQ2_K);
+                __m512i h[4], S[4];
+                transpose16x4(rows, at + offsetof(BlockQ2_K, d) - 12, h); /* word 3: d and dmin */
+                out->d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h[3]));
+                out->dm = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h[3], 16)));
+                /* Scale in the low nibble, minimum in the high one, per group of 16. */
+                transpose16x4(rows, at + offsetof(BlockQ2_K, scales), S);
+                const __m512i w02 = _mm512_set1_epi32(0x00ff00ff);
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) {
+                        __m512i sc = _mm512_and_si512(S[j], m4), mn = _mm512_and_si512(_mm512_srli_epi32(S[j], 4), m4);
+#pragma GCC unroll 4
+                        for (int b = 0; b < 4; b++)
+                                out->sc[4 * j + b] = kt_byte(sc, b);
+                        out->mc[2 * j] = _mm512_and_si512(mn, w02);
+                        out->mc[2 * j + 1] = _mm512_and_si512(_mm512_srli_epi32(mn, 8), w02);
+                }
+                kt_two_bits(rows, at + offsetof(BlockQ2_K, qs), NULL, out);
+                return;
+        }
+        if (type == GGML_TYPE_Q3_K) {
+                size_t at = sb * sizeof(BlockQ3_K);
+                __m512i h[4];
+                /* Bytes 94-109: two bytes of qs, the 12 bytes of scales, d. */
+                transpose16x4(rows, at + offsetof(BlockQ3_K, scales) - 2, h);
+                out->d = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h[3], 16)));
+                out->dm = _mm512_mul_ps(out->d, _mm512_set1_ps(4.0f));
+                __m512i s0 = _mm512_or_si512(_mm512_srli_epi32(h[0], 16), _mm512_slli_epi32(h[1], 16));
+                __m512i s1 = _mm512_or_si512(_mm512_srli_epi32(h[1], 16), _mm512_slli_epi32(h[2], 16));
+                __m512i s2 = _mm512_or_si512(_mm512_srli_epi32(h[2], 16), _mm512_slli_epi32(h[3], 16));
+                /* Group 4j + b: low four bits from byte b of scales 0-3 (j 0), 4-7 (j 1), or their high
+                 * nibbles (j 2, 3); two high bits from bits 2j, 2j + 1 of byte b of scales 8-11; minus 32. */
+                const __m512i lo4[4] = { s0, s1, _mm512_srli_epi32(s0, 4), _mm512_srli_epi32(s1, 4) };
+                const __m512i w02 = _mm512_set1_epi32(0x00ff00ff), off = _mm512_set1_epi16(32);
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) {
+                        __m512i v = _mm512_or_si512(
+                                _mm512_and_si512(lo4[j], m4),
+                                _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(s2, 2 * j), _mm512_set1_epi8(3)),
+                                                  4));
+#pragma GCC unroll 4
+                        for (int b = 0; b < 4; b++)
+                                out->sc[4 * j + b] = _mm512_sub_epi32(kt_byte(v, b), _mm512_set1_epi32(32));
+                        out->mc[2 * j] = _mm512_sub_epi16(_mm512_and_si512(v, w02), off);
+                        out->mc[2 * j + 1] = _mm512_sub_epi16(_mm512_and_si512(_mm512_srli_epi32(v, 8), w02), off);
+                }
+                __m512i H[2][4];
+#pragma GCC unroll 2
+                for (int c = 0; c < 2; c++)
+                        transpose16x4(rows, at + offsetof(BlockQ3_K, hmask) + 16 * c, H[c]);
+                kt_two_bits(rows, at + offsetof(BlockQ3_K, qs), H, out);
+                return;
+        }
         /* GGML_TYPE_Q6_K */
         size_t at = sb * sizeof(BlockQ6_K);
         __m512i h[4], sc[4];
@@ -358,12 +438,12 @@ static inline __attribute__((always_inline)) AVX512 void kt_decode16(uint32_t ty
 }
 
 /* The activation side of the group-sum term, paired as kt_decode16() pairs the coefficients: from the sums of
- * the groups (Q4_K: groups of 32, two bsums each; Q6_K: the 16 bsums), (g[4q], g[4q + 2]) and
+ * the groups (Q4_K, Q5_K: groups of 32, two bsums each; the others: the 16 bsums), (g[4q], g[4q + 2]) and
  * (g[4q + 1], g[4q + 3]) as 16-bit pairs. */
 static inline __attribute__((always_inline)) AVX512 void kt_pairs(uint32_t type, const BlockQ8_K *a,
                                                                   int32_t *ret) {
         int16_t g[16];
-        int ng = type == GGML_TYPE_Q6_K ? 16 : 8;
+        int ng = type == GGML_TYPE_Q4_K || type == GGML_TYPE_Q5_K ? 8 : 16;
 
         for (int i = 0; i < ng; i++)
                 g[i] = ng == 8 ? (int16_t)(a->bsums[2 * i] + a->bsums[2 * i + 1]) : a->bsums[i];
@@ -377,7 +457,7 @@ static inline __attribute__((always_inline)) AVX512 void kt_pairs(uint32_t type,
 static inline __attribute__((always_inline)) AVX512 void kt_dot(uint32_t type, const KTile16 *w, uint64_t sb,
                                                                 const uint8_t *a, size_t a_stride, int T,
                                                                 __m512 *acc, __m512 *mx) {
-        const int ng = type == GGML_TYPE_Q6_K ? 16 : 8, ug = 64 / ng, np = ng / 2;
+        const int ng = type == GGML_TYPE_Q4_K || type == GGML_TYPE_Q5_K ? 8 : 16, ug = 64 / ng, np = ng / 2;
         const BlockQ8_K *at[Q32_STEP];
         int32_t pairs[Q32_STEP][8];
         __m512i isum[Q32_STEP], msum[Q32_STEP];
@@ -424,7 +504,8 @@ static inline __attribute__((always_inline)) AVX512 void kt_dot(uint32_t type, c
 /* ---- the driver of the 16-row kernels ---- */
 
 static inline bool is_k16(uint32_t type) {
-        return type == GGML_TYPE_Q4_K || type == GGML_TYPE_Q5_K || type == GGML_TYPE_Q6_K;
+        return type == GGML_TYPE_Q2_K || type == GGML_TYPE_Q3_K || type == GGML_TYPE_Q4_K ||
+               type == GGML_TYPE_Q5_K || type == GGML_TYPE_Q6_K;
 }
 
 /* Decoded blocks of 16 rows: a slice of 32-element blocks or of super-blocks. */
@@ -539,6 +620,8 @@ DEFINE_GEMM16(gemm_q4_1, GGML_TYPE_Q4_1)
 DEFINE_GEMM16(gemm_q5_0, GGML_TYPE_Q5_0)
 DEFINE_GEMM16(gemm_q5_1, GGML_TYPE_Q5_1)
 DEFINE_GEMM16(gemm_q8_0, GGML_TYPE_Q8_0)
+DEFINE_GEMM16(gemm_q2_k, GGML_TYPE_Q2_K)
+DEFINE_GEMM16(gemm_q3_k, GGML_TYPE_Q3_K)
 DEFINE_GEMM16(gemm_q4_k, GGML_TYPE_Q4_K)
 DEFINE_GEMM16(gemm_q5_k, GGML_TYPE_Q5_K)
 DEFINE_GEMM16(gemm_q6_k, GGML_TYPE_Q6_K)
@@ -789,7 +872,8 @@ const CpuKernels cpu_kernels_avx512 = {
                 [GGML_TYPE_Q5_0] = gemm_q5_0,
                 [GGML_TYPE_Q5_1] = gemm_q5_1,
                 [GGML_TYPE_Q8_0] = gemm_q8_0,
-                /* Q2_K and Q3_K: the AVX2 kernels */
+                [GGML_TYPE_Q2_K] = gemm_q2_k,
+                [GGML_TYPE_Q3_K] = gemm_q3_k,
                 [GGML_TYPE_Q4_K] = gemm_q4_k,
                 [GGML_TYPE_Q5_K] = gemm_q5_k,
                 [GGML_TYPE_Q6_K] = gemm_q6_k,
