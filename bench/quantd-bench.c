@@ -127,10 +127,7 @@ int main(int argc, char **argv) {
                                 arg_reps = (uint32_t)u;
                         break;
                 case 'I':
-                        arg_isa = -1;
-                        for (int i = 0; i < _ENGINE_CPU_ISA_MAX; i++)
-                                if (streq(optarg, engine_cpu_isa_name((EngineCpuIsa)i)))
-                                        arg_isa = i;
+                        arg_isa = engine_cpu_isa_from_name(optarg);
                         if (arg_isa < 0) {
                                 log_error("Unknown instruction set '%s'; use scalar, avx2 or avx512.", optarg);
                                 return 2;

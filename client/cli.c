@@ -26,6 +26,12 @@ enum {
         ARG_TEMPLATE,
         ARG_SYSTEM,
         ARG_LICENSE,
+        ARG_PURE,
+        ARG_LEAVE_OUTPUT,
+        ARG_ALLOW_REQUANTIZE,
+        ARG_TENSOR_TYPE,
+        ARG_BASE,
+        ARG_CHUNKS,
 };
 
 typedef struct Verb {
@@ -79,6 +85,32 @@ static const struct option show_options[] = {
         { "system", no_argument, NULL, ARG_SYSTEM },
         { "license", no_argument, NULL, ARG_LICENSE },
         { "verbose", no_argument, NULL, 'v' },
+        {},
+};
+
+static const struct option quantize_options[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "force", no_argument, NULL, 'f' },
+        { "pure", no_argument, NULL, ARG_PURE },
+        { "leave-output-tensor", no_argument, NULL, ARG_LEAVE_OUTPUT },
+        { "allow-requantize", no_argument, NULL, ARG_ALLOW_REQUANTIZE },
+        { "tensor-type", required_argument, NULL, ARG_TENSOR_TYPE },
+        {},
+};
+
+static const struct option export_options[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "force", no_argument, NULL, 'f' },
+        {},
+};
+
+static const struct option eval_options[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "file", required_argument, NULL, 'f' },
+        { "base", required_argument, NULL, ARG_BASE },
+        { "ctx-size", required_argument, NULL, 'c' },
+        { "chunks", required_argument, NULL, ARG_CHUNKS },
+        { "json", no_argument, NULL, ARG_JSON },
         {},
 };
 
@@ -203,6 +235,61 @@ static const Verb verbs[_VERB_MAX] = {
                 .longopts = help_only,
                 .min_args = 1,
                 .max_args = 1,
+        },
+        [VERB_QUANTIZE] = {
+                .name = "quantize",
+                .synopsis = "SRC.gguf DST.gguf TYPE",
+                .description = "quantize a GGUF file into a new one, e.g. with TYPE q4_K_M",
+                .options = HELP_OPTION
+                           "  -f --force                replace DST if it exists\n"
+                           "     --pure                 every tensor gets TYPE's default type: no promotions\n"
+                           "     --leave-output-tensor  copy output.weight as it is\n"
+                           "     --allow-requantize     convert tensors that are already quantized\n"
+                           "     --tensor-type PATTERN=TYPE\n"
+                           "                            tensors whose name matches the regular expression\n"
+                           "                            PATTERN get TYPE, e.g. attn_v=q8_0 (repeatable)\n",
+                .shortopts = ":hf",
+                .longopts = quantize_options,
+                .min_args = 3,
+                .max_args = 3,
+        },
+        [VERB_EVAL] = {
+                .name = "eval",
+                .synopsis = "MODEL --file TEXT [--base MODEL]",
+                .description = "measure a model's perplexity, and its loss against a base model",
+                .options = HELP_OPTION
+                           "  -f --file TEXT            the text to score (required)\n"
+                           "     --base MODEL           compare with MODEL: KL divergence, top-1 agreement\n"
+                           "  -c --ctx-size N           tokens per chunk (default 512)\n"
+                           "     --chunks N             score at most N chunks (default: all)\n"
+                           "     --json                 print the figures as JSON\n"
+                           "MODEL and --base are GGUF files when they end in .gguf or name an existing\n"
+                           "file, models in the store otherwise.\n",
+                .shortopts = ":hf:c:",
+                .longopts = eval_options,
+                .min_args = 1,
+                .max_args = 1,
+        },
+        [VERB_EXPORT] = {
+                .name = "export",
+                .synopsis = "MODEL FILE",
+                .description = "write a model to an archive that a Modelfile FROM reads",
+                .options = HELP_OPTION "  -f --force                replace FILE if it exists\n"
+                                       "FILE ends in .tar, .tar.gz, .tgz or .tar.zst.\n",
+                .shortopts = ":hf",
+                .longopts = export_options,
+                .min_args = 2,
+                .max_args = 2,
+        },
+        [VERB_IMPORT] = {
+                .name = "import",
+                .synopsis = "FILE [MODEL]",
+                .description = "add the model of an archive that export wrote",
+                .options = HELP_OPTION "Without MODEL the model keeps the archive's name, which must be free.\n",
+                .shortopts = ":h",
+                .longopts = help_only,
+                .min_args = 1,
+                .max_args = 2,
         },
         [VERB_VERSION] = {
                 .name = "version",
@@ -336,6 +423,10 @@ int command_parse(Command *c, int argc, char **argv, QdError *e) {
                         c->json = true;
                         break;
                 case 'f':
+                        if (v == VERB_QUANTIZE || v == VERB_EXPORT) {
+                                c->force = true;
+                                break;
+                        }
                         free(c->file);
                         c->file = strdup(optarg);
                         if (!c->file)
@@ -356,6 +447,43 @@ int command_parse(Command *c, int argc, char **argv, QdError *e) {
                         if (r < 0)
                                 return r;
                         break;
+                case ARG_PURE:
+                        c->pure = true;
+                        break;
+                case ARG_LEAVE_OUTPUT:
+                        c->leave_output = true;
+                        break;
+                case ARG_ALLOW_REQUANTIZE:
+                        c->allow_requantize = true;
+                        break;
+                case ARG_TENSOR_TYPE: {
+                        const char *eq = strrchr(optarg, '=');
+                        if (!eq || eq == optarg || !eq[1])
+                                return qd_error_set(e, EINVAL,
+                                                    "qctl %s --tensor-type: expected PATTERN=TYPE such as "
+                                                    "attn_v=q8_0, found '%s'.",
+                                                    vb->name, optarg);
+                        r = strv_append(&c->tensor_types, &c->n_tensor_types, optarg);
+                        if (r < 0)
+                                return r;
+                        break;
+                }
+                case ARG_BASE:
+                        free(c->base);
+                        c->base = strdup(optarg);
+                        if (!c->base)
+                                return -ENOMEM;
+                        break;
+                case 'c':
+                case ARG_CHUNKS: {
+                        uint64_t u;
+                        if (safe_atou64(optarg, &u) < 0 || u == 0 || u > UINT32_MAX)
+                                return qd_error_set(e, EINVAL,
+                                                    "qctl %s %s: expected a positive number, found '%s'.",
+                                                    vb->name, o == 'c' ? "-c" : "--chunks", optarg);
+                        *(o == 'c' ? &c->n_ctx : &c->chunks) = (uint32_t)u;
+                        break;
+                }
                 case ':':
                         return qd_error_set(e, EINVAL, "qctl %s: option '%s' needs a value: see 'qctl %s --help'.",
                                             vb->name, argv[optind - 1], vb->name);
@@ -380,15 +508,24 @@ int command_parse(Command *c, int argc, char **argv, QdError *e) {
         if (c->help)
                 return 0;
 
-        if (c->n_args < vb->min_args)
+        if (c->n_args < vb->min_args) {
+                static const char *const quantize_missing[] = { "SRC.gguf, DST.gguf and TYPE",
+                                                                 "DST.gguf and TYPE", "TYPE" };
                 return qd_error_set(e, EINVAL, "qctl %s: missing %s: see 'qctl %s --help'.", vb->name,
-                                    c->n_args == 0 && v == VERB_CP ? "SOURCE and DESTINATION"
-                                    : v == VERB_CP                 ? "DESTINATION"
-                                                                   : "MODEL",
+                                    c->n_args == 0 && v == VERB_CP         ? "SOURCE and DESTINATION"
+                                    : v == VERB_CP                         ? "DESTINATION"
+                                    : c->n_args == 0 && v == VERB_EXPORT   ? "MODEL and FILE"
+                                    : v == VERB_EXPORT || v == VERB_IMPORT ? "FILE"
+                                    : v == VERB_QUANTIZE                   ? quantize_missing[c->n_args]
+                                                                           : "MODEL",
                                     vb->name);
+        }
         if (c->n_args > vb->max_args)
                 return qd_error_set(e, EINVAL, "qctl %s: unexpected argument '%s': see 'qctl %s --help'.", vb->name,
                                     c->args[vb->max_args], vb->name);
+        if (v == VERB_EVAL && !c->file)
+                return qd_error_set(e, EINVAL,
+                                    "qctl eval: missing --file TEXT: see 'qctl eval --help'.");
         if (v == VERB_CREATE && !c->file) {
                 c->file = strdup("Modelfile");
                 if (!c->file)
@@ -409,6 +546,8 @@ void command_done(Command *c) {
         free(c->format);
         free(c->file);
         free(c->quantize);
+        strv_free(c->tensor_types);
+        free(c->base);
         param_set_done(&c->params);
         *c = (Command){};
 }

@@ -22,8 +22,8 @@ void packer_close(Packer *p);
 /* Packs a ParamSet as an options map; a repeatable parameter (stop) becomes an array. */
 int pack_options(msgpack_packer *pk, const ParamSet *s);
 
-/* Packs Create's params: the Modelfile's parts, with fd_param ("gguf" or "hf_dir"): 0 (the first descriptor), or
- * with fd_param NULL "from": NAME. */
+/* Packs Create's params: the Modelfile's parts, with fd_param ("gguf", "hf_dir" or "archive"): 0 (the first
+ * descriptor), or with fd_param NULL "from": NAME. */
 int qctl_pack_create(msgpack_packer *pk, const char *name, const Modelfile *mf, const char *fd_param,
                      const char *quantize);
 

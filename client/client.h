@@ -162,10 +162,11 @@ char *format_human_time(char *buf, size_t size, int64_t delta_ns);
 /* The display width of UTF-8 text in terminal columns (wide characters count 2, combining ones 0). */
 size_t utf8_width(const char *s, size_t n);
 
-/* What a finished generation reports; a count or duration of 0 was not measured. */
+/* What a finished generation reports; a count or duration of 0 was not measured, but for the load. */
 typedef struct GenerateStats {
         int64_t total_ns, load_ns, prompt_eval_ns, eval_ns;
         int64_t prompt_eval_count, eval_count;
+        bool has_load; /* the daemon measured load_ns: 0 means the model was loaded already */
 } GenerateStats;
 
 /* Appends Ollama's --verbose statistics block ("total duration:       1.2s" …). */
@@ -221,6 +222,10 @@ typedef enum VerbId {
         VERB_CP,
         VERB_RM,
         VERB_STOP,
+        VERB_QUANTIZE,
+        VERB_EVAL,
+        VERB_EXPORT,
+        VERB_IMPORT,
         VERB_VERSION,
         _VERB_MAX,
         _VERB_INVALID = -EINVAL,
@@ -266,6 +271,16 @@ typedef struct Command {
         char *file;        /* create -f, default "Modelfile" */
         char *quantize;    /* create -q */
         ShowWhat show;
+
+        bool force;            /* quantize, export: replace the output file */
+        bool pure;             /* quantize --pure */
+        bool leave_output;     /* quantize --leave-output-tensor */
+        bool allow_requantize; /* quantize --allow-requantize */
+        char **tensor_types;   /* quantize --tensor-type PATTERN=TYPE, NULL-terminated, or NULL */
+        size_t n_tensor_types;
+        char *base;      /* eval --base MODEL */
+        uint32_t n_ctx;  /* eval -c, 0: the daemon's default (512) */
+        uint32_t chunks; /* eval --chunks, 0: all */
 } Command;
 
 const char *verb_to_string(VerbId v);

@@ -175,7 +175,7 @@ int format_stats(const GenerateStats *s, Buf *out) {
         int r;
 
         r = stats_line(out, "total duration:", "%s", format_go_duration(d, sizeof(d), s->total_ns));
-        if (r >= 0 && s->load_ns > 0)
+        if (r >= 0 && (s->load_ns > 0 || s->has_load))
                 r = stats_line(out, "load duration:", "%s", format_go_duration(d, sizeof(d), s->load_ns));
         if (r >= 0 && s->prompt_eval_count > 0) {
                 r = stats_line(out, "prompt eval count:", "%" PRId64 " token(s)", s->prompt_eval_count);

@@ -290,7 +290,8 @@ static int resolve_from(const char *dir, const char *value, char **ret) {
         size_t n = strlen(value);
         bool pathlike = value[0] == '/' || startswith(value, "./") || startswith(value, "../") ||
                         startswith(value, "~/") || streq(value, ".") || streq(value, "..") || streq(value, "~") ||
-                        (n > 5 && strcasecmp(value + n - 5, ".gguf") == 0);
+                        (n > 5 && strcasecmp(value + n - 5, ".gguf") == 0) || endswith(value, ".tar") ||
+                        endswith(value, ".tar.gz") || endswith(value, ".tgz") || endswith(value, ".tar.zst");
         if (!pathlike && stat(p, &st) < 0) {
                 *ret = NULL;
                 return 0;

@@ -217,6 +217,7 @@ static int print_stats(RunState *s, const msgpack_object *res) {
                 .eval_count = result_int(res, "eval_count", 0),
                 .eval_ns = result_int(res, "eval_duration_ns", result_int(res, "eval_duration", 0)),
         };
+        st.has_load = proto_map_get(res, "load_duration_ns") || proto_map_get(res, "load_duration");
         Buf b = {};
         int r = format_stats(&st, &b);
 

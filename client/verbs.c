@@ -669,8 +669,38 @@ static int on_progress(const ProtoMessage *m, void *userdata) {
                                (uint64_t)MAX(result_int(m->params, "total", 0), 0), now_ns());
 }
 
-int qctl_transfer(Qctl *q, const char *method, const char *model, bool insecure, QdError *e) {
+/* Progress of Quantize (and create -q): one line for all tensors, counted in source bytes. */
+static int on_quantize_progress(const ProtoMessage *m, void *userdata) {
+        _cleanup_free_ char *status = result_strdup(m->params, "status");
+
+        if (!status || !startswith(status, "quantizing"))
+                return on_progress(m, userdata);
+        return progress_update(userdata, "quantizing", NULL,
+                               (uint64_t)MAX(result_int(m->params, "completed", 0), 0),
+                               (uint64_t)MAX(result_int(m->params, "total", 0), 0), now_ns());
+}
+
+/* Calls a method whose job reports progress (pull, push, create, quantize, export, import), drawn on q->err
+ * by on_event; the reply goes to *ret (may be NULL) as conn_call() gives it. */
+static int call_with_progress(Qctl *q, const char *method, const Packer *p, const int *fds, size_t n_fds,
+                              int (*on_event)(const ProtoMessage *m, void *userdata), ProtoMessage *ret,
+                              QdError *e) {
         _cleanup_(progress_freep) Progress *pr = NULL;
+        int r;
+
+        r = qctl_connect(q, e);
+        if (r < 0)
+                return r;
+        r = progress_new(&pr, q->err, q->err_tty, q->width);
+        if (r < 0)
+                return r;
+        CallHooks h = { .on_event = on_event, .interrupted = q->interrupted, .userdata = pr };
+        r = conn_call(q->conn, method, p->sb.data, p->sb.size, fds, n_fds, &h, ret, e);
+        progress_finish(pr);
+        return r;
+}
+
+int qctl_transfer(Qctl *q, const char *method, const char *model, bool insecure, QdError *e) {
         _cleanup_(packer_close) Packer p = {};
         int r;
 
@@ -678,23 +708,29 @@ int qctl_transfer(Qctl *q, const char *method, const char *model, bool insecure,
         if (msgpack_pack_map(&p.pk, 2) < 0 || proto_pack_kv_str(&p.pk, "model", model) < 0 ||
             proto_pack_kv_bool(&p.pk, "insecure", insecure) < 0)
                 return -ENOMEM;
-        r = qctl_connect(q, e);
-        if (r < 0)
-                return r;
-        r = progress_new(&pr, q->err, q->err_tty, q->width);
-        if (r < 0)
-                return r;
-        CallHooks h = { .on_event = on_progress, .interrupted = q->interrupted, .userdata = pr };
-        r = conn_call(q->conn, method, p.sb.data, p.sb.size, NULL, 0, &h, NULL, e);
-        progress_finish(pr);
+        r = call_with_progress(q, method, &p, NULL, 0, on_progress, NULL, e);
         if (r < 0)
                 return r;
         fprintf(q->err, "success\n");
         return 0;
 }
 
-/* Opens what FROM names, for the daemon: a file or a Hugging Face folder is passed as a descriptor, never as a
- * path. Returns whether it is a folder. */
+/* Whether the file starts as a model archive does: a tar header, or gzip's or zstd's magic around one. */
+static bool is_archive(int fd) {
+        uint8_t head[512];
+        ssize_t n = pread(fd, head, sizeof(head), 0);
+
+        if (n >= 2 && head[0] == 0x1f && head[1] == 0x8b)
+                return true;
+        if (n >= 4 && memcmp(head, "\x28\xb5\x2f\xfd", 4) == 0)
+                return true;
+        return n == (ssize_t)sizeof(head) && memcmp(head + 257, "ustar", 5) == 0;
+}
+
+enum { FROM_GGUF, FROM_HF_DIR, FROM_ARCHIVE };
+
+/* Opens what FROM names, for the daemon: a file, a model archive or a Hugging Face folder is passed as a
+ * descriptor, never as a path. Returns which of them it is. */
 static int open_from(const Modelfile *mf, const char *file, int *ret_fd, QdError *e) {
         struct stat st;
         int fd = open(mf->from_path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
@@ -715,7 +751,7 @@ static int open_from(const Modelfile *mf, const char *file, int *ret_fd, QdError
                         return qd_error_set(e, errno, "%s:%u: FROM names the folder '%s', which cannot be opened: %s.",
                                             file, mf->from_line, mf->from_path, strerror(errno));
                 *ret_fd = fd;
-                return 1;
+                return FROM_HF_DIR;
         }
         if (!S_ISREG(st.st_mode)) {
                 safe_close(fd);
@@ -723,7 +759,7 @@ static int open_from(const Modelfile *mf, const char *file, int *ret_fd, QdError
                                     mf->from_line, mf->from_path);
         }
         *ret_fd = fd;
-        return 0;
+        return is_archive(fd) ? FROM_ARCHIVE : FROM_GGUF;
 }
 
 int qctl_pack_create(msgpack_packer *pk, const char *name, const Modelfile *mf, const char *fd_param,
@@ -776,11 +812,9 @@ int qctl_pack_create(msgpack_packer *pk, const char *name, const Modelfile *mf, 
 
 int qctl_create(Qctl *q, const char *name, const Modelfile *mf, const char *file, const char *quantize,
                 QdError *e) {
-        _cleanup_(progress_freep) Progress *pr = NULL;
         _cleanup_(packer_close) Packer p = {};
         _cleanup_close_ int fd = -EBADF;
-        bool hf_dir = false;
-        int r;
+        int r, kind = FROM_GGUF;
 
         if (mf->adapter)
                 return qd_error_set(e, EOPNOTSUPP,
@@ -789,21 +823,29 @@ int qctl_create(Qctl *q, const char *name, const Modelfile *mf, const char *file
                 r = open_from(mf, file, &fd, e);
                 if (r < 0)
                         return r;
-                hf_dir = r > 0;
+                kind = r;
         }
         packer_open(&p);
-        r = qctl_pack_create(&p.pk, name, mf, fd < 0 ? NULL : hf_dir ? "hf_dir" : "gguf", quantize);
+        r = qctl_pack_create(&p.pk, name, mf,
+                             fd < 0                 ? NULL
+                             : kind == FROM_HF_DIR  ? "hf_dir"
+                             : kind == FROM_ARCHIVE ? "archive"
+                                                    : "gguf",
+                             quantize);
         if (r < 0)
                 return r;
-        r = qctl_connect(q, e);
-        if (r < 0)
-                return r;
-        r = progress_new(&pr, q->err, q->err_tty, q->width);
-        if (r < 0)
-                return r;
-        CallHooks h = { .on_event = on_progress, .interrupted = q->interrupted, .userdata = pr };
-        r = conn_call(q->conn, "Create", p.sb.data, p.sb.size, fd >= 0 ? &fd : NULL, fd >= 0 ? 1 : 0, &h, NULL, e);
-        progress_finish(pr);
+        for (int attempt = 0;; attempt++) {
+                r = call_with_progress(q, "Create", &p, fd >= 0 ? &fd : NULL, fd >= 0 ? 1 : 0,
+                                       on_quantize_progress, NULL, e);
+                if (r != -ENOENT || fd >= 0 || attempt > 0)
+                        break;
+                /* FROM a model that is not stored: pulled first, as `ollama create` does. */
+                fprintf(q->err, "%s Pulling it.\n", e->msg);
+                qd_error_clear(e);
+                r = qctl_transfer(q, "Pull", mf->from, false, e);
+                if (r < 0)
+                        return r;
+        }
         if (r < 0)
                 return r;
         fprintf(q->err, "success\n");
@@ -859,6 +901,302 @@ static int verb_stop(Qctl *q, Command *c, QdError *e) {
         return call_model(q, "Unload", c->args[0], NULL, e);
 }
 
+/* ---- quantize and eval ---- */
+
+/* A temporary file that is removed unless it was committed (the name freed and set to NULL). */
+static void unlink_tmpp(char **p) {
+        if (*p) {
+                (void)unlink(*p);
+                free(*p);
+        }
+}
+
+/* Opens a GGUF file to pass to the daemon, checking its magic first for a quick, clear error. */
+static int open_gguf(const char *path, int *ret, QdError *e) {
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        char magic[4];
+        struct stat st;
+
+        if (fd < 0)
+                return qd_error_set(e, errno, "Cannot open '%s': %s.", path, strerror(errno));
+        if (fstat(fd, &st) < 0)
+                return qd_error_set(e, errno, "Cannot stat '%s': %s.", path, strerror(errno));
+        if (!S_ISREG(st.st_mode))
+                return qd_error_set(e, EINVAL, "'%s' is not a regular file.", path);
+        if (pread(fd, magic, sizeof(magic), 0) != (ssize_t)sizeof(magic) || memcmp(magic, "GGUF", 4) != 0)
+                return qd_error_set(e, EBADMSG, "'%s' is not a GGUF file: it does not start with \"GGUF\".",
+                                    path);
+        *ret = TAKE_FD(fd);
+        return 0;
+}
+
+/* Creates the temporary file that a job writes and commit_output() makes path: beside it, so that the final
+ * rename stays in one file system. Without force, refuses a path that exists. Returns the descriptor. */
+static int open_output(const char *path, bool force, char **ret_tmp, QdError *e) {
+        int fd;
+
+        if (access(path, F_OK) >= 0 && !force)
+                return qd_error_set(e, EEXIST, "'%s' exists: add --force to replace it.", path);
+        fd = tmpfile_beside(path, ret_tmp);
+        if (fd < 0)
+                return qd_error_set(e, -fd, "Cannot create a file beside '%s': %s.", path, strerror(-fd));
+        return fd;
+}
+
+/* Makes *tmp the file at path once the job wrote it, and says "success"; without force, fails with EEXIST
+ * when path appeared while the job was doing (a word for the error, such as "exporting"). */
+static int commit_output(Qctl *q, int fd, char **tmp, const char *path, bool force, const char *doing,
+                         QdError *e) {
+        int r = 0;
+
+        if (force)
+                r = tmpfile_commit(fd, *tmp, path);
+        else if (fchmod(fd, 0644) < 0 || fsync(fd) < 0 ||
+                 renameat2(AT_FDCWD, *tmp, AT_FDCWD, path, RENAME_NOREPLACE) < 0)
+                r = -errno;
+        if (r == -EEXIST)
+                return qd_error_set(e, EEXIST, "'%s' appeared while %s: add --force to replace it.", path,
+                                    doing);
+        if (r < 0)
+                return qd_error_set(e, -r, "Cannot write '%s': %s.", path, strerror(-r));
+        free(TAKE_PTR(*tmp));
+        fprintf(q->err, "success\n");
+        return 0;
+}
+
+static int verb_quantize(Qctl *q, Command *c, QdError *e) {
+        const char *src_path = c->args[0], *dst_path = c->args[1], *type = c->args[2];
+        _cleanup_(unlink_tmpp) char *tmp = NULL;
+        _cleanup_(packer_close) Packer p = {};
+        _cleanup_close_ int src = -EBADF, dst = -EBADF;
+        struct stat sst, dst_st;
+        int r;
+
+        r = open_gguf(src_path, &src, e);
+        if (r < 0)
+                return r;
+        if (fstat(src, &sst) < 0)
+                return -errno;
+        if (stat(dst_path, &dst_st) >= 0 && dst_st.st_dev == sst.st_dev && dst_st.st_ino == sst.st_ino)
+                return qd_error_set(e, EINVAL, "'%s' is the source file: give another DST.", dst_path);
+        dst = open_output(dst_path, c->force, &tmp, e);
+        if (dst < 0)
+                return dst;
+
+        packer_open(&p);
+        uint32_t n = 3 + c->pure + c->leave_output + c->allow_requantize + (c->n_tensor_types > 0);
+        r = msgpack_pack_map(&p.pk, n) < 0 ? -ENOMEM : 0;
+        if (r >= 0)
+                r = proto_pack_kv_u64(&p.pk, "src", 0);
+        if (r >= 0)
+                r = proto_pack_kv_u64(&p.pk, "dst", 1);
+        if (r >= 0)
+                r = proto_pack_kv_str(&p.pk, "type", type);
+        if (r >= 0 && c->pure)
+                r = proto_pack_kv_bool(&p.pk, "pure", true);
+        if (r >= 0 && c->leave_output)
+                r = proto_pack_kv_bool(&p.pk, "leave_output", true);
+        if (r >= 0 && c->allow_requantize)
+                r = proto_pack_kv_bool(&p.pk, "allow_requantize", true);
+        if (r >= 0 && c->n_tensor_types > 0) {
+                r = proto_pack_key(&p.pk, "overrides");
+                if (r >= 0 && msgpack_pack_array(&p.pk, c->n_tensor_types) < 0)
+                        r = -ENOMEM;
+                for (size_t i = 0; r >= 0 && i < c->n_tensor_types; i++) {
+                        /* PATTERN=TYPE split at the last '=', as a pattern may hold one. */
+                        const char *s = c->tensor_types[i], *eq = strrchr(s, '=');
+                        _cleanup_free_ char *pattern = strndup(s, (size_t)(eq - s));
+                        if (!pattern || msgpack_pack_map(&p.pk, 2) < 0)
+                                return -ENOMEM;
+                        r = proto_pack_kv_str(&p.pk, "pattern", pattern);
+                        if (r >= 0)
+                                r = proto_pack_kv_str(&p.pk, "type", eq + 1);
+                }
+        }
+        if (r < 0)
+                return r;
+        const int fds[2] = { src, dst };
+        r = call_with_progress(q, "Quantize", &p, fds, 2, on_quantize_progress, NULL, e);
+        if (r < 0)
+                return r;
+        return commit_output(q, dst, &tmp, dst_path, c->force, "quantizing", e);
+}
+
+/* qctl export: the archive's format by FILE's suffix; FILE is written as quantize's DST is. */
+static int verb_export(Qctl *q, Command *c, QdError *e) {
+        const char *model = c->args[0], *path = c->args[1];
+        _cleanup_(unlink_tmpp) char *tmp = NULL;
+        _cleanup_(packer_close) Packer p = {};
+        _cleanup_close_ int fd = -EBADF;
+        const char *format;
+        int r;
+
+        if (endswith(path, ".tar"))
+                format = "tar";
+        else if (endswith(path, ".tar.gz") || endswith(path, ".tgz"))
+                format = "tar.gz";
+        else if (endswith(path, ".tar.zst"))
+                format = "tar.zst";
+        else
+                return qd_error_set(e, EINVAL,
+                                    "qctl export: FILE must end in .tar, .tar.gz, .tgz or .tar.zst.");
+        fd = open_output(path, c->force, &tmp, e);
+        if (fd < 0)
+                return fd;
+
+        packer_open(&p);
+        if (msgpack_pack_map(&p.pk, 3) < 0 || proto_pack_kv_str(&p.pk, "model", model) < 0 ||
+            proto_pack_kv_u64(&p.pk, "fd", 0) < 0 || proto_pack_kv_str(&p.pk, "format", format) < 0)
+                return -ENOMEM;
+        r = call_with_progress(q, "Export", &p, &fd, 1, on_progress, NULL, e);
+        if (r < 0)
+                return r;
+        return commit_output(q, fd, &tmp, path, c->force, "exporting", e);
+}
+
+/* qctl import: the archive travels as a descriptor, read by the daemon's job. */
+static int verb_import(Qctl *q, Command *c, QdError *e) {
+        _cleanup_(packer_close) Packer p = {};
+        _cleanup_close_ int fd = open(c->args[0], O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        const char *model = c->args[1];
+        ProtoMessage m;
+        struct stat st;
+        int r;
+
+        if (fd < 0)
+                return qd_error_set(e, errno, "Cannot open '%s': %s.", c->args[0], strerror(errno));
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        if (S_ISDIR(st.st_mode))
+                return qd_error_set(e, EINVAL, "'%s' is a folder; give an archive that qctl export wrote.",
+                                    c->args[0]);
+        packer_open(&p);
+        if (msgpack_pack_map(&p.pk, 1 + !!model) < 0 || proto_pack_kv_u64(&p.pk, "archive", 0) < 0 ||
+            (model && proto_pack_kv_str(&p.pk, "model", model) < 0))
+                return -ENOMEM;
+        r = call_with_progress(q, "Import", &p, &fd, 1, on_progress, &m, e);
+        if (r < 0)
+                return r;
+        _cleanup_free_ char *name = result_strdup(m.result, "name");
+        fprintf(q->out, "imported '%s'\n", strna(name ?: model));
+        return 0;
+}
+
+/* A model for eval: an existing file or a name ending in .gguf is opened and passed; anything else names a
+ * model in the store. Packs key (or key_fd) and returns the descriptor to send, or -EBADF for a name. */
+static int pack_eval_model(msgpack_packer *pk, const char *key, const char *arg, int *fd, size_t fd_index,
+                           QdError *e) {
+        struct stat st;
+        char fd_key[32];
+        int r;
+
+        if (!endswith(arg, ".gguf") && !(stat(arg, &st) >= 0 && S_ISREG(st.st_mode)))
+                return proto_pack_kv_str(pk, key, arg);
+        r = open_gguf(arg, fd, e);
+        if (r < 0)
+                return r;
+        snprintf(fd_key, sizeof(fd_key), "%s_fd", key);
+        return proto_pack_kv_u64(pk, fd_key, fd_index);
+}
+
+typedef struct EvalDisplay {
+        Qctl *q;
+        bool drawn;
+} EvalDisplay;
+
+/* Eval's steps: loading, then chunks, on one line redrawn on a terminal; nothing elsewhere, so that a log or
+ * a script sees only the figures (or the error). */
+static int on_eval_progress(const ProtoMessage *m, void *userdata) {
+        EvalDisplay *d = userdata;
+        _cleanup_free_ char *status = result_strdup(m->params, "status");
+        int64_t done = result_int(m->params, "completed", 0), total = result_int(m->params, "total", 0);
+        char line[128];
+
+        if (!status || streq(status, "success"))
+                return 0;
+        if (total > 0)
+                snprintf(line, sizeof(line), "%s: chunk %" PRId64 " of %" PRId64, status, done, total);
+        else
+                snprintf(line, sizeof(line), "%s", status);
+        if (d->q->err_tty) {
+                fprintf(d->q->err, "\r%s\033[K", line);
+                fflush(d->q->err);
+                d->drawn = true;
+        }
+        return 0;
+}
+
+static int verb_eval(Qctl *q, Command *c, QdError *e) {
+        _cleanup_(packer_close) Packer p = {};
+        _cleanup_close_ int text = -EBADF, model = -EBADF, base = -EBADF;
+        struct stat st;
+        ProtoMessage m;
+        int r;
+
+        text = open(c->file, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (text < 0)
+                return qd_error_set(e, errno, "Cannot open the text '%s': %s.", c->file, strerror(errno));
+        if (fstat(text, &st) < 0)
+                return -errno;
+        if (S_ISDIR(st.st_mode))
+                return qd_error_set(e, EINVAL, "The text '%s' is a folder; give a text file.", c->file);
+
+        packer_open(&p);
+        uint32_t n = 2 + !!c->base + (c->n_ctx > 0) + (c->chunks > 0);
+        r = msgpack_pack_map(&p.pk, n) < 0 ? -ENOMEM : 0;
+        if (r >= 0)
+                r = proto_pack_kv_u64(&p.pk, "text", 0);
+        if (r >= 0)
+                r = pack_eval_model(&p.pk, "model", c->args[0], &model, 1, e);
+        if (r >= 0 && c->base)
+                r = pack_eval_model(&p.pk, "base", c->base, &base, model >= 0 ? 2 : 1, e);
+        if (r >= 0 && c->n_ctx > 0)
+                r = proto_pack_kv_u64(&p.pk, "n_ctx", c->n_ctx);
+        if (r >= 0 && c->chunks > 0)
+                r = proto_pack_kv_u64(&p.pk, "chunks", c->chunks);
+        if (r < 0)
+                return r;
+        int fds[3] = { text };
+        size_t n_fds = 1;
+        if (model >= 0)
+                fds[n_fds++] = model;
+        if (base >= 0)
+                fds[n_fds++] = base;
+
+        r = qctl_connect(q, e);
+        if (r < 0)
+                return r;
+        EvalDisplay d = { .q = q };
+        CallHooks h = { .on_event = on_eval_progress, .interrupted = q->interrupted, .userdata = &d };
+        r = conn_call(q->conn, "Eval", p.sb.data, p.sb.size, fds, n_fds, &h, &m, e);
+        if (d.drawn)
+                fputs("\r\033[K", q->err);
+        if (r < 0)
+                return r;
+        if (c->json)
+                return print_json(q, m.result);
+
+        const msgpack_object *res = m.result;
+        char size[32];
+        format_bytes(size, sizeof(size), (uint64_t)MAX(result_int(res, "file_size", 0), 0));
+        fprintf(q->out, "model              %s\n", c->args[0]);
+        fprintf(q->out, "file size          %s (%.2f bits per weight)\n", size,
+                result_double(res, "bits_per_weight", 0));
+        fprintf(q->out, "scored tokens      %" PRId64 " in %" PRId64 " chunks of %" PRId64 "\n",
+                result_int(res, "scored_tokens", 0), result_int(res, "chunks", 0),
+                result_int(res, "n_ctx", 0));
+        fprintf(q->out, "perplexity         %.4f\n", result_double(res, "perplexity", 0));
+        if (c->base) {
+                fprintf(q->out, "base               %s\n", c->base);
+                fprintf(q->out, "base perplexity    %.4f\n", result_double(res, "base_perplexity", 0));
+                fprintf(q->out, "mean KLD           %.6f\n", result_double(res, "kld_mean", 0));
+                fprintf(q->out, "99%% KLD            %.6f\n", result_double(res, "kld_p99", 0));
+                fprintf(q->out, "top-1 agreement    %.2f%%\n",
+                        100.0 * result_double(res, "top1_agreement", 0));
+        }
+        return 0;
+}
+
 static int verb_version(Qctl *q, Command *c, QdError *e) {
         ProtoMessage m;
         QdError ce = {};
@@ -901,6 +1239,14 @@ int qctl_run_command(Qctl *q, Command *c, QdError *e) {
                 return verb_rm(q, c, e);
         case VERB_STOP:
                 return verb_stop(q, c, e);
+        case VERB_QUANTIZE:
+                return verb_quantize(q, c, e);
+        case VERB_EVAL:
+                return verb_eval(q, c, e);
+        case VERB_EXPORT:
+                return verb_export(q, c, e);
+        case VERB_IMPORT:
+                return verb_import(q, c, e);
         case VERB_VERSION:
                 return verb_version(q, c, e);
         case _VERB_MAX:

@@ -5,7 +5,6 @@
  */
 
 #include <inttypes.h>
-#include <sys/stat.h>
 
 #include "daemon.h"
 #include "engine.h"
@@ -34,40 +33,43 @@ static EngineSamplerParams sampler_params(const SamplerParams *p) {
         };
 }
 
-/* The metadata an estimate needs, read from the GGUF header without loading the weights. */
-static int engine_estimate(const char *path, uint32_t n_ctx, uint32_t n_seq, uint64_t *ret, QdError *err) {
+/* The engine's placement table, from the GGUF header and tensor list without loading the weights. */
+static int engine_estimate(const char *path, uint32_t n_ctx, uint32_t n_seq, BackendSplit **ret,
+                           size_t *ret_n, QdError *err) {
         _cleanup_(gguf_freep) Gguf *g = NULL;
-        _cleanup_free_ char *arch = NULL;
-        EngineModelInfo info = {};
-        const GgufArray *tokens = NULL;
-        struct stat st;
-        char key[128];
+        _cleanup_free_ EngineEstimate *e = NULL;
+        BackendSplit *l;
+        size_t n = 0;
         int k;
 
         k = gguf_open(path, &g, err);
         if (k < 0)
                 return k;
-        k = gguf_get_string(g, "general.architecture", &arch);
+        k = engine_model_estimate_splits(g, NULL, n_ctx, n_seq, &e, &n, err);
         if (k < 0)
-                return qd_error_set(err, EBADMSG, "%s has no general.architecture.", path);
-#define GET(field, name)                                      \
-        do {                                                  \
-                snprintf(key, sizeof(key), "%s." name, arch); \
-                (void)gguf_get_u32(g, key, &info.field);      \
-        } while (0)
-        GET(n_layer, "block_count");
-        GET(n_embd, "embedding_length");
-        GET(n_head, "attention.head_count");
-        GET(n_ff, "feed_forward_length");
-        info.n_head_kv = info.n_head;
-        GET(n_head_kv, "attention.head_count_kv");
-#undef GET
-        if (gguf_get_array(g, "tokenizer.ggml.tokens", &tokens) >= 0 && tokens)
-                info.n_vocab = (uint32_t)tokens->n;
-        if (stat(path, &st) < 0)
-                return qd_error_set(err, errno, "Failed to stat %s: %s", path, strerror(errno));
-        info.file_size = (uint64_t)st.st_size;
-        *ret = engine_model_estimate(&info, GGML_TYPE_F16, n_ctx, n_seq);
+                return k;
+        l = calloc(n, sizeof(BackendSplit));
+        if (!l)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++)
+                l[i] = (BackendSplit){
+                        .n_gpu_layers = e[i].n_gpu_layers,
+                        .ram = e[i].ram_bytes,
+                        .vram = e[i].vram_bytes,
+                        .vram_kv = e[i].vram_kv_bytes,
+                };
+        *ret = l;
+        *ret_n = n;
+        return 0;
+}
+
+static int engine_gpu_info_op(BackendGpu *ret) {
+        EngineGpuInfo g;
+        int k = engine_gpu_info(0, &g);
+        if (k < 0)
+                return k;
+        *ret = (BackendGpu){.free = g.free_bytes, .total = g.total_bytes};
+        snprintf(ret->name, sizeof(ret->name), "%s", g.name);
         return 0;
 }
 
@@ -80,7 +82,7 @@ static void engine_unload(void *model) {
         free(m);
 }
 
-static int engine_load(const char *path, unsigned threads, void **ret_model, QdError *err) {
+static int engine_load(const char *path, const BackendLoadParams *lp, void **ret_model, QdError *err) {
         EngineModelParams p = engine_model_params_default();
         EngModel *m;
         int k;
@@ -88,7 +90,11 @@ static int engine_load(const char *path, unsigned threads, void **ret_model, QdE
         m = calloc(1, sizeof(*m));
         if (!m)
                 return -ENOMEM;
-        p.n_threads = threads;
+        p.n_threads = lp->threads;
+        /* The scheduler chose the split; the engine is not to second-guess it. */
+        p.n_gpu_layers = (int32_t)MIN(lp->n_gpu_layers, (uint32_t)INT32_MAX);
+        if (lp->n_gpu_layers == 0)
+                p.backend = "cpu";
         k = engine_model_load(path, &p, &m->model, err);
         if (k >= 0)
                 k = engine_vocab_new(engine_model_gguf(m->model), &m->vocab, err);
@@ -110,6 +116,9 @@ static void engine_info(void *model, BackendModelInfo *ret) {
                 .size = i->file_size,
                 .arch = i->arch,
                 .file_type = i->file_type,
+                .n_layer = i->n_layer,
+                .n_gpu_layers = i->n_gpu_layers,
+                .vram = i->vram_bytes,
         };
 }
 
@@ -186,6 +195,7 @@ static int engine_embed_op(void *model, const int32_t *tokens, uint32_t n, float
 const BackendOps backend_engine_ops = {
         .name = "engine",
         .estimate = engine_estimate,
+        .gpu_info = engine_gpu_info_op,
         .load = engine_load,
         .unload = engine_unload,
         .info = engine_info,

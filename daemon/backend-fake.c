@@ -3,10 +3,24 @@
  * A deterministic stand-in inference engine behind BackendOps, for the scheduler's and the socket's tests
  * (quantd --backend=fake). Its "model" is any file of Key=value lines:
  *
- *   size=BYTES      weights to budget for (default 1000000)
- *   delay_us=N      time one forward step takes, whatever the batch size (default 0)
- *   eos_at=N        the end-of-generation token comes at position N (default: never)
- *   fail_load=1     loading fails with EBADMSG
+ *   size=BYTES       weights to budget for (default 1000000)
+ *   layers=N         layers (default 4)
+ *   layer_size=BYTES weights of one layer (default size / (layers + 1)); the rest of size is the embedding
+ *                    and the head, which go to the GPU with the last layer
+ *   gpu_scratch=BYTES GPU memory a model with any layer on the GPU takes besides weights and KV (default 0)
+ *   hidden_vram=BYTES GPU memory such a model takes that the estimate does not know of (default 0)
+ *   delay_us=N       time one forward step takes, whatever the batch size (default 0)
+ *   eos_at=N         the end-of-generation token comes at position N (default: never)
+ *   fail_load=1      loading fails with EBADMSG
+ *   gpu_fails=1      loading with layers on the GPU fails with EOPNOTSUPP (a backend that cannot run it)
+ *
+ * The KV cache takes 64 bytes per position of each sequence, spread evenly over the layers.
+ *
+ * A simulated GPU, for the scheduler's placement tests on machines without one, comes from the environment:
+ * QUANTD_FAKE_GPU="total=BYTES,free=BYTES" (free defaults to total; what is missing from it is another
+ * process's). Loading a model with GPU layers takes its weights and scratch from the free memory, each
+ * sequence its KV cache, and a load or sequence that does not fit fails with ENOSPC, as cudaMalloc() would.
+ * Without the variable there is no GPU.
  *
  * Tokens are bytes (0–255) plus BOS (256) and EOS (257). The next token depends only on the sequence's last
  * token and position, so a sequence generates the same text alone or batched with others. Every tenth
@@ -15,24 +29,130 @@
 
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 
 #include "daemon.h"
 
 #define FAKE_BOS 256
 #define FAKE_EOS 257
 #define FAKE_VOCAB 258
+#define FAKE_KV_PER_POS 64
 
 typedef struct FakeModel {
         uint64_t size;
         uint64_t delay_us;
         uint64_t eos_at;
+        uint32_t n_layer;
+        uint64_t layer_size;
+        uint64_t gpu_scratch;
+        uint64_t hidden_vram;
+        bool gpu_fails;
+        uint32_t n_gpu_layers; /* loaded: the first layers on the simulated GPU */
+        uint64_t vram;         /* loaded: weights and scratch on the simulated GPU */
 } FakeModel;
 
 typedef struct FakeSeq {
+        FakeModel *model;
         uint32_t n_ctx;
         uint32_t pos;
         int32_t last;
+        uint64_t vram; /* its KV cache's share on the simulated GPU */
 } FakeSeq;
+
+/* The simulated GPU: one per process, as a device is. Loads and sequences run on the executor, gpu_info on
+ * the main thread. */
+static pthread_mutex_t fake_gpu_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t fake_gpu_used; /* protected by fake_gpu_lock */
+
+/* total and free (before our models) of QUANTD_FAKE_GPU; -ENODEV without it, -EINVAL when it is malformed.
+ */
+static int fake_gpu_config(uint64_t *ret_total, uint64_t *ret_free) {
+        const char *e = getenv("QUANTD_FAKE_GPU");
+        uint64_t total = 0, free_b = UINT64_MAX;
+
+        if (!e || !*e)
+                return -ENODEV;
+        _cleanup_free_ char *copy = strdup(e);
+        if (!copy)
+                return -ENOMEM;
+        char *save = NULL;
+        for (char *kv = strtok_r(copy, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+                char *eq = strchr(kv, '=');
+                uint64_t v;
+                if (!eq || daemon_parse_bytes(eq + 1, &v) < 0)
+                        return -EINVAL;
+                *eq = 0;
+                if (streq(kv, "total"))
+                        total = v;
+                else if (streq(kv, "free"))
+                        free_b = v;
+                else
+                        return -EINVAL;
+        }
+        if (total == 0)
+                return -EINVAL;
+        *ret_total = total;
+        *ret_free = MIN(free_b, total);
+        return 0;
+}
+
+/* Takes bytes of the simulated GPU; -ENOSPC when they are not free. */
+static int fake_gpu_alloc(uint64_t bytes) {
+        uint64_t total, free_b;
+        int k = fake_gpu_config(&total, &free_b);
+
+        if (bytes == 0)
+                return 0;
+        if (k < 0)
+                return -ENODEV;
+        pthread_mutex_lock(&fake_gpu_lock);
+        if (fake_gpu_used + bytes > free_b)
+                k = -ENOSPC;
+        else
+                fake_gpu_used += bytes;
+        pthread_mutex_unlock(&fake_gpu_lock);
+        return k;
+}
+
+static void fake_gpu_release(uint64_t bytes) {
+        pthread_mutex_lock(&fake_gpu_lock);
+        fake_gpu_used -= MIN(bytes, fake_gpu_used);
+        pthread_mutex_unlock(&fake_gpu_lock);
+}
+
+static int fake_gpu_info(BackendGpu *ret) {
+        uint64_t total, free_b;
+        int k = fake_gpu_config(&total, &free_b);
+
+        if (k < 0)
+                return k;
+        pthread_mutex_lock(&fake_gpu_lock);
+        *ret = (BackendGpu){.free = free_b - MIN(fake_gpu_used, free_b), .total = total};
+        pthread_mutex_unlock(&fake_gpu_lock);
+        snprintf(ret->name, sizeof(ret->name), "Fake GPU");
+        return 0;
+}
+
+/* Weights of the embedding and head, which go to the GPU with the last layer. */
+static uint64_t fake_rest_size(const FakeModel *m) {
+        return m->size - MIN((uint64_t)m->n_layer * m->layer_size, m->size);
+}
+
+/* Weights on the GPU with the first n layers there. */
+static uint64_t fake_gpu_weights(const FakeModel *m, uint32_t n) {
+        uint64_t w = (uint64_t)n * m->layer_size + (n == m->n_layer ? fake_rest_size(m) : 0);
+        return MIN(w, m->size);
+}
+
+/* Weights and scratch on the GPU with the first n layers there. */
+static uint64_t fake_vram_fixed(const FakeModel *m, uint32_t n) {
+        return n == 0 ? 0 : fake_gpu_weights(m, n) + m->gpu_scratch;
+}
+
+/* The KV cache of layers [l0, l1) for one sequence of n_ctx positions. */
+static uint64_t fake_kv(const FakeModel *m, uint32_t l0, uint32_t l1, uint32_t n_ctx) {
+        return (uint64_t)n_ctx * FAKE_KV_PER_POS * (l1 - l0) / m->n_layer;
+}
 
 static int fake_read(const char *path, FakeModel *ret, bool *ret_fail, QdError *err) {
         _cleanup_fclose_ FILE *f = fopen(path, "re");
@@ -40,7 +160,8 @@ static int fake_read(const char *path, FakeModel *ret, bool *ret_fail, QdError *
 
         if (!f)
                 return qd_error_set(err, errno, "Failed to open %s: %s", path, strerror(errno));
-        *ret = (FakeModel){.size = 1000000};
+        uint64_t layer_size = UINT64_MAX;
+        *ret = (FakeModel){.size = 1000000, .n_layer = 4};
         *ret_fail = false;
         while (fgets(line, sizeof(line), f)) {
                 uint64_t v;
@@ -57,40 +178,80 @@ static int fake_read(const char *path, FakeModel *ret, bool *ret_fail, QdError *
                         ret->eos_at = v;
                 else if (streq(line, "fail_load"))
                         *ret_fail = v != 0;
+                else if (streq(line, "layers") && v > 0 && v <= 1024)
+                        ret->n_layer = (uint32_t)v;
+                else if (streq(line, "layer_size"))
+                        layer_size = v;
+                else if (streq(line, "gpu_scratch"))
+                        ret->gpu_scratch = v;
+                else if (streq(line, "hidden_vram"))
+                        ret->hidden_vram = v;
+                else if (streq(line, "gpu_fails"))
+                        ret->gpu_fails = v != 0;
         }
+        ret->layer_size = layer_size != UINT64_MAX ? layer_size : ret->size / (ret->n_layer + 1);
         return 0;
 }
 
-static int fake_estimate(const char *path, uint32_t n_ctx, uint32_t n_seq, uint64_t *ret, QdError *err) {
+static int fake_estimate(const char *path, uint32_t n_ctx, uint32_t n_seq, BackendSplit **ret, size_t *ret_n,
+                         QdError *err) {
+        uint64_t total, free_b;
         FakeModel m;
         bool fail;
         int k = fake_read(path, &m, &fail, err);
         if (k < 0)
                 return k;
-        *ret = m.size + (uint64_t)n_ctx * n_seq * 64;
+        size_t n = fake_gpu_config(&total, &free_b) >= 0 ? (size_t)m.n_layer + 1 : 1;
+        BackendSplit *l = calloc(n, sizeof(BackendSplit));
+        if (!l)
+                return -ENOMEM;
+        for (uint32_t i = 0; i < n; i++) {
+                uint64_t kv_gpu = fake_kv(&m, 0, i, n_ctx) * n_seq;
+                l[i] = (BackendSplit){
+                        .n_gpu_layers = i,
+                        .ram = m.size - fake_gpu_weights(&m, i) + fake_kv(&m, i, m.n_layer, n_ctx) * n_seq,
+                        .vram = fake_vram_fixed(&m, i) + kv_gpu,
+                        .vram_kv = kv_gpu,
+                };
+        }
+        *ret = l;
+        *ret_n = n;
         return 0;
 }
 
-static int fake_load(const char *path, unsigned threads, void **ret_model, QdError *err) {
-        FakeModel *m = calloc(1, sizeof(*m));
+static int fake_load(const char *path, const BackendLoadParams *p, void **ret_model, QdError *err) {
+        _cleanup_free_ FakeModel *m = calloc(1, sizeof(*m));
         bool fail;
         int k;
 
         if (!m)
                 return -ENOMEM;
         k = fake_read(path, m, &fail, err);
-        if (k >= 0 && fail)
-                k = qd_error_set(err, EBADMSG, "%s is marked as a model that fails to load.", path);
-        if (k < 0) {
-                free(m);
+        if (k < 0)
                 return k;
-        }
-        *ret_model = m;
+        if (fail)
+                return qd_error_set(err, EBADMSG, "%s is marked as a model that fails to load.", path);
+        m->n_gpu_layers = MIN(p->n_gpu_layers, m->n_layer);
+        if (m->n_gpu_layers > 0 && m->gpu_fails)
+                return qd_error_set(err, EOPNOTSUPP, "%s is marked as a model the GPU cannot run.", path);
+        m->vram = fake_vram_fixed(m, m->n_gpu_layers) + (m->n_gpu_layers > 0 ? m->hidden_vram : 0);
+        k = fake_gpu_alloc(m->vram);
+        if (k == -ENOSPC)
+                return qd_error_set(err, ENOSPC, "The GPU ran out of memory loading %" PRIu32 " layers.",
+                                    m->n_gpu_layers);
+        if (k < 0)
+                return qd_error_set(err, EOPNOTSUPP, "There is no GPU for %" PRIu32 " layers.",
+                                    m->n_gpu_layers);
+        *ret_model = TAKE_PTR(m);
         return 0;
 }
 
 static void fake_unload(void *model) {
-        free(model);
+        FakeModel *m = model;
+        if (!m)
+                return;
+        fake_gpu_release(m->vram);
+        free(m);
 }
 
 static void fake_info(void *model, BackendModelInfo *ret) {
@@ -102,6 +263,9 @@ static void fake_info(void *model, BackendModelInfo *ret) {
                 .size = m->size,
                 .arch = "fake",
                 .file_type = "F32",
+                .n_layer = m->n_layer,
+                .n_gpu_layers = m->n_gpu_layers,
+                .vram = m->vram,
         };
 }
 
@@ -135,17 +299,28 @@ static bool fake_is_eog(void *model, int32_t token) {
 }
 
 static int fake_seq_new(void *model, uint32_t n_ctx, void **ret) {
+        FakeModel *m = model;
         FakeSeq *s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
+        s->model = m;
         s->n_ctx = n_ctx;
         s->last = FAKE_BOS;
+        s->vram = fake_kv(m, 0, m->n_gpu_layers, n_ctx);
+        if (fake_gpu_alloc(s->vram) < 0) {
+                free(s);
+                return -ENOSPC;
+        }
         *ret = s;
         return 0;
 }
 
 static void fake_seq_free(void *seq) {
-        free(seq);
+        FakeSeq *s = seq;
+        if (!s)
+                return;
+        fake_gpu_release(s->vram);
+        free(s);
 }
 
 static int32_t fake_next(const FakeModel *m, const FakeSeq *s) {
@@ -218,6 +393,7 @@ static int fake_embed(void *model, const int32_t *tokens, uint32_t n, float *ret
 const BackendOps backend_fake_ops = {
         .name = "fake",
         .estimate = fake_estimate,
+        .gpu_info = fake_gpu_info,
         .load = fake_load,
         .unload = fake_unload,
         .info = fake_info,

@@ -26,6 +26,10 @@ void daemon_config_init(DaemonConfig *c) {
                 .num_parallel = 4,
                 .num_ctx = 2048,
                 .threads = 0,
+                .gpu_budget = 0,
+                /* The CUDA context, cuBLAS and the graphs take memory no estimate counts; Ollama keeps
+                 * about this much free for the same reason. */
+                .gpu_overhead = 512ULL << 20,
         };
 }
 
@@ -107,6 +111,8 @@ static const ConfigKey config_keys[] = {
         KEY("Scheduler", "NumParallel", CONFIG_UNSIGNED, num_parallel, 1, 256),
         KEY("Scheduler", "ContextLength", CONFIG_UNSIGNED, num_ctx, 16, 1U << 24),
         KEY("Scheduler", "Threads", CONFIG_UNSIGNED, threads, 0, 1024),
+        KEY("Scheduler", "GpuMemoryBudget", CONFIG_BYTES, gpu_budget, 0, UINT64_MAX),
+        KEY("Scheduler", "GpuOverhead", CONFIG_BYTES, gpu_overhead, 0, UINT64_MAX),
 };
 #undef KEY
 

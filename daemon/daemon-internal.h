@@ -141,13 +141,19 @@ int job_pool_new(Manager *m, unsigned n_workers, JobPool **ret);
 JobPool *job_pool_free(JobPool *p);
 
 /*
- * Queues a job and makes r its first watcher (r gets its progress events and final reply). userdata is freed
- * with free_userdata when the job goes away. *ret (may be NULL) gets a borrowed pointer.
+ * Queues a job and makes r its first watcher (r gets its progress events and final reply); cancelling r (its
+ * client's Cancel {id}, or its client going away when the method does not survive it) cancels the job.
+ * userdata is freed with free_userdata when the job goes away. *ret (may be NULL) gets a borrowed pointer.
  */
 int job_start(Manager *m, Request *r, const char *kind, const char *model, JobRunFn run, void *userdata,
               void (*free_userdata)(void *userdata), Job **ret);
 /* Worker side: records progress; the main thread sends it to the watchers, coalesced. Any thread. */
 void job_progress(Job *j, const char *status, const char *digest, uint64_t total, uint64_t completed);
+/*
+ * Worker side, before the job returns 0: n_fields packed msgpack map entries (keys and values) that the
+ * final reply carries besides job, status and model (Eval's figures). Copied.
+ */
+int job_set_result(Job *j, const void *fields, size_t size, uint32_t n_fields);
 const atomic_bool *job_cancel_flag(Job *j);
 bool job_cancelled(Job *j);
 Job *job_find(Manager *m, uint64_t id);
@@ -176,6 +182,9 @@ typedef struct GenerateParams {
         bool stream;
         int32_t num_predict; /* -1: until the context is full or an end-of-generation token */
         uint32_t num_ctx;    /* 0: the config's */
+        int32_t num_gpu;     /* layers on the GPU: -1 as many as fit (initialise to it), 0 none, more is
+                              * clamped to the model's */
+        uint32_t num_thread; /* CPU threads of the model; 0: the config's Threads= */
         int64_t keep_alive_ns;
         bool keep_alive_set;
         char **stop;        /* NULL-terminated stop strings */
@@ -188,9 +197,10 @@ void generate_params_done(GenerateParams *p);
 
 /* Starts a generation for r; its events and reply go to r. Takes p's contents. */
 int scheduler_generate(Scheduler *s, Request *r, GenerateParams *p, QdError *err);
-/* Loads (or refreshes) a model with a keep_alive; replies when it is loaded. */
+/* Loads (or refreshes) a model with a keep_alive and opts' num_ctx, num_gpu and num_thread; replies when it
+ * is loaded. */
 int scheduler_load(Scheduler *s, Request *r, const char *model, int64_t keep_alive_ns, bool keep_alive_set,
-                   QdError *err);
+                   const GenerateParams *opts, QdError *err);
 int scheduler_unload(Scheduler *s, const char *model, QdError *err);
 /* Tokenize or Detokenize on the loaded model (loading it first). */
 int scheduler_tokenize(Scheduler *s, Request *r, const char *model, const char *text,

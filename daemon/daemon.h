@@ -59,6 +59,8 @@ typedef struct DaemonConfig {
         unsigned num_parallel;   /* NumParallel=, sequences per loaded model sharing each forward pass */
         unsigned num_ctx;        /* ContextLength=, default context per sequence */
         unsigned threads;        /* Threads=, CPU threads per executor; 0: all */
+        uint64_t gpu_budget;     /* GpuMemoryBudget=, bytes of the GPU for loaded models; 0: all of it */
+        uint64_t gpu_overhead;   /* GpuOverhead=, bytes of the GPU's free memory left alone */
 } DaemonConfig;
 
 /* The built-in defaults. */
@@ -84,7 +86,33 @@ typedef struct BackendModelInfo {
         uint64_t size;    /* bytes of weights */
         const char *arch; /* borrowed from the model */
         const char *file_type;
+        uint32_t n_layer;
+        uint32_t n_gpu_layers; /* the first layers, on the GPU */
+        uint64_t vram;         /* bytes the model holds on the GPU now: weights and scratch, no KV caches */
 } BackendModelInfo;
+
+/* What a model needs with its first n_gpu_layers layers on the GPU and the rest on the CPU, as estimated
+ * before loading for n_seq sequences of n_ctx positions. */
+typedef struct BackendSplit {
+        uint32_t n_gpu_layers;
+        uint64_t ram;     /* host bytes: the CPU layers' weights, KV caches and scratch */
+        uint64_t vram;    /* GPU bytes: the GPU layers' weights, KV caches and scratch */
+        uint64_t vram_kv; /* the KV caches' part of vram */
+} BackendSplit;
+
+/* A GPU's memory, as the device reports it (cudaMemGetInfo()): what other processes and our models hold is
+ * already gone from free. */
+typedef struct BackendGpu {
+        char name[128];
+        uint64_t free;
+        uint64_t total;
+} BackendGpu;
+
+/* How to load a model. */
+typedef struct BackendLoadParams {
+        unsigned threads;      /* CPU threads; 0: all */
+        uint32_t n_gpu_layers; /* the first layers on the GPU, at most the model's; 0: CPU only */
+} BackendLoadParams;
 
 /* One sequence's sampling settings, as the request gave them. */
 typedef struct SamplerParams {
@@ -105,9 +133,16 @@ typedef struct SamplerParams {
  */
 typedef struct BackendOps {
         const char *name;
-        /* Bytes needed to run path with n_seq sequences of n_ctx positions (weights + KV + scratch). */
-        int (*estimate)(const char *path, uint32_t n_ctx, uint32_t n_seq, uint64_t *ret, QdError *err);
-        int (*load)(const char *path, unsigned threads, void **ret_model, QdError *err);
+        /*
+         * What running path with n_seq sequences of n_ctx positions takes (weights + KV + scratch) for each
+         * split between GPU and CPU: (*ret)[n] with the first n layers on the GPU, n = 0 .. *ret_n - 1, so
+         * *ret_n is 1 without a GPU. The caller frees *ret.
+         */
+        int (*estimate)(const char *path, uint32_t n_ctx, uint32_t n_seq, BackendSplit **ret, size_t *ret_n,
+                        QdError *err);
+        /* Optional: the GPU's memory now; -ENODEV when there is none. Any thread. */
+        int (*gpu_info)(BackendGpu *ret);
+        int (*load)(const char *path, const BackendLoadParams *p, void **ret_model, QdError *err);
         void (*unload)(void *model);
         void (*info)(void *model, BackendModelInfo *ret);
         int (*tokenize)(void *model, const char *text, size_t len, bool add_special, int32_t **ret,
@@ -171,9 +206,21 @@ typedef struct StoreOps {
         /* The GGUF file of name, for the engine to map, and the name's canonical form (may be NULL). */
         int (*resolve)(void *store, const char *name, char **ret_path, char **ret_canonical, QdError *err);
         int (*list)(void *store, StoreModel **ret, size_t *ret_n, QdError *err);
+        /* Optional: the model's ID as list gives it ("sha256:…"). */
+        int (*digest)(void *store, const char *name, char **ret, QdError *err);
         /* Runs on a worker: stores the GGUF read from spec->fd as name, with the Modelfile's other layers,
          * reporting bytes through progress. */
         int (*create)(void *store, const char *name, const StoreCreateSpec *spec, StoreProgressFn progress,
+                      void *userdata, const atomic_bool *cancel, QdError *err);
+        /* Runs on a worker: adds the model of the archive read from fd (as registry_export() writes it) as
+         * name, replacing an existing one; spec's text layers (its fd is unused) replace the archive's
+         * layers of the same kinds (all its LICENSE layers for spec's licenses). With name NULL (and no
+         * spec) the model keeps the archive's name, which must be free; ret_name (may be NULL) gets it. */
+        int (*import)(void *store, int fd, const char *name, const StoreCreateSpec *spec,
+                      StoreProgressFn progress, void *userdata, const atomic_bool *cancel, char **ret_name,
+                      QdError *err);
+        /* Runs on a worker: writes name to fd as a model archive; format "tar", "tar.gz" or "tar.zst". */
+        int (*export)(void *store, const char *name, int fd, const char *format, StoreProgressFn progress,
                       void *userdata, const atomic_bool *cancel, QdError *err);
         /* Run on a worker: download name from its registry, or upload it. */
         int (*pull)(void *store, const char *name, StoreProgressFn progress, void *userdata,

@@ -37,6 +37,8 @@ struct Job {
         /* Written by the worker before it posts the end, read by the main thread after. */
         int result;
         QdError error;
+        Buf result_fields; /* packed map entries that the final reply adds (job_set_result()) */
+        uint32_t n_result_fields;
 
         /* Protected by lock. */
         pthread_mutex_t lock;
@@ -69,6 +71,7 @@ static void job_unref(Job *j) {
         if (j->free_userdata)
                 j->free_userdata(j->userdata);
         pthread_mutex_destroy(&j->lock);
+        buf_free(&j->result_fields);
         free(j->kind);
         free(j->model);
         free(j->watchers);
@@ -149,9 +152,12 @@ static void job_reply(Job *j, Request *r) {
         }
         Reply rep;
         reply_init(&rep);
-        if (msgpack_pack_map(&rep.pk, 3) >= 0 && proto_pack_kv_u64(&rep.pk, "job", j->id) >= 0 &&
+        if (msgpack_pack_map(&rep.pk, 3 + j->n_result_fields) >= 0 &&
+            proto_pack_kv_u64(&rep.pk, "job", j->id) >= 0 &&
             proto_pack_kv_str(&rep.pk, "status", "success") >= 0 &&
-            proto_pack_kv_str(&rep.pk, "model", j->model) >= 0)
+            proto_pack_kv_str(&rep.pk, "model", j->model) >= 0 &&
+            (j->result_fields.len == 0 ||
+             msgpack_sbuffer_write(&rep.sb, (const char *)j->result_fields.data, j->result_fields.len) >= 0))
                 request_reply(r, &rep);
         else
                 request_reply_error(r, ENOMEM, NULL);
@@ -174,6 +180,11 @@ static void jobs_trim(Manager *m) {
         }
 }
 
+/* The starting request's Cancel (or its client going away, for a job that does not survive it). */
+static void job_request_cancel(Request *r, void *userdata) {
+        job_cancel(userdata);
+}
+
 static void job_finished_main(Manager *m, void *userdata) {
         Job *j = userdata;
 
@@ -190,6 +201,9 @@ static void job_finished_main(Manager *m, void *userdata) {
         else
                 log_info("Job %" PRIu64 " (%s %s) finished.", j->id, j->kind, strempty(j->model));
         for (size_t i = 0; i < j->n_watchers; i++) {
+                /* The job record may be trimmed while the request lives on: forget the link. */
+                if (j->watchers[i]->cancel_data == j)
+                        request_set_cancel(j->watchers[i], NULL, NULL);
                 job_reply(j, j->watchers[i]);
                 request_unref(j->watchers[i]);
         }
@@ -207,6 +221,16 @@ static void job_started_main(Manager *m, void *userdata) {
 }
 
 /* ---- workers ---- */
+
+int job_set_result(Job *j, const void *fields, size_t size, uint32_t n_fields) {
+        buf_free(&j->result_fields);
+        j->n_result_fields = 0;
+        int k = buf_append(&j->result_fields, fields, size);
+        if (k < 0)
+                return k;
+        j->n_result_fields = n_fields;
+        return 0;
+}
 
 void job_progress(Job *j, const char *status, const char *digest, uint64_t total, uint64_t completed) {
         bool post;
@@ -343,6 +367,9 @@ int job_start(Manager *m, Request *r, const char *kind, const char *model, JobRu
                 job_unref(j);
                 return -ENOMEM;
         }
+        /* Cancel {id} of the starting request (qctl's Ctrl+C) cancels the job. */
+        if (r)
+                request_set_cancel(r, job_request_cancel, j);
         j->id = m->next_job_id++;
         LIST_PREPEND(jobs, m->jobs, j);
 

@@ -210,11 +210,30 @@ static int method_show(Manager *m, Request *r, ProtoMessage *call, QdError *err)
         return reply_simple(r, &rep, k);
 }
 
+/* "Q4_0, Q4_1, …": the mixtures, for messages. */
+static int mixture_list(Buf *b) {
+        int k = 0;
+        for (int q = 0; k >= 0 && q < _QUANT_MIXTURE_MAX; q++)
+                if (quant_mixture_name((QuantMixture)q))
+                        k = buf_printf(b, "%s%s", b->len > 0 ? ", " : "",
+                                       quant_mixture_name((QuantMixture)q));
+        return k;
+}
+
+static int unknown_mixture(const char *name, QdError *err) {
+        _cleanup_(buf_free) Buf b = {};
+        if (mixture_list(&b) < 0)
+                return -ENOMEM;
+        return qd_error_set(err, EINVAL, "Unknown quantization type '%s': choose one of %s.", name,
+                            (char *)b.data);
+}
+
 typedef struct CreateJob {
         Manager *manager;
         char *model;
         int fd; /* the GGUF: passed by the client, or the base model's blob (FROM a local model) */
         int hf_dir; /* a Hugging Face folder passed by the client, converted into fd by the job; or -EBADF */
+        int archive; /* a model archive passed by the client, imported by the job; or -EBADF */
         char *template, *system, *parameters, *messages;
         char **licenses;
         int quantize; /* a QuantMixture, or -1 to store the file as it is */
@@ -224,6 +243,7 @@ static void create_job_free(void *userdata) {
         CreateJob *c = userdata;
         safe_close(c->fd);
         safe_close(c->hf_dir);
+        safe_close(c->archive);
         free(c->model);
         free(c->template);
         free(c->system);
@@ -238,10 +258,29 @@ static void store_progress(const char *status, const char *digest, uint64_t comp
         job_progress(userdata, status, digest, total, completed);
 }
 
+/* Quantization's progress in source bytes, so that a client can show a rate and the time left; the status
+ * names the tensor. */
+typedef struct QuantProgress {
+        Job *job;
+        const Gguf *src;
+        uint64_t done, total;
+} QuantProgress;
+
+static void quant_progress_init(QuantProgress *q, Job *j, const Gguf *src) {
+        *q = (QuantProgress){.job = j, .src = src};
+        for (uint64_t i = 0; i < src->n_tensors; i++)
+                q->total += src->tensors[i].size;
+        job_progress(j, "quantizing", NULL, q->total, 0);
+}
+
 static void quant_progress(void *userdata, size_t i, size_t n, const char *name, uint32_t type) {
+        QuantProgress *q = userdata;
         char status[128];
+
+        if (i < q->src->n_tensors)
+                q->done += q->src->tensors[i].size;
         snprintf(status, sizeof(status), "quantizing %s to %s", name, ggml_type_name(type));
-        job_progress(userdata, status, NULL, n, i + 1);
+        job_progress(q->job, status, NULL, q->total, MIN(q->done, q->total));
 }
 
 /* Writes the quantized model to an unnamed file in the store's directory; returns its descriptor. */
@@ -261,8 +300,10 @@ static int quantize_to_tmpfile(Job *j, CreateJob *c, QdError *err) {
         p.mixture = (QuantMixture)c->quantize;
         p.n_threads = c->manager->config.threads;
         p.cancel = job_cancel_flag(j);
+        QuantProgress qp;
+        quant_progress_init(&qp, j, src);
         p.progress = quant_progress;
-        p.userdata = j;
+        p.userdata = &qp;
         k = quant_file(src, out, &p, err);
         if (k < 0)
                 return k;
@@ -295,6 +336,20 @@ static int create_job_run(Job *j, void *userdata, QdError *err) {
         Manager *m = c->manager;
         _cleanup_close_ int quantized = -EBADF;
 
+        if (c->archive >= 0) {
+                /* The archive's model, with the Modelfile's other instructions on top. */
+                StoreCreateSpec over = {
+                        .fd = -EBADF,
+                        .template = c->template,
+                        .system = c->system,
+                        .parameters = c->parameters,
+                        .messages = c->messages,
+                        .licenses = c->licenses,
+                };
+                job_progress(j, "importing archive", NULL, 0, 0);
+                return m->store_ops->import(m->store, c->archive, c->model, &over, store_progress, j,
+                                            job_cancel_flag(j), NULL, err);
+        }
         if (c->hf_dir >= 0) {
                 job_progress(j, "converting from Hugging Face", NULL, 0, 0);
                 c->fd = convert_to_tmpfile(c, err);
@@ -374,12 +429,13 @@ static int method_create(Manager *m, Request *r, ProtoMessage *call, QdError *er
         struct {
                 const char *model, *from, *template, *system, *quantize, *requires;
                 const msgpack_object *parameters, *license, *messages;
-                uint64_t gguf, hf_dir;
-        } a = {.gguf = UINT64_MAX, .hf_dir = UINT64_MAX};
+                uint64_t gguf, hf_dir, archive;
+        } a = {.gguf = UINT64_MAX, .hf_dir = UINT64_MAX, .archive = UINT64_MAX};
         static const ProtoField fields[] = {
                 {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true},
                 {"gguf", PROTO_FIELD_FD, offsetof(typeof(a), gguf)},
                 {"hf_dir", PROTO_FIELD_FD, offsetof(typeof(a), hf_dir)},
+                {"archive", PROTO_FIELD_FD, offsetof(typeof(a), archive)},
                 {"from", PROTO_FIELD_STRING, offsetof(typeof(a), from)},
                 {"template", PROTO_FIELD_STRING, offsetof(typeof(a), template)},
                 {"system", PROTO_FIELD_STRING, offsetof(typeof(a), system)},
@@ -390,16 +446,18 @@ static int method_create(Manager *m, Request *r, ProtoMessage *call, QdError *er
                 {"requires", PROTO_FIELD_STRING, offsetof(typeof(a), requires)},
                 {},
         };
-        _cleanup_close_ int fd = -EBADF, hf_dir = -EBADF;
+        _cleanup_close_ int fd = -EBADF, hf_dir = -EBADF, archive = -EBADF;
         int k, quantize = -1;
 
         k = proto_dispatch(call->params, fields, &a, call->zone, err);
         if (k < 0)
                 return k;
-        if ((a.gguf != UINT64_MAX) + (a.hf_dir != UINT64_MAX) + !!a.from != 1)
-                return qd_error_set(err, EINVAL,
-                                    "Create takes one of 'gguf' (a descriptor of a GGUF file), 'hf_dir' (a "
-                                    "descriptor of a Hugging Face folder) or 'from' (a local model).");
+        if ((a.gguf != UINT64_MAX) + (a.hf_dir != UINT64_MAX) + (a.archive != UINT64_MAX) + !!a.from != 1)
+                return qd_error_set(
+                        err, EINVAL,
+                        "Create takes one of 'gguf' (a descriptor of a GGUF file), 'hf_dir' (a "
+                        "descriptor of a Hugging Face folder), 'archive' (a descriptor of a model "
+                        "archive) or 'from' (a local model).");
         if (a.template) {
                 /* A template that does not parse fails now, not at the first chat. */
                 _cleanup_(engine_template_freep) EngineTemplate *t = NULL;
@@ -410,9 +468,12 @@ static int method_create(Manager *m, Request *r, ProtoMessage *call, QdError *er
         if (a.quantize) {
                 quantize = quant_mixture_from_name(a.quantize);
                 if (quantize < 0)
-                        return qd_error_set(err, EINVAL,
-                                            "Unknown quantization '%s'; Hello lists quant_types.",
-                                            a.quantize);
+                        return unknown_mixture(a.quantize, err);
+                /* The archive's GGUF is in the store only once the job imported it. */
+                if (a.archive != UINT64_MAX)
+                        return qd_error_set(err, EOPNOTSUPP,
+                                            "Quantizing while importing an archive is not supported: import "
+                                            "it first, then create a model FROM it with a quantization.");
         }
         if (a.messages)
                 for (uint32_t i = 0; i < a.messages->via.array.size; i++) {
@@ -444,6 +505,10 @@ static int method_create(Manager *m, Request *r, ProtoMessage *call, QdError *er
                 if (fd < 0)
                         return qd_error_set(err, errno, "Failed to open the model '%s': %s", a.from,
                                             strerror(errno));
+        } else if (a.archive != UINT64_MAX) {
+                archive = proto_message_take_fd(call, a.archive, err);
+                if (archive < 0)
+                        return archive;
         } else if (a.hf_dir != UINT64_MAX) {
                 struct stat st;
                 hf_dir = proto_message_take_fd(call, a.hf_dir, err);
@@ -465,6 +530,7 @@ static int method_create(Manager *m, Request *r, ProtoMessage *call, QdError *er
         c->manager = m;
         c->fd = TAKE_FD(fd);
         c->hf_dir = TAKE_FD(hf_dir);
+        c->archive = TAKE_FD(archive);
         c->quantize = quantize;
         c->model = strdup(a.model);
         c->template = a.template ? strdup(a.template) : TAKE_PTR(template);
@@ -583,6 +649,461 @@ static int method_push(Manager *m, Request *r, ProtoMessage *call, QdError *err)
         return start_transfer(m, r, call, true, err);
 }
 
+/* ---- files: Quantize and Eval ---- */
+
+typedef struct QuantizeJob {
+        Manager *manager;
+        int src, dst;
+        QuantParams params;
+        QuantOverride *overrides; /* (n_overrides), patterns owned */
+        size_t n_overrides;
+} QuantizeJob;
+
+static void quantize_job_free(void *userdata) {
+        QuantizeJob *q = userdata;
+        safe_close(q->src);
+        safe_close(q->dst);
+        for (size_t i = 0; i < q->n_overrides; i++)
+                free((char *)q->overrides[i].pattern);
+        free(q->overrides);
+        free(q);
+}
+
+static int quantize_job_run(Job *j, void *userdata, QdError *err) {
+        QuantizeJob *q = userdata;
+        _cleanup_(gguf_freep) Gguf *src = NULL;
+        QuantProgress qp;
+        struct stat st;
+        int k;
+
+        k = gguf_open_fd(q->src, &src, err);
+        if (k < 0)
+                return k;
+        quant_progress_init(&qp, j, src);
+        q->params.cancel = job_cancel_flag(j);
+        q->params.progress = quant_progress;
+        q->params.userdata = &qp;
+        q->params.overrides = q->overrides;
+        q->params.n_overrides = q->n_overrides;
+        k = quant_file(src, q->dst, &q->params, err);
+        if (k < 0)
+                return k;
+        if (fsync(q->dst) < 0 && errno != EINVAL)
+                return qd_error_set(err, errno, "Failed to write the quantized file: %s", strerror(errno));
+        if (fstat(q->dst, &st) < 0)
+                return -errno;
+
+        Reply rep;
+        reply_init(&rep);
+        k = proto_pack_kv_str(&rep.pk, "type", quant_mixture_name(q->params.mixture));
+        if (k >= 0)
+                k = proto_pack_kv_u64(&rep.pk, "source_size", (uint64_t)src->size);
+        if (k >= 0)
+                k = proto_pack_kv_u64(&rep.pk, "size", (uint64_t)st.st_size);
+        if (k >= 0)
+                k = job_set_result(j, rep.sb.data, rep.sb.size, 3);
+        reply_done(&rep);
+        return k;
+}
+
+static int method_quantize(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        struct {
+                uint64_t src, dst;
+                const char *type;
+                bool pure, leave_output, allow_requantize;
+                const msgpack_object *overrides;
+        } a = {.src = UINT64_MAX, .dst = UINT64_MAX};
+        static const ProtoField fields[] = {
+                {"src", PROTO_FIELD_FD, offsetof(typeof(a), src), true},
+                {"dst", PROTO_FIELD_FD, offsetof(typeof(a), dst), true},
+                {"type", PROTO_FIELD_STRING, offsetof(typeof(a), type), true},
+                {"pure", PROTO_FIELD_BOOL, offsetof(typeof(a), pure)},
+                {"leave_output", PROTO_FIELD_BOOL, offsetof(typeof(a), leave_output)},
+                {"allow_requantize", PROTO_FIELD_BOOL, offsetof(typeof(a), allow_requantize)},
+                {"overrides", PROTO_FIELD_ARRAY, offsetof(typeof(a), overrides)},
+                {},
+        };
+        _cleanup_close_ int src = -EBADF, dst = -EBADF;
+        struct stat st;
+        int k, flags;
+
+        k = proto_dispatch(call->params, fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+        QuantMixture mixture = quant_mixture_from_name(a.type);
+        if (mixture < 0)
+                return unknown_mixture(a.type, err);
+        src = proto_message_take_fd(call, a.src, err);
+        if (src < 0)
+                return src;
+        dst = proto_message_take_fd(call, a.dst, err);
+        if (dst < 0)
+                return dst;
+        /* The source is mapped, so it must be a file; the output is written in place. */
+        if (fstat(src, &st) < 0)
+                return -errno;
+        if (!S_ISREG(st.st_mode))
+                return qd_error_set(err, EINVAL, "Parameter 'src' must be a descriptor of a regular file.");
+        if (fstat(dst, &st) < 0 || (flags = fcntl(dst, F_GETFL)) < 0)
+                return -errno;
+        if (!S_ISREG(st.st_mode) || (flags & O_ACCMODE) == O_RDONLY)
+                return qd_error_set(
+                        err, EINVAL,
+                        "Parameter 'dst' must be a descriptor of a regular file open for writing.");
+
+        _cleanup_free_ QuantizeJob *q = calloc(1, sizeof(*q));
+        if (!q)
+                return -ENOMEM;
+        q->src = q->dst = -EBADF;
+        q->params = quant_params_default();
+        q->params.mixture = mixture;
+        q->params.pure = a.pure;
+        q->params.leave_output = a.leave_output;
+        q->params.allow_requantize = a.allow_requantize;
+        q->params.n_threads = m->config.threads;
+        uint32_t n = a.overrides ? a.overrides->via.array.size : 0;
+        if (n > 0) {
+                q->overrides = calloc(n, sizeof(QuantOverride));
+                if (!q->overrides)
+                        return -ENOMEM;
+        }
+        for (uint32_t i = 0; i < n; i++) {
+                struct {
+                        const char *pattern, *type;
+                } o = {};
+                static const ProtoField ofields[] = {
+                        {"pattern", PROTO_FIELD_STRING, offsetof(typeof(o), pattern), true},
+                        {"type", PROTO_FIELD_STRING, offsetof(typeof(o), type), true},
+                        {},
+                };
+                const msgpack_object *item = &a.overrides->via.array.ptr[i];
+                k = item->type == MSGPACK_OBJECT_MAP
+                            ? proto_dispatch(item, ofields, &o, call->zone, err)
+                            : qd_error_set(err, EINVAL,
+                                           "Parameter 'overrides' must be an array of "
+                                           "maps {pattern, type}.");
+                int type = k >= 0 ? ggml_type_from_name(o.type) : 0;
+                if (k >= 0 && (type < 0 || !quant_type_supported((uint32_t)type)))
+                        k = qd_error_set(
+                                err, EINVAL,
+                                "Unknown tensor type '%s' for the tensors matching '%s'; give a type "
+                                "such as q8_0, q4_K or f16.",
+                                o.type, o.pattern);
+                if (k >= 0) {
+                        q->overrides[i] =
+                                (QuantOverride){.pattern = strdup(o.pattern), .type = (uint32_t)type};
+                        k = q->overrides[i].pattern ? 0 : -ENOMEM;
+                }
+                q->n_overrides = i + (k >= 0);
+                if (k < 0) {
+                        quantize_job_free(TAKE_PTR(q));
+                        return k;
+                }
+        }
+        q->manager = m;
+        q->src = TAKE_FD(src);
+        q->dst = TAKE_FD(dst);
+        return job_start(m, r, "quantize", NULL, quantize_job_run, TAKE_PTR(q), quantize_job_free, NULL);
+}
+
+/* Texts to evaluate are read whole; a larger one is surely a mistake. */
+#define EVAL_TEXT_MAX (64U * 1024U * 1024U)
+
+typedef struct EvalJob {
+        Manager *manager;
+        char *model_path, *base_path; /* store models, resolved on the main thread */
+        int model_fd, base_fd;        /* or files the client passed */
+        int text;
+        QuantEvalParams params;
+        Job *job;
+} EvalJob;
+
+static void eval_job_free(void *userdata) {
+        EvalJob *e = userdata;
+        free(e->model_path);
+        free(e->base_path);
+        safe_close(e->model_fd);
+        safe_close(e->base_fd);
+        safe_close(e->text);
+        free(e);
+}
+
+static void eval_progress(void *userdata, size_t chunk, size_t n_chunks) {
+        EvalJob *e = userdata;
+        job_progress(e->job, "evaluating", NULL, n_chunks, chunk + 1);
+}
+
+static int eval_load(EvalJob *e, const char *path, int fd, const char *what, EngineModel **ret,
+                     QdError *err) {
+        /* The CPU: a GPU's memory is the scheduler's to budget, and this model is not in its books. */
+        EngineModelParams p = engine_model_params_default();
+        p.backend = "cpu";
+        p.n_threads = e->manager->config.threads;
+        job_progress(e->job, what, NULL, 0, 0);
+        return path ? engine_model_load(path, &p, ret, err) : engine_model_load_fd(fd, &p, ret, err);
+}
+
+static int read_text(int fd, const atomic_bool *cancel, Buf *ret, QdError *err) {
+        char chunk[65536];
+
+        for (;;) {
+                if (atomic_load(cancel))
+                        return qd_error_set(err, ECANCELED, "The job was cancelled.");
+                ssize_t n = read(fd, chunk, sizeof(chunk));
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return qd_error_set(err, errno, "Failed to read the text: %s", strerror(errno));
+                if (n == 0)
+                        return 0;
+                if (ret->len + (size_t)n > EVAL_TEXT_MAX)
+                        return qd_error_set(err, EMSGSIZE, "The text is larger than %u MiB.",
+                                            EVAL_TEXT_MAX >> 20);
+                if (buf_append(ret, chunk, (size_t)n) < 0)
+                        return -ENOMEM;
+        }
+}
+
+static int eval_job_run(Job *j, void *userdata, QdError *err) {
+        EvalJob *e = userdata;
+        _cleanup_(engine_model_unrefp) EngineModel *model = NULL, *base = NULL;
+        _cleanup_(buf_free) Buf text = {};
+        QuantEvalResult res;
+        int k;
+
+        e->job = j;
+        k = read_text(e->text, job_cancel_flag(j), &text, err);
+        if (k >= 0)
+                k = eval_load(e, e->model_path, e->model_fd, "loading model", &model, err);
+        if (k >= 0 && (e->base_path || e->base_fd >= 0))
+                k = eval_load(e, e->base_path, e->base_fd, "loading base model", &base, err);
+        if (k < 0)
+                return k;
+        e->params.cancel = job_cancel_flag(j);
+        e->params.progress = eval_progress;
+        e->params.userdata = e;
+        job_progress(j, "evaluating", NULL, 0, 0);
+        k = quant_eval(model, base, text.data ? (const char *)text.data : "", text.len, &e->params, &res,
+                       err);
+        if (k < 0)
+                return k;
+
+        Reply rep;
+        reply_init(&rep);
+        uint32_t n = 6;
+        k = proto_pack_kv_double(&rep.pk, "perplexity", res.ppl);
+        if (k >= 0)
+                k = proto_pack_kv_u64(&rep.pk, "n_ctx", e->params.n_ctx ? e->params.n_ctx : 512);
+        if (k >= 0)
+                k = proto_pack_kv_u64(&rep.pk, "chunks", res.n_chunks);
+        if (k >= 0)
+                k = proto_pack_kv_u64(&rep.pk, "scored_tokens", res.n_scored);
+        if (k >= 0)
+                k = proto_pack_kv_u64(&rep.pk, "file_size", res.file_size);
+        if (k >= 0)
+                k = proto_pack_kv_double(&rep.pk, "bits_per_weight", res.bpw);
+        if (k >= 0 && base) {
+                n += 4;
+                k = proto_pack_kv_double(&rep.pk, "base_perplexity", res.ppl_base);
+                if (k >= 0)
+                        k = proto_pack_kv_double(&rep.pk, "kld_mean", res.kld_mean);
+                if (k >= 0)
+                        k = proto_pack_kv_double(&rep.pk, "kld_p99", res.kld_p99);
+                if (k >= 0)
+                        k = proto_pack_kv_double(&rep.pk, "top1_agreement", res.top1);
+        }
+        if (k >= 0)
+                k = job_set_result(j, rep.sb.data, rep.sb.size, n);
+        reply_done(&rep);
+        return k;
+}
+
+/* A model to evaluate: a store name (resolved now, on the main thread) or a descriptor of a GGUF file. */
+static int eval_model_arg(Manager *m, ProtoMessage *call, const char *name, uint64_t fd_index,
+                          const char *what, char **ret_path, int *ret_fd, QdError *err) {
+        if (!!name == (fd_index != UINT64_MAX))
+                return qd_error_set(err, EINVAL, "Eval takes one of '%s' (a model name) and '%s_fd'.", what,
+                                    what);
+        if (name)
+                return m->store_ops->resolve(m->store, name, ret_path, NULL, err);
+        int fd = proto_message_take_fd(call, fd_index, err);
+        if (fd < 0)
+                return fd;
+        *ret_fd = fd;
+        return 0;
+}
+
+static int method_eval(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        struct {
+                const char *model, *base;
+                uint64_t model_fd, base_fd, text;
+                uint32_t n_ctx, chunks;
+        } a = {.model_fd = UINT64_MAX, .base_fd = UINT64_MAX, .text = UINT64_MAX};
+        static const ProtoField fields[] = {
+                {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model)},
+                {"model_fd", PROTO_FIELD_FD, offsetof(typeof(a), model_fd)},
+                {"base", PROTO_FIELD_STRING, offsetof(typeof(a), base)},
+                {"base_fd", PROTO_FIELD_FD, offsetof(typeof(a), base_fd)},
+                {"text", PROTO_FIELD_FD, offsetof(typeof(a), text), true},
+                {"n_ctx", PROTO_FIELD_U32, offsetof(typeof(a), n_ctx)},
+                {"chunks", PROTO_FIELD_U32, offsetof(typeof(a), chunks)},
+                {},
+        };
+        struct stat st;
+        int k;
+
+        k = proto_dispatch(call->params, fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+        if (a.n_ctx != 0 && (a.n_ctx < 4 || a.n_ctx > 1U << 20))
+                return qd_error_set(err, EINVAL, "Parameter 'n_ctx' must be between 4 and 1048576.");
+
+        EvalJob *e = calloc(1, sizeof(*e));
+        if (!e)
+                return -ENOMEM;
+        e->model_fd = e->base_fd = e->text = -EBADF;
+        e->manager = m;
+        e->params.n_ctx = a.n_ctx;
+        e->params.max_chunks = a.chunks;
+        k = eval_model_arg(m, call, a.model, a.model_fd, "model", &e->model_path, &e->model_fd, err);
+        if (k >= 0 && (a.base || a.base_fd != UINT64_MAX))
+                k = eval_model_arg(m, call, a.base, a.base_fd, "base", &e->base_path, &e->base_fd, err);
+        if (k >= 0) {
+                e->text = proto_message_take_fd(call, a.text, err);
+                k = e->text;
+        }
+        if (k >= 0 && fstat(e->text, &st) < 0)
+                k = -errno;
+        if (k >= 0 && S_ISDIR(st.st_mode))
+                k = qd_error_set(err, EISDIR,
+                                 "Parameter 'text' must be a descriptor of a file, not a folder.");
+        if (k < 0) {
+                eval_job_free(e);
+                return k;
+        }
+        return job_start(m, r, "eval", a.model, eval_job_run, e, eval_job_free, NULL);
+}
+
+/* An export or an import: the archive's descriptor, the model (NULL: an import under the archive's own
+ * name) and, for an export, the archive's format. */
+typedef struct ArchiveJob {
+        Manager *manager;
+        char *model, *format;
+        int fd;
+} ArchiveJob;
+
+static void archive_job_free(void *userdata) {
+        ArchiveJob *x = userdata;
+        safe_close(x->fd);
+        free(x->model);
+        free(x->format);
+        free(x);
+}
+
+/* Takes the descriptor fd_index of call and copies model and format (either may be NULL). */
+static int archive_job_new(Manager *m, ProtoMessage *call, uint64_t fd_index, const char *model,
+                           const char *format, ArchiveJob **ret, QdError *err) {
+        ArchiveJob *x = calloc(1, sizeof(*x));
+        int k;
+
+        if (!x)
+                return -ENOMEM;
+        x->manager = m;
+        x->fd = proto_message_take_fd(call, fd_index, err);
+        x->model = model ? strdup(model) : NULL;
+        x->format = format ? strdup(format) : NULL;
+        k = x->fd < 0 ? x->fd : (!model || x->model) && (!format || x->format) ? 0 : -ENOMEM;
+        if (k < 0) {
+                archive_job_free(x);
+                return k;
+        }
+        *ret = x;
+        return 0;
+}
+
+static int export_job_run(Job *j, void *userdata, QdError *err) {
+        ArchiveJob *x = userdata;
+        Manager *m = x->manager;
+
+        job_progress(j, "exporting", NULL, 0, 0);
+        return m->store_ops->export(m->store, x->model, x->fd, x->format, store_progress, j,
+                                    job_cancel_flag(j), err);
+}
+
+static int method_export(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        struct {
+                const char *model, *format;
+                uint64_t fd;
+        } a = {.fd = UINT64_MAX};
+        static const ProtoField fields[] = {
+                {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true},
+                {"fd", PROTO_FIELD_FD, offsetof(typeof(a), fd), true},
+                {"format", PROTO_FIELD_STRING, offsetof(typeof(a), format)},
+                {},
+        };
+        _cleanup_free_ char *path = NULL;
+        ArchiveJob *x;
+        int k;
+
+        k = proto_dispatch(call->params, fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+        const char *format = a.format ?: "tar";
+        if (!streq(format, "tar") && !streq(format, "tar.gz") && !streq(format, "tar.zst"))
+                return qd_error_set(err, EINVAL, "Unknown archive format '%s'; use tar, tar.gz or tar.zst.",
+                                    format);
+        /* A missing model fails now, not in the job. */
+        k = m->store_ops->resolve(m->store, a.model, &path, NULL, err);
+        if (k < 0)
+                return k;
+        k = archive_job_new(m, call, a.fd, a.model, format, &x, err);
+        if (k < 0)
+                return k;
+        return job_start(m, r, "export", a.model, export_job_run, x, archive_job_free, NULL);
+}
+
+static int import_job_run(Job *j, void *userdata, QdError *err) {
+        ArchiveJob *x = userdata;
+        Manager *m = x->manager;
+        _cleanup_free_ char *name = NULL;
+        Reply rep;
+        int k;
+
+        job_progress(j, "importing archive", NULL, 0, 0);
+        k = m->store_ops->import(m->store, x->fd, x->model, NULL, store_progress, j, job_cancel_flag(j),
+                                 &name, err);
+        if (k < 0)
+                return k;
+        reply_init(&rep);
+        k = proto_pack_kv_str(&rep.pk, "name", name);
+        if (k >= 0)
+                k = job_set_result(j, rep.sb.data, rep.sb.size, 1);
+        reply_done(&rep);
+        return k;
+}
+
+static int method_import(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        struct {
+                const char *model;
+                uint64_t archive;
+        } a = {.archive = UINT64_MAX};
+        static const ProtoField fields[] = {
+                {"archive", PROTO_FIELD_FD, offsetof(typeof(a), archive), true},
+                {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model)},
+                {},
+        };
+        ArchiveJob *x;
+        int k;
+
+        k = proto_dispatch(call->params, fields, &a, call->zone, err);
+        if (k < 0)
+                return k;
+        k = archive_job_new(m, call, a.archive, a.model, NULL, &x, err);
+        if (k < 0)
+                return k;
+        return job_start(m, r, "import", a.model, import_job_run, x, archive_job_free, NULL);
+}
+
 /* ---- jobs ---- */
 
 static int method_jobs(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
@@ -661,20 +1182,40 @@ static int method_ps(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
         return reply_simple(r, &rep, k);
 }
 
+static int apply_model_params(const char *json, GenerateParams *p, QdError *err);
+
+/* Load takes the options that decide how a model is loaded, from its Modelfile and the request, as Generate
+ * does; other options are for generations and ignored here. */
 static int method_load(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        _cleanup_(generate_params_done) GenerateParams p = {.num_gpu = -1};
+        _cleanup_free_ char *model_params = NULL;
         struct {
                 const char *model;
                 int64_t keep_alive;
+                const msgpack_object *options;
         } a = {.keep_alive = INT64_MIN};
         static const ProtoField fields[] = {
                 {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true},
                 {"keep_alive", PROTO_FIELD_DURATION, offsetof(typeof(a), keep_alive)},
+                {"options", PROTO_FIELD_MAP, offsetof(typeof(a), options)},
+                {},
+        };
+        static const ProtoField options[] = {
+                {"num_ctx", PROTO_FIELD_U32, offsetof(GenerateParams, num_ctx)},
+                {"num_gpu", PROTO_FIELD_I32, offsetof(GenerateParams, num_gpu)},
+                {"num_thread", PROTO_FIELD_U32, offsetof(GenerateParams, num_thread)},
                 {},
         };
         int k = proto_dispatch(call->params, fields, &a, call->zone, err);
+        if (k >= 0)
+                k = m->store_ops->read_layer(m->store, a.model, STORE_LAYER_PARAMS, &model_params, err);
+        if (k >= 0 && model_params)
+                k = apply_model_params(model_params, &p, err);
+        if (k >= 0)
+                k = proto_dispatch(a.options, options, &p, call->zone, err);
         if (k < 0)
                 return k;
-        return scheduler_load(m->scheduler, r, a.model, a.keep_alive, a.keep_alive != INT64_MIN, err);
+        return scheduler_load(m->scheduler, r, a.model, a.keep_alive, a.keep_alive != INT64_MIN, &p, err);
 }
 
 static int method_unload(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
@@ -860,6 +1401,8 @@ static int apply_model_params(const char *json, GenerateParams *p, QdError *err)
                 {"seed", 'U', offsetof(GenerateParams, sampler.seed)},
                 {"num_predict", 'i', offsetof(GenerateParams, num_predict)},
                 {"num_ctx", 'u', offsetof(GenerateParams, num_ctx)},
+                {"num_gpu", 'i', offsetof(GenerateParams, num_gpu)},
+                {"num_thread", 'u', offsetof(GenerateParams, num_thread)},
         };
         json_object *root = json_tokener_parse(json), *v;
 
@@ -911,7 +1454,11 @@ static int apply_model_params(const char *json, GenerateParams *p, QdError *err)
 
 /* Generate and Chat: the same options and the same path through the scheduler. */
 static int start_generation(Manager *m, Request *r, ProtoMessage *call, bool chat, QdError *err) {
-        _cleanup_(generate_params_done) GenerateParams p = {.num_predict = -1, .stream = true};
+        _cleanup_(generate_params_done) GenerateParams p = {
+                .num_predict = -1,
+                .num_gpu = -1,
+                .stream = true,
+        };
         struct {
                 const char *model, *prompt, *system;
                 const msgpack_object *options, *messages;
@@ -946,6 +1493,8 @@ static int start_generation(Manager *m, Request *r, ProtoMessage *call, bool cha
                 {"seed", PROTO_FIELD_U64, offsetof(GenerateParams, sampler.seed)},
                 {"num_predict", PROTO_FIELD_I32, offsetof(GenerateParams, num_predict)},
                 {"num_ctx", PROTO_FIELD_U32, offsetof(GenerateParams, num_ctx)},
+                {"num_gpu", PROTO_FIELD_I32, offsetof(GenerateParams, num_gpu)},
+                {"num_thread", PROTO_FIELD_U32, offsetof(GenerateParams, num_thread)},
                 {},
         };
         int k;
@@ -1111,6 +1660,11 @@ const Method daemon_methods[] = {
         {"Pull", method_pull, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT},
         {"Push", method_push, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT},
         {"Create", method_create, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT},
+        {"Import", method_import, METHOD_CHANGES_STORE | METHOD_STREAMS | METHOD_SURVIVES_CLIENT},
+        /* These write to or read the client's files only: they end with the client. */
+        {"Quantize", method_quantize, METHOD_STREAMS},
+        {"Eval", method_eval, METHOD_STREAMS},
+        {"Export", method_export, METHOD_STREAMS},
         {"Copy", method_copy, METHOD_CHANGES_STORE},
         {"Delete", method_delete, METHOD_CHANGES_STORE},
         {"Load", method_load, 0},

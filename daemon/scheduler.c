@@ -11,7 +11,26 @@
  * otherwise the idle model that expires first is evicted, and when no model is idle the request waits until
  * one is, or fails with ENOSPC after LoadTimeout=.
  *
- * Executor thread (one per device; the CPU only until the CUDA backend lands): loads and unloads models and
+ * GPU placement. RAM and GPU memory are accounted separately: the backend's estimate is a table over the
+ * splits "first n layers on the GPU, the rest on the CPU", and a model counts its split's host bytes against
+ * MemoryBudget= and its GPU bytes against the GPU. What the GPU has room for is the device's free memory
+ * now (cudaMemGetInfo(), so other processes count), less GpuOverhead=, less what our models have reserved
+ * but not allocated yet (the KV caches of NumParallel= slots), and within GpuMemoryBudget=; while a model
+ * with GPU layers is loading, its memory is in flux and the next placement on the GPU waits for it. A model
+ * gets num_gpu layers (all when -1) if they fit; if not, the idle model on the GPU that expires first is
+ * evicted and the placement tried again once its memory is back; only when no idle model is left on the GPU
+ * does the new one settle for as many layers as fit (partial offload), the rest then counting against the
+ * memory budget, which may in turn evict models from RAM. Reserving KV caches that busy generations already
+ * allocated counts them twice, which errs on the side of loads that succeed. After the load the model's GPU
+ * bytes are what the backend says it holds (plus its KV reservation).
+ *
+ * A loaded model serves requests whose settings it meets: a context at least the request's default, or the
+ * same context when the request names one, and the same num_gpu (clamped) and num_thread when the request
+ * names them. Otherwise an idle model is reloaded with the new settings, as Ollama does; a busy one serves
+ * the request as it is. Tokenize and Detokenize take a loaded model whatever its settings.
+ *
+ * Executor thread (one for now, for the CPU and the GPU alike: the engine runs a split model's layers on
+ * both in one call; the design's thread per device comes with several GPUs): loads and unloads models and
  * runs continuous batching. Every step it gathers the active sequences of a model, a prompt chunk for those
  * still reading their prompt and one token for the others, and runs them through one backend decode call, so
  * concurrent requests share each pass over the weights. Sampling, stop strings and UTF-8 assembly happen per
@@ -48,9 +67,19 @@ typedef struct LoadedModel {
         Scheduler *scheduler;
         char *name;
         char *path;
-        uint64_t estimate;
+        char *digest;     /* the store's ID of the model; NULL when the store has none */
+        uint64_t ram;     /* host bytes counted against MemoryBudget= */
+        uint64_t vram;    /* GPU bytes: estimated until loaded, then what the model holds plus its KV */
+        uint64_t vram_kv; /* the KV caches' part of vram */
         uint32_t n_ctx;
         uint32_t n_parallel;
+        uint32_t n_layer;
+        uint32_t n_gpu_layers; /* the first layers on the GPU */
+        uint32_t gpu_max;      /* layers the GPU could take: the model's, 0 without a GPU that runs it */
+        uint32_t gpu_target;   /* layers the load asked for: num_gpu clamped to gpu_max */
+        unsigned threads;      /* CPU threads it was loaded with (Threads= when the request named none) */
+        BackendSplit *splits;  /* (n_splits) the estimate, until the load is done */
+        size_t n_splits;
 
         /* Main thread. */
         ModelState state;
@@ -91,6 +120,7 @@ struct Waiter {
         int32_t *tokens; /* tokens to detokenize */
         size_t n_tokens;
         char **inputs; /* WAITER_EMBED: texts to embed */
+        bool waited;   /* waited for the model's load */
         struct Waiter *next;
 };
 
@@ -117,6 +147,8 @@ struct Gen {
         int result;
         QdError err;
         uint64_t start_ns, prompt_ns, eval_ns;
+        uint64_t queued_ns; /* main thread: when the request came */
+        uint64_t load_ns;   /* main thread: the load it waited for; 0 when the model was ready */
         LIST_FIELDS(struct Gen, active);
 
         Buf response; /* main thread: the text of a non-streamed generation */
@@ -157,7 +189,8 @@ struct Scheduler {
         const BackendOps *ops;
         LoadedModel *models;
         unsigned n_models;        /* in memory or loading, unloading included */
-        uint64_t used;            /* estimates of those models */
+        uint64_t used;            /* host bytes of those models (LoadedModel.ram) */
+        uint64_t used_vram;       /* GPU bytes of those models (LoadedModel.vram) */
         RoomWaiter *room_waiters; /* requests for models not yet admitted, oldest first */
         bool stopped;
         sd_event_source *room_timer;
@@ -427,8 +460,34 @@ static void *executor_main(void *userdata) {
                         cmds = c->next;
                         LoadedModel *lm = c->lm;
                         if (c->kind == CMD_LOAD) {
-                                lm->load_error = s->ops->load(lm->path, s->manager->config.threads,
-                                                              &lm->model, &lm->load_err);
+                                BackendLoadParams lp = {
+                                        .threads = lm->threads,
+                                        .n_gpu_layers = lm->n_gpu_layers,
+                                };
+                                lm->load_error = s->ops->load(lm->path, &lp, &lm->model, &lm->load_err);
+                                /* The estimate was short (another process took memory, or the backend
+                                 * allocates more than it said): fewer layers rather than no model. */
+                                while (lm->load_error == -ENOSPC && lp.n_gpu_layers > 0) {
+                                        uint32_t fewer = lp.n_gpu_layers - MAX(lp.n_gpu_layers / 4, 1U);
+                                        log_warning("Model '%s' did not fit on the GPU with %" PRIu32
+                                                    " layers (%s); trying %" PRIu32 ".",
+                                                    lm->name, lp.n_gpu_layers, lm->load_err.msg, fewer);
+                                        qd_error_clear(&lm->load_err);
+                                        lp.n_gpu_layers = fewer;
+                                        lm->load_error =
+                                                s->ops->load(lm->path, &lp, &lm->model, &lm->load_err);
+                                }
+                                /* A GPU backend that cannot run this model after all: the CPU can. */
+                                if (lm->load_error == -EOPNOTSUPP && lp.n_gpu_layers > 0) {
+                                        log_warning(
+                                                "Model '%s' cannot run on the GPU (%s); loading it on the "
+                                                "CPU.",
+                                                lm->name, lm->load_err.msg);
+                                        qd_error_clear(&lm->load_err);
+                                        lp.n_gpu_layers = 0;
+                                        lm->load_error =
+                                                s->ops->load(lm->path, &lp, &lm->model, &lm->load_err);
+                                }
                                 if (lm->load_error >= 0)
                                         s->ops->info(lm->model, &lm->info);
                                 executor_post(s, model_loaded_main, lm);
@@ -500,6 +559,8 @@ static void model_free(LoadedModel *lm) {
         sd_event_source_disable_unref(lm->timer);
         free(lm->name);
         free(lm->path);
+        free(lm->digest);
+        free(lm->splits);
         free(lm);
 }
 
@@ -674,7 +735,7 @@ static void reply_loaded(Request *r, LoadedModel *lm) {
         Reply rep;
         reply_init(&rep);
         if (msgpack_pack_map(&rep.pk, 3) >= 0 && proto_pack_kv_str(&rep.pk, "model", lm->name) >= 0 &&
-            proto_pack_kv_u64(&rep.pk, "size", lm->estimate) >= 0 &&
+            proto_pack_kv_u64(&rep.pk, "size", lm->ram + lm->vram) >= 0 &&
             proto_pack_kv_u64(&rep.pk, "load_duration_ns", lm->load_ns) >= 0)
                 request_reply(r, &rep);
         else
@@ -771,6 +832,7 @@ static void serve_one(LoadedModel *lm, Waiter *w) {
         } else if (w->kind == WAITER_GENERATE) {
                 Gen *g = TAKE_PTR(w->gen);
                 g->lm = lm;
+                g->load_ns = w->waited ? lm->load_ns : 0;
                 if (request_is_cancelled(w->request)) {
                         request_reply_error(w->request, ECANCELED, "The generation was cancelled.");
                         gen_free(g);
@@ -824,16 +886,35 @@ static void model_loaded_main(Manager *m, void *userdata) {
                 /* Nothing to free on the executor; account it as gone now. */
                 LIST_REMOVE(models, s->models, lm);
                 s->n_models--;
-                s->used -= lm->estimate;
+                s->used -= lm->ram;
+                s->used_vram -= lm->vram;
                 model_free(lm);
                 scheduler_admit(s);
                 return;
         }
-        log_info("Loaded model '%s' in %.1f ms (%" PRIu64 " bytes budgeted).", lm->name, lm->load_ns / 1e6,
-                 lm->estimate);
+        /* Fewer layers than planned made it to the GPU: the rest counts against the memory budget. */
+        if (lm->info.n_gpu_layers != lm->n_gpu_layers && lm->info.n_gpu_layers < lm->n_splits) {
+                const BackendSplit *sp = &lm->splits[lm->info.n_gpu_layers];
+                s->used = s->used - lm->ram + sp->ram;
+                lm->ram = sp->ram;
+                lm->vram_kv = sp->vram_kv;
+        }
+        free(lm->splits);
+        lm->splits = NULL;
+        /* From now on the GPU bytes are what the backend says the model holds, plus its KV reservation. */
+        uint64_t vram = lm->info.n_gpu_layers > 0 ? lm->info.vram + lm->vram_kv : 0;
+        s->used_vram = s->used_vram - lm->vram + vram;
+        lm->vram = vram;
+        lm->n_gpu_layers = lm->info.n_gpu_layers;
+        lm->n_layer = lm->info.n_layer;
+        log_info("Loaded model '%s' in %.1f ms (%" PRIu64 " bytes of RAM budgeted, %" PRIu32 "/%" PRIu32
+                 " layers and %" PRIu64 " bytes on the GPU).",
+                 lm->name, lm->load_ns / 1e6, lm->ram, lm->n_gpu_layers, lm->n_layer, lm->vram);
         lm->state = MODEL_READY;
         model_serve_waiters(lm);
         model_maybe_expire(lm);
+        /* A placement may have waited for this load; its own users keep model_maybe_expire() from asking. */
+        scheduler_admit(s);
 }
 
 static void model_unloaded_main(Manager *m, void *userdata) {
@@ -842,7 +923,8 @@ static void model_unloaded_main(Manager *m, void *userdata) {
 
         LIST_REMOVE(models, s->models, lm);
         s->n_models--;
-        s->used -= lm->estimate;
+        s->used -= lm->ram;
+        s->used_vram -= lm->vram;
         log_info("Unloaded model '%s'.", lm->name);
         model_free(lm);
         scheduler_admit(s);
@@ -881,7 +963,7 @@ static void gen_done_main(Manager *m, void *userdata) {
                                     g->err.code ? g->err.msg : strerror(-g->result));
         } else {
                 reply_init(&rep);
-                int k = msgpack_pack_map(&rep.pk, g->p.stream ? 8 : 9) < 0 ? -ENOMEM : 0;
+                int k = msgpack_pack_map(&rep.pk, g->p.stream ? 9 : 10) < 0 ? -ENOMEM : 0;
                 const char *text = g->response.data ? (const char *)g->response.data : "";
                 if (k >= 0)
                         k = proto_pack_kv_str(&rep.pk, "model", lm->name);
@@ -898,7 +980,10 @@ static void gen_done_main(Manager *m, void *userdata) {
                 if (k >= 0)
                         k = proto_pack_kv_u64(&rep.pk, "eval_duration_ns", g->eval_ns);
                 if (k >= 0)
-                        k = proto_pack_kv_u64(&rep.pk, "total_duration_ns", now_ns() - g->start_ns);
+                        k = proto_pack_kv_u64(&rep.pk, "load_duration_ns", g->load_ns);
+                /* As Ollama counts it: from the request, the load included. */
+                if (k >= 0)
+                        k = proto_pack_kv_u64(&rep.pk, "total_duration_ns", now_ns() - g->queued_ns);
                 if (k >= 0 && !g->p.stream && !g->p.chat)
                         k = proto_pack_kv_str(&rep.pk, "response", text);
                 if (k >= 0 && !g->p.stream && g->p.chat)
@@ -926,76 +1011,148 @@ static void gen_done_main(Manager *m, void *userdata) {
         model_release(lm);
 }
 
-/* ---- admission: memory budget and MaxLoadedModels= ---- */
+/* ---- admission: memory budget, the GPU and MaxLoadedModels= ---- */
 
-/* Makes room for bytes; returns true when there is room now (evictions may still be finishing). */
-static bool make_room(Scheduler *s, uint64_t bytes, bool *ret_pending) {
-        const DaemonConfig *c = &s->manager->config;
+/* What a request for a model not loaded yet carries until there is room to load it. */
+struct RoomWaiter {
+        Waiter *w;
+        char *name, *path, *digest;
+        BackendSplit *splits; /* (n_splits): the backend's estimate for n = 0 .. n_splits - 1 GPU layers */
+        size_t n_splits;
+        uint32_t target;  /* GPU layers wanted: num_gpu clamped, all when it is -1, 0 without a GPU */
+        uint32_t gpu_max; /* GPU layers possible: the model's, 0 without a GPU */
+        unsigned threads;
+        uint32_t n_ctx;
+        uint64_t deadline_ns;
+        int64_t keep_alive_ns;
+        struct RoomWaiter *next;
+};
 
-        *ret_pending = false;
-        for (;;) {
-                /* Models being unloaded count until the executor has freed them. */
-                if (s->used + bytes <= c->memory_budget && s->n_models < c->max_loaded)
-                        return true;
-                LoadedModel *lm, *victim = NULL;
-                bool unloading = false;
-                LIST_FOREACH(models, lm, s->models) {
-                        if (lm->state == MODEL_UNLOADING)
-                                unloading = true;
-                        if (lm->state != MODEL_READY || lm->n_users > 0)
-                                continue;
-                        if (!victim || lm->expires_ns < victim->expires_ns)
-                                victim = lm;
-                }
-                if (!victim) {
-                        *ret_pending = unloading;
-                        return false;
-                }
-                log_info("Evicting idle model '%s' to make room.", victim->name);
-                model_unload(victim);
-                *ret_pending = true;
-                return false;
+/* The idle model to evict first: the one that expires first, among those holding GPU memory when gpu. */
+static LoadedModel *idle_victim(Scheduler *s, bool gpu) {
+        LoadedModel *lm, *victim = NULL;
+
+        LIST_FOREACH(models, lm, s->models) {
+                if (lm->state != MODEL_READY || lm->n_users > 0 || (gpu && lm->vram == 0))
+                        continue;
+                if (!victim || lm->expires_ns < victim->expires_ns)
+                        victim = lm;
         }
+        return victim;
 }
 
-static int model_start_load(Scheduler *s, const char *name, const char *path, uint64_t estimate,
-                            uint32_t n_ctx, LoadedModel **ret) {
+/* Whether a model in state (with GPU memory when gpu) exists. */
+static bool any_model(Scheduler *s, ModelState state, bool gpu) {
+        LoadedModel *lm;
+
+        LIST_FOREACH(models, lm, s->models)
+        if (lm->state == state && (!gpu || lm->vram > 0))
+                return true;
+        return false;
+}
+
+/* GPU bytes a new model may take now (see DESIGN); false when there is no GPU. */
+static bool gpu_available(Scheduler *s, uint64_t *ret) {
+        const DaemonConfig *c = &s->manager->config;
+        BackendGpu g;
+        LoadedModel *lm;
+        uint64_t reserved = c->gpu_overhead;
+
+        if (!s->ops->gpu_info || s->ops->gpu_info(&g) < 0)
+                return false;
+        LIST_FOREACH(models, lm, s->models)
+        reserved += lm->state == MODEL_LOADING ? lm->vram : lm->state == MODEL_READY ? lm->vram_kv : 0;
+        uint64_t avail = g.free - MIN(reserved, g.free);
+        uint64_t budget = c->gpu_budget ?: g.total;
+        *ret = MIN(avail, budget - MIN(s->used_vram, budget));
+        return true;
+}
+
+static void evict(LoadedModel *victim, const char *why) {
+        log_info("Evicting idle model '%s' to make room %s.", victim->name, why);
+        model_unload(victim);
+}
+
+/*
+ * Chooses rw's split and makes room for it: returns true with the GPU layers in *ret_n when the model can
+ * be loaded now; false when it must wait (an eviction started, or every model is busy).
+ */
+static bool place(Scheduler *s, RoomWaiter *rw, uint32_t *ret_n) {
+        const DaemonConfig *c = &s->manager->config;
+        uint32_t n = 0;
+        uint64_t avail;
+
+        if (rw->target > 0 && gpu_available(s, &avail)) {
+                /* A load on the GPU has its memory in flux: place the next one when it is done (loads
+                 * run one after the other on the executor anyway). */
+                if (any_model(s, MODEL_LOADING, true))
+                        return false;
+                if (rw->splits[rw->target].vram <= avail)
+                        n = rw->target;
+                else {
+                        LoadedModel *victim = idle_victim(s, true);
+                        if (victim) {
+                                evict(victim, "on the GPU");
+                                return false;
+                        }
+                        /* Memory on its way back: wait for it rather than settle for less. */
+                        if (any_model(s, MODEL_UNLOADING, true))
+                                return false;
+                        for (n = rw->target; n > 0 && rw->splits[n].vram > avail; n--)
+                                ;
+                }
+        }
+        if (s->used + rw->splits[n].ram <= c->memory_budget && s->n_models < c->max_loaded) {
+                *ret_n = n;
+                return true;
+        }
+        LoadedModel *victim = idle_victim(s, false);
+        if (victim)
+                evict(victim, "in memory");
+        return false;
+}
+
+static int model_start_load(Scheduler *s, RoomWaiter *rw, uint32_t n_gpu, LoadedModel **ret) {
+        const BackendSplit *sp = &rw->splits[n_gpu];
         LoadedModel *lm = calloc(1, sizeof(*lm));
         if (!lm)
                 return -ENOMEM;
         lm->scheduler = s;
-        lm->name = strdup(name);
-        lm->path = strdup(path);
-        if (!lm->name || !lm->path) {
+        lm->name = strdup(rw->name);
+        lm->path = strdup(rw->path);
+        if (!lm->name || !lm->path || (rw->digest && !(lm->digest = strdup(rw->digest)))) {
                 model_free(lm);
                 return -ENOMEM;
         }
-        lm->estimate = estimate;
-        lm->n_ctx = n_ctx;
+        lm->ram = sp->ram;
+        lm->vram = sp->vram;
+        lm->vram_kv = sp->vram_kv;
+        lm->n_ctx = rw->n_ctx;
         lm->n_parallel = s->manager->config.num_parallel;
+        lm->n_layer = rw->n_splits > 1 ? (uint32_t)rw->n_splits - 1 : 0;
+        lm->n_gpu_layers = n_gpu;
+        lm->gpu_max = rw->gpu_max;
+        lm->gpu_target = rw->target;
+        lm->threads = rw->threads ?: s->manager->config.threads;
+        lm->splits = TAKE_PTR(rw->splits);
+        lm->n_splits = rw->n_splits;
         lm->state = MODEL_LOADING;
         lm->expires_ns = UINT64_MAX;
         lm->keep_alive_ns = s->manager->config.keep_alive_ns;
         lm->load_started_ns = now_ns();
         LIST_PREPEND(models, s->models, lm);
         s->n_models++;
-        s->used += estimate;
-        log_info("Loading model '%s' from %s.", name, path);
+        s->used += lm->ram;
+        s->used_vram += lm->vram;
+        if (rw->n_splits > 1)
+                log_info("Loading model '%s' from %s with %" PRIu32 " of %zu layers on the GPU.", lm->name,
+                         lm->path, n_gpu, rw->n_splits - 1);
+        else
+                log_info("Loading model '%s' from %s.", lm->name, lm->path);
         executor_send(s, CMD_LOAD, lm, NULL);
         *ret = lm;
         return 0;
 }
-
-/* A waiter for a model that is not admitted yet carries what it needs to start the load. */
-struct RoomWaiter {
-        Waiter *w;
-        char *name, *path;
-        uint64_t estimate;
-        uint32_t n_ctx;
-        uint64_t deadline_ns;
-        int64_t keep_alive_ns;
-        struct RoomWaiter *next;
-};
 
 static void attach_waiter(LoadedModel *lm, Waiter *w, int64_t keep_alive_ns) {
         model_use(lm, keep_alive_ns);
@@ -1004,6 +1161,7 @@ static void attach_waiter(LoadedModel *lm, Waiter *w, int64_t keep_alive_ns) {
                 model_maybe_expire(lm);
                 return;
         }
+        w->waited = true;
         w->next = lm->waiters;
         lm->waiters = w;
 }
@@ -1016,6 +1174,8 @@ static void room_waiter_free(RoomWaiter *rw) {
         }
         free(rw->name);
         free(rw->path);
+        free(rw->digest);
+        free(rw->splits);
         free(rw);
 }
 
@@ -1031,10 +1191,9 @@ static void scheduler_admit(Scheduler *s) {
 
         while ((rw = *p)) {
                 LoadedModel *lm = model_find(s, rw->name);
-                bool pending = false;
-                if (lm || make_room(s, rw->estimate, &pending)) {
-                        if (!lm &&
-                            model_start_load(s, rw->name, rw->path, rw->estimate, rw->n_ctx, &lm) < 0) {
+                uint32_t n_gpu = 0;
+                if (lm || place(s, rw, &n_gpu)) {
+                        if (!lm && model_start_load(s, rw, n_gpu, &lm) < 0) {
                                 request_reply_error(rw->w->request, ENOMEM, NULL);
                         } else {
                                 Waiter *w = TAKE_PTR(rw->w);
@@ -1053,7 +1212,7 @@ static void scheduler_admit(Scheduler *s) {
                                         "No room to load model '%s': it needs %" PRIu64 " bytes and the "
                                         "loaded models are busy; try again later, or raise MemoryBudget= "
                                         "or MaxLoadedModels=.",
-                                        rw->name, rw->estimate);
+                                        rw->name, rw->splits[0].ram);
                         *p = rw->next;
                         room_waiter_free(rw);
                         continue;
@@ -1073,11 +1232,47 @@ static void scheduler_admit(Scheduler *s) {
         }
 }
 
+/* What a request asks of the model it uses, besides the model itself. */
+typedef struct ModelSettings {
+        uint32_t n_ctx;      /* the context it needs */
+        bool n_ctx_exact;    /* it named the context: a model with another one is reloaded */
+        int32_t num_gpu;     /* -1: as many layers as fit */
+        unsigned num_thread; /* 0: Threads= */
+        bool any;            /* any loaded model will do (it only tokenizes): never reload for it */
+        int64_t keep_alive_ns;
+} ModelSettings;
+
+static ModelSettings settings_default(Scheduler *s, int64_t keep_alive_ns) {
+        return (ModelSettings){
+                .n_ctx = s->manager->config.num_ctx,
+                .num_gpu = -1,
+                .keep_alive_ns = keep_alive_ns,
+        };
+}
+
+/*
+ * Whether the loaded lm can serve a request with settings st. num_gpu compares as asked, not as placed (both
+ * clamped to what the GPU could take): a model that got fewer layers than it asked for for want of room
+ * would get no more from a reload, and a num_gpu on a machine without a GPU changes nothing.
+ */
+static bool model_matches(const LoadedModel *lm, const ModelSettings *st) {
+        if (st->any)
+                return true;
+        if (st->n_ctx_exact ? lm->n_ctx != st->n_ctx : lm->n_ctx < st->n_ctx)
+                return false;
+        if (st->num_gpu >= 0 && MIN((uint32_t)st->num_gpu, lm->gpu_max) != lm->gpu_target)
+                return false;
+        return st->num_thread == 0 || st->num_thread == lm->threads;
+}
+
 /* Finds or loads name for a waiter. Takes w (also on failure). */
-static int scheduler_acquire(Scheduler *s, const char *requested, Waiter *w, int64_t keep_alive_ns,
-                             uint32_t n_ctx, QdError *err) {
+static int scheduler_acquire(Scheduler *s, const char *requested, Waiter *w, const ModelSettings *st,
+                             QdError *err) {
         Manager *m = s->manager;
-        _cleanup_free_ char *path = NULL, *name = NULL;
+        const DaemonConfig *c = &m->config;
+        _cleanup_free_ char *path = NULL, *name = NULL, *digest = NULL;
+        _cleanup_free_ BackendSplit *splits = NULL;
+        size_t n_splits = 0;
         int k;
 
         k = m->store_ops->resolve(m->store, requested, &path, &name, err);
@@ -1088,26 +1283,48 @@ static int scheduler_acquire(Scheduler *s, const char *requested, Waiter *w, int
         }
         LoadedModel *lm = model_find(s, name);
 
-        if (lm && lm->n_ctx >= n_ctx) {
-                attach_waiter(lm, w, keep_alive_ns);
+        if (lm && (lm->state != MODEL_READY || model_matches(lm, st))) {
+                /* Loading: it was loaded for a request like this one a moment ago; take it as it is. */
+                attach_waiter(lm, w, st->keep_alive_ns);
                 return 0;
         }
-        if (lm && lm->n_users == 0 && lm->state == MODEL_READY)
-                /* Loaded with a smaller context: reload with the larger one. */
+        if (lm && lm->n_users == 0) {
+                log_info("Reloading model '%s' with other settings.", lm->name);
                 model_unload(lm);
-        else if (lm) {
-                attach_waiter(lm, w, keep_alive_ns);
+        } else if (lm) {
+                attach_waiter(lm, w, st->keep_alive_ns);
                 return 0;
         }
 
-        uint64_t estimate = 0;
-        k = s->ops->estimate(path, n_ctx, m->config.num_parallel, &estimate, err);
-        if (k >= 0 && estimate > m->config.memory_budget)
+        k = s->ops->estimate(path, st->n_ctx, c->num_parallel, &splits, &n_splits, err);
+        if (k >= 0 && n_splits == 0)
+                k = qd_error_set(err, EIO, "The %s backend gave no estimate for model '%s'.", s->ops->name,
+                                 name);
+        /* The least RAM it can do with: as many layers on the GPU as it takes and the GPU could ever hold.
+         */
+        uint32_t target = 0, gpu_max = 0;
+        uint64_t least = 0;
+        if (k >= 0) {
+                BackendGpu g;
+                uint64_t capacity = 0;
+                if (n_splits > 1 && s->ops->gpu_info && s->ops->gpu_info(&g) >= 0) {
+                        capacity = MIN(g.total - MIN(c->gpu_overhead, g.total), c->gpu_budget ?: g.total);
+                        gpu_max = (uint32_t)n_splits - 1;
+                        target = st->num_gpu < 0 ? gpu_max : MIN((uint32_t)st->num_gpu, gpu_max);
+                }
+                least = splits[0].ram;
+                for (uint32_t i = 1; i <= target; i++)
+                        if (splits[i].vram <= capacity)
+                                least = MIN(least, splits[i].ram);
+        }
+        if (k >= 0 && least > c->memory_budget)
                 k = qd_error_set(err, ENOSPC,
                                  "Model '%s' needs %" PRIu64 " bytes with a context of %" PRIu32
                                  " for %u sequences; "
                                  "the memory budget is %" PRIu64 " bytes (MemoryBudget=).",
-                                 name, estimate, n_ctx, m->config.num_parallel, m->config.memory_budget);
+                                 name, least, st->n_ctx, c->num_parallel, c->memory_budget);
+        if (k >= 0 && m->store_ops->digest && m->store_ops->digest(m->store, name, &digest, NULL) < 0)
+                digest = NULL; /* Ps goes without an ID rather than the request failing */
         if (k < 0) {
                 if (w->gen)
                         gen_free(w->gen);
@@ -1126,14 +1343,15 @@ static int scheduler_acquire(Scheduler *s, const char *requested, Waiter *w, int
         rw->w = w;
         rw->name = TAKE_PTR(name);
         rw->path = TAKE_PTR(path);
-        rw->estimate = estimate;
-        rw->n_ctx = n_ctx;
-        rw->keep_alive_ns = keep_alive_ns;
-        rw->deadline_ns = now_ns() + (uint64_t)MAX(m->config.load_timeout_ns, (int64_t)0);
-        if (!rw->name) {
-                room_waiter_free(rw);
-                return -ENOMEM;
-        }
+        rw->digest = TAKE_PTR(digest);
+        rw->splits = TAKE_PTR(splits);
+        rw->n_splits = n_splits;
+        rw->target = target;
+        rw->gpu_max = gpu_max;
+        rw->threads = st->num_thread;
+        rw->n_ctx = st->n_ctx;
+        rw->keep_alive_ns = st->keep_alive_ns;
+        rw->deadline_ns = now_ns() + (uint64_t)MAX(c->load_timeout_ns, (int64_t)0);
         RoomWaiter **p = &s->room_waiters;
         while (*p)
                 p = &(*p)->next;
@@ -1157,6 +1375,33 @@ static void gen_cancel(Request *r, void *userdata) {
                 scheduler_admit(s);
 }
 
+/* The options of p that decide how a model is loaded. */
+static int check_model_options(const GenerateParams *p, QdError *err) {
+        if (p->num_gpu < -1)
+                return qd_error_set(err, EINVAL,
+                                    "Option 'num_gpu' must be -1 (as many layers as fit), 0 (CPU only) or a "
+                                    "number of layers, not %" PRId32 ".",
+                                    p->num_gpu);
+        if (p->num_thread > 1024)
+                return qd_error_set(err, EINVAL,
+                                    "Option 'num_thread' must be 0 (the daemon's Threads=) to 1024, not "
+                                    "%" PRIu32 ".",
+                                    p->num_thread);
+        return 0;
+}
+
+/* What a request with p's options asks of its model. */
+static ModelSettings settings_from(Scheduler *s, const GenerateParams *p, int64_t keep_alive_ns) {
+        ModelSettings st = settings_default(s, keep_alive_ns);
+        if (p->num_ctx) {
+                st.n_ctx = p->num_ctx;
+                st.n_ctx_exact = true;
+        }
+        st.num_gpu = p->num_gpu;
+        st.num_thread = p->num_thread;
+        return st;
+}
+
 static int need_backend(Scheduler *s, const char *method, QdError *err) {
         if (!s->ops)
                 return qd_error_set(
@@ -1175,6 +1420,9 @@ int scheduler_generate(Scheduler *s, Request *r, GenerateParams *p, QdError *err
                 if (k < 0)
                         return k;
         }
+        k = check_model_options(p, err);
+        if (k < 0)
+                return k;
 
         Gen *g = calloc(1, sizeof(*g));
         Waiter *w = calloc(1, sizeof(*w));
@@ -1184,6 +1432,7 @@ int scheduler_generate(Scheduler *s, Request *r, GenerateParams *p, QdError *err
                 return -ENOMEM;
         }
         g->scheduler = s;
+        g->queued_ns = now_ns();
         g->p = *p;
         *p = (GenerateParams){};
         g->request = request_ref(r);
@@ -1207,8 +1456,7 @@ int scheduler_generate(Scheduler *s, Request *r, GenerateParams *p, QdError *err
         w->request = request_ref(r);
         w->gen = g;
 
-        uint32_t n_ctx = g->p.num_ctx ? g->p.num_ctx : s->manager->config.num_ctx;
-        int64_t keep_alive = g->p.keep_alive_ns;
+        ModelSettings st = settings_from(s, &g->p, g->p.keep_alive_ns);
         _cleanup_free_ char *name = strdup(g->p.model);
         if (!name) {
                 gen_free(g);
@@ -1216,12 +1464,14 @@ int scheduler_generate(Scheduler *s, Request *r, GenerateParams *p, QdError *err
                 waiter_free(w);
                 return -ENOMEM;
         }
-        return scheduler_acquire(s, name, w, keep_alive, n_ctx, err);
+        return scheduler_acquire(s, name, w, &st, err);
 }
 
 int scheduler_load(Scheduler *s, Request *r, const char *model, int64_t keep_alive_ns, bool keep_alive_set,
-                   QdError *err) {
+                   const GenerateParams *opts, QdError *err) {
         int k = need_backend(s, "Load", err);
+        if (k >= 0)
+                k = check_model_options(opts, err);
         if (k < 0)
                 return k;
         Waiter *w = calloc(1, sizeof(*w));
@@ -1229,9 +1479,9 @@ int scheduler_load(Scheduler *s, Request *r, const char *model, int64_t keep_ali
                 return -ENOMEM;
         w->kind = WAITER_LOAD;
         w->request = request_ref(r);
-        return scheduler_acquire(s, model, w,
-                                 keep_alive_set ? keep_alive_ns : s->manager->config.keep_alive_ns,
-                                 s->manager->config.num_ctx, err);
+        ModelSettings st =
+                settings_from(s, opts, keep_alive_set ? keep_alive_ns : s->manager->config.keep_alive_ns);
+        return scheduler_acquire(s, model, w, &st, err);
 }
 
 int scheduler_unload(Scheduler *s, const char *model, QdError *err) {
@@ -1243,7 +1493,8 @@ int scheduler_unload(Scheduler *s, const char *model, QdError *err) {
                 model = canonical;
         LoadedModel *lm = model_find(s, model);
         if (!lm)
-                return qd_error_set(err, ENOENT, "Model '%s' is not loaded.", model);
+                return qd_error_set(err, ENOENT,
+                                    "Model '%s' is not loaded; 'qctl ps' lists the loaded models.", model);
         /* In use: it goes when its last request ends. */
         lm->keep_alive_ns = 0;
         if (lm->n_users == 0 && lm->state == MODEL_READY)
@@ -1273,8 +1524,9 @@ int scheduler_tokenize(Scheduler *s, Request *r, const char *model, const char *
                 waiter_free(w);
                 return -ENOMEM;
         }
-        return scheduler_acquire(s, model, w, s->manager->config.keep_alive_ns, s->manager->config.num_ctx,
-                                 err);
+        ModelSettings st = settings_default(s, s->manager->config.keep_alive_ns);
+        st.any = true;
+        return scheduler_acquire(s, model, w, &st, err);
 }
 
 int scheduler_embed(Scheduler *s, Request *r, const char *model, char **inputs, int64_t keep_alive_ns,
@@ -1296,9 +1548,23 @@ int scheduler_embed(Scheduler *s, Request *r, const char *model, char **inputs, 
         w->kind = WAITER_EMBED;
         w->request = request_ref(r);
         w->inputs = inputs;
-        return scheduler_acquire(s, model, w,
-                                 keep_alive_set ? keep_alive_ns : s->manager->config.keep_alive_ns,
-                                 s->manager->config.num_ctx, err);
+        ModelSettings st =
+                settings_default(s, keep_alive_set ? keep_alive_ns : s->manager->config.keep_alive_ns);
+        return scheduler_acquire(s, model, w, &st, err);
+}
+
+/* Where the model runs, as Ollama's ps words it: "100% GPU", "100% CPU" or "48%/52% CPU/GPU" (by bytes). */
+static void model_processor(const LoadedModel *lm, char *buf, size_t size) {
+        uint64_t total = lm->ram + lm->vram;
+
+        if (lm->n_gpu_layers == 0 || lm->vram == 0)
+                snprintf(buf, size, "100%% CPU");
+        else if (lm->n_gpu_layers >= lm->n_layer)
+                snprintf(buf, size, "100%% GPU");
+        else {
+                unsigned cpu = (unsigned)((lm->ram * 100 + total / 2) / total);
+                snprintf(buf, size, "%u%%/%u%% CPU/GPU", cpu, 100 - cpu);
+        }
 }
 
 int scheduler_pack_ps(Scheduler *s, msgpack_packer *pk) {
@@ -1318,10 +1584,14 @@ int scheduler_pack_ps(Scheduler *s, msgpack_packer *pk) {
                 if (lm->n_users == 0 && lm->expires_ns != UINT64_MAX)
                         expires = wall_now +
                                   (int64_t)((lm->expires_ns - MIN(now, lm->expires_ns)) / 1000000000ULL);
-                if (msgpack_pack_map(pk, 9) < 0 || proto_pack_kv_str(pk, "name", lm->name) < 0 ||
-                    proto_pack_kv_u64(pk, "size", lm->estimate) < 0 ||
-                    proto_pack_kv_u64(pk, "size_vram", 0) < 0 ||
-                    proto_pack_kv_str(pk, "processor", "100% CPU") < 0 ||
+                char processor[48];
+                model_processor(lm, processor, sizeof(processor));
+                if (msgpack_pack_map(pk, 11) < 0 || proto_pack_kv_str(pk, "name", lm->name) < 0 ||
+                    proto_pack_kv_str(pk, "digest", lm->digest ?: "") < 0 ||
+                    proto_pack_kv_u64(pk, "size", lm->ram + lm->vram) < 0 ||
+                    proto_pack_kv_u64(pk, "size_vram", lm->vram) < 0 ||
+                    proto_pack_kv_str(pk, "processor", processor) < 0 ||
+                    proto_pack_kv_u64(pk, "num_gpu", lm->n_gpu_layers) < 0 ||
                     proto_pack_kv_u64(pk, "context_length", lm->n_ctx) < 0 ||
                     proto_pack_kv_u64(pk, "parallel", lm->n_parallel) < 0 ||
                     proto_pack_kv_u64(pk, "in_use", lm->n_users) < 0 ||
@@ -1338,10 +1608,17 @@ int scheduler_new(Manager *m, Scheduler **ret) {
                 return -ENOMEM;
         s->manager = m;
         s->ops = m->backend;
+        BackendGpu g;
+        int k = s->ops && s->ops->gpu_info ? s->ops->gpu_info(&g) : -ENODEV;
+        if (k >= 0)
+                log_info("GPU: %s, %.1f of %.1f GiB free.", g.name, g.free / 1073741824.0,
+                         g.total / 1073741824.0);
+        else if (k != -ENODEV)
+                log_warning("Failed to query the GPU, models run on the CPU: %s", strerror(-k));
         pthread_mutex_init(&s->lock, NULL);
         pthread_cond_init(&s->cond, NULL);
         if (s->ops) {
-                int k = pthread_create(&s->thread, NULL, executor_main, s);
+                k = pthread_create(&s->thread, NULL, executor_main, s);
                 if (k != 0) {
                         scheduler_free(s);
                         return -k;

@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 
 #include "daemon.h"
@@ -87,6 +88,22 @@ static int reg_resolve(void *store, const char *name, char **ret_path, char **re
         }
         *ret_path = TAKE_PTR(path);
         return 0;
+}
+
+static int reg_digest(void *store, const char *name, char **ret, QdError *err) {
+        RegStore *s = store;
+        char digest[REGISTRY_DIGEST_MAX];
+        RegistryName n;
+        int k;
+
+        k = registry_name_parse(name, &s->config, &n, err);
+        if (k < 0)
+                return k;
+        k = registry_store_model_digest(s->store, &n, digest, err);
+        if (k < 0)
+                return k;
+        *ret = strdup(digest);
+        return *ret ? 0 : -ENOMEM;
 }
 
 void store_model_free_many(StoreModel *l, size_t n) {
@@ -187,6 +204,43 @@ static void relay_progress(const RegistryProgress *p, void *userdata) {
                 r->fn(p->status, p->digest, p->completed, p->total, r->userdata);
 }
 
+enum { N_SPEC_TEXTS = 4 }; /* template, system, parameters, messages; then the licenses */
+
+static size_t spec_n_licenses(const StoreCreateSpec *spec) {
+        size_t n = 0;
+
+        while (spec && spec->licenses && spec->licenses[n])
+                n++;
+        return n;
+}
+
+/* Appends the text layers that spec (may be NULL) gives, in the order a model lists them: template, system,
+ * parameters, messages, then each license. layers has room for N_SPEC_TEXTS + spec_n_licenses(spec); the
+ * texts stay spec's. Returns how many it appended. */
+static size_t spec_text_layers(const StoreCreateSpec *spec, RegistryCreateLayer *layers) {
+        size_t n = 0;
+
+        if (!spec)
+                return 0;
+        const struct {
+                const char *media_type, *text;
+        } texts[N_SPEC_TEXTS] = {
+                {REGISTRY_MEDIA_TEMPLATE, spec->template},
+                {REGISTRY_MEDIA_SYSTEM, spec->system},
+                {REGISTRY_MEDIA_PARAMS, spec->parameters},
+                {REGISTRY_MEDIA_MESSAGES, spec->messages},
+        };
+        for (size_t i = 0; i < ELEMENTSOF(texts) + spec_n_licenses(spec); i++) {
+                const char *media = i < ELEMENTSOF(texts) ? texts[i].media_type : REGISTRY_MEDIA_LICENSE;
+                const char *text =
+                        i < ELEMENTSOF(texts) ? texts[i].text : spec->licenses[i - ELEMENTSOF(texts)];
+                if (text)
+                        layers[n++] = (RegistryCreateLayer){
+                                .media_type = media, .fd = -EBADF, .data = text, .size = strlen(text)};
+        }
+        return n;
+}
+
 static int reg_create(void *store, const char *name, const StoreCreateSpec *spec, StoreProgressFn progress,
                       void *userdata, const atomic_bool *cancel, QdError *err) {
         RegStore *s = store;
@@ -215,33 +269,119 @@ static int reg_create(void *store, const char *name, const StoreCreateSpec *spec
         if (st.st_size == 0)
                 return qd_error_set(err, EINVAL, "The model file is empty.");
 
-        size_t n_licenses = 0;
-        while (spec->licenses && spec->licenses[n_licenses])
-                n_licenses++;
-        _cleanup_free_ RegistryCreateLayer *layers = calloc(5 + n_licenses, sizeof(RegistryCreateLayer));
+        _cleanup_free_ RegistryCreateLayer *layers =
+                calloc(1 + N_SPEC_TEXTS + spec_n_licenses(spec), sizeof(RegistryCreateLayer));
         if (!layers)
                 return -ENOMEM;
-        size_t n_layers = 0;
-        layers[n_layers++] = (RegistryCreateLayer){.media_type = REGISTRY_MEDIA_MODEL, .fd = fd};
-        const struct {
-                const char *media_type, *text;
-        } texts[] = {
-                {REGISTRY_MEDIA_TEMPLATE, spec->template},
-                {REGISTRY_MEDIA_SYSTEM, spec->system},
-                {REGISTRY_MEDIA_PARAMS, spec->parameters},
-                {REGISTRY_MEDIA_MESSAGES, spec->messages},
-        };
-        for (size_t i = 0; i < ELEMENTSOF(texts) + n_licenses; i++) {
-                const char *media = i < ELEMENTSOF(texts) ? texts[i].media_type : REGISTRY_MEDIA_LICENSE;
-                const char *text =
-                        i < ELEMENTSOF(texts) ? texts[i].text : spec->licenses[i - ELEMENTSOF(texts)];
-                if (text)
-                        layers[n_layers++] = (RegistryCreateLayer){
-                                .media_type = media, .fd = -EBADF, .data = text, .size = strlen(text)};
-        }
+        layers[0] = (RegistryCreateLayer){.media_type = REGISTRY_MEDIA_MODEL, .fd = fd};
+        size_t n_layers = 1 + spec_text_layers(spec, layers + 1);
         ProgressRelay relay = {progress, userdata};
         return registry_store_create(s->store, &n, layers, n_layers, NULL, relay_progress, &relay, cancel,
                                      err);
+}
+
+/*
+ * An archive becomes name in two steps: registry_import() under a temporary name (it refuses to replace a
+ * model, and a failed import must leave name as it was), then that model copied to name, or, when spec
+ * replaces layers, created anew from its blobs and spec's texts. The temporary name goes in every case.
+ */
+static int reg_import(void *store, int fd, const char *name, const StoreCreateSpec *spec,
+                      StoreProgressFn progress, void *userdata, const atomic_bool *cancel, char **ret_name,
+                      QdError *err) {
+        RegStore *s = store;
+        _cleanup_(registry_manifest_freep) RegistryManifest *manifest = NULL;
+        ProgressRelay relay = {progress, userdata};
+        RegistryName n, tmp;
+        uint64_t rnd;
+        int k;
+
+        if (!name) {
+                /* The archive's own name: registry_import() refuses to replace a model there. */
+                k = registry_import(s->store, fd, NULL, relay_progress, &relay, cancel, &n, err);
+                if (k >= 0 && ret_name)
+                        k = registry_name_format_short(&n, &s->config, ret_name);
+                return k;
+        }
+        k = registry_name_parse(name, &s->config, &n, err);
+        if (k < 0)
+                return k;
+        if (getrandom(&rnd, sizeof(rnd), 0) != sizeof(rnd))
+                return qd_error_set(err, errno, "Failed to name a temporary model: %s", strerror(errno));
+        tmp = n;
+        snprintf(tmp.model, sizeof(tmp.model), "quantd-import-%016" PRIx64, rnd);
+        snprintf(tmp.tag, sizeof(tmp.tag), "latest");
+        k = registry_import(s->store, fd, &tmp, relay_progress, &relay, cancel, NULL, err);
+        if (k < 0)
+                return k;
+
+        _cleanup_free_ RegistryCreateLayer *texts =
+                calloc(N_SPEC_TEXTS + spec_n_licenses(spec), sizeof(RegistryCreateLayer));
+        if (!texts) {
+                k = -ENOMEM;
+                goto finish;
+        }
+        size_t n_texts = spec_text_layers(spec, texts);
+
+        if (n_texts == 0) {
+                k = registry_store_copy(s->store, &tmp, &n, true, err);
+                goto finish;
+        }
+        k = registry_store_show(s->store, &tmp, &manifest, NULL, err);
+        if (k < 0)
+                goto finish;
+        RegistryCreateLayer *layers = calloc(manifest->n_layers + n_texts, sizeof(RegistryCreateLayer));
+        size_t n_layers = 0;
+        if (!layers) {
+                k = -ENOMEM;
+                goto finish;
+        }
+        /* The archive's layers in order, but those that spec replaces; then spec's. */
+        for (size_t i = 0; k >= 0 && i < manifest->n_layers; i++) {
+                const RegistryLayer *l = &manifest->layers[i];
+                bool replaced = false;
+                for (size_t j = 0; j < n_texts; j++)
+                        replaced = replaced || streq(l->media_type, texts[j].media_type);
+                if (replaced)
+                        continue;
+                layers[n_layers] = (RegistryCreateLayer){.media_type = l->media_type, .fd = -EBADF};
+                k = registry_store_open_blob(s->store, l->digest, &layers[n_layers].fd, err);
+                if (k >= 0)
+                        n_layers++;
+        }
+        memcpy(layers + n_layers, texts, n_texts * sizeof(RegistryCreateLayer));
+        n_layers += n_texts;
+        if (k >= 0)
+                k = registry_store_create(s->store, &n, layers, n_layers, NULL, relay_progress, &relay,
+                                          cancel, err);
+        for (size_t i = 0; i < n_layers; i++)
+                safe_close(layers[i].fd);
+        free(layers);
+finish:;
+        QdError ignored = {};
+        (void)registry_store_delete(s->store, &tmp, &ignored);
+        if (k >= 0 && ret_name)
+                k = registry_name_format_short(&n, &s->config, ret_name);
+        return k;
+}
+
+static int reg_export(void *store, const char *name, int fd, const char *format, StoreProgressFn progress,
+                      void *userdata, const atomic_bool *cancel, QdError *err) {
+        RegStore *s = store;
+        ProgressRelay relay = {progress, userdata};
+        _cleanup_free_ char *file = strdup_printf("model.%s", format);
+        RegistryName n;
+        int k;
+
+        if (!file)
+                return -ENOMEM;
+        RegistryArchiveFormat f = registry_archive_format_from_filename(file);
+        if (f < 0)
+                return qd_error_set(err, EINVAL, "Unknown archive format '%s'; use tar, tar.gz or tar.zst.",
+                                    format);
+        k = registry_name_parse(name, &s->config, &n, err);
+        if (k < 0)
+                return k;
+        return registry_export(s->store, &n, fd, f, relay_progress, &relay, cancel, err);
 }
 
 static int reg_read_layer(void *store, const char *name, const char *media_type, char **ret, QdError *err) {
@@ -334,7 +474,10 @@ const StoreOps store_registry_ops = {
         .close = reg_close,
         .resolve = reg_resolve,
         .list = reg_list,
+        .digest = reg_digest,
         .create = reg_create,
+        .import = reg_import,
+        .export = reg_export,
         .read_layer = reg_read_layer,
         .pull = reg_pull,
         .push = reg_push,

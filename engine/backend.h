@@ -90,6 +90,14 @@ typedef struct BackendOps {
         /* Optional (NULL when absent): bytes of backend memory that range would take with n_ctx positions
          * for each of n_seq sequences, for placement decisions before init(). */
         uint64_t (*estimate)(const EngineModel *m, const BackendRange *range, uint32_t n_ctx, uint32_t n_seq);
+
+        /* Optional: whether init() could take range of m as far as the model goes (architecture, features,
+         * tensor types), without touching a device: 0, or -EOPNOTSUPP with a sentence in err. */
+        int (*check)(const EngineModel *m, const BackendRange *range, QdError *err);
+
+        /* Optional, for backends with memory of their own (a GPU): bytes of it that the state holds now,
+         * weights and scratch, KV caches excluded. */
+        uint64_t (*device_bytes)(void *state);
 } BackendOps;
 
 extern const BackendOps backend_cpu_ops;

@@ -54,8 +54,8 @@ typedef struct CpuBackend {
         size_t act_stride;
         float *rope_cos, *rope_sin; /* (n_batch, n_rot / 2) */
         float *inv_freq;            /* (n_rot / 2) */
-        float *scores;              /* (n_threads, scores_cap) attention scratch */
-        uint32_t scores_cap;
+        float *scores;              /* (n_threads, group, scores_cap) attention scratch */
+        uint32_t scores_cap;        /* positions */
         float *wrow; /* (n_threads, max row length) a dequantized weight row, f32_activations mode */
         uint32_t wrow_len;
 } CpuBackend;
@@ -263,22 +263,24 @@ static void step_rope_store(void *ctx, uint32_t ith, uint32_t t) {
         store_kv_row(kv->v + off, v, nkv, b->range.kv_type);
 }
 
-/* Attention of one (row, head): chunk i is head i % n_head of row n_tokens - 1 - i / n_head, the last rows
- * first, since in a prompt they attend to the most positions and the short ones then fill in at the end. */
+/* Attention of one (row, KV head) with the query heads that share it (adjacent in q): chunk i is KV head
+ * i % n_head_kv of row n_tokens - 1 - i / n_head_kv, the last rows first, since in a prompt they attend to the
+ * most positions and the short ones then fill in at the end. The kernel converts each cached key and value once
+ * for the whole group. */
 static void step_attention(void *ctx, uint32_t ith, uint32_t i) {
         StepCtx *s = ctx;
         CpuBackend *b = s->b;
         const ModelConfig *c = b->c;
         uint32_t nq = c->n_head * c->head_dim, group = c->n_head / c->n_head_kv;
         float scale = 1.0f / sqrtf((float)c->head_dim);
-        float *scores = b->scores + (size_t)ith * b->scores_cap;
-        uint32_t t = s->batch->n_tokens - 1 - i / c->n_head, h = i % c->n_head, pos;
+        float *scores = b->scores + (size_t)ith * group * b->scores_cap;
+        uint32_t t = s->batch->n_tokens - 1 - i / c->n_head_kv, g = i % c->n_head_kv, pos;
         CpuKv *kv = span_kv(s->batch, t, &pos);
         size_t layer_off = (size_t)(s->il - b->range.l0) * kv->n_ctx * b->kv_row;
-        size_t head_off = (size_t)(h / group) * c->head_dim * ggml_type_info(b->range.kv_type)->type_size;
-        b->k->attend(b->q + (size_t)t * nq + (size_t)h * c->head_dim, kv->k + layer_off + head_off,
-                     kv->v + layer_off + head_off, b->kv_row, b->range.kv_type, pos + 1, c->head_dim,
-                     scale, scores, b->att + (size_t)t * nq + (size_t)h * c->head_dim);
+        size_t head_off = (size_t)g * c->head_dim * ggml_type_info(b->range.kv_type)->type_size;
+        size_t q_off = (size_t)t * nq + (size_t)g * group * c->head_dim;
+        b->k->attend(b->q + q_off, group, kv->k + layer_off + head_off, kv->v + layer_off + head_off, b->kv_row,
+                     b->range.kv_type, pos + 1, c->head_dim, scale, scores, b->att + q_off);
 }
 
 /* Row t: hb = silu(gate) * up, then the conversion of hb for the down projection. */
@@ -310,7 +312,7 @@ static int cpu_forward(void *state, const BackendBatch *batch, float *x, float *
                 n_pos_max = MAX(n_pos_max, batch->spans[i].pos0 + batch->spans[i].n);
         if (n_pos_max > b->scores_cap) {
                 uint32_t cap = ALIGN_TO(n_pos_max, 256);
-                float *p = alloc_floats((uint64_t)cap * b->n_threads);
+                float *p = alloc_floats((uint64_t)cap * (c->n_head / c->n_head_kv) * b->n_threads);
                 if (!p)
                         return -ENOMEM;
                 free(b->scores);
@@ -355,7 +357,7 @@ static int cpu_forward(void *state, const BackendBatch *batch, float *x, float *
                 mat_job_run(&mat);
 
                 threadpool_run(b->pool, n, step_rope_store, &s);
-                threadpool_run(b->pool, n * c->n_head, step_attention, &s);
+                threadpool_run(b->pool, n * c->n_head_kv, step_attention, &s);
 
                 mat_job_init(&mat, b, b->att, nq, n);
                 mat_job_add(&mat, &l->wo, b->proj, c->n_embd);

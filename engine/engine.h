@@ -367,6 +367,17 @@ DEFINE_TRIVIAL_CLEANUP_FUNC(GgufWriter *, gguf_writer_free);
 /* Number of CUDA devices the engine can use: 0 when built without CUDA or when none is present. */
 int engine_cuda_devices(void);
 
+/* A GPU as the scheduler sees it. */
+typedef struct EngineGpuInfo {
+        char name[128];       /* e.g. "NVIDIA H100 80GB HBM3" */
+        uint64_t free_bytes;  /* device memory free now (cudaMemGetInfo()), other processes' use excluded */
+        uint64_t total_bytes; /* device memory in all */
+} EngineGpuInfo;
+
+/* Device device (0 .. engine_cuda_devices() - 1): its name and memory. -ENODEV when there is no such device,
+ * which is every device in a build without CUDA. Any thread. */
+int engine_gpu_info(uint32_t device, EngineGpuInfo *ret);
+
 /* ---- CPU kernels ---- */
 
 /* Instruction sets the CPU kernels come in, chosen at run time. */
@@ -382,6 +393,8 @@ typedef enum EngineCpuIsa {
 EngineCpuIsa engine_cpu_isa_best(void);
 /* "scalar", "avx2", "avx512"; "unknown" otherwise. */
 const char *engine_cpu_isa_name(EngineCpuIsa isa);
+/* The set a name above gives; _ENGINE_CPU_ISA_INVALID (-EINVAL) for any other name. */
+EngineCpuIsa engine_cpu_isa_from_name(const char *name);
 
 /*
  * y = W x with one kernel set, single-threaded, as the forward pass computes it (activations converted to the
@@ -396,11 +409,20 @@ int engine_cpu_matmul(EngineCpuIsa isa, uint32_t type, const void *w, uint64_t n
  * -EOPNOTSUPP when the CPU lacks isa. */
 int engine_cpu_swiglu(EngineCpuIsa isa, float *g, const float *u, uint64_t n);
 
+/* Attention of n_q query heads of head_dim floats each (adjacent in q, their outputs adjacent in out) that
+ * share n_pos keys and values (rows of head_dim elements of kv_type, F16 or F32, every kv_stride bytes), with
+ * one kernel set, for the kernel tests: out_i = Σ_p softmax(q_i · k_p × scale)_p v_p. -EINVAL for bad
+ * arguments, -ENOMEM, -EOPNOTSUPP when the CPU lacks isa. */
+int engine_cpu_attend(EngineCpuIsa isa, const float *q, uint32_t n_q, const void *k, const void *v,
+                      size_t kv_stride, uint32_t kv_type, uint32_t n_pos, uint32_t head_dim, float scale,
+                      float *out);
+
 /* ---- models and the forward pass ---- */
 
 typedef struct EngineModelParams {
-        const char *backend;  /* "cpu", "cuda", NULL = best available */
-        int32_t n_gpu_layers; /* layers on the GPU backend, the first ones; -1 = all that fit */
+        const char *backend;  /* "cpu", "cuda", NULL = best available for the model */
+        int32_t n_gpu_layers; /* layers on the GPU backend, the first ones; -1 = all that fit in the device's
+                               * free memory with a context of 2048 */
         uint32_t n_threads;   /* CPU worker threads; 0 = the CPU count */
         uint32_t kv_type;     /* GGML_TYPE_F16 (default), GGML_TYPE_F32 (cpu), GGML_TYPE_Q8_0 (cuda) */
         uint32_t n_batch;     /* most tokens one forward step takes; longer prompts go in chunks; 0 = 512 */
@@ -438,6 +460,9 @@ typedef struct EngineModelInfo {
         uint64_t n_params;
         uint64_t file_size;
         const char *file_type; /* the most common weight type, e.g. "q4_1" */
+        uint32_t n_gpu_layers; /* layers on the GPU backend (the first ones); 0: it all runs on the CPU */
+        uint64_t vram_bytes;   /* device memory the model holds (weights as stored there, scratch), the
+                                * sequences' KV caches not included: see EngineEstimate.vram_kv_bytes */
 } EngineModelInfo;
 
 /* Borrowed, valid as long as m. */
@@ -446,6 +471,29 @@ const Gguf *engine_model_gguf(const EngineModel *m);
 
 /* Bytes needed to run with n_ctx context for each of n_seq sequences: weights + KV cache + scratch. */
 uint64_t engine_model_estimate(const EngineModelInfo *info, uint32_t kv_type, uint32_t n_ctx, uint32_t n_seq);
+
+/* What a model needs with its first n_gpu_layers layers on the GPU and the rest on the CPU. */
+typedef struct EngineEstimate {
+        uint32_t n_gpu_layers;
+        uint64_t ram_bytes;     /* host memory: the CPU layers' weights (mapped from the file), their KV
+                                 * caches, scratch */
+        uint64_t vram_bytes;    /* device memory: the GPU layers' weights as stored there, their KV caches,
+                                 * scratch */
+        uint64_t vram_kv_bytes; /* the KV caches' part of vram_bytes */
+} EngineEstimate;
+
+/*
+ * Placement before loading: what the model in g needs, with n_ctx positions for each of n_seq sequences,
+ * for every split between the GPU backend and the CPU: (*ret)[n] puts the first n layers on the GPU, for
+ * n = 0 .. *ret_n - 1. *ret_n is n_layer + 1 when p (NULL: the defaults; its n_gpu_layers is ignored)
+ * allows a GPU backend, one is present and it runs this model (architecture, features, tensor types), else
+ * 1 (everything on the CPU). vram_bytes grows with n and ram_bytes shrinks. The sizes are those the backends
+ * allocate (rows padded on the device, the device's scratch), so that a split whose vram_bytes is under the
+ * device's free memory loads. Errors as engine_model_load() for a file the engine cannot run. The caller
+ * frees *ret.
+ */
+int engine_model_estimate_splits(const Gguf *g, const EngineModelParams *p, uint32_t n_ctx, uint32_t n_seq,
+                                 EngineEstimate **ret, size_t *ret_n, QdError *err);
 
 /* One sequence: its KV cache of n_ctx positions on every backend of the model, and its position. */
 typedef struct EngineSeq EngineSeq;

@@ -15,10 +15,14 @@
 #include <immintrin.h>
 #include <math.h>
 
+#define SIMD_TARGET "avx2,fma,f16c"
+#define SIMD_AVX512 0
+
 #include "kernels-kquant.h"
+#include "kernels-simd.h"
 #include "kernels.h"
 
-#define AVX2 __attribute__((target("avx2,fma,f16c")))
+#define AVX2 __attribute__((target(SIMD_TARGET)))
 #define TILE 4
 
 /* Two floats from an address of any alignment, the upper lanes zero. */
@@ -105,63 +109,6 @@ static AVX2 void gemm_bf16(uint64_t n, const uint8_t *w, size_t w_stride, uint32
 
 /* ---- 32-element block weights ---- */
 
-/* 16 bytes of nibbles to 32 bytes: elements 0-15 from the low nibbles, 16-31 from the high ones. */
-static inline AVX2 __m256i unpack_nibbles(const uint8_t *qs) {
-        __m128i b = _mm_loadu_si128((const __m128i *)qs), m = _mm_set1_epi8(0xf);
-        return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), m), _mm_and_si128(b, m));
-}
-
-/* 0x10 in byte j where bit j of the 32 bits at qh is set. */
-static inline AVX2 __m256i fifth_bits(const uint8_t *qh) {
-        uint32_t x;
-        memcpy(&x, qh, 4);
-        __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)x),
-                                        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
-                                                          0x0101010101010101, 0x0000000000000000));
-        __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
-        return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit), _mm256_set1_epi8(0x10));
-}
-
-/*
- * Decodes block b of a row of type: the 32 weights (unsigned, except Q8_0's signed bytes), the scale, and the
- * coefficient of the activation block sum (the minimum, or -offset × scale).
- */
-static inline __attribute__((always_inline)) AVX2 __m256i decode32(uint32_t type, const uint8_t *row, uint64_t b,
-                                                                  float *ret_d, float *ret_m) {
-        switch (type) {
-        case GGML_TYPE_Q4_0: {
-                const BlockQ4_0 *x = (const BlockQ4_0 *)row + b;
-                *ret_d = _cvtsh_ss(x->d);
-                *ret_m = -8.0f * *ret_d;
-                return unpack_nibbles(x->qs);
-        }
-        case GGML_TYPE_Q4_1: {
-                const BlockQ4_1 *x = (const BlockQ4_1 *)row + b;
-                *ret_d = _cvtsh_ss(x->d);
-                *ret_m = _cvtsh_ss(x->m);
-                return unpack_nibbles(x->qs);
-        }
-        case GGML_TYPE_Q5_0: {
-                const BlockQ5_0 *x = (const BlockQ5_0 *)row + b;
-                *ret_d = _cvtsh_ss(x->d);
-                *ret_m = -16.0f * *ret_d;
-                return _mm256_or_si256(unpack_nibbles(x->qs), fifth_bits(x->qh));
-        }
-        case GGML_TYPE_Q5_1: {
-                const BlockQ5_1 *x = (const BlockQ5_1 *)row + b;
-                *ret_d = _cvtsh_ss(x->d);
-                *ret_m = _cvtsh_ss(x->m);
-                return _mm256_or_si256(unpack_nibbles(x->qs), fifth_bits(x->qh));
-        }
-        default: {
-                const BlockQ8_0 *x = (const BlockQ8_0 *)row + b;
-                *ret_d = _cvtsh_ss(x->d);
-                *ret_m = 0;
-                return _mm256_loadu_si256((const __m256i *)x->qs);
-        }
-        }
-}
-
 static inline __attribute__((always_inline)) AVX2 __m256 idot32(uint32_t type, __m256i w, const int8_t *x) {
         __m256i a = _mm256_loadu_si256((const __m256i *)x), p;
 
@@ -194,7 +141,7 @@ static inline __attribute__((always_inline)) AVX2 void gemm_q32(uint32_t type, s
                         uint64_t b = 0;
                         for (; b + 2 <= nb; b += 2) {
                                 float d0, m0, d1, m1;
-                                __m256i w0 = decode32(type, wr, b, &d0, &m0), w1 = decode32(type, wr, b + 1, &d1, &m1);
+                                __m256i w0 = q32_decode(type, wr, b, &d0, &m0), w1 = q32_decode(type, wr, b + 1, &d1, &m1);
                                 __m128 mv = _mm_setr_ps(m0, m1, 0, 0);
                                 for (uint32_t t = 0; t < nt; t++) {
                                         const uint8_t *at = a + (t0 + t) * a_stride;
@@ -209,7 +156,7 @@ static inline __attribute__((always_inline)) AVX2 void gemm_q32(uint32_t type, s
                         }
                         for (; b < nb; b++) {
                                 float d0, m0;
-                                __m256i w0 = decode32(type, wr, b, &d0, &m0);
+                                __m256i w0 = q32_decode(type, wr, b, &d0, &m0);
                                 for (uint32_t t = 0; t < nt; t++) {
                                         const uint8_t *at = a + (t0 + t) * a_stride;
                                         acc0[t] = _mm256_fmadd_ps(idot32(type, w0, (const int8_t *)at + b * 32),
@@ -361,30 +308,7 @@ static AVX2 void quantize_act_q8_k(const float *x, uint8_t *dst, uint64_t n) {
         }
 }
 
-/* ---- exp ---- */
-
-/*
- * e^x for 8 floats, within about 2 ulp for x in [-87, 88] (clamped there: below, the result is ~1e-38 instead
- * of smaller, which softmax and SiLU do not notice). x = n ln2 + r with |r| <= ln2 / 2, e^r by its Taylor
- * series to r^6 (the next term is < 2e-7 relative), 2^n put straight into the exponent bits.
- */
-static inline AVX2 __m256 exp256(__m256 x) {
-        x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
-        __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        /* ln 2 in two parts, so that n × ln2_hi is exact. */
-        __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-        r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-        __m256 p = _mm256_set1_ps(1.0f / 720);
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-        __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-        return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
+/* ---- SwiGLU ---- */
 
 static AVX2 void swiglu_avx2(float *g, const float *u, uint32_t n) {
         uint32_t i = 0;
@@ -407,15 +331,11 @@ static inline AVX2 __m256 load_kv8(uint32_t kv_type, const uint8_t *p, uint32_t 
         return _mm256_loadu_ps((const float *)p + i);
 }
 
-static AVX2 void attend_avx2(const float *q, const uint8_t *k, const uint8_t *v, size_t kv_stride,
-                             uint32_t kv_type, uint32_t n_pos, uint32_t head_dim, float scale, float *scores,
-                             float *out) {
+static AVX2 void attend1_avx2(const float *q, const uint8_t *k, const uint8_t *v, size_t kv_stride,
+                              uint32_t kv_type, uint32_t n_pos, uint32_t head_dim, float scale, float *scores,
+                              float *out) {
         float max = -INFINITY, sum = 0;
 
-        if (head_dim % 8) {
-                cpu_kernels_scalar.attend(q, k, v, kv_stride, kv_type, n_pos, head_dim, scale, scores, out);
-                return;
-        }
         for (uint32_t p = 0; p < n_pos; p++) {
                 const uint8_t *kp = k + p * kv_stride;
                 __m256 acc = _mm256_setzero_ps();
@@ -446,6 +366,18 @@ static AVX2 void attend_avx2(const float *q, const uint8_t *k, const uint8_t *v,
                         _mm256_storeu_ps(out + i, _mm256_fmadd_ps(a, load_kv8(kv_type, vp, i),
                                                                   _mm256_loadu_ps(out + i)));
         }
+}
+
+static AVX2 void attend_avx2(const float *q, uint32_t n_q, const uint8_t *k, const uint8_t *v, size_t kv_stride,
+                             uint32_t kv_type, uint32_t n_pos, uint32_t head_dim, float scale, float *scores,
+                             float *out) {
+        if (head_dim % 8) {
+                cpu_kernels_scalar.attend(q, n_q, k, v, kv_stride, kv_type, n_pos, head_dim, scale, scores, out);
+                return;
+        }
+        for (uint32_t i = 0; i < n_q; i++)
+                attend1_avx2(q + (size_t)i * head_dim, k, v, kv_stride, kv_type, n_pos, head_dim, scale, scores,
+                             out + (size_t)i * head_dim);
 }
 
 const CpuKernels cpu_kernels_avx2 = {

@@ -385,8 +385,9 @@ DEFINE_GEMM(gemm_q4_k, dot_k(GGML_TYPE_Q4_K, sizeof(BlockQ4_K), n, wr, (const Bl
 DEFINE_GEMM(gemm_q5_k, dot_k(GGML_TYPE_Q5_K, sizeof(BlockQ5_K), n, wr, (const BlockQ8_K *)at))
 DEFINE_GEMM(gemm_q6_k, dot_k(GGML_TYPE_Q6_K, sizeof(BlockQ6_K), n, wr, (const BlockQ8_K *)at))
 
-static void attend_scalar(const float *q, const uint8_t *k, const uint8_t *v, size_t kv_stride, uint32_t kv_type,
-                          uint32_t n_pos, uint32_t head_dim, float scale, float *scores, float *out) {
+static void attend1_scalar(const float *q, const uint8_t *k, const uint8_t *v, size_t kv_stride,
+                           uint32_t kv_type, uint32_t n_pos, uint32_t head_dim, float scale, float *scores,
+                           float *out) {
         float max = -INFINITY, sum = 0;
 
         for (uint32_t p = 0; p < n_pos; p++) {
@@ -409,6 +410,14 @@ static void attend_scalar(const float *q, const uint8_t *k, const uint8_t *v, si
                         out[i] += a * (kv_type == GGML_TYPE_F16 ? engine_fp16_to_f32(((const GgmlHalf *)vp)[i])
                                                                 : ((const float *)vp)[i]);
         }
+}
+
+static void attend_scalar(const float *q, uint32_t n_q, const uint8_t *k, const uint8_t *v, size_t kv_stride,
+                          uint32_t kv_type, uint32_t n_pos, uint32_t head_dim, float scale, float *scores,
+                          float *out) {
+        for (uint32_t i = 0; i < n_q; i++)
+                attend1_scalar(q + (size_t)i * head_dim, k, v, kv_stride, kv_type, n_pos, head_dim, scale, scores,
+                               out + (size_t)i * head_dim);
 }
 
 static void swiglu_scalar(float *g, const float *u, uint32_t n) {

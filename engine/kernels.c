@@ -89,6 +89,13 @@ const char *engine_cpu_isa_name(EngineCpuIsa isa) {
         return names[isa];
 }
 
+EngineCpuIsa engine_cpu_isa_from_name(const char *name) {
+        for (int i = 0; i < _ENGINE_CPU_ISA_MAX; i++)
+                if (name && streq(name, engine_cpu_isa_name((EngineCpuIsa)i)))
+                        return (EngineCpuIsa)i;
+        return _ENGINE_CPU_ISA_INVALID;
+}
+
 int engine_cpu_matmul(EngineCpuIsa isa, uint32_t type, const void *w, uint64_t n, uint64_t n_rows, const float *x,
                       uint64_t n_tok, float *y) {
         const CpuKernels *k;
@@ -134,5 +141,24 @@ int engine_cpu_swiglu(EngineCpuIsa isa, float *g, const float *u, uint64_t n) {
         if (!k)
                 return -EOPNOTSUPP;
         k->swiglu(g, u, (uint32_t)n);
+        return 0;
+}
+
+int engine_cpu_attend(EngineCpuIsa isa, const float *q, uint32_t n_q, const void *k, const void *v,
+                      size_t kv_stride, uint32_t kv_type, uint32_t n_pos, uint32_t head_dim, float scale,
+                      float *out) {
+        const CpuKernels *kern;
+        _cleanup_free_ float *scores = NULL;
+
+        if ((int)isa < 0 || isa >= _ENGINE_CPU_ISA_MAX || !q || !k || !v || !out || n_q == 0 || n_pos == 0 ||
+            head_dim == 0 || (kv_type != GGML_TYPE_F16 && kv_type != GGML_TYPE_F32))
+                return -EINVAL;
+        kern = cpu_kernels(isa);
+        if (!kern)
+                return -EOPNOTSUPP;
+        scores = malloc((size_t)n_q * n_pos * sizeof(float));
+        if (!scores)
+                return -ENOMEM;
+        kern->attend(q, n_q, k, v, kv_stride, kv_type, n_pos, head_dim, scale, scores, out);
         return 0;
 }

@@ -47,11 +47,14 @@ typedef void (*GemmFn)(uint64_t n, const uint8_t *w, size_t w_stride, uint32_t n
 typedef void (*QuantizeActFn)(const float *x, uint8_t *dst, uint64_t n);
 
 /*
- * Attention of one query row over n_pos cached positions: scores = (q · k_p) × scale, softmax, out = Σ p_t v_t.
- * k and v rows of head_dim elements of kv_type (F16 or F32) every kv_stride bytes; scores is scratch of n_pos.
+ * Attention of n_q query heads that share their keys and values (the heads of one KV group, adjacent: query i at
+ * q + i × head_dim, its output at out + i × head_dim) over n_pos cached positions: scores = (q · k_p) × scale,
+ * softmax, out = Σ p_t v_t. k and v rows of head_dim elements of kv_type (F16 or F32) every kv_stride bytes;
+ * scores is scratch of n_q × n_pos. Each query's result does not depend on n_q.
  */
-typedef void (*AttendFn)(const float *q, const uint8_t *k, const uint8_t *v, size_t kv_stride, uint32_t kv_type,
-                         uint32_t n_pos, uint32_t head_dim, float scale, float *scores, float *out);
+typedef void (*AttendFn)(const float *q, uint32_t n_q, const uint8_t *k, const uint8_t *v, size_t kv_stride,
+                         uint32_t kv_type, uint32_t n_pos, uint32_t head_dim, float scale, float *scores,
+                         float *out);
 
 /* g[i] = silu(g[i]) × u[i] = g[i] / (1 + exp(-g[i])) × u[i], for i < n: SwiGLU's gate. */
 typedef void (*SwigluFn)(float *g, const float *u, uint32_t n);

@@ -83,12 +83,9 @@ static const BackendOps *find_backend(const char *name) {
         return NULL;
 }
 
-/* Splits the layers between the GPU backend (the first n_gpu_layers) and the CPU, and starts them. */
-static int place_segments(EngineModel *m, QdError *err) {
-        const EngineModelParams *p = &m->params;
+/* The GPU backend p asks for (NULL: the best available), or NULL for the CPU only. */
+static int choose_gpu(const EngineModelParams *p, const BackendOps **ret, QdError *err) {
         const BackendOps *gpu = NULL;
-        uint32_t n_layer = m->cfg.n_layer, n_gpu = 0;
-        int r;
 
         if (p->backend) {
                 const BackendOps *ops = find_backend(p->backend);
@@ -100,8 +97,62 @@ static int place_segments(EngineModel *m, QdError *err) {
                         gpu = ops;
         } else if (&backend_cuda_ops && engine_cuda_devices() > 0)
                 gpu = &backend_cuda_ops;
+        *ret = gpu;
+        return 0;
+}
+
+/* Context the default placement leaves room for on the GPU, for one sequence. */
+#define FIT_N_CTX 2048
+
+/*
+ * n_gpu_layers -1: as many layers as fit in the device's free memory with a KV cache of FIT_N_CTX positions,
+ * all of them when the backend cannot tell (no device_bytes, a device that does not answer). The daemon
+ * chooses for itself (engine_model_estimate_splits()); this is for everyone else.
+ */
+static uint32_t fitting_layers(const EngineModel *m, const BackendOps *gpu) {
+        EngineGpuInfo g;
+        uint32_t n = m->cfg.n_layer;
+
+        if (!gpu->device_bytes || engine_gpu_info(0, &g) < 0)
+                return n;
+        for (; n > 0; n--) {
+                BackendRange range = {
+                        .l0 = 0,
+                        .l1 = n,
+                        .n_batch = m->n_batch,
+                        .kv_type = m->params.kv_type,
+                        .n_threads = m->params.n_threads,
+                };
+                if (gpu->estimate(m, &range, FIT_N_CTX, 1) <= g.free_bytes)
+                        break;
+        }
+        return n;
+}
+
+/* Splits the layers between the GPU backend (the first n_gpu_layers) and the CPU, and starts them. */
+static int place_segments(EngineModel *m, QdError *err) {
+        const EngineModelParams *p = &m->params;
+        const BackendOps *gpu = NULL;
+        uint32_t n_layer = m->cfg.n_layer, n_gpu = 0;
+        int r;
+
+        r = choose_gpu(p, &gpu, err);
+        if (r < 0)
+                return r;
+        /* The best available backend for a model the GPU's cannot run is the CPU; one asked for by name
+         * says why it cannot. */
+        BackendRange all = {
+                .l0 = 0,
+                .l1 = n_layer,
+                .n_batch = m->n_batch,
+                .kv_type = p->kv_type,
+                .n_threads = p->n_threads,
+        };
+        if (gpu && !p->backend && gpu->check && gpu->check(m, &all, NULL) < 0)
+                gpu = NULL;
         if (gpu)
-                n_gpu = p->n_gpu_layers < 0 ? n_layer : MIN((uint32_t)p->n_gpu_layers, n_layer);
+                n_gpu = p->n_gpu_layers < 0 ? fitting_layers(m, gpu)
+                                            : MIN((uint32_t)p->n_gpu_layers, n_layer);
 
         struct {
                 const BackendOps *ops;
@@ -126,6 +177,12 @@ static int place_segments(EngineModel *m, QdError *err) {
                 if (r < 0)
                         return r;
                 m->segments[m->n_segments++] = (ModelSegment){ plan[i].ops, state, plan[i].l0, plan[i].l1 };
+                if (plan[i].ops != &backend_cpu_ops) {
+                        const BackendOps *ops = plan[i].ops;
+                        m->info.n_gpu_layers += plan[i].l1 - plan[i].l0;
+                        m->info.vram_bytes += ops->device_bytes ? ops->device_bytes(state)
+                                                                : ops->estimate(m, &range, 0, 0);
+                }
         }
         return 0;
 }
@@ -272,6 +329,104 @@ uint64_t engine_model_estimate(const EngineModelInfo *info, uint32_t kv_type, ui
                            (uint64_t)info->n_vocab * sizeof(float) * n_seq;
 
         return info->file_size + kv * n_seq + scratch;
+}
+
+/* Bytes of a tensor in the mapped file; 0 for an absent one. */
+static uint64_t host_tensor_bytes(const Tensor *t) {
+        return t->data ? t->row_size * t->ne1 : 0;
+}
+
+/* Host memory of layers [l0, n_layer) on the CPU backend: their weights as mapped, the embedding table
+ * when l0 is 0 and the head, the CPU backend's KV caches and scratch; and the decoder's buffers, which
+ * every split has. */
+static uint64_t host_bytes(const EngineModel *m, uint32_t l0, uint32_t n_ctx, uint32_t n_seq) {
+        const ModelConfig *c = &m->cfg;
+        const ModelWeights *w = &m->w;
+        uint64_t b = (uint64_t)m->n_batch * c->n_embd * sizeof(float) +
+                     (uint64_t)MAX(n_seq, 1u) * c->n_vocab * sizeof(float);
+
+        if (l0 >= c->n_layer)
+                return b;
+        BackendRange range = {
+                .l0 = l0,
+                .l1 = c->n_layer,
+                .n_batch = m->n_batch,
+                .kv_type = m->params.kv_type,
+                .n_threads = m->params.n_threads,
+        };
+        b += backend_cpu_ops.estimate(m, &range, n_ctx, n_seq);
+        if (l0 == 0)
+                b += host_tensor_bytes(&w->token_embd);
+        b += host_tensor_bytes(&w->output_norm);
+        if (w->output.data != w->token_embd.data || l0 > 0)
+                b += host_tensor_bytes(&w->output);
+        for (uint32_t l = l0; l < c->n_layer; l++) {
+                const LayerWeights *lw = &w->layers[l];
+                const Tensor *ts[] = { &lw->attn_norm, &lw->wq, &lw->wk, &lw->wv, &lw->bq, &lw->bk, &lw->bv,
+                                       &lw->wo, &lw->ffn_norm, &lw->w_gate, &lw->w_up, &lw->w_down };
+                for (size_t i = 0; i < ELEMENTSOF(ts); i++)
+                        b += host_tensor_bytes(ts[i]);
+        }
+        return b;
+}
+
+int engine_model_estimate_splits(const Gguf *g, const EngineModelParams *p, uint32_t n_ctx, uint32_t n_seq,
+                                 EngineEstimate **ret, size_t *ret_n, QdError *err) {
+        _cleanup_free_ EngineEstimate *e = NULL;
+        const BackendOps *gpu = NULL;
+        EngineModel m = {};
+        size_t n;
+        int r;
+
+        if (!g || !ret || !ret_n || n_ctx == 0 || n_seq == 0)
+                return qd_error_set(err, EINVAL, "Bad arguments to the estimate.");
+        m.gguf = (Gguf *)g;
+        m.params = p ? *p : engine_model_params_default();
+        m.n_batch = m.params.n_batch ? m.params.n_batch : DEFAULT_N_BATCH;
+        r = choose_gpu(&m.params, &gpu, err);
+        if (r < 0)
+                return r;
+        m.params.backend = NULL;
+        r = model_config_load(g, &m.cfg, &m.w, err);
+        if (r < 0)
+                return r;
+        /* A model the GPU backend cannot run at all goes on the CPU, as loading would have to. */
+        BackendRange all = {
+                .l0 = 0,
+                .l1 = m.cfg.n_layer,
+                .n_batch = m.n_batch,
+                .kv_type = m.params.kv_type,
+                .n_threads = m.params.n_threads,
+        };
+        if (gpu && gpu->check && gpu->check(&m, &all, NULL) < 0)
+                gpu = NULL;
+
+        n = gpu ? (size_t)m.cfg.n_layer + 1 : 1;
+        e = calloc(n, sizeof(EngineEstimate));
+        if (!e) {
+                free(m.w.layers);
+                return -ENOMEM;
+        }
+        for (size_t i = 0; i < n; i++) {
+                e[i].n_gpu_layers = (uint32_t)i;
+                e[i].ram_bytes = host_bytes(&m, (uint32_t)i, n_ctx, n_seq);
+                if (i == 0)
+                        continue;
+                BackendRange range = {
+                        .l0 = 0,
+                        .l1 = (uint32_t)i,
+                        .n_batch = m.n_batch,
+                        .kv_type = m.params.kv_type,
+                        .n_threads = m.params.n_threads,
+                };
+                uint64_t fixed = gpu->estimate(&m, &range, 0, 0);
+                e[i].vram_bytes = gpu->estimate(&m, &range, n_ctx, n_seq);
+                e[i].vram_kv_bytes = e[i].vram_bytes - MIN(fixed, e[i].vram_bytes);
+        }
+        free(m.w.layers);
+        *ret = TAKE_PTR(e);
+        *ret_n = n;
+        return 0;
 }
 
 /* ---- sequences ---- */

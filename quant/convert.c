@@ -9,9 +9,8 @@
  * reversed and the bytes stay as they are. llama's rotary embedding in GGUF rotates adjacent pairs
  * (ROPE_NORM) while HF's llama rotates the first half of each head against the second, so the rows of q_proj
  * and k_proj are reordered per head: GGUF row 2i+j of a head is HF row i + j*head_dim/2. qwen2 rotates
- * halves in GGUF too (ROPE_NEOX) and keeps its rows. The vocabulary is a byte-level BPE ("gpt2" in GGUF's
- * words) from tokenizer.json; the pre-tokenizer's name comes from a small table of the pre_tokenizer
- * sections we know.
+ * halves in GGUF too (ROPE_NEOX) and keeps its rows. The vocabulary (a SentencePiece one from
+ * tokenizer.model, or tokenizer.json's) is convert-vocab.c's.
  */
 
 #include <errno.h>
@@ -23,11 +22,6 @@
 #include <sys/stat.h>
 
 #include "hf-internal.h"
-
-#define TOKEN_TYPE_NORMAL 1
-#define TOKEN_TYPE_CONTROL 3
-#define TOKEN_TYPE_USER_DEFINED 4
-#define TOKEN_TYPE_UNUSED 5
 
 QuantConvertParams quant_convert_params_default(void) {
         return (QuantConvertParams){.out_type = -1};
@@ -78,16 +72,8 @@ static int cfg_f32(json_object *cfg, const char *key, float def, float *ret, QdE
         return 0;
 }
 
-static const char *json_str(json_object *o, const char *key) {
-        json_object *v;
-
-        if (!o || !json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
-                return NULL;
-        return json_object_get_string(v);
-}
-
 static int read_hparams(json_object *cfg, HParams *h, QdError *err) {
-        const char *type = json_str(cfg, "model_type");
+        const char *type = quant_json_str(cfg, "model_type");
         json_object *o, *rope;
         int r;
 
@@ -136,7 +122,7 @@ static int read_hparams(json_object *cfg, HParams *h, QdError *err) {
             (r = cfg_f32(rope, "rope_theta", 10000.0f, &h->rope_theta, err)) < 0)
                 return r;
         if (rope) {
-                const char *rt = json_str(rope, "rope_type") ?: json_str(rope, "type");
+                const char *rt = quant_json_str(rope, "rope_type") ?: quant_json_str(rope, "type");
 
                 if (rt && streq(rt, "linear")) {
                         h->rope_scaling_type = "linear";
@@ -148,7 +134,7 @@ static int read_hparams(json_object *cfg, HParams *h, QdError *err) {
                                             "known.",
                                             rt);
         }
-        h->tied = json_object_object_get_ex(cfg, "tie_word_embeddings", &o) && json_object_get_boolean(o);
+        h->tied = quant_json_true(cfg, "tie_word_embeddings");
         return 0;
 }
 
@@ -327,257 +313,6 @@ static int write_tensor(GgufWriter *w, const Plan *p) {
         return gguf_writer_write_tensor_data(w, out, out_size);
 }
 
-/* ---- vocabulary ---- */
-
-typedef struct Vocab {
-        char **tokens; /* (n) */
-        int32_t *types;
-        size_t n;
-        char **merges; /* (n_merges) "a b" */
-        size_t n_merges;
-} Vocab;
-
-static void vocab_done(Vocab *v) {
-        for (size_t i = 0; v->tokens && i < v->n; i++)
-                free(v->tokens[i]);
-        free(v->tokens);
-        free(v->types);
-        for (size_t i = 0; v->merges && i < v->n_merges; i++)
-                free(v->merges[i]);
-        free(v->merges);
-}
-
-/* The pre-tokenizer's GGUF name from tokenizer.json's pre_tokenizer section. */
-static const char *guess_pre(json_object *tok) {
-        json_object *pre, *list, *first, *pattern, *o;
-        const char *type, *regex;
-
-        if (!json_object_object_get_ex(tok, "pre_tokenizer", &pre) ||
-            !json_object_is_type(pre, json_type_object))
-                return "default";
-        type = json_str(pre, "type");
-        if (!type || !streq(type, "Sequence") || !json_object_object_get_ex(pre, "pretokenizers", &list) ||
-            json_object_array_length(list) < 1)
-                return "default";
-        first = json_object_array_get_idx(list, 0);
-        type = json_str(first, "type");
-        if (type && streq(type, "Digits") && json_object_object_get_ex(first, "individual_digits", &o) &&
-            json_object_get_boolean(o))
-                return "smollm";
-        if (!type || !streq(type, "Split") || !json_object_object_get_ex(first, "pattern", &pattern))
-                return "default";
-        regex = json_str(pattern, "Regex");
-        if (!regex)
-                return "default";
-        if (strstr(regex, "\\p{N}{1,3}"))
-                return "llama-bpe";
-        if (strstr(regex, "\\p{N}|"))
-                return "qwen2";
-        return "default";
-}
-
-static int token_id(const Vocab *v, const char *s) {
-        for (size_t i = 0; i < v->n; i++)
-                if (v->tokens[i] && streq(v->tokens[i], s))
-                        return (int)i;
-        return -1;
-}
-
-static int read_vocab(json_object *tok, uint32_t n_vocab, Vocab *v, QdError *err) {
-        json_object *model, *vocab, *merges, *added, *o;
-        const char *type;
-
-        if (!json_object_object_get_ex(tok, "model", &model) || !(type = json_str(model, "type")))
-                return qd_error_set(err, EBADMSG, "tokenizer.json has no model type.");
-        if (!streq(type, "BPE"))
-                return qd_error_set(err, EOPNOTSUPP, "Cannot convert a %s tokenizer; only BPE is known.",
-                                    type);
-        /* Byte fallback marks a SentencePiece vocabulary in BPE clothes (Llama 2, Mistral): GGUF's "llama"
-         * tokenizer with scores, not the byte-level "gpt2" one written here. */
-        if (json_object_object_get_ex(model, "byte_fallback", &o) && json_object_get_boolean(o))
-                return qd_error_set(err, EOPNOTSUPP,
-                                    "Cannot convert a SentencePiece-style BPE tokenizer (byte "
-                                    "fallback) yet; only byte-level BPE is known.");
-        if (!json_object_object_get_ex(model, "vocab", &vocab) ||
-            !json_object_is_type(vocab, json_type_object))
-                return qd_error_set(err, EBADMSG, "tokenizer.json has no vocab object.");
-
-        v->n = n_vocab;
-        v->tokens = calloc(n_vocab, sizeof(char *));
-        v->types = calloc(n_vocab, sizeof(int32_t));
-        if (!v->tokens || !v->types)
-                return -ENOMEM;
-        json_object_object_foreach(vocab, key, val) {
-                int64_t id = json_object_get_int64(val);
-
-                if (!json_object_is_type(val, json_type_int) || id < 0 || id >= n_vocab)
-                        return qd_error_set(err, EBADMSG,
-                                            "tokenizer.json gives token '%s' an id outside 0..%" PRIu32 ".",
-                                            key, n_vocab - 1);
-                if (v->tokens[id])
-                        return qd_error_set(err, EBADMSG,
-                                            "tokenizer.json gives id %" PRId64 " to two tokens.", id);
-                v->tokens[id] = strdup(key);
-                if (!v->tokens[id])
-                        return -ENOMEM;
-                v->types[id] = TOKEN_TYPE_NORMAL;
-        }
-        if (json_object_object_get_ex(tok, "added_tokens", &added) &&
-            json_object_is_type(added, json_type_array))
-                for (size_t i = 0; i < json_object_array_length(added); i++) {
-                        json_object *a = json_object_array_get_idx(added, i);
-                        const char *content = json_str(a, "content");
-                        int64_t id;
-
-                        if (!content || !json_object_object_get_ex(a, "id", &o) ||
-                            (id = json_object_get_int64(o)) < 0 || id >= n_vocab)
-                                return qd_error_set(err, EBADMSG,
-                                                    "tokenizer.json has an added token without a "
-                                                    "content or with an id outside the vocabulary.");
-                        free(v->tokens[id]);
-                        v->tokens[id] = strdup(content);
-                        if (!v->tokens[id])
-                                return -ENOMEM;
-                        v->types[id] =
-                                json_object_object_get_ex(a, "special", &o) && json_object_get_boolean(o)
-                                        ? TOKEN_TYPE_CONTROL
-                                        : TOKEN_TYPE_USER_DEFINED;
-                }
-        /* Ids the model has rows for but the tokenizer never produces. */
-        for (uint32_t i = 0; i < n_vocab; i++)
-                if (!v->tokens[i]) {
-                        v->tokens[i] = strdup_printf("[PAD%" PRIu32 "]", i);
-                        if (!v->tokens[i])
-                                return -ENOMEM;
-                        v->types[i] = TOKEN_TYPE_UNUSED;
-                }
-
-        if (!json_object_object_get_ex(model, "merges", &merges) ||
-            !json_object_is_type(merges, json_type_array))
-                return qd_error_set(err, EBADMSG, "tokenizer.json has no merges array.");
-        v->n_merges = json_object_array_length(merges);
-        v->merges = calloc(v->n_merges + 1, sizeof(char *));
-        if (!v->merges)
-                return -ENOMEM;
-        for (size_t i = 0; i < v->n_merges; i++) {
-                json_object *m = json_object_array_get_idx(merges, i);
-
-                /* Older files write "a b", newer ones ["a", "b"]. */
-                if (json_object_is_type(m, json_type_string))
-                        v->merges[i] = strdup(json_object_get_string(m));
-                else if (json_object_is_type(m, json_type_array) && json_object_array_length(m) == 2 &&
-                         json_object_is_type(json_object_array_get_idx(m, 0), json_type_string) &&
-                         json_object_is_type(json_object_array_get_idx(m, 1), json_type_string))
-                        v->merges[i] = strdup_printf(
-                                "%s %s", json_object_get_string(json_object_array_get_idx(m, 0)),
-                                json_object_get_string(json_object_array_get_idx(m, 1)));
-                else
-                        return qd_error_set(err, EBADMSG,
-                                            "tokenizer.json's merge %zu is neither \"a b\" nor a pair.", i);
-                if (!v->merges[i])
-                        return -ENOMEM;
-        }
-        return 0;
-}
-
-/* A special token of tokenizer_config.json ("bos_token": "<s>" or {"content": "<s>"}) as an id, or -1. */
-static int special_id(json_object *tc, const char *key, const Vocab *v) {
-        json_object *o;
-        const char *s = NULL;
-
-        if (!tc || !json_object_object_get_ex(tc, key, &o))
-                return -1;
-        if (json_object_is_type(o, json_type_string))
-                s = json_object_get_string(o);
-        else if (json_object_is_type(o, json_type_object))
-                s = json_str(o, "content");
-        return s ? token_id(v, s) : -1;
-}
-
-static bool post_processor_adds_bos(json_object *tok) {
-        json_object *pp, *single, *first;
-
-        if (!json_object_object_get_ex(tok, "post_processor", &pp) ||
-            !json_object_is_type(pp, json_type_object) ||
-            !json_object_object_get_ex(pp, "single", &single) ||
-            !json_object_is_type(single, json_type_array) || json_object_array_length(single) < 1)
-                return false;
-        first = json_object_array_get_idx(single, 0);
-        return json_object_is_type(first, json_type_object) &&
-               json_object_object_get_ex(first, "SpecialToken", NULL);
-}
-
-static int add_vocab(GgufWriter *w, int dirfd, json_object *cfg, uint32_t n_vocab, const char *pre,
-                     QdError *err) {
-        _cleanup_(json_object_putp) json_object *tok = NULL, *tc = NULL;
-        _cleanup_free_ char *template = NULL;
-        Vocab v = {};
-        json_object *o;
-        bool add_bos;
-        int r;
-
-        r = quant_read_json_at(dirfd, "tokenizer.json", &tok, err);
-        if (r < 0)
-                return r;
-        r = quant_read_json_at(dirfd, "tokenizer_config.json", &tc, err);
-        if (r == -ENOENT) {
-                qd_error_clear(err);
-                tc = NULL;
-        } else if (r < 0)
-                return r;
-
-        r = read_vocab(tok, n_vocab, &v, err);
-        if (r < 0)
-                goto finish;
-        if ((r = gguf_writer_add_string(w, "tokenizer.ggml.model", "gpt2")) < 0 ||
-            (r = gguf_writer_add_string(w, "tokenizer.ggml.pre", pre ?: guess_pre(tok))) < 0 ||
-            (r = gguf_writer_add_string_array(w, "tokenizer.ggml.tokens", (const char *const *)v.tokens,
-                                              v.n)) < 0 ||
-            (r = gguf_writer_add_array(w, "tokenizer.ggml.token_type", GGUF_TYPE_INT32, v.types, v.n)) < 0 ||
-            (r = gguf_writer_add_string_array(w, "tokenizer.ggml.merges", (const char *const *)v.merges,
-                                              v.n_merges)) < 0)
-                goto finish;
-
-        static const struct {
-                const char *tc_key, *cfg_key, *gguf_key;
-        } specials[] = {
-                {"bos_token", "bos_token_id", "tokenizer.ggml.bos_token_id"},
-                {"eos_token", "eos_token_id", "tokenizer.ggml.eos_token_id"},
-                {"unk_token", NULL, "tokenizer.ggml.unknown_token_id"},
-                {"pad_token", "pad_token_id", "tokenizer.ggml.padding_token_id"},
-        };
-        for (size_t i = 0; i < ELEMENTSOF(specials); i++) {
-                int id = special_id(tc, specials[i].tc_key, &v);
-
-                if (id < 0 && specials[i].cfg_key &&
-                    json_object_object_get_ex(cfg, specials[i].cfg_key, &o) &&
-                    json_object_is_type(o, json_type_int) && json_object_get_int64(o) >= 0 &&
-                    json_object_get_int64(o) < n_vocab)
-                        id = (int)json_object_get_int64(o);
-                if (id >= 0 && (r = gguf_writer_add_u32(w, specials[i].gguf_key, (uint32_t)id)) < 0)
-                        goto finish;
-        }
-
-        if (tc && json_object_object_get_ex(tc, "add_bos_token", &o) &&
-            json_object_is_type(o, json_type_boolean))
-                add_bos = json_object_get_boolean(o);
-        else
-                add_bos = post_processor_adds_bos(tok);
-        if ((r = gguf_writer_add_bool(w, "tokenizer.ggml.add_bos_token", add_bos)) < 0)
-                goto finish;
-
-        /* The template sits in tokenizer_config.json, or since transformers 4.43 may sit in its own file. */
-        if (json_str(tc, "chat_template"))
-                r = gguf_writer_add_string(w, "tokenizer.chat_template", json_str(tc, "chat_template"));
-        else if (quant_read_file_at(dirfd, "chat_template.jinja", 1U << 20, &template, NULL, NULL) >= 0)
-                r = gguf_writer_add_string(w, "tokenizer.chat_template", template);
-        else
-                r = 0;
-finish:
-        vocab_done(&v);
-        return r;
-}
-
 /* ---- the file ---- */
 
 int quant_convert_hf(int dirfd, int fd, const QuantConvertParams *params, QdError *err) {
@@ -642,7 +377,7 @@ int quant_convert_hf(int dirfd, int fd, const QuantConvertParams *params, QdErro
              (r = gguf_writer_add_f32(w, KEY("rope.scaling.factor"), h.rope_scaling_factor)) < 0))
                 return qd_error_set(err, r, "Failed to write the GGUF metadata.");
 #undef KEY
-        r = add_vocab(w, dirfd, cfg, h.n_vocab, p.pre, err);
+        r = quant_convert_vocab(w, dirfd, cfg, h.n_vocab, p.pre, err);
         if (r < 0)
                 return qd_error_set(err, r, "Failed to convert the vocabulary.");
 

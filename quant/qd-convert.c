@@ -16,11 +16,11 @@
 
 static void help(void) {
         printf("Usage: qd-convert [OPTIONS] HF_DIR DST.gguf\n\n"
-               "Converts the Hugging Face model in HF_DIR (config.json, tokenizer.json, safetensors) to "
-               "GGUF.\n\n"
+               "Converts the Hugging Face model in HF_DIR (config.json, tokenizer.model or tokenizer.json, "
+               "safetensors) to GGUF.\n\n"
                "Options:\n"
                "     --outtype TYPE   f32, f16 or bf16 for the matrices (default: as in the source)\n"
-               "     --pre NAME       tokenizer.ggml.pre to write (default: guessed from tokenizer.json)\n"
+               "     --pre NAME       tokenizer.ggml.pre to write (gpt2 vocabularies; default: guessed from tokenizer.json)\n"
                "  -h --help           show this help\n"
                "     --version        show the version\n");
 }

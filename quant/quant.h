@@ -3,12 +3,14 @@
 
 /*
  * quant: turns float weights into GGUF's quantized types, picks a type per tensor the way llama-quantize's
- * mixtures do (Q4_K_M, …), and rewrites whole GGUF files.
+ * mixtures do (Q4_K_M, …), rewrites whole GGUF files, and converts Hugging Face model folders (safetensors,
+ * config.json, tokenizer.model or tokenizer.json) to GGUF.
  *
  * Thread safety: the row functions and the type choice are pure and may be called from any thread at once.
  * quant_file() runs on the calling thread plus the worker threads it starts and joins itself (with every
  * signal blocked); its progress callback is called on the calling thread. quant_eval() runs the models on the
- * calling thread, which must be the only one using them meanwhile.
+ * calling thread, which must be the only one using them meanwhile. A Safetensors object may be read from any
+ * thread once opened; quant_convert_hf() runs on the calling thread.
  */
 
 #include <stdatomic.h>
@@ -189,10 +191,12 @@ QuantConvertParams quant_convert_params_default(void);
 
 /*
  * Converts the Hugging Face model in the folder dirfd (config.json with model_type llama or qwen2, its
- * safetensors, tokenizer.json with a BPE model, optionally tokenizer_config.json and chat_template.jinja) into
- * a GGUF file written to fd from its current position: hyperparameters, tensors renamed to GGUF's names (llama's
- * q/k rows reordered for GGUF's pairwise RoPE), 1-D tensors as F32, the vocabulary with merges, token types,
- * special ids, add_bos and the chat template. On failure fd holds a partial file. Errors, with a message:
+ * safetensors, a SentencePiece tokenizer.model and/or tokenizer.json with a BPE or Unigram model, optionally
+ * tokenizer_config.json, added_tokens.json and chat_template.jinja) into a GGUF file written to fd from its
+ * current position: hyperparameters, tensors renamed to GGUF's names (llama's q/k rows reordered for GGUF's
+ * pairwise RoPE), 1-D tensors as F32, the vocabulary (GGUF's "llama" tokenizer with scores for SentencePiece
+ * ones, "gpt2" with merges for byte-level BPE), token types, special ids, add_bos/add_eos and the chat
+ * template. On failure fd holds a partial file. Errors, with a message:
  * -EBADMSG (a malformed or inconsistent file), -EOPNOTSUPP (an architecture, tokenizer or tensor we cannot
  * convert), -EINVAL (bad parameters), -ENOENT (a file missing), write errors, -ENOMEM.
  */

@@ -350,6 +350,20 @@ int quant_read_json_at(int dirfd, const char *name, json_object **ret, QdError *
         return 0;
 }
 
+const char *quant_json_str(json_object *o, const char *key) {
+        json_object *v;
+
+        if (!o || !json_object_object_get_ex(o, key, &v) || !json_object_is_type(v, json_type_string))
+                return NULL;
+        return json_object_get_string(v);
+}
+
+bool quant_json_true(json_object *o, const char *key) {
+        json_object *v;
+
+        return json_object_object_get_ex(o, key, &v) && json_object_get_boolean(v);
+}
+
 static int open_shard(Safetensors *s, int dirfd, const char *name, QdError *err) {
         _cleanup_close_ int fd = -EBADF;
 

@@ -247,6 +247,11 @@ int registry_store_list(RegistryStore *s, RegistryModelInfo **ret, size_t *ret_n
 int registry_store_show(RegistryStore *s, const RegistryName *name, RegistryManifest **ret, char **ret_raw,
                         QdError *e);
 
+/* The model's ID as registry_store_list() gives it, "sha256:" and the hex SHA-256 of its manifest as stored.
+ * Returns 0, -ENOENT or -EBADMSG. */
+int registry_store_model_digest(RegistryStore *s, const RegistryName *name, char ret[REGISTRY_DIGEST_MAX],
+                                QdError *e);
+
 /* Whether a manifest for name exists (it is not validated). */
 bool registry_store_has_model(RegistryStore *s, const RegistryName *name);
 

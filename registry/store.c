@@ -340,6 +340,21 @@ int registry_store_show(RegistryStore *s, const RegistryName *name, RegistryMani
         return 0;
 }
 
+int registry_store_model_digest(RegistryStore *s, const RegistryName *name, char ret[REGISTRY_DIGEST_MAX],
+                                QdError *e) {
+        _cleanup_(registry_manifest_freep) RegistryManifest *m = NULL;
+        _cleanup_free_ char *raw = NULL;
+        size_t size;
+
+        int r = read_manifest(s, name, &m, &raw, &size, e);
+        if (r < 0)
+                return r;
+        r = sha256_data(raw, size, ret);
+        if (r < 0)
+                return qd_error_set(e, r, "Failed to hash the manifest: %s", strerror(-r));
+        return 0;
+}
+
 bool registry_store_has_model(RegistryStore *s, const RegistryName *name) {
         _cleanup_free_ char *rel = NULL;
         struct stat st;

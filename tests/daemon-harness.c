@@ -8,6 +8,12 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <setjmp.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
 #include "daemon-harness.h"
 
 int dh_start(Harness *h, const char *config, const char *const *extra_args) {
@@ -116,11 +122,77 @@ int dh_stop(Harness *h) {
         return result;
 }
 
+int dh_setup(void **state, const char *config, const char *const *extra_args) {
+        Harness *h = calloc(1, sizeof(Harness));
+
+        assert_non_null(h);
+        *state = h;
+        assert_int_equal(dh_start(h, config, extra_args), 0);
+        return 0;
+}
+
+int dh_teardown(void **state) {
+        Harness *h = *state;
+
+        /* A quantd that the test stopped itself leaves nothing to stop: dh_stop() gives 0 then. */
+        assert_int_equal(dh_stop(h), 0);
+        free(h);
+        return 0;
+}
+
+const char *dh_smollm_path(void) {
+        const char *path = getenv("QUANTD_TEST_SMOLLM");
+
+        if (!path || access(path, R_OK) < 0)
+                fail_msg("QUANTD_TEST_SMOLLM must name SmolLM2-135M-Instruct.Q4_1.gguf (see .ci/lib.sh).");
+        return path;
+}
+
 ProtoClient *dh_connect(Harness *h) {
         ProtoClient *c = NULL;
         if (proto_client_connect(h->socket, &c) < 0)
                 return NULL;
         return c;
+}
+
+int dh_chat(ProtoClient *c, const char *model, const char *role, const char *content, int64_t num_predict,
+            double repeat_penalty, ProtoMessage *ret, QdError *e) {
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 4);
+        proto_pack_kv_str(&pk, "model", model);
+        proto_pack_kv_bool(&pk, "stream", false);
+        proto_pack_key(&pk, "messages");
+        msgpack_pack_array(&pk, 1);
+        msgpack_pack_map(&pk, 2);
+        proto_pack_kv_str(&pk, "role", role);
+        proto_pack_kv_str(&pk, "content", content);
+        proto_pack_key(&pk, "options");
+        msgpack_pack_map(&pk, repeat_penalty > 0 ? 3 : 2);
+        proto_pack_kv_i64(&pk, "num_predict", num_predict);
+        proto_pack_kv_double(&pk, "temperature", 0);
+        if (repeat_penalty > 0)
+                proto_pack_kv_double(&pk, "repeat_penalty", repeat_penalty);
+        qd_error_clear(e);
+        int k = proto_client_call(c, "Chat", sb.data, sb.size, NULL, 0, NULL, NULL, ret, e);
+        msgpack_sbuffer_destroy(&sb);
+        return k;
+}
+
+int dh_cancel(ProtoClient *c, uint64_t id, uint64_t *ret_msgid) {
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 1);
+        proto_pack_kv_u64(&pk, "id", id);
+        int k = proto_client_send(c, "Cancel", sb.data, sb.size, NULL, 0, ret_msgid);
+        msgpack_sbuffer_destroy(&sb);
+        return k;
 }
 
 bool dh_log_contains(Harness *h, const char *s) {

@@ -137,6 +137,13 @@ static void test_stats(void **state) {
         assert_string_equal((char *)b.data, "total duration:       1s\n"
                                              "prompt eval count:    4 token(s)\n");
         buf_free(&b);
+        /* A load measured as nothing (the model was loaded already) is shown, as Ollama does. */
+        GenerateStats v = { .total_ns = SEC, .has_load = true, .eval_count = 2 };
+        assert_int_equal(format_stats(&v, &b), 0);
+        assert_string_equal((char *)b.data, "total duration:       1s\n"
+                                             "load duration:        0s\n"
+                                             "eval count:           2 token(s)\n");
+        buf_free(&b);
 }
 
 static void test_table(void **state) {

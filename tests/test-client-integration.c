@@ -13,6 +13,7 @@
 
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <msgpack.h>
 #include <poll.h>
@@ -24,136 +25,14 @@
 
 #include "config.h"
 #include "daemon-harness.h"
-
-typedef struct Result {
-        int status; /* exit code, or 128 + signal */
-        char *out, *err;
-} Result;
-
-static void result_done(Result *r) {
-        free(r->out);
-        free(r->err);
-        *r = (Result){};
-}
-
-static const char *qctl_path(void) {
-        static char path[4096];
-        const char *root = getenv("QUANTD_BUILD_ROOT");
-
-        assert_non_null(root);
-        snprintf(path, sizeof(path), "%s/client/qctl", root);
-        return path;
-}
-
-/* Reads fds[0] and fds[1] to their ends. */
-static void drain(int out, int err, Buf *bo, Buf *be) {
-        struct pollfd p[2] = { { .fd = out, .events = POLLIN }, { .fd = err, .events = POLLIN } };
-        int open_ = 2;
-        char chunk[4096];
-
-        while (open_ > 0) {
-                assert_true(poll(p, 2, 30000) > 0);
-                for (int i = 0; i < 2; i++) {
-                        if (p[i].fd < 0 || !(p[i].revents & (POLLIN | POLLHUP)))
-                                continue;
-                        ssize_t n = read(p[i].fd, chunk, sizeof(chunk));
-                        if (n <= 0) {
-                                p[i].fd = -1;
-                                open_--;
-                                continue;
-                        }
-                        assert_int_equal(buf_append(i == 0 ? bo : be, chunk, (size_t)n), 0);
-                }
-        }
-}
-
-/*
- * Runs qctl with the arguments (NULL-terminated) against socket, stdin from input (NULL: /dev/null). When
- * sigint_after is set, sends SIGINT once that text has appeared on stdout.
- */
-static Result run_qctl_full(const char *socket, const char *input, const char *sigint_after, ...) {
-        const char *argv[32] = { qctl_path() };
-        int n = 1, in[2], out[2], err[2];
-        va_list ap;
-
-        va_start(ap, sigint_after);
-        for (const char *a; (a = va_arg(ap, const char *)) && n < 31;)
-                argv[n++] = a;
-        va_end(ap);
-        argv[n] = NULL;
-
-        assert_int_equal(pipe2(in, O_CLOEXEC), 0);
-        assert_int_equal(pipe2(out, O_CLOEXEC), 0);
-        assert_int_equal(pipe2(err, O_CLOEXEC), 0);
-        pid_t pid = fork();
-        assert_true(pid >= 0);
-        if (pid == 0) {
-                dup2(in[0], STDIN_FILENO);
-                dup2(out[1], STDOUT_FILENO);
-                dup2(err[1], STDERR_FILENO);
-                setenv("QUANTD_SOCKET", socket, 1);
-                setenv("LC_ALL", "C.UTF-8", 1);
-                execv(argv[0], (char **)argv);
-                _exit(127);
-        }
-        close(in[0]);
-        close(out[1]);
-        close(err[1]);
-        if (input)
-                assert_int_equal(write(in[1], input, strlen(input)), (ssize_t)strlen(input));
-        close(in[1]);
-
-        Buf bo = {}, be = {};
-        if (sigint_after) {
-                /* Read stdout until the text shows, then interrupt, then collect the rest. */
-                char chunk[4096];
-                while (!bo.data || !strstr((char *)bo.data, sigint_after)) {
-                        ssize_t k = read(out[0], chunk, sizeof(chunk));
-                        assert_true(k > 0);
-                        assert_int_equal(buf_append(&bo, chunk, (size_t)k), 0);
-                }
-                kill(pid, SIGINT);
-        }
-        drain(out[0], err[0], &bo, &be);
-        close(out[0]);
-        close(err[0]);
-        int status;
-        assert_int_equal(waitpid(pid, &status, 0), pid);
-        return (Result){
-                .status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status),
-                .out = bo.data ? buf_steal_str(&bo) : strdup(""),
-                .err = be.data ? buf_steal_str(&be) : strdup(""),
-        };
-}
-
-#define run_qctl(h, ...) run_qctl_full((h)->socket, NULL, NULL, __VA_ARGS__, NULL)
+#include "qctl-harness.h"
 
 static int setup(void **state) {
-        Harness *h = calloc(1, sizeof(Harness));
-        assert_non_null(h);
         /* Pull goes to a registry that refuses at once: no network, no retries. */
-        assert_int_equal(dh_start(h, "[Scheduler]\nNumParallel=4\nContextLength=512\n"
-                                     "[Registry]\nDefaultHost=127.0.0.1:9\nInsecure=127.0.0.1:9\nRetries=0\n", NULL),
-                         0);
-        *state = h;
-        return 0;
-}
-
-static int teardown(void **state) {
-        Harness *h = *state;
-        if (h->pid > 0)
-                assert_int_equal(dh_stop(h), 0);
-        free(h);
-        return 0;
-}
-
-static char *write_file(Harness *h, const char *name, const char *contents) {
-        char *path = strdup_printf("%s/%s", h->dir, name);
-        FILE *f = fopen(path, "we");
-        assert_non_null(f);
-        fputs(contents, f);
-        fclose(f);
-        return path;
+        return dh_setup(state,
+                        "[Scheduler]\nNumParallel=4\nContextLength=512\n"
+                        "[Registry]\nDefaultHost=127.0.0.1:9\nInsecure=127.0.0.1:9\nRetries=0\n",
+                        NULL);
 }
 
 /* A chat template in the Go dialect, so that Chat works with the fake backend's models. */
@@ -166,8 +45,7 @@ static void create_fake(Harness *h, const char *name, const char *model_text) {
         _cleanup_free_ char *mf_text = strdup_printf("# a fake model\nFROM ./%s\n" CHAT_TEMPLATE, model_file);
         _cleanup_free_ char *mf = write_file(h, "Modelfile", mf_text);
         Result r = run_qctl(h, "create", name, "-f", mf);
-        if (r.status != 0)
-                fail_msg("qctl create failed (%d): %s", r.status, r.err);
+        check_ok(&r, "create");
         assert_non_null(endswith(r.err, "success\n"));
         /* Once: the daemon's last job event is not printed as a second "success". */
         const char *first = strstr(r.err, "success\n");
@@ -240,10 +118,12 @@ static void test_create_list_run(void **state) {
         assert_string_equal(r.err, "");
         result_done(&r);
 
-        /* --verbose adds the statistics block on stderr. */
+        /* --verbose adds the statistics block on stderr; the model is loaded already, so the load took 0s.
+         */
         r = run_qctl(h, "run", "fake", "hello", "-o", "num_predict=5", "--verbose");
         assert_int_equal(r.status, 0);
         assert_non_null(startswith(r.err, "total duration:       "));
+        assert_non_null(strstr(r.err, "\nload duration:        0s\n"));
         assert_non_null(strstr(r.err, "\neval count:           5 token(s)\n"));
         assert_non_null(strstr(r.err, "\nprompt eval count:    "));
         assert_non_null(strstr(r.err, "\neval rate:            "));
@@ -277,6 +157,18 @@ static void test_create_list_run(void **state) {
         result_done(&r);
         r = run_qctl(h, "ps");
         assert_string_equal(r.out, "NAME    ID    SIZE    PROCESSOR    CONTEXT    UNTIL\n");
+        result_done(&r);
+
+        /* Unloaded, the next run loads it again: the block says how long that took. */
+        r = run_qctl(h, "run", "fake", "hello", "-o", "num_predict=2", "--verbose");
+        assert_int_equal(r.status, 0);
+        const char *load = strstr(r.err, "\nload duration:        ");
+        assert_non_null(load);
+        assert_false(startswith(load + strlen("\nload duration:        "), "0s\n"));
+        /* The order of Ollama's block. */
+        const char *total = strstr(r.err, "total duration:"), *prompt = strstr(r.err, "prompt eval count:"),
+                   *eval = strstr(r.err, "\neval count:");
+        assert_true(total && prompt && eval && total < load && load < prompt && prompt < eval);
         result_done(&r);
 }
 
@@ -347,8 +239,7 @@ static void test_example_modelfile(void **state) {
         _cleanup_free_ char *weights = write_file(h, "smol.fake", "size=1000\n");
         _cleanup_free_ char *mf = write_file(h, "Modelfile.example", text);
         Result r = run_qctl(h, "create", "smol", "-f", mf);
-        if (r.status != 0)
-                fail_msg("qctl create failed (%d): %s", r.status, r.err);
+        check_ok(&r, "create");
         result_done(&r);
 
         _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
@@ -377,16 +268,6 @@ static void test_example_modelfile(void **state) {
         buf_free(&answer);
 }
 
-static void check_error(Result *r, int status, const char *message) {
-        if (r->status != status)
-                fail_msg("expected exit %d, got %d: %s", status, r->status, r->err);
-        /* One sentence on one line. */
-        assert_non_null(startswith(r->err, "Error: "));
-        assert_non_null(strstr(r->err, message));
-        assert_ptr_equal(strchr(r->err, '\n'), r->err + strlen(r->err) - 1);
-        result_done(r);
-}
-
 /* FROM a Hugging Face folder: qctl passes the folder as a descriptor, the daemon converts and stores it. */
 static void test_create_hf_folder(void **state) {
         Harness *h = *state;
@@ -396,8 +277,7 @@ static void test_create_hf_folder(void **state) {
         _cleanup_free_ char *mf_text = strdup_printf("FROM %s/hf-tiny-llama\n", data);
         _cleanup_free_ char *mf = write_file(h, "Modelfile.hf", mf_text);
         Result r = run_qctl(h, "create", "tiny", "-f", mf);
-        if (r.status != 0)
-                fail_msg("qctl create FROM a folder failed (%d): %s", r.status, r.err);
+        check_ok(&r, "create FROM a folder");
         assert_non_null(strstr(r.err, "success\n"));
         result_done(&r);
         r = run_qctl(h, "show", "tiny");
@@ -439,6 +319,15 @@ static void test_errors(void **state) {
         assert_non_null(strstr(r.err, "Error: Failed to reach registry"));
         result_done(&r);
 
+        /* FROM a model that is not stored: qctl pulls it first, and here the registry cannot be reached. */
+        _cleanup_free_ char *mfn = write_file(h, "Modelfile.name", "FROM nothere\n");
+        r = run_qctl(h, "create", "derived", "-f", mfn);
+        assert_int_equal(r.status, 1);
+        assert_non_null(startswith(r.err, "Model 'nothere:latest' not found; 'qctl list' shows the local models. "
+                                          "Pulling it.\n"));
+        assert_non_null(strstr(r.err, "\nError: Failed to reach registry"));
+        result_done(&r);
+
         /* A bad Modelfile never reaches the daemon. */
         _cleanup_free_ char *mf = write_file(h, "Modelfile.bad", "FROM x\nPARAMETER num_ctx big\n");
         r = run_qctl(h, "create", "bad", "-f", mf);
@@ -458,6 +347,401 @@ static void test_errors(void **state) {
         r = run_qctl_full(absent, NULL, NULL, "list", NULL);
         _cleanup_free_ char *msg2 = strdup_printf("quantd is not running (no socket at %s): start it with", absent);
         check_error(&r, 3, msg2);
+}
+
+/* Whether dir holds an entry whose name starts with prefix (a temporary file left behind). */
+static bool dir_has_prefix(const char *dir, const char *prefix) {
+        DIR *d = opendir(dir);
+        struct dirent *de;
+        bool found = false;
+
+        assert_non_null(d);
+        while (!found && (de = readdir(d)))
+                found = startswith(de->d_name, prefix);
+        closedir(d);
+        return found;
+}
+
+static off_t file_size(const char *path) {
+        struct stat st;
+        assert_int_equal(stat(path, &st), 0);
+        return st.st_size;
+}
+
+static bool is_gguf(const char *path) {
+        char magic[4] = "";
+        FILE *f = fopen(path, "re");
+        assert_non_null(f);
+        bool ok = fread(magic, 1, 4, f) == 4 && memcmp(magic, "GGUF", 4) == 0;
+        fclose(f);
+        return ok;
+}
+
+/* qctl quantize: the daemon writes through the descriptor qctl passes; DST appears only when it is complete.
+ */
+static void test_quantize(void **state) {
+        Harness *h = *state;
+        const char *models = getenv("QUANTD_TEST_MODELS");
+        Result r;
+
+        assert_non_null(models);
+        _cleanup_free_ char *src = strdup_printf("%s/stories260K.gguf", models);
+        _cleanup_free_ char *dst = strdup_printf("%s/small.gguf", h->dir);
+        r = run_qctl(h, "quantize", src, dst, "q8_0");
+        check_ok(&r, "quantize");
+        assert_string_equal(r.out, "");
+        assert_non_null(strstr(r.err, "quantizing"));
+        assert_non_null(endswith(r.err, "success\n"));
+        result_done(&r);
+        assert_true(is_gguf(dst));
+        off_t q8 = file_size(dst);
+        /* F32 matrices became Q8_0: about a quarter of the bytes, plus the norms and metadata. */
+        assert_true(q8 < file_size(src) / 2);
+        assert_false(dir_has_prefix(h->dir, "small.gguf."));
+
+        /* An existing DST is kept unless --force. */
+        r = run_qctl(h, "quantize", src, dst, "q4_0");
+        check_error(&r, 1, "small.gguf' exists: add --force to replace it.");
+        assert_int_equal(file_size(dst), q8);
+        /* Names are llama-quantize's, in any case; an override promotes attn_v. */
+        r = run_qctl(h, "quantize", "--force", src, dst, "Q4_0", "--tensor-type", "attn_v=q8_0", "--pure");
+        check_ok(&r, "quantize --force");
+        result_done(&r);
+        assert_true(file_size(dst) < q8);
+        assert_false(dir_has_prefix(h->dir, "small.gguf."));
+
+        /* The quantized file evaluates: qctl eval takes a GGUF path as well as a model name. */
+        const char *data = getenv("QUANTD_TEST_DATA");
+        _cleanup_free_ char *text = strdup_printf("%s/perplexity-text.txt", data);
+        r = run_qctl(h, "eval", dst, "--base", src, "-f", text, "-c", "64", "--chunks", "2");
+        check_ok(&r, "eval of the quantized file");
+        assert_non_null(strstr(r.out, "scored tokens      62 in 2 chunks of 64\n"));
+        assert_non_null(strstr(r.out, "\nmean KLD           0."));
+        result_done(&r);
+
+        /* create -q shows the same single progress line, counted in source bytes (1.2 MB of F32 tensors). */
+        _cleanup_free_ char *mf_text = strdup_printf("FROM %s\n", src);
+        _cleanup_free_ char *mf = write_file(h, "Modelfile.q", mf_text);
+        r = run_qctl(h, "create", "storiesq", "-f", mf, "-q", "Q8_0");
+        check_ok(&r, "create -q");
+        assert_non_null(strstr(r.err, "quantizing: 1.2 MB\nquantizing: done\n"));
+        result_done(&r);
+
+        /* Errors: one sentence each, the documented exit code, and no file left behind. */
+        _cleanup_free_ char *other = strdup_printf("%s/other.gguf", h->dir);
+        r = run_qctl(h, "quantize", src, other, "q9_x");
+        check_error(&r, 2, "Unknown quantization type 'q9_x': choose one of F32, F16, Q4_0");
+        _cleanup_free_ char *not_gguf = write_file(h, "notes.txt", "just some text\n");
+        r = run_qctl(h, "quantize", not_gguf, other, "q8_0");
+        check_error(&r, 6, "notes.txt' is not a GGUF file");
+        _cleanup_free_ char *absent = strdup_printf("%s/absent.gguf", h->dir);
+        r = run_qctl(h, "quantize", absent, other, "q8_0");
+        check_error(&r, 4, "Cannot open '");
+        r = run_qctl(h, "quantize", h->dir, other, "q8_0");
+        check_error(&r, 2, "' is not a regular file.");
+        _cleanup_free_ char *export_nodir = strdup_printf("%s/no/such/dir/x.tar", h->dir);
+        r = run_qctl(h, "export", "anything", export_nodir);
+        check_error(&r, 4, "Cannot create a file beside");
+        r = run_qctl(h, "quantize", src, src, "q8_0", "--force");
+        check_error(&r, 2, "is the source file: give another DST.");
+        _cleanup_free_ char *nodir = strdup_printf("%s/no/such/dir/x.gguf", h->dir);
+        r = run_qctl(h, "quantize", src, nodir, "q8_0");
+        check_error(&r, 4, "Cannot create a file beside");
+        r = run_qctl(h, "quantize", src, other, "q8_0", "--tensor-type", "attn_v");
+        check_error(
+                &r, 2,
+                "qctl quantize --tensor-type: expected PATTERN=TYPE such as attn_v=q8_0, found 'attn_v'.");
+        r = run_qctl(h, "quantize", src, other, "q8_0", "--tensor-type", "attn_v=zz");
+        check_error(&r, 2, "Unknown tensor type 'zz' for the tensors matching 'attn_v'");
+        r = run_qctl(h, "quantize", src, other, "q8_0", "--tensor-type", "(=q8_0");
+        assert_int_equal(r.status, 2);
+        assert_non_null(strstr(r.err, "Error: Override pattern '(' is not a valid regular expression"));
+        result_done(&r);
+        r = run_qctl(h, "quantize", src, other);
+        check_error(&r, 2, "qctl quantize: missing TYPE: see 'qctl quantize --help'.");
+        r = run_qctl(h, "quantize", src, other, "q8_0", "extra");
+        check_error(&r, 2, "qctl quantize: unexpected argument 'extra'");
+        assert_int_equal(access(other, F_OK), -1);
+        assert_false(dir_has_prefix(h->dir, "other.gguf."));
+}
+
+/* The text of model's layer of media type (".system"), read from the store the harness's daemon uses. */
+static char *layer_text(Harness *h, const char *model, const char *media) {
+        _cleanup_free_ char *mpath =
+                strdup_printf("%s/manifests/127.0.0.1:9/library/%s/latest", h->models, model);
+        _cleanup_free_ char *manifest = NULL,
+                            *key = strdup_printf("\"application/vnd.ollama.image%s\",\"digest\":\"sha256:",
+                                                 media);
+        char *text = NULL;
+        size_t size = 0;
+        FILE *f = fopen(mpath, "re");
+
+        if (!f)
+                fail_msg("no manifest at %s", mpath);
+        assert_true(getdelim(&manifest, &size, 0, f) > 0);
+        fclose(f);
+        const char *at = strstr(manifest, key);
+        if (!at)
+                return NULL;
+        _cleanup_free_ char *blob = strdup_printf("%s/blobs/sha256-%.64s", h->models, at + strlen(key));
+        f = fopen(blob, "re");
+        assert_non_null(f);
+        size = 0;
+        assert_true(getdelim(&text, &size, 0, f) > 0);
+        fclose(f);
+        return text;
+}
+
+/* qctl export writes an archive; a Modelfile FROM that archive imports it, with its other lines on top. */
+static void test_export_and_create_from_archive(void **state) {
+        Harness *h = *state;
+        Result r;
+
+        _cleanup_free_ char *weights = write_file(h, "base.fake", "size=3000\n");
+        _cleanup_free_ char *mf =
+                write_file(h, "Modelfile.base",
+                           "FROM ./base.fake\n" CHAT_TEMPLATE "SYSTEM one\nPARAMETER seed 7\n"
+                           "LICENSE \"MIT\"\n");
+        r = run_qctl(h, "create", "base", "-f", mf);
+        assert_int_equal(r.status, 0);
+        result_done(&r);
+
+        _cleanup_free_ char *tgz = strdup_printf("%s/base.tar.gz", h->dir);
+        _cleanup_free_ char *tzst = strdup_printf("%s/base.tar.zst", h->dir);
+        r = run_qctl(h, "export", "base", tgz);
+        check_ok(&r, "export");
+        assert_non_null(endswith(r.err, "success\n"));
+        result_done(&r);
+        r = run_qctl(h, "export", "base", tzst);
+        assert_int_equal(r.status, 0);
+        result_done(&r);
+        assert_false(dir_has_prefix(h->dir, "base.tar.gz."));
+
+        /* FROM the archive with a new SYSTEM: the archive's template, parameters and license stay. */
+        _cleanup_free_ char *mf2 =
+                write_file(h, "Modelfile.derived", "FROM ./base.tar.gz\nSYSTEM \"two\"\n");
+        r = run_qctl(h, "create", "derived", "-f", mf2);
+        check_ok(&r, "create FROM an archive");
+        assert_non_null(strstr(r.err, "importing"));
+        assert_non_null(endswith(r.err, "success\n"));
+        result_done(&r);
+        _cleanup_free_ char *sys = layer_text(h, "derived", ".system");
+        _cleanup_free_ char *params = layer_text(h, "derived", ".params");
+        _cleanup_free_ char *license = layer_text(h, "derived", ".license");
+        _cleanup_free_ char *tmpl = layer_text(h, "derived", ".template");
+        assert_string_equal(sys, "two");
+        assert_non_null(params);
+        assert_non_null(strstr(params, "\"seed\":7"));
+        assert_string_equal(license, "MIT");
+        assert_non_null(tmpl);
+        assert_non_null(strstr(tmpl, "{{ range .Messages }}"));
+
+        /* FROM the archive alone: the same model under a new name (the same manifest, so the same ID). */
+        _cleanup_free_ char *mf3 = write_file(h, "Modelfile.copy", "FROM ./base.tar.zst\n");
+        r = run_qctl(h, "create", "copy", "-f", mf3);
+        assert_int_equal(r.status, 0);
+        result_done(&r);
+        r = run_qctl(h, "list");
+        assert_int_equal(r.status, 0);
+        const char *b = strstr(r.out, "\nbase:latest "), *c = strstr(r.out, "\ncopy:latest ");
+        assert_non_null(b);
+        assert_non_null(c);
+        assert_memory_equal(b + 19, c + 19, 12);
+        /* The import's temporary model is gone. */
+        assert_null(strstr(r.out, "quantd-import"));
+        result_done(&r);
+        r = run_qctl(h, "run", "copy", "hi", "-o", "num_predict=3");
+        assert_int_equal(r.status, 0);
+        result_done(&r);
+        /* An uncompressed archive, under a name that does not say so: qctl goes by the first bytes. */
+        _cleanup_free_ char *tar = strdup_printf("%s/base.tar", h->dir);
+        _cleanup_free_ char *renamed = strdup_printf("%s/base.bin", h->dir);
+        r = run_qctl(h, "export", "base", tar);
+        assert_int_equal(r.status, 0);
+        result_done(&r);
+        assert_int_equal(rename(tar, renamed), 0);
+        _cleanup_free_ char *mf4 = write_file(h, "Modelfile.plain", "FROM ./base.bin\n");
+        r = run_qctl(h, "create", "plain", "-f", mf4);
+        check_ok(&r, "create FROM an uncompressed archive");
+        result_done(&r);
+        _cleanup_free_ char *sys_plain = layer_text(h, "plain", ".system");
+        assert_string_equal(sys_plain, "one");
+
+        /* A second create replaces the model, as with a GGUF. */
+        r = run_qctl(h, "create", "copy", "-f", mf3);
+        assert_int_equal(r.status, 0);
+        result_done(&r);
+
+        /* qctl import: under the archive's own name, which must be free, or under a name given. */
+        r = run_qctl(h, "import", tgz);
+        assert_int_equal(r.status, 1);
+        assert_non_null(endswith(r.err,
+                                 "\nError: Model '127.0.0.1:9/library/base:latest' already exists; delete "
+                                 "it or import under another name.\n"));
+        result_done(&r);
+        r = run_qctl(h, "rm", "base");
+        assert_int_equal(r.status, 0);
+        result_done(&r);
+        r = run_qctl(h, "import", tgz);
+        check_ok(&r, "import");
+        assert_string_equal(r.out, "imported 'base:latest'\n");
+        result_done(&r);
+        r = run_qctl(h, "import", tzst, "again");
+        assert_int_equal(r.status, 0);
+        assert_string_equal(r.out, "imported 'again:latest'\n");
+        result_done(&r);
+        _cleanup_free_ char *sys_again = layer_text(h, "again", ".system");
+        assert_string_equal(sys_again, "one");
+        r = run_qctl(h, "import");
+        check_error(&r, 2, "qctl import: missing FILE: see 'qctl import --help'.");
+        r = run_qctl(h, "import", "/nonexistent.tar");
+        check_error(&r, 4, "Cannot open '/nonexistent.tar'");
+        r = run_qctl(h, "import", h->dir);
+        check_error(&r, 2, "is a folder; give an archive that qctl export wrote.");
+        r = run_qctl(h, "import", mf3);
+        assert_int_equal(r.status, 6);
+        assert_non_null(strstr(r.err, "Error: Not a model archive"));
+        result_done(&r);
+
+        /* Errors. */
+        r = run_qctl(h, "export", "base", tgz);
+        check_error(&r, 1, "base.tar.gz' exists: add --force to replace it.");
+        r = run_qctl(h, "export", "base", tgz, "--force");
+        assert_int_equal(r.status, 0);
+        result_done(&r);
+        _cleanup_free_ char *zip = strdup_printf("%s/base.zip", h->dir);
+        r = run_qctl(h, "export", "base", zip);
+        check_error(&r, 2, "qctl export: FILE must end in .tar, .tar.gz, .tgz or .tar.zst.");
+        _cleanup_free_ char *nope_tar = strdup_printf("%s/nope.tar", h->dir);
+        r = run_qctl(h, "export", "nope", nope_tar);
+        check_error(&r, 4, "Model 'nope:latest' not found");
+        assert_int_equal(access(nope_tar, F_OK), -1);
+        assert_false(dir_has_prefix(h->dir, "nope.tar."));
+        r = run_qctl(h, "export", "base");
+        check_error(&r, 2, "qctl export: missing FILE: see 'qctl export --help'.");
+        _cleanup_free_ char *mfq = write_file(h, "Modelfile.q", "FROM ./base.tar.gz\n");
+        r = run_qctl(h, "create", "quantized", "-f", mfq, "-q", "q8_0");
+        check_error(&r, 5, "Quantizing while importing an archive is not supported");
+        _cleanup_free_ char *bad = write_file(h, "bad.tar.gz", "\x1f\x8b not really gzip\n");
+        _cleanup_free_ char *mfb = write_file(h, "Modelfile.bad", "FROM ./bad.tar.gz\n");
+        r = run_qctl(h, "create", "bad", "-f", mfb);
+        assert_int_equal(r.status, 6);
+        assert_non_null(strstr(r.err, "Error: "));
+        result_done(&r);
+        r = run_qctl(h, "create", "bad:name:x", "-f", mf3);
+        assert_int_equal(r.status, 2);
+        assert_non_null(strstr(r.err, "\nError: Model name 'bad:name:x' has an invalid tag"));
+        result_done(&r);
+        _cleanup_free_ char *mfm = write_file(h, "Modelfile.missing", "FROM ./missing.tar.gz\n");
+        r = run_qctl(h, "create", "missing", "-f", mfm);
+        check_error(&r, 4, "FROM names '");
+        r = run_qctl(h, "list");
+        assert_null(strstr(r.out, "bad:latest"));
+        assert_null(strstr(r.out, "quantized:latest"));
+        assert_null(strstr(r.out, "quantd-import"));
+        result_done(&r);
+}
+
+/* Ctrl+C during qctl quantize cancels the daemon's job and removes the temporary file. */
+static void test_quantize_interrupt(void **state) {
+        Harness *h = *state;
+        const char *smollm = dh_smollm_path();
+        _cleanup_free_ char *dst = strdup_printf("%s/smol.gguf", h->dir);
+        /* Its tensors are quantized already: converting them again needs --allow-requantize. */
+        Result q = run_qctl(h, "quantize", smollm, dst, "q8_0");
+        assert_int_equal(q.status, 5);
+        assert_non_null(strstr(q.err, "Error: Tensor 'blk.0.ffn_down.weight' is already quantized (q4_1)"));
+        result_done(&q);
+        assert_int_equal(access(dst, F_OK), -1);
+        assert_false(dir_has_prefix(h->dir, "smol.gguf."));
+        /* Q4_1 to Q3_K_M takes a good half second here: the interrupt comes after the first event. */
+        Result r = run_qctl_sigint_on_stderr(h->socket, "quantizing", "quantize", smollm, dst, "q3_K_M",
+                                             "--allow-requantize", NULL);
+        assert_int_equal(r.status, 130);
+        assert_null(strstr(r.err, "success"));
+        result_done(&r);
+        assert_int_equal(access(dst, F_OK), -1);
+        assert_false(dir_has_prefix(h->dir, "smol.gguf."));
+        /* The job itself stopped, not just qctl. */
+        for (int i = 0; i < 100 && !dh_log_contains(h, "(quantize ) failed: "); i++)
+                usleep(50000);
+        assert_true(dh_log_contains(h, "(quantize ) failed: "));
+        assert_false(dh_log_contains(h, "(quantize ) finished."));
+}
+
+static double json_number(const char *json, const char *key) {
+        _cleanup_free_ char *k = strdup_printf("\"%s\": ", key);
+        const char *p = strstr(json, k);
+        if (!p)
+                fail_msg("no %s in %s", key, json);
+        return strtod(p + strlen(k), NULL);
+}
+
+/* qctl eval on a model in the store: llama-perplexity's figure (llama.cpp's, by
+ * make-perplexity-reference.py). */
+static void test_eval(void **state) {
+        Harness *h = *state;
+        const char *models = getenv("QUANTD_TEST_MODELS"), *data = getenv("QUANTD_TEST_DATA");
+        Result r;
+
+        assert_non_null(models);
+        assert_non_null(data);
+        _cleanup_free_ char *mf_text = strdup_printf("FROM %s/stories260K.gguf\n", models);
+        _cleanup_free_ char *mf = write_file(h, "Modelfile.stories", mf_text);
+        r = run_qctl(h, "create", "stories", "-f", mf);
+        assert_int_equal(r.status, 0);
+        result_done(&r);
+
+        _cleanup_free_ char *text = strdup_printf("%s/perplexity-text.txt", data);
+        r = run_qctl(h, "eval", "stories", "--file", text, "-c", "64", "--json");
+        check_ok(&r, "eval");
+        /* tests/data/perplexity-reference.txt */
+        assert_int_equal((int)json_number(r.out, "chunks"), 20);
+        assert_int_equal((int)json_number(r.out, "scored_tokens"), 620);
+        assert_int_equal((int)json_number(r.out, "n_ctx"), 64);
+        double ppl = json_number(r.out, "perplexity");
+        if (ppl < 5.034106 * (1 - 1e-3) || ppl > 5.034106 * (1 + 1e-3))
+                fail_msg("perplexity %f, llama.cpp's 5.034106", ppl);
+        assert_true(json_number(r.out, "bits_per_weight") == 32.0);
+        assert_null(strstr(r.out, "kld_mean"));
+        result_done(&r);
+
+        /* Against itself: no divergence, full agreement; the text output. */
+        r = run_qctl(h, "eval", "stories", "--base", "stories", "-f", text, "-c", "64", "--chunks", "3");
+        assert_int_equal(r.status, 0);
+        assert_non_null(startswith(r.out, "model              stories\nfile size          "));
+        assert_non_null(strstr(r.out, "(32.00 bits per weight)\nscored tokens      93 in 3 chunks of 64\n"));
+        assert_non_null(strstr(r.out, "\nmean KLD           0.000000\n"));
+        assert_non_null(strstr(r.out, "\ntop-1 agreement    100.00%\n"));
+        result_done(&r);
+
+        /* Errors. */
+        r = run_qctl(h, "eval", "nope", "-f", text);
+        check_error(&r, 4, "Model 'nope:latest' not found");
+        r = run_qctl(h, "eval", "stories", "--base", "nope", "-f", text);
+        check_error(&r, 4, "Model 'nope:latest' not found");
+        r = run_qctl(h, "eval", "stories");
+        check_error(&r, 2, "qctl eval: missing --file TEXT");
+        r = run_qctl(h, "eval", "stories", "-f", "/nonexistent/text");
+        check_error(&r, 4, "Cannot open the text '/nonexistent/text'");
+        r = run_qctl(h, "eval", "stories", "-f", h->dir);
+        check_error(&r, 2, "is a folder; give a text file.");
+        r = run_qctl(h, "eval", "stories", "-f", text, "-c", "0");
+        check_error(&r, 2, "qctl eval -c: expected a positive number, found '0'.");
+        r = run_qctl(h, "eval", "stories", "-f", text, "--chunks", "x");
+        check_error(&r, 2, "qctl eval --chunks: expected a positive number, found 'x'.");
+        r = run_qctl(h, "eval", "stories", "-f", text, "-c", "2");
+        check_error(&r, 2, "Parameter 'n_ctx' must be between 4 and 1048576.");
+        r = run_qctl(h, "eval", "stories", "-f", text, "-c", "100000");
+        check_error(&r, 2, "fewer than one chunk of 100000: give a longer text or a smaller context.");
+        r = run_qctl(h, "eval", "stories", "--base", "/nonexistent/base.gguf", "-f", text);
+        check_error(&r, 4, "Cannot open '/nonexistent/base.gguf'");
+        const char *smollm = dh_smollm_path();
+        r = run_qctl(h, "eval", "stories", "--base", smollm, "-f", text, "-c", "64");
+        check_error(&r, 2, "The base model has 49152 tokens in its vocabulary and the model 512");
+        _cleanup_free_ char *not_gguf = write_file(h, "weights.gguf", "not a model\n");
+        r = run_qctl(h, "eval", not_gguf, "-f", text);
+        check_error(&r, 6, "weights.gguf' is not a GGUF file");
 }
 
 static void test_interrupt(void **state) {
@@ -486,7 +770,8 @@ typedef struct Pty {
         size_t pos; /* where the next pty_expect() starts looking */
 } Pty;
 
-static void pty_start(Pty *p, Harness *h, const char *model) {
+/* Runs qctl with argv (argv[0] ignored, NULL-terminated) on a 40-column terminal. */
+static void pty_start_argv(Pty *p, Harness *h, const char **argv) {
         struct winsize ws = { .ws_row = 24, .ws_col = 40 };
         *p = (Pty){};
         p->pid = forkpty(&p->master, NULL, NULL, &ws);
@@ -497,9 +782,14 @@ static void pty_start(Pty *p, Harness *h, const char *model) {
                 setenv("TERM", "dumb", 1);
                 /* The history goes to the test's directory, not the user's. */
                 setenv("XDG_DATA_HOME", h->dir, 1);
-                execl(qctl_path(), qctl_path(), "run", model, "-o", "num_predict=8", (char *)NULL);
+                argv[0] = qctl_path();
+                execv(argv[0], (char **)argv);
                 _exit(127);
         }
+}
+
+static void pty_start(Pty *p, Harness *h, const char *model) {
+        pty_start_argv(p, h, (const char *[]){ "qctl", "run", model, "-o", "num_predict=8", NULL });
 }
 
 /* Reads from the terminal until text appears after what earlier calls matched, or fails after 20 s. */
@@ -588,6 +878,38 @@ static int pty_wait(Pty *p) {
         assert_int_equal(waitpid(p->pid, &status, 0), p->pid);
         close(p->master);
         return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* On a terminal quantize draws one progress bar and eval one line of chunks, each redrawn in place. */
+static void test_quantize_eval_terminal(void **state) {
+        Harness *h = *state;
+        const char *models = getenv("QUANTD_TEST_MODELS"), *data = getenv("QUANTD_TEST_DATA");
+        _cleanup_free_ char *src = strdup_printf("%s/stories260K.gguf", models);
+        _cleanup_free_ char *dst = strdup_printf("%s/tty.gguf", h->dir);
+        _cleanup_free_ char *text = strdup_printf("%s/perplexity-text.txt", data);
+        Pty p;
+
+        pty_start_argv(&p, h, (const char *[]){ "qctl", "quantize", src, dst, "q8_0", NULL });
+        pty_expect(&p, "quantizing: 100% \u2595");
+        pty_expect(&p, "\u258f 1.2 MB\033[K");
+        pty_expect(&p, "success");
+        assert_int_equal(pty_wait(&p), 0);
+        /* One line redrawn in place: no newline between the first drawing and the last. */
+        const char *first = strstr((char *)p.seen.data, "quantizing:"), *last = first;
+        for (const char *x = first; x; x = strstr(x + 1, "quantizing:"))
+                last = x;
+        assert_non_null(first);
+        assert_null(memchr(first, '\n', (size_t)(last - first)));
+        buf_free(&p.seen);
+        assert_true(is_gguf(dst));
+
+        pty_start_argv(&p, h, (const char *[]){ "qctl", "eval", dst, "-f", text, "-c", "64", NULL });
+        pty_expect(&p, "evaluating: chunk ");
+        pty_expect(&p, "\r\033[K");
+        pty_expect(&p, "model              ");
+        pty_expect(&p, "perplexity         ");
+        assert_int_equal(pty_wait(&p), 0);
+        buf_free(&p.seen);
 }
 
 static void test_chat(void **state) {
@@ -689,16 +1011,21 @@ static void test_chat_missing_model(void **state) {
 
 int main(void) {
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test_setup_teardown(test_version, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_create_list_run, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_copy_remove, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_show_real_gguf, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_create_hf_folder, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_example_modelfile, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_interrupt, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_chat, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_chat_missing_model, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_version, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_create_list_run, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_copy_remove, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_show_real_gguf, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_create_hf_folder, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_example_modelfile, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_errors, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_interrupt, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_quantize, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_quantize_interrupt, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_eval, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_export_and_create_from_archive, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_quantize_eval_terminal, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_chat, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_chat_missing_model, setup, dh_teardown),
         };
 
         signal(SIGPIPE, SIG_IGN);

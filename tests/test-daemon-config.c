@@ -37,6 +37,8 @@ static void test_defaults_and_keys(void **state) {
         assert_int_equal(c.workers, 2);
         assert_int_equal(c.num_parallel, 4);
         assert_true(c.keep_alive_ns == 300000000000LL);
+        assert_true(c.gpu_budget == 0);
+        assert_true(c.gpu_overhead == 512ULL << 20);
         daemon_config_done(&c);
 
         assert_int_equal(
@@ -46,7 +48,8 @@ static void test_defaults_and_keys(void **state) {
                      "MaxFrameSize=1M\nMaxQueuedOutput=64K\nKeepFinishedJobs=0\n"
                      "[Registry]\nDefaultHost=example.com\nWhatever=1\n"
                      "[Scheduler]\nKeepAlive=-1\nMaxLoadedModels=5\nMemoryBudget=1.5G\nLoadTimeout=30s\n"
-                     "NumParallel=16\nContextLength=4096\nThreads=3\nNoSuchKey=1\n[Mystery]\nA=b\n",
+                     "NumParallel=16\nContextLength=4096\nThreads=3\nNoSuchKey=1\nGpuMemoryBudget=20G\n"
+                     "GpuOverhead=1G\n[Mystery]\nA=b\n",
                      &e),
                 0);
         assert_string_equal(c.socket, "/run/x.sock");
@@ -66,6 +69,8 @@ static void test_defaults_and_keys(void **state) {
         assert_int_equal(c.num_parallel, 16);
         assert_int_equal(c.num_ctx, 4096);
         assert_int_equal(c.threads, 3);
+        assert_true(c.gpu_budget == 20ULL << 30);
+        assert_true(c.gpu_overhead == 1ULL << 30);
         daemon_config_done(&c);
 
         /* An empty value resets a string to the default. */
@@ -89,6 +94,10 @@ static void test_errors(void **state) {
                  "limits, got '100'."},
                 {"\n[Scheduler]\nKeepAlive=soon\n",
                  ":3: KeepAlive= must be a duration such as 5m or 30s, got 'soon'."},
+                {"[Scheduler]\nGpuOverhead=-1G\n",
+                 ":2: GpuOverhead= must be a size such as 512M or 8G, got '-1G'."},
+                {"[Scheduler]\nGpuMemoryBudget=lots\n",
+                 ":2: GpuMemoryBudget= must be a size such as 512M or 8G, got 'lots'."},
                 {"[Daemon]\nLogLevel=loud\n",
                  ":2: LogLevel= must be err, warning, notice, info or debug, got 'loud'."},
                 {"Workers=2\n", ":1: 'Workers=2' comes before any [Section]."},

@@ -23,11 +23,8 @@
 
 static int setup(void **state) {
         static const char *const args[] = {"--backend=engine", NULL};
-        Harness *h = calloc(1, sizeof(Harness));
-        assert_non_null(h);
-        assert_int_equal(dh_start(h, "[Scheduler]\nNumParallel=16\nContextLength=256\nThreads=2\n", args),
-                         0);
-        *state = h;
+        dh_setup(state, "[Scheduler]\nNumParallel=16\nContextLength=256\nThreads=2\n", args);
+        Harness *h = *state;
 
         const char *dir = getenv("QUANTD_TEST_MODELS");
         assert_non_null(dir);
@@ -36,13 +33,6 @@ static int setup(void **state) {
         /* A missing model file fails the test, it does not skip it. */
         assert_int_equal(access(path, R_OK), 0);
         assert_int_equal(dh_create_from_file(h, c, "stories", path), 0);
-        return 0;
-}
-
-static int teardown(void **state) {
-        Harness *h = *state;
-        assert_int_equal(dh_stop(h), 0);
-        free(h);
         return 0;
 }
 
@@ -443,30 +433,6 @@ static void test_create_hf_errors(void **state) {
         msgpack_sbuffer_destroy(&sb);
 }
 
-static int chat_call(ProtoClient *c, const char *model, const char *content, ProtoMessage *m, QdError *e) {
-        msgpack_sbuffer sb;
-        msgpack_packer pk;
-        msgpack_sbuffer_init(&sb);
-        proto_packer_init(&pk, &sb);
-        msgpack_pack_map(&pk, 4);
-        proto_pack_kv_str(&pk, "model", model);
-        proto_pack_kv_bool(&pk, "stream", false);
-        proto_pack_key(&pk, "messages");
-        msgpack_pack_array(&pk, 1);
-        msgpack_pack_map(&pk, 2);
-        proto_pack_kv_str(&pk, "role", "user");
-        proto_pack_kv_str(&pk, "content", content);
-        proto_pack_key(&pk, "options");
-        msgpack_pack_map(&pk, 3);
-        proto_pack_kv_i64(&pk, "num_predict", 24);
-        proto_pack_kv_double(&pk, "temperature", 0);
-        proto_pack_kv_double(&pk, "repeat_penalty", 1.0);
-        qd_error_clear(e);
-        int k = proto_client_call(c, "Chat", sb.data, sb.size, NULL, 0, NULL, NULL, m, e);
-        msgpack_sbuffer_destroy(&sb);
-        return k;
-}
-
 static void test_chat(void **state) {
         Harness *h = *state;
         _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
@@ -474,15 +440,12 @@ static void test_chat(void **state) {
         QdError e = {};
 
         /* stories260K has no chat template of any kind. */
-        assert_int_equal(chat_call(c, "stories", "hi", &m, &e), -EOPNOTSUPP);
+        assert_int_equal(dh_chat(c, "stories", "user", "hi", 24, 1.0, &m, &e), -EOPNOTSUPP);
         assert_non_null(strstr(e.msg, "has no chat template"));
 
         /* SmolLM2's GGUF carries a ChatML jinja template, recognised and rendered natively. */
-        const char *smollm = getenv("QUANTD_TEST_SMOLLM");
-        if (!smollm || access(smollm, R_OK) < 0)
-                fail_msg("QUANTD_TEST_SMOLLM must name SmolLM2-135M-Instruct.Q4_1.gguf (see .ci/lib.sh).");
-        assert_int_equal(dh_create_from_file(h, c, "smollm", smollm), 0);
-        if (chat_call(c, "smollm", "What is the capital of France?", &m, &e) < 0)
+        assert_int_equal(dh_create_from_file(h, c, "smollm", dh_smollm_path()), 0);
+        if (dh_chat(c, "smollm", "user", "What is the capital of France?", 24, 1.0, &m, &e) < 0)
                 fail_msg("Chat failed: %s", e.msg);
         const msgpack_object *content = proto_map_get(proto_map_get(m.result, "message"), "content");
         assert_non_null(content);
@@ -507,14 +470,14 @@ static void test_chat(void **state) {
 int main(void) {
         signal(SIGPIPE, SIG_IGN);
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test_setup_teardown(test_golden, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_concurrent_equal_solo, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_show_tokenize, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_embed, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_chat, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_create_quantized, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_create_hf, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_create_hf_errors, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_golden, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_concurrent_equal_solo, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_show_tokenize, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_embed, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_chat, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_create_quantized, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_create_hf, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_create_hf_errors, setup, dh_teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -22,39 +22,24 @@
 
 #include "daemon-harness.h"
 
-static int start(void **state, const char *config) {
-        Harness *h = calloc(1, sizeof(Harness));
-        assert_non_null(h);
-        assert_int_equal(dh_start(h, config, NULL), 0);
-        *state = h;
-        return 0;
-}
-
 static int setup(void **state) {
-        return start(state, "[Scheduler]\nNumParallel=16\nMaxLoadedModels=2\nContextLength=512\n");
+        return dh_setup(state, "[Scheduler]\nNumParallel=16\nMaxLoadedModels=2\nContextLength=512\n", NULL);
 }
 
 static int setup_small_budget(void **state) {
         /* Each fake model below budgets size + 512 * 16 * 64 bytes of "KV cache". */
-        return start(
+        return dh_setup(
                 state,
-                "[Scheduler]\nNumParallel=16\nMemoryBudget=2000000\nLoadTimeout=1s\nContextLength=512\n");
+                "[Scheduler]\nNumParallel=16\nMemoryBudget=2000000\nLoadTimeout=1s\nContextLength=512\n",
+                NULL);
 }
 
 static int setup_one_request(void **state) {
-        return start(state, "[Daemon]\nMaxRequestsPerConnection=1\n");
+        return dh_setup(state, "[Daemon]\nMaxRequestsPerConnection=1\n", NULL);
 }
 
 static int setup_small_output(void **state) {
-        return start(state, "[Daemon]\nMaxQueuedOutput=64K\n");
-}
-
-static int teardown(void **state) {
-        Harness *h = *state;
-        if (h->pid > 0)
-                assert_int_equal(dh_stop(h), 0);
-        free(h);
-        return 0;
+        return dh_setup(state, "[Daemon]\nMaxQueuedOutput=64K\n", NULL);
 }
 
 typedef struct Stream {
@@ -258,30 +243,6 @@ static int create_with_template(Harness *h, ProtoClient *c, const char *name, co
         return k;
 }
 
-static int chat(ProtoClient *c, const char *model, const char *role, const char *content, ProtoMessage *m,
-                QdError *e) {
-        msgpack_sbuffer sb;
-        msgpack_packer pk;
-        msgpack_sbuffer_init(&sb);
-        proto_packer_init(&pk, &sb);
-        msgpack_pack_map(&pk, 4);
-        proto_pack_kv_str(&pk, "model", model);
-        proto_pack_kv_bool(&pk, "stream", false);
-        proto_pack_key(&pk, "messages");
-        msgpack_pack_array(&pk, 1);
-        msgpack_pack_map(&pk, 2);
-        proto_pack_kv_str(&pk, "role", role);
-        proto_pack_kv_str(&pk, "content", content);
-        proto_pack_key(&pk, "options");
-        msgpack_pack_map(&pk, 2);
-        proto_pack_kv_i64(&pk, "num_predict", 8);
-        proto_pack_kv_double(&pk, "temperature", 0);
-        qd_error_clear(e);
-        int k = proto_client_call(c, "Chat", sb.data, sb.size, NULL, 0, NULL, NULL, m, e);
-        msgpack_sbuffer_destroy(&sb);
-        return k;
-}
-
 static void test_chat(void **state) {
         Harness *h = *state;
         _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
@@ -290,7 +251,7 @@ static void test_chat(void **state) {
 
         static const char *tmpl = "{{ range .Messages }}<{{ .Role }}>{{ .Content }}{{ end }}<assistant>";
         assert_int_equal(create_with_template(h, c, "chatty", tmpl, NULL, &e), 0);
-        assert_int_equal(chat(c, "chatty", "user", "hi", &m, &e), 0);
+        assert_int_equal(dh_chat(c, "chatty", "user", "hi", 8, 0, &m, &e), 0);
         /* The fake's tokens are bytes: BOS + "<user>hi<assistant>". */
         assert_int_equal(proto_map_get(m.result, "prompt_eval_count")->via.u64, 1 + 19);
         const msgpack_object *msg = proto_map_get(m.result, "message");
@@ -321,16 +282,16 @@ static void test_chat(void **state) {
 
         /* The Modelfile's SYSTEM comes first when the chat has none. */
         assert_int_equal(create_with_template(h, c, "briefly", tmpl, "Be brief.", &e), 0);
-        assert_int_equal(chat(c, "briefly", "user", "hi", &m, &e), 0);
+        assert_int_equal(dh_chat(c, "briefly", "user", "hi", 8, 0, &m, &e), 0);
         assert_int_equal(proto_map_get(m.result, "prompt_eval_count")->via.u64, 1 + 19 + 8 + 9);
 
         /* Errors. */
-        assert_int_equal(chat(c, "chatty", "wizard", "hi", &m, &e), -EINVAL);
+        assert_int_equal(dh_chat(c, "chatty", "wizard", "hi", 8, 0, &m, &e), -EINVAL);
         assert_string_equal(e.msg,
                             "Message 0 has role 'wizard'; roles are system, user, assistant and tool.");
         assert_int_equal(create_with_template(h, c, "bad", "{{ if .System }}", NULL, &e), -EINVAL);
         assert_int_equal(dh_create_model(h, c, "plain", "size=1000\n"), 0);
-        assert_true(chat(c, "plain", "user", "hi", &m, &e) < 0);
+        assert_true(dh_chat(c, "plain", "user", "hi", 8, 0, &m, &e) < 0);
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
         dh_params(&sb, "model", "chatty", "messages", "x", NULL);
@@ -380,7 +341,7 @@ static void test_create_from_and_parameters(void **state) {
         assert_non_null(t);
         assert_int_equal(eval, 5);
         /* The template came from the base, the system prompt is the new one. */
-        assert_int_equal(chat(c, "derived", "user", "hi", &m, &e), 0);
+        assert_int_equal(dh_chat(c, "derived", "user", "hi", 8, 0, &m, &e), 0);
         assert_int_equal(proto_map_get(m.result, "prompt_eval_count")->via.u64, 1 + 19 + 8 + 9);
 
         /* Errors: both sources, neither, an unknown base, an unknown quantization. */
@@ -403,7 +364,10 @@ static void test_create_from_and_parameters(void **state) {
         qd_error_clear(&e);
         assert_int_equal(proto_client_call(c, "Create", sb.data, sb.size, NULL, 0, NULL, NULL, &m, &e),
                          -EINVAL);
-        assert_string_equal(e.msg, "Unknown quantization 'q9_z'; Hello lists quant_types.");
+        assert_string_equal(e.msg,
+                            "Unknown quantization type 'q9_z': choose one of F32, F16, Q4_0, Q4_1, Q8_0, "
+                            "Q5_0, Q5_1, Q2_K, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, "
+                            "Q6_K, IQ4_NL, BF16.");
         msgpack_sbuffer_destroy(&sb);
 }
 
@@ -527,13 +491,8 @@ static void test_cancel_and_disconnect(void **state) {
         /* Wait for the first token, then cancel it from the same connection. */
         assert_int_equal(proto_client_read(c, 10000, &m, &e), 1);
         assert_int_equal(m.type, PROTO_NOTIFICATION);
-        msgpack_sbuffer cancel;
-        msgpack_sbuffer_init(&cancel);
-        _cleanup_free_ char *ids = strdup_printf("%" PRIu64, id);
-        dh_params(&cancel, "id", ids, NULL);
         uint64_t cid;
-        assert_int_equal(proto_client_send(c, "Cancel", cancel.data, cancel.size, NULL, 0, &cid), 0);
-        msgpack_sbuffer_destroy(&cancel);
+        assert_int_equal(dh_cancel(c, id, &cid), 0);
         bool cancel_ok = false, gen_cancelled = false;
         while (!cancel_ok || !gen_cancelled) {
                 assert_int_equal(proto_client_read(c, 10000, &m, &e), 1);
@@ -679,12 +638,7 @@ static void test_memory_budget(void **state) {
         assert_true(now_ns() - t0 >= 900000000ULL);
 
         /* Once big is idle it is evicted for big2. */
-        msgpack_sbuffer cancel;
-        msgpack_sbuffer_init(&cancel);
-        _cleanup_free_ char *ids = strdup_printf("%" PRIu64, id);
-        dh_params(&cancel, "id", ids, NULL);
-        assert_int_equal(proto_client_send(c, "Cancel", cancel.data, cancel.size, NULL, 0, NULL), 0);
-        msgpack_sbuffer_destroy(&cancel);
+        assert_int_equal(dh_cancel(c, id, NULL), 0);
         /* Wait until big's generation has ended, so that the timing of a loaded machine cannot matter. */
         for (;;) {
                 qd_error_clear(&e);
@@ -875,22 +829,22 @@ static void test_sigterm_mid_generation(void **state) {
 int main(void) {
         signal(SIGPIPE, SIG_IGN);
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test_setup_teardown(test_generate_stream, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_end_of_generation_and_stop, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_stop_strings, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_chat, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_create_from_and_parameters, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_tokenize, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_concurrent_streams, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_cancel_and_disconnect, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_keep_alive, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_eviction_order, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_memory_budget, setup_small_budget, teardown),
-                cmocka_unit_test_setup_teardown(test_embed, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_load_failure, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_slow_reader_dropped, setup_small_output, teardown),
-                cmocka_unit_test_setup_teardown(test_hangup_while_paused, setup_one_request, teardown),
-                cmocka_unit_test_setup_teardown(test_sigterm_mid_generation, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_generate_stream, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_end_of_generation_and_stop, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_stop_strings, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_chat, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_create_from_and_parameters, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_tokenize, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_concurrent_streams, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_cancel_and_disconnect, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_keep_alive, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_eviction_order, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_memory_budget, setup_small_budget, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_embed, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_load_failure, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_slow_reader_dropped, setup_small_output, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_hangup_while_paused, setup_one_request, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_sigterm_mid_generation, setup, dh_teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

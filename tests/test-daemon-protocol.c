@@ -24,28 +24,12 @@
 #include "config.h"
 #include "daemon-harness.h"
 
-static int start(void **state, const char *config) {
-        Harness *h = calloc(1, sizeof(Harness));
-        assert_non_null(h);
-        assert_int_equal(dh_start(h, config, NULL), 0);
-        *state = h;
-        return 0;
-}
-
 static int setup(void **state) {
-        return start(state, "[Daemon]\nMaxFrameSize=4096\nMaxConnections=8\n");
+        return dh_setup(state, "[Daemon]\nMaxFrameSize=4096\nMaxConnections=8\n", NULL);
 }
 
 static int setup_default(void **state) {
-        return start(state, NULL);
-}
-
-static int teardown(void **state) {
-        Harness *h = *state;
-        /* Every test ends with a clean SIGTERM exit (and, under valgrind, no leaks). */
-        assert_int_equal(dh_stop(h), 0);
-        free(h);
-        return 0;
+        return dh_setup(state, NULL, NULL);
 }
 
 static void call_ok(ProtoClient *c, const char *method, ProtoMessage *ret) {
@@ -405,14 +389,14 @@ static void test_socket_activation_and_notify(void **state) {
 int main(void) {
         signal(SIGPIPE, SIG_IGN);
         const struct CMUnitTest tests[] = {
-                cmocka_unit_test_setup_teardown(test_hello_version, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_errors_keep_connection, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_malformed_frames, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_pipelined, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_connection_limit, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_unprivileged, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_many_clients, setup_default, teardown),
-                cmocka_unit_test_setup_teardown(test_socket_mode, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_hello_version, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_errors_keep_connection, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_malformed_frames, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_pipelined, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_connection_limit, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_unprivileged, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_many_clients, setup_default, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_socket_mode, setup, dh_teardown),
                 cmocka_unit_test(test_socket_activation_and_notify),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);

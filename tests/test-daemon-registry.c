@@ -19,40 +19,19 @@
 #include <sys/wait.h>
 #include <time.h>
 
-#include "daemon-harness.h"
-#include "registry-harness.h"
+#include "registry-world.h"
 #include "registry.h"
 
-typedef struct World {
-        char dir[64];
-        RegistryServer registry;
-        RegistryServer proxy; /* only for test_resume_after_kill */
-        Harness daemon;
-        char *name; /* host/library/stories:v1 */
-} World;
-
 static int setup(void **state) {
-        static const char *const args[] = {"--backend=engine", NULL};
-        World *w = calloc(1, sizeof(World));
-        assert_non_null(w);
-        snprintf(w->dir, sizeof(w->dir), "/tmp/quantd-dreg-XXXXXX");
-        assert_non_null(mkdtemp(w->dir));
-        harness_start_registry(&w->registry, w->dir, "registry", NULL);
-        _cleanup_free_ char *config =
-                strdup_printf("[Registry]\nInsecure=%s\n[Scheduler]\nThreads=1\n", w->registry.host);
-        assert_int_equal(dh_start(&w->daemon, config, args), 0);
-        w->name = strdup_printf("%s/library/stories:v1", w->registry.host);
+        World *w = world_new();
+
+        world_start_daemon(w, "[Scheduler]\nThreads=1\n");
         *state = w;
         return 0;
 }
 
 static int teardown(void **state) {
-        World *w = *state;
-        assert_int_equal(dh_stop(&w->daemon), 0);
-        harness_stop(&w->registry);
-        harness_rm_rf(w->dir);
-        free(w->name);
-        free(w);
+        world_free(*state);
         return 0;
 }
 
@@ -205,25 +184,14 @@ static bool store_holds(World *w, const char *root, const char *name) {
         return has;
 }
 
+/* No daemon of the world's: the test starts its own, twice, behind the proxy. */
 static int setup_kill(void **state) {
-        World *w = calloc(1, sizeof(World));
-        assert_non_null(w);
-        snprintf(w->dir, sizeof(w->dir), "/tmp/quantd-dreg-XXXXXX");
-        assert_non_null(mkdtemp(w->dir));
-        harness_start_registry(&w->registry, w->dir, "registry", NULL);
+        World *w = world_new();
+
         harness_start_proxy(&w->proxy, w->registry.port);
+        free(w->name);
         w->name = strdup_printf("%s/library/big:v1", w->proxy.host);
         *state = w;
-        return 0;
-}
-
-static int teardown_kill(void **state) {
-        World *w = *state;
-        harness_stop(&w->proxy);
-        harness_stop(&w->registry);
-        harness_rm_rf(w->dir);
-        free(w->name);
-        free(w);
         return 0;
 }
 
@@ -292,7 +260,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_push_pull_generate, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
-                cmocka_unit_test_setup_teardown(test_resume_after_kill, setup_kill, teardown_kill),
+                cmocka_unit_test_setup_teardown(test_resume_after_kill, setup_kill, teardown),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }

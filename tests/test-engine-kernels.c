@@ -102,8 +102,16 @@ static double rel_error(const float *y, const float *ref, size_t n) {
         return sqrt(num / den);
 }
 
-static void check_type(uint32_t type, uint64_t n) {
-        const uint32_t n_rows = 37, max_tok = 6;
+/* 1, 2, … 6, then max_tok, then past it. */
+static uint32_t next_n_tok(uint32_t n_tok, uint32_t max_tok) {
+        if (n_tok < 6)
+                return n_tok + 1;
+        return n_tok < max_tok ? max_tok : max_tok + 1;
+}
+
+/* Tokens 1 … 6 and max_tok at once (past the SIMD kernels' token tiles when it is larger). */
+static void check_type_tokens(uint32_t type, uint64_t n, uint32_t max_tok) {
+        const uint32_t n_rows = 37;
         _cleanup_free_ uint8_t *w = random_matrix(type, n, n_rows);
         _cleanup_free_ float *x = malloc(n * max_tok * sizeof(float));
         _cleanup_free_ float *wf = malloc(n * n_rows * sizeof(float));
@@ -141,7 +149,7 @@ static void check_type(uint32_t type, uint64_t n) {
                 fail_msg("scalar %s: relative error %g against the dequantized product", ggml_type_name(type), e);
 
         for (int isa = ENGINE_CPU_AVX2; isa <= (int)engine_cpu_isa_best(); isa++) {
-                for (uint32_t n_tok = 1; n_tok <= max_tok; n_tok++) {
+                for (uint32_t n_tok = 1; n_tok <= max_tok; n_tok = next_n_tok(n_tok, max_tok)) {
                         assert_int_equal(engine_cpu_matmul((EngineCpuIsa)isa, type, w, n, n_rows, x, n_tok, y), 0);
                         e = rel_error(y, ref, n_rows * n_tok);
                         if (e > 1e-5)
@@ -153,6 +161,10 @@ static void check_type(uint32_t type, uint64_t n) {
                         assert_memory_equal(y1, y + (n_tok - 1) * n_rows, n_rows * sizeof(float));
                 }
         }
+}
+
+static void check_type(uint32_t type, uint64_t n) {
+        check_type_tokens(type, n, 6);
 }
 
 static void test_float_types(void **state) {
@@ -170,6 +182,9 @@ static void test_block32_types(void **state) {
         for (size_t i = 0; i < ELEMENTSOF(types); i++) {
                 check_type(types[i], 512);
                 check_type(types[i], 96); /* an odd number of blocks */
+                /* Rows longer than one slice of the AVX-512 tile (24 blocks), and more tokens than one pass
+                 * of it keeps (64). */
+                check_type_tokens(types[i], 1600, 70);
         }
 }
 
@@ -179,6 +194,7 @@ static void test_k_types(void **state) {
         for (size_t i = 0; i < ELEMENTSOF(types); i++) {
                 check_type(types[i], 768);
                 check_type(types[i], 256); /* one super-block */
+                check_type_tokens(types[i], 768, 70); /* past the AVX-512 tiles' slice and token pass */
         }
 }
 
@@ -213,6 +229,75 @@ static void test_swiglu(void **state) {
         assert_int_equal(engine_cpu_swiglu(_ENGINE_CPU_ISA_MAX, y, u, 4), -EINVAL);
 }
 
+/* Attention, every SIMD set against the scalar kernel: head sizes the AVX-512 set takes in registers (64, 128)
+ * and one it hands on (40), F16 and F32 caches, position counts around its 16-wide blocks, and groups of 1-5
+ * query heads sharing the keys (past its groups of 4 and 2), each of whose results must not depend on the
+ * group. */
+static void test_attend(void **state) {
+        static const uint32_t dims[] = { 64, 128, 40 }, n_pos_list[] = { 1, 15, 16, 17, 33, 300 };
+        static const uint32_t kv_types[] = { GGML_TYPE_F32, GGML_TYPE_F16 };
+        enum { MAX_POS = 300, MAX_DIM = 128, MAX_Q = 5, STRIDE = 2 * MAX_DIM * sizeof(float) };
+        static uint8_t k[MAX_POS * STRIDE], v[MAX_POS * STRIDE];
+        float q[MAX_Q * MAX_DIM], ref[MAX_Q * MAX_DIM], out[MAX_Q * MAX_DIM], one[MAX_DIM];
+
+        for (size_t ti = 0; ti < ELEMENTSOF(kv_types); ti++)
+                for (size_t di = 0; di < ELEMENTSOF(dims); di++) {
+                        uint32_t kv_type = kv_types[ti], dim = dims[di];
+                        for (uint32_t i = 0; i < MAX_Q * dim; i++)
+                                q[i] = rndf();
+                        for (uint32_t p = 0; p < MAX_POS; p++)
+                                for (uint32_t i = 0; i < dim; i++) {
+                                        /* Keys large enough that the softmax is far from uniform. */
+                                        float kf = rndf() * 4.0f, vf = rndf();
+                                        if (kv_type == GGML_TYPE_F16) {
+                                                GgmlHalf kh = engine_f32_to_fp16(kf), vh = engine_f32_to_fp16(vf);
+                                                memcpy(k + p * STRIDE + 2 * i, &kh, 2);
+                                                memcpy(v + p * STRIDE + 2 * i, &vh, 2);
+                                        } else {
+                                                memcpy(k + p * STRIDE + 4 * i, &kf, 4);
+                                                memcpy(v + p * STRIDE + 4 * i, &vf, 4);
+                                        }
+                                }
+                        for (size_t ni = 0; ni < ELEMENTSOF(n_pos_list); ni++) {
+                                uint32_t n_pos = n_pos_list[ni];
+                                float scale = 1.0f / sqrtf((float)dim);
+                                assert_int_equal(engine_cpu_attend(ENGINE_CPU_SCALAR, q, MAX_Q, k, v, STRIDE,
+                                                                   kv_type, n_pos, dim, scale, ref), 0);
+                                for (int isa = ENGINE_CPU_AVX2; isa <= (int)engine_cpu_isa_best(); isa++)
+                                        for (uint32_t n_q = 1; n_q <= MAX_Q; n_q++) {
+                                                assert_int_equal(engine_cpu_attend((EngineCpuIsa)isa, q, n_q, k, v,
+                                                                                   STRIDE, kv_type, n_pos, dim,
+                                                                                   scale, out),
+                                                                 0);
+                                                double e = rel_error(out, ref, (size_t)n_q * dim);
+                                                if (e > 1e-5)
+                                                        fail_msg("%s attention, %s, head %u, %u positions, %u "
+                                                                 "queries: relative error %g against scalar",
+                                                                 engine_cpu_isa_name((EngineCpuIsa)isa),
+                                                                 ggml_type_name(kv_type), dim, n_pos, n_q, e);
+                                                /* The last query alone gives what it gave in the group. */
+                                                const float *last = q + (size_t)(n_q - 1) * dim;
+                                                assert_int_equal(engine_cpu_attend((EngineCpuIsa)isa, last, 1, k, v,
+                                                                                   STRIDE, kv_type, n_pos, dim,
+                                                                                   scale, one),
+                                                                 0);
+                                                assert_memory_equal(one, out + (size_t)(n_q - 1) * dim,
+                                                                    dim * sizeof(float));
+                                        }
+                        }
+                }
+        assert_int_equal(engine_cpu_attend(ENGINE_CPU_SCALAR, q, 1, k, v, STRIDE, GGML_TYPE_Q8_0, 1, 64, 1, out),
+                         -EINVAL);
+        assert_int_equal(engine_cpu_attend(ENGINE_CPU_SCALAR, q, 1, k, v, STRIDE, GGML_TYPE_F32, 0, 64, 1, out),
+                         -EINVAL);
+        assert_int_equal(engine_cpu_attend(ENGINE_CPU_SCALAR, q, 0, k, v, STRIDE, GGML_TYPE_F32, 1, 64, 1, out),
+                         -EINVAL);
+        assert_int_equal(engine_cpu_attend(ENGINE_CPU_SCALAR, NULL, 1, k, v, STRIDE, GGML_TYPE_F32, 1, 64, 1, out),
+                         -EINVAL);
+        assert_int_equal(engine_cpu_attend(_ENGINE_CPU_ISA_MAX, q, 1, k, v, STRIDE, GGML_TYPE_F32, 1, 64, 1, out),
+                         -EINVAL);
+}
+
 static void test_matmul_errors(void **state) {
         float x[64] = {}, y[4];
         uint8_t w[sizeof(BlockQ4_K) * 2] = {};
@@ -226,6 +311,10 @@ static void test_matmul_errors(void **state) {
         assert_int_equal(engine_cpu_matmul(_ENGINE_CPU_ISA_MAX, GGML_TYPE_F32, w, 32, 1, x, 1, y), -EINVAL);
         assert_string_equal(engine_cpu_isa_name(ENGINE_CPU_AVX512), "avx512");
         assert_string_equal(engine_cpu_isa_name(_ENGINE_CPU_ISA_MAX), "unknown");
+        for (int i = 0; i < _ENGINE_CPU_ISA_MAX; i++)
+                assert_int_equal(engine_cpu_isa_from_name(engine_cpu_isa_name((EngineCpuIsa)i)), i);
+        assert_int_equal(engine_cpu_isa_from_name("avx"), -EINVAL);
+        assert_int_equal(engine_cpu_isa_from_name(NULL), -EINVAL);
 }
 
 int main(void) {
@@ -234,6 +323,7 @@ int main(void) {
                 cmocka_unit_test(test_block32_types),
                 cmocka_unit_test(test_k_types),
                 cmocka_unit_test(test_swiglu),
+                cmocka_unit_test(test_attend),
                 cmocka_unit_test(test_matmul_errors),
         };
 

@@ -7,6 +7,7 @@ dump=$2
 eval_tool=$3
 convert_tool=$4
 hf=${QUANTD_TEST_DATA:-tests/data}/hf-tiny-llama
+hf_spm=${QUANTD_TEST_DATA:-tests/data}/hf-tiny-spm
 model=${QUANTD_TEST_MODELS:-../shared/models}/stories260K.gguf
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
@@ -16,7 +17,7 @@ ok() { n=$((n + 1)); echo "ok $n - $1"; }
 not_ok() { n=$((n + 1)); fail=1; echo "not ok $n - $1"; }
 check() { desc=$1; shift; if "$@"; then ok "$desc"; else not_ok "$desc"; fi; }
 
-echo "1..25"
+echo "1..26"
 check "--help shows usage" sh -c "'$tool' --help | grep -q '^Usage: qd-quantize'"
 check "Q4_K_M on stories260K succeeds" "$tool" -q -t 2 "$model" "$dir/q4km.gguf" Q4_K_M
 check "the result is a GGUF with q5_0 and f16 tensors" \
@@ -55,6 +56,8 @@ check "qd-convert writes a llama GGUF" \
         sh -c "'$convert_tool' '$hf' '$dir/hf.gguf' && '$dump' '$dir/hf.gguf' | grep 'blk.1.attn_q.weight' | grep -q f16"
 check "qd-convert --outtype f32 converts the matrices" \
         sh -c "'$convert_tool' --outtype f32 '$hf' '$dir/hf32.gguf' && '$dump' '$dir/hf32.gguf' | grep 'blk.1.attn_q.weight' | grep -q f32"
+check "qd-convert writes a SentencePiece vocabulary as GGUF's llama tokenizer" \
+        sh -c "'$convert_tool' '$hf_spm' '$dir/spm.gguf' && '$dump' '$dir/spm.gguf' | grep -q '^tokenizer.ggml.model *string *\"llama\"'"
 check "qd-convert rejects a quantized --outtype with exit 2" \
         sh -c "'$convert_tool' --outtype q4_0 '$hf' '$dir/hfq.gguf' 2>&1 | grep -q \"Invalid --outtype 'q4_0'\"; test ! -e '$dir/hfq.gguf'"
 check "qd-convert names a folder without a model and leaves nothing" \

@@ -220,6 +220,52 @@ static void test_rmse_real_rows(void **state) {
         }
 }
 
+/* stories260K's weights are F32 as trained, so these rows were never on any quantization grid (SmolLM2's
+ * above are Q4_1 values): every 2-D weight, cut to whole 256-element super-blocks, one run per tensor. The
+ * bounds are about 10 % above the worst tensor. */
+static const struct {
+        uint32_t type;
+        double bound;
+} f32_bounds[] = {
+        {GGML_TYPE_F16, 2.3e-4},   {GGML_TYPE_BF16, 2.17e-3},  {GGML_TYPE_Q8_0, 6.8e-3},
+        {GGML_TYPE_Q6_K, 2.2e-2},  {GGML_TYPE_Q5_1, 4.6e-2},   {GGML_TYPE_Q5_0, 5.5e-2},
+        {GGML_TYPE_Q5_K, 4.5e-2},  {GGML_TYPE_Q4_1, 9.7e-2},   {GGML_TYPE_Q4_0, 1.06e-1},
+        {GGML_TYPE_Q4_K, 8.7e-2},  {GGML_TYPE_IQ4_NL, 9.2e-2}, {GGML_TYPE_Q3_K, 1.82e-1},
+        {GGML_TYPE_Q2_K, 3.75e-1},
+};
+
+static void test_rmse_real_f32_rows(void **state) {
+        const char *dir = getenv("QUANTD_TEST_MODELS");
+        _cleanup_free_ char *path = strdup_printf("%s/stories260K.gguf", dir ? dir : "../shared/models");
+        _cleanup_(gguf_freep) Gguf *g = NULL;
+        double worst[ELEMENTSOF(f32_bounds)] = {};
+        unsigned n_tensors = 0;
+
+        assert_int_equal(gguf_open(path, &g, NULL), 0);
+        for (uint64_t t = 0; t < g->n_tensors; t++) {
+                const GgufTensor *tensor = &g->tensors[t];
+                size_t n = (size_t)tensor->n_elements / ROW * ROW;
+
+                if (tensor->n_dims != 2 || n == 0)
+                        continue;
+                assert_int_equal(tensor->type, GGML_TYPE_F32);
+                for (size_t b = 0; b < ELEMENTSOF(f32_bounds); b++)
+                        worst[b] = fmax(worst[b], relative_rmse(f32_bounds[b].type, tensor->data, n));
+                n_tensors++;
+        }
+        assert_true(n_tensors >= 10);
+        for (size_t b = 0; b < ELEMENTSOF(f32_bounds); b++) {
+                print_message(
+                        "# stories260K F32 %-7s worst relative RMSE %.5f over %u tensors (bound %.5f)\n",
+                        ggml_type_name(f32_bounds[b].type), worst[b], n_tensors, f32_bounds[b].bound);
+                assert_true(worst[b] < f32_bounds[b].bound);
+        }
+        /* As on Gaussian rows, the searched types beat the plain ones of the same size (indices above). */
+        assert_true(worst[9] < worst[7]);  /* Q4_K < Q4_1 */
+        assert_true(worst[6] < worst[4]);  /* Q5_K < Q5_1 */
+        assert_true(worst[10] < worst[8]); /* IQ4_NL < Q4_0 */
+}
+
 /* The fast row functions write the reference's bytes, on rows of every kind: scales from tiny to huge,
  * offsets, sparse rows, flat and zero groups. */
 static void test_fast_equals_ref(void **state) {
@@ -312,6 +358,7 @@ int main(void) {
                 cmocka_unit_test(test_dequantize_as_gguf),
                 cmocka_unit_test(test_rmse_gaussian),
                 cmocka_unit_test(test_rmse_real_rows),
+                cmocka_unit_test(test_rmse_real_f32_rows),
                 cmocka_unit_test(test_awkward_rows),
                 cmocka_unit_test(test_fast_equals_ref),
                 cmocka_unit_test(test_errors),

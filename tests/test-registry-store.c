@@ -180,6 +180,10 @@ static void test_create_show_list(void **state) {
         assert_true(items[0].size == registry_manifest_total_size(m));
         assert_true(registry_digest_is_valid(items[0].digest));
         assert_true(items[0].modified_s > 0);
+        /* One model's ID, as Ps shows it, is List's. */
+        char digest[REGISTRY_DIGEST_MAX];
+        assert_int_equal(registry_store_model_digest(f->store, &name, digest, &e), 0);
+        assert_string_equal(digest, items[0].digest);
         free(items);
         registry_manifest_free(m);
         free(raw);
@@ -250,6 +254,10 @@ static void test_corrupt_and_missing(void **state) {
 
         /* A missing model. */
         assert_int_equal(registry_store_show(f->store, &c, &m, NULL, &e), 0 - ENOENT);
+        char digest[REGISTRY_DIGEST_MAX];
+        e = (QdError){};
+        assert_int_equal(registry_store_model_digest(f->store, &c, digest, &e), -ENOENT);
+        assert_non_null(strstr(e.msg, "not found"));
 
         /* A corrupt manifest: clear error, skipped by list, still deletable. */
         char *mp = strdup_printf("%s/manifests/registry.ollama.ai/library/b/latest", f->root);
@@ -259,6 +267,7 @@ static void test_corrupt_and_missing(void **state) {
         assert_int_equal(registry_store_show(f->store, &b, &mb, NULL, &e), -EBADMSG);
         assert_non_null(strstr(e.msg, "corrupt"));
         assert_int_equal(registry_store_verify(f->store, &b, NULL), -EBADMSG);
+        assert_int_equal(registry_store_model_digest(f->store, &b, digest, NULL), -EBADMSG);
         RegistryModelInfo *items;
         size_t n;
         assert_int_equal(registry_store_list(f->store, &items, &n, &e), 0);

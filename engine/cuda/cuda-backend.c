@@ -65,8 +65,8 @@ static uint64_t tensor_bytes(const Tensor *t) {
         return (uint64_t)stride * t->ne1;
 }
 
-/* Weights and scratch of the range, without KV caches. */
-static uint64_t range_bytes(const EngineModel *m, const BackendRange *range) {
+/* Weights of the range as stored on the device. */
+static uint64_t range_weight_bytes(const EngineModel *m, const BackendRange *range) {
         const ModelConfig *c = &m->cfg;
         uint64_t b = 0;
 
@@ -77,12 +77,25 @@ static uint64_t range_bytes(const EngineModel *m, const BackendRange *range) {
         for (uint32_t l = range->l0; l < range->l1; l++)
                 for (size_t i = 0; i < ELEMENTSOF(layer_tensors); i++)
                         b += tensor_bytes((const Tensor *)((const char *)&m->w.layers[l] + layer_tensors[i].offset));
+        return b;
+}
+
+/* Scratch of a model on the device, whatever its range. */
+static uint64_t scratch_bytes(const EngineModel *m) {
+        const ModelConfig *c = &m->cfg;
+        uint64_t b = 0;
+
         /* Prompt scratch: activations of 512 rows and the largest group of weights dequantized to F16. */
         uint64_t nq = (uint64_t)c->n_head * c->head_dim, nk = (uint64_t)c->n_head_kv * c->head_dim;
         uint64_t wmax = MAX((nq + 2 * nk) * c->n_embd, 2ull * c->n_ff * c->n_embd);
         b += 512ull * (4 * c->n_embd + 2 * MAX(c->n_embd, c->n_ff) + 4 * (nq + 2 * nk) + 4 * nq + 8 * c->n_ff);
         b += 2 * wmax + 4ull * c->n_vocab + (64ull << 20); /* and cuBLAS's workspace, roughly */
         return b;
+}
+
+/* Weights and scratch of the range, without KV caches. */
+static uint64_t range_bytes(const EngineModel *m, const BackendRange *range) {
+        return range_weight_bytes(m, range) + scratch_bytes(m);
 }
 
 static int check_model(const EngineModel *m, const BackendRange *range, QdError *err) {
@@ -319,6 +332,39 @@ static uint64_t cuda_backend_estimate(const EngineModel *m, const BackendRange *
         return range_bytes(m, range) + cuda_kv_bytes(&cfg, range->l1 - range->l0, n_ctx) * n_seq;
 }
 
+/* check_model() and every tensor's type, as init() would find them. */
+static int cuda_backend_check(const EngineModel *m, const BackendRange *range, QdError *err) {
+        const Tensor *fixed[] = {&m->w.token_embd, &m->w.output_norm, &m->w.output};
+        int r;
+
+        r = check_model(m, range, err);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < ELEMENTSOF(fixed); i++)
+                if (fixed[i]->data && !cuda_type_supported(fixed[i]->type))
+                        return qd_error_set(err, EOPNOTSUPP,
+                                            "The cuda backend has no kernels for tensor '%s' of type %s.",
+                                            fixed[i]->name, ggml_type_name(fixed[i]->type));
+        for (uint32_t l = range->l0; l < range->l1; l++)
+                for (size_t i = 0; i < ELEMENTSOF(layer_tensors); i++) {
+                        const char *lw = (const char *)&m->w.layers[l];
+                        const Tensor *t = (const Tensor *)(lw + layer_tensors[i].offset);
+                        if (!cuda_type_supported(t->type))
+                                return qd_error_set(err, EOPNOTSUPP,
+                                                    "The cuda backend has no kernels for tensor '%s' of "
+                                                    "type %s.",
+                                                    t->name, ggml_type_name(t->type));
+                }
+        return 0;
+}
+
+/* The weights as uploaded (counted by CudaLlama as it allocates them) and the scratch reserved for them. */
+static uint64_t cuda_backend_device_bytes(void *state) {
+        CudaBackend *b = state;
+
+        return cuda_llama_weight_bytes(b->llama) + scratch_bytes(b->m);
+}
+
 /* Here rather than beside the other device queries: model.c refers to backend_cuda_ops only weakly, which
  * does not pull this file out of the static library; info.c's engine_cuda_devices() calls this, which does. */
 int engine_cuda_device_count(void) {
@@ -333,4 +379,6 @@ const BackendOps backend_cuda_ops = {
         .kv_free = cuda_backend_kv_free,
         .forward = cuda_backend_forward,
         .estimate = cuda_backend_estimate,
+        .check = cuda_backend_check,
+        .device_bytes = cuda_backend_device_bytes,
 };

@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <systemd/sd-event.h>
@@ -716,6 +717,63 @@ static void test_create_progress(void **state) {
                                        NULL, "sa{sv}", "progress", 0) >= 0);
 }
 
+/* The integer under key in a result a{sv}, or -1. */
+static int64_t result_int_of(sd_bus_message *m, const char *want) {
+        const char *key;
+        int64_t v = -1;
+
+        assert_true(sd_bus_message_enter_container(m, 'a', "{sv}") >= 0);
+        while (sd_bus_message_enter_container(m, 'e', "sv") > 0) {
+                assert_true(sd_bus_message_read(m, "s", &key) > 0);
+                if (streq(key, want))
+                        assert_true(sd_bus_message_read(m, "v", "x", &v) > 0);
+                else
+                        assert_true(sd_bus_message_skip(m, "v") >= 0);
+                assert_true(sd_bus_message_exit_container(m) >= 0);
+        }
+        assert_true(sd_bus_message_exit_container(m) >= 0);
+        return v;
+}
+
+/* Quantize and Export with descriptors, over the bus as over the socket. */
+static void test_quantize_and_export(void **state) {
+        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = bus_open();
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL, *reply2 = NULL;
+        sd_bus_error e = SD_BUS_ERROR_NULL;
+        char path[512];
+        struct stat st;
+
+        snprintf(path, sizeof(path), "%s/stories260K.gguf", getenv("QUANTD_TEST_MODELS"));
+        _cleanup_close_ int src = open(path, O_RDONLY | O_CLOEXEC);
+        _cleanup_close_ int dst = memfd_create("dst", MFD_CLOEXEC);
+        _cleanup_close_ int archive = memfd_create("archive", MFD_CLOEXEC);
+        assert_true(src >= 0 && dst >= 0 && archive >= 0);
+
+        if (sd_bus_call_method(bus, QUANTD_DBUS_NAME, QUANTD_DBUS_PATH, QUANTD_DBUS_INTERFACE, "Quantize",
+                               &e, &reply, "hhsa{sv}", src, dst, "Q8_0", 0) < 0)
+                fail_msg("Quantize failed: %s", e.message);
+        assert_int_equal(fstat(dst, &st), 0);
+        assert_true(st.st_size > 0);
+        assert_int_equal(result_int_of(reply, "size"), st.st_size);
+
+        if (sd_bus_call_method(bus, QUANTD_DBUS_NAME, QUANTD_DBUS_PATH, QUANTD_DBUS_INTERFACE, "Export", &e,
+                               &reply2, "sha{sv}", "fast", archive, 1, "format", "s", "tar") < 0)
+                fail_msg("Export failed: %s", e.message);
+        assert_int_equal(fstat(archive, &st), 0);
+        /* A tar file: whole 512-byte records, the manifest's header first. */
+        assert_true(st.st_size > 1024 && st.st_size % 512 == 0);
+        char head[512];
+        assert_int_equal(pread(archive, head, sizeof(head), 0), (ssize_t)sizeof(head));
+        assert_non_null(startswith(head, "manifests/"));
+        assert_memory_equal(head + 257, "ustar", 5);
+
+        /* An unknown mixture: EINVAL's D-Bus error, the daemon's sentence. */
+        assert_true(sd_bus_call_method(bus, QUANTD_DBUS_NAME, QUANTD_DBUS_PATH, QUANTD_DBUS_INTERFACE,
+                                       "Quantize", &e, NULL, "hhsa{sv}", src, dst, "q9", 0) < 0);
+        assert_non_null(strstr(e.message, "Unknown quantization type 'q9'"));
+        sd_bus_error_free(&e);
+}
+
 static void test_properties(void **state) {
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = bus_open();
         _cleanup_strv_free_ char **backends = NULL;
@@ -743,6 +801,7 @@ int main(void) {
                 cmocka_unit_test(test_error_names),
                 cmocka_unit_test(test_list_and_copy_delete),
                 cmocka_unit_test(test_create_progress),
+                cmocka_unit_test(test_quantize_and_export),
                 cmocka_unit_test(test_loaded_models_changes),
         };
         return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -360,11 +360,8 @@ static void test_read_too_many_fds(void **state) {
         assert_int_equal(f->fds.n, PROTO_FDS_MAX);
 }
 
-static void test_read_too_deep(void **state) {
-        Fixture *f = *state;
-        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = new_call(f);
-        unsigned n = PROTO_DEPTH_MAX + 2;
-
+/* Appends a{sv} { "deep": n levels of variant-wrapped arrays }: the params map is level 1. */
+static void append_nested(sd_bus_message *m, unsigned n) {
         assert_true(sd_bus_message_open_container(m, 'a', "{sv}") >= 0);
         assert_true(sd_bus_message_open_container(m, 'e', "sv") >= 0);
         assert_true(sd_bus_message_append_basic(m, 's', "deep") >= 0);
@@ -378,6 +375,14 @@ static void test_read_too_deep(void **state) {
         }
         assert_true(sd_bus_message_close_container(m) >= 0);
         assert_true(sd_bus_message_close_container(m) >= 0);
+}
+
+static void test_read_too_deep(void **state) {
+        Fixture *f = *state;
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = new_call(f);
+        unsigned n = PROTO_DEPTH_MAX + 2;
+
+        append_nested(m, n);
         expect_params_error(f, m, "parameters\0", 0, EMSGSIZE, "nested deeper than 32 containers");
 }
 
@@ -387,19 +392,7 @@ static void test_read_depth_limit_exact(void **state) {
         /* The params map is level 1; 31 arrays inside it reach the limit of 32 and are accepted. */
         unsigned n = PROTO_DEPTH_MAX - 1;
 
-        assert_true(sd_bus_message_open_container(m, 'a', "{sv}") >= 0);
-        assert_true(sd_bus_message_open_container(m, 'e', "sv") >= 0);
-        assert_true(sd_bus_message_append_basic(m, 's', "deep") >= 0);
-        for (unsigned i = 0; i < n; i++) {
-                assert_true(sd_bus_message_open_container(m, 'v', "av") >= 0);
-                assert_true(sd_bus_message_open_container(m, 'a', "v") >= 0);
-        }
-        for (unsigned i = 0; i < n; i++) {
-                assert_true(sd_bus_message_close_container(m) >= 0);
-                assert_true(sd_bus_message_close_container(m) >= 0);
-        }
-        assert_true(sd_bus_message_close_container(m) >= 0);
-        assert_true(sd_bus_message_close_container(m) >= 0);
+        append_nested(m, n);
         seal(m);
         assert_int_equal(dbus_read_params(m, "parameters\0", 0, &f->pk, &f->fds, &f->err), 0);
 }

@@ -41,3 +41,9 @@ os.makedirs(sys.argv[1], exist_ok=True)
 for a in (32, 64):
     with open(os.path.join(sys.argv[1], f'seed-align{a}.gguf'), 'wb') as f:
         f.write(build(a))
+
+# A safetensors file for fuzz-safetensors: metadata and two tensors (F32, BF16).
+header = (b'{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},'
+          b'"b":{"dtype":"BF16","shape":[3],"data_offsets":[16,22]}}')
+with open(os.path.join(sys.argv[1], 'seed-tiny.safetensors'), 'wb') as f:
+    f.write(struct.pack('<Q', len(header)) + header + bytes(range(22)))
