@@ -11,6 +11,7 @@
  * ffn_down Q6_K in the first and last eighth of the layers and every third between), q8_0, f16, and any
  * single type name (q6_K, q5_0, ...) for every matrix with a Q6_K output.
  *
+ * --kv q8_0: KV caches in Q8_0 rather than F16.
  * --batch B,...: also the aggregate decode speed of B sequences decoded together (cuda_llama_generate_greedy_batch:
  * tg tokens each, every weight read once per step for all of them), for each B listed.
  */
@@ -37,6 +38,7 @@ static const Shape shapes[] = {
 static uint32_t arg_tg = 128, arg_pp = 512, arg_reps = 5;
 static bool arg_breakdown = false;
 static const char *arg_batch = NULL;
+static bool arg_kv_q8 = false;
 static int arg_device = 0;
 
 /* llama-quantize's use_more_bits(): the layers whose attn_v and ffn_down get more bits in *_M mixes. */
@@ -154,7 +156,10 @@ static int run_synthetic(const char *spec) {
                 fprintf(stderr, "Unknown model shape '%s': known are llama2-7b and llama3-8b.\n", name);
                 return -EINVAL;
         }
-        const CudaLlamaConfig *c = &sh->c;
+        CudaLlamaConfig cfg = sh->c;
+        const CudaLlamaConfig *c = &cfg;
+
+        cfg.kv_q8 = arg_kv_q8;
 
         if ((r = cuda_device_describe(arg_device, dev_name, sizeof(dev_name), &driver)) < 0) {
                 fprintf(stderr, "No CUDA device %d: %s\n", arg_device, strerror(-r));
@@ -191,8 +196,8 @@ static int run_synthetic(const char *spec) {
         double bound = bw / (double)step;
         printf("device: %s, driver %d.%d, copy bandwidth %.0f GB/s (read + write)\n", dev_name, driver / 1000,
                driver % 1000 / 10, bw / 1e9);
-        printf("model: %s, weights %.3f GB on device, %llu bytes read per token, bound %.1f tok/s\n", spec,
-               cuda_llama_weight_bytes(m) / 1e9, (unsigned long long)step, bound);
+        printf("model: %s, weights %.3f GB on device, %llu bytes read per token, bound %.1f tok/s, %s KV cache\n",
+               spec, cuda_llama_weight_bytes(m) / 1e9, (unsigned long long)step, bound, arg_kv_q8 ? "q8_0" : "f16");
 
         double tg[64], pp[64];
         unsigned reps = arg_reps > 64 ? 64 : arg_reps;
@@ -334,7 +339,7 @@ out:
 
 static void help(void) {
         printf("bench-cuda --synthetic MODEL:MIX [--tg N] [--pp N] [--reps N] [--device N] [--breakdown]\n"
-               "           [--batch B,...]\n"
+               "           [--batch B,...] [--kv f16|q8_0]\n"
                "bench-cuda --kernels\n\n"
                "Decode and prompt speed of the CUDA backend on the tensor shapes of MODEL (llama2-7b, llama3-8b)\n"
                "with random weights of MIX (q4_0, q4_K_M, q8_0, f16 or any single type name).\n");
@@ -346,7 +351,7 @@ int main(int argc, char **argv) {
                 {"pp", required_argument, NULL, 'p'},        {"reps", required_argument, NULL, 'r'},
                 {"device", required_argument, NULL, 'd'},    {"help", no_argument, NULL, 'h'},
                 {"kernels", no_argument, NULL, 'k'},         {"breakdown", no_argument, NULL, 'b'},
-                {"batch", required_argument, NULL, 'B'},
+                {"batch", required_argument, NULL, 'B'},     {"kv", required_argument, NULL, 'K'},
                 {},
         };
         const char *synthetic = NULL;
@@ -382,6 +387,13 @@ int main(int argc, char **argv) {
                         break;
                 case 'B':
                         arg_batch = optarg;
+                        break;
+                case 'K':
+                        if (strcasecmp(optarg, "q8_0") != 0 && strcasecmp(optarg, "f16") != 0) {
+                                fprintf(stderr, "Unknown KV cache type '%s': f16 or q8_0.\n", optarg);
+                                return EXIT_FAILURE;
+                        }
+                        arg_kv_q8 = strcasecmp(optarg, "q8_0") == 0;
                         break;
                 case 'h':
                         help();
