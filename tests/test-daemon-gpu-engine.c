@@ -35,8 +35,9 @@ static int setup(void **state) {
 }
 
 static int setup_budget(void **state) {
-        /* About 74 MiB of scratch and cuBLAS, 18 of embedding and head, about 2 per layer of 30. */
-        return start(state, "[Scheduler]\nNumParallel=1\nContextLength=256\nGpuMemoryBudget=110M\n");
+        /* Measured on an H200 (test-cuda-placement): 2 of 30 layers hold 116 MiB (scratch, cuBLAS, embedding
+         * and head, and about 3.4 MiB a layer), all 30 hold 211 MiB; 150 MiB holds some layers, not all. */
+        return start(state, "[Scheduler]\nNumParallel=1\nContextLength=256\nGpuMemoryBudget=150M\n");
 }
 
 static int teardown(void **state) {
@@ -140,7 +141,7 @@ static void test_smollm_budget(void **state) {
         gen(c, "smollm", INT64_MIN);
         PsEntry p = ps(c, "smollm:latest");
         assert_true(p.num_gpu > 0 && p.num_gpu < 30);
-        assert_true(p.size_vram <= 110ull << 20);
+        assert_true(p.size_vram <= 150ull << 20);
         assert_non_null(strstr(p.processor, "% CPU/GPU"));
 }
 
