@@ -170,8 +170,13 @@ int progress_update(Progress *p, const char *status, const char *key, uint64_t c
         }
 
         if (!p->tty) {
-                if (fresh)
-                        return plain(p, l, false);
+                /* The daemon sends only the latest figures, so a short step may arrive complete at once:
+                 * its line and its "done" then come together. */
+                if (fresh) {
+                        int r = plain(p, l, false);
+                        if (r < 0)
+                                return r;
+                }
                 if (total > 0 && completed >= total && !l->reported_done) {
                         l->reported_done = true;
                         return plain(p, l, true);

@@ -240,6 +240,28 @@ static void test_progress(void **state) {
         check_progress(80, "copying", 1500000, 0, -1, -1, "copying: 1.5 MB");
 }
 
+/* Without a terminal each step is one line when it starts and one when it is done, also when its first
+ * report is already complete (the daemon sends only the latest figures). */
+static void test_progress_plain(void **state) {
+        char *text = NULL;
+        size_t size = 0;
+        FILE *f = open_memstream(&text, &size);
+        Progress *p = NULL;
+
+        assert_non_null(f);
+        assert_int_equal(progress_new(&p, f, false, 80), 0);
+        assert_int_equal(progress_update(p, "pulling", "a", 0, 2000, 0), 0);
+        assert_int_equal(progress_update(p, "pulling", "a", 1000, 2000, 300000000), 0);
+        assert_int_equal(progress_update(p, "pulling", "a", 2000, 2000, 600000000), 0);
+        assert_int_equal(progress_update(p, "pulling", "a", 2000, 2000, 700000000), 0);
+        assert_int_equal(progress_update(p, "quantizing", NULL, 1200000, 1200000, 800000000), 0);
+        assert_int_equal(progress_finish(p), 0);
+        progress_free(p);
+        assert_int_equal(fclose(f), 0);
+        assert_string_equal(text, "pulling a: 2.0 KB\npulling a: done\nquantizing: 1.2 MB\nquantizing: done\n");
+        free(text);
+}
+
 static void test_spinner(void **state) {
         assert_string_equal(spinner_frame(0), "⠋");
         assert_string_equal(spinner_frame(9), "⠏");
@@ -254,6 +276,7 @@ int main(void) {
                 cmocka_unit_test(test_human),       cmocka_unit_test(test_width),
                 cmocka_unit_test(test_stats),       cmocka_unit_test(test_table),
                 cmocka_unit_test(test_wrap),        cmocka_unit_test(test_progress),
+                cmocka_unit_test(test_progress_plain),
                 cmocka_unit_test(test_spinner),
         };
 
