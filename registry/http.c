@@ -7,8 +7,10 @@
  * DESIGN
  * - Authentication follows the registry's challenge: a 401 with "WWW-Authenticate: Bearer realm=…,
  *   service=…, scope=…" makes us fetch a token from the realm (with the configured basic credentials when
- *   there are some) and retry; "Basic" makes us send the configured credentials. A second 401 after new
- *   credentials is final (-EACCES).
+ *   there are some) and retry; "Basic" makes us send the configured credentials. A 401 after new
+ *   credentials renews them again up to MAX_REAUTH times in all (short-lived tokens shared by parallel
+ *   downloads can be spent by the others before our retry), then it is final (-EACCES); a token endpoint
+ *   that refuses the credentials is final at once.
  * - Network errors, stalls (no byte for stall_timeout_s), 429 and 5xx are retried max_retries times with
  *   exponential backoff (backoff_ms doubled, at most 30 s); other statuses are final.
  * - Plain http is used only for hosts listed in insecure_hosts; https peers are always verified (ca_file or
@@ -508,11 +510,13 @@ int http_authenticate(Http *h, const char *www_authenticate, QdError *e) {
                             ch.scheme);
 }
 
+/* Renewals of credentials one request may make before a 401 is final. */
+#define MAX_REAUTH 3
+
 int http_request(Http *h, const char *method, const char *url, const char *const *headers,
                  const HttpBody *body, size_t max_body, HttpResponse *ret, QdError *e) {
         char errbuf[CURL_ERROR_SIZE];
-        bool reauthed = false;
-        unsigned attempt = 0;
+        unsigned attempt = 0, reauths = 0;
         int r;
 
         for (;;) {
@@ -533,8 +537,8 @@ int http_request(Http *h, const char *method, const char *url, const char *const
                                             "Registry %s sent a reply over %zu bytes for %s %s.",
                                             h->name.host, max_body, method, url);
                 }
-                if (code == CURLE_OK && resp.status == 401 && !reauthed) {
-                        reauthed = true;
+                if (code == CURLE_OK && resp.status == 401 && reauths < MAX_REAUTH) {
+                        reauths++;
                         r = http_authenticate(h, resp.www_authenticate, e);
                         http_response_done(&resp);
                         if (r < 0)

@@ -733,6 +733,16 @@ static void test_bearer_auth(void **state) {
                 fail_msg("pull with expiring tokens: %s", e.msg);
         assert_true(proxy_stat("token_requests") >= 3);
         assert_int_equal(registry_store_verify(d->store, &n, &e), 0);
+        registry_store_delete(d->store, &n, NULL);
+
+        /* Tokens granted but never accepted (a scope the registry refuses): three renewals, then refused. */
+        proxy("/__reset");
+        proxy("/__bearer?on=1&user=quantd&password=s3cret-pass&deny=1");
+        e = (QdError){};
+        assert_int_equal(pull(d, "test/token:v1", NULL, &e), -EACCES);
+        assert_non_null(strstr(e.msg, "denied access"));
+        assert_int_equal(proxy_stat("token_requests"), 3);
+        assert_int_equal(count_files(d, "manifests"), 0);
         proxy("/__reset");
         local_free(a);
         local_free(b);

@@ -16,11 +16,12 @@ show that a resumed pull transferred less. Faults are armed through control requ
         error500  answer blob GETs with 500                            (N responses)
         manifest500  answer manifest GETs with 500                     (N responses)
         norange   drop the Range header of blob GETs                   (N requests)
-  POST /__bearer?on=1[&user=U&password=P][&uses=N]
+  POST /__bearer?on=1[&user=U&password=P][&uses=N][&deny=1]
                                          require "Authorization: Bearer <token>" on /v2/ and serve tokens at
                                          /token (the WWW-Authenticate challenge names realm, service, scope);
                                          with user, /token wants those basic credentials; with uses, a token
-                                         expires after N requests
+                                         expires after N requests; with deny, tokens are granted but never
+                                         accepted (a scope the registry refuses)
 
 The first line on stdout is "PORT <n>" once the proxy listens.
 """
@@ -59,6 +60,7 @@ class State:
         self.bearer = False
         self.bearer_basic = None
         self.token_uses = 0
+        self.token_deny = False
         self.tokens = {}  # token -> requests left, or None for unlimited
 
     def take_fault(self, modes):
@@ -115,6 +117,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     pair = "%s:%s" % (q["user"], q.get("password", ""))
                     STATE.bearer_basic = "Basic " + base64.b64encode(pair.encode()).decode()
                 STATE.token_uses = int(q.get("uses", "0"))
+                STATE.token_deny = q.get("deny", "0") == "1"
             return self.send_json(200, {})
         return self.send_json(404, {})
 
@@ -128,7 +131,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if q.get("service", [""])[0] != "quantd-test" or not q.get("scope", [""])[0].startswith("repository:"):
                 return self.send_json(400, {"error": "bad service or scope"})
             tok = secrets.token_hex(16)
-            STATE.tokens[tok] = STATE.token_uses or None
+            if not STATE.token_deny:
+                STATE.tokens[tok] = STATE.token_uses or None
         return self.send_json(200, {"token": tok, "expires_in": 300})
 
     def handle_any(self):
