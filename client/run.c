@@ -287,9 +287,14 @@ static int preload(RunState *s, QdError *e) {
         int r;
 
         packer_open(&p);
-        if (msgpack_pack_map(&p.pk, 1 + s->has_keepalive) < 0 || proto_pack_kv_str(&p.pk, "model", s->model) < 0)
+        /* With the -o options, so that num_ctx, num_gpu and num_thread load the model as the questions want it
+         * (the daemon ignores the others here) and the first question does not reload it. */
+        if (msgpack_pack_map(&p.pk, 1 + s->has_keepalive + (s->params.n > 0)) < 0 ||
+            proto_pack_kv_str(&p.pk, "model", s->model) < 0)
                 return -ENOMEM;
         if (s->has_keepalive && pack_keepalive(&p.pk, s) < 0)
+                return -ENOMEM;
+        if (s->params.n > 0 && (proto_pack_key(&p.pk, "options") < 0 || pack_options(&p.pk, &s->params) < 0))
                 return -ENOMEM;
         r = qctl_connect(s->q, e);
         if (r < 0)

@@ -997,6 +997,24 @@ static void test_chat(void **state) {
         buf_free(&p.seen);
 }
 
+/* The chat loads its model with the -o options that decide how it is loaded, so the first question does not
+ * load it again with other settings. */
+static void test_chat_load_options(void **state) {
+        Harness *h = *state;
+        Pty p;
+
+        create_fake(h, "ctxchat", "size=1000\n");
+        pty_start_argv(&p, h, (const char *[]){ "qctl", "run", "ctxchat", "-o", "num_ctx=64", "-o",
+                                                "num_predict=4", NULL });
+        pty_expect(&p, ">>> ");
+        pty_send(&p, "hello\n");
+        pty_expect(&p, ">>> ");
+        pty_send(&p, "/bye\n");
+        assert_int_equal(pty_wait(&p), 0);
+        buf_free(&p.seen);
+        assert_false(dh_log_contains(h, "Reloading model 'ctxchat:latest'"));
+}
+
 static void test_chat_missing_model(void **state) {
         Harness *h = *state;
         Pty p;
@@ -1025,6 +1043,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_export_and_create_from_archive, setup, dh_teardown),
                 cmocka_unit_test_setup_teardown(test_quantize_eval_terminal, setup, dh_teardown),
                 cmocka_unit_test_setup_teardown(test_chat, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_chat_load_options, setup, dh_teardown),
                 cmocka_unit_test_setup_teardown(test_chat_missing_model, setup, dh_teardown),
         };
 
