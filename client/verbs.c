@@ -947,13 +947,8 @@ static int open_output(const char *path, bool force, char **ret_tmp, QdError *e)
  * when path appeared while the job was doing (a word for the error, such as "exporting"). */
 static int commit_output(Qctl *q, int fd, char **tmp, const char *path, bool force, const char *doing,
                          QdError *e) {
-        int r = 0;
+        int r = tmpfile_commit(fd, *tmp, path, force);
 
-        if (force)
-                r = tmpfile_commit(fd, *tmp, path);
-        else if (fchmod(fd, 0644) < 0 || fsync(fd) < 0 ||
-                 renameat2(AT_FDCWD, *tmp, AT_FDCWD, path, RENAME_NOREPLACE) < 0)
-                r = -errno;
         if (r == -EEXIST)
                 return qd_error_set(e, EEXIST, "'%s' appeared while %s: add --force to replace it.", path,
                                     doing);

@@ -224,16 +224,20 @@ char *format_bytes(char *buf, size_t size, uint64_t bytes);
 /* ---- replacing a file atomically ---- */
 
 /*
- * Creates an empty temporary file beside path ("path.XXXXXX", mode 0600) and returns its descriptor (>= 0) and
- * name in *ret_tmp (caller frees), or -errno.
+ * Creates an empty temporary file in path's folder and returns its descriptor (>= 0), or -errno. It is unnamed
+ * (O_TMPFILE, *ret_tmp set to NULL), so a process killed before the commit leaves nothing behind; on file
+ * systems without O_TMPFILE it is "path.XXXXXX" (mode 0600), named in *ret_tmp (caller frees and, on giving
+ * up, unlinks).
  */
 int tmpfile_beside(const char *path, char **ret_tmp);
 
 /*
- * Makes the temporary file tmp, written through fd, the file at path: mode 0644, fsync, rename over path. On
- * failure tmp is unlinked and path is left as it was. Returns 0 or -errno.
+ * Makes the temporary file written through fd (tmp: its name, or NULL when unnamed) the file at path: mode
+ * 0644, fsync, then in place at once. With replace an existing path is replaced; without, it is left alone
+ * and the commit fails with -EEXIST. On failure path is left as it was and a named tmp is unlinked. Returns 0
+ * or -errno.
  */
-int tmpfile_commit(int fd, const char *tmp, const char *path);
+int tmpfile_commit(int fd, const char *tmp, const char *path, bool replace);
 
 /* ---- growable byte buffer ---- */
 

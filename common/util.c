@@ -5,7 +5,10 @@
 
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdio.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <math.h>
 #include <time.h>
 
@@ -159,24 +162,80 @@ char *format_bytes(char *buf, size_t size, uint64_t bytes) {
         return buf;
 }
 
-int tmpfile_beside(const char *path, char **ret_tmp) {
-        _cleanup_free_ char *tmp = strdup_printf("%s.XXXXXX", path);
+/* The folder that holds path: "." for a bare name. */
+static char *dir_of(const char *path) {
+        const char *slash = strrchr(path, '/');
 
+        if (!slash)
+                return strdup(".");
+        return slash == path ? strdup("/") : strndup(path, (size_t)(slash - path));
+}
+
+int tmpfile_beside(const char *path, char **ret_tmp) {
+        _cleanup_free_ char *dir = dir_of(path), *tmp = NULL;
+        int fd;
+
+        if (!dir)
+                return -ENOMEM;
+        /* Unnamed until the commit: nothing is left behind, whatever happens to this process before it. */
+        fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+        if (fd >= 0) {
+                *ret_tmp = NULL;
+                return fd;
+        }
+        if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
+                return -errno;
+        /* A file system without O_TMPFILE: a named file beside path. */
+        tmp = strdup_printf("%s.XXXXXX", path);
         if (!tmp)
                 return -ENOMEM;
-        int fd = mkostemp(tmp, O_CLOEXEC);
+        fd = mkostemp(tmp, O_CLOEXEC);
         if (fd < 0)
                 return -errno;
         *ret_tmp = TAKE_PTR(tmp);
         return fd;
 }
 
-int tmpfile_commit(int fd, const char *tmp, const char *path) {
+/* Links the unnamed file fd at path; without replace, an existing path fails with -EEXIST. */
+static int link_tmpfile(int fd, const char *path, bool replace) {
+        char proc[64];
+
+        snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+        if (!replace)
+                return linkat(AT_FDCWD, proc, AT_FDCWD, path, AT_SYMLINK_FOLLOW) < 0 ? -errno : 0;
+        /* linkat() never replaces: link under a free name beside path, then rename that over path. */
+        for (unsigned attempt = 0; attempt < 16; attempt++) {
+                uint32_t v = 0;
+                if (getrandom(&v, sizeof(v), GRND_NONBLOCK) < 0)
+                        v = (uint32_t)now_ns() + attempt;
+                _cleanup_free_ char *name = strdup_printf("%s.%08" PRIx32, path, v);
+                if (!name)
+                        return -ENOMEM;
+                if (linkat(AT_FDCWD, proc, AT_FDCWD, name, AT_SYMLINK_FOLLOW) < 0) {
+                        if (errno == EEXIST)
+                                continue;
+                        return -errno;
+                }
+                if (rename(name, path) < 0) {
+                        int r = -errno;
+                        (void)unlink(name);
+                        return r;
+                }
+                return 0;
+        }
+        return -EEXIST;
+}
+
+int tmpfile_commit(int fd, const char *tmp, const char *path, bool replace) {
         int r = 0;
 
-        if (fchmod(fd, 0644) < 0 || fsync(fd) < 0 || rename(tmp, path) < 0)
+        if (fchmod(fd, 0644) < 0 || fsync(fd) < 0)
                 r = -errno;
-        if (r < 0)
+        else if (!tmp)
+                return link_tmpfile(fd, path, replace);
+        else if ((replace ? rename(tmp, path) : renameat2(AT_FDCWD, tmp, AT_FDCWD, path, RENAME_NOREPLACE)) < 0)
+                r = -errno;
+        if (r < 0 && tmp)
                 (void)unlink(tmp);
         return r;
 }

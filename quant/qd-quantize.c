@@ -77,8 +77,8 @@ static int run(const char *src_path, const char *dst_path, const QuantParams *pa
 
         r = quant_file(src, fd, params, &err);
         if (r >= 0)
-                r = tmpfile_commit(fd, tmp, dst_path);
-        else
+                r = tmpfile_commit(fd, tmp, dst_path, true);
+        else if (tmp)
                 (void)unlink(tmp);
         if (r < 0) {
                 return log_error_errno(r, "Failed to quantize '%s': %s", src_path,

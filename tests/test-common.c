@@ -8,8 +8,10 @@
 
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "common.h"
 
@@ -115,37 +117,65 @@ static void test_strings(void **state) {
         l[1] = strdup("b");
 }
 
+/* Entries of dir other than . and .. */
+static unsigned count_entries(const char *dir) {
+        DIR *d = opendir(dir);
+        unsigned n = 0;
+
+        assert_non_null(d);
+        for (struct dirent *de; (de = readdir(d));)
+                n += !streq(de->d_name, ".") && !streq(de->d_name, "..");
+        closedir(d);
+        return n;
+}
+
+static void read_is(const char *path, const char *text) {
+        char buf[16] = {};
+        _cleanup_close_ int in = open(path, O_RDONLY | O_CLOEXEC);
+
+        assert_true(in >= 0);
+        assert_int_equal(read(in, buf, sizeof(buf)), (ssize_t)strlen(text));
+        assert_string_equal(buf, text);
+}
+
 static void test_tmpfile(void **state) {
         char dir[] = "/tmp/test-common-XXXXXX";
         _cleanup_free_ char *path = NULL, *tmp = NULL, *tmp2 = NULL, *sub = NULL;
-        char buf[16] = {};
         struct stat st;
 
         assert_non_null(mkdtemp(dir));
         path = strdup_printf("%s/out", dir);
         assert_int_equal(write(open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644), "old", 3), 3);
 
-        /* A replacement: the old content stays until the commit, then the new one is there, 0644. */
+        /* A replacement: the temporary file has no name (this file system has O_TMPFILE), the old content
+         * stays until the commit, then the new one is there, 0644, and nothing else is in the folder. */
         int fd = tmpfile_beside(path, &tmp);
         assert_true(fd >= 0);
-        assert_non_null(startswith(tmp, path));
+        assert_null(tmp);
         assert_int_equal(write(fd, "new", 3), 3);
-        int in = open(path, O_RDONLY | O_CLOEXEC);
-        assert_int_equal(read(in, buf, sizeof(buf)), 3);
-        assert_memory_equal(buf, "old", 3);
-        close(in);
-        assert_int_equal(tmpfile_commit(fd, tmp, path), 0);
+        assert_int_equal(count_entries(dir), 1);
+        read_is(path, "old");
+        assert_int_equal(tmpfile_commit(fd, tmp, path, true), 0);
         close(fd);
-        in = open(path, O_RDONLY | O_CLOEXEC);
-        assert_int_equal(read(in, buf, sizeof(buf)), 3);
-        assert_memory_equal(buf, "new", 3);
-        close(in);
+        read_is(path, "new");
         assert_int_equal(stat(path, &st), 0);
         assert_int_equal(st.st_mode & 0777, 0644);
-        assert_int_equal(access(tmp, F_OK), -1);
+        assert_int_equal(count_entries(dir), 1);
+
+        /* Without replace: an existing file stays as it was (-EEXIST); a new name is written. */
+        fd = tmpfile_beside(path, &tmp);
+        assert_true(fd >= 0);
+        assert_int_equal(write(fd, "newer", 5), 5);
+        assert_int_equal(tmpfile_commit(fd, tmp, path, false), -EEXIST);
+        read_is(path, "new");
+        _cleanup_free_ char *fresh = strdup_printf("%s/fresh", dir);
+        assert_int_equal(tmpfile_commit(fd, tmp, fresh, false), 0);
+        close(fd);
+        read_is(fresh, "newer");
+        assert_int_equal(count_entries(dir), 2);
 
         /* Failures: no folder to put the temporary file in; a target that cannot be replaced (a non-empty
-         * folder) leaves no temporary file behind. */
+         * folder) leaves nothing behind. */
         _cleanup_free_ char *nowhere = strdup_printf("%s/missing/out", dir);
         assert_int_equal(tmpfile_beside(nowhere, &tmp2), -ENOENT);
         sub = strdup_printf("%s/sub", dir);
@@ -154,12 +184,13 @@ static void test_tmpfile(void **state) {
         close(open(inner, O_WRONLY | O_CREAT | O_CLOEXEC, 0644));
         fd = tmpfile_beside(sub, &tmp2);
         assert_true(fd >= 0);
-        assert_true(tmpfile_commit(fd, tmp2, sub) < 0);
+        assert_true(tmpfile_commit(fd, tmp2, sub, true) < 0);
         close(fd);
-        assert_int_equal(access(tmp2, F_OK), -1);
+        assert_int_equal(count_entries(dir), 3);
 
         unlink(inner);
         rmdir(sub);
+        unlink(fresh);
         unlink(path);
         rmdir(dir);
 }
