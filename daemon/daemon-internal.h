@@ -207,6 +207,6 @@ int scheduler_tokenize(Scheduler *s, Request *r, const char *model, const char *
                        const msgpack_object *tokens, QdError *err);
 /* Embeds each of inputs (NULL-terminated, taken also on failure) with model; replies with the vectors. */
 int scheduler_embed(Scheduler *s, Request *r, const char *model, char **inputs, int64_t keep_alive_ns,
-                    bool keep_alive_set, QdError *err);
+                    bool keep_alive_set, const GenerateParams *opts, QdError *err);
 /* Packs the loaded models as an array for Ps. */
 int scheduler_pack_ps(Scheduler *s, msgpack_packer *pk);

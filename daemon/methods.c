@@ -1184,11 +1184,28 @@ static int method_ps(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
 
 static int apply_model_params(const char *json, GenerateParams *p, QdError *err);
 
-/* Load takes the options that decide how a model is loaded, from its Modelfile and the request, as Generate
- * does; other options are for generations and ignored here. */
+/* The options that decide how model is loaded, from its Modelfile and then the request's options map (NULL:
+ * none), into p; other options are for generations and ignored here. */
+static int load_options(Manager *m, ProtoMessage *call, const char *model, const msgpack_object *options,
+                        GenerateParams *p, QdError *err) {
+        static const ProtoField fields[] = {
+                {"num_ctx", PROTO_FIELD_U32, offsetof(GenerateParams, num_ctx)},
+                {"num_gpu", PROTO_FIELD_I32, offsetof(GenerateParams, num_gpu)},
+                {"num_thread", PROTO_FIELD_U32, offsetof(GenerateParams, num_thread)},
+                {},
+        };
+        _cleanup_free_ char *model_params = NULL;
+        int k = m->store_ops->read_layer(m->store, model, STORE_LAYER_PARAMS, &model_params, err);
+        if (k >= 0 && model_params)
+                k = apply_model_params(model_params, p, err);
+        if (k >= 0)
+                k = proto_dispatch(options, fields, p, call->zone, err);
+        return k;
+}
+
+/* Load takes the options that decide how a model is loaded, as Generate does. */
 static int method_load(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
         _cleanup_(generate_params_done) GenerateParams p = {.num_gpu = -1};
-        _cleanup_free_ char *model_params = NULL;
         struct {
                 const char *model;
                 int64_t keep_alive;
@@ -1200,19 +1217,9 @@ static int method_load(Manager *m, Request *r, ProtoMessage *call, QdError *err)
                 {"options", PROTO_FIELD_MAP, offsetof(typeof(a), options)},
                 {},
         };
-        static const ProtoField options[] = {
-                {"num_ctx", PROTO_FIELD_U32, offsetof(GenerateParams, num_ctx)},
-                {"num_gpu", PROTO_FIELD_I32, offsetof(GenerateParams, num_gpu)},
-                {"num_thread", PROTO_FIELD_U32, offsetof(GenerateParams, num_thread)},
-                {},
-        };
         int k = proto_dispatch(call->params, fields, &a, call->zone, err);
         if (k >= 0)
-                k = m->store_ops->read_layer(m->store, a.model, STORE_LAYER_PARAMS, &model_params, err);
-        if (k >= 0 && model_params)
-                k = apply_model_params(model_params, &p, err);
-        if (k >= 0)
-                k = proto_dispatch(a.options, options, &p, call->zone, err);
+                k = load_options(m, call, a.model, a.options, &p, err);
         if (k < 0)
                 return k;
         return scheduler_load(m->scheduler, r, a.model, a.keep_alive, a.keep_alive != INT64_MIN, &p, err);
@@ -1565,18 +1572,23 @@ static int method_chat(Manager *m, Request *r, ProtoMessage *call, QdError *err)
 }
 
 static int method_embed(Manager *m, Request *r, ProtoMessage *call, QdError *err) {
+        _cleanup_(generate_params_done) GenerateParams p = {.num_gpu = -1};
         struct {
                 const char *model;
                 const msgpack_object *input;
                 int64_t keep_alive;
+                const msgpack_object *options;
         } a = {.keep_alive = INT64_MIN};
         static const ProtoField fields[] = {
                 {"model", PROTO_FIELD_STRING, offsetof(typeof(a), model), true},
                 {"input", PROTO_FIELD_ANY, offsetof(typeof(a), input), true},
                 {"keep_alive", PROTO_FIELD_DURATION, offsetof(typeof(a), keep_alive)},
+                {"options", PROTO_FIELD_MAP, offsetof(typeof(a), options)},
                 {},
         };
         int k = proto_dispatch(call->params, fields, &a, call->zone, err);
+        if (k >= 0)
+                k = load_options(m, call, a.model, a.options, &p, err);
         if (k < 0)
                 return k;
 
@@ -1602,7 +1614,7 @@ static int method_embed(Manager *m, Request *r, ProtoMessage *call, QdError *err
                         return -ENOMEM;
                 }
         }
-        return scheduler_embed(m->scheduler, r, a.model, inputs, a.keep_alive, a.keep_alive != INT64_MIN,
+        return scheduler_embed(m->scheduler, r, a.model, inputs, a.keep_alive, a.keep_alive != INT64_MIN, &p,
                                err);
 }
 

@@ -1530,8 +1530,10 @@ int scheduler_tokenize(Scheduler *s, Request *r, const char *model, const char *
 }
 
 int scheduler_embed(Scheduler *s, Request *r, const char *model, char **inputs, int64_t keep_alive_ns,
-                    bool keep_alive_set, QdError *err) {
+                    bool keep_alive_set, const GenerateParams *opts, QdError *err) {
         int k = need_backend(s, "Embed", err);
+        if (k >= 0)
+                k = check_model_options(opts, err);
         if (k < 0) {
                 strv_free(inputs);
                 return k;
@@ -1549,7 +1551,7 @@ int scheduler_embed(Scheduler *s, Request *r, const char *model, char **inputs, 
         w->request = request_ref(r);
         w->inputs = inputs;
         ModelSettings st =
-                settings_default(s, keep_alive_set ? keep_alive_ns : s->manager->config.keep_alive_ns);
+                settings_from(s, opts, keep_alive_set ? keep_alive_ns : s->manager->config.keep_alive_ns);
         return scheduler_acquire(s, model, w, &st, err);
 }
 

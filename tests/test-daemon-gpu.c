@@ -442,6 +442,40 @@ static void test_num_gpu(void **state) {
         assert_non_null(strstr(e.msg, "num_gpu"));
 }
 
+static int embed(ProtoClient *c, const char *model, int64_t num_gpu, QdError *e) {
+        msgpack_sbuffer sb;
+        msgpack_packer pk;
+
+        msgpack_sbuffer_init(&sb);
+        proto_packer_init(&pk, &sb);
+        msgpack_pack_map(&pk, 3);
+        proto_pack_kv_str(&pk, "model", model);
+        proto_pack_kv_str(&pk, "input", "hi");
+        proto_pack_key(&pk, "options");
+        msgpack_pack_map(&pk, 1);
+        proto_pack_kv_i64(&pk, "num_gpu", num_gpu);
+        qd_error_clear(e);
+        int k = proto_client_call(c, "Embed", sb.data, sb.size, NULL, 0, NULL, NULL, NULL, e);
+        msgpack_sbuffer_destroy(&sb);
+        return k;
+}
+
+/* Embed takes the options that decide how its model is loaded, as Generate and Load do. */
+static void test_embed_options(void **state) {
+        Harness *h = *state;
+        _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
+        QdError e = {};
+
+        assert_int_equal(dh_create_model(h, c, "m1", MODEL_M), 0);
+        if (embed(c, "m1", 2, &e) < 0)
+                fail_msg("Embed failed: %s", e.msg);
+        PsEntry p = ps(c, "m1:latest", NULL);
+        assert_int_equal(p.num_gpu, 2);
+        assert_string_equal(p.processor, "60%/40% CPU/GPU");
+        assert_int_equal(embed(c, "m1", -2, &e), -EINVAL);
+        assert_non_null(strstr(e.msg, "Option 'num_gpu' must be -1"));
+}
+
 static void test_modelfile_num_gpu(void **state) {
         Harness *h = *state;
         _cleanup_(proto_client_freep) ProtoClient *c = dh_connect(h);
@@ -599,6 +633,7 @@ static void test_bad_gpu(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_full_offload_and_ps, setup, dh_teardown),
+                cmocka_unit_test_setup_teardown(test_embed_options, setup, dh_teardown),
                 cmocka_unit_test_setup_teardown(test_two_resident_then_evict, setup, dh_teardown),
                 cmocka_unit_test_setup_teardown(test_concurrent_loads, setup, dh_teardown),
                 cmocka_unit_test_setup_teardown(test_partial_offload, setup, dh_teardown),
