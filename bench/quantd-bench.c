@@ -17,6 +17,8 @@ static uint32_t arg_threads;
 static uint32_t arg_pp = 512, arg_tg = 128, arg_reps = 5;
 static int32_t arg_isa = -1;
 static uint32_t arg_kv_type = GGML_TYPE_F16;
+static const char *arg_backend = "cpu";
+static int32_t arg_gpu_layers = -1;
 
 static int cmp_double(const void *a, const void *b) {
         double x = *(const double *)a, y = *(const double *)b;
@@ -84,10 +86,12 @@ static int bench(EngineModel *m, const char *name, uint32_t n, bool prompt) {
 
 static void help(void) {
         printf("Usage: quantd-bench -m MODEL.gguf [-t THREADS] [-p N] [-n N] [-r REPS] [--isa scalar|avx2|avx512]\n"
-               "                    [--kv f16|f32]\n\n"
+               "                    [--kv f16|f32|q8_0] [--backend cpu|cuda] [-g|--gpu-layers N]\n\n"
                "Measures prompt processing (pp, one batch of N tokens) and generation (tg, N tokens one at a\n"
                "time) in tokens per second: median, spread and mean ± standard deviation of REPS runs.\n"
-               "-p 0 or -n 0 skips that test. Defaults: -p 512 -n 128 -r 5, threads = CPU count.\n");
+               "-p 0 or -n 0 skips that test. Defaults: -p 512 -n 128 -r 5, threads = CPU count, the cpu backend;\n"
+               "with --backend cuda the first N layers (-g, default: all that fit) run on the GPU, the rest on\n"
+               "the CPU. The KV cache is f16 by default; f32 only on the cpu backend, q8_0 only on cuda.\n");
 }
 
 int main(int argc, char **argv) {
@@ -96,12 +100,13 @@ int main(int argc, char **argv) {
                 { "threads", required_argument, NULL, 't' }, { "n-prompt", required_argument, NULL, 'p' },
                 { "n-gen", required_argument, NULL, 'n' }, { "repetitions", required_argument, NULL, 'r' },
                 { "isa", required_argument, NULL, 'I' },  { "kv", required_argument, NULL, 'K' },
+                { "backend", required_argument, NULL, 'B' }, { "gpu-layers", required_argument, NULL, 'g' },
                 {},
         };
         uint64_t u;
         int c, r;
 
-        while ((c = getopt_long(argc, argv, "hm:t:p:n:r:", options, NULL)) >= 0) {
+        while ((c = getopt_long(argc, argv, "hm:t:p:n:r:g:", options, NULL)) >= 0) {
                 switch (c) {
                 case 'h':
                         help();
@@ -135,11 +140,25 @@ int main(int argc, char **argv) {
                         break;
                 case 'K':
                         r = ggml_type_from_name(optarg);
-                        if (r != GGML_TYPE_F16 && r != GGML_TYPE_F32) {
-                                log_error("The KV cache type must be f16 or f32, not '%s'.", optarg);
+                        if (r != GGML_TYPE_F16 && r != GGML_TYPE_F32 && r != GGML_TYPE_Q8_0) {
+                                log_error("The KV cache type must be f16, f32 or q8_0, not '%s'.", optarg);
                                 return 2;
                         }
                         arg_kv_type = (uint32_t)r;
+                        break;
+                case 'B':
+                        if (!streq(optarg, "cpu") && !streq(optarg, "cuda")) {
+                                log_error("Unknown backend '%s'; use cpu or cuda.", optarg);
+                                return 2;
+                        }
+                        arg_backend = optarg;
+                        break;
+                case 'g':
+                        if (safe_atou64(optarg, &u) < 0 || u > INT32_MAX) {
+                                log_error("Invalid number of GPU layers '%s'.", optarg);
+                                return 2;
+                        }
+                        arg_gpu_layers = (int32_t)u;
                         break;
                 default:
                         return 2;
@@ -153,7 +172,8 @@ int main(int argc, char **argv) {
         EngineModelParams p = engine_model_params_default();
         _cleanup_(engine_model_unrefp) EngineModel *m = NULL;
         QdError err = {};
-        p.backend = "cpu";
+        p.backend = arg_backend;
+        p.n_gpu_layers = arg_gpu_layers;
         p.n_threads = arg_threads;
         p.cpu_isa = arg_isa;
         p.kv_type = arg_kv_type;
@@ -167,9 +187,10 @@ int main(int argc, char **argv) {
                 arg_threads = (uint32_t)sysconf(_SC_NPROCESSORS_ONLN);
 
         const EngineModelInfo *info = engine_model_info(m);
-        printf("model: %s (%s, %s, %" PRIu64 " params), kernels: %s, KV cache: %s\n\n", arg_model, info->arch,
-               info->file_type, info->n_params,
-               engine_cpu_isa_name(arg_isa < 0 ? engine_cpu_isa_best() : (EngineCpuIsa)arg_isa),
+        printf("model: %s (%s, %s, %" PRIu64 " params), backend: %s, GPU layers: %" PRIu32 " of %" PRIu32
+               ", CPU kernels: %s, KV cache: %s\n\n",
+               arg_model, info->arch, info->file_type, info->n_params, arg_backend, info->n_gpu_layers,
+               info->n_layer, engine_cpu_isa_name(arg_isa < 0 ? engine_cpu_isa_best() : (EngineCpuIsa)arg_isa),
                ggml_type_name(arg_kv_type));
         printf("| test   | threads | median t/s | spread   | min-max           | mean ± sd         |\n");
         printf("|--------|---------|------------|----------|-------------------|-------------------|\n");
