@@ -27,12 +27,12 @@ def main():
             short = m.group(1) + "<" + m.group(2) + ">"
         unit = r["Metric Unit"]
         v = float(r["Metric Value"].replace(",", ""))
-        v = v / 1000.0 if unit == "nsecond" else v * 1000.0 if unit == "msecond" else v
+        v = v / 1000.0 if unit in ("nsecond", "ns") else v * 1000.0 if unit in ("msecond", "ms") else v
         rows.append((short, v))
     tot = defaultdict(float)
     cnt = defaultdict(int)
     for n, v in rows:
-        if n.startswith("fill_") or n.startswith("quantize_q8"):
+        if n.startswith("fill_"):
             continue
         tot[n] += v
         cnt[n] += 1

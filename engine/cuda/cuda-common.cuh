@@ -164,6 +164,21 @@ __device__ __forceinline__ void grid_dep_wait(void) {
 #endif
 }
 
+/* 16 bytes from global to shared memory without passing through registers; in flight until waited for. */
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
+        uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit(void) {
+        asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+/* Waits until at most N of this thread's committed groups are still in flight. */
+template <int N> __device__ __forceinline__ void cp_async_wait(void) {
+        asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
 /* Lets the next grid start launching. */
 __device__ __forceinline__ void grid_dep_launch(void) {
 #if __CUDA_ARCH__ >= 900

@@ -43,19 +43,6 @@ template <int T, int NR> struct Chunk {
         static_assert(BYTES % 16 == 0, "chunk must be whole 16-byte units");
 };
 
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
-        uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit(void) {
-        asm volatile("cp.async.commit_group;" ::: "memory");
-}
-
-template <int N> __device__ __forceinline__ void cp_async_wait(void) {
-        asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-
 struct MvArgs {
         const uint8_t *w[3];
         size_t stride[3];

@@ -500,6 +500,13 @@ static uint32_t attn_splits(const CudaAttnShape *a) {
         return (a->n_ctx + ATT_SPLIT - 1) / ATT_SPLIT;
 }
 
+/* Dynamic shared memory of a decode attention block: the token's q, k, v and the warps' outputs (floats),
+ * and with an F16 cache each warp's 32 key rows (padded by 16 bytes) and 32 value rows. */
+static size_t attn_smem(const CudaAttnShape *a) {
+        size_t f = (3 + ATT_WARPS) * a->head_dim * sizeof(float);
+        return a->kv_q8 ? f : f + ATT_WARPS * 32 * ((size_t)a->head_dim * 4 + 16);
+}
+
 extern "C" size_t cuda_attn_scratch_size(const CudaAttnShape *a) {
         size_t ns = attn_splits(a);
         return a->n_head * ns * (a->head_dim + 2) * sizeof(float) + a->n_head * sizeof(uint32_t);
@@ -548,7 +555,9 @@ template <bool KVQ8>
 __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const float *qkv, int32_t p, uint8_t *kc,
                                                   uint8_t *vc, float *part, uint32_t *counters, float *out,
                                                   int8_t *oqs, float2 *ods) {
-        extern __shared__ float sm[]; /* q, k, v of the token (hd each), then each warp's output (hd) */
+        /* q, k, v of the token (hd each), each warp's output (hd), then (F16 cache) each warp's key rows
+         * (padded) and value rows (attn_smem()) */
+        extern __shared__ float sm[];
         __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
         __shared__ uint32_t ticket;
         const uint32_t h = blockIdx.x, c = blockIdx.y, hd = a.head_dim, tid = threadIdx.x;
@@ -582,6 +591,27 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
         const uint32_t t0 = c * ATT_SPLIT, cnt = min(ATT_SPLIT, n_pos - t0);
         const bool last = c == n_split - 1;
         const float scale = rsqrtf((float)hd);
+        /* Warp wid takes positions tw .. tw + nw - 1, a lane each for the scores. */
+        const uint32_t tw = t0 + 32 * wid, nw = tw < t0 + cnt ? min(32u, t0 + cnt - tw) : 0;
+
+        /* F16 cache: the warp's key and value rows go to shared memory now, in flight while the token's q, k
+         * and v are rotated, so that the scores and the weighted sum wait for one round trip rather than one
+         * per row (the current position's row is the token's own, below). */
+        const uint32_t kstride = hd * 2 + 16; /* bytes: lanes reading 16 bytes of 32 rows hit distinct banks */
+        uint8_t *kst = (uint8_t *)(wo + ATT_WARPS * hd) + (size_t)wid * 32 * (kstride + hd * 2);
+        uint8_t *vst = kst + 32 * kstride;
+        if (!KVQ8) {
+                const uint32_t units = hd / 8;
+                for (uint32_t i = lane; i < nw * units; i += 32) {
+                        const uint32_t jj = i / units, u = i - jj * units, t = tw + jj;
+                        if (t == (uint32_t)p)
+                                continue;
+                        const size_t off = (size_t)t * row + (size_t)kvh * hd * 2 + 16 * u;
+                        cp_async16(kst + jj * kstride + 16 * u, kc + off);
+                        cp_async16(vst + jj * hd * 2 + 16 * u, vc + off);
+                }
+                cp_async_commit();
+        }
 
         if (have) {
                 if (rot)
@@ -618,8 +648,12 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
                 __syncthreads();
         }
 
+        if (!KVQ8) {
+                cp_async_wait<0>();
+                __syncwarp();
+        }
+
         /* Scores: lane per position. */
-        const uint32_t tw = t0 + 32 * wid, nw = tw < t0 + cnt ? min(32u, t0 + cnt - tw) : 0;
         const uint32_t t = tw + lane;
         float sc = -INFINITY;
         if ((uint32_t)lane < nw) {
@@ -643,7 +677,7 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
                                 sc += ld_half(kb) * sb;
                         }
                 } else {
-                        const uint4 *kr = (const uint4 *)(kc + (size_t)t * row + kvh * hd * 2);
+                        const uint4 *kr = (const uint4 *)(kst + (size_t)lane * kstride);
 #pragma unroll 8
                         for (uint32_t v = 0; v < hd / 8; v++) {
                                 uint4 u = kr[v];
@@ -665,8 +699,23 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
 #pragma unroll
         for (int k = 0; k < ATT_MAXP; k++)
                 o[k] = make_float2(0.0f, 0.0f);
-        /* Eight positions at a time, their loads issued before any is used. */
-        for (uint32_t j0 = 0; j0 < nw; j0 += 8) {
+        if (!KVQ8) {
+                for (uint32_t jj = 0; jj < nw; jj++) {
+                        const float pj = __shfl_sync(0xffffffffu, pe, jj);
+                        const bool cur = tw + jj == (uint32_t)p;
+                        const __half2 *vr = (const __half2 *)(vst + (size_t)jj * hd * 2);
+#pragma unroll
+                        for (int k = 0; k < ATT_MAXP; k++) {
+                                uint32_t pi = lane + 32 * k;
+                                if (2 * pi < hd) {
+                                        float2 v = cur ? make_float2(vs[2 * pi], vs[2 * pi + 1]) : __half22float2(vr[pi]);
+                                        o[k].x += pj * v.x, o[k].y += pj * v.y;
+                                }
+                        }
+                }
+        }
+        /* Q8_0 cache: eight positions at a time, their loads issued before any is used. */
+        for (uint32_t j0 = 0; KVQ8 && j0 < nw; j0 += 8) {
                 /* F16: the halves as loaded (half the registers), converted at use; Q8_0: floats. */
                 typename KvVal<KVQ8>::T vv[8][ATT_MAXP];
 #pragma unroll
@@ -790,11 +839,13 @@ extern "C" int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const floa
         uint32_t ns = attn_splits(a);
         float *part = (float *)scratch;
         uint32_t *counters = (uint32_t *)(part + (size_t)a->n_head * ns * (a->head_dim + 2));
-        size_t smem = (3 + ATT_WARPS) * a->head_dim * sizeof(float);
+        size_t smem = attn_smem(a);
 
         if (a->head_dim % 8 != 0 || a->head_dim > 64 * ATT_MAXP || a->head_dim > ATT_WARPS * 32 ||
             a->n_rot > a->head_dim || a->n_head % a->n_head_kv != 0 || (outq && a->head_dim % 32 != 0))
                 return -EINVAL;
+        CU_TRY(cudaFuncSetAttribute(a->kv_q8 ? attn_decode_kernel<true> : attn_decode_kernel<false>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         CU_TRY(launch_pdl(a->kv_q8 ? attn_decode_kernel<true> : attn_decode_kernel<false>, dim3(a->n_head, ns),
                           dim3(ATT_WARPS * 32), smem, s, *a, qkv, pos,
                           (uint8_t *)k_cache, (uint8_t *)v_cache, part, counters, out,
@@ -806,13 +857,15 @@ extern "C" int cuda_attn_decode_batch(CudaStream s, const CudaAttnShape *a, cons
                                       const CudaSeqSlot *seqs, uint32_t layer, void *scratch, float *out,
                                       const CudaQ8 *outq) {
         uint32_t ns = attn_splits(a);
-        size_t smem = (3 + ATT_WARPS) * a->head_dim * sizeof(float);
+        size_t smem = attn_smem(a);
         size_t stride = (cuda_attn_scratch_size(a) + 15) / 16 * 16;
 
         if (a->head_dim % 8 != 0 || a->head_dim > 64 * ATT_MAXP || a->head_dim > ATT_WARPS * 32 ||
             a->n_rot > a->head_dim || a->n_head % a->n_head_kv != 0 || (outq && a->head_dim % 32 != 0) ||
             n_seq == 0 || n_seq > 65535)
                 return -EINVAL;
+        CU_TRY(cudaFuncSetAttribute(a->kv_q8 ? attn_decode_batch_kernel<true> : attn_decode_batch_kernel<false>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         CU_TRY(launch_pdl(a->kv_q8 ? attn_decode_batch_kernel<true> : attn_decode_batch_kernel<false>,
                           dim3(a->n_head, ns, n_seq), dim3(ATT_WARPS * 32), smem, s, *a,
                           qkv, seqs, layer, (uint8_t *)scratch, stride, out, outq ? outq->qs : (int8_t *)NULL,
