@@ -1,7 +1,8 @@
 #!/bin/sh
 # SPDX-License-Identifier: MIT
-# Builds the engine with its CUDA backend, bench-cuda and the gpu tests without meson and without the daemon's
-# libraries, for machines that have only a compiler, nvcc and the CUDA libraries (the device machine).
+# Builds the engine with its CUDA backend, bench-cuda, quantd-bench and the gpu tests without meson and
+# without the daemon's libraries, for machines that have only a compiler, nvcc and the CUDA libraries (the
+# device machine).
 #   bench/build-cuda.sh [OUTDIR] [SYSROOT]
 # SYSROOT: a folder with Debian packages unpacked (dpkg -x) for what the machine lacks: cmocka for the gpu
 # tests, PCRE2 for the tokenizers that model loading links.
@@ -51,6 +52,9 @@ cudalib=$(dirname "$(command -v "$nvcc")")/../lib64
 libs="-L$out -lengine $pcre2 -L$cudalib -Wl,-rpath,$cudalib -lcublas -lcudart -lm -lpthread -lstdc++"
 cc $cflags -c "$src/bench/bench-cuda.c" -o "$out/obj-bench-cuda.o"
 cc -o "$out/bench-cuda" "$out/obj-bench-cuda.o" $libs
+# quantd-bench needs only the engine: real GGUF files on either backend.
+cc $cflags -c "$src/bench/quantd-bench.c" -o "$out/obj-quantd-bench.o"
+cc -o "$out/quantd-bench" "$out/obj-quantd-bench.o" $libs
 for t in "$src"/tests/test-cuda-*.c; do
         n=$(basename "$t" .c)
         cc $cflags -c "$t" -o "$out/obj-$n.o" &&

@@ -665,8 +665,8 @@ static void test_dequant(void **state) {
 
 /* ---- RMSNorm, quantization, SwiGLU, GEMM, argmax ---- */
 
-static void test_rmsnorm(void **state) {
-        const uint32_t n = 576, rows = 3;
+/* n of 576 goes one element a thread, 4096 four (16-byte loads), 2080 four with threads past the end. */
+static void check_rmsnorm(uint32_t n, uint32_t rows) {
         float *x = malloc(n * rows * 4), *w = malloc(n * 4);
         double *ref = malloc(n * rows * sizeof(double));
         CudaQ8 q;
@@ -712,6 +712,12 @@ static void test_rmsnorm(void **state) {
         assert_int_equal(cuda_rmsnorm(NULL, dx, dw, 100, 1, 1e-5f, NULL, NULL, &q), -EINVAL);
         free(x), free(w), free(ref), free(y), free(h), free(qs), free(ds);
         cuda_free(dx), cuda_free(dw), cuda_free(dy), cuda_free(dh), cuda_free(q.qs), cuda_free(q.ds);
+}
+
+static void test_rmsnorm(void **state) {
+        check_rmsnorm(576, 3);
+        check_rmsnorm(4096, 2);
+        check_rmsnorm(2080, 3);
 }
 
 static void test_swiglu_gemm(void **state) {

@@ -91,6 +91,15 @@ __device__ __forceinline__ void warp_quantize(float v, int8_t *qs, float2 *ds) {
 
 #define NORM_THREADS 1024
 
+/* E floats from p + i0 (16-byte aligned, n % 4 == 0) in 16-byte loads, zeros past n. */
+template <int E> __device__ __forceinline__ void load_vec(const float *p, uint32_t i0, uint32_t n, float *out) {
+#pragma unroll
+        for (int k = 0; k < E; k += 4) {
+                const float4 t = i0 + k < n ? *(const float4 *)(p + i0 + k) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                out[k] = t.x, out[k + 1] = t.y, out[k + 2] = t.z, out[k + 3] = t.w;
+        }
+}
+
 template <int E>
 __global__ void __launch_bounds__(NORM_THREADS)
         rmsnorm_kernel(const float *x, const float *w, uint32_t n, float eps, float *y, __half *y16, int8_t *qs,
@@ -100,16 +109,27 @@ __global__ void __launch_bounds__(NORM_THREADS)
         const size_t row = (size_t)blockIdx.x * n;
         float v[E], wv[E], ss = 0.0f;
 
+        /* Four elements a load and a store where the row allows (n % 4 == 0: whole 16-byte vectors, aligned):
+         * a warp's scalar loads 4 E bytes apart touched E times the sectors, which cost about 2 us a norm at
+         * E = 8. */
+        const bool vec = E % 4 == 0 && n % 4 == 0;
+
         grid_dep_launch();
         /* The norm weights do not depend on the kernel before: load them first, so that their round trip
          * overlaps the wait and the one for x rather than following the reduction. */
+        if (vec)
+                load_vec<E>(w, i0, n, wv);
+        else
 #pragma unroll
-        for (int k = 0; k < E; k++)
-                wv[k] = i0 + k < n ? w[i0 + k] : 0.0f;
+                for (int k = 0; k < E; k++)
+                        wv[k] = i0 + k < n ? w[i0 + k] : 0.0f;
         grid_dep_wait();
+        if (vec)
+                load_vec<E>(x + row, i0, n, v);
+        else
 #pragma unroll
-        for (int k = 0; k < E; k++)
-                v[k] = i0 + k < n ? x[row + i0 + k] : 0.0f;
+                for (int k = 0; k < E; k++)
+                        v[k] = i0 + k < n ? x[row + i0 + k] : 0.0f;
 #pragma unroll
         for (int k = 0; k < E; k++)
                 ss += v[k] * v[k];
@@ -125,10 +145,19 @@ __global__ void __launch_bounds__(NORM_THREADS)
         for (int k = 0; k < E; k++) {
                 v[k] = i0 + k < n ? v[k] * scale * wv[k] : 0.0f;
                 amax = fmaxf(amax, fabsf(v[k]));
-                if (i0 + k < n && y)
-                        y[row + i0 + k] = v[k];
                 if (i0 + k < n && y16)
                         y16[row + i0 + k] = __float2half(v[k]);
+        }
+        if (y && vec) {
+#pragma unroll
+                for (int k = 0; k < E; k += 4)
+                        if (i0 + k < n)
+                                *(float4 *)(y + row + i0 + k) = make_float4(v[k], v[k + 1], v[k + 2], v[k + 3]);
+        } else if (y) {
+#pragma unroll
+                for (int k = 0; k < E; k++)
+                        if (i0 + k < n)
+                                y[row + i0 + k] = v[k];
         }
         if (!qs)
                 return;
@@ -137,12 +166,23 @@ __global__ void __launch_bounds__(NORM_THREADS)
                 amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
         const float d = amax / 127.0f;
         int sum = 0;
+        int q[E];
 #pragma unroll
         for (int k = 0; k < E; k++) {
-                int q = amax > 0.0f ? __float2int_rn(v[k] / d) : 0;
-                sum += q;
-                if (i0 + k < n)
-                        qs[row + i0 + k] = (int8_t)q;
+                q[k] = amax > 0.0f ? __float2int_rn(v[k] / d) : 0;
+                sum += q[k];
+        }
+        if (vec) {
+#pragma unroll
+                for (int k = 0; k < E; k += 4)
+                        if (i0 + k < n)
+                                *(uint32_t *)(qs + row + i0 + k) = (q[k] & 0xff) | (q[k + 1] & 0xff) << 8 |
+                                                                   (q[k + 2] & 0xff) << 16 | (uint32_t)(q[k + 3] & 0xff) << 24;
+        } else {
+#pragma unroll
+                for (int k = 0; k < E; k++)
+                        if (i0 + k < n)
+                                qs[row + i0 + k] = (int8_t)q[k];
         }
         for (int o = 32 / E / 2; o > 0; o >>= 1)
                 sum += __shfl_xor_sync(0xffffffffu, sum, o);
@@ -150,33 +190,51 @@ __global__ void __launch_bounds__(NORM_THREADS)
                 ds[(row + i0) / 32] = make_float2(d, d * (float)sum);
 }
 
+/* Threads per row at most: NORM_THREADS, or QUANTD_CUDA_NORM_THREADS for timing studies. */
+static uint32_t norm_threads(void) {
+        static uint32_t v;
+
+        if (!v) {
+                const char *e = getenv("QUANTD_CUDA_NORM_THREADS");
+                long n = e ? strtol(e, NULL, 10) : 0;
+                v = n >= 32 && n <= NORM_THREADS && n % 32 == 0 ? (uint32_t)n : NORM_THREADS;
+        }
+        return v;
+}
+
 extern "C" int cuda_rmsnorm(CudaStream s, const float *x, const float *w, uint32_t n, uint32_t n_rows, float eps,
                             float *y, uint16_t *y16, const CudaQ8 *yq) {
         int8_t *qs = yq ? yq->qs : NULL;
         float2 *ds = yq ? (float2 *)yq->ds : NULL;
-        uint32_t per = (n + NORM_THREADS - 1) / NORM_THREADS;
+        const uint32_t most = norm_threads(), per = (n + most - 1) / most;
+        uint32_t e = 1;
 
         if ((yq && n % 32 != 0) || per > 32 || n == 0)
                 return -EINVAL;
+        while (e < per)
+                e *= 2;
         /* Whole warps only: threads past n hold zeros. */
-        if (per <= 1)
-                CU_TRY(launch_pdl(rmsnorm_kernel<1>, dim3(n_rows), dim3((n + 31) / 32 * 32), 0, s, x, w, n, eps, y,
-                                  (__half *)y16, qs, ds));
-        else if (per <= 2)
-                CU_TRY(launch_pdl(rmsnorm_kernel<2>, dim3(n_rows), dim3(NORM_THREADS), 0, s, x, w, n, eps, y,
-                                  (__half *)y16, qs, ds));
-        else if (per <= 4)
-                CU_TRY(launch_pdl(rmsnorm_kernel<4>, dim3(n_rows), dim3(NORM_THREADS), 0, s, x, w, n, eps, y,
-                                  (__half *)y16, qs, ds));
-        else if (per <= 8)
-                CU_TRY(launch_pdl(rmsnorm_kernel<8>, dim3(n_rows), dim3(NORM_THREADS), 0, s, x, w, n, eps, y,
-                                  (__half *)y16, qs, ds));
-        else if (per <= 16)
-                CU_TRY(launch_pdl(rmsnorm_kernel<16>, dim3(n_rows), dim3(NORM_THREADS), 0, s, x, w, n, eps, y,
-                                  (__half *)y16, qs, ds));
-        else
-                CU_TRY(launch_pdl(rmsnorm_kernel<32>, dim3(n_rows), dim3(NORM_THREADS), 0, s, x, w, n, eps, y,
-                                  (__half *)y16, qs, ds));
+        const dim3 block((n + e * 32 - 1) / (e * 32) * 32);
+        switch (e) {
+        case 1:
+                CU_TRY(launch_pdl(rmsnorm_kernel<1>, dim3(n_rows), block, 0, s, x, w, n, eps, y, (__half *)y16, qs, ds));
+                break;
+        case 2:
+                CU_TRY(launch_pdl(rmsnorm_kernel<2>, dim3(n_rows), block, 0, s, x, w, n, eps, y, (__half *)y16, qs, ds));
+                break;
+        case 4:
+                CU_TRY(launch_pdl(rmsnorm_kernel<4>, dim3(n_rows), block, 0, s, x, w, n, eps, y, (__half *)y16, qs, ds));
+                break;
+        case 8:
+                CU_TRY(launch_pdl(rmsnorm_kernel<8>, dim3(n_rows), block, 0, s, x, w, n, eps, y, (__half *)y16, qs, ds));
+                break;
+        case 16:
+                CU_TRY(launch_pdl(rmsnorm_kernel<16>, dim3(n_rows), block, 0, s, x, w, n, eps, y, (__half *)y16, qs, ds));
+                break;
+        default:
+                CU_TRY(launch_pdl(rmsnorm_kernel<32>, dim3(n_rows), block, 0, s, x, w, n, eps, y, (__half *)y16, qs, ds));
+                break;
+        }
         return 0;
 }
 
