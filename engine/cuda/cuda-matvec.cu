@@ -587,9 +587,24 @@ template <int T, int NR, int EPI> static int mv_launch_quant(CudaStream s, const
         return mv_launch(mv_quant<T, NR, EPI>, s, a, smem, mv_grid_per_sm());
 }
 
+/* The float kernels use no shared memory and read their activations through L1: they ask for the largest L1
+ * (no shared-memory carveout). Left to the driver, with the decode attention's 71 KB a block between them,
+ * F16 tg128 on the H100 ran at 165 tok/s; with this, 188 (bench/cuda-notes.md v27). */
+template <typename K> static int prefer_l1(K kernel, bool *done) {
+        if (!*done) {
+                CU_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, 0));
+                *done = true;
+        }
+        return 0;
+}
+
 template <int T, int NR, int EPI> static int mv_launch_float(CudaStream s, const MvArgs &a) {
+        static bool l1; /* per kernel: this function is instantiated once per kernel */
+
         if (!a.x)
                 return -EINVAL;
+        if (prefer_l1(mv_float<T, NR, EPI>, &l1) < 0)
+                return -EIO;
         return mv_launch(mv_float<T, NR, EPI>, s, a, 0, mv_grid_per_sm());
 }
 
@@ -760,6 +775,9 @@ template <int NR, int EPI, int NB> static int mv_dispatch_b(CudaStream s, uint32
                 static int occ;                                                                                 \
                 if (!a.x)                                                                                       \
                         return -EINVAL;                                                                         \
+                static bool l1;                                                                                 \
+                if (prefer_l1(mv_float_b<T, NR, EPI, NB>, &l1) < 0)                                             \
+                        return -EIO;                                                                            \
                 return mv_launch_b(mv_float_b<T, NR, EPI, NB>, s, a, 0, &occ);                                 \
         }
         switch (type) {
