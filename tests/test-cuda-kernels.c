@@ -955,11 +955,123 @@ static void check_attention(uint32_t hd, uint32_t n_head, uint32_t n_kv, uint32_
         cuda_free(dout), cuda_free(d3), cuda_free(dpo), cuda_free(dlast_qkv), cuda_free(oq.qs), cuda_free(oq.ds);
 }
 
+/* One element of a Q8_0 cache row (blocks of 32: a half scale, 32 int8). */
+static double q8_elem(const uint8_t *row, uint32_t i) {
+        const uint8_t *b = row + (size_t)(i / 32) * 34;
+        uint16_t h;
+        memcpy(&h, b, 2);
+        return (double)h2f(h) * (int8_t)b[2 + i % 32];
+}
+
+/*
+ * The same with a Q8_0 cache: the prompt's k (rotated) and v and the decode token's stored within the 8-bit
+ * rounding of the host's values, then the decode and prompt attention against a host reference over the
+ * cache as stored.
+ */
+static void check_attention_q8(uint32_t hd, uint32_t n_head, uint32_t n_kv, uint32_t n_pos) {
+        CudaAttnShape a = {n_head, n_kv, hd, hd, 10000.0f, 512};
+        const uint32_t nq = n_head * hd, nk = n_kv * hd, stride = nq + 2 * nk, npre = n_pos - 1;
+        const size_t row = (size_t)nk / 32 * 34;
+        float *qkv = malloc((size_t)n_pos * stride * 4);
+
+        a.kv_q8 = true;
+        for (size_t i = 0; i < (size_t)n_pos * stride; i++)
+                qkv[i] = frnd() * 2;
+        float *dqkv = dev_upload(qkv, (size_t)n_pos * stride * 4);
+        uint8_t *kc = dev_poison(a.n_ctx * row), *vc = dev_poison(a.n_ctx * row);
+        int32_t zero = 0, last = (int32_t)npre;
+        int32_t *dpos = dev_upload(&zero, 4), *dlast = dev_upload(&last, 4);
+        void *scratch;
+        size_t ss = cuda_attn_scratch_size(&a);
+        assert_int_equal(cuda_malloc(ss, &scratch), 0);
+        uint8_t *zeros = calloc(1, ss);
+        assert_int_equal(cuda_upload(scratch, zeros, ss), 0);
+        free(zeros);
+        float *dout = dev_poison(nq * 4);
+        CudaQ8 oq;
+        assert_int_equal(cuda_malloc(nq, (void **)&oq.qs), 0);
+        assert_int_equal(cuda_malloc(nq / 32 * 8 + 8, (void **)&oq.ds), 0);
+
+        assert_int_equal(cuda_rope_store(NULL, &a, dqkv, stride, npre, dpos, kc, vc), 0);
+        float *dlast_qkv = dev_upload(qkv + (size_t)npre * stride, stride * 4);
+        assert_int_equal(cuda_attn_decode(NULL, &a, dlast_qkv, dlast, kc, vc, scratch, dout, &oq), 0);
+        float *out = download_f32(dout, nq);
+        uint8_t *kh = malloc(n_pos * row), *vh = malloc(n_pos * row);
+        assert_int_equal(cuda_download(kh, kc, n_pos * row), 0);
+        assert_int_equal(cuda_download(vh, vc, n_pos * row), 0);
+
+        /* The cache against the host's rotated k and v: within half a step of each block's scale (the scale
+         * itself a half float). */
+        double *qref = malloc((size_t)n_pos * nq * sizeof(double)), x[512];
+        for (uint32_t t = 0; t < n_pos; t++)
+                for (uint32_t h = 0; h < n_head + 2 * n_kv; h++) {
+                        const float *src = qkv + (size_t)t * stride + h * hd;
+                        for (uint32_t d = 0; d < hd; d++)
+                                x[d] = src[d];
+                        if (h < n_head + n_kv)
+                                rope_ref(x, hd, hd, 10000.0f, (int)t);
+                        for (uint32_t b = 0; h >= n_head && b < hd / 32; b++) {
+                                double amax = 0;
+                                for (int i = 0; i < 32; i++)
+                                        amax = fmax(amax, fabs(x[32 * b + i]));
+                                for (int i = 0; i < 32; i++) {
+                                        uint32_t e = (h - n_head) % n_kv * hd + 32 * b + i;
+                                        const uint8_t *r = (h < n_head + n_kv ? kh : vh) + (size_t)t * row;
+                                        assert_true(fabs(q8_elem(r, e) - x[32 * b + i]) <= amax / 254 * 1.01 + 1e-6);
+                                }
+                        }
+                        for (uint32_t d = 0; h < n_head && d < hd; d++)
+                                qref[(size_t)t * nq + h * hd + d] = x[d];
+                }
+
+        /* Reference attention over the cache as stored. */
+        double *ref = malloc((size_t)n_pos * nq * sizeof(double)), *sc = malloc(n_pos * sizeof(double));
+        for (uint32_t t = 0; t < n_pos; t++)
+                for (uint32_t h = 0; h < n_head; h++) {
+                        uint32_t kvh = h / (n_head / n_kv);
+                        double mx = -1e300, l = 0;
+                        for (uint32_t j = 0; j <= t; j++) {
+                                double s = 0;
+                                for (uint32_t d = 0; d < hd; d++)
+                                        s += qref[(size_t)t * nq + h * hd + d] * q8_elem(kh + (size_t)j * row, kvh * hd + d);
+                                sc[j] = s / sqrt((double)hd);
+                                mx = fmax(mx, sc[j]);
+                        }
+                        for (uint32_t j = 0; j <= t; j++)
+                                l += (sc[j] = exp(sc[j] - mx));
+                        for (uint32_t d = 0; d < hd; d++) {
+                                double o = 0;
+                                for (uint32_t j = 0; j <= t; j++)
+                                        o += sc[j] * q8_elem(vh + (size_t)j * row, kvh * hd + d);
+                                ref[(size_t)t * nq + h * hd + d] = o / l;
+                        }
+                }
+        double e = rel_err(out, ref + (size_t)npre * nq, nq);
+        print_message("# attention decode, q8_0 cache, hd %u, %u positions: rel err %.2e\n", hd, n_pos, e);
+        assert_true(e < 1e-4);
+
+        /* Prompt attention of positions 3 .. npre - 1 from the same cache. */
+        int32_t three = 3;
+        int32_t *d3 = dev_upload(&three, 4);
+        float *dpo = dev_poison((size_t)(npre - 3) * nq * 4);
+        assert_int_equal(cuda_attn_prefill(NULL, &a, dqkv + 3 * stride, stride, npre - 3, d3, kc, vc, dpo), 0);
+        float *po = download_f32(dpo, (size_t)(npre - 3) * nq);
+        e = rel_err(po, ref + 3 * nq, (size_t)(npre - 3) * nq);
+        print_message("# attention prefill, q8_0 cache, hd %u, %u positions: rel err %.2e\n", hd, npre, e);
+        assert_true(e < 1e-4);
+
+        free(qkv), free(out), free(kh), free(vh), free(qref), free(ref), free(sc), free(po);
+        cuda_free(dqkv), cuda_free(kc), cuda_free(vc), cuda_free(dpos), cuda_free(dlast), cuda_free(scratch);
+        cuda_free(dout), cuda_free(d3), cuda_free(dpo), cuda_free(dlast_qkv), cuda_free(oq.qs), cuda_free(oq.ds);
+}
+
 static void test_attention(void **state) {
         check_attention(128, 4, 2, 100);  /* one split */
         check_attention(128, 4, 1, 700);  /* six splits, merged */
         check_attention(64, 3, 1, 300);
         check_attention(8, 8, 4, 40);     /* stories260K's heads */
+        check_attention_q8(128, 4, 2, 100);
+        check_attention_q8(64, 4, 1, 300); /* three splits */
 }
 
 int main(void) {
