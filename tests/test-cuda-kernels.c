@@ -1072,6 +1072,7 @@ static void test_attention(void **state) {
         check_attention(8, 8, 4, 40);     /* stories260K's heads */
         check_attention_q8(128, 4, 2, 100);
         check_attention_q8(64, 4, 1, 300); /* three splits */
+        check_attention_q8(96, 2, 1, 150); /* blocks of a head not whole words: read in place */
 }
 
 int main(void) {

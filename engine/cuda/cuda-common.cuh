@@ -170,6 +170,12 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
 }
 
+/* 4 bytes the same way (through L1: cp.async.cg takes 16 bytes only). */
+__device__ __forceinline__ void cp_async4(void *smem, const void *gmem) {
+        uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(s), "l"(gmem) : "memory");
+}
+
 __device__ __forceinline__ void cp_async_commit(void) {
         asm volatile("cp.async.commit_group;" ::: "memory");
 }

@@ -559,10 +559,13 @@ static uint32_t attn_splits(const CudaAttnShape *a) {
 }
 
 /* Dynamic shared memory of a decode attention block: the token's q, k, v and the warps' outputs (floats),
- * and with an F16 cache each warp's 32 key rows (padded by 16 bytes) and 32 value rows. */
+ * and each warp's 32 key rows (padded) and 32 value rows where they are staged (attn_decode_block()). */
 static size_t attn_smem(const CudaAttnShape *a) {
-        size_t f = (3 + ATT_WARPS) * a->head_dim * sizeof(float);
-        return a->kv_q8 ? f : f + ATT_WARPS * 32 * ((size_t)a->head_dim * 4 + 16);
+        const size_t f = (3 + ATT_WARPS) * a->head_dim * sizeof(float), hb = (size_t)a->head_dim / 32 * Q8_0_BYTES;
+
+        if (!a->kv_q8)
+                return f + ATT_WARPS * 32 * ((size_t)a->head_dim * 4 + 16);
+        return (a->head_dim / 32) % 2 == 0 ? f + ATT_WARPS * 32 * (2 * hb + 4) : f;
 }
 
 extern "C" size_t cuda_attn_scratch_size(const CudaAttnShape *a) {
@@ -652,21 +655,30 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
         /* Warp wid takes positions tw .. tw + nw - 1, a lane each for the scores. */
         const uint32_t tw = t0 + 32 * wid, nw = tw < t0 + cnt ? min(32u, t0 + cnt - tw) : 0;
 
-        /* F16 cache: the warp's key and value rows go to shared memory now, in flight while the token's q, k
-         * and v are rotated, so that the scores and the weighted sum wait for one round trip rather than one
-         * per row (the current position's row is the token's own, below). */
-        const uint32_t kstride = hd * 2 + 16; /* bytes: lanes reading 16 bytes of 32 rows hit distinct banks */
-        uint8_t *kst = (uint8_t *)(wo + ATT_WARPS * hd) + (size_t)wid * 32 * (kstride + hd * 2);
+        /* The warp's key and value rows go to shared memory now, in flight while the token's q, k and v are
+         * rotated, so that the scores and the weighted sum wait for one round trip rather than one per row
+         * (the current position's row is the token's own, below). A head's row: hb bytes, F16 or Q8_0 blocks;
+         * key rows padded so that lanes reading 16 (F16) or 4 (Q8_0) bytes of 32 rows hit distinct banks.
+         * Q8_0 rows are copied 4 bytes at a time, so they are staged when a head's blocks make whole words
+         * (head_dim / 32 even); otherwise they are read from global memory as they are used. */
+        const uint32_t hb = KVQ8 ? hd / 32 * Q8_0_BYTES : hd * 2, kstride = hb + (KVQ8 ? 4 : 16);
+        const bool staged = !KVQ8 || (hd / 32) % 2 == 0;
+        uint8_t *kst = (uint8_t *)(wo + ATT_WARPS * hd) + (size_t)wid * 32 * (kstride + hb);
         uint8_t *vst = kst + 32 * kstride;
-        if (!KVQ8) {
-                const uint32_t units = hd / 8;
+        if (staged) {
+                const uint32_t ub = KVQ8 ? 4 : 16, units = hb / ub;
                 for (uint32_t i = lane; i < nw * units; i += 32) {
                         const uint32_t jj = i / units, u = i - jj * units, t = tw + jj;
                         if (t == (uint32_t)p)
                                 continue;
-                        const size_t off = (size_t)t * row + (size_t)kvh * hd * 2 + 16 * u;
-                        cp_async16(kst + jj * kstride + 16 * u, kc + off);
-                        cp_async16(vst + jj * hd * 2 + 16 * u, vc + off);
+                        const size_t off = (size_t)t * row + (size_t)kvh * hb + ub * u;
+                        if (KVQ8) {
+                                cp_async4(kst + jj * kstride + ub * u, kc + off);
+                                cp_async4(vst + jj * hb + ub * u, vc + off);
+                        } else {
+                                cp_async16(kst + jj * kstride + ub * u, kc + off);
+                                cp_async16(vst + jj * hb + ub * u, vc + off);
+                        }
                 }
                 cp_async_commit();
         }
@@ -706,7 +718,7 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
                 __syncthreads();
         }
 
-        if (!KVQ8) {
+        if (staged) {
                 cp_async_wait<0>();
                 __syncwarp();
         }
@@ -720,7 +732,8 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
                         for (uint32_t d = 0; d < hd; d++)
                                 sc += qs[d] * ks[d];
                 } else if (KVQ8) {
-                        const uint8_t *kb = kc + (size_t)t * row + (size_t)(kvh * hd / 32) * Q8_0_BYTES;
+                        const uint8_t *kb = staged ? kst + (size_t)lane * kstride
+                                                   : kc + (size_t)t * row + (size_t)(kvh * hd / 32) * Q8_0_BYTES;
                         for (uint32_t b = 0; b < hd / 32; b++, kb += Q8_0_BYTES) {
                                 uint32_t w[8];
 #pragma unroll
@@ -757,23 +770,24 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
 #pragma unroll
         for (int k = 0; k < ATT_MAXP; k++)
                 o[k] = make_float2(0.0f, 0.0f);
-        if (!KVQ8) {
+        if (staged) {
                 for (uint32_t jj = 0; jj < nw; jj++) {
                         const float pj = __shfl_sync(0xffffffffu, pe, jj);
                         const bool cur = tw + jj == (uint32_t)p;
-                        const __half2 *vr = (const __half2 *)(vst + (size_t)jj * hd * 2);
+                        const uint8_t *vr = vst + (size_t)jj * hb;
 #pragma unroll
                         for (int k = 0; k < ATT_MAXP; k++) {
                                 uint32_t pi = lane + 32 * k;
                                 if (2 * pi < hd) {
-                                        float2 v = cur ? make_float2(vs[2 * pi], vs[2 * pi + 1]) : __half22float2(vr[pi]);
+                                        float2 v = cur ? make_float2(vs[2 * pi], vs[2 * pi + 1])
+                                                       : KvVal<KVQ8>::f2(KvVal<KVQ8>::load(vr, 2 * pi, true));
                                         o[k].x += pj * v.x, o[k].y += pj * v.y;
                                 }
                         }
                 }
         }
-        /* Q8_0 cache: eight positions at a time, their loads issued before any is used. */
-        for (uint32_t j0 = 0; KVQ8 && j0 < nw; j0 += 8) {
+        /* A Q8_0 cache read in place: eight positions at a time, their loads issued before any is used. */
+        for (uint32_t j0 = 0; !staged && j0 < nw; j0 += 8) {
                 /* F16: the halves as loaded (half the registers), converted at use; Q8_0: floats. */
                 typename KvVal<KVQ8>::T vv[8][ATT_MAXP];
 #pragma unroll
