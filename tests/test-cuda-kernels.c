@@ -796,33 +796,91 @@ static void rope_ref(double *x, uint32_t hd, uint32_t n_rot, float base, int p) 
         }
 }
 
+/* Causal attention of every token in double: rotated queries qref (n_pos, n_head * hd), keys and values
+ * (n_pos, n_kv * hd) as the cache holds them; returns (n_pos, n_head * hd). */
+static double *attention_ref(const double *qref, const double *kd, const double *vd, uint32_t n_pos,
+                             uint32_t n_head, uint32_t n_kv, uint32_t hd) {
+        const uint32_t nq = n_head * hd, nk = n_kv * hd;
+        double *ref = malloc((size_t)n_pos * nq * sizeof(double)), *sc = malloc(n_pos * sizeof(double));
+
+        assert_non_null(ref), assert_non_null(sc);
+        for (uint32_t t = 0; t < n_pos; t++)
+                for (uint32_t h = 0; h < n_head; h++) {
+                        uint32_t kvh = h / (n_head / n_kv);
+                        double mx = -1e300, l = 0;
+                        for (uint32_t j = 0; j <= t; j++) {
+                                double s = 0;
+                                for (uint32_t d = 0; d < hd; d++)
+                                        s += qref[(size_t)t * nq + h * hd + d] * kd[(size_t)j * nk + kvh * hd + d];
+                                sc[j] = s / sqrt((double)hd);
+                                mx = fmax(mx, sc[j]);
+                        }
+                        for (uint32_t j = 0; j <= t; j++)
+                                l += (sc[j] = exp(sc[j] - mx));
+                        for (uint32_t d = 0; d < hd; d++) {
+                                double o = 0;
+                                for (uint32_t j = 0; j <= t; j++)
+                                        o += sc[j] * vd[(size_t)j * nk + kvh * hd + d];
+                                ref[(size_t)t * nq + h * hd + d] = o / l;
+                        }
+                }
+        free(sc);
+        return ref;
+}
+
+/* A decode attention check's device state: random q, k, v for n_pos tokens, caches of row bytes a position,
+ * zeroed split scratch, and the prompt (every token but the last) stored into the caches already. */
+typedef struct AttnRun {
+        float *qkv, *dqkv, *dlast_qkv, *dout;
+        uint8_t *kc, *vc;
+        int32_t *dpos, *dlast;
+        void *scratch;
+        CudaQ8 oq;
+} AttnRun;
+
+static void attn_run_new(AttnRun *r, const CudaAttnShape *a, uint32_t n_pos, size_t row) {
+        const uint32_t nq = a->n_head * a->head_dim, stride = nq + 2 * a->n_head_kv * a->head_dim;
+        const int32_t zero = 0, last = (int32_t)n_pos - 1;
+        const size_t ss = cuda_attn_scratch_size(a);
+
+        r->qkv = malloc((size_t)n_pos * stride * 4);
+        assert_non_null(r->qkv);
+        for (size_t i = 0; i < (size_t)n_pos * stride; i++)
+                r->qkv[i] = frnd() * 2;
+        r->dqkv = dev_upload(r->qkv, (size_t)n_pos * stride * 4);
+        r->dlast_qkv = dev_upload(r->qkv + (size_t)last * stride, stride * 4);
+        r->kc = dev_poison(a->n_ctx * row), r->vc = dev_poison(a->n_ctx * row);
+        r->dpos = dev_upload(&zero, 4), r->dlast = dev_upload(&last, 4);
+        assert_int_equal(cuda_malloc(ss, &r->scratch), 0);
+        uint8_t *zeros = calloc(1, ss);
+        assert_int_equal(cuda_upload(r->scratch, zeros, ss), 0);
+        free(zeros);
+        r->dout = dev_poison(nq * 4);
+        assert_int_equal(cuda_malloc(nq, (void **)&r->oq.qs), 0);
+        assert_int_equal(cuda_malloc(nq / 32 * 8 + 8, (void **)&r->oq.ds), 0);
+        assert_int_equal(cuda_rope_store(NULL, a, r->dqkv, stride, n_pos - 1, r->dpos, r->kc, r->vc), 0);
+}
+
+static void attn_run_free(AttnRun *r) {
+        free(r->qkv);
+        cuda_free(r->dqkv), cuda_free(r->dlast_qkv), cuda_free(r->dout), cuda_free(r->kc), cuda_free(r->vc);
+        cuda_free(r->dpos), cuda_free(r->dlast), cuda_free(r->scratch), cuda_free(r->oq.qs), cuda_free(r->oq.ds);
+}
+
 static void check_attention(uint32_t hd, uint32_t n_head, uint32_t n_kv, uint32_t n_pos) {
         const CudaAttnShape a = {n_head, n_kv, hd, hd, 10000.0f, 1024};
         const uint32_t nq = n_head * hd, nk = n_kv * hd, stride = nq + 2 * nk, npre = n_pos - 1;
-        float *qkv = malloc((size_t)n_pos * stride * 4);
-
-        for (size_t i = 0; i < (size_t)n_pos * stride; i++)
-                qkv[i] = frnd() * 2;
-        float *dqkv = dev_upload(qkv, (size_t)n_pos * stride * 4);
-        uint16_t *kc = dev_poison((size_t)a.n_ctx * nk * 2), *vc = dev_poison((size_t)a.n_ctx * nk * 2);
-        int32_t zero = 0, last = (int32_t)npre;
-        int32_t *dpos = dev_upload(&zero, 4), *dlast = dev_upload(&last, 4);
-
-        void *scratch;
-        size_t ss = cuda_attn_scratch_size(&a);
-        assert_int_equal(cuda_malloc(ss, &scratch), 0);
-        uint8_t *zeros = calloc(1, ss);
-        assert_int_equal(cuda_upload(scratch, zeros, ss), 0);
-        free(zeros);
-        float *dout = dev_poison(nq * 4);
-        CudaQ8 oq;
-        assert_int_equal(cuda_malloc(nq, (void **)&oq.qs), 0);
-        assert_int_equal(cuda_malloc(nq / 32 * 8 + 8, (void **)&oq.ds), 0);
+        AttnRun r;
 
         /* All positions but the last as a prompt batch; the last as one decode token, twice (the split
          * counters must come back to zero), which rotates and stores its own k and v. */
-        assert_int_equal(cuda_rope_store(NULL, &a, dqkv, stride, npre, dpos, kc, vc), 0);
-        float *dlast_qkv = dev_upload(qkv + (size_t)npre * stride, stride * 4);
+        attn_run_new(&r, &a, n_pos, (size_t)nk * 2);
+        float *qkv = r.qkv, *dqkv = r.dqkv, *dlast_qkv = r.dlast_qkv, *dout = r.dout;
+        uint8_t *kc = r.kc, *vc = r.vc;
+        int32_t *dlast = r.dlast;
+        void *scratch = r.scratch;
+        const size_t ss = cuda_attn_scratch_size(&a);
+        CudaQ8 oq = r.oq;
         float *outs[2];
         for (int rep = 0; rep < 2; rep++) {
                 assert_int_equal(cuda_attn_decode(NULL, &a, dlast_qkv, dlast, kc, vc, scratch, dout,
@@ -868,27 +926,11 @@ static void check_attention(uint32_t hd, uint32_t n_head, uint32_t n_kv, uint32_
         }
 
         /* Reference attention for every token from the cached k and v. */
-        double *ref = malloc((size_t)n_pos * nq * sizeof(double)), *sc = malloc(n_pos * sizeof(double));
-        for (uint32_t t = 0; t < n_pos; t++)
-                for (uint32_t h = 0; h < n_head; h++) {
-                        uint32_t kvh = h / (n_head / n_kv);
-                        double mx = -1e300, l = 0;
-                        for (uint32_t j = 0; j <= t; j++) {
-                                double s = 0;
-                                for (uint32_t d = 0; d < hd; d++)
-                                        s += qref[(size_t)t * nq + h * hd + d] * h2f(kh[(size_t)j * nk + kvh * hd + d]);
-                                sc[j] = s / sqrt((double)hd);
-                                mx = fmax(mx, sc[j]);
-                        }
-                        for (uint32_t j = 0; j <= t; j++)
-                                l += (sc[j] = exp(sc[j] - mx));
-                        for (uint32_t d = 0; d < hd; d++) {
-                                double o = 0;
-                                for (uint32_t j = 0; j <= t; j++)
-                                        o += sc[j] * h2f(vh[(size_t)j * nk + kvh * hd + d]);
-                                ref[(size_t)t * nq + h * hd + d] = o / l;
-                        }
-                }
+        double *kd = malloc((size_t)n_pos * nk * sizeof(double)), *vd = malloc((size_t)n_pos * nk * sizeof(double));
+        for (size_t i = 0; i < (size_t)n_pos * nk; i++)
+                kd[i] = h2f(kh[i]), vd[i] = h2f(vh[i]);
+        double *ref = attention_ref(qref, kd, vd, n_pos, n_head, n_kv, hd);
+        free(kd), free(vd);
         for (int rep = 0; rep < 2; rep++) {
                 double e = rel_err(outs[rep], ref + (size_t)npre * nq, nq);
                 print_message("# attention decode hd %u, %u positions: rel err %.2e\n", hd, n_pos, e);
@@ -950,9 +992,9 @@ static void check_attention(uint32_t hd, uint32_t n_head, uint32_t n_kv, uint32_
         print_message("# attention prefill hd %u, %u positions: rel err %.2e\n", hd, npre, e);
         assert_true(e < 1e-4);
 
-        free(qkv), free(kh), free(vh), free(qref), free(ref), free(sc), free(po);
-        cuda_free(dqkv), cuda_free(kc), cuda_free(vc), cuda_free(dpos), cuda_free(dlast), cuda_free(scratch);
-        cuda_free(dout), cuda_free(d3), cuda_free(dpo), cuda_free(dlast_qkv), cuda_free(oq.qs), cuda_free(oq.ds);
+        free(kh), free(vh), free(qref), free(ref), free(po);
+        cuda_free(d3), cuda_free(dpo);
+        attn_run_free(&r);
 }
 
 /* One element of a Q8_0 cache row (blocks of 32: a half scale, 32 int8). */
@@ -972,28 +1014,16 @@ static void check_attention_q8(uint32_t hd, uint32_t n_head, uint32_t n_kv, uint
         CudaAttnShape a = {n_head, n_kv, hd, hd, 10000.0f, 512};
         const uint32_t nq = n_head * hd, nk = n_kv * hd, stride = nq + 2 * nk, npre = n_pos - 1;
         const size_t row = (size_t)nk / 32 * 34;
-        float *qkv = malloc((size_t)n_pos * stride * 4);
+        AttnRun r;
 
         a.kv_q8 = true;
-        for (size_t i = 0; i < (size_t)n_pos * stride; i++)
-                qkv[i] = frnd() * 2;
-        float *dqkv = dev_upload(qkv, (size_t)n_pos * stride * 4);
-        uint8_t *kc = dev_poison(a.n_ctx * row), *vc = dev_poison(a.n_ctx * row);
-        int32_t zero = 0, last = (int32_t)npre;
-        int32_t *dpos = dev_upload(&zero, 4), *dlast = dev_upload(&last, 4);
-        void *scratch;
-        size_t ss = cuda_attn_scratch_size(&a);
-        assert_int_equal(cuda_malloc(ss, &scratch), 0);
-        uint8_t *zeros = calloc(1, ss);
-        assert_int_equal(cuda_upload(scratch, zeros, ss), 0);
-        free(zeros);
-        float *dout = dev_poison(nq * 4);
-        CudaQ8 oq;
-        assert_int_equal(cuda_malloc(nq, (void **)&oq.qs), 0);
-        assert_int_equal(cuda_malloc(nq / 32 * 8 + 8, (void **)&oq.ds), 0);
+        attn_run_new(&r, &a, n_pos, row);
+        float *qkv = r.qkv, *dqkv = r.dqkv, *dlast_qkv = r.dlast_qkv, *dout = r.dout;
+        uint8_t *kc = r.kc, *vc = r.vc;
+        int32_t *dlast = r.dlast;
+        void *scratch = r.scratch;
+        CudaQ8 oq = r.oq;
 
-        assert_int_equal(cuda_rope_store(NULL, &a, dqkv, stride, npre, dpos, kc, vc), 0);
-        float *dlast_qkv = dev_upload(qkv + (size_t)npre * stride, stride * 4);
         assert_int_equal(cuda_attn_decode(NULL, &a, dlast_qkv, dlast, kc, vc, scratch, dout, &oq), 0);
         float *out = download_f32(dout, nq);
         uint8_t *kh = malloc(n_pos * row), *vh = malloc(n_pos * row);
@@ -1025,27 +1055,12 @@ static void check_attention_q8(uint32_t hd, uint32_t n_head, uint32_t n_kv, uint
                 }
 
         /* Reference attention over the cache as stored. */
-        double *ref = malloc((size_t)n_pos * nq * sizeof(double)), *sc = malloc(n_pos * sizeof(double));
+        double *kd = malloc((size_t)n_pos * nk * sizeof(double)), *vd = malloc((size_t)n_pos * nk * sizeof(double));
         for (uint32_t t = 0; t < n_pos; t++)
-                for (uint32_t h = 0; h < n_head; h++) {
-                        uint32_t kvh = h / (n_head / n_kv);
-                        double mx = -1e300, l = 0;
-                        for (uint32_t j = 0; j <= t; j++) {
-                                double s = 0;
-                                for (uint32_t d = 0; d < hd; d++)
-                                        s += qref[(size_t)t * nq + h * hd + d] * q8_elem(kh + (size_t)j * row, kvh * hd + d);
-                                sc[j] = s / sqrt((double)hd);
-                                mx = fmax(mx, sc[j]);
-                        }
-                        for (uint32_t j = 0; j <= t; j++)
-                                l += (sc[j] = exp(sc[j] - mx));
-                        for (uint32_t d = 0; d < hd; d++) {
-                                double o = 0;
-                                for (uint32_t j = 0; j <= t; j++)
-                                        o += sc[j] * q8_elem(vh + (size_t)j * row, kvh * hd + d);
-                                ref[(size_t)t * nq + h * hd + d] = o / l;
-                        }
-                }
+                for (uint32_t i = 0; i < nk; i++)
+                        kd[(size_t)t * nk + i] = q8_elem(kh + (size_t)t * row, i), vd[(size_t)t * nk + i] = q8_elem(vh + (size_t)t * row, i);
+        double *ref = attention_ref(qref, kd, vd, n_pos, n_head, n_kv, hd);
+        free(kd), free(vd);
         double e = rel_err(out, ref + (size_t)npre * nq, nq);
         print_message("# attention decode, q8_0 cache, hd %u, %u positions: rel err %.2e\n", hd, n_pos, e);
         assert_true(e < 1e-4);
@@ -1060,9 +1075,9 @@ static void check_attention_q8(uint32_t hd, uint32_t n_head, uint32_t n_kv, uint
         print_message("# attention prefill, q8_0 cache, hd %u, %u positions: rel err %.2e\n", hd, npre, e);
         assert_true(e < 1e-4);
 
-        free(qkv), free(out), free(kh), free(vh), free(qref), free(ref), free(sc), free(po);
-        cuda_free(dqkv), cuda_free(kc), cuda_free(vc), cuda_free(dpos), cuda_free(dlast), cuda_free(scratch);
-        cuda_free(dout), cuda_free(d3), cuda_free(dpo), cuda_free(dlast_qkv), cuda_free(oq.qs), cuda_free(oq.ds);
+        free(out), free(kh), free(vh), free(qref), free(ref), free(po);
+        cuda_free(d3), cuda_free(dpo);
+        attn_run_free(&r);
 }
 
 static void test_attention(void **state) {

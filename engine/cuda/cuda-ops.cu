@@ -202,10 +202,20 @@ static uint32_t norm_threads(void) {
         return v;
 }
 
+/* Launches rmsnorm_kernel<e> for the e (a power of two, 1 .. 32) of the row: each step doubles E. */
+template <int E>
+static int rmsnorm_launch(uint32_t e, CudaStream s, const float *x, const float *w, uint32_t n, uint32_t n_rows,
+                          float eps, float *y, uint16_t *y16, int8_t *qs, float2 *ds) {
+        if (E < 32 && e > (uint32_t)E)
+                return rmsnorm_launch<(E < 32 ? 2 * E : 32)>(e, s, x, w, n, n_rows, eps, y, y16, qs, ds);
+        /* Whole warps only: threads past n hold zeros. */
+        const dim3 block((n + E * 32 - 1) / (E * 32) * 32);
+        CU_TRY(launch_pdl(rmsnorm_kernel<E>, dim3(n_rows), block, 0, s, x, w, n, eps, y, (__half *)y16, qs, ds));
+        return 0;
+}
+
 extern "C" int cuda_rmsnorm(CudaStream s, const float *x, const float *w, uint32_t n, uint32_t n_rows, float eps,
                             float *y, uint16_t *y16, const CudaQ8 *yq) {
-        int8_t *qs = yq ? yq->qs : NULL;
-        float2 *ds = yq ? (float2 *)yq->ds : NULL;
         const uint32_t most = norm_threads(), per = (n + most - 1) / most;
         uint32_t e = 1;
 
@@ -213,29 +223,8 @@ extern "C" int cuda_rmsnorm(CudaStream s, const float *x, const float *w, uint32
                 return -EINVAL;
         while (e < per)
                 e *= 2;
-        /* Whole warps only: threads past n hold zeros. */
-        const dim3 block((n + e * 32 - 1) / (e * 32) * 32);
-        switch (e) {
-        case 1:
-                CU_TRY(launch_pdl(rmsnorm_kernel<1>, dim3(n_rows), block, 0, s, x, w, n, eps, y, (__half *)y16, qs, ds));
-                break;
-        case 2:
-                CU_TRY(launch_pdl(rmsnorm_kernel<2>, dim3(n_rows), block, 0, s, x, w, n, eps, y, (__half *)y16, qs, ds));
-                break;
-        case 4:
-                CU_TRY(launch_pdl(rmsnorm_kernel<4>, dim3(n_rows), block, 0, s, x, w, n, eps, y, (__half *)y16, qs, ds));
-                break;
-        case 8:
-                CU_TRY(launch_pdl(rmsnorm_kernel<8>, dim3(n_rows), block, 0, s, x, w, n, eps, y, (__half *)y16, qs, ds));
-                break;
-        case 16:
-                CU_TRY(launch_pdl(rmsnorm_kernel<16>, dim3(n_rows), block, 0, s, x, w, n, eps, y, (__half *)y16, qs, ds));
-                break;
-        default:
-                CU_TRY(launch_pdl(rmsnorm_kernel<32>, dim3(n_rows), block, 0, s, x, w, n, eps, y, (__half *)y16, qs, ds));
-                break;
-        }
-        return 0;
+        return rmsnorm_launch<1>(e, s, x, w, n, n_rows, eps, y, y16, yq ? yq->qs : NULL,
+                                 yq ? (float2 *)yq->ds : NULL);
 }
 
 /* ---- rows of a matrix to floats, and whole matrices to halves ---- */
