@@ -459,27 +459,27 @@ static bool is_float_type(uint32_t t) {
                         return r_;                                                                              \
         } while (0)
 
-/* Q, K and V of a layer in as few launches as their types allow (all three share n_cols). */
-static int decode_qkv(CudaLlama *m, uint32_t l) {
+/* Q, K and V of layer l for n sequences (outputs ld apart) in as few launches as their types allow: all three
+ * share n_cols, and Q4_K_M gives V Q6_K in some layers. */
+static int run_qkv(CudaLlama *m, uint32_t l, const CudaMvInput *in, float *qkv, uint32_t n, uint32_t ld) {
         const uint32_t nq = m->c.n_head * m->c.head_dim, nk = m->c.n_head_kv * m->c.head_dim;
-        CudaMatrix ws[3] = {*weight(m, CUDA_W_Q, l), *weight(m, CUDA_W_K, l), *weight(m, CUDA_W_V, l)};
-        float *ys[3] = {m->qkv, m->qkv + nq, m->qkv + nq + nk};
+        const CudaMatrix ws[3] = {*weight(m, CUDA_W_Q, l), *weight(m, CUDA_W_K, l), *weight(m, CUDA_W_V, l)};
+        float *const ys[3] = {qkv, qkv + nq, qkv + nq + nk};
         bool done[3] = {false, false, false};
-        const CudaMvInput in = {m->xn, &m->xq};
 
         for (int i = 0; i < 3; i++) {
-                if (done[i])
-                        continue;
                 CudaMatrix g[3];
                 float *gy[3];
-                unsigned n = 0;
+                unsigned k = 0;
+                if (done[i])
+                        continue;
                 for (int j = i; j < 3; j++)
                         if (!done[j] && ws[j].type == ws[i].type) {
-                                g[n] = ws[j];
-                                gy[n++] = ys[j];
+                                g[k] = ws[j];
+                                gy[k++] = ys[j];
                                 done[j] = true;
                         }
-                TRY(cuda_matvec(m->stream, g, n, &in, gy, CUDA_MV_STORE));
+                TRY(cuda_matvec_batch(m->stream, g, k, in, gy, CUDA_MV_STORE, n, ld));
         }
         return 0;
 }
@@ -506,7 +506,7 @@ static int decode_layers(CudaLlama *m, CudaKv *kv, uint32_t l0, uint32_t l1) {
                         TRY(cuda_rmsnorm(m->stream, m->x, (const float *)weight(m, CUDA_W_ATTN_NORM, l)->data,
                                          c->n_embd, 1, c->norm_eps, m->xn, NULL, &m->xq));
                 if (mv)
-                        TRY(decode_qkv(m, l));
+                        TRY(run_qkv(m, l, &in_x, m->qkv, 1, 0));
                 const CudaAttnShape al = attn_shape_layer(m, a.n_ctx, l);
                 if (small)
                         TRY(cuda_attn_decode(m->stream, &al, m->qkv, kv->d_pos, kv->k + (l - m->l0) * kv_layer,
@@ -562,14 +562,14 @@ static int check_weights(CudaLlama *m) {
         return 0;
 }
 
-/* Replays (capturing first if needed) the decode graph of kv. */
-static int decode_graph(CudaLlama *m, CudaKv *kv) {
-        if (!kv->graph) {
+/* Replays *exec, capturing it first from what step(m, arg) launches if it is not made yet. */
+static int graph_replay(CudaLlama *m, cudaGraphExec_t *exec, int (*step)(CudaLlama *m, void *arg), void *arg) {
+        if (!*exec) {
                 cudaGraph_t g;
                 int r;
 
                 CU_TRY(cudaStreamBeginCapture(m->stream, cudaStreamCaptureModeThreadLocal));
-                r = decode_step(m, kv);
+                r = step(m, arg);
                 cudaError_t e = cudaStreamEndCapture(m->stream, &g);
                 if (r < 0) {
                         if (e == cudaSuccess)
@@ -577,12 +577,21 @@ static int decode_graph(CudaLlama *m, CudaKv *kv) {
                         return r;
                 }
                 CU_TRY(e);
-                e = cudaGraphInstantiate(&kv->graph, g, 0);
+                e = cudaGraphInstantiate(exec, g, 0);
                 (void)cudaGraphDestroy(g);
                 CU_TRY(e);
         }
-        CU_TRY(cudaGraphLaunch(kv->graph, m->stream));
+        CU_TRY(cudaGraphLaunch(*exec, m->stream));
         return 0;
+}
+
+static int decode_step_of(CudaLlama *m, void *kv) {
+        return decode_step(m, (CudaKv *)kv);
+}
+
+/* Replays (capturing first if needed) the decode graph of kv. */
+static int decode_graph(CudaLlama *m, CudaKv *kv) {
+        return graph_replay(m, &kv->graph, decode_step_of, kv);
 }
 
 static int prefill_alloc(CudaLlama *m) {
@@ -830,27 +839,10 @@ static int decode_step_batch(CudaLlama *m, uint32_t n) {
         for (uint32_t l = m->l0; l < m->l1; l++) {
                 const CudaMatrix *o = weight(m, CUDA_W_O, l), *down = weight(m, CUDA_W_DOWN, l);
                 CudaMatrix gu[2] = {*weight(m, CUDA_W_GATE, l), *weight(m, CUDA_W_UP, l)};
-                CudaMatrix ws[3] = {*weight(m, CUDA_W_Q, l), *weight(m, CUDA_W_K, l), *weight(m, CUDA_W_V, l)};
-                float *ys[3] = {m->bqkv, m->bqkv + nq, m->bqkv + nq + nk};
-                bool done[3] = {false, false, false};
 
                 TRY(cuda_rmsnorm(s, m->bx, (const float *)weight(m, CUDA_W_ATTN_NORM, l)->data, c->n_embd, n,
                                  c->norm_eps, m->bxn, NULL, &m->bxq));
-                /* Q, K and V in as few launches as their types allow. */
-                for (int i = 0; i < 3; i++) {
-                        CudaMatrix g[3];
-                        float *gy[3];
-                        unsigned k = 0;
-                        if (done[i])
-                                continue;
-                        for (int j = i; j < 3; j++)
-                                if (!done[j] && ws[j].type == ws[i].type) {
-                                        g[k] = ws[j];
-                                        gy[k++] = ys[j];
-                                        done[j] = true;
-                                }
-                        TRY(cuda_matvec_batch(s, g, k, &in_x, gy, CUDA_MV_STORE, n, nqkv));
-                }
+                TRY(run_qkv(m, l, &in_x, m->bqkv, n, nqkv));
                 const CudaAttnShape al = attn_shape_layer(m, a.n_ctx, l);
                 TRY(cuda_attn_decode_batch(s, &al, m->bqkv, n, m->bseqs, l - m->l0, m->b_scratch, m->batt,
                                            att_q ? &m->battq : NULL));
@@ -877,27 +869,13 @@ static int decode_step_batch(CudaLlama *m, uint32_t n) {
         return 0;
 }
 
+static int decode_step_batch_of(CudaLlama *m, void *n) {
+        return decode_step_batch(m, *(const uint32_t *)n);
+}
+
 /* Replays (capturing first if needed) the batched graph for n sequences. */
 static int decode_graph_batch(CudaLlama *m, uint32_t n) {
-        if (!m->bgraph[n]) {
-                cudaGraph_t g;
-                int r;
-
-                CU_TRY(cudaStreamBeginCapture(m->stream, cudaStreamCaptureModeThreadLocal));
-                r = decode_step_batch(m, n);
-                cudaError_t e = cudaStreamEndCapture(m->stream, &g);
-                if (r < 0) {
-                        if (e == cudaSuccess)
-                                (void)cudaGraphDestroy(g);
-                        return r;
-                }
-                CU_TRY(e);
-                e = cudaGraphInstantiate(&m->bgraph[n], g, 0);
-                (void)cudaGraphDestroy(g);
-                CU_TRY(e);
-        }
-        CU_TRY(cudaGraphLaunch(m->bgraph[n], m->stream));
-        return 0;
+        return graph_replay(m, &m->bgraph[n], decode_step_batch_of, &n);
 }
 
 /* Checks n sequences for a batched step at positions pos[i] (kv's own when pos is NULL) with n_new tokens
