@@ -1046,8 +1046,8 @@ static void check_attention_q8(uint32_t hd, uint32_t n_head, uint32_t n_kv, uint
                                         amax = fmax(amax, fabs(x[32 * b + i]));
                                 for (int i = 0; i < 32; i++) {
                                         uint32_t e = (h - n_head) % n_kv * hd + 32 * b + i;
-                                        const uint8_t *r = (h < n_head + n_kv ? kh : vh) + (size_t)t * row;
-                                        assert_true(fabs(q8_elem(r, e) - x[32 * b + i]) <= amax / 254 * 1.01 + 1e-6);
+                                        const uint8_t *cached = (h < n_head + n_kv ? kh : vh) + (size_t)t * row;
+                                        assert_true(fabs(q8_elem(cached, e) - x[32 * b + i]) <= amax / 254 * 1.01 + 1e-6);
                                 }
                         }
                         for (uint32_t d = 0; h < n_head && d < hd; d++)
