@@ -107,10 +107,37 @@ template <int NR, int EPI> __device__ __forceinline__ void mv_store(const MvArgs
         }
 }
 
+/* The same for NB columns (batched decode): lane j stores column j's sums. */
+template <int NR, int EPI, int NB>
+__device__ __forceinline__ void mv_store_b(const MvArgs &a, uint32_t r, const float (*acc)[NB], int lane) {
+        const uint8_t *row[2];
+        float *y;
+
+        mv_job<NR, EPI>(a, &r, row, &y);
+#pragma unroll
+        for (int j = 0; j < NB; j++) {
+                if (lane != j || (uint32_t)j >= a.nb)
+                        continue;
+                float *yj = y + (size_t)j * a.ldy;
+                if (EPI == CUDA_MV_SWIGLU)
+                        yj[r] = silu(acc[0][j]) * acc[NR - 1][j];
+                else if (EPI == CUDA_MV_STORE)
+#pragma unroll
+                        for (int i = 0; i < NR; i++)
+                                yj[NR * r + i] = acc[i][j];
+                else
+#pragma unroll
+                        for (int i = 0; i < NR; i++)
+                                yj[NR * r + i] += acc[i][j];
+        }
+}
+
 /*
  * Quantized weights. A persistent grid: warp gw takes rows gw, gw + total warps, ...; its rows' chunks form
  * one stream through STAGES shared-memory buffers per warp, so the loads for the next row are in flight
- * while the current one finishes. The 8-bit input is read from global memory (it stays in L1).
+ * while the current one finishes. The 8-bit input is read from global memory (it stays in L1). NB columns:
+ * one decode step of NB sequences at once (batched decode, below), 1 for a single one; the batched kernels
+ * are given more registers (4 blocks per multiprocessor) for their NB sums per row.
  */
 /* The register budget of a quantized type's kernel, as blocks per multiprocessor for __launch_bounds__: 51
  * registers (10 blocks) for the 32-element types, which measured 3-5 % faster than 64 with the same grid of 8
@@ -122,8 +149,8 @@ template <int T> struct MvOcc {
         enum { BLOCKS = Tr<T>::QK == 32 ? 10 : MV_OCC_K };
 };
 
-template <int T, int NR, int EPI>
-__global__ void __launch_bounds__(MV_WARPS * 32, MvOcc<T>::BLOCKS) mv_quant(const MvArgs a) {
+template <int T, int NR, int EPI, int NB>
+__global__ void __launch_bounds__(MV_WARPS * 32, NB == 1 ? MvOcc<T>::BLOCKS : 4) mv_quant(const MvArgs a) {
         typedef Chunk<T, NR> C;
         extern __shared__ __align__(16) uint8_t smem[];
         const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
@@ -184,10 +211,14 @@ __global__ void __launch_bounds__(MV_WARPS * 32, MvOcc<T>::BLOCKS) mv_quant(cons
                 issue();
         grid_dep_wait();
 
-        float acc[NR];
+        /* One column: each lane's share of a block dotted with the input as it is decoded (lane_dot());
+         * several: decoded once into registers (LaneW), then dotted with each column's input. */
+        float acc[NR][NB];
 #pragma unroll
         for (int i = 0; i < NR; i++)
-                acc[i] = 0.0f;
+#pragma unroll
+                for (int j = 0; j < NB; j++)
+                        acc[i][j] = 0.0f;
         const int bl = lane / C::LANES_PER_BLOCK, part = lane % C::LANES_PER_BLOCK;
         uint32_t c = 0, k = 0, st = 0;
         for (uint32_t s = 0; s < n_items; s++) {
@@ -197,10 +228,27 @@ __global__ void __launch_bounds__(MV_WARPS * 32, MvOcc<T>::BLOCKS) mv_quant(cons
                 uint32_t b = c * C::BLOCKS + bl;
                 if (b < n_blocks) {
                         const uint8_t *src = stage + st * NR * C::BYTES + bl * Tr<T>::BYTES;
+                        if (NB == 1) {
 #pragma unroll
-                        for (int i = 0; i < NR; i++)
-                                acc[i] += lane_dot<T>(src + i * C::BYTES, part, xq + (size_t)b * Tr<T>::QK,
-                                                      xd + (size_t)b * (Tr<T>::QK / 32));
+                                for (int i = 0; i < NR; i++)
+                                        acc[i][0] += lane_dot<T>(src + i * C::BYTES, part, xq + (size_t)b * Tr<T>::QK,
+                                                                 xd + (size_t)b * (Tr<T>::QK / 32));
+                        } else {
+                                LaneW<T> lw[NR];
+#pragma unroll
+                                for (int i = 0; i < NR; i++)
+                                        lw[i].load(src + i * C::BYTES, part);
+#pragma unroll
+                                for (int j = 0; j < NB; j++) {
+                                        if ((uint32_t)j >= a.nb)
+                                                break;
+                                        const int8_t *aq = xq + (size_t)j * a.n_cols + (size_t)b * Tr<T>::QK;
+                                        const float2 *ad = xd + (size_t)j * (a.n_cols / 32) + (size_t)b * (Tr<T>::QK / 32);
+#pragma unroll
+                                        for (int i = 0; i < NR; i++)
+                                                acc[i][j] += lw[i].dot(aq, ad);
+                                }
+                        }
                 }
                 __syncwarp();
                 if (++st == C::STAGES)
@@ -208,12 +256,25 @@ __global__ void __launch_bounds__(MV_WARPS * 32, MvOcc<T>::BLOCKS) mv_quant(cons
                 if (++c == n_chunks) {
 #pragma unroll
                         for (int i = 0; i < NR; i++)
-                                acc[i] = warp_sum(acc[i]);
-                        if (lane == 0)
-                                mv_store<NR, EPI>(a, gw + k * tw, acc);
+#pragma unroll
+                                for (int j = 0; j < NB; j++)
+                                        acc[i][j] = warp_sum(acc[i][j]);
+                        if (NB == 1) {
+                                if (lane == 0) {
+                                        float one[NR];
+#pragma unroll
+                                        for (int i = 0; i < NR; i++)
+                                                one[i] = acc[i][0];
+                                        mv_store<NR, EPI>(a, gw + k * tw, one);
+                                }
+                        } else {
+                                mv_store_b<NR, EPI, NB>(a, gw + k * tw, acc, lane);
+                        }
 #pragma unroll
                         for (int i = 0; i < NR; i++)
-                                acc[i] = 0.0f;
+#pragma unroll
+                                for (int j = 0; j < NB; j++)
+                                        acc[i][j] = 0.0f;
                         c = 0;
                         k++;
                 }
@@ -337,147 +398,15 @@ __global__ void __launch_bounds__(MV_WARPS * 32) mv_float(const MvArgs a) {
 
 
 /* ---- several columns at once: one decode step of several sequences ----
- * The same stream of weights as above, each block decoded once from shared memory and multiplied with the
- * nb <= NB activation rows (one per sequence), so that a step of nb sequences reads every weight once.
- * Adjacent rows go in pairs (SwiGLU: the gate and the up row) whatever the type: here the activation loads,
- * nb of them per weight block, are what limits the kernel (a warp's 16-byte loads of one block's activations
- * touch 64 bytes apart, four times the L1 wavefronts of contiguous loads), and a pair halves them. Column j's input is at aq + j * n_cols (ads + j * n_cols / 32, x + j * n_cols) and its output
+ * mv_quant() with NB > 1 columns, and mv_float_b() below: the same stream of weights, each block decoded once
+ * and multiplied with the nb <= NB activation rows (one per sequence), so that a step of nb sequences reads
+ * every weight once. Adjacent rows go in pairs (SwiGLU: the gate and the up row) whatever the type: here the
+ * activation loads, nb of them per weight block, are what limits the kernel (a warp's 16-byte loads of one
+ * block's activations touch 64 bytes apart, four times the L1 wavefronts of contiguous loads), and a pair
+ * halves them. Column j's input is at aq + j * n_cols (ads + j * n_cols / 32, x + j * n_cols) and its output
  * at y[i] + j * ldy. */
 
 #define MVB_MAX 16 /* columns per launch; more sequences go through several launches */
-
-template <int NR, int EPI, int NB>
-__device__ __forceinline__ void mv_store_b(const MvArgs &a, uint32_t r, const float (*acc)[NB], int lane) {
-        const uint8_t *row[2];
-        float *y;
-
-        mv_job<NR, EPI>(a, &r, row, &y);
-#pragma unroll
-        for (int j = 0; j < NB; j++) {
-                if (lane != j || (uint32_t)j >= a.nb)
-                        continue;
-                float *yj = y + (size_t)j * a.ldy;
-                if (EPI == CUDA_MV_SWIGLU)
-                        yj[r] = silu(acc[0][j]) * acc[NR - 1][j];
-                else if (EPI == CUDA_MV_STORE)
-#pragma unroll
-                        for (int i = 0; i < NR; i++)
-                                yj[NR * r + i] = acc[i][j];
-                else
-#pragma unroll
-                        for (int i = 0; i < NR; i++)
-                                yj[NR * r + i] += acc[i][j];
-        }
-}
-
-template <int T, int NR, int EPI, int NB>
-__global__ void __launch_bounds__(MV_WARPS * 32, 4) mv_quant_b(const MvArgs a) {
-        typedef Chunk<T, NR> C;
-        extern __shared__ __align__(16) uint8_t smem[];
-        const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-        const uint32_t gw = blockIdx.x * MV_WARPS + wid, tw = gridDim.x * MV_WARPS;
-        uint8_t *stage = smem + (size_t)wid * C::STAGES * NR * C::BYTES;
-        const uint32_t n_blocks = a.n_cols / Tr<T>::QK;
-        const uint32_t n_chunks = (n_blocks + C::BLOCKS - 1) / C::BLOCKS;
-        const uint32_t row_units = (n_blocks * Tr<T>::BYTES + 15) / 16;
-        const uint32_t my_rows = gw < a.n_rows ? (a.n_rows - gw + tw - 1) / tw : 0;
-        const uint32_t n_items = my_rows * n_chunks;
-        uint32_t is_s = 0, is_c = 0, is_k = 0, is_st = 0;
-        const uint8_t *is_row[NR];
-
-        grid_dep_launch();
-        auto set_issue_row = [&]() {
-                uint32_t r = gw + is_k * tw;
-                const uint8_t *rows[2];
-                float *y;
-                mv_job<NR, EPI>(a, &r, rows, &y);
-#pragma unroll
-                for (int i = 0; i < NR; i++)
-                        is_row[i] = rows[i];
-        };
-        auto issue = [&]() {
-                if (is_s < n_items) {
-                        uint8_t *dst = stage + is_st * NR * C::BYTES;
-#pragma unroll
-                        for (int i = 0; i < NR; i++)
-#pragma unroll
-                                for (uint32_t u0 = 0; u0 < C::UNITS; u0 += 32) {
-                                        uint32_t u = u0 + lane;
-                                        if (u < C::UNITS && is_c * C::UNITS + u < row_units)
-                                                cp_async16(dst + i * C::BYTES + 16 * u,
-                                                           is_row[i] + (size_t)is_c * C::BYTES + 16 * u);
-                                }
-                        is_s++;
-                        if (++is_st == C::STAGES)
-                                is_st = 0;
-                        if (++is_c == n_chunks) {
-                                is_c = 0;
-                                is_k++;
-                                if (is_s < n_items)
-                                        set_issue_row();
-                        }
-                }
-                cp_async_commit();
-        };
-
-        if (n_items)
-                set_issue_row();
-#pragma unroll
-        for (int s = 0; s < C::STAGES - 1; s++)
-                issue();
-        grid_dep_wait();
-
-        float acc[NR][NB];
-#pragma unroll
-        for (int i = 0; i < NR; i++)
-#pragma unroll
-                for (int j = 0; j < NB; j++)
-                        acc[i][j] = 0.0f;
-        const int bl = lane / C::LANES_PER_BLOCK, part = lane % C::LANES_PER_BLOCK;
-        const size_t xstride = a.n_cols, dstride = a.n_cols / 32;
-        uint32_t c = 0, k = 0, st = 0;
-        for (uint32_t s = 0; s < n_items; s++) {
-                issue();
-                cp_async_wait<C::STAGES - 1>();
-                __syncwarp();
-                uint32_t b = c * C::BLOCKS + bl;
-                if (b < n_blocks) {
-                        const uint8_t *src = stage + st * NR * C::BYTES + bl * Tr<T>::BYTES;
-                        LaneW<T> lw[NR];
-#pragma unroll
-                        for (int i = 0; i < NR; i++)
-                                lw[i].load(src + i * C::BYTES, part);
-#pragma unroll
-                        for (int j = 0; j < NB; j++) {
-                                if ((uint32_t)j >= a.nb)
-                                        break;
-                                const int8_t *aq = a.aq + j * xstride + (size_t)b * Tr<T>::QK;
-                                const float2 *ad = a.ads + j * dstride + (size_t)b * (Tr<T>::QK / 32);
-#pragma unroll
-                                for (int i = 0; i < NR; i++)
-                                        acc[i][j] += lw[i].dot(aq, ad);
-                        }
-                }
-                __syncwarp();
-                if (++st == C::STAGES)
-                        st = 0;
-                if (++c == n_chunks) {
-#pragma unroll
-                        for (int i = 0; i < NR; i++)
-#pragma unroll
-                                for (int j = 0; j < NB; j++)
-                                        acc[i][j] = warp_sum(acc[i][j]);
-                        mv_store_b<NR, EPI, NB>(a, gw + k * tw, acc, lane);
-#pragma unroll
-                        for (int i = 0; i < NR; i++)
-#pragma unroll
-                                for (int j = 0; j < NB; j++)
-                                        acc[i][j] = 0.0f;
-                        c = 0;
-                        k++;
-                }
-        }
-}
 
 /* Float weights, several columns: 16 bytes of each row per lane per step, two steps in flight. */
 template <int T, int NR, int EPI, int NB>
@@ -584,7 +513,7 @@ template <int T, int NR, int EPI> static int mv_launch_quant(CudaStream s, const
 
         if (!a.aq)
                 return -EINVAL;
-        return mv_launch(mv_quant<T, NR, EPI>, s, a, smem, mv_grid_per_sm());
+        return mv_launch(mv_quant<T, NR, EPI, 1>, s, a, smem, mv_grid_per_sm());
 }
 
 /* The float kernels use no shared memory and read their activations through L1: they ask for the largest L1
@@ -768,7 +697,7 @@ template <int NR, int EPI, int NB> static int mv_dispatch_b(CudaStream s, uint32
                 static int occ; /* blocks per multiprocessor, found on first use */                            \
                 if (!a.aq)                                                                                      \
                         return -EINVAL;                                                                         \
-                return mv_launch_b(mv_quant_b<T, NR, EPI, NB>, s, a, MV_SMEM(T, NR), &occ);                \
+                return mv_launch_b(mv_quant<T, NR, EPI, NB>, s, a, MV_SMEM(T, NR), &occ);                \
         }
 #define MVB_F(T)                                                                                                \
         case T: {                                                                                               \
@@ -884,15 +813,7 @@ __global__ void quantize_q8_kernel(const float *x, uint32_t n_total, int8_t *qs,
         grid_dep_wait();
         if (i - (i & 31) >= n_total)
                 return;
-        float v = i < n_total ? x[i] : 0.0f;
-        float amax = warp_max(fabsf(v));
-        float d = amax / 127.0f;
-        int q = amax > 0.0f ? __float2int_rn(v / d) : 0;
-        float sum = warp_sum((float)q);
-        if (i < n_total)
-                qs[i] = (int8_t)q;
-        if ((i & 31) == 0)
-                ds[i / 32] = make_float2(d, d * sum);
+        warp_quantize(x[i], qs + (i & ~31u), ds + i / 32);
 }
 
 extern "C" int cuda_quantize_q8(CudaStream s, const float *x, uint32_t n, uint32_t n_rows, const CudaQ8 *ret) {

@@ -71,19 +71,6 @@ __device__ float block_max(float v, float *red) {
         return warp_max(v);
 }
 
-/* One warp's 32 values to 8 bits: each lane holds one. */
-__device__ __forceinline__ void warp_quantize(float v, int8_t *qs, float2 *ds) {
-        int lane = threadIdx.x & 31;
-        float amax = warp_max(fabsf(v));
-        float d = amax / 127.0f;
-        int q = amax > 0.0f ? __float2int_rn(v / d) : 0;
-        float sum = warp_sum((float)q);
-
-        qs[lane] = (int8_t)q;
-        if (lane == 0)
-                *ds = make_float2(d, d * sum);
-}
-
 /* ---- RMSNorm: one block per row ----
  * Thread t holds elements [t E, t E + E) in registers, all loaded before any is used (the row sits in L2;
  * a loop that waited for each load in turn cost several microseconds). A group of 32 / E neighbouring lanes

@@ -196,7 +196,9 @@ template <> __device__ __forceinline__ void dq8<GGML_TYPE_Q6_K>(const uint8_t *r
 #endif
 template <int N> __device__ __forceinline__ void ld_words_a2(const uint8_t *p, uint32_t *w) {
 #if MV_ALIGNED_LOADS
-        const uint32_t *a = (const uint32_t *)((uintptr_t)p & ~(uintptr_t)3);
+        /* p minus its misalignment rather than an integer mask: a pointer derived from p keeps its state
+         * space, so that weights staged in shared memory are read with shared (not generic) loads. */
+        const uint32_t *a = (const uint32_t *)(p - ((uintptr_t)p & 3));
         const uint32_t sh = ((uint32_t)(uintptr_t)p & 2u) * 8u;
         uint32_t prev = a[0];
 #pragma unroll
@@ -214,80 +216,94 @@ template <int N> __device__ __forceinline__ void ld_words_a2(const uint8_t *p, u
 
 template <int T> __device__ __forceinline__ float lane_dot(const uint8_t *blk, int part, const int8_t *aq, const float2 *ads);
 
-template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q4_0>(const uint8_t *b, int, const int8_t *aq, const float2 *ads) {
-        int4 a0 = ((const int4 *)aq)[0], a1 = ((const int4 *)aq)[1];
-        const int *lo = (const int *)&a0, *hi = (const int *)&a1;
+/* The 32-element types: the lane's block as 32 8-bit values in eight words, words 0-3 holding elements 0-15
+ * and words 4-7 elements 16-31 (Q4_0's and Q4_1's low and high nibbles, Q5's with their fifth bits, Q8_0's
+ * bytes), dotted with the block's 32 8-bit activations. */
+struct Act32 {
+        int4 lo, hi;
+};
+
+/* Loaded first thing in a lane's dot product: these come from L1 or L2, the weights from shared memory. */
+__device__ __forceinline__ Act32 ld_act32(const int8_t *aq) {
+        return {((const int4 *)aq)[0], ((const int4 *)aq)[1]};
+}
+
+__device__ __forceinline__ int dp4a_block32(const int *w, const Act32 &a) {
+        const int *lo = (const int *)&a.lo, *hi = (const int *)&a.hi;
         int s = 0;
-        uint32_t ws[4];
-        ld_words_a2<4>(b + 2, ws);
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-                uint32_t w = ws[k];
-                s = __dp4a((int)(w & M4), lo[k], s);
-                s = __dp4a((int)((w >> 4) & M4), hi[k], s);
+                s = __dp4a(w[k], lo[k], s);
+                s = __dp4a(w[4 + k], hi[k], s);
         }
+        return s;
+}
+
+/* Q4_0's and Q4_1's 32 nibbles (4 words) as eight words of values 0-15. */
+__device__ __forceinline__ void q4_nibbles(const uint32_t *ws, int *w) {
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+                w[k] = (int)(ws[k] & M4), w[4 + k] = (int)((ws[k] >> 4) & M4);
+}
+
+/* Q5_0's and Q5_1's nibbles with their fifth bits qh: values 0-31. */
+__device__ __forceinline__ void q5_values(const uint32_t *ws, uint32_t qh, int *w) {
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+                w[k] = (int)((ws[k] & M4) | (spread4(qh >> (4 * k)) << 4));
+                w[4 + k] = (int)(((ws[k] >> 4) & M4) | (spread4(qh >> (16 + 4 * k)) << 4));
+        }
+}
+
+template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q4_0>(const uint8_t *b, int, const int8_t *aq, const float2 *ads) {
+        const Act32 a = ld_act32(aq);
+        uint32_t ws[4];
+        int w[8];
+        ld_words_a2<4>(b + 2, ws);
+        q4_nibbles(ws, w);
         float2 ds = ads[0];
-        return ld_half(b) * (ds.x * (float)s - 8.0f * ds.y);
+        return ld_half(b) * (ds.x * (float)dp4a_block32(w, a) - 8.0f * ds.y);
 }
 
 template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q4_1>(const uint8_t *b, int, const int8_t *aq, const float2 *ads) {
-        int4 a0 = ((const int4 *)aq)[0], a1 = ((const int4 *)aq)[1];
-        const int *lo = (const int *)&a0, *hi = (const int *)&a1;
-        int s = 0;
+        const Act32 a = ld_act32(aq);
+        uint32_t ws[4];
+        int w[8];
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-                uint32_t w = ld_u32_a4(b + 4 + 4 * k);
-                s = __dp4a((int)(w & M4), lo[k], s);
-                s = __dp4a((int)((w >> 4) & M4), hi[k], s);
-        }
+        for (int k = 0; k < 4; k++)
+                ws[k] = ld_u32_a4(b + 4 + 4 * k);
+        q4_nibbles(ws, w);
         float2 ds = ads[0];
-        return ld_half(b) * ds.x * (float)s + ld_half(b + 2) * ds.y;
+        return ld_half(b) * ds.x * (float)dp4a_block32(w, a) + ld_half(b + 2) * ds.y;
 }
 
 template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q5_0>(const uint8_t *b, int, const int8_t *aq, const float2 *ads) {
-        int4 a0 = ((const int4 *)aq)[0], a1 = ((const int4 *)aq)[1];
-        const int *lo = (const int *)&a0, *hi = (const int *)&a1;
+        const Act32 a = ld_act32(aq);
         uint32_t ws[5];
+        int w[8];
         ld_words_a2<5>(b + 2, ws);
-        uint32_t qh = ws[0];
-        int s = 0;
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-                uint32_t w = ws[1 + k];
-                s = __dp4a((int)((w & M4) | (spread4(qh >> (4 * k)) << 4)), lo[k], s);
-                s = __dp4a((int)(((w >> 4) & M4) | (spread4(qh >> (16 + 4 * k)) << 4)), hi[k], s);
-        }
+        q5_values(ws + 1, ws[0], w);
         float2 ds = ads[0];
-        return ld_half(b) * (ds.x * (float)s - 16.0f * ds.y);
+        return ld_half(b) * (ds.x * (float)dp4a_block32(w, a) - 16.0f * ds.y);
 }
 
 template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q5_1>(const uint8_t *b, int, const int8_t *aq, const float2 *ads) {
-        int4 a0 = ((const int4 *)aq)[0], a1 = ((const int4 *)aq)[1];
-        const int *lo = (const int *)&a0, *hi = (const int *)&a1;
-        uint32_t qh = ld_u32_a4(b + 4);
-        int s = 0;
+        const Act32 a = ld_act32(aq);
+        uint32_t ws[4];
+        int w[8];
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-                uint32_t w = ld_u32_a4(b + 8 + 4 * k);
-                s = __dp4a((int)((w & M4) | (spread4(qh >> (4 * k)) << 4)), lo[k], s);
-                s = __dp4a((int)(((w >> 4) & M4) | (spread4(qh >> (16 + 4 * k)) << 4)), hi[k], s);
-        }
+        for (int k = 0; k < 4; k++)
+                ws[k] = ld_u32_a4(b + 8 + 4 * k);
+        q5_values(ws, ld_u32_a4(b + 4), w);
         float2 ds = ads[0];
-        return ld_half(b) * ds.x * (float)s + ld_half(b + 2) * ds.y;
+        return ld_half(b) * ds.x * (float)dp4a_block32(w, a) + ld_half(b + 2) * ds.y;
 }
 
 template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q8_0>(const uint8_t *b, int, const int8_t *aq, const float2 *ads) {
-        int4 a0 = ((const int4 *)aq)[0], a1 = ((const int4 *)aq)[1];
-        const int *lo = (const int *)&a0, *hi = (const int *)&a1;
-        int s = 0;
-        uint32_t ws[8];
-        ld_words_a2<8>(b + 2, ws);
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-                s = __dp4a((int)ws[k], lo[k], s);
-                s = __dp4a((int)ws[4 + k], hi[k], s);
-        }
-        return ld_half(b) * ads[0].x * (float)s;
+        const Act32 a = ld_act32(aq);
+        int w[8];
+        ld_words_a2<8>(b + 2, (uint32_t *)w);
+        return ld_half(b) * ads[0].x * (float)dp4a_block32(w, a);
 }
 
 /* Q2_K and Q3_K and Q6_K: part p covers half n = p / 2 (128 elements) and, in it, the 16 positions
@@ -444,27 +460,17 @@ template <int T> struct LaneW {
 };
 
 template <> struct LaneW<GGML_TYPE_Q4_0> {
-        int lo[4], hi[4];
+        int q[8];
         float d;
         __device__ __forceinline__ void load(const uint8_t *b, int) {
                 uint32_t ws[4];
                 ld_words_a2<4>(b + 2, ws);
-#pragma unroll
-                for (int k = 0; k < 4; k++)
-                        lo[k] = (int)(ws[k] & M4), hi[k] = (int)((ws[k] >> 4) & M4);
+                q4_nibbles(ws, q);
                 d = ld_half(b);
         }
         __device__ __forceinline__ float dot(const int8_t *aq, const float2 *ads) const {
-                int4 a0 = ((const int4 *)aq)[0], a1 = ((const int4 *)aq)[1];
-                const int *al = (const int *)&a0, *ah = (const int *)&a1;
-                int s = 0;
-#pragma unroll
-                for (int k = 0; k < 4; k++) {
-                        s = __dp4a(lo[k], al[k], s);
-                        s = __dp4a(hi[k], ah[k], s);
-                }
                 float2 ds = ads[0];
-                return d * (ds.x * (float)s - 8.0f * ds.y);
+                return d * (ds.x * (float)dp4a_block32(q, ld_act32(aq)) - 8.0f * ds.y);
         }
 };
 
@@ -476,15 +482,7 @@ template <> struct LaneW<GGML_TYPE_Q8_0> {
                 d = ld_half(b);
         }
         __device__ __forceinline__ float dot(const int8_t *aq, const float2 *ads) const {
-                int4 a0 = ((const int4 *)aq)[0], a1 = ((const int4 *)aq)[1];
-                const int *al = (const int *)&a0, *ah = (const int *)&a1;
-                int s = 0;
-#pragma unroll
-                for (int k = 0; k < 4; k++) {
-                        s = __dp4a(q[k], al[k], s);
-                        s = __dp4a(q[4 + k], ah[k], s);
-                }
-                return d * ads[0].x * (float)s;
+                return d * ads[0].x * (float)dp4a_block32(q, ld_act32(aq));
         }
 };
 
@@ -558,5 +556,19 @@ template <> struct LaneW<GGML_TYPE_Q6_K> {
                 return d * acc;
         }
 };
+
+/* The 8-bit activations the products read (CudaQ8): one warp's 32 values, each lane holding one, with
+ * the scale d and d times the sum of the quantized values (for the offsets of Q4_0 and Q5_0). */
+__device__ __forceinline__ void warp_quantize(float v, int8_t *qs, float2 *ds) {
+        int lane = threadIdx.x & 31;
+        float amax = warp_max(fabsf(v));
+        float d = amax / 127.0f;
+        int q = amax > 0.0f ? __float2int_rn(v / d) : 0;
+        float sum = warp_sum((float)q);
+
+        qs[lane] = (int8_t)q;
+        if (lane == 0)
+                *ds = make_float2(d, d * sum);
+}
 
 } /* namespace */
