@@ -486,14 +486,20 @@ static void test_matvec(void **state) {
                 uint32_t t = all_types[i];
                 bool k = ggml_type_info(t)->block_size == 256;
                 /* A whole number of chunks, and a row that ends inside a chunk; even row counts of K-quants
-                 * go through the kernels in pairs of rows, odd ones one row at a time. */
+                 * go through the kernels in pairs of rows, odd ones one row at a time; three chunks a row,
+                 * and one. */
                 check_matvec(t, 4096, 68);
                 check_matvec(t, 4096, 67);
                 check_matvec(t, k ? 11 * 256 : 33 * 32, 45);
                 check_matvec(t, k ? 11 * 256 : 33 * 32, 46);
+                check_matvec(t, k ? 24 * 256 : 65 * 32, 30);
+                check_matvec(t, k ? 3 * 256 : 9 * 32, 40);
                 if (is_float_type(t))
                         check_matvec(t, 172, 31);
         }
+        /* More rows than an H100's grid has warps (4224): warps take several rows, pairs or not. */
+        check_matvec(GGML_TYPE_Q4_K, 4096, 4600);
+        check_matvec(GGML_TYPE_Q8_0, 4096, 4601);
 }
 
 /* The batched products (several sequences' inputs at once) against the host reference: nb inputs, two
