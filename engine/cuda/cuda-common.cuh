@@ -139,22 +139,36 @@ static inline bool cuda_pdl_enabled(void) {
 
 /* Launches a kernel with programmatic dependent launch allowed, so that it may start (and stream its
  * weights) while the kernel before it finishes; the kernel waits with griddepcontrol before reading what
- * that one wrote. */
+ * that one wrote. carveout: the shared memory to ask for, in percent of the multiprocessor's (0-100; L1
+ * gets the rest), or -1 to leave it to the function's attributes. */
 template <typename... KArgs, typename... Args>
-static inline cudaError_t launch_pdl(void (*k)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
-                                     Args... args) {
+static inline cudaError_t launch_pdl_carveout(void (*k)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                                              cudaStream_t s, int carveout, Args... args) {
         cudaLaunchConfig_t cfg = {};
-        cudaLaunchAttribute attr[1];
+        cudaLaunchAttribute attr[2];
+        unsigned n = 0;
 
         cfg.gridDim = grid;
         cfg.blockDim = block;
         cfg.dynamicSmemBytes = smem;
         cfg.stream = s;
-        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        if (cuda_pdl_enabled()) {
+                attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+                attr[n++].val.programmaticStreamSerializationAllowed = 1;
+        }
+        if (carveout >= 0) {
+                attr[n].id = cudaLaunchAttributePreferredSharedMemoryCarveout;
+                attr[n++].val.sharedMemCarveout = (unsigned)carveout;
+        }
         cfg.attrs = attr;
-        cfg.numAttrs = cuda_pdl_enabled() ? 1 : 0;
+        cfg.numAttrs = n;
         return cudaLaunchKernelEx(&cfg, k, args...);
+}
+
+template <typename... KArgs, typename... Args>
+static inline cudaError_t launch_pdl(void (*k)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                                     Args... args) {
+        return launch_pdl_carveout(k, grid, block, smem, s, -1, args...);
 }
 
 /* Waits for the grid this one depends on (see launch_pdl()); a no-op when launched without the attribute. */

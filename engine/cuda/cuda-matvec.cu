@@ -496,11 +496,53 @@ static dim3 mv_grid(uint32_t n_rows, uint32_t per_sm) {
         return dim3(want < most ? want : most);
 }
 
+/* Whether a quantized product asks for only the shared memory its blocks need: yes unless
+ * QUANTD_CUDA_CARVEOUT=0 (timing studies). */
+static bool mv_carveout_enabled(void) {
+        static int on = -1;
+
+        if (on < 0) {
+                const char *e = getenv("QUANTD_CUDA_CARVEOUT");
+                on = !(e && e[0] == '0');
+        }
+        return on;
+}
+
+/* For a grid smaller than the persistent one (per_sm blocks a multiprocessor), the shared memory its blocks
+ * need on each multiprocessor, in percent of what one has, plus 10 points: the driver rounds a preference to
+ * the nearest size the hardware offers (on sm_90 0, 8, 16, 32, 64, 100, 132, 164, 196, 228 KB, never more
+ * than 36 KB apart), which the margin keeps above the need. The rest is L1. Full grids keep the driver's
+ * choice: asking the same of them measured 0.6 % slower for Q8_0 (bench/cuda-notes.md v34). */
+static int mv_carveout(uint32_t grid, size_t smem, uint32_t per_sm_max) {
+        static int max_smem[64];
+        int dev = 0;
+
+        if (!mv_carveout_enabled() || cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64)
+                return -1;
+        if (!max_smem[dev] &&
+            cudaDeviceGetAttribute(&max_smem[dev], cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess)
+                return -1;
+        if (max_smem[dev] <= 0)
+                return -1;
+        const uint64_t sms = (uint64_t)sm_count(), per_sm = (grid + sms - 1) / sms;
+        if (per_sm >= per_sm_max)
+                return -1;
+        const uint64_t need = per_sm * (smem + 1024); /* the driver reserves 1 KB a block */
+        const uint64_t pct = (need * 100 + (uint64_t)max_smem[dev] - 1) / (uint64_t)max_smem[dev] + 10;
+        return pct >= 100 ? 100 : (int)pct;
+}
+
 template <typename K>
 static int mv_launch(K kernel, CudaStream s, const MvArgs &a, size_t smem, uint32_t per_sm) {
+        const dim3 grid = mv_grid(a.n_rows, per_sm);
+
         if (smem > 48 * 1024)
                 CU_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        CU_TRY(launch_pdl(kernel, mv_grid(a.n_rows, per_sm), dim3(MV_WARPS * 32), smem, s, a));
+        /* A grid smaller than the device's leaves shared memory unused: give it to L1 (the output and down
+         * projections of 7-8B models in K-quant row pairs: 512 blocks, about 4 a multiprocessor). Float
+         * kernels (smem 0) keep their function attribute (prefer_l1()). */
+        CU_TRY(launch_pdl_carveout(kernel, grid, dim3(MV_WARPS * 32), smem, s,
+                                   smem ? mv_carveout(grid.x, smem, per_sm) : -1, a));
         return 0;
 }
 
