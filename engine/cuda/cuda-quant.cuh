@@ -214,6 +214,13 @@ template <int N> __device__ __forceinline__ void ld_words_a2(const uint8_t *p, u
 #endif
 }
 
+/* N words from p, 4-byte aligned (Q4_1 and Q5_1 blocks: 20 and 24 bytes). */
+template <int N> __device__ __forceinline__ void ld_words_a4(const uint8_t *p, uint32_t *w) {
+#pragma unroll
+        for (int k = 0; k < N; k++)
+                w[k] = ld_u32_a4(p + 4 * k);
+}
+
 template <int T> __device__ __forceinline__ float lane_dot(const uint8_t *blk, int part, const int8_t *aq, const float2 *ads);
 
 /* The 32-element types: the lane's block as 32 8-bit values in eight words, words 0-3 holding elements 0-15
@@ -255,56 +262,58 @@ __device__ __forceinline__ void q5_values(const uint32_t *ws, uint32_t qh, int *
         }
 }
 
-template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q4_0>(const uint8_t *b, int, const int8_t *aq, const float2 *ads) {
-        const Act32 a = ld_act32(aq);
+/* A 32-element block's values as eight words (see dp4a_block32()). */
+template <int T> __device__ __forceinline__ void values32(const uint8_t *b, int *w);
+template <> __device__ __forceinline__ void values32<GGML_TYPE_Q4_0>(const uint8_t *b, int *w) {
         uint32_t ws[4];
-        int w[8];
         ld_words_a2<4>(b + 2, ws);
         q4_nibbles(ws, w);
-        float2 ds = ads[0];
-        return ld_half(b) * (ds.x * (float)dp4a_block32(w, a) - 8.0f * ds.y);
 }
-
-template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q4_1>(const uint8_t *b, int, const int8_t *aq, const float2 *ads) {
-        const Act32 a = ld_act32(aq);
+template <> __device__ __forceinline__ void values32<GGML_TYPE_Q4_1>(const uint8_t *b, int *w) {
         uint32_t ws[4];
-        int w[8];
-#pragma unroll
-        for (int k = 0; k < 4; k++)
-                ws[k] = ld_u32_a4(b + 4 + 4 * k);
+        ld_words_a4<4>(b + 4, ws);
         q4_nibbles(ws, w);
-        float2 ds = ads[0];
-        return ld_half(b) * ds.x * (float)dp4a_block32(w, a) + ld_half(b + 2) * ds.y;
 }
-
-template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q5_0>(const uint8_t *b, int, const int8_t *aq, const float2 *ads) {
-        const Act32 a = ld_act32(aq);
+template <> __device__ __forceinline__ void values32<GGML_TYPE_Q5_0>(const uint8_t *b, int *w) {
         uint32_t ws[5];
-        int w[8];
         ld_words_a2<5>(b + 2, ws);
         q5_values(ws + 1, ws[0], w);
-        float2 ds = ads[0];
-        return ld_half(b) * (ds.x * (float)dp4a_block32(w, a) - 16.0f * ds.y);
 }
-
-template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q5_1>(const uint8_t *b, int, const int8_t *aq, const float2 *ads) {
-        const Act32 a = ld_act32(aq);
-        uint32_t ws[4];
-        int w[8];
-#pragma unroll
-        for (int k = 0; k < 4; k++)
-                ws[k] = ld_u32_a4(b + 8 + 4 * k);
-        q5_values(ws, ld_u32_a4(b + 4), w);
-        float2 ds = ads[0];
-        return ld_half(b) * ds.x * (float)dp4a_block32(w, a) + ld_half(b + 2) * ds.y;
+template <> __device__ __forceinline__ void values32<GGML_TYPE_Q5_1>(const uint8_t *b, int *w) {
+        uint32_t ws[5];
+        ld_words_a4<5>(b + 4, ws);
+        q5_values(ws + 1, ws[0], w);
 }
-
-template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q8_0>(const uint8_t *b, int, const int8_t *aq, const float2 *ads) {
-        const Act32 a = ld_act32(aq);
-        int w[8];
+template <> __device__ __forceinline__ void values32<GGML_TYPE_Q8_0>(const uint8_t *b, int *w) {
         ld_words_a2<8>(b + 2, (uint32_t *)w);
-        return ld_half(b) * ads[0].x * (float)dp4a_block32(w, a);
 }
+
+/* The 32-element types' lane_dot(): the block's scale d (the first half), with Q4_1 and Q5_1 their minimum
+ * (the second), with Q4_0 and Q5_0 their values' offset of 8 and 16 (ads's y: d times the sum of the 8-bit
+ * activations). */
+template <int T> __device__ __forceinline__ float lane_dot32(const uint8_t *b, const int8_t *aq, const float2 *ads) {
+        const Act32 a = ld_act32(aq);
+        int w[8];
+        values32<T>(b, w);
+        if (T == GGML_TYPE_Q8_0)
+                return ld_half(b) * ads[0].x * (float)dp4a_block32(w, a);
+        const float2 ds = ads[0];
+        if (T == GGML_TYPE_Q4_1 || T == GGML_TYPE_Q5_1)
+                return ld_half(b) * ds.x * (float)dp4a_block32(w, a) + ld_half(b + 2) * ds.y;
+        return ld_half(b) * (ds.x * (float)dp4a_block32(w, a) - (T == GGML_TYPE_Q4_0 ? 8.0f : 16.0f) * ds.y);
+}
+
+#define LANE_DOT32(T)                                                                                           \
+        template <> __device__ __forceinline__ float lane_dot<T>(const uint8_t *b, int, const int8_t *aq,       \
+                                                                 const float2 *ads) {                           \
+                return lane_dot32<T>(b, aq, ads);                                                               \
+        }
+LANE_DOT32(GGML_TYPE_Q4_0)
+LANE_DOT32(GGML_TYPE_Q4_1)
+LANE_DOT32(GGML_TYPE_Q5_0)
+LANE_DOT32(GGML_TYPE_Q5_1)
+LANE_DOT32(GGML_TYPE_Q8_0)
+#undef LANE_DOT32
 
 /* Q2_K and Q3_K and Q6_K: part p covers half n = p / 2 (128 elements) and, in it, the 16 positions
  * l0 = 16 * (p % 2) .. l0 + 15 of each of the half's four groups of 32. */
@@ -463,9 +472,7 @@ template <> struct LaneW<GGML_TYPE_Q4_0> {
         int q[8];
         float d;
         __device__ __forceinline__ void load(const uint8_t *b, int) {
-                uint32_t ws[4];
-                ld_words_a2<4>(b + 2, ws);
-                q4_nibbles(ws, q);
+                values32<GGML_TYPE_Q4_0>(b, q);
                 d = ld_half(b);
         }
         __device__ __forceinline__ float dot(const int8_t *aq, const float2 *ads) const {
@@ -478,7 +485,7 @@ template <> struct LaneW<GGML_TYPE_Q8_0> {
         int q[8];
         float d;
         __device__ __forceinline__ void load(const uint8_t *b, int) {
-                ld_words_a2<8>(b + 2, (uint32_t *)q);
+                values32<GGML_TYPE_Q8_0>(b, q);
                 d = ld_half(b);
         }
         __device__ __forceinline__ float dot(const int8_t *aq, const float2 *ads) const {
