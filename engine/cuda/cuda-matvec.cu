@@ -663,28 +663,39 @@ extern "C" int cuda_row_stride(uint32_t type, uint32_t n_cols, size_t *ret) {
         return 0;
 }
 
-extern "C" int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInput *in,
-                           float *const *y, CudaMvEpilogue epi) {
-        MvArgs a = {};
-
+/* The matrices of one launch (cuda_matvec(), cuda_matvec_batch()) into a: one type and n_cols, rows
+ * CUDA_ROW_ALIGN-aligned, SwiGLU's two of as many rows; the outputs y[i] (SwiGLU: y[0]). */
+static int mv_args(const CudaMatrix *w, unsigned n_w, const CudaMvInput *in, float *const *y, CudaMvEpilogue epi,
+                   MvArgs *a) {
+        *a = MvArgs{};
         if (n_w < 1 || n_w > 3 || (epi == CUDA_MV_SWIGLU && n_w != 2) || !in)
                 return -EINVAL;
         for (unsigned i = 0; i < n_w; i++) {
                 if (w[i].type != w[0].type || w[i].n_cols != w[0].n_cols ||
                     w[i].row_stride % CUDA_ROW_ALIGN != 0 || (uintptr_t)w[i].data % CUDA_ROW_ALIGN != 0)
                         return -EINVAL;
-                a.w[i] = (const uint8_t *)w[i].data;
-                a.stride[i] = w[i].row_stride;
-                a.rows[i] = w[i].n_rows;
-                a.y[i] = y[epi == CUDA_MV_SWIGLU ? 0 : i];
-                a.n_rows += w[i].n_rows;
+                a->w[i] = (const uint8_t *)w[i].data;
+                a->stride[i] = w[i].row_stride;
+                a->rows[i] = w[i].n_rows;
+                a->y[i] = y[epi == CUDA_MV_SWIGLU ? 0 : i];
+                a->n_rows += w[i].n_rows;
         }
-        a.n_cols = w[0].n_cols;
+        a->n_cols = w[0].n_cols;
         if (epi == CUDA_MV_SWIGLU) {
                 if (w[1].n_rows != w[0].n_rows)
                         return -EINVAL;
-                a.n_rows = w[0].n_rows;
+                a->n_rows = w[0].n_rows;
         }
+        return 0;
+}
+
+extern "C" int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInput *in,
+                           float *const *y, CudaMvEpilogue epi) {
+        MvArgs a;
+        int r;
+
+        if ((r = mv_args(w, n_w, in, y, epi, &a)) < 0)
+                return r;
         if (!type_is_float(w[0].type) && a.n_cols % 32 != 0)
                 return -EINVAL;
         a.x = in->x;
@@ -784,28 +795,15 @@ template <int NR, int EPI> static int mv_dispatch_nb(CudaStream s, uint32_t type
 
 extern "C" int cuda_matvec_batch(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInput *in,
                                  float *const *y, CudaMvEpilogue epi, uint32_t n_seq, uint32_t ldy) {
-        MvArgs a = {};
-        int r = -EINVAL;
+        MvArgs a;
+        int r;
 
         if (n_seq == 1)
                 return cuda_matvec(s, w, n_w, in, y, epi);
-        if (n_w < 1 || n_w > 3 || (epi == CUDA_MV_SWIGLU && n_w != 2) || !in || n_seq == 0)
+        if (n_seq == 0)
                 return -EINVAL;
-        for (unsigned i = 0; i < n_w; i++) {
-                if (w[i].type != w[0].type || w[i].n_cols != w[0].n_cols ||
-                    w[i].row_stride % CUDA_ROW_ALIGN != 0 || (uintptr_t)w[i].data % CUDA_ROW_ALIGN != 0)
-                        return -EINVAL;
-                a.w[i] = (const uint8_t *)w[i].data;
-                a.stride[i] = w[i].row_stride;
-                a.rows[i] = w[i].n_rows;
-                a.n_rows += w[i].n_rows;
-        }
-        a.n_cols = w[0].n_cols;
-        if (epi == CUDA_MV_SWIGLU) {
-                if (w[1].n_rows != w[0].n_rows)
-                        return -EINVAL;
-                a.n_rows = w[0].n_rows;
-        }
+        if ((r = mv_args(w, n_w, in, y, epi, &a)) < 0)
+                return r;
         /* The activation rows must stay 16-byte aligned for the kernels' vector loads. */
         if (type_is_float(w[0].type) ? a.n_cols % 4 != 0 : a.n_cols % 32 != 0)
                 return -EINVAL;
@@ -825,6 +823,7 @@ extern "C" int cuda_matvec_batch(CudaStream s, const CudaMatrix *w, unsigned n_w
                 for (unsigned i = 0; i < 3; i++)
                         ap.rows[i] /= 2;
                 ap.n_rows /= 2;
+                r = -EINVAL;
                 switch (epi) {
                 case CUDA_MV_STORE:
                         r = pair ? mv_dispatch_nb<2, CUDA_MV_STORE>(s, w[0].type, ap)
