@@ -500,6 +500,9 @@ static void test_matvec(void **state) {
         /* More rows than an H100's grid has warps (4224): warps take several rows, pairs or not. */
         check_matvec(GGML_TYPE_Q4_K, 4096, 4600);
         check_matvec(GGML_TYPE_Q8_0, 4096, 4601);
+        /* Four rounds of rows a warp and more: a grid balanced to fewer warps. */
+        check_matvec(GGML_TYPE_Q8_0, 512, 17001);
+        check_matvec(GGML_TYPE_Q4_K, 512, 34002);
 }
 
 /* The batched products (several sequences' inputs at once) against the host reference: nb inputs, two

@@ -490,10 +490,33 @@ static uint32_t mv_grid_per_sm(void) {
         return v;
 }
 
-static dim3 mv_grid(uint32_t n_rows, uint32_t per_sm) {
-        uint32_t want = (n_rows + MV_WARPS - 1) / MV_WARPS, most = (uint32_t)sm_count() * per_sm;
+/* From how many rounds a warp (units per warp) grids are balanced (mv_grid()): 4, or QUANTD_CUDA_BALANCE
+ * (0: never), for timing studies. */
+static uint32_t mv_balance_rounds(void) {
+        static int v = -1;
 
-        return dim3(want < most ? want : most);
+        if (v < 0) {
+                const char *e = getenv("QUANTD_CUDA_BALANCE");
+                v = e && e[0] >= '0' && e[0] <= '9' ? atoi(e) : 4;
+        }
+        return (uint32_t)v;
+}
+
+/* Blocks for n_rows units (rows or row pairs), a warp each, at most per_sm blocks a multiprocessor. With four
+ * or more units a warp, as few warps as take the same number of rounds, so that none has one unit more than
+ * the others: Llama-3-8B's gate/up, 14336 units on an H100's 4224 warps, 4 rounds on 3584 warps instead of
+ * 3 or 4, measured 1 % faster; at 2 and 3 rounds (Llama-2-7B's Q/K/V, gate/up) fewer warps cost more than
+ * the balance gains (bench/cuda-notes.md v42). */
+static dim3 mv_grid(uint32_t n_rows, uint32_t per_sm) {
+        const uint32_t most = (uint32_t)sm_count() * per_sm * MV_WARPS, min_rounds = mv_balance_rounds();
+        uint32_t warps = n_rows < most ? n_rows : most;
+
+        if (n_rows > most && min_rounds) {
+                const uint32_t rounds = (n_rows + most - 1) / most;
+                if (rounds >= min_rounds)
+                        warps = (n_rows + rounds - 1) / rounds;
+        }
+        return dim3((warps + MV_WARPS - 1) / MV_WARPS);
 }
 
 /* Whether a quantized product asks for only the shared memory its blocks need: yes unless
