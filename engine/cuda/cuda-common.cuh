@@ -126,14 +126,22 @@ __device__ __forceinline__ int k3_scale(const uint8_t *s, int i) {
 /* Rows of a weight matrix start at multiples of this many bytes, so that 16-byte loads can stream them. */
 #define CUDA_ROW_ALIGN 16
 
-/* Whether launches use programmatic dependent launch: yes unless QUANTD_CUDA_PDL=0 (for timing studies). */
-static inline bool cuda_pdl_enabled(void) {
-        static int on = -1;
+/* A knob for timing studies: the integer in the environment variable name when it is one in [lo, hi], else
+ * def. Callers keep what it returns in a static, so that each is read once. */
+static inline long cuda_knob(const char *name, long lo, long hi, long def) {
+        const char *e = getenv(name);
+        char *end;
+        long v;
 
-        if (on < 0) {
-                const char *e = getenv("QUANTD_CUDA_PDL");
-                on = !(e && e[0] == '0');
-        }
+        if (!e || !*e)
+                return def;
+        v = strtol(e, &end, 10);
+        return *end == '\0' && v >= lo && v <= hi ? v : def;
+}
+
+/* Whether launches use programmatic dependent launch: yes unless QUANTD_CUDA_PDL=0. */
+static inline bool cuda_pdl_enabled(void) {
+        static const bool on = cuda_knob("QUANTD_CUDA_PDL", 0, 1, 1);
         return on;
 }
 

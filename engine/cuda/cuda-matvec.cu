@@ -467,39 +467,40 @@ __global__ void __launch_bounds__(MV_WARPS * 32, 4) mv_float_b(const MvArgs a) {
 
 /* ---- host side ---- */
 
-static int sm_count(void) {
-        static int n[64];
+/* The current device's multiprocessors and shared memory per multiprocessor, read once a device. */
+struct MvDevice {
+        int sms, smem;
+};
+static MvDevice mv_device(void) {
+        static MvDevice d[64];
         int dev = 0;
 
         if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64)
-                return 132;
-        if (!n[dev] && cudaDeviceGetAttribute(&n[dev], cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-                n[dev] = 132;
-        return n[dev];
+                return {132, 0};
+        if (!d[dev].sms) {
+                if (cudaDeviceGetAttribute(&d[dev].smem, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess)
+                        d[dev].smem = 0;
+                if (cudaDeviceGetAttribute(&d[dev].sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+                        d[dev].sms = 132;
+        }
+        return d[dev];
+}
+
+static int sm_count(void) {
+        return mv_device().sms;
 }
 
 /* Blocks per multiprocessor at most: MV_GRID_PER_SM, or QUANTD_CUDA_MV_GRID for timing studies. */
 static uint32_t mv_grid_per_sm(void) {
-        static uint32_t v;
-
-        if (!v) {
-                const char *e = getenv("QUANTD_CUDA_MV_GRID");
-                long n = e ? strtol(e, NULL, 10) : 0;
-                v = n > 0 && n < 1024 ? (uint32_t)n : MV_GRID_PER_SM;
-        }
+        static const uint32_t v = (uint32_t)cuda_knob("QUANTD_CUDA_MV_GRID", 1, 1023, MV_GRID_PER_SM);
         return v;
 }
 
 /* From how many rounds a warp (units per warp) grids are balanced (mv_grid()): 4, or QUANTD_CUDA_BALANCE
  * (0: never), for timing studies. */
 static uint32_t mv_balance_rounds(void) {
-        static int v = -1;
-
-        if (v < 0) {
-                const char *e = getenv("QUANTD_CUDA_BALANCE");
-                v = e && e[0] >= '0' && e[0] <= '9' ? atoi(e) : 4;
-        }
-        return (uint32_t)v;
+        static const uint32_t v = (uint32_t)cuda_knob("QUANTD_CUDA_BALANCE", 0, 1 << 20, 4);
+        return v;
 }
 
 /* Blocks for n_rows units (rows or row pairs), a warp each, at most per_sm blocks a multiprocessor. With four
@@ -522,12 +523,7 @@ static dim3 mv_grid(uint32_t n_rows, uint32_t per_sm) {
 /* Whether a quantized product asks for only the shared memory its blocks need: yes unless
  * QUANTD_CUDA_CARVEOUT=0 (timing studies). */
 static bool mv_carveout_enabled(void) {
-        static int on = -1;
-
-        if (on < 0) {
-                const char *e = getenv("QUANTD_CUDA_CARVEOUT");
-                on = !(e && e[0] == '0');
-        }
+        static const bool on = cuda_knob("QUANTD_CUDA_CARVEOUT", 0, 1, 1);
         return on;
 }
 
@@ -537,21 +533,15 @@ static bool mv_carveout_enabled(void) {
  * than 36 KB apart), which the margin keeps above the need. The rest is L1. Full grids keep the driver's
  * choice: asking the same of them measured 0.6 % slower for Q8_0 (bench/cuda-notes.md v34). */
 static int mv_carveout(uint32_t grid, size_t smem, uint32_t per_sm_max) {
-        static int max_smem[64];
-        int dev = 0;
+        const MvDevice d = mv_device();
 
-        if (!mv_carveout_enabled() || cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64)
+        if (!mv_carveout_enabled() || d.smem <= 0)
                 return -1;
-        if (!max_smem[dev] &&
-            cudaDeviceGetAttribute(&max_smem[dev], cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) != cudaSuccess)
-                return -1;
-        if (max_smem[dev] <= 0)
-                return -1;
-        const uint64_t sms = (uint64_t)sm_count(), per_sm = (grid + sms - 1) / sms;
+        const uint64_t sms = (uint64_t)d.sms, max = (uint64_t)d.smem, per_sm = (grid + sms - 1) / sms;
         if (per_sm >= per_sm_max)
                 return -1;
         const uint64_t need = per_sm * (smem + 1024); /* the driver reserves 1 KB a block */
-        const uint64_t pct = (need * 100 + (uint64_t)max_smem[dev] - 1) / (uint64_t)max_smem[dev] + 10;
+        const uint64_t pct = (need * 100 + max - 1) / max + 10;
         return pct >= 100 ? 100 : (int)pct;
 }
 
@@ -638,13 +628,9 @@ template <int NR, int EPI> static int mv_dispatch(CudaStream s, uint32_t type, c
 /* Whether rows of a 256-element block type go in pairs: yes, unless QUANTD_CUDA_PAIRS says 0 (never), 2 (not
  * for Q6_K, whose pairs need 40 KB of shared memory a block) or 3 (Q8_0's too), for timing studies. */
 static bool mv_pairs_for(uint32_t type) {
-        static int mode = -1;
+        static const int mode = (int)cuda_knob("QUANTD_CUDA_PAIRS", 0, 3, 1);
         const GgmlTypeInfo *ti = ggml_type_info(type);
 
-        if (mode < 0) {
-                const char *e = getenv("QUANTD_CUDA_PAIRS");
-                mode = e && e[0] >= '0' && e[0] <= '3' ? e[0] - '0' : 1;
-        }
         if (type == GGML_TYPE_Q8_0)
                 return mode == 3;
         if (!ti || ti->block_size != 256)

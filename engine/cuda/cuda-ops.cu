@@ -179,14 +179,8 @@ __global__ void __launch_bounds__(NORM_THREADS)
 
 /* Threads per row at most: NORM_THREADS, or QUANTD_CUDA_NORM_THREADS for timing studies. */
 static uint32_t norm_threads(void) {
-        static uint32_t v;
-
-        if (!v) {
-                const char *e = getenv("QUANTD_CUDA_NORM_THREADS");
-                long n = e ? strtol(e, NULL, 10) : 0;
-                v = n >= 32 && n <= NORM_THREADS && n % 32 == 0 ? (uint32_t)n : NORM_THREADS;
-        }
-        return v;
+        static const long n = cuda_knob("QUANTD_CUDA_NORM_THREADS", 32, NORM_THREADS, NORM_THREADS);
+        return n % 32 == 0 ? (uint32_t)n : NORM_THREADS;
 }
 
 /* Launches rmsnorm_kernel<e> for the e (a power of two, 1 .. 32) of the row: each step doubles E. */
