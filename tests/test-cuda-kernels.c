@@ -882,7 +882,9 @@ static void check_attention(uint32_t hd, uint32_t n_head, uint32_t n_kv, uint32_
         AttnRun r;
 
         /* All positions but the last as a prompt batch; the last as one decode token, twice (the split
-         * counters must come back to zero), which rotates and stores its own k and v. */
+         * counters must come back to zero), which rotates and stores its own k and v: first right behind
+         * the prompt's kernel (waiting for it before reading anything), then, once the downloads have
+         * synchronized, staging the cache before waiting (early, as the decode graph runs it). */
         attn_run_new(&r, &a, n_pos, (size_t)nk * 2);
         float *qkv = r.qkv, *dqkv = r.dqkv, *dlast_qkv = r.dlast_qkv, *dout = r.dout;
         uint8_t *kc = r.kc, *vc = r.vc;
@@ -893,7 +895,7 @@ static void check_attention(uint32_t hd, uint32_t n_head, uint32_t n_kv, uint32_
         float *outs[2];
         for (int rep = 0; rep < 2; rep++) {
                 assert_int_equal(cuda_attn_decode(NULL, &a, dlast_qkv, dlast, kc, vc, scratch, dout,
-                                                  hd % 32 == 0 ? &oq : NULL),
+                                                  hd % 32 == 0 ? &oq : NULL, rep == 1),
                                  0);
                 outs[rep] = download_f32(dout, nq);
                 if (hd % 32 == 0) {
@@ -975,7 +977,7 @@ static void check_attention(uint32_t hd, uint32_t n_head, uint32_t n_kv, uint32_
                 free(z);
                 for (int rep = 0; rep < 2; rep++) {
                         assert_int_equal(cuda_attn_decode_batch(NULL, &a, dbqkv, 2, dslots, 1, bscratch, dbout,
-                                                                NULL),
+                                                                NULL, rep == 1),
                                          0);
                         float *bo = download_f32(dbout, 2 * nq);
                         double e0 = rel_err(bo, ref + (size_t)npre * nq, nq), e1 = rel_err(bo + nq, ref + (size_t)t1 * nq, nq);
@@ -984,7 +986,8 @@ static void check_attention(uint32_t hd, uint32_t n_head, uint32_t n_kv, uint32_
                         assert_true(e0 < 1e-4 && e1 < 1e-4);
                         free(bo);
                 }
-                assert_int_equal(cuda_attn_decode_batch(NULL, &a, dbqkv, 0, dslots, 1, bscratch, dbout, NULL), -EINVAL);
+                assert_int_equal(cuda_attn_decode_batch(NULL, &a, dbqkv, 0, dslots, 1, bscratch, dbout, NULL, false),
+                                 -EINVAL);
                 for (int i = 0; i < 4; i++)
                         cuda_free(caches[i]);
                 cuda_free(dbqkv), cuda_free(dbout), cuda_free(dslots), cuda_free(bscratch);
@@ -1033,7 +1036,8 @@ static void check_attention_q8(uint32_t hd, uint32_t n_head, uint32_t n_kv, uint
         void *scratch = r.scratch;
         CudaQ8 oq = r.oq;
 
-        assert_int_equal(cuda_attn_decode(NULL, &a, dlast_qkv, dlast, kc, vc, scratch, dout, &oq), 0);
+        assert_int_equal(cuda_sync(NULL), 0); /* the prompt's stores are done: the early path may stage */
+        assert_int_equal(cuda_attn_decode(NULL, &a, dlast_qkv, dlast, kc, vc, scratch, dout, &oq, true), 0);
         float *out = download_f32(dout, nq);
         uint8_t *kh = malloc(n_pos * row), *vh = malloc(n_pos * row);
         assert_int_equal(cuda_download(kh, kc, n_pos * row), 0);

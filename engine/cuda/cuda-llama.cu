@@ -510,7 +510,7 @@ static int decode_layers(CudaLlama *m, CudaKv *kv, uint32_t l0, uint32_t l1) {
                 const CudaAttnShape al = attn_shape_layer(m, a.n_ctx, l);
                 if (small)
                         TRY(cuda_attn_decode(m->stream, &al, m->qkv, kv->d_pos, kv->k + (l - m->l0) * kv_layer,
-                                             kv->v + (l - m->l0) * kv_layer, kv->attn_scratch, m->att, att_q ? &m->attq : NULL));
+                                             kv->v + (l - m->l0) * kv_layer, kv->attn_scratch, m->att, att_q ? &m->attq : NULL, true));
                 if (small && !att_q && !is_float_type(o->type))
                         TRY(cuda_quantize_q8(m->stream, m->att, o->n_cols, 1, &m->attq));
                 y = m->x;
@@ -845,7 +845,7 @@ static int decode_step_batch(CudaLlama *m, uint32_t n) {
                 TRY(run_qkv(m, l, &in_x, m->bqkv, n, nqkv));
                 const CudaAttnShape al = attn_shape_layer(m, a.n_ctx, l);
                 TRY(cuda_attn_decode_batch(s, &al, m->bqkv, n, m->bseqs, l - m->l0, m->b_scratch, m->batt,
-                                           att_q ? &m->battq : NULL));
+                                           att_q ? &m->battq : NULL, true));
                 if (!att_q && !is_float_type(o->type))
                         TRY(cuda_quantize_q8(s, m->batt, nq, n, &m->battq));
                 y = m->bx;

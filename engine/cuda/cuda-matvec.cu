@@ -89,7 +89,9 @@ __device__ __forceinline__ void mv_job(const MvArgs &a, uint32_t *r, const uint8
                 row[NR - 1] = glu ? a.w[1] + (size_t)*r * a.stride[1] : row[0] + st;
 }
 
-template <int NR, int EPI> __device__ __forceinline__ void mv_store(const MvArgs &a, uint32_t r, const float *acc) {
+/* Stores unit r's sums acc; CUDA_MV_ADD: res holds what its outputs held before (mv_residual()). */
+template <int NR, int EPI>
+__device__ __forceinline__ void mv_store(const MvArgs &a, uint32_t r, const float *acc, const float *res) {
         const uint8_t *row[2];
         float *y;
 
@@ -98,13 +100,21 @@ template <int NR, int EPI> __device__ __forceinline__ void mv_store(const MvArgs
                 y[r] = silu(acc[0]) * acc[NR - 1];
         } else {
 #pragma unroll
-                for (int i = 0; i < NR; i++) {
-                        if (EPI == CUDA_MV_STORE)
-                                y[NR * r + i] = acc[i];
-                        else
-                                y[NR * r + i] += acc[i];
-                }
+                for (int i = 0; i < NR; i++)
+                        y[NR * r + i] = EPI == CUDA_MV_STORE ? acc[i] : res[i] + acc[i];
         }
+}
+
+/* The outputs of unit r as they are before CUDA_MV_ADD adds into them, read as the unit starts, so that the
+ * store at its end does not wait for a load. */
+template <int NR, int EPI> __device__ __forceinline__ void mv_residual(const MvArgs &a, uint32_t r, float *res) {
+        const uint8_t *row[2];
+        float *y;
+
+        mv_job<NR, EPI>(a, &r, row, &y);
+#pragma unroll
+        for (int i = 0; i < NR; i++)
+                res[i] = y[NR * r + i];
 }
 
 /* The same for NB columns (batched decode): lane j stores column j's sums. */
@@ -220,8 +230,11 @@ __global__ void __launch_bounds__(MV_WARPS * 32, NB == 1 ? MvOcc<T>::BLOCKS : 4)
                 for (int j = 0; j < NB; j++)
                         acc[i][j] = 0.0f;
         const int bl = lane / C::LANES_PER_BLOCK, part = lane % C::LANES_PER_BLOCK;
+        float res[NR];
         uint32_t c = 0, k = 0, st = 0;
         for (uint32_t s = 0; s < n_items; s++) {
+                if (EPI == CUDA_MV_ADD && NB == 1 && c == 0 && lane == 0)
+                        mv_residual<NR, EPI>(a, gw + k * tw, res);
                 issue();
                 cp_async_wait<C::STAGES - 1>();
                 __syncwarp();
@@ -265,7 +278,7 @@ __global__ void __launch_bounds__(MV_WARPS * 32, NB == 1 ? MvOcc<T>::BLOCKS : 4)
 #pragma unroll
                                         for (int i = 0; i < NR; i++)
                                                 one[i] = acc[i][0];
-                                        mv_store<NR, EPI>(a, gw + k * tw, one);
+                                        mv_store<NR, EPI>(a, gw + k * tw, one, res);
                                 }
                         } else {
                                 mv_store_b<NR, EPI, NB>(a, gw + k * tw, acc, lane);
@@ -352,7 +365,9 @@ __global__ void __launch_bounds__(MV_WARPS * 32) mv_float(const MvArgs a) {
                 }
                 if (!have)
                         break;
-                float acc[NR];
+                float acc[NR], res[NR];
+                if (EPI == CUDA_MV_ADD && lane == 0)
+                        mv_residual<NR, EPI>(a, r0, res);
 #pragma unroll
                 for (int i = 0; i < NR; i++)
                         acc[i] = 0.0f;
@@ -392,7 +407,7 @@ __global__ void __launch_bounds__(MV_WARPS * 32) mv_float(const MvArgs a) {
                 for (int i = 0; i < NR; i++)
                         acc[i] = warp_sum(acc[i]);
                 if (lane == 0)
-                        mv_store<NR, EPI>(a, r0, acc);
+                        mv_store<NR, EPI>(a, r0, acc, res);
         }
 }
 

@@ -582,7 +582,11 @@ template <> struct KvVal<true> {
         }
 };
 
-template <bool KVQ8>
+/* EARLY: the caller has not waited for the kernel before (griddepcontrol.wait) and p and the cache rows
+ * below it were complete before that kernel began, so the block stages those rows first and waits only
+ * before it reads the token's q, k and v; otherwise the caller has waited and q, k and v are loaded first,
+ * so that their loads do not queue behind the position's. */
+template <bool KVQ8, bool EARLY>
 __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const float *qkv, int32_t p, uint8_t *kc,
                                                   uint8_t *vc, float *part, uint32_t *counters, float *out,
                                                   int8_t *oqs, float2 *ods) {
@@ -599,8 +603,7 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
                                 : (size_t)a.n_head_kv * a.head_dim * 2;
         float *qs = sm, *ks = sm + hd, *vs = ks + hd, *wo = vs + hd;
 
-        /* The token's q, k and v first (one pair of elements per thread: head_dim <= 2 * blockDim.x), so that
-         * their loads do not wait behind the position's: nothing below them depends on it. */
+        /* The token's q, k and v: one pair of elements per thread (head_dim <= 2 * blockDim.x). */
         const uint32_t j = tid;
         const bool have = j < hd / 2;
         const uint32_t ko = nq + kvh * hd, vo = nq + kv_dim + kvh * hd;
@@ -611,10 +614,16 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
                 rot = rope_idx(a, j, &i0, &i1);
                 if (rot)
                         freq = rope_inv_freq(a, j);
-                x0 = qkv[h * hd + i0] + bias_at(a, h * hd + i0), x1 = qkv[h * hd + i1] + bias_at(a, h * hd + i1);
-                k0 = qkv[ko + i0] + bias_at(a, ko + i0), k1 = qkv[ko + i1] + bias_at(a, ko + i1);
-                v0 = qkv[vo + i0] + bias_at(a, vo + i0), v1 = qkv[vo + i1] + bias_at(a, vo + i1);
         }
+        auto load_token = [&]() {
+                if (have) {
+                        x0 = qkv[h * hd + i0] + bias_at(a, h * hd + i0), x1 = qkv[h * hd + i1] + bias_at(a, h * hd + i1);
+                        k0 = qkv[ko + i0] + bias_at(a, ko + i0), k1 = qkv[ko + i1] + bias_at(a, ko + i1);
+                        v0 = qkv[vo + i0] + bias_at(a, vo + i0), v1 = qkv[vo + i1] + bias_at(a, vo + i1);
+                }
+        };
+        if (!EARLY)
+                load_token();
 
         const uint32_t n_pos = (uint32_t)p + 1, n_split = (n_pos + ATT_SPLIT - 1) / ATT_SPLIT;
         if (c >= n_split)
@@ -651,6 +660,10 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
                         }
                 }
                 cp_async_commit();
+        }
+        if (EARLY) {
+                grid_dep_wait();
+                load_token();
         }
 
         if (have) {
@@ -848,36 +861,44 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
         }
 }
 
-template <bool KVQ8>
+template <bool KVQ8, bool EARLY>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
         attn_decode_kernel(const CudaAttnShape a, const float *qkv, const int32_t *pos, uint8_t *kc, uint8_t *vc,
                            float *part, uint32_t *counters, float *out, int8_t *oqs, float2 *ods) {
         grid_dep_launch();
-        grid_dep_wait();
-        attn_decode_block<KVQ8>(a, qkv, *pos, kc, vc, part, counters, out, oqs, ods);
+        if (!EARLY)
+                grid_dep_wait();
+        attn_decode_block<KVQ8, EARLY>(a, qkv, *pos, kc, vc, part, counters, out, oqs, ods);
 }
 
 /* blockIdx.z: the sequence of a batched step. */
-template <bool KVQ8>
+template <bool KVQ8, bool EARLY>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
         attn_decode_batch_kernel(const CudaAttnShape a, const float *qkv, const CudaSeqSlot *seqs, uint32_t layer,
                                  uint8_t *scratch, size_t scratch_stride, float *out, int8_t *oqs, float2 *ods) {
         const uint32_t b = blockIdx.z, hd = a.head_dim, nq = a.n_head * hd, kv_dim = a.n_head_kv * hd;
 
         grid_dep_launch();
-        grid_dep_wait();
+        if (!EARLY)
+                grid_dep_wait();
         const CudaSeqSlot sq = seqs[b];
         const size_t off = (size_t)layer * sq.n_ctx * kv_row_bytes(a);
         float *part = (float *)(scratch + b * scratch_stride);
         uint32_t *counters = (uint32_t *)(part + (size_t)a.n_head * gridDim.y * (hd + 2));
-        attn_decode_block<KVQ8>(a, qkv + (size_t)b * (nq + 2 * kv_dim), sq.pos, (uint8_t *)sq.k + off,
+        attn_decode_block<KVQ8, EARLY>(a, qkv + (size_t)b * (nq + 2 * kv_dim), sq.pos, (uint8_t *)sq.k + off,
                           (uint8_t *)sq.v + off, part, counters, out + (size_t)b * nq, oqs ? oqs + (size_t)b * nq : NULL,
                           ods ? ods + (size_t)b * (nq / 32) : NULL);
 }
 
 extern "C" int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const float *qkv, const int32_t *pos,
-                                void *k_cache, void *v_cache, void *scratch, float *out,
-                                const CudaQ8 *outq) {
+                                void *k_cache, void *v_cache, void *scratch, float *out, const CudaQ8 *outq,
+                                bool early) {
+        void (*const kern[2][2])(const CudaAttnShape, const float *, const int32_t *, uint8_t *, uint8_t *, float *,
+                                 uint32_t *, float *, int8_t *, float2 *) = {
+                {attn_decode_kernel<false, false>, attn_decode_kernel<false, true>},
+                {attn_decode_kernel<true, false>, attn_decode_kernel<true, true>},
+        };
+        const auto k = kern[a->kv_q8][early];
         uint32_t ns = attn_splits(a);
         float *part = (float *)scratch;
         uint32_t *counters = (uint32_t *)(part + (size_t)a->n_head * ns * (a->head_dim + 2));
@@ -886,9 +907,8 @@ extern "C" int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const floa
         if (a->head_dim % 8 != 0 || a->head_dim > 64 * ATT_MAXP || a->head_dim > ATT_WARPS * 32 ||
             a->n_rot > a->head_dim || a->n_head % a->n_head_kv != 0 || (outq && a->head_dim % 32 != 0))
                 return -EINVAL;
-        CU_TRY(cudaFuncSetAttribute(a->kv_q8 ? attn_decode_kernel<true> : attn_decode_kernel<false>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        CU_TRY(launch_pdl(a->kv_q8 ? attn_decode_kernel<true> : attn_decode_kernel<false>, dim3(a->n_head, ns),
+        CU_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CU_TRY(launch_pdl(k, dim3(a->n_head, ns),
                           dim3(ATT_WARPS * 32), smem, s, *a, qkv, pos,
                           (uint8_t *)k_cache, (uint8_t *)v_cache, part, counters, out,
                           outq ? outq->qs : (int8_t *)NULL, outq ? (float2 *)outq->ds : (float2 *)NULL));
@@ -897,7 +917,13 @@ extern "C" int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const floa
 
 extern "C" int cuda_attn_decode_batch(CudaStream s, const CudaAttnShape *a, const float *qkv, uint32_t n_seq,
                                       const CudaSeqSlot *seqs, uint32_t layer, void *scratch, float *out,
-                                      const CudaQ8 *outq) {
+                                      const CudaQ8 *outq, bool early) {
+        void (*const kern[2][2])(const CudaAttnShape, const float *, const CudaSeqSlot *, uint32_t, uint8_t *, size_t,
+                                 float *, int8_t *, float2 *) = {
+                {attn_decode_batch_kernel<false, false>, attn_decode_batch_kernel<false, true>},
+                {attn_decode_batch_kernel<true, false>, attn_decode_batch_kernel<true, true>},
+        };
+        const auto k = kern[a->kv_q8][early];
         uint32_t ns = attn_splits(a);
         size_t smem = attn_smem(a);
         size_t stride = (cuda_attn_scratch_size(a) + 15) / 16 * 16;
@@ -906,10 +932,8 @@ extern "C" int cuda_attn_decode_batch(CudaStream s, const CudaAttnShape *a, cons
             a->n_rot > a->head_dim || a->n_head % a->n_head_kv != 0 || (outq && a->head_dim % 32 != 0) ||
             n_seq == 0 || n_seq > 65535)
                 return -EINVAL;
-        CU_TRY(cudaFuncSetAttribute(a->kv_q8 ? attn_decode_batch_kernel<true> : attn_decode_batch_kernel<false>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        CU_TRY(launch_pdl(a->kv_q8 ? attn_decode_batch_kernel<true> : attn_decode_batch_kernel<false>,
-                          dim3(a->n_head, ns, n_seq), dim3(ATT_WARPS * 32), smem, s, *a,
+        CU_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CU_TRY(launch_pdl(k, dim3(a->n_head, ns, n_seq), dim3(ATT_WARPS * 32), smem, s, *a,
                           qkv, seqs, layer, (uint8_t *)scratch, stride, out, outq ? outq->qs : (int8_t *)NULL,
                           outq ? (float2 *)outq->ds : (float2 *)NULL));
         return 0;

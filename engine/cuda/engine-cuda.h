@@ -150,11 +150,14 @@ int cuda_rope_store(CudaStream s, const CudaAttnShape *a, float *qkv, uint32_t s
  * cuda_rope_store()); the kernel rotates q and k, stores k and v into the caches at *pos and attends.
  * out is (n_head * head_dim); outq (may be NULL; head_dim a multiple of 32) gets it in 8 bits. scratch
  * comes from cuda_attn_scratch_size() and must start zeroed (cudaMemset once): the kernel leaves it that way.
- * head_dim: a multiple of 8, at most 128.
+ * head_dim: a multiple of 8, at most 128. early: *pos and the cache rows below it were complete before the
+ * launch before this one began (in the decode graph they come from earlier graphs), so the kernel may read
+ * them while that launch is still running (programmatic dependent launch) and waits for it only before
+ * reading qkv; false: it waits before reading anything.
  */
 size_t cuda_attn_scratch_size(const CudaAttnShape *a);
 int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const float *qkv, const int32_t *pos,
-                     void *k_cache, void *v_cache, void *scratch, float *out, const CudaQ8 *outq);
+                     void *k_cache, void *v_cache, void *scratch, float *out, const CudaQ8 *outq, bool early);
 
 /* One sequence of a batched decode step, as the device reads it (an array of these in device memory): its KV
  * caches (the model's layers one after another, n_ctx positions each), the position of the token being
@@ -170,10 +173,12 @@ typedef struct CudaSeqSlot {
  * cuda_attn_decode() for n_seq sequences at once, layer layer of each: sequence b's q, k and v at
  * qkv + b * (n_head + 2 n_head_kv) * head_dim, its caches and position from seqs[b], its output at
  * out + b * n_head * head_dim (and row b of outq). a->n_ctx: the largest n_ctx of the sequences. scratch:
- * n_seq times cuda_attn_scratch_size(a) rounded up to 16 bytes, zeroed once.
+ * n_seq times cuda_attn_scratch_size(a) rounded up to 16 bytes, zeroed once. early: as for
+ * cuda_attn_decode(), for seqs and each sequence's position and cache rows below it.
  */
 int cuda_attn_decode_batch(CudaStream s, const CudaAttnShape *a, const float *qkv, uint32_t n_seq,
-                           const CudaSeqSlot *seqs, uint32_t layer, void *scratch, float *out, const CudaQ8 *outq);
+                           const CudaSeqSlot *seqs, uint32_t layer, void *scratch, float *out, const CudaQ8 *outq,
+                           bool early);
 
 /* Causal attention for n_tok tokens at positions *pos .. (their k and v already in the caches); q rows at
  * q + t * q_stride; out is (n_tok, n_head * head_dim). */
