@@ -582,6 +582,37 @@ template <> struct KvVal<true> {
         }
 };
 
+/* A warp's weighted sum of its nw staged F16 value rows (hb bytes apart) with weights pe (lane j: row j's),
+ * into out (hd floats, shared memory): lane holds dimensions 4 lane .. 4 lane + 3 (and, G = 2, the same 128
+ * on), read 8 bytes at a time. */
+template <int G>
+__device__ __forceinline__ void attn_values_f16(const uint8_t *vst, uint32_t hb, uint32_t hd, uint32_t nw, float pe,
+                                                float *out) {
+        const int lane = threadIdx.x & 31;
+        float4 o[G];
+        bool in[G];
+#pragma unroll
+        for (int g = 0; g < G; g++)
+                o[g] = make_float4(0.0f, 0.0f, 0.0f, 0.0f), in[g] = 4 * lane + 128 * g < hd;
+#pragma unroll 4
+        for (uint32_t jj = 0; jj < nw; jj++) {
+                const float pj = __shfl_sync(0xffffffffu, pe, jj);
+                const uint2 *vr = (const uint2 *)(vst + (size_t)jj * hb);
+#pragma unroll
+                for (int g = 0; g < G; g++) {
+                        const uint2 u = in[g] ? vr[lane + 32 * g] : make_uint2(0, 0);
+                        const float2 f0 = __half22float2(*(const __half2 *)&u.x);
+                        const float2 f1 = __half22float2(*(const __half2 *)&u.y);
+                        o[g].x += pj * f0.x, o[g].y += pj * f0.y;
+                        o[g].z += pj * f1.x, o[g].w += pj * f1.y;
+                }
+        }
+#pragma unroll
+        for (int g = 0; g < G; g++)
+                if (in[g])
+                        *(float4 *)(out + 4 * lane + 128 * g) = o[g];
+}
+
 /* EARLY: the caller has not waited for the kernel before (griddepcontrol.wait) and p and the cache rows
  * below it were complete before that kernel began, so the block stages those rows first and waits only
  * before it reads the token's q, k and v; otherwise the caller has waited and q, k and v are loaded first,
@@ -645,19 +676,30 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
         uint8_t *kst = (uint8_t *)(wo + ATT_WARPS * hd) + (size_t)wid * 32 * (kstride + hb);
         uint8_t *vst = kst + 32 * kstride;
         if (staged) {
-                const uint32_t ub = KVQ8 ? 4 : 16, units = hb / ub;
-                for (uint32_t i = lane; i < nw * units; i += 32) {
-                        const uint32_t jj = i / units, u = i - jj * units, t = tw + jj;
-                        if (t == (uint32_t)p)
-                                continue;
-                        const size_t off = (size_t)t * row + (size_t)kvh * hb + ub * u;
-                        if (KVQ8) {
-                                cp_async4(kst + jj * kstride + ub * u, kc + off);
-                                cp_async4(vst + jj * hb + ub * u, vc + off);
-                        } else {
-                                cp_async16(kst + jj * kstride + ub * u, kc + off);
-                                cp_async16(vst + jj * hb + ub * u, vc + off);
+                /* lane's copies: unit u of row jj, then 32 units on; counters and pointers step along
+                 * (divisions and 64-bit products per copy were most of the loop) */
+                const uint32_t ub = KVQ8 ? 4 : 16, units = hb / ub, djj = 32 / units, du = 32 % units;
+                const ptrdiff_t vk = vc - kc;
+                uint32_t jj = lane / units, u = lane % units;
+                const uint8_t *src = kc + (size_t)(tw + jj) * row + (size_t)kvh * hb + ub * u;
+                uint8_t *kd = kst + jj * kstride + ub * u, *vd = vst + jj * hb + ub * u;
+                for (; jj < nw; jj += djj, u += du) {
+                        if (u >= units) {
+                                u -= units, jj++;
+                                src += row - hb, kd += kstride - hb;
                         }
+                        if (jj >= nw)
+                                break;
+                        if (tw + jj != (uint32_t)p) {
+                                if (KVQ8) {
+                                        cp_async4(kd, src);
+                                        cp_async4(vd, src + vk);
+                                } else {
+                                        cp_async16(kd, src);
+                                        cp_async16(vd, src + vk);
+                                }
+                        }
+                        src += djj * row + du * ub, kd += djj * kstride + du * ub, vd += djj * hb + du * ub;
                 }
                 cp_async_commit();
         }
@@ -675,15 +717,20 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
                                 rope_pair(&k0, &k1, p, freq);
                         __half hk0 = __float2half(k0), hk1 = __float2half(k1);
                         __half hv0 = __float2half(v0), hv1 = __float2half(v1);
-                        if (KVQ8) {
+                        if (KVQ8)
                                 ks[i0] = k0, ks[i1] = k1, vs[i0] = v0, vs[i1] = v1; /* quantized below */
-                        } else {
-                                ks[i0] = __half2float(hk0), ks[i1] = __half2float(hk1);
-                                vs[i0] = __half2float(hv0), vs[i1] = __half2float(hv1);
-                        }
                         if (h % group == 0 && !KVQ8) {
                                 __half *kr = (__half *)(kc + (size_t)p * row) + kvh * hd;
                                 __half *vr = (__half *)(vc + (size_t)p * row) + kvh * hd;
+                                kr[i0] = hk0, kr[i1] = hk1, vr[i0] = hv0, vr[i1] = hv1;
+                        }
+                        if (!KVQ8) {
+                                /* F16: the token's row where the staging left its slot, so that every position
+                                 * takes the same path below */
+                                const uint32_t slot = (uint32_t)p - t0;
+                                uint8_t *kw = (uint8_t *)(wo + ATT_WARPS * hd) + (size_t)(slot / 32) * 32 * (kstride + hb);
+                                __half *kr = (__half *)(kw + (slot % 32) * kstride);
+                                __half *vr = (__half *)(kw + 32 * kstride + (slot % 32) * hb);
                                 kr[i0] = hk0, kr[i1] = hk1, vr[i0] = hv0, vr[i1] = hv1;
                         }
                 }
@@ -711,7 +758,7 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
         float sc = -INFINITY;
         if ((uint32_t)lane < nw) {
                 sc = 0.0f;
-                if (t == (uint32_t)p) {
+                if (KVQ8 && t == (uint32_t)p) {
                         for (uint32_t d = 0; d < hd; d++)
                                 sc += qs[d] * ks[d];
                 } else if (KVQ8) {
@@ -748,12 +795,19 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
         float pe = sc == -INFINITY ? 0.0f : __expf(sc - m);
         float l = warp_sum(pe);
 
-        /* Values: lane holds dimension pairs lane, lane + 32, ... */
+        /* Values. F16: lane holds dimensions 4 lane .. 4 lane + 3 and the same 128 on, read 8 bytes at a
+         * time; Q8_0: dimension pairs lane, lane + 32, ... */
+        if (!KVQ8) {
+                if (hd <= 128)
+                        attn_values_f16<1>(vst, hb, hd, nw, pe, wo + wid * hd);
+                else
+                        attn_values_f16<2>(vst, hb, hd, nw, pe, wo + wid * hd);
+        }
         float2 o[ATT_MAXP];
 #pragma unroll
         for (int k = 0; k < ATT_MAXP; k++)
                 o[k] = make_float2(0.0f, 0.0f);
-        if (staged) {
+        if (KVQ8 && staged) {
                 for (uint32_t jj = 0; jj < nw; jj++) {
                         const float pj = __shfl_sync(0xffffffffu, pe, jj);
                         const bool cur = tw + jj == (uint32_t)p;
@@ -804,7 +858,7 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
 #pragma unroll
         for (int k = 0; k < ATT_MAXP; k++) {
                 uint32_t pi = lane + 32 * k;
-                if (2 * pi < hd)
+                if (KVQ8 && 2 * pi < hd)
                         wo[wid * hd + 2 * pi] = o[k].x, wo[wid * hd + 2 * pi + 1] = o[k].y;
         }
         if (lane == 0)
