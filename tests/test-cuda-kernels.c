@@ -401,7 +401,7 @@ static void check_matvec(uint32_t type, uint32_t n_cols, uint32_t n_rows) {
         double *ref = calloc(n_rows, sizeof(double)), *ref_add = calloc(n_rows, sizeof(double)),
                *ref_glu = calloc(n_rows, sizeof(double));
         float *base = malloc(n_rows * 4);
-        CudaQ8 xq;
+        CudaQ8 xq = {0};
 
         assert_non_null(x), assert_non_null(xe), assert_non_null(wf), assert_non_null(ref), assert_non_null(base);
         for (uint32_t i = 0; i < n_cols; i++)
@@ -468,6 +468,32 @@ static void check_matvec(uint32_t type, uint32_t n_cols, uint32_t n_rows) {
         y = download_f32(dy, n_rows);
         e = rel_err(y, ref_glu, n_rows);
         assert_true(e < 1e-4);
+
+        /* The input in the type's own layout (first, then second of two): the same sums to the bit. */
+        const CudaQ8Layout lay = cuda_q8_layout_for(type);
+        if (!is_float_type(type) && lay != CUDA_Q8_PLAIN) {
+                const CudaQ8Layout other = lay == CUDA_Q8_K4 ? CUDA_Q8_K6 : CUDA_Q8_K4;
+                CudaQ8 lq = xq, lq2 = xq;
+                assert_int_equal(cuda_malloc(cuda_q8_bytes(n_cols, lay), (void **)&lq.qs), 0);
+                assert_int_equal(cuda_malloc(cuda_q8_bytes(n_cols, lay), (void **)&lq2.qs2), 0);
+                lq.layout = lay;
+                lq2.qs = lq.qs, lq2.layout = other, lq2.layout2 = lay;
+                for (int v = 0; v < 2; v++) {
+                        const CudaQ8 *q = v ? &lq2 : &lq;
+                        const CudaMvInput in_l = {NULL, q};
+                        assert_int_equal(cuda_quantize_q8(NULL, dx, n_cols, 1, q), 0);
+                        assert_int_equal(cuda_matvec(NULL, gu, 2, &in_l, ys, CUDA_MV_SWIGLU), 0);
+                        assert_int_equal(cuda_sync(NULL), 0);
+                        float *yl = download_f32(dy, n_rows);
+                        assert_memory_equal(yl, y, n_rows * 4);
+                        free(yl);
+                }
+                /* Only the other family's layout: refused, nothing written. */
+                lq.layout = other;
+                const CudaMvInput in_o = {NULL, &lq};
+                assert_int_equal(cuda_matvec(NULL, gu, 2, &in_o, ys, CUDA_MV_SWIGLU), -EINVAL);
+                cuda_free(lq.qs), cuda_free(lq2.qs2);
+        }
         free(y);
 
         cuda_free(dx), cuda_free(dy), cuda_free(dy2), cuda_free(dbase), cuda_free(xq.qs), cuda_free(xq.ds);
@@ -514,7 +540,7 @@ static void check_matvec_batch(uint32_t type, uint32_t n_cols, uint32_t n_rows, 
         double *ref = calloc((size_t)nb * ldy, sizeof(double)), *ref_add = calloc((size_t)nb * ldy, sizeof(double)),
                *ref_glu = calloc((size_t)nb * ldy, sizeof(double));
         float *base = malloc((size_t)nb * ldy * 4);
-        CudaQ8 xq;
+        CudaQ8 xq = {0};
 
         assert_non_null(x), assert_non_null(xe), assert_non_null(wf), assert_non_null(ref), assert_non_null(base);
         assert_non_null(ref_add), assert_non_null(ref_glu);
@@ -630,6 +656,22 @@ static void test_matvec_errors(void **state) {
         bad = w.m;
         bad.type = GGML_TYPE_F16;
         assert_int_equal(cuda_matvec(NULL, &bad, 1, &in, &y, CUDA_MV_STORE), -EINVAL); /* 8-bit input */
+        /* 8-bit layouts: unknown ones, and K layouts of rows that are not whole blocks of 256 */
+        CudaQ8 lq = q;
+        lq.layout = _CUDA_Q8_LAYOUT_MAX;
+        const CudaMvInput in_l = {NULL, &lq};
+        assert_int_equal(cuda_matvec(NULL, &w.m, 1, &in_l, &y, CUDA_MV_STORE), -EINVAL);
+        assert_int_equal(cuda_quantize_q8(NULL, (float *)1, 64, 1, &lq), -EINVAL);
+        lq.layout = CUDA_Q8_K4;
+        assert_int_equal(cuda_quantize_q8(NULL, (float *)1, 288, 1, &lq), -EINVAL);
+        assert_int_equal(cuda_quantize_q8(NULL, (float *)1, 256, 2, &lq), -EINVAL); /* one row only */
+        assert_int_equal(cuda_rmsnorm(NULL, (float *)1, (float *)1, 288, 1, 1e-5f, NULL, NULL, &lq), -EINVAL);
+        lq.layout = CUDA_Q8_PLAIN, lq.qs2 = (int8_t *)1, lq.layout2 = CUDA_Q8_K6;
+        assert_int_equal(cuda_quantize_q8(NULL, (float *)1, 288, 1, &lq), -EINVAL);
+        /* Q4_0 reads plain rows only; the batched products too. */
+        lq.qs2 = NULL, lq.layout = CUDA_Q8_K4;
+        assert_int_equal(cuda_matvec(NULL, &w.m, 1, &in_l, &y, CUDA_MV_STORE), -EINVAL);
+        assert_int_equal(cuda_matvec_batch(NULL, &w.m, 1, &in_l, &y, CUDA_MV_STORE, 2, 4), -EINVAL);
         assert_false(cuda_type_supported(GGML_TYPE_IQ4_XS));
         size_t st;
         assert_int_equal(cuda_row_stride(GGML_TYPE_Q4_K, 100, &st), -EINVAL);
@@ -678,7 +720,7 @@ static void test_dequant(void **state) {
 static void check_rmsnorm(uint32_t n, uint32_t rows) {
         float *x = malloc(n * rows * 4), *w = malloc(n * 4);
         double *ref = malloc(n * rows * sizeof(double));
-        CudaQ8 q;
+        CudaQ8 q = {0};
 
         for (uint32_t i = 0; i < n * rows; i++)
                 x[i] = frnd() * 3.0f;
@@ -719,6 +761,28 @@ static void check_rmsnorm(uint32_t n, uint32_t rows) {
                 assert_true(fabsf(ds[2 * b + 1] - ds[2 * b] * (float)s) <= 1e-5f * fabsf(ds[2 * b + 1]) + 1e-9f);
         }
         assert_int_equal(cuda_rmsnorm(NULL, dx, dw, 100, 1, 1e-5f, NULL, NULL, &q), -EINVAL);
+
+        /* Both K layouts at once (one row of whole 256-blocks; more rows refused): each value where
+         * cuda_q8_pos() puts it. */
+        if (n % 256 == 0) {
+                CudaQ8 lq = q;
+                const size_t nb = cuda_q8_bytes(n, CUDA_Q8_K4);
+                int8_t *l1 = malloc(nb), *l2 = malloc(nb);
+                assert_int_equal(cuda_malloc(nb, (void **)&lq.qs), 0);
+                assert_int_equal(cuda_malloc(nb, (void **)&lq.qs2), 0);
+                lq.layout = CUDA_Q8_K4, lq.layout2 = CUDA_Q8_K6;
+                if (rows > 1)
+                        assert_int_equal(cuda_rmsnorm(NULL, dx, dw, n, rows, 1e-5f, NULL, NULL, &lq), -EINVAL);
+                assert_int_equal(cuda_rmsnorm(NULL, dx, dw, n, 1, 1e-5f, NULL, NULL, &lq), 0);
+                assert_int_equal(cuda_download(l1, lq.qs, nb), 0);
+                assert_int_equal(cuda_download(l2, lq.qs2, nb), 0);
+                for (uint32_t i = 0; i < n; i++) {
+                        assert_int_equal(l1[cuda_q8_pos(i, CUDA_Q8_K4)], qs[i]);
+                        assert_int_equal(l2[cuda_q8_pos(i, CUDA_Q8_K6)], qs[i]);
+                }
+                free(l1), free(l2);
+                cuda_free(lq.qs), cuda_free(lq.qs2);
+        }
         free(x), free(w), free(ref), free(y), free(h), free(qs), free(ds);
         cuda_free(dx), cuda_free(dw), cuda_free(dy), cuda_free(dh), cuda_free(q.qs), cuda_free(q.ds);
 }
@@ -727,6 +791,41 @@ static void test_rmsnorm(void **state) {
         check_rmsnorm(576, 3);
         check_rmsnorm(4096, 2);
         check_rmsnorm(2080, 3);
+        check_rmsnorm(2816, 1); /* 11 blocks of 256: a last chunk of three */
+        check_rmsnorm(4096, 1);
+}
+
+/* cuda_q8_pos(): each K layout takes every row length into its buffer (cuda_q8_bytes()) one to one, moves
+ * pieces of 16, and keeps each chunk of 2048 in its place. */
+static void test_q8_layouts(void **state) {
+        const uint32_t ns[] = {256, 2048, 2816, 4096, 11008};
+        for (size_t t = 0; t < ELEMENTSOF(ns); t++) {
+                const uint32_t n = ns[t];
+                for (int l = CUDA_Q8_K4; l <= CUDA_Q8_K6; l++) {
+                        const size_t nb = cuda_q8_bytes(n, (CudaQ8Layout)l);
+                        uint8_t *seen = calloc(nb, 1);
+                        assert_int_equal(nb % 2048, 0);
+                        assert_true(nb >= n && nb < n + 2048);
+                        for (uint32_t e = 0; e < n; e++) {
+                                const uint32_t p = cuda_q8_pos(e, (CudaQ8Layout)l);
+                                assert_true(p < nb && !seen[p]);
+                                assert_int_equal(p % 16, e % 16);
+                                assert_int_equal(p / 2048, e / 2048);
+                                seen[p] = 1;
+                        }
+                        free(seen);
+                }
+                assert_int_equal(cuda_q8_pos(77, CUDA_Q8_PLAIN), 77);
+                assert_int_equal(cuda_q8_bytes(n, CUDA_Q8_PLAIN), n);
+        }
+        /* A Q4_K lane p of block 0 holds elements 64 p ..; its piece k lies 512 k on. */
+        assert_int_equal(cuda_q8_pos(64 + 16, CUDA_Q8_K4), 512 + 16);
+        assert_int_equal(cuda_q8_pos(256 + 2 * 64, CUDA_Q8_K4), 16 * 6);
+        /* Q6_K lane 1 of block 0: elements 16 .. 31 of each group of 32 in the first half. */
+        assert_int_equal(cuda_q8_pos(32 + 16, CUDA_Q8_K6), 512 + 16);
+        assert_int_equal(cuda_q8_layout_for(GGML_TYPE_Q5_K), CUDA_Q8_K4);
+        assert_int_equal(cuda_q8_layout_for(GGML_TYPE_Q3_K), CUDA_Q8_K6);
+        assert_int_equal(cuda_q8_layout_for(GGML_TYPE_Q8_0), CUDA_Q8_PLAIN);
 }
 
 static void test_swiglu_gemm(void **state) {
@@ -852,6 +951,7 @@ static void attn_run_new(AttnRun *r, const CudaAttnShape *a, uint32_t n_pos, siz
         const int32_t zero = 0, last = (int32_t)n_pos - 1;
         const size_t ss = cuda_attn_scratch_size(a);
 
+        memset(r, 0, sizeof(*r));
         r->qkv = malloc((size_t)n_pos * stride * 4);
         assert_non_null(r->qkv);
         for (size_t i = 0; i < (size_t)n_pos * stride; i++)
@@ -865,7 +965,7 @@ static void attn_run_new(AttnRun *r, const CudaAttnShape *a, uint32_t n_pos, siz
         assert_int_equal(cuda_upload(r->scratch, zeros, ss), 0);
         free(zeros);
         r->dout = dev_poison(nq * 4);
-        assert_int_equal(cuda_malloc(nq, (void **)&r->oq.qs), 0);
+        assert_int_equal(cuda_malloc(cuda_q8_bytes(nq, CUDA_Q8_K4), (void **)&r->oq.qs), 0);
         assert_int_equal(cuda_malloc(nq / 32 * 8 + 8, (void **)&r->oq.ds), 0);
         assert_int_equal(cuda_rope_store(NULL, a, r->dqkv, stride, n_pos - 1, r->dpos, r->kc, r->vc), 0);
 }
@@ -893,22 +993,36 @@ static void check_attention(uint32_t hd, uint32_t n_head, uint32_t n_kv, uint32_
         const size_t ss = cuda_attn_scratch_size(&a);
         CudaQ8 oq = r.oq;
         float *outs[2];
+        /* The second time, where the output makes whole 256-blocks, in both K layouts at once. */
+        const bool lay = nq % 256 == 0;
+        if (lay)
+                assert_int_equal(cuda_malloc(cuda_q8_bytes(nq, CUDA_Q8_K6), (void **)&oq.qs2), 0);
         for (int rep = 0; rep < 2; rep++) {
+                oq.layout = rep == 1 && lay ? CUDA_Q8_K4 : CUDA_Q8_PLAIN;
+                oq.layout2 = CUDA_Q8_K6;
                 assert_int_equal(cuda_attn_decode(NULL, &a, dlast_qkv, dlast, kc, vc, scratch, dout,
                                                   hd % 32 == 0 ? &oq : NULL, rep == 1),
                                  0);
                 outs[rep] = download_f32(dout, nq);
                 if (hd % 32 == 0) {
-                        int8_t *qs = malloc(nq);
+                        const size_t nb = cuda_q8_bytes(nq, (CudaQ8Layout)oq.layout);
+                        int8_t *qs = malloc(nb), *qs2 = malloc(cuda_q8_bytes(nq, CUDA_Q8_K6));
                         float *ds = malloc(nq / 32 * 8);
-                        assert_int_equal(cuda_download(qs, oq.qs, nq), 0);
+                        assert_int_equal(cuda_download(qs, oq.qs, nb), 0);
                         assert_int_equal(cuda_download(ds, oq.ds, nq / 32 * 8), 0);
-                        for (uint32_t i = 0; i < nq; i++)
-                                assert_true(fabsf(qs[i] * ds[2 * (i / 32)] - outs[rep][i]) <=
-                                            0.5001f * ds[2 * (i / 32)] + 1e-7f);
-                        free(qs), free(ds);
+                        if (lay)
+                                assert_int_equal(cuda_download(qs2, oq.qs2, cuda_q8_bytes(nq, CUDA_Q8_K6)), 0);
+                        for (uint32_t i = 0; i < nq; i++) {
+                                const int8_t v = qs[cuda_q8_pos(i, (CudaQ8Layout)oq.layout)];
+                                assert_true(fabsf(v * ds[2 * (i / 32)] - outs[rep][i]) <= 0.5001f * ds[2 * (i / 32)] + 1e-7f);
+                                if (lay)
+                                        assert_int_equal(qs2[cuda_q8_pos(i, CUDA_Q8_K6)], v);
+                        }
+                        free(qs), free(qs2), free(ds);
                 }
         }
+        cuda_free(oq.qs2);
+        oq.qs2 = NULL;
         uint16_t *kh = malloc((size_t)n_pos * nk * 2), *vh = malloc((size_t)n_pos * nk * 2);
         assert_int_equal(cuda_download(kh, kc, (size_t)n_pos * nk * 2), 0);
         assert_int_equal(cuda_download(vh, vc, (size_t)n_pos * nk * 2), 0);
@@ -1110,6 +1224,7 @@ int main(void) {
                 cmocka_unit_test(test_matvec_errors),
                 cmocka_unit_test(test_dequant),
                 cmocka_unit_test(test_rmsnorm),
+                cmocka_unit_test(test_q8_layouts),
                 cmocka_unit_test(test_swiglu_gemm),
                 cmocka_unit_test(test_attention),
         };

@@ -43,7 +43,8 @@ struct CudaLlama {
         /* Decode scratch. */
         float *x;        /* (n_embd) residual stream */
         float *xn;       /* (n_embd) normalized, for float weights */
-        CudaQ8 xq;       /* (max(n_embd, n_ff, nq)) 8-bit input of the next product */
+        CudaQ8 xq;       /* (max(n_embd, n_ff, nq)) 8-bit input of the next product (layouts: q8_for()) */
+        int8_t *xq2;     /* (max(n_embd, n_ff, nq)) the same in a second layout, for Q/K/V of two families */
         float *qkv;      /* (nq + 2 nk) */
         float *att;      /* (nq) */
         CudaQ8 attq;     /* (nq) */
@@ -224,8 +225,10 @@ extern "C" int cuda_llama_new(int device, const CudaLlamaConfig *c, uint32_t l0,
         if (nq > nmax)
                 nmax = nq;
         if ((r = cuda_blas_new(m->stream, &m->blas)) < 0 || (r = alloc((void **)&m->x, c->n_embd * 4)) < 0 ||
-            (r = alloc((void **)&m->xn, c->n_embd * 4)) < 0 || (r = alloc((void **)&m->xq.qs, nmax)) < 0 ||
-            (r = alloc((void **)&m->xq.ds, nmax / 32 * 8 + 8)) < 0 || (r = alloc((void **)&m->attq.qs, nq)) < 0 ||
+            (r = alloc((void **)&m->xn, c->n_embd * 4)) < 0 ||
+            (r = alloc((void **)&m->xq.qs, cuda_q8_bytes(nmax, CUDA_Q8_K4))) < 0 ||
+            (r = alloc((void **)&m->xq2, cuda_q8_bytes(nmax, CUDA_Q8_K4))) < 0 ||
+            (r = alloc((void **)&m->xq.ds, nmax / 32 * 8 + 8)) < 0 || (r = alloc((void **)&m->attq.qs, cuda_q8_bytes(nq, CUDA_Q8_K4))) < 0 ||
             (r = alloc((void **)&m->attq.ds, nq / 32 * 8 + 8)) < 0 ||
             (r = alloc((void **)&m->qkv, (nq + 2 * nk) * 4)) < 0 || (r = alloc((void **)&m->att, nq * 4)) < 0 ||
             (r = alloc((void **)&m->h, c->n_ff * 4)) < 0 || (r = alloc((void **)&m->logits, c->n_vocab * 4)) < 0 ||
@@ -246,7 +249,7 @@ extern "C" CudaLlama *cuda_llama_free(CudaLlama *m) {
                 (void)cudaStreamSynchronize(m->stream);
         for (size_t i = 0; i < 3 + (size_t)m->c.n_layer * 9; i++)
                 cuda_free((void *)m->w[i].data);
-        void *bufs[] = {m->x,      m->xn,     m->xq.qs,   m->xq.ds,   m->qkv,    m->att,  m->attq.qs,
+        void *bufs[] = {m->x,      m->xn,     m->xq.qs,   m->xq2,     m->xq.ds,  m->qkv,   m->att,  m->attq.qs,
                         m->attq.ds, m->h,     m->logits,  m->tok,     m->pf_tok, m->pf_x, m->pf_xn,
                         m->pf_qkv,  m->pf_att, m->pf_gu,  m->pf_w,   m->inv_freq, m->bias};
         for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++)
@@ -459,6 +462,35 @@ static bool is_float_type(uint32_t t) {
                         return r_;                                                                              \
         } while (0)
 
+/*
+ * The 8-bit input q (second buffer qs2) laid out for products of the n weights w (NULL entries and float
+ * weights read floats): the layout the first family's single-sequence kernels read fastest, a second family's
+ * in qs2, plain for all where three families meet (or with QUANTD_CUDA_Q8_LAYOUT=0, for timing).
+ */
+static CudaQ8 q8_for(CudaQ8 q, int8_t *qs2, const CudaMatrix *const *w, unsigned n) {
+        static const bool on = cuda_knob("QUANTD_CUDA_Q8_LAYOUT", 0, 1, 1);
+        CudaQ8Layout fam[2];
+        unsigned nf = 0;
+
+        q.qs2 = NULL;
+        q.layout = q.layout2 = CUDA_Q8_PLAIN;
+        for (unsigned i = 0; on && i < n; i++) {
+                if (!w[i] || is_float_type(w[i]->type))
+                        continue;
+                const CudaQ8Layout f = cuda_q8_layout_for(w[i]->type);
+                if ((nf > 0 && fam[0] == f) || (nf > 1 && fam[1] == f))
+                        continue;
+                if (nf == 2 || (nf == 1 && !qs2))
+                        return q; /* one buffer too few: all plain */
+                fam[nf++] = f;
+        }
+        if (nf > 0)
+                q.layout = fam[0];
+        if (nf > 1)
+                q.qs2 = qs2, q.layout2 = fam[1];
+        return q;
+}
+
 /* Q, K and V of layer l for n sequences (outputs ld apart) in as few launches as their types allow: all three
  * share n_cols, and Q4_K_M gives V Q6_K in some layers. */
 static int run_qkv(CudaLlama *m, uint32_t l, const CudaMvInput *in, float *qkv, uint32_t n, uint32_t ld) {
@@ -497,35 +529,39 @@ static int decode_layers(CudaLlama *m, CudaKv *kv, uint32_t l0, uint32_t l1) {
         for (uint32_t l = l0; l < l1; l++) {
                 const CudaMatrix *o = weight(m, CUDA_W_O, l), *down = weight(m, CUDA_W_DOWN, l);
                 CudaMatrix gu[2] = {*weight(m, CUDA_W_GATE, l), *weight(m, CUDA_W_UP, l)};
-                const CudaMvInput in_att = {m->att, &m->attq}, in_x = {m->xn, &m->xq}, in_h = {m->h, &m->xq};
+                const CudaMatrix *qkv_w[3] = {weight(m, CUDA_W_Q, l), weight(m, CUDA_W_K, l), weight(m, CUDA_W_V, l)};
+                const CudaQ8 qa = q8_for(m->xq, m->xq2, qkv_w, 3), qo = q8_for(m->attq, NULL, &o, 1);
+                const CudaMatrix *gu_w[2] = {&gu[0], &gu[1]};
+                const CudaQ8 qf = q8_for(m->xq, NULL, gu_w, 2), qh = q8_for(m->xq, NULL, &down, 1);
+                const CudaMvInput in_a = {m->xn, &qa}, in_att = {m->att, &qo}, in_f = {m->xn, &qf}, in_h = {m->h, &qh};
                 float *y;
 
                 const bool small = !(m->skip & CUDA_SKIP_SMALL), mv = !(m->skip & CUDA_SKIP_MATVEC);
 
                 if (small)
                         TRY(cuda_rmsnorm(m->stream, m->x, (const float *)weight(m, CUDA_W_ATTN_NORM, l)->data,
-                                         c->n_embd, 1, c->norm_eps, m->xn, NULL, &m->xq));
+                                         c->n_embd, 1, c->norm_eps, m->xn, NULL, &qa));
                 if (mv)
-                        TRY(run_qkv(m, l, &in_x, m->qkv, 1, 0));
+                        TRY(run_qkv(m, l, &in_a, m->qkv, 1, 0));
                 const CudaAttnShape al = attn_shape_layer(m, a.n_ctx, l);
                 if (small)
                         TRY(cuda_attn_decode(m->stream, &al, m->qkv, kv->d_pos, kv->k + (l - m->l0) * kv_layer,
-                                             kv->v + (l - m->l0) * kv_layer, kv->attn_scratch, m->att, att_q ? &m->attq : NULL, true));
+                                             kv->v + (l - m->l0) * kv_layer, kv->attn_scratch, m->att, att_q ? &qo : NULL, true));
                 if (small && !att_q && !is_float_type(o->type))
-                        TRY(cuda_quantize_q8(m->stream, m->att, o->n_cols, 1, &m->attq));
+                        TRY(cuda_quantize_q8(m->stream, m->att, o->n_cols, 1, &qo));
                 y = m->x;
                 if (mv)
                         TRY(cuda_matvec(m->stream, o, 1, &in_att, &y, CUDA_MV_ADD));
                 if (small)
                         TRY(cuda_rmsnorm(m->stream, m->x, (const float *)weight(m, CUDA_W_FFN_NORM, l)->data,
-                                         c->n_embd, 1, c->norm_eps, m->xn, NULL, &m->xq));
+                                         c->n_embd, 1, c->norm_eps, m->xn, NULL, &qf));
                 if (gu[0].type != gu[1].type)
                         return -EOPNOTSUPP; /* no quantization mix gives gate and up different types */
                 y = m->h;
                 if (mv)
-                        TRY(cuda_matvec(m->stream, gu, 2, &in_x, &y, CUDA_MV_SWIGLU));
+                        TRY(cuda_matvec(m->stream, gu, 2, &in_f, &y, CUDA_MV_SWIGLU));
                 if (small && !is_float_type(down->type))
-                        TRY(cuda_quantize_q8(m->stream, m->h, c->n_ff, 1, &m->xq));
+                        TRY(cuda_quantize_q8(m->stream, m->h, c->n_ff, 1, &qh));
                 y = m->x;
                 if (mv)
                         TRY(cuda_matvec(m->stream, down, 1, &in_h, &y, CUDA_MV_ADD));
@@ -536,13 +572,15 @@ static int decode_layers(CudaLlama *m, CudaKv *kv, uint32_t l0, uint32_t l1) {
 /* The whole decode step: embedding of *m->tok, all layers, logits, and the argmax that feeds the next. */
 static int decode_step(CudaLlama *m, CudaKv *kv) {
         const CudaLlamaConfig *c = &m->c;
-        const CudaMvInput in = {m->xn, &m->xq};
+        const CudaMatrix *out_w = weight(m, CUDA_W_OUTPUT, 0);
+        const CudaQ8 q = q8_for(m->xq, NULL, &out_w, 1);
+        const CudaMvInput in = {m->xn, &q};
         float *y = m->logits;
 
         TRY(cuda_get_rows(m->stream, weight(m, CUDA_W_TOKEN_EMBD, 0), m->tok, 1, m->x));
         TRY(decode_layers(m, kv, m->l0, m->l1));
         TRY(cuda_rmsnorm(m->stream, m->x, (const float *)weight(m, CUDA_W_OUTPUT_NORM, 0)->data, c->n_embd, 1,
-                         c->norm_eps, m->xn, NULL, &m->xq));
+                         c->norm_eps, m->xn, NULL, &q));
         TRY(cuda_matvec(m->stream, weight(m, CUDA_W_OUTPUT, 0), 1, &in, &y, CUDA_MV_STORE));
         TRY(cuda_argmax(m->stream, m->logits, c->n_vocab, m->tok, kv->d_pos, kv->hist, kv->n_ctx + 1));
         return 0;
@@ -670,11 +708,13 @@ extern "C" int cuda_kv_truncate(CudaKv *kv, uint32_t pos) {
 /* The head for row r of the chunk in xdev: the output norm, then the logits unless hidden; copied to out. */
 static int head_row(CudaLlama *m, const float *xdev, bool hidden, float *out) {
         const CudaLlamaConfig *c = &m->c;
-        const CudaMvInput in = {m->xn, &m->xq};
+        const CudaMatrix *out_w = weight(m, CUDA_W_OUTPUT, 0);
+        const CudaQ8 q = q8_for(m->xq, NULL, &out_w, 1);
+        const CudaMvInput in = {m->xn, &q};
         float *y = m->logits;
 
         TRY(cuda_rmsnorm(m->stream, xdev, (const float *)weight(m, CUDA_W_OUTPUT_NORM, 0)->data, c->n_embd, 1,
-                         c->norm_eps, m->xn, NULL, &m->xq));
+                         c->norm_eps, m->xn, NULL, &q));
         if (hidden) {
                 CU_TRY(cudaMemcpyAsync(out, m->xn, (size_t)c->n_embd * 4, cudaMemcpyDeviceToHost, m->stream));
                 return 0;

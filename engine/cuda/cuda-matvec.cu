@@ -52,6 +52,7 @@ struct MvArgs {
         uint32_t n_rows;   /* rows in all */
         const int8_t *aq;  /* 8-bit input, for quantized weights */
         const float2 *ads;
+        uint32_t coal;     /* aq in the layout of the weights' type (q8_family()), not plain */
         const float *x;    /* float input, for float weights */
         uint32_t nb;       /* batched kernels: columns (sequences), each input row n_cols apart */
         uint32_t ldy;      /* batched kernels: elements between the outputs of consecutive columns */
@@ -159,7 +160,7 @@ template <int T> struct MvOcc {
         enum { BLOCKS = Tr<T>::QK == 32 ? 10 : MV_OCC_K };
 };
 
-template <int T, int NR, int EPI, int NB>
+template <int T, int NR, int EPI, int NB, bool COAL = false>
 __global__ void __launch_bounds__(MV_WARPS * 32, NB == 1 ? MvOcc<T>::BLOCKS : 4) mv_quant(const MvArgs a) {
         typedef Chunk<T, NR> C;
         extern __shared__ __align__(16) uint8_t smem[];
@@ -242,9 +243,14 @@ __global__ void __launch_bounds__(MV_WARPS * 32, NB == 1 ? MvOcc<T>::BLOCKS : 4)
                 if (b < n_blocks) {
                         const uint8_t *src = stage + st * NR * C::BYTES + bl * Tr<T>::BYTES;
                         if (NB == 1) {
+                                /* The lane's activation pieces: in the chunk's own order (COAL: 512 bytes
+                                 * apart) or in place; either way the stride is a constant. */
+                                uint32_t as = 512;
+                                const int8_t *ap = COAL ? xq + (size_t)c * (C::BLOCKS * Tr<T>::QK) + 16 * lane
+                                                        : plain_piece<T>(xq + (size_t)b * Tr<T>::QK, part, &as);
 #pragma unroll
                                 for (int i = 0; i < NR; i++)
-                                        acc[i][0] += lane_dot<T>(src + i * C::BYTES, part, xq + (size_t)b * Tr<T>::QK,
+                                        acc[i][0] += lane_dot<T>(src + i * C::BYTES, part, ap, as,
                                                                  xd + (size_t)b * (Tr<T>::QK / 32));
                         } else {
                                 LaneW<T> lw[NR];
@@ -583,6 +589,10 @@ template <int T, int NR, int EPI> static int mv_launch_quant(CudaStream s, const
 
         if (!a.aq)
                 return -EINVAL;
+        if constexpr (q8_family(T) != CUDA_Q8_PLAIN) {
+                if (a.coal)
+                        return mv_launch(mv_quant<T, NR, EPI, 1, true>, s, a, smem, mv_grid_per_sm());
+        }
         return mv_launch(mv_quant<T, NR, EPI, 1>, s, a, smem, mv_grid_per_sm());
 }
 
@@ -723,9 +733,19 @@ extern "C" int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, cons
         if (!type_is_float(w[0].type) && a.n_cols % 32 != 0)
                 return -EINVAL;
         a.x = in->x;
-        if (in->xq) {
-                a.aq = in->xq->qs;
-                a.ads = (const float2 *)in->xq->ds;
+        if (in->xq && !type_is_float(w[0].type)) {
+                /* the input in this type's layout if it has one, else plain */
+                const CudaQ8 *q = in->xq;
+                const int fam = q8_family((int)w[0].type);
+                if (fam != CUDA_Q8_PLAIN && (q->layout == fam || (q->qs2 && q->layout2 == fam))) {
+                        a.aq = q->layout == fam ? q->qs : q->qs2;
+                        a.coal = 1;
+                } else if (q->layout == CUDA_Q8_PLAIN || (q->qs2 && q->layout2 == CUDA_Q8_PLAIN)) {
+                        a.aq = q->layout == CUDA_Q8_PLAIN ? q->qs : q->qs2;
+                } else {
+                        return -EINVAL;
+                }
+                a.ads = (const float2 *)q->ds;
         }
         /* Rows of 256-element block types go in adjacent pairs when every matrix has an even number of them
          * (up to 1.3x faster on Q4_K; it made Q4_0 and Q5_0 slower, with half the stages per warp). */
@@ -828,8 +848,10 @@ extern "C" int cuda_matvec_batch(CudaStream s, const CudaMatrix *w, unsigned n_w
                 return -EINVAL;
         if ((r = mv_args(w, n_w, in, y, epi, &a)) < 0)
                 return r;
-        /* The activation rows must stay 16-byte aligned for the kernels' vector loads. */
+        /* The activation rows must stay 16-byte aligned for the kernels' vector loads; they are read plain. */
         if (type_is_float(w[0].type) ? a.n_cols % 4 != 0 : a.n_cols % 32 != 0)
+                return -EINVAL;
+        if (!type_is_float(w[0].type) && in->xq && in->xq->layout != CUDA_Q8_PLAIN)
                 return -EINVAL;
         a.ldy = ldy;
         /* Pairs of adjacent rows when every matrix has an even number of them. */
@@ -871,22 +893,34 @@ extern "C" int cuda_matvec_batch(CudaStream s, const CudaMatrix *w, unsigned n_w
 
 /* ---- activations to 8 bits: one warp per 32 elements ---- */
 
-__global__ void quantize_q8_kernel(const float *x, uint32_t n_total, int8_t *qs, float2 *ds) {
+__global__ void quantize_q8_kernel(const float *x, uint32_t n, uint32_t n_total, const CudaQ8 q) {
         uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
 
         grid_dep_launch();
         grid_dep_wait();
         if (i - (i & 31) >= n_total)
                 return;
-        warp_quantize(x[i], qs + (i & ~31u), ds + i / 32);
+        const uint32_t row = i / n;
+        warp_quantize(x[i], q, (size_t)row * n, i - row * n);
 }
 
 extern "C" int cuda_quantize_q8(CudaStream s, const float *x, uint32_t n, uint32_t n_rows, const CudaQ8 *ret) {
         uint32_t total = n * n_rows;
 
-        if (n % 32 != 0)
+        if (n % 32 != 0 || n == 0 || !q8_layouts_ok(ret, n, n_rows))
                 return -EINVAL;
-        CU_TRY(launch_pdl(quantize_q8_kernel, dim3((total + 255) / 256), dim3(256), 0, s, x, total, ret->qs,
-                          (float2 *)ret->ds));
+        CU_TRY(launch_pdl(quantize_q8_kernel, dim3((total + 255) / 256), dim3(256), 0, s, x, n, total, *ret));
         return 0;
+}
+
+extern "C" uint32_t cuda_q8_pos(uint32_t e, CudaQ8Layout l) {
+        return q8_pos(e, l);
+}
+
+extern "C" size_t cuda_q8_bytes(uint32_t n, CudaQ8Layout l) {
+        return q8_bytes(n, l);
+}
+
+extern "C" CudaQ8Layout cuda_q8_layout_for(uint32_t type) {
+        return (CudaQ8Layout)q8_family((int)type);
 }

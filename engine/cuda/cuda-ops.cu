@@ -89,8 +89,7 @@ template <int E> __device__ __forceinline__ void load_vec(const float *p, uint32
 
 template <int E>
 __global__ void __launch_bounds__(NORM_THREADS)
-        rmsnorm_kernel(const float *x, const float *w, uint32_t n, float eps, float *y, __half *y16, int8_t *qs,
-                       float2 *ds) {
+        rmsnorm_kernel(const float *x, const float *w, uint32_t n, float eps, float *y, __half *y16, const CudaQ8 q) {
         __shared__ float red[32];
         const uint32_t i0 = threadIdx.x * E;
         const size_t row = (size_t)blockIdx.x * n;
@@ -146,35 +145,43 @@ __global__ void __launch_bounds__(NORM_THREADS)
                         if (i0 + k < n)
                                 y[row + i0 + k] = v[k];
         }
-        if (!qs)
+        if (!q.qs)
                 return;
         /* Lanes of one group of 32 elements: 32 / E of them, aligned within the warp. */
         for (int o = 32 / E / 2; o > 0; o >>= 1)
                 amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
         const float d = amax / 127.0f;
         int sum = 0;
-        int q[E];
+        int iq[E];
 #pragma unroll
         for (int k = 0; k < E; k++) {
-                q[k] = amax > 0.0f ? __float2int_rn(v[k] / d) : 0;
-                sum += q[k];
+                iq[k] = amax > 0.0f ? __float2int_rn(v[k] / d) : 0;
+                sum += iq[k];
         }
+        /* four values a word: the layouts move whole pieces of 16 */
         if (vec) {
 #pragma unroll
                 for (int k = 0; k < E; k += 4)
-                        if (i0 + k < n)
-                                *(uint32_t *)(qs + row + i0 + k) = (q[k] & 0xff) | (q[k + 1] & 0xff) << 8 |
-                                                                   (q[k + 2] & 0xff) << 16 | (uint32_t)(q[k + 3] & 0xff) << 24;
+                        if (i0 + k < n) {
+                                const uint32_t word = (iq[k] & 0xff) | (iq[k + 1] & 0xff) << 8 | (iq[k + 2] & 0xff) << 16 |
+                                                      (uint32_t)(iq[k + 3] & 0xff) << 24;
+                                *(uint32_t *)(q.qs + row + q8_pos(i0 + k, q.layout)) = word;
+                                if (q.qs2)
+                                        *(uint32_t *)(q.qs2 + row + q8_pos(i0 + k, q.layout2)) = word;
+                        }
         } else {
 #pragma unroll
                 for (int k = 0; k < E; k++)
-                        if (i0 + k < n)
-                                qs[row + i0 + k] = (int8_t)q[k];
+                        if (i0 + k < n) {
+                                q.qs[row + q8_pos(i0 + k, q.layout)] = (int8_t)iq[k];
+                                if (q.qs2)
+                                        q.qs2[row + q8_pos(i0 + k, q.layout2)] = (int8_t)iq[k];
+                        }
         }
         for (int o = 32 / E / 2; o > 0; o >>= 1)
                 sum += __shfl_xor_sync(0xffffffffu, sum, o);
         if (i0 % 32 == 0 && i0 < n)
-                ds[(row + i0) / 32] = make_float2(d, d * (float)sum);
+                ((float2 *)q.ds)[(row + i0) / 32] = make_float2(d, d * (float)sum);
 }
 
 /* Threads per row at most: NORM_THREADS, or QUANTD_CUDA_NORM_THREADS for timing studies. */
@@ -186,12 +193,12 @@ static uint32_t norm_threads(void) {
 /* Launches rmsnorm_kernel<e> for the e (a power of two, 1 .. 32) of the row: each step doubles E. */
 template <int E>
 static int rmsnorm_launch(uint32_t e, CudaStream s, const float *x, const float *w, uint32_t n, uint32_t n_rows,
-                          float eps, float *y, uint16_t *y16, int8_t *qs, float2 *ds) {
+                          float eps, float *y, uint16_t *y16, const CudaQ8 &q) {
         if (E < 32 && e > (uint32_t)E)
-                return rmsnorm_launch<(E < 32 ? 2 * E : 32)>(e, s, x, w, n, n_rows, eps, y, y16, qs, ds);
+                return rmsnorm_launch<(E < 32 ? 2 * E : 32)>(e, s, x, w, n, n_rows, eps, y, y16, q);
         /* Whole warps only: threads past n hold zeros. */
         const dim3 block((n + E * 32 - 1) / (E * 32) * 32);
-        CU_TRY(launch_pdl(rmsnorm_kernel<E>, dim3(n_rows), block, 0, s, x, w, n, eps, y, (__half *)y16, qs, ds));
+        CU_TRY(launch_pdl(rmsnorm_kernel<E>, dim3(n_rows), block, 0, s, x, w, n, eps, y, (__half *)y16, q));
         return 0;
 }
 
@@ -200,12 +207,11 @@ extern "C" int cuda_rmsnorm(CudaStream s, const float *x, const float *w, uint32
         const uint32_t most = norm_threads(), per = (n + most - 1) / most;
         uint32_t e = 1;
 
-        if ((yq && n % 32 != 0) || per > 32 || n == 0)
+        if ((yq && (n % 32 != 0 || !q8_layouts_ok(yq, n, n_rows))) || per > 32 || n == 0)
                 return -EINVAL;
         while (e < per)
                 e *= 2;
-        return rmsnorm_launch<1>(e, s, x, w, n, n_rows, eps, y, y16, yq ? yq->qs : NULL,
-                                 yq ? (float2 *)yq->ds : NULL);
+        return rmsnorm_launch<1>(e, s, x, w, n, n_rows, eps, y, y16, yq ? *yq : CudaQ8{});
 }
 
 /* ---- rows of a matrix to floats, and whole matrices to halves ---- */
@@ -620,7 +626,7 @@ __device__ __forceinline__ void attn_values_f16(const uint8_t *vst, uint32_t hb,
 template <bool KVQ8, bool EARLY>
 __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const float *qkv, int32_t p, uint8_t *kc,
                                                   uint8_t *vc, float *part, uint32_t *counters, float *out,
-                                                  int8_t *oqs, float2 *ods) {
+                                                  const CudaQ8 &oq, size_t oq_row) {
         /* q, k, v of the token (hd each), each warp's output (hd), then (F16 cache) each warp's key rows
          * (padded) and value rows (attn_smem()) */
         extern __shared__ float sm[];
@@ -910,26 +916,26 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
         if (tid < hd) {
                 ob /= lb;
                 out[h * hd + tid] = ob;
-                if (oqs) /* hd % 32 == 0: the threads below hd are whole warps */
-                        warp_quantize(ob, oqs + h * hd + (tid & ~31u), ods + (h * hd + tid) / 32);
+                if (oq.qs) /* hd % 32 == 0: the threads below hd are whole warps */
+                        warp_quantize(ob, oq, oq_row, h * hd + tid);
         }
 }
 
 template <bool KVQ8, bool EARLY>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
         attn_decode_kernel(const CudaAttnShape a, const float *qkv, const int32_t *pos, uint8_t *kc, uint8_t *vc,
-                           float *part, uint32_t *counters, float *out, int8_t *oqs, float2 *ods) {
+                           float *part, uint32_t *counters, float *out, const CudaQ8 oq) {
         grid_dep_launch();
         if (!EARLY)
                 grid_dep_wait();
-        attn_decode_block<KVQ8, EARLY>(a, qkv, *pos, kc, vc, part, counters, out, oqs, ods);
+        attn_decode_block<KVQ8, EARLY>(a, qkv, *pos, kc, vc, part, counters, out, oq, 0);
 }
 
 /* blockIdx.z: the sequence of a batched step. */
 template <bool KVQ8, bool EARLY>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
         attn_decode_batch_kernel(const CudaAttnShape a, const float *qkv, const CudaSeqSlot *seqs, uint32_t layer,
-                                 uint8_t *scratch, size_t scratch_stride, float *out, int8_t *oqs, float2 *ods) {
+                                 uint8_t *scratch, size_t scratch_stride, float *out, const CudaQ8 oq) {
         const uint32_t b = blockIdx.z, hd = a.head_dim, nq = a.n_head * hd, kv_dim = a.n_head_kv * hd;
 
         grid_dep_launch();
@@ -940,15 +946,14 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
         float *part = (float *)(scratch + b * scratch_stride);
         uint32_t *counters = (uint32_t *)(part + (size_t)a.n_head * gridDim.y * (hd + 2));
         attn_decode_block<KVQ8, EARLY>(a, qkv + (size_t)b * (nq + 2 * kv_dim), sq.pos, (uint8_t *)sq.k + off,
-                          (uint8_t *)sq.v + off, part, counters, out + (size_t)b * nq, oqs ? oqs + (size_t)b * nq : NULL,
-                          ods ? ods + (size_t)b * (nq / 32) : NULL);
+                          (uint8_t *)sq.v + off, part, counters, out + (size_t)b * nq, oq, (size_t)b * nq);
 }
 
 extern "C" int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const float *qkv, const int32_t *pos,
                                 void *k_cache, void *v_cache, void *scratch, float *out, const CudaQ8 *outq,
                                 bool early) {
         void (*const kern[2][2])(const CudaAttnShape, const float *, const int32_t *, uint8_t *, uint8_t *, float *,
-                                 uint32_t *, float *, int8_t *, float2 *) = {
+                                 uint32_t *, float *, const CudaQ8) = {
                 {attn_decode_kernel<false, false>, attn_decode_kernel<false, true>},
                 {attn_decode_kernel<true, false>, attn_decode_kernel<true, true>},
         };
@@ -959,13 +964,14 @@ extern "C" int cuda_attn_decode(CudaStream s, const CudaAttnShape *a, const floa
         size_t smem = attn_smem(a);
 
         if (a->head_dim % 8 != 0 || a->head_dim > 64 * ATT_MAXP || a->head_dim > ATT_WARPS * 32 ||
-            a->n_rot > a->head_dim || a->n_head % a->n_head_kv != 0 || (outq && a->head_dim % 32 != 0))
+            a->n_rot > a->head_dim || a->n_head % a->n_head_kv != 0 ||
+            (outq && (a->head_dim % 32 != 0 || !q8_layouts_ok(outq, a->n_head * a->head_dim, 1))))
                 return -EINVAL;
         CU_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         CU_TRY(launch_pdl(k, dim3(a->n_head, ns),
                           dim3(ATT_WARPS * 32), smem, s, *a, qkv, pos,
                           (uint8_t *)k_cache, (uint8_t *)v_cache, part, counters, out,
-                          outq ? outq->qs : (int8_t *)NULL, outq ? (float2 *)outq->ds : (float2 *)NULL));
+                          outq ? *outq : CudaQ8{}));
         return 0;
 }
 
@@ -973,7 +979,7 @@ extern "C" int cuda_attn_decode_batch(CudaStream s, const CudaAttnShape *a, cons
                                       const CudaSeqSlot *seqs, uint32_t layer, void *scratch, float *out,
                                       const CudaQ8 *outq, bool early) {
         void (*const kern[2][2])(const CudaAttnShape, const float *, const CudaSeqSlot *, uint32_t, uint8_t *, size_t,
-                                 float *, int8_t *, float2 *) = {
+                                 float *, const CudaQ8) = {
                 {attn_decode_batch_kernel<false, false>, attn_decode_batch_kernel<false, true>},
                 {attn_decode_batch_kernel<true, false>, attn_decode_batch_kernel<true, true>},
         };
@@ -983,13 +989,13 @@ extern "C" int cuda_attn_decode_batch(CudaStream s, const CudaAttnShape *a, cons
         size_t stride = (cuda_attn_scratch_size(a) + 15) / 16 * 16;
 
         if (a->head_dim % 8 != 0 || a->head_dim > 64 * ATT_MAXP || a->head_dim > ATT_WARPS * 32 ||
-            a->n_rot > a->head_dim || a->n_head % a->n_head_kv != 0 || (outq && a->head_dim % 32 != 0) ||
+            a->n_rot > a->head_dim || a->n_head % a->n_head_kv != 0 ||
+            (outq && (a->head_dim % 32 != 0 || outq->layout != CUDA_Q8_PLAIN || outq->qs2)) ||
             n_seq == 0 || n_seq > 65535)
                 return -EINVAL;
         CU_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         CU_TRY(launch_pdl(k, dim3(a->n_head, ns, n_seq), dim3(ATT_WARPS * 32), smem, s, *a,
-                          qkv, seqs, layer, (uint8_t *)scratch, stride, out, outq ? outq->qs : (int8_t *)NULL,
-                          outq ? (float2 *)outq->ds : (float2 *)NULL));
+                          qkv, seqs, layer, (uint8_t *)scratch, stride, out, outq ? *outq : CudaQ8{}));
         return 0;
 }
 

@@ -10,7 +10,9 @@
  *
  * Activations in 8 bits come as two arrays: qs (int8, one per element, 16-byte aligned) and ds (two floats
  * per 32 elements: the scale d and d * the sum of the 32 quants). A dot over a block is then integer dp4a
- * over the quants, scaled once; types with an offset or a minimum use the sums.
+ * over the quants, scaled once; types with an offset or a minimum use the sums. A lane reads its quants as
+ * 16-byte pieces, piece k at ap + k * as: consecutive in a plain row, 512 bytes apart (a whole warp's k-th
+ * loads side by side) in the K4 and K6 layouts (q8_pos()).
  */
 
 #include "cuda-common.cuh"
@@ -30,6 +32,54 @@ template <> struct Tr<GGML_TYPE_Q6_K> { enum { QK = 256, BYTES = Q6_K_BYTES }; }
 template <> struct Tr<GGML_TYPE_F32> { enum { QK = 1, BYTES = 4 }; };
 template <> struct Tr<GGML_TYPE_F16> { enum { QK = 1, BYTES = 2 }; };
 template <> struct Tr<GGML_TYPE_BF16> { enum { QK = 1, BYTES = 2 }; };
+
+/* The layout (CudaQ8Layout) whose pieces a type's lanes read: Q4_K and Q5_K lane p of a block covers its
+ * elements 64 p .. 64 p + 63 (piece k: 64 p + 16 k); Q2_K, Q3_K and Q6_K lane p covers 16 elements of each
+ * group of 32 in half p / 2 (piece k: 128 (p / 2) + 32 k + 16 (p % 2)); 32-element types read plain rows. */
+__host__ __device__ constexpr int q8_family(int t) {
+        return t == GGML_TYPE_Q4_K || t == GGML_TYPE_Q5_K                         ? CUDA_Q8_K4
+               : t == GGML_TYPE_Q2_K || t == GGML_TYPE_Q3_K || t == GGML_TYPE_Q6_K ? CUDA_Q8_K6
+                                                                                   : CUDA_Q8_PLAIN;
+}
+
+/* Where element e of a row goes in layout l: in chunks of 2048 elements (8 blocks of 256, 4 lanes a block:
+ * one warp's step), piece k of lane 4 b + p at 16 (32 k + 4 b + p), so that the lanes' k-th loads are 512
+ * contiguous bytes (a shorter last chunk keeps the gaps of its missing lanes). */
+__host__ __device__ inline uint32_t q8_pos(uint32_t e, int l) {
+        if (l == CUDA_Q8_PLAIN)
+                return e;
+        const uint32_t base = e & ~2047u, r = e - base, b = r / 256, o = r % 256;
+        const uint32_t p = l == CUDA_Q8_K4 ? o / 64 : 2 * (o / 128) + (o % 32) / 16;
+        const uint32_t k = l == CUDA_Q8_K4 ? (o % 64) / 16 : (o % 128) / 32;
+        return base + 16 * (32 * k + 4 * b + p) + o % 16;
+}
+
+/* Bytes of a row of n in layout l. */
+__host__ __device__ inline size_t q8_bytes(uint32_t n, int l) {
+        return l == CUDA_Q8_PLAIN ? n : ((size_t)n + 2047) / 2048 * 2048;
+}
+
+/* Whether q's layouts are known and n_rows rows of n can have them. */
+static inline bool q8_layouts_ok(const CudaQ8 *q, uint32_t n, uint32_t n_rows) {
+        if (q->layout >= _CUDA_Q8_LAYOUT_MAX || (q->qs2 && q->layout2 >= _CUDA_Q8_LAYOUT_MAX))
+                return false;
+        return (q->layout == CUDA_Q8_PLAIN && (!q->qs2 || q->layout2 == CUDA_Q8_PLAIN)) ||
+               (n % 256 == 0 && n_rows == 1);
+}
+
+/* Lane p's first piece and piece stride in a plain row, its block's quants at aq. */
+template <int T> __device__ __forceinline__ const int8_t *plain_piece(const int8_t *aq, int p, uint32_t *as) {
+        if (q8_family(T) == CUDA_Q8_K4) {
+                *as = 16;
+                return aq + 64 * p;
+        }
+        if (q8_family(T) == CUDA_Q8_K6) {
+                *as = 32;
+                return aq + 128 * (p >> 1) + 16 * (p & 1);
+        }
+        *as = 16;
+        return aq;
+}
 
 /* Internal linkage for everything below: each .cu file that includes this gets its own copy. */
 namespace {
@@ -181,7 +231,8 @@ template <> __device__ __forceinline__ void dq8<GGML_TYPE_Q6_K>(const uint8_t *r
  *
  * Blocks of 32 elements: one lane takes a whole block. Blocks of 256: four lanes share one, lane part p
  * (0..3) taking 64 elements. blk points into shared memory (the block's first byte, any alignment the
- * row gives); aq and ads point to the activations of the block's first element.
+ * row gives); the lane's 8-bit activations are the 16-byte pieces ap + k * as (plain_piece() for a plain
+ * row), ads the scales of the block's first element.
  */
 
 #define M4 0x0f0f0f0fu
@@ -221,7 +272,8 @@ template <int N> __device__ __forceinline__ void ld_words_a4(const uint8_t *p, u
                 w[k] = ld_u32_a4(p + 4 * k);
 }
 
-template <int T> __device__ __forceinline__ float lane_dot(const uint8_t *blk, int part, const int8_t *aq, const float2 *ads);
+template <int T>
+__device__ __forceinline__ float lane_dot(const uint8_t *blk, int part, const int8_t *ap, uint32_t as, const float2 *ads);
 
 /* The 32-element types: the lane's block as 32 8-bit values in eight words, words 0-3 holding elements 0-15
  * and words 4-7 elements 16-31 (Q4_0's and Q4_1's low and high nibbles, Q5's with their fifth bits, Q8_0's
@@ -231,8 +283,8 @@ struct Act32 {
 };
 
 /* Loaded first thing in a lane's dot product: these come from L1 or L2, the weights from shared memory. */
-__device__ __forceinline__ Act32 ld_act32(const int8_t *aq) {
-        return {((const int4 *)aq)[0], ((const int4 *)aq)[1]};
+__device__ __forceinline__ Act32 ld_act32(const int8_t *ap, uint32_t as) {
+        return {*(const int4 *)ap, *(const int4 *)(ap + as)};
 }
 
 __device__ __forceinline__ int dp4a_block32(const int *w, const Act32 &a) {
@@ -291,8 +343,9 @@ template <> __device__ __forceinline__ void values32<GGML_TYPE_Q8_0>(const uint8
 /* The 32-element types' lane_dot(): the block's scale d (the first half), with Q4_1 and Q5_1 their minimum
  * (the second), with Q4_0 and Q5_0 their values' offset of 8 and 16 (ads's y: d times the sum of the 8-bit
  * activations). */
-template <int T> __device__ __forceinline__ float lane_dot32(const uint8_t *b, const int8_t *aq, const float2 *ads) {
-        const Act32 a = ld_act32(aq);
+template <int T>
+__device__ __forceinline__ float lane_dot32(const uint8_t *b, const int8_t *ap, uint32_t as, const float2 *ads) {
+        const Act32 a = ld_act32(ap, as);
         int w[8];
         values32<T>(b, w);
         if (T == GGML_TYPE_Q8_0)
@@ -304,9 +357,10 @@ template <int T> __device__ __forceinline__ float lane_dot32(const uint8_t *b, c
 }
 
 #define LANE_DOT32(T)                                                                                           \
-        template <> __device__ __forceinline__ float lane_dot<T>(const uint8_t *b, int, const int8_t *aq,       \
-                                                                 const float2 *ads) {                           \
-                return lane_dot32<T>(b, aq, ads);                                                               \
+        template <>                                                                                             \
+        __device__ __forceinline__ float lane_dot<T>(const uint8_t *b, int, const int8_t *ap, uint32_t as,      \
+                                                     const float2 *ads) {                                       \
+                return lane_dot32<T>(b, ap, as, ads);                                                           \
         }
 LANE_DOT32(GGML_TYPE_Q4_0)
 LANE_DOT32(GGML_TYPE_Q4_1)
@@ -318,7 +372,9 @@ LANE_DOT32(GGML_TYPE_Q8_0)
 /* Q2_K and Q3_K and Q6_K: part p covers half n = p / 2 (128 elements) and, in it, the 16 positions
  * l0 = 16 * (p % 2) .. l0 + 15 of each of the half's four groups of 32. */
 
-template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q2_K>(const uint8_t *b, int p, const int8_t *aq, const float2 *ads) {
+template <>
+__device__ __forceinline__ float lane_dot<GGML_TYPE_Q2_K>(const uint8_t *b, int p, const int8_t *ap, uint32_t as,
+                                                     const float2 *ads) {
         int n = p >> 1, l0 = 16 * (p & 1);
         uint32_t w[4];
         float acc = 0.0f, accm = 0.0f;
@@ -327,7 +383,7 @@ template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q2_K>(const uint
                 w[k] = ld_u32_a4(b + 16 + 32 * n + l0 + 4 * k);
 #pragma unroll
         for (int j = 0; j < 4; j++) {
-                int4 a = *(const int4 *)(aq + 128 * n + 32 * j + l0);
+                int4 a = *(const int4 *)(ap + j * as);
                 const int *av = (const int *)&a;
                 int s = 0, sa = 0;
 #pragma unroll
@@ -343,7 +399,9 @@ template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q2_K>(const uint
         return ld_half(b + 80) * acc - ld_half(b + 82) * accm;
 }
 
-template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q3_K>(const uint8_t *b, int p, const int8_t *aq, const float2 *ads) {
+template <>
+__device__ __forceinline__ float lane_dot<GGML_TYPE_Q3_K>(const uint8_t *b, int p, const int8_t *ap, uint32_t as,
+                                                     const float2 *ads) {
         int n = p >> 1, l0 = 16 * (p & 1);
         uint32_t w[4], hm[4];
         float acc = 0.0f;
@@ -354,7 +412,7 @@ template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q3_K>(const uint
         }
 #pragma unroll
         for (int j = 0; j < 4; j++) {
-                int4 a = *(const int4 *)(aq + 128 * n + 32 * j + l0);
+                int4 a = *(const int4 *)(ap + j * as);
                 const int *av = (const int *)&a;
                 int s = 0;
 #pragma unroll
@@ -381,12 +439,13 @@ __device__ __forceinline__ void k4_scales_pair(uint4 hdr, int p, float *sc0, flo
         *m0 = (float)((mw >> sh) & 0xff), *m1 = (float)((mw >> (sh + 8)) & 0xff);
 }
 
-template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q4_K>(const uint8_t *b, int p, const int8_t *aq, const float2 *ads) {
+template <>
+__device__ __forceinline__ float lane_dot<GGML_TYPE_Q4_K>(const uint8_t *b, int p, const int8_t *ap, uint32_t as,
+                                                     const float2 *ads) {
         uint4 hdr = *(const uint4 *)b;
         uint4 wv0 = *(const uint4 *)(b + 16 + 32 * p), wv1 = *(const uint4 *)(b + 16 + 32 * p + 16);
-        const int8_t *a = aq + 64 * p;
-        int4 a0 = ((const int4 *)a)[0], a1 = ((const int4 *)a)[1], a2 = ((const int4 *)a)[2],
-             a3 = ((const int4 *)a)[3];
+        int4 a0 = *(const int4 *)ap, a1 = *(const int4 *)(ap + as), a2 = *(const int4 *)(ap + 2 * as),
+             a3 = *(const int4 *)(ap + 3 * as);
         uint32_t w[8] = {wv0.x, wv0.y, wv0.z, wv0.w, wv1.x, wv1.y, wv1.z, wv1.w};
         int lo[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
         int hi[8] = {a2.x, a2.y, a2.z, a2.w, a3.x, a3.y, a3.z, a3.w};
@@ -403,12 +462,13 @@ template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q4_K>(const uint
         return dm.x * (sc0 * d0.x * (float)slo + sc1 * d1.x * (float)shi) - dm.y * (m0 * d0.y + m1 * d1.y);
 }
 
-template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q5_K>(const uint8_t *b, int p, const int8_t *aq, const float2 *ads) {
+template <>
+__device__ __forceinline__ float lane_dot<GGML_TYPE_Q5_K>(const uint8_t *b, int p, const int8_t *ap, uint32_t as,
+                                                     const float2 *ads) {
         uint4 wv0 = *(const uint4 *)(b + 48 + 32 * p), wv1 = *(const uint4 *)(b + 48 + 32 * p + 16);
         uint4 hv0 = *(const uint4 *)(b + 16), hv1 = *(const uint4 *)(b + 32);
-        const int8_t *a = aq + 64 * p;
-        int4 a0 = ((const int4 *)a)[0], a1 = ((const int4 *)a)[1], a2 = ((const int4 *)a)[2],
-             a3 = ((const int4 *)a)[3];
+        int4 a0 = *(const int4 *)ap, a1 = *(const int4 *)(ap + as), a2 = *(const int4 *)(ap + 2 * as),
+             a3 = *(const int4 *)(ap + 3 * as);
         uint32_t w[8] = {wv0.x, wv0.y, wv0.z, wv0.w, wv1.x, wv1.y, wv1.z, wv1.w};
         uint32_t h[8] = {hv0.x, hv0.y, hv0.z, hv0.w, hv1.x, hv1.y, hv1.z, hv1.w};
         int lo[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
@@ -429,7 +489,9 @@ template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q5_K>(const uint
         return dm.x * (sc0 * d0.x * (float)slo + sc1 * d1.x * (float)shi) - dm.y * (m0 * d0.y + m1 * d1.y);
 }
 
-template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q6_K>(const uint8_t *b, int p, const int8_t *aq, const float2 *ads) {
+template <>
+__device__ __forceinline__ float lane_dot<GGML_TYPE_Q6_K>(const uint8_t *b, int p, const int8_t *ap, uint32_t as,
+                                                     const float2 *ads) {
         int n = p >> 1, l0 = 16 * (p & 1);
         uint32_t qa[4], qb[4], qh[4];
         float acc = 0.0f;
@@ -438,7 +500,7 @@ template <> __device__ __forceinline__ float lane_dot<GGML_TYPE_Q6_K>(const uint
         ld_words_a2<4>(b + 128 + 32 * n + l0, qh);
 #pragma unroll
         for (int g = 0; g < 4; g++) {
-                int4 a = *(const int4 *)(aq + 128 * n + 32 * g + l0);
+                int4 a = *(const int4 *)(ap + g * as);
                 const int *av = (const int *)&a;
                 int s = 0;
 #pragma unroll
@@ -464,7 +526,9 @@ template <int T> struct LaneW {
                 b = blk, p = part;
         }
         __device__ __forceinline__ float dot(const int8_t *aq, const float2 *ads) const {
-                return lane_dot<T>(b, p, aq, ads);
+                uint32_t as;
+                const int8_t *ap = plain_piece<T>(aq, p, &as);
+                return lane_dot<T>(b, p, ap, as, ads);
         }
 };
 
@@ -477,7 +541,7 @@ template <> struct LaneW<GGML_TYPE_Q4_0> {
         }
         __device__ __forceinline__ float dot(const int8_t *aq, const float2 *ads) const {
                 float2 ds = ads[0];
-                return d * (ds.x * (float)dp4a_block32(q, ld_act32(aq)) - 8.0f * ds.y);
+                return d * (ds.x * (float)dp4a_block32(q, ld_act32(aq, 16)) - 8.0f * ds.y);
         }
 };
 
@@ -489,7 +553,7 @@ template <> struct LaneW<GGML_TYPE_Q8_0> {
                 d = ld_half(b);
         }
         __device__ __forceinline__ float dot(const int8_t *aq, const float2 *ads) const {
-                return d * ads[0].x * (float)dp4a_block32(q, ld_act32(aq));
+                return d * ads[0].x * (float)dp4a_block32(q, ld_act32(aq, 16));
         }
 };
 
@@ -564,18 +628,21 @@ template <> struct LaneW<GGML_TYPE_Q6_K> {
         }
 };
 
-/* The 8-bit activations the products read (CudaQ8): one warp's 32 values, each lane holding one, with
- * the scale d and d times the sum of the quantized values (for the offsets of Q4_0 and Q5_0). */
-__device__ __forceinline__ void warp_quantize(float v, int8_t *qs, float2 *ds) {
+/* The 8-bit activations the products read (CudaQ8): one warp's 32 values, each lane holding one (element e
+ * of a row, e % 32 the lane; the row's first element at `row`), with the scale d and d times the sum of the
+ * quantized values (for the offsets of Q4_0 and Q5_0), stored in q's layouts. */
+__device__ __forceinline__ void warp_quantize(float v, const CudaQ8 &q, size_t row, uint32_t e) {
         int lane = threadIdx.x & 31;
         float amax = warp_max(fabsf(v));
         float d = amax / 127.0f;
-        int q = amax > 0.0f ? __float2int_rn(v / d) : 0;
-        float sum = warp_sum((float)q);
+        int iq = amax > 0.0f ? __float2int_rn(v / d) : 0;
+        float sum = warp_sum((float)iq);
 
-        qs[lane] = (int8_t)q;
+        q.qs[row + q8_pos(e, q.layout)] = (int8_t)iq;
+        if (q.qs2)
+                q.qs2[row + q8_pos(e, q.layout2)] = (int8_t)iq;
         if (lane == 0)
-                *ds = make_float2(d, d * sum);
+                ((float2 *)q.ds)[(row + e) / 32] = make_float2(d, d * sum);
 }
 
 } /* namespace */

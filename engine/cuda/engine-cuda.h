@@ -62,11 +62,36 @@ typedef struct CudaMatrix {
         const void *data;
 } CudaMatrix;
 
-/* Activations quantized to 8 bits per 32 elements: qs (n int8), ds (n / 32 pairs: scale, scale * sum). */
+/*
+ * How the 8-bit values of an activation row are ordered. PLAIN: element by element. K4 and K6: in chunks of
+ * 2048 elements, the order in which one warp of the single-sequence products reads them for Q4_K/Q5_K (K4) or
+ * Q2_K/Q3_K/Q6_K (K6) weights, so that each of its 16-byte loads takes 512 contiguous bytes instead of
+ * sixteen pieces 64 bytes apart. cuda_q8_pos() says where element e goes. K layouts are for one row a
+ * multiple of 256 long, in a buffer of cuda_q8_bytes() (a last chunk shorter than 2048 keeps its gaps).
+ */
+typedef enum CudaQ8Layout {
+        CUDA_Q8_PLAIN,
+        CUDA_Q8_K4,
+        CUDA_Q8_K6,
+        _CUDA_Q8_LAYOUT_MAX,
+} CudaQ8Layout;
+
+/* Activations quantized to 8 bits per 32 elements: qs (n int8, in layout), ds (n / 32 pairs: scale,
+ * scale * sum, always in element order); optionally the same values in a second layout in qs2 (for products
+ * of two type families reading one input). Zero-initialized: one plain row. */
 typedef struct CudaQ8 {
         int8_t *qs;
         float *ds;
+        int8_t *qs2;
+        uint8_t layout, layout2; /* CudaQ8Layout */
 } CudaQ8;
+
+/* Where element e of a row goes in layout l (e itself for CUDA_Q8_PLAIN), and the bytes a row of n takes. */
+uint32_t cuda_q8_pos(uint32_t e, CudaQ8Layout l);
+size_t cuda_q8_bytes(uint32_t n, CudaQ8Layout l);
+
+/* The layout in which the single-sequence products of weight type t read their 8-bit input fastest. */
+CudaQ8Layout cuda_q8_layout_for(uint32_t type);
 
 typedef enum CudaMvEpilogue {
         CUDA_MV_STORE,  /* y[r] = w[r] . x */
@@ -84,15 +109,16 @@ typedef struct CudaMvInput {
 
 /*
  * Matrix-vector products for one token: n_w (1..3) matrices of one type and one n_cols, each into its own
- * y[i], in one launch. For SWIGLU n_w is 2 and y[0] gets the result.
+ * y[i], in one launch. For SWIGLU n_w is 2 and y[0] gets the result. The 8-bit input must be in the layout
+ * of cuda_q8_layout_for(type) (in qs or qs2) or plain: -EINVAL otherwise.
  */
 int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInput *in, float *const *y,
                 CudaMvEpilogue epi);
 
 /*
  * The same for n_seq input vectors at once (one decode step of n_seq sequences), each weight read once for all
- * of them: input j is row j of in->x / in->xq (n_cols apart; ds n_cols / 32 pairs apart), its outputs go to
- * y[i] + j * ldy. n_seq 1 is cuda_matvec().
+ * of them: input j is row j of in->x / in->xq (n_cols apart; ds n_cols / 32 pairs apart; plain layout), its
+ * outputs go to y[i] + j * ldy. n_seq 1 is cuda_matvec().
  */
 int cuda_matvec_batch(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInput *in, float *const *y,
                       CudaMvEpilogue epi, uint32_t n_seq, uint32_t ldy);
@@ -100,11 +126,12 @@ int cuda_matvec_batch(CudaStream s, const CudaMatrix *w, unsigned n_w, const Cud
 /* y = W x with x in floats and each weight dequantized on the fly: the reference-mode product, any type. */
 int cuda_matvec_f32(CudaStream s, const CudaMatrix *w, const float *x, float *y);
 
-/* Quantizes n_rows rows of n floats (n a multiple of 32, rows contiguous) to 8 bits per 32. */
+/* Quantizes n_rows rows of n floats (n a multiple of 32, rows contiguous) to 8 bits per 32, in ret's
+ * layout(s) (K4 and K6: one row, n a multiple of 256). */
 int cuda_quantize_q8(CudaStream s, const float *x, uint32_t n, uint32_t n_rows, const CudaQ8 *ret);
 
 /* y = x / rms(x) * w per row of n, rows contiguous; writes whichever of y (float), y16 (half) and yq
- * (8-bit, n a multiple of 32) is non-NULL. */
+ * (8-bit, n a multiple of 32, in yq's layouts as for cuda_quantize_q8()) is non-NULL. */
 int cuda_rmsnorm(CudaStream s, const float *x, const float *w, uint32_t n, uint32_t n_rows, float eps, float *y,
                  uint16_t *y16, const CudaQ8 *yq);
 
