@@ -531,6 +531,85 @@ static void test_matvec(void **state) {
         check_matvec(GGML_TYPE_Q4_K, 512, 34002);
 }
 
+/*
+ * Three matrices of mixed types in one call (Q/K/V of Q4_K_M and the like): one launch for Q4_K or Q5_K with
+ * Q6_K, else one per type; each output equal to the bit to the same product launched alone, with the input
+ * in both K layouts, plain, and (batched) two sequences.
+ */
+static void check_matvec_mixed(const uint32_t *types, uint32_t n_cols, const uint32_t *n_rows) {
+        Mat w[3];
+        float *x = malloc(2 * n_cols * 4), *dys[3], *dyr[3];
+        CudaQ8 q = {0}, qp = {0};
+        uint32_t ldy = 0;
+        bool plain_type = false;
+
+        for (uint32_t i = 0; i < 2 * n_cols; i++)
+                x[i] = frnd();
+        float *dx = dev_upload(x, 2 * n_cols * 4);
+        for (int i = 0; i < 3; i++)
+                ldy = n_rows[i] > ldy ? n_rows[i] : ldy;
+        for (int i = 0; i < 3; i++) {
+                mat_new(&w[i], types[i], n_cols, n_rows[i]);
+                dys[i] = dev_poison((ldy + n_rows[i]) * 4);
+                dyr[i] = dev_poison((ldy + n_rows[i]) * 4);
+                plain_type = plain_type || cuda_q8_layout_for(types[i]) == CUDA_Q8_PLAIN;
+        }
+        assert_int_equal(cuda_malloc(cuda_q8_bytes(n_cols, CUDA_Q8_K4), (void **)&q.qs), 0);
+        assert_int_equal(cuda_malloc(cuda_q8_bytes(n_cols, CUDA_Q8_K6), (void **)&q.qs2), 0);
+        assert_int_equal(cuda_malloc(n_cols / 32 * 8, (void **)&q.ds), 0);
+        assert_int_equal(cuda_malloc(2 * n_cols, (void **)&qp.qs), 0);
+        assert_int_equal(cuda_malloc(2 * n_cols / 32 * 8, (void **)&qp.ds), 0);
+        q.layout = CUDA_Q8_K4, q.layout2 = CUDA_Q8_K6;
+        assert_int_equal(cuda_quantize_q8(NULL, dx, n_cols, 1, &q), 0);
+        assert_int_equal(cuda_quantize_q8(NULL, dx, n_cols, 2, &qp), 0);
+        const CudaMatrix ms[3] = {w[0].m, w[1].m, w[2].m};
+        for (int v = 0; v < 3; v++) {
+                const CudaMvInput in = {NULL, v == 0 ? &q : &qp};
+                const uint32_t nb = v == 2 ? 2 : 1;
+                if (v == 0 && plain_type) {
+                        /* a 32-element type cannot read the K layouts: refused */
+                        assert_int_equal(cuda_matvec(NULL, ms, 3, &in, dys, CUDA_MV_STORE), -EINVAL);
+                        continue;
+                }
+                assert_int_equal(cuda_matvec_batch(NULL, ms, 3, &in, dys, CUDA_MV_STORE, nb, ldy), 0);
+                for (int i = 0; i < 3; i++) {
+                        float *one[1] = {dyr[i]};
+                        assert_int_equal(cuda_matvec_batch(NULL, &ms[i], 1, &in, one, CUDA_MV_STORE, nb, ldy), 0);
+                }
+                assert_int_equal(cuda_sync(NULL), 0);
+                for (int i = 0; i < 3; i++)
+                        for (uint32_t j = 0; j < nb; j++) {
+                                float *a = download_f32(dys[i] + j * ldy, n_rows[i]);
+                                float *b = download_f32(dyr[i] + j * ldy, n_rows[i]);
+                                assert_memory_equal(a, b, n_rows[i] * 4);
+                                free(a), free(b);
+                        }
+        }
+        print_message("# mixed %s/%s/%s x %u: equal to the launches alone\n", ggml_type_name(types[0]),
+                      ggml_type_name(types[1]), ggml_type_name(types[2]), n_cols);
+        /* SwiGLU takes two matrices of one type and one size. */
+        const CudaMvInput in = {NULL, &qp};
+        const bool glu = types[0] == types[1] && n_rows[0] == n_rows[1];
+        assert_int_equal(cuda_matvec(NULL, ms, 2, &in, dys, CUDA_MV_SWIGLU), glu ? 0 : -EINVAL);
+        assert_int_equal(cuda_sync(NULL), 0);
+        for (int i = 0; i < 3; i++)
+                mat_free(&w[i]), cuda_free(dys[i]), cuda_free(dyr[i]);
+        cuda_free(q.qs), cuda_free(q.qs2), cuda_free(q.ds), cuda_free(qp.qs), cuda_free(qp.ds), cuda_free(dx);
+        free(x);
+}
+
+static void test_matvec_mixed(void **state) {
+        const uint32_t qkv[3] = {GGML_TYPE_Q4_K, GGML_TYPE_Q4_K, GGML_TYPE_Q6_K};
+        const uint32_t q5[3] = {GGML_TYPE_Q6_K, GGML_TYPE_Q5_K, GGML_TYPE_Q5_K};
+        const uint32_t three[3] = {GGML_TYPE_Q8_0, GGML_TYPE_Q4_K, GGML_TYPE_Q6_K};
+        const uint32_t odd[3] = {GGML_TYPE_Q4_K, GGML_TYPE_Q6_K, GGML_TYPE_Q6_K};
+        check_matvec_mixed(qkv, 4096, (const uint32_t[]){4096, 1024, 1024});
+        check_matvec_mixed(qkv, 2816, (const uint32_t[]){64, 64, 67}); /* a last chunk of 3 blocks; SwiGLU */
+        check_matvec_mixed(q5, 4096, (const uint32_t[]){96, 200, 130});
+        check_matvec_mixed(three, 4096, (const uint32_t[]){64, 64, 64});
+        check_matvec_mixed(odd, 4096, (const uint32_t[]){63, 64, 64}); /* odd Q4_K rows: one launch a type */
+}
+
 /* The batched products (several sequences' inputs at once) against the host reference: nb inputs, two
  * matrices stored into one strided output, a residual add, and SwiGLU. */
 static void check_matvec_batch(uint32_t type, uint32_t n_cols, uint32_t n_rows, uint32_t nb) {
@@ -1221,6 +1300,7 @@ int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_matvec),
                 cmocka_unit_test(test_matvec_batch),
+                cmocka_unit_test(test_matvec_mixed),
                 cmocka_unit_test(test_matvec_errors),
                 cmocka_unit_test(test_dequant),
                 cmocka_unit_test(test_rmsnorm),

@@ -491,29 +491,14 @@ static CudaQ8 q8_for(CudaQ8 q, int8_t *qs2, const CudaMatrix *const *w, unsigned
         return q;
 }
 
-/* Q, K and V of layer l for n sequences (outputs ld apart) in as few launches as their types allow: all three
- * share n_cols, and Q4_K_M gives V Q6_K in some layers. */
+/* Q, K and V of layer l for n sequences (outputs ld apart): all three share n_cols; the products launch them
+ * together, in one launch even where Q4_K_M gives V Q6_K (cuda_matvec()). */
 static int run_qkv(CudaLlama *m, uint32_t l, const CudaMvInput *in, float *qkv, uint32_t n, uint32_t ld) {
         const uint32_t nq = m->c.n_head * m->c.head_dim, nk = m->c.n_head_kv * m->c.head_dim;
         const CudaMatrix ws[3] = {*weight(m, CUDA_W_Q, l), *weight(m, CUDA_W_K, l), *weight(m, CUDA_W_V, l)};
         float *const ys[3] = {qkv, qkv + nq, qkv + nq + nk};
-        bool done[3] = {false, false, false};
 
-        for (int i = 0; i < 3; i++) {
-                CudaMatrix g[3];
-                float *gy[3];
-                unsigned k = 0;
-                if (done[i])
-                        continue;
-                for (int j = i; j < 3; j++)
-                        if (!done[j] && ws[j].type == ws[i].type) {
-                                g[k] = ws[j];
-                                gy[k++] = ys[j];
-                                done[j] = true;
-                        }
-                TRY(cuda_matvec_batch(m->stream, g, k, in, gy, CUDA_MV_STORE, n, ld));
-        }
-        return 0;
+        return cuda_matvec_batch(m->stream, ws, 3, in, ys, CUDA_MV_STORE, n, ld);
 }
 
 /* One token through layers [l0, l1) on m->x; the token's position is *kv->d_pos. Eight launches a layer (nine

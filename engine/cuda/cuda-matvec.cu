@@ -160,12 +160,12 @@ template <int T> struct MvOcc {
         enum { BLOCKS = Tr<T>::QK == 32 ? 10 : MV_OCC_K };
 };
 
-template <int T, int NR, int EPI, int NB, bool COAL = false>
-__global__ void __launch_bounds__(MV_WARPS * 32, NB == 1 ? MvOcc<T>::BLOCKS : 4) mv_quant(const MvArgs a) {
+/* The product as block blk of a grid of nblk (mv_quant(), mv_quant_two()); smem: the block's stages. */
+template <int T, int NR, int EPI, int NB, bool COAL>
+__device__ __forceinline__ void mv_quant_run(const MvArgs &a, uint32_t blk, uint32_t nblk, uint8_t *smem) {
         typedef Chunk<T, NR> C;
-        extern __shared__ __align__(16) uint8_t smem[];
         const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-        const uint32_t gw = blockIdx.x * MV_WARPS + wid, tw = gridDim.x * MV_WARPS;
+        const uint32_t gw = blk * MV_WARPS + wid, tw = nblk * MV_WARPS;
         const int8_t *xq = a.aq;
         const float2 *xd = a.ads;
         uint8_t *stage = smem + (size_t)wid * C::STAGES * NR * C::BYTES;
@@ -298,6 +298,26 @@ __global__ void __launch_bounds__(MV_WARPS * 32, NB == 1 ? MvOcc<T>::BLOCKS : 4)
                         k++;
                 }
         }
+}
+
+template <int T, int NR, int EPI, int NB, bool COAL = false>
+__global__ void __launch_bounds__(MV_WARPS * 32, NB == 1 ? MvOcc<T>::BLOCKS : 4) mv_quant(const MvArgs a) {
+        extern __shared__ __align__(16) uint8_t smem[];
+        mv_quant_run<T, NR, EPI, NB, COAL>(a, blockIdx.x, gridDim.x, smem);
+}
+
+/* Two products of different K-quant types reading one input in their own layouts, in one launch (Q and K in
+ * Q4_K with V in Q6_K, as Q4_K_M has it in about half the layers): blocks below split run the first, the
+ * rest the second, so that the second does not wait behind a kernel boundary. */
+template <int T1, int NR1, int T2, int NR2, int EPI>
+__global__ void __launch_bounds__(MV_WARPS * 32, MvOcc<T1>::BLOCKS)
+        mv_quant_two(const MvArgs a1, const MvArgs a2, uint32_t split) {
+        static_assert(MvOcc<T1>::BLOCKS == MvOcc<T2>::BLOCKS, "one register budget");
+        extern __shared__ __align__(16) uint8_t smem[];
+        if (blockIdx.x < split)
+                mv_quant_run<T1, NR1, EPI, 1, true>(a1, blockIdx.x, split, smem);
+        else
+                mv_quant_run<T2, NR2, EPI, 1, true>(a2, blockIdx.x - split, gridDim.x - split, smem);
 }
 
 /* Float weights: 16 bytes per lane per step straight from global memory, MVF_UNROLL steps in flight, with
@@ -723,30 +743,125 @@ static int mv_args(const CudaMatrix *w, unsigned n_w, const CudaMvInput *in, flo
         return 0;
 }
 
+/* The 8-bit input of a single-sequence product of type: in the type's layout if q has it (coal), else plain;
+ * -EINVAL if q has neither. */
+static int mv_input(const CudaQ8 *q, uint32_t type, MvArgs *a) {
+        const int fam = q8_family((int)type);
+
+        if (fam != CUDA_Q8_PLAIN && (q->layout == fam || (q->qs2 && q->layout2 == fam))) {
+                a->aq = q->layout == fam ? q->qs : q->qs2;
+                a->coal = 1;
+        } else if (q->layout == CUDA_Q8_PLAIN || (q->qs2 && q->layout2 == CUDA_Q8_PLAIN)) {
+                a->aq = q->layout == CUDA_Q8_PLAIN ? q->qs : q->qs2;
+        } else {
+                return -EINVAL;
+        }
+        a->ads = (const float2 *)q->ds;
+        return 0;
+}
+
+static bool one_type(const CudaMatrix *w, unsigned n_w) {
+        for (unsigned i = 1; i < n_w; i++)
+                if (w[i].type != w[0].type)
+                        return false;
+        return true;
+}
+
+/* Q4_K or Q5_K matrices (in row pairs) with Q6_K ones (single rows: their pairs' stages would not leave the
+ * first type its 8 blocks a multiprocessor) in one launch of mv_quant_two(), both inputs in their layouts;
+ * -EOPNOTSUPP for anything else (the caller launches each type on its own). */
+static int mv_two(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInput *in, float *const *y) {
+        CudaMatrix g[2][3];
+        float *gy[2][3];
+        unsigned k[2] = {0, 0};
+        MvArgs a[2];
+        int r;
+
+        if (!in || !in->xq)
+                return -EOPNOTSUPP;
+        for (unsigned i = 0; i < n_w; i++) {
+                const unsigned j = w[i].type == GGML_TYPE_Q6_K;
+                if (!j && w[i].type != GGML_TYPE_Q4_K && w[i].type != GGML_TYPE_Q5_K)
+                        return -EOPNOTSUPP;
+                if ((!j && w[i].n_rows % 2 != 0) || (k[j] && w[i].type != g[j][0].type))
+                        return -EOPNOTSUPP;
+                g[j][k[j]] = w[i];
+                gy[j][k[j]++] = y[i];
+        }
+        if (!k[0] || !k[1])
+                return -EOPNOTSUPP;
+        uint64_t bytes[2] = {0, 0};
+        for (unsigned j = 0; j < 2; j++) {
+                if ((r = mv_args(g[j], k[j], in, gy[j], CUDA_MV_STORE, &a[j])) < 0)
+                        return r;
+                if ((r = mv_input(in->xq, g[j][0].type, &a[j])) < 0)
+                        return r;
+                if (!a[j].coal)
+                        return -EOPNOTSUPP;
+                for (unsigned i = 0; i < k[j]; i++)
+                        bytes[j] += (uint64_t)g[j][i].n_rows * g[j][i].row_stride;
+        }
+        for (unsigned i = 0; i < 3; i++)
+                a[0].rows[i] /= 2;
+        a[0].n_rows /= 2;
+        /* The persistent grid, split in proportion to the bytes each part streams. */
+        const uint32_t per_sm = mv_grid_per_sm(), total = (uint32_t)sm_count() * per_sm;
+        uint32_t split = (uint32_t)((double)total * bytes[0] / (double)(bytes[0] + bytes[1]) + 0.5);
+        split = split < 1 ? 1 : split > total - 1 ? total - 1 : split;
+        void (*kern)(const MvArgs, const MvArgs, uint32_t) =
+                g[0][0].type == GGML_TYPE_Q4_K ? mv_quant_two<GGML_TYPE_Q4_K, 2, GGML_TYPE_Q6_K, 1, CUDA_MV_STORE>
+                                               : mv_quant_two<GGML_TYPE_Q5_K, 2, GGML_TYPE_Q6_K, 1, CUDA_MV_STORE>;
+        const size_t s0 = g[0][0].type == GGML_TYPE_Q4_K ? MV_SMEM(GGML_TYPE_Q4_K, 2) : MV_SMEM(GGML_TYPE_Q5_K, 2);
+        const size_t smem = s0 > MV_SMEM(GGML_TYPE_Q6_K, 1) ? s0 : MV_SMEM(GGML_TYPE_Q6_K, 1);
+        if (smem > 48 * 1024)
+                CU_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CU_TRY(launch_pdl(kern, dim3(total), dim3(MV_WARPS * 32), smem, s, a[0], a[1], split));
+        return 0;
+}
+
+/* Matrices of more than one type: one launch for the pairs mv_two() takes, else one per type. */
+static int mv_mixed(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInput *in, float *const *y,
+                    CudaMvEpilogue epi, uint32_t n_seq, uint32_t ldy) {
+        static const bool two = cuda_knob("QUANTD_CUDA_MV_TWO", 0, 1, 1);
+        bool done[3] = {false, false, false};
+        int r;
+
+        if (epi == CUDA_MV_SWIGLU || n_w > 3)
+                return -EINVAL;
+        if (two && n_seq == 1 && epi == CUDA_MV_STORE && (r = mv_two(s, w, n_w, in, y)) != -EOPNOTSUPP)
+                return r;
+        for (unsigned i = 0; i < n_w; i++) {
+                CudaMatrix g[3];
+                float *gy[3];
+                unsigned k = 0;
+                if (done[i])
+                        continue;
+                for (unsigned j = i; j < n_w; j++)
+                        if (!done[j] && w[j].type == w[i].type) {
+                                g[k] = w[j];
+                                gy[k++] = y[j];
+                                done[j] = true;
+                        }
+                if ((r = cuda_matvec_batch(s, g, k, in, gy, epi, n_seq, ldy)) < 0)
+                        return r;
+        }
+        return 0;
+}
+
 extern "C" int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInput *in,
                            float *const *y, CudaMvEpilogue epi) {
         MvArgs a;
         int r;
 
+        if (w && n_w > 1 && !one_type(w, n_w))
+                return mv_mixed(s, w, n_w, in, y, epi, 1, 0);
         if ((r = mv_args(w, n_w, in, y, epi, &a)) < 0)
                 return r;
         if (!type_is_float(w[0].type) && a.n_cols % 32 != 0)
                 return -EINVAL;
         a.x = in->x;
-        if (in->xq && !type_is_float(w[0].type)) {
-                /* the input in this type's layout if it has one, else plain */
-                const CudaQ8 *q = in->xq;
-                const int fam = q8_family((int)w[0].type);
-                if (fam != CUDA_Q8_PLAIN && (q->layout == fam || (q->qs2 && q->layout2 == fam))) {
-                        a.aq = q->layout == fam ? q->qs : q->qs2;
-                        a.coal = 1;
-                } else if (q->layout == CUDA_Q8_PLAIN || (q->qs2 && q->layout2 == CUDA_Q8_PLAIN)) {
-                        a.aq = q->layout == CUDA_Q8_PLAIN ? q->qs : q->qs2;
-                } else {
-                        return -EINVAL;
-                }
-                a.ads = (const float2 *)q->ds;
-        }
+        if (in->xq && !type_is_float(w[0].type) && (r = mv_input(in->xq, w[0].type, &a)) < 0)
+                return r;
         /* Rows of 256-element block types go in adjacent pairs when every matrix has an even number of them
          * (up to 1.3x faster on Q4_K; it made Q4_0 and Q5_0 slower, with half the stages per warp). */
         const GgmlTypeInfo *ti = ggml_type_info(w[0].type);
@@ -846,6 +961,8 @@ extern "C" int cuda_matvec_batch(CudaStream s, const CudaMatrix *w, unsigned n_w
                 return cuda_matvec(s, w, n_w, in, y, epi);
         if (n_seq == 0)
                 return -EINVAL;
+        if (w && n_w > 1 && !one_type(w, n_w))
+                return mv_mixed(s, w, n_w, in, y, epi, n_seq, ldy);
         if ((r = mv_args(w, n_w, in, y, epi, &a)) < 0)
                 return r;
         /* The activation rows must stay 16-byte aligned for the kernels' vector loads; they are read plain. */

@@ -108,9 +108,11 @@ typedef struct CudaMvInput {
 } CudaMvInput;
 
 /*
- * Matrix-vector products for one token: n_w (1..3) matrices of one type and one n_cols, each into its own
- * y[i], in one launch. For SWIGLU n_w is 2 and y[0] gets the result. The 8-bit input must be in the layout
- * of cuda_q8_layout_for(type) (in qs or qs2) or plain: -EINVAL otherwise.
+ * Matrix-vector products for one token: n_w (1..3) matrices of one n_cols, each into its own y[i], in one
+ * launch when they have one type; of several types (not SWIGLU) in one launch for Q4_K or Q5_K with Q6_K
+ * (each type's input in its layout), else one launch per type. For SWIGLU n_w is 2 and y[0] gets the
+ * result. The 8-bit input must be in the layout of cuda_q8_layout_for(type) (in qs or qs2) or plain:
+ * -EINVAL otherwise.
  */
 int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInput *in, float *const *y,
                 CudaMvEpilogue epi);
