@@ -804,9 +804,12 @@ static int mv_two(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvI
         for (unsigned i = 0; i < 3; i++)
                 a[0].rows[i] /= 2;
         a[0].n_rows /= 2;
-        /* The persistent grid, split in proportion to the bytes each part streams. */
+        /* The persistent grid, split in proportion to the bytes each part streams, Q6_K's single rows weighed
+         * 1.4 times (QUANTD_CUDA_TWO_WEIGHT, percent): they take longer a byte. Llama-2-7B Q4_K_M tg128 on the
+         * H100 at 100/120/140/160/180/200: 549.7/555.2/558.5/556.5/557.5/556.8 tok/s (cuda-notes v47). */
         const uint32_t per_sm = mv_grid_per_sm(), total = (uint32_t)sm_count() * per_sm;
-        uint32_t split = (uint32_t)((double)total * bytes[0] / (double)(bytes[0] + bytes[1]) + 0.5);
+        static const long weight = cuda_knob("QUANTD_CUDA_TWO_WEIGHT", 50, 400, 140);
+        uint32_t split = (uint32_t)((double)total * bytes[0] / (bytes[0] + bytes[1] * (weight / 100.0)) + 0.5);
         split = split < 1 ? 1 : split > total - 1 ? total - 1 : split;
         void (*kern)(const MvArgs, const MvArgs, uint32_t) =
                 g[0][0].type == GGML_TYPE_Q4_K ? mv_quant_two<GGML_TYPE_Q4_K, 2, GGML_TYPE_Q6_K, 1, CUDA_MV_STORE>

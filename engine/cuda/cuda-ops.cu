@@ -668,8 +668,10 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
         const uint32_t t0 = c * ATT_SPLIT, cnt = min(ATT_SPLIT, n_pos - t0);
         const bool last = c == n_split - 1;
         const float scale = rsqrtf((float)hd);
-        /* Warp wid takes positions tw .. tw + nw - 1, a lane each for the scores. */
-        const uint32_t tw = t0 + 32 * wid, nw = tw < t0 + cnt ? min(32u, t0 + cnt - tw) : 0;
+        /* Warp wid takes positions tw .. tw + nw - 1, a lane each for the scores: the block's positions spread
+         * evenly (per, at most 32, a warp), so that the value loop of a short split is short in every warp. */
+        const uint32_t per = (cnt + ATT_WARPS - 1) / ATT_WARPS;
+        const uint32_t tw = t0 + per * wid, nw = tw < t0 + cnt ? min(per, t0 + cnt - tw) : 0;
 
         /* The warp's key and value rows go to shared memory now, in flight while the token's q, k and v are
          * rotated, so that the scores and the weighted sum wait for one round trip rather than one per row
@@ -734,9 +736,9 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
                                 /* F16: the token's row where the staging left its slot, so that every position
                                  * takes the same path below */
                                 const uint32_t slot = (uint32_t)p - t0;
-                                uint8_t *kw = (uint8_t *)(wo + ATT_WARPS * hd) + (size_t)(slot / 32) * 32 * (kstride + hb);
-                                __half *kr = (__half *)(kw + (slot % 32) * kstride);
-                                __half *vr = (__half *)(kw + 32 * kstride + (slot % 32) * hb);
+                                uint8_t *kw = (uint8_t *)(wo + ATT_WARPS * hd) + (size_t)(slot / per) * 32 * (kstride + hb);
+                                __half *kr = (__half *)(kw + (slot % per) * kstride);
+                                __half *vr = (__half *)(kw + 32 * kstride + (slot % per) * hb);
                                 kr[i0] = hk0, kr[i1] = hk1, vr[i0] = hv0, vr[i1] = hv1;
                         }
                 }
