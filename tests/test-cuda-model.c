@@ -7,7 +7,9 @@
  *    within 1e-2 relative and the same 64 greedy tokens, on stories260K (F32: float activations on both) and
  *    on SmolLM2-135M (Q4_1, the file in $QUANTD_TEST_SMOLLM, with the prompts of
  *    tests/data/smollm-reference.txt) in both backends' reference mode (f32_activations); the cuda default
- *    path (8-bit activations) against the cpu reference within 1.5e-1 until the greedy tokens part.
+ *    path (8-bit activations) against the cpu reference within 1.5e-1 until the greedy tokens part;
+ *  - a synthetic Q4_K/Q6_K model decoding the same, bit for bit, with its 8-bit inputs in the K layouts and in
+ *    plain rows.
  */
 
 #include <stdarg.h>
@@ -642,6 +644,53 @@ static int setup(void **state) {
         return engine_cuda_device_count() > 0 ? 0 : -1;
 }
 
+/*
+ * A synthetic model of Q4_K_M's types (Q4_K; Q6_K for V and down in layer 0 and for the output) whose FFN rows
+ * end inside a chunk of the K layouts (n_ff 2816: 11 blocks of 256): decoding with the 8-bit inputs in the
+ * K-quant lanes' order (Q/K/V of layer 0 in one launch of two types) gives the same tokens and logits, bit for
+ * bit, as with plain rows (one launch a type), which read the same values.
+ */
+static void test_q8_layouts_decode(void **state) {
+        const CudaLlamaConfig c = {.n_vocab = 2048, .n_embd = 2048, .n_layer = 2, .n_head = 16, .n_head_kv = 4,
+                                   .head_dim = 128, .n_rot = 128, .n_ff = 2816, .rope_base = 10000.0f,
+                                   .norm_eps = 1e-5f};
+        float *logits[2];
+        int32_t toks[2][12];
+
+        for (int v = 0; v < 2; v++) {
+                CudaLlama *m;
+                CudaKv *kv;
+                assert_int_equal(cuda_llama_new(0, &c, 0, c.n_layer, &m), 0);
+                cuda_llama_set_plain_q8(m, v == 1);
+                for (uint32_t l = 0; l < c.n_layer; l++)
+                        for (int w = 0; w < _CUDA_W_MAX; w++) {
+                                uint32_t cols, rows, type = GGML_TYPE_Q4_K;
+                                if (w < CUDA_W_ATTN_NORM && l > 0)
+                                        continue;
+                                if (w == CUDA_W_OUTPUT_NORM || w == CUDA_W_ATTN_NORM || w == CUDA_W_FFN_NORM)
+                                        type = GGML_TYPE_F32;
+                                else if (w == CUDA_W_OUTPUT || (l == 0 && (w == CUDA_W_V || w == CUDA_W_DOWN)))
+                                        type = GGML_TYPE_Q6_K;
+                                cuda_llama_weight_shape(&c, (CudaWeight)w, &cols, &rows);
+                                assert_int_equal(cuda_llama_set_weight(m, (CudaWeight)w, l, type, cols, rows, NULL), 0);
+                        }
+                assert_int_equal(cuda_kv_new(m, 64, &kv), 0);
+                assert_int_equal(cuda_llama_generate_greedy(m, kv, 1, 12, toks[v]), 0);
+                logits[v] = malloc(c.n_vocab * sizeof(float));
+                assert_non_null(logits[v]);
+                assert_int_equal(cuda_llama_forward(m, kv, &toks[v][11], 1, logits[v]), 0);
+                cuda_kv_free(kv);
+                cuda_llama_free(m);
+        }
+        assert_memory_equal(toks[0], toks[1], sizeof(toks[0]));
+        assert_memory_equal(logits[0], logits[1], c.n_vocab * sizeof(float));
+        for (uint32_t i = 0; i < c.n_vocab; i++)
+                assert_true(isfinite(logits[0][i]));
+        print_message("# synthetic Q4_K/Q6_K model: 12 greedy steps and the logits after them the same with K "
+                      "layouts and plain rows (tokens %d %d %d ...)\n", toks[0][0], toks[0][1], toks[0][2]);
+        free(logits[0]), free(logits[1]);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_stories_greedy),
@@ -650,6 +699,7 @@ int main(void) {
                 cmocka_unit_test(test_stories_batched_engine),
                 cmocka_unit_test(test_rope_variants_vs_cpu),
                 cmocka_unit_test(test_kv_q8),
+                cmocka_unit_test(test_q8_layouts_decode),
                 cmocka_unit_test(test_smollm_vs_cpu),
         };
 

@@ -39,6 +39,7 @@ struct CudaLlama {
         uint64_t weight_bytes, step_bytes;
         unsigned skip; /* CUDA_SKIP_* kernels left out of the decode graph, for timing only */
         bool precise;  /* every token through the F16 path, the head with float activations */
+        bool plain_q8; /* decode graphs keep 8-bit inputs in plain rows (cuda_llama_set_plain_q8()) */
 
         /* Decode scratch. */
         float *x;        /* (n_embd) residual stream */
@@ -205,6 +206,8 @@ extern "C" int cuda_llama_new(int device, const CudaLlamaConfig *c, uint32_t l0,
                 return -EINVAL;
         CU_TRY(cudaSetDevice(device));
         m = (CudaLlama *)calloc(1, sizeof(CudaLlama));
+        if (m)
+                m->plain_q8 = !cuda_knob("QUANTD_CUDA_Q8_LAYOUT", 0, 1, 1);
         if (!m)
                 return -ENOMEM;
         m->device = device;
@@ -390,6 +393,10 @@ extern "C" void cuda_llama_set_skip(CudaLlama *m, unsigned mask) {
         m->skip = mask;
 }
 
+extern "C" void cuda_llama_set_plain_q8(CudaLlama *m, bool plain) {
+        m->plain_q8 = plain;
+}
+
 extern "C" uint64_t cuda_llama_weight_bytes(const CudaLlama *m) {
         return m->weight_bytes;
 }
@@ -463,12 +470,12 @@ static bool is_float_type(uint32_t t) {
         } while (0)
 
 /*
- * The 8-bit input q (second buffer qs2) laid out for products of the n weights w (NULL entries and float
+ * m's 8-bit input q (second buffer qs2) laid out for products of the n weights w (NULL entries and float
  * weights read floats): the layout the first family's single-sequence kernels read fastest, a second family's
- * in qs2, plain for all where three families meet (or with QUANTD_CUDA_Q8_LAYOUT=0, for timing).
+ * in qs2, plain for all where three families meet (or with m->plain_q8).
  */
-static CudaQ8 q8_for(CudaQ8 q, int8_t *qs2, const CudaMatrix *const *w, unsigned n) {
-        static const bool on = cuda_knob("QUANTD_CUDA_Q8_LAYOUT", 0, 1, 1);
+static CudaQ8 q8_for(const CudaLlama *m, CudaQ8 q, int8_t *qs2, const CudaMatrix *const *w, unsigned n) {
+        const bool on = !m->plain_q8;
         CudaQ8Layout fam[2];
         unsigned nf = 0;
 
@@ -515,9 +522,9 @@ static int decode_layers(CudaLlama *m, CudaKv *kv, uint32_t l0, uint32_t l1) {
                 const CudaMatrix *o = weight(m, CUDA_W_O, l), *down = weight(m, CUDA_W_DOWN, l);
                 CudaMatrix gu[2] = {*weight(m, CUDA_W_GATE, l), *weight(m, CUDA_W_UP, l)};
                 const CudaMatrix *qkv_w[3] = {weight(m, CUDA_W_Q, l), weight(m, CUDA_W_K, l), weight(m, CUDA_W_V, l)};
-                const CudaQ8 qa = q8_for(m->xq, m->xq2, qkv_w, 3), qo = q8_for(m->attq, NULL, &o, 1);
+                const CudaQ8 qa = q8_for(m, m->xq, m->xq2, qkv_w, 3), qo = q8_for(m, m->attq, NULL, &o, 1);
                 const CudaMatrix *gu_w[2] = {&gu[0], &gu[1]};
-                const CudaQ8 qf = q8_for(m->xq, NULL, gu_w, 2), qh = q8_for(m->xq, NULL, &down, 1);
+                const CudaQ8 qf = q8_for(m, m->xq, NULL, gu_w, 2), qh = q8_for(m, m->xq, NULL, &down, 1);
                 const CudaMvInput in_a = {m->xn, &qa}, in_att = {m->att, &qo}, in_f = {m->xn, &qf}, in_h = {m->h, &qh};
                 float *y;
 
@@ -558,7 +565,7 @@ static int decode_layers(CudaLlama *m, CudaKv *kv, uint32_t l0, uint32_t l1) {
 static int decode_step(CudaLlama *m, CudaKv *kv) {
         const CudaLlamaConfig *c = &m->c;
         const CudaMatrix *out_w = weight(m, CUDA_W_OUTPUT, 0);
-        const CudaQ8 q = q8_for(m->xq, NULL, &out_w, 1);
+        const CudaQ8 q = q8_for(m, m->xq, NULL, &out_w, 1);
         const CudaMvInput in = {m->xn, &q};
         float *y = m->logits;
 
@@ -694,7 +701,7 @@ extern "C" int cuda_kv_truncate(CudaKv *kv, uint32_t pos) {
 static int head_row(CudaLlama *m, const float *xdev, bool hidden, float *out) {
         const CudaLlamaConfig *c = &m->c;
         const CudaMatrix *out_w = weight(m, CUDA_W_OUTPUT, 0);
-        const CudaQ8 q = q8_for(m->xq, NULL, &out_w, 1);
+        const CudaQ8 q = q8_for(m, m->xq, NULL, &out_w, 1);
         const CudaMvInput in = {m->xn, &q};
         float *y = m->logits;
 

@@ -306,6 +306,10 @@ enum {
 };
 void cuda_llama_set_skip(CudaLlama *m, unsigned mask);
 
+/* For tests and timing: the decode graphs captured from now on keep their 8-bit inputs in plain rows rather
+ * than in the layouts of their K-quant products (also QUANTD_CUDA_Q8_LAYOUT=0 at cuda_llama_new()). */
+void cuda_llama_set_plain_q8(CudaLlama *m, bool plain);
+
 /* Device bytes that the weights take, and bytes one decode step reads (all weights but the embedding
  * table, of which one row). */
 uint64_t cuda_llama_weight_bytes(const CudaLlama *m);
