@@ -745,6 +745,8 @@ static void test_matvec_errors(void **state) {
         assert_int_equal(cuda_quantize_q8(NULL, (float *)1, 288, 1, &lq), -EINVAL);
         assert_int_equal(cuda_quantize_q8(NULL, (float *)1, 256, 2, &lq), -EINVAL); /* one row only */
         assert_int_equal(cuda_rmsnorm(NULL, (float *)1, (float *)1, 288, 1, 1e-5f, NULL, NULL, &lq), -EINVAL);
+        lq.layout = CUDA_Q8_PLAIN;
+        assert_int_equal(cuda_quantize_q8(NULL, (float *)4, 64, 1, &lq), -EINVAL); /* x not 16-byte aligned */
         lq.layout = CUDA_Q8_PLAIN, lq.qs2 = (int8_t *)1, lq.layout2 = CUDA_Q8_K6;
         assert_int_equal(cuda_quantize_q8(NULL, (float *)1, 288, 1, &lq), -EINVAL);
         /* Q4_0 reads plain rows only; the batched products too. */

@@ -1012,25 +1012,44 @@ extern "C" int cuda_matvec_batch(CudaStream s, const CudaMatrix *w, unsigned n_w
         return 0;
 }
 
-/* ---- activations to 8 bits: one warp per 32 elements ---- */
+/* ---- activations to 8 bits: four elements a thread (one 16-byte load), eight threads a group of 32 ---- */
 
 __global__ void quantize_q8_kernel(const float *x, uint32_t n, uint32_t n_total, const CudaQ8 q) {
-        uint32_t i = blockIdx.x * blockDim.x + threadIdx.x;
+        const uint32_t i = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
 
         grid_dep_launch();
         grid_dep_wait();
-        if (i - (i & 31) >= n_total)
-                return;
-        const uint32_t row = i / n;
-        warp_quantize(x[i], q, (size_t)row * n, i - row * n);
+        if (i >= n_total)
+                return; /* whole groups of eight threads (n_total % 32 == 0), so the shuffles below stay within
+                         * threads that are all here */
+        const unsigned active = __activemask();
+        const float4 v = *(const float4 *)(x + i);
+        float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+        for (int o = 1; o < 8; o <<= 1)
+                amax = fmaxf(amax, __shfl_xor_sync(active, amax, o));
+        const float d = amax / 127.0f;
+        int iq[4] = {0, 0, 0, 0};
+        if (amax > 0.0f)
+                iq[0] = __float2int_rn(v.x / d), iq[1] = __float2int_rn(v.y / d), iq[2] = __float2int_rn(v.z / d),
+                iq[3] = __float2int_rn(v.w / d);
+        int sum = iq[0] + iq[1] + iq[2] + iq[3];
+        for (int o = 1; o < 8; o <<= 1)
+                sum += __shfl_xor_sync(active, sum, o);
+        const uint32_t row = i / n, e = i - row * n;
+        const uint32_t word = (iq[0] & 0xff) | (iq[1] & 0xff) << 8 | (iq[2] & 0xff) << 16 | (uint32_t)(iq[3] & 0xff) << 24;
+        *(uint32_t *)(q.qs + (size_t)row * n + q8_pos(e, q.layout)) = word;
+        if (q.qs2)
+                *(uint32_t *)(q.qs2 + (size_t)row * n + q8_pos(e, q.layout2)) = word;
+        if (i % 32 == 0)
+                ((float2 *)q.ds)[i / 32] = make_float2(d, d * (float)sum);
 }
 
 extern "C" int cuda_quantize_q8(CudaStream s, const float *x, uint32_t n, uint32_t n_rows, const CudaQ8 *ret) {
         uint32_t total = n * n_rows;
 
-        if (n % 32 != 0 || n == 0 || !q8_layouts_ok(ret, n, n_rows))
+        if (n % 32 != 0 || n == 0 || (uintptr_t)x % 16 != 0 || !q8_layouts_ok(ret, n, n_rows))
                 return -EINVAL;
-        CU_TRY(launch_pdl(quantize_q8_kernel, dim3((total + 255) / 256), dim3(256), 0, s, x, n, total, *ret));
+        CU_TRY(launch_pdl(quantize_q8_kernel, dim3((total / 4 + 255) / 256), dim3(256), 0, s, x, n, total, *ret));
         return 0;
 }
 

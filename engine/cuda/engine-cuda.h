@@ -128,8 +128,8 @@ int cuda_matvec_batch(CudaStream s, const CudaMatrix *w, unsigned n_w, const Cud
 /* y = W x with x in floats and each weight dequantized on the fly: the reference-mode product, any type. */
 int cuda_matvec_f32(CudaStream s, const CudaMatrix *w, const float *x, float *y);
 
-/* Quantizes n_rows rows of n floats (n a multiple of 32, rows contiguous) to 8 bits per 32, in ret's
- * layout(s) (K4 and K6: one row, n a multiple of 256). */
+/* Quantizes n_rows rows of n floats (n a multiple of 32, rows contiguous, x 16-byte aligned) to 8 bits per
+ * 32, in ret's layout(s) (K4 and K6: one row, n a multiple of 256). */
 int cuda_quantize_q8(CudaStream s, const float *x, uint32_t n, uint32_t n_rows, const CudaQ8 *ret);
 
 /* y = x / rms(x) * w per row of n, rows contiguous; writes whichever of y (float), y16 (half) and yq
