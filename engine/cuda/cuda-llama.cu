@@ -509,9 +509,10 @@ static int run_qkv(CudaLlama *m, uint32_t l, const CudaMvInput *in, float *qkv, 
 }
 
 /* One token through layers [l0, l1) on m->x; the token's position is *kv->d_pos. Eight launches a layer (nine
- * when V's type differs from Q's): RMSNorm + 8-bit quantization, Q/K/V, attention with RoPE and the KV store
- * fused (its output quantized by the merging block), the output projection adding into the residual,
- * RMSNorm + quantization, gate and up with SwiGLU, quantization, the down projection adding in. */
+ * when V's type differs from Q's and the two are not Q4_K/Q5_K with Q6_K): RMSNorm + 8-bit quantization, Q/K/V,
+ * attention with RoPE and the KV store fused (its output quantized by the merging block), the output
+ * projection adding into the residual, RMSNorm + quantization, gate and up with SwiGLU, quantization, the
+ * down projection adding in. Each 8-bit input is laid out for the products that read it (q8_for()). */
 static int decode_layers(CudaLlama *m, CudaKv *kv, uint32_t l0, uint32_t l1) {
         const CudaLlamaConfig *c = &m->c;
         const CudaAttnShape a = attn_shape(m, kv->n_ctx);
@@ -573,7 +574,7 @@ static int decode_step(CudaLlama *m, CudaKv *kv) {
         TRY(decode_layers(m, kv, m->l0, m->l1));
         TRY(cuda_rmsnorm(m->stream, m->x, (const float *)weight(m, CUDA_W_OUTPUT_NORM, 0)->data, c->n_embd, 1,
                          c->norm_eps, m->xn, NULL, &q));
-        TRY(cuda_matvec(m->stream, weight(m, CUDA_W_OUTPUT, 0), 1, &in, &y, CUDA_MV_STORE));
+        TRY(cuda_matvec(m->stream, out_w, 1, &in, &y, CUDA_MV_STORE));
         TRY(cuda_argmax(m->stream, m->logits, c->n_vocab, m->tok, kv->d_pos, kv->hist, kv->n_ctx + 1));
         return 0;
 }
@@ -712,9 +713,9 @@ static int head_row(CudaLlama *m, const float *xdev, bool hidden, float *out) {
                 return 0;
         }
         if (m->precise)
-                TRY(cuda_matvec_f32(m->stream, weight(m, CUDA_W_OUTPUT, 0), m->xn, m->logits));
+                TRY(cuda_matvec_f32(m->stream, out_w, m->xn, m->logits));
         else
-                TRY(cuda_matvec(m->stream, weight(m, CUDA_W_OUTPUT, 0), 1, &in, &y, CUDA_MV_STORE));
+                TRY(cuda_matvec(m->stream, out_w, 1, &in, &y, CUDA_MV_STORE));
         CU_TRY(cudaMemcpyAsync(out, m->logits, (size_t)c->n_vocab * 4, cudaMemcpyDeviceToHost, m->stream));
         return 0;
 }

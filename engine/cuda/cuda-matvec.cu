@@ -13,7 +13,8 @@
  * A chunk holds 32 blocks of 32 elements (one block per lane) or 8 blocks of 256 (four lanes per block),
  * and is a multiple of 16 bytes for every type. The lanes decode their blocks from shared memory and take
  * integer dot products (dp4a) with the activations, quantized to 8 bits per 32 once for all rows (by the
- * RMSNorm kernel or cuda_quantize_q8()) and read through L1.
+ * RMSNorm kernel, the attention or cuda_quantize_q8()) and read through L1; for the K-quants in the order the
+ * lanes read them (CudaQ8 layouts, q8_pos()), so that each warp-wide 16-byte load takes 512 contiguous bytes.
  *
  * The kernels are launched with programmatic dependent launch: the first chunks of weights are requested
  * before griddepcontrol.wait, so that the stream of weights starts while the kernel that produces the
