@@ -512,7 +512,9 @@ static int run_qkv(CudaLlama *m, uint32_t l, const CudaMvInput *in, float *qkv, 
  * when V's type differs from Q's and the two are not Q4_K/Q5_K with Q6_K): RMSNorm + 8-bit quantization, Q/K/V,
  * attention with RoPE and the KV store fused (its output quantized by the merging block), the output
  * projection adding into the residual, RMSNorm + quantization, gate and up with SwiGLU, quantization, the
- * down projection adding in. Each 8-bit input is laid out for the products that read it (q8_for()). */
+ * down projection adding in. Each 8-bit input is laid out for the products that read it (q8_for()). The
+ * attention reads the position and the cache rows below it before waiting for Q/K/V (early): every path here
+ * has them written before its launches began (earlier graphs, or set_pos(), which synchronizes). */
 static int decode_layers(CudaLlama *m, CudaKv *kv, uint32_t l0, uint32_t l1) {
         const CudaLlamaConfig *c = &m->c;
         const CudaAttnShape a = attn_shape(m, kv->n_ctx);
