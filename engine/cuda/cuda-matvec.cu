@@ -1023,26 +1023,11 @@ __global__ void quantize_q8_kernel(const float *x, uint32_t n, uint32_t n_total,
         if (i >= n_total)
                 return; /* whole groups of eight threads (n_total % 32 == 0), so the shuffles below stay within
                          * threads that are all here */
-        const unsigned active = __activemask();
-        const float4 v = *(const float4 *)(x + i);
-        float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
-        for (int o = 1; o < 8; o <<= 1)
-                amax = fmaxf(amax, __shfl_xor_sync(active, amax, o));
-        const float d = amax / 127.0f;
-        int iq[4] = {0, 0, 0, 0};
-        if (amax > 0.0f)
-                iq[0] = __float2int_rn(v.x / d), iq[1] = __float2int_rn(v.y / d), iq[2] = __float2int_rn(v.z / d),
-                iq[3] = __float2int_rn(v.w / d);
-        int sum = iq[0] + iq[1] + iq[2] + iq[3];
-        for (int o = 1; o < 8; o <<= 1)
-                sum += __shfl_xor_sync(active, sum, o);
-        const uint32_t row = i / n, e = i - row * n;
-        const uint32_t word = (iq[0] & 0xff) | (iq[1] & 0xff) << 8 | (iq[2] & 0xff) << 16 | (uint32_t)(iq[3] & 0xff) << 24;
-        *(uint32_t *)(q.qs + (size_t)row * n + q8_pos(e, q.layout)) = word;
-        if (q.qs2)
-                *(uint32_t *)(q.qs2 + (size_t)row * n + q8_pos(e, q.layout2)) = word;
-        if (i % 32 == 0)
-                ((float2 *)q.ds)[i / 32] = make_float2(d, d * (float)sum);
+        const float4 x4 = *(const float4 *)(x + i);
+        const float v[4] = {x4.x, x4.y, x4.z, x4.w};
+        const float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+        const uint32_t row = i / n;
+        quantize_group<4>(v, amax, q, (size_t)row * n, i - row * n, n, __activemask(), true);
 }
 
 extern "C" int cuda_quantize_q8(CudaStream s, const float *x, uint32_t n, uint32_t n_rows, const CudaQ8 *ret) {

@@ -145,43 +145,8 @@ __global__ void __launch_bounds__(NORM_THREADS)
                         if (i0 + k < n)
                                 y[row + i0 + k] = v[k];
         }
-        if (!q.qs)
-                return;
-        /* Lanes of one group of 32 elements: 32 / E of them, aligned within the warp. */
-        for (int o = 32 / E / 2; o > 0; o >>= 1)
-                amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-        const float d = amax / 127.0f;
-        int sum = 0;
-        int iq[E];
-#pragma unroll
-        for (int k = 0; k < E; k++) {
-                iq[k] = amax > 0.0f ? __float2int_rn(v[k] / d) : 0;
-                sum += iq[k];
-        }
-        /* four values a word: the layouts move whole pieces of 16 */
-        if (vec) {
-#pragma unroll
-                for (int k = 0; k < E; k += 4)
-                        if (i0 + k < n) {
-                                const uint32_t word = (iq[k] & 0xff) | (iq[k + 1] & 0xff) << 8 | (iq[k + 2] & 0xff) << 16 |
-                                                      (uint32_t)(iq[k + 3] & 0xff) << 24;
-                                *(uint32_t *)(q.qs + row + q8_pos(i0 + k, q.layout)) = word;
-                                if (q.qs2)
-                                        *(uint32_t *)(q.qs2 + row + q8_pos(i0 + k, q.layout2)) = word;
-                        }
-        } else {
-#pragma unroll
-                for (int k = 0; k < E; k++)
-                        if (i0 + k < n) {
-                                q.qs[row + q8_pos(i0 + k, q.layout)] = (int8_t)iq[k];
-                                if (q.qs2)
-                                        q.qs2[row + q8_pos(i0 + k, q.layout2)] = (int8_t)iq[k];
-                        }
-        }
-        for (int o = 32 / E / 2; o > 0; o >>= 1)
-                sum += __shfl_xor_sync(0xffffffffu, sum, o);
-        if (i0 % 32 == 0 && i0 < n)
-                ((float2 *)q.ds)[(row + i0) / 32] = make_float2(d, d * (float)sum);
+        if (q.qs) /* lanes of one group of 32 elements: 32 / E of them, aligned within the warp */
+                quantize_group<E>(v, amax, q, row, i0, n, 0xffffffffu, vec);
 }
 
 /* Threads per row at most: NORM_THREADS, or QUANTD_CUDA_NORM_THREADS for timing studies. */
@@ -919,7 +884,7 @@ __device__ __forceinline__ void attn_decode_block(const CudaAttnShape &a, const 
                 ob /= lb;
                 out[h * hd + tid] = ob;
                 if (oq.qs) /* hd % 32 == 0: the threads below hd are whole warps */
-                        warp_quantize(ob, oq, oq_row, h * hd + tid);
+                        quantize_group<1>(&ob, fabsf(ob), oq, oq_row, h * hd + tid, nq, 0xffffffffu, false);
         }
 }
 

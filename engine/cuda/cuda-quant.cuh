@@ -573,8 +573,10 @@ template <> struct LaneW<GGML_TYPE_Q4_K> {
                 dmx = dm.x, dmy = dm.y, p = part;
         }
         __device__ __forceinline__ float dot(const int8_t *aq, const float2 *ads) const {
-                const int4 *a = (const int4 *)(aq + 64 * p);
-                int4 a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+                uint32_t as;
+                const int8_t *ap = plain_piece<GGML_TYPE_Q4_K>(aq, p, &as);
+                int4 a0 = *(const int4 *)ap, a1 = *(const int4 *)(ap + as), a2 = *(const int4 *)(ap + 2 * as),
+                     a3 = *(const int4 *)(ap + 3 * as);
                 int al[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
                 int ah[8] = {a2.x, a2.y, a2.z, a2.w, a3.x, a3.y, a3.z, a3.w};
                 int slo = 0, shi = 0;
@@ -612,11 +614,13 @@ template <> struct LaneW<GGML_TYPE_Q6_K> {
                 p = part;
         }
         __device__ __forceinline__ float dot(const int8_t *aq, const float2 *ads) const {
-                int n = p >> 1, l0 = 16 * (p & 1);
+                const int n = p >> 1;
+                uint32_t as;
+                const int8_t *ap = plain_piece<GGML_TYPE_Q6_K>(aq, p, &as);
                 float acc = 0.0f;
 #pragma unroll
                 for (int g = 0; g < 4; g++) {
-                        int4 a = *(const int4 *)(aq + 128 * n + 32 * g + l0);
+                        int4 a = *(const int4 *)(ap + g * as);
                         int s = 0;
                         s = __dp4a(q[g][0], a.x, s);
                         s = __dp4a(q[g][1], a.y, s);
@@ -628,21 +632,49 @@ template <> struct LaneW<GGML_TYPE_Q6_K> {
         }
 };
 
-/* The 8-bit activations the products read (CudaQ8): one warp's 32 values, each lane holding one (element e
- * of a row, e % 32 the lane; the row's first element at `row`), with the scale d and d times the sum of the
- * quantized values (for the offsets of Q4_0 and Q5_0), stored in q's layouts. */
-__device__ __forceinline__ void warp_quantize(float v, const CudaQ8 &q, size_t row, uint32_t e) {
-        int lane = threadIdx.x & 31;
-        float amax = warp_max(fabsf(v));
-        float d = amax / 127.0f;
-        int iq = amax > 0.0f ? __float2int_rn(v / d) : 0;
-        float sum = warp_sum((float)iq);
-
-        q.qs[row + q8_pos(e, q.layout)] = (int8_t)iq;
-        if (q.qs2)
-                q.qs2[row + q8_pos(e, q.layout2)] = (int8_t)iq;
-        if (lane == 0)
-                ((float2 *)q.ds)[(row + e) / 32] = make_float2(d, d * sum);
+/*
+ * The 8-bit activations the products read (CudaQ8): a thread's E consecutive values v, elements i0 .. of a row
+ * of n whose first element is at `row`, 32 / E threads to a group of 32 (aligned within the warp, all of them
+ * in mask); amax: the largest magnitude among this thread's values. The group's scale d = amax / 127 and d
+ * times the sum of its quantized values (for the offsets of Q4_0 and Q5_0) go to ds from the group's first
+ * thread; the values go to q's layouts, four a word with words (n % 4 == 0), none at or past n.
+ */
+template <int E>
+__device__ __forceinline__ void quantize_group(const float *v, float amax, const CudaQ8 &q, size_t row, uint32_t i0,
+                                               uint32_t n, unsigned mask, bool words) {
+        for (int o = 32 / E / 2; o > 0; o >>= 1)
+                amax = fmaxf(amax, __shfl_xor_sync(mask, amax, o));
+        const float d = amax / 127.0f;
+        int sum = 0, iq[E];
+#pragma unroll
+        for (int k = 0; k < E; k++) {
+                iq[k] = amax > 0.0f ? __float2int_rn(v[k] / d) : 0;
+                sum += iq[k];
+        }
+        /* the layouts move whole pieces of 16, so four values stay a word */
+        if (E % 4 == 0 && words) {
+#pragma unroll
+                for (int k = 0; k < E; k += 4)
+                        if (i0 + k < n) {
+                                const uint32_t word = (iq[k] & 0xff) | (iq[k + 1] & 0xff) << 8 | (iq[k + 2] & 0xff) << 16 |
+                                                      (uint32_t)(iq[k + 3] & 0xff) << 24;
+                                *(uint32_t *)(q.qs + row + q8_pos(i0 + k, q.layout)) = word;
+                                if (q.qs2)
+                                        *(uint32_t *)(q.qs2 + row + q8_pos(i0 + k, q.layout2)) = word;
+                        }
+        } else {
+#pragma unroll
+                for (int k = 0; k < E; k++)
+                        if (i0 + k < n) {
+                                q.qs[row + q8_pos(i0 + k, q.layout)] = (int8_t)iq[k];
+                                if (q.qs2)
+                                        q.qs2[row + q8_pos(i0 + k, q.layout2)] = (int8_t)iq[k];
+                        }
+        }
+        for (int o = 32 / E / 2; o > 0; o >>= 1)
+                sum += __shfl_xor_sync(mask, sum, o);
+        if (i0 % 32 == 0 && i0 < n)
+                ((float2 *)q.ds)[(row + i0) / 32] = make_float2(d, d * (float)sum);
 }
 
 } /* namespace */
