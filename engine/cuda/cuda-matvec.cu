@@ -508,6 +508,318 @@ __global__ void __launch_bounds__(MV_WARPS * 32, 4) mv_float_b(const MvArgs a) {
         }
 }
 
+/* ---- several columns through int8 tensor cores ----
+ * From 3 sequences up (mma_min()), Q4_K and Q6_K products multiply with mma.sync instead of dp4a: a
+ * step of 16 sequences costs the dp4a kernels six times a single one (their activation loads and sums grow
+ * with the columns), while a tensor core takes 16 rows by 8 columns by 32 elements in one instruction.
+ *
+ * A block of MMA_WARPS warps computes one tile: 16 rows (16 gate rows and the 16 up rows of the same indices
+ * for SwiGLU) by up to NB columns. Its warps split the rows' blocks of 256 elements (warp w: blocks w,
+ * w + MMA_WARPS, ...), read the weights from global memory straight into their A fragments (the next block's
+ * in flight while they compute), multiply them with the columns' 8-bit activations and scale the integer
+ * sums by the weights' and the activations' scales into float accumulators; the warps' tiles are added up in
+ * shared memory at the end, where the epilogue runs.
+ *
+ * Fragments of mma.m16n8k32 and m16n8k16 with .s8 operands (PTX ISA), lane = 4 g + t: A rows g and g + 8,
+ * bytes k = 4t .. 4t + 3 (k32: and 16 + 4t ..); B column g, the same k; C rows g and g + 8, columns 2t and
+ * 2t + 1. A dot product does not care in which order its elements come, so each type gives lane t the
+ * elements it can load in one piece, and B the activations of the same elements: Q4_K lane t takes bytes
+ * 8t .. 8t + 7 of each 32-byte group of nibbles (elements 8t .. 8t + 7 of two sub-blocks of 32), Q6_K four
+ * consecutive elements of each group of 16 (one scale each, so one m16n8k16 a group).
+ */
+#define MMA_WARPS 8
+#define MMA_ROWS 16
+
+__device__ __forceinline__ void mma_k32(int *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+#if __CUDA_ARCH__ >= 800
+        asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+            "{%10, %10, %10, %10};"
+            : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
+#endif
+}
+
+__device__ __forceinline__ void mma_k16(int *c, uint32_t a0, uint32_t a1, uint32_t b0) {
+#if __CUDA_ARCH__ >= 800
+        asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%7, %7, %7, %7};"
+            : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+            : "r"(a0), "r"(a1), "r"(b0), "r"(0));
+#endif
+}
+
+/* The activations of one block of 256 for a lane: column g's quants of each n-tile (B fragments) and the
+ * scales of its columns 2t and 2t + 1 (C fragments). */
+template <int NT> struct MmaX {
+        const int8_t *q[NT];   /* column 8 n + g, the block's first element */
+        const float2 *s[NT][2]; /* columns 8 n + 2 t + c, the block's first group of 32 */
+};
+
+/* acc += fr (row) * dx (column) * c - fm (row) * sx (column), for a C fragment c. */
+__device__ __forceinline__ void mma_scale(float *acc, const int *c, const float *fr, const float *fm,
+                                          float2 s0, float2 s1) {
+        acc[0] += fr[0] * (s0.x * (float)c[0]) - fm[0] * s0.y;
+        acc[1] += fr[0] * (s1.x * (float)c[1]) - fm[0] * s1.y;
+        acc[2] += fr[1] * (s0.x * (float)c[2]) - fm[1] * s0.y;
+        acc[3] += fr[1] * (s1.x * (float)c[3]) - fm[1] * s1.y;
+}
+
+template <int T> struct MmaW;
+
+/* Q4_K: per row the 16-byte head (d, dmin, 12 bytes of 6-bit scales and mins) and 8 bytes of each of the
+ * four 32-byte groups of nibbles (low nibbles: sub-block 2 j, high: 2 j + 1). */
+template <> struct MmaW<GGML_TYPE_Q4_K> {
+        uint4 h[2];
+        uint2 q[2][4];
+
+        __device__ __forceinline__ void load(const uint8_t *row, size_t stride, uint32_t b, int g, int t) {
+#pragma unroll
+                for (int i = 0; i < 2; i++) {
+                        const uint8_t *p = row + (size_t)(g + 8 * i) * stride + (size_t)b * Q4_K_BYTES;
+                        h[i] = __ldg((const uint4 *)p);
+#pragma unroll
+                        for (int j = 0; j < 4; j++)
+                                q[i][j] = __ldg((const uint2 *)(p + 16 + 32 * j + 8 * t));
+                }
+        }
+
+        template <int NT>
+        __device__ __forceinline__ void mma(const MmaX<NT> &x, int t, float (*acc)[4]) const {
+                uint8_t sc[2][12];
+                float d[2], dm[2];
+#pragma unroll
+                for (int i = 0; i < 2; i++) {
+                        const uint32_t w[3] = {h[i].y, h[i].z, h[i].w};
+#pragma unroll
+                        for (int k = 0; k < 12; k++)
+                                sc[i][k] = (uint8_t)(w[k / 4] >> (8 * (k % 4)));
+                        const float2 dd = __half22float2(*(const __half2 *)&h[i].x);
+                        d[i] = dd.x, dm[i] = dd.y;
+                }
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                        uint2 xb[NT][2];
+                        float4 xs[NT][2];
+#pragma unroll
+                        for (int n = 0; n < NT; n++) {
+                                xb[n][0] = *(const uint2 *)(x.q[n] + 64 * j + 8 * t);
+                                xb[n][1] = *(const uint2 *)(x.q[n] + 64 * j + 32 + 8 * t);
+                                xs[n][0] = *(const float4 *)(x.s[n][0] + 2 * j);
+                                xs[n][1] = *(const float4 *)(x.s[n][1] + 2 * j);
+                        }
+#pragma unroll
+                        for (int hi = 0; hi < 2; hi++) {
+                                const uint32_t a[4] = {(q[0][j].x >> (4 * hi)) & 0x0f0f0f0fu,
+                                                       (q[1][j].x >> (4 * hi)) & 0x0f0f0f0fu,
+                                                       (q[0][j].y >> (4 * hi)) & 0x0f0f0f0fu,
+                                                       (q[1][j].y >> (4 * hi)) & 0x0f0f0f0fu};
+                                float fr[2], fm[2];
+#pragma unroll
+                                for (int i = 0; i < 2; i++) {
+                                        int s, m;
+                                        k4_scale_min(sc[i], 2 * j + hi, &s, &m);
+                                        fr[i] = d[i] * (float)s, fm[i] = dm[i] * (float)m;
+                                }
+#pragma unroll
+                                for (int n = 0; n < NT; n++) {
+                                        int c[4];
+                                        mma_k32(c, a, xb[n][hi].x, xb[n][hi].y);
+                                        const float4 s0 = xs[n][0], s1 = xs[n][1];
+                                        mma_scale(acc[n], c, fr, fm, hi ? make_float2(s0.z, s0.w) : make_float2(s0.x, s0.y),
+                                                  hi ? make_float2(s1.z, s1.w) : make_float2(s1.x, s1.y));
+                                }
+                        }
+                }
+        }
+};
+
+/* Q6_K: per row, for each half h and group i of 16 within 32, lane t's word of elements 4t .. 4t + 3 of the
+ * low-nibble bytes ql[64 h + 16 i + 4 t] and ql[... + 32] and of the 2-bit bytes qh[32 h + 16 i + 4 t], which
+ * hold elements 128 h + 32 k + 16 i + 4 t .. for k = 0..3; the 16 signed scales and d. Blocks are 210 bytes:
+ * words at 2-byte aligned addresses. */
+template <> struct MmaW<GGML_TYPE_Q6_K> {
+        uint32_t ql[2][2][2][2], qh[2][2][2], sc[2][4];
+        float d[2];
+
+        __device__ __forceinline__ void load(const uint8_t *row, size_t stride, uint32_t b, int g, int t) {
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                        const uint8_t *p = row + (size_t)(g + 8 * r) * stride + (size_t)b * Q6_K_BYTES;
+#pragma unroll
+                        for (int h = 0; h < 2; h++)
+#pragma unroll
+                                for (int i = 0; i < 2; i++) {
+                                        ql[r][h][i][0] = ld_u32_a2(p + 64 * h + 16 * i + 4 * t);
+                                        ql[r][h][i][1] = ld_u32_a2(p + 64 * h + 32 + 16 * i + 4 * t);
+                                        qh[r][h][i] = ld_u32_a2(p + 128 + 32 * h + 16 * i + 4 * t);
+                                }
+#pragma unroll
+                        for (int k = 0; k < 4; k++)
+                                sc[r][k] = ld_u32_a2(p + 192 + 4 * k);
+                        d[r] = ld_half(p + 208);
+                }
+        }
+
+        /* The signed 6-bit values of row r's word for (h, i, k), as four int8. */
+        __device__ __forceinline__ uint32_t values(int r, int h, int i, int k) const {
+                const uint32_t lo = (k & 2 ? ql[r][h][i][k & 1] >> 4 : ql[r][h][i][k & 1]) & 0x0f0f0f0fu;
+                const uint32_t hb = (qh[r][h][i] >> (2 * k)) << 4 & 0x30303030u;
+                return __vsub4(lo | hb, 0x20202020u);
+        }
+
+        template <int NT>
+        __device__ __forceinline__ void mma(const MmaX<NT> &x, int t, float (*acc)[4]) const {
+                const float zero[2] = {0.0f, 0.0f};
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+#pragma unroll
+                        for (int k = 0; k < 4; k++) {
+                                /* group of 32 4 h + k: the activations' scales */
+                                float2 s[NT][2];
+#pragma unroll
+                                for (int n = 0; n < NT; n++)
+                                        s[n][0] = x.s[n][0][4 * h + k], s[n][1] = x.s[n][1][4 * h + k];
+#pragma unroll
+                                for (int i = 0; i < 2; i++) {
+                                        const int grp = 8 * h + 2 * k + i;
+                                        float fr[2];
+#pragma unroll
+                                        for (int r = 0; r < 2; r++)
+                                                fr[r] = d[r] * (float)(int8_t)(sc[r][grp / 4] >> (8 * (grp % 4)));
+                                        const uint32_t a0 = values(0, h, i, k), a1 = values(1, h, i, k);
+#pragma unroll
+                                        for (int n = 0; n < NT; n++) {
+                                                const uint32_t b0 =
+                                                        *(const uint32_t *)(x.q[n] + 128 * h + 32 * k + 16 * i + 4 * t);
+                                                int c[4];
+                                                mma_k16(c, a0, a1, b0);
+                                                mma_scale(acc[n], c, fr, zero, make_float2(s[n][0].x, 0.0f),
+                                                          make_float2(s[n][1].x, 0.0f));
+                                        }
+                                }
+                        }
+        }
+};
+
+/* Tile r (MMA_ROWS rows from row r * MMA_ROWS of the concatenated matrices; SwiGLU: of the gate and the up
+ * matrix): its first rows, the row stride and where its outputs go. */
+template <int EPI>
+__device__ __forceinline__ void mma_tile(const MvArgs &a, uint32_t tile, const uint8_t **row, size_t *stride,
+                                         float **y, uint32_t *r0) {
+        uint32_t r = tile * MMA_ROWS;
+        int job = 0;
+
+        if (EPI != CUDA_MV_SWIGLU && r >= a.rows[0]) {
+                r -= a.rows[0];
+                job = 1;
+                if (r >= a.rows[1]) {
+                        r -= a.rows[1];
+                        job = 2;
+                }
+        }
+        const uint8_t *w = job == 0 ? a.w[0] : job == 1 ? a.w[1] : a.w[2];
+        *stride = job == 0 ? a.stride[0] : job == 1 ? a.stride[1] : a.stride[2];
+        *y = job == 0 ? a.y[0] : job == 1 ? a.y[1] : a.y[2];
+        row[0] = w + (size_t)r * *stride;
+        row[1] = EPI == CUDA_MV_SWIGLU ? a.w[1] + (size_t)r * a.stride[1] : row[0];
+        *r0 = r;
+}
+
+/* SwiGLU: each warp takes both the gate and the up rows, sharing the activations' loads between them (255
+ * registers, one block a multiprocessor); gate rows in warps 0-3 and up rows in 4-7 at 128 registers (two
+ * blocks) measured 3-6 % slower at 8 and 16 sequences (bench/cuda-notes.md v53). */
+template <int T, int EPI, int NB>
+__global__ void __launch_bounds__(MMA_WARPS * 32, EPI == CUDA_MV_SWIGLU ? 1 : 2) mv_mma(const MvArgs a) {
+        constexpr int MT = EPI == CUDA_MV_SWIGLU ? 2 : 1, NT = NB / 8;
+        __shared__ float part[MMA_WARPS][MT * MMA_ROWS][NB + 1];
+        const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, g = lane / 4, t = lane % 4;
+        const uint32_t n_blocks = a.n_cols / 256;
+        const uint8_t *row[2];
+        size_t stride;
+        float *y;
+        uint32_t r0;
+
+        grid_dep_launch();
+        mma_tile<EPI>(a, blockIdx.x, row, &stride, &y, &r0);
+
+        /* Columns past nb read column nb - 1 and are not stored. */
+        MmaX<NT> x;
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+                const uint32_t cq = min((uint32_t)(8 * n + g), a.nb - 1);
+                x.q[n] = a.aq + (size_t)cq * a.n_cols;
+#pragma unroll
+                for (int c = 0; c < 2; c++)
+                        x.s[n][c] = a.ads + (size_t)min((uint32_t)(8 * n + 2 * t + c), a.nb - 1) * (a.n_cols / 32);
+        }
+        float acc[MT][NT][4];
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+#pragma unroll
+                for (int n = 0; n < NT; n++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++)
+                                acc[m][n][e] = 0.0f;
+
+        /* Weights do not depend on the kernel before: the first block's are requested before waiting; then
+         * each block's while the one before is multiplied. */
+        MmaW<T> w[MT];
+        uint32_t b = wid;
+        if (b < n_blocks)
+#pragma unroll
+                for (int m = 0; m < MT; m++)
+                        w[m].load(row[m], stride, b, g, t);
+        grid_dep_wait();
+        for (; b < n_blocks; b += MMA_WARPS) {
+                MmaW<T> next[MT];
+                if (b + MMA_WARPS < n_blocks)
+#pragma unroll
+                        for (int m = 0; m < MT; m++)
+                                next[m].load(row[m], stride, b + MMA_WARPS, g, t);
+                MmaX<NT> xb;
+#pragma unroll
+                for (int n = 0; n < NT; n++) {
+                        xb.q[n] = x.q[n] + (size_t)b * 256;
+                        xb.s[n][0] = x.s[n][0] + (size_t)b * 8;
+                        xb.s[n][1] = x.s[n][1] + (size_t)b * 8;
+                }
+#pragma unroll
+                for (int m = 0; m < MT; m++)
+                        w[m].mma(xb, t, acc[m]);
+#pragma unroll
+                for (int m = 0; m < MT; m++)
+                        w[m] = next[m];
+        }
+
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+#pragma unroll
+                for (int n = 0; n < NT; n++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++)
+                                part[wid][MMA_ROWS * m + g + 8 * (e / 2)][8 * n + 2 * t + e % 2] = acc[m][n][e];
+        __syncthreads();
+        for (uint32_t k = threadIdx.x; k < MMA_ROWS * NB; k += MMA_WARPS * 32) {
+                const uint32_t rr = k % MMA_ROWS, j = k / MMA_ROWS;
+                if (j >= a.nb)
+                        break;
+                float v[MT];
+#pragma unroll
+                for (int m = 0; m < MT; m++) {
+                        v[m] = 0.0f;
+#pragma unroll
+                        for (int ww = 0; ww < MMA_WARPS; ww++)
+                                v[m] += part[ww][MMA_ROWS * m + rr][j];
+                }
+                float *yj = y + (size_t)j * a.ldy + r0 + rr;
+                if (EPI == CUDA_MV_SWIGLU)
+                        *yj = silu(v[0]) * v[MT - 1];
+                else if (EPI == CUDA_MV_STORE)
+                        *yj = v[0];
+                else
+                        *yj += v[0];
+        }
+}
+
 /* ---- host side ---- */
 
 /* The current device's multiprocessors and shared memory per multiprocessor, read once a device. */
@@ -957,6 +1269,44 @@ template <int NR, int EPI> static int mv_dispatch_nb(CudaStream s, uint32_t type
         return mv_dispatch_b<NR, EPI, MVB_MAX>(s, type, a);
 }
 
+/* ---- batched products through the tensor cores (mv_mma()) ---- */
+
+/* From how many sequences a batched product takes mv_mma(): 3 (at 2 the dp4a kernels measured faster: 815
+ * against 679 tok/s, at 3 slower: 963 against 1009, bench/cuda-notes.md v53), or QUANTD_CUDA_MMA_MIN (0: never), for timing
+ * studies and tests. */
+static uint32_t mma_min(void) {
+        static const uint32_t v = (uint32_t)cuda_knob("QUANTD_CUDA_MMA_MIN", 0, MVB_MAX, 3);
+        return v;
+}
+
+/* Whether mv_mma() computes these matrices for nb columns: Q4_K or Q6_K, rows in whole tiles, blocks of 256. */
+static bool mma_fits(const CudaMatrix *w, unsigned n_w, uint32_t nb) {
+        const uint32_t min = mma_min();
+
+        if (!min || nb < min || (w[0].type != GGML_TYPE_Q4_K && w[0].type != GGML_TYPE_Q6_K) || w[0].n_cols % 256)
+                return false;
+        for (unsigned i = 0; i < n_w; i++)
+                if (w[i].n_rows % MMA_ROWS)
+                        return false;
+        return true;
+}
+
+template <int EPI, int NB> static int mma_launch_nb(CudaStream s, uint32_t type, const MvArgs &a) {
+        const dim3 grid((EPI == CUDA_MV_SWIGLU ? a.rows[0] : a.n_rows) / MMA_ROWS), block(MMA_WARPS * 32);
+
+        if (type == GGML_TYPE_Q4_K)
+                CU_TRY(launch_pdl(mv_mma<GGML_TYPE_Q4_K, EPI, NB>, grid, block, 0, s, a));
+        else
+                CU_TRY(launch_pdl(mv_mma<GGML_TYPE_Q6_K, EPI, NB>, grid, block, 0, s, a));
+        return 0;
+}
+
+template <int EPI> static int mma_launch(CudaStream s, uint32_t type, const MvArgs &a) {
+        if (!a.aq)
+                return -EINVAL;
+        return a.nb <= 8 ? mma_launch_nb<EPI, 8>(s, type, a) : mma_launch_nb<EPI, 16>(s, type, a);
+}
+
 extern "C" int cuda_matvec_batch(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInput *in,
                                  float *const *y, CudaMvEpilogue epi, uint32_t n_seq, uint32_t ldy) {
         MvArgs a;
@@ -987,6 +1337,14 @@ extern "C" int cuda_matvec_batch(CudaStream s, const CudaMatrix *w, unsigned n_w
                 a.x = in->x ? in->x + (size_t)j0 * a.n_cols : NULL;
                 a.aq = in->xq ? in->xq->qs + (size_t)j0 * a.n_cols : NULL;
                 a.ads = in->xq ? (const float2 *)in->xq->ds + (size_t)j0 * (a.n_cols / 32) : NULL;
+                if (epi < _CUDA_MV_EPILOGUE_MAX && mma_fits(w, n_w, a.nb)) {
+                        r = epi == CUDA_MV_SWIGLU ? mma_launch<CUDA_MV_SWIGLU>(s, w[0].type, a)
+                            : epi == CUDA_MV_ADD  ? mma_launch<CUDA_MV_ADD>(s, w[0].type, a)
+                                                  : mma_launch<CUDA_MV_STORE>(s, w[0].type, a);
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
                 MvArgs ap = a;
                 for (unsigned i = 0; i < 3; i++)
                         ap.rows[i] /= 2;
