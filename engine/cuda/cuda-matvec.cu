@@ -554,13 +554,22 @@ template <int NT> struct MmaX {
         const float2 *s[NT][2]; /* columns 8 n + 2 t + c, the block's first group of 32 */
 };
 
-/* acc += fr (row) * dx (column) * c - fm (row) * sx (column), for a C fragment c. */
+/* acc += fr (row) * dx (column) * c - fm (row) * sx (column), for a C fragment c: four instructions an
+ * element (the order of the terms as written here took five). */
 __device__ __forceinline__ void mma_scale(float *acc, const int *c, const float *fr, const float *fm,
                                           float2 s0, float2 s1) {
-        acc[0] += fr[0] * (s0.x * (float)c[0]) - fm[0] * s0.y;
-        acc[1] += fr[0] * (s1.x * (float)c[1]) - fm[0] * s1.y;
-        acc[2] += fr[1] * (s0.x * (float)c[2]) - fm[1] * s0.y;
-        acc[3] += fr[1] * (s1.x * (float)c[3]) - fm[1] * s1.y;
+        acc[0] = fmaf(fr[0] * s0.x, (float)c[0], fmaf(-fm[0], s0.y, acc[0]));
+        acc[1] = fmaf(fr[0] * s1.x, (float)c[1], fmaf(-fm[0], s1.y, acc[1]));
+        acc[2] = fmaf(fr[1] * s0.x, (float)c[2], fmaf(-fm[1], s0.y, acc[2]));
+        acc[3] = fmaf(fr[1] * s1.x, (float)c[3], fmaf(-fm[1], s1.y, acc[3]));
+}
+
+/* Without the minimums (Q6_K): two. */
+__device__ __forceinline__ void mma_scale(float *acc, const int *c, const float *fr, float dx0, float dx1) {
+        acc[0] = fmaf(fr[0] * dx0, (float)c[0], acc[0]);
+        acc[1] = fmaf(fr[0] * dx1, (float)c[1], acc[1]);
+        acc[2] = fmaf(fr[1] * dx0, (float)c[2], acc[2]);
+        acc[3] = fmaf(fr[1] * dx1, (float)c[3], acc[3]);
 }
 
 template <int T> struct MmaW;
@@ -584,14 +593,17 @@ template <> struct MmaW<GGML_TYPE_Q4_K> {
 
         template <int NT>
         __device__ __forceinline__ void mma(const MmaX<NT> &x, int t, float (*acc)[4]) const {
-                uint8_t sc[2][12];
+                /* The 6-bit scales and minimums of the 8 sub-blocks, a byte each: sc[i][0] sub-blocks 0-3,
+                 * sc[i][1] 4-7 (k4_scale_min(), four at a time); mn[i] the same for the minimums. */
+                uint32_t sc[2][2], mn[2][2];
                 float d[2], dm[2];
 #pragma unroll
                 for (int i = 0; i < 2; i++) {
-                        const uint32_t w[3] = {h[i].y, h[i].z, h[i].w};
-#pragma unroll
-                        for (int k = 0; k < 12; k++)
-                                sc[i][k] = (uint8_t)(w[k / 4] >> (8 * (k % 4)));
+                        const uint32_t y = h[i].y, z = h[i].z, w = h[i].w;
+                        sc[i][0] = y & 0x3f3f3f3fu;
+                        mn[i][0] = z & 0x3f3f3f3fu;
+                        sc[i][1] = (w & 0x0f0f0f0fu) | ((y >> 2) & 0x30303030u);
+                        mn[i][1] = ((w >> 4) & 0x0f0f0f0fu) | ((z >> 2) & 0x30303030u);
                         const float2 dd = __half22float2(*(const __half2 *)&h[i].x);
                         d[i] = dd.x, dm[i] = dd.y;
                 }
@@ -612,12 +624,12 @@ template <> struct MmaW<GGML_TYPE_Q4_K> {
                                                        (q[1][j].x >> (4 * hi)) & 0x0f0f0f0fu,
                                                        (q[0][j].y >> (4 * hi)) & 0x0f0f0f0fu,
                                                        (q[1][j].y >> (4 * hi)) & 0x0f0f0f0fu};
+                                const int sb = 2 * j + hi;
                                 float fr[2], fm[2];
 #pragma unroll
                                 for (int i = 0; i < 2; i++) {
-                                        int s, m;
-                                        k4_scale_min(sc[i], 2 * j + hi, &s, &m);
-                                        fr[i] = d[i] * (float)s, fm[i] = dm[i] * (float)m;
+                                        fr[i] = d[i] * (float)((sc[i][sb / 4] >> (8 * (sb % 4))) & 0xff);
+                                        fm[i] = dm[i] * (float)((mn[i][sb / 4] >> (8 * (sb % 4))) & 0xff);
                                 }
 #pragma unroll
                                 for (int n = 0; n < NT; n++) {
@@ -668,7 +680,6 @@ template <> struct MmaW<GGML_TYPE_Q6_K> {
 
         template <int NT>
         __device__ __forceinline__ void mma(const MmaX<NT> &x, int t, float (*acc)[4]) const {
-                const float zero[2] = {0.0f, 0.0f};
 #pragma unroll
                 for (int h = 0; h < 2; h++)
 #pragma unroll
@@ -692,8 +703,7 @@ template <> struct MmaW<GGML_TYPE_Q6_K> {
                                                         *(const uint32_t *)(x.q[n] + 128 * h + 32 * k + 16 * i + 4 * t);
                                                 int c[4];
                                                 mma_k16(c, a0, a1, b0);
-                                                mma_scale(acc[n], c, fr, zero, make_float2(s[n][0].x, 0.0f),
-                                                          make_float2(s[n][1].x, 0.0f));
+                                                mma_scale(acc[n], c, fr, s[n][0].x, s[n][1].x);
                                         }
                                 }
                         }
