@@ -717,8 +717,9 @@ static void test_matvec_batch(void **state) {
                         check_matvec_batch(t, k ? 11 * 256 : 33 * 32, 37 + (uint32_t)j, nbs[j]);
                 check_matvec_batch(t, 4096, 64, 4);
                 check_matvec_batch(t, 4096, 40, 16);
-                /* Rows in tiles of 16 and 3 or more sequences: Q4_K and Q6_K through the tensor cores (8 and 16
-                 * columns a launch, columns past nb unused; 20: a launch of 16 and one of 4). */
+                /* Rows in tiles of 16: Q4_K and Q6_K from 3 sequences, Q4_0 from 8 and Q8_0 from 9 through the
+                 * tensor cores (8 and 16 columns a launch, columns past nb unused; 20: a launch of 16 and one
+                 * of 4). */
                 check_matvec_batch(t, 4096, 64, 8);
                 check_matvec_batch(t, k ? 11 * 256 : 33 * 32, 48, 11);
                 check_matvec_batch(t, 4096, 32, 16);

@@ -509,13 +509,14 @@ __global__ void __launch_bounds__(MV_WARPS * 32, 4) mv_float_b(const MvArgs a) {
 }
 
 /* ---- several columns through int8 tensor cores ----
- * From 3 sequences up (mma_min()), Q4_K and Q6_K products multiply with mma.sync instead of dp4a: a
- * step of 16 sequences costs the dp4a kernels six times a single one (their activation loads and sums grow
- * with the columns), while a tensor core takes 16 rows by 8 columns by 32 elements in one instruction.
+ * From 3 sequences up (8 and 9 for Q4_0 and Q8_0: mma_min()), Q4_K, Q6_K, Q4_0 and Q8_0 products multiply
+ * with mma.sync instead of dp4a: a step of 16 sequences costs the dp4a kernels six times a single one (their
+ * activation loads and sums grow with the columns), while a tensor core takes 16 rows by 8 columns by 32
+ * elements in one instruction.
  *
  * A block of MMA_WARPS warps computes one tile: 16 rows (16 gate rows and the 16 up rows of the same indices
- * for SwiGLU) by up to NB columns. Its warps split the rows' blocks of 256 elements (warp w: blocks w,
- * w + MMA_WARPS, ...), read the weights from global memory straight into their A fragments (the next block's
+ * for SwiGLU) by up to NB columns. Its warps split the rows into steps of 256 elements (Q8_0: 128; warp w:
+ * steps w, w + MMA_WARPS, ...), read the weights from global memory straight into their A fragments (the next block's
  * in flight while they compute), multiply them with the columns' 8-bit activations and scale the integer
  * sums by the weights' and the activations' scales into float accumulators; the warps' tiles are added up in
  * shared memory at the end, where the epilogue runs.
@@ -525,7 +526,8 @@ __global__ void __launch_bounds__(MV_WARPS * 32, 4) mv_float_b(const MvArgs a) {
  * 2t + 1. A dot product does not care in which order its elements come, so each type gives lane t the
  * elements it can load in one piece, and B the activations of the same elements: Q4_K lane t takes bytes
  * 8t .. 8t + 7 of each 32-byte group of nibbles (elements 8t .. 8t + 7 of two sub-blocks of 32), Q6_K four
- * consecutive elements of each group of 16 (one scale each, so one m16n8k16 a group).
+ * consecutive elements of each group of 16 (one scale each, so one m16n8k16 a group), Q8_0 and Q4_0 the
+ * natural order.
  */
 #define MMA_WARPS 8
 #define MMA_ROWS 16
@@ -577,6 +579,7 @@ template <int T> struct MmaW;
 /* Q4_K: per row the 16-byte head (d, dmin, 12 bytes of 6-bit scales and mins) and 8 bytes of each of the
  * four 32-byte groups of nibbles (low nibbles: sub-block 2 j, high: 2 j + 1). */
 template <> struct MmaW<GGML_TYPE_Q4_K> {
+        enum { ELEMS = 256 }; /* elements of a row a step */
         uint4 h[2];
         uint2 q[2][4];
 
@@ -649,6 +652,7 @@ template <> struct MmaW<GGML_TYPE_Q4_K> {
  * hold elements 128 h + 32 k + 16 i + 4 t .. for k = 0..3; the 16 signed scales and d. Blocks are 210 bytes:
  * words at 2-byte aligned addresses. */
 template <> struct MmaW<GGML_TYPE_Q6_K> {
+        enum { ELEMS = 256 };
         uint32_t ql[2][2][2][2], qh[2][2][2], sc[2][4];
         float d[2];
 
@@ -710,6 +714,72 @@ template <> struct MmaW<GGML_TYPE_Q6_K> {
         }
 };
 
+/*
+ * Q8_0 and Q4_0: per row, for each block of 32 of the step, lane t's words of elements 4t .. 4t + 3 and
+ * 16 + 4t .. (Q4_0: one word, low and high nibbles) and d: one m16n8k32 a block in the natural order. Rows
+ * start 16-byte aligned and blocks are 34 and 18 bytes, so the words of odd blocks are 4-byte aligned and
+ * the even ones' 2 (known once the block loop is unrolled: a step starts at an even block).
+ */
+template <int T> struct MmaW32 {
+        enum { ELEMS = T == GGML_TYPE_Q8_0 ? 128 : 256, NBLK = ELEMS / 32, WORDS = T == GGML_TYPE_Q8_0 ? 2 : 1 };
+        uint32_t q[2][NBLK][WORDS];
+        uint32_t d[2][NBLK / 2]; /* two halves a word */
+
+        __device__ __forceinline__ void load(const uint8_t *row, size_t stride, uint32_t b, int g, int t) {
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                        const uint8_t *p = row + (size_t)(g + 8 * r) * stride + (size_t)b * NBLK * Tr<T>::BYTES;
+#pragma unroll
+                        for (int i = 0; i < NBLK; i++) {
+                                const uint8_t *blk = p + i * Tr<T>::BYTES;
+#pragma unroll
+                                for (int k = 0; k < WORDS; k++)
+                                        q[r][i][k] = i % 2 ? ld_u32_a4(blk + 2 + 16 * k + 4 * t)
+                                                           : ld_u32_a2(blk + 2 + 16 * k + 4 * t);
+                        }
+#pragma unroll
+                        for (int i = 0; i < NBLK; i += 2)
+                                d[r][i / 2] = (uint32_t)*(const uint16_t *)(p + i * Tr<T>::BYTES) |
+                                              (uint32_t)*(const uint16_t *)(p + (i + 1) * Tr<T>::BYTES) << 16;
+                }
+        }
+
+        __device__ __forceinline__ void frag(int i, uint32_t *a) const {
+                if (T == GGML_TYPE_Q8_0) {
+                        a[0] = q[0][i][0], a[1] = q[1][i][0], a[2] = q[0][i][WORDS - 1], a[3] = q[1][i][WORDS - 1];
+                } else {
+#pragma unroll
+                        for (int r = 0; r < 2; r++) {
+                                a[r] = __vsub4(q[r][i][0] & 0x0f0f0f0fu, 0x08080808u);
+                                a[2 + r] = __vsub4((q[r][i][0] >> 4) & 0x0f0f0f0fu, 0x08080808u);
+                        }
+                }
+        }
+
+        template <int NT>
+        __device__ __forceinline__ void mma(const MmaX<NT> &x, int t, float (*acc)[4]) const {
+#pragma unroll
+                for (int i = 0; i < NBLK; i++) {
+                        uint32_t a[4];
+                        frag(i, a);
+                        float fr[2];
+#pragma unroll
+                        for (int r = 0; r < 2; r++)
+                                fr[r] = __half2float(__ushort_as_half((unsigned short)(d[r][i / 2] >> (16 * (i % 2)))));
+#pragma unroll
+                        for (int n = 0; n < NT; n++) {
+                                const uint32_t b0 = *(const uint32_t *)(x.q[n] + 32 * i + 4 * t);
+                                const uint32_t b1 = *(const uint32_t *)(x.q[n] + 32 * i + 16 + 4 * t);
+                                int c[4];
+                                mma_k32(c, a, b0, b1);
+                                mma_scale(acc[n], c, fr, x.s[n][0][i].x, x.s[n][1][i].x);
+                        }
+                }
+        }
+};
+template <> struct MmaW<GGML_TYPE_Q8_0> : MmaW32<GGML_TYPE_Q8_0> {};
+template <> struct MmaW<GGML_TYPE_Q4_0> : MmaW32<GGML_TYPE_Q4_0> {};
+
 /* Tile r (MMA_ROWS rows from row r * MMA_ROWS of the concatenated matrices; SwiGLU: of the gate and the up
  * matrix): its first rows, the row stride and where its outputs go. */
 template <int EPI>
@@ -742,7 +812,8 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, EPI == CUDA_MV_SWIGLU ? 1 : 2)
         constexpr int MT = EPI == CUDA_MV_SWIGLU ? 2 : 1, NT = NB / 8;
         __shared__ float part[MMA_WARPS][MT * MMA_ROWS][NB + 1];
         const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, g = lane / 4, t = lane % 4;
-        const uint32_t n_blocks = a.n_cols / 256;
+        constexpr uint32_t UE = MmaW<T>::ELEMS;
+        const uint32_t n_blocks = a.n_cols / UE;
         const uint8_t *row[2];
         size_t stride;
         float *y;
@@ -788,9 +859,9 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, EPI == CUDA_MV_SWIGLU ? 1 : 2)
                 MmaX<NT> xb;
 #pragma unroll
                 for (int n = 0; n < NT; n++) {
-                        xb.q[n] = x.q[n] + (size_t)b * 256;
-                        xb.s[n][0] = x.s[n][0] + (size_t)b * 8;
-                        xb.s[n][1] = x.s[n][1] + (size_t)b * 8;
+                        xb.q[n] = x.q[n] + (size_t)b * UE;
+                        xb.s[n][0] = x.s[n][0] + (size_t)b * (UE / 32);
+                        xb.s[n][1] = x.s[n][1] + (size_t)b * (UE / 32);
                 }
 #pragma unroll
                 for (int m = 0; m < MT; m++)
@@ -1281,19 +1352,27 @@ template <int NR, int EPI> static int mv_dispatch_nb(CudaStream s, uint32_t type
 
 /* ---- batched products through the tensor cores (mv_mma()) ---- */
 
-/* From how many sequences a batched product takes mv_mma(): 3 (at 2 the dp4a kernels measured faster: 815
- * against 679 tok/s, at 3 slower: 963 against 1009, bench/cuda-notes.md v53), or QUANTD_CUDA_MMA_MIN (0: never), for timing
- * studies and tests. */
-static uint32_t mma_min(void) {
-        static const uint32_t v = (uint32_t)cuda_knob("QUANTD_CUDA_MMA_MIN", 0, MVB_MAX, 3);
-        return v;
+/* From how many sequences a batched product of type takes mv_mma(), where the dp4a kernels measured slower
+ * (H100, Llama-2-7B, bench/cuda-notes.md v53-v55): Q4_K and Q6_K from 3 (at 2: 815 against 679 tok/s, at 3:
+ * 963 against 1009), Q4_0 from 8 (at 4: 1,304 against 1,060; at 8: 1,658 against 1,893), Q8_0 from 9 (at 8
+ * the same, at 16 1,540 against 2,190: its 2-byte aligned blocks take many small loads); 0 (never) for the
+ * other types. QUANTD_CUDA_MMA_MIN sets one bound for all four (0: never), for timing studies. */
+static uint32_t mma_min(uint32_t type) {
+        static const long v = cuda_knob("QUANTD_CUDA_MMA_MIN", 0, MVB_MAX, -1);
+        const uint32_t def = type == GGML_TYPE_Q4_K || type == GGML_TYPE_Q6_K ? 3
+                             : type == GGML_TYPE_Q4_0                         ? 8
+                             : type == GGML_TYPE_Q8_0                         ? 9
+                                                                              : 0;
+
+        return def && v >= 0 ? (uint32_t)v : def;
 }
 
-/* Whether mv_mma() computes these matrices for nb columns: Q4_K or Q6_K, rows in whole tiles, blocks of 256. */
+/* Whether mv_mma() computes these matrices for nb columns: Q4_K, Q6_K, Q8_0 or Q4_0, rows in whole tiles, rows
+ * of whole steps of 256. */
 static bool mma_fits(const CudaMatrix *w, unsigned n_w, uint32_t nb) {
-        const uint32_t min = mma_min();
+        const uint32_t min = mma_min(w[0].type);
 
-        if (!min || nb < min || (w[0].type != GGML_TYPE_Q4_K && w[0].type != GGML_TYPE_Q6_K) || w[0].n_cols % 256)
+        if (!min || nb < min || w[0].n_cols % 256)
                 return false;
         for (unsigned i = 0; i < n_w; i++)
                 if (w[i].n_rows % MMA_ROWS)
@@ -1306,8 +1385,12 @@ template <int EPI, int NB> static int mma_launch_nb(CudaStream s, uint32_t type,
 
         if (type == GGML_TYPE_Q4_K)
                 CU_TRY(launch_pdl(mv_mma<GGML_TYPE_Q4_K, EPI, NB>, grid, block, 0, s, a));
-        else
+        else if (type == GGML_TYPE_Q6_K)
                 CU_TRY(launch_pdl(mv_mma<GGML_TYPE_Q6_K, EPI, NB>, grid, block, 0, s, a));
+        else if (type == GGML_TYPE_Q8_0)
+                CU_TRY(launch_pdl(mv_mma<GGML_TYPE_Q8_0, EPI, NB>, grid, block, 0, s, a));
+        else
+                CU_TRY(launch_pdl(mv_mma<GGML_TYPE_Q4_0, EPI, NB>, grid, block, 0, s, a));
         return 0;
 }
 
