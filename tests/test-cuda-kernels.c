@@ -717,7 +717,7 @@ static void test_matvec_batch(void **state) {
                         check_matvec_batch(t, k ? 11 * 256 : 33 * 32, 37 + (uint32_t)j, nbs[j]);
                 check_matvec_batch(t, 4096, 64, 4);
                 check_matvec_batch(t, 4096, 40, 16);
-                /* Rows in tiles of 16: Q4_K and Q6_K from 3 sequences, Q4_0 from 8 and Q8_0 from 9 through the
+                /* Rows in tiles of 16: Q4_K and Q6_K from 3 sequences, Q4_0 from 4 and Q8_0 from 6 through the
                  * tensor cores (8 and 16 columns a launch, columns past nb unused; 20: a launch of 16 and one
                  * of 4). */
                 check_matvec_batch(t, 4096, 64, 8);

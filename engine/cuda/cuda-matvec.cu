@@ -509,17 +509,18 @@ __global__ void __launch_bounds__(MV_WARPS * 32, 4) mv_float_b(const MvArgs a) {
 }
 
 /* ---- several columns through int8 tensor cores ----
- * From 3 sequences up (8 and 9 for Q4_0 and Q8_0: mma_min()), Q4_K, Q6_K, Q4_0 and Q8_0 products multiply
+ * From 3 sequences up (4 and 6 for Q4_0 and Q8_0: mma_min()), Q4_K, Q6_K, Q4_0 and Q8_0 products multiply
  * with mma.sync instead of dp4a: a step of 16 sequences costs the dp4a kernels six times a single one (their
  * activation loads and sums grow with the columns), while a tensor core takes 16 rows by 8 columns by 32
  * elements in one instruction.
  *
  * A block of MMA_WARPS warps computes one tile: 16 rows (16 gate rows and the 16 up rows of the same indices
  * for SwiGLU) by up to NB columns. Its warps split the rows into steps of 256 elements (Q8_0: 128; warp w:
- * steps w, w + MMA_WARPS, ...), read the weights from global memory straight into their A fragments (the next block's
- * in flight while they compute), multiply them with the columns' 8-bit activations and scale the integer
- * sums by the weights' and the activations' scales into float accumulators; the warps' tiles are added up in
- * shared memory at the end, where the epilogue runs.
+ * steps w, w + MMA_WARPS, ...), stream each step's weights through shared memory with cp.async, two or three
+ * steps ahead (MmaStage; straight from global memory into registers, one step ahead, measured 4-31 % slower:
+ * v56), read their A fragments from there, multiply them with the columns' 8-bit activations and scale the
+ * integer sums by the weights' and the activations' scales into float accumulators; the warps' tiles are
+ * added up in shared memory at the end, where the epilogue runs.
  *
  * Fragments of mma.m16n8k32 and m16n8k16 with .s8 operands (PTX ISA), lane = 4 g + t: A rows g and g + 8,
  * bytes k = 4t .. 4t + 3 (k32: and 16 + 4t ..); B column g, the same k; C rows g and g + 8, columns 2t and
@@ -583,14 +584,14 @@ template <> struct MmaW<GGML_TYPE_Q4_K> {
         uint4 h[2];
         uint2 q[2][4];
 
-        __device__ __forceinline__ void load(const uint8_t *row, size_t stride, uint32_t b, int g, int t) {
+        __device__ __forceinline__ void load(const uint8_t *row, uint32_t stride, int g, int t) {
 #pragma unroll
                 for (int i = 0; i < 2; i++) {
-                        const uint8_t *p = row + (size_t)(g + 8 * i) * stride + (size_t)b * Q4_K_BYTES;
-                        h[i] = __ldg((const uint4 *)p);
+                        const uint8_t *p = row + (g + 8 * i) * stride;
+                        h[i] = *(const uint4 *)p;
 #pragma unroll
                         for (int j = 0; j < 4; j++)
-                                q[i][j] = __ldg((const uint2 *)(p + 16 + 32 * j + 8 * t));
+                                q[i][j] = *(const uint2 *)(p + 16 + 32 * j + 8 * t);
                 }
         }
 
@@ -656,10 +657,10 @@ template <> struct MmaW<GGML_TYPE_Q6_K> {
         uint32_t ql[2][2][2][2], qh[2][2][2], sc[2][4];
         float d[2];
 
-        __device__ __forceinline__ void load(const uint8_t *row, size_t stride, uint32_t b, int g, int t) {
+        __device__ __forceinline__ void load(const uint8_t *row, uint32_t stride, int g, int t) {
 #pragma unroll
                 for (int r = 0; r < 2; r++) {
-                        const uint8_t *p = row + (size_t)(g + 8 * r) * stride + (size_t)b * Q6_K_BYTES;
+                        const uint8_t *p = row + (g + 8 * r) * stride;
 #pragma unroll
                         for (int h = 0; h < 2; h++)
 #pragma unroll
@@ -725,10 +726,10 @@ template <int T> struct MmaW32 {
         uint32_t q[2][NBLK][WORDS];
         uint32_t d[2][NBLK / 2]; /* two halves a word */
 
-        __device__ __forceinline__ void load(const uint8_t *row, size_t stride, uint32_t b, int g, int t) {
+        __device__ __forceinline__ void load(const uint8_t *row, uint32_t stride, int g, int t) {
 #pragma unroll
                 for (int r = 0; r < 2; r++) {
-                        const uint8_t *p = row + (size_t)(g + 8 * r) * stride + (size_t)b * NBLK * Tr<T>::BYTES;
+                        const uint8_t *p = row + (g + 8 * r) * stride;
 #pragma unroll
                         for (int i = 0; i < NBLK; i++) {
                                 const uint8_t *blk = p + i * Tr<T>::BYTES;
@@ -780,6 +781,20 @@ template <int T> struct MmaW32 {
 template <> struct MmaW<GGML_TYPE_Q8_0> : MmaW32<GGML_TYPE_Q8_0> {};
 template <> struct MmaW<GGML_TYPE_Q4_0> : MmaW32<GGML_TYPE_Q4_0> {};
 
+/* A warp's shared-memory slots for its steps of MT * 16 rows: SU 16-byte units a row (a step's bytes from the
+ * unit they start in), STAGES steps (three where four would not leave room for two blocks a multiprocessor). */
+template <int T, int MT> struct MmaStage {
+        enum : uint32_t {
+                SB = MmaW<T>::ELEMS / Tr<T>::QK * Tr<T>::BYTES,
+                SU = (SB % 16 == 0 ? SB / 16 : (SB + 15) / 16 + 1),
+                SLOT = 16 * SU,
+                SLOTS = MT * MMA_ROWS * SLOT,
+                STAGES = MT == 2 || SLOT > 160 ? 3 : 4,
+                WARP = STAGES * SLOTS,
+                BYTES = MMA_WARPS * WARP,
+        };
+};
+
 /* Tile r (MMA_ROWS rows from row r * MMA_ROWS of the concatenated matrices; SwiGLU: of the gate and the up
  * matrix): its first rows, the row stride and where its outputs go. */
 template <int EPI>
@@ -812,7 +827,9 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, EPI == CUDA_MV_SWIGLU ? 1 : 2)
         constexpr int MT = EPI == CUDA_MV_SWIGLU ? 2 : 1, NT = NB / 8;
         __shared__ float part[MMA_WARPS][MT * MMA_ROWS][NB + 1];
         const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, g = lane / 4, t = lane % 4;
-        constexpr uint32_t UE = MmaW<T>::ELEMS;
+        constexpr uint32_t UE = MmaW<T>::ELEMS, SB = UE / Tr<T>::QK * Tr<T>::BYTES; /* a step's bytes a row */
+        typedef MmaStage<T, MT> ST;
+        extern __shared__ __align__(16) uint8_t smem[];
         const uint32_t n_blocks = a.n_cols / UE;
         const uint8_t *row[2];
         size_t stride;
@@ -841,21 +858,44 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, EPI == CUDA_MV_SWIGLU ? 1 : 2)
                         for (int e = 0; e < 4; e++)
                                 acc[m][n][e] = 0.0f;
 
-        /* Weights do not depend on the kernel before: the first block's are requested before waiting; then
-         * each block's while the one before is multiplied. */
-        MmaW<T> w[MT];
-        uint32_t b = wid;
-        if (b < n_blocks)
+        /* The warp's steps (w, w + MMA_WARPS, ...) stream through its STAGES slots of shared memory with
+         * 16-byte cp.async, STAGES - 1 ahead: each slot holds the step's bytes of the tile's rows, from the
+         * 16-byte unit they start in (Q6_K and Q8_0 steps start inside one: off). Weights do not depend on
+         * the kernel before, so the first ones are requested before waiting for it. */
+        uint8_t *stage = smem + (size_t)wid * MmaStage<T, MT>::WARP;
+        const uint32_t n_my = wid < n_blocks ? (n_blocks - wid + MMA_WARPS - 1) / MMA_WARPS : 0;
+        uint32_t is_k = 0;
+        auto issue = [&]() {
+                if (is_k < n_my) {
+                        const size_t o = (size_t)(wid + is_k * MMA_WARPS) * SB;
+                        const uint32_t nu = (uint32_t)((o % 16 + SB + 15) / 16);
+                        uint8_t *dst = stage + (is_k % ST::STAGES) * ST::SLOTS;
+#pragma unroll 4
+                        for (uint32_t k = lane; k < MT * MMA_ROWS * ST::SU; k += 32) {
+                                const uint32_t r = k / ST::SU, u = k % ST::SU;
+                                if (u < nu)
+                                        cp_async16(dst + r * ST::SLOT + 16 * u,
+                                                   row[r / MMA_ROWS] + (r % MMA_ROWS) * stride + (o / 16 + u) * 16);
+                        }
+                }
+                is_k++;
+                cp_async_commit();
+        };
+#pragma unroll
+        for (int k = 0; k < ST::STAGES - 1; k++)
+                issue();
+        grid_dep_wait();
+        for (uint32_t k = 0; k < n_my; k++) {
+                const uint32_t b = wid + k * MMA_WARPS;
+                issue();
+                cp_async_wait<ST::STAGES - 1>();
+                __syncwarp();
+                const uint8_t *src = stage + (k % ST::STAGES) * ST::SLOTS + ((size_t)b * SB) % 16;
+                MmaW<T> w[MT];
 #pragma unroll
                 for (int m = 0; m < MT; m++)
-                        w[m].load(row[m], stride, b, g, t);
-        grid_dep_wait();
-        for (; b < n_blocks; b += MMA_WARPS) {
-                MmaW<T> next[MT];
-                if (b + MMA_WARPS < n_blocks)
-#pragma unroll
-                        for (int m = 0; m < MT; m++)
-                                next[m].load(row[m], stride, b + MMA_WARPS, g, t);
+                        w[m].load(src + m * MMA_ROWS * ST::SLOT, ST::SLOT, g, t);
+                __syncwarp();
                 MmaX<NT> xb;
 #pragma unroll
                 for (int n = 0; n < NT; n++) {
@@ -866,9 +906,6 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, EPI == CUDA_MV_SWIGLU ? 1 : 2)
 #pragma unroll
                 for (int m = 0; m < MT; m++)
                         w[m].mma(xb, t, acc[m]);
-#pragma unroll
-                for (int m = 0; m < MT; m++)
-                        w[m] = next[m];
         }
 
 #pragma unroll
@@ -1353,15 +1390,15 @@ template <int NR, int EPI> static int mv_dispatch_nb(CudaStream s, uint32_t type
 /* ---- batched products through the tensor cores (mv_mma()) ---- */
 
 /* From how many sequences a batched product of type takes mv_mma(), where the dp4a kernels measured slower
- * (H100, Llama-2-7B, bench/cuda-notes.md v53-v55): Q4_K and Q6_K from 3 (at 2: 815 against 679 tok/s, at 3:
- * 963 against 1009), Q4_0 from 8 (at 4: 1,304 against 1,060; at 8: 1,658 against 1,893), Q8_0 from 9 (at 8
- * the same, at 16 1,540 against 2,190: its 2-byte aligned blocks take many small loads); 0 (never) for the
- * other types. QUANTD_CUDA_MMA_MIN sets one bound for all four (0: never), for timing studies. */
+ * (H100, Llama-2-7B, bench/cuda-notes.md v53-v56, dp4a against mma tok/s): Q4_K and Q6_K from 3 (Q4_K_M at 2:
+ * 815 against 743, at 3: 963 against 1,103), Q4_0 from 4 (at 2: 907 / 808, at 4: 1,297 / 1,500), Q8_0 from 6
+ * (at 4: 1,021 / 1,001, at 6: 1,188 / 1,384: its 2-byte aligned blocks take many small loads); 0 (never) for
+ * the other types. QUANTD_CUDA_MMA_MIN sets one bound for all four (0: never), for timing studies. */
 static uint32_t mma_min(uint32_t type) {
         static const long v = cuda_knob("QUANTD_CUDA_MMA_MIN", 0, MVB_MAX, -1);
         const uint32_t def = type == GGML_TYPE_Q4_K || type == GGML_TYPE_Q6_K ? 3
-                             : type == GGML_TYPE_Q4_0                         ? 8
-                             : type == GGML_TYPE_Q8_0                         ? 9
+                             : type == GGML_TYPE_Q4_0                         ? 4
+                             : type == GGML_TYPE_Q8_0                         ? 6
                                                                               : 0;
 
         return def && v >= 0 ? (uint32_t)v : def;
@@ -1380,18 +1417,30 @@ static bool mma_fits(const CudaMatrix *w, unsigned n_w, uint32_t nb) {
         return true;
 }
 
-template <int EPI, int NB> static int mma_launch_nb(CudaStream s, uint32_t type, const MvArgs &a) {
+template <int T, int EPI, int NB> static int mma_launch_t(CudaStream s, const MvArgs &a) {
         const dim3 grid((EPI == CUDA_MV_SWIGLU ? a.rows[0] : a.n_rows) / MMA_ROWS), block(MMA_WARPS * 32);
+        const size_t smem = MmaStage<T, EPI == CUDA_MV_SWIGLU ? 2 : 1>::BYTES;
+        static bool big; /* per kernel: this function is instantiated once per kernel */
 
-        if (type == GGML_TYPE_Q4_K)
-                CU_TRY(launch_pdl(mv_mma<GGML_TYPE_Q4_K, EPI, NB>, grid, block, 0, s, a));
-        else if (type == GGML_TYPE_Q6_K)
-                CU_TRY(launch_pdl(mv_mma<GGML_TYPE_Q6_K, EPI, NB>, grid, block, 0, s, a));
-        else if (type == GGML_TYPE_Q8_0)
-                CU_TRY(launch_pdl(mv_mma<GGML_TYPE_Q8_0, EPI, NB>, grid, block, 0, s, a));
-        else
-                CU_TRY(launch_pdl(mv_mma<GGML_TYPE_Q4_0, EPI, NB>, grid, block, 0, s, a));
+        if (!big) {
+                CU_TRY(cudaFuncSetAttribute(mv_mma<T, EPI, NB>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+                big = true;
+        }
+        CU_TRY(launch_pdl(mv_mma<T, EPI, NB>, grid, block, smem, s, a));
         return 0;
+}
+
+template <int EPI, int NB> static int mma_launch_nb(CudaStream s, uint32_t type, const MvArgs &a) {
+        switch (type) {
+        case GGML_TYPE_Q4_K:
+                return mma_launch_t<GGML_TYPE_Q4_K, EPI, NB>(s, a);
+        case GGML_TYPE_Q6_K:
+                return mma_launch_t<GGML_TYPE_Q6_K, EPI, NB>(s, a);
+        case GGML_TYPE_Q8_0:
+                return mma_launch_t<GGML_TYPE_Q8_0, EPI, NB>(s, a);
+        default:
+                return mma_launch_t<GGML_TYPE_Q4_0, EPI, NB>(s, a);
+        }
 }
 
 template <int EPI> static int mma_launch(CudaStream s, uint32_t type, const MvArgs &a) {

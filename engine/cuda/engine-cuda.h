@@ -122,7 +122,7 @@ int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInp
  * of them (per 16 sequences): input j is row j of in->x / in->xq (n_cols apart; ds n_cols / 32 pairs apart;
  * plain layout), its outputs go to y[i] + j * ldy. n_seq 1 is cuda_matvec(). Q4_K, Q6_K, Q4_0 and Q8_0
  * matrices whose rows come in tiles of 16 and n_cols in steps of 256 go through int8 tensor cores from 3
- * sequences (Q4_0 8, Q8_0 9; QUANTD_CUDA_MMA_MIN overrides, 0: never), in another order of summation than
+ * sequences (Q4_0 4, Q8_0 6; QUANTD_CUDA_MMA_MIN overrides, 0: never), in another order of summation than
  * the dp4a kernels: results agree to float rounding, not to the bit.
  */
 int cuda_matvec_batch(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInput *in, float *const *y,
