@@ -731,6 +731,8 @@ static void test_bearer_auth(void **state) {
         e = (QdError){};
         if (pull(d, "test/token:v1", NULL, &e) < 0)
                 fail_msg("pull with expiring tokens: %s", e.msg);
+        print_message("# expiring tokens: %" PRIu64 " token requests, %" PRIu64 " blob requests\n", proxy_stat("token_requests"),
+                      proxy_stat("blob_requests"));
         assert_true(proxy_stat("token_requests") >= 3);
         assert_int_equal(registry_store_verify(d->store, &n, &e), 0);
         registry_store_delete(d->store, &n, NULL);
