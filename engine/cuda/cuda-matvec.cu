@@ -550,8 +550,8 @@ __device__ __forceinline__ void mma_k16(int *c, uint32_t a0, uint32_t a1, uint32
 #endif
 }
 
-/* The activations of one block of 256 for a lane: column g's quants of each n-tile (B fragments) and the
- * scales of its columns 2t and 2t + 1 (C fragments). */
+/* The activations of one step for a lane: column g's quants of each n-tile (B fragments) and the scales of
+ * its columns 2t and 2t + 1 (C fragments). */
 template <int NT> struct MmaX {
         const int8_t *q[NT];   /* column 8 n + g, the block's first element */
         const float2 *s[NT][2]; /* columns 8 n + 2 t + c, the block's first group of 32 */
@@ -567,7 +567,7 @@ __device__ __forceinline__ void mma_scale(float *acc, const int *c, const float 
         acc[3] = fmaf(fr[1] * s1.x, (float)c[3], fmaf(-fm[1], s1.y, acc[3]));
 }
 
-/* Without the minimums (Q6_K): two. */
+/* Without the minimums (Q6_K, Q8_0, Q4_0): two. */
 __device__ __forceinline__ void mma_scale(float *acc, const int *c, const float *fr, float dx0, float dx1) {
         acc[0] = fmaf(fr[0] * dx0, (float)c[0], acc[0]);
         acc[1] = fmaf(fr[0] * dx1, (float)c[1], acc[1]);
@@ -717,9 +717,10 @@ template <> struct MmaW<GGML_TYPE_Q6_K> {
 
 /*
  * Q8_0 and Q4_0: per row, for each block of 32 of the step, lane t's words of elements 4t .. 4t + 3 and
- * 16 + 4t .. (Q4_0: one word, low and high nibbles) and d: one m16n8k32 a block in the natural order. Rows
- * start 16-byte aligned and blocks are 34 and 18 bytes, so the words of odd blocks are 4-byte aligned and
- * the even ones' 2 (known once the block loop is unrolled: a step starts at an even block).
+ * 16 + 4t .. (Q4_0: one word, low and high nibbles) and d: one m16n8k32 a block in the natural order. A
+ * step's bytes keep their row offset modulo 16 in shared memory (rows start 16-byte aligned) and blocks are
+ * 34 and 18 bytes, so the words of odd blocks are 4-byte aligned and the even ones' 2 (known once the block
+ * loop is unrolled: a step starts at an even block).
  */
 template <int T> struct MmaW32 {
         enum { ELEMS = T == GGML_TYPE_Q8_0 ? 128 : 256, NBLK = ELEMS / 32, WORDS = T == GGML_TYPE_Q8_0 ? 2 : 1 };
@@ -785,7 +786,7 @@ template <> struct MmaW<GGML_TYPE_Q4_0> : MmaW32<GGML_TYPE_Q4_0> {};
  * unit they start in), STAGES steps (three where four would not leave room for two blocks a multiprocessor). */
 template <int T, int MT> struct MmaStage {
         enum : uint32_t {
-                SB = MmaW<T>::ELEMS / Tr<T>::QK * Tr<T>::BYTES,
+                SB = MmaW<T>::ELEMS / Tr<T>::QK * Tr<T>::BYTES, /* a step's bytes of one row */
                 SU = (SB % 16 == 0 ? SB / 16 : (SB + 15) / 16 + 1),
                 SLOT = 16 * SU,
                 SLOTS = MT * MMA_ROWS * SLOT,
@@ -827,7 +828,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, EPI == CUDA_MV_SWIGLU ? 1 : 2)
         constexpr int MT = EPI == CUDA_MV_SWIGLU ? 2 : 1, NT = NB / 8;
         __shared__ float part[MMA_WARPS][MT * MMA_ROWS][NB + 1];
         const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, g = lane / 4, t = lane % 4;
-        constexpr uint32_t UE = MmaW<T>::ELEMS, SB = UE / Tr<T>::QK * Tr<T>::BYTES; /* a step's bytes a row */
+        constexpr uint32_t UE = MmaW<T>::ELEMS;
         typedef MmaStage<T, MT> ST;
         extern __shared__ __align__(16) uint8_t smem[];
         const uint32_t n_blocks = a.n_cols / UE;
@@ -860,15 +861,15 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, EPI == CUDA_MV_SWIGLU ? 1 : 2)
 
         /* The warp's steps (w, w + MMA_WARPS, ...) stream through its STAGES slots of shared memory with
          * 16-byte cp.async, STAGES - 1 ahead: each slot holds the step's bytes of the tile's rows, from the
-         * 16-byte unit they start in (Q6_K and Q8_0 steps start inside one: off). Weights do not depend on
-         * the kernel before, so the first ones are requested before waiting for it. */
-        uint8_t *stage = smem + (size_t)wid * MmaStage<T, MT>::WARP;
+         * 16-byte unit they start in (Q6_K and Q8_0 steps start inside one). Weights do not depend on the
+         * kernel before, so the first ones are requested before waiting for it. */
+        uint8_t *stage = smem + (size_t)wid * ST::WARP;
         const uint32_t n_my = wid < n_blocks ? (n_blocks - wid + MMA_WARPS - 1) / MMA_WARPS : 0;
         uint32_t is_k = 0;
         auto issue = [&]() {
                 if (is_k < n_my) {
-                        const size_t o = (size_t)(wid + is_k * MMA_WARPS) * SB;
-                        const uint32_t nu = (uint32_t)((o % 16 + SB + 15) / 16);
+                        const size_t o = (size_t)(wid + is_k * MMA_WARPS) * ST::SB;
+                        const uint32_t nu = (uint32_t)((o % 16 + ST::SB + 15) / 16);
                         uint8_t *dst = stage + (is_k % ST::STAGES) * ST::SLOTS;
 #pragma unroll 4
                         for (uint32_t k = lane; k < MT * MMA_ROWS * ST::SU; k += 32) {
@@ -890,7 +891,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, EPI == CUDA_MV_SWIGLU ? 1 : 2)
                 issue();
                 cp_async_wait<ST::STAGES - 1>();
                 __syncwarp();
-                const uint8_t *src = stage + (k % ST::STAGES) * ST::SLOTS + ((size_t)b * SB) % 16;
+                const uint8_t *src = stage + (k % ST::STAGES) * ST::SLOTS + ((size_t)b * ST::SB) % 16;
                 MmaW<T> w[MT];
 #pragma unroll
                 for (int m = 0; m < MT; m++)
