@@ -577,6 +577,13 @@ __device__ __forceinline__ void mma_scale(float *acc, const int *c, const float 
 
 template <int T> struct MmaW;
 
+/* Each byte of x minus K, as signed bytes, for bytes below 0x80 + K: no byte carries into the next when
+ * 0x80 - K is added first, and flipping the top bit takes the 0x80 back (two instructions; __vsub4() took
+ * about ten on sm_90). */
+template <uint32_t K> __device__ __forceinline__ uint32_t sub_bytes(uint32_t x) {
+        return (x + (0x80u - K) * 0x01010101u) ^ 0x80808080u;
+}
+
 /* Q4_K: per row the 16-byte head (d, dmin, 12 bytes of 6-bit scales and mins) and 8 bytes of each of the
  * four 32-byte groups of nibbles (low nibbles: sub-block 2 j, high: 2 j + 1). */
 template <> struct MmaW<GGML_TYPE_Q4_K> {
@@ -680,7 +687,7 @@ template <> struct MmaW<GGML_TYPE_Q6_K> {
         __device__ __forceinline__ uint32_t values(int r, int h, int i, int k) const {
                 const uint32_t lo = (k & 2 ? ql[r][h][i][k & 1] >> 4 : ql[r][h][i][k & 1]) & 0x0f0f0f0fu;
                 const uint32_t hb = (qh[r][h][i] >> (2 * k)) << 4 & 0x30303030u;
-                return __vsub4(lo | hb, 0x20202020u);
+                return sub_bytes<32>(lo | hb);
         }
 
         template <int NT>
@@ -752,8 +759,8 @@ template <int T> struct MmaW32 {
                 } else {
 #pragma unroll
                         for (int r = 0; r < 2; r++) {
-                                a[r] = __vsub4(q[r][i][0] & 0x0f0f0f0fu, 0x08080808u);
-                                a[2 + r] = __vsub4((q[r][i][0] >> 4) & 0x0f0f0f0fu, 0x08080808u);
+                                a[r] = sub_bytes<8>(q[r][i][0] & 0x0f0f0f0fu);
+                                a[2 + r] = sub_bytes<8>((q[r][i][0] >> 4) & 0x0f0f0f0fu);
                         }
                 }
         }
