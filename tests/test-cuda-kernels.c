@@ -767,6 +767,13 @@ static void test_matvec_errors(void **state) {
         lq.qs2 = NULL, lq.layout = CUDA_Q8_K4;
         assert_int_equal(cuda_matvec(NULL, &w.m, 1, &in_l, &y, CUDA_MV_STORE), -EINVAL);
         assert_int_equal(cuda_matvec_batch(NULL, &w.m, 1, &in_l, &y, CUDA_MV_STORE, 2, 4), -EINVAL);
+        /* The tensor-core path (Q4_K, tiles of 16 rows, 8 sequences): no 8-bit input, no such epilogue. */
+        Mat k4;
+        mat_new(&k4, GGML_TYPE_Q4_K, 256, 16);
+        const CudaMvInput x_only = {(const float *)1, NULL};
+        assert_int_equal(cuda_matvec_batch(NULL, &k4.m, 1, &x_only, &y, CUDA_MV_STORE, 8, 16), -EINVAL);
+        assert_int_equal(cuda_matvec_batch(NULL, &k4.m, 1, &in, &y, _CUDA_MV_EPILOGUE_MAX, 8, 16), -EINVAL);
+        mat_free(&k4);
         assert_false(cuda_type_supported(GGML_TYPE_IQ4_XS));
         size_t st;
         assert_int_equal(cuda_row_stride(GGML_TYPE_Q4_K, 100, &st), -EINVAL);
