@@ -186,12 +186,16 @@ __device__ __forceinline__ void grid_dep_wait(void) {
 #endif
 }
 
-/* 16 bytes from global to shared memory without passing through registers; in flight until waited for. */
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
-        uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+/* 16 bytes from global to shared memory (at s, as __cvta_generic_to_shared() gives it) without passing through
+ * registers; in flight until waited for. */
+__device__ __forceinline__ void cp_async16_s(uint32_t s, const void *gmem) {
         /* L2::128B: L2 fetches whole 128-byte lines (the weight streams cover them anyway); 0.3-1.3 % faster
          * decode than no hint, 256B mixed (bench/cuda-notes.md v37). */
         asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+}
+
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
+        cp_async16_s((uint32_t)__cvta_generic_to_shared(smem), gmem);
 }
 
 /* 4 bytes the same way (through L1: cp.async.cg takes 16 bytes only). */

@@ -872,18 +872,23 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, EPI == CUDA_MV_SWIGLU ? 1 : 2)
          * kernel before, so the first ones are requested before waiting for it. */
         uint8_t *stage = smem + (size_t)wid * ST::WARP;
         const uint32_t n_my = wid < n_blocks ? (n_blocks - wid + MMA_WARPS - 1) / MMA_WARPS : 0;
+        /* Lane l copies units l, l + 32, ... of a step: unit k is unit k % SU of row k / SU, the same offsets
+         * in every step (32-bit: a tile's rows span well under 4 GB), so only the step's start moves. */
+        constexpr uint32_t UNITS = MT * MMA_ROWS * ST::SU, PER_LANE = (UNITS + 31) / 32;
+        const uint32_t s_stage = (uint32_t)__cvta_generic_to_shared(stage), st32 = (uint32_t)stride;
         uint32_t is_k = 0;
         auto issue = [&]() {
                 if (is_k < n_my) {
                         const size_t o = (size_t)(wid + is_k * MMA_WARPS) * ST::SB;
                         const uint32_t nu = (uint32_t)((o % 16 + ST::SB + 15) / 16);
-                        uint8_t *dst = stage + (is_k % ST::STAGES) * ST::SLOTS;
-#pragma unroll 4
-                        for (uint32_t k = lane; k < MT * MMA_ROWS * ST::SU; k += 32) {
-                                const uint32_t r = k / ST::SU, u = k % ST::SU;
-                                if (u < nu)
-                                        cp_async16(dst + r * ST::SLOT + 16 * u,
-                                                   row[r / MMA_ROWS] + (r % MMA_ROWS) * stride + (o / 16 + u) * 16);
+                        const uint8_t *src[2] = {row[0] + o / 16 * 16, row[MT - 1] + o / 16 * 16};
+                        const uint32_t dst = s_stage + (is_k % ST::STAGES) * ST::SLOTS;
+#pragma unroll
+                        for (uint32_t j = 0; j < PER_LANE; j++) {
+                                const uint32_t k = lane + 32 * j, r = k / ST::SU, u = k - r * ST::SU;
+                                if ((UNITS % 32 == 0 || k < UNITS) && (ST::SB % 16 == 0 || u < nu))
+                                        cp_async16_s(dst + r * ST::SLOT + 16 * u,
+                                                     src[r / MMA_ROWS] + (r % MMA_ROWS) * st32 + 16 * u);
                         }
                 }
                 is_k++;
