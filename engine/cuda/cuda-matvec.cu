@@ -64,14 +64,15 @@ __device__ __forceinline__ float silu(float g) {
 }
 
 /*
- * Resolves unit r of the concatenated matrices: its NR weight rows and its output. A unit is one row (NR 1),
- * a gate row and the up row of the same index (SwiGLU), or two adjacent rows of one matrix (NR 2 with
- * another epilogue; rows[] then count pairs), which share the activations the lanes load. Selected with
- * constant indices, so that the kernel parameters stay in the constant bank rather than being copied to the
- * stack.
+ * Resolves unit r of the concatenated matrices: its NR weight rows, its output and (stride, if wanted) the row
+ * stride of its matrix. A unit is one row (NR 1), a gate row and the up row of the same index (SwiGLU), or two
+ * adjacent rows of one matrix (NR 2 with another epilogue; rows[] then count pairs), which share the
+ * activations the lanes load. Selected with constant indices, so that the kernel parameters stay in the
+ * constant bank rather than being copied to the stack.
  */
 template <int NR, int EPI>
-__device__ __forceinline__ void mv_job(const MvArgs &a, uint32_t *r, const uint8_t **row, float **y) {
+__device__ __forceinline__ void mv_job(const MvArgs &a, uint32_t *r, const uint8_t **row, float **y,
+                                       size_t *stride = nullptr) {
         const bool glu = EPI == CUDA_MV_SWIGLU;
         int job = 0;
 
@@ -89,6 +90,8 @@ __device__ __forceinline__ void mv_job(const MvArgs &a, uint32_t *r, const uint8
         row[0] = w + (size_t)*r * st * (NR == 2 && !glu ? 2 : 1);
         if (NR == 2)
                 row[NR - 1] = glu ? a.w[1] + (size_t)*r * a.stride[1] : row[0] + st;
+        if (stride)
+                *stride = st;
 }
 
 /* Stores unit r's sums acc; CUDA_MV_ADD: res holds what its outputs held before (mv_residual()). */
@@ -803,30 +806,6 @@ template <int T, int MT> struct MmaStage {
         };
 };
 
-/* Tile r (MMA_ROWS rows from row r * MMA_ROWS of the concatenated matrices; SwiGLU: of the gate and the up
- * matrix): its first rows, the row stride and where its outputs go. */
-template <int EPI>
-__device__ __forceinline__ void mma_tile(const MvArgs &a, uint32_t tile, const uint8_t **row, size_t *stride,
-                                         float **y, uint32_t *r0) {
-        uint32_t r = tile * MMA_ROWS;
-        int job = 0;
-
-        if (EPI != CUDA_MV_SWIGLU && r >= a.rows[0]) {
-                r -= a.rows[0];
-                job = 1;
-                if (r >= a.rows[1]) {
-                        r -= a.rows[1];
-                        job = 2;
-                }
-        }
-        const uint8_t *w = job == 0 ? a.w[0] : job == 1 ? a.w[1] : a.w[2];
-        *stride = job == 0 ? a.stride[0] : job == 1 ? a.stride[1] : a.stride[2];
-        *y = job == 0 ? a.y[0] : job == 1 ? a.y[1] : a.y[2];
-        row[0] = w + (size_t)r * *stride;
-        row[1] = EPI == CUDA_MV_SWIGLU ? a.w[1] + (size_t)r * a.stride[1] : row[0];
-        *r0 = r;
-}
-
 /* SwiGLU: each warp takes both the gate and the up rows, sharing the activations' loads between them (255
  * registers, one block a multiprocessor); gate rows in warps 0-3 and up rows in 4-7 at 128 registers (two
  * blocks) measured 3-6 % slower at 8 and 16 sequences (bench/cuda-notes.md v53). */
@@ -845,7 +824,10 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, EPI == CUDA_MV_SWIGLU ? 1 : 2)
         uint32_t r0;
 
         grid_dep_launch();
-        mma_tile<EPI>(a, blockIdx.x, row, &stride, &y, &r0);
+        /* The tile: MMA_ROWS rows from row blockIdx.x * MMA_ROWS of the concatenated matrices (SwiGLU: of the
+         * gate and the up matrix), as mv_job() resolves a unit of one row (a gate and an up row). */
+        r0 = blockIdx.x * MMA_ROWS;
+        mv_job<MT, EPI>(a, &r0, row, &y, &stride);
 
         /* Columns past nb read column nb - 1 and are not stored. */
         MmaX<NT> x;
