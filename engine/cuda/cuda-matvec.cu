@@ -452,6 +452,7 @@ __global__ void __launch_bounds__(MV_WARPS * 32) mv_float(const MvArgs a) {
  * at y[i] + j * ldy. */
 
 #define MVB_MAX 16 /* columns per launch; more sequences go through several launches */
+#define MMA_NB_MAX 32 /* columns per launch of the tensor-core kernels but SwiGLU's (MVB_MAX) */
 
 /* Float weights, several columns: 16 bytes of each row per lane per step, two steps in flight. */
 template <int T, int NR, int EPI, int NB>
@@ -523,7 +524,10 @@ __global__ void __launch_bounds__(MV_WARPS * 32, 4) mv_float_b(const MvArgs a) {
  * steps ahead (MmaStage; straight from global memory into registers, one step ahead, measured 4-31 % slower:
  * v56), read their A fragments from there, multiply them with the columns' 8-bit activations and scale the
  * integer sums by the weights' and the activations' scales into float accumulators; the warps' tiles are
- * added up in shared memory at the end, where the epilogue runs.
+ * added up in shared memory at the end, where the epilogue runs. Up to 32 columns a launch (NB 32: 250
+ * registers, one block a multiprocessor), so that a step of 32 sequences reads each weight once: 17 % more
+ * tokens a second than two launches of 16 at 32 sequences (Q4_K_M; v59); SwiGLU stops at 16 (its two tiles of
+ * 32 columns spill).
  *
  * Fragments of mma.m16n8k32 and m16n8k16 with .s8 operands (PTX ISA), lane = 4 g + t: A rows g and g + 8,
  * bytes k = 4t .. 4t + 3 (k32: and 16 + 4t ..); B column g, the same k; C rows g and g + 8, columns 2t and
@@ -810,7 +814,7 @@ template <int T, int MT> struct MmaStage {
  * registers, one block a multiprocessor); gate rows in warps 0-3 and up rows in 4-7 at 128 registers (two
  * blocks) measured 3-6 % slower at 8 and 16 sequences (bench/cuda-notes.md v53). */
 template <int T, int EPI, int NB>
-__global__ void __launch_bounds__(MMA_WARPS * 32, EPI == CUDA_MV_SWIGLU ? 1 : 2) mv_mma(const MvArgs a) {
+__global__ void __launch_bounds__(MMA_WARPS * 32, EPI == CUDA_MV_SWIGLU || NB > 16 ? 1 : 2) mv_mma(const MvArgs a) {
         constexpr int MT = EPI == CUDA_MV_SWIGLU ? 2 : 1, NT = NB / 8;
         __shared__ float part[MMA_WARPS][MT * MMA_ROWS][NB + 1];
         const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, g = lane / 4, t = lane % 4;
@@ -1439,9 +1443,13 @@ template <int EPI, int NB> static int mma_launch_nb(CudaStream s, uint32_t type,
 }
 
 template <int EPI> static int mma_launch(CudaStream s, uint32_t type, const MvArgs &a) {
-        if (!a.aq)
+        constexpr int NB_MAX = EPI == CUDA_MV_SWIGLU ? 16 : MMA_NB_MAX;
+
+        if (!a.aq || a.nb > NB_MAX)
                 return -EINVAL;
-        return a.nb <= 8 ? mma_launch_nb<EPI, 8>(s, type, a) : mma_launch_nb<EPI, 16>(s, type, a);
+        return a.nb <= 8    ? mma_launch_nb<EPI, 8>(s, type, a)
+               : a.nb <= 16 ? mma_launch_nb<EPI, 16>(s, type, a)
+                            : mma_launch_nb<EPI, NB_MAX>(s, type, a);
 }
 
 extern "C" int cuda_matvec_batch(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInput *in,
@@ -1467,8 +1475,13 @@ extern "C" int cuda_matvec_batch(CudaStream s, const CudaMatrix *w, unsigned n_w
         bool pair = !type_is_float(w[0].type);
         for (unsigned i = 0; i < n_w; i++)
                 pair = pair && w[i].n_rows % 2 == 0;
-        for (uint32_t j0 = 0; j0 < n_seq; j0 += MVB_MAX) {
-                a.nb = n_seq - j0 < MVB_MAX ? n_seq - j0 : MVB_MAX;
+        /* Columns a launch: MMA_NB_MAX through the tensor cores (but SwiGLU, whose gate and up tiles at 32
+         * columns spill: two launches of 16 measured 2.6 % faster at 32 sequences), MVB_MAX through the other
+         * kernels. */
+        const uint32_t nb_max = epi == CUDA_MV_SWIGLU ? MVB_MAX : MMA_NB_MAX;
+        const uint32_t per = mma_fits(w, n_w, n_seq < nb_max ? n_seq : nb_max) ? nb_max : MVB_MAX;
+        for (uint32_t j0 = 0; j0 < n_seq; j0 += per) {
+                a.nb = n_seq - j0 < per ? n_seq - j0 : per;
                 for (unsigned i = 0; i < n_w; i++)
                         a.y[i] = y[epi == CUDA_MV_SWIGLU ? 0 : i] + (size_t)j0 * ldy;
                 a.x = in->x ? in->x + (size_t)j0 * a.n_cols : NULL;
