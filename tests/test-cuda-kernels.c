@@ -718,15 +718,17 @@ static void test_matvec_batch(void **state) {
                 check_matvec_batch(t, 4096, 64, 4);
                 check_matvec_batch(t, 4096, 40, 16);
                 /* Rows in tiles of 16: Q4_K and Q6_K from 3 sequences, Q4_0 from 4 and Q8_0 from 6 through the
-                 * tensor cores (8, 16 and 32 columns a launch, columns past nb unused; SwiGLU 16: 20 is one
-                 * launch of 32, for SwiGLU one of 16 and one of 4; 35 one of 32 and one of 3, for the other
-                 * types and SwiGLU three). */
+                 * tensor cores: blocks of 8, 16 or 32 columns (SwiGLU 16), several blocks a tile for more,
+                 * up to 64 columns a launch, columns past nb unused. 20: one block of 32 (SwiGLU two, of 16
+                 * and 4); 35: three of 16; 67: a launch of two blocks of 32 (SwiGLU four of 16) and one of
+                 * 3. The other types: launches of 16. */
                 check_matvec_batch(t, 4096, 64, 8);
                 check_matvec_batch(t, k ? 11 * 256 : 33 * 32, 48, 11);
                 check_matvec_batch(t, 4096, 32, 16);
                 check_matvec_batch(t, 4096, 16, 20);
                 check_matvec_batch(t, 4096, 32, 32);
                 check_matvec_batch(t, k ? 11 * 256 : 33 * 32, 16, 35);
+                check_matvec_batch(t, k ? 11 * 256 : 33 * 32, 32, 67);
                 if (is_float_type(t))
                         check_matvec_batch(t, 172, 31, 3); /* rows that end inside a vector */
         }

@@ -702,16 +702,16 @@ static void test_q8_layouts_decode(void **state) {
 }
 
 /*
- * The synthetic Q4_K/Q6_K model decoding 2 to 35 sequences in one step: from 3 on, its products go through the
+ * The synthetic Q4_K/Q6_K model decoding 2 to 67 sequences in one step: from 3 on, its products go through the
  * tensor cores (mv_mma()), whose sums of the same integer products come in another order, which can move an
- * activation across a rounding step of the next 8-bit quantization (seen: 8.9e-4 after 3 steps); each
- * sequence's logits stay within 5e-3 of the same steps decoded alone (a sequence mixed up with another would
- * be ~1 off). 19 and 32: one graph of that many (products of 32 columns but SwiGLU's, 16); 35: a graph of 32
- * and one of 3.
+ * activation across a rounding step of the next 8-bit quantization (seen: 8.9e-4 after 3 steps, 5.9e-3 for one
+ * of 64 sequences); each sequence's logits stay within 2e-2 of the same steps decoded alone (a sequence mixed
+ * up with another would be ~1 off). Up to 64: one graph of that many (its products in blocks of 16 or 32
+ * columns); 67: a graph of 64 and one of 3.
  */
 static void test_synthetic_batched(void **state) {
-        enum { MAXB = 35, STEPS = 3 };
-        static const uint32_t sizes[] = {2, 4, 8, 12, 16, 19, 32, MAXB};
+        enum { MAXB = 67, STEPS = 3 };
+        static const uint32_t sizes[] = {2, 4, 8, 12, 16, 19, 32, 35, 64, MAXB};
         const uint32_t nv = synthetic_q4km.n_vocab;
         CudaLlama *m = synthetic_q4km_new();
         CudaKv *kvs[MAXB], *alone;
@@ -749,12 +749,12 @@ static void test_synthetic_batched(void **state) {
                                                                     step + 1 == STEPS ? single : NULL),
                                                  0);
                         const double e = rel_diff(lb[i], single, nv);
-                        if (e >= 5e-3)
+                        if (e >= 2e-2)
                                 fail_msg("%u sequences: sequence %u: logits %.2e from its own", n, i, e);
                         worst = fmax(worst, e);
                 }
         }
-        print_message("# synthetic Q4_K/Q6_K model, 2-35 sequences batched: logits within %.2e of each alone (%d "
+        print_message("# synthetic Q4_K/Q6_K model, 2-67 sequences batched: logits within %.2e of each alone (%d "
                       "steps)\n", worst, STEPS);
         for (uint32_t i = 0; i < MAXB; i++)
                 cuda_kv_free(kvs[i]), free(lb[i]);

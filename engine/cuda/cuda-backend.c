@@ -90,10 +90,10 @@ static uint64_t scratch_bytes(const EngineModel *m) {
         uint64_t wmax = MAX((nq + 2 * nk) * c->n_embd, 2ull * c->n_ff * c->n_embd);
         b += 512ull * (4 * c->n_embd + 2 * MAX(c->n_embd, c->n_ff) + 4 * (nq + 2 * nk) + 4 * nq + 8 * c->n_ff);
         b += 2 * wmax + 4ull * c->n_vocab + (64ull << 20); /* and cuBLAS's workspace, roughly */
-        /* Batched decode scratch, made on first use, for 16 sequences (cuda-llama.cu's B_MAX): activations,
-         * 8-bit copies and logits per sequence (the attention scratch grows with the caches, a few MB). */
+        /* Batched decode scratch, made on first use, for CUDA_BATCH_MAX sequences: activations, 8-bit copies
+         * and logits per sequence (the attention scratch grows with the caches, a few MB). */
         uint64_t nmax = MAX(MAX((uint64_t)c->n_embd, c->n_ff), nq);
-        b += 16ull * (8 * c->n_embd + 2 * nmax + 4 * (nq + 2 * nk) + 6 * nq + 4 * c->n_ff + 4ull * c->n_vocab);
+        b += (uint64_t)CUDA_BATCH_MAX * (8 * c->n_embd + 2 * nmax + 4 * (nq + 2 * nk) + 6 * nq + 4 * c->n_ff + 4ull * c->n_vocab);
         return b;
 }
 

@@ -27,7 +27,7 @@
 #include "cuda-common.cuh"
 
 #define PF_MAX_TOK 512 /* prompt tokens per batch through the GEMM path */
-#define B_MAX 32       /* sequences per batched decode step (one graph per group size) */
+#define B_MAX CUDA_BATCH_MAX /* sequences per batched decode step (one graph per group size) */
 
 struct CudaLlama {
         int device;

@@ -452,7 +452,8 @@ __global__ void __launch_bounds__(MV_WARPS * 32) mv_float(const MvArgs a) {
  * at y[i] + j * ldy. */
 
 #define MVB_MAX 16 /* columns per launch; more sequences go through several launches */
-#define MMA_NB_MAX 32 /* columns per launch of the tensor-core kernels but SwiGLU's (MVB_MAX) */
+#define MMA_NB_MAX 32  /* columns per block of the tensor-core kernels but SwiGLU's (16) */
+#define MMA_SEQ_MAX 64 /* columns per launch of the tensor-core kernels, in groups of a block each */
 
 /* Float weights, several columns: 16 bytes of each row per lane per step, two steps in flight. */
 template <int T, int NR, int EPI, int NB>
@@ -524,10 +525,11 @@ __global__ void __launch_bounds__(MV_WARPS * 32, 4) mv_float_b(const MvArgs a) {
  * steps ahead (MmaStage; straight from global memory into registers, one step ahead, measured 4-31 % slower:
  * v56), read their A fragments from there, multiply them with the columns' 8-bit activations and scale the
  * integer sums by the weights' and the activations' scales into float accumulators; the warps' tiles are
- * added up in shared memory at the end, where the epilogue runs. Up to 32 columns a launch (NB 32: 250
- * registers, one block a multiprocessor), so that a step of 32 sequences reads each weight once: 17 % more
- * tokens a second than two launches of 16 at 32 sequences (Q4_K_M; v59); SwiGLU stops at 16 (its two tiles of
- * 32 columns spill).
+ * added up in shared memory at the end, where the epilogue runs. A block takes up to 32 columns (NB 32: 250
+ * registers, one block a multiprocessor; SwiGLU 16: its two tiles of 32 columns spill, and measured 2.6 %
+ * slower), a launch up to 64 in blocks of NB side by side in the grid, which run at the same time so that
+ * all but the first read the tile's weights from L2: Q4_K_M at 32 sequences 17 % and at 64 27 % more tokens
+ * a second than launches of 16 columns (bench/cuda-notes.md v60, v61).
  *
  * Fragments of mma.m16n8k32 and m16n8k16 with .s8 operands (PTX ISA), lane = 4 g + t: A rows g and g + 8,
  * bytes k = 4t .. 4t + 3 (k32: and 16 + 4t ..); B column g, the same k; C rows g and g + 8, columns 2t and
@@ -828,20 +830,25 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, EPI == CUDA_MV_SWIGLU || NB > 
         uint32_t r0;
 
         grid_dep_launch();
-        /* The tile: MMA_ROWS rows from row blockIdx.x * MMA_ROWS of the concatenated matrices (SwiGLU: of the
-         * gate and the up matrix), as mv_job() resolves a unit of one row (a gate and an up row). */
-        r0 = blockIdx.x * MMA_ROWS;
+        /* The tile: MMA_ROWS rows from row tile * MMA_ROWS of the concatenated matrices (SwiGLU: of the gate
+         * and the up matrix), as mv_job() resolves a unit of one row (a gate and an up row), by the columns
+         * j0 .. j0 + nb - 1 of group grp. The groups of a tile are neighbours in the grid, so that they run at
+         * the same time and all but the first find the tile's weights in L2. */
+        const uint32_t n_groups = (a.nb + NB - 1) / NB, tile = blockIdx.x / n_groups;
+        const uint32_t j0 = (blockIdx.x - tile * n_groups) * NB, nb = min((uint32_t)NB, a.nb - j0);
+        r0 = tile * MMA_ROWS;
         mv_job<MT, EPI>(a, &r0, row, &y, &stride);
+        y += (size_t)j0 * a.ldy;
 
         /* Columns past nb read column nb - 1 and are not stored. */
         MmaX<NT> x;
 #pragma unroll
         for (int n = 0; n < NT; n++) {
-                const uint32_t cq = min((uint32_t)(8 * n + g), a.nb - 1);
+                const uint32_t cq = j0 + min((uint32_t)(8 * n + g), nb - 1);
                 x.q[n] = a.aq + (size_t)cq * a.n_cols;
 #pragma unroll
                 for (int c = 0; c < 2; c++)
-                        x.s[n][c] = a.ads + (size_t)min((uint32_t)(8 * n + 2 * t + c), a.nb - 1) * (a.n_cols / 32);
+                        x.s[n][c] = a.ads + (size_t)(j0 + min((uint32_t)(8 * n + 2 * t + c), nb - 1)) * (a.n_cols / 32);
         }
         float acc[MT][NT][4];
 #pragma unroll
@@ -917,7 +924,7 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, EPI == CUDA_MV_SWIGLU || NB > 
         __syncthreads();
         for (uint32_t k = threadIdx.x; k < MMA_ROWS * NB; k += MMA_WARPS * 32) {
                 const uint32_t rr = k % MMA_ROWS, j = k / MMA_ROWS;
-                if (j >= a.nb)
+                if (j >= nb)
                         break;
                 float v[MT];
 #pragma unroll
@@ -1417,7 +1424,8 @@ static bool mma_fits(const CudaMatrix *w, unsigned n_w, uint32_t nb) {
 }
 
 template <int T, int EPI, int NB> static int mma_launch_t(CudaStream s, const MvArgs &a) {
-        const dim3 grid((EPI == CUDA_MV_SWIGLU ? a.rows[0] : a.n_rows) / MMA_ROWS), block(MMA_WARPS * 32);
+        const dim3 grid((EPI == CUDA_MV_SWIGLU ? a.rows[0] : a.n_rows) / MMA_ROWS * ((a.nb + NB - 1) / NB)),
+                block(MMA_WARPS * 32);
         const size_t smem = MmaStage<T, EPI == CUDA_MV_SWIGLU ? 2 : 1>::BYTES;
         static bool big; /* per kernel: this function is instantiated once per kernel */
 
@@ -1445,11 +1453,14 @@ template <int EPI, int NB> static int mma_launch_nb(CudaStream s, uint32_t type,
 template <int EPI> static int mma_launch(CudaStream s, uint32_t type, const MvArgs &a) {
         constexpr int NB_MAX = EPI == CUDA_MV_SWIGLU ? 16 : MMA_NB_MAX;
 
-        if (!a.aq || a.nb > NB_MAX)
+        if (!a.aq || a.nb > MMA_SEQ_MAX)
                 return -EINVAL;
-        return a.nb <= 8    ? mma_launch_nb<EPI, 8>(s, type, a)
-               : a.nb <= 16 ? mma_launch_nb<EPI, 16>(s, type, a)
-                            : mma_launch_nb<EPI, NB_MAX>(s, type, a);
+        /* Blocks of 32 columns where the last is more than half used, else of 16 (48 sequences as three blocks
+         * of 16 rather than 32 and 16 in a block of 32). */
+        const bool wide = a.nb > 16 && (a.nb % 32 == 0 || a.nb % 32 > 16);
+        return a.nb <= 8 ? mma_launch_nb<EPI, 8>(s, type, a)
+               : !wide   ? mma_launch_nb<EPI, 16>(s, type, a)
+                         : mma_launch_nb<EPI, NB_MAX>(s, type, a);
 }
 
 extern "C" int cuda_matvec_batch(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInput *in,
@@ -1475,11 +1486,8 @@ extern "C" int cuda_matvec_batch(CudaStream s, const CudaMatrix *w, unsigned n_w
         bool pair = !type_is_float(w[0].type);
         for (unsigned i = 0; i < n_w; i++)
                 pair = pair && w[i].n_rows % 2 == 0;
-        /* Columns a launch: MMA_NB_MAX through the tensor cores (but SwiGLU, whose gate and up tiles at 32
-         * columns spill: two launches of 16 measured 2.6 % faster at 32 sequences), MVB_MAX through the other
-         * kernels. */
-        const uint32_t nb_max = epi == CUDA_MV_SWIGLU ? MVB_MAX : MMA_NB_MAX;
-        const uint32_t per = mma_fits(w, n_w, n_seq < nb_max ? n_seq : nb_max) ? nb_max : MVB_MAX;
+        /* Columns a launch: MMA_SEQ_MAX through the tensor cores, MVB_MAX through the other kernels. */
+        const uint32_t per = mma_fits(w, n_w, n_seq < MMA_SEQ_MAX ? n_seq : MMA_SEQ_MAX) ? MMA_SEQ_MAX : MVB_MAX;
         for (uint32_t j0 = 0; j0 < n_seq; j0 += per) {
                 a.nb = n_seq - j0 < per ? n_seq - j0 : per;
                 for (unsigned i = 0; i < n_w; i++)
