@@ -93,7 +93,8 @@ static uint64_t scratch_bytes(const EngineModel *m) {
         /* Batched decode scratch, made on first use, for CUDA_BATCH_MAX sequences: activations, 8-bit copies
          * and logits per sequence (the attention scratch grows with the caches, a few MB). */
         uint64_t nmax = MAX(MAX((uint64_t)c->n_embd, c->n_ff), nq);
-        b += (uint64_t)CUDA_BATCH_MAX * (8 * c->n_embd + 2 * nmax + 4 * (nq + 2 * nk) + 6 * nq + 4 * c->n_ff + 4ull * c->n_vocab);
+        b += (uint64_t)CUDA_BATCH_MAX *
+             (8 * c->n_embd + 2 * nmax + 4 * (nq + 2 * nk) + 6 * nq + 4 * c->n_ff + 4ull * c->n_vocab);
         return b;
 }
 

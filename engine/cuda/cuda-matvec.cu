@@ -831,9 +831,9 @@ __global__ void __launch_bounds__(MMA_WARPS * 32, EPI == CUDA_MV_SWIGLU || NB > 
 
         grid_dep_launch();
         /* The tile: MMA_ROWS rows from row tile * MMA_ROWS of the concatenated matrices (SwiGLU: of the gate
-         * and the up matrix), as mv_job() resolves a unit of one row (a gate and an up row), by the columns
-         * j0 .. j0 + nb - 1 of group grp. The groups of a tile are neighbours in the grid, so that they run at
-         * the same time and all but the first find the tile's weights in L2. */
+         * and the up matrix), as mv_job() resolves a unit of one row (a gate and an up row), by the block's
+         * columns j0 .. j0 + nb - 1. The blocks of a tile are neighbours in the grid, so that they run at the
+         * same time and all but the first find the tile's weights in L2. */
         const uint32_t n_groups = (a.nb + NB - 1) / NB, tile = blockIdx.x / n_groups;
         const uint32_t j0 = (blockIdx.x - tile * n_groups) * NB, nb = min((uint32_t)NB, a.nb - j0);
         r0 = tile * MMA_ROWS;

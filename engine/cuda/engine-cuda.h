@@ -119,8 +119,8 @@ int cuda_matvec(CudaStream s, const CudaMatrix *w, unsigned n_w, const CudaMvInp
 
 /*
  * The same for n_seq input vectors at once (one decode step of n_seq sequences), each weight read once for all
- * of them (per 64 sequences through the tensor cores, else per 16): input j is row j of in->x / in->xq (n_cols apart; ds n_cols / 32 pairs apart;
- * plain layout), its outputs go to y[i] + j * ldy. n_seq 1 is cuda_matvec(). Q4_K, Q6_K, Q4_0 and Q8_0
+ * of them (per 64 sequences through the tensor cores, else per 16): input j is row j of in->x / in->xq (n_cols
+ * apart; ds n_cols / 32 pairs apart; plain layout), its outputs go to y[i] + j * ldy. n_seq 1 is cuda_matvec(). Q4_K, Q6_K, Q4_0 and Q8_0
  * matrices whose rows come in tiles of 16 and n_cols in steps of 256 go through int8 tensor cores from 3
  * sequences (Q4_0 4, Q8_0 6; QUANTD_CUDA_MMA_MIN overrides, 0: never), in another order of summation than
  * the dp4a kernels: results agree to float rounding, not to the bit.
@@ -346,8 +346,8 @@ int cuda_llama_forward(CudaLlama *m, CudaKv *kv, const int32_t *tokens, uint32_t
 #define CUDA_BATCH_MAX 64 /* sequences a batched decode graph takes */
 
 /*
- * One decode step of n_seq distinct sequences (any number; up to CUDA_BATCH_MAX per graph replay) of a model on one
- * device, every weight read once per 64 of them (16 for the types without tensor-core kernels,
+ * One decode step of n_seq distinct sequences (any number; up to CUDA_BATCH_MAX per graph replay) of a model
+ * on one device, every weight read once per 64 of them (16 for the types without tensor-core kernels,
  * cuda_matvec_batch()): sequence i takes tokens[i] at position pos[i] of kvs[i]
  * (pos[i] <= cuda_kv_pos(kvs[i]); later positions are overwritten), and its logits go to logits[i] (host,
  * n_vocab floats) unless logits or logits[i] is NULL. Each group of sequences goes through a CUDA graph
