@@ -39,6 +39,7 @@ static uint32_t arg_tg = 128, arg_pp = 512, arg_reps = 5;
 static bool arg_breakdown = false;
 static const char *arg_batch = NULL;
 static bool arg_kv_q8 = false;
+static const char *arg_trace = NULL;
 static int arg_device = 0;
 
 /* llama-quantize's use_more_bits(): the layers whose attn_v and ffn_down get more bits in *_M mixes. */
@@ -130,6 +131,46 @@ static int run_batched(CudaLlama *m, double bound) {
                         return r;
         }
         return 0;
+}
+
+/* The timeline of TRACE_STEPS decode steps from position 64 (or --tg; builds with -DQUANTD_CUDA_TRACE): one line a
+ * record, "gridid ns block tag" (CudaTraceRec), for bench/cuda-trace.py. */
+#define TRACE_STEPS 1
+static int write_trace(CudaLlama *m, CudaKv *kv) {
+        size_t max = (size_t)1 << 22, n = 0;
+        CudaTraceRec *rec = calloc(max, sizeof(*rec));
+        FILE *f = NULL;
+        int r;
+
+        if (!rec)
+                return log_oom();
+        if ((r = cuda_kv_truncate(kv, 0)) < 0 || (r = cuda_llama_generate_greedy(m, kv, 1, arg_tg < 64 ? arg_tg : 64, NULL)) < 0 ||
+            (r = cuda_trace_take(rec, max, &n)) < 0 ||
+            (r = cuda_llama_generate_greedy(m, kv, 1, TRACE_STEPS, NULL)) < 0 || (r = cuda_trace_take(rec, max, &n)) < 0) {
+                if (r == -EOPNOTSUPP)
+                        fprintf(stderr, "This build keeps no timeline: build with nvcc -DQUANTD_CUDA_TRACE "
+                                        "(CUDA_EXTRA_FLAGS=-DQUANTD_CUDA_TRACE bench/build-cuda.sh).\n");
+                else
+                        fprintf(stderr, "Failed to trace decode steps: %s\n", strerror(-r));
+                goto out;
+        }
+        if (!(f = fopen(arg_trace, "we"))) {
+                r = -errno;
+                fprintf(stderr, "Failed to create %s: %m\n", arg_trace);
+                goto out;
+        }
+        for (size_t i = 0; i < n; i++)
+                fprintf(f, "%llu %llu %u %u\n", rec[i].grid, rec[i].t, rec[i].block, rec[i].tag);
+        if (fclose(f) != 0) {
+                r = -errno;
+                fprintf(stderr, "Failed to write %s: %m\n", arg_trace);
+                goto out;
+        }
+        printf("trace: %zu records of %u decode steps in %s\n", n, TRACE_STEPS, arg_trace);
+        r = 0;
+out:
+        free(rec);
+        return r;
 }
 
 static int run_synthetic(const char *spec) {
@@ -259,6 +300,8 @@ static int run_synthetic(const char *spec) {
                        (t1 - t0) / 1e3 / arg_tg);
         }
         cuda_llama_set_skip(m, 0);
+        if (arg_trace && (r = write_trace(m, kv)) < 0)
+                goto fail;
         if (arg_batch && arg_tg && (r = run_batched(m, bound)) < 0)
                 goto fail;
         free(toks), free(out_toks);
@@ -339,7 +382,7 @@ out:
 
 static void help(void) {
         printf("bench-cuda --synthetic MODEL:MIX [--tg N] [--pp N] [--reps N] [--device N] [--breakdown]\n"
-               "           [--batch B,...] [--kv f16|q8_0]\n"
+               "           [--batch B,...] [--kv f16|q8_0] [--trace FILE]\n"
                "bench-cuda --kernels\n\n"
                "Decode and prompt speed of the CUDA backend on the tensor shapes of MODEL (llama2-7b, llama3-8b)\n"
                "with random weights of MIX (q4_0, q4_K_M, q8_0, f16 or any single type name).\n");
@@ -352,6 +395,7 @@ int main(int argc, char **argv) {
                 {"device", required_argument, NULL, 'd'},    {"help", no_argument, NULL, 'h'},
                 {"kernels", no_argument, NULL, 'k'},         {"breakdown", no_argument, NULL, 'b'},
                 {"batch", required_argument, NULL, 'B'},     {"kv", required_argument, NULL, 'K'},
+                {"trace", required_argument, NULL, 'T'},
                 {},
         };
         const char *synthetic = NULL;
@@ -387,6 +431,9 @@ int main(int argc, char **argv) {
                         break;
                 case 'B':
                         arg_batch = optarg;
+                        break;
+                case 'T':
+                        arg_trace = optarg;
                         break;
                 case 'K':
                         if (strcasecmp(optarg, "q8_0") != 0 && strcasecmp(optarg, "f16") != 0) {

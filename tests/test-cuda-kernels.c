@@ -902,6 +902,47 @@ static void test_rmsnorm(void **state) {
         check_rmsnorm(4096, 1);
 }
 
+/* The decode kernels' timeline (bench-cuda --trace): builds without it say so and give nothing; builds with it
+ * (nvcc -DQUANTD_CUDA_TRACE) log, for each block of an RMSNorm of three rows, its start, the return of its
+ * wait and its end, in that order, all with the one launch's grid. */
+static void test_trace(void **state) {
+        CudaTraceRec rec[64];
+        size_t n = 99;
+        int r = cuda_trace_take(rec, ELEMENTSOF(rec), &n);
+
+        if (r == -EOPNOTSUPP) {
+                assert_int_equal(n, 0);
+                return;
+        }
+        assert_int_equal(r, 0); /* emptied the log */
+        float x[3 * 256], w[256];
+        for (size_t i = 0; i < ELEMENTSOF(x); i++)
+                x[i] = frnd();
+        for (size_t i = 0; i < ELEMENTSOF(w); i++)
+                w[i] = frnd();
+        float *dx = dev_upload(x, sizeof(x)), *dw = dev_upload(w, sizeof(w)), *dy = dev_poison(sizeof(x));
+        assert_int_equal(cuda_rmsnorm(NULL, dx, dw, 256, 3, 1e-5f, dy, NULL, NULL), 0);
+        assert_int_equal(cuda_sync(NULL), 0);
+        assert_int_equal(cuda_trace_take(rec, ELEMENTSOF(rec), &n), 0);
+        assert_int_equal(n, 9);
+        for (uint32_t b = 0; b < 3; b++) {
+                unsigned long long t[3] = {0};
+                unsigned seen = 0;
+                for (size_t i = 0; i < n; i++) {
+                        if (rec[i].block != b)
+                                continue;
+                        assert_true(rec[i].grid == rec[0].grid);
+                        unsigned k = rec[i].tag & CUDA_TRACE_START ? 0 : rec[i].tag & CUDA_TRACE_WAITED ? 1 : 2;
+                        assert_int_equal(rec[i].tag & 0xff, k == 1 ? 0 : CUDA_TRACE_NORM);
+                        t[k] = rec[i].t;
+                        seen |= 1u << k;
+                }
+                assert_int_equal(seen, 7);
+                assert_true(t[0] <= t[1] && t[1] <= t[2]);
+        }
+        cuda_free(dx), cuda_free(dw), cuda_free(dy);
+}
+
 /* cuda_q8_pos(): each K layout takes every row length into its buffer (cuda_q8_bytes()) one to one, moves
  * pieces of 16, and keeps each chunk of 2048 in its place. */
 static void test_q8_layouts(void **state) {
@@ -1335,6 +1376,7 @@ int main(void) {
                 cmocka_unit_test(test_q8_layouts),
                 cmocka_unit_test(test_swiglu_gemm),
                 cmocka_unit_test(test_attention),
+                cmocka_unit_test(test_trace),
         };
 
         return cmocka_run_group_tests(tests, setup, NULL);

@@ -179,10 +179,81 @@ static inline cudaError_t launch_pdl(void (*k)(KArgs...), dim3 grid, dim3 block,
         return launch_pdl_carveout(k, grid, block, smem, s, -1, args...);
 }
 
+/*
+ * Timing builds only (nvcc -DQUANTD_CUDA_TRACE, e.g. CUDA_EXTRA_FLAGS for bench/build-cuda.sh): the decode
+ * kernels log, from thread 0 of each block, the global timer as the block starts (CUDA_TRACE_START), as its
+ * grid_dep_wait() returns (CUDA_TRACE_WAITED; 0 where it did not wait) and as it ends (CUDA_TRACE_END), with
+ * the launch's %gridid (the same in every replay of a graph) and a tag for the kernel's kind, so that a decode
+ * graph's timeline can be read back without nsys (bench-cuda --trace). One atomic a block, whose result is
+ * needed only as it ends; each .cu file has its own log (no relocatable device code), read by
+ * cuda_trace_take(). Elsewhere TRACE_KERNEL() is nothing.
+ */
+#ifdef QUANTD_CUDA_TRACE
+#define CUDA_TRACE_MAX (1u << 20)
+static __device__ CudaTraceRec cuda_trace_log[CUDA_TRACE_MAX];
+static __device__ unsigned cuda_trace_n;
+static __shared__ unsigned long long cuda_trace_waited;
+
+__device__ __forceinline__ unsigned long long cuda_trace_now(void) {
+        unsigned long long t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        return t;
+}
+
+/* A block's three records go to slots taken as it starts and are stored as it ends, so that no thread waits
+ * for an atomic between the two. */
+struct CudaTraceScope {
+        uint32_t tag, slot;
+        unsigned long long t0;
+        __device__ explicit CudaTraceScope(uint32_t k) : tag(k), slot(0), t0(0) {
+                if (threadIdx.x | threadIdx.y | threadIdx.z)
+                        return;
+                t0 = cuda_trace_now();
+                cuda_trace_waited = 0;
+                slot = atomicAdd(&cuda_trace_n, 3u);
+        }
+        __device__ ~CudaTraceScope() {
+                if (threadIdx.x | threadIdx.y | threadIdx.z)
+                        return;
+                const unsigned long long t1 = cuda_trace_now();
+                unsigned long long g;
+                asm volatile("mov.u64 %0, %%gridid;" : "=l"(g));
+                const uint32_t b = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+                if (slot + 3 > CUDA_TRACE_MAX)
+                        return;
+                cuda_trace_log[slot] = CudaTraceRec{g, t0, b, tag | CUDA_TRACE_START};
+                cuda_trace_log[slot + 1] = CudaTraceRec{g, cuda_trace_waited, b, CUDA_TRACE_WAITED};
+                cuda_trace_log[slot + 2] = CudaTraceRec{g, t1, b, tag | CUDA_TRACE_END};
+        }
+};
+#define TRACE_KERNEL(kind) CudaTraceScope trace_scope_(kind)
+
+/* This file's log into out (at most max records) and its count; emptied after. */
+static inline int cuda_trace_take_here(CudaTraceRec *out, size_t max, size_t *n) {
+        unsigned k = 0, zero = 0;
+
+        if (cudaMemcpyFromSymbol(&k, cuda_trace_n, sizeof(k)) != cudaSuccess)
+                return -EIO;
+        k = k < CUDA_TRACE_MAX ? k : CUDA_TRACE_MAX;
+        *n = k < max ? k : max;
+        if (*n && cudaMemcpyFromSymbol(out, cuda_trace_log, *n * sizeof(*out)) != cudaSuccess)
+                return -EIO;
+        return cudaMemcpyToSymbol(cuda_trace_n, &zero, sizeof(zero)) == cudaSuccess ? 0 : -EIO;
+}
+#else
+#define TRACE_KERNEL(kind) \
+        do {               \
+        } while (0)
+#endif
+
 /* Waits for the grid this one depends on (see launch_pdl()); a no-op when launched without the attribute. */
 __device__ __forceinline__ void grid_dep_wait(void) {
 #if __CUDA_ARCH__ >= 900
         asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+#ifdef QUANTD_CUDA_TRACE
+        if (!(threadIdx.x | threadIdx.y | threadIdx.z))
+                cuda_trace_waited = cuda_trace_now();
 #endif
 }
 

@@ -218,7 +218,8 @@ __device__ __forceinline__ void mv_quant_run(const MvArgs &a, uint32_t blk, uint
                 cp_async_commit();
         };
 
-        /* Weights do not depend on the kernel before: start streaming them before waiting for it. */
+        /* Weights do not depend on the kernel before: start streaming them before waiting for it (one chunk
+         * less a warp before the wait cost 8 %, none 19 %: bench/cuda-notes.md v62). */
         if (n_items)
                 set_issue_row();
 #pragma unroll
@@ -307,6 +308,7 @@ __device__ __forceinline__ void mv_quant_run(const MvArgs &a, uint32_t blk, uint
 template <int T, int NR, int EPI, int NB, bool COAL = false>
 __global__ void __launch_bounds__(MV_WARPS * 32, NB == 1 ? MvOcc<T>::BLOCKS : 4) mv_quant(const MvArgs a) {
         extern __shared__ __align__(16) uint8_t smem[];
+        TRACE_KERNEL(CUDA_TRACE_MATVEC);
         mv_quant_run<T, NR, EPI, NB, COAL>(a, blockIdx.x, gridDim.x, smem);
 }
 
@@ -318,6 +320,7 @@ __global__ void __launch_bounds__(MV_WARPS * 32, MvOcc<T1>::BLOCKS)
         mv_quant_two(const MvArgs a1, const MvArgs a2, uint32_t split) {
         static_assert(MvOcc<T1>::BLOCKS == MvOcc<T2>::BLOCKS, "one register budget");
         extern __shared__ __align__(16) uint8_t smem[];
+        TRACE_KERNEL(CUDA_TRACE_MATVEC_TWO);
         if (blockIdx.x < split)
                 mv_quant_run<T1, NR1, EPI, 1, true>(a1, blockIdx.x, split, smem);
         else
@@ -1533,6 +1536,7 @@ extern "C" int cuda_matvec_batch(CudaStream s, const CudaMatrix *w, unsigned n_w
 
 __global__ void quantize_q8_kernel(const float *x, uint32_t n, uint32_t n_total, const CudaQ8 q) {
         const uint32_t i = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
+        TRACE_KERNEL(CUDA_TRACE_QUANTIZE);
 
         grid_dep_launch();
         grid_dep_wait();
@@ -1566,3 +1570,9 @@ extern "C" size_t cuda_q8_bytes(uint32_t n, CudaQ8Layout l) {
 extern "C" CudaQ8Layout cuda_q8_layout_for(uint32_t type) {
         return (CudaQ8Layout)q8_family((int)type);
 }
+
+#ifdef QUANTD_CUDA_TRACE
+extern "C" int cuda_trace_take_matvec(CudaTraceRec *out, size_t max, size_t *n) {
+        return cuda_trace_take_here(out, max, n);
+}
+#endif

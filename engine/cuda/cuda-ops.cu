@@ -99,6 +99,7 @@ __global__ void __launch_bounds__(NORM_THREADS)
          * a warp's scalar loads 4 E bytes apart touched E times the sectors, which cost about 2 us a norm at
          * E = 8. */
         const bool vec = E % 4 == 0 && n % 4 == 0;
+        TRACE_KERNEL(CUDA_TRACE_NORM);
 
         grid_dep_launch();
         /* The norm weights do not depend on the kernel before: load them first, so that their round trip
@@ -184,6 +185,7 @@ extern "C" int cuda_rmsnorm(CudaStream s, const float *x, const float *w, uint32
 template <int T>
 __global__ void get_rows_kernel(const uint8_t *w, size_t stride, uint32_t n_cols, const int32_t *rows, float *y) {
         uint32_t c = blockIdx.y * blockDim.x + threadIdx.x;
+        TRACE_KERNEL(CUDA_TRACE_GET_ROWS);
 
         grid_dep_launch();
         grid_dep_wait();
@@ -892,6 +894,7 @@ template <bool KVQ8, bool EARLY>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
         attn_decode_kernel(const CudaAttnShape a, const float *qkv, const int32_t *pos, uint8_t *kc, uint8_t *vc,
                            float *part, uint32_t *counters, float *out, const CudaQ8 oq) {
+        TRACE_KERNEL(CUDA_TRACE_ATTN);
         grid_dep_launch();
         if (!EARLY)
                 grid_dep_wait();
@@ -1124,6 +1127,7 @@ __device__ __forceinline__ uint32_t block_argmax(const float *x, uint32_t n) {
 
 __global__ void __launch_bounds__(1024)
         argmax_kernel(const float *x, uint32_t n, int32_t *ret, int32_t *pos, int32_t *hist, uint32_t hist_n) {
+        TRACE_KERNEL(CUDA_TRACE_ARGMAX);
         grid_dep_launch();
         grid_dep_wait();
         uint32_t idx = block_argmax(x, n);
@@ -1300,3 +1304,24 @@ extern "C" int cuda_fill_random(CudaStream s, const CudaMatrix *w, uint64_t seed
         CU_CHECK_LAUNCH();
         return 0;
 }
+
+#ifdef QUANTD_CUDA_TRACE
+extern "C" int cuda_trace_take_matvec(CudaTraceRec *out, size_t max, size_t *n);
+
+extern "C" int cuda_trace_take(CudaTraceRec *out, size_t max, size_t *ret_n) {
+        size_t n1 = 0, n2 = 0;
+        int r;
+
+        if ((r = cuda_trace_take_here(out, max, &n1)) < 0 ||
+            (r = cuda_trace_take_matvec(out + n1, max - n1, &n2)) < 0)
+                return r;
+        *ret_n = n1 + n2;
+        return 0;
+}
+#else
+extern "C" int cuda_trace_take(CudaTraceRec *out, size_t max, size_t *ret_n) {
+        (void)out, (void)max;
+        *ret_n = 0;
+        return -EOPNOTSUPP;
+}
+#endif

@@ -37,6 +37,33 @@ int engine_cuda_mem_info(int device, uint64_t *ret_free, uint64_t *ret_total);
 int cuda_device_describe(int device, char *name, size_t name_size, int *ret_driver);
 int cuda_copy_bandwidth(int device, size_t size, unsigned reps, double *ret_bytes_per_s);
 
+/* ---- timeline of the decode kernels (builds with -DQUANTD_CUDA_TRACE only; see cuda-common.cuh) ---- */
+
+typedef enum CudaTraceKind {
+        CUDA_TRACE_OTHER,
+        CUDA_TRACE_NORM,
+        CUDA_TRACE_GET_ROWS,
+        CUDA_TRACE_ATTN,
+        CUDA_TRACE_QUANTIZE,
+        CUDA_TRACE_MATVEC,
+        CUDA_TRACE_MATVEC_TWO,
+        CUDA_TRACE_ARGMAX,
+        CUDA_TRACE_START = 0x100,  /* or-ed into the kind: a block starts, waited, ends */
+        CUDA_TRACE_WAITED = 0x200,
+        CUDA_TRACE_END = 0x400,
+} CudaTraceKind;
+
+typedef struct CudaTraceRec {
+        unsigned long long grid;  /* %gridid: one launch */
+        unsigned long long t;     /* %globaltimer, ns */
+        uint32_t block;
+        uint32_t tag;             /* CudaTraceKind | START/WAITED/END; WAITED records carry no kind */
+} CudaTraceRec;
+
+/* Takes the records logged since the last call (at most max, in no particular order) and empties the logs;
+ * -EOPNOTSUPP in builds without the timeline. */
+int cuda_trace_take(CudaTraceRec *out, size_t max, size_t *ret_n);
+
 /* ---- memory ---- */
 
 int cuda_malloc(size_t size, void **ret);   /* -ENOSPC when the device is full */
