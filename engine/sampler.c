@@ -6,14 +6,21 @@
  * The order is llama.cpp's, which Ollama's options were made for: penalties first (they change logits, so
  * they matter even to greedy decoding), then the filters on the candidates — top_k, typical_p, top_p, min_p
  * — then the temperature and one draw. Candidates are kept sorted by logit, highest first, ties by lower id,
- * which makes every step a pure function of the logits, the history and the PRNG state. top_k, the common
- * case, is a k-element heap over the vocabulary (O(n log k)) instead of a full sort.
+ * which makes every step a pure function of the logits, the history and the PRNG state.
+ *
+ * top_k (Ollama's default 40) and greedy decoding never copy the vocabulary: one pass over the logits keeps
+ * the best k + m in a heap, m being the distinct tokens the penalties touch, most logits failing a single
+ * comparison with the heap's worst (blocks of 16 at a time); the penalised tokens then join with their new
+ * logits and the best k of those are the candidates. That set is exactly the top k after the penalties: a
+ * token untouched by them that belongs there has at most m touched tokens above it before they apply. With
+ * top_k off, or k + m near the vocabulary, the penalties go into a copy of every logit and it is sorted.
  *
  * The PRNG is our own (xoshiro256**, seeded through splitmix64) so that a seed draws the same tokens on
  * every machine and libc. Greedy sampling never touches it.
  */
 
 #include <math.h>
+#include <string.h>
 #include <sys/random.h>
 
 #include "engine.h"
@@ -211,38 +218,124 @@ static void penalize(EngineSampler *s) {
         }
 }
 
-/* Moves the k best candidates of cand[0..n) to the front, sorted. */
-static void select_top_k(Cand *cand, size_t n, size_t k) {
-        /* cand[0..k) is a heap whose root is the worst of the best k seen so far. */
-        for (size_t i = 0; i < n; i++) {
-                Cand c = cand[i];
-                size_t j;
-                if (i >= k) {
-                        if (cand_cmp(&c, &cand[0]) >= 0)
-                                continue;
-                        cand[i] = cand[0];
-                        j = 0;
-                        for (;;) {
-                                size_t w = 2 * j + 1;
-                                if (w >= k)
-                                        break;
-                                if (w + 1 < k && cand_cmp(&cand[w + 1], &cand[w]) > 0)
-                                        w++;
-                                if (cand_cmp(&cand[w], &c) <= 0)
-                                        break;
-                                cand[j] = cand[w];
-                                j = w;
-                        }
-                } else {
-                        j = i;
-                        while (j > 0 && cand_cmp(&c, &cand[(j - 1) / 2]) > 0) {
-                                cand[j] = cand[(j - 1) / 2];
-                                j = (j - 1) / 2;
-                        }
+/* GCC's generic vectors: SSE or NEON where there is one, plain code elsewhere. */
+typedef float V4 __attribute__((vector_size(16)));
+typedef int32_t V4i __attribute__((vector_size(16)));
+
+/* Adds c to the heap h[0..*n) of at most k candidates whose root is the worst of them. */
+static void heap_offer(Cand *h, size_t *n, size_t k, Cand c) {
+        size_t j;
+
+        if (*n < k) {
+                j = (*n)++;
+                while (j > 0 && cand_cmp(&c, &h[(j - 1) / 2]) > 0) {
+                        h[j] = h[(j - 1) / 2];
+                        j = (j - 1) / 2;
                 }
-                cand[j] = c;
+        } else {
+                if (cand_cmp(&c, &h[0]) >= 0)
+                        return;
+                j = 0;
+                for (;;) {
+                        size_t w = 2 * j + 1;
+                        if (w >= k)
+                                break;
+                        if (w + 1 < k && cand_cmp(&h[w + 1], &h[w]) > 0)
+                                w++;
+                        if (cand_cmp(&h[w], &c) <= 0)
+                                break;
+                        h[j] = h[w];
+                        j = w;
+                }
         }
-        qsort(cand, k, sizeof(Cand), cand_cmp);
+        h[j] = c;
+}
+
+/* The best k of logits[0..n) above -infinity (not NaN) into h, sorted; returns how many there are. */
+static size_t scan_top(const float *logits, uint32_t n, size_t k, Cand *h) {
+        size_t m = 0;
+        uint32_t i = 0;
+
+        /* Until the heap is full every live logit goes in. */
+        for (; i < n && m < k; i++)
+                if (logits[i] > -INFINITY)
+                        heap_offer(h, &m, k, (Cand){.id = (int32_t)i, .logit = logits[i]});
+        /* Then only those above its worst: equal ones come later, so have higher ids, so lose. Blocks of 16
+         * none of which is above it (four vector compares; NaN compares false) are passed over whole: 4x
+         * faster than a scalar maximum of each block. */
+        float worst = m == k ? h[0].logit : INFINITY;
+        for (; i + 16 <= n; i += 16) {
+                const V4 wv = {worst, worst, worst, worst};
+                V4 q[4];
+                uint64_t any[2];
+                memcpy(q, logits + i, sizeof(q));
+                const V4i hit = (q[0] > wv) | (q[1] > wv) | (q[2] > wv) | (q[3] > wv);
+                memcpy(any, &hit, sizeof(any));
+                if (!(any[0] | any[1]))
+                        continue;
+                for (int e = 0; e < 16; e++)
+                        if (logits[i + e] > worst) {
+                                heap_offer(h, &m, k, (Cand){.id = (int32_t)(i + e), .logit = logits[i + e]});
+                                worst = h[0].logit;
+                        }
+        }
+        for (; i < n; i++)
+                if (logits[i] > worst) {
+                        heap_offer(h, &m, k, (Cand){.id = (int32_t)i, .logit = logits[i]});
+                        worst = h[0].logit;
+                }
+        qsort(h, m, sizeof(Cand), cand_cmp);
+        return m;
+}
+
+/*
+ * The best k candidates after the penalties into cand[0..), sorted, without copying the vocabulary
+ * (DESIGN); returns how many (0: no logit above -infinity), or SIZE_MAX when that would not pay (k + m
+ * near the vocabulary) and the caller should take the full path.
+ */
+static size_t top_after_penalties(EngineSampler *s, const float *logits, size_t k) {
+        const EngineSamplerParams *p = &s->params;
+        size_t n = s->n_history, from, m = 0;
+        bool pen = p->repeat_last_n != 0 && n > 0 &&
+                   (p->repeat_penalty != 1 || p->presence_penalty != 0 || p->frequency_penalty != 0);
+
+        from = !pen ? n : p->repeat_last_n < 0 || (size_t)p->repeat_last_n >= n ? 0 : n - (size_t)p->repeat_last_n;
+        for (size_t i = from; i < n; i++)
+                if (s->counts[s->history[i]]++ == 0)
+                        m++;
+        if (k + 2 * m > s->n_vocab / 2) {
+                for (size_t i = from; i < n; i++)
+                        s->counts[s->history[i]] = 0;
+                return SIZE_MAX;
+        }
+        /* cand[0..k + m): the heap over the raw logits; cand[k + m..): the penalised tokens. */
+        Cand *pc = s->cand + k + m;
+        size_t np = 0;
+        for (size_t i = from; i < n; i++) {
+                int32_t t = s->history[i];
+                uint32_t c = s->counts[t];
+                if (c == 0)
+                        continue; /* already done */
+                float l = logits[t];
+                l = l > 0 ? l / p->repeat_penalty : l * p->repeat_penalty;
+                l -= (float)c * p->frequency_penalty + p->presence_penalty;
+                pc[np++] = (Cand){.id = t, .logit = l};
+                s->counts[t] = 0;
+        }
+        size_t nh = scan_top(logits, s->n_vocab, k + m, s->cand), nc = 0;
+        /* The heap's tokens the penalties did not touch, then the touched ones that are still live. */
+        for (size_t i = 0; i < np; i++)
+                s->counts[pc[i].id] = 1;
+        for (size_t i = 0; i < nh; i++)
+                if (!s->counts[s->cand[i].id])
+                        s->cand[nc++] = s->cand[i];
+        for (size_t i = 0; i < np; i++) {
+                s->counts[pc[i].id] = 0;
+                if (pc[i].logit > -INFINITY)
+                        s->cand[nc++] = pc[i];
+        }
+        qsort(s->cand, nc, sizeof(Cand), cand_cmp);
+        return nc < k ? nc : k;
 }
 
 /* Fills in p over cand[0..n) (sorted, so cand[0] has the highest logit). */
@@ -310,36 +403,42 @@ int32_t engine_sampler_sample(EngineSampler *s, const float *logits) {
         const EngineSamplerParams *p = &s->params;
         size_t n = s->n_vocab;
         Cand *cand = s->cand;
-        float max = -INFINITY;
-        int32_t best = -1;
         double r, cum = 0;
 
-        for (uint32_t i = 0; i < s->n_vocab; i++)
-                cand[i] = (Cand){.id = (int32_t)i, .logit = logits[i]};
-        penalize(s);
+        /* Greedy decoding is the best one; top_k the best k. */
+        const size_t k = p->temperature <= 0 ? 1 : p->top_k > 0 ? (size_t)p->top_k : 0;
+        if (k > 0 && (n = top_after_penalties(s, logits, k)) != SIZE_MAX) {
+                if (n == 0)
+                        return -EINVAL;
+                if (p->temperature <= 0)
+                        return cand[0].id;
+        } else {
+                float max = -INFINITY;
+                int32_t best = -1;
 
-        for (uint32_t i = 0; i < s->n_vocab; i++)
-                if (cand[i].logit > max) {
-                        max = cand[i].logit;
-                        best = (int32_t)i;
-                }
-        if (best < 0 || isnan(max))
-                return -EINVAL;
-        if (p->temperature <= 0)
-                return best;
+                for (uint32_t i = 0; i < s->n_vocab; i++)
+                        cand[i] = (Cand){.id = (int32_t)i, .logit = logits[i]};
+                penalize(s);
+                for (uint32_t i = 0; i < s->n_vocab; i++)
+                        if (cand[i].logit > max) {
+                                max = cand[i].logit;
+                                best = (int32_t)i;
+                        }
+                if (best < 0)
+                        return -EINVAL;
+                if (p->temperature <= 0)
+                        return best;
 
-        /* Tokens at -infinity (masked out) never take part. */
-        size_t live = 0;
-        for (size_t i = 0; i < n; i++)
-                if (cand[i].logit > -INFINITY)
-                        cand[live++] = cand[i];
-        n = live;
-
-        if (p->top_k > 0 && (size_t)p->top_k < n) {
-                select_top_k(cand, n, (size_t)p->top_k);
-                n = (size_t)p->top_k;
-        } else
+                /* Tokens at -infinity (masked out) never take part. */
+                size_t live = 0;
+                for (size_t i = 0; i < s->n_vocab; i++)
+                        if (cand[i].logit > -INFINITY)
+                                cand[live++] = cand[i];
+                n = live;
                 qsort(cand, n, sizeof(Cand), cand_cmp);
+                if (p->top_k > 0 && (size_t)p->top_k < n)
+                        n = (size_t)p->top_k;
+        }
         if (p->typical_p < 1)
                 n = typical_p(cand, n, p->typical_p);
         if (p->top_p < 1)

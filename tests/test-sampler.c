@@ -297,6 +297,125 @@ static void test_seed(void **state) {
         assert_true(differ > 100);
 }
 
+/* The penalised logit of token t after history[from..n), as engine.h defines the penalties. */
+static float penalised(const EngineSamplerParams *p, const float *l, const int32_t *hist, size_t n, int32_t t) {
+        size_t from = p->repeat_last_n < 0 || (size_t)p->repeat_last_n >= n ? 0 : n - (size_t)p->repeat_last_n;
+        unsigned c = 0;
+
+        for (size_t i = from; i < n && p->repeat_last_n != 0; i++)
+                c += hist[i] == t;
+        if (c == 0)
+                return l[t];
+        float v = l[t] > 0 ? l[t] / p->repeat_penalty : l[t] * p->repeat_penalty;
+        return v - ((float)c * p->frequency_penalty + p->presence_penalty);
+}
+
+/*
+ * top_k and greedy decoding take the best k without copying the vocabulary (sampler.c's DESIGN): they must
+ * draw exactly what the full path draws from the same candidates. For random logits with ties, NaNs and
+ * -infinities, histories with repeats and every filter and penalty (negative ones too), the sampler with
+ * top_k = k on the logits against one with top_k off on logits where every token outside the best k after
+ * the penalties is -infinity, the same seed, 60 steps each accepting its draw; greedy against the argmax
+ * worked out here.
+ */
+static void test_top_k_exact(void **state) {
+        enum { V = 3000 };
+        static float l[V], masked[V];
+        static float pv[V];
+        static int32_t order[V];
+        const int32_t ks[] = {1, 5, 40, 300, 1400};
+        uint64_t x = 12345;
+
+        for (size_t round = 0; round < 24; round++) {
+                EngineSamplerParams p = engine_sampler_params_default();
+                p.seed = 1000 + round;
+                p.top_k = ks[round % ELEMENTSOF(ks)];
+                p.temperature = round % 6 == 5 ? 0 : 0.7f + 0.1f * (float)(round % 3);
+                p.top_p = round % 4 == 1 ? 0.8f : 1;
+                p.min_p = round % 4 == 2 ? 0.05f : 0;
+                p.typical_p = round % 4 == 3 ? 0.9f : 1;
+                p.repeat_penalty = round % 2 ? 1.3f : 0.8f;
+                p.presence_penalty = round % 3 == 0 ? 0.5f : -0.25f;
+                p.frequency_penalty = round % 5 == 0 ? 0.2f : 0;
+                p.repeat_last_n = round % 7 == 6 ? -1 : 48;
+                for (size_t i = 0; i < V; i++) {
+                        x = x * 6364136223846793005ull + 1442695040888963407ull;
+                        uint32_t u = (uint32_t)(x >> 33);
+                        /* coarse values so that many tie; some masked out, a few NaN */
+                        l[i] = u % 97 == 0 ? -INFINITY : u % 211 == 0 ? NAN : (float)(int)(u % 4001 - 2000) / 64.0f;
+                }
+                _cleanup_(engine_sampler_freep) EngineSampler *a = NULL, *b = NULL;
+                EngineSamplerParams pb = p;
+                pb.top_k = 0;
+                assert_int_equal(engine_sampler_new(&p, V, &a), 0);
+                assert_int_equal(engine_sampler_new(&pb, V, &b), 0);
+                int32_t hist[256];
+                size_t nh = 0;
+                /* a prompt with repeats, biased to the likely tokens so that the penalties matter */
+                for (; nh < 40; nh++) {
+                        x = x * 6364136223846793005ull + 1442695040888963407ull;
+                        hist[nh] = (int32_t)((x >> 33) % (nh % 2 ? 50 : V));
+                        engine_sampler_accept(a, hist[nh]);
+                        engine_sampler_accept(b, hist[nh]);
+                }
+                for (int step = 0; step < 60; step++) {
+                        size_t live = 0;
+                        for (int32_t t = 0; t < V; t++) {
+                                pv[t] = penalised(&p, l, hist, nh, t);
+                                if (pv[t] > -INFINITY)
+                                        order[live++] = t;
+                        }
+                        /* insertion sort is too slow for 3000; a selection of the best k by repeated scans */
+                        size_t k = (size_t)p.top_k < live ? (size_t)p.top_k : live;
+                        for (int32_t t = 0; t < V; t++)
+                                masked[t] = -INFINITY;
+                        for (size_t j = 0; j < k; j++) {
+                                size_t bi = j;
+                                for (size_t i = j + 1; i < live; i++) {
+                                        int32_t c = order[i], w = order[bi];
+                                        if (pv[c] > pv[w] || (pv[c] == pv[w] && c < w))
+                                                bi = i;
+                                }
+                                int32_t tmp = order[j];
+                                order[j] = order[bi], order[bi] = tmp;
+                                masked[order[j]] = l[order[j]];
+                        }
+                        int32_t ta = engine_sampler_sample(a, l);
+                        if (p.temperature <= 0) {
+                                assert_int_equal(ta, order[0]);
+                        } else {
+                                int32_t tb = engine_sampler_sample(b, masked);
+                                if (ta != tb)
+                                        fail_msg("round %zu step %d (top_k %d): %d against %d", round, step,
+                                                 p.top_k, ta, tb);
+                        }
+                        engine_sampler_accept(a, ta);
+                        engine_sampler_accept(b, ta);
+                        if (nh < ELEMENTSOF(hist))
+                                hist[nh++] = ta;
+                        else
+                                break;
+                }
+        }
+}
+
+/* Every logit -infinity or NaN: no token to draw, greedy or not, on both paths. */
+static void test_no_candidates(void **state) {
+        float l[64];
+        for (size_t i = 0; i < 64; i++)
+                l[i] = i % 2 ? NAN : -INFINITY;
+        for (int k = 0; k <= 5; k += 5)
+                for (int greedy = 0; greedy <= 1; greedy++) {
+                        EngineSamplerParams p = engine_sampler_params_default();
+                        _cleanup_(engine_sampler_freep) EngineSampler *s = NULL;
+                        p.top_k = k;
+                        p.temperature = greedy ? 0 : 0.8f;
+                        assert_int_equal(engine_sampler_new(&p, 64, &s), 0);
+                        engine_sampler_accept(s, 3);
+                        assert_int_equal(engine_sampler_sample(s, l), -EINVAL);
+                }
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_defaults),       cmocka_unit_test(test_bad_params),
@@ -304,7 +423,8 @@ int main(void) {
                 cmocka_unit_test(test_top_k),          cmocka_unit_test(test_top_p),
                 cmocka_unit_test(test_min_p),          cmocka_unit_test(test_typical_p),
                 cmocka_unit_test(test_repeat_penalty), cmocka_unit_test(test_presence_frequency),
-                cmocka_unit_test(test_seed),
+                cmocka_unit_test(test_seed),           cmocka_unit_test(test_top_k_exact),
+                cmocka_unit_test(test_no_candidates),
         };
         return cmocka_run_group_tests(tests, NULL, NULL);
 }
