@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Time of one engine_sampler_sample() with Ollama's default options (temperature 0.8, top_k 40, top_p 0.9,
- * repeat_penalty 1.1 over the last 64 tokens) and greedy, over random logits of vocabularies the size of
+ * repeat_penalty 1.1 over the last 64 tokens), greedy, and top_k off with min_p 0.05 (top_p 1, the usual
+ * min_p setting), over random logits of vocabularies the size of
  * Llama 2's, SmolLM2's and Llama 3's, with 64 tokens of history. The host cost of every sampled token on
  * either backend. bench/sampler-compare.sh runs it against the sampler of another revision.
  *
@@ -21,7 +22,7 @@ int main(int argc, char **argv) {
         if (reps == 0)
                 reps = 1;
         for (size_t v = 0; v < ELEMENTSOF(vocabs); v++)
-                for (int greedy = 0; greedy <= 1; greedy++) {
+                for (int mode = 0; mode < 3; mode++) {
                         const uint32_t n = vocabs[v];
                         float *l = malloc(n * sizeof(float));
                         EngineSamplerParams p = engine_sampler_params_default();
@@ -35,16 +36,21 @@ int main(int argc, char **argv) {
                                 l[i] = (float)(x >> 40) / (float)(1 << 24) * 20.0f - 10.0f;
                         }
                         p.seed = 42;
-                        p.temperature = greedy ? 0 : p.temperature;
+                        if (mode == 1)
+                                p.temperature = 0;
+                        if (mode == 2)
+                                p.top_k = 0, p.top_p = 1, p.min_p = 0.05f;
                         if (engine_sampler_new(&p, n, &s) < 0)
                                 return EXIT_FAILURE;
                         for (uint32_t i = 0; i < 64; i++)
                                 engine_sampler_accept(s, (int32_t)(i * 7919u % n));
                         t0 = now_ns();
-                        for (unsigned r = 0; r < reps; r++)
+                        const unsigned nr = mode == 2 ? (reps + 9) / 10 : reps; /* slow before */
+                        for (unsigned r = 0; r < nr; r++)
                                 sum += (uint64_t)engine_sampler_sample(s, l);
-                        printf("vocab %6u %-8s %8.2f us a token (checksum %llu)\n", n, greedy ? "greedy" : "default",
-                               (now_ns() - t0) / 1e3 / reps, (unsigned long long)sum);
+                        printf("vocab %6u %-8s %9.2f us a token (checksum %llu)\n", n,
+                               mode == 0 ? "default" : mode == 1 ? "greedy" : "min_p", (now_ns() - t0) / 1e3 / nr,
+                               (unsigned long long)sum);
                         engine_sampler_free(s);
                         free(l);
                 }

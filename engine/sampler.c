@@ -38,6 +38,8 @@ struct EngineSampler {
         uint64_t rng[4];
         uint32_t n_vocab;
         Cand *cand;       /* (n_vocab) this step's candidates */
+        uint64_t *keys;   /* (2 n_vocab + 2^SORT_BITS) sort_cands()'s keys, their second buffer and its
+                           * counts, made on first use */
         uint32_t *counts; /* (n_vocab) occurrences in the penalty window, zero between steps */
         int32_t *history; /* (n_history) accepted tokens */
         size_t n_history, cap_history;
@@ -156,6 +158,7 @@ EngineSampler *engine_sampler_free(EngineSampler *s) {
         free(s->history);
         free(s->counts);
         free(s->cand);
+        free(s->keys);
         free(s);
         return NULL;
 }
@@ -193,6 +196,59 @@ static int cand_cmp(const void *a, const void *b) {
         if (x->logit != y->logit)
                 return x->logit > y->logit ? -1 : 1;
         return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/*
+ * Sorts cand[0..n) (logits above -infinity) as qsort() with cand_cmp() would, by an LSD radix sort of 64-bit
+ * keys: the logit's bits turned to order as an unsigned integer and inverted (descending), above the id
+ * (ascending). 13 bits a pass, four passes for ids of up to 20 bits; -0 counts as +0, as == has it. Sorting
+ * a 128,256-token vocabulary took 17 ms a token with qsort() (top_k off).
+ */
+#define SORT_BITS 13
+static void sort_cands(EngineSampler *s, Cand *cand, size_t n) {
+        unsigned id_bits = 0;
+
+        while (id_bits < 32 && (1ull << id_bits) < s->n_vocab)
+                id_bits++;
+        if (n < 1024 || 32 + id_bits > 4 * SORT_BITS) {
+                qsort(cand, n, sizeof(Cand), cand_cmp);
+                return;
+        }
+        if (!s->keys && !(s->keys = malloc((2 * (size_t)s->n_vocab + (1u << SORT_BITS)) * sizeof(uint64_t)))) {
+                qsort(cand, n, sizeof(Cand), cand_cmp);
+                return;
+        }
+        uint64_t *k = s->keys, *tmp = s->keys + s->n_vocab, *count = s->keys + 2 * (size_t)s->n_vocab;
+        for (size_t i = 0; i < n; i++) {
+                uint32_t u;
+                float l = cand[i].logit == 0 ? 0.0f : cand[i].logit;
+                memcpy(&u, &l, sizeof(u));
+                u = u & 0x80000000u ? ~u : u | 0x80000000u; /* ascending as the floats */
+                k[i] = (uint64_t)~u << id_bits | (uint32_t)cand[i].id;
+        }
+        for (unsigned shift = 0; shift < 32 + id_bits; shift += SORT_BITS) {
+                const uint64_t mask = (1u << SORT_BITS) - 1;
+                memset(count, 0, (1u << SORT_BITS) * sizeof(*count));
+                for (size_t i = 0; i < n; i++)
+                        count[k[i] >> shift & mask]++;
+                if (count[k[0] >> shift & mask] == n)
+                        continue; /* one digit for all: nothing to move */
+                for (uint64_t d = 0, sum = 0; d <= mask; d++) {
+                        uint64_t c = count[d];
+                        count[d] = sum;
+                        sum += c;
+                }
+                for (size_t i = 0; i < n; i++)
+                        tmp[count[k[i] >> shift & mask]++] = k[i];
+                uint64_t *t = k;
+                k = tmp, tmp = t;
+        }
+        for (size_t i = 0; i < n; i++) {
+                uint32_t u = ~(uint32_t)(k[i] >> id_bits);
+                u = u & 0x80000000u ? u & 0x7fffffffu : ~u;
+                memcpy(&cand[i].logit, &u, sizeof(u));
+                cand[i].id = (int32_t)(k[i] & ((1ull << id_bits) - 1));
+        }
 }
 
 static void penalize(EngineSampler *s) {
@@ -429,13 +485,17 @@ int32_t engine_sampler_sample(EngineSampler *s, const float *logits) {
                 if (p->temperature <= 0)
                         return best;
 
-                /* Tokens at -infinity (masked out) never take part. */
+                /* Tokens at -infinity (masked out) never take part. Where min_p is the only filter that
+                 * follows, what it keeps (the sorted prefix down to max + log(min_p)) is all that needs
+                 * sorting. */
+                const float floor = p->min_p > 0 && p->top_p >= 1 && p->typical_p >= 1 ? max + logf(p->min_p)
+                                                                                      : -INFINITY;
                 size_t live = 0;
                 for (size_t i = 0; i < s->n_vocab; i++)
-                        if (cand[i].logit > -INFINITY)
+                        if (cand[i].logit > -INFINITY && cand[i].logit >= floor)
                                 cand[live++] = cand[i];
                 n = live;
-                qsort(cand, n, sizeof(Cand), cand_cmp);
+                sort_cands(s, cand, n);
                 if (p->top_k > 0 && (size_t)p->top_k < n)
                         n = (size_t)p->top_k;
         }

@@ -318,12 +318,23 @@ static float penalised(const EngineSamplerParams *p, const float *l, const int32
  * the penalties is -infinity, the same seed, 60 steps each accepting its draw; greedy against the argmax
  * worked out here.
  */
+static const float *order_pv;
+
+static int order_cmp(const void *a, const void *b) {
+        const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+        if (order_pv[x] != order_pv[y])
+                return order_pv[x] > order_pv[y] ? -1 : 1;
+        return x < y ? -1 : x > y;
+}
+
 static void test_top_k_exact(void **state) {
-        enum { V = 3000 };
+        enum { V = 9000 };
         static float l[V], masked[V];
         static float pv[V];
         static int32_t order[V];
-        const int32_t ks[] = {1, 5, 40, 300, 1400};
+        /* 2500: the heap path for top_k, and more than 1024 live tokens for the full path's radix sort;
+         * 4600: the full path for both */
+        const int32_t ks[] = {1, 5, 40, 300, 2500, 4600};
         uint64_t x = 12345;
 
         for (size_t round = 0; round < 24; round++) {
@@ -341,8 +352,11 @@ static void test_top_k_exact(void **state) {
                 for (size_t i = 0; i < V; i++) {
                         x = x * 6364136223846793005ull + 1442695040888963407ull;
                         uint32_t u = (uint32_t)(x >> 33);
-                        /* coarse values so that many tie; some masked out, a few NaN */
-                        l[i] = u % 97 == 0 ? -INFINITY : u % 211 == 0 ? NAN : (float)(int)(u % 4001 - 2000) / 64.0f;
+                        /* coarse values so that many tie (+0 with -0 too); some masked out, a few NaN; every
+                         * eighth round flat (0 and -1/64), so that draws land among the ties */
+                        const int span = round % 8 == 2 ? 2 : 4001;
+                        l[i] = u % 97 == 0 ? -INFINITY : u % 211 == 0 ? NAN : u % 7 == 0 ? -0.0f
+                                                                               : (float)((int)(u % span) - span / 2) / 64.0f;
                 }
                 _cleanup_(engine_sampler_freep) EngineSampler *a = NULL, *b = NULL;
                 EngineSamplerParams pb = p;
@@ -365,21 +379,13 @@ static void test_top_k_exact(void **state) {
                                 if (pv[t] > -INFINITY)
                                         order[live++] = t;
                         }
-                        /* insertion sort is too slow for 3000; a selection of the best k by repeated scans */
                         size_t k = (size_t)p.top_k < live ? (size_t)p.top_k : live;
+                        order_pv = pv;
+                        qsort(order, live, sizeof(int32_t), order_cmp);
                         for (int32_t t = 0; t < V; t++)
                                 masked[t] = -INFINITY;
-                        for (size_t j = 0; j < k; j++) {
-                                size_t bi = j;
-                                for (size_t i = j + 1; i < live; i++) {
-                                        int32_t c = order[i], w = order[bi];
-                                        if (pv[c] > pv[w] || (pv[c] == pv[w] && c < w))
-                                                bi = i;
-                                }
-                                int32_t tmp = order[j];
-                                order[j] = order[bi], order[bi] = tmp;
+                        for (size_t j = 0; j < k; j++)
                                 masked[order[j]] = l[order[j]];
-                        }
                         int32_t ta = engine_sampler_sample(a, l);
                         if (p.temperature <= 0) {
                                 assert_int_equal(ta, order[0]);
