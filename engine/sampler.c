@@ -13,7 +13,8 @@
  * comparison with the heap's worst (blocks of 16 at a time); the penalised tokens then join with their new
  * logits and the best k of those are the candidates. That set is exactly the top k after the penalties: a
  * token untouched by them that belongs there has at most m touched tokens above it before they apply. With
- * top_k off, or k + m near the vocabulary, the penalties go into a copy of every logit and it is sorted.
+ * top_k off, or k + m near the vocabulary, the penalties go into a copy of every logit and the live ones are
+ * sorted (a radix sort in the same order; where min_p is the only filter, just those it keeps).
  *
  * The PRNG is our own (xoshiro256**, seeded through splitmix64) so that a seed draws the same tokens on
  * every machine and libc. Greedy sampling never touches it.
