@@ -252,25 +252,34 @@ static void sort_cands(EngineSampler *s, Cand *cand, size_t n) {
         }
 }
 
-static void penalize(EngineSampler *s) {
+/* Where the penalties' window starts in the history: n_history when there is nothing to penalise. */
+static size_t penalty_from(const EngineSampler *s) {
         const EngineSamplerParams *p = &s->params;
-        size_t n = s->n_history, from;
+        size_t n = s->n_history;
 
-        if (p->repeat_last_n == 0 || n == 0)
-                return;
-        if (p->repeat_penalty == 1 && p->presence_penalty == 0 && p->frequency_penalty == 0)
-                return;
-        from = p->repeat_last_n < 0 || (size_t)p->repeat_last_n >= n ? 0 : n - (size_t)p->repeat_last_n;
+        if (p->repeat_last_n == 0 || n == 0 ||
+            (p->repeat_penalty == 1 && p->presence_penalty == 0 && p->frequency_penalty == 0))
+                return n;
+        return p->repeat_last_n < 0 || (size_t)p->repeat_last_n >= n ? 0 : n - (size_t)p->repeat_last_n;
+}
+
+/* A logit after the penalties of a token that occurs c times in the window. */
+static float penalised(const EngineSamplerParams *p, float l, uint32_t c) {
+        l = l > 0 ? l / p->repeat_penalty : l * p->repeat_penalty;
+        return l - ((float)c * p->frequency_penalty + p->presence_penalty);
+}
+
+/* The penalties applied to cand[] indexed by id (the full path). */
+static void penalize(EngineSampler *s) {
+        size_t n = s->n_history, from = penalty_from(s);
+
         for (size_t i = from; i < n; i++)
                 s->counts[s->history[i]]++;
         for (size_t i = from; i < n; i++) {
                 int32_t t = s->history[i];
-                uint32_t c = s->counts[t];
-                float *l = &s->cand[t].logit;
-                if (c == 0)
+                if (s->counts[t] == 0)
                         continue; /* already done */
-                *l = *l > 0 ? *l / p->repeat_penalty : *l * p->repeat_penalty;
-                *l -= (float)c * p->frequency_penalty + p->presence_penalty;
+                s->cand[t].logit = penalised(&s->params, s->cand[t].logit, s->counts[t]);
                 s->counts[t] = 0;
         }
 }
@@ -308,7 +317,7 @@ static void heap_offer(Cand *h, size_t *n, size_t k, Cand c) {
         h[j] = c;
 }
 
-/* The best k of logits[0..n) above -infinity (not NaN) into h, sorted; returns how many there are. */
+/* The best k of logits[0..n) above -infinity (not NaN) into h, in heap order; returns how many there are. */
 static size_t scan_top(const float *logits, uint32_t n, size_t k, Cand *h) {
         size_t m = 0;
         uint32_t i = 0;
@@ -341,7 +350,6 @@ static size_t scan_top(const float *logits, uint32_t n, size_t k, Cand *h) {
                         heap_offer(h, &m, k, (Cand){.id = (int32_t)i, .logit = logits[i]});
                         worst = h[0].logit;
                 }
-        qsort(h, m, sizeof(Cand), cand_cmp);
         return m;
 }
 
@@ -351,12 +359,8 @@ static size_t scan_top(const float *logits, uint32_t n, size_t k, Cand *h) {
  * near the vocabulary) and the caller should take the full path.
  */
 static size_t top_after_penalties(EngineSampler *s, const float *logits, size_t k) {
-        const EngineSamplerParams *p = &s->params;
-        size_t n = s->n_history, from, m = 0;
-        bool pen = p->repeat_last_n != 0 && n > 0 &&
-                   (p->repeat_penalty != 1 || p->presence_penalty != 0 || p->frequency_penalty != 0);
+        size_t n = s->n_history, from = penalty_from(s), m = 0;
 
-        from = !pen ? n : p->repeat_last_n < 0 || (size_t)p->repeat_last_n >= n ? 0 : n - (size_t)p->repeat_last_n;
         for (size_t i = from; i < n; i++)
                 if (s->counts[s->history[i]]++ == 0)
                         m++;
@@ -373,10 +377,7 @@ static size_t top_after_penalties(EngineSampler *s, const float *logits, size_t 
                 uint32_t c = s->counts[t];
                 if (c == 0)
                         continue; /* already done */
-                float l = logits[t];
-                l = l > 0 ? l / p->repeat_penalty : l * p->repeat_penalty;
-                l -= (float)c * p->frequency_penalty + p->presence_penalty;
-                pc[np++] = (Cand){.id = t, .logit = l};
+                pc[np++] = (Cand){.id = t, .logit = penalised(&s->params, logits[t], c)};
                 s->counts[t] = 0;
         }
         size_t nh = scan_top(logits, s->n_vocab, k + m, s->cand), nc = 0;
@@ -391,7 +392,7 @@ static size_t top_after_penalties(EngineSampler *s, const float *logits, size_t 
                 if (pc[i].logit > -INFINITY)
                         s->cand[nc++] = pc[i];
         }
-        qsort(s->cand, nc, sizeof(Cand), cand_cmp);
+        sort_cands(s, s->cand, nc);
         return nc < k ? nc : k;
 }
 
