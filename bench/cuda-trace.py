@@ -12,10 +12,11 @@ import collections
 
 KINDS = {0: "other", 1: "norm", 2: "get_rows", 3: "attn", 4: "quantize", 5: "matvec", 6: "matvec2", 7: "argmax"}
 START, WAITED, END = 0x100, 0x200, 0x400
-# The kernels of a layer as decode_layers() launches them for a quantized model whose attention writes the
-# 8-bit input of Wo (head_dim % 32 == 0).
-LAYER = ["norm", "qkv", "attn", "wo", "norm2", "gate_up", "quant_h", "down"]
-
+# The kernels of a layer as decode_layers() launches them: a quantization after the attention where it
+# cannot write Wo's 8-bit input itself (head_dim % 32 != 0), and of h where the down projection is quantized.
+LAYER = ["norm", "qkv", "attn", "quant_att", "wo", "norm2", "gate_up", "quant_h", "down"]
+KIND_OF = {"norm": "norm", "qkv": "matvec", "attn": "attn", "quant_att": "quantize", "wo": "matvec",
+           "norm2": "norm", "gate_up": "matvec", "quant_h": "quantize", "down": "matvec"}
 
 def launches(path):
     per = collections.defaultdict(lambda: {"start": [], "waited": [], "end": [], "kind": None})
@@ -58,22 +59,23 @@ def main():
     t0 = min(step[0]["start"])
     prev_end = t0
     sums = collections.defaultdict(lambda: [0.0, 0.0, 0.0, 0])
-    # Name the launches: the layers' kernels in LAYER's order, then the output norm and the head.
-    body = [r for r in step if r["kind"] not in ("get_rows", "argmax")]
-    n_layer = (len(body) - 2) // len(LAYER)
-    if n_layer * len(LAYER) + 2 != len(body):
-        raise SystemExit("%d launches between get_rows and argmax: not %d layers of %s" %
-                         (len(body), n_layer, " ".join(LAYER)))
-    tail = iter(["out_norm", "head"])
+    # Name the launches: the layers' kernels in LAYER's order (the quantizations where they are), then the
+    # output norm and the head before the argmax.
     names, li = [], 0
     for r in step:
-        if r["kind"] in ("get_rows", "argmax"):
-            names.append(r["kind"])
-        elif li < n_layer * len(LAYER):
-            names.append(LAYER[li % len(LAYER)])
+        kind = "matvec" if r["kind"].startswith("matvec") else r["kind"]
+        if kind in ("get_rows", "argmax"):
+            names.append(kind)
+            continue
+        while KIND_OF[LAYER[li % len(LAYER)]] != kind:
+            if LAYER[li % len(LAYER)] not in ("quant_att", "quant_h"):
+                raise SystemExit("launch %d is a %s where a %s was due" % (len(names), kind, LAYER[li % len(LAYER)]))
             li += 1
-        else:
-            names.append(next(tail))
+        names.append(LAYER[li % len(LAYER)])
+        li += 1
+    # The output norm and the head came out as a layer's first two.
+    if len(names) >= 3 and names[-3:] == ["norm", "qkv", "argmax"]:
+        names[-3:-1] = ["out_norm", "head"]
     if args.launches:
         print("%-9s %6s %9s %9s %9s %9s %9s %8s" % ("launch", "blocks", "start0", "start1", "waited1",
                                                   "end0", "end1", "adds"))
