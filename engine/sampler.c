@@ -369,21 +369,21 @@ static size_t top_after_penalties(EngineSampler *s, const float *logits, size_t 
                         s->counts[s->history[i]] = 0;
                 return SIZE_MAX;
         }
-        /* cand[0..k + m): the heap over the raw logits; cand[k + m..): the penalised tokens. */
+        /* cand[0..k + m): the heap over the raw logits; cand[k + m..): the penalised tokens, each once (its
+         * count marked done with the top bit; counts stay non-zero, marking the touched tokens, until the
+         * end). */
         Cand *pc = s->cand + k + m;
         size_t np = 0;
         for (size_t i = from; i < n; i++) {
                 int32_t t = s->history[i];
                 uint32_t c = s->counts[t];
-                if (c == 0)
+                if (c & 0x80000000u)
                         continue; /* already done */
                 pc[np++] = (Cand){.id = t, .logit = penalised(&s->params, logits[t], c)};
-                s->counts[t] = 0;
+                s->counts[t] = c | 0x80000000u;
         }
         size_t nh = scan_top(logits, s->n_vocab, k + m, s->cand), nc = 0;
         /* The heap's tokens the penalties did not touch, then the touched ones that are still live. */
-        for (size_t i = 0; i < np; i++)
-                s->counts[pc[i].id] = 1;
         for (size_t i = 0; i < nh; i++)
                 if (!s->counts[s->cand[i].id])
                         s->cand[nc++] = s->cand[i];
